@@ -1,0 +1,119 @@
+"""The `securecomm` group: global options, lazy subcommands, error mapping.
+
+Errors become messages once, here: a SecurecommError is printed as
+`securecomm: error: ...` (plus `securecomm: hint: ...`) and exits with the
+code its class carries; tracebacks appear only with -v.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from securecomm import __version__
+from securecomm.cli.context import State
+from securecomm.errors import InterruptedByUser, SecurecommError
+
+# name -> (module, attribute, short help). The short help lives here so that
+# `securecomm --help` lists commands without importing a single one of them.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "certgen": ("securecomm.cli.keys", "certgen", "Create a local CA and a TLS server certificate."),
+    "keygen": ("securecomm.cli.keys", "keygen", "Create (or show) a user identity: KEM + Ed25519 keys."),
+    "encrypt": ("securecomm.cli.offline", "encrypt", "Seal a file to a recipient identity, offline."),
+    "decrypt": ("securecomm.cli.offline", "decrypt", "Open a sealed file and check its sender."),
+    "serve": ("securecomm.cli.serve", "serve", "Run the TLS 1.3 message server."),
+    "send": ("securecomm.cli.client", "send", "Send one message and print its receipt."),
+    "status": ("securecomm.cli.client", "status", "Connect and print a security report of the session."),
+    "chat": ("securecomm.cli.client", "chat", "Interactive chat session (not implemented yet)."),
+    "user": ("securecomm.cli.users", "user", "Manage user accounts and log in."),
+    "paths": ("securecomm.cli.misc", "paths", "Print where securecomm keeps its files."),
+    "completion": ("securecomm.cli.misc", "completion", "Print the shell completion script."),
+}
+
+
+class CliError(click.ClickException):
+    """Carries a SecurecommError through Click's standalone handling."""
+
+    def __init__(self, error: SecurecommError) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.exit_code = error.exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"securecomm: error: {self.error.message}", err=True)
+        if self.error.hint:
+            click.echo(f"securecomm: hint: {self.error.hint}", err=True)
+
+
+class SecurecommGroup(click.Group):
+    """Loads subcommands on first use and maps every error to an exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        spec = COMMANDS.get(name)
+        if spec is None:
+            return None
+        module = importlib.import_module(spec[0])
+        return getattr(module, spec[1])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except SecurecommError as e:
+            _maybe_traceback(ctx)
+            raise CliError(e) from e
+        except KeyboardInterrupt as e:
+            raise CliError(InterruptedByUser()) from e
+        except Exception as e:
+            _maybe_traceback(ctx)
+            raise CliError(
+                SecurecommError(f"internal error ({type(e).__name__})", hint="rerun with -v for the traceback")
+            ) from e
+
+
+def _maybe_traceback(ctx: click.Context) -> None:
+    state = ctx.find_object(State)
+    if state is not None and state.verbose:
+        import traceback  # lazily: it costs ~14 ms of start-up that --help must not pay
+
+        traceback.print_exc(file=sys.stderr)
+
+
+@click.group(
+    cls=SecurecommGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Example: securecomm --home /tmp/sc certgen && securecomm --home /tmp/sc serve",
+)
+@click.version_option(__version__, "--version", prog_name="securecomm")
+@click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors. Repeatable.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="SECURECOMM_HOME",
+    help="Keep every config, key, certificate and database under DIR [env: SECURECOMM_HOME].",
+    metavar="DIR",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, home: str | None) -> None:
+    """securecomm: TLS 1.3 messaging with end-to-end HPKE envelopes.
+
+    Messages are sealed to their recipient with HPKE (ML-KEM-768 + X25519 by
+    default) and signed with Ed25519, then carried over TLS 1.3.
+    """
+    ctx.obj = State(home=home, verbose=verbose)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="securecomm")

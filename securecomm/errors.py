@@ -1,0 +1,112 @@
+"""One exception root for everything securecomm reports to a user.
+
+Each subclass carries the exit code the CLI returns for it; the table in the
+README is generated from `EXIT_CODES` below (tests check they agree). Messages
+are lowercase, with no trailing period, and never contain secrets: no
+passwords, no key bytes, no message bodies. Crypto failures are deliberately
+opaque (`IntegrityError("envelope does not verify")`) so that no error becomes
+an oracle for an attacker.
+"""
+
+from __future__ import annotations
+
+
+class SecurecommError(Exception):
+    """something went wrong"""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None, *, hint: str | None = None) -> None:
+        super().__init__(message or self.__doc__ or "error")
+        self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(SecurecommError):
+    """bad usage or bad value on the command line"""
+
+    exit_code = 2
+
+
+class NotImplementedYet(UsageError):
+    """this command is not implemented yet"""
+
+    exit_code = 2
+
+
+class NotFoundError(SecurecommError):
+    """a file, identity, user or message does not exist"""
+
+    exit_code = 3
+
+
+class FilePermissionError(SecurecommError):
+    """a file has unsafe permissions, or the operation is not permitted"""
+
+    exit_code = 4
+
+
+class AuthError(SecurecommError):
+    """authentication failed"""
+
+    exit_code = 5
+
+
+class IntegrityError(SecurecommError):
+    """data failed an integrity check (signature, digest, decryption or format)"""
+
+    exit_code = 6
+
+
+class FormatError(IntegrityError):
+    """malformed input: wrong length, type, version or layout"""
+
+
+class NetworkError(SecurecommError):
+    """could not reach the server, or the connection broke"""
+
+    exit_code = 7
+
+
+class TLSError(NetworkError):
+    """the TLS handshake failed or the server is not trusted"""
+
+    exit_code = 8
+
+
+class RefusedError(SecurecommError):
+    """the server refused the request"""
+
+    exit_code = 9
+
+
+class ExistsError(SecurecommError):
+    """a file already exists and would be overwritten"""
+
+    exit_code = 10
+
+
+class InterruptedByUser(SecurecommError):
+    """interrupted"""
+
+    exit_code = 130
+
+
+#: Exit code -> meaning; documented in README.md (a test keeps them in step).
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected error (rerun with -v for a traceback)",
+    2: "usage error, bad option value, or command not implemented yet",
+    3: "not found: file, identity, user or server profile",
+    4: "permission: unsafe key-file mode, or an admin-only request",
+    5: "authentication failed: wrong password, locked account, unknown key",
+    6: "integrity: bad signature, digest, decryption or malformed data",
+    7: "network: connection refused, timed out or dropped",
+    8: "TLS: handshake failed, untrusted or changed server certificate",
+    9: "refused by the server: limit, rate, stale or misaddressed message",
+    10: "would overwrite an existing file (use --force)",
+    130: "interrupted (Ctrl-C)",
+}

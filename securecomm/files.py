@@ -1,0 +1,133 @@
+"""Writing and reading files that hold secrets.
+
+Rules, as OpenSSH and age apply them: folders 0700, private files 0600 from
+the moment they exist (O_EXCL + mode at open, never chmod afterwards), atomic
+replacement (temp file in the same folder + rename) so that a crash never
+leaves half a key, nothing overwritten without `force` (and then the old file
+is kept as NAME.bak), and private files that group or others can read are
+refused when loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from securecomm.errors import ExistsError, FilePermissionError, NotFoundError, SecurecommError
+
+PRIVATE_MODE = 0o600
+PUBLIC_MODE = 0o644
+DIR_MODE = 0o700
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create `path` and any missing parents, each with mode 0700."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        for folder in reversed(missing):
+            folder.mkdir(mode=DIR_MODE)
+            os.chmod(folder, DIR_MODE)  # mkdir's mode is masked by the umask
+    except OSError as e:
+        raise FilePermissionError(
+            f"cannot create folder {path}: {e.strerror}"
+        ) from e
+    if not path.is_dir():
+        raise ExistsError(f"{path} exists and is not a folder")
+    return path
+
+
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_files(items: Iterable[tuple[Path, bytes, int]], *, force: bool = False) -> None:
+    """Write several files all-or-nothing.
+
+    Every file is first written to a temp file beside its target; only when
+    all temp files exist are they renamed into place. Existing targets are
+    refused unless `force`, in which case each is kept as NAME.bak.
+    """
+    items = list(items)
+    if not force:
+        for path, _, _ in items:
+            if path.exists():
+                raise ExistsError(
+                    f"{path} already exists", hint="use --force to replace it (the old file is kept as .bak)"
+                )
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, data, mode in items:
+            ensure_dir(path.parent)
+            temps.append((_write_temp(path, data, mode), path))
+    except (OSError, SecurecommError) as e:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(e, SecurecommError):
+            raise
+        raise FilePermissionError(f"cannot write {e.filename or path}: {e.strerror}") from e
+    for tmp, path in temps:
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".bak"))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+
+def write_private(path: Path, data: bytes, *, force: bool = False) -> None:
+    write_files([(path, data, PRIVATE_MODE)], force=force)
+
+
+def check_private_mode(path: Path) -> None:
+    """Refuse a private file that group or others can read, as OpenSSH does."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise NotFoundError(f"{path} does not exist") from e
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise FilePermissionError(
+            f"permissions {stat.S_IMODE(st.st_mode):04o} for {path} are too open: "
+            "a private key must not be accessible by others",
+            hint=f"chmod 600 {path}",
+        )
+
+
+def read_private(path: Path) -> bytes:
+    check_private_mode(path)
+    return read_file(path)
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise NotFoundError(f"{path} does not exist") from e
+    except IsADirectoryError as e:
+        raise NotFoundError(f"{path} is a folder, not a file") from e
+    except PermissionError as e:
+        raise FilePermissionError(f"cannot read {path}: permission denied") from e
+    except OSError as e:
+        raise SecurecommError(f"cannot read {path}: {e.strerror}") from e

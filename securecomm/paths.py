@@ -1,0 +1,129 @@
+"""Where securecomm keeps its files: the only module that knows.
+
+With `--home DIR` (or `SECURECOMM_HOME`) every path lives under DIR, which is
+how tests and multi-identity setups stay isolated. Otherwise configuration
+(identities, client profile, known servers, contacts) goes to the platform's
+user config dir, and server state (TLS material, server identity, database)
+to the user data dir, as platformdirs defines them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pathlib costs ~5 ms of start-up; --help never needs it
+    from pathlib import Path
+
+APP_NAME = "securecomm"
+HOME_ENV = "SECURECOMM_HOME"
+
+
+class Paths:
+    """All file locations for one securecomm home."""
+
+    # A plain class, not a dataclass: dataclasses import inspect, which
+    # `securecomm --help` would pay for on every start.
+    __slots__ = ("config_dir", "data_dir")
+
+    def __init__(self, config_dir: Path, data_dir: Path) -> None:
+        self.config_dir = config_dir
+        self.data_dir = data_dir
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Paths) and (self.config_dir, self.data_dir) == (other.config_dir, other.data_dir)
+
+    def __hash__(self) -> int:
+        return hash((self.config_dir, self.data_dir))
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None = None) -> Paths:
+        from pathlib import Path
+
+        home = home or os.environ.get(HOME_ENV) or None
+        if home:
+            root = Path(home).expanduser().absolute()
+            return cls(config_dir=root, data_dir=root)
+        import platformdirs
+
+        return cls(
+            config_dir=Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)),
+            data_dir=Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)),
+        )
+
+    # -- client side ---------------------------------------------------------
+    @property
+    def identities_dir(self) -> Path:
+        return self.config_dir / "identities"
+
+    def identity_key(self, name: str) -> Path:
+        return self.identities_dir / f"{name}.key"
+
+    def identity_pub(self, name: str) -> Path:
+        return self.identities_dir / f"{name}.pub"
+
+    @property
+    def profile(self) -> Path:
+        return self.config_dir / "profile.json"
+
+    @property
+    def known_servers(self) -> Path:
+        return self.config_dir / "known_servers"
+
+    @property
+    def contacts(self) -> Path:
+        return self.config_dir / "contacts.json"
+
+    # -- server side ---------------------------------------------------------
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls_dir / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.tls_dir / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.tls_dir / "server.key"
+
+    @property
+    def server_identity_dir(self) -> Path:
+        return self.data_dir / "server"
+
+    @property
+    def server_identity_key(self) -> Path:
+        return self.server_identity_dir / "identity.key"
+
+    @property
+    def server_identity_pub(self) -> Path:
+        return self.server_identity_dir / "identity.pub"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "securecomm.db"
+
+    def table(self) -> dict[str, Path]:
+        """Every location, for `securecomm paths`."""
+        return {
+            "config dir": self.config_dir,
+            "data dir": self.data_dir,
+            "identities": self.identities_dir,
+            "client profile": self.profile,
+            "known servers": self.known_servers,
+            "contacts": self.contacts,
+            "CA certificate": self.ca_cert,
+            "CA key": self.ca_key,
+            "server certificate": self.server_cert,
+            "server key": self.server_key,
+            "server identity": self.server_identity_key,
+            "database": self.database,
+        }

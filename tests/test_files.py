@@ -1,0 +1,67 @@
+"""File safety: modes, atomic writes, no silent overwrite, refusing open keys."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from securecomm import files
+from securecomm.errors import ExistsError, FilePermissionError, NotFoundError, SecurecommError
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_private_file_and_folder_modes(tmp_path):
+    target = tmp_path / "a" / "b" / "key"
+    files.write_private(target, b"secret")
+    assert mode(target) == 0o600
+    assert mode(target.parent) == 0o700
+    assert mode(target.parent.parent) == 0o700
+    assert target.read_bytes() == b"secret"
+
+
+def test_no_overwrite_without_force(tmp_path):
+    target = tmp_path / "key"
+    files.write_private(target, b"one")
+    with pytest.raises(ExistsError) as e:
+        files.write_private(target, b"two")
+    assert "--force" in e.value.hint
+    assert target.read_bytes() == b"one"
+
+
+def test_force_keeps_backup(tmp_path):
+    target = tmp_path / "key"
+    files.write_private(target, b"one")
+    files.write_private(target, b"two", force=True)
+    assert target.read_bytes() == b"two"
+    assert (tmp_path / "key.bak").read_bytes() == b"one"
+    assert mode(tmp_path / "key.bak") == 0o600
+
+
+def test_all_or_nothing_leaves_no_temp_files(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_bytes(b"")
+    with pytest.raises(SecurecommError):
+        files.write_files([(tmp_path / "ok", b"1", 0o600), (blocker / "x", b"2", 0o600)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-dir"]
+
+
+def test_readable_private_key_is_refused_with_chmod_hint(tmp_path):
+    target = tmp_path / "key"
+    files.write_private(target, b"secret")
+    os.chmod(target, 0o644)
+    with pytest.raises(FilePermissionError) as e:
+        files.read_private(target)
+    assert str(target) in e.value.message
+    assert e.value.hint == f"chmod 600 {target}"
+    os.chmod(target, 0o600)
+    assert files.read_private(target) == b"secret"
+
+
+def test_missing_file_is_not_found(tmp_path):
+    with pytest.raises(NotFoundError):
+        files.read_private(tmp_path / "missing")
