@@ -65,6 +65,46 @@ class FormatError(IntegrityError):
     """malformed input: wrong length, type, version or layout"""
 
 
+class TruncatedError(FormatError):
+    """input is truncated"""
+
+
+class OversizedError(FormatError):
+    """input is larger than the maximum size"""
+
+
+class TrailingDataError(FormatError):
+    """input has unexpected bytes after its end"""
+
+
+class VersionError(FormatError):
+    """unsupported format version"""
+
+
+class UnknownSuiteError(FormatError):
+    """unknown or unsupported cipher suite"""
+
+
+class SignatureError(IntegrityError):
+    """signature does not verify"""
+
+
+class DecryptError(IntegrityError):
+    """decryption failed: the ciphertext or its tag was altered, or the key is wrong"""
+
+
+class DigestError(IntegrityError):
+    """the SHA-256 digest of the body does not match"""
+
+
+class WrongRecipientError(IntegrityError):
+    """the envelope is addressed to another recipient"""
+
+
+class UnknownSenderError(AuthError):
+    """the sender is not a known identity"""
+
+
 class NetworkError(SecurecommError):
     """could not reach the server, or the connection broke"""
 

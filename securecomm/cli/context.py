@@ -65,3 +65,46 @@ def stdin_is_tty() -> bool:
         return sys.stdin.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def load_identity(state: State, name: str, passphrase_file: Any = None) -> Any:
+    """The named local identity; asks for its passphrase only if it is encrypted."""
+    from securecomm.crypto import identity as ident
+    from securecomm.errors import AuthError, NotFoundError
+
+    key_path = state.paths.identity_key(name)
+    if not key_path.exists():
+        raise NotFoundError(f"no identity named {name!r} in {key_path.parent}",
+                            hint=f"create one with: securecomm keygen --name {name}")
+
+    def ask() -> bytes:
+        if passphrase_file is not None:
+            from securecomm.cli.keys import read_passphrase_file
+
+            return read_passphrase_file(passphrase_file)
+        if not stdin_is_tty():
+            raise AuthError(f"{key_path} is encrypted", hint="pass --passphrase-file FILE")
+        return click.prompt(f"passphrase for {name}", hide_input=True, err=True).encode()
+
+    return ident.load(key_path, ask)
+
+
+def read_identity_arg(value: str) -> Any:
+    """A public identity given as its line, or as a file holding one."""
+    from pathlib import Path
+
+    from securecomm.crypto import identity as ident
+    from securecomm.errors import UsageError
+
+    if value.startswith(ident.LINE_PREFIX):
+        return ident.PublicIdentity.from_line(value)
+    path = Path(value).expanduser()
+    if path.is_file():
+        return ident.load_public(path)
+    raise UsageError(f"{value!r} is neither an identity line (securecomm:1:...) nor a file holding one")
+
+
+passphrase_file_option = click.option(
+    "--passphrase-file", type=click.Path(dir_okay=False), help="Read the identity's passphrase from FILE."
+)
+name_option = click.option("--name", default="default", show_default=True, help="Local identity to use.")

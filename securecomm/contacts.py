@@ -1,0 +1,101 @@
+"""Contacts: other people's public identities, remembered on first use (TOFU).
+
+A JSON file under the config dir maps a user name to the identity line
+first seen for it. A different key for a known name is refused until the
+user accepts it explicitly (`securecomm contacts trust NAME`), as Signal's
+safety numbers and OpenSSH's known_hosts work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from securecomm.crypto.identity import PublicIdentity
+from securecomm.crypto.integrity import same
+from securecomm.errors import FormatError, IntegrityError
+from securecomm.files import PRIVATE_MODE, write_files
+
+
+@dataclass(frozen=True)
+class Contact:
+    name: str
+    identity: PublicIdentity
+    first_seen: float
+    pending: PublicIdentity | None = None  # a changed key waiting for `contacts trust`
+
+
+class ChangedKeyError(IntegrityError):
+    """a contact's key has changed"""
+
+
+class Contacts:
+    def __init__(self, path: Path, entries: dict[str, Contact]) -> None:
+        self.path = path
+        self.entries = entries
+
+    @classmethod
+    def load(cls, path: Path) -> Contacts:
+        if not path.exists():
+            return cls(path, {})
+        try:
+            raw = json.loads(path.read_text())
+            entries = {
+                name: Contact(
+                    name,
+                    PublicIdentity.from_line(e["identity"]),
+                    float(e["first_seen"]),
+                    PublicIdentity.from_line(e["pending"]) if e.get("pending") else None,
+                )
+                for name, e in raw.items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise FormatError(f"{path} is not a valid contacts file") from e
+        return cls(path, entries)
+
+    def save(self) -> None:
+        data = {
+            c.name: {"identity": c.identity.line, "fingerprint": c.identity.fingerprint_text,
+                     "first_seen": c.first_seen, **({"pending": c.pending.line} if c.pending else {})}
+            for c in self.entries.values()
+        }
+        write_files([(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), PRIVATE_MODE)],
+                    force=True)
+
+    def all(self) -> list[Contact]:
+        return list(self.entries.values())
+
+    def get(self, name: str) -> Contact | None:
+        return self.entries.get(name)
+
+    def check(self, name: str, identity: PublicIdentity) -> bool:
+        """Remember on first use; True if new. Raises ChangedKeyError on a changed key."""
+        known = self.entries.get(name)
+        if known is None:
+            self.entries[name] = Contact(name, identity, time.time())
+            self.save()
+            return True
+        if same(known.identity.fingerprint, identity.fingerprint):
+            return False
+        if known.pending is None or not same(known.pending.fingerprint, identity.fingerprint):
+            self.entries[name] = Contact(name, known.identity, known.first_seen, identity)
+            self.save()
+        raise ChangedKeyError(
+            f"the key of {name} has CHANGED from {known.identity.fingerprint_text} to {identity.fingerprint_text}; "
+            "this may be an attack, or they may have a new device",
+            hint=f"verify the new fingerprint with {name} out of band, then run: securecomm contacts trust {name}",
+        )
+
+    def trust(self, name: str) -> Contact:
+        from securecomm.errors import NotFoundError, UsageError
+
+        known = self.entries.get(name)
+        if known is None:
+            raise NotFoundError(f"no contact named {name!r}")
+        if known.pending is None:
+            raise UsageError(f"{name}'s key has not changed; nothing to trust")
+        self.entries[name] = Contact(name, known.pending, time.time())
+        self.save()
+        return self.entries[name]
