@@ -1,14 +1,55 @@
-"""`securecomm serve` (not implemented yet)."""
+"""`securecomm serve`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from securecomm.errors import NotImplementedYet
+from securecomm.cli.context import State, pass_state
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def serve(args: tuple[str, ...]) -> None:
-    """Run the TLS 1.3 message server. Not implemented yet (exit code 2)."""
-    raise NotImplementedYet("serve is not implemented yet")
+@click.command(epilog="Example: securecomm serve --port 0   # any free port; the real one is printed")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=7443, show_default=True, help="Port (0: any free).")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite database [data dir].")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate (PEM).")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate key (PEM).")
+@click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True,
+              help="Connected clients at most; more are refused clearly.")
+@click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
+@click.option("--rate", type=float, default=5000, show_default=True,
+              help="Messages per second per connection (0: unlimited).")
+@click.option("--idle-timeout", type=float, default=300, show_default=True,
+              help="Seconds before an idle client is cut.")
+@pass_state
+def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
+          max_clients: int, max_frame: int, rate: float, idle_timeout: float) -> None:
+    """Run the TLS 1.3 message server until SIGINT or SIGTERM.
+
+    On a first run with no certificate or server identity it creates them
+    (as certgen and keygen would) and logs the CA fingerprint, so that
+    `securecomm serve` alone works on a fresh machine.
+    """
+    import asyncio
+    import logging
+    import sys
+
+    from securecomm.net.bootstrap import prepare_server
+    from securecomm.net.server import Server, ServerConfig, run_server
+
+    logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
+                          burst=max(1, int(rate)), idle_timeout=idle_timeout)
+    config.validate()
+    ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
+
+    def listening(address: tuple[str, int]) -> None:
+        shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+        click.echo(f"listening on {shown}:{address[1]}", err=True)
+
+    async def main() -> None:
+        await run_server(Server(config, ssl_ctx, identity, db_path), listening)
+
+    asyncio.run(main())

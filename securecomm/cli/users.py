@@ -1,16 +1,225 @@
-"""`securecomm user ...` (not implemented yet)."""
+"""`securecomm user add|passwd|remove|list|login`."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
 
-from securecomm.cli.client import _stub
+from securecomm.cli.context import (
+    State,
+    emit_json,
+    info,
+    json_option,
+    pass_state,
+    passphrase_file_option,
+    stdin_is_tty,
+    table,
+)
+from securecomm.errors import UsageError
+
+db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+                         help="The server's SQLite database [data dir].")
+password_stdin_option = click.option("--password-stdin", is_flag=True,
+                                     help="Read the password from the first line of stdin (for scripts).")
 
 
-@click.group()
+def read_password(from_stdin: bool, *, confirm: bool, prompt: str = "password") -> str:
+    from securecomm.store.passwords import check_policy
+
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+    elif stdin_is_tty():
+        password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
+    else:
+        raise UsageError("no terminal to ask for a password", hint="pass --password-stdin")
+    if confirm:
+        check_policy(password)
+    elif not password:
+        raise UsageError("empty password")
+    return password
+
+
+def open_db(state: State, db: Path | None) -> Any:
+    from securecomm.store.db import Store
+
+    return Store(db or state.paths.database)
+
+
+@click.group(epilog="Example: securecomm user add alice --admin")
 def user() -> None:
-    """Manage user accounts. Not implemented yet (exit code 2)."""
+    """Manage user accounts (on the server host) and log in (from a client).
+
+    add, passwd, remove and list operate on the server's database file:
+    whoever can write that file (mode 0600) is the operator. login talks to a
+    running server over TLS.
+    """
 
 
-for _name in ("add", "login", "list", "passwd", "remove"):
-    user.add_command(_stub(_name))
+@user.command(epilog="Example: echo 'correct horse battery' | securecomm user add alice --password-stdin")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Give the account the admin role.")
+@password_stdin_option
+@db_option
+@pass_state
+def add(state: State, name: str, admin: bool, password_stdin: bool, db: Path | None) -> None:
+    """Create account NAME (1-32 of a-z 0-9 _ . -), prompting twice for its password."""
+    from securecomm.store import passwords
+    from securecomm.store.db import normalise_name
+
+    name = normalise_name(name)
+    password = read_password(password_stdin, confirm=True)
+    store = open_db(state, db)
+    try:
+        created = store.add_user(name, passwords.hash_password(password), "admin" if admin else "user")
+    finally:
+        store.close()
+    info(f"created {created.role} {created.name}")
+
+
+@user.command(epilog="Example: securecomm user passwd alice")
+@click.argument("name")
+@password_stdin_option
+@db_option
+@pass_state
+def passwd(state: State, name: str, password_stdin: bool, db: Path | None) -> None:
+    """Set a new password for NAME; also clears a lockout."""
+    from securecomm.store import passwords
+
+    store = open_db(state, db)
+    try:
+        store.require_user(name)
+        store.set_password(name, passwords.hash_password(read_password(password_stdin, confirm=True)))
+    finally:
+        store.close()
+    info(f"password changed for {name.lower()}")
+
+
+@user.command(epilog="Example: securecomm user remove mallory --yes")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@pass_state
+def remove(state: State, name: str, yes: bool, db: Path | None) -> None:
+    """Delete account NAME."""
+    store = open_db(state, db)
+    try:
+        store.require_user(name)
+        if not yes:
+            if not stdin_is_tty():
+                raise UsageError("refusing to remove without confirmation", hint="pass --yes")
+            click.confirm(f"remove user {name.lower()}?", abort=True, err=True)
+        store.remove_user(name)
+    finally:
+        store.close()
+    info(f"removed {name.lower()}")
+
+
+def _fmt_time(ts: int | None) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+@user.command(name="list", epilog="Examples:\n\n  securecomm user list\n\n  securecomm user list --remote --json")
+@json_option
+@click.option("--remote", is_flag=True, help="Ask the server through your logged-in profile (admins only).")
+@db_option
+@pass_state
+def list_(state: State, as_json: bool, remote: bool, db: Path | None) -> None:
+    """List accounts: name, role, created, last login, locked, key fingerprint."""
+    if remote:
+        rows = _remote_rows(state)
+    else:
+        from securecomm.net.server import user_row
+
+        store = open_db(state, db)
+        try:
+            rows = [user_row(u) for u in store.list_users()]
+        finally:
+            store.close()
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(table([[r["name"], r["role"], _fmt_time(r["created"]), _fmt_time(r["last_login"]),
+                       "LOCKED" if r["locked"] else "no", r["fingerprint"] or "-"] for r in rows],
+                     headers=["name", "role", "created", "last login", "locked", "key fingerprint"]))
+
+
+def _remote_rows(state: State) -> list[dict[str, Any]]:
+    import asyncio
+
+    from securecomm.cli.context import load_identity
+    from securecomm.config import Profile
+    from securecomm.net.connect import connect_profile
+
+    profile = Profile.load(state.paths.profile)
+    identity = load_identity(state, profile.identity)
+
+    async def go() -> list[dict[str, Any]]:
+        client, _ = await connect_profile(state.paths, identity)
+        async with client:
+            return await client.request("user_list")
+
+    return asyncio.run(go())
+
+
+def ask_trust(address: str, fingerprint: str) -> bool:
+    """Trust on first use, as OpenSSH asks: only on a terminal."""
+    if not stdin_is_tty():
+        return False
+    click.echo(f"The authenticity of server {address} can't be established.\n"
+               f"Its certificate fingerprint is {fingerprint}.", err=True)
+    return click.confirm("Trust it and remember it in known_servers?", default=False, err=True)
+
+
+@user.command(epilog="Example: securecomm user login alice --server chat.example.net:7443 --ca ca.pem")
+@click.argument("name")
+@click.option("--server", default="localhost:7443", show_default=True, help="HOST:PORT of the server.")
+@click.option("--ca", type=click.Path(dir_okay=False), help="Trust this CA certificate (PEM).")
+@click.option("--pin", help="Trust the CA or server certificate with this SHA256:... fingerprint.")
+@click.option("--identity", "identity_name", default="default", show_default=True,
+              help="Local identity to register (created if missing).")
+@password_stdin_option
+@passphrase_file_option
+@json_option
+@pass_state
+def login(state: State, name: str, server: str, ca: str | None, pin: str | None, identity_name: str,
+          password_stdin: bool, passphrase_file: str | None, as_json: bool) -> None:
+    """Log in with a password, register this device's identity, save the profile.
+
+    Later send, status and chat authenticate with the identity key (a signed
+    challenge) instead of the password. Creates the identity if missing.
+    """
+    import asyncio
+
+    from securecomm.cli.context import load_identity
+    from securecomm.config import Profile
+    from securecomm.crypto import identity as ident
+    from securecomm.net.connect import address_of, connect
+
+    paths = state.paths
+    if not paths.identity_key(identity_name).exists():
+        created = ident.PrivateIdentity.generate()
+        ident.save(created, paths.identity_key(identity_name), paths.identity_pub(identity_name))
+        info(f"created identity {identity_name!r} {created.public.fingerprint_text}")
+    me = load_identity(state, identity_name, passphrase_file)
+    password = read_password(password_stdin, confirm=False)
+
+    async def go() -> tuple[Any, str, str | None]:
+        client = await connect(paths, server, ca=ca, pin=pin, ask=ask_trust)
+        async with client:
+            ok = await client.login_password(name, password, me.public)
+            assert client.server_identity is not None
+            return ok, address_of(client), client.server_identity.line
+
+    ok, address, server_identity = asyncio.run(go())
+    Profile(server=address, user=ok.user, identity=identity_name, ca=str(Path(ca).absolute()) if ca else None,
+            pin=pin, server_identity=server_identity).save(paths.profile)
+    if as_json:
+        emit_json({"user": ok.user, "role": ok.role, "server": address, "fingerprint": ok.fingerprint})
+        return
+    click.echo(f"logged in as {ok.user} ({ok.role}) on {address}; identity {ok.fingerprint} registered")

@@ -1,0 +1,1 @@
+"""asyncio + ssl adapters that move bytes through securecomm.wire."""

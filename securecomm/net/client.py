@@ -1,0 +1,313 @@
+"""The asyncio client: TLS with the chosen trust anchor, then securecomm.wire.
+
+One reader task takes frames off the connection and resolves futures:
+receipts by message id, results by request id. So many messages can be in
+flight on one connection (pipelining), and each reply finds its sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securecomm.crypto import envelope
+from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
+from securecomm.crypto.integrity import same, sha256
+from securecomm.errors import (
+    AuthError,
+    FilePermissionError,
+    IntegrityError,
+    NetworkError,
+    NotFoundError,
+    RefusedError,
+    SecurecommError,
+    TLSError,
+)
+from securecomm.net import tls
+from securecomm.wire import protocol as P
+
+CONNECT_TIMEOUT = 10.0
+REPLY_TIMEOUT = 30.0
+
+_ERRORS: dict[int, type[SecurecommError]] = {
+    P.ErrorCode.AUTH_FAILED: AuthError,
+    P.ErrorCode.FORBIDDEN: FilePermissionError,
+    P.ErrorCode.INTEGRITY: IntegrityError,
+    P.ErrorCode.NOT_FOUND: NotFoundError,
+    P.ErrorCode.TIMEOUT: NetworkError,
+    P.ErrorCode.INTERNAL: SecurecommError,
+}
+
+
+def error_from(ev: P.Error) -> SecurecommError:
+    cls = _ERRORS.get(ev.code, RefusedError)
+    return cls(f"server: {ev.message}")
+
+
+@dataclass
+class Trust:
+    context: ssl.SSLContext
+    how: str  # ca | known_servers | pin | tofu
+    anchor_fingerprint: str
+    anchor_is_ca: bool
+
+
+def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pin: str | None = None,
+                  ask: Any = None) -> Trust:
+    """Choose the trust anchor (see net/tls.py for the order and why)."""
+    from securecomm.config import format_address
+    from securecomm.files import read_file
+
+    address = format_address(host, port)
+    known = tls.KnownServers(paths.known_servers)
+    if ca:
+        pem = read_file(Path(ca).expanduser())
+        return _checked(Trust(tls.client_context(pem), "ca", tls.pem_fingerprint(pem), True), pin)
+    entry = known.get(address)
+    if entry is not None:
+        if pin and not tls.fingerprints_equal(pin, entry.fingerprint):
+            raise TLSError(f"--pin {pin} does not match the certificate remembered for {address} "
+                           f"({entry.fingerprint})")
+        return Trust(tls.client_context(entry.cert_pem, leaf_anchor=True), "known_servers", entry.fingerprint,
+                     False)
+    if paths.ca_cert.exists() and not pin:
+        pem = read_file(paths.ca_cert)
+        return Trust(tls.client_context(pem), "ca", tls.pem_fingerprint(pem), True)
+    if pin and paths.ca_cert.exists():
+        pem = read_file(paths.ca_cert)
+        if tls.fingerprints_equal(pin, tls.pem_fingerprint(pem)):
+            return Trust(tls.client_context(pem), "pin", tls.pem_fingerprint(pem), True)
+    der = tls.fetch_server_certificate(host, port)
+    fp = tls.der_fingerprint(der)
+    if pin:
+        if not tls.fingerprints_equal(pin, fp):
+            raise TLSError(f"the certificate of {address} is {fp}, not the pinned {pin}")
+        how = "pin"
+    elif ask is not None and ask(address, fp):
+        how = "tofu"
+    else:
+        raise TLSError(f"the certificate of {address} is not trusted; its fingerprint is {fp}",
+                       hint=f"check it with the server's operator, then pass --pin {fp} (or --ca FILE)")
+    entry = known.add(address, der)
+    return Trust(tls.client_context(entry.cert_pem, leaf_anchor=True), how, fp, False)
+
+
+def _checked(trust: Trust, pin: str | None) -> Trust:
+    if pin:
+        trust.how = "ca+pin"  # Client._check_pin compares CA or leaf with the pin after the handshake
+    return trust
+
+
+class Client:
+    def __init__(self, host: str, port: int, trust: Trust, *, pin: str | None = None) -> None:
+        self.host, self.port, self.trust, self.pin = host, port, trust, pin
+        self.conn = P.Connection("client")
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.server_hello: P.ServerHello | None = None
+        self.server_identity: PublicIdentity | None = None
+        self.login: P.LoginOk | None = None
+        self._waiters: dict[Any, asyncio.Future[Any]] = {}
+        self._next_rid = 1
+        self._reader_task: asyncio.Task[None] | None = None
+        self._closed_error: SecurecommError | None = None
+        self._hello_waiter: asyncio.Future[Any] | None = None
+
+    # -- connection --------------------------------------------------------------------
+    async def connect(self, timeout: float = CONNECT_TIMEOUT) -> P.ServerHello:
+        try:
+            self.reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=self.trust.context, server_hostname=self.host,
+                                        ssl_handshake_timeout=timeout), timeout)
+        except ssl.SSLCertVerificationError as e:
+            raise self._verification_error(e) from e
+        except ssl.SSLError as e:
+            raise TLSError(f"TLS handshake with {self.host}:{self.port} failed: {e.reason or e}") from e
+        except (OSError, TimeoutError) as e:
+            raise NetworkError(f"cannot connect to {self.host}:{self.port}: {e.strerror or e or 'timed out'}",
+                               hint="is `securecomm serve` running there?") from e
+        self._check_pin()
+        self._reader_task = asyncio.create_task(self._read_loop())
+        self._hello_waiter = asyncio.get_running_loop().create_future()
+        self._write(P.Hello())
+        hello = await self._wait(self._hello_waiter)
+        assert isinstance(hello, P.ServerHello)
+        self.server_hello = hello
+        try:
+            self.server_identity = PublicIdentity.from_line(hello.identity)
+        except SecurecommError as e:
+            raise IntegrityError("the server sent a malformed identity") from e
+        return hello
+
+    def _verification_error(self, e: ssl.SSLCertVerificationError) -> TLSError:
+        if self.trust.how == "known_servers":
+            return TLSError(
+                f"WARNING: THE CERTIFICATE OF {self.host}:{self.port} HAS CHANGED since it was first trusted "
+                f"({self.trust.anchor_fingerprint}); someone may be intercepting the connection",
+                hint="if the operator confirms a new certificate, remove its line from known_servers")
+        return TLSError(f"the certificate of {self.host}:{self.port} is not trusted: {e.verify_message}",
+                        hint="pass --ca FILE with the server's CA, or --pin SHA256:... with its fingerprint")
+
+    def _check_pin(self) -> None:
+        if not self.pin or self.trust.how != "ca+pin":
+            return
+        der = self.peer_certificate()
+        if not (tls.fingerprints_equal(self.pin, tls.der_fingerprint(der))
+                or tls.fingerprints_equal(self.pin, self.trust.anchor_fingerprint)):
+            raise TLSError(f"the server certificate {tls.der_fingerprint(der)} matches neither the pin {self.pin} "
+                           "nor its CA")
+
+    def peer_certificate(self) -> bytes:
+        assert self.writer is not None
+        obj = self.writer.get_extra_info("ssl_object")
+        return obj.getpeercert(binary_form=True)
+
+    def tls_info(self) -> dict[str, Any]:
+        assert self.writer is not None
+        obj = self.writer.get_extra_info("ssl_object")
+        cipher = obj.cipher()
+        group = getattr(obj, "group", None)
+        return {"version": obj.version(), "cipher": cipher[0] if cipher else None,
+                "group": group() if callable(group) else None}
+
+    async def close(self) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            with contextlib.suppress(SecurecommError, P.ProtocolError):
+                if self.conn.state in (P.State.AWAIT_LOGIN, P.State.READY):
+                    self._write(P.Bye())
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.wait_closed(), 2)
+        if self._reader_task:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- reading -----------------------------------------------------------------------
+    def _write(self, event: P.Event) -> None:
+        if self._closed_error is not None:
+            raise self._closed_error
+        assert self.writer is not None
+        self.writer.write(self.conn.send(event))
+
+    async def _read_loop(self) -> None:
+        assert self.reader is not None
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise NetworkError("the server closed the connection")
+                self.conn.receive_data(data)
+                while (ev := self.conn.next_event()) is not None:
+                    self._dispatch(ev)
+        except asyncio.CancelledError:
+            raise
+        except P.ProtocolError as e:
+            self._fail_all(IntegrityError(f"protocol error from server: {e}"))
+        except SecurecommError as e:
+            self._fail_all(e)
+        except (OSError, ssl.SSLError) as e:
+            self._fail_all(NetworkError(f"connection lost: {e}"))
+
+    def _dispatch(self, ev: P.Event) -> None:
+        if isinstance(ev, P.ServerHello | P.LoginOk):
+            self._resolve(self._hello_waiter if isinstance(ev, P.ServerHello) else self._waiters.pop("login", None),
+                          ev)
+        elif isinstance(ev, P.Receipt):
+            self._resolve(self._waiters.pop(("msg", ev.msg_id), None), ev)
+        elif isinstance(ev, P.Result):
+            self._resolve(self._waiters.pop(("rid", ev.rid), None), ev)
+        elif isinstance(ev, P.Pong):
+            self._resolve(self._waiters.pop("pong", None), ev)
+        elif isinstance(ev, P.Error):
+            self._on_error(ev)
+
+    def _on_error(self, ev: P.Error) -> None:
+        err = error_from(ev)
+        key: Any = ("msg", ev.msg_id) if ev.msg_id else ("rid", ev.rid) if ev.rid is not None else None
+        if not ev.fatal and key in self._waiters:
+            self._waiters.pop(key).set_exception(err)
+            return
+        self._fail_all(err)
+
+    def _fail_all(self, err: SecurecommError) -> None:
+        self._closed_error = err
+        waiters = [*self._waiters.values(), self._hello_waiter]
+        self._waiters.clear()
+        for fut in waiters:
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+
+    @staticmethod
+    def _resolve(fut: asyncio.Future[Any] | None, value: Any) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+
+    def _expect(self, key: Any) -> asyncio.Future[Any]:
+        if self._closed_error is not None:
+            raise self._closed_error
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[key] = fut
+        return fut
+
+    async def _wait(self, fut: asyncio.Future[Any], timeout: float = REPLY_TIMEOUT) -> Any:
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError as e:
+            raise NetworkError("timed out waiting for the server") from e
+
+    # -- login -------------------------------------------------------------------------
+    async def login_password(self, user: str, password: str, identity: PublicIdentity | None = None) -> P.LoginOk:
+        fut = self._expect("login")
+        self._write(P.LoginPassword(user, password, identity.line if identity else None))
+        self.login = await self._wait(fut)
+        return self.login
+
+    async def login_key(self, user: str, identity: PrivateIdentity) -> P.LoginOk:
+        assert self.server_hello is not None and self.server_identity is not None
+        transcript = P.login_transcript(self.server_hello.challenge, self.server_identity.fingerprint,
+                                        user.lower())
+        fut = self._expect("login")
+        self._write(P.LoginKey(user, identity.sign(transcript)))
+        self.login = await self._wait(fut)
+        return self.login
+
+    # -- messages ----------------------------------------------------------------------
+    def seal_for_server(self, body: bytes, identity: PrivateIdentity) -> bytes:
+        assert self.server_identity is not None
+        return envelope.seal(body, identity, self.server_identity)
+
+    def submit(self, sealed: bytes) -> asyncio.Future[Any]:
+        """Send one sealed envelope; the future resolves with its checked receipt."""
+        env = envelope.parse(sealed)
+        fut = self._expect(("msg", env.header.msg_id))
+        self._write(P.Send(sealed))
+        return fut
+
+    async def send_message(self, body: bytes, identity: PrivateIdentity) -> P.Receipt:
+        digest = sha256(body)
+        receipt = await self._wait(self.submit(self.seal_for_server(body, identity)))
+        check_receipt(receipt, digest)
+        return receipt
+
+    async def request(self, op: str, **args: Any) -> Any:
+        rid, self._next_rid = self._next_rid, self._next_rid + 1
+        fut = self._expect(("rid", rid))
+        self._write(P.Request(rid, op, args))
+        result = await self._wait(fut)
+        return result.data
+
+
+def check_receipt(receipt: P.Receipt, digest: bytes) -> None:
+    if not same(receipt.sha256, digest):
+        raise IntegrityError("the receipt's SHA-256 does not match the message sent")

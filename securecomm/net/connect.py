@@ -1,0 +1,58 @@
+"""Connecting as a logged-in user: profile -> trust -> TLS -> hello -> key login."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from securecomm.config import Profile, format_address, parse_address
+from securecomm.crypto.identity import PrivateIdentity
+from securecomm.crypto.integrity import same
+from securecomm.errors import IntegrityError
+from securecomm.net.client import Client, resolve_trust
+
+
+async def connect(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,
+                  ask: Callable[[str, str], bool] | None = None) -> Client:
+    host, port = parse_address(server)
+    trust = resolve_trust(paths, host, port, ca=ca, pin=pin, ask=ask)
+    client = Client(host, port, trust, pin=pin)
+    try:
+        await client.connect()
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def connect_profile(paths: Any, identity: PrivateIdentity, *, server: str | None = None,
+                          ca: str | None = None, pin: str | None = None,
+                          ask: Callable[[str, str], bool] | None = None) -> tuple[Client, Profile]:
+    """Connect with the saved profile and log in with the identity key."""
+    profile = Profile.load(paths.profile)
+    client = await connect(paths, server or profile.server, ca=ca or profile.ca, pin=pin or profile.pin, ask=ask)
+    try:
+        check_server_identity(client, profile)
+        await client.login_key(profile.user, identity)
+    except BaseException:
+        await client.close()
+        raise
+    return client, profile
+
+
+def check_server_identity(client: Client, profile: Profile) -> None:
+    """The server's message key is pinned at login; a change is a hard failure."""
+    from securecomm.crypto.identity import PublicIdentity
+
+    if not profile.server_identity or client.server_identity is None:
+        return
+    known = PublicIdentity.from_line(profile.server_identity)
+    if not same(known.fingerprint, client.server_identity.fingerprint):
+        raise IntegrityError(
+            f"WARNING: the server's message identity CHANGED from {known.fingerprint_text} to "
+            f"{client.server_identity.fingerprint_text}; messages will not be sealed to it",
+            hint="if the operator confirms the change, log in again: securecomm user login NAME")
+
+
+def address_of(client: Client) -> str:
+    return format_address(client.host, client.port)

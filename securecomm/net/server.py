@@ -1,0 +1,496 @@
+"""The asyncio TLS server: moves bytes between sockets and securecomm.wire.
+
+Theory of operation
+-------------------
+Each TCP connection is accepted in plain mode, then upgraded with
+`start_tls` so that a failed or stalled handshake is logged with its peer.
+The connection then runs a read loop: bytes go into a wire.Connection, events
+come out and are dispatched. Everything that could hold a slot forever has
+a deadline: the handshake, the login, a partly received frame, and idleness.
+Replies are queued on an Outbox that writes once per event-loop turn, so a
+burst of receipts becomes one TLS record instead of hundreds.
+
+SEND path: parse (lengths only) -> recipient, timestamp, sender checks ->
+verify signature, decrypt, check digest -> queue for group commit -> the
+receipt is written when the COMMIT holding the message has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from securecomm.crypto import envelope
+from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
+from securecomm.crypto.integrity import same
+from securecomm.errors import IntegrityError, SecurecommError, UsageError
+from securecomm.net.storage import AsyncStore
+from securecomm.store import passwords
+from securecomm.store.db import NewMessage, StoredMessage, User, normalise_name
+from securecomm.wire import protocol as P
+from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
+
+log = logging.getLogger("securecomm.server")
+
+READ_CHUNK = 64 * 1024
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 7443
+    max_clients: int = 1000
+    #: Connections still in their TLS handshake; beyond this new ones are dropped
+    #: at once, so half-open connections cannot exhaust file descriptors.
+    max_handshakes: int = 512
+    max_frame: int = MAX_FRAME_SIZE
+    handshake_timeout: float = 10.0
+    login_timeout: float = 15.0
+    #: A frame that has started must be complete within this time (slow-loris guard).
+    frame_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    #: Per-connection rate limit on messages after login (token bucket).
+    rate: float = 5000.0
+    burst: int = 5000
+    #: Envelopes whose timestamp is further than this from the server clock are refused.
+    stale_window_ms: int = 5 * 60 * 1000
+    #: Receipts a connection may have outstanding before the server stops reading it.
+    max_in_flight: int = 4096
+    lock_after: int = 5
+    lock_seconds: int = 15 * 60
+    #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
+    hash_workers: int = 2
+    #: Logins waiting for a hash slot; beyond this a login is told the server is busy.
+    max_hash_queue: int = 64
+
+    def validate(self) -> None:
+        if not MIN_FRAME_SIZE <= self.max_frame <= 64 * 1024 * 1024:
+            raise UsageError(f"--max-frame must be between {MIN_FRAME_SIZE} and {64 * 1024 * 1024}")
+        if self.max_clients < 1:
+            raise UsageError("--max-clients must be at least 1")
+
+
+class Outbox:
+    """Coalesces writes: everything queued in one loop turn leaves in one write()."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._chunks: list[bytes] = []
+        self._scheduled = False
+
+    def put(self, data: bytes) -> None:
+        self._chunks.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._chunks and not self.writer.is_closing():
+            self.writer.write(b"".join(self._chunks))
+        self._chunks.clear()
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.capacity = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Session:
+    """One connection's state above the wire: who is logged in, what is in flight."""
+
+    def __init__(self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 peer: str) -> None:
+        self.server = server
+        self.reader, self.writer, self.peer = reader, writer, peer
+        self.conn = P.Connection("server", server.config.max_frame)
+        self.outbox = Outbox(writer)
+        self.user: User | None = None
+        self.identity: PublicIdentity | None = None
+        self.challenge = os.urandom(P.CHALLENGE_SIZE)
+        self.bucket = TokenBucket(server.config.rate, server.config.burst)
+        self.in_flight = asyncio.Semaphore(server.config.max_in_flight)
+        self.pending: set[asyncio.Future[Any]] = set()
+        self.started = time.monotonic()
+        self.closing = False
+
+    def label(self) -> str:
+        return f"peer={self.peer}" + (f" user={self.user.name}" if self.user else "")
+
+    def send(self, event: P.Event) -> None:
+        self.outbox.put(self.conn.send(event))
+
+    def error(self, code: P.ErrorCode, message: str, *, fatal: bool = False, msg_id: bytes | None = None,
+              rid: int | None = None) -> None:
+        with contextlib.suppress(P.ProtocolError):  # already closed: nothing to tell
+            self.send(P.Error(int(code), message, fatal, msg_id, rid))
+
+    # -- the read loop ---------------------------------------------------------------
+    def _deadline(self, frame_started: float | None) -> float:
+        cfg, now = self.server.config, time.monotonic()
+        limits = [now + cfg.idle_timeout]
+        if self.conn.state is not P.State.READY:
+            limits.append(self.started + cfg.login_timeout)
+        if frame_started is not None:
+            limits.append(frame_started + cfg.frame_timeout)
+        return min(limits) - now
+
+    async def run(self) -> None:
+        frame_started: float | None = None
+        while not self.closing and self.conn.state is not P.State.CLOSED:
+            timeout = self._deadline(frame_started)
+            try:
+                if timeout <= 0:
+                    raise TimeoutError
+                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                why = "mid-frame stall" if frame_started else (
+                    "no login in time" if self.conn.state is not P.State.READY else "idle")
+                log.info("%s closed: timeout (%s)", self.label(), why)
+                self.error(P.ErrorCode.TIMEOUT, f"timeout: {why}", fatal=True)
+                return
+            if not data:
+                log.debug("%s disconnected", self.label())
+                return
+            try:
+                self.conn.receive_data(data)
+                while (event := self.conn.next_event()) is not None:
+                    await self.dispatch(event)
+            except P.ProtocolError as e:
+                log.warning("%s dropped: protocol error: %s", self.label(), e)
+                self.error(e.code, str(e), fatal=True)
+                return
+            frame_started = (frame_started or time.monotonic()) if self.conn.decoder.partial else None
+
+    async def dispatch(self, event: P.Event) -> None:
+        if isinstance(event, P.Hello):
+            self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server.identity.public.line, self.challenge,
+                                    self.server.config.max_frame, server="securecomm"))
+        elif isinstance(event, P.LoginPassword):
+            await self.server.login_password(self, event)
+        elif isinstance(event, P.LoginKey):
+            await self.server.login_key(self, event)
+        elif isinstance(event, P.Ping):
+            if isinstance(event, P.Bye):
+                self.closing = True
+            else:
+                self.send(P.Pong())
+        elif not self.bucket.take():
+            msg_id = event.envelope[12:28] if isinstance(event, P.Send) and len(event.envelope) >= 28 else None
+            self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id)
+        elif isinstance(event, P.Send):
+            await self.in_flight.acquire()
+            self.server.handle_send(self, event)
+        elif isinstance(event, P.Request):
+            await self.server.handle_request(self, event)
+
+    def track(self, fut: asyncio.Future[Any], on_done: Callable[[asyncio.Future[Any]], None]) -> None:
+        self.pending.add(fut)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self.pending.discard(f)
+            self.in_flight.release()
+            on_done(f)
+
+        fut.add_done_callback(done)
+
+
+class Server:
+    def __init__(self, config: ServerConfig, ssl_ctx: ssl.SSLContext, identity: PrivateIdentity,
+                 db_path: Any) -> None:
+        config.validate()
+        self.config = config
+        self.ssl_ctx = ssl_ctx
+        self.identity = identity
+        self.store = AsyncStore(db_path)
+        self.sessions: set[Session] = set()
+        self.handshaking = 0
+        self.hash_pool = ThreadPoolExecutor(max_workers=config.hash_workers, thread_name_prefix="securecomm-argon2")
+        self.hash_slots = asyncio.Semaphore(config.hash_workers)
+        self.hash_waiting = 0
+        self._dummy_hash = passwords.dummy_hash()
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stopped = asyncio.Event()
+        self.address: tuple[str, int] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> tuple[str, int]:
+        await self.store.open()
+        self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port,
+                                                  limit=READ_CHUNK, backlog=1024)
+        sock = self._server.sockets[0].getsockname()
+        self.address = (sock[0], sock[1])
+        return self.address
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight messages commit and their receipts go out, close the DB."""
+        if self._server is not None:
+            self._server.close()
+        for s in list(self.sessions):
+            s.closing = True
+        pending = [f for s in self.sessions for f in s.pending]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        for s in list(self.sessions):
+            s.error(P.ErrorCode.SHUTTING_DOWN, "server is shutting down", fatal=True)
+            s.outbox.flush()
+            s.writer.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        await self.store.close()
+        self.hash_pool.shutdown(wait=False, cancel_futures=True)
+        self.stopped.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        addr = writer.get_extra_info("peername")
+        peer = f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+        if self.handshaking >= self.config.max_handshakes:
+            log.warning("peer=%s dropped: %d handshakes already in progress", peer, self.handshaking)
+            writer.transport.abort()
+            return
+        self.handshaking += 1
+        try:
+            await writer.start_tls(self.ssl_ctx, ssl_handshake_timeout=self.config.handshake_timeout)
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as e:
+            log.info("peer=%s dropped: TLS handshake failed: %s", peer, _short(e))
+            writer.transport.abort()
+            return
+        finally:
+            self.handshaking -= 1
+        session = Session(self, reader, writer, peer)
+        if len(self.sessions) >= self.config.max_clients:
+            log.warning("peer=%s refused: %d clients connected (the maximum)", peer, len(self.sessions))
+            session.error(P.ErrorCode.TOO_MANY_CLIENTS,
+                          f"server is full ({self.config.max_clients} clients); try again later", fatal=True)
+            await _close(session)
+            return
+        self.sessions.add(session)
+        log.debug("peer=%s connected (%d clients)", peer, len(self.sessions))
+        try:
+            await session.run()
+        except (ConnectionError, ssl.SSLError, OSError) as e:
+            log.info("%s connection lost: %s", session.label(), _short(e))
+        except Exception:  # one broken connection must never take the server down
+            log.exception("%s internal error", session.label())
+            session.error(P.ErrorCode.INTERNAL, "internal server error", fatal=True)
+        finally:
+            self.sessions.discard(session)
+            if session.pending:
+                await asyncio.wait(session.pending, timeout=10)
+            await _close(session)
+
+    # -- login -----------------------------------------------------------------------
+    async def _check_password(self, password: str, phc: str) -> bool:
+        if self.hash_waiting >= self.config.max_hash_queue:
+            raise _Busy
+        self.hash_waiting += 1
+        try:
+            async with self.hash_slots:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.hash_pool, passwords.verify_password, password, phc)
+        finally:
+            self.hash_waiting -= 1
+
+    async def login_password(self, s: Session, ev: P.LoginPassword) -> None:
+        try:
+            name = normalise_name(ev.user)
+        except UsageError:
+            name = None
+        user = await self.store.call(self.store.store.get_user, name) if name else None
+        try:
+            ok = await self._check_password(ev.password, user.password_hash if user else self._dummy_hash)
+        except _Busy:
+            log.warning("%s login refused: too many logins waiting", s.label())
+            s.error(P.ErrorCode.BUSY, "server busy; try again shortly", fatal=True)
+            return
+        reason = "unknown user" if user is None else "account locked" if user.locked() else None
+        if user is not None and not ok:
+            reason = "wrong password"
+            await self.store.call(self.store.store.record_login, user.id, False, self.config.lock_seconds,
+                                  self.config.lock_after)
+        if reason or user is None:
+            log.warning("%s login failed for %r: %s", s.label(), (name or ev.user)[:40], reason)
+            # the same answer for every cause, so that names cannot be enumerated
+            s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: wrong user name or password, "
+                    "or the account is locked", fatal=True)
+            return
+        identity = None
+        if ev.identity:
+            try:
+                identity = PublicIdentity.from_line(ev.identity)
+            except SecurecommError:
+                s.error(P.ErrorCode.INTEGRITY, "the identity to register is malformed", fatal=True)
+                return
+            await self.store.call(self.store.store.set_identity, user.id, identity.encode(), identity.fingerprint)
+        if passwords.needs_rehash(user.password_hash):
+            new_hash = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password,
+                                                                        ev.password)
+            await self.store.call(self.store.store.set_password, user.name, new_hash)
+        await self._logged_in(s, user, identity, "password")
+
+    async def login_key(self, s: Session, ev: P.LoginKey) -> None:
+        try:
+            name = normalise_name(ev.user)
+        except UsageError:
+            name = None
+        user = await self.store.call(self.store.store.get_user, name) if name else None
+        identity = PublicIdentity.decode(user.identity) if user and user.identity else None
+        transcript = P.login_transcript(s.challenge, self.identity.public.fingerprint, name or "")
+        ok = False
+        if identity is not None and user is not None and not user.locked():
+            try:
+                identity.verify(ev.signature, transcript)
+                ok = True
+            except IntegrityError:
+                ok = False
+        if not ok or user is None:
+            log.warning("%s key login failed for %r", s.label(), (name or ev.user)[:40])
+            s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: unknown user or key not registered "
+                    "(log in with a password first: securecomm user login)", fatal=True)
+            return
+        await self._logged_in(s, user, identity, "identity key")
+
+    async def _logged_in(self, s: Session, user: User, identity: PublicIdentity | None, how: str) -> None:
+        await self.store.call(self.store.store.record_login, user.id, True)
+        if identity is None and user.identity:
+            identity = PublicIdentity.decode(user.identity)
+        s.user, s.identity = user, identity
+        log.info("%s logged in (%s)", s.label(), how)
+        s.send(P.LoginOk(user.name, user.role, identity.fingerprint_text if identity else None))
+
+    # -- messages --------------------------------------------------------------------
+    def handle_send(self, s: Session, ev: P.Send) -> None:
+        """Check and open the envelope now; the receipt follows the commit."""
+        msg_id = None
+        try:
+            env = envelope.parse(ev.envelope)
+            msg_id = env.header.msg_id
+            refusal = self._refusal(s, env)
+            if refusal is not None:
+                s.in_flight.release()
+                log.info("%s message refused: %s", s.label(), refusal[1])
+                s.error(refusal[0], refusal[1], msg_id=msg_id)
+                return
+            assert s.identity is not None and s.user is not None
+            opened = envelope.open_envelope(env, self.identity, s.identity)
+        except IntegrityError as e:
+            s.in_flight.release()
+            log.info("%s message rejected: %s", s.label(), e.message)
+            s.error(P.ErrorCode.INTEGRITY, f"message rejected: {e.message}", msg_id=msg_id)
+            return
+        fut = self.store.submit(NewMessage(s.user.id, env.header.msg_id, opened.digest, env.header.timestamp_ms,
+                                           env.raw))
+        s.track(fut, lambda f: self._receipt(s, f, env.header.msg_id))
+
+    def _refusal(self, s: Session, env: envelope.Envelope) -> tuple[P.ErrorCode, str] | None:
+        h = env.header
+        if not same(h.recipient, self.identity.public.fingerprint):
+            return P.ErrorCode.WRONG_RECIPIENT, "envelope is sealed for another recipient, not this server"
+        if abs(time.time_ns() // 1_000_000 - h.timestamp_ms) > self.config.stale_window_ms:
+            return P.ErrorCode.STALE, (f"envelope timestamp is more than {self.config.stale_window_ms // 1000}s "
+                                       "from the server clock (stale, replayed, or a wrong clock)")
+        if s.identity is None:
+            return P.ErrorCode.FORBIDDEN, "no identity registered for this account (run: securecomm user login)"
+        if not same(h.sender, s.identity.fingerprint):
+            return P.ErrorCode.FORBIDDEN, "envelope is not signed by the identity of the logged-in user"
+        return None
+
+    def _receipt(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            log.error("%s message not stored: %s", s.label(), _short(fut.exception()) if not fut.cancelled() else "")
+            s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
+            return
+        stored = fut.result()
+        if stored.duplicate:
+            log.info("%s duplicate message %s: original receipt sent", s.label(), msg_id.hex())
+        with contextlib.suppress(P.ProtocolError):
+            s.send(P.Receipt(stored.msg_id, stored.sha256, stored.stored_at_ms, stored.duplicate))
+
+    # -- requests --------------------------------------------------------------------
+    async def handle_request(self, s: Session, ev: P.Request) -> None:
+        assert s.user is not None
+        if ev.op == "user_list":
+            if s.user.role != "admin":
+                log.warning("%s refused user_list: not an admin", s.label())
+                s.error(P.ErrorCode.FORBIDDEN, "permission denied: listing users needs the admin role", rid=ev.rid)
+                return
+            users = await self.store.call(self.store.store.list_users)
+            s.send(P.Result(ev.rid, [user_row(u) for u in users]))
+        else:
+            s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", rid=ev.rid)
+
+
+class _Busy(Exception):
+    pass
+
+
+def user_row(u: User) -> dict[str, Any]:
+    from securecomm.crypto.identity import format_fingerprint
+
+    return {
+        "name": u.name,
+        "role": u.role,
+        "created": u.created_at,
+        "last_login": u.last_login,
+        "locked": u.locked(),
+        "failed_logins": u.failed_logins,
+        "fingerprint": format_fingerprint(PublicIdentity.decode(u.identity).fingerprint) if u.identity else None,
+    }
+
+
+def _short(e: BaseException | None) -> str:
+    text = str(e) or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+async def _close(s: Session) -> None:
+    s.outbox.flush()
+    with contextlib.suppress(Exception):
+        s.writer.close()
+        await asyncio.wait_for(s.writer.wait_closed(), 2)
+
+
+async def run_server(server: Server, on_listening: Callable[[tuple[str, int]], None]) -> None:
+    """Start, report the address, serve until SIGINT/SIGTERM, then shut down cleanly."""
+    address = await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    on_listening(address)
+    await stop.wait()
+    log.info("shutting down: no new connections; finishing in-flight messages")
+    await server.stop()
+    log.info("stopped")

@@ -1,0 +1,230 @@
+"""The SQLite store: versioned schema, users, identities, messages.
+
+Durability: WAL journal with synchronous=FULL, so a COMMIT that returned is
+on disk and survives kill -9 or power loss of the server process; receipts
+are only sent after the commit that holds their message. Many messages share
+one commit (group commit, see net/server.py), which is what keeps this fast.
+
+All SQL uses parameters; names are validated before they get here.
+This class is synchronous and used from one thread only.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from securecomm.errors import ExistsError, NotFoundError, UsageError
+from securecomm.files import ensure_dir
+
+NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
+ROLES = ("user", "admin")
+LOCK_AFTER_FAILURES = 5
+LOCK_SECONDS = 15 * 60
+
+MIGRATIONS: list[str] = [
+    # 1: users and messages to the server
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+        password_hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_login INTEGER,
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until INTEGER NOT NULL DEFAULT 0,
+        identity BLOB,
+        fingerprint BLOB
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        sender_id INTEGER NOT NULL,
+        msg_id BLOB NOT NULL,
+        sha256 BLOB NOT NULL,
+        sent_at_ms INTEGER NOT NULL,
+        stored_at_ms INTEGER NOT NULL,
+        envelope BLOB NOT NULL,
+        UNIQUE (sender_id, msg_id)
+    );
+    """,
+]
+
+
+def normalise_name(name: str) -> str:
+    """Lower-case and validate a user name: 1-32 of [a-z0-9_.-]."""
+    lowered = name.lower()
+    if not NAME_RE.match(lowered):
+        raise UsageError(f"user name {name!r} must be 1-32 characters of a-z 0-9 _ . -")
+    return lowered
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+    password_hash: str
+    created_at: int
+    last_login: int | None
+    failed_logins: int
+    locked_until: int
+    identity: bytes | None
+    fingerprint: bytes | None
+
+    def locked(self, now: float | None = None) -> bool:
+        return self.locked_until > (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    msg_id: bytes
+    sha256: bytes
+    stored_at_ms: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    sender_id: int
+    msg_id: bytes
+    sha256: bytes
+    sent_at_ms: int
+    envelope: bytes
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        ensure_dir(path.parent)
+        existed = path.exists()
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if not existed:
+            path.chmod(0o600)  # whoever can write this file is the operator
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {int(number)}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- users ---------------------------------------------------------------------
+    # Whole literal queries (no string building anywhere near SQL).
+    _USER_BY_NAME = ("SELECT id, name, role, password_hash, created_at, last_login, failed_logins, locked_until, "
+                     "identity, fingerprint FROM users WHERE name = ?")
+    _USER_BY_ID = ("SELECT id, name, role, password_hash, created_at, last_login, failed_logins, locked_until, "
+                   "identity, fingerprint FROM users WHERE id = ?")
+    _ALL_USERS = ("SELECT id, name, role, password_hash, created_at, last_login, failed_logins, locked_until, "
+                  "identity, fingerprint FROM users ORDER BY name")
+
+    def add_user(self, name: str, password_hash: str, role: str = "user") -> User:
+        name = normalise_name(name)
+        if role not in ROLES:
+            raise UsageError(f"role must be one of {', '.join(ROLES)}")
+        try:
+            self.db.execute("INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                            (name, role, password_hash, int(time.time())))
+        except sqlite3.IntegrityError as e:
+            raise ExistsError(f"user {name!r} already exists") from e
+        user = self.get_user(name)
+        assert user is not None
+        return user
+
+    def get_user(self, name: str) -> User | None:
+        try:
+            name = normalise_name(name)
+        except UsageError:
+            return None
+        row = self.db.execute(self._USER_BY_NAME, (name,)).fetchone()
+        return User(*row) if row else None
+
+    def get_user_by_id(self, user_id: int) -> User | None:
+        row = self.db.execute(self._USER_BY_ID, (user_id,)).fetchone()
+        return User(*row) if row else None
+
+    def require_user(self, name: str) -> User:
+        user = self.get_user(name)
+        if user is None:
+            raise NotFoundError(f"no user named {name!r}")
+        return user
+
+    def list_users(self) -> list[User]:
+        return [User(*r) for r in self.db.execute(self._ALL_USERS)]
+
+    def remove_user(self, name: str) -> None:
+        user = self.require_user(name)
+        self.db.execute("DELETE FROM users WHERE id = ?", (user.id,))
+
+    def set_password(self, name: str, password_hash: str) -> None:
+        user = self.require_user(name)
+        self.db.execute("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = 0 WHERE id = ?",
+                        (password_hash, user.id))
+
+    def record_login(self, user_id: int, success: bool, lock_seconds: int = LOCK_SECONDS,
+                     lock_after: int = LOCK_AFTER_FAILURES) -> None:
+        now = int(time.time())
+        if success:
+            self.db.execute("UPDATE users SET last_login = ?, failed_logins = 0 WHERE id = ?", (now, user_id))
+            return
+        self.db.execute(
+            "UPDATE users SET failed_logins = failed_logins + 1, "
+            "locked_until = CASE WHEN failed_logins + 1 >= ? THEN ? ELSE locked_until END WHERE id = ?",
+            (lock_after, now + lock_seconds, user_id),
+        )
+
+    def set_identity(self, user_id: int, identity: bytes, fingerprint: bytes) -> None:
+        self.db.execute("UPDATE users SET identity = ?, fingerprint = ? WHERE id = ?",
+                        (identity, fingerprint, user_id))
+
+    # -- messages ------------------------------------------------------------------
+    def store_messages(self, items: Iterable[NewMessage]) -> list[StoredMessage]:
+        """Insert a batch in ONE transaction (group commit); duplicates get their original receipt."""
+        now_ms = time.time_ns() // 1_000_000
+        out: list[StoredMessage] = []
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for m in items:
+                cur.execute(
+                    "INSERT INTO messages (sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender_id, msg_id) DO NOTHING",
+                    (m.sender_id, m.msg_id, m.sha256, m.sent_at_ms, now_ms, m.envelope),
+                )
+                if cur.rowcount == 1:
+                    out.append(StoredMessage(m.msg_id, m.sha256, now_ms, False))
+                else:
+                    sha, stored = cur.execute(
+                        "SELECT sha256, stored_at_ms FROM messages WHERE sender_id = ? AND msg_id = ?",
+                        (m.sender_id, m.msg_id)).fetchone()
+                    out.append(StoredMessage(m.msg_id, sha, stored, True))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return out
+
+    def count_messages(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
