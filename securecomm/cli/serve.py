@@ -22,9 +22,20 @@ from securecomm.cli.context import State, pass_state
               help="Messages per second per connection (0: unlimited).")
 @click.option("--idle-timeout", type=float, default=300, show_default=True,
               help="Seconds before an idle client is cut.")
+@click.option("--handshake-timeout", type=float, default=10, show_default=True,
+              help="Seconds a client has to finish the TLS handshake.")
+@click.option("--login-timeout", type=float, default=15, show_default=True,
+              help="Seconds from connecting to a completed login.")
+@click.option("--frame-timeout", type=float, default=10, show_default=True,
+              help="Seconds a started frame has to arrive in full (slow-loris guard).")
+@click.option("--lock-after", type=click.IntRange(1), default=5, show_default=True,
+              help="Failed password logins in a row that lock an account.")
+@click.option("--lock-minutes", type=click.FloatRange(0), default=15, show_default=True,
+              help="How long a locked account stays locked.")
 @pass_state
 def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
-          max_clients: int, max_frame: int, rate: float, idle_timeout: float) -> None:
+          max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
+          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
 
     On a first run with no certificate or server identity it creates them
@@ -41,7 +52,9 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
     logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
-                          burst=max(1, int(rate)), idle_timeout=idle_timeout)
+                          burst=max(1, int(rate)), idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
+                          login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
+                          lock_seconds=int(lock_minutes * 60))
     config.validate()
     ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
 

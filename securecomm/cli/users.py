@@ -104,7 +104,7 @@ def passwd(state: State, name: str, password_stdin: bool, db: Path | None) -> No
 @db_option
 @pass_state
 def remove(state: State, name: str, yes: bool, db: Path | None) -> None:
-    """Delete account NAME."""
+    """Delete account NAME and its registered identity key (its stored messages stay)."""
     store = open_db(state, db)
     try:
         store.require_user(name)

@@ -1,0 +1,126 @@
+"""A real `securecomm serve` in a subprocess on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from securecomm.wire import protocol as P
+from securecomm.wire.frames import FrameDecoder
+from tests.conftest import ENTRY, run_entry
+
+PASSWORD = "correct horse battery"
+
+
+class ServerProc:
+    def __init__(self, home: Path, *extra: str) -> None:
+        self.home, self.extra = home, extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log_lines: list[str] = []
+
+    def start(self, timeout: float = 30) -> ServerProc:
+        self.log_lines = []
+        port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
+        self.proc = subprocess.Popen([ENTRY, "--home", str(self.home), "serve", *port_args, *self.extra],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc and self.proc.stderr
+            for raw in self.proc.stderr:
+                line = raw.decode(errors="replace")
+                self.log_lines.append(line)
+                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout):
+            self.stop(signal.SIGKILL)
+            raise RuntimeError("server did not start:\n" + self.log)
+        return self
+
+    @property
+    def log(self) -> str:
+        return "".join(self.log_lines)
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.proc = None
+
+    def wait_log(self, pattern: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.log)
+            if m:
+                return m.group(0)
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in server log:\n{self.log}")
+
+
+def add_user(home: Path, name: str, *extra: str, password: str = PASSWORD) -> None:
+    r = run_entry("--home", str(home), "user", "add", name, "--password-stdin", *extra,
+                  input=(password + "\n").encode())
+    assert r.returncode == 0, r.stderr
+
+
+def login(client_home: Path, server: ServerProc, name: str, password: str = PASSWORD, *extra: str):
+    ca = server.home / "tls" / "ca.pem"
+    return run_entry("--home", str(client_home), "user", "login", name, "--server", server.address,
+                     "--ca", str(ca), "--password-stdin", *extra, input=(password + "\n").encode())
+
+
+# -- a raw TLS client for hostile-input tests -------------------------------------------
+def tls_socket(server: ServerProc, timeout: float = 10) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(server.home / "tls" / "ca.pem"))
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def read_events(sock: ssl.SSLSocket, timeout: float = 10) -> list[P.Event]:
+    """Read until the server closes; return every event it sent."""
+    sock.settimeout(timeout)
+    dec, events = FrameDecoder(), []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionError, ssl.SSLError, OSError):
+            break
+        if not data:
+            break
+        dec.receive_data(data)
+        while (f := dec.next_frame()) is not None:
+            events.append(P.decode_payload(f))
+    return events
+
+
+def frame(event: P.Event) -> bytes:
+    return P.encode_event(event)
+
+
+def raw_frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def env_without_home() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "SECURECOMM_HOME"}

@@ -1,0 +1,164 @@
+"""The sans-I/O protocol: frames, messages, state machine — no sockets at all."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securecomm.errors import OversizedError
+from securecomm.wire import protocol as P
+from securecomm.wire.frames import FrameDecoder, FrameTooLarge, RemoteProtocolError, encode_frame
+
+HELLO = P.ServerHello(1, "securecomm:1:x", b"\x07" * 32, 4096)
+
+
+def test_frames_byte_at_a_time():
+    frames = [b"\x01abc", b"\x02" * 1000, b"\x03"]
+    stream = b"".join(encode_frame(f) for f in frames)
+    dec, out = FrameDecoder(), []
+    for i in range(len(stream)):
+        dec.receive_data(stream[i : i + 1])
+        while (f := dec.next_frame()) is not None:
+            out.append(f)
+    assert out == frames
+    assert not dec.partial
+
+
+def test_frame_over_limit_is_refused_before_buffering():
+    dec = FrameDecoder(max_frame=100)
+    with pytest.raises(FrameTooLarge):
+        dec.receive_data(struct.pack(">I", 101))
+    with pytest.raises(OversizedError):
+        encode_frame(b"x" * 101, max_frame=100)
+
+
+def test_empty_frame_is_an_error():
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder().receive_data(struct.pack(">I", 0))
+
+
+@pytest.mark.parametrize("event", [
+    P.Hello(), HELLO, P.LoginPassword("alice", "pw", None), P.LoginKey("bob", b"s" * 64),
+    P.LoginOk("alice", "admin", "SHA256:x"), P.Send(b"envelope"), P.Receipt(b"i" * 16, b"d" * 32, 123, True),
+    P.Request(7, "user_list", {}), P.Result(7, [{"a": 1}]), P.Error(5, "nope", True, b"m" * 16, 3),
+    P.Ping(), P.Pong(), P.Bye(),
+])
+def test_every_message_round_trips(event):
+    payload = encode_frame(bytes([event.TYPE]) + event.encode_body())[4:]
+    assert P.decode_payload(payload) == event
+
+
+def test_password_is_not_in_repr():
+    assert "hunter2" not in repr(P.LoginPassword("alice", "hunter2"))
+
+
+def pair():
+    return P.Connection("client"), P.Connection("server")
+
+
+def deliver(src, dst, event):
+    dst.receive_data(src.send(event))
+    return dst.next_event()
+
+
+def test_client_and_server_back_to_back():
+    c, s = pair()
+    assert isinstance(deliver(c, s, P.Hello()), P.Hello)
+    assert isinstance(deliver(s, c, HELLO), P.ServerHello)
+    assert c.state is s.state is P.State.AWAIT_LOGIN
+    deliver(c, s, P.LoginKey("alice", b"s" * 64))
+    deliver(s, c, P.LoginOk("alice", "user"))
+    assert c.state is s.state is P.State.READY
+    assert isinstance(deliver(c, s, P.Send(b"x")), P.Send)
+    assert isinstance(deliver(s, c, P.Receipt(b"i" * 16, b"d" * 32, 1)), P.Receipt)
+    deliver(c, s, P.Bye())
+    assert s.state is P.State.CLOSED and c.state is P.State.CLOSED
+
+
+def test_message_before_login_is_bad_state():
+    c, s = pair()
+    deliver(c, s, P.Hello())
+    deliver(s, c, HELLO)
+    s.receive_data(P.encode_event(P.Send(b"x")))
+    with pytest.raises(P.ProtocolError) as e:
+        s.next_event()
+    assert e.value.code == P.ErrorCode.BAD_STATE
+
+
+def test_unknown_type():
+    s = P.Connection("server")
+    s.receive_data(encode_frame(b"\x55hello"))
+    with pytest.raises(P.ProtocolError) as e:
+        s.next_event()
+    assert e.value.code == P.ErrorCode.UNKNOWN_TYPE
+
+
+def test_no_common_version():
+    s = P.Connection("server")
+    s.receive_data(P.encode_event(P.Hello(versions=(99,))))
+    with pytest.raises(P.ProtocolError) as e:
+        s.next_event()
+    assert e.value.code == P.ErrorCode.VERSION
+
+
+def test_fatal_error_closes():
+    c, s = pair()
+    deliver(c, s, P.Hello())
+    c.receive_data(s.send(P.Error(int(P.ErrorCode.TOO_MANY_CLIENTS), "full", fatal=True)))
+    assert isinstance(c.next_event(), P.Error)
+    assert c.state is P.State.CLOSED and s.state is P.State.CLOSED
+
+
+@pytest.mark.parametrize("body", [b"[]", b"{", b'{"versions": "1"}', b'{"versions": [true]}', b"\xff\xfe",
+                                  b'{"versions": []}'])
+def test_malformed_hello(body):
+    s = P.Connection("server")
+    s.receive_data(encode_frame(b"\x01" + body))
+    with pytest.raises(P.ProtocolError):
+        s.next_event()
+
+
+# h11's invariant: we either parse it or raise a protocol error, never anything else.
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8), st.sampled_from(["client", "server"]))
+def test_fuzz_arbitrary_bytes(chunks, role):
+    conn = P.Connection(role, max_frame=4096)
+    try:
+        for chunk in chunks:
+            conn.receive_data(chunk)
+            while conn.next_event() is not None:
+                pass
+    except P.ProtocolError:
+        pass
+
+
+EVENTS = st.one_of(
+    st.builds(P.Hello, versions=st.lists(st.integers(0, 3), min_size=1, max_size=3).map(tuple)),
+    st.builds(P.LoginPassword, user=st.text(max_size=40), password=st.text(max_size=40)),
+    st.builds(P.LoginKey, user=st.text(max_size=40), signature=st.binary(min_size=64, max_size=64)),
+    st.builds(P.Send, envelope=st.binary(min_size=1, max_size=200)),
+    st.builds(P.Request, rid=st.integers(0, 2**31), op=st.text(max_size=20)),
+    st.just(P.Ping()), st.just(P.Bye()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(EVENTS, max_size=10))
+def test_fuzz_message_sequences(events):
+    """Any sequence of well-formed client messages: accepted in order or refused with ProtocolError."""
+    server = P.Connection("server")
+    for ev in events:
+        try:
+            server.receive_data(P.encode_event(ev))
+            got = server.next_event()
+        except P.ProtocolError:
+            return
+        if got is None:
+            assert server.state is P.State.CLOSED
+            return
+        assert got.TYPE == ev.TYPE
+        if isinstance(got, P.Hello):
+            server.send(HELLO)
