@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from securecomm.cli.context import State, emit_json, json_option, pass_state, passphrase_file_option
-from securecomm.errors import NotImplementedYet, OversizedError
+from securecomm.errors import OversizedError
 
 server_option = click.option("--server", help="HOST:PORT (default: the saved profile's server).")
 ca_option = click.option("--ca", type=click.Path(dir_okay=False), help="Trust this CA certificate (PEM).")
@@ -31,21 +31,28 @@ def _read_body(message: str) -> bytes:
     return body
 
 
-@click.command(epilog="Examples:\n\n  securecomm send 'hello'\n\n  date | securecomm send - --json")
+@click.command(epilog="Examples:\n\n  securecomm send 'hello'\n\n  date | securecomm send - --json"
+               "\n\n  securecomm send --to bob --wait 'end to end'")
 @click.argument("message")
+@click.option("--to", "to", metavar="USER", help="Send end to end to USER instead of to the server.")
+@click.option("--wait", is_flag=True, help="With --to: wait for the recipient's signed delivery receipt.")
+@click.option("--timeout", type=float, default=30, show_default=True, help="Seconds --wait waits.")
 @server_option
 @ca_option
 @pin_option
 @passphrase_file_option
 @json_option
 @pass_state
-def send(state: State, message: str, server: str | None, ca: str | None, pin: str | None,
-         passphrase_file: str | None, as_json: bool) -> None:
-    """Send MESSAGE (or - for stdin) to the server and print its receipt.
+def send(state: State, message: str, to: str | None, wait: bool, timeout: float, server: str | None,
+         ca: str | None, pin: str | None, passphrase_file: str | None, as_json: bool) -> None:
+    """Send MESSAGE (or - for stdin) and print its receipt.
 
-    The message is sealed to the server's identity with HPKE, signed with
-    your identity key, and sent over TLS 1.3. Exit 0 only when the server's
+    To the server (default): sealed to the server's identity with HPKE, signed
+    with your identity key, sent over TLS 1.3; exit 0 only when the server's
     receipt came back and its SHA-256 equals that of the message.
+
+    With --to USER: sealed to USER's identity (pinned on first use), so the
+    server only stores and forwards ciphertext until USER is online.
     """
     import asyncio
 
@@ -54,6 +61,13 @@ def send(state: State, message: str, server: str | None, ca: str | None, pin: st
 
     body = _read_body(message)
     identity = _identity(state, passphrase_file)
+    if wait and not to:
+        from securecomm.errors import UsageError
+
+        raise UsageError("--wait needs --to USER")
+    if to:
+        _send_direct(state, identity, to, body, wait, timeout, as_json, server=server, ca=ca, pin=pin)
+        return
 
     async def go() -> Any:
         client, _ = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
@@ -108,8 +122,149 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
             click.echo(f"{key:28} {value}")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def chat(args: tuple[str, ...]) -> None:
-    """Interactive chat session. Not implemented yet (exit code 2): see issue 5."""
-    raise NotImplementedYet("chat is not implemented yet")
+def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, timeout: float, as_json: bool,
+                 **conn: Any) -> None:
+    import asyncio
+
+    from securecomm.cli.users import ask_trust
+    from securecomm.errors import NetworkError
+    from securecomm.net.connect import connect_profile
+    from securecomm.net.messenger import Messenger
+
+    async def go() -> tuple[Any, bytes, Any]:
+        client, profile = await connect_profile(state.paths, identity, ask=ask_trust, **conn)
+        async with client:
+            messenger = Messenger(client, identity, profile.user, state.paths, lambda ev: None)
+            pump = asyncio.create_task(messenger.run())
+            try:
+                receipt, msg_id = await messenger.send_direct(to, body)
+                delivered = None
+                if wait:
+                    try:
+                        delivered = await messenger.wait_delivered(msg_id, timeout)
+                    except TimeoutError as e:
+                        raise NetworkError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
+                                           hint="the message stays on the server until they connect") from e
+                return receipt, msg_id, delivered
+            finally:
+                pump.cancel()
+
+    receipt, msg_id, delivered = asyncio.run(go())
+    if delivered is not None and not delivered.verified:
+        from securecomm.errors import IntegrityError
+
+        raise IntegrityError(f"the delivery receipt from {to} did not verify")
+    if as_json:
+        emit_json({"status": "delivered" if delivered else "stored", "id": msg_id.hex(), "to": to.lower(),
+                   "envelope_sha256": receipt.sha256.hex(), "duplicate": receipt.duplicate})
+        return
+    if delivered:
+        click.echo(f"delivered {msg_id.hex()} to {to.lower()} (signed receipt verified)")
+    else:
+        click.echo(f"stored {msg_id.hex()} for {to.lower()}")
+
+
+@click.command(epilog="Examples:\n\n  securecomm inbox\n\n  securecomm inbox --follow --json")
+@click.option("--follow", is_flag=True, help="Keep waiting for new messages (Ctrl-C to stop).")
+@click.option("--wait", "wait_s", type=float, default=1.0, show_default=True,
+              help="Without --follow: seconds to wait for deliveries after connecting.")
+@server_option
+@passphrase_file_option
+@json_option
+@pass_state
+def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphrase_file: str | None,
+          as_json: bool) -> None:
+    """Fetch and print pending direct messages, verifying each.
+
+    Every message is checked (recipient, sender signature, decryption,
+    SHA-256 digest) before it is printed and acknowledged; one that fails is
+    reported on stderr and never printed. With --json, one object per line.
+    """
+    import asyncio
+
+    from securecomm.cli.users import ask_trust
+    from securecomm.net.connect import connect_profile
+    from securecomm.net.messenger import DirectMessage, Messenger, Warning, now_text, printable
+
+    identity = _identity(state, passphrase_file)
+    failures = 0
+
+    def show(ev: Any) -> None:
+        nonlocal failures
+        if isinstance(ev, DirectMessage):
+            if as_json:
+                import json
+
+                click.echo(json.dumps({"from": ev.sender, "id": ev.msg_id.hex(), "sent_at_ms": ev.sent_at_ms,
+                                       "fingerprint": ev.fingerprint, "verified": True,
+                                       "body": ev.body.decode("utf-8", "replace")}))
+            else:
+                click.echo(f"{now_text(ev.sent_at_ms)} {ev.sender} \u2713 {printable(ev.body)}")
+        elif isinstance(ev, Warning):
+            failures += 1
+            from securecomm.cli.context import warn
+
+            warn(ev.text)
+
+    async def go() -> None:
+        client, profile = await connect_profile(state.paths, identity, server=server, ask=ask_trust)
+        async with client:
+            messenger = Messenger(client, identity, profile.user, state.paths, show)
+            pump = asyncio.create_task(messenger.run())
+            try:
+                if follow:
+                    await pump
+                else:
+                    await messenger.drain(wait_s)
+                    if pump.done():
+                        pump.result()  # the connection failed: report it
+            finally:
+                pump.cancel()
+
+    import contextlib
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(go())
+    if failures:
+        from securecomm.errors import IntegrityError
+
+        raise IntegrityError(f"{failures} message(s) failed verification and were not printed")
+
+
+@click.group(invoke_without_command=True, epilog="Examples:\n\n  securecomm contacts --json"
+             "\n\n  securecomm contacts trust bob")
+@json_option
+@click.pass_context
+def contacts(ctx: click.Context, as_json: bool) -> None:
+    """Show the contacts whose keys you have pinned (trust on first use).
+
+    A contact whose key changed is marked CHANGED and refused until you
+    verify the new fingerprint with them and run `securecomm contacts trust NAME`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from securecomm.cli.context import table
+    from securecomm.contacts import Contacts
+
+    state = ctx.find_object(State)
+    assert state is not None
+    entries = Contacts.load(state.paths.contacts).all()
+    if as_json:
+        emit_json([{"name": c.name, "fingerprint": c.identity.fingerprint_text, "kem": c.identity.kem,
+                    "first_seen": c.first_seen,
+                    "changed_to": c.pending.fingerprint_text if c.pending else None} for c in entries])
+        return
+    click.echo(table([[c.name, c.identity.fingerprint_text,
+                       f"CHANGED to {c.pending.fingerprint_text}" if c.pending else "ok"] for c in entries],
+                     headers=["name", "fingerprint", "status"]))
+
+
+@contacts.command(epilog="Example: securecomm contacts trust bob")
+@click.argument("name")
+@pass_state
+def trust(state: State, name: str) -> None:
+    """Accept NAME's changed key (after checking its fingerprint with them)."""
+    from securecomm.contacts import Contacts
+
+    c = Contacts.load(state.paths.contacts).trust(name.lower())
+    click.echo(f"now trusting {c.name} {c.identity.fingerprint_text}")

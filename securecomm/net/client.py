@@ -116,6 +116,8 @@ class Client:
         self._reader_task: asyncio.Task[None] | None = None
         self._closed_error: SecurecommError | None = None
         self._hello_waiter: asyncio.Future[Any] | None = None
+        #: Unsolicited events (deliveries, room traffic) for a Messenger to consume.
+        self.events: asyncio.Queue[P.Event | SecurecommError] = asyncio.Queue()
 
     # -- connection --------------------------------------------------------------------
     async def connect(self, timeout: float = CONNECT_TIMEOUT) -> P.ServerHello:
@@ -231,6 +233,8 @@ class Client:
             self._resolve(self._waiters.pop("pong", None), ev)
         elif isinstance(ev, P.Error):
             self._on_error(ev)
+        else:  # DELIVER, DELIVERED, ROOM_MESSAGE, ROOM_KEY, ROOM_EVENT
+            self.events.put_nowait(ev)
 
     def _on_error(self, ev: P.Error) -> None:
         err = error_from(ev)
@@ -242,6 +246,7 @@ class Client:
 
     def _fail_all(self, err: SecurecommError) -> None:
         self._closed_error = err
+        self.events.put_nowait(err)
         waiters = [*self._waiters.values(), self._hello_waiter]
         self._waiters.clear()
         for fut in waiters:
@@ -299,6 +304,16 @@ class Client:
         receipt = await self._wait(self.submit(self.seal_for_server(body, identity)))
         check_receipt(receipt, digest)
         return receipt
+
+    def send_event(self, event: P.Event) -> None:
+        self._write(event)
+
+    def expect_receipt(self, msg_id: bytes) -> asyncio.Future[Any]:
+        return self._expect(("msg", msg_id))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_error is not None
 
     async def request(self, op: str, **args: Any) -> Any:
         rid, self._next_rid = self._next_rid, self._next_rid + 1

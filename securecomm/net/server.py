@@ -33,6 +33,7 @@ from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import IntegrityError, SecurecommError, UsageError
+from securecomm.net.relay import Relay
 from securecomm.net.storage import AsyncStore
 from securecomm.store import passwords
 from securecomm.store.db import NewMessage, StoredMessage, User, normalise_name
@@ -117,6 +118,46 @@ class TokenBucket:
         return False
 
 
+class Mailbox:
+    """Which stored direct messages a session has been sent, in order, exactly once.
+
+    Offers go out in increasing `seq`. While a fetch from the database is
+    running, or older rows are still waiting in the database (backlog),
+    messages pushed live are held back, so that per-sender order is kept.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.high = 0  # highest seq offered
+        self.outstanding: set[int] = set()
+        self.fetching = False
+        self.backlog = False
+        self._queued: list[Any] = []
+
+    def offer(self, item: Any) -> None:
+        if item.seq <= self.high:
+            return
+        self.high = item.seq
+        self.outstanding.add(item.seq)
+        with contextlib.suppress(P.ProtocolError):
+            self.session.send(P.Deliver(item.seq, item.stored_at_ms, item.sender, item.envelope))
+
+    def push(self, item: Any) -> None:
+        if self.fetching:
+            self._queued.append(item)
+        elif not self.backlog:
+            self.offer(item)
+
+    def release_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        if not self.backlog:
+            for item in sorted(queued, key=lambda i: i.seq):
+                self.offer(item)
+
+    def acked(self, seq: int) -> None:
+        self.outstanding.discard(seq)
+
+
 class Session:
     """One connection's state above the wire: who is logged in, what is in flight."""
 
@@ -134,6 +175,8 @@ class Session:
         self.pending: set[asyncio.Future[Any]] = set()
         self.started = time.monotonic()
         self.closing = False
+        self.rooms: set[str] = set()
+        self.mailbox = Mailbox(self)
 
     def label(self) -> str:
         return f"peer={self.peer}" + (f" user={self.user.name}" if self.user else "")
@@ -202,6 +245,14 @@ class Session:
         elif isinstance(event, P.Send):
             await self.in_flight.acquire()
             self.server.handle_send(self, event)
+        elif isinstance(event, P.RoomSend):
+            self.server.relay.room_send(self, event)
+        elif isinstance(event, P.Direct):
+            await self.server.relay.direct(self, event)
+        elif isinstance(event, P.Ack):
+            await self.server.relay.ack(self, event)
+        elif isinstance(event, P.RoomKey):
+            self.server.relay.room_key(self, event)
         elif isinstance(event, P.Request):
             await self.server.handle_request(self, event)
 
@@ -224,6 +275,7 @@ class Server:
         self.ssl_ctx = ssl_ctx
         self.identity = identity
         self.store = AsyncStore(db_path)
+        self.relay = Relay(self)
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.hash_pool = ThreadPoolExecutor(max_workers=config.hash_workers, thread_name_prefix="securecomm-argon2")
@@ -306,6 +358,7 @@ class Server:
             session.error(P.ErrorCode.INTERNAL, "internal server error", fatal=True)
         finally:
             self.sessions.discard(session)
+            self.relay.gone(session)
             if session.pending:
                 await asyncio.wait(session.pending, timeout=10)
             await _close(session)
@@ -388,6 +441,7 @@ class Server:
         s.user, s.identity = user, identity
         log.info("%s logged in (%s)", s.label(), how)
         s.send(P.LoginOk(user.name, user.role, identity.fingerprint_text if identity else None))
+        await self.relay.logged_in(s)
 
     # -- messages --------------------------------------------------------------------
     def handle_send(self, s: Session, ev: P.Send) -> None:
@@ -447,7 +501,7 @@ class Server:
                 return
             users = await self.store.call(self.store.store.list_users)
             s.send(P.Result(ev.rid, [user_row(u) for u in users]))
-        else:
+        elif not await self.relay.request(s, ev):
             s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", rid=ev.rid)
 
 

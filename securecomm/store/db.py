@@ -52,6 +52,27 @@ MIGRATIONS: list[str] = [
         UNIQUE (sender_id, msg_id)
     );
     """,
+    # 2: store-and-forward mailbox for end-to-end direct messages. Rows are
+    # deleted once the recipient acknowledges; direct_ids remembers every id
+    # so that a retry after delivery is answered, not delivered twice.
+    """
+    CREATE TABLE mailbox (
+        id INTEGER PRIMARY KEY,
+        recipient_id INTEGER NOT NULL,
+        sender_id INTEGER NOT NULL,
+        msg_id BLOB NOT NULL,
+        stored_at_ms INTEGER NOT NULL,
+        envelope BLOB NOT NULL
+    );
+    CREATE INDEX mailbox_by_recipient ON mailbox (recipient_id, id);
+    CREATE TABLE direct_ids (
+        sender_id INTEGER NOT NULL,
+        msg_id BLOB NOT NULL,
+        sha256 BLOB NOT NULL,
+        stored_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender_id, msg_id)
+    );
+    """,
 ]
 
 
@@ -86,14 +107,38 @@ class StoredMessage:
     sha256: bytes
     stored_at_ms: int
     duplicate: bool
+    seq: int | None = None  # mailbox row, for direct messages
 
 
 @dataclass(frozen=True)
 class NewMessage:
+    """A message to the server (stored in `messages`)."""
+
     sender_id: int
     msg_id: bytes
     sha256: bytes
     sent_at_ms: int
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class NewDirect:
+    """An end-to-end message for another user (stored in `mailbox` until acknowledged).
+
+    `sha256` is the digest of the envelope: the server cannot see the body."""
+
+    sender_id: int
+    recipient_id: int
+    msg_id: bytes
+    sha256: bytes
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class MailItem:
+    seq: int
+    sender: str
+    stored_at_ms: int
     envelope: bytes
 
 
@@ -176,6 +221,7 @@ class Store:
 
     def remove_user(self, name: str) -> None:
         user = self.require_user(name)
+        self.db.execute("DELETE FROM mailbox WHERE recipient_id = ?", (user.id,))
         self.db.execute("DELETE FROM users WHERE id = ?", (user.id,))
 
     def set_password(self, name: str, password_hash: str) -> None:
@@ -200,31 +246,69 @@ class Store:
                         (identity, fingerprint, user_id))
 
     # -- messages ------------------------------------------------------------------
-    def store_messages(self, items: Iterable[NewMessage]) -> list[StoredMessage]:
+    def store_messages(self, items: Iterable[NewMessage | NewDirect]) -> list[StoredMessage]:
         """Insert a batch in ONE transaction (group commit); duplicates get their original receipt."""
         now_ms = time.time_ns() // 1_000_000
-        out: list[StoredMessage] = []
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            for m in items:
-                cur.execute(
-                    "INSERT INTO messages (sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender_id, msg_id) DO NOTHING",
-                    (m.sender_id, m.msg_id, m.sha256, m.sent_at_ms, now_ms, m.envelope),
-                )
-                if cur.rowcount == 1:
-                    out.append(StoredMessage(m.msg_id, m.sha256, now_ms, False))
-                else:
-                    sha, stored = cur.execute(
-                        "SELECT sha256, stored_at_ms FROM messages WHERE sender_id = ? AND msg_id = ?",
-                        (m.sender_id, m.msg_id)).fetchone()
-                    out.append(StoredMessage(m.msg_id, sha, stored, True))
+            out = [self._store_one(cur, m, now_ms) for m in items]
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         return out
+
+    @staticmethod
+    def _store_one(cur: sqlite3.Cursor, m: NewMessage | NewDirect, now_ms: int) -> StoredMessage:
+        if isinstance(m, NewMessage):
+            cur.execute(
+                "INSERT INTO messages (sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender_id, msg_id) DO NOTHING",
+                (m.sender_id, m.msg_id, m.sha256, m.sent_at_ms, now_ms, m.envelope),
+            )
+            if cur.rowcount == 1:
+                return StoredMessage(m.msg_id, m.sha256, now_ms, False)
+            sha, stored = cur.execute("SELECT sha256, stored_at_ms FROM messages WHERE sender_id = ? AND msg_id = ?",
+                                      (m.sender_id, m.msg_id)).fetchone()
+            return StoredMessage(m.msg_id, sha, stored, True)
+        cur.execute("INSERT INTO direct_ids (sender_id, msg_id, sha256, stored_at_ms) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (sender_id, msg_id) DO NOTHING", (m.sender_id, m.msg_id, m.sha256, now_ms))
+        if cur.rowcount != 1:
+            sha, stored = cur.execute("SELECT sha256, stored_at_ms FROM direct_ids WHERE sender_id = ? AND msg_id = ?",
+                                      (m.sender_id, m.msg_id)).fetchone()
+            return StoredMessage(m.msg_id, sha, stored, True)
+        cur.execute("INSERT INTO mailbox (recipient_id, sender_id, msg_id, stored_at_ms, envelope) "
+                    "VALUES (?, ?, ?, ?, ?)", (m.recipient_id, m.sender_id, m.msg_id, now_ms, m.envelope))
+        return StoredMessage(m.msg_id, m.sha256, now_ms, False, cur.lastrowid)
+
+    def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]:
+        """Undelivered direct messages for a user, oldest first."""
+        rows = self.db.execute(
+            "SELECT mailbox.id, users.name, mailbox.stored_at_ms, mailbox.envelope FROM mailbox "
+            "JOIN users ON users.id = mailbox.sender_id "
+            "WHERE mailbox.recipient_id = ? AND mailbox.id > ? ORDER BY mailbox.id LIMIT ?",
+            (recipient_id, after_seq, limit),
+        )
+        return [MailItem(*r) for r in rows]
+
+    def take_mail(self, recipient_id: int, seq: int) -> tuple[bytes, int] | None:
+        """Delete an acknowledged delivery; returns (msg_id, sender_id) if it was there."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            row = cur.execute("SELECT msg_id, sender_id FROM mailbox WHERE id = ? AND recipient_id = ?",
+                              (seq, recipient_id)).fetchone()
+            if row:
+                cur.execute("DELETE FROM mailbox WHERE id = ?", (seq,))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return (row[0], row[1]) if row else None
+
+    def count_mail(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0])
 
     def count_messages(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])

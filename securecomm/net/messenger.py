@@ -1,0 +1,327 @@
+"""End-to-end messaging on top of a logged-in Client: contacts, direct messages, rooms.
+
+Everything that decides whether to believe a message happens here, on the
+client: identities come from the server's key directory but are pinned on
+first use (contacts.json) and a changed key is refused; every direct message
+is opened with envelope.open_envelope (recipient, signature, decryption,
+digest); every room message with the sender's key and identity. A message
+that fails is never shown as if it were good: it becomes a Warning event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from securecomm.contacts import ChangedKeyError, Contacts
+from securecomm.crypto import envelope
+from securecomm.crypto import room as roomcrypto
+from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
+from securecomm.crypto.integrity import same, sha256
+from securecomm.errors import IntegrityError, SecurecommError
+from securecomm.files import PRIVATE_MODE, write_files
+from securecomm.net.client import Client, check_receipt
+from securecomm.wire import protocol as P
+
+#: Message ids remembered to drop redeliveries (a crash between showing and acknowledging).
+SEEN_LIMIT = 10_000
+
+
+# -- what the UI is told ------------------------------------------------------------------
+@dataclass(frozen=True)
+class DirectMessage:
+    sender: str
+    body: bytes
+    msg_id: bytes
+    sent_at_ms: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class RoomText:
+    room: str
+    sender: str
+    body: bytes
+    msg_id: bytes
+    sent_at_ms: int
+
+
+@dataclass(frozen=True)
+class DeliveryReceipt:
+    to: str
+    msg_id: bytes
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Membership:
+    room: str
+    user: str
+    event: str
+
+
+@dataclass(frozen=True)
+class Warning:
+    text: str
+
+
+class SeenIds:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ids: dict[str, None] = {}
+        if path.exists():
+            self.ids = dict.fromkeys(path.read_text().split())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.ids
+
+    def add(self, key: str) -> None:
+        self.ids[key] = None
+        while len(self.ids) > SEEN_LIMIT:
+            self.ids.pop(next(iter(self.ids)))
+        write_files([(self.path, ("\n".join(self.ids) + "\n").encode(), PRIVATE_MODE)], force=True)
+
+
+@dataclass
+class RoomState:
+    name: str
+    my_key: roomcrypto.SenderKey = field(default_factory=roomcrypto.SenderKey.generate)
+    keys: dict[str, roomcrypto.SenderKey] = field(default_factory=dict)
+    members: dict[str, PublicIdentity] = field(default_factory=dict)
+
+
+class Messenger:
+    def __init__(self, client: Client, me: PrivateIdentity, user: str, paths: Any,
+                 emit: Callable[[Any], None]) -> None:
+        self.client, self.me, self.user, self.paths = client, me, user, paths
+        self.emit = emit
+        self.contacts = Contacts.load(paths.contacts)
+        self.seen = SeenIds(paths.config_dir / "seen_ids")
+        self.rooms: dict[str, RoomState] = {}
+        self.sent_digests: dict[bytes, tuple[str, bytes]] = {}  # msg_id -> (to, body digest)
+        self.delivered: dict[bytes, asyncio.Future[DeliveryReceipt]] = {}
+        self._directory: dict[str, PublicIdentity] = {}
+        self.busy = False
+        self.last_activity = time.monotonic()
+
+    # -- identities -----------------------------------------------------------------------
+    async def identity_of(self, user: str) -> PublicIdentity:
+        """The user's key from the directory, pinned on first use; a change raises."""
+        user = user.lower()
+        if user in self._directory:
+            return self._directory[user]
+        data = await self.client.request("lookup", user=user)
+        identity = PublicIdentity.from_line(data["identity"])
+        if data["user"] != self.user:
+            self.contacts.check(data["user"], identity)
+        self._directory[user] = identity
+        return identity
+
+    # -- direct messages ----------------------------------------------------------------------
+    async def send_direct(self, to: str, body: bytes) -> tuple[P.Receipt, bytes]:
+        to = to.lower()
+        recipient = await self.identity_of(to)
+        sealed = envelope.seal(body, self.me, recipient)
+        msg_id = envelope.parse(sealed).header.msg_id
+        self.sent_digests[msg_id] = (to, sha256(body))
+        self.delivered[msg_id] = asyncio.get_running_loop().create_future()
+        fut = self.client.expect_receipt(msg_id)
+        self.client.send_event(P.Direct(to, sealed))
+        receipt = await self.client._wait(fut)
+        check_receipt(receipt, sha256(sealed))
+        return receipt, msg_id
+
+    async def wait_delivered(self, msg_id: bytes, timeout: float) -> DeliveryReceipt:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.delivered[msg_id]), timeout)
+        finally:
+            self.delivered.pop(msg_id, None)
+
+    async def _on_deliver(self, ev: P.Deliver) -> None:
+        try:
+            sender = await self.identity_of(ev.sender)
+        except ChangedKeyError as e:
+            # Not acknowledged: it stays on the server until the user trusts the new key.
+            self.emit(Warning(f"message from {ev.sender} held back: {e.message}. {e.hint}"))
+            return
+        except SecurecommError as e:
+            self.emit(Warning(f"message from {ev.sender} could not be checked ({e.message}); it was discarded"))
+            self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
+            return
+        try:
+            opened = envelope.open_envelope(ev.envelope, self.me, sender)
+        except SecurecommError as e:
+            self.emit(Warning(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
+                              "discarded, not shown"))
+            self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
+            return
+        key = f"{ev.sender}:{opened.header.msg_id.hex()}"
+        if key not in self.seen:
+            self.emit(DirectMessage(ev.sender, opened.body, opened.header.msg_id, opened.header.timestamp_ms,
+                                    sender.fingerprint_text))
+            self.seen.add(key)
+        proof = self.me.sign(P.delivered_transcript(opened.header.msg_id, opened.digest))
+        self.client.send_event(P.Ack(ev.seq, P.ACK_OK, opened.digest, proof))
+
+    def _on_delivered(self, ev: P.Delivered) -> None:
+        sent = self.sent_digests.pop(ev.msg_id, None)
+        verified = False
+        if sent is not None and sent[0] == ev.by and same(sent[1], ev.digest):
+            contact = self.contacts.get(ev.by)
+            if contact is not None:
+                with contextlib.suppress(IntegrityError):
+                    contact.identity.verify(ev.signature, P.delivered_transcript(ev.msg_id, ev.digest))
+                    verified = True
+        receipt = DeliveryReceipt(ev.by, ev.msg_id, verified)
+        fut = self.delivered.get(ev.msg_id)  # kept until wait_delivered collects it
+        if fut is not None and not fut.done():
+            fut.set_result(receipt)
+        if not verified:
+            self.emit(Warning(f"a delivery receipt from {ev.by} did not verify"))
+        else:
+            self.emit(receipt)
+
+    # -- rooms --------------------------------------------------------------------------------
+    async def join(self, room: str) -> list[str]:
+        data = await self.client.request("join", room=room)
+        state = self.rooms.setdefault(data["room"], RoomState(data["room"]))
+        for m in data["members"]:
+            if m["user"] == self.user:
+                continue
+            if await self._add_member(state, m["user"], m["identity"]):
+                self._send_key(state, m["user"])
+        return [m["user"] for m in data["members"]]
+
+    async def leave(self, room: str) -> None:
+        await self.client.request("leave", room=room)
+        self.rooms.pop(room, None)
+
+    async def who(self, room: str) -> list[str]:
+        data = await self.client.request("who", room=room)
+        return [m["user"] for m in data["members"]]
+
+    async def _add_member(self, state: RoomState, user: str, line: str) -> bool:
+        try:
+            identity = PublicIdentity.from_line(line)
+            self.contacts.check(user, identity)
+        except ChangedKeyError as e:
+            self.emit(Warning(f"{user} in #{state.name}: {e.message}. {e.hint}"))
+            return False
+        state.members[user] = identity
+        return True
+
+    def _send_key(self, state: RoomState, user: str) -> None:
+        sealed = envelope.seal(state.my_key.encode(state.name), self.me, state.members[user])
+        self.client.send_event(P.RoomKey(user, sealed))
+
+    async def _on_room_event(self, ev: P.RoomEvent) -> None:
+        state = self.rooms.get(ev.room)
+        if state is None or ev.user == self.user:
+            return
+        if ev.event == "joined" and ev.identity:
+            if await self._add_member(state, ev.user, ev.identity):
+                self._send_key(state, ev.user)
+        elif ev.event == "left":
+            state.members.pop(ev.user, None)
+            state.keys.pop(ev.user, None)
+            # Rotate: whoever left must not read what is said from now on.
+            state.my_key = roomcrypto.SenderKey.generate()
+            for user in state.members:
+                self._send_key(state, user)
+        self.emit(Membership(ev.room, ev.user, ev.event))
+
+    async def _on_room_key(self, ev: P.RoomKey) -> None:
+        try:
+            sender = await self.identity_of(ev.user)
+            opened = envelope.open_envelope(ev.envelope, self.me, sender)
+            room, key = roomcrypto.SenderKey.decode(opened.body)
+        except SecurecommError as e:
+            self.emit(Warning(f"ignored a room key from {ev.user}: {e.message}"))
+            return
+        state = self.rooms.get(room)
+        if state is not None:
+            state.keys[ev.user] = key
+            state.members.setdefault(ev.user, sender)
+
+    def _on_room_message(self, ev: P.RoomMessage) -> None:
+        state = self.rooms.get(ev.room)
+        key = state.keys.get(ev.sender) if state else None
+        sender = state.members.get(ev.sender) if state else None
+        if state is None or key is None or sender is None:
+            self.emit(Warning(f"a message in #{ev.room} from {ev.sender} arrived before their key; not shown"))
+            return
+        try:
+            plain = roomcrypto.decrypt(ev.room, ev.payload, sender, key)
+        except SecurecommError as e:
+            self.emit(Warning(f"REJECTED a message in #{ev.room} claiming to be from {ev.sender}: {e.message}"))
+            return
+        self.emit(RoomText(ev.room, ev.sender, plain.body, plain.msg_id, plain.timestamp_ms))
+
+    def seal_room(self, room: str, body: bytes) -> tuple[bytes, bytes]:
+        """Encrypt once for the whole room; returns (msg_id, payload)."""
+        state = self.rooms[room]
+        payload = roomcrypto.encrypt(room, body, self.me, state.my_key)
+        return roomcrypto.parse_header(payload).msg_id, payload
+
+    async def send_room(self, room: str, body: bytes) -> P.Receipt:
+        msg_id, payload = self.seal_room(room, body)
+        fut = self.client.expect_receipt(msg_id)
+        self.client.send_event(P.RoomSend(room, payload))
+        receipt = await self.client._wait(fut)
+        check_receipt(receipt, sha256(payload))
+        return receipt
+
+    # -- the event pump -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Consume unsolicited events until the connection fails (then re-raise its error)."""
+        while True:
+            ev = await self.client.events.get()
+            if isinstance(ev, SecurecommError):
+                raise ev
+            self.busy = True
+            try:
+                await self._handle(ev)
+            except SecurecommError as e:
+                if self.client.closed:
+                    raise
+                self.emit(Warning(str(e)))
+            finally:
+                self.busy = False
+                self.last_activity = time.monotonic()
+
+    async def drain(self, quiet_s: float, limit_s: float = 60.0) -> None:
+        """Return once every delivery so far is handled and none came for `quiet_s` (at most `limit_s`)."""
+        await self.client.request("who", room="lobby")  # a round trip: the first deliveries are queued now
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            idle = self.client.events.empty() and not self.busy
+            if idle and time.monotonic() - self.last_activity >= quiet_s:
+                return
+            await asyncio.sleep(0.02)
+
+    async def _handle(self, ev: P.Event) -> None:
+        if isinstance(ev, P.Deliver):
+            await self._on_deliver(ev)
+        elif isinstance(ev, P.Delivered):
+            self._on_delivered(ev)
+        elif isinstance(ev, P.RoomEvent):
+            await self._on_room_event(ev)
+        elif isinstance(ev, P.RoomKey):
+            await self._on_room_key(ev)
+        elif isinstance(ev, P.RoomMessage):
+            self._on_room_message(ev)
+
+
+def now_text(ms: int | None = None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime((ms or time.time() * 1000) / 1000))
+
+
+def printable(body: bytes) -> str:
+    """Message text safe for a terminal: control characters (escape sequences!) are shown, not obeyed."""
+    text = body.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)

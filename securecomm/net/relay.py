@@ -1,0 +1,235 @@
+"""Store-and-forward of direct messages, room fan-out and the key directory.
+
+The server never sees a direct or room message in clear: direct messages are
+envelopes sealed to the recipient (the server checks the sender's signature
+and the addressing, stores the bytes durably and forwards them), and room
+messages are encrypted with the sender's key, which the server never holds.
+
+Delivery: on login, and whenever a session has acknowledged everything it
+was sent, the session is offered the oldest pending mailbox rows; a message
+committed while the user is online is pushed at once. A row is deleted when
+the recipient ACKs it; an OK ACK carries the recipient's signature over
+(msg_id, body digest), which is relayed to the sender as a delivery receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from securecomm.crypto import envelope
+from securecomm.crypto import room as roomcrypto
+from securecomm.crypto.identity import PublicIdentity
+from securecomm.crypto.integrity import same, sha256
+from securecomm.errors import IntegrityError, UsageError
+from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
+from securecomm.wire import protocol as P
+
+if TYPE_CHECKING:
+    from securecomm.net.server import Server, Session
+
+log = logging.getLogger("securecomm.server")
+
+#: Mailbox rows offered to a session at a time; more follow as it acknowledges.
+MAIL_BATCH = 256
+
+
+class Relay:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.online: dict[int, set[Session]] = {}
+        self.rooms: dict[str, dict[Session, None]] = {}
+
+    @property
+    def store(self) -> Any:
+        return self.server.store
+
+    # -- presence --------------------------------------------------------------------
+    async def logged_in(self, s: Session) -> None:
+        assert s.user is not None
+        self.online.setdefault(s.user.id, set()).add(s)
+        await self.offer_pending(s)
+
+    def gone(self, s: Session) -> None:
+        if s.user is not None:
+            sessions = self.online.get(s.user.id)
+            if sessions is not None:
+                sessions.discard(s)
+                if not sessions:
+                    del self.online[s.user.id]
+        for room in list(s.rooms):
+            self._leave(s, room)
+
+    # -- direct messages ---------------------------------------------------------------
+    async def direct(self, s: Session, ev: P.Direct) -> None:
+        assert s.user is not None
+        msg_id = None
+        try:
+            env = envelope.parse(ev.envelope)
+            msg_id = env.header.msg_id
+            to = await self.store.call(self.store.store.get_user, ev.to)
+            refusal = self._direct_refusal(s, env, to, ev.to)
+            if refusal:
+                log.info("%s direct message refused: %s", s.label(), refusal[1])
+                s.error(refusal[0], refusal[1], msg_id=msg_id)
+                return
+            assert s.identity is not None
+            env.verify(s.identity)
+        except IntegrityError as e:
+            s.error(P.ErrorCode.INTEGRITY, f"message rejected: {e.message}", msg_id=msg_id)
+            return
+        await s.in_flight.acquire()
+        fut = self.store.submit(NewDirect(s.user.id, to.id, env.header.msg_id, sha256(ev.envelope), ev.envelope))
+        s.track(fut, lambda f: self._stored(s, f, env.header.msg_id, to.id, ev.envelope))
+
+    def _direct_refusal(self, s: Session, env: envelope.Envelope, to: Any, name: str) -> tuple[Any, str] | None:
+        if to is None:
+            return P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}"
+        if to.fingerprint is None:
+            return P.ErrorCode.NOT_FOUND, f"{to.name} has not registered a key yet"
+        if not same(env.header.recipient, to.fingerprint):
+            return P.ErrorCode.WRONG_RECIPIENT, f"envelope is not sealed to {to.name}'s current key"
+        if abs(time.time_ns() // 1_000_000 - env.header.timestamp_ms) > self.server.config.stale_window_ms:
+            return P.ErrorCode.STALE, "envelope timestamp is outside the server's window"
+        if s.identity is None or not same(env.header.sender, s.identity.fingerprint):
+            return P.ErrorCode.FORBIDDEN, "envelope is not signed by the identity of the logged-in user"
+        return None
+
+    def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int,
+                sealed: bytes) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
+            return
+        stored = fut.result()
+        with contextlib.suppress(P.ProtocolError):
+            s.send(P.Receipt(stored.msg_id, stored.sha256, stored.stored_at_ms, stored.duplicate))
+        if stored.seq is not None and s.user is not None:
+            item = MailItem(stored.seq, s.user.name, stored.stored_at_ms, sealed)
+            for other in list(self.online.get(to_id, ())):
+                other.mailbox.push(item)
+
+    async def offer_pending(self, s: Session) -> None:
+        """Send the next batch of stored mail, oldest first (pushes wait meanwhile)."""
+        assert s.user is not None
+        box = s.mailbox
+        if box.fetching:
+            return
+        box.fetching = True
+        try:
+            items = await self.store.call(self.store.store.pending_mail, s.user.id, box.high, MAIL_BATCH)
+        finally:
+            box.fetching = False
+        box.backlog = len(items) == MAIL_BATCH
+        for item in items:
+            box.offer(item)
+        box.release_queued()
+
+    async def ack(self, s: Session, ev: P.Ack) -> None:
+        assert s.user is not None
+        taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq)
+        s.mailbox.acked(ev.seq)
+        if taken is not None:
+            msg_id, sender_id = taken
+            if ev.status == P.ACK_OK:
+                receipt = P.Delivered(msg_id, ev.digest, ev.signature, s.user.name)
+                for other in list(self.online.get(sender_id, ())):
+                    with contextlib.suppress(P.ProtocolError):
+                        other.send(receipt)
+            else:
+                log.warning("%s rejected direct message %s (failed verification)", s.label(), msg_id.hex())
+        if s.mailbox.backlog and not s.mailbox.outstanding:
+            await self.offer_pending(s)
+
+    # -- directory and rooms ------------------------------------------------------------
+    async def request(self, s: Session, ev: P.Request) -> bool:
+        """Handle directory/room requests; False if the op is not ours."""
+        handler = {"lookup": self._lookup, "join": self._join, "leave": self._leave_req,
+                   "who": self._who}.get(ev.op)
+        if handler is None:
+            return False
+        try:
+            await handler(s, ev)
+        except UsageError as e:
+            s.error(P.ErrorCode.NOT_FOUND, e.message, rid=ev.rid)
+        return True
+
+    async def _lookup(self, s: Session, ev: P.Request) -> None:
+        name = str(ev.args.get("user", ""))
+        user = await self.store.call(self.store.store.get_user, name)
+        if user is None or user.identity is None:
+            s.error(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r} with a registered key", rid=ev.rid)
+            return
+        s.send(P.Result(ev.rid, {"user": user.name, "identity": PublicIdentity.decode(user.identity).line}))
+
+    def _members(self, room: str) -> list[dict[str, Any]]:
+        return [{"user": m.user.name, "identity": m.identity.line}
+                for m in self.rooms.get(room, {}) if m.user is not None and m.identity is not None]
+
+    async def _join(self, s: Session, ev: P.Request) -> None:
+        room = normalise_name(str(ev.args.get("room", "")))
+        if s.identity is None:
+            s.error(P.ErrorCode.FORBIDDEN, "register a key first (securecomm user login)", rid=ev.rid)
+            return
+        members = self.rooms.setdefault(room, {})
+        if s not in members:
+            self._broadcast(room, P.RoomEvent(room, "joined", s.user.name, s.identity.line), exclude=s)
+            members[s] = None
+            s.rooms.add(room)
+        s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
+
+    async def _leave_req(self, s: Session, ev: P.Request) -> None:
+        room = normalise_name(str(ev.args.get("room", "")))
+        self._leave(s, room)
+        s.send(P.Result(ev.rid, {"room": room, "left": True}))
+
+    async def _who(self, s: Session, ev: P.Request) -> None:
+        room = normalise_name(str(ev.args.get("room", "")))
+        s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
+
+    def _leave(self, s: Session, room: str) -> None:
+        members = self.rooms.get(room)
+        if members is None or s not in members:
+            return
+        del members[s]
+        s.rooms.discard(room)
+        if not members:
+            del self.rooms[room]
+        elif s.user is not None:
+            self._broadcast(room, P.RoomEvent(room, "left", s.user.name), exclude=s)
+
+    def _broadcast(self, room: str, ev: P.Event, exclude: Session | None = None) -> None:
+        data = P.encode_event(ev)  # encoded once; the same bytes go to every member
+        for m in self.rooms.get(room, {}):
+            if m is not exclude and m.conn.state is P.State.READY:
+                m.outbox.put(data)
+
+    def room_send(self, s: Session, ev: P.RoomSend) -> None:
+        assert s.user is not None
+        try:
+            header = roomcrypto.parse_header(ev.payload)
+        except IntegrityError as e:
+            s.error(P.ErrorCode.INTEGRITY, f"room message rejected: {e.message}")
+            return
+        if ev.room not in s.rooms:
+            s.error(P.ErrorCode.FORBIDDEN, f"join {ev.room[:40]!r} before sending to it", msg_id=header.msg_id)
+            return
+        if s.identity is None or not same(header.sender, s.identity.fingerprint):
+            s.error(P.ErrorCode.FORBIDDEN, "room message is not from the logged-in identity", msg_id=header.msg_id)
+            return
+        # Members verify the signature end to end; the server only routes.
+        self._broadcast(ev.room, P.RoomMessage(ev.room, s.user.name, ev.payload), exclude=s)
+        s.send(P.Receipt(header.msg_id, sha256(ev.payload), time.time_ns() // 1_000_000, False))
+
+    def room_key(self, s: Session, ev: P.RoomKey) -> None:
+        assert s.user is not None
+        target = next((m for sessions in self.online.values() for m in sessions
+                       if m.user is not None and m.user.name == ev.user), None)
+        if target is None:
+            log.debug("%s room key for offline user dropped", s.label())
+            return
+        for m in self.online.get(target.user.id, ()):
+            with contextlib.suppress(P.ProtocolError):
+                m.send(P.RoomKey(s.user.name, ev.envelope))

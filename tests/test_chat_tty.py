@@ -1,0 +1,92 @@
+"""`securecomm chat` in a real terminal (tmux), driven as a person would."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import ENTRY
+from tests.serverproc import ServerProc, add_user, login
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+
+
+class Tmux:
+    def __init__(self) -> None:
+        self.socket = f"sc-{uuid.uuid4().hex[:8]}"
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=False,
+                              timeout=10).stdout
+
+    def start(self, name: str, command: str) -> None:
+        self.run("new-session", "-d", "-s", name, "-x", "120", "-y", "30", command)
+
+    def type(self, name: str, text: str, enter: bool = True) -> None:
+        self.run("send-keys", "-t", name, "-l", text)
+        if enter:
+            self.run("send-keys", "-t", name, "Enter")
+
+    def screen(self, name: str) -> str:
+        return self.run("capture-pane", "-p", "-t", name)
+
+    def wait_for(self, name: str, text: str, timeout: float = 15) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen(name)
+            if text in screen:
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared on {name}'s screen:\n{self.screen(name)}")
+
+    def kill(self) -> None:
+        self.run("kill-server")
+
+
+@pytest.fixture
+def two_users(tmp_path):
+    srv = ServerProc(tmp_path / "srv").start()
+    homes = {}
+    for u in ("alice", "bob"):
+        add_user(srv.home, u)
+        homes[u] = tmp_path / u
+        assert login(homes[u], srv, u).returncode == 0
+    tmux = Tmux()
+    yield srv, homes, tmux
+    tmux.kill()
+    srv.stop(signal.SIGKILL)
+
+
+def test_two_people_chat_in_a_room_and_directly(two_users):
+    _, homes, tmux = two_users
+    for u in ("alice", "bob"):  # alice first, so that she sees bob arrive
+        tmux.start(u, f"{ENTRY} --home {homes[u]} chat --room lobby; echo CHAT-EXITED-$?; sleep 30")
+        tmux.wait_for(u, "joined #lobby")
+    tmux.wait_for("alice", "* bob joined #lobby")
+
+    tmux.type("alice", "good morning, bob")
+    screen = tmux.wait_for("bob", "#lobby alice \u2713 good morning, bob")
+
+    tmux.type("bob", "/msg alice this one is just for you")
+    tmux.wait_for("alice", "[dm] bob \u2192 alice \u2713 this one is just for you")
+    tmux.wait_for("bob", "alice received")  # the signed delivery receipt
+
+    # a half-typed line survives an incoming message
+    tmux.type("alice", "still typ", enter=False)
+    tmux.type("bob", "interrupting")
+    screen = tmux.wait_for("alice", "#lobby bob \u2713 interrupting")
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert lines[-1] == "> still typ"
+
+    tmux.run("send-keys", "-t", "alice", "C-u")
+    tmux.run("send-keys", "-t", "alice", "C-d")
+    tmux.wait_for("alice", "CHAT-EXITED-0")
+    tmux.wait_for("bob", "* alice left #lobby")
+    tmux.run("send-keys", "-t", "bob", "C-c")
+    tmux.wait_for("bob", "CHAT-EXITED-0")
+    assert "Traceback" not in tmux.screen("alice") + tmux.screen("bob")
