@@ -22,6 +22,8 @@ library's best available PKCS#8 encryption.
 from __future__ import annotations
 
 import base64
+import functools
+import re
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -54,7 +56,7 @@ def b64u(data: bytes) -> str:
 
 
 def unb64u(text: str) -> bytes:
-    if not text or any(c not in _B64U for c in text) or len(text) % 4 == 1:
+    if not _B64U.fullmatch(text) or len(text) % 4 == 1:
         raise FormatError("invalid base64url")
     data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     if b64u(data) != text:  # reject non-canonical encodings
@@ -62,7 +64,7 @@ def unb64u(text: str) -> bytes:
     return data
 
 
-_B64U = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64U = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def format_fingerprint(digest: bytes) -> str:
@@ -105,6 +107,12 @@ class PublicIdentity:
         return struct.pack(">BH", kem_id, len(self.kem_public)) + self.kem_public + self.sign_public
 
     @classmethod
+    def decode_cached(cls, data: bytes) -> PublicIdentity:
+        """decode() for identities read back from our own database, memoised:
+        validating an ML-KEM key costs more than the login that needs it."""
+        return _decode_cached(bytes(data))
+
+    @classmethod
     def decode(cls, data: bytes) -> PublicIdentity:
         if len(data) < 3:
             raise FormatError("identity is truncated")
@@ -116,9 +124,14 @@ class PublicIdentity:
             raise FormatError("identity has the wrong length")
         return cls(kem, data[3 : 3 + kem_len], data[3 + kem_len :])
 
-    @property
+    @cached_property
     def line(self) -> str:
         return f"{LINE_PREFIX}{self.kem}:{b64u(self.kem_public)}:{b64u(self.sign_public)}"
+
+    @classmethod
+    def from_line_cached(cls, line: str) -> PublicIdentity:
+        """from_line() memoised, for lines seen again and again (a server's hello)."""
+        return _from_line_cached(line)
 
     @classmethod
     def from_line(cls, line: str) -> PublicIdentity:
@@ -166,6 +179,16 @@ class PublicIdentity:
             "kem": self.kem,
             "signature": "ed25519",
         }
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_cached(data: bytes) -> PublicIdentity:
+    return PublicIdentity.decode(data)
+
+
+@functools.lru_cache(maxsize=64)
+def _from_line_cached(line: str) -> PublicIdentity:
+    return PublicIdentity.from_line(line)
 
 
 class PrivateIdentity:

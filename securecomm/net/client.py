@@ -140,7 +140,7 @@ class Client:
         assert isinstance(hello, P.ServerHello)
         self.server_hello = hello
         try:
-            self.server_identity = PublicIdentity.from_line(hello.identity)
+            self.server_identity = PublicIdentity.from_line_cached(hello.identity)
         except SecurecommError as e:
             raise IntegrityError("the server sent a malformed identity") from e
         return hello

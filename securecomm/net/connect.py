@@ -46,7 +46,7 @@ def check_server_identity(client: Client, profile: Profile) -> None:
 
     if not profile.server_identity or client.server_identity is None:
         return
-    known = PublicIdentity.from_line(profile.server_identity)
+    known = PublicIdentity.from_line_cached(profile.server_identity)
     if not same(known.fingerprint, client.server_identity.fingerprint):
         raise IntegrityError(
             f"WARNING: the server's message identity CHANGED from {known.fingerprint_text} to "

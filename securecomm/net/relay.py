@@ -162,7 +162,7 @@ class Relay:
         if user is None or user.identity is None:
             s.error(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r} with a registered key", rid=ev.rid)
             return
-        s.send(P.Result(ev.rid, {"user": user.name, "identity": PublicIdentity.decode(user.identity).line}))
+        s.send(P.Result(ev.rid, {"user": user.name, "identity": PublicIdentity.decode_cached(user.identity).line}))
 
     def _members(self, room: str) -> list[dict[str, Any]]:
         return [{"user": m.user.name, "identity": m.identity.line}

@@ -36,13 +36,25 @@ from securecomm.errors import IntegrityError, SecurecommError, UsageError
 from securecomm.net.relay import Relay
 from securecomm.net.storage import AsyncStore
 from securecomm.store import passwords
-from securecomm.store.db import NewMessage, StoredMessage, User, normalise_name
+from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
 
 log = logging.getLogger("securecomm.server")
 
 READ_CHUNK = 64 * 1024
+#: asyncio's TLS transport gives every connection a 256 KiB receive buffer
+#: (sslproto.SSLProtocol.max_size), allocated and zero-filled up front: that
+#: alone made an idle connection cost ~290 KiB of RSS. TLS records are at most
+#: 16 KiB, so 32 KiB loses nothing; measured in benchmarks/run.py (figure 4).
+TLS_READ_BUFFER = 32 * 1024
+
+
+def _smaller_tls_buffers() -> None:
+    import asyncio.sslproto
+
+    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 @dataclass
@@ -80,11 +92,18 @@ class ServerConfig:
             raise UsageError("--max-clients must be at least 1")
 
 
+#: Bytes the server will hold for one client that does not read (a room can
+#: produce faster than a stalled reader drains). Beyond this the client is cut
+#: off instead of letting it grow the server's memory without bound.
+MAX_OUTBOUND_BUFFER = 4 * 1024 * 1024
+
+
 class Outbox:
     """Coalesces writes: everything queued in one loop turn leaves in one write()."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, label: Callable[[], str] = lambda: "") -> None:
         self.writer = writer
+        self.label = label
         self._chunks: list[bytes] = []
         self._scheduled = False
 
@@ -98,6 +117,10 @@ class Outbox:
         self._scheduled = False
         if self._chunks and not self.writer.is_closing():
             self.writer.write(b"".join(self._chunks))
+            queued = self.writer.transport.get_write_buffer_size()
+            if queued > MAX_OUTBOUND_BUFFER:
+                log.warning("%s dropped: not reading (%d bytes queued)", self.label(), queued)
+                self.writer.transport.abort()
         self._chunks.clear()
 
 
@@ -166,7 +189,7 @@ class Session:
         self.server = server
         self.reader, self.writer, self.peer = reader, writer, peer
         self.conn = P.Connection("server", server.config.max_frame)
-        self.outbox = Outbox(writer)
+        self.outbox = Outbox(writer, self.label)
         self.user: User | None = None
         self.identity: PublicIdentity | None = None
         self.challenge = os.urandom(P.CHALLENGE_SIZE)
@@ -289,6 +312,7 @@ class Server:
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
+        _smaller_tls_buffers()
         await self.store.open()
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port,
                                                   limit=READ_CHUNK, backlog=1024)
@@ -418,7 +442,7 @@ class Server:
         except UsageError:
             name = None
         user = await self.store.call(self.store.store.get_user, name) if name else None
-        identity = PublicIdentity.decode(user.identity) if user and user.identity else None
+        identity = PublicIdentity.decode_cached(user.identity) if user and user.identity else None
         transcript = P.login_transcript(s.challenge, self.identity.public.fingerprint, name or "")
         ok = False
         if identity is not None and user is not None and not user.locked():
@@ -435,9 +459,10 @@ class Server:
         await self._logged_in(s, user, identity, "identity key")
 
     async def _logged_in(self, s: Session, user: User, identity: PublicIdentity | None, how: str) -> None:
-        await self.store.call(self.store.store.record_login, user.id, True)
+        if user.failed_logins or not user.last_login or user.last_login < time.time() - LAST_LOGIN_RESOLUTION:
+            await self.store.call(self.store.store.record_login, user.id, True)
         if identity is None and user.identity:
-            identity = PublicIdentity.decode(user.identity)
+            identity = PublicIdentity.decode_cached(user.identity)
         s.user, s.identity = user, identity
         log.info("%s logged in (%s)", s.label(), how)
         s.send(P.LoginOk(user.name, user.role, identity.fingerprint_text if identity else None))
@@ -519,7 +544,7 @@ def user_row(u: User) -> dict[str, Any]:
         "last_login": u.last_login,
         "locked": u.locked(),
         "failed_logins": u.failed_logins,
-        "fingerprint": format_fingerprint(PublicIdentity.decode(u.identity).fingerprint) if u.identity else None,
+        "fingerprint": format_fingerprint(PublicIdentity.decode_cached(u.identity).fingerprint) if u.identity else None,
     }
 
 

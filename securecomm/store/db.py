@@ -25,6 +25,9 @@ NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 ROLES = ("user", "admin")
 LOCK_AFTER_FAILURES = 5
 LOCK_SECONDS = 15 * 60
+#: last_login is kept to the minute: a durable write on every login would cost a
+#: disk flush each time (see Server._logged_in).
+LAST_LOGIN_RESOLUTION = 60
 
 MIGRATIONS: list[str] = [
     # 1: users and messages to the server
