@@ -90,3 +90,42 @@ def test_two_people_chat_in_a_room_and_directly(two_users):
     tmux.run("send-keys", "-t", "bob", "C-c")
     tmux.wait_for("bob", "CHAT-EXITED-0")
     assert "Traceback" not in tmux.screen("alice") + tmux.screen("bob")
+
+
+def test_chat_reconnects_and_resends_what_was_typed_offline(two_users):
+    srv, homes, tmux = two_users
+    tmux.start("alice", f"{ENTRY} --home {homes['alice']} chat; sleep 30")
+    tmux.wait_for("alice", "joined #lobby")
+    tmux.type("alice", "/who")
+    tmux.wait_for("alice", "in #lobby: alice")
+    srv.stop(signal.SIGKILL)
+    tmux.wait_for("alice", "connection lost")
+    tmux.type("alice", "/msg bob typed while the server was down")
+    tmux.wait_for("alice", "queued until reconnected")
+    srv.start()  # same port
+    tmux.wait_for("alice", "joined #lobby", timeout=40)
+    deadline = time.monotonic() + 20
+    while True:
+        r = subprocess.run([ENTRY, "--home", str(homes["bob"]), "inbox"], capture_output=True, timeout=30,
+                           check=False)
+        if b"typed while the server was down" in r.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert b"alice \xe2\x9c\x93 typed while the server was down" in r.stdout
+
+
+def test_first_contact_asks_before_trusting(two_users, tmp_path):
+    srv, _, tmux = two_users
+    stranger = tmp_path / "stranger"
+    from securecomm.crypto.certs import fingerprint, load_cert
+
+    leaf = fingerprint(load_cert((srv.home / "tls" / "server.pem").read_bytes()))
+    tmux.start("s", f"{ENTRY} --home {stranger} user login alice --server {srv.address}; echo LOGIN-EXITED-$?; "
+               "sleep 30")
+    screen = tmux.wait_for("s", "Trust it and remember it in known_servers?")
+    assert leaf in screen.replace("\n", "")
+    tmux.type("s", "y")
+    tmux.wait_for("s", "password")
+    tmux.type("s", "correct horse battery")
+    tmux.wait_for("s", "LOGIN-EXITED-0")
+    assert leaf in (stranger / "known_servers").read_text()

@@ -62,6 +62,20 @@ def test_help_does_not_import_heavy_modules():
     assert out.strip().splitlines()[-1] == "[]"
 
 
+def test_completion_does_not_import_heavy_modules():
+    code = (
+        "import os, sys\n"
+        "os.environ.update({'_SECURECOMM_COMPLETE': 'bash_complete', 'COMP_WORDS': 'securecomm user ',"
+        " 'COMP_CWORD': '2'})\n"
+        "from securecomm.cli.main import main\n"
+        "try:\n    main([])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('cryptography', 'asyncio', 'sqlite3', 'ssl') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "plain,login" in out
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def test_python_dash_m_matches_entry_point(home):
     via_m = subprocess.run([sys.executable, "-m", "securecomm", "--version"], capture_output=True, text=True,
                            check=False)

@@ -407,3 +407,24 @@ def test_connection_refused_exit_code(tmp_path, alice, server):
     r = send(alice, "nobody home")
     assert r.returncode == 7
     assert f"{port}".encode() in r.stderr
+
+
+def test_max_frame_is_enforced(tmp_path):
+    srv = ServerProc(tmp_path / "srv", "--max-frame", "4096").start()
+    try:
+        add_user(srv.home, "alice")
+        home = tmp_path / "a"
+        assert login(home, srv, "alice").returncode == 0
+        assert send(home, "small enough").returncode == 0
+        r = send(home, "x" * 8000)
+        assert r.returncode == 9
+        assert b"limit" in r.stderr
+        srv.wait_log("protocol error")
+        assert send(home, "small again").returncode == 0
+    finally:
+        srv.stop()
+
+
+def test_sigint_is_clean_too(server):
+    assert server.stop(signal.SIGINT) == 0
+    assert "stopped" in server.log

@@ -199,7 +199,7 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
     from securecomm.cli.context import load_identity
     from securecomm.config import Profile
     from securecomm.crypto import identity as ident
-    from securecomm.net.connect import address_of, connect
+    from securecomm.net.connect import address_of, prepare
 
     paths = state.paths
     if not paths.identity_key(identity_name).exists():
@@ -207,11 +207,14 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
         ident.save(created, paths.identity_key(identity_name), paths.identity_pub(identity_name))
         info(f"created identity {identity_name!r} {created.public.fingerprint_text}")
     me = load_identity(state, identity_name, passphrase_file)
+    client = prepare(paths, server, ca=ca, pin=pin, ask=ask_trust)
+    # Asked once the server is trusted (as ssh asks after the host key), and
+    # before connecting, so that slow typing cannot hit the server's login timeout.
     password = read_password(password_stdin, confirm=False)
 
     async def go() -> tuple[Any, str, str | None]:
-        client = await connect(paths, server, ca=ca, pin=pin, ask=ask_trust)
         async with client:
+            await client.connect()
             ok = await client.login_password(name, password, me.public)
             assert client.server_identity is not None
             return ok, address_of(client), client.server_identity.line

@@ -12,11 +12,16 @@ from securecomm.errors import IntegrityError
 from securecomm.net.client import Client, resolve_trust
 
 
+def prepare(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,
+            ask: Callable[[str, str], bool] | None = None) -> Client:
+    """Decide how the server is trusted (may ask the user) before any login starts."""
+    host, port = parse_address(server)
+    return Client(host, port, resolve_trust(paths, host, port, ca=ca, pin=pin, ask=ask), pin=pin)
+
+
 async def connect(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,
                   ask: Callable[[str, str], bool] | None = None) -> Client:
-    host, port = parse_address(server)
-    trust = resolve_trust(paths, host, port, ca=ca, pin=pin, ask=ask)
-    client = Client(host, port, trust, pin=pin)
+    client = prepare(paths, server, ca=ca, pin=pin, ask=ask)
     try:
         await client.connect()
     except BaseException:
