@@ -15,13 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.crypto.integrity import sha256
 from securecomm.errors import NetworkError, SecurecommError
 from securecomm.net.connect import connect_profile
 from securecomm.net.messenger import Messenger, Warning
-from securecomm.wire import protocol as P
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
@@ -156,22 +153,11 @@ class ChatSession:
                 await m.send_room(item.target, item.body)
             else:
                 if item.sealed is None:
-                    recipient = await m.identity_of(item.target)
-                    item.sealed = envelope.seal(item.body, self.identity, recipient)
-                    msg_id = envelope.parse(item.sealed).header.msg_id
-                    m.sent_digests[msg_id] = (item.target, sha256(item.body))
-                await self._send_sealed(item.target, item.sealed)
+                    item.sealed = await m.seal_direct(item.target, item.body)
+                await m.send_sealed_direct(item.target, item.sealed)
         except NetworkError:
             raise
         except SecurecommError:
             self.outbox.remove(item)  # refused for good (unknown user, changed key): not retried
             raise
         self.outbox.remove(item)
-
-    async def _send_sealed(self, to: str, sealed: bytes) -> None:
-        assert self.messenger is not None
-        client = self.messenger.client
-        msg_id = envelope.parse(sealed).header.msg_id
-        fut = client.expect_receipt(msg_id)
-        client.send_event(P.Direct(to, sealed))
-        await client._wait(fut)

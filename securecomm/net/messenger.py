@@ -123,18 +123,25 @@ class Messenger:
         return identity
 
     # -- direct messages ----------------------------------------------------------------------
-    async def send_direct(self, to: str, body: bytes) -> tuple[P.Receipt, bytes]:
-        to = to.lower()
-        recipient = await self.identity_of(to)
-        sealed = envelope.seal(body, self.me, recipient)
+    async def seal_direct(self, to: str, body: bytes) -> bytes:
+        """Seal `body` to `to`'s pinned key and remember its digest for the delivery receipt."""
+        sealed = envelope.seal(body, self.me, await self.identity_of(to))
         msg_id = envelope.parse(sealed).header.msg_id
-        self.sent_digests[msg_id] = (to, sha256(body))
+        self.sent_digests[msg_id] = (to.lower(), sha256(body))
         self.delivered[msg_id] = asyncio.get_running_loop().create_future()
+        return sealed
+
+    async def send_sealed_direct(self, to: str, sealed: bytes) -> tuple[P.Receipt, bytes]:
+        """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt."""
+        msg_id = envelope.parse(sealed).header.msg_id
         fut = self.client.expect_receipt(msg_id)
-        self.client.send_event(P.Direct(to, sealed))
+        self.client.send_event(P.Direct(to.lower(), sealed))
         receipt = await self.client._wait(fut)
         check_receipt(receipt, sha256(sealed))
         return receipt, msg_id
+
+    async def send_direct(self, to: str, body: bytes) -> tuple[P.Receipt, bytes]:
+        return await self.send_sealed_direct(to, await self.seal_direct(to, body))
 
     async def wait_delivered(self, msg_id: bytes, timeout: float) -> DeliveryReceipt:
         try:

@@ -399,12 +399,16 @@ class Server:
         finally:
             self.hash_waiting -= 1
 
-    async def login_password(self, s: Session, ev: P.LoginPassword) -> None:
+    async def _find_user(self, name: str) -> tuple[str | None, User | None]:
+        """The normalised name (None if invalid) and the account (None if unknown)."""
         try:
-            name = normalise_name(ev.user)
+            norm = normalise_name(name)
         except UsageError:
-            name = None
-        user = await self.store.call(self.store.store.get_user, name) if name else None
+            return None, None
+        return norm, await self.store.call(self.store.store.get_user, norm)
+
+    async def login_password(self, s: Session, ev: P.LoginPassword) -> None:
+        name, user = await self._find_user(ev.user)
         try:
             ok = await self._check_password(ev.password, user.password_hash if user else self._dummy_hash)
         except _Busy:
@@ -437,11 +441,7 @@ class Server:
         await self._logged_in(s, user, identity, "password")
 
     async def login_key(self, s: Session, ev: P.LoginKey) -> None:
-        try:
-            name = normalise_name(ev.user)
-        except UsageError:
-            name = None
-        user = await self.store.call(self.store.store.get_user, name) if name else None
+        name, user = await self._find_user(ev.user)
         identity = PublicIdentity.decode_cached(user.identity) if user and user.identity else None
         transcript = P.login_transcript(s.challenge, self.identity.public.fingerprint, name or "")
         ok = False
