@@ -1,0 +1,341 @@
+"""Protocol constants, error codes and the core messages (hello, login, send, receipt, requests).
+
+Control messages carry a JSON object; SEND and RECEIPT are binary so that no
+JSON or base64 touches an envelope on the per-message path. See
+docs/PROTOCOL.md section 3 for the byte layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from securecomm.wire.frames import MAX_FRAME_SIZE, RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+CHALLENGE_SIZE = 32
+LOGIN_LABEL = b"securecomm/v1/login"
+
+
+class ErrorCode(IntEnum):
+    """Protocol error codes; each maps to one client exception / exit code."""
+
+    BAD_FRAME = 1
+    UNKNOWN_TYPE = 2
+    BAD_STATE = 3
+    VERSION = 4
+    AUTH_FAILED = 5
+    FORBIDDEN = 6
+    TOO_MANY_CLIENTS = 7
+    RATE_LIMITED = 8
+    STALE = 9
+    WRONG_RECIPIENT = 10
+    INTEGRITY = 11
+    TOO_LARGE = 12
+    NOT_FOUND = 13
+    TIMEOUT = 14
+    BUSY = 15
+    INTERNAL = 16
+    SHUTTING_DOWN = 17
+
+
+class ProtocolError(RemoteProtocolError):
+    """the peer broke the protocol"""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_FRAME) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MsgType(IntEnum):
+    HELLO = 0x01
+    LOGIN_PASSWORD = 0x02
+    LOGIN_KEY = 0x03
+    PING = 0x0E
+    BYE = 0x0F
+    SEND = 0x10
+    DIRECT = 0x11
+    ACK = 0x12
+    ROOM_SEND = 0x13
+    ROOM_KEY = 0x14
+    REQUEST = 0x20
+    SERVER_HELLO = 0x81
+    LOGIN_OK = 0x82
+    PONG = 0x8E
+    RECEIPT = 0x90
+    DELIVER = 0x91
+    DELIVERED = 0x92
+    ROOM_EVENT = 0x93
+    ROOM_MESSAGE = 0x94
+    RESULT = 0xA0
+    ERROR = 0xFF
+
+
+# -- JSON helpers ---------------------------------------------------------------
+def _load_json(body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError("control message is not valid UTF-8 JSON") from e
+    if not isinstance(obj, dict):
+        raise ProtocolError("control message is not a JSON object")
+    return obj
+
+
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    value = obj.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ProtocolError(f"field {name!r} is missing or has the wrong type")
+    return value
+
+
+def _dump(obj: dict[str, Any]) -> bytes:
+    return json.dumps({k: v for k, v in obj.items() if v is not None}, separators=(",", ":")).encode()
+
+
+def _hex(obj: dict[str, Any], name: str, size: int | None = None, *, optional: bool = False) -> bytes | None:
+    value = _field(obj, name, str, optional=optional)
+    if value is None:
+        return None
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError as e:
+        raise ProtocolError(f"field {name!r} is not hex") from e
+    if size is not None and len(raw) != size:
+        raise ProtocolError(f"field {name!r} has the wrong length")
+    return raw
+
+
+# -- events -----------------------------------------------------------------------
+class Event:
+    TYPE: ClassVar[MsgType]
+
+    def encode_body(self) -> bytes:
+        raise NotImplementedError
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Event:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Hello(Event):
+    TYPE: ClassVar[MsgType] = MsgType.HELLO
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS
+    client: str = "securecomm"
+
+    def encode_body(self) -> bytes:
+        return _dump({"versions": list(self.versions), "client": self.client})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Hello:
+        o = _load_json(body)
+        versions = _field(o, "versions", list)
+        if not versions or len(versions) > 16 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                         for v in versions):
+            raise ProtocolError("field 'versions' must be a short list of integers")
+        return cls(tuple(versions), str(_field(o, "client", str, optional=True) or "")[:64])
+
+
+@dataclass(frozen=True)
+class ServerHello(Event):
+    TYPE: ClassVar[MsgType] = MsgType.SERVER_HELLO
+    version: int
+    identity: str
+    challenge: bytes
+    max_frame: int = MAX_FRAME_SIZE
+    server: str = "securecomm"
+
+    def encode_body(self) -> bytes:
+        return _dump({"version": self.version, "identity": self.identity, "challenge": self.challenge.hex(),
+                      "max_frame": self.max_frame, "server": self.server})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> ServerHello:
+        o = _load_json(body)
+        challenge = _hex(o, "challenge", CHALLENGE_SIZE)
+        assert challenge is not None
+        return cls(_field(o, "version", int), _field(o, "identity", str), challenge,
+                   _field(o, "max_frame", int), str(_field(o, "server", str, optional=True) or ""))
+
+
+@dataclass(frozen=True)
+class LoginPassword(Event):
+    TYPE: ClassVar[MsgType] = MsgType.LOGIN_PASSWORD
+    user: str
+    password: str = field(repr=False)
+    identity: str | None = None  # register this device's public identity
+
+    def encode_body(self) -> bytes:
+        return _dump({"user": self.user, "password": self.password, "identity": self.identity})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> LoginPassword:
+        o = _load_json(body)
+        return cls(_field(o, "user", str), _field(o, "password", str), _field(o, "identity", str, optional=True))
+
+
+@dataclass(frozen=True)
+class LoginKey(Event):
+    TYPE: ClassVar[MsgType] = MsgType.LOGIN_KEY
+    user: str
+    signature: bytes
+
+    def encode_body(self) -> bytes:
+        return _dump({"user": self.user, "signature": self.signature.hex()})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> LoginKey:
+        o = _load_json(body)
+        sig = _hex(o, "signature", 64)
+        assert sig is not None
+        return cls(_field(o, "user", str), sig)
+
+
+def login_transcript(challenge: bytes, server_fingerprint: bytes, user: str) -> bytes:
+    """What an identity-key login signs: fresh per connection, bound to the server."""
+    name = user.encode()
+    return LOGIN_LABEL + challenge + server_fingerprint + struct.pack(">B", len(name)) + name
+
+
+@dataclass(frozen=True)
+class LoginOk(Event):
+    TYPE: ClassVar[MsgType] = MsgType.LOGIN_OK
+    user: str
+    role: str
+    fingerprint: str | None = None
+
+    def encode_body(self) -> bytes:
+        return _dump({"user": self.user, "role": self.role, "fingerprint": self.fingerprint})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> LoginOk:
+        o = _load_json(body)
+        return cls(_field(o, "user", str), _field(o, "role", str), _field(o, "fingerprint", str, optional=True))
+
+
+@dataclass(frozen=True)
+class Send(Event):
+    """An envelope sealed to the server's identity (the original `send` path)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SEND
+    envelope: bytes
+
+    def encode_body(self) -> bytes:
+        return self.envelope
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Send:
+        if not body:
+            raise ProtocolError("empty envelope")
+        return cls(body)
+
+
+_RECEIPT = struct.Struct(">16s32sQB")
+
+
+@dataclass(frozen=True)
+class Receipt(Event):
+    """The server stored the message: echoes its id and the SHA-256 of its body."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RECEIPT
+    msg_id: bytes
+    sha256: bytes
+    stored_at_ms: int
+    duplicate: bool = False
+
+    def encode_body(self) -> bytes:
+        return _RECEIPT.pack(self.msg_id, self.sha256, self.stored_at_ms, int(self.duplicate))
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Receipt:
+        if len(body) != _RECEIPT.size:
+            raise ProtocolError("receipt has the wrong length")
+        msg_id, digest, stored, dup = _RECEIPT.unpack(body)
+        if dup not in (0, 1):
+            raise ProtocolError("receipt flag is invalid")
+        return cls(msg_id, digest, stored, bool(dup))
+
+
+@dataclass(frozen=True)
+class Request(Event):
+    """A control request answered by RESULT with the same rid (e.g. op=user_list)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.REQUEST
+    rid: int
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def encode_body(self) -> bytes:
+        return _dump({"rid": self.rid, "op": self.op, "args": self.args})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Request:
+        o = _load_json(body)
+        return cls(_field(o, "rid", int), _field(o, "op", str), _field(o, "args", dict, optional=True) or {})
+
+
+@dataclass(frozen=True)
+class Result(Event):
+    TYPE: ClassVar[MsgType] = MsgType.RESULT
+    rid: int
+    data: Any
+
+    def encode_body(self) -> bytes:
+        return _dump({"rid": self.rid, "data": self.data})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Result:
+        o = _load_json(body)
+        return cls(_field(o, "rid", int), o.get("data"))
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    TYPE: ClassVar[MsgType] = MsgType.ERROR
+    code: int
+    message: str
+    fatal: bool = False
+    msg_id: bytes | None = None  # which SEND it answers, if any
+    rid: int | None = None
+
+    def encode_body(self) -> bytes:
+        return _dump({"code": int(self.code), "message": self.message, "fatal": self.fatal,
+                      "msg_id": self.msg_id.hex() if self.msg_id else None, "rid": self.rid})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Error:
+        o = _load_json(body)
+        fatal = o.get("fatal", False)
+        return cls(_field(o, "code", int), str(_field(o, "message", str))[:500], bool(fatal),
+                   _hex(o, "msg_id", 16, optional=True), _field(o, "rid", int, optional=True))
+
+
+@dataclass(frozen=True)
+class Ping(Event):
+    TYPE: ClassVar[MsgType] = MsgType.PING
+
+    def encode_body(self) -> bytes:
+        return b""
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Ping:
+        return cls()
+
+
+@dataclass(frozen=True)
+class Pong(Ping):
+    TYPE: ClassVar[MsgType] = MsgType.PONG
+
+
+@dataclass(frozen=True)
+class Bye(Ping):
+    TYPE: ClassVar[MsgType] = MsgType.BYE
+
+

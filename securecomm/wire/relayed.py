@@ -1,0 +1,219 @@
+"""Messages the server relays between users: direct messages, deliveries, rooms.
+
+Binary layouts carry names as `len u8 || ASCII`. See docs/PROTOCOL.md section 4.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+from securecomm.wire.messages import Event, MsgType, ProtocolError, _dump, _field, _load_json
+
+
+def _name_prefixed(body: bytes, what: str) -> tuple[str, bytes]:
+    """`len u8 || name (ASCII) || rest`: how binary messages carry a user or room name."""
+    if not body:
+        raise ProtocolError(f"{what} is truncated")
+    n = body[0]
+    if n == 0 or len(body) < 1 + n:
+        raise ProtocolError(f"{what} has a bad name length")
+    try:
+        name = body[1 : 1 + n].decode("ascii")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{what} name is not ASCII") from e
+    return name, body[1 + n :]
+
+
+def _prefix(name: str) -> bytes:
+    raw = name.encode("ascii")
+    if not 0 < len(raw) < 256:
+        raise ValueError("name must be 1-255 ASCII bytes")
+    return bytes([len(raw)]) + raw
+
+
+@dataclass(frozen=True)
+class Direct(Event):
+    """An end-to-end envelope for user `to`; the server stores and forwards it."""
+
+    TYPE: ClassVar[MsgType] = MsgType.DIRECT
+    to: str
+    envelope: bytes
+
+    def encode_body(self) -> bytes:
+        return _prefix(self.to) + self.envelope
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Direct:
+        to, rest = _name_prefixed(body, "direct message")
+        if not rest:
+            raise ProtocolError("direct message has no envelope")
+        return cls(to, rest)
+
+
+_DELIVER = struct.Struct(">QQ")
+
+
+@dataclass(frozen=True)
+class Deliver(Event):
+    """A stored direct message handed to its recipient; `seq` is what ACK names."""
+
+    TYPE: ClassVar[MsgType] = MsgType.DELIVER
+    seq: int
+    stored_at_ms: int
+    sender: str
+    envelope: bytes
+
+    def encode_body(self) -> bytes:
+        return _DELIVER.pack(self.seq, self.stored_at_ms) + _prefix(self.sender) + self.envelope
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Deliver:
+        if len(body) < _DELIVER.size:
+            raise ProtocolError("delivery is truncated")
+        seq, stored = _DELIVER.unpack_from(body)
+        sender, env = _name_prefixed(body[_DELIVER.size :], "delivery")
+        if not env:
+            raise ProtocolError("delivery has no envelope")
+        return cls(seq, stored, sender, env)
+
+
+ACK_OK = 1
+ACK_REJECTED = 2
+_ACK = struct.Struct(">QB32s64s")
+DELIVERED_LABEL = b"securecomm/v1/delivered"
+
+
+def delivered_transcript(msg_id: bytes, digest: bytes) -> bytes:
+    """What a recipient signs to say it verified and received a message."""
+    return DELIVERED_LABEL + msg_id + digest
+
+
+@dataclass(frozen=True)
+class Ack(Event):
+    """The recipient took delivery `seq`: verified (digest + signed proof) or rejected."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ACK
+    seq: int
+    status: int
+    digest: bytes = bytes(32)
+    signature: bytes = bytes(64)
+
+    def encode_body(self) -> bytes:
+        return _ACK.pack(self.seq, self.status, self.digest, self.signature)
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Ack:
+        if len(body) != _ACK.size:
+            raise ProtocolError("ack has the wrong length")
+        seq, status, digest, sig = _ACK.unpack(body)
+        if status not in (ACK_OK, ACK_REJECTED):
+            raise ProtocolError("ack status is invalid")
+        return cls(seq, status, digest, sig)
+
+
+_DELIVERED = struct.Struct(">16s32s64s")
+
+
+@dataclass(frozen=True)
+class Delivered(Event):
+    """Relayed to the sender: `by` verified message `msg_id`; the signature proves it."""
+
+    TYPE: ClassVar[MsgType] = MsgType.DELIVERED
+    msg_id: bytes
+    digest: bytes
+    signature: bytes
+    by: str
+
+    def encode_body(self) -> bytes:
+        return _DELIVERED.pack(self.msg_id, self.digest, self.signature) + _prefix(self.by)
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Delivered:
+        if len(body) < _DELIVERED.size:
+            raise ProtocolError("delivery receipt is truncated")
+        msg_id, digest, sig = _DELIVERED.unpack_from(body)
+        by, rest = _name_prefixed(body[_DELIVERED.size :], "delivery receipt")
+        if rest:
+            raise ProtocolError("delivery receipt has trailing bytes")
+        return cls(msg_id, digest, sig, by)
+
+
+@dataclass(frozen=True)
+class RoomSend(Event):
+    """A room message encrypted once with the sender key; relayed as is to every member."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ROOM_SEND
+    room: str
+    payload: bytes
+
+    def encode_body(self) -> bytes:
+        return _prefix(self.room) + self.payload
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> RoomSend:
+        room, payload = _name_prefixed(body, "room message")
+        if len(payload) < 16:
+            raise ProtocolError("room message is truncated")
+        return cls(room, payload)
+
+
+@dataclass(frozen=True)
+class RoomMessage(Event):
+    TYPE: ClassVar[MsgType] = MsgType.ROOM_MESSAGE
+    room: str
+    sender: str
+    payload: bytes
+
+    def encode_body(self) -> bytes:
+        return _prefix(self.room) + _prefix(self.sender) + self.payload
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> RoomMessage:
+        room, rest = _name_prefixed(body, "room message")
+        sender, payload = _name_prefixed(rest, "room message")
+        return cls(room, sender, payload)
+
+
+@dataclass(frozen=True)
+class RoomKey(Event):
+    """A sender key sealed (HPKE envelope) to one member: c->s names the recipient, s->c the sender."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ROOM_KEY
+    user: str
+    envelope: bytes
+
+    def encode_body(self) -> bytes:
+        return _prefix(self.user) + self.envelope
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> RoomKey:
+        user, env = _name_prefixed(body, "room key")
+        if not env:
+            raise ProtocolError("room key has no envelope")
+        return cls(user, env)
+
+
+@dataclass(frozen=True)
+class RoomEvent(Event):
+    """Membership changes: {room, event: joined|left, user, identity}."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ROOM_EVENT
+    room: str
+    event: str
+    user: str
+    identity: str | None = None
+
+    def encode_body(self) -> bytes:
+        return _dump({"room": self.room, "event": self.event, "user": self.user, "identity": self.identity})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> RoomEvent:
+        o = _load_json(body)
+        event = _field(o, "event", str)
+        if event not in ("joined", "left"):
+            raise ProtocolError("room event is neither joined nor left")
+        return cls(_field(o, "room", str), event, _field(o, "user", str), _field(o, "identity", str, optional=True))
+
+
