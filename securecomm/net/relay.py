@@ -70,7 +70,7 @@ class Relay:
         try:
             env = envelope.parse(ev.envelope)
             msg_id = env.header.msg_id
-            to = await self.store.call(self.store.store.get_user, ev.to)
+            to = self.store.read().get_user(ev.to)
             refusal = self._direct_refusal(s, env, to, ev.to)
             if refusal:
                 log.info("%s direct message refused: %s", s.label(), refusal[1])
@@ -119,7 +119,7 @@ class Relay:
             return
         box.fetching = True
         try:
-            items = await self.store.call(self.store.store.pending_mail, s.user.id, box.high, MAIL_BATCH)
+            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
         finally:
             box.fetching = False
         box.backlog = len(items) == MAIL_BATCH
@@ -158,7 +158,7 @@ class Relay:
 
     async def _lookup(self, s: Session, ev: P.Request) -> None:
         name = str(ev.args.get("user", ""))
-        user = await self.store.call(self.store.store.get_user, name)
+        user = self.store.read().get_user(name)
         if user is None or user.identity is None:
             s.error(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r} with a registered key", rid=ev.rid)
             return

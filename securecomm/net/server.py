@@ -405,7 +405,7 @@ class Server:
             norm = normalise_name(name)
         except UsageError:
             return None, None
-        return norm, await self.store.call(self.store.store.get_user, norm)
+        return norm, self.store.read().get_user(norm)
 
     async def login_password(self, s: Session, ev: P.LoginPassword) -> None:
         name, user = await self._find_user(ev.user)
@@ -524,7 +524,7 @@ class Server:
                 log.warning("%s refused user_list: not an admin", s.label())
                 s.error(P.ErrorCode.FORBIDDEN, "permission denied: listing users needs the admin role", rid=ev.rid)
                 return
-            users = await self.store.call(self.store.store.list_users)
+            users = self.store.read().list_users()
             s.send(P.Result(ev.rid, [user_row(u) for u in users]))
         elif not await self.relay.request(s, ev):
             s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", rid=ev.rid)

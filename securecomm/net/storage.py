@@ -33,13 +33,21 @@ class AsyncStore:
         self._store: Store | None = None
         self._closing = False
         self.batches = 0
+        #: Read-only connection used directly on the event loop (see Store(readonly=True)).
+        self.reader: Store | None = None
 
     async def open(self) -> None:
-        self._store = await self.call(Store, self.path)
+        self._store = await self.call(Store, self.path)  # creates and migrates the schema
+        self.reader = Store(self.path, readonly=True)
         self._task = asyncio.create_task(self._commit_loop(), name="securecomm-group-commit")
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def read(self) -> Store:
+        """The read-only connection, for lookups that must not wait behind commits."""
+        assert self.reader is not None, "AsyncStore.open() was not awaited"
+        return self.reader
 
     @property
     def store(self) -> Store:
@@ -76,6 +84,8 @@ class AsyncStore:
         self._wakeup.set()
         if self._task:
             await self._task
+        if self.reader is not None:
+            self.reader.close()
         if self._store is not None:
             await self.call(self._store.close)
         self._executor.shutdown(wait=True)

@@ -146,8 +146,16 @@ class MailItem:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        if readonly:
+            # A second connection for lookups on the event loop's own thread: in WAL
+            # mode readers never wait for the writer, and a cached page read costs
+            # less than a hop to the writer thread and back.
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout=5000")
+            return
         ensure_dir(path.parent)
         existed = path.exists()
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
