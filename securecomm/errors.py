@@ -31,12 +31,6 @@ class UsageError(SecurecommError):
     exit_code = 2
 
 
-class NotImplementedYet(UsageError):
-    """this command is not implemented yet"""
-
-    exit_code = 2
-
-
 class NotFoundError(SecurecommError):
     """a file, identity, user or message does not exist"""
 
@@ -139,7 +133,7 @@ class InterruptedByUser(SecurecommError):
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error (rerun with -v for a traceback)",
-    2: "usage error, bad option value, or command not implemented yet",
+    2: "usage error or bad option value",
     3: "not found: file, identity, user or server profile",
     4: "permission: unsafe key-file mode, or an admin-only request",
     5: "authentication failed: wrong password, locked account, unknown key",

@@ -253,3 +253,27 @@ def test_direct_message_in_process_reaches_online_user(world):
                 await m.client.close()
 
     asyncio.run(go())
+
+
+def test_more_mail_than_one_batch_arrives_in_order(world):
+    """Over MAIL_BATCH (256) waiting messages: delivered in pages, all of them, in order, once."""
+    from securecomm.net.relay import MAIL_BATCH
+
+    _, homes = world
+    total = MAIL_BATCH + 44
+
+    async def send_all():
+        events = []
+        a = await _messenger(homes["alice"], events)
+        try:
+            for i in range(total):
+                await a.send_direct("bob", f"n{i}".encode())
+        finally:
+            a.pump.cancel()
+            await a.client.close()
+
+    asyncio.run(send_all())
+    r = sc(homes["bob"], "inbox", "--json")
+    assert r.returncode == 0, r.stderr
+    bodies = [json.loads(x)["body"] for x in r.stdout.splitlines()]
+    assert bodies == [f"n{i}" for i in range(total)]

@@ -48,10 +48,10 @@ class Relay:
         return self.server.store
 
     # -- presence --------------------------------------------------------------------
-    async def logged_in(self, s: Session) -> None:
+    def logged_in(self, s: Session) -> None:
         assert s.user is not None
         self.online.setdefault(s.user.id, set()).add(s)
-        await self.offer_pending(s)
+        self.offer_pending(s)
 
     def gone(self, s: Session) -> None:
         if s.user is not None:
@@ -111,21 +111,17 @@ class Relay:
             for other in list(self.online.get(to_id, ())):
                 other.mailbox.push(item)
 
-    async def offer_pending(self, s: Session) -> None:
-        """Send the next batch of stored mail, oldest first (pushes wait meanwhile)."""
+    def offer_pending(self, s: Session) -> None:
+        """Send the next batch of stored mail, oldest first.
+
+        Synchronous on purpose (a read-only connection on the loop): no live push
+        can slip in between the query and the offers, so order needs no queue."""
         assert s.user is not None
         box = s.mailbox
-        if box.fetching:
-            return
-        box.fetching = True
-        try:
-            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
-        finally:
-            box.fetching = False
+        items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
         box.backlog = len(items) == MAIL_BATCH
         for item in items:
             box.offer(item)
-        box.release_queued()
 
     async def ack(self, s: Session, ev: P.Ack) -> None:
         assert s.user is not None
@@ -141,7 +137,7 @@ class Relay:
             else:
                 log.warning("%s rejected direct message %s (failed verification)", s.label(), msg_id.hex())
         if s.mailbox.backlog and not s.mailbox.outstanding:
-            await self.offer_pending(s)
+            self.offer_pending(s)
 
     # -- directory and rooms ------------------------------------------------------------
     async def request(self, s: Session, ev: P.Request) -> bool:

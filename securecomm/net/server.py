@@ -144,18 +144,16 @@ class TokenBucket:
 class Mailbox:
     """Which stored direct messages a session has been sent, in order, exactly once.
 
-    Offers go out in increasing `seq`. While a fetch from the database is
-    running, or older rows are still waiting in the database (backlog),
-    messages pushed live are held back, so that per-sender order is kept.
+    Offers go out in increasing `seq`. While older rows still wait in the
+    database (more than one batch was pending), messages pushed live are left
+    for the next batch, so that per-sender order is kept.
     """
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.high = 0  # highest seq offered
         self.outstanding: set[int] = set()
-        self.fetching = False
         self.backlog = False
-        self._queued: list[Any] = []
 
     def offer(self, item: Any) -> None:
         if item.seq <= self.high:
@@ -166,16 +164,8 @@ class Mailbox:
             self.session.send(P.Deliver(item.seq, item.stored_at_ms, item.sender, item.envelope))
 
     def push(self, item: Any) -> None:
-        if self.fetching:
-            self._queued.append(item)
-        elif not self.backlog:
-            self.offer(item)
-
-    def release_queued(self) -> None:
-        queued, self._queued = self._queued, []
         if not self.backlog:
-            for item in sorted(queued, key=lambda i: i.seq):
-                self.offer(item)
+            self.offer(item)
 
     def acked(self, seq: int) -> None:
         self.outstanding.discard(seq)
@@ -466,7 +456,7 @@ class Server:
         s.user, s.identity = user, identity
         log.info("%s logged in (%s)", s.label(), how)
         s.send(P.LoginOk(user.name, user.role, identity.fingerprint_text if identity else None))
-        await self.relay.logged_in(s)
+        self.relay.logged_in(s)
 
     # -- messages --------------------------------------------------------------------
     def handle_send(self, s: Session, ev: P.Send) -> None:
