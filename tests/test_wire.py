@@ -113,7 +113,7 @@ def test_fatal_error_closes():
 
 
 @pytest.mark.parametrize("body", [b"[]", b"{", b'{"versions": "1"}', b'{"versions": [true]}', b"\xff\xfe",
-                                  b'{"versions": []}'])
+                                  b'{"versions": []}', b"[" * 100_000, b'{"versions": [1], "client": ' + b"[" * 50_000])
 def test_malformed_hello(body):
     s = P.Connection("server")
     s.receive_data(encode_frame(b"\x01" + body))

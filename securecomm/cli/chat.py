@@ -50,18 +50,23 @@ def render(ev: Any, me: str) -> str:
         printable,
     )
 
+    def clean(text: str) -> str:  # names come from the server: shown, never obeyed
+        return printable(text.encode())
+
     ok = style("\u2713", fg="green")
     if isinstance(ev, RoomText):
-        return f"{now_text(ev.sent_at_ms)} #{ev.room} {style(ev.sender, bold=True)} {ok} {printable(ev.body)}"
+        return (f"{now_text(ev.sent_at_ms)} #{clean(ev.room)} {style(clean(ev.sender), bold=True)} {ok} "
+                f"{printable(ev.body)}")
     if isinstance(ev, DirectMessage):
-        return f"{now_text(ev.sent_at_ms)} [dm] {style(ev.sender, bold=True)} \u2192 {me} {ok} {printable(ev.body)}"
+        return (f"{now_text(ev.sent_at_ms)} [dm] {style(clean(ev.sender), bold=True)} \u2192 {me} {ok} "
+                f"{printable(ev.body)}")
     if isinstance(ev, DeliveryReceipt):
-        return f"{now_text()} {ok}{ok} {ev.to} received {ev.msg_id.hex()[:8]} (signed receipt)"
+        return f"{now_text()} {ok}{ok} {clean(ev.to)} received {ev.msg_id.hex()[:8]} (signed receipt)"
     if isinstance(ev, Membership):
-        return f"{now_text()} * {ev.user} {ev.event} #{ev.room}"
+        return f"{now_text()} * {clean(ev.user)} {ev.event} #{clean(ev.room)}"
     if isinstance(ev, Warning):
-        return style(f"{now_text()} \u26a0 {ev.text}", fg="red", bold=True)
-    return f"{now_text()} {ev}"
+        return style(f"{now_text()} \u26a0 {clean(ev.text)}", fg="red", bold=True)
+    return f"{now_text()} {clean(str(ev))}"
 
 
 @click.command(epilog="Example: securecomm chat --room ops\n\n"

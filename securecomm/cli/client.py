@@ -199,12 +199,12 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
                                        "fingerprint": ev.fingerprint, "verified": True,
                                        "body": ev.body.decode("utf-8", "replace")}))
             else:
-                click.echo(f"{now_text(ev.sent_at_ms)} {ev.sender} \u2713 {printable(ev.body)}")
+                click.echo(f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 {printable(ev.body)}")
         elif isinstance(ev, Warning):
             failures += 1
             from securecomm.cli.context import warn
 
-            warn(ev.text)
+            warn(printable(ev.text.encode()))
 
     async def go() -> None:
         client, profile = await connect_profile(state.paths, identity, server=server, ask=ask_trust)

@@ -44,8 +44,10 @@ _ERRORS: dict[int, type[SecurecommError]] = {
 
 
 def error_from(ev: P.Error) -> SecurecommError:
+    from securecomm.net.messenger import printable
+
     cls = _ERRORS.get(ev.code, RefusedError)
-    return cls(f"server: {ev.message}")
+    return cls(f"server: {printable(ev.message.encode())}")  # a server's words never drive the terminal
 
 
 @dataclass

@@ -79,7 +79,7 @@ class MsgType(IntEnum):
 def _load_json(body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: "[[[[..." nested deep
         raise ProtocolError("control message is not valid UTF-8 JSON") from e
     if not isinstance(obj, dict):
         raise ProtocolError("control message is not a JSON object")

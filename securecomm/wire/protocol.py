@@ -74,7 +74,7 @@ def decode_payload(payload: bytes) -> Event:
         return cls.decode_body(payload[1:])
     except ProtocolError:
         raise
-    except (ValueError, TypeError, KeyError, struct.error) as e:  # belt and braces: parsers raise ProtocolError
+    except (ValueError, TypeError, KeyError, RecursionError, struct.error) as e:  # belt and braces
         raise ProtocolError(f"malformed {cls.__name__} message") from e
 
 

@@ -1,0 +1,31 @@
+"""Text from other people or from the server is shown, never obeyed by the terminal."""
+
+from __future__ import annotations
+
+import pytest
+
+from securecomm.cli.chat import render
+from securecomm.net.client import error_from
+from securecomm.net.messenger import DeliveryReceipt, DirectMessage, Membership, RoomText, Warning
+from securecomm.wire import protocol as P
+
+EVIL = "\x1b[2J\x1b]0;pwned\x07\r"
+
+
+@pytest.mark.parametrize("event", [
+    RoomText("lobby" + EVIL, "mallory" + EVIL, EVIL.encode(), b"i" * 16, 0),
+    DirectMessage("mallory" + EVIL, EVIL.encode(), b"i" * 16, 0, "SHA256:x"),
+    DeliveryReceipt("bob" + EVIL, b"i" * 16, True),
+    Membership("lobby", "eve" + EVIL, "joined"),
+    Warning("server said " + EVIL),
+])
+def test_chat_lines_have_no_control_characters(event, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    line = render(event, "me")
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in line), repr(line)
+    assert "\\x1b" in line  # shown, escaped
+
+
+def test_server_error_text_is_escaped():
+    err = error_from(P.Error(int(P.ErrorCode.FORBIDDEN), "no" + EVIL))
+    assert "\x1b" not in err.message and "\\x1b" in err.message
