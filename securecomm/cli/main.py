@@ -42,7 +42,7 @@ class CliError(click.ClickException):
     def __init__(self, error: SecurecommError) -> None:
         super().__init__(error.message)
         self.error = error
-        self.exit_code = error.exit_code
+        self.exit_code = error.exit_code  # type: ignore[misc]  # per instance: the error's own code
 
     def show(self, file: Any = None) -> None:
         click.echo(f"securecomm: error: {self.error.message}", err=True)

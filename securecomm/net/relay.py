@@ -166,6 +166,7 @@ class Relay:
 
     async def _join(self, s: Session, ev: P.Request) -> None:
         room = normalise_name(str(ev.args.get("room", "")))
+        assert s.user is not None
         if s.identity is None:
             s.error(P.ErrorCode.FORBIDDEN, "register a key first (securecomm user login)", rid=ev.rid)
             return
@@ -221,11 +222,11 @@ class Relay:
 
     def room_key(self, s: Session, ev: P.RoomKey) -> None:
         assert s.user is not None
-        target = next((m for sessions in self.online.values() for m in sessions
-                       if m.user is not None and m.user.name == ev.user), None)
-        if target is None:
-            log.debug("%s room key for offline user dropped", s.label())
+        target = self.store.read().get_user(ev.user)
+        sessions = self.online.get(target.id, set()) if target is not None else set()
+        if not sessions:
+            log.debug("%s room key for an offline user dropped", s.label())
             return
-        for m in self.online.get(target.user.id, ()):
+        for m in list(sessions):
             with contextlib.suppress(P.ProtocolError):
                 m.send(P.RoomKey(s.user.name, ev.envelope))
