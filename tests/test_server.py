@@ -428,3 +428,16 @@ def test_max_frame_is_enforced(tmp_path):
 def test_sigint_is_clean_too(server):
     assert server.stop(signal.SIGINT) == 0
     assert "stopped" in server.log
+
+
+def test_ca_with_pin(server, tmp_path):
+    from securecomm.crypto.certs import fingerprint, load_cert
+
+    ca_fp = fingerprint(load_cert((server.home / "tls" / "ca.pem").read_bytes()))
+    ok = login(tmp_path / "p1", server, "alice", PASSWORD, "--pin", ca_fp)
+    assert ok.returncode == 0, ok.stderr
+    r = run_entry("--home", str(tmp_path / "p1"), "status", "--json")
+    assert json.loads(r.stdout)["tls"]["trusted_by"] == "ca+pin"
+    bad = login(tmp_path / "p2", server, "alice", PASSWORD, "--pin", "SHA256:" + "B" * 43)
+    assert bad.returncode == 8
+    assert b"matches neither the pin" in bad.stderr

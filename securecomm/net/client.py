@@ -53,9 +53,8 @@ def error_from(ev: P.Error) -> SecurecommError:
 @dataclass
 class Trust:
     context: ssl.SSLContext
-    how: str  # ca | known_servers | pin | tofu
+    how: str  # ca | ca+pin | known_servers | pin | tofu
     anchor_fingerprint: str
-    anchor_is_ca: bool
 
 
 def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pin: str | None = None,
@@ -68,21 +67,20 @@ def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pi
     known = tls.KnownServers(paths.known_servers)
     if ca:
         pem = read_file(Path(ca).expanduser())
-        return _checked(Trust(tls.client_context(pem), "ca", tls.pem_fingerprint(pem), True), pin)
+        return _checked(Trust(tls.client_context(pem), "ca", tls.pem_fingerprint(pem)), pin)
     entry = known.get(address)
     if entry is not None:
         if pin and not tls.fingerprints_equal(pin, entry.fingerprint):
             raise TLSError(f"--pin {pin} does not match the certificate remembered for {address} "
                            f"({entry.fingerprint})")
-        return Trust(tls.client_context(entry.cert_pem, leaf_anchor=True), "known_servers", entry.fingerprint,
-                     False)
+        return Trust(tls.client_context(entry.cert_pem, leaf_anchor=True), "known_servers", entry.fingerprint)
     if paths.ca_cert.exists() and not pin:
         pem = read_file(paths.ca_cert)
-        return Trust(tls.client_context(pem), "ca", tls.pem_fingerprint(pem), True)
+        return Trust(tls.client_context(pem), "ca", tls.pem_fingerprint(pem))
     if pin and paths.ca_cert.exists():
         pem = read_file(paths.ca_cert)
         if tls.fingerprints_equal(pin, tls.pem_fingerprint(pem)):
-            return Trust(tls.client_context(pem), "pin", tls.pem_fingerprint(pem), True)
+            return Trust(tls.client_context(pem), "pin", tls.pem_fingerprint(pem))
     der = tls.fetch_server_certificate(host, port)
     fp = tls.der_fingerprint(der)
     if pin:
@@ -95,7 +93,7 @@ def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pi
         raise TLSError(f"the certificate of {address} is not trusted; its fingerprint is {fp}",
                        hint=f"check it with the server's operator, then pass --pin {fp} (or --ca FILE)")
     entry = known.add(address, der)
-    return Trust(tls.client_context(entry.cert_pem, leaf_anchor=True), how, fp, False)
+    return Trust(tls.client_context(entry.cert_pem, leaf_anchor=True), how, fp)
 
 
 def _checked(trust: Trust, pin: str | None) -> Trust:

@@ -4,10 +4,10 @@ Server: TLS 1.3 only (Mozilla "modern"), the certificate from certgen.
 Client: CERT_REQUIRED and hostname checking, always. What differs is the
 trust anchor, chosen in this order:
 
-1. `--ca FILE`                                  how = "ca"
-2. the CA that certgen made in the same home    how = "ca"
-3. a server certificate in known_servers        how = "known_servers"
-4. a server certificate fingerprint from --pin  how = "pin"       (then saved to known_servers)
+1. `--ca FILE`                                  how = "ca" ("ca+pin" with --pin)
+2. a server certificate in known_servers        how = "known_servers"  (a change is a hard failure)
+3. the CA that certgen made in the same home    how = "ca"
+4. a CA or server fingerprint from --pin        how = "pin"       (a server cert is saved to known_servers)
 5. first contact, interactive: ask the user     how = "tofu"      (then saved to known_servers)
 
 Cases 4 and 5 need the certificate before it is trusted. Python's ssl cannot
