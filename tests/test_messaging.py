@@ -277,3 +277,17 @@ def test_more_mail_than_one_batch_arrives_in_order(world):
     assert r.returncode == 0, r.stderr
     bodies = [json.loads(x)["body"] for x in r.stdout.splitlines()]
     assert bodies == [f"n{i}" for i in range(total)]
+
+
+def test_seen_ids_append_and_stay_bounded(tmp_path, monkeypatch):
+    from securecomm.net import messenger
+
+    monkeypatch.setattr(messenger, "SEEN_LIMIT", 5)
+    path = tmp_path / "seen_ids"
+    seen = messenger.SeenIds(path)
+    for i in range(12):
+        seen.add(f"k{i}")
+    again = messenger.SeenIds(path)  # what a restarted client knows
+    assert "k11" in again and "k0" not in again
+    assert len(path.read_text().split()) <= 10
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

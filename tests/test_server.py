@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import shutil
@@ -320,12 +321,21 @@ def test_sigterm_is_clean(server):
 
 
 # -- limits --------------------------------------------------------------------------
-def test_over_the_connection_limit(tmp_path):
-    srv = ServerProc(tmp_path / "srv", "--max-clients", "1").start()
+@contextlib.contextmanager
+def own_server(tmp_path, *serve_args):
+    """A server with its own options, alice added and logged in from her own home."""
+    srv = ServerProc(tmp_path / "srv", *serve_args).start()
     try:
         add_user(srv.home, "alice")
         home = tmp_path / "a"
         assert login(home, srv, "alice").returncode == 0
+        yield srv, home
+    finally:
+        srv.stop()
+
+
+def test_over_the_connection_limit(tmp_path):
+    with own_server(tmp_path, "--max-clients", "1") as (srv, home):
         with tls_socket(srv) as holder:
             holder.sendall(frame(P.Hello()))
             time.sleep(0.3)
@@ -337,16 +347,10 @@ def test_over_the_connection_limit(tmp_path):
         while send(home, "accepted again").returncode != 0:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-    finally:
-        srv.stop()
 
 
 def test_rate_limit(tmp_path):
-    srv = ServerProc(tmp_path / "srv", "--rate", "5").start()
-    try:
-        add_user(srv.home, "alice")
-        home = tmp_path / "a"
-        assert login(home, srv, "alice").returncode == 0
+    with own_server(tmp_path, "--rate", "5") as (srv, home):
         from securecomm.errors import RefusedError
 
         async def go():
@@ -359,8 +363,6 @@ def test_rate_limit(tmp_path):
         limited = [r for r in results if isinstance(r, RefusedError)]
         assert limited and "rate limit" in str(limited[0])
         assert any(isinstance(r, P.Receipt) for r in results)
-    finally:
-        srv.stop()
 
 
 # -- trusting the server ---------------------------------------------------------------
@@ -410,19 +412,13 @@ def test_connection_refused_exit_code(tmp_path, alice, server):
 
 
 def test_max_frame_is_enforced(tmp_path):
-    srv = ServerProc(tmp_path / "srv", "--max-frame", "4096").start()
-    try:
-        add_user(srv.home, "alice")
-        home = tmp_path / "a"
-        assert login(home, srv, "alice").returncode == 0
+    with own_server(tmp_path, "--max-frame", "4096") as (srv, home):
         assert send(home, "small enough").returncode == 0
         r = send(home, "x" * 8000)
         assert r.returncode == 9
         assert b"limit" in r.stderr
         srv.wait_log("protocol error")
         assert send(home, "small again").returncode == 0
-    finally:
-        srv.stop()
 
 
 def test_sigint_is_clean_too(server):

@@ -15,6 +15,13 @@ ca_option = click.option("--ca", type=click.Path(dir_okay=False), help="Trust th
 pin_option = click.option("--pin", help="Trust the CA or server certificate with this SHA256:... fingerprint.")
 
 
+def connection_options(f: Any) -> Any:
+    """--server, --ca, --pin and --passphrase-file: how a client command connects and signs in."""
+    for option in (passphrase_file_option, pin_option, ca_option, server_option):
+        f = option(f)
+    return f
+
+
 def _identity(state: State, passphrase_file: str | None) -> Any:
     from securecomm.cli.context import load_identity
     from securecomm.config import Profile
@@ -37,10 +44,7 @@ def _read_body(message: str) -> bytes:
 @click.option("--to", "to", metavar="USER", help="Send end to end to USER instead of to the server.")
 @click.option("--wait", is_flag=True, help="With --to: wait for the recipient's signed delivery receipt.")
 @click.option("--timeout", type=float, default=30, show_default=True, help="Seconds --wait waits.")
-@server_option
-@ca_option
-@pin_option
-@passphrase_file_option
+@connection_options
 @json_option
 @pass_state
 def send(state: State, message: str, to: str | None, wait: bool, timeout: float, server: str | None,
@@ -83,10 +87,7 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
 
 
 @click.command(epilog="Example: securecomm status --json")
-@server_option
-@ca_option
-@pin_option
-@passphrase_file_option
+@connection_options
 @json_option
 @pass_state
 def status(state: State, server: str | None, ca: str | None, pin: str | None, passphrase_file: str | None,

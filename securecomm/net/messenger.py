@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,10 +82,17 @@ class SeenIds:
         return key in self.ids
 
     def add(self, key: str) -> None:
+        """Append one id (a line, fsynced); rewrite the file only when it has doubled."""
         self.ids[key] = None
-        while len(self.ids) > SEEN_LIMIT:
-            self.ids.pop(next(iter(self.ids)))
-        write_files([(self.path, ("\n".join(self.ids) + "\n").encode(), PRIVATE_MODE)], force=True)
+        if len(self.ids) > 2 * SEEN_LIMIT:
+            self.ids = dict.fromkeys(list(self.ids)[-SEEN_LIMIT:])
+            write_files([(self.path, ("\n".join(self.ids) + "\n").encode(), PRIVATE_MODE)], force=True)
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_MODE)
+        with os.fdopen(fd, "a") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 @dataclass
