@@ -56,6 +56,22 @@ class SecurecommGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        # Click suggests from self.commands, which lazy loading leaves empty:
+        # give it the names so that `securecomm sned` gets "did you mean 'send'?".
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:
+            raise click.exceptions.NoSuchCommand(e.command_name, possibilities=list(COMMANDS), ctx=ctx) from None
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:  # a bad global option: same grammar as every other usage error
+            raise usage_failure(e) from e
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         spec = COMMANDS.get(name)
         if spec is None:
@@ -71,8 +87,12 @@ class SecurecommGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except (CliError, click.exceptions.NoArgsIsHelpError, click.exceptions.Exit, click.Abort):
             raise
+        except click.ClickException as e:  # Click's own errors, from any subcommand: one grammar
+            raise usage_failure(e) from e
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): Click's main exits quietly, it is no internal error
         except SecurecommError as e:
             _maybe_traceback(ctx)
             raise CliError(e) from e
@@ -83,6 +103,27 @@ class SecurecommGroup(click.Group):
             raise CliError(
                 SecurecommError(f"internal error ({type(e).__name__})", hint="rerun with -v for the traceback")
             ) from e
+
+
+def usage_failure(e: click.ClickException) -> CliError:
+    """Click's `Error: No such option...` as `securecomm: error: ...` plus a hint, keeping Click's exit code."""
+    possibilities = getattr(e, "possibilities", None)
+    if isinstance(e, click.exceptions.NoSuchOption | click.exceptions.NoSuchCommand):
+        text = e.message  # without Click's own "(Did you mean ...)": that becomes the hint
+    else:
+        text = e.format_message()
+    text = text.strip().rstrip(".")
+    text = text[:1].lower() + text[1:]
+    ctx = getattr(e, "ctx", None)
+    if possibilities:
+        hint: str | None = "did you mean " + " or ".join(repr(p) for p in possibilities) + "?"
+    elif ctx is not None:
+        hint = f"see: {ctx.command_path} --help"
+    else:
+        hint = None
+    error = SecurecommError(text, hint=hint)
+    error.exit_code = e.exit_code
+    return CliError(error)
 
 
 def _maybe_traceback(ctx: click.Context) -> None:
