@@ -56,3 +56,69 @@ def test_completion_into_a_closed_pipe_is_not_an_internal_error():
     assert b"internal error" not in proc.stderr
     assert b"Traceback" not in proc.stderr
     assert proc.returncode == 1  # Click's quiet exit for a broken pipe, not a crash
+
+
+# -- issue 10 item 8: serve on a port in use ------------------------------------------------
+def test_serve_on_a_port_in_use_says_so(home):
+    import socket
+
+    from tests.conftest import run_entry
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_entry("--home", str(home), "serve", "--port", str(port))
+    err = result.stderr.decode()
+    assert result.returncode == 7, err
+    assert f"securecomm: error: cannot listen on 127.0.0.1:{port}: the address is already in use" in err
+    assert "securecomm: hint:" in err and "--port" in err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+# -- issue 10 item 9: a wrong --home must not quietly make an empty database ----------------
+PASSWORD = "correct horse battery\n"
+
+
+def test_user_list_on_a_missing_database_names_the_path(sc, home):
+    result = sc("user", "list")
+    db = home / "securecomm.db"
+    assert result.exit_code == 3
+    assert f"securecomm: error: no database at {db}" in result.stderr
+    assert "--home" in result.stderr  # the hint names the likely mistake
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("command", [["passwd", "bob", "--password-stdin"], ["remove", "bob", "--yes"]])
+def test_other_user_commands_do_not_create_a_database(sc, home, command):
+    result = sc("user", *command, input=PASSWORD)
+    assert result.exit_code == 3
+    assert "no database at" in result.stderr
+    assert not (home / "securecomm.db").exists()
+
+
+def test_user_add_says_it_created_a_database_and_where_it_wrote(sc, home):
+    db = home / "securecomm.db"
+    first = sc("user", "add", "bob", "--password-stdin", input=PASSWORD)
+    assert first.exit_code == 0, first.stderr
+    assert f"securecomm: created a new database at {db}" in first.stderr
+    assert f"created user bob in {db}" in first.stderr
+    second = sc("user", "add", "carol", "--password-stdin", input=PASSWORD)
+    assert second.exit_code == 0
+    assert "created a new database" not in second.stderr
+    assert f"created user carol in {db}" in second.stderr
+
+
+def test_serve_says_it_created_a_new_database(home):
+    from tests.serverproc import ServerProc
+
+    server = ServerProc(home).start()
+    try:
+        assert f"created a new database at {home / 'securecomm.db'}" in server.log
+    finally:
+        server.stop()
+    again = ServerProc(home).start()
+    try:
+        assert "created a new database" not in again.log
+    finally:
+        again.stop()

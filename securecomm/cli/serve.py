@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from securecomm.cli.context import State, pass_state
+from securecomm.errors import SecurecommError
 
 
 @click.command(epilog="Example: securecomm serve --port 0   # any free port; the real one is printed")
@@ -57,12 +58,37 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
                           lock_seconds=int(lock_minutes * 60))
     config.validate()
     ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
+    new_database = not db_path.exists()
 
     def listening(address: tuple[str, int]) -> None:
+        if new_database:  # a wrong --home would otherwise serve an empty database without a word
+            logging.getLogger("securecomm.server").info("created a new database at %s", db_path)
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
         click.echo(f"listening on {shown}:{address[1]}", err=True)
 
     async def main() -> None:
         await run_server(Server(config, ssl_ctx, identity, db_path), listening)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        error = listen_error(e, host, port)
+        if error is None:
+            raise
+        raise error from e
+
+
+def listen_error(e: OSError, host: str, port: int) -> SecurecommError | None:
+    """A failed bind as a network error with a way out; any other OSError stays what it is."""
+    import errno
+
+    from securecomm.errors import NetworkError
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return NetworkError(f"cannot listen on {where}: the address is already in use",
+                            hint="another server is listening there; pick another port with --port (0: any free)")
+    if e.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+        return NetworkError(f"cannot listen on {where}: {e.strerror}",
+                            hint="check --host, or use --port above 1023 (0: any free)")
+    return None

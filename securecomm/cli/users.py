@@ -18,7 +18,7 @@ from securecomm.cli.context import (
     stdin_is_tty,
     table,
 )
-from securecomm.errors import UsageError
+from securecomm.errors import NotFoundError, UsageError
 
 db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          help="The server's SQLite database [data dir].")
@@ -43,10 +43,20 @@ def read_password(from_stdin: bool, *, confirm: bool, prompt: str = "password") 
     return password
 
 
-def open_db(state: State, db: Path | None) -> Any:
+def open_db(state: State, db: Path | None, *, create: bool = False) -> Any:
+    """The server's database. Only `user add` may create it, and says so: a wrong
+    --home must not quietly produce an empty database that no server reads."""
     from securecomm.store.db import Store
 
-    return Store(db or state.paths.database)
+    path = db or state.paths.database
+    if path.exists():
+        return Store(path)
+    if not create:
+        raise NotFoundError(f"no database at {path}",
+                            hint="pass the server's --home (or --db FILE); `securecomm paths` shows where it looks")
+    store = Store(path)
+    info(f"created a new database at {path}")
+    return store
 
 
 @click.group(epilog="Example: securecomm user add alice --admin")
@@ -72,12 +82,12 @@ def add(state: State, name: str, admin: bool, password_stdin: bool, db: Path | N
 
     name = normalise_name(name)
     password = read_password(password_stdin, confirm=True)
-    store = open_db(state, db)
+    store = open_db(state, db, create=True)
     try:
         created = store.add_user(name, passwords.hash_password(password), "admin" if admin else "user")
     finally:
         store.close()
-    info(f"created {created.role} {created.name}")
+    info(f"created {created.role} {created.name} in {store.path}")
 
 
 @user.command(epilog="Example: securecomm user passwd alice")
