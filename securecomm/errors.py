@@ -59,6 +59,10 @@ class FormatError(IntegrityError):
     """malformed input: wrong length, type, version or layout"""
 
 
+class NotAnEnvelopeError(FormatError):
+    """input is not a securecomm envelope"""
+
+
 class TruncatedError(FormatError):
     """input is truncated"""
 

@@ -132,14 +132,27 @@ def decrypt(state: State, sender: str | None, output: str | None, force: bool, n
     given with --from, or one of your contacts or identities.
     """
     from securecomm.crypto import envelope
-    from securecomm.errors import UnknownSenderError
+    from securecomm.errors import NotAnEnvelopeError, UnknownSenderError
 
     raw = dearmor(_read_input(input))
     me = load_identity(state, name, passphrase_file)
     try:
         opened = envelope.open_envelope(raw, me, _known_senders(state, sender))
-    except UnknownSenderError as e:
-        e.hint = "pass the sender's identity with --from LINE_OR_FILE"
+    except NotAnEnvelopeError as e:
+        e.hint = "decrypt reads what `securecomm encrypt` wrote (binary or --armor)"
         raise
+    except UnknownSenderError as e:
+        raise _unknown_sender(sender) from e
     _write_output(output, opened.body, force)
     info(f"from {opened.sender.fingerprint_text}: signature and sha256 digest verified")
+
+
+def _unknown_sender(sender: str | None) -> Exception:
+    """Suggest --from only when it was not given; else say the given sender is not the signer."""
+    from securecomm.errors import UnknownSenderError
+
+    if sender is None:
+        return UnknownSenderError("the sender of this envelope is not a known identity",
+                                  hint="pass the sender's identity with --from LINE_OR_FILE")
+    return UnknownSenderError("the envelope was not sent by the identity given with --from",
+                              hint="check that --from names the sender's public identity, not yours or another's")

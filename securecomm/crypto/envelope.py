@@ -37,6 +37,7 @@ from securecomm.errors import (
     DecryptError,
     DigestError,
     FormatError,
+    NotAnEnvelopeError,
     OversizedError,
     SignatureError,
     TrailingDataError,
@@ -133,6 +134,9 @@ def parse(data: bytes) -> Envelope:
     data = bytes(data)
     if len(data) > MAX_ENVELOPE_SIZE:
         raise OversizedError(f"envelope is larger than {MAX_ENVELOPE_SIZE} bytes")
+    if data[: len(MAGIC)] != MAGIC and not MAGIC.startswith(data):
+        # Checked before the length, so a text file is "not an envelope", not "truncated".
+        raise NotAnEnvelopeError("input is not a securecomm envelope")
     if len(data) < HEADER_SIZE + _LENGTHS.size:
         raise TruncatedError("envelope is truncated")
     magic, version, kem_id, kdf_id, aead_id, flags, msg_id, ts, sender, recipient = _HEADER.unpack_from(data)
