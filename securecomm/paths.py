@@ -19,6 +19,22 @@ APP_NAME = "securecomm"
 HOME_ENV = "SECURECOMM_HOME"
 
 
+def check_identity_name(name: str) -> str:
+    """An identity name, refused unless it is a plain file name inside the identities folder.
+
+    Every identity path is built here, so `--name ../x` or `--identity /abs/path`
+    cannot read or write outside the home folder, whichever command passes it.
+    """
+    import re
+
+    if not re.fullmatch(r"[a-z0-9_.-]{1,32}", name) or name.startswith("."):
+        from securecomm.errors import UsageError
+
+        raise UsageError(f"identity name {name!r} must be 1-32 characters of a-z 0-9 _ . - (not starting with .)",
+                         hint="identities live in the identities folder; `securecomm paths` shows where")
+    return name
+
+
 class Paths:
     """All file locations for one securecomm home."""
 
@@ -57,10 +73,10 @@ class Paths:
         return self.config_dir / "identities"
 
     def identity_key(self, name: str) -> Path:
-        return self.identities_dir / f"{name}.key"
+        return self.identities_dir / f"{check_identity_name(name)}.key"
 
     def identity_pub(self, name: str) -> Path:
-        return self.identities_dir / f"{name}.pub"
+        return self.identities_dir / f"{check_identity_name(name)}.pub"
 
     @property
     def profile(self) -> Path:

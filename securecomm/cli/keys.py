@@ -103,7 +103,6 @@ def keygen(state: State, name: str, kem: str, ask_passphrase: bool, passphrase_f
 
 
 def check_name(name: str) -> None:
-    import re
+    from securecomm.paths import check_identity_name
 
-    if not re.fullmatch(r"[a-z0-9_.-]{1,32}", name) or name.startswith("."):
-        raise UsageError(f"identity name {name!r} must be 1-32 characters of a-z 0-9 _ . -")
+    check_identity_name(name)  # the one rule, shared with every command that takes an identity name
