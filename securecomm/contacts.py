@@ -31,6 +31,15 @@ class ChangedKeyError(IntegrityError):
     """a contact's key has changed"""
 
 
+def check_user_name(name: object) -> None:
+    """Names come from the server's directory: one that breaks the server's own
+    user-name rule (say, carrying terminal escapes) is refused, never saved."""
+    from securecomm.store.db import NAME_RE
+
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise FormatError(f"the server sent an invalid user name {name!a}")
+
+
 class Contacts:
     def __init__(self, path: Path, entries: dict[str, Contact]) -> None:
         self.path = path
@@ -72,6 +81,7 @@ class Contacts:
 
     def check(self, name: str, identity: PublicIdentity) -> bool:
         """Remember on first use; True if new. Raises ChangedKeyError on a changed key."""
+        check_user_name(name)
         known = self.entries.get(name)
         if known is None:
             self.entries[name] = Contact(name, identity, time.time())

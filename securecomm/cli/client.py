@@ -115,12 +115,14 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
     if as_json:
         emit_json(report)
         return
+    from securecomm.cli.context import shown
+
     for key, value in report.items():
         if isinstance(value, dict):
             for k, v in value.items():
-                click.echo(f"{key + '.' + k:28} {v}")
+                click.echo(f"{key + '.' + k:28} {shown(v)}")
         else:
-            click.echo(f"{key:28} {value}")
+            click.echo(f"{key:28} {shown(value)}")
 
 
 def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, timeout: float, as_json: bool,
@@ -255,7 +257,9 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
                     "first_seen": c.first_seen,
                     "changed_to": c.pending.fingerprint_text if c.pending else None} for c in entries])
         return
-    click.echo(table([[c.name, c.identity.fingerprint_text,
+    from securecomm.cli.context import shown
+
+    click.echo(table([[shown(c.name), c.identity.fingerprint_text,
                        f"CHANGED to {c.pending.fingerprint_text}" if c.pending else "ok"] for c in entries],
                      headers=["name", "fingerprint", "status"]))
 
@@ -265,7 +269,8 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
 @pass_state
 def trust(state: State, name: str) -> None:
     """Accept NAME's changed key (after checking its fingerprint with them)."""
+    from securecomm.cli.context import shown
     from securecomm.contacts import Contacts
 
     c = Contacts.load(state.paths.contacts).trust(name.lower())
-    click.echo(f"now trusting {c.name} {c.identity.fingerprint_text}")
+    click.echo(f"now trusting {shown(c.name)} {c.identity.fingerprint_text}")

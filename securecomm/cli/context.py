@@ -54,6 +54,18 @@ def warn(message: str) -> None:
     click.echo(style(f"securecomm: warning: {message}", fg="yellow", bold=True), err=True)
 
 
+def shown(value: Any) -> str:
+    """A value for the terminal: yes/no for booleans, - for nothing, and any text
+    (which may come from a server or a peer) with control characters escaped."""
+    from securecomm.net.messenger import printable  # the one escaping rule, as chat and inbox use
+
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    return printable(str(value).encode())
+
+
 def table(rows: list[list[Any]], headers: list[str]) -> str:
     from tabulate import tabulate
 

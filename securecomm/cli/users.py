@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,11 @@ from securecomm.cli.context import (
     json_option,
     pass_state,
     passphrase_file_option,
+    shown,
     stdin_is_tty,
     table,
 )
-from securecomm.errors import NotFoundError, UsageError
+from securecomm.errors import NotFoundError, SecurecommError, UsageError
 
 db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          help="The server's SQLite database [data dir].")
@@ -76,7 +79,10 @@ def user() -> None:
 @db_option
 @pass_state
 def add(state: State, name: str, admin: bool, password_stdin: bool, db: Path | None) -> None:
-    """Create account NAME (1-32 of a-z 0-9 _ . -), prompting twice for its password."""
+    """Create account NAME, prompting twice for its password.
+
+    NAME is 1-32 characters of a-z 0-9 _ . - (upper case is folded to lower).
+    """
     from securecomm.store import passwords
     from securecomm.store.db import normalise_name
 
@@ -131,6 +137,8 @@ def remove(state: State, name: str, yes: bool, db: Path | None) -> None:
 def _fmt_time(ts: int | None) -> str:
     import datetime as dt
 
+    if not isinstance(ts, int):  # --remote: whatever a server sent, shown and never obeyed
+        return shown(ts) if ts else "-"
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M") if ts else "-"
 
 
@@ -154,8 +162,8 @@ def list_(state: State, as_json: bool, remote: bool, db: Path | None) -> None:
     if as_json:
         emit_json(rows)
         return
-    click.echo(table([[r["name"], r["role"], _fmt_time(r["created"]), _fmt_time(r["last_login"]),
-                       "LOCKED" if r["locked"] else "no", r["fingerprint"] or "-"] for r in rows],
+    click.echo(table([[shown(r["name"]), shown(r["role"]), _fmt_time(r["created"]), _fmt_time(r["last_login"]),
+                       "LOCKED" if r["locked"] else "no", shown(r["fingerprint"] or "-")] for r in rows],
                      headers=["name", "role", "created", "last login", "locked", "key fingerprint"]))
 
 
@@ -212,12 +220,11 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
     from securecomm.net.connect import address_of, prepare
 
     paths = state.paths
-    if not paths.identity_key(identity_name).exists():
-        created = ident.PrivateIdentity.generate()
-        ident.save(created, paths.identity_key(identity_name), paths.identity_pub(identity_name))
-        info(f"created identity {identity_name!r} {created.public.fingerprint_text}")
-    me = load_identity(state, identity_name, passphrase_file)
-    client = prepare(paths, server, ca=ca, pin=pin, ask=ask_trust)
+    # A new identity is kept only once the login succeeded: a failed login leaves nothing behind.
+    created = None if paths.identity_key(identity_name).exists() else ident.PrivateIdentity.generate()
+    me = created or load_identity(state, identity_name, passphrase_file)
+    with _network_hint():
+        client = prepare(paths, server, ca=ca, pin=pin, ask=ask_trust)
     # Asked once the server is trusted (as ssh asks after the host key), and
     # before connecting, so that slow typing cannot hit the server's login timeout.
     password = read_password(password_stdin, confirm=False)
@@ -229,10 +236,45 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
             assert client.server_identity is not None
             return ok, address_of(client), client.server_identity.line
 
-    ok, address, server_identity = asyncio.run(go())
-    Profile(server=address, user=ok.user, identity=identity_name, ca=str(Path(ca).absolute()) if ca else None,
+    with _network_hint():
+        ok, address, server_identity = asyncio.run(go())
+    user_name = server_user_name(ok.user)
+    if created is not None:
+        ident.save(created, paths.identity_key(identity_name), paths.identity_pub(identity_name))
+        info(f"created identity {identity_name!r} {created.public.fingerprint_text}")
+    Profile(server=address, user=user_name, identity=identity_name, ca=str(Path(ca).absolute()) if ca else None,
             pin=pin, server_identity=server_identity).save(paths.profile)
     if as_json:
-        emit_json({"user": ok.user, "role": ok.role, "server": address, "fingerprint": ok.fingerprint})
+        emit_json({"user": user_name, "role": ok.role, "server": address, "fingerprint": ok.fingerprint})
         return
-    click.echo(f"logged in as {ok.user} ({ok.role}) on {address}; identity {ok.fingerprint} registered")
+    click.echo(f"logged in as {user_name} ({shown(ok.role)}) on {address}; identity {shown(ok.fingerprint)} "
+               "registered")
+
+
+@contextlib.contextmanager
+def _network_hint() -> Iterator[None]:
+    """A refused connection gets the same hint as send gives."""
+    from securecomm.errors import NetworkError
+
+    try:
+        yield
+    except NetworkError as e:
+        if e.hint is None and type(e) is NetworkError:
+            e.hint = "is `securecomm serve` running there?"
+        raise
+
+
+def server_user_name(name: Any) -> str:
+    """The user name a server answered with, refused unless it follows the server's own rule.
+
+    It is saved in profile.json and printed: a hostile server must not smuggle
+    terminal escapes (or anything else) in through it.
+    """
+    from securecomm.contacts import check_user_name
+
+    try:
+        check_user_name(name)
+    except SecurecommError as e:
+        e.hint = "this is not a securecomm server, or a broken one; nothing was saved"
+        raise
+    return str(name)
