@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,165 @@ def test_serve_says_it_created_a_new_database(home):
         assert "created a new database" not in again.log
     finally:
         again.stop()
+
+
+# -- issue 10 item 13: the smaller ones ------------------------------------------------------
+def test_short_help_is_the_whole_first_sentence():
+    # `user --help` once listed "add  Create account NAME (1-32 of a-z 0-9 _ ." (cut at ". ").
+    import inspect
+
+    from tests.test_cli import _all_commands
+
+    for name, cmd in _all_commands():
+        first = " ".join(inspect.cleandoc(cmd.help).split("\n\n")[0].split())
+        assert cmd.get_short_help_str(limit=1000) == first, name
+
+
+@pytest.fixture
+def keys(tmp_path):
+    from tests.conftest import run_entry
+
+    alice, bob, carol = (tmp_path / n for n in ("alice", "bob", "carol"))
+    for h in (alice, bob, carol):
+        assert run_entry("--home", str(h), "keygen", "--kem", "x25519").returncode == 0
+    return alice, bob, carol
+
+
+def test_decrypt_of_a_text_file_says_it_is_not_an_envelope(keys, tmp_path):
+    from tests.conftest import run_entry
+
+    _, bob, _ = keys
+    text = tmp_path / "notes.txt"
+    text.write_text("just some notes\n")
+    result = run_entry("--home", str(bob), "decrypt", str(text))
+    err = result.stderr.decode()
+    assert result.returncode == 6
+    assert err.startswith("securecomm: error: input is not a securecomm envelope\n")
+    assert "truncated" not in err
+    assert "securecomm: hint: decrypt reads what `securecomm encrypt` wrote" in err
+
+
+@pytest.mark.parametrize("data", [b"hello", b"x" * 500, b"-----BEGIN PGP MESSAGE-----\n"])
+def test_envelope_parse_names_non_envelopes(data):
+    from securecomm.crypto import envelope
+    from securecomm.errors import NotAnEnvelopeError, TruncatedError
+
+    with pytest.raises(NotAnEnvelopeError):
+        envelope.parse(data)
+    with pytest.raises(TruncatedError):  # a cut-short real envelope is still "truncated"
+        envelope.parse(envelope.MAGIC + b"\x01")
+
+
+def test_decrypt_from_the_wrong_sender_does_not_suggest_from(keys):
+    from tests.conftest import run_entry
+
+    alice, bob, carol = keys
+    sealed = run_entry("--home", str(alice), "encrypt", "-r", str(bob / "identities" / "default.pub"), "-",
+                       input=b"hi")
+    assert sealed.returncode == 0, sealed.stderr
+    result = run_entry("--home", str(bob), "decrypt", "--from", str(carol / "identities" / "default.pub"), "-",
+                       input=sealed.stdout)
+    err = result.stderr.decode()
+    assert result.returncode == 5
+    assert "securecomm: error: the envelope was not sent by the identity given with --from" in err
+    assert "pass the sender's identity with --from" not in err
+    without = run_entry("--home", str(bob), "decrypt", "-", input=sealed.stdout)  # no --from: then suggest it
+    assert "securecomm: hint: pass the sender's identity with --from" in without.stderr.decode()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # bound but never listening, then closed: connections are refused
+
+
+def test_login_to_a_stopped_server_hints_and_keeps_no_identity(home):
+    from tests.conftest import run_entry
+
+    result = run_entry("--home", str(home), "user", "login", "alice", "--server", f"127.0.0.1:{_closed_port()}",
+                       "--password-stdin", input=b"correct horse battery\n")
+    err = result.stderr.decode()
+    assert result.returncode == 7, err
+    assert "securecomm: hint: is `securecomm serve` running there?" in err
+    assert "created identity" not in err
+    assert not (home / "identities" / "default.key").exists()
+
+
+def test_failed_login_keeps_no_new_identity_but_a_good_one_does(tmp_path):
+    from tests.serverproc import ServerProc, add_user, login
+
+    server_home, client = tmp_path / "server", tmp_path / "client"
+    server = ServerProc(server_home).start()
+    try:
+        add_user(server_home, "alice")
+        bad = login(client, server, "alice", "wrong password entirely")
+        assert bad.returncode == 5, bad.stderr
+        assert not (client / "identities" / "default.key").exists()
+        good = login(client, server, "alice")
+        assert good.returncode == 0, good.stderr
+        assert b"created identity 'default'" in good.stderr
+        assert (client / "identities" / "default.key").exists()
+        status = run_status(client)
+        assert "False" not in status and "True" not in status and "None" not in status
+        assert any(line.split()[:2] in (["tls.post_quantum", "yes"], ["tls.post_quantum", "no"])
+                   for line in status.splitlines()), status
+    finally:
+        server.stop()
+
+
+def run_status(client: Path) -> str:
+    from tests.conftest import run_entry
+
+    result = run_entry("--home", str(client), "status")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+def test_readme_completion_install_lines_work(tmp_path):
+    import re
+    import shutil
+
+    from tests.conftest import ENTRY
+
+    if shutil.which("bash") is None:
+        pytest.skip("bash not installed")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = [m.group(1) for m in re.finditer(r"^    (.*bash-completion/completions.*)$", readme, re.M)]
+    assert lines and lines[0].startswith("mkdir -p "), lines
+    assert "`bash-completion` package" in readme
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": str(Path(ENTRY).parent) + os.pathsep + os.environ["PATH"]}
+    subprocess.run(["bash", "--norc", "-euc", "\n".join(lines)], env=env, check=True, timeout=60)
+    installed = tmp_path / ".local/share/bash-completion/completions/securecomm"
+    assert "_securecomm_completion" in installed.read_text()
+
+
+# -- issue 9 item 14: identity names are plain names inside the home -------------------------
+@pytest.mark.parametrize("bad", ["../outside", "../../etc/x", "/abs/path", ".hidden", "a/b", "Upper"])
+@pytest.mark.parametrize("command", [
+    ["keygen", "--name"],
+    ["encrypt", "-r", "securecomm:1:x", "--name"],
+    ["decrypt", "--name"],
+    ["user", "login", "alice", "--server", "127.0.0.1:1", "--password-stdin", "--identity"],
+])
+def test_identity_names_cannot_leave_the_home(sc, home, tmp_path, command, bad):
+    if command[0] == "encrypt":  # a real recipient, so that only the name can fail
+        assert sc("keygen", "--name", "bob", "--kem", "x25519").exit_code == 0
+        command = ["encrypt", "-r", str(home / "identities" / "bob.pub"), "--name"]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    result = sc(*command, bad, input=b"password\n")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith(f"securecomm: error: identity name {bad!r} must be"), result.stderr
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+def test_a_tampered_profile_cannot_point_outside_the_home(sc, home, tmp_path):
+    import json
+
+    (tmp_path / "elsewhere.key").write_text("not yours")
+    (home / "profile.json").write_text(json.dumps({"server": "localhost:1", "user": "alice",
+                                                   "identity": "../elsewhere"}))
+    result = sc("send", "hi")
+    assert result.exit_code == 2
+    assert "securecomm: error: identity name '../elsewhere' must be" in result.stderr

@@ -19,7 +19,8 @@ def paths(state: State, as_json: bool) -> None:
     click.echo(table([[k, str(v)] for k, v in where.items()], headers=["what", "path"]))
 
 
-@click.command(epilog="Example: securecomm completion bash > ~/.local/share/bash-completion/completions/securecomm")
+@click.command(epilog="Example: mkdir -p ~/.local/share/bash-completion/completions && "
+               "securecomm completion bash > ~/.local/share/bash-completion/completions/securecomm")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
     """Print the tab-completion script for SHELL (bash, zsh or fish)."""
