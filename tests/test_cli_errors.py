@@ -10,6 +10,7 @@ import pytest
 
 from securecomm.cli.main import cli
 from tests.conftest import ENTRY
+from tests.test_cli import _all_commands
 
 
 def _lines(result) -> list[str]:
@@ -130,8 +131,6 @@ def test_short_help_is_the_whole_first_sentence():
     # `user --help` once listed "add  Create account NAME (1-32 of a-z 0-9 _ ." (cut at ". ").
     import inspect
 
-    from tests.test_cli import _all_commands
-
     for name, cmd in _all_commands():
         first = " ".join(inspect.cleandoc(cmd.help).split("\n\n")[0].split())
         assert cmd.get_short_help_str(limit=1000) == first, name
@@ -243,8 +242,6 @@ def test_readme_completion_install_lines_work(tmp_path):
     import re
     import shutil
 
-    from tests.conftest import ENTRY
-
     if shutil.which("bash") is None:
         pytest.skip("bash not installed")
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -285,3 +282,10 @@ def test_a_tampered_profile_cannot_point_outside_the_home(sc, home, tmp_path):
     result = sc("send", "hi")
     assert result.exit_code == 2
     assert "securecomm: error: identity name '../elsewhere' must be" in result.stderr
+
+
+@pytest.mark.parametrize("words", [name.split() for name, _ in _all_commands()], ids=" ".join)
+def test_every_command_reports_a_bad_option_in_the_grammar(runner, home, words):
+    result = runner.invoke(cli, ["--home", str(home), *words, "--no-such-option"], prog_name="securecomm")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("securecomm: error: no such option '--no-such-option'\n"), result.stderr
