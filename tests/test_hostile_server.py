@@ -170,3 +170,12 @@ def test_directory_name_is_refused_not_pinned(hostile, home):
     assert_no_raw_controls(result.stdout + result.stderr)
     contacts = home / "contacts.json"
     assert not contacts.exists() or b"bob" not in contacts.read_bytes()
+
+
+def test_contacts_listing_escapes_a_tampered_name(home):
+    peer = ident.PrivateIdentity.generate("x25519").public
+    (home / "contacts.json").write_text(json.dumps({"bob" + EVIL: {"identity": peer.line, "first_seen": 0}}))
+    result = run_entry("--home", str(home), "contacts")
+    assert result.returncode == 0, result.stderr
+    assert b"bob\\x1b]0;pwned" in result.stdout
+    assert_no_raw_controls(result.stdout + result.stderr)
