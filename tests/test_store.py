@@ -34,7 +34,8 @@ def test_reopen_does_not_migrate_twice(tmp_path):
     s.close()
 
 
-@pytest.mark.parametrize("bad", ["", "a" * 33, "al ice", "x'; DROP TABLE users;--", "ümlaut", "a/b"])
+@pytest.mark.parametrize("bad", ["", "a" * 33, "al ice", "x'; DROP TABLE users;--", "ümlaut", "a/b",
+                                 "alice\n", "\u212aate"])  # a trailing newline; KELVIN SIGN folds to k
 def test_bad_names(bad):
     with pytest.raises(UsageError):
         normalise_name(bad)
