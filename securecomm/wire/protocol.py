@@ -34,7 +34,13 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
-from securecomm.wire.frames import MAX_FRAME_SIZE, FrameDecoder, RemoteProtocolError, encode_frame
+from securecomm.wire.frames import (
+    MAX_FRAME_SIZE,
+    PRELOGIN_MAX_FRAME,
+    FrameDecoder,
+    RemoteProtocolError,
+    encode_frame,
+)
 from securecomm.wire.messages import *  # noqa: F403 - the protocol's vocabulary, re-exported
 from securecomm.wire.messages import (
     SUPPORTED_VERSIONS,
@@ -121,7 +127,9 @@ class Connection:
         self.role = role
         self.state = State.AWAIT_HELLO
         self.max_frame = max_frame
-        self.decoder = FrameDecoder(max_frame)
+        # Until LOGIN_OK only small frames are accepted (see PRELOGIN_MAX_FRAME);
+        # _advance raises the limit to max_frame on entering READY.
+        self.decoder = FrameDecoder(min(max_frame, PRELOGIN_MAX_FRAME))
         self._incoming = CLIENT_MESSAGES if role == "server" else SERVER_MESSAGES
         self._outgoing = SERVER_MESSAGES if role == "server" else CLIENT_MESSAGES
 
@@ -163,3 +171,5 @@ class Connection:
                                     ErrorCode.VERSION)
             return
         self.state = _TRANSITIONS.get((self.state, event.TYPE), self.state)
+        if self.state is State.READY:
+            self.decoder.max_frame = self.max_frame
