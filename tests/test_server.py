@@ -335,13 +335,16 @@ def own_server(tmp_path, *serve_args):
 
 
 def test_over_the_connection_limit(tmp_path):
+    # --max-clients counts logged-in clients (issue 9), so the holder logs in
     with own_server(tmp_path, "--max-clients", "1") as (srv, home):
-        with tls_socket(srv) as holder:
-            holder.sendall(frame(P.Hello()))
-            time.sleep(0.3)
-            r = send(home, "refused?")
-            assert r.returncode == 9
-            assert b"server is full" in r.stderr
+        async def hold_and_try():
+            holder, _ = await _session(home, srv)
+            async with holder:
+                return await asyncio.to_thread(send, home, "refused?")
+
+        r = run(hold_and_try())
+        assert r.returncode == 9
+        assert b"server is full" in r.stderr
         srv.wait_log("refused: 1 clients connected")
         deadline = time.monotonic() + 5
         while send(home, "accepted again").returncode != 0:
