@@ -21,6 +21,10 @@ from securecomm.cli.context import State, pass_state
               help="Connections not logged in yet, at most; more are dropped at once.")
 @click.option("--max-unauthenticated-per-address", type=click.IntRange(1), default=256, show_default=True,
               help="Connections not logged in yet from one address (IPv6: one /64).")
+@click.option("--mailbox-messages", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Direct messages that may wait for one recipient; more are refused.")
+@click.option("--mailbox-bytes", type=click.IntRange(1), default=64 * 1024 * 1024, show_default=True,
+              help="Bytes of direct messages that may wait for one recipient.")
 @click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--rate", type=float, default=5000, show_default=True,
               help="Messages per second per connection (0: unlimited).")

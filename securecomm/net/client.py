@@ -43,11 +43,18 @@ _ERRORS: dict[int, type[SecurecommError]] = {
 }
 
 
+#: What the user can do about a refusal, where there is one obvious thing.
+_HINTS: dict[int, str] = {
+    P.ErrorCode.MAILBOX_FULL: "send it again once they have read their waiting messages (securecomm inbox)",
+}
+
+
 def error_from(ev: P.Error) -> SecurecommError:
     from securecomm.net.messenger import printable
 
     cls = _ERRORS.get(ev.code, RefusedError)
-    return cls(f"server: {printable(ev.message.encode())}")  # a server's words never drive the terminal
+    # a server's words never drive the terminal
+    return cls(f"server: {printable(ev.message.encode())}", hint=_HINTS.get(ev.code))
 
 
 @dataclass

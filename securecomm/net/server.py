@@ -38,6 +38,7 @@ from securecomm.net.relay import Relay
 from securecomm.net.storage import AsyncStore
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
+from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, MailboxLimits
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
 
@@ -91,6 +92,10 @@ class ServerConfig:
     max_in_flight: int = 4096
     lock_after: int = 5
     lock_seconds: int = 15 * 60
+    #: Direct messages and envelope bytes that may wait for one recipient (issue 10;
+    #: see store/quota.py for why these numbers).
+    mailbox_messages: int = MAILBOX_MESSAGES
+    mailbox_bytes: int = MAILBOX_BYTES
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.
@@ -101,6 +106,8 @@ class ServerConfig:
             raise UsageError(f"--max-frame must be between {MIN_FRAME_SIZE} and {64 * 1024 * 1024}")
         if self.max_clients < 1:
             raise UsageError("--max-clients must be at least 1")
+        if self.mailbox_messages < 1 or self.mailbox_bytes < 1:
+            raise UsageError("--mailbox-messages and --mailbox-bytes must be at least 1")
         if self.max_unauthenticated < 1 or self.max_unauthenticated_per_address < 1:
             raise UsageError("--max-unauthenticated and --max-unauthenticated-per-address must be at least 1")
 
@@ -302,7 +309,7 @@ class Server:
         self.config = config
         self.ssl_ctx = ssl_ctx
         self.identity = identity
-        self.store = AsyncStore(db_path)
+        self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes))
         self.relay = Relay(self)
         self.sessions: set[Session] = set()
         self.handshaking = 0
