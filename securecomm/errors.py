@@ -117,6 +117,10 @@ class RefusedError(SecurecommError):
     exit_code = 9
 
 
+class TooLargeError(RefusedError):
+    """the message is larger than the limit"""
+
+
 class ExistsError(SecurecommError):
     """a file already exists and would be overwritten"""
 

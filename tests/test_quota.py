@@ -65,3 +65,19 @@ def test_mailbox_byte_limit_through_the_cli(pair):
     assert b"bytes waiting and this message is" in r.stderr and b"the limit is 20000 bytes" in r.stderr
     assert mailbox_count(srv) == 1
     assert sc(homes["alice"], "send", "--to", "bob", "small").returncode == 0  # a small one still fits
+
+
+# -- issue 10, item 10: a size limit is a refusal with a hint, not an integrity failure ----------
+@pytest.mark.parametrize("to", [(), ("--to", "bob")])
+def test_5mb_message_is_refused_with_the_limit_and_a_hint(pair, to):
+    from securecomm.crypto.envelope import MAX_BODY_SIZE
+
+    srv, homes = pair
+    r = sc(homes["alice"], "send", *to, "-", input=b"m" * (5 * 1000 * 1000))
+    assert r.returncode == 9, r.stderr
+    err = r.stderr.decode().splitlines()
+    assert err[0] == f"securecomm: error: message is larger than the limit of {MAX_BODY_SIZE} bytes; nothing was sent"
+    assert err[1].startswith(f"securecomm: hint: send at most {MAX_BODY_SIZE} bytes at a time")
+    assert "securecomm encrypt" in err[1]
+    assert len(err) == 2  # no traceback
+    assert mailbox_count(srv) == 0
