@@ -7,6 +7,9 @@ Each TCP connection is accepted in plain mode, then upgraded with
 The connection then runs a read loop: bytes go into a wire.Connection, events
 come out and are dispatched. Everything that could hold a slot forever has
 a deadline: the handshake, the login, a partly received frame, and idleness.
+Until LOGIN_OK a connection holds a place among strangers (net/admission.py:
+in total and per source address) instead of a client slot, and may send only
+small frames (wire/frames.py PRELOGIN_MAX_FRAME).
 Replies are queued on an Outbox that writes once per event-loop turn, so a
 burst of receipts becomes one TLS record instead of hundreds.
 

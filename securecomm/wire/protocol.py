@@ -24,6 +24,9 @@ State machine, the same for both roles, advanced by what is sent and received:
     AWAIT_HELLO --HELLO+SERVER_HELLO--> AWAIT_LOGIN --LOGIN_OK--> READY
          any fatal ERROR or BYE --> CLOSED
 
+Frames are capped at PRELOGIN_MAX_FRAME before READY and at max_frame from
+READY on, so a peer that never logs in cannot make us buffer a large frame.
+
 `Connection.next_event()` refuses a message whose type is unknown or not
 allowed in the current state; all it ever raises is RemoteProtocolError
 (with the protocol error code to answer with) — never another exception.
