@@ -241,5 +241,8 @@ def test_flood_before_login_does_not_starve_clients_or_grow_memory(tmp_path):
         assert held - before < 20 * 1024, f"RSS grew by {(held - before) / 1024:.1f} MiB under the flood"
         srv.wait_log(r"peer=127\.0\.0\.5:\d+ dropped: protocol error: .*limit is 16384")
         assert _send_ok(home)
-        after = rss_kib(pid)
-        assert after - before < 20 * 1024, f"RSS stayed {(after - before) / 1024:.1f} MiB up after the flood"
+        # memory comes back once they have gone (malloc_trim, net/memory.py): without it ~12 MiB stayed
+        deadline = time.monotonic() + 20
+        while (after := rss_kib(pid)) - before > 4 * 1024:
+            assert time.monotonic() < deadline, f"RSS stayed {(after - before) / 1024:.1f} MiB up after the flood"
+            time.sleep(0.2)

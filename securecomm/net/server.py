@@ -37,6 +37,7 @@ from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import IntegrityError, SecurecommError, UsageError
 from securecomm.net.admission import Admission, Ticket
+from securecomm.net.memory import Trimmer
 from securecomm.net.relay import Relay
 from securecomm.net.storage import AsyncStore
 from securecomm.store import passwords
@@ -319,6 +320,7 @@ class Server:
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
         #: Logged-in sessions: what --max-clients limits.
         self.clients = 0
+        self.trimmer = Trimmer()
         self.hash_pool = ThreadPoolExecutor(max_workers=config.hash_workers, thread_name_prefix="securecomm-argon2")
         self.hash_slots = asyncio.Semaphore(config.hash_workers)
         self.hash_waiting = 0
@@ -378,6 +380,7 @@ class Server:
             await self._handshake_and_serve(reader, writer, peer, ticket)
         finally:
             ticket.release()
+            self.trimmer.connection_closed()
 
     def _full(self) -> bool:
         return self.clients >= self.config.max_clients
