@@ -115,6 +115,28 @@ def test_strangers_do_not_fill_max_clients(tmp_path):
                 s.close()
 
 
+def test_max_clients_is_checked_again_at_login(tmp_path):
+    """Two connect while one place is free: the second to log in is refused clearly (exit 9's class)."""
+    from securecomm.config import Profile
+    from securecomm.errors import RefusedError
+    from securecomm.net.connect import connect
+
+    with server_with(tmp_path, "--max-clients", "1") as (srv, home):
+        async def go() -> None:
+            state = State(home=str(home))
+            me = ident.load(state.paths.identity_key("default"))
+            profile = Profile.load(state.paths.profile)
+            late = await connect(state.paths, profile.server, ca=profile.ca)  # past hello, not logged in
+            async with late:
+                first, _ = await _logged_in(home)
+                async with first:
+                    with pytest.raises(RefusedError, match="server is full"):
+                        await late.login_key(profile.user, me)
+
+        asyncio.run(go())
+        srv.wait_log(r"refused: 1 clients connected")
+
+
 # -- places for connections not logged in ---------------------------------------------------
 def test_per_address_limit_drops_the_extra_connection_not_others(tmp_path):
     with server_with(tmp_path, "--max-unauthenticated-per-address", "3") as (srv, home):
