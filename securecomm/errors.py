@@ -121,6 +121,10 @@ class RefusedError(SecurecommError):
     exit_code = 9
 
 
+class TooLargeError(RefusedError):
+    """the message is larger than the limit"""
+
+
 class ExistsError(SecurecommError):
     """a file already exists and would be overwritten"""
 
@@ -144,7 +148,7 @@ EXIT_CODES: dict[int, str] = {
     6: "integrity: bad signature, digest, decryption or malformed data",
     7: "network: connection refused, timed out or dropped",
     8: "TLS: handshake failed, untrusted or changed server certificate",
-    9: "refused by the server: limit, rate, stale or misaddressed message",
+    9: "refused: over a limit (message size, full mailbox, rate), stale or misaddressed message",
     10: "would overwrite an existing file (use --force)",
     130: "interrupted (Ctrl-C)",
 }

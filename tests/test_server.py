@@ -335,13 +335,16 @@ def own_server(tmp_path, *serve_args):
 
 
 def test_over_the_connection_limit(tmp_path):
+    # --max-clients counts logged-in clients (issue 9), so the holder logs in
     with own_server(tmp_path, "--max-clients", "1") as (srv, home):
-        with tls_socket(srv) as holder:
-            holder.sendall(frame(P.Hello()))
-            time.sleep(0.3)
-            r = send(home, "refused?")
-            assert r.returncode == 9
-            assert b"server is full" in r.stderr
+        async def hold_and_try():
+            holder, _ = await _session(home, srv)
+            async with holder:
+                return await asyncio.to_thread(send, home, "refused?")
+
+        r = run(hold_and_try())
+        assert r.returncode == 9
+        assert b"server is full" in r.stderr
         srv.wait_log("refused: 1 clients connected")
         deadline = time.monotonic() + 5
         while send(home, "accepted again").returncode != 0:
@@ -415,10 +418,24 @@ def test_max_frame_is_enforced(tmp_path):
     with own_server(tmp_path, "--max-frame", "4096") as (srv, home):
         assert send(home, "small enough").returncode == 0
         r = send(home, "x" * 8000)
+        # the client knows the server's limit from SERVER_HELLO and refuses before sending (issue 10)
         assert r.returncode == 9
-        assert b"limit" in r.stderr
-        srv.wait_log("protocol error")
+        assert b"limit of 4096 bytes; nothing was sent" in r.stderr
+        assert b"securecomm: hint: this server takes at most 4096 bytes" in r.stderr
+        assert "protocol error" not in srv.log
         assert send(home, "small again").returncode == 0
+
+        async def raw_oversized():  # a client that ignores the limit is still cut off by the server
+            from securecomm.errors import RefusedError
+
+            client, _ = await _session(home, srv)
+            async with client:
+                client.writer.write(raw_frame(bytes([P.MsgType.SEND]) + b"x" * 8000))
+                with pytest.raises(RefusedError, match="limit is 4096"):
+                    await client.request("who", room="lobby")
+
+        run(raw_oversized())
+        srv.wait_log("protocol error")
 
 
 def test_sigint_is_clean_too(server):

@@ -115,3 +115,61 @@ def test_database_file_is_plain_sqlite(store, tmp_path):
     con = sqlite3.connect(tmp_path / "data" / "db.sqlite")
     (phc,) = con.execute("SELECT password_hash FROM users WHERE name = ?", ("erin",)).fetchone()
     assert "long enough" not in phc and phc.startswith("$argon2id$")
+
+
+# -- issue 10: per-recipient mailbox limits --------------------------------------------------
+def _direct(sender: int, recipient: int, n: int, size: int = 100):
+    from securecomm.store.db import NewDirect
+
+    return NewDirect(sender, recipient, n.to_bytes(16, "big"), bytes(32), bytes([n % 256]) * size)
+
+
+def _mail_store(tmp_path, **limits):
+    from securecomm.store.quota import MailboxLimits
+
+    s = Store(tmp_path / "quota.sqlite", mailbox_limits=MailboxLimits(**limits))
+    alice, bob = s.add_user("alice", "x"), s.add_user("bob", "x")
+    return s, alice.id, bob.id
+
+
+def test_mailbox_message_limit_refuses_without_losing_anything(tmp_path):
+    s, alice, bob = _mail_store(tmp_path, messages=3, bytes=10**9)
+    out = s.store_messages([_direct(alice, bob, i) for i in range(5)])  # one batch, one transaction
+    assert [o.refused is None for o in out] == [True, True, True, False, False]
+    assert "3 messages waiting; the limit is 3" in (out[3].refused or "")
+    assert [m.envelope[0] for m in s.pending_mail(bob)] == [0, 1, 2]  # what was stored stays
+    # the refused one left no trace: once bob has read one, the same message is stored, not a "duplicate"
+    assert s.take_mail(bob, out[0].seq) is not None
+    again = s.store_messages([_direct(alice, bob, 3)])[0]
+    assert again.refused is None and not again.duplicate and again.seq is not None
+    # a retry of a stored message still gets its original receipt, even with the mailbox full
+    retry = s.store_messages([_direct(alice, bob, 1)])[0]
+    assert retry.duplicate and retry.refused is None
+    # another recipient has a mailbox of their own
+    assert s.store_messages([_direct(bob, alice, 9)])[0].refused is None
+    s.close()
+
+
+def test_mailbox_byte_limit(tmp_path):
+    s, alice, bob = _mail_store(tmp_path, messages=100, bytes=1000)
+    out = s.store_messages([_direct(alice, bob, i, size=400) for i in range(3)])
+    assert [o.refused is None for o in out] == [True, True, False]
+    assert "800 bytes waiting and this message is 400; the limit is 1000 bytes" in (out[2].refused or "")
+    assert s.store_messages([_direct(alice, bob, 7, size=200)])[0].refused is None  # a smaller one still fits
+    s.close()
+
+
+def test_mailbox_counts_survive_a_restart_and_outside_deletes(tmp_path):
+    from securecomm.store import quota
+
+    s, alice, bob = _mail_store(tmp_path, messages=2, bytes=10**9)
+    s.store_messages([_direct(alice, bob, i) for i in range(2)])
+    s.close()
+    s = Store(tmp_path / "quota.sqlite", mailbox_limits=quota.MailboxLimits(2, 10**9))
+    assert s.store_messages([_direct(alice, bob, 5)])[0].refused  # counted from the database on first use
+    other = Store(tmp_path / "quota.sqlite")  # e.g. an operator's tool deleting rows behind the server's back
+    other.db.execute("DELETE FROM mailbox WHERE recipient_id = ?", (bob,))
+    other.close()
+    s.mailbox_usage._usage[bob].counted_at -= quota.RECOUNT_AFTER + 1  # the count is old: read again
+    assert s.store_messages([_direct(alice, bob, 6)])[0].refused is None
+    s.close()

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from securecomm.errors import OversizedError
 from securecomm.wire import protocol as P
-from securecomm.wire.frames import FrameDecoder, FrameTooLarge, RemoteProtocolError, encode_frame
+from securecomm.wire.frames import (
+    MAX_FRAME_SIZE,
+    PRELOGIN_MAX_FRAME,
+    FrameDecoder,
+    FrameTooLarge,
+    RemoteProtocolError,
+    encode_frame,
+)
 
 HELLO = P.ServerHello(1, "securecomm:1:x", b"\x07" * 32, 4096)
 
@@ -88,6 +95,50 @@ def test_message_before_login_is_bad_state():
     assert e.value.code == P.ErrorCode.BAD_STATE
 
 
+# -- issue 9: a stranger may not make us buffer a big frame before login ----------------
+def test_big_frame_before_login_is_refused_from_its_header():
+    s = P.Connection("server")
+    with pytest.raises(P.ProtocolError) as e:
+        s.receive_data(struct.pack(">I", PRELOGIN_MAX_FRAME + 1))  # the header alone is enough
+    assert e.value.code == P.ErrorCode.TOO_LARGE
+    assert s.decoder.buffered <= 4
+
+
+def test_big_frame_after_hello_but_before_login_is_refused():
+    c, s = pair()
+    deliver(c, s, P.Hello())
+    deliver(s, c, HELLO)
+    with pytest.raises(P.ProtocolError) as e:
+        s.receive_data(struct.pack(">I", 1024 * 1024) + b"\x10" + b"x" * 100)
+    assert e.value.code == P.ErrorCode.TOO_LARGE
+
+
+def test_login_fits_under_the_prelogin_cap():
+    """The largest real pre-login frame: a password login registering an ML-KEM-768 identity."""
+    from securecomm.crypto.identity import PrivateIdentity
+
+    line = PrivateIdentity.generate().public.line
+    login = P.encode_event(P.LoginPassword("a" * 32, "p" * 1024, line))
+    assert len(login) < PRELOGIN_MAX_FRAME // 4
+    c, s = pair()
+    deliver(c, s, P.Hello())
+    deliver(s, c, HELLO)
+    assert isinstance(deliver(c, s, P.LoginPassword("a" * 32, "p" * 1024, line)), P.LoginPassword)
+
+
+def test_full_size_frames_once_logged_in():
+    c, s = P.Connection("client", MAX_FRAME_SIZE), P.Connection("server", MAX_FRAME_SIZE)
+    deliver(c, s, P.Hello())
+    deliver(s, c, P.ServerHello(1, "securecomm:1:x", b"\x07" * 32, MAX_FRAME_SIZE))
+    deliver(c, s, P.LoginKey("alice", b"s" * 64))
+    # LOGIN_OK and a big DELIVER in one read: the DELIVER is judged by the post-login limit
+    big = P.Deliver(1, 2, "bob", b"e" * (MAX_FRAME_SIZE - 100))
+    c.receive_data(s.send(P.LoginOk("alice", "user")) + s.send(big))
+    assert isinstance(c.next_event(), P.LoginOk)
+    assert c.next_event() == big
+    assert isinstance(deliver(c, s, P.Send(b"e" * (MAX_FRAME_SIZE - 100))), P.Send)
+
+
 def test_unknown_type():
     s = P.Connection("server")
     s.receive_data(encode_frame(b"\x55hello"))
@@ -116,8 +167,8 @@ def test_fatal_error_closes():
                                   b'{"versions": []}', b"[" * 100_000, b'{"versions": [1], "client": ' + b"[" * 50_000])
 def test_malformed_hello(body):
     s = P.Connection("server")
-    s.receive_data(encode_frame(b"\x01" + body))
-    with pytest.raises(P.ProtocolError):
+    with pytest.raises(P.ProtocolError):  # a 100 KB hello is now refused from its header (pre-login cap)
+        s.receive_data(encode_frame(b"\x01" + body))
         s.next_event()
 
 

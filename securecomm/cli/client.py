@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from securecomm.cli.context import State, emit_json, json_option, pass_state, passphrase_file_option
-from securecomm.errors import OversizedError
 
 server_option = click.option("--server", help="HOST:PORT (default: the saved profile's server).")
 ca_option = click.option("--ca", type=click.Path(dir_okay=False), help="Trust this CA certificate (PEM).")
@@ -31,10 +30,11 @@ def _identity(state: State, passphrase_file: str | None) -> Any:
 
 def _read_body(message: str) -> bytes:
     from securecomm.crypto.envelope import MAX_BODY_SIZE
+    from securecomm.net.client import message_too_large
 
     body = message.encode() if message != "-" else sys.stdin.buffer.read(MAX_BODY_SIZE + 1)
-    if len(body) > MAX_BODY_SIZE:
-        raise OversizedError(f"message is larger than the maximum of {MAX_BODY_SIZE} bytes")
+    if len(body) > MAX_BODY_SIZE:  # refused before connecting: exit 9, with the limit in the hint
+        raise message_too_large(MAX_BODY_SIZE)
     return body
 
 

@@ -17,7 +17,15 @@ from securecomm.errors import SecurecommError
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate (PEM).")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate key (PEM).")
 @click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True,
-              help="Connected clients at most; more are refused clearly.")
+              help="Logged-in clients at most; more are refused clearly.")
+@click.option("--max-unauthenticated", type=click.IntRange(1), default=512, show_default=True,
+              help="Connections not logged in yet, at most; more are dropped at once.")
+@click.option("--max-unauthenticated-per-address", type=click.IntRange(1), default=256, show_default=True,
+              help="Connections not logged in yet from one address (IPv6: one /64).")
+@click.option("--mailbox-messages", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Direct messages that may wait for one recipient; more are refused.")
+@click.option("--mailbox-bytes", type=click.IntRange(1), default=64 * 1024 * 1024, show_default=True,
+              help="Bytes of direct messages that may wait for one recipient.")
 @click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--rate", type=float, default=5000, show_default=True,
               help="Messages per second per connection (0: unlimited).")
@@ -25,8 +33,8 @@ from securecomm.errors import SecurecommError
               help="Seconds before an idle client is cut.")
 @click.option("--handshake-timeout", type=float, default=10, show_default=True,
               help="Seconds a client has to finish the TLS handshake.")
-@click.option("--login-timeout", type=float, default=15, show_default=True,
-              help="Seconds from connecting to a completed login.")
+@click.option("--login-timeout", type=float, default=5, show_default=True,
+              help="Seconds from the TLS handshake to a completed login.")
 @click.option("--frame-timeout", type=float, default=10, show_default=True,
               help="Seconds a started frame has to arrive in full (slow-loris guard).")
 @click.option("--lock-after", type=click.IntRange(1), default=5, show_default=True,
@@ -36,7 +44,7 @@ from securecomm.errors import SecurecommError
 @pass_state
 def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
-          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float) -> None:
+          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
 
     On a first run with no certificate or server identity it creates them
@@ -52,10 +60,11 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
 
     logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
+    # `limits`: the options named exactly as their ServerConfig fields (pre-login and mailbox limits)
     config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
                           burst=max(1, int(rate)), idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
-                          lock_seconds=int(lock_minutes * 60))
+                          lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
     ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
     new_database = not db_path.exists()

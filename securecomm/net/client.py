@@ -23,9 +23,11 @@ from securecomm.errors import (
     IntegrityError,
     NetworkError,
     NotFoundError,
+    OversizedError,
     RefusedError,
     SecurecommError,
     TLSError,
+    TooLargeError,
 )
 from securecomm.net import tls
 from securecomm.wire import protocol as P
@@ -43,11 +45,28 @@ _ERRORS: dict[int, type[SecurecommError]] = {
 }
 
 
+#: What the user can do about a refusal, where there is one obvious thing.
+_HINTS: dict[int, str] = {
+    P.ErrorCode.MAILBOX_FULL: "send it again once they have read their waiting messages (securecomm inbox)",
+}
+
+
+def message_too_large(limit: int, what: str = "message", size: int | None = None,
+                      hint: str | None = None) -> TooLargeError:
+    """A size limit is a refusal (exit 9), not an integrity failure; the hint names the limit."""
+    shown = f" ({size} bytes)" if size is not None else ""
+    return TooLargeError(f"{what}{shown} is larger than the limit of {limit} bytes; nothing was sent",
+                         hint=hint or f"send at most {limit} bytes at a time: for a larger file, split it "
+                                      f"(split -b {max(1, limit // 1024 - 1)}k FILE part.) and seal each part "
+                                      "with `securecomm encrypt -r USER PART`")
+
+
 def error_from(ev: P.Error) -> SecurecommError:
     from securecomm.net.messenger import printable
 
     cls = _ERRORS.get(ev.code, RefusedError)
-    return cls(f"server: {printable(ev.message.encode())}")  # a server's words never drive the terminal
+    # a server's words never drive the terminal
+    return cls(f"server: {printable(ev.message.encode())}", hint=_HINTS.get(ev.code))
 
 
 @dataclass
@@ -111,6 +130,8 @@ class Client:
         self.server_hello: P.ServerHello | None = None
         self.server_identity: PublicIdentity | None = None
         self.login: P.LoginOk | None = None
+        #: Largest frame the server accepts (from SERVER_HELLO): bigger ones are refused here, unsent.
+        self.max_send = P.MAX_FRAME_SIZE
         self._waiters: dict[Any, asyncio.Future[Any]] = {}
         self._next_rid = 1
         self._reader_task: asyncio.Task[None] | None = None
@@ -139,6 +160,7 @@ class Client:
         hello = await self._wait(self._hello_waiter)
         assert isinstance(hello, P.ServerHello)
         self.server_hello = hello
+        self.max_send = hello.max_frame
         try:
             self.server_identity = PublicIdentity.from_line_cached(hello.identity)
         except SecurecommError as e:
@@ -200,7 +222,16 @@ class Client:
         if self._closed_error is not None:
             raise self._closed_error
         assert self.writer is not None
-        self.writer.write(self.conn.send(event))
+        try:
+            data = self.conn.send(event)
+        except OversizedError as e:
+            raise message_too_large(self.conn.max_frame, "the sealed message") from e
+        if len(data) - 4 > self.max_send:  # 4: the frame's length prefix
+            raise message_too_large(self.max_send, "the sealed message", len(data) - 4,
+                                    hint=f"this server takes at most {self.max_send} bytes per sealed message "
+                                         "(the text plus its encryption); send less at a time, or ask its operator "
+                                         "about --max-frame")
+        self.writer.write(data)
 
     async def _read_loop(self) -> None:
         assert self.reader is not None

@@ -104,12 +104,22 @@ class Relay:
             s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
             return
         stored = fut.result()
+        if stored.refused is not None:
+            self._mailbox_full(s, msg_id, to_id, stored.refused)
+            return
         with contextlib.suppress(P.ProtocolError):
             s.send(P.Receipt(stored.msg_id, stored.sha256, stored.stored_at_ms, stored.duplicate))
         if stored.seq is not None and s.user is not None:
             item = MailItem(stored.seq, s.user.name, stored.stored_at_ms, sealed)
             for other in list(self.online.get(to_id, ())):
                 other.mailbox.push(item)
+
+    def _mailbox_full(self, s: Session, msg_id: bytes, to_id: int, why: str) -> None:
+        to = self.store.read().get_user_by_id(to_id)
+        name = to.name if to is not None else "the recipient"
+        log.info("%s direct message to %s refused: %s", s.label(), name, why)
+        s.error(P.ErrorCode.MAILBOX_FULL, f"{name}'s {why}; nothing was stored, and nothing already stored "
+                "was dropped", msg_id=msg_id)
 
     def offer_pending(self, s: Session) -> None:
         """Send the next batch of stored mail, oldest first.

@@ -7,6 +7,9 @@ Each TCP connection is accepted in plain mode, then upgraded with
 The connection then runs a read loop: bytes go into a wire.Connection, events
 come out and are dispatched. Everything that could hold a slot forever has
 a deadline: the handshake, the login, a partly received frame, and idleness.
+Until LOGIN_OK a connection holds a place among strangers (net/admission.py:
+in total and per source address) instead of a client slot, and may send only
+small frames (wire/frames.py PRELOGIN_MAX_FRAME).
 Replies are queued on an Outbox that writes once per event-loop turn, so a
 burst of receipts becomes one TLS record instead of hundreds.
 
@@ -33,10 +36,13 @@ from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import IntegrityError, SecurecommError, UsageError
+from securecomm.net.admission import Admission, Ticket
+from securecomm.net.memory import Trimmer
 from securecomm.net.relay import Relay
 from securecomm.net.storage import AsyncStore
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
+from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, MailboxLimits
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
 
@@ -61,13 +67,23 @@ def _smaller_tls_buffers() -> None:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 7443
+    #: Logged-in clients; connections that have not logged in are not counted here.
     max_clients: int = 1000
     #: Connections still in their TLS handshake; beyond this new ones are dropped
     #: at once, so half-open connections cannot exhaust file descriptors.
     max_handshakes: int = 512
+    #: Connections not logged in yet (handshaking or before LOGIN_OK), in total and
+    #: from one address; beyond these new ones are dropped at once (issue 9). Each
+    #: costs ~60 KiB (TLS buffers), so 512 of them stay near 30 MiB. The per-address
+    #: default leaves room for busy NATs and for the loopback load tests.
+    max_unauthenticated: int = 512
+    max_unauthenticated_per_address: int = 256
     max_frame: int = MAX_FRAME_SIZE
     handshake_timeout: float = 10.0
-    login_timeout: float = 15.0
+    #: From the end of the TLS handshake to LOGIN_OK. Clients ask for passwords
+    #: before they connect, so a login takes well under a second; 5 s also
+    #: covers a full Argon2id queue (64 waiting, 2 at a time, ~20 ms each).
+    login_timeout: float = 5.0
     #: A frame that has started must be complete within this time (slow-loris guard).
     frame_timeout: float = 10.0
     idle_timeout: float = 300.0
@@ -80,6 +96,10 @@ class ServerConfig:
     max_in_flight: int = 4096
     lock_after: int = 5
     lock_seconds: int = 15 * 60
+    #: Direct messages and envelope bytes that may wait for one recipient (issue 10;
+    #: see store/quota.py for why these numbers).
+    mailbox_messages: int = MAILBOX_MESSAGES
+    mailbox_bytes: int = MAILBOX_BYTES
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.
@@ -90,6 +110,10 @@ class ServerConfig:
             raise UsageError(f"--max-frame must be between {MIN_FRAME_SIZE} and {64 * 1024 * 1024}")
         if self.max_clients < 1:
             raise UsageError("--max-clients must be at least 1")
+        if self.mailbox_messages < 1 or self.mailbox_bytes < 1:
+            raise UsageError("--mailbox-messages and --mailbox-bytes must be at least 1")
+        if self.max_unauthenticated < 1 or self.max_unauthenticated_per_address < 1:
+            raise UsageError("--max-unauthenticated and --max-unauthenticated-per-address must be at least 1")
 
 
 #: Bytes the server will hold for one client that does not read (a room can
@@ -190,6 +214,8 @@ class Session:
         self.closing = False
         self.rooms: set[str] = set()
         self.mailbox = Mailbox(self)
+        #: The place this connection holds among those not logged in (released at LOGIN_OK).
+        self.ticket: Ticket | None = None
 
     def label(self) -> str:
         return f"peer={self.peer}" + (f" user={self.user.name}" if self.user else "")
@@ -287,10 +313,14 @@ class Server:
         self.config = config
         self.ssl_ctx = ssl_ctx
         self.identity = identity
-        self.store = AsyncStore(db_path)
+        self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes))
         self.relay = Relay(self)
         self.sessions: set[Session] = set()
         self.handshaking = 0
+        self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
+        #: Logged-in sessions: what --max-clients limits.
+        self.clients = 0
+        self.trimmer = Trimmer()
         self.hash_pool = ThreadPoolExecutor(max_workers=config.hash_workers, thread_name_prefix="securecomm-argon2")
         self.hash_slots = asyncio.Semaphore(config.hash_workers)
         self.hash_waiting = 0
@@ -341,6 +371,27 @@ class Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         addr = writer.get_extra_info("peername")
         peer = f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+        ticket = self.admission.admit(str(addr[0]))
+        if isinstance(ticket, str):
+            log.warning("peer=%s dropped: %s", peer, ticket)
+            writer.transport.abort()
+            return
+        try:
+            await self._handshake_and_serve(reader, writer, peer, ticket)
+        finally:
+            ticket.release()
+            self.trimmer.connection_closed()
+
+    def _full(self) -> bool:
+        return self.clients >= self.config.max_clients
+
+    def _refuse_full(self, session: Session) -> None:
+        log.warning("%s refused: %d clients connected (the maximum)", session.label(), self.clients)
+        session.error(P.ErrorCode.TOO_MANY_CLIENTS,
+                      f"server is full ({self.config.max_clients} clients); try again later", fatal=True)
+
+    async def _handshake_and_serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
+                                   ticket: Ticket) -> None:
         if self.handshaking >= self.config.max_handshakes:
             log.warning("peer=%s dropped: %d handshakes already in progress", peer, self.handshaking)
             writer.transport.abort()
@@ -355,10 +406,9 @@ class Server:
         finally:
             self.handshaking -= 1
         session = Session(self, reader, writer, peer)
-        if len(self.sessions) >= self.config.max_clients:
-            log.warning("peer=%s refused: %d clients connected (the maximum)", peer, len(self.sessions))
-            session.error(P.ErrorCode.TOO_MANY_CLIENTS,
-                          f"server is full ({self.config.max_clients} clients); try again later", fatal=True)
+        session.ticket = ticket
+        if self._full():  # told at once: it could not log in anyway
+            self._refuse_full(session)
             await _close(session)
             return
         self.sessions.add(session)
@@ -372,6 +422,8 @@ class Server:
             session.error(P.ErrorCode.INTERNAL, "internal server error", fatal=True)
         finally:
             self.sessions.discard(session)
+            if session.user is not None:
+                self.clients -= 1
             self.relay.gone(session)
             if session.pending:
                 await asyncio.wait(session.pending, timeout=10)
@@ -453,7 +505,13 @@ class Server:
             await self.store.call(self.store.store.record_login, user.id, True)
         if identity is None and user.identity:
             identity = PublicIdentity.decode_cached(user.identity)
+        if self._full():  # others logged in while this one was checked
+            self._refuse_full(s)
+            return
         s.user, s.identity = user, identity
+        self.clients += 1
+        if s.ticket is not None:
+            s.ticket.release()  # from now on it counts as a client, not a stranger
         log.info("%s logged in (%s)", s.label(), how)
         s.send(P.LoginOk(user.name, user.role, identity.fingerprint_text if identity else None))
         self.relay.logged_in(s)

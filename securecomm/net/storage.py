@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from securecomm.store.db import NewMessage, Store, StoredMessage
+from securecomm.store.quota import MailboxLimits
 
 T = TypeVar("T")
 #: Upper bound on one transaction: keeps a commit's latency bounded under load.
@@ -24,8 +25,9 @@ MAX_BATCH = 1024
 
 
 class AsyncStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mailbox_limits: MailboxLimits | None = None) -> None:
         self.path = path
+        self.mailbox_limits = mailbox_limits
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-db")
         self._pending: list[tuple[NewMessage, asyncio.Future[StoredMessage]]] = []
         self._wakeup = asyncio.Event()
@@ -37,9 +39,12 @@ class AsyncStore:
         self.reader: Store | None = None
 
     async def open(self) -> None:
-        self._store = await self.call(Store, self.path)  # creates and migrates the schema
+        self._store = await self.call(self._open_writer)  # creates and migrates the schema
         self.reader = Store(self.path, readonly=True)
         self._task = asyncio.create_task(self._commit_loop(), name="securecomm-group-commit")
+
+    def _open_writer(self) -> Store:
+        return Store(self.path, mailbox_limits=self.mailbox_limits)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

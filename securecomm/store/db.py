@@ -20,6 +20,7 @@ from pathlib import Path
 
 from securecomm.errors import ExistsError, NotFoundError, UsageError
 from securecomm.files import ensure_dir
+from securecomm.store.quota import MailboxLimits, MailboxUsage
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 ROLES = ("user", "admin")
@@ -116,6 +117,7 @@ class StoredMessage:
     stored_at_ms: int
     duplicate: bool
     seq: int | None = None  # mailbox row, for direct messages
+    refused: str | None = None  # why a direct message was not stored (its mailbox is full)
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,9 @@ class MailItem:
 
 
 class Store:
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, mailbox_limits: MailboxLimits | None = None) -> None:
         self.path = path
+        self.mailbox_usage = MailboxUsage(mailbox_limits or MailboxLimits())
         if readonly:
             # A second connection for lookups on the event loop's own thread: in WAL
             # mode readers never wait for the writer, and a cached page read costs
@@ -239,6 +242,7 @@ class Store:
         user = self.require_user(name)
         self.db.execute("DELETE FROM mailbox WHERE recipient_id = ?", (user.id,))
         self.db.execute("DELETE FROM users WHERE id = ?", (user.id,))
+        self.mailbox_usage.forget(user.id)
 
     def set_password(self, name: str, password_hash: str) -> None:
         user = self.require_user(name)
@@ -268,34 +272,43 @@ class Store:
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            out = [self._store_one(cur, m, now_ms) for m in items]
+            out = [self._store_direct(cur, m, now_ms) if isinstance(m, NewDirect) else self._store_one(cur, m, now_ms)
+                   for m in items]
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
+            self.mailbox_usage.forget()  # the counts included rows that were rolled back
             raise
         return out
 
     @staticmethod
-    def _store_one(cur: sqlite3.Cursor, m: NewMessage | NewDirect, now_ms: int) -> StoredMessage:
-        if isinstance(m, NewMessage):
-            cur.execute(
-                "INSERT INTO messages (sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender_id, msg_id) DO NOTHING",
-                (m.sender_id, m.msg_id, m.sha256, m.sent_at_ms, now_ms, m.envelope),
-            )
-            if cur.rowcount == 1:
-                return StoredMessage(m.msg_id, m.sha256, now_ms, False)
-            sha, stored = cur.execute("SELECT sha256, stored_at_ms FROM messages WHERE sender_id = ? AND msg_id = ?",
-                                      (m.sender_id, m.msg_id)).fetchone()
-            return StoredMessage(m.msg_id, sha, stored, True)
-        cur.execute("INSERT INTO direct_ids (sender_id, msg_id, sha256, stored_at_ms) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (sender_id, msg_id) DO NOTHING", (m.sender_id, m.msg_id, m.sha256, now_ms))
-        if cur.rowcount != 1:
-            sha, stored = cur.execute("SELECT sha256, stored_at_ms FROM direct_ids WHERE sender_id = ? AND msg_id = ?",
-                                      (m.sender_id, m.msg_id)).fetchone()
-            return StoredMessage(m.msg_id, sha, stored, True)
+    def _store_one(cur: sqlite3.Cursor, m: NewMessage, now_ms: int) -> StoredMessage:
+        cur.execute(
+            "INSERT INTO messages (sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender_id, msg_id) DO NOTHING",
+            (m.sender_id, m.msg_id, m.sha256, m.sent_at_ms, now_ms, m.envelope),
+        )
+        if cur.rowcount == 1:
+            return StoredMessage(m.msg_id, m.sha256, now_ms, False)
+        sha, stored = cur.execute("SELECT sha256, stored_at_ms FROM messages WHERE sender_id = ? AND msg_id = ?",
+                                  (m.sender_id, m.msg_id)).fetchone()
+        return StoredMessage(m.msg_id, sha, stored, True)
+
+    def _store_direct(self, cur: sqlite3.Cursor, m: NewDirect, now_ms: int) -> StoredMessage:
+        """A retry is answered before the quota is checked; a refused message leaves no trace, so
+        that it can be sent again once the mailbox has room."""
+        row = cur.execute("SELECT sha256, stored_at_ms FROM direct_ids WHERE sender_id = ? AND msg_id = ?",
+                          (m.sender_id, m.msg_id)).fetchone()
+        if row is not None:
+            return StoredMessage(m.msg_id, row[0], row[1], True)
+        refused = self.mailbox_usage.refusal(cur, m.recipient_id, len(m.envelope))
+        if refused is not None:
+            return StoredMessage(m.msg_id, m.sha256, now_ms, False, refused=refused)
+        cur.execute("INSERT INTO direct_ids (sender_id, msg_id, sha256, stored_at_ms) VALUES (?, ?, ?, ?)",
+                    (m.sender_id, m.msg_id, m.sha256, now_ms))
         cur.execute("INSERT INTO mailbox (recipient_id, sender_id, msg_id, stored_at_ms, envelope) "
                     "VALUES (?, ?, ?, ?, ?)", (m.recipient_id, m.sender_id, m.msg_id, now_ms, m.envelope))
+        self.mailbox_usage.added(m.recipient_id, len(m.envelope))
         return StoredMessage(m.msg_id, m.sha256, now_ms, False, cur.lastrowid)
 
     def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]:
@@ -313,14 +326,16 @@ class Store:
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            row = cur.execute("SELECT msg_id, sender_id FROM mailbox WHERE id = ? AND recipient_id = ?",
-                              (seq, recipient_id)).fetchone()
+            row = cur.execute("SELECT msg_id, sender_id, LENGTH(envelope) FROM mailbox "
+                              "WHERE id = ? AND recipient_id = ?", (seq, recipient_id)).fetchone()
             if row:
                 cur.execute("DELETE FROM mailbox WHERE id = ?", (seq,))
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+        if row:
+            self.mailbox_usage.removed(recipient_id, int(row[2]))
         return (row[0], row[1]) if row else None
 
     def count_mail(self) -> int:

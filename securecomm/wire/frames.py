@@ -20,6 +20,12 @@ from securecomm.errors import FormatError, OversizedError
 MAX_FRAME_SIZE = 1024 * 1024
 #: Smallest limit an operator may configure: a hello or a login must fit.
 MIN_FRAME_SIZE = 4096
+#: Largest frame either side accepts before LOGIN_OK. The biggest legitimate
+#: pre-login frame is a LOGIN_PASSWORD that registers an ML-KEM-768 identity
+#: (about 2.8 KiB with a long password); 16 KiB leaves room for longer
+#: passwords and larger keys, while a stranger who never logs in can make the
+#: server buffer at most this much, not a whole 1 MiB frame (issue 9).
+PRELOGIN_MAX_FRAME = 16 * 1024
 _LEN = struct.Struct(">I")
 HEADER_SIZE = _LEN.size
 
@@ -60,6 +66,11 @@ class FrameDecoder:
         self._need = n
 
     def next_frame(self) -> bytes | None:
+        # The next header is checked here, not as soon as the previous frame was
+        # taken: the caller may raise max_frame in between (after LOGIN_OK), and a
+        # frame that follows in the same read must be judged by the new limit.
+        if self._need is None and len(self._buf) >= HEADER_SIZE:
+            self._check_header()
         if self._need is None:
             return None
         end = HEADER_SIZE + self._need
@@ -68,8 +79,6 @@ class FrameDecoder:
         payload = bytes(self._buf[HEADER_SIZE:end])
         del self._buf[:end]
         self._need = None
-        if len(self._buf) >= HEADER_SIZE:
-            self._check_header()
         return payload
 
     @property

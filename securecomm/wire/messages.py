@@ -41,6 +41,7 @@ class ErrorCode(IntEnum):
     BUSY = 15
     INTERNAL = 16
     SHUTTING_DOWN = 17
+    MAILBOX_FULL = 18  # a direct message would take its recipient's mailbox over a limit
 
 
 class ProtocolError(RemoteProtocolError):

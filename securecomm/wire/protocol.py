@@ -24,6 +24,9 @@ State machine, the same for both roles, advanced by what is sent and received:
     AWAIT_HELLO --HELLO+SERVER_HELLO--> AWAIT_LOGIN --LOGIN_OK--> READY
          any fatal ERROR or BYE --> CLOSED
 
+Frames are capped at PRELOGIN_MAX_FRAME before READY and at max_frame from
+READY on, so a peer that never logs in cannot make us buffer a large frame.
+
 `Connection.next_event()` refuses a message whose type is unknown or not
 allowed in the current state; all it ever raises is RemoteProtocolError
 (with the protocol error code to answer with) — never another exception.
@@ -34,7 +37,13 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
-from securecomm.wire.frames import MAX_FRAME_SIZE, FrameDecoder, RemoteProtocolError, encode_frame
+from securecomm.wire.frames import (
+    MAX_FRAME_SIZE,
+    PRELOGIN_MAX_FRAME,
+    FrameDecoder,
+    RemoteProtocolError,
+    encode_frame,
+)
 from securecomm.wire.messages import *  # noqa: F403 - the protocol's vocabulary, re-exported
 from securecomm.wire.messages import (
     SUPPORTED_VERSIONS,
@@ -121,7 +130,9 @@ class Connection:
         self.role = role
         self.state = State.AWAIT_HELLO
         self.max_frame = max_frame
-        self.decoder = FrameDecoder(max_frame)
+        # Until LOGIN_OK only small frames are accepted (see PRELOGIN_MAX_FRAME);
+        # _advance raises the limit to max_frame on entering READY.
+        self.decoder = FrameDecoder(min(max_frame, PRELOGIN_MAX_FRAME))
         self._incoming = CLIENT_MESSAGES if role == "server" else SERVER_MESSAGES
         self._outgoing = SERVER_MESSAGES if role == "server" else CLIENT_MESSAGES
 
@@ -163,3 +174,5 @@ class Connection:
                                     ErrorCode.VERSION)
             return
         self.state = _TRANSITIONS.get((self.state, event.TYPE), self.state)
+        if self.state is State.READY:
+            self.decoder.max_frame = self.max_frame
