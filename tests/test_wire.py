@@ -40,6 +40,36 @@ def test_empty_frame_is_an_error():
         FrameDecoder().receive_data(struct.pack(">I", 0))
 
 
+def test_empty_frame_is_bad_frame_not_too_large():
+    s = P.Connection("server")
+    with pytest.raises(P.ProtocolError) as e:
+        s.receive_data(struct.pack(">I", 0))
+    assert e.value.code == P.ErrorCode.BAD_FRAME
+    s = P.Connection("server")
+    with pytest.raises(P.ProtocolError) as e:
+        s.receive_data(struct.pack(">I", P.MAX_FRAME_SIZE + 1))
+    assert e.value.code == P.ErrorCode.TOO_LARGE
+
+
+@pytest.mark.parametrize("type_, body", [
+    (P.MsgType.HELLO, b'{"versions":[1]}'),  # no "client"
+    (P.MsgType.REQUEST, b'{"rid":1,"op":"who"}'),  # no "args"
+    (P.MsgType.LOGIN_OK, b'{"user":"a","role":"user"}'),  # "fingerprint" must be present (null if none)
+    (P.MsgType.ERROR, b'{"code":5,"message":"x"}'),  # no "fatal"
+    (P.MsgType.RESULT, b'{"rid":1}'),  # no "data"
+    (P.MsgType.SERVER_HELLO, b'{"version":1,"identity":"x","challenge":"' + b"00" * 32 + b'","max_frame":4096}'),
+])
+def test_missing_keys_are_protocol_errors(type_, body):
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_payload(bytes([type_]) + body)
+    assert e.value.code == P.ErrorCode.BAD_FRAME
+
+
+def test_login_ok_without_key_says_null():
+    assert P.LoginOk("alice", "user").encode_body() == b'{"user":"alice","role":"user","fingerprint":null}'
+    assert P.decode_payload(bytes([P.MsgType.LOGIN_OK]) + P.LoginOk("a", "user").encode_body()).fingerprint is None
+
+
 @pytest.mark.parametrize("event", [
     P.Hello(), HELLO, P.LoginPassword("alice", "pw", None), P.LoginKey("bob", b"s" * 64),
     P.LoginOk("alice", "admin", "SHA256:x"), P.Send(b"envelope"), P.Receipt(b"i" * 16, b"d" * 32, 123, True),

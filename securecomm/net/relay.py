@@ -66,10 +66,9 @@ class Relay:
     # -- direct messages ---------------------------------------------------------------
     async def direct(self, s: Session, ev: P.Direct) -> None:
         assert s.user is not None
-        msg_id = None
+        msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
         try:
             env = envelope.parse(ev.envelope)
-            msg_id = env.header.msg_id
             to = self.store.read().get_user(ev.to)
             refusal = self._direct_refusal(s, env, to, ev.to)
             if refusal:
@@ -208,7 +207,8 @@ class Relay:
         try:
             header = roomcrypto.parse_header(ev.payload)
         except IntegrityError as e:
-            s.error(P.ErrorCode.INTEGRITY, f"room message rejected: {e.message}")
+            s.error(P.ErrorCode.INTEGRITY, f"room message rejected: {e.message}",
+                    msg_id=roomcrypto.peek_msg_id(ev.payload))
             return
         if ev.room not in s.rooms:
             s.error(P.ErrorCode.FORBIDDEN, f"join {ev.room[:40]!r} before sending to it", msg_id=header.msg_id)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
-from securecomm.wire.frames import MAX_FRAME_SIZE, FrameDecoder, RemoteProtocolError, encode_frame
+from securecomm.wire.frames import MAX_FRAME_SIZE, FrameDecoder, FrameTooLarge, RemoteProtocolError, encode_frame
 from securecomm.wire.messages import *  # noqa: F403 - the protocol's vocabulary, re-exported
 from securecomm.wire.messages import (
     SUPPORTED_VERSIONS,
@@ -112,6 +112,11 @@ _TRANSITIONS: dict[tuple[State, MsgType], State] = {
 }
 
 
+def _framing_error(e: RemoteProtocolError) -> ProtocolError:
+    """Only an over-long frame is TOO_LARGE; any other framing fault (an empty frame) is BAD_FRAME."""
+    return ProtocolError(str(e), ErrorCode.TOO_LARGE if isinstance(e, FrameTooLarge) else ErrorCode.BAD_FRAME)
+
+
 class Connection:
     """One side of a connection: frames in and out, state checked both ways."""
 
@@ -129,7 +134,7 @@ class Connection:
         try:
             self.decoder.receive_data(data)
         except RemoteProtocolError as e:
-            raise ProtocolError(str(e), ErrorCode.TOO_LARGE) from e
+            raise _framing_error(e) from e
 
     def next_event(self) -> Event | None:
         if self.state is State.CLOSED:
@@ -137,7 +142,7 @@ class Connection:
         try:
             payload = self.decoder.next_frame()
         except RemoteProtocolError as e:
-            raise ProtocolError(str(e), ErrorCode.TOO_LARGE) from e
+            raise _framing_error(e) from e
         if payload is None:
             return None
         event = decode_payload(payload)
