@@ -37,6 +37,12 @@ log = logging.getLogger("securecomm.server")
 MAIL_BATCH = 256
 
 
+def _arg(ev: P.Request, name: str) -> str:
+    """A string argument; missing or not a string counts as "" (which names nobody, PROTOCOL.md 5.4)."""
+    value = ev.args.get(name)
+    return value if isinstance(value, str) else ""
+
+
 class Relay:
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -152,7 +158,7 @@ class Relay:
         return True
 
     async def _lookup(self, s: Session, ev: P.Request) -> None:
-        name = str(ev.args.get("user", ""))
+        name = _arg(ev, "user")
         user = self.store.read().get_user(name)
         if user is None or user.identity is None:
             s.error(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r} with a registered key", rid=ev.rid)
@@ -164,7 +170,7 @@ class Relay:
                 for m in self.rooms.get(room, {}) if m.user is not None and m.identity is not None]
 
     async def _join(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(str(ev.args.get("room", "")))
+        room = normalise_name(_arg(ev, "room"))
         assert s.user is not None
         if s.identity is None:
             s.error(P.ErrorCode.FORBIDDEN, "register a key first (securecomm user login)", rid=ev.rid)
@@ -177,12 +183,12 @@ class Relay:
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     async def _leave_req(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(str(ev.args.get("room", "")))
+        room = normalise_name(_arg(ev, "room"))
         self._leave(s, room)
         s.send(P.Result(ev.rid, {"room": room, "left": True}))
 
     async def _who(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(str(ev.args.get("room", "")))
+        room = normalise_name(_arg(ev, "room"))
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     def _leave(self, s: Session, room: str) -> None:
