@@ -158,3 +158,12 @@ def test_room_negative_vector(case):
     sender = PublicIdentity.from_line(ROOM["sender_identity"])
     expect_outcome(case["expect"], lambda: R.decrypt(case["room"], bytes.fromhex(case["payload"]), sender,
                                                      _start_key()))
+
+
+def test_documented_login_example_is_the_vector():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    case = SIGNATURES["login"][0]
+    t = bytes.fromhex(case["transcript"])
+    for part in (t[:19], t[19:51], t[51:83], t[84:], bytes.fromhex(case["signature"])[:32],
+                 bytes.fromhex(case["signature"])[32:]):
+        assert part.hex() in doc
