@@ -12,12 +12,16 @@ envelope.
       HELLO {versions}            ──────►
                                   ◄──────    SERVER_HELLO {version, identity, challenge, max_frame}
       LOGIN_PASSWORD | LOGIN_KEY  ──────►
-                                  ◄──────    LOGIN_OK {user, role}   (or ERROR, fatal)
+                                  ◄──────    LOGIN_OK {user, role, fingerprint}   (or ERROR, fatal)
       SEND envelope  ─┐ pipelined ──────►
       SEND envelope  ─┘           ◄──────    RECEIPT msg_id sha256 stored_at   (after the commit)
       REQUEST {rid, op}           ──────►
                                   ◄──────    RESULT {rid, ...}
       BYE                         ──────►    (either side closes)
+
+In READY the server also pushes DELIVER, DELIVERED, ROOM_EVENT, ROOM_MESSAGE
+and ROOM_KEY whenever something happens for the user, so they can arrive
+between any request and its answer; answers are matched by msg_id / rid.
 
 State machine, the same for both roles, advanced by what is sent and received:
 
