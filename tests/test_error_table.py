@@ -181,6 +181,9 @@ def _serve(path: Path, *args: str) -> ServerProc:
     add_user(srv.home, "carol")
     for name, me in (("alice", ALICE), ("bob", BOB)):
         c = Raw(srv).start().login_password(name, me.public.line)
+        c.send(P.Bye())
+        while c.next() is not None:  # the server closes only after it has forgotten the session:
+            pass  # so a --max-clients test starts from zero
         c.close()
     return srv
 
