@@ -192,3 +192,18 @@ def test_fuzz_message_sequences(events):
         assert got.TYPE == ev.TYPE
         if isinstance(got, P.Hello):
             server.send(HELLO)
+
+
+def test_documented_json_frames_are_exactly_what_we_encode():
+    """Every whole JSON frame example in docs/PROTOCOL.md 5.3: its length is right, it decodes,
+    and our encoder writes those very bytes, so the examples cannot drift from the code."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    examples = re.findall(r"^    ((?:[0-9a-f]{2} ){3}[0-9a-f]{2}) \| ([0-9a-f]{2}) \| (\{.*\})$", doc, re.MULTILINE)
+    assert len(examples) >= 10
+    for length, type_hex, body in examples:
+        payload = bytes.fromhex(type_hex) + body.encode()
+        assert int(length.replace(" ", ""), 16) == len(payload), body
+        assert P.encode_event(P.decode_payload(payload)) == struct.pack(">I", len(payload)) + payload
