@@ -43,7 +43,8 @@ def test_envelope_vectors_cover_every_suite_and_failure():
     ok_suites = {E.parse(bytes.fromhex(c["envelope"])).header.kem for c in ENVELOPES if c["expect"] == "ok"}
     assert ok_suites == set(E.KEM_IDS)
     assert {c["expect"] for c in ENVELOPES} >= {"wrong recipient", "decryption failed", "digest mismatch",
-                                                 "bad signature", "unknown sender"}
+                                                 "bad signature", "unknown sender", "bad format",
+                                                 "unknown suite"}
 
 
 @pytest.mark.parametrize("case", ENVELOPES, ids=lambda c: c["name"])

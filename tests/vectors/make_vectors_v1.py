@@ -79,6 +79,9 @@ def envelope_cases() -> list[dict[str, Any]]:
     case("decryption failed (ciphertext changed, re-signed)", keys,
          _resign(_flip(raw, len(raw) - E.SIGNATURE_SIZE - 1), alice), "decryption failed")
     case("digest mismatch", keys, _wrong_digest(body, alice, bob), "digest mismatch")
+    case("bad magic", keys, b"SCE2" + raw[4:], "bad format")
+    case("reserved flags set", keys, raw[:11] + b"\x01" + raw[12:], "bad format")
+    case("unknown suite (AES-128-GCM)", keys, raw[:9] + struct.pack(">H", 0x0001) + raw[11:], "unknown suite")
     return cases
 
 
