@@ -400,3 +400,11 @@ def test_non_string_args_name_nothing(main_world):
         assert (err.code, err.rid, err.fatal) == (P.ErrorCode.NOT_FOUND, 5, False)
     finally:
         c.close()
+
+
+def test_request_without_args_is_missing_key(main_world):
+    """The `missing-key` row's other example, on the real server: REQUEST with no `args`."""
+    row = next(r for r in ROWS if r.id == "missing-key")
+    c = main_world.alice()
+    c.send(raw_frame(b'\x20{"rid":3,"op":"who"}'))
+    check(row, (c, c.error(), None, None))
