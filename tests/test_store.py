@@ -35,10 +35,14 @@ def test_reopen_does_not_migrate_twice(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["", "a" * 33, "al ice", "x'; DROP TABLE users;--", "ümlaut", "a/b",
-                                 "alice\n", "\u212aate"])  # a trailing newline; KELVIN SIGN folds to k
+                                 "alice\n", "\u212aate"])  # trailing newline; KELVIN SIGN lowers to "k"
 def test_bad_names(bad):
     with pytest.raises(UsageError):
         normalise_name(bad)
+
+
+def test_names_fold_ascii_case_only():
+    assert normalise_name("Alice.B_2-x") == "alice.b_2-x"
 
 
 def test_names_are_case_insensitive_unique(store):

@@ -47,6 +47,36 @@ def test_empty_frame_is_an_error():
         FrameDecoder().receive_data(struct.pack(">I", 0))
 
 
+def test_empty_frame_is_bad_frame_not_too_large():
+    s = P.Connection("server")
+    with pytest.raises(P.ProtocolError) as e:
+        s.receive_data(struct.pack(">I", 0))
+    assert e.value.code == P.ErrorCode.BAD_FRAME
+    s = P.Connection("server")
+    with pytest.raises(P.ProtocolError) as e:
+        s.receive_data(struct.pack(">I", P.MAX_FRAME_SIZE + 1))
+    assert e.value.code == P.ErrorCode.TOO_LARGE
+
+
+@pytest.mark.parametrize("type_, body", [
+    (P.MsgType.HELLO, b'{"versions":[1]}'),  # no "client"
+    (P.MsgType.REQUEST, b'{"rid":1,"op":"who"}'),  # no "args"
+    (P.MsgType.LOGIN_OK, b'{"user":"a","role":"user"}'),  # "fingerprint" must be present (null if none)
+    (P.MsgType.ERROR, b'{"code":5,"message":"x"}'),  # no "fatal"
+    (P.MsgType.RESULT, b'{"rid":1}'),  # no "data"
+    (P.MsgType.SERVER_HELLO, b'{"version":1,"identity":"x","challenge":"' + b"00" * 32 + b'","max_frame":4096}'),
+])
+def test_missing_keys_are_protocol_errors(type_, body):
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_payload(bytes([type_]) + body)
+    assert e.value.code == P.ErrorCode.BAD_FRAME
+
+
+def test_login_ok_without_key_says_null():
+    assert P.LoginOk("alice", "user").encode_body() == b'{"user":"alice","role":"user","fingerprint":null}'
+    assert P.decode_payload(bytes([P.MsgType.LOGIN_OK]) + P.LoginOk("a", "user").encode_body()).fingerprint is None
+
+
 @pytest.mark.parametrize("event", [
     P.Hello(), HELLO, P.LoginPassword("alice", "pw", None), P.LoginKey("bob", b"s" * 64),
     P.LoginOk("alice", "admin", "SHA256:x"), P.Send(b"envelope"), P.Receipt(b"i" * 16, b"d" * 32, 123, True),
@@ -213,3 +243,18 @@ def test_fuzz_message_sequences(events):
         assert got.TYPE == ev.TYPE
         if isinstance(got, P.Hello):
             server.send(HELLO)
+
+
+def test_documented_json_frames_are_exactly_what_we_encode():
+    """Every whole JSON frame example in docs/PROTOCOL.md 5.3: its length is right, it decodes,
+    and our encoder writes those very bytes, so the examples cannot drift from the code."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    examples = re.findall(r"^    ((?:[0-9a-f]{2} ){3}[0-9a-f]{2}) \| ([0-9a-f]{2}) \| (\{.*\})$", doc, re.MULTILINE)
+    assert len(examples) >= 10
+    for length, type_hex, body in examples:
+        payload = bytes.fromhex(type_hex) + body.encode()
+        assert int(length.replace(" ", ""), 16) == len(payload), body
+        assert P.encode_event(P.decode_payload(payload)) == struct.pack(">I", len(payload)) + payload

@@ -165,6 +165,12 @@ def parse(data: bytes) -> Envelope:
                     data[end - SIGNATURE_SIZE :], data)
 
 
+def peek_msg_id(data: bytes) -> bytes | None:
+    """Bytes 12..27 of something meant to be an envelope, even one that does not parse:
+    an error about it can then name the message the client is waiting on."""
+    return bytes(data[12:28]) if len(data) >= 28 else None
+
+
 def new_msg_id() -> bytes:
     return os.urandom(MSG_ID_SIZE)
 

@@ -158,6 +158,11 @@ class RoomHeader:
     sender: bytes
 
 
+def peek_msg_id(payload: bytes) -> bytes | None:
+    """Bytes 1..16 of a room payload, even one that does not parse (for error answers)."""
+    return bytes(payload[1:17]) if len(payload) >= 17 else None
+
+
 def parse_header(payload: bytes) -> RoomHeader:
     if len(payload) < _HEADER.size + TAG_SIZE + DIGEST_SIZE + SIGNATURE_SIZE:
         raise TruncatedError("room message is truncated")

@@ -37,6 +37,12 @@ log = logging.getLogger("securecomm.server")
 MAIL_BATCH = 256
 
 
+def _arg(ev: P.Request, name: str) -> str:
+    """A string argument; missing or not a string counts as "" (which names nobody, PROTOCOL.md 5.4)."""
+    value = ev.args.get(name)
+    return value if isinstance(value, str) else ""
+
+
 class Relay:
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -66,10 +72,9 @@ class Relay:
     # -- direct messages ---------------------------------------------------------------
     async def direct(self, s: Session, ev: P.Direct) -> None:
         assert s.user is not None
-        msg_id = None
+        msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
         try:
             env = envelope.parse(ev.envelope)
-            msg_id = env.header.msg_id
             to = self.store.read().get_user(ev.to)
             refusal = self._direct_refusal(s, env, to, ev.to)
             if refusal:
@@ -163,7 +168,7 @@ class Relay:
         return True
 
     async def _lookup(self, s: Session, ev: P.Request) -> None:
-        name = str(ev.args.get("user", ""))
+        name = _arg(ev, "user")
         user = self.store.read().get_user(name)
         if user is None or user.identity is None:
             s.error(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r} with a registered key", rid=ev.rid)
@@ -175,7 +180,7 @@ class Relay:
                 for m in self.rooms.get(room, {}) if m.user is not None and m.identity is not None]
 
     async def _join(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(str(ev.args.get("room", "")))
+        room = normalise_name(_arg(ev, "room"))
         assert s.user is not None
         if s.identity is None:
             s.error(P.ErrorCode.FORBIDDEN, "register a key first (securecomm user login)", rid=ev.rid)
@@ -188,12 +193,12 @@ class Relay:
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     async def _leave_req(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(str(ev.args.get("room", "")))
+        room = normalise_name(_arg(ev, "room"))
         self._leave(s, room)
         s.send(P.Result(ev.rid, {"room": room, "left": True}))
 
     async def _who(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(str(ev.args.get("room", "")))
+        room = normalise_name(_arg(ev, "room"))
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     def _leave(self, s: Session, room: str) -> None:
@@ -218,7 +223,8 @@ class Relay:
         try:
             header = roomcrypto.parse_header(ev.payload)
         except IntegrityError as e:
-            s.error(P.ErrorCode.INTEGRITY, f"room message rejected: {e.message}")
+            s.error(P.ErrorCode.INTEGRITY, f"room message rejected: {e.message}",
+                    msg_id=roomcrypto.peek_msg_id(ev.payload))
             return
         if ev.room not in s.rooms:
             s.error(P.ErrorCode.FORBIDDEN, f"join {ev.room[:40]!r} before sending to it", msg_id=header.msg_id)

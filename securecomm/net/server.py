@@ -279,8 +279,8 @@ class Session:
             else:
                 self.send(P.Pong())
         elif not self.bucket.take():
-            msg_id = event.envelope[12:28] if isinstance(event, P.Send) and len(event.envelope) >= 28 else None
-            self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id)
+            msg_id, rid = answer_ids(event)
+            self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id, rid=rid)
         elif isinstance(event, P.Send):
             await self.in_flight.acquire()
             self.server.handle_send(self, event)
@@ -473,7 +473,7 @@ class Server:
             try:
                 identity = PublicIdentity.from_line(ev.identity)
             except SecurecommError:
-                s.error(P.ErrorCode.INTEGRITY, "the identity to register is malformed", fatal=True)
+                s.error(P.ErrorCode.BAD_FRAME, "the identity to register is malformed", fatal=True)
                 return
             await self.store.call(self.store.store.set_identity, user.id, identity.encode(), identity.fingerprint)
         if passwords.needs_rehash(user.password_hash):
@@ -519,10 +519,9 @@ class Server:
     # -- messages --------------------------------------------------------------------
     def handle_send(self, s: Session, ev: P.Send) -> None:
         """Check and open the envelope now; the receipt follows the commit."""
-        msg_id = None
+        msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
         try:
             env = envelope.parse(ev.envelope)
-            msg_id = env.header.msg_id
             refusal = self._refusal(s, env)
             if refusal is not None:
                 s.in_flight.release()
@@ -575,11 +574,25 @@ class Server:
             users = self.store.read().list_users()
             s.send(P.Result(ev.rid, [user_row(u) for u in users]))
         elif not await self.relay.request(s, ev):
-            s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", rid=ev.rid)
+            # fatal like an unknown message type: the client speaks a protocol this server does not
+            s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", fatal=True, rid=ev.rid)
 
 
 class _Busy(Exception):
     pass
+
+
+def answer_ids(event: P.Event) -> tuple[bytes | None, int | None]:
+    """The msg_id / rid an error about `event` carries, so that a pipelining client can match it."""
+    from securecomm.crypto import room
+
+    if isinstance(event, P.Send | P.Direct):
+        return envelope.peek_msg_id(event.envelope), None
+    if isinstance(event, P.RoomSend):
+        return room.peek_msg_id(event.payload), None
+    if isinstance(event, P.Request):
+        return None, event.rid
+    return None, None
 
 
 def user_row(u: User) -> dict[str, Any]:

@@ -81,13 +81,10 @@ MIGRATIONS: list[str] = [
 
 
 def normalise_name(name: str) -> str:
-    """Lower-case and validate a user name: 1-32 of [a-z0-9_.-].
-
-    Only ASCII is folded (str.lower() would turn KELVIN SIGN into "k", so two
-    spellings could name one account), and fullmatch refuses a trailing newline
-    that `$` would let through.
-    """
-    lowered = name.lower() if name.isascii() else name
+    """Lower-case and validate a user name: 1-32 of [a-z0-9_.-]."""
+    # ASCII only, folded A-Z -> a-z: str.lower() alone would fold e.g. KELVIN SIGN to "k",
+    # and re.match's "$" would accept a trailing newline (docs/PROTOCOL.md 5.1)
+    lowered = name.lower() if name.isascii() else ""
     if not NAME_RE.fullmatch(lowered):
         raise UsageError(f"user name {name!r} must be 1-32 characters of a-z 0-9 _ . -")
     return lowered

@@ -96,6 +96,13 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], *, opt
     return value
 
 
+def _nullable(obj: dict[str, Any], name: str, kind: type) -> Any:
+    """A key that must be present but may be JSON null (absent and null are not the same)."""
+    if name not in obj:
+        raise ProtocolError(f"field {name!r} is missing")
+    return None if obj[name] is None else _field(obj, name, kind)
+
+
 def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps({k: v for k, v in obj.items() if v is not None}, separators=(",", ":")).encode()
 
@@ -141,7 +148,7 @@ class Hello(Event):
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and not isinstance(v, bool)
                                                          for v in versions):
             raise ProtocolError("field 'versions' must be a short list of integers")
-        return cls(tuple(versions), str(_field(o, "client", str, optional=True) or "")[:64])
+        return cls(tuple(versions), _field(o, "client", str)[:64])
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ class ServerHello(Event):
         challenge = _hex(o, "challenge", CHALLENGE_SIZE)
         assert challenge is not None
         return cls(_field(o, "version", int), _field(o, "identity", str), challenge,
-                   _field(o, "max_frame", int), str(_field(o, "server", str, optional=True) or ""))
+                   _field(o, "max_frame", int), _field(o, "server", str))
 
 
 @dataclass(frozen=True)
@@ -213,12 +220,14 @@ class LoginOk(Event):
     fingerprint: str | None = None
 
     def encode_body(self) -> bytes:
-        return _dump({"user": self.user, "role": self.role, "fingerprint": self.fingerprint})
+        # fingerprint is always present: JSON null says "no key registered" (docs/PROTOCOL.md 3.3)
+        return json.dumps({"user": self.user, "role": self.role, "fingerprint": self.fingerprint},
+                          separators=(",", ":")).encode()
 
     @classmethod
     def decode_body(cls, body: bytes) -> LoginOk:
         o = _load_json(body)
-        return cls(_field(o, "user", str), _field(o, "role", str), _field(o, "fingerprint", str, optional=True))
+        return cls(_field(o, "user", str), _field(o, "role", str), _nullable(o, "fingerprint", str))
 
 
 @dataclass(frozen=True)
@@ -279,7 +288,7 @@ class Request(Event):
     @classmethod
     def decode_body(cls, body: bytes) -> Request:
         o = _load_json(body)
-        return cls(_field(o, "rid", int), _field(o, "op", str), _field(o, "args", dict, optional=True) or {})
+        return cls(_field(o, "rid", int), _field(o, "op", str), _field(o, "args", dict))
 
 
 @dataclass(frozen=True)
@@ -294,7 +303,9 @@ class Result(Event):
     @classmethod
     def decode_body(cls, body: bytes) -> Result:
         o = _load_json(body)
-        return cls(_field(o, "rid", int), o.get("data"))
+        if "data" not in o:
+            raise ProtocolError("field 'data' is missing")
+        return cls(_field(o, "rid", int), o["data"])
 
 
 @dataclass(frozen=True)
@@ -313,8 +324,7 @@ class Error(Event):
     @classmethod
     def decode_body(cls, body: bytes) -> Error:
         o = _load_json(body)
-        fatal = o.get("fatal", False)
-        return cls(_field(o, "code", int), str(_field(o, "message", str))[:500], bool(fatal),
+        return cls(_field(o, "code", int), str(_field(o, "message", str))[:500], _field(o, "fatal", bool),
                    _hex(o, "msg_id", 16, optional=True), _field(o, "rid", int, optional=True))
 
 

@@ -12,12 +12,16 @@ envelope.
       HELLO {versions}            ──────►
                                   ◄──────    SERVER_HELLO {version, identity, challenge, max_frame}
       LOGIN_PASSWORD | LOGIN_KEY  ──────►
-                                  ◄──────    LOGIN_OK {user, role}   (or ERROR, fatal)
+                                  ◄──────    LOGIN_OK {user, role, fingerprint}   (or ERROR, fatal)
       SEND envelope  ─┐ pipelined ──────►
       SEND envelope  ─┘           ◄──────    RECEIPT msg_id sha256 stored_at   (after the commit)
       REQUEST {rid, op}           ──────►
                                   ◄──────    RESULT {rid, ...}
       BYE                         ──────►    (either side closes)
+
+In READY the server also pushes DELIVER, DELIVERED, ROOM_EVENT, ROOM_MESSAGE
+and ROOM_KEY whenever something happens for the user, so they can arrive
+between any request and its answer; answers are matched by msg_id / rid.
 
 State machine, the same for both roles, advanced by what is sent and received:
 
@@ -41,6 +45,7 @@ from securecomm.wire.frames import (
     MAX_FRAME_SIZE,
     PRELOGIN_MAX_FRAME,
     FrameDecoder,
+    FrameTooLarge,
     RemoteProtocolError,
     encode_frame,
 )
@@ -121,6 +126,11 @@ _TRANSITIONS: dict[tuple[State, MsgType], State] = {
 }
 
 
+def _framing_error(e: RemoteProtocolError) -> ProtocolError:
+    """Only an over-long frame is TOO_LARGE; any other framing fault (an empty frame) is BAD_FRAME."""
+    return ProtocolError(str(e), ErrorCode.TOO_LARGE if isinstance(e, FrameTooLarge) else ErrorCode.BAD_FRAME)
+
+
 class Connection:
     """One side of a connection: frames in and out, state checked both ways."""
 
@@ -140,7 +150,7 @@ class Connection:
         try:
             self.decoder.receive_data(data)
         except RemoteProtocolError as e:
-            raise ProtocolError(str(e), ErrorCode.TOO_LARGE) from e
+            raise _framing_error(e) from e
 
     def next_event(self) -> Event | None:
         if self.state is State.CLOSED:
@@ -148,7 +158,7 @@ class Connection:
         try:
             payload = self.decoder.next_frame()
         except RemoteProtocolError as e:
-            raise ProtocolError(str(e), ErrorCode.TOO_LARGE) from e
+            raise _framing_error(e) from e
         if payload is None:
             return None
         event = decode_payload(payload)

@@ -23,10 +23,10 @@ def main() -> None:
     cases = [
         {**base, "expect": "ok", "envelope": raw.hex(), "body": body.hex(), "msg_id": msg_id.hex(),
          "timestamp_ms": 1_764_115_200_000},
-        {**base, "expect": "SignatureError", "envelope": bytes(flipped).hex()},
-        {**base, "expect": "TruncatedError", "envelope": raw[:-1].hex()},
-        {**base, "expect": "TrailingDataError", "envelope": (raw + b"\0").hex()},
-        {**base, "expect": "VersionError", "envelope": (raw[:4] + b"\x09" + raw[5:]).hex()},
+        {**base, "expect": "bad signature", "envelope": bytes(flipped).hex()},
+        {**base, "expect": "truncated", "envelope": raw[:-1].hex()},
+        {**base, "expect": "trailing data", "envelope": (raw + b"\0").hex()},
+        {**base, "expect": "wrong version", "envelope": (raw[:4] + b"\x09" + raw[5:]).hex()},
     ]
     out = Path(__file__).parent / "envelope-v1.json"
     out.write_text(json.dumps({"note": "test-only keys; see docs/PROTOCOL.md worked example", "cases": cases},
