@@ -178,3 +178,59 @@ def test_200_messages_with_pauses_each_printed_live_in_order_once(pair):
     late = [(i, round(at - receipts[i], 3)) for i, (at, _) in enumerate(printed) if at - receipts[i] > LIVE_BOUND_S]
     assert not late, f"printed more than {LIVE_BOUND_S}s after the receipt: {late[:10]}"
     assert lines.empty()  # nothing printed twice after the last one
+
+
+# -- a note to yourself --------------------------------------------------------------------
+def test_note_to_self_shows_up_in_your_own_inbox(pair):
+    srv, homes = pair
+    r = sc(homes["alice"], "send", "--to", "alice", "buy milk")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"stored ")
+    r = sc(homes["alice"], "inbox", "--json")
+    assert r.returncode == 0, r.stderr
+    msgs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [(m["from"], m["body"], m["verified"]) for m in msgs] == [("alice", "buy milk", True)]
+    assert mailbox_count(srv) == 0
+
+
+def test_note_to_self_with_wait_gets_a_verified_receipt_from_your_other_session(pair):
+    _, homes = pair
+    follower, lines = _follow(homes["alice"])
+    try:
+        r = sc(homes["alice"], "send", "--to", "alice", "--wait", "--timeout", "30", "remember this")
+        assert r.returncode == 0, r.stderr
+        assert b"signed receipt verified" in r.stdout
+        _, raw = lines.get(timeout=30)
+        assert json.loads(raw)["body"] == "remember this"
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=20)
+
+
+def test_send_does_not_swallow_mail_waiting_for_the_sender(pair):
+    """`send` logs in as you; the server offers your waiting mail to that session too. It must not be
+    acknowledged there (nothing shows it), or it is lost."""
+    _, homes = pair
+    assert sc(homes["alice"], "send", "--to", "bob", "for bob's eyes").returncode == 0
+    r = sc(homes["bob"], "send", "--to", "alice", "hi alice")
+    assert r.returncode == 0, r.stderr
+    r = sc(homes["bob"], "inbox", "--json")
+    assert [json.loads(x)["body"] for x in r.stdout.splitlines()] == ["for bob's eyes"]
+
+
+def test_receipt_for_a_message_sent_elsewhere_is_not_a_verification_failure(pair):
+    """A DELIVERED for a message sent by an earlier `send` reaches every session of the sender; the
+    follower has no digest to check it against and must not report it as forged."""
+    _, homes = pair
+    follower, lines = _follow(homes["alice"])
+    try:
+        assert sc(homes["alice"], "send", "--to", "bob", "sent from a one-shot").returncode == 0
+        assert sc(homes["bob"], "inbox").returncode == 0  # bob's ACK -> DELIVERED to alice's follower
+        assert sc(homes["bob"], "send", "--to", "alice", "marker").returncode == 0
+        _, raw = lines.get(timeout=30)  # the receipt went out on the same connection before this
+        assert json.loads(raw)["body"] == "marker"
+    finally:
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=20)
+    assert b"did not verify" not in err
+    assert follower.returncode == 0, err

@@ -135,7 +135,7 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
     async def go() -> tuple[Any, bytes, Any]:
         client, profile = await connect_profile(state.paths, identity, ask=ask_trust, **conn)
         async with client:
-            messenger = Messenger(client, identity, profile.user, state.paths, lambda ev: None)
+            messenger = Messenger(client, identity, profile.user, state.paths, lambda ev: None, deliveries=False)
             pump = asyncio.create_task(messenger.run())
             try:
                 receipt, msg_id = await messenger.send_direct(to, body)
