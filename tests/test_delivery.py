@@ -234,3 +234,21 @@ def test_receipt_for_a_message_sent_elsewhere_is_not_a_verification_failure(pair
         _, err = follower.communicate(timeout=20)
     assert b"did not verify" not in err
     assert follower.returncode == 0, err
+
+
+def test_mailbox_benchmark_quick_reports_every_figure(tmp_path):
+    """benchmarks/mailbox.py runs end to end (figures are measured there, not asserted here)."""
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "mailbox.json"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "mailbox.py"
+    r = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], capture_output=True, text=True,
+                       timeout=200, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for section, keys in {"live_push": ["receipt_p50_ms", "shown_p50_ms", "shown_max_ms"],
+                          "store": ["schema2_reused_ids_us", "schema3_autoincrement_us"]}.items():
+        for key in keys:
+            assert data[section][key] > 0, f"{section}.{key}"
+    assert "target: max < 1000" in r.stdout
