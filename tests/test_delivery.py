@@ -125,8 +125,14 @@ LIVE_COUNT = 200
 LIVE_BOUND_S = 1.0
 
 
-def _follow(home) -> tuple[subprocess.Popen[bytes], queue.Queue]:
-    """`inbox --follow --json` as a real process; every stdout line is queued with the time it was read."""
+def _key_logins(srv, user: str) -> int:
+    return srv.log.count(f"user={user} logged in (identity key)")
+
+
+def _follow(srv, home, user: str) -> tuple[subprocess.Popen[bytes], queue.Queue]:
+    """`inbox --follow --json` as a real process, returned once it is logged in; every stdout line is
+    queued with the time it was read."""
+    before = _key_logins(srv, user)
     proc = subprocess.Popen([ENTRY, "--home", str(home), "inbox", "--follow", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     lines: queue.Queue = queue.Queue()
@@ -137,14 +143,17 @@ def _follow(home) -> tuple[subprocess.Popen[bytes], queue.Queue]:
             lines.put((time.monotonic(), raw))
 
     threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while _key_logins(srv, user) == before:  # the server logs the login before it sends LOGIN_OK
+        assert time.monotonic() < deadline and proc.poll() is None, "inbox --follow did not log in"
+        time.sleep(0.02)
     return proc, lines
 
 
 def test_200_messages_with_pauses_each_printed_live_in_order_once(pair):
     srv, homes = pair
-    follower, lines = _follow(homes["bob"])
+    follower, lines = _follow(srv, homes["bob"], "bob")
     try:
-        srv.wait_log(r"user=bob logged in", timeout=30)
         rng = random.Random(20261127)
         receipts: list[float] = []
 
@@ -194,8 +203,8 @@ def test_note_to_self_shows_up_in_your_own_inbox(pair):
 
 
 def test_note_to_self_with_wait_gets_a_verified_receipt_from_your_other_session(pair):
-    _, homes = pair
-    follower, lines = _follow(homes["alice"])
+    srv, homes = pair
+    follower, lines = _follow(srv, homes["alice"], "alice")
     try:
         r = sc(homes["alice"], "send", "--to", "alice", "--wait", "--timeout", "30", "remember this")
         assert r.returncode == 0, r.stderr
@@ -221,8 +230,8 @@ def test_send_does_not_swallow_mail_waiting_for_the_sender(pair):
 def test_receipt_for_a_message_sent_elsewhere_is_not_a_verification_failure(pair):
     """A DELIVERED for a message sent by an earlier `send` reaches every session of the sender; the
     follower has no digest to check it against and must not report it as forged."""
-    _, homes = pair
-    follower, lines = _follow(homes["alice"])
+    srv, homes = pair
+    follower, lines = _follow(srv, homes["alice"], "alice")
     try:
         assert sc(homes["alice"], "send", "--to", "bob", "sent from a one-shot").returncode == 0
         assert sc(homes["bob"], "inbox").returncode == 0  # bob's ACK -> DELIVERED to alice's follower
