@@ -80,7 +80,11 @@ class Relay:
         if not self.up.wait(60):
             client.close()
             return
-        upstream = socket.create_connection(("127.0.0.1", self.srv.port), timeout=60)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.srv.port), timeout=60)
+        except OSError:  # no server: the client sees its connection closed
+            _close(client)
+            return
         self._socks += [client, upstream]
         armed = self.every or self.trips == 0
         logins_before = self._logged_in()
@@ -217,7 +221,26 @@ def test_resends_only_once(world):
     assert len(rows(srv, "SELECT msg_id FROM messages")) == 1
 
 
-def test_no_retry_when_the_server_is_not_there(world, tmp_path):
+def test_retry_ends_with_the_timeout_when_the_server_does_not_come_back(world):
+    srv, homes = world
+    relay = Relay(srv, "alice", nth=1, action="hold")
+    try:
+        proc = send_via(relay, homes["alice"], "--timeout", "3", "into the void")
+        assert relay.tripped.wait(60)
+        relay.up.clear()  # the server never comes back: reconnects hang as on a dead network
+        assert srv.stop(signal.SIGTERM) == 0
+        _, err = proc.communicate(timeout=60)
+    finally:
+        relay.up.set()
+        relay.close()
+    assert proc.returncode == 7, err
+    assert b"reconnecting" in err
+    assert b"securecomm: error: no receipt from the server within 3s" in err
+    assert b"Traceback" not in err
+    srv.start()
+
+
+def test_no_retry_when_the_server_is_not_there(world):
     srv, homes = world
     srv.stop(signal.SIGTERM)
     t0 = time.monotonic()

@@ -78,7 +78,8 @@ class OneRetry:
                     return await attempt()
             except TimeoutError as e:
                 raise NetworkError(f"no receipt from the server within {self.timeout:g}s",
-                                   hint="the message may have been stored; sending it again is safe") from e
+                                   hint="the server may have stored it; a new send is a new message, "
+                                        "so check before sending again") from e
             except SecurecommError as e:
                 if not self.may_retry(e):
                     raise
