@@ -270,3 +270,35 @@ def test_direct_send_survives_restart_or_drop_and_arrives_once(world, action):
     r = subprocess.run([ENTRY, "--home", str(homes["bob"]), "inbox", "--json"], capture_output=True, timeout=60,
                        check=False)
     assert [json.loads(x)["body"] for x in r.stdout.splitlines()] == ["exactly once, please"]
+
+
+# -- the policy, without sockets --------------------------------------------------------------
+def test_shutting_down_is_a_retryable_network_error():
+    from securecomm.errors import ShuttingDownError
+    from securecomm.net.client import error_from
+    from securecomm.net.sending import retryable
+    from securecomm.wire import protocol as P
+
+    err = error_from(P.Error(int(P.ErrorCode.SHUTTING_DOWN), "server is shutting down", True))
+    assert isinstance(err, ShuttingDownError) and err.exit_code == 7
+    assert retryable(err)
+
+
+@pytest.mark.parametrize("make", ["tls", "refused"])
+def test_errors_that_would_not_heal_are_not_retried(make):
+    import asyncio
+
+    from securecomm.errors import RefusedError, TLSError
+    from securecomm.net.sending import OneRetry
+
+    calls, warnings = [], []
+    retry = OneRetry(30, warnings.append)
+    retry.logged_in = True
+
+    async def attempt():
+        calls.append(1)
+        raise TLSError("certificate changed") if make == "tls" else RefusedError("server: rate limit exceeded")
+
+    with pytest.raises(TLSError if make == "tls" else RefusedError):
+        asyncio.run(retry.run(attempt))
+    assert calls == [1] and warnings == []
