@@ -109,6 +109,10 @@ class NetworkError(SecurecommError):
     exit_code = 7
 
 
+class ShuttingDownError(NetworkError):
+    """the server is shutting down (a planned restart); retry shortly"""
+
+
 class TLSError(NetworkError):
     """the TLS handshake failed or the server is not trusted"""
 

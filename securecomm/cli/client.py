@@ -43,7 +43,9 @@ def _read_body(message: str) -> bytes:
 @click.argument("message")
 @click.option("--to", "to", metavar="USER", help="Send end to end to USER instead of to the server.")
 @click.option("--wait", is_flag=True, help="With --to: wait for the recipient's signed delivery receipt.")
-@click.option("--timeout", type=float, default=30, show_default=True, help="Seconds --wait waits.")
+@click.option("--timeout", type=float, default=30, show_default=True,
+              help="Seconds to get the server's receipt (one reconnect and resend included if the server "
+                   "restarts), and then, with --wait, seconds to wait for the delivery receipt.")
 @connection_options
 @json_option
 @pass_state
@@ -56,12 +58,19 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
     receipt came back and its SHA-256 equals that of the message.
 
     With --to USER: sealed to USER's identity (pinned on first use), so the
-    server only stores and forwards ciphertext until USER is online.
+    server only stores and forwards ciphertext until USER is online. USER may
+    be yourself: a note to self, shown by your own `inbox`.
+
+    If the server shuts down or the connection drops before the receipt,
+    send reconnects and resends the same envelope once within --timeout; the
+    server answers a copy it already stored with its original receipt.
     """
     import asyncio
 
+    from securecomm.cli.context import warn
     from securecomm.cli.users import ask_trust
     from securecomm.net.connect import connect_profile
+    from securecomm.net.sending import send_to_server
 
     body = _read_body(message)
     identity = _identity(state, passphrase_file)
@@ -73,12 +82,10 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
         _send_direct(state, identity, to, body, wait, timeout, as_json, server=server, ca=ca, pin=pin)
         return
 
-    async def go() -> Any:
-        client, _ = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
-        async with client:
-            return await client.send_message(body, identity)
+    async def connect() -> Any:
+        return await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
 
-    receipt = asyncio.run(go())
+    receipt = asyncio.run(send_to_server(connect, identity, body, timeout, warn))
     if as_json:
         emit_json({"status": "delivered", "id": receipt.msg_id.hex(), "sha256": receipt.sha256.hex(),
                    "stored_at_ms": receipt.stored_at_ms, "duplicate": receipt.duplicate})
@@ -129,28 +136,29 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
                  **conn: Any) -> None:
     import asyncio
 
+    from securecomm.cli.context import warn
     from securecomm.cli.users import ask_trust
     from securecomm.errors import NetworkError
     from securecomm.net.connect import connect_profile
-    from securecomm.net.messenger import Messenger
+    from securecomm.net.sending import DirectSend
+
+    async def connect() -> Any:
+        return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
 
     async def go() -> tuple[Any, bytes, Any]:
-        client, profile = await connect_profile(state.paths, identity, ask=ask_trust, **conn)
-        async with client:
-            messenger = Messenger(client, identity, profile.user, state.paths, lambda ev: None)
-            pump = asyncio.create_task(messenger.run())
-            try:
-                receipt, msg_id = await messenger.send_direct(to, body)
-                delivered = None
-                if wait:
-                    try:
-                        delivered = await messenger.wait_delivered(msg_id, timeout)
-                    except TimeoutError as e:
-                        raise NetworkError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
-                                           hint="the message stays on the server until they connect") from e
-                return receipt, msg_id, delivered
-            finally:
-                pump.cancel()
+        sender = DirectSend(connect, identity, state.paths, to, body)
+        client, receipt = await sender.send(timeout, warn)
+        try:
+            delivered = None
+            if wait:
+                try:
+                    delivered = await sender.wait_delivered(timeout)
+                except TimeoutError as e:
+                    raise NetworkError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
+                                       hint="the message stays on the server until they connect") from e
+            return receipt, sender.msg_id, delivered
+        finally:
+            await sender.close(client)
 
     receipt, msg_id, delivered = asyncio.run(go())
     if delivered is not None and not delivered.verified:

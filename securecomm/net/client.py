@@ -26,6 +26,7 @@ from securecomm.errors import (
     OversizedError,
     RefusedError,
     SecurecommError,
+    ShuttingDownError,
     TLSError,
     TooLargeError,
 )
@@ -42,6 +43,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.NOT_FOUND: NotFoundError,
     P.ErrorCode.TIMEOUT: NetworkError,
     P.ErrorCode.INTERNAL: SecurecommError,
+    P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: see net/sending.py
 }
 
 

@@ -105,9 +105,12 @@ class RoomState:
 
 class Messenger:
     def __init__(self, client: Client, me: PrivateIdentity, user: str, paths: Any,
-                 emit: Callable[[Any], None]) -> None:
+                 emit: Callable[[Any], None], *, deliveries: bool = True) -> None:
         self.client, self.me, self.user, self.paths = client, me, user, paths
         self.emit = emit
+        #: False for a session that shows nothing (one-shot `send`): the server offers it your waiting
+        #: mail too, and acknowledging unshown mail would delete it. Left unacknowledged, it stays queued.
+        self.deliveries = deliveries
         self.contacts = Contacts.load(paths.contacts)
         self.seen = SeenIds(paths.config_dir / "seen_ids")
         self.rooms: dict[str, RoomState] = {}
@@ -121,6 +124,8 @@ class Messenger:
     async def identity_of(self, user: str) -> PublicIdentity:
         """The user's key from the directory, pinned on first use; a change raises."""
         user = user.lower()
+        if user == self.user:
+            return self.me.public  # notes to self: our own key, never the directory's word for it
         if user in self._directory:
             return self._directory[user]
         data = await self.client.request("lookup", user=user)
@@ -185,12 +190,16 @@ class Messenger:
 
     def _on_delivered(self, ev: P.Delivered) -> None:
         sent = self.sent_digests.pop(ev.msg_id, None)
+        if sent is None:
+            # Sent by another session of ours (an earlier `send`, or this one's own ACK of a note to
+            # self): there is no digest here to check it against, and nothing waits for it.
+            return
         verified = False
-        if sent is not None and sent[0] == ev.by and same(sent[1], ev.digest):
-            contact = self.contacts.get(ev.by)
-            if contact is not None:
+        if sent[0] == ev.by and same(sent[1], ev.digest):
+            signer = self._pinned(ev.by)
+            if signer is not None:
                 with contextlib.suppress(IntegrityError):
-                    contact.identity.verify(ev.signature, P.delivered_transcript(ev.msg_id, ev.digest))
+                    signer.verify(ev.signature, P.delivered_transcript(ev.msg_id, ev.digest))
                     verified = True
         receipt = DeliveryReceipt(ev.by, ev.msg_id, verified)
         fut = self.delivered.get(ev.msg_id)  # kept until wait_delivered collects it
@@ -200,6 +209,13 @@ class Messenger:
             self.emit(Warning(f"a delivery receipt from {ev.by} did not verify"))
         else:
             self.emit(receipt)
+
+    def _pinned(self, user: str) -> PublicIdentity | None:
+        """The key a delivery receipt from `user` must verify with: ours for a note to self."""
+        if user == self.user:
+            return self.me.public
+        contact = self.contacts.get(user)
+        return contact.identity if contact is not None else None
 
     # -- rooms --------------------------------------------------------------------------------
     async def join(self, room: str) -> list[str]:
@@ -321,7 +337,8 @@ class Messenger:
 
     async def _handle(self, ev: P.Event) -> None:
         if isinstance(ev, P.Deliver):
-            await self._on_deliver(ev)
+            if self.deliveries:
+                await self._on_deliver(ev)
         elif isinstance(ev, P.Delivered):
             self._on_delivered(ev)
         elif isinstance(ev, P.RoomEvent):

@@ -77,6 +77,30 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (sender_id, msg_id)
     );
     """,
+    # 3: mailbox.id is the DELIVER `seq`, so it must never be reused. A plain
+    # INTEGER PRIMARY KEY hands out max(id)+1, so deleting the newest row (an
+    # ACK) gave its id to the next message, and a session that had already
+    # offered that seq skipped the new message. AUTOINCREMENT never reuses an
+    # id. The counter starts above every id ever given out: each mailbox row
+    # was inserted with exactly one direct_ids row, so their count bounds them.
+    """
+    ALTER TABLE mailbox RENAME TO mailbox_v2;
+    CREATE TABLE mailbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        recipient_id INTEGER NOT NULL,
+        sender_id INTEGER NOT NULL,
+        msg_id BLOB NOT NULL,
+        stored_at_ms INTEGER NOT NULL,
+        envelope BLOB NOT NULL
+    );
+    INSERT INTO mailbox (id, recipient_id, sender_id, msg_id, stored_at_ms, envelope)
+        SELECT id, recipient_id, sender_id, msg_id, stored_at_ms, envelope FROM mailbox_v2;
+    DROP TABLE mailbox_v2;
+    CREATE INDEX mailbox_by_recipient ON mailbox (recipient_id, id);
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'mailbox', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'mailbox');
+    UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COUNT(*) FROM direct_ids)) WHERE name = 'mailbox';
+    """,
 ]
 
 
