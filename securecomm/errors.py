@@ -117,6 +117,10 @@ class RefusedError(SecurecommError):
     exit_code = 9
 
 
+class ShuttingDownError(RefusedError):
+    """the server is shutting down; a planned restart, so try again shortly"""
+
+
 class ExistsError(SecurecommError):
     """a file already exists and would be overwritten"""
 

@@ -25,6 +25,7 @@ from securecomm.errors import (
     NotFoundError,
     RefusedError,
     SecurecommError,
+    ShuttingDownError,
     TLSError,
 )
 from securecomm.net import tls
@@ -40,6 +41,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.NOT_FOUND: NotFoundError,
     P.ErrorCode.TIMEOUT: NetworkError,
     P.ErrorCode.INTERNAL: SecurecommError,
+    P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: chat reconnects
 }
 
 
