@@ -160,3 +160,12 @@ def test_bad_room_name_speaks_of_a_room(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith(b"securecomm: error: room name 'bad room' must be")
     assert b"user name" not in r.stderr
+
+
+def test_chat_reads_piped_stdin_without_a_terminal(world):  # noqa: F811
+    _, homes = world
+    r = run_entry("--home", str(homes["alice"]), "chat", input=b"/who\n")  # then end of input: quit
+    assert r.returncode == 0, r.stderr
+    assert b"in #lobby: alice" in r.stdout
+    assert r.stdout.rstrip().endswith(b"bye")
+    assert b"\x1b[?" not in r.stdout  # no terminal modes were touched: there is no terminal
