@@ -126,3 +126,25 @@ def test_receipt_for_a_message_sent_from_another_session_is_not_a_failure(world)
                 await m.client.close()
 
     asyncio.run(go())
+
+
+def test_a_bad_room_name_is_called_a_room_name_by_the_server(world):  # noqa: F811
+    from securecomm.errors import NotFoundError
+
+    _, homes = world
+
+    async def go():
+        carol, _ = await _attacker(homes["carol"])
+        try:
+            for op in ("join", "who", "leave"):
+                try:
+                    await carol.request(op, room="bad room")
+                except NotFoundError as e:
+                    assert e.message == "server: room name 'bad room' must be 1-32 characters of a-z 0-9 _ . -"
+                else:
+                    raise AssertionError(f"{op} accepted a bad room name")
+            assert (await carol.request("who", room="lobby"))["members"] == []  # still served
+        finally:
+            await carol.close()
+
+    asyncio.run(go())
