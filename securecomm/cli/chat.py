@@ -1,8 +1,13 @@
 """`securecomm chat`: the interactive terminal client.
 
-Input is read on a thread (with readline line editing); the network runs on
-the asyncio loop. Incoming lines are printed above the line being typed:
-clear the line, print, then redraw the prompt and what was typed so far.
+On a terminal, prompt_toolkit reads the line being typed (with line editing)
+and its patch_stdout prints incoming lines above it. prompt_toolkit switches
+the terminal to raw mode only while it reads and restores it on every way out
+(/quit, Ctrl-D, Ctrl-C, an error, cancellation), which a readline thread
+blocked in input() cannot do. Without a terminal, lines are read from stdin
+and printed plainly. The network runs on the same asyncio loop.
+
+prompt_toolkit is imported only here, inside the command: `--help` stays light.
 """
 
 from __future__ import annotations
@@ -16,27 +21,6 @@ import click
 from securecomm.cli.context import State, pass_state, passphrase_file_option, style
 
 PROMPT = "> "
-
-
-class Screen:
-    def __init__(self) -> None:
-        self.tty = sys.stdout.isatty()
-        self.lock = threading.Lock()
-        try:
-            import readline
-
-            self.readline: Any = readline
-        except ImportError:  # pragma: no cover - not on every platform
-            self.readline = None
-
-    def show(self, text: str) -> None:
-        with self.lock:
-            if self.tty:
-                typed = self.readline.get_line_buffer() if self.readline else ""
-                sys.stdout.write("\r\x1b[2K" + text + "\n" + PROMPT + typed)
-            else:
-                sys.stdout.write(text + "\n")
-            sys.stdout.flush()
 
 
 def render(ev: Any, me: str) -> str:
@@ -80,43 +64,77 @@ def chat(state: State, room: str, passphrase_file: str | None) -> None:
     Lines you type go to the room; /msg USER text sends end to end to one
     user (stored for them if offline). Every incoming message shows a
     check mark once its signature and digest verified; anything that fails is
-    shown as a warning instead. If the connection drops, chat reconnects with
-    backoff and resends what the server had not yet receipted.
+    shown as a warning instead. If the connection drops or the server
+    restarts, chat reconnects with backoff (at most a few seconds apart) and
+    resends what the server had not yet receipted; room lines typed meanwhile
+    wait until the room's members are back, and any line someone did not get
+    is named in a warning.
     """
     import asyncio
+    import signal
 
     from securecomm.cli.client import _identity
     from securecomm.config import Profile
-    from securecomm.net.chatsession import ChatSession
-    from securecomm.store.db import normalise_name
+    from securecomm.net.chatsession import ChatSession, room_name
 
-    room = normalise_name(room)
+    room = room_name(room)
     identity = _identity(state, passphrase_file)
     profile = Profile.load(state.paths.profile)
-    screen = Screen()
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+
+    def show(ev: Any) -> None:
+        print(render(ev, profile.user), flush=True)  # under patch_stdout: above the line being typed
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def read_input() -> None:
-            while True:
-                try:
-                    line = input(PROMPT if screen.tty else "")
-                except (EOFError, KeyboardInterrupt):
-                    loop.call_soon_threadsafe(lines.put_nowait, None)
-                    return
-                loop.call_soon_threadsafe(lines.put_nowait, line)
-
-        import signal
-
-        loop.add_signal_handler(signal.SIGINT, lambda: lines.put_nowait(None))
-        threading.Thread(target=read_input, daemon=True, name="securecomm-input").start()
-        session = ChatSession(state.paths, identity, profile.user, room,
-                              lambda ev: screen.show(render(ev, profile.user)))
-        await session.run(lines)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # leave the way /quit does
+            loop.add_signal_handler(sig, lambda: lines.put_nowait(None))
+        session = ChatSession(state.paths, identity, profile.user, room, show)
+        if tty:
+            await _on_terminal(session.run(lines), lines)
+        else:
+            threading.Thread(target=_read_pipe, args=(loop, lines), daemon=True, name="securecomm-input").start()
+            await session.run(lines)
 
     asyncio.run(main())
-    if screen.tty:
-        sys.stdout.write("\r\x1b[2K")
     click.echo("bye")
+
+
+async def _on_terminal(run: Any, lines: Any) -> None:
+    """Run the chat coroutine `run` while prompt_toolkit reads lines into `lines`."""
+    import asyncio
+    import contextlib
+
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    prompt: PromptSession[str] = PromptSession(PROMPT)  # history in memory only: nothing typed touches disk
+
+    async def read() -> None:
+        while True:
+            try:
+                line = await prompt.prompt_async()
+            except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C
+                lines.put_nowait(None)
+                return
+            lines.put_nowait(line)
+
+    with patch_stdout(raw=True):  # raw: our colours pass; peer text is escaped before it gets here
+        reader = asyncio.create_task(read())
+        try:
+            await run
+        finally:
+            reader.cancel()  # prompt_toolkit restores the terminal as it unwinds
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+def _read_pipe(loop: Any, lines: Any) -> None:
+    """Without a terminal: one line per line of stdin; end of input quits."""
+    import contextlib
+
+    with contextlib.suppress(RuntimeError):  # the loop may be gone once chat has ended
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)

@@ -1,9 +1,26 @@
 """The chat loop: connect, join, pump events and typed lines; reconnect with backoff.
 
+Theory of operation
+-------------------
+    connect --ok--> join the room --> resend direct messages --> lines and events
+       ^   |                              (room lines typed offline held, see below)
+       |   +--fails--> wait (BACKOFF_START doubling up to BACKOFF_MAX, jittered; input queued)
+       +---- connection lost, or the server shutting down (a planned restart) ----+
+
+Anything else (refused login, changed server identity) ends chat with its error.
+
 Direct messages typed while disconnected, or sent but not yet receipted, stay
 in an outbox as sealed envelopes; after a reconnect the same bytes are sent
 again, so the server's duplicate check returns the original receipt instead
-of storing a second copy. Nothing typed is lost.
+of storing a second copy.
+
+Room lines typed while disconnected cannot be stored by the server (a room
+message reaches only the members present when it is relayed), and after a
+server restart the other members come back one by one. So they are held
+until every member who was in the room before the outage is back and has our
+new sender key (at most REJOIN_WAIT), then sent in order. Each line that a
+member still missing then did not get is named in a warning: nothing typed is
+lost silently.
 """
 
 from __future__ import annotations
@@ -16,12 +33,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.errors import NetworkError, SecurecommError
+from securecomm.errors import NetworkError, SecurecommError, ShuttingDownError, UsageError
 from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import Messenger, Warning
+from securecomm.net.messenger import Membership, Messenger, Warning, printable
 
 BACKOFF_START = 0.5
-BACKOFF_MAX = 30.0
+#: A planned restart takes a second or two; waiting longer between attempts only delays people.
+BACKOFF_MAX = 4.0
+#: How long room lines typed offline wait for the members of before the outage to come back.
+REJOIN_WAIT = 20.0
 
 
 @dataclass
@@ -40,6 +60,26 @@ class Info:
         return self.text
 
 
+def room_name(name: str) -> str:
+    """A valid room name (rooms follow the user-name rule), or a usage error that says "room"."""
+    from securecomm.store.db import normalise_name
+
+    try:
+        return normalise_name(name)
+    except UsageError:
+        raise UsageError(f"room name {name!r} must be 1-32 characters of a-z 0-9 _ . -") from None
+
+
+def retryable(e: SecurecommError) -> bool:
+    """A dropped connection or a planned shutdown: reconnecting can help. Anything else cannot."""
+    return isinstance(e, NetworkError | ShuttingDownError)
+
+
+def _reason(e: SecurecommError) -> str:
+    # The client already says "connection lost: ..."; the caller says it once.
+    return e.message.removeprefix("connection lost: ")
+
+
 class ChatSession:
     def __init__(self, paths: Any, identity: PrivateIdentity, user: str, room: str,
                  emit: Callable[[Any], None]) -> None:
@@ -47,26 +87,43 @@ class ChatSession:
         self.emit = emit
         self.outbox: list[Pending] = []
         self.messenger: Messenger | None = None
+        self.present: set[str] = set()  # the other members of self.room, as the server last listed them
+        self.awaited: set[str] = set()  # members that held room lines wait for
+        self.changed = asyncio.Event()  # set on every join/leave in self.room
+        self.flush: asyncio.Task[None] | None = None  # sends held room lines
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, Membership) and ev.room == self.room:
+            if ev.event == "joined":
+                self.present.add(ev.user)
+            else:
+                self.present.discard(ev.user)
+            self.changed.set()
+        self.emit(ev)
 
     async def run(self, lines: asyncio.Queue[str | None]) -> None:
         delay = BACKOFF_START
         while True:
             try:
                 client, _ = await connect_profile(self.paths, self.identity)
-            except NetworkError as e:
-                self.emit(Warning(f"cannot connect ({e.message}); retrying in {delay:.1f}s"))
+            except SecurecommError as e:
+                if not retryable(e):
+                    raise
+                self.emit(Warning(f"{e.message}; retrying in {delay:.1f}s"))
                 if await self._wait_or_quit(lines, delay):
                     return
-                delay = min(BACKOFF_MAX, delay * 2) * random.uniform(0.8, 1.2)
+                delay = min(BACKOFF_MAX, delay * 2 * random.uniform(0.8, 1.2))
                 continue
             delay = BACKOFF_START
             async with client:
-                self.messenger = Messenger(client, self.identity, self.user, self.paths, self.emit)
+                self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event)
                 try:
-                    if await self._connected(client, lines):
+                    if await self._connected(lines):
                         return
-                except NetworkError as e:
-                    self.emit(Warning(f"connection lost ({e.message}); reconnecting"))
+                except SecurecommError as e:
+                    if not retryable(e):
+                        raise
+                    self.emit(Warning(f"connection lost: {_reason(e)}; reconnecting"))
 
     async def _wait_or_quit(self, lines: asyncio.Queue[str | None], delay: float) -> bool:
         """Sleep `delay`, still taking input (queued for later); True if the user quit."""
@@ -86,44 +143,120 @@ class ChatSession:
             parts = line.split(" ", 2)
             if len(parts) == 3:
                 self.outbox.append(Pending("dm", parts[1], parts[2].encode()))
+            self.emit(Info("(queued until reconnected)"))
         elif line.strip() and not line.startswith("/"):
             self.outbox.append(Pending("room", self.room, line.encode()))
-        self.emit(Info("(queued until reconnected)"))
+            self.emit(Info(f"(queued until reconnected and the members of #{self.room} are back)"))
+        else:
+            self.emit(Info("(not connected: only text and /msg are queued)"))
 
-    async def _connected(self, client: Any, lines: asyncio.Queue[str | None]) -> bool:
+    async def _connected(self, lines: asyncio.Queue[str | None]) -> bool:
         assert self.messenger is not None
         m = self.messenger
         pump = asyncio.create_task(m.run())
         try:
+            awaited = self.awaited | self.present  # who was here before the outage
             members = await m.join(self.room)
+            self.present = set(members) - {self.user}
             self.emit(Info(f"joined #{self.room}: {', '.join(members)}"))
-            for item in list(self.outbox):
-                await self._send(item)
-            while True:
-                getter = asyncio.create_task(lines.get())
-                done, _ = await asyncio.wait({getter, pump}, return_when=asyncio.FIRST_COMPLETED)
-                if pump in done:
-                    getter.cancel()
-                    pump.result()  # raises the connection's error
-                    return True
-                line = getter.result()
-                if line is None or line.strip() == "/quit":
-                    return True
-                await self._command(line)
+            for item in [i for i in self.outbox if i.kind == "dm"]:
+                await self._send_or_warn(item)
+            if any(i.kind == "room" for i in self.outbox):
+                self.awaited = awaited
+                self.flush = asyncio.create_task(self._send_held())
+            return await self._loop(lines, pump)
         finally:
-            pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            for task in (pump, self.flush):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            self.flush = None
+
+    async def _loop(self, lines: asyncio.Queue[str | None], pump: asyncio.Task[None]) -> bool:
+        """Lines and events until the user quits (True) or the connection fails (raises)."""
+        while True:
+            getter = asyncio.create_task(lines.get())
+            waits: set[asyncio.Task[Any]] = {getter, pump} | ({self.flush} if self.flush else set())
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if self.flush is not None and self.flush in done:
+                task, self.flush = self.flush, None
+                task.result()  # raises the connection's error
+            if pump in done:
+                if not getter.done():
+                    getter.cancel()  # a cancelled get() leaves its line in the queue
+                elif (line := getter.result()) is None:
+                    return True
+                else:
+                    self._queue_line(line)
+                pump.result()  # raises the connection's error
+                return True
+            if not getter.done():
+                getter.cancel()
+                continue
+            line = getter.result()
+            if line is None or line.strip() == "/quit":
+                return True
+            await self._command(line)
+
+    def _keyed(self) -> set[str]:
+        """Members of the room who have been handed our current sender key."""
+        assert self.messenger is not None
+        state = self.messenger.rooms.get(self.room)
+        return set(state.members) if state is not None else set()
+
+    async def _send_held(self) -> None:
+        """Wait (at most REJOIN_WAIT) for the awaited members, then send held room lines in order."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REJOIN_WAIT
+        if missing := self.awaited - self._keyed():
+            n = sum(i.kind == "room" for i in self.outbox)
+            self.emit(Info(f"(holding {n} line{'s' if n > 1 else ''} typed while disconnected until these members "
+                           f"are back in #{self.room}: {', '.join(sorted(missing))}; at most {REJOIN_WAIT:.0f}s)"))
+        while self.awaited - self._keyed() and (left := deadline - loop.time()) > 0:
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+        while held := [i for i in self.outbox if i.kind == "room"]:
+            self._warn_undelivered(held[0])
+            await self._send_or_warn(held[0])
+        self.awaited = set()
+
+    def _warn_undelivered(self, item: Pending) -> None:
+        """Say plainly who will not get a held line: nothing typed disappears without a word."""
+        text = printable(item.body)
+        if item.target != self.room:
+            self.emit(Warning(f"NOT delivered (you left #{item.target}): {text}"))
+            return
+        missing, keyed = self.awaited - self._keyed(), self._keyed()
+        if missing:
+            self.emit(Warning(f"NOT delivered to {', '.join(sorted(missing))} (not back in #{item.target} "
+                              f"after {REJOIN_WAIT:.0f}s): {text}"))
+        elif not keyed:
+            self.emit(Warning(f"NOT delivered to anyone (nobody else is in #{item.target}): {text}"))
+
+    async def _send_or_warn(self, item: Pending) -> None:
+        if item.kind == "room" and item.target != self.room:
+            self.outbox.remove(item)  # already warned: the room was left
+            return
+        try:
+            await self._send(item)
+        except SecurecommError as e:
+            if retryable(e):
+                raise
+            self.emit(Warning(f"not sent to {item.target}: {e.message}"))
 
     async def _command(self, line: str) -> None:
         assert self.messenger is not None
         m = self.messenger
         try:
             if line.startswith("/join "):
-                new = line.split(None, 1)[1].strip().lower()
+                new = room_name(line[len("/join "):].strip())
                 await m.leave(self.room)
                 self.room = new
-                self.emit(Info(f"joined #{new}: {', '.join(await m.join(new))}"))
+                members = await m.join(new)
+                self.present = set(members) - {self.user}
+                self.emit(Info(f"joined #{new}: {', '.join(members)}"))
             elif line.strip() == "/who":
                 self.emit(Info(f"in #{self.room}: {', '.join(await m.who(self.room))}"))
             elif line.startswith("/msg "):
@@ -137,13 +270,20 @@ class ChatSession:
             elif line.startswith("/"):
                 self.emit(Info("commands: /join ROOM, /who, /msg USER text, /quit"))
             elif line.strip():
-                item = Pending("room", self.room, line.encode())
-                self.outbox.append(item)
-                await self._send(item)
-        except NetworkError:
-            raise
+                self._room_line(line)
+                if self.flush is None:
+                    await self._send(self.outbox[-1])
         except SecurecommError as e:
+            if retryable(e):
+                raise
             self.emit(Warning(e.message + (f" ({e.hint})" if e.hint else "")))
+
+    def _room_line(self, line: str) -> None:
+        self.outbox.append(Pending("room", self.room, line.encode()))
+        if self.flush is not None:  # keep order: behind the lines still held
+            waiting = ", ".join(sorted(self.awaited - self._keyed()))
+            self.emit(Info(f"(held until these members are back in #{self.room}: {waiting})" if waiting
+                           else "(sent after the lines typed while disconnected)"))
 
     async def _send(self, item: Pending) -> None:
         assert self.messenger is not None
@@ -155,9 +295,8 @@ class ChatSession:
                 if item.sealed is None:
                     item.sealed = await m.seal_direct(item.target, item.body)
                 await m.send_sealed_direct(item.target, item.sealed)
-        except NetworkError:
-            raise
-        except SecurecommError:
-            self.outbox.remove(item)  # refused for good (unknown user, changed key): not retried
+        except SecurecommError as e:
+            if not retryable(e):
+                self.outbox.remove(item)  # refused for good (unknown user, changed key): not retried
             raise
         self.outbox.remove(item)

@@ -43,7 +43,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.NOT_FOUND: NotFoundError,
     P.ErrorCode.TIMEOUT: NetworkError,
     P.ErrorCode.INTERNAL: SecurecommError,
-    P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: see net/sending.py
+    P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: net/sending.py resends, chat reconnects
 }
 
 

@@ -31,6 +31,12 @@ from securecomm.wire import protocol as P
 
 #: Message ids remembered to drop redeliveries (a crash between showing and acknowledging).
 SEEN_LIMIT = 10_000
+#: Bad room keys are counted; a warning is shown for the first and then at every power of ten,
+#: so a flood of junk frames cannot flood the screen (30 junk frames -> 2 lines, not 30).
+JUNK_WARN_BASE = 10
+#: How long a room key may wait for the join that lists its sender (the join's RESULT and the
+#: key race on the client); as long as any reply may take.
+JOIN_WAIT = 30.0
 
 
 # -- what the UI is told ------------------------------------------------------------------
@@ -97,10 +103,15 @@ class SeenIds:
 
 @dataclass
 class RoomState:
+    """One joined room. `members` holds only users the server listed for the room (join result
+    or ROOM_EVENT): sender keys are accepted only from them and ours is handed only to them."""
+
     name: str
     my_key: roomcrypto.SenderKey = field(default_factory=roomcrypto.SenderKey.generate)
     keys: dict[str, roomcrypto.SenderKey] = field(default_factory=dict)
     members: dict[str, PublicIdentity] = field(default_factory=dict)
+    #: Set once the join's member list is in; room traffic waits for it (it can overtake the RESULT).
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Messenger:
@@ -119,6 +130,7 @@ class Messenger:
         self._directory: dict[str, PublicIdentity] = {}
         self.busy = False
         self.last_activity = time.monotonic()
+        self.junk_room_keys = 0
 
     # -- identities -----------------------------------------------------------------------
     async def identity_of(self, user: str) -> PublicIdentity:
@@ -219,13 +231,22 @@ class Messenger:
 
     # -- rooms --------------------------------------------------------------------------------
     async def join(self, room: str) -> list[str]:
-        data = await self.client.request("join", room=room)
-        state = self.rooms.setdefault(data["room"], RoomState(data["room"]))
+        name = room.lower()
+        fresh = name not in self.rooms
+        state = self.rooms.setdefault(name, RoomState(name))  # before the request: keys may overtake RESULT
+        try:
+            data = await self.client.request("join", room=name)
+        except BaseException:
+            if fresh:
+                state.ready.set()  # nobody waits for a join that failed
+                self.rooms.pop(name, None)
+            raise
         for m in data["members"]:
             if m["user"] == self.user:
                 continue
             if await self._add_member(state, m["user"], m["identity"]):
                 self._send_key(state, m["user"])
+        state.ready.set()
         return [m["user"] for m in data["members"]]
 
     async def leave(self, room: str) -> None:
@@ -250,15 +271,22 @@ class Messenger:
         sealed = envelope.seal(state.my_key.encode(state.name), self.me, state.members[user])
         self.client.send_event(P.RoomKey(user, sealed))
 
+    async def _joined_rooms(self) -> None:
+        """Wait for joins in progress, so that their member lists are known."""
+        for state in list(self.rooms.values()):
+            if not state.ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.ready.wait(), JOIN_WAIT)
+
     async def _on_room_event(self, ev: P.RoomEvent) -> None:
+        await self._joined_rooms()
         state = self.rooms.get(ev.room)
         if state is None or ev.user == self.user:
             return
         if ev.event == "joined" and ev.identity:
             if await self._add_member(state, ev.user, ev.identity):
                 self._send_key(state, ev.user)
-        elif ev.event == "left":
-            state.members.pop(ev.user, None)
+        elif ev.event == "left" and state.members.pop(ev.user, None) is not None:
             state.keys.pop(ev.user, None)
             # Rotate: whoever left must not read what is said from now on.
             state.my_key = roomcrypto.SenderKey.generate()
@@ -267,17 +295,40 @@ class Messenger:
         self.emit(Membership(ev.room, ev.user, ev.event))
 
     async def _on_room_key(self, ev: P.RoomKey) -> None:
+        """Accept a sender key only from a member the server lists for the key's room.
+
+        A key from anyone else is ignored: it never makes its sender a member, so we never
+        hand them our own key (they would read the room while `who` does not list them)."""
+        await self._joined_rooms()
+        sender = next((s.members[ev.user] for s in self.rooms.values() if ev.user in s.members), None)
+        if sender is None:
+            self._junk_room_key(ev.user, "they are not a member of a room you are in")
+            return
         try:
-            sender = await self.identity_of(ev.user)
             opened = envelope.open_envelope(ev.envelope, self.me, sender)
             room, key = roomcrypto.SenderKey.decode(opened.body)
         except SecurecommError as e:
-            self.emit(Warning(f"ignored a room key from {ev.user}: {e.message}"))
+            self._junk_room_key(ev.user, e.message)
             return
         state = self.rooms.get(room)
-        if state is not None:
-            state.keys[ev.user] = key
-            state.members.setdefault(ev.user, sender)
+        listed = state.members.get(ev.user) if state is not None else None
+        if state is None or listed is None or not same(listed.fingerprint, sender.fingerprint):
+            self._junk_room_key(ev.user, "they are not a member of that room")
+            return
+        state.keys[ev.user] = key
+
+    def _junk_room_key(self, user: str, why: str) -> None:
+        """Count a bad room key; warn for the first and then at 10, 100, 1000... (see JUNK_WARN_BASE)."""
+        self.junk_room_keys += 1
+        n = self.junk_room_keys
+        if n == 1:
+            self.emit(Warning(f"ignored a room key from {user}: {why}"))
+            return
+        while n % JUNK_WARN_BASE == 0:
+            n //= JUNK_WARN_BASE
+        if n == 1:
+            self.emit(Warning(f"ignored {self.junk_room_keys} bad room keys so far (the latest from {user}: "
+                              f"{why}); counting the rest quietly"))
 
     def _on_room_message(self, ev: P.RoomMessage) -> None:
         state = self.rooms.get(ev.room)

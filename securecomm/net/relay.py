@@ -43,6 +43,15 @@ def _arg(ev: P.Request, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _room_arg(ev: P.Request) -> str:
+    """The request's room name (rooms follow the user-name rule); a bad one is called a room name."""
+    raw = _arg(ev, "room")
+    try:
+        return normalise_name(raw)
+    except UsageError:
+        raise UsageError(f"room name {raw[:40]!r} must be 1-32 characters of a-z 0-9 _ . -") from None
+
+
 class Relay:
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -180,7 +189,7 @@ class Relay:
                 for m in self.rooms.get(room, {}) if m.user is not None and m.identity is not None]
 
     async def _join(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(_arg(ev, "room"))
+        room = _room_arg(ev)
         assert s.user is not None
         if s.identity is None:
             s.error(P.ErrorCode.FORBIDDEN, "register a key first (securecomm user login)", rid=ev.rid)
@@ -193,12 +202,12 @@ class Relay:
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     async def _leave_req(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(_arg(ev, "room"))
+        room = _room_arg(ev)
         self._leave(s, room)
         s.send(P.Result(ev.rid, {"room": room, "left": True}))
 
     async def _who(self, s: Session, ev: P.Request) -> None:
-        room = normalise_name(_arg(ev, "room"))
+        room = _room_arg(ev)
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     def _leave(self, s: Session, room: str) -> None:
