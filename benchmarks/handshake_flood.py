@@ -2,7 +2,8 @@
 
 Run: python benchmarks/handshake_flood.py [--quick] [--json FILE]   (also step 8 of run.py)
 
-Three phases against one server, in one run, each the same length:
+Three phases against one server, in one run, alternating in 1.5 s slices
+(3 rounds with --quick, 10 without) so a busy moment hits all three alike:
   baseline   no flood: the good client sends sequentially (send -> receipt)
   handshakes a second process opens FLOOD_RATE connections/s, each a full TLS 1.3
              handshake (X25519, certificate verified, no resumption) plus HELLO ->
@@ -55,6 +56,7 @@ def flood(port: int, cafile: str, seconds: float, group: str | None, rate: float
     if group:
         ctx.set_ecdh_curve(group)
     hello = P.encode_event(P.Hello())
+    print("ready", flush=True)  # imports done: the parent starts its clock now
     total = int(rate * seconds)
     ok = done = 0
     start = time.monotonic()
@@ -100,39 +102,62 @@ async def _sends(client: Any, seal: Callable[[], bytes], seconds: float) -> list
 
 async def _start_flood(port: int, cafile: str, seconds: float, group: str | None,
                        rate: float = FLOOD_RATE) -> asyncio.subprocess.Process:
+    """Start the flooder and wait until it is about to connect (its imports done)."""
     args = [sys.executable, __file__, "--child", str(port), cafile, str(seconds), group or "", str(rate)]
-    return await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    await asyncio.wait_for(proc.stdout.readline(), 60)  # "ready"
+    return proc
+
+
+async def _flood_result(proc: asyncio.subprocess.Process, seconds: float) -> dict[str, Any]:
+    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 60)
+    return dict(json.loads(out))
 
 
 async def _phase(client: Any, seal: Callable[[], bytes], server_pid: int, port: int, cafile: str,
-                 seconds: float, group: str | None, with_flood: bool) -> dict[str, Any]:
-    cpu0 = cpu_seconds(server_pid)
+                 seconds: float, group: str | None, with_flood: bool) -> tuple[list[float], float, dict[str, Any]]:
+    """One slice of one phase: (latency samples, server CPU seconds, flooder's counts)."""
     proc = await _start_flood(port, cafile, seconds, group) if with_flood else None
+    cpu0 = cpu_seconds(server_pid)
     samples = await _sends(client, seal, seconds)
-    fl: dict[str, Any] = {}
-    if proc is not None:
-        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 60)
-        fl = json.loads(out)
-    cpu = cpu_seconds(server_pid) - cpu0
-    result = {"sends": len(samples), "p50_ms": statistics.median(samples), "p99_ms": _pct(samples, 0.99),
-              "server_cpu_s": cpu, **{f"flood_{k}": v for k, v in fl.items()}}
-    return result
+    fl = await _flood_result(proc, seconds) if proc is not None else {"attempted": 0, "completed": 0, "seconds": 0}
+    return samples, cpu_seconds(server_pid) - cpu0, fl
+
+
+PHASES = {"baseline": (None, False), "handshakes": (None, True), "ffdhe8192": ("ffdhe8192", True)}
 
 
 async def measure(client: Any, seal: Callable[[], bytes], server_pid: int, port: int, cafile: str,
                   quick: bool) -> dict[str, Any]:
-    """The three phases on one connected, logged-in client; see the module docstring."""
-    seconds = 4.0 if quick else 15.0
-    phases = {"baseline": (None, False), "handshakes": (None, True), "ffdhe8192": ("ffdhe8192", True)}
-    out: dict[str, Any] = {"rate_per_s": FLOOD_RATE, "seconds_per_phase": seconds}
-    for name, (group, with_flood) in phases.items():
-        out[name] = await _phase(client, seal, server_pid, port, cafile, seconds, group, with_flood)
-    base_cpu = out["baseline"]["server_cpu_s"]
-    for name in ("handshakes", "ffdhe8192"):
-        p = out[name]
+    """The three phases on one connected, logged-in client; see the module docstring.
+
+    The phases alternate in short slices (rounds), so that a busy moment on a
+    shared machine hits all three alike rather than one of them.
+    """
+    rounds, seconds = (3, 1.5) if quick else (10, 1.5)
+    acc: dict[str, dict[str, Any]] = {n: {"samples": [], "cpu": 0.0, "attempted": 0, "completed": 0, "s": 0.0}
+                                      for n in PHASES}
+    for _ in range(rounds):
+        for name, (group, with_flood) in PHASES.items():
+            samples, cpu, fl = await _phase(client, seal, server_pid, port, cafile, seconds, group, with_flood)
+            a = acc[name]
+            a["samples"] += samples
+            a["cpu"] += cpu
+            a["attempted"] += fl["attempted"]
+            a["completed"] += fl["completed"]
+            a["s"] += fl["seconds"]
+    out: dict[str, Any] = {"rate_per_s": FLOOD_RATE, "rounds": rounds, "seconds_per_slice": seconds}
+    base = acc["baseline"]
+    base_cpu_per_send = base["cpu"] / max(1, len(base["samples"]))
+    for name, a in acc.items():
+        out[name] = {"sends": len(a["samples"]), "p50_ms": statistics.median(a["samples"]),
+                     "p99_ms": _pct(a["samples"], 0.99), "server_cpu_s": a["cpu"],
+                     "flood_attempted": a["attempted"], "flood_completed": a["completed"],
+                     "flood_per_s": a["attempted"] / a["s"] if a["s"] else 0.0}
         # the good client's own sends cost the server CPU too: subtract the baseline's per-send cost
-        extra = p["server_cpu_s"] - base_cpu * p["sends"] / max(1, out["baseline"]["sends"])
-        p["server_cpu_ms_per_connection"] = max(0.0, extra) * 1e3 / max(1, p["flood_attempted"])
+        extra = a["cpu"] - base_cpu_per_send * len(a["samples"])
+        out[name]["server_cpu_ms_per_connection"] = max(0.0, extra) * 1e3 / max(1, a["attempted"])
     return out
 
 
@@ -141,8 +166,7 @@ async def ffdhe_on_openssl_defaults(echo_pid: int, echo_port: int, cafile: str) 
     OpenSSL's defaults (benchmarks/tls_echo.py). Few connections: each costs ~0.1 s."""
     cpu0 = cpu_seconds(echo_pid)
     proc = await _start_flood(echo_port, cafile, 2.0, "ffdhe8192", rate=10)
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    fl = json.loads(out)
+    fl = await _flood_result(proc, 60)
     cpu = cpu_seconds(echo_pid) - cpu0
     return {**fl, "server_cpu_ms_per_connection": cpu * 1e3 / max(1, fl["attempted"])}
 
@@ -208,7 +232,7 @@ def main() -> None:
     from benchmarks.common import write_json
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="4 s per phase instead of 15")
+    ap.add_argument("--quick", action="store_true", help="3 rounds instead of 10")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     r = standalone(args.quick)
