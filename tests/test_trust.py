@@ -245,6 +245,22 @@ def test_legacy_leaf_pin_migrates_to_the_ca_even_after_renewal(srv, tmp_path, ki
     assert r.returncode == 0, r.stderr
 
 
+def test_legacy_leaf_pin_still_works_with_an_older_server_that_sends_no_ca(srv, tmp_path):
+    """Clients may upgrade before the server: a leaf-only server keeps the old pin working."""
+    home = tmp_path / "early"
+    assert pin_login(home, srv, srv.fp).returncode == 0
+    pem = (srv.home / "tls" / "server.pem").read_bytes()
+    srv.stop()
+    (srv.home / "tls" / "server.pem").write_bytes(pem[: pem.index(b"-----END CERTIFICATE-----") + 26])
+    (srv.home / "tls" / "ca.pem").rename(srv.home / "ca.pem.elsewhere")  # nothing to complete the chain with
+    srv.start()
+    assert len(tls.fetch_server_chain("127.0.0.1", srv.port)) == 1
+    leaf_fp = write_legacy(home, srv, leaf_der(srv), profile_pin=False)
+    r = send(home, "old server, new client")
+    assert r.returncode == 0, r.stderr
+    assert leaf_fp in (home / "known_servers").read_text()  # kept until the server sends its CA
+
+
 def test_legacy_leaf_pin_from_another_ca_is_refused(srv, tmp_path):
     home = tmp_path / "victim"
     assert pin_login(home, srv, srv.fp).returncode == 0

@@ -118,7 +118,11 @@ def _migrate(entry: tls.KnownServer, host: str, port: int, known: tls.KnownServe
     The saved leaf was trusted by the user; a CA whose key signed it is the
     CA that user trusted, whatever leaf (renewed or not) the server shows now.
     """
-    ca_der = tls.presented_ca(tls.fetch_server_chain(host, port))
+    chain = tls.fetch_server_chain(host, port)
+    if len(chain) == 1 and same(chain[0], entry.der):
+        # An older server that does not send its CA yet: keep the leaf pin until it does.
+        return Trust(tls.client_context(entry.cert_pem, pinned=True), "known_servers", entry.fingerprint, entry.der)
+    ca_der = tls.presented_ca(chain)
     if not tls.issued_by(entry.der, ca_der):
         raise changed_error(entry.address, entry.fingerprint)
     return _pinned(ca_der, "known_servers", remember=(known, entry.address), migrated_from=entry.fingerprint)

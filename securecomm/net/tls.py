@@ -92,7 +92,7 @@ def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path | None) -> 
     """
     import tempfile
 
-    data = read_file(cert)
+    data = cert.read_bytes()  # a missing file raises as load_cert_chain would: server_context explains
     if data.count(b"-----BEGIN CERTIFICATE-----") != 1 or ca is None or not ca.exists():
         ctx.load_cert_chain(cert, key)
         return
