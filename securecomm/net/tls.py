@@ -29,7 +29,8 @@ verified connection has succeeded.
 Older versions saved the server's own certificate (a "leaf pin") in
 known_servers. Such a line is accepted once, if the CA the server now
 presents issued that very certificate; the CA then replaces it (see
-client._migrate).
+client._migrate). An older server that presents that same certificate and no
+CA keeps the leaf pin in use until it is upgraded.
 """
 
 from __future__ import annotations
