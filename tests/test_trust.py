@@ -245,6 +245,18 @@ def test_legacy_leaf_pin_migrates_to_the_ca_even_after_renewal(srv, tmp_path, ki
     assert r.returncode == 0, r.stderr
 
 
+def test_legacy_entry_accepts_the_ca_pin_certgen_prints(srv, tmp_path):
+    home = tmp_path / "relogin"
+    assert pin_login(home, srv, srv.fp).returncode == 0
+    write_legacy(home, srv, leaf_der(srv), profile_pin=True)
+    r = pin_login(home, srv, srv.fp)  # the user logs in again, as the docs now say
+    assert r.returncode == 0, r.stderr
+    assert (home / "known_servers").read_text().split()[:2] == [srv.address, srv.fp]
+    assert json.loads((home / "profile.json").read_text())["pin"] == srv.fp
+    bad = pin_login(home, srv, "SHA256:" + "D" * 43)
+    assert bad.returncode == 8 and b"does not match the CA remembered" in bad.stderr
+
+
 def test_legacy_leaf_pin_still_works_with_an_older_server_that_sends_no_ca(srv, tmp_path):
     """Clients may upgrade before the server: a leaf-only server keeps the old pin working."""
     home = tmp_path / "early"

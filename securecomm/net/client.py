@@ -103,12 +103,12 @@ def _pinned(ca_der: bytes, how: str, **kw: Any) -> Trust:
 
 
 def _known(entry: tls.KnownServer, host: str, port: int, pin: str | None, known: tls.KnownServers) -> Trust:
-    if pin and not tls.pin_matches(pin, entry.der):
+    trust = _migrate(entry, host, port, known) if entry.legacy else _pinned(entry.der, "known_servers")
+    # During a migration the pin may name the saved leaf (older versions) or its CA (as certgen prints).
+    if pin and not (tls.pin_matches(pin, trust.anchor_der) or tls.pin_matches(pin, entry.der)):
         raise TLSError(f"--pin {pin} does not match the CA remembered for {entry.address} "
-                       f"({entry.fingerprint})")
-    if entry.legacy:
-        return _migrate(entry, host, port, known)
-    return _pinned(entry.der, "known_servers")
+                       f"({trust.anchor_fingerprint})")
+    return trust
 
 
 def _migrate(entry: tls.KnownServer, host: str, port: int, known: tls.KnownServers) -> Trust:
