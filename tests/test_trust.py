@@ -102,7 +102,9 @@ def test_pin_only_login_without_ca(srv, tmp_path):
     line = (home / "known_servers").read_text().split()
     assert line[:2] == [srv.address, srv.fp]
     assert send(home, "pinned").returncode == 0
-    assert status(home)["trust_anchor"] == srv.fp
+    report = status(home)
+    assert report["trust_anchor"] == srv.fp
+    assert report["key_exchange"].startswith("X25519")
 
 
 def test_wrong_pin_on_first_contact_names_the_ca_fingerprint(srv, tmp_path):
