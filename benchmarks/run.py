@@ -321,6 +321,22 @@ class Bench:
         await asyncio.gather(*(bounded() for _ in range(n)))
         return n / (time.perf_counter() - t0)
 
+    # -- 8. sends while a second process floods handshakes (issue 9) --------------------------------
+    async def flood(self) -> None:
+        from benchmarks import handshake_flood as F
+
+        cafile = str(self.srv_home / "tls" / "ca.pem")
+        client = await self.connect()
+        async with client:
+            result = await F.measure(client, lambda: self.seal_many(1)[0], self.server.pid, self.server.port,
+                                     cafile, self.quick)
+        echo = H.start_echo(self.srv_home)
+        try:
+            result["ffdhe8192_openssl_defaults"] = await F.ffdhe_on_openssl_defaults(echo.pid, echo.port, cafile)
+        finally:
+            echo.stop()
+        self.results["flood"] = result
+
     # -- 7. CLI --------------------------------------------------------------------------------------
     def cli(self) -> None:
         from benchmarks.cli_startup import measure
@@ -337,7 +353,7 @@ class Bench:
         try:
             steps = [("crypto", self.crypto), ("tls_echo", self.tls_echo), ("pipelined", self.pipelined),
                      ("latency", self.latency), ("concurrency", self.concurrency), ("fanout", self.fanout),
-                     ("connect", self.connect_rates), ("cli", self.cli)]
+                     ("connect", self.connect_rates), ("cli", self.cli), ("flood", self.flood)]
             for name, step in steps:
                 t0 = time.perf_counter()
                 out = step()
@@ -350,6 +366,8 @@ class Bench:
 
 
 def table(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    from benchmarks.handshake_flood import row as flood_row
+
     c, e, p, lat = r["crypto"], r["tls_echo"], r["pipelined"], r["latency"]
     cc, f, cn, cli = r["concurrency"], r["fanout"], r["connect"], r["cli"]
     ncat = (f"ncat --broker {f['ncat_s']:.2f} s; securecomm is {f['ratio_ncat_over_securecomm']:.2f}x its speed"
@@ -371,6 +389,7 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("7 CLI", f"--help {cli['help_ms']:.0f} ms ({cli['help_ratio']:.2f}x), send {cli['send_oneshot_ms']:.0f} ms",
          f"import click {cli['import_click_ms']:.0f} ms; completion {cli['complete_ratio']:.2f}x",
          "<= 1.5x; send < 250 ms"),
+        flood_row(r["flood"]),
     ]
 
 

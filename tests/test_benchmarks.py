@@ -33,4 +33,9 @@ def test_quick_harness_reports_every_figure(tmp_path):
         for key in keys:
             assert data[section][key] > 0, f"{section}.{key}"
     assert "| 5 fan-out |" in md.read_text()
+    flood = data["flood"]
+    assert flood["handshakes"]["flood_completed"] > 0 and flood["handshakes"]["p99_ms"] > 0
+    assert flood["ffdhe8192"]["flood_completed"] == 0  # every ffdhe8192 ClientHello is refused
+    assert flood["ffdhe8192_openssl_defaults"]["completed"] > 0  # the baseline server accepts them
+    assert "| 8 send under handshake flood |" in md.read_text()
     assert "target" in r.stdout

@@ -119,13 +119,13 @@ def test_first_contact_asks_before_trusting(two_users, tmp_path):
     stranger = tmp_path / "stranger"
     from securecomm.crypto.certs import fingerprint, load_cert
 
-    leaf = fingerprint(load_cert((srv.home / "tls" / "server.pem").read_bytes()))
+    ca_fp = fingerprint(load_cert((srv.home / "tls" / "ca.pem").read_bytes()))  # the CA's: what serve printed
     tmux.start("s", f"{ENTRY} --home {stranger} user login alice --server {srv.address}; echo LOGIN-EXITED-$?; "
                "sleep 30")
     screen = tmux.wait_for("s", "Trust it and remember it in known_servers?")
-    assert leaf in screen.replace("\n", "")
+    assert ca_fp in screen.replace("\n", "")
     tmux.type("s", "y")
     tmux.wait_for("s", "password")
     tmux.type("s", "correct horse battery")
     tmux.wait_for("s", "LOGIN-EXITED-0")
-    assert leaf in (stranger / "known_servers").read_text()
+    assert ca_fp in (stranger / "known_servers").read_text()

@@ -372,27 +372,28 @@ def test_rate_limit(tmp_path):
 def test_untrusted_server_non_interactive_shows_fingerprint(server, tmp_path):
     from securecomm.crypto.certs import fingerprint, load_cert
 
-    leaf = fingerprint(load_cert((server.home / "tls" / "server.pem").read_bytes()))
+    ca_fp = fingerprint(load_cert((server.home / "tls" / "ca.pem").read_bytes()))
     r = run_entry("--home", str(tmp_path / "stranger"), "user", "login", "alice", "--server", server.address,
                   "--password-stdin", input=(PASSWORD + "\n").encode())
     assert r.returncode == 8
-    assert leaf.encode() in r.stderr
+    assert ca_fp.encode() in r.stderr  # the CA fingerprint, as serve logged it
+    assert f"CA fingerprint {ca_fp}" in server.log
     assert b"--pin" in r.stderr
 
 
 def test_pin_then_changed_certificate_is_hard_failure(server, tmp_path):
     from securecomm.crypto.certs import fingerprint, load_cert
 
-    leaf = fingerprint(load_cert((server.home / "tls" / "server.pem").read_bytes()))
+    ca_fp = fingerprint(load_cert((server.home / "tls" / "ca.pem").read_bytes()))
     home = tmp_path / "pinned"
-    r = run_entry("--home", str(home), "user", "login", "alice", "--server", server.address, "--pin", leaf,
+    r = run_entry("--home", str(home), "user", "login", "alice", "--server", server.address, "--pin", ca_fp,
                   "--password-stdin", input=(PASSWORD + "\n").encode())
     assert r.returncode == 0, r.stderr
-    assert leaf in (home / "known_servers").read_text()
+    assert ca_fp in (home / "known_servers").read_text()
     assert send(home, "pinned ok").returncode == 0
-    # the operator (or an attacker) swaps the certificate
+    # the operator (or an attacker) swaps the whole CA: a renewal alone changes nothing (tests/test_trust.py)
     server.stop()
-    assert run_entry("--home", str(server.home), "certgen", "--force").returncode == 0
+    assert run_entry("--home", str(server.home), "certgen", "--new-ca", "--force").returncode == 0
     server.start()
     r = send(home, "should not go")
     assert r.returncode == 8
@@ -453,4 +454,4 @@ def test_ca_with_pin(server, tmp_path):
     assert json.loads(r.stdout)["tls"]["trusted_by"] == "ca+pin"
     bad = login(tmp_path / "p2", server, "alice", PASSWORD, "--pin", "SHA256:" + "B" * 43)
     assert bad.returncode == 8
-    assert b"matches neither the pin" in bad.stderr
+    assert b"matches neither the CA" in bad.stderr

@@ -190,7 +190,8 @@ def ask_trust(address: str, fingerprint: str) -> bool:
     if not stdin_is_tty():
         return False
     click.echo(f"The authenticity of server {address} can't be established.\n"
-               f"Its certificate fingerprint is {fingerprint}.", err=True)
+               f"Its CA fingerprint is {fingerprint}\n"
+               "(the operator sees it in the output of `securecomm certgen` and `securecomm serve`).", err=True)
     return click.confirm("Trust it and remember it in known_servers?", default=False, err=True)
 
 
@@ -198,7 +199,7 @@ def ask_trust(address: str, fingerprint: str) -> bool:
 @click.argument("name")
 @click.option("--server", default="localhost:7443", show_default=True, help="HOST:PORT of the server.")
 @click.option("--ca", type=click.Path(dir_okay=False), help="Trust this CA certificate (PEM).")
-@click.option("--pin", help="Trust the CA or server certificate with this SHA256:... fingerprint.")
+@click.option("--pin", help="Trust the server's CA with this SHA256:... fingerprint (certgen and serve print it).")
 @click.option("--identity", "identity_name", default="default", show_default=True,
               help="Local identity to register (created if missing).")
 @password_stdin_option
@@ -217,7 +218,7 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
     from securecomm.cli.context import load_identity
     from securecomm.config import Profile
     from securecomm.crypto import identity as ident
-    from securecomm.net.connect import address_of, prepare
+    from securecomm.net.connect import address_of, prepare, saved_pin
 
     paths = state.paths
     # A new identity is kept only once the login succeeded: a failed login leaves nothing behind.
@@ -243,7 +244,7 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
         ident.save(created, paths.identity_key(identity_name), paths.identity_pub(identity_name))
         info(f"created identity {identity_name!r} {created.public.fingerprint_text}")
     Profile(server=address, user=user_name, identity=identity_name, ca=str(Path(ca).absolute()) if ca else None,
-            pin=pin, server_identity=server_identity).save(paths.profile)
+            pin=saved_pin(pin, client), server_identity=server_identity).save(paths.profile)
     if as_json:
         emit_json({"user": user_name, "role": ok.role, "server": address, "fingerprint": ok.fingerprint})
         return

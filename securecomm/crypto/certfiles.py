@@ -59,7 +59,10 @@ def issue_certificates(files: TLSFiles, *, hosts: tuple[str, ...] = (), days: in
     else:
         ca = certs.make_ca()
     server = certs.make_server(ca, all_hosts, days)
-    items = [(files.server_cert, server.cert_pem, PUBLIC_MODE), (files.server_key, server.key_pem, PRIVATE_MODE)]
+    # server.pem is the full chain, leaf then CA: the server sends both, so a
+    # client on first contact can see (and pin) the CA rather than a 90-day leaf.
+    chain = server.cert_pem + ca.cert_pem
+    items = [(files.server_cert, chain, PUBLIC_MODE), (files.server_key, server.key_pem, PRIVATE_MODE)]
     if not reuse:
         items = [(files.ca_cert, ca.cert_pem, PUBLIC_MODE), (files.ca_key, ca.key_pem, PRIVATE_MODE), *items]
     write_files(items, force=True)  # existence was checked above, before any work

@@ -13,17 +13,19 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import itertools
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securecomm.errors import FormatError, UsageError
+from securecomm.errors import FormatError, TLSError, UsageError
 
 CA_DAYS = 3650
 DEFAULT_SERVER_DAYS = 90
@@ -36,9 +38,57 @@ _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
 
 
 def fingerprint(cert: x509.Certificate) -> str:
-    """`SHA256:<base64>` over the DER certificate: the form clients pin."""
-    digest = cert.fingerprint(hashes.SHA256())
-    return "SHA256:" + base64.b64encode(digest).rstrip(b"=").decode()
+    """`SHA256:<base64>` over the certificate's SubjectPublicKeyInfo (DER): the form clients pin.
+
+    certgen and serve print it for the CA, the first-contact prompt shows it,
+    --pin takes it and known_servers stores it. It hashes the key, not the
+    whole certificate (as HPKP and DANE SPKI pins do), so one CA key means one
+    fingerprint, and a renewed server certificate from that CA changes nothing.
+    """
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return "SHA256:" + base64.b64encode(digest.finalize()).rstrip(b"=").decode()
+
+
+def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Whether `parent`'s key signed `child` (names, algorithm and signature checked)."""
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def chain_anchor(chain: list[x509.Certificate]) -> x509.Certificate:
+    """The CA at the top of a chain as a server presented it (leaf first), checked link by link.
+
+    Each certificate must be signed by the next, and the top one must be a CA
+    (or the whole chain one self-signed certificate). This is no verdict of
+    trust: it only finds the certificate whose fingerprint the user is asked
+    about; the real connection then verifies chain and hostname against it.
+    """
+    if not chain:
+        raise TLSError("the server presented no certificate")
+    for child, parent in itertools.pairwise(chain):
+        if not issued_by(child, parent):
+            raise TLSError("the server presented a broken certificate chain")
+    top = chain[-1]
+    if len(chain) == 1 and not issued_by(top, top):
+        raise TLSError("the server presented its certificate without the CA that issued it",
+                       hint="the operator should run `securecomm certgen --force` (same CA, full chain); "
+                            "or pass --ca FILE")
+    if len(chain) > 1 and not is_ca(top):
+        raise TLSError("the top of the server's certificate chain is not a CA")
+    return top
 
 
 def check_host(name: str) -> x509.GeneralName:

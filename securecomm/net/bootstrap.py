@@ -40,7 +40,9 @@ def prepare_server(paths: Any, *, cert: Path | None = None, key: Path | None = N
     from securecomm.files import check_private_mode
 
     check_private_mode(key)
-    ctx = server_context(cert, key)
+    # A leaf-only cert file (older certgen) is completed with the CA beside it.
+    ca = files.ca_cert if cert == files.server_cert else cert.parent / "ca.pem"
+    ctx = server_context(cert, key, ca)
     if not paths.server_identity_key.exists():
         identity = ident.PrivateIdentity.generate()
         ident.save(identity, paths.server_identity_key, paths.server_identity_pub)

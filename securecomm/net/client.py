@@ -76,6 +76,19 @@ class Trust:
     context: ssl.SSLContext
     how: str  # ca | ca+pin | known_servers | pin | tofu
     anchor_fingerprint: str
+    anchor_der: bytes = b""  # the CA trusted (DER)
+    #: Saved to known_servers only once a verified connection has succeeded
+    #: (Client.connect): a typo'd address or a failed handshake leaves no line.
+    remember: tuple[tls.KnownServers, str] | None = None
+    #: The legacy leaf fingerprint this trust replaced (see tls module docstring).
+    migrated_from: str | None = None
+
+    def verified(self) -> None:
+        """Called after the verified connection succeeded: remember the CA if asked to."""
+        if self.remember is not None:
+            known, address = self.remember
+            known.add(address, self.anchor_der)
+            self.remember = None
 
 
 def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pin: str | None = None,
@@ -88,33 +101,75 @@ def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pi
     known = tls.KnownServers(paths.known_servers)
     if ca:
         pem = read_file(Path(ca).expanduser())
-        return _checked(Trust(tls.client_context(pem), "ca", tls.pem_fingerprint(pem)), pin)
+        return _checked(_ca_trust(tls.client_context(pem), "ca", pem), pin)
     entry = known.get(address)
     if entry is not None:
-        if pin and not tls.fingerprints_equal(pin, entry.fingerprint):
-            raise TLSError(f"--pin {pin} does not match the certificate remembered for {address} "
-                           f"({entry.fingerprint})")
-        return Trust(tls.client_context(entry.cert_pem, leaf_anchor=True), "known_servers", entry.fingerprint)
-    if paths.ca_cert.exists() and not pin:
+        return _known(entry, host, port, pin, known)
+    if paths.ca_cert.exists():
         pem = read_file(paths.ca_cert)
-        return Trust(tls.client_context(pem), "ca", tls.pem_fingerprint(pem))
-    if pin and paths.ca_cert.exists():
-        pem = read_file(paths.ca_cert)
-        if tls.fingerprints_equal(pin, tls.pem_fingerprint(pem)):
-            return Trust(tls.client_context(pem), "pin", tls.pem_fingerprint(pem))
-    der = tls.fetch_server_certificate(host, port)
-    fp = tls.der_fingerprint(der)
+        if not pin:
+            return _ca_trust(tls.client_context(pem), "ca", pem)
+        if tls.pin_matches(pin, tls.pem_to_der(pem)):
+            return _ca_trust(tls.client_context(pem), "pin", pem)
+    return _first_contact(address, host, port, pin, ask, known)
+
+
+def _ca_trust(context: ssl.SSLContext, how: str, pem: bytes) -> Trust:
+    return Trust(context, how, tls.pem_fingerprint(pem), tls.pem_to_der(pem))
+
+
+def _pinned(ca_der: bytes, how: str, **kw: Any) -> Trust:
+    pem = ssl.DER_cert_to_PEM_cert(ca_der).encode()
+    return Trust(tls.client_context(pem, pinned=True), how, tls.spki_fingerprint(ca_der), ca_der, **kw)
+
+
+def _known(entry: tls.KnownServer, host: str, port: int, pin: str | None, known: tls.KnownServers) -> Trust:
+    trust = _migrate(entry, host, port, known) if entry.legacy else _pinned(entry.der, "known_servers")
+    # During a migration the pin may name the saved leaf (older versions) or its CA (as certgen prints).
+    if pin and not (tls.pin_matches(pin, trust.anchor_der) or tls.pin_matches(pin, entry.der)):
+        raise TLSError(f"--pin {pin} does not match the CA remembered for {entry.address} "
+                       f"({trust.anchor_fingerprint})")
+    return trust
+
+
+def _migrate(entry: tls.KnownServer, host: str, port: int, known: tls.KnownServers) -> Trust:
+    """A leaf pin from an older version: accept it once if the CA the server
+    presents now issued that very leaf, then pin that CA instead.
+
+    The saved leaf was trusted by the user; a CA whose key signed it is the
+    CA that user trusted, whatever leaf (renewed or not) the server shows now.
+    """
+    chain = tls.fetch_server_chain(host, port)
+    if len(chain) == 1 and same(chain[0], entry.der):
+        # An older server that does not send its CA yet: keep the leaf pin until it does.
+        return Trust(tls.client_context(entry.cert_pem, pinned=True), "known_servers", entry.fingerprint, entry.der)
+    ca_der = tls.presented_ca(chain)
+    if not tls.issued_by(entry.der, ca_der):
+        raise changed_error(entry.address, entry.fingerprint)
+    return _pinned(ca_der, "known_servers", remember=(known, entry.address), migrated_from=entry.fingerprint)
+
+
+def _first_contact(address: str, host: str, port: int, pin: str | None, ask: Any,
+                   known: tls.KnownServers) -> Trust:
+    ca_der = tls.presented_ca(tls.fetch_server_chain(host, port))
+    fp = tls.spki_fingerprint(ca_der)
     if pin:
-        if not tls.fingerprints_equal(pin, fp):
-            raise TLSError(f"the certificate of {address} is {fp}, not the pinned {pin}")
+        if not tls.pin_matches(pin, ca_der):
+            raise TLSError(f"the CA of {address} is {fp}, not the pinned {pin}")
         how = "pin"
     elif ask is not None and ask(address, fp):
         how = "tofu"
     else:
-        raise TLSError(f"the certificate of {address} is not trusted; its fingerprint is {fp}",
+        raise TLSError(f"the CA of {address} is not trusted; its fingerprint is {fp}",
                        hint=f"check it with the server's operator, then pass --pin {fp} (or --ca FILE)")
-    entry = known.add(address, der)
-    return Trust(tls.client_context(entry.cert_pem, leaf_anchor=True), how, fp)
+    return _pinned(ca_der, how, remember=(known, address))
+
+
+def changed_error(address: str, fingerprint: str) -> TLSError:
+    return TLSError(
+        f"WARNING: THE CERTIFICATE OF {address} HAS CHANGED since it was first trusted "
+        f"({fingerprint}); someone may be intercepting the connection",
+        hint="if the operator confirms a new CA, remove its line from known_servers")
 
 
 def _checked(trust: Trust, pin: str | None) -> Trust:
@@ -167,14 +222,12 @@ class Client:
             self.server_identity = PublicIdentity.from_line_cached(hello.identity)
         except SecurecommError as e:
             raise IntegrityError("the server sent a malformed identity") from e
+        self.trust.verified()  # verified chain + hostname, and a securecomm server answered
         return hello
 
     def _verification_error(self, e: ssl.SSLCertVerificationError) -> TLSError:
         if self.trust.how == "known_servers":
-            return TLSError(
-                f"WARNING: THE CERTIFICATE OF {self.host}:{self.port} HAS CHANGED since it was first trusted "
-                f"({self.trust.anchor_fingerprint}); someone may be intercepting the connection",
-                hint="if the operator confirms a new certificate, remove its line from known_servers")
+            return changed_error(f"{self.host}:{self.port}", self.trust.anchor_fingerprint)
         return TLSError(f"the certificate of {self.host}:{self.port} is not trusted: {e.verify_message}",
                         hint="pass --ca FILE with the server's CA, or --pin SHA256:... with its fingerprint")
 
@@ -182,10 +235,9 @@ class Client:
         if not self.pin or self.trust.how != "ca+pin":
             return
         der = self.peer_certificate()
-        if not (tls.fingerprints_equal(self.pin, tls.der_fingerprint(der))
-                or tls.fingerprints_equal(self.pin, self.trust.anchor_fingerprint)):
-            raise TLSError(f"the server certificate {tls.der_fingerprint(der)} matches neither the pin {self.pin} "
-                           "nor its CA")
+        if not (tls.pin_matches(self.pin, self.trust.anchor_der) or tls.pin_matches(self.pin, der)):
+            raise TLSError(f"the pin {self.pin} matches neither the CA {self.trust.anchor_fingerprint} "
+                           "nor the server certificate")
 
     def peer_certificate(self) -> bytes:
         assert self.writer is not None

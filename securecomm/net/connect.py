@@ -37,12 +37,33 @@ async def connect_profile(paths: Any, identity: PrivateIdentity, *, server: str 
     profile = Profile.load(paths.profile)
     client = await connect(paths, server or profile.server, ca=ca or profile.ca, pin=pin or profile.pin, ask=ask)
     try:
+        if not pin:
+            migrate_profile_pin(paths, profile, client)
         check_server_identity(client, profile)
         await client.login_key(profile.user, identity)
     except BaseException:
         await client.close()
         raise
     return client, profile
+
+
+def saved_pin(pin: str | None, client: Client) -> str | None:
+    """The pin to keep in a profile: a legacy leaf pin just migrated becomes the CA's."""
+    from securecomm.net.tls import fingerprints_equal
+
+    migrated = client.trust.migrated_from
+    if pin and migrated and fingerprints_equal(pin, migrated):
+        return client.trust.anchor_fingerprint
+    return pin
+
+
+def migrate_profile_pin(paths: Any, profile: Profile, client: Client) -> None:
+    """After known_servers moved from a leaf pin to the CA, the profile's pin follows,
+    or the next connection would find the old pin no longer matches."""
+    new = saved_pin(profile.pin, client)
+    if new != profile.pin:
+        profile.pin = new
+        profile.save(paths.profile)
 
 
 def check_server_identity(client: Client, profile: Profile) -> None:

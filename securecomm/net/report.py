@@ -31,7 +31,8 @@ def security_report(client: Any, profile: Any, identity: Any) -> dict[str, Any]:
         "tls": {
             "version": info["version"],
             "cipher": info["cipher"],
-            "key_exchange": group or "unknown (classical: see note)",
+            # Python < 3.13 cannot name the group, but the client offers only one.
+            "key_exchange": group or f"{tls.GROUPS} (the only group this client offers)",
             "post_quantum": tls_pq,
             "note": tls_note,
             "server_certificate": tls.der_fingerprint(client.peer_certificate()),

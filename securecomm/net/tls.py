@@ -1,23 +1,36 @@
 """TLS contexts, certificate pinning and known_servers.
 
-Server: TLS 1.3 only (Mozilla "modern"), the certificate from certgen.
+Server: TLS 1.3 only (Mozilla "modern"), key exchange X25519 only (see
+GROUPS), and the full chain from certgen (server certificate, then its CA).
 Client: CERT_REQUIRED and hostname checking, always. What differs is the
-trust anchor, chosen in this order:
+trust anchor, always a CA, chosen in this order:
 
 1. `--ca FILE`                                  how = "ca" ("ca+pin" with --pin)
-2. a server certificate in known_servers        how = "known_servers"  (a change is a hard failure)
-3. the CA that certgen made in the same home    how = "ca"
-4. a CA or server fingerprint from --pin        how = "pin"       (a server cert is saved to known_servers)
+2. the CA of this server in known_servers       how = "known_servers"  (a change is a hard failure)
+3. the CA that certgen made in the same home    how = "ca" ("pin" with a matching --pin)
+4. the CA whose fingerprint --pin names         how = "pin"       (saved to known_servers)
 5. first contact, interactive: ask the user     how = "tofu"      (then saved to known_servers)
 
-Cases 4 and 5 need the certificate before it is trusted. Python's ssl cannot
-show an unverified certificate after a failed verification, so
-`fetch_server_certificate` makes one handshake that does not verify,
-reads the certificate, and closes without sending a byte of application data,
-exactly as OpenSSH reads a host key before asking "are you sure?". Nothing
-is trusted because of that handshake: the user's answer (or the --pin
-fingerprint, compared in constant time) decides, and the real connection
-then verifies the chain and the hostname against the saved certificate.
+One fingerprint means one thing: SHA-256 over the CA's SubjectPublicKeyInfo,
+`SHA256:<base64>` (crypto.certs.fingerprint). certgen and serve print it,
+the prompt shows it, --pin takes it, known_servers stores it. A renewed
+server certificate from the same CA changes none of them.
+
+Cases 4 and 5 need the CA before it is trusted. Python's ssl cannot show an
+unverified chain after a failed verification, so `fetch_server_chain` makes
+one handshake that does not verify, reads the chain the server presented,
+and closes without sending a byte of application data, exactly as OpenSSH
+reads a host key before asking "are you sure?". Nothing is trusted because of
+that handshake: the user's answer (or the --pin fingerprint, compared in
+constant time) decides, and the real connection then verifies the chain and
+the hostname against that CA. known_servers is written only after that
+verified connection has succeeded.
+
+Older versions saved the server's own certificate (a "leaf pin") in
+known_servers. Such a line is accepted once, if the CA the server now
+presents issued that very certificate; the CA then replaces it (see
+client._migrate). An older server that presents that same certificate and no
+CA keeps the leaf pin in use until it is upgraded.
 """
 
 from __future__ import annotations
@@ -29,18 +42,40 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
+from securecomm.crypto import certs
 from securecomm.crypto.integrity import same
 from securecomm.errors import FormatError, TLSError
 from securecomm.files import PRIVATE_MODE, read_file, write_files
 
+#: The only key-exchange group, for server and client alike. OpenSSL 3.0's
+#: default list also has X448, P-521 and ffdhe2048..8192: one replayed
+#: ClientHello asking for ffdhe8192 cost the server ~95 ms of event-loop CPU.
+#: Mozilla "modern" allows X25519, P-256 and P-384, but Python 3.11's ssl can
+#: set only one group (set_ecdh_curve calls SSL_CTX_set1_groups with one NID;
+#: there is no set1_groups_list), and an OpenSSL config file would apply to
+#: every context in the process, not only ours. X25519 is the group that
+#: OpenSSL's own clients (Python's default context, openssl s_client, curl)
+#: send a key share for, so they connect with no extra round trip. A client
+#: that offers only P-256 or P-384 is refused. The pyOpenSSL transport planned
+#: for post-quantum groups will set a list (X25519MLKEM768:X25519:P-256:P-384).
+GROUPS = "X25519"
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+
+def _restrict_groups(ctx: ssl.SSLContext) -> None:
+    ctx.set_ecdh_curve(GROUPS)
+
+
+def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.3, X25519, the chain in `cert` (plus `ca` if `cert` holds the leaf alone)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    _restrict_groups(ctx)
     try:
-        ctx.load_cert_chain(cert, key)
+        _load_chain(ctx, cert, key, ca)
     except FileNotFoundError as e:
         from securecomm.errors import NotFoundError
 
@@ -50,72 +85,143 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path | None) -> None:
+    """Load the certificate chain, completing a leaf-only file (from older certgen) with its CA.
+
+    Clients pin the CA, so the server must present it. ssl loads chains only
+    from files, so the completed chain goes through a private temporary file.
+    """
+    import tempfile
+
+    data = cert.read_bytes()  # a missing file raises as load_cert_chain would: server_context explains
+    if data.count(b"-----BEGIN CERTIFICATE-----") != 1 or ca is None or not ca.exists():
+        ctx.load_cert_chain(cert, key)
+        return
+    ca_pem = read_file(ca)
+    leaf, top = certs.load_cert(data, cert), certs.load_cert(ca_pem, ca)
+    if not certs.issued_by(leaf, top) or certs.issued_by(leaf, leaf):
+        ctx.load_cert_chain(cert, key)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        chain = Path(folder) / "chain.pem"
+        chain.write_bytes(data.rstrip(b"\n") + b"\n" + ca_pem)
+        ctx.load_cert_chain(chain, key)
+
+
 _CONTEXTS: dict[tuple[bytes, bool], ssl.SSLContext] = {}
 
 
-def client_context(anchor_pem: bytes, *, leaf_anchor: bool = False) -> ssl.SSLContext:
-    """Verify the chain and hostname against `anchor_pem` (a CA, or a pinned server cert).
+def client_context(anchor_pem: bytes, *, pinned: bool = False) -> ssl.SSLContext:
+    """Verify the chain and hostname against the CA `anchor_pem`.
 
     Contexts are cached per anchor: building one costs ~0.7 ms, more than a
     key login's own work, and a chat that reconnects or a load test opens many.
     """
-    key = (anchor_pem, leaf_anchor)
+    key = (anchor_pem, pinned)
     if key not in _CONTEXTS:
-        _CONTEXTS[key] = _new_client_context(anchor_pem, leaf_anchor)
+        _CONTEXTS[key] = _new_client_context(anchor_pem, pinned)
     return _CONTEXTS[key]
 
 
-def _new_client_context(anchor_pem: bytes, leaf_anchor: bool) -> ssl.SSLContext:
+def _new_client_context(anchor_pem: bytes, pinned: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    _restrict_groups(ctx)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     try:
         ctx.load_verify_locations(cadata=anchor_pem.decode("ascii"))
     except (ssl.SSLError, ValueError, UnicodeDecodeError) as e:
         raise TLSError("the trusted certificate is not a valid PEM certificate") from e
-    if leaf_anchor:
-        # A pinned server certificate is its own trust anchor; OpenSSL needs
-        # this flag to accept a non-CA certificate as the end of the chain.
+    if pinned:
+        # A pinned CA is trusted because the user pinned it, even if it is an
+        # intermediate (not self-signed); OpenSSL needs this flag for that.
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
 
 
 def der_fingerprint(der: bytes) -> str:
+    """SHA-256 over a whole certificate: only for legacy pins and the status report."""
     return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
 
+def spki_fingerprint(der: bytes) -> str:
+    """The fingerprint clients pin (see the module docstring)."""
+    return certs.fingerprint(_load_der(der))
+
+
 def pem_fingerprint(pem: bytes) -> str:
+    return spki_fingerprint(pem_to_der(pem))
+
+
+def pem_to_der(pem: bytes) -> bytes:
     try:
-        return der_fingerprint(ssl.PEM_cert_to_DER_cert(pem.decode("ascii")))
+        return ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
     except (ValueError, UnicodeDecodeError) as e:
         raise FormatError("not a PEM certificate") from e
+
+
+def _load_der(der: bytes) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as e:
+        raise FormatError("not a DER certificate") from e
+
+
+def pin_matches(pin: str, der: bytes) -> bool:
+    """Whether `pin` names this certificate: its SPKI fingerprint, or (as older
+    versions printed) the SHA-256 of the whole certificate."""
+    return fingerprints_equal(pin, spki_fingerprint(der)) or fingerprints_equal(pin, der_fingerprint(der))
+
+
+def issued_by(child_der: bytes, ca_der: bytes) -> bool:
+    return certs.issued_by(_load_der(child_der), _load_der(ca_der))
 
 
 def fingerprints_equal(a: str, b: str) -> bool:
     return same(a.strip().rstrip("=").encode(), b.strip().rstrip("=").encode())
 
 
-def fetch_server_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
-    """The server's certificate (DER), read WITHOUT trusting it. See the module docstring.
+def fetch_server_chain(host: str, port: int, timeout: float = 10.0) -> list[bytes]:
+    """The chain the server presents (DER, leaf first), read WITHOUT trusting it. See the module docstring.
 
-    Used only to show a fingerprint to the user (or compare with --pin); the
-    socket is closed right after the handshake and carries no application data.
+    Used only to show the CA fingerprint to the user (or compare with --pin);
+    the socket is closed right after the handshake and carries no application data.
     """
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     probe.minimum_version = ssl.TLSVersion.TLSv1_3
+    _restrict_groups(probe)
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE  # inspection only: never used to send or receive data
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw, \
                 probe.wrap_socket(raw, server_hostname=host) as tls:
-            der = tls.getpeercert(binary_form=True)
+            chain = _presented_chain(tls)
     except (OSError, ssl.SSLError) as e:
         from securecomm.errors import NetworkError
 
         raise NetworkError(f"cannot reach {host}:{port}: {e}") from e
-    if not der:
+    if not chain:
         raise TLSError(f"{host}:{port} presented no certificate")
-    return der
+    return chain
+
+
+def _presented_chain(tls: ssl.SSLSocket) -> list[bytes]:
+    """SSL_get_peer_cert_chain: public as SSLSocket.get_unverified_chain() from
+    Python 3.13; 3.10 to 3.12 have the same C method on the socket's _sslobj."""
+    sslobj = getattr(tls, "_sslobj", None)
+    getter = getattr(sslobj, "get_unverified_chain", None)
+    if getter is None:
+        raise TLSError("this Python cannot read a server's certificate chain before trusting it",
+                       hint="pass --ca FILE with the server's CA certificate")
+    return [pem_to_der(c.public_bytes().encode("ascii")) for c in getter() or []]
+
+
+def presented_ca(chain: list[bytes]) -> bytes:
+    """The CA (DER) at the top of a presented chain; see certs.chain_anchor."""
+    top = certs.chain_anchor([_load_der(d) for d in chain])
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return top.public_bytes(Encoding.DER)
 
 
 # -- known_servers ----------------------------------------------------------------
@@ -125,9 +231,22 @@ class KnownServer:
     fingerprint: str
     cert_pem: bytes
 
+    @property
+    def der(self) -> bytes:
+        return pem_to_der(self.cert_pem)
+
+    @property
+    def legacy(self) -> bool:
+        """A line from an older version: the server's own certificate, not its CA."""
+        return not fingerprints_equal(self.fingerprint, spki_fingerprint(self.der))
+
 
 class KnownServers:
-    """`host:port SHA256:fp base64(DER)` per line, like OpenSSH's known_hosts."""
+    """`host:port SHA256:fp base64(DER of the CA)` per line, like OpenSSH's known_hosts.
+
+    fp is the CA's SPKI fingerprint. A line whose fp is the SHA-256 of the
+    whole certificate is a legacy leaf pin, kept until it is migrated.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -142,10 +261,10 @@ class KnownServers:
                 continue
             try:
                 der = base64.b64decode(parts[2], validate=True)
-            except ValueError:
+                if not pin_matches(parts[1], der):
+                    continue  # a corrupted line is ignored, never trusted
+            except (ValueError, FormatError):
                 continue
-            if not fingerprints_equal(der_fingerprint(der), parts[1]):
-                continue  # a corrupted line is ignored, never trusted
             entries.append(KnownServer(parts[0], parts[1], ssl.DER_cert_to_PEM_cert(der).encode()))
         return entries
 
@@ -153,8 +272,9 @@ class KnownServers:
         return next((e for e in self._read() if e.address == address), None)
 
     def add(self, address: str, der: bytes) -> KnownServer:
+        """Remember the CA `der` for `address` (replacing any older line for it)."""
         entries = [e for e in self._read() if e.address != address]
-        fp = der_fingerprint(der)
+        fp = spki_fingerprint(der)
         lines = [f"{e.address} {e.fingerprint} {_b64_der(e.cert_pem)}" for e in entries]
         lines.append(f"{address} {fp} {base64.b64encode(der).decode()}")
         write_files([(self.path, ("\n".join(lines) + "\n").encode(), PRIVATE_MODE)], force=True)
