@@ -117,6 +117,10 @@ class RefusedError(SecurecommError):
     exit_code = 9
 
 
+class KeyReplaceError(RefusedError):
+    """the account already has another device key registered"""
+
+
 class ExistsError(SecurecommError):
     """a file already exists and would be overwritten"""
 
