@@ -15,7 +15,7 @@ import time
 import pytest
 
 from securecomm.crypto import identity as ident
-from securecomm.errors import AuthError
+from securecomm.errors import AuthError, ExistsError, UsageError
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import FrameDecoder
 from tests.conftest import run_entry
@@ -286,3 +286,55 @@ def test_replacing_the_key_logs_the_other_device_out(server, tmp_path):
 
     ended = asyncio.run(go())
     assert isinstance(ended, AuthError) and "key is no longer registered" in ended.message
+
+
+# -- the store and the rule without a server --------------------------------------------------
+def test_migration_keeps_ids_above_old_ones_and_drops_shared_keys(tmp_path):
+    from securecomm.store import db
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    for script in db.MIGRATIONS[:2]:  # a version-2 database, as the previous release left it
+        for statement in filter(str.strip, script.split(";")):
+            con.execute(statement)
+    con.execute("PRAGMA user_version = 2")
+    con.execute("INSERT INTO users (name, role, password_hash, created_at, identity, fingerprint) VALUES "
+                "('a', 'user', 'h', 0, x'01', x'aa'), ('b', 'user', 'h', 0, x'01', x'aa'), "
+                "('c', 'user', 'h', 0, x'02', x'bb')")
+    con.execute("INSERT INTO direct_ids VALUES (9, x'00', x'00', 0)")  # mail from a since-removed user 9
+    con.close()
+    store = db.Store(path)
+    try:
+        assert store.schema_version == 3
+        assert {u.name: u.fingerprint for u in store.list_users()} == {"a": None, "b": None, "c": b"\xbb"}
+        assert store.add_user("d", "h").id == 10
+        with pytest.raises(ExistsError):
+            store.set_identity(store.require_user("a").id, b"\x02", b"\xbb")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("password", ["12345678", "aaaaaaaa", " " * 8, "QWERTYUIOP", "ｐａｓｓｗｏｒｄ"])
+def test_policy_refuses(password):
+    from securecomm.store import passwords
+
+    with pytest.raises(UsageError):
+        passwords.check_policy(password)
+
+
+def test_policy_allows_64_and_more_with_no_composition_rules():
+    from securecomm.store import passwords
+
+    passwords.check_policy("x" * 63 + "y")
+    passwords.check_policy("correct horse battery staple " * 30)
+    passwords.check_policy("ñandú pájaro")
+
+
+def test_blocklist_is_package_data_with_source_and_licence():
+    from importlib import resources
+
+    text = resources.files("securecomm.store").joinpath("common-passwords.txt").read_text(encoding="utf-8")
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    assert "Source:" in header and "Licence: MIT" in header
+    entries = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert 1000 <= len(entries) <= 5000 and all(len(e) >= 8 for e in entries)

@@ -48,8 +48,10 @@ class _Entry:
 
 
 class Lockout:
-    def __init__(self, lock_after: int, lock_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, lock_after: int, lock_seconds: float, clock: Callable[[], float] = time.time,
+                 max_names: int = MAX_TRACKED_NAMES) -> None:
         self.lock_after, self.lock_seconds, self.clock = lock_after, lock_seconds, clock
+        self.max_names = max_names
         self._entries: dict[str, _Entry] = {}
 
     def locked_until(self, name: str) -> float | None:
@@ -99,11 +101,11 @@ class Lockout:
         return entry
 
     def _make_room(self) -> None:
-        if len(self._entries) < MAX_TRACKED_NAMES:
+        if len(self._entries) < self.max_names:
             return
         for name in list(self._entries):
             self._current(name)  # drops expired entries
-        while len(self._entries) >= MAX_TRACKED_NAMES:
+        while len(self._entries) >= self.max_names:
             oldest = min(self._entries, key=lambda n: self._entries[n].window_start)
             del self._entries[oldest]
 
