@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import signal
 import sqlite3
 import time
@@ -18,7 +19,7 @@ from securecomm.crypto import identity as ident
 from securecomm.errors import AuthError, ExistsError, UsageError
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import FrameDecoder
-from tests.conftest import run_entry
+from tests.conftest import ENTRY, run_entry
 from tests.serverproc import PASSWORD, ServerProc, add_user, frame, login, read_events, tls_socket
 
 WRONG = "not the password"
@@ -338,3 +339,47 @@ def test_blocklist_is_package_data_with_source_and_licence():
     assert "Source:" in header and "Licence: MIT" in header
     entries = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert 1000 <= len(entries) <= 5000 and all(len(e) >= 8 for e in entries)
+
+
+# -- on a terminal (tmux), as a person types ----------------------------------------------------
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+
+
+@pytest.fixture
+def tmux():
+    from tests.test_chat_tty import Tmux
+
+    t = Tmux()
+    yield t
+    t.kill()
+
+
+@needs_tmux
+def test_add_checks_the_password_after_its_first_entry(server, tmux):
+    tmux.start("add", f"{ENTRY} --home {server.home} user add carol; echo EXIT-$?; sleep 30")
+    tmux.wait_for("add", "password:")
+    tmux.type("add", "12345678")
+    screen = tmux.wait_for("add", "EXIT-2")
+    assert "too common" in screen or "sequential" in screen
+    assert "repeat password" not in screen.lower() and "confirmation" not in screen  # refused before a 2nd entry
+    tmux.start("add2", f"{ENTRY} --home {server.home} user add carol; echo EXIT-$?; sleep 30")
+    tmux.wait_for("add2", "password:")
+    tmux.type("add2", "violet tractor umbrella")
+    tmux.wait_for("add2", "repeat password:")
+    tmux.type("add2", "violet tractor umbrella")
+    assert "created user carol" in tmux.wait_for("add2", "EXIT-0")
+
+
+@needs_tmux
+def test_second_device_login_asks_before_replacing_the_key(server, tmp_path, tmux):
+    assert login(tmp_path / "bob1", server, "bob").returncode == 0
+    ca = server.home / "tls" / "ca.pem"
+    tmux.start("bob2", f"{ENTRY} --home {tmp_path / 'bob2'} user login bob --server {server.address} --ca {ca}; "
+                       "echo EXIT-$?; sleep 30")
+    tmux.wait_for("bob2", "password:")
+    tmux.type("bob2", PASSWORD)
+    screen = tmux.wait_for("bob2", "Replace it with this device's key? [y/N]")
+    assert "already has a device key registered" in screen
+    tmux.type("bob2", "y")
+    assert "logged in as bob" in tmux.wait_for("bob2", "EXIT-0")
+    assert sc(tmp_path / "bob1", "send", "old device").returncode == 5  # the first device's key is gone
