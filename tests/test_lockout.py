@@ -78,6 +78,18 @@ def test_memory_is_bounded():
     assert "n49" in lk._entries and "n0" not in lk._entries
 
 
+def test_a_flood_of_names_spares_a_live_lock():
+    clock = Clock()
+    lk = Lockout(2, 600, clock, max_names=10)
+    lk.failed("bob")
+    lk.failed("bob")  # locked, and the oldest entry
+    for i in range(30):
+        clock.now += 1
+        lk.failed(f"n{i}")
+    assert lk.locked_until("bob") is not None
+    assert len(lk._entries) <= 10
+
+
 def test_name_locks_serialise_per_name_and_are_freed():
     locks = NameLocks()
     order: list[str] = []
