@@ -103,6 +103,16 @@ def test_password_reset_lifts_the_lock_and_a_success_clears_the_counter(server, 
     assert login(tmp_path / "x", server, "bob", "violet tractor umbrella").returncode == 0
 
 
+def test_a_lock_survives_a_server_restart(server, tmp_path):
+    for _ in range(3):
+        login(tmp_path / "x", server, "bob", WRONG)
+    before = last_error(login(tmp_path / "x", server, "bob"))
+    assert "locked until" in before
+    server.stop()
+    server.start()
+    assert last_error(login(tmp_path / "x", server, "bob")) == before  # same lock, same end
+
+
 # -- item 4: concurrent guesses --------------------------------------------------------------
 def test_concurrent_guesses_test_at_most_lock_after_passwords(server, tmp_path):
     n = 12
