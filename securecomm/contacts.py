@@ -88,6 +88,9 @@ class Contacts:
             self.save()
             return True
         if same(known.identity.fingerprint, identity.fingerprint):
+            if known.pending is not None:  # the change was undone (e.g. they logged in again from the first device)
+                self.entries[name] = Contact(name, known.identity, known.first_seen)
+                self.save()
             return False
         if known.pending is None or not same(known.pending.fingerprint, identity.fingerprint):
             self.entries[name] = Contact(name, known.identity, known.first_seen, identity)

@@ -129,6 +129,10 @@ class TooLargeError(RefusedError):
     """the message is larger than the limit"""
 
 
+class KeyReplaceError(RefusedError):
+    """the account already has another device key registered"""
+
+
 class ExistsError(SecurecommError):
     """a file already exists and would be overwritten"""
 

@@ -120,8 +120,9 @@ def test_first_contact_asks_before_trusting(two_users, tmp_path):
     from securecomm.crypto.certs import fingerprint, load_cert
 
     ca_fp = fingerprint(load_cert((srv.home / "tls" / "ca.pem").read_bytes()))  # the CA's: what serve printed
-    tmux.start("s", f"{ENTRY} --home {stranger} user login alice --server {srv.address}; echo LOGIN-EXITED-$?; "
-               "sleep 30")
+    # --replace-key: alice's first device is already registered (one device per user)
+    tmux.start("s", f"{ENTRY} --home {stranger} user login alice --server {srv.address} --replace-key; "
+               "echo LOGIN-EXITED-$?; sleep 30")
     screen = tmux.wait_for("s", "Trust it and remember it in known_servers?")
     assert ca_fp in screen.replace("\n", "")
     tmux.type("s", "y")

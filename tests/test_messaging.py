@@ -16,7 +16,7 @@ from securecomm.errors import DecryptError
 from securecomm.net.connect import connect_profile
 from securecomm.net.messenger import DirectMessage, Messenger, RoomText
 from tests.conftest import run_entry
-from tests.serverproc import ServerProc, add_user, login
+from tests.serverproc import PASSWORD, ServerProc, add_user, login
 
 USERS = ("alice", "bob", "carol")
 
@@ -159,7 +159,7 @@ def test_changed_key_is_refused_until_trusted(world):
     assert [c["name"] for c in contacts] == ["bob"]
     # bob gets a new device key (or someone swapped it on the server)
     assert sc(homes["bob"], "keygen", "--force").returncode == 0
-    assert login(homes["bob"], srv, "bob").returncode == 0
+    assert login(homes["bob"], srv, "bob", PASSWORD, "--replace-key").returncode == 0
     r = sc(homes["alice"], "send", "--to", "bob", "should not go")
     assert r.returncode == 6
     assert b"CHANGED" in r.stderr and b"contacts trust bob" in r.stderr

@@ -281,4 +281,4 @@ def trust(state: State, name: str) -> None:
     from securecomm.contacts import Contacts
 
     c = Contacts.load(state.paths.contacts).trust(name.lower())
-    click.echo(f"now trusting {shown(c.name)} {c.identity.fingerprint_text}")
+    click.echo(f"now trusting {shown(c.name)} {c.identity.fingerprint_text}; CHANGED cleared")

@@ -38,9 +38,10 @@ from securecomm.errors import SecurecommError
 @click.option("--frame-timeout", type=float, default=10, show_default=True,
               help="Seconds a started frame has to arrive in full (slow-loris guard).")
 @click.option("--lock-after", type=click.IntRange(1), default=5, show_default=True,
-              help="Failed password logins in a row that lock an account.")
+              help="Wrong passwords within --lock-minutes that lock PASSWORD logins for a name (key logins are "
+                   "never locked).")
 @click.option("--lock-minutes", type=click.FloatRange(0), default=15, show_default=True,
-              help="How long a locked account stays locked.")
+              help="How long password logins stay locked; failures while locked do not extend it.")
 @pass_state
 def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,

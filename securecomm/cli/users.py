@@ -21,7 +21,7 @@ from securecomm.cli.context import (
     stdin_is_tty,
     table,
 )
-from securecomm.errors import NotFoundError, SecurecommError, UsageError
+from securecomm.errors import KeyReplaceError, NotFoundError, SecurecommError, UsageError
 
 db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          help="The server's SQLite database [data dir].")
@@ -29,18 +29,21 @@ password_stdin_option = click.option("--password-stdin", is_flag=True,
                                      help="Read the password from the first line of stdin (for scripts).")
 
 
-def read_password(from_stdin: bool, *, confirm: bool, prompt: str = "password") -> str:
+def read_password(from_stdin: bool, *, confirm: bool, prompt: str = "password", user: str | None = None) -> str:
+    """Read a password; a new one (confirm=True) is checked against the policy after its FIRST entry."""
     from securecomm.store.passwords import check_policy
 
     if from_stdin:
         line = sys.stdin.readline()
         password = line[:-1] if line.endswith("\n") else line
     elif stdin_is_tty():
-        password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
+        password = click.prompt(prompt, hide_input=True, err=True)
     else:
         raise UsageError("no terminal to ask for a password", hint="pass --password-stdin")
     if confirm:
-        check_policy(password)
+        check_policy(password, user)  # before asking again: a refused password is not typed twice
+        if not from_stdin and click.prompt(f"repeat {prompt}", hide_input=True, err=True) != password:
+            raise UsageError("the two passwords differ")
     elif not password:
         raise UsageError("empty password")
     return password
@@ -82,14 +85,20 @@ def add(state: State, name: str, admin: bool, password_stdin: bool, db: Path | N
     """Create account NAME, prompting twice for its password.
 
     NAME is 1-32 characters of a-z 0-9 _ . - (upper case is folded to lower).
+    The password follows NIST SP 800-63B: at least 8 characters (up to 1024),
+    no composition rules, not a common, repeated or sequential one.
     """
+    from securecomm.errors import ExistsError
     from securecomm.store import passwords
     from securecomm.store.db import normalise_name
 
     name = normalise_name(name)
-    password = read_password(password_stdin, confirm=True)
     store = open_db(state, db, create=True)
     try:
+        if store.get_user(name) is not None:  # before the password: nobody types one for nothing
+            raise ExistsError(f"user {name!r} already exists",
+                              hint=f"to set a new password: securecomm user passwd {name}")
+        password = read_password(password_stdin, confirm=True, user=name)
         created = store.add_user(name, passwords.hash_password(password), "admin" if admin else "user")
     finally:
         store.close()
@@ -98,20 +107,32 @@ def add(state: State, name: str, admin: bool, password_stdin: bool, db: Path | N
 
 @user.command(epilog="Example: securecomm user passwd alice")
 @click.argument("name")
+@click.option("--keep-key", is_flag=True,
+              help="Keep the registered device key (by default it is removed: whoever held the old password "
+                   "may have registered it).")
 @password_stdin_option
 @db_option
 @pass_state
-def passwd(state: State, name: str, password_stdin: bool, db: Path | None) -> None:
-    """Set a new password for NAME; also clears a lockout."""
+def passwd(state: State, name: str, keep_key: bool, password_stdin: bool, db: Path | None) -> None:
+    """Set a new password for NAME; also clears a lockout, and removes the device key unless --keep-key.
+
+    Without --keep-key the running server logs the account's devices out
+    within a second; the owner then runs `securecomm user login` again.
+    """
     from securecomm.store import passwords
 
     store = open_db(state, db)
     try:
-        store.require_user(name)
-        store.set_password(name, passwords.hash_password(read_password(password_stdin, confirm=True)))
+        user = store.require_user(name)
+        password = read_password(password_stdin, confirm=True, user=user.name)
+        store.set_password(user.name, passwords.hash_password(password), keep_key=keep_key)
     finally:
         store.close()
-    info(f"password changed for {name.lower()}")
+    if keep_key or user.identity is None:
+        info(f"password changed for {user.name}" + ("; registered device key kept" if user.identity else ""))
+    else:
+        info(f"password changed for {user.name}; registered device key removed (its sessions are closed): "
+             f"{user.name} must log in again with: securecomm user login {user.name}")
 
 
 @user.command(epilog="Example: securecomm user remove mallory --yes")
@@ -131,7 +152,7 @@ def remove(state: State, name: str, yes: bool, db: Path | None) -> None:
         store.remove_user(name)
     finally:
         store.close()
-    info(f"removed {name.lower()}")
+    info(f"removed {name.lower()}; a running server closes its open sessions within a second")
 
 
 def _fmt_time(ts: int | None) -> str:
@@ -195,6 +216,15 @@ def ask_trust(address: str, fingerprint: str) -> bool:
     return click.confirm("Trust it and remember it in known_servers?", default=False, err=True)
 
 
+def ask_replace(e: KeyReplaceError) -> bool:
+    """Replacing the account's key logs its other device out: only with a yes on a terminal."""
+    if not stdin_is_tty():
+        e.hint = "to replace it (and log the other device out), pass --replace-key"
+        return False
+    click.echo(e.message, err=True)
+    return click.confirm("Replace it with this device's key?", default=False, err=True)
+
+
 @user.command(epilog="Example: securecomm user login alice --server chat.example.net:7443 --ca ca.pem")
 @click.argument("name")
 @click.option("--server", default="localhost:7443", show_default=True, help="HOST:PORT of the server.")
@@ -202,16 +232,21 @@ def ask_trust(address: str, fingerprint: str) -> bool:
 @click.option("--pin", help="Trust the server's CA with this SHA256:... fingerprint (certgen and serve print it).")
 @click.option("--identity", "identity_name", default="default", show_default=True,
               help="Local identity to register (created if missing).")
+@click.option("--replace-key", is_flag=True,
+              help="If the account has another device's key, replace it without asking (one device per user).")
 @password_stdin_option
 @passphrase_file_option
 @json_option
 @pass_state
 def login(state: State, name: str, server: str, ca: str | None, pin: str | None, identity_name: str,
-          password_stdin: bool, passphrase_file: str | None, as_json: bool) -> None:
+          replace_key: bool, password_stdin: bool, passphrase_file: str | None, as_json: bool) -> None:
     """Log in with a password, register this device's identity, save the profile.
 
     Later send, status and chat authenticate with the identity key (a signed
     challenge) instead of the password. Creates the identity if missing.
+    One device per user for now: if the account already has another
+    device's key, login asks before replacing it (--replace-key for scripts),
+    and the other device is logged out.
     """
     import asyncio
 
@@ -230,15 +265,21 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
     # before connecting, so that slow typing cannot hit the server's login timeout.
     password = read_password(password_stdin, confirm=False)
 
-    async def go() -> tuple[Any, str, str | None]:
+    async def go(replace: bool) -> tuple[Any, str, str | None]:
         async with client:
             await client.connect()
-            ok = await client.login_password(name, password, me.public)
+            ok = await client.login_password(name, password, me, replace_key=replace)
             assert client.server_identity is not None
             return ok, address_of(client), client.server_identity.line
 
-    with _network_hint():
-        ok, address, server_identity = asyncio.run(go())
+    try:
+        with _network_hint():
+            ok, address, server_identity = asyncio.run(go(replace_key))
+    except KeyReplaceError as e:
+        if not ask_replace(e):
+            raise
+        client = prepare(paths, server, ca=ca, pin=pin, ask=ask_trust)
+        ok, address, server_identity = asyncio.run(go(True))
     user_name = server_user_name(ok.user)
     if created is not None:
         ident.save(created, paths.identity_key(identity_name), paths.identity_pub(identity_name))

@@ -21,6 +21,7 @@ from securecomm.errors import (
     AuthError,
     FilePermissionError,
     IntegrityError,
+    KeyReplaceError,
     NetworkError,
     NotFoundError,
     OversizedError,
@@ -44,6 +45,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.TIMEOUT: NetworkError,
     P.ErrorCode.INTERNAL: SecurecommError,
     P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: net/sending.py resends, chat reconnects
+    P.ErrorCode.KEY_REPLACE: KeyReplaceError,
 }
 
 
@@ -357,11 +359,19 @@ class Client:
             raise NetworkError("timed out waiting for the server") from e
 
     # -- login -------------------------------------------------------------------------
-    async def login_password(self, user: str, password: str, identity: PublicIdentity | None = None) -> P.LoginOk:
+    async def login_password(self, user: str, password: str, identity: PrivateIdentity | None = None, *,
+                             replace_key: bool = False) -> P.LoginOk:
+        """Log in; with `identity`, register it, proving possession by signing this connection's challenge."""
         fut = self._expect("login")
-        self._write(P.LoginPassword(user, password, identity.line if identity else None))
+        self._write(P.LoginPassword(user, password, identity.public.line if identity else None,
+                                    self._register_proof(user, identity) if identity else None, replace_key))
         self.login = await self._wait(fut)
         return self.login
+
+    def _register_proof(self, user: str, identity: PrivateIdentity) -> bytes:
+        assert self.server_hello is not None and self.server_identity is not None
+        return identity.sign(P.register_transcript(self.server_hello.challenge, self.server_identity.fingerprint,
+                                                   user.lower()))
 
     async def login_key(self, user: str, identity: PrivateIdentity) -> P.LoginOk:
         assert self.server_hello is not None and self.server_identity is not None

@@ -35,8 +35,9 @@ from typing import Any
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import IntegrityError, SecurecommError, UsageError
+from securecomm.errors import ExistsError, IntegrityError, SecurecommError, UsageError
 from securecomm.net.admission import Admission, Ticket
+from securecomm.net.lockout import Lockout, NameLocks
 from securecomm.net.memory import Trimmer
 from securecomm.net.relay import Relay
 from securecomm.net.storage import AsyncStore
@@ -49,6 +50,14 @@ from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
 log = logging.getLogger("securecomm.server")
 
 READ_CHUNK = 64 * 1024
+#: How often the server reads the database's account change counter. `user
+#: remove` / `user passwd` run in another process (the CLI writes the database
+#: the server reads) and bump that counter; within this time the server drops
+#: the sessions of removed accounts and of keys no longer registered. A counter
+#: rather than a signal: the CLI need not know the server's pid or run as its
+#: user, and a change made while the server is down is still seen (one SELECT
+#: on the read-only connection, a few microseconds).
+ACCOUNT_POLL_SECONDS = 0.25
 #: asyncio's TLS transport gives every connection a 256 KiB receive buffer
 #: (sslproto.SSLProtocol.max_size), allocated and zero-filled up front: that
 #: alone made an idle connection cost ~290 KiB of RSS. TLS records are at most
@@ -325,6 +334,12 @@ class Server:
         self.hash_slots = asyncio.Semaphore(config.hash_workers)
         self.hash_waiting = 0
         self._dummy_hash = passwords.dummy_hash()
+        self.lockout = Lockout(config.lock_after, config.lock_seconds)
+        self.name_locks = NameLocks()
+        #: password hash of each locked account when its lock started: a new one (`user passwd`) lifts the lock
+        self._lock_hashes: dict[str, str] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+        self._watcher: asyncio.Task[None] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
@@ -338,12 +353,63 @@ class Server:
                                                   limit=READ_CHUNK, backlog=1024)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+        self._restore_locks()
+        self._watcher = asyncio.create_task(self.watch_accounts(), name="securecomm-account-watch")
         return self.address
+
+    def _restore_locks(self) -> None:
+        for user in self.store.read().list_users():
+            if user.locked():
+                self.lockout.lock(user.name, user.locked_until)
+                self._lock_hashes[user.name] = user.password_hash
+
+    async def watch_accounts(self) -> None:
+        """Poll the account change counter (see ACCOUNT_POLL_SECONDS) and act on a change."""
+        seen = self.store.read().account_changes()
+        while True:
+            await asyncio.sleep(ACCOUNT_POLL_SECONDS)
+            try:
+                now = self.store.read().account_changes()
+                if now != seen:
+                    seen = now
+                    self.accounts_changed()
+            except Exception:  # a busy or broken database must not stop the watch
+                log.exception("account watch failed; retrying")
+
+    def accounts_changed(self) -> None:
+        """Drop sessions whose account is gone or whose key was replaced; lift locks of reset passwords."""
+        read = self.store.read()
+        for s in list(self.sessions):
+            if s.user is None or s.closing:
+                continue
+            fresh = read.get_user_by_id(s.user.id)
+            key = s.identity.fingerprint if s.identity is not None else None
+            if fresh is None or fresh.fingerprint != key:
+                why = "the account was removed" if fresh is None else "this device's key is no longer registered"
+                self.drop(s, why)
+            else:
+                s.user = fresh
+        for name in self.lockout.locked_names():
+            fresh = read.get_user(name)
+            if fresh is not None:
+                self._password_reset(fresh)
+
+    def drop(self, s: Session, why: str) -> None:
+        log.warning("%s dropped: %s", s.label(), why)
+        s.error(P.ErrorCode.AUTH_FAILED, f"logged out: {why}", fatal=True)
+        s.closing = True
+        self.relay.gone(s)
+        s.outbox.flush()
+        s.writer.close()
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight messages commit and their receipts go out, close the DB."""
         if self._server is not None:
             self._server.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
         for s in list(self.sessions):
             s.closing = True
         pending = [f for s in self.sessions for f in s.pending]
@@ -450,44 +516,115 @@ class Server:
         return norm, self.store.read().get_user(norm)
 
     async def login_password(self, s: Session, ev: P.LoginPassword) -> None:
+        identity = self._proven_identity(s, ev) if ev.identity else None
+        if ev.identity and identity is None:
+            return
         name, user = await self._find_user(ev.user)
+        key = name or ev.user[:64]  # invalid names are tracked like any other: same answers, same time
         try:
-            ok = await self._check_password(ev.password, user.password_hash if user else self._dummy_hash)
+            ok = await self._guarded_check(s, key, user, ev.password)
         except _Busy:
             log.warning("%s login refused: too many logins waiting", s.label())
             s.error(P.ErrorCode.BUSY, "server busy; try again shortly", fatal=True)
             return
-        reason = "unknown user" if user is None else "account locked" if user.locked() else None
-        if user is not None and not ok:
-            reason = "wrong password"
-            await self.store.call(self.store.store.record_login, user.id, False, self.config.lock_seconds,
-                                  self.config.lock_after)
-        if reason or user is None:
-            log.warning("%s login failed for %r: %s", s.label(), (name or ev.user)[:40], reason)
-            # the same answer for every cause, so that names cannot be enumerated
-            s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: wrong user name or password, "
-                    "or the account is locked", fatal=True)
+        if not ok or user is None:
             return
-        identity = None
-        if ev.identity:
-            try:
-                identity = PublicIdentity.from_line(ev.identity)
-            except SecurecommError:
-                s.error(P.ErrorCode.BAD_FRAME, "the identity to register is malformed", fatal=True)
-                return
-            await self.store.call(self.store.store.set_identity, user.id, identity.encode(), identity.fingerprint)
+        if identity is not None and not await self._register(s, user, identity, ev.replace_key):
+            return
         if passwords.needs_rehash(user.password_hash):
             new_hash = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password,
                                                                         ev.password)
             await self.store.call(self.store.store.set_password, user.name, new_hash)
         await self._logged_in(s, user, identity, "password")
 
+    async def _guarded_check(self, s: Session, key: str, user: User | None, password: str) -> bool:
+        """Check -> hash -> record, one at a time per name (see net/lockout.py); the error is sent here."""
+        async with self.name_locks.hold(key):
+            until = self.lockout.locked_until(key)
+            if until is not None and user is not None and self._password_reset(user):
+                until = None
+            if until is not None:  # not counted, no hash, the lock's end does not move
+                log.warning("%s password login refused for %r: locked", s.label(), key[:40])
+                s.error(P.ErrorCode.AUTH_FAILED, locked_message(until), fatal=True)
+                return False
+            ok = await self._check_password(password, user.password_hash if user else self._dummy_hash)
+            if ok and user is not None:
+                self.lockout.succeeded(key)
+                return True
+            started = self.lockout.failed(key)
+        log.warning("%s login failed for %r: %s", s.label(), key[:40], "unknown user" if user is None else
+                    "wrong password" + ("; password logins locked" if started else ""))
+        # the same answer for every cause, so that names cannot be enumerated
+        s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: wrong user name or password", fatal=True)
+        if started is not None and user is not None:
+            self._mirror_lock(user, started)
+        return False
+
+    def _password_reset(self, user: User) -> bool:
+        """True (and the lock lifted) if an operator set a new password since the lock started."""
+        if user.password_hash == self._lock_hashes.get(user.name, user.password_hash):
+            return False
+        log.info("user=%s password reset: lock lifted", user.name)
+        self.lockout.clear(user.name)
+        self._lock_hashes.pop(user.name, None)
+        return True
+
+    def _mirror_lock(self, user: User, until: float) -> None:
+        """Write a new lock to the database after the answer went out (no timing difference on the wire)."""
+        self._lock_hashes[user.name] = user.password_hash
+        task = asyncio.ensure_future(self.store.call(self.store.store.set_lock, user.id, self.config.lock_after,
+                                                     int(until)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _proven_identity(self, s: Session, ev: P.LoginPassword) -> PublicIdentity | None:
+        """The identity to register, if it is well formed and the client proved it holds its private key."""
+        assert ev.identity is not None
+        try:
+            identity = PublicIdentity.from_line(ev.identity)
+        except SecurecommError:
+            log.warning("%s registration refused: identity malformed", s.label())
+            s.error(P.ErrorCode.BAD_FRAME, "the identity to register is malformed", fatal=True)
+            return None
+        try:
+            if ev.proof is None:
+                raise IntegrityError("no proof of possession")
+            identity.verify(ev.proof, P.register_transcript(s.challenge, self.identity.public.fingerprint,
+                                                            ev.user.lower()))
+        except IntegrityError:
+            log.warning("%s registration refused: no valid proof of possession", s.label())
+            s.error(P.ErrorCode.INTEGRITY, "the proof of possession of the identity to register (a signature of "
+                    "this connection's challenge) is missing or does not verify", fatal=True)
+            return None
+        return identity
+
+    async def _register(self, s: Session, user: User, identity: PublicIdentity, replace: bool) -> bool:
+        """Register a proven device key: one account per key, and one key per account unless replacing."""
+        fp = identity.fingerprint
+        if user.fingerprint is not None and not same(user.fingerprint, fp) and not replace:
+            log.info("%s registration held: the account has another key", s.label())
+            s.error(P.ErrorCode.KEY_REPLACE, f"{user.name} already has a device key registered "
+                    f"({PublicIdentity.decode_cached(user.identity or b'').fingerprint_text}); one device per user: "
+                    "replacing it logs the other device out", fatal=True)
+            return False
+        if user.fingerprint is not None and same(user.fingerprint, fp):
+            return True
+        try:
+            await self.store.call(self.store.store.set_identity, user.id, identity.encode(), fp)
+        except ExistsError:
+            log.warning("%s registration refused: key registered to another account", s.label())
+            s.error(P.ErrorCode.FORBIDDEN, "this device key is already registered to another account; "
+                    "use another identity (securecomm user login NAME --identity NEW)", fatal=True)
+            return False
+        return True
+
     async def login_key(self, s: Session, ev: P.LoginKey) -> None:
         name, user = await self._find_user(ev.user)
         identity = PublicIdentity.decode_cached(user.identity) if user and user.identity else None
         transcript = P.login_transcript(s.challenge, self.identity.public.fingerprint, name or "")
         ok = False
-        if identity is not None and user is not None and not user.locked():
+        # never refused for password guesses: a lock must not shut an enrolled device out (net/lockout.py)
+        if identity is not None and user is not None:
             try:
                 identity.verify(ev.signature, transcript)
                 ok = True
@@ -593,6 +730,16 @@ def answer_ids(event: P.Event) -> tuple[bytes | None, int | None]:
     if isinstance(event, P.Request):
         return None, event.rid
     return None, None
+
+
+def locked_message(until: float) -> str:
+    """The answer to a locked password login: the same for every name, known or not."""
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (f"authentication failed: password logins for this user name are locked until {when} after too many "
+            "wrong passwords (identity-key logins of enrolled devices still work; an operator can reset the "
+            "password with: securecomm user passwd)")
 
 
 def user_row(u: User) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,41 @@ MIGRATIONS: list[str] = [
     INSERT INTO sqlite_sequence (name, seq)
         SELECT 'mailbox', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'mailbox');
     UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COUNT(*) FROM direct_ids)) WHERE name = 'mailbox';
+    """,
+    # 4: accounts. (a) User ids are never reused (AUTOINCREMENT): a removed
+    # user's id must not pass to the next account, whose mail would otherwise
+    # reach whatever still holds the old id. The sequence starts above every id
+    # that messages still name. (b) A device key belongs to one account only;
+    # keys shared today are dropped (their owners log in again with a proof).
+    # (c) A change counter that every account change bumps, polled by the
+    # server to drop the sessions of removed accounts and replaced keys.
+    """
+    CREATE TABLE users_v3 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+        password_hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_login INTEGER,
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until INTEGER NOT NULL DEFAULT 0,
+        identity BLOB,
+        fingerprint BLOB
+    );
+    INSERT INTO users_v3 SELECT id, name, role, password_hash, created_at, last_login, failed_logins, locked_until,
+        identity, fingerprint FROM users;
+    DROP TABLE users;
+    ALTER TABLE users_v3 RENAME TO users;
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'users', 0
+        WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'users');
+    UPDATE sqlite_sequence SET seq = MAX(seq,
+        (SELECT COALESCE(MAX(sender_id), 0) FROM messages), (SELECT COALESCE(MAX(sender_id), 0) FROM direct_ids),
+        (SELECT COALESCE(MAX(recipient_id), 0) FROM mailbox)) WHERE name = 'users';
+    UPDATE users SET identity = NULL, fingerprint = NULL WHERE fingerprint IN
+        (SELECT fingerprint FROM users WHERE fingerprint IS NOT NULL GROUP BY fingerprint HAVING COUNT(*) > 1);
+    CREATE UNIQUE INDEX users_by_fingerprint ON users (fingerprint);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters (name, value) VALUES ('accounts', 0);
     """,
 ]
 
@@ -222,6 +258,8 @@ class Store:
                      "identity, fingerprint FROM users WHERE name = ?")
     _USER_BY_ID = ("SELECT id, name, role, password_hash, created_at, last_login, failed_logins, locked_until, "
                    "identity, fingerprint FROM users WHERE id = ?")
+    _USER_BY_FINGERPRINT = ("SELECT id, name, role, password_hash, created_at, last_login, failed_logins, "
+                            "locked_until, identity, fingerprint FROM users WHERE fingerprint = ?")
     _ALL_USERS = ("SELECT id, name, role, password_hash, created_at, last_login, failed_logins, locked_until, "
                   "identity, fingerprint FROM users ORDER BY name")
 
@@ -259,22 +297,59 @@ class Store:
     def list_users(self) -> list[User]:
         return [User(*r) for r in self.db.execute(self._ALL_USERS)]
 
+    def get_user_by_fingerprint(self, fingerprint: bytes) -> User | None:
+        row = self.db.execute(self._USER_BY_FINGERPRINT, (fingerprint,)).fetchone()
+        return User(*row) if row else None
+
+    def _account_changed(self) -> None:
+        """Bump the counter the server polls (see Server.watch_accounts)."""
+        self.db.execute("UPDATE counters SET value = value + 1 WHERE name = 'accounts'")
+
+    def account_changes(self) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name = 'accounts'").fetchone()
+        return int(row[0]) if row else 0
+
     def remove_user(self, name: str) -> None:
         user = self.require_user(name)
-        self.db.execute("DELETE FROM mailbox WHERE recipient_id = ?", (user.id,))
-        self.db.execute("DELETE FROM users WHERE id = ?", (user.id,))
+        with self._transaction():
+            self.db.execute("DELETE FROM mailbox WHERE recipient_id = ?", (user.id,))
+            self.db.execute("DELETE FROM users WHERE id = ?", (user.id,))
+            self._account_changed()
         self.mailbox_usage.forget(user.id)
 
-    def set_password(self, name: str, password_hash: str) -> None:
+    def set_password(self, name: str, password_hash: str, *, keep_key: bool = True) -> None:
+        """Set a new hash and clear a lockout; with keep_key=False also forget the device key."""
         user = self.require_user(name)
-        self.db.execute("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = 0 WHERE id = ?",
-                        (password_hash, user.id))
+        with self._transaction():
+            if keep_key:
+                self.db.execute("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = 0 "
+                                "WHERE id = ?", (password_hash, user.id))
+            else:
+                self.db.execute("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = 0, "
+                                "identity = NULL, fingerprint = NULL WHERE id = ?", (password_hash, user.id))
+            self._account_changed()
+
+    def set_lock(self, user_id: int, failures: int, locked_until: int) -> None:
+        """Mirror the server's in-memory lock, so that `user list` shows it and a restart keeps it."""
+        self.db.execute("UPDATE users SET failed_logins = ?, locked_until = ? WHERE id = ?",
+                        (failures, locked_until, user_id))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def record_login(self, user_id: int, success: bool, lock_seconds: int = LOCK_SECONDS,
                      lock_after: int = LOCK_AFTER_FAILURES) -> None:
         now = int(time.time())
         if success:
-            self.db.execute("UPDATE users SET last_login = ?, failed_logins = 0 WHERE id = ?", (now, user_id))
+            self.db.execute("UPDATE users SET last_login = ?, failed_logins = 0, locked_until = 0 WHERE id = ?",
+                            (now, user_id))
             return
         self.db.execute(
             "UPDATE users SET failed_logins = failed_logins + 1, "
@@ -283,8 +358,14 @@ class Store:
         )
 
     def set_identity(self, user_id: int, identity: bytes, fingerprint: bytes) -> None:
-        self.db.execute("UPDATE users SET identity = ?, fingerprint = ? WHERE id = ?",
-                        (identity, fingerprint, user_id))
+        """Register a device key; ExistsError if another account already has it (unique index)."""
+        try:
+            with self._transaction():
+                self.db.execute("UPDATE users SET identity = ?, fingerprint = ? WHERE id = ?",
+                                (identity, fingerprint, user_id))
+                self._account_changed()
+        except sqlite3.IntegrityError as e:
+            raise ExistsError("this device key is already registered to another account") from e
 
     # -- messages ------------------------------------------------------------------
     def store_messages(self, items: Iterable[NewMessage | NewDirect]) -> list[StoredMessage]:

@@ -19,6 +19,9 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 CHALLENGE_SIZE = 32
 LOGIN_LABEL = b"securecomm/v1/login"
+#: Registering a device key at a password login signs the same structure as a
+#: key login under this label, so neither signature can stand in for the other.
+REGISTER_LABEL = b"securecomm/v1/register"
 
 
 class ErrorCode(IntEnum):
@@ -42,6 +45,7 @@ class ErrorCode(IntEnum):
     INTERNAL = 16
     SHUTTING_DOWN = 17
     MAILBOX_FULL = 18  # a direct message would take its recipient's mailbox over a limit
+    KEY_REPLACE = 19  # the account has another device key; resend with replace_key to replace it
 
 
 class ProtocolError(RemoteProtocolError):
@@ -179,14 +183,18 @@ class LoginPassword(Event):
     user: str
     password: str = field(repr=False)
     identity: str | None = None  # register this device's public identity
+    proof: bytes | None = None  # Ed25519 signature of register_transcript() by that identity
+    replace_key: bool = False  # replace a different key already registered to the account
 
     def encode_body(self) -> bytes:
-        return _dump({"user": self.user, "password": self.password, "identity": self.identity})
+        return _dump({"user": self.user, "password": self.password, "identity": self.identity,
+                      "proof": self.proof.hex() if self.proof else None, "replace_key": self.replace_key or None})
 
     @classmethod
     def decode_body(cls, body: bytes) -> LoginPassword:
         o = _load_json(body)
-        return cls(_field(o, "user", str), _field(o, "password", str), _field(o, "identity", str, optional=True))
+        return cls(_field(o, "user", str), _field(o, "password", str), _field(o, "identity", str, optional=True),
+                   _hex(o, "proof", 64, optional=True), bool(_field(o, "replace_key", bool, optional=True)))
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,12 @@ def login_transcript(challenge: bytes, server_fingerprint: bytes, user: str) -> 
     """What an identity-key login signs: fresh per connection, bound to the server."""
     name = user.encode()
     return LOGIN_LABEL + challenge + server_fingerprint + struct.pack(">B", len(name)) + name
+
+
+def register_transcript(challenge: bytes, server_fingerprint: bytes, user: str) -> bytes:
+    """What a device signs to prove it holds the key it registers at a password login."""
+    name = user.encode()
+    return REGISTER_LABEL + challenge + server_fingerprint + struct.pack(">B", len(name)) + name
 
 
 @dataclass(frozen=True)
