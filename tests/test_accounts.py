@@ -316,7 +316,7 @@ def test_migration_keeps_ids_above_old_ones_and_drops_shared_keys(tmp_path):
     con.close()
     store = db.Store(path)
     try:
-        assert store.schema_version == 3
+        assert store.schema_version == len(db.MIGRATIONS)
         assert {u.name: u.fingerprint for u in store.list_users()} == {"a": None, "b": None, "c": b"\xbb"}
         assert store.add_user("d", "h").id == 10
         with pytest.raises(ExistsError):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ from securecomm.crypto import room as R
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import FrameDecoder
+from tests.conftest import run_entry
 from tests.serverproc import PASSWORD, ServerProc, add_user, frame, raw_frame, tls_socket
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
@@ -142,10 +144,19 @@ class Raw:
         assert isinstance(self.until(P.LoginOk), P.LoginOk)
         return self
 
-    def login_password(self, user: str, identity: str | None = None) -> Raw:
-        self.send(P.LoginPassword(user, PASSWORD, identity))
+    def login_password(self, user: str, me: PrivateIdentity | None = None) -> Raw:
+        self.send(self.registration(user, me) if me else P.LoginPassword(user, PASSWORD))
         assert isinstance(self.until(P.LoginOk), P.LoginOk)
         return self
+
+    def registration(self, user: str, me: PrivateIdentity, *, proof: bytes | None = None,
+                     replace_key: bool = False) -> P.LoginPassword:
+        """LOGIN_PASSWORD registering `me`, with its proof of possession (PROTOCOL.md 3.3) unless given."""
+        assert self.hello is not None
+        server_fp = PublicIdentity.from_line(self.hello.identity).fingerprint
+        if proof is None:
+            proof = me.sign(P.register_transcript(self.hello.challenge, server_fp, user))
+        return P.LoginPassword(user, PASSWORD, me.public.line, proof, replace_key)
 
     @property
     def server_identity(self) -> PublicIdentity:
@@ -180,7 +191,7 @@ def _serve(path: Path, *args: str) -> ServerProc:
     add_user(srv.home, "bob")
     add_user(srv.home, "carol")
     for name, me in (("alice", ALICE), ("bob", BOB)):
-        c = Raw(srv).start().login_password(name, me.public.line)
+        c = Raw(srv).start().login_password(name, me)
         c.send(P.Bye())
         while c.next() is not None:  # the server closes only after it has forgotten the session:
             pass  # so a --max-clients test starts from zero
@@ -294,6 +305,28 @@ def d_rate_limited(w: World) -> Outcome:
     return c, c.error(), env[12:28], None
 
 
+def _register(w: World, user: str, me: PrivateIdentity, **kw: Any) -> Outcome:
+    c = w.raw().start()
+    c.send(c.registration(user, me, **kw))
+    return c, c.error(), None, None
+
+
+def d_mailbox_full(w: World) -> Outcome:
+    c = w.alice()  # --mailbox-messages 1: the first DIRECT to bob fills his mailbox
+    first = _sealed(ALICE, BOB.public)
+    c.send(P.Direct("bob", first))
+    assert isinstance(c.until(P.Receipt), P.Receipt)
+    second = _sealed(ALICE, BOB.public)
+    c.send(P.Direct("bob", second))
+    return c, c.error(), second[12:28], None
+
+
+def d_logged_out(w: World) -> Outcome:
+    c = w.bob()
+    assert run_entry("--home", str(w.srv.home), "user", "remove", "bob", "--yes").returncode == 0
+    return c, c.error(), None, None
+
+
 def d_shutting_down(w: World) -> Outcome:
     c = w.alice()
     w.srv.stop(signal.SIGTERM)
@@ -312,6 +345,10 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "auth-failed": lambda w: _pre(w, frame(P.LoginKey("alice", bytes(64))), hello=True),
     "bad-identity": lambda w: _pre(w, frame(P.LoginPassword("bob", PASSWORD, "securecomm:1:x25519:AAAA:BBBB")),
                                    hello=True),
+    "bad-proof": lambda w: _register(w, "bob", BOB, proof=bytes(64)),
+    "key-replace": lambda w: _register(w, "bob", MALLORY),
+    "key-taken": lambda w: _register(w, "carol", ALICE),
+    "prelogin-too-large": lambda w: _pre(w, (64 * 1024).to_bytes(4, "big"), hello=True),
     "timeout-login": lambda w: _pre(w, frame(P.Hello())),
     "timeout-frame": lambda w: _pre(w, frame(P.Hello())[:-3]),
     "timeout-idle": d_timeout_idle,
@@ -342,6 +379,8 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "too-many-clients": (("--max-clients", "2"), d_too_many_clients),
     "rate-limited": (("--rate", "1"), d_rate_limited),
     "shutting-down": ((), d_shutting_down),
+    "mailbox-full": (("--mailbox-messages", "1"), d_mailbox_full),
+    "logged-out": ((), d_logged_out),
 }
 
 
