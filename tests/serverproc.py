@@ -90,6 +90,33 @@ def login(client_home: Path, server: ServerProc, name: str, password: str = PASS
                      "--ca", str(ca), "--password-stdin", *extra, input=(password + "\n").encode())
 
 
+def users_logged_in(srv: ServerProc, root: Path, users: tuple[str, ...] = ("alice", "bob")) -> dict[str, Path]:
+    """Add each user to the running server and log them in from their own home under root."""
+    homes = {}
+    for u in users:
+        add_user(srv.home, u)
+        homes[u] = root / u
+        r = login(homes[u], srv, u)
+        assert r.returncode == 0, r.stderr
+    return homes
+
+
+def sc(home: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The installed entry point with --home."""
+    return run_entry("--home", str(home), *args, input=input)
+
+
+def mailbox_count(srv: ServerProc) -> int:
+    """Direct messages waiting in the server's database, read with sqlite3 itself."""
+    import sqlite3
+
+    con = sqlite3.connect(srv.home / "securecomm.db")
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0])
+    finally:
+        con.close()
+
+
 # -- a raw TLS client for hostile-input tests -------------------------------------------
 def tls_socket(server: ServerProc, timeout: float = 10) -> ssl.SSLSocket:
     ctx = ssl.create_default_context(cafile=str(server.home / "tls" / "ca.pem"))

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.conftest import ENTRY
-from tests.serverproc import ServerProc, add_user, login
+from tests.serverproc import ServerProc, users_logged_in
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 
@@ -51,11 +51,7 @@ class Tmux:
 @pytest.fixture
 def two_users(tmp_path):
     srv = ServerProc(tmp_path / "srv").start()
-    homes = {}
-    for u in ("alice", "bob"):
-        add_user(srv.home, u)
-        homes[u] = tmp_path / u
-        assert login(homes[u], srv, u).returncode == 0
+    homes = users_logged_in(srv, tmp_path)
     tmux = Tmux()
     yield srv, homes, tmux
     tmux.kill()

@@ -16,34 +16,19 @@ import time
 import pytest
 
 from securecomm.net.messenger import DirectMessage
-from tests.conftest import ENTRY, run_entry
-from tests.serverproc import ServerProc, add_user, login
+from tests.conftest import ENTRY
+from tests.serverproc import ServerProc, mailbox_count, sc, users_logged_in
 from tests.test_messaging import _messenger, _until
 
 
 @pytest.fixture
 def pair(tmp_path):
     srv = ServerProc(tmp_path / "srv").start()
-    homes = {}
-    for u in ("alice", "bob"):
-        add_user(srv.home, u)
-        homes[u] = tmp_path / u
-        r = login(homes[u], srv, u)
-        assert r.returncode == 0, r.stderr
+    homes = users_logged_in(srv, tmp_path)
     yield srv, homes
     srv.stop(signal.SIGKILL)
 
 
-def sc(home, *args, input=None):
-    return run_entry("--home", str(home), *args, input=input)
-
-
-def mailbox_count(srv) -> int:
-    con = sqlite3.connect(srv.home / "securecomm.db")
-    try:
-        return int(con.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0])
-    finally:
-        con.close()
 
 
 def test_message_after_an_ack_is_pushed_without_relogin(pair):

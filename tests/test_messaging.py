@@ -15,8 +15,7 @@ from securecomm.crypto import room as roomcrypto
 from securecomm.errors import DecryptError
 from securecomm.net.connect import connect_profile
 from securecomm.net.messenger import DirectMessage, Messenger, RoomText
-from tests.conftest import run_entry
-from tests.serverproc import PASSWORD, ServerProc, add_user, login
+from tests.serverproc import PASSWORD, ServerProc, login, sc, users_logged_in
 
 USERS = ("alice", "bob", "carol")
 
@@ -24,18 +23,10 @@ USERS = ("alice", "bob", "carol")
 @pytest.fixture
 def world(tmp_path):
     srv = ServerProc(tmp_path / "srv").start()
-    homes = {}
-    for u in USERS:
-        add_user(srv.home, u)
-        homes[u] = tmp_path / u
-        r = login(homes[u], srv, u)
-        assert r.returncode == 0, r.stderr
+    homes = users_logged_in(srv, tmp_path, USERS)
     yield srv, homes
     srv.stop(signal.SIGKILL)
 
-
-def sc(home, *args, input=None):
-    return run_entry("--home", str(home), *args, input=input)
 
 
 def mailbox_rows(srv):

@@ -7,36 +7,20 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 
 import pytest
 
-from tests.conftest import run_entry
-from tests.serverproc import ServerProc, add_user, login
+from tests.serverproc import ServerProc, mailbox_count, sc, users_logged_in
 
 
 @pytest.fixture
 def pair(tmp_path):
     srv = ServerProc(tmp_path / "srv", "--mailbox-messages", "2", "--mailbox-bytes", "20000").start()
-    homes = {}
-    for u in ("alice", "bob"):
-        add_user(srv.home, u)
-        homes[u] = tmp_path / u
-        assert login(homes[u], srv, u).returncode == 0
+    homes = users_logged_in(srv, tmp_path)
     yield srv, homes
     srv.stop(signal.SIGKILL)
 
 
-def sc(home, *args, input=None):
-    return run_entry("--home", str(home), *args, input=input)
-
-
-def mailbox_count(srv) -> int:
-    con = sqlite3.connect(srv.home / "securecomm.db")
-    try:
-        return int(con.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0])
-    finally:
-        con.close()
 
 
 def test_full_mailbox_is_a_clear_refusal_and_nothing_stored_is_lost(pair):

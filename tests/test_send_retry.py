@@ -21,7 +21,7 @@ import time
 import pytest
 
 from tests.conftest import ENTRY
-from tests.serverproc import ServerProc, add_user, login
+from tests.serverproc import ServerProc, users_logged_in
 
 
 class FileLoggedServer(ServerProc):
@@ -141,12 +141,7 @@ def _close(s: socket.socket) -> None:
 @pytest.fixture
 def world(tmp_path):
     srv = FileLoggedServer(tmp_path / "srv").start()
-    homes = {}
-    for u in ("alice", "bob"):
-        add_user(srv.home, u)
-        homes[u] = tmp_path / u
-        r = login(homes[u], srv, u)
-        assert r.returncode == 0, r.stderr
+    homes = users_logged_in(srv, tmp_path)
     yield srv, homes
     srv.stop(signal.SIGKILL)
 
