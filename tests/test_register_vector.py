@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from securecomm.wire import protocol as P
 
 DOC = json.loads((Path(__file__).parent / "vectors" / "register-signature-v1.json").read_text())
-CASES = DOC["cases"]
+CASES = [c for c in DOC["cases"] if c["expect"] == "ok"]
+NEGATIVE = [c for c in DOC["cases"] if c["expect"] == "bad signature"]
 
 
 def _inputs(v):
@@ -60,3 +61,15 @@ def test_other_server_fails(v):
     challenge, _fp, user = _inputs(v)
     with pytest.raises(InvalidSignature):
         _public(v).verify(bytes.fromhex(v["signature"]), P.register_transcript(challenge, bytes(32), user))
+
+
+def test_negative_cases_cover_each_binding():
+    assert len(NEGATIVE) >= 4 and len(DOC["cases"]) == len(CASES) + len(NEGATIVE)
+
+
+@pytest.mark.parametrize("v", NEGATIVE, ids=lambda v: v["name"])
+def test_negative_vector_does_not_verify(v):
+    """Each must-fail case: its transcript is what our code builds, and the signature fails on it."""
+    assert bytes.fromhex(v["transcript"]) in (P.register_transcript(*_inputs(v)), P.login_transcript(*_inputs(v)))
+    with pytest.raises(InvalidSignature):
+        _public(v).verify(bytes.fromhex(v["signature"]), bytes.fromhex(v["transcript"]))

@@ -125,6 +125,21 @@ def test_message_before_login_is_bad_state():
     assert e.value.code == P.ErrorCode.BAD_STATE
 
 
+@pytest.mark.parametrize("kind", [P.MsgType.SERVER_HELLO, P.MsgType.LOGIN_OK, P.MsgType.RESULT,
+                                  P.MsgType.HELLO, P.MsgType.LOGIN_KEY])
+def test_type_not_allowed_now_is_bad_state_whatever_its_body(kind):
+    """Found by an independent client: `{}` as a SERVER_HELLO in READY was BAD_FRAME (body parsed first)."""
+    c, s = pair()
+    deliver(c, s, P.Hello())
+    deliver(s, c, HELLO)
+    deliver(c, s, P.LoginKey("alice", b"s" * 64))
+    s.send(P.LoginOk("alice", "user"))
+    s.receive_data(struct.pack(">IB", 3, kind) + b"{}")
+    with pytest.raises(P.ProtocolError) as e:
+        s.next_event()
+    assert e.value.code == P.ErrorCode.BAD_STATE
+
+
 # -- issue 9: a stranger may not make us buffer a big frame before login ----------------
 def test_big_frame_before_login_is_refused_from_its_header():
     s = P.Connection("server")
@@ -258,3 +273,14 @@ def test_documented_json_frames_are_exactly_what_we_encode():
         payload = bytes.fromhex(type_hex) + body.encode()
         assert int(length.replace(" ", ""), 16) == len(payload), body
         assert P.encode_event(P.decode_payload(payload)) == struct.pack(">I", len(payload)) + payload
+
+
+@pytest.mark.parametrize("body", [b'{"versions":[1],"client":"a","client":"b"}', b'{"versions":[NaN],"client":"a"}',
+                                  b'{"versions":[1],"client":"a","x":Infinity}'])
+def test_duplicate_keys_and_non_json_constants_are_bad_frames(body):
+    """Found by an independent client: a repeated key silently took the last value."""
+    s = P.Connection("server")
+    s.receive_data(struct.pack(">IB", len(body) + 1, P.MsgType.HELLO) + body)
+    with pytest.raises(P.ProtocolError) as e:
+        s.next_event()
+    assert e.value.code == P.ErrorCode.BAD_FRAME

@@ -81,9 +81,21 @@ class MsgType(IntEnum):
 
 
 # -- JSON helpers ---------------------------------------------------------------
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key given twice is an error, not "the last one wins": two parsers must never disagree."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")
+    return obj
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON (RFC 8259)")
+
+
 def _load_json(body: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(body.decode("utf-8"))
+        obj = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: "[[[[..." nested deep
         raise ProtocolError("control message is not valid UTF-8 JSON") from e
     if not isinstance(obj, dict):

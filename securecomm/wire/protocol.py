@@ -161,9 +161,12 @@ class Connection:
             raise _framing_error(e) from e
         if payload is None:
             return None
+        # The state is checked on the type byte, before the body is parsed: a
+        # type not allowed now is BAD_STATE whatever its body (PROTOCOL.md 3.4).
+        cls = EVENTS.get(payload[0])
+        if cls is not None and cls.TYPE not in self._incoming[self.state]:
+            raise ProtocolError(f"{cls.TYPE.name} is not allowed in state {self.state.name}", ErrorCode.BAD_STATE)
         event = decode_payload(payload)
-        if event.TYPE not in self._incoming[self.state]:
-            raise ProtocolError(f"{event.TYPE.name} is not allowed in state {self.state.name}", ErrorCode.BAD_STATE)
         self._advance(event)
         return event
 
