@@ -158,5 +158,5 @@ EXIT_CODES: dict[int, str] = {
     8: "TLS: handshake failed, untrusted or changed server certificate",
     9: "refused: over a limit (message size, full mailbox, rate), stale or misaddressed message",
     10: "would overwrite an existing file (use --force)",
-    130: "interrupted (Ctrl-C)",
+    130: "interrupted: Ctrl-C, or Ctrl-D or 'no' at a prompt (nothing was changed)",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -289,3 +290,64 @@ def test_every_command_reports_a_bad_option_in_the_grammar(runner, home, words):
     result = runner.invoke(cli, ["--home", str(home), *words, "--no-such-option"], prog_name="securecomm")
     assert result.exit_code == 2
     assert result.stderr.startswith("securecomm: error: no such option '--no-such-option'\n"), result.stderr
+
+
+# -- found by a new user following README (second outside check) -----------------------------
+def test_bare_securecomm_prints_help_not_an_error(runner):
+    result = runner.invoke(cli, [], prog_name="securecomm")
+    assert "Commands:" in result.output
+    assert "securecomm: error" not in result.output
+
+
+def test_global_option_after_the_command_says_where_it_goes(runner, home):
+    result = runner.invoke(cli, ["send", "--home", str(home), "hi"], prog_name="securecomm")
+    assert result.exit_code == 2
+    assert _lines(result) == ["securecomm: error: no such option '--home'",
+                              "securecomm: hint: --home is a global option: put it before the command, "
+                              "as in: securecomm --home ... send ..."]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.parametrize(("command", "prompt", "keys"), [
+    ("user remove carol", "remove user carol?", "n"),
+    ("user add dave", "password", "C-c"),
+    ("user add erin", "password", "C-d"),
+])
+def test_no_or_ctrl_c_at_a_prompt_is_interrupted_not_aborted(sc, home, command, prompt, keys):
+    """Click's bare 'Aborted!' with exit 1 broke the grammar and the exit-code table."""
+    from tests.test_chat_tty import Tmux
+
+    assert sc("user", "add", "carol", "--password-stdin", input=PASSWORD).exit_code == 0
+    tmux = Tmux()
+    try:
+        tmux.start("p", f"{ENTRY} --home {home} {command}; echo EXITED-$?; sleep 30")
+        tmux.wait_for("p", prompt)
+        if keys == "n":
+            tmux.type("p", "n")
+        else:
+            tmux.run("send-keys", "-t", "p", keys)
+        screen = tmux.wait_for("p", "EXITED-")
+    finally:
+        tmux.kill()
+    assert "EXITED-130" in screen, screen
+    assert "securecomm: error: interrupted at a prompt; nothing was changed" in screen
+    assert "Aborted!" not in screen
+    assert "carol" in sc("user", "list").output  # nothing was removed
+
+
+@pytest.mark.parametrize(("pin", "hint"), [
+    ("aITTQ5lh8iLUB8xV4p2oAzcqZCnmKlv3D3tEcJpDd0o", "use --pin SHA256:aITTQ5lh8iLUB8xV4p2oAzcqZCnmKlv3D3tEcJpDd0o"),
+    ("SHA256:nope", "it looks like SHA256:<43 base64 characters>, as certgen and serve print it"),
+])
+def test_a_malformed_pin_is_a_usage_error_not_a_mismatch(sc, pin, hint):
+    result = sc("user", "login", "alice", "--server", "127.0.0.1:9", "--pin", pin, "--password-stdin",
+                input=PASSWORD)
+    assert result.exit_code == 2, result.output
+    assert _lines(result)[-1] == f"securecomm: hint: {hint}"
+
+
+def test_certgen_force_says_a_running_server_needs_a_restart(sc):
+    assert sc("certgen").exit_code == 0
+    result = sc("certgen", "--force")
+    assert result.exit_code == 0
+    assert "keeps its old certificate until it is restarted" in result.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from securecomm.cli.context import State, emit_json, json_option, pass_state
+from securecomm.cli.context import State, emit_json, info, json_option, pass_state
 from securecomm.errors import NotFoundError, UsageError
 
 
@@ -41,6 +41,10 @@ def certgen(state: State, hosts: tuple[str, ...], days: int, out: Path | None,
     click.echo(f"{'expires':12} {result['not_after']}")
     click.echo(f"{'CA':12} {'reused' if result['ca_reused'] else 'created'}")
     click.echo(f"{'fingerprint':12} {result['ca_fingerprint']}")
+    if force:  # a running server keeps the certificate it loaded at start
+        info("a running `securecomm serve` keeps its old certificate until it is restarted")
+    if result["ca_reused"] is False and force:
+        info("a new CA: every client must trust it again (--ca FILE or --pin with the fingerprint above)")
 
 
 def read_passphrase_file(path: Path) -> bytes:

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Options of the group itself; given after a command they are unknown there.
+GLOBAL_OPTIONS = ("--home", "-v", "--verbose", "--version")
+
+
 class CliError(click.ClickException):
     """Carries a SecurecommError through Click's standalone handling."""
 
@@ -69,6 +73,8 @@ class SecurecommGroup(click.Group):
                      **extra: Any) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # bare `securecomm`: Click prints the help, as for `securecomm user`
         except click.UsageError as e:  # a bad global option: same grammar as every other usage error
             raise usage_failure(e) from e
 
@@ -87,8 +93,10 @@ class SecurecommGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (CliError, click.exceptions.NoArgsIsHelpError, click.exceptions.Exit, click.Abort):
+        except (CliError, click.exceptions.NoArgsIsHelpError, click.exceptions.Exit):
             raise
+        except click.Abort as e:  # Ctrl-C or Ctrl-D at a prompt, or "no" to a confirmation
+            raise CliError(InterruptedByUser("interrupted at a prompt; nothing was changed")) from e
         except click.ClickException as e:  # Click's own errors, from any subcommand: one grammar
             raise usage_failure(e) from e
         except BrokenPipeError:
@@ -115,8 +123,11 @@ def usage_failure(e: click.ClickException) -> CliError:
     text = text.strip().rstrip(".")
     text = text[:1].lower() + text[1:]
     ctx = getattr(e, "ctx", None)
-    if possibilities:
-        hint: str | None = "did you mean " + " or ".join(repr(p) for p in possibilities) + "?"
+    if isinstance(e, click.exceptions.NoSuchOption) and e.option_name in GLOBAL_OPTIONS:
+        hint: str | None = (f"{e.option_name} is a global option: put it before the command, "
+                            f"as in: securecomm {e.option_name} ... {ctx.info_name if ctx else 'COMMAND'} ...")
+    elif possibilities:
+        hint = "did you mean " + " or ".join(repr(p) for p in possibilities) + "?"
     elif ctx is not None:
         hint = f"see: {ctx.command_path} --help"
     else:

@@ -61,7 +61,7 @@ def open_db(state: State, db: Path | None, *, create: bool = False) -> Any:
         raise NotFoundError(f"no database at {path}",
                             hint="pass the server's --home (or --db FILE); `securecomm paths` shows where it looks")
     store = Store(path)
-    info(f"created a new database at {path}")
+    info(f"created a new database at {path} (if a server already runs elsewhere, check --home)")
     return store
 
 

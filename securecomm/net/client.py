@@ -60,9 +60,8 @@ def message_too_large(limit: int, what: str = "message", size: int | None = None
     """A size limit is a refusal (exit 9), not an integrity failure; the hint names the limit."""
     shown = f" ({size} bytes)" if size is not None else ""
     return TooLargeError(f"{what}{shown} is larger than the limit of {limit} bytes; nothing was sent",
-                         hint=hint or f"send at most {limit} bytes at a time: for a larger file, split it "
-                                      f"(split -b {max(1, limit // 1024 - 1)}k FILE part.) and seal each part "
-                                      "with `securecomm encrypt -r USER PART`")
+                         hint=hint or f"send at most {limit} bytes at a time: split a larger file "
+                                      f"(split -b {max(1, limit // 1024 - 1)}k FILE part.) and send each part")
 
 
 def error_from(ev: P.Error) -> SecurecommError:
@@ -171,7 +170,8 @@ def changed_error(address: str, fingerprint: str) -> TLSError:
     return TLSError(
         f"WARNING: THE CERTIFICATE OF {address} HAS CHANGED since it was first trusted "
         f"({fingerprint}); someone may be intercepting the connection",
-        hint="if the operator confirms a new CA, remove its line from known_servers")
+        hint="if the operator confirms a new CA, remove its line from known_servers (`securecomm paths` shows "
+             "where) and log in again with --pin and the new fingerprint")
 
 
 def _checked(trust: Trust, pin: str | None) -> Trust:

@@ -16,7 +16,30 @@ def prepare(paths: Any, server: str, *, ca: str | None = None, pin: str | None =
             ask: Callable[[str, str], bool] | None = None) -> Client:
     """Decide how the server is trusted (may ask the user) before any login starts."""
     host, port = parse_address(server)
+    if pin is not None:
+        check_pin_format(pin)
     return Client(host, port, resolve_trust(paths, host, port, ca=ca, pin=pin, ask=ask), pin=pin)
+
+
+def check_pin_format(pin: str) -> None:
+    """A pin is `SHA256:` + base64 of 32 bytes; anything else is a typo, not a mismatch."""
+    import base64
+    import binascii
+
+    from securecomm.errors import UsageError
+
+    body = pin.strip()
+    prefixed = body.startswith("SHA256:")
+    body = body.removeprefix("SHA256:").rstrip("=")
+    try:
+        ok = len(base64.b64decode(body + "=" * (-len(body) % 4), validate=True)) == 32
+    except (binascii.Error, ValueError):
+        ok = False
+    if ok and not prefixed:
+        raise UsageError(f"--pin {pin[:60]!r} lacks the SHA256: prefix", hint=f"use --pin SHA256:{body}")
+    if not ok:
+        raise UsageError(f"--pin {pin[:60]!r} is not a fingerprint",
+                         hint="it looks like SHA256:<43 base64 characters>, as certgen and serve print it")
 
 
 async def connect(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,
