@@ -329,6 +329,12 @@ class Store:
                                 "identity = NULL, fingerprint = NULL WHERE id = ?", (password_hash, user.id))
             self._account_changed()
 
+    def upgrade_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        """Store a stronger hash of the same password, only if the account still has `old_hash`."""
+        cur = self.db.execute("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                              (new_hash, user_id, old_hash))
+        return cur.rowcount == 1
+
     def set_lock(self, user_id: int, failures: int, locked_until: int) -> None:
         """Mirror the server's in-memory lock, so that `user list` shows it and a restart keeps it."""
         self.db.execute("UPDATE users SET failed_logins = ?, locked_until = ? WHERE id = ?",
