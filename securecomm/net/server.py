@@ -43,7 +43,7 @@ from securecomm.net.relay import Relay
 from securecomm.net.storage import AsyncStore
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
-from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, MailboxLimits
+from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, SEND_BYTES, SEND_MESSAGES, MailboxLimits, SendLimits
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
 
@@ -109,6 +109,10 @@ class ServerConfig:
     #: see store/quota.py for why these numbers).
     mailbox_messages: int = MAILBOX_MESSAGES
     mailbox_bytes: int = MAILBOX_BYTES
+    #: Messages to the server (SEND) and their envelope bytes that one user may have stored; they
+    #: are never deleted, so without these one connection could fill the disk (store/quota.py).
+    send_messages: int = SEND_MESSAGES
+    send_bytes: int = SEND_BYTES
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.
@@ -121,6 +125,8 @@ class ServerConfig:
             raise UsageError("--max-clients must be at least 1")
         if self.mailbox_messages < 1 or self.mailbox_bytes < 1:
             raise UsageError("--mailbox-messages and --mailbox-bytes must be at least 1")
+        if self.send_messages < 1 or self.send_bytes < 1:
+            raise UsageError("--send-messages and --send-bytes must be at least 1")
         if self.max_unauthenticated < 1 or self.max_unauthenticated_per_address < 1:
             raise UsageError("--max-unauthenticated and --max-unauthenticated-per-address must be at least 1")
 
@@ -322,7 +328,8 @@ class Server:
         self.config = config
         self.ssl_ctx = ssl_ctx
         self.identity = identity
-        self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes))
+        self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes),
+                                SendLimits(config.send_messages, config.send_bytes))
         self.relay = Relay(self)
         self.sessions: set[Session] = set()
         self.handshaking = 0
@@ -728,6 +735,11 @@ class Server:
             s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
             return
         stored = fut.result()
+        if stored.refused is not None:
+            log.info("%s message refused: %s", s.label(), stored.refused)
+            s.error(P.ErrorCode.STORAGE_FULL, f"{stored.refused}; nothing was stored, and nothing already "
+                    "stored was dropped", msg_id=msg_id)
+            return
         if stored.duplicate:
             log.info("%s duplicate message %s: original receipt sent", s.label(), msg_id.hex())
         with contextlib.suppress(P.ProtocolError):
