@@ -218,3 +218,17 @@ def test_a_mailbox_count_is_read_again_once_the_account_counter_moves(tmp_path):
     carol = s.add_user("carol", "x").id
     assert s.store_messages([_direct(carol, bob, 6)])[0].refused is None  # not a minute later: now
     s.close()
+
+
+def test_mail_from_a_sender_removed_after_the_checks_is_not_stored(tmp_path):
+    """The server checks a DIRECT, then commits it; a removal in between must not leave an orphan row."""
+    from securecomm.store.db import ACCOUNT_GONE
+
+    s, alice, bob = _mail_store(tmp_path, messages=10, bytes=10**9)
+    other = Store(tmp_path / "quota.sqlite")  # `securecomm user remove` in another process
+    other.remove_user("alice")
+    other.close()
+    late, to_gone = s.store_messages([_direct(alice, bob, 1), _direct(bob, alice, 2)])
+    assert late.refused == ACCOUNT_GONE and to_gone.refused == ACCOUNT_GONE
+    assert s.count_mail() == 0
+    s.close()

@@ -156,6 +156,11 @@ def normalise_name(name: str) -> str:
     return lowered
 
 
+#: Why a direct message is refused when its sender or recipient was removed after the server checked it.
+ACCOUNT_GONE = "mailbox is closed: the sender's or the recipient's account was removed"
+_BOTH_EXIST = "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?) AND EXISTS (SELECT 1 FROM users WHERE id = ?)"
+
+
 @dataclass(frozen=True)
 class User:
     id: int
@@ -431,6 +436,10 @@ class Store:
                           (m.sender_id, m.msg_id)).fetchone()
         if row is not None:
             return StoredMessage(m.msg_id, row[0], row[1], True)
+        # checked here, in the transaction: a removal committed after the server's checks (its
+        # sessions end within a poll) must not leave mail that no one can be offered
+        if not cur.execute(_BOTH_EXIST, (m.sender_id, m.recipient_id)).fetchone()[0]:
+            return StoredMessage(m.msg_id, m.sha256, now_ms, False, refused=ACCOUNT_GONE)
         refused = self.mailbox_usage.refusal(cur, m.recipient_id, len(m.envelope))
         if refused is not None:
             return StoredMessage(m.msg_id, m.sha256, now_ms, False, refused=refused)
