@@ -21,6 +21,9 @@ PASSWORD = "correct horse battery"
 
 
 class ServerProc:
+    #: Global options before `serve` (e.g. "-v" for the debug lines a test waits on).
+    options: tuple[str, ...] = ()
+
     def __init__(self, home: Path, *extra: str) -> None:
         self.home, self.extra = home, extra
         self.proc: subprocess.Popen[bytes] | None = None
@@ -30,7 +33,7 @@ class ServerProc:
     def start(self, timeout: float = 30) -> ServerProc:
         self.log_lines = []
         port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
-        self.proc = subprocess.Popen([ENTRY, "--home", str(self.home), "serve", *port_args, *self.extra],
+        self.proc = subprocess.Popen([ENTRY, "--home", str(self.home), *self.options, "serve", *port_args, *self.extra],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         ready = threading.Event()
 

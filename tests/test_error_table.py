@@ -321,6 +321,19 @@ def d_mailbox_full(w: World) -> Outcome:
     return c, c.error(), second[12:28], None
 
 
+def d_send_storage_full(w: World) -> Outcome:
+    c = w.alice()  # --send-messages 1: the first SEND fills alice's storage on the server
+    first = _sealed(ALICE, c.server_identity)
+    c.send(P.Send(first))
+    assert isinstance(c.until(P.Receipt), P.Receipt)
+    c.send(P.Send(first))  # a retry of a stored message is still answered with its receipt
+    again = c.until(P.Receipt)
+    assert isinstance(again, P.Receipt) and again.duplicate
+    second = _sealed(ALICE, c.server_identity)
+    c.send(P.Send(second))
+    return c, c.error(), second[12:28], None
+
+
 def d_logged_out(w: World) -> Outcome:
     c = w.bob()
     assert run_entry("--home", str(w.srv.home), "user", "remove", "bob", "--yes").returncode == 0
@@ -380,6 +393,7 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "rate-limited": (("--rate", "1"), d_rate_limited),
     "shutting-down": ((), d_shutting_down),
     "mailbox-full": (("--mailbox-messages", "1"), d_mailbox_full),
+    "send-storage-full": (("--send-messages", "1"), d_send_storage_full),
     "logged-out": ((), d_logged_out),
 }
 

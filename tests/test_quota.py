@@ -65,3 +65,98 @@ def test_5mb_message_is_refused_with_the_limit_and_a_hint(pair, to):
     assert "securecomm encrypt" in err[1]
     assert len(err) == 2  # no traceback
     assert mailbox_count(srv) == 0
+
+
+# -- attack report item 3: mail from a removed sender --------------------------------------------
+@pytest.fixture
+def trio(tmp_path):
+    srv = ServerProc(tmp_path / "srv", "--mailbox-messages", "3").start()
+    homes = users_logged_in(srv, tmp_path, ("alice", "bob", "mallory"))
+    yield srv, homes
+    srv.stop(signal.SIGKILL)
+
+
+def test_removing_a_sender_deletes_its_waiting_mail_and_frees_the_mailbox(trio):
+    srv, homes = trio
+    for i in range(3):
+        assert sc(homes["mallory"], "send", "--to", "bob", f"spam {i}").returncode == 0
+    assert sc(homes["alice"], "send", "--to", "bob", "hello").returncode == 9  # full of mallory's mail
+    r = sc(srv.home, "user", "remove", "mallory", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert mailbox_count(srv) == 0  # before: 3 rows never offered, never acknowledged, still counted
+    r = sc(homes["alice"], "send", "--to", "bob", "hello")  # the server recounts: the counter moved
+    assert r.returncode == 0, r.stderr
+    got = sc(homes["bob"], "inbox", "--json")
+    assert [json.loads(x)["body"] for x in got.stdout.splitlines()] == ["hello"]
+    assert mailbox_count(srv) == 0
+
+
+def test_migration_drops_mail_that_earlier_removals_left(tmp_path):
+    import sqlite3
+
+    from securecomm.store import db
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    for script in db.MIGRATIONS[:4]:  # a version-4 database, as the previous release left it
+        for statement in filter(str.strip, script.split(";")):
+            con.execute(statement)
+    con.execute("PRAGMA user_version = 4")
+    con.execute("INSERT INTO users (id, name, role, password_hash, created_at) VALUES (1, 'bob', 'user', 'h', 0)")
+    con.execute("INSERT INTO mailbox (recipient_id, sender_id, msg_id, stored_at_ms, envelope) VALUES "
+                "(1, 1, x'01', 0, x'00'), (1, 7, x'02', 0, x'00')")  # 7: a sender removed before this fix
+    con.close()
+    store = db.Store(path)
+    try:
+        assert store.count_mail() == 1
+        assert [m.sender for m in store.pending_mail(1)] == ["bob"]
+    finally:
+        store.close()
+
+
+# -- attack report item 8: messages to the server have a per-user limit ------------------------------
+@pytest.fixture
+def capped(tmp_path):
+    srv = ServerProc(tmp_path / "srv", "--send-messages", "2", "--send-bytes", "30000").start()
+    homes = users_logged_in(srv, tmp_path)
+    yield srv, homes
+    srv.stop(signal.SIGKILL)
+
+
+def stored_to_server(srv: ServerProc, name: str) -> int:
+    import sqlite3
+
+    con = sqlite3.connect(srv.home / "securecomm.db")
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM messages JOIN users ON users.id = messages.sender_id "
+                               "WHERE users.name = ?", (name,)).fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_messages_to_the_server_stop_at_the_per_user_count(capped):
+    srv, homes = capped
+    for text in ("one", "two"):
+        assert sc(homes["alice"], "send", text).returncode == 0
+    r = sc(homes["alice"], "send", "three")
+    assert r.returncode == 9, r.stderr
+    lines = r.stderr.decode().strip().splitlines()
+    assert lines[0] == ("securecomm: error: server: your storage for messages to the server is full (2 messages "
+                        "stored; the limit is 2); nothing was stored, and nothing already stored was dropped")
+    assert lines[1].startswith("securecomm: hint: ") and "--send-messages" in lines[1]
+    assert len(lines) == 2  # no traceback
+    srv.wait_log("user=alice message refused: your storage for messages to the server is full")
+    assert stored_to_server(srv, "alice") == 2
+    assert sc(homes["bob"], "send", "bob has his own limit").returncode == 0  # per user, not per server
+    assert stored_to_server(srv, "bob") == 1
+
+
+def test_messages_to_the_server_stop_at_the_per_user_bytes(capped):
+    srv, homes = capped
+    big = b"x" * 20000  # one fits under 30,000 bytes of envelopes, two do not
+    assert sc(homes["alice"], "send", "-", input=big).returncode == 0
+    r = sc(homes["alice"], "send", "-", input=big)
+    assert r.returncode == 9
+    assert b"bytes stored and this message is" in r.stderr and b"the limit is 30000 bytes" in r.stderr
+    assert sc(homes["alice"], "send", "small").returncode == 0  # a small one still fits
+    assert stored_to_server(srv, "alice") == 2

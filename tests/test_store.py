@@ -177,3 +177,58 @@ def test_mailbox_counts_survive_a_restart_and_outside_deletes(tmp_path):
     s.mailbox_usage._usage[bob].counted_at -= quota.RECOUNT_AFTER + 1  # the count is old: read again
     assert s.store_messages([_direct(alice, bob, 6)])[0].refused is None
     s.close()
+
+
+# -- attack report items 3 and 8 ------------------------------------------------------------------
+def _sent(sender: int, n: int, size: int = 100) -> NewMessage:
+    return NewMessage(sender, n.to_bytes(16, "big"), bytes(32), 0, bytes([n % 256]) * size)
+
+
+def test_send_limit_refuses_new_messages_but_answers_retries(tmp_path):
+    from securecomm.store.quota import SendLimits
+
+    s = Store(tmp_path / "send.sqlite", send_limits=SendLimits(messages=2, bytes=10**9))
+    alice, bob = s.add_user("alice", "x").id, s.add_user("bob", "x").id
+    first, second, third = s.store_messages([_sent(alice, i) for i in range(3)])  # one transaction
+    assert (first.refused, second.refused) == (None, None)
+    assert third.refused == "your storage for messages to the server is full (2 messages stored; the limit is 2)"
+    retry = s.store_messages([_sent(alice, 0)])[0]  # a retry of a stored one: its original receipt, not a refusal
+    assert retry.duplicate and retry.refused is None and retry.stored_at_ms == first.stored_at_ms
+    assert s.store_messages([_sent(bob, 9)])[0].refused is None  # per sender
+    assert s.count_messages() == 3
+    s.close()
+
+
+def test_removing_a_sender_deletes_its_undelivered_mail_only(tmp_path):
+    s, alice, bob = _mail_store(tmp_path, messages=2, bytes=10**9)
+    s.store_messages([_direct(alice, bob, 1), _direct(bob, alice, 2), _sent(alice, 3)])
+    s.remove_user("alice")
+    assert s.count_mail() == 0  # mail from alice to bob, and mail waiting for alice
+    assert s.count_messages() == 1  # her messages to the server are the server's record
+    s.close()
+
+
+def test_a_mailbox_count_is_read_again_once_the_account_counter_moves(tmp_path):
+    s, alice, bob = _mail_store(tmp_path, messages=2, bytes=10**9)
+    s.store_messages([_direct(alice, bob, i) for i in range(2)])
+    assert s.store_messages([_direct(alice, bob, 5)])[0].refused  # full, and the count is now cached
+    other = Store(tmp_path / "quota.sqlite")  # `securecomm user remove` in another process
+    other.remove_user("alice")
+    other.close()
+    carol = s.add_user("carol", "x").id
+    assert s.store_messages([_direct(carol, bob, 6)])[0].refused is None  # not a minute later: now
+    s.close()
+
+
+def test_mail_from_a_sender_removed_after_the_checks_is_not_stored(tmp_path):
+    """The server checks a DIRECT, then commits it; a removal in between must not leave an orphan row."""
+    from securecomm.store.db import ACCOUNT_GONE
+
+    s, alice, bob = _mail_store(tmp_path, messages=10, bytes=10**9)
+    other = Store(tmp_path / "quota.sqlite")  # `securecomm user remove` in another process
+    other.remove_user("alice")
+    other.close()
+    late, to_gone = s.store_messages([_direct(alice, bob, 1), _direct(bob, alice, 2)])
+    assert late.refused == ACCOUNT_GONE and to_gone.refused == ACCOUNT_GONE
+    assert s.count_mail() == 0
+    s.close()

@@ -26,6 +26,10 @@ from securecomm.errors import SecurecommError
               help="Direct messages that may wait for one recipient; more are refused.")
 @click.option("--mailbox-bytes", type=click.IntRange(1), default=64 * 1024 * 1024, show_default=True,
               help="Bytes of direct messages that may wait for one recipient.")
+@click.option("--send-messages", type=click.IntRange(1), default=100_000, show_default=True,
+              help="Messages to the server one user may have stored (kept for good); more are refused.")
+@click.option("--send-bytes", type=click.IntRange(1), default=256 * 1024 * 1024, show_default=True,
+              help="Bytes of messages to the server one user may have stored.")
 @click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--rate", type=float, default=5000, show_default=True,
               help="Messages per second per connection (0: unlimited).")

@@ -52,6 +52,8 @@ _ERRORS: dict[int, type[SecurecommError]] = {
 #: What the user can do about a refusal, where there is one obvious thing.
 _HINTS: dict[int, str] = {
     P.ErrorCode.MAILBOX_FULL: "send it again once they have read their waiting messages (securecomm inbox)",
+    P.ErrorCode.STORAGE_FULL: "the server keeps messages sent to it for good; its operator can raise the limit "
+                              "(securecomm serve --send-messages / --send-bytes)",
 }
 
 

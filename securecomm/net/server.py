@@ -43,7 +43,7 @@ from securecomm.net.relay import Relay
 from securecomm.net.storage import AsyncStore
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
-from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, MailboxLimits
+from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, SEND_BYTES, SEND_MESSAGES, MailboxLimits, SendLimits
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
 
@@ -109,6 +109,10 @@ class ServerConfig:
     #: see store/quota.py for why these numbers).
     mailbox_messages: int = MAILBOX_MESSAGES
     mailbox_bytes: int = MAILBOX_BYTES
+    #: Messages to the server (SEND) and their envelope bytes that one user may have stored; they
+    #: are never deleted, so without these one connection could fill the disk (store/quota.py).
+    send_messages: int = SEND_MESSAGES
+    send_bytes: int = SEND_BYTES
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.
@@ -121,6 +125,8 @@ class ServerConfig:
             raise UsageError("--max-clients must be at least 1")
         if self.mailbox_messages < 1 or self.mailbox_bytes < 1:
             raise UsageError("--mailbox-messages and --mailbox-bytes must be at least 1")
+        if self.send_messages < 1 or self.send_bytes < 1:
+            raise UsageError("--send-messages and --send-bytes must be at least 1")
         if self.max_unauthenticated < 1 or self.max_unauthenticated_per_address < 1:
             raise UsageError("--max-unauthenticated and --max-unauthenticated-per-address must be at least 1")
 
@@ -322,7 +328,8 @@ class Server:
         self.config = config
         self.ssl_ctx = ssl_ctx
         self.identity = identity
-        self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes))
+        self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes),
+                                SendLimits(config.send_messages, config.send_bytes))
         self.relay = Relay(self)
         self.sessions: set[Session] = set()
         self.handshaking = 0
@@ -521,6 +528,7 @@ class Server:
             return
         name, user = await self._find_user(ev.user)
         key = name or ev.user[:64]  # invalid names are tracked like any other: same answers, same time
+        log.debug("%s password login for %r: account read, checking the password", s.label(), key[:40])
         try:
             ok = await self._guarded_check(s, key, user, ev.password)
         except _Busy:
@@ -531,11 +539,14 @@ class Server:
             return
         if identity is not None and not await self._register(s, user, identity, ev.replace_key):
             return
+        checked = user.password_hash
         if passwords.needs_rehash(user.password_hash):
             new_hash = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password,
                                                                         ev.password)
-            await self.store.call(self.store.store.set_password, user.name, new_hash)
-        await self._logged_in(s, user, identity, "password")
+            # by id and only over the hash just checked: never onto an account made or reset meanwhile
+            if await self.store.call(self.store.store.upgrade_password_hash, user.id, checked, new_hash):
+                checked = new_hash
+        await self._logged_in(s, user, identity, "password", checked)
 
     async def _guarded_check(self, s: Session, key: str, user: User | None, password: str) -> bool:
         """Check -> hash -> record, one at a time per name (see net/lockout.py); the error is sent here."""
@@ -637,21 +648,50 @@ class Server:
             return
         await self._logged_in(s, user, identity, "identity key")
 
-    async def _logged_in(self, s: Session, user: User, identity: PublicIdentity | None, how: str) -> None:
+    async def _logged_in(self, s: Session, user: User, identity: PublicIdentity | None, how: str,
+                         password_hash: str | None = None) -> None:
         if user.failed_logins or not user.last_login or user.last_login < time.time() - LAST_LOGIN_RESOLUTION:
             await self.store.call(self.store.store.record_login, user.id, True)
-        if identity is None and user.identity:
-            identity = PublicIdentity.decode_cached(user.identity)
+        # From here to relay.logged_in there is no await: the account read below is the one the
+        # session starts with, and any later change bumps the counter the watcher acts on.
+        fresh = self._still_as_checked(s, user, identity, password_hash)
+        if fresh is None:
+            return
+        if identity is None and fresh.identity:
+            identity = PublicIdentity.decode_cached(fresh.identity)
         if self._full():  # others logged in while this one was checked
             self._refuse_full(s)
             return
-        s.user, s.identity = user, identity
+        s.user, s.identity = fresh, identity
         self.clients += 1
         if s.ticket is not None:
             s.ticket.release()  # from now on it counts as a client, not a stranger
         log.info("%s logged in (%s)", s.label(), how)
         s.send(P.LoginOk(user.name, user.role, identity.fingerprint_text if identity else None))
         self.relay.logged_in(s)
+
+    def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,
+                          password_hash: str | None) -> User | None:
+        """The account as the database has it now, if it is still what this login checked; else refused.
+
+        A login awaits (the Argon2 queue, the writer thread) after it read the account, and the
+        account watcher skips sessions that are not logged in yet: a removal, a replaced key or a
+        new password committed meanwhile would otherwise never reach this session."""
+        fresh = self.store.read().get_user_by_id(user.id)
+        expected = identity.fingerprint if identity is not None else user.fingerprint
+        why = None
+        if fresh is None:
+            why = "the account was removed"
+        elif not _same_key(fresh.fingerprint, expected):
+            why = "the account's device key changed"
+        elif password_hash is not None and not same(fresh.password_hash.encode(), password_hash.encode()):
+            why = "the account's password changed"
+        if why is None:
+            return fresh
+        log.warning("%s login refused: %s while it was checked", s.label(), why)
+        s.error(P.ErrorCode.AUTH_FAILED, f"authentication failed: {why} while this login was checked; "
+                "log in again", fatal=True)
+        return None
 
     # -- messages --------------------------------------------------------------------
     def handle_send(self, s: Session, ev: P.Send) -> None:
@@ -695,6 +735,11 @@ class Server:
             s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
             return
         stored = fut.result()
+        if stored.refused is not None:
+            log.info("%s message refused: %s", s.label(), stored.refused)
+            s.error(P.ErrorCode.STORAGE_FULL, f"{stored.refused}; nothing was stored, and nothing already "
+                    "stored was dropped", msg_id=msg_id)
+            return
         if stored.duplicate:
             log.info("%s duplicate message %s: original receipt sent", s.label(), msg_id.hex())
         with contextlib.suppress(P.ProtocolError):
@@ -717,6 +762,11 @@ class Server:
 
 class _Busy(Exception):
     pass
+
+
+def _same_key(a: bytes | None, b: bytes | None) -> bool:
+    """Two fingerprints, either of which may be "no key", are the same."""
+    return (a is None and b is None) or (a is not None and b is not None and same(a, b))
 
 
 def answer_ids(event: P.Event) -> tuple[bytes | None, int | None]:

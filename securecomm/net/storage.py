@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from securecomm.store.db import NewMessage, Store, StoredMessage
-from securecomm.store.quota import MailboxLimits
+from securecomm.store.quota import MailboxLimits, SendLimits
 
 T = TypeVar("T")
 #: Upper bound on one transaction: keeps a commit's latency bounded under load.
@@ -25,9 +25,11 @@ MAX_BATCH = 1024
 
 
 class AsyncStore:
-    def __init__(self, path: Path, mailbox_limits: MailboxLimits | None = None) -> None:
+    def __init__(self, path: Path, mailbox_limits: MailboxLimits | None = None,
+                 send_limits: SendLimits | None = None) -> None:
         self.path = path
         self.mailbox_limits = mailbox_limits
+        self.send_limits = send_limits
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-db")
         self._pending: list[tuple[NewMessage, asyncio.Future[StoredMessage]]] = []
         self._wakeup = asyncio.Event()
@@ -44,7 +46,7 @@ class AsyncStore:
         self._task = asyncio.create_task(self._commit_loop(), name="securecomm-group-commit")
 
     def _open_writer(self) -> Store:
-        return Store(self.path, mailbox_limits=self.mailbox_limits)
+        return Store(self.path, mailbox_limits=self.mailbox_limits, send_limits=self.send_limits)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from securecomm.errors import ExistsError, NotFoundError, UsageError
 from securecomm.files import ensure_dir
-from securecomm.store.quota import MailboxLimits, MailboxUsage
+from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 ROLES = ("user", "admin")
@@ -137,6 +137,12 @@ MIGRATIONS: list[str] = [
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO counters (name, value) VALUES ('accounts', 0);
     """,
+    # 5: a removed user's undelivered mail is deleted with the account (Store.remove_user). Before,
+    # it stayed: never offered (a DELIVER names its sender, who is gone) and never acknowledged, yet
+    # counted against the recipient's mailbox limit for good. Drop what earlier removals left.
+    """
+    DELETE FROM mailbox WHERE sender_id NOT IN (SELECT id FROM users);
+    """,
 ]
 
 
@@ -148,6 +154,11 @@ def normalise_name(name: str) -> str:
     if not NAME_RE.fullmatch(lowered):
         raise UsageError(f"user name {name!r} must be 1-32 characters of a-z 0-9 _ . -")
     return lowered
+
+
+#: Why a direct message is refused when its sender or recipient was removed after the server checked it.
+ACCOUNT_GONE = "mailbox is closed: the sender's or the recipient's account was removed"
+_BOTH_EXIST = "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?) AND EXISTS (SELECT 1 FROM users WHERE id = ?)"
 
 
 @dataclass(frozen=True)
@@ -210,9 +221,11 @@ class MailItem:
 
 
 class Store:
-    def __init__(self, path: Path, *, readonly: bool = False, mailbox_limits: MailboxLimits | None = None) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, mailbox_limits: MailboxLimits | None = None,
+                 send_limits: SendLimits | None = None) -> None:
         self.path = path
         self.mailbox_usage = MailboxUsage(mailbox_limits or MailboxLimits())
+        self.send_usage = SendUsage(send_limits or SendLimits())
         if readonly:
             # A second connection for lookups on the event loop's own thread: in WAL
             # mode readers never wait for the writer, and a cached page read costs
@@ -310,12 +323,19 @@ class Store:
         return int(row[0]) if row else 0
 
     def remove_user(self, name: str) -> None:
+        """Delete the account, the mail waiting for it and the mail it sent that was not delivered yet.
+
+        Undelivered mail from a removed sender could never be delivered (a DELIVER names its sender,
+        and clients check the sender's key in the directory) yet would count against its recipients'
+        mailboxes; a running server recounts those when it sees the account counter move. Messages
+        to the server (`messages`) stay: they are the server's record, and count for no one."""
         user = self.require_user(name)
         with self._transaction():
-            self.db.execute("DELETE FROM mailbox WHERE recipient_id = ?", (user.id,))
+            self.db.execute("DELETE FROM mailbox WHERE recipient_id = ? OR sender_id = ?", (user.id, user.id))
             self.db.execute("DELETE FROM users WHERE id = ?", (user.id,))
             self._account_changed()
-        self.mailbox_usage.forget(user.id)
+        self.mailbox_usage.forget()  # every recipient of its mail may have lost rows
+        self.send_usage.forget(user.id)
 
     def set_password(self, name: str, password_hash: str, *, keep_key: bool = True) -> None:
         """Set a new hash and clear a lockout; with keep_key=False also forget the device key."""
@@ -328,6 +348,12 @@ class Store:
                 self.db.execute("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = 0, "
                                 "identity = NULL, fingerprint = NULL WHERE id = ?", (password_hash, user.id))
             self._account_changed()
+
+    def upgrade_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
+        """Store a stronger hash of the same password, only if the account still has `old_hash`."""
+        cur = self.db.execute("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                              (new_hash, user_id, old_hash))
+        return cur.rowcount == 1
 
     def set_lock(self, user_id: int, failures: int, locked_until: int) -> None:
         """Mirror the server's in-memory lock, so that `user list` shows it and a restart keeps it."""
@@ -380,21 +406,28 @@ class Store:
         except BaseException:
             cur.execute("ROLLBACK")
             self.mailbox_usage.forget()  # the counts included rows that were rolled back
+            self.send_usage.forget()
             raise
         return out
 
-    @staticmethod
-    def _store_one(cur: sqlite3.Cursor, m: NewMessage, now_ms: int) -> StoredMessage:
-        cur.execute(
-            "INSERT INTO messages (sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender_id, msg_id) DO NOTHING",
-            (m.sender_id, m.msg_id, m.sha256, m.sent_at_ms, now_ms, m.envelope),
-        )
-        if cur.rowcount == 1:
-            return StoredMessage(m.msg_id, m.sha256, now_ms, False)
-        sha, stored = cur.execute("SELECT sha256, stored_at_ms FROM messages WHERE sender_id = ? AND msg_id = ?",
-                                  (m.sender_id, m.msg_id)).fetchone()
-        return StoredMessage(m.msg_id, sha, stored, True)
+    def _store_one(self, cur: sqlite3.Cursor, m: NewMessage, now_ms: int) -> StoredMessage:
+        """A message to the server; over the sender's limit it is refused and leaves no trace, but a
+        retry of one already stored still gets its original receipt."""
+        refused = self.send_usage.refusal(cur, m.sender_id, len(m.envelope))
+        if refused is None:
+            cur.execute(
+                "INSERT INTO messages (sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender_id, msg_id) DO NOTHING",
+                (m.sender_id, m.msg_id, m.sha256, m.sent_at_ms, now_ms, m.envelope),
+            )
+            if cur.rowcount == 1:
+                self.send_usage.added(m.sender_id, len(m.envelope))
+                return StoredMessage(m.msg_id, m.sha256, now_ms, False)
+        row = cur.execute("SELECT sha256, stored_at_ms FROM messages WHERE sender_id = ? AND msg_id = ?",
+                          (m.sender_id, m.msg_id)).fetchone()
+        if row is None:
+            return StoredMessage(m.msg_id, m.sha256, now_ms, False, refused=refused)
+        return StoredMessage(m.msg_id, row[0], row[1], True)
 
     def _store_direct(self, cur: sqlite3.Cursor, m: NewDirect, now_ms: int) -> StoredMessage:
         """A retry is answered before the quota is checked; a refused message leaves no trace, so
@@ -403,6 +436,10 @@ class Store:
                           (m.sender_id, m.msg_id)).fetchone()
         if row is not None:
             return StoredMessage(m.msg_id, row[0], row[1], True)
+        # checked here, in the transaction: a removal committed after the server's checks (its
+        # sessions end within a poll) must not leave mail that no one can be offered
+        if not cur.execute(_BOTH_EXIST, (m.sender_id, m.recipient_id)).fetchone()[0]:
+            return StoredMessage(m.msg_id, m.sha256, now_ms, False, refused=ACCOUNT_GONE)
         refused = self.mailbox_usage.refusal(cur, m.recipient_id, len(m.envelope))
         if refused is not None:
             return StoredMessage(m.msg_id, m.sha256, now_ms, False, refused=refused)

@@ -6,12 +6,17 @@ recipient may have at most `messages` rows and `bytes` of envelopes waiting;
 a message that would go over is refused (MAILBOX_FULL) and nothing is stored
 for it, while everything already stored stays.
 
+Messages to the server (SEND, table `messages`) are kept for good, so each
+sender may have at most `send_messages` rows and `send_bytes` of envelopes
+stored there; beyond that SEND is refused (STORAGE_FULL) the same way.
+
 Counting: a recipient's usage is read from SQL once (COUNT and SUM of
 LENGTH, which SQLite answers from the record headers) and then kept in step
 by the single writer thread on every insert and delete, so the check costs
-no query per message. Before refusing, a count older than RECOUNT_AFTER is
-read again: another process (`securecomm user remove`) may have deleted rows,
-and a recount at most once a minute per recipient keeps refusals cheap.
+no query per message. Before refusing, the count is read again if it is
+older than RECOUNT_AFTER or if the account change counter moved since: another
+process (`securecomm user remove`) may have deleted rows (a removed user's
+undelivered mail), and that must free the space at once, not a minute later.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ MAILBOX_MESSAGES = 10_000
 MAILBOX_BYTES = 64 * 1024 * 1024
 #: Seconds a count is trusted before a refusal reads it again from the database.
 RECOUNT_AFTER = 60.0
+#: Messages to the server one user may have stored (they are never deleted): a
+#: hundred a day for almost three years.
+SEND_MESSAGES = 100_000
+#: Bytes of envelopes to the server one user may have stored: 256 maximum-size
+#: messages. One connection wrote 150 MB in 3 s before this limit existed.
+SEND_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,39 +47,54 @@ class MailboxLimits:
     bytes: int = MAILBOX_BYTES
 
 
+@dataclass(frozen=True)
+class SendLimits:
+    messages: int = SEND_MESSAGES
+    bytes: int = SEND_BYTES
+
+
 @dataclass
 class _Usage:
     messages: int
     bytes: int
     counted_at: float
+    #: The account change counter when counted: a removal elsewhere may have deleted rows.
+    accounts: int
 
 
 class MailboxUsage:
     """What waits for each recipient; used only from the store's writer thread."""
 
-    def __init__(self, limits: MailboxLimits) -> None:
+    #: Rows of one owner (here: the recipient) and their envelope bytes.
+    COUNT_SQL = "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM mailbox WHERE recipient_id = ?"
+    FULL, STATE = "mailbox is full", "waiting"
+
+    def __init__(self, limits: MailboxLimits | SendLimits) -> None:
         self.limits = limits
         self._usage: dict[int, _Usage] = {}
 
-    def refusal(self, cur: sqlite3.Cursor, recipient_id: int, size: int) -> str | None:
-        """Why a message of `size` bytes cannot be stored for the recipient, or None if it fits."""
-        usage = self._usage.get(recipient_id) or self._count(cur, recipient_id)
-        if not self._fits(usage, size) and time.monotonic() - usage.counted_at > RECOUNT_AFTER:
-            usage = self._count(cur, recipient_id)
+    def refusal(self, cur: sqlite3.Cursor, owner_id: int, size: int) -> str | None:
+        """Why a message of `size` bytes cannot be stored for the owner, or None if it fits."""
+        usage = self._usage.get(owner_id) or self._count(cur, owner_id)
+        if not self._fits(usage, size) and self._stale(cur, usage):
+            usage = self._count(cur, owner_id)
         if usage.messages + 1 > self.limits.messages:
-            return f"mailbox is full ({usage.messages} messages waiting; the limit is {self.limits.messages})"
+            return f"{self.FULL} ({usage.messages} messages {self.STATE}; the limit is {self.limits.messages})"
         if usage.bytes + size > self.limits.bytes:
-            return (f"mailbox is full ({usage.bytes} bytes waiting and this message is {size}; "
+            return (f"{self.FULL} ({usage.bytes} bytes {self.STATE} and this message is {size}; "
                     f"the limit is {self.limits.bytes} bytes)")
         return None
 
     def _fits(self, usage: _Usage, size: int) -> bool:
         return usage.messages + 1 <= self.limits.messages and usage.bytes + size <= self.limits.bytes
 
-    def _count(self, cur: sqlite3.Cursor, recipient_id: int) -> _Usage:
-        n, total = cur.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM mailbox "
-                               "WHERE recipient_id = ?", (recipient_id,)).fetchone()
-        usage = self._usage[recipient_id] = _Usage(int(n), int(total), time.monotonic())
+    @staticmethod
+    def _stale(cur: sqlite3.Cursor, usage: _Usage) -> bool:
+        return time.monotonic() - usage.counted_at > RECOUNT_AFTER or _accounts(cur) != usage.accounts
+
+    def _count(self, cur: sqlite3.Cursor, owner_id: int) -> _Usage:
+        n, total = cur.execute(self.COUNT_SQL, (owner_id,)).fetchone()
+        usage = self._usage[owner_id] = _Usage(int(n), int(total), time.monotonic(), _accounts(cur))
         return usage
 
     def added(self, recipient_id: int, size: int) -> None:
@@ -89,3 +115,16 @@ class MailboxUsage:
             self._usage.clear()
         else:
             self._usage.pop(recipient_id, None)
+
+
+class SendUsage(MailboxUsage):
+    """What each sender has stored in `messages` (SEND); used only from the store's writer thread."""
+
+    COUNT_SQL = "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM messages WHERE sender_id = ?"
+    FULL, STATE = "your storage for messages to the server is full", "stored"
+
+
+def _accounts(cur: sqlite3.Cursor) -> int:
+    """The account change counter (store/db.py), one indexed row."""
+    row = cur.execute("SELECT value FROM counters WHERE name = 'accounts'").fetchone()
+    return int(row[0]) if row else 0

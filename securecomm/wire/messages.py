@@ -46,6 +46,7 @@ class ErrorCode(IntEnum):
     SHUTTING_DOWN = 17
     MAILBOX_FULL = 18  # a direct message would take its recipient's mailbox over a limit
     KEY_REPLACE = 19  # the account has another device key; resend with replace_key to replace it
+    STORAGE_FULL = 20  # a SEND would take the sender's stored messages to the server over a limit
 
 
 class ProtocolError(RemoteProtocolError):
