@@ -68,6 +68,22 @@ def test_guesses_never_block_key_logins_of_enrolled_devices(server, tmp_path):
     assert re.search(r"locked until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", last_error(r)), r.stderr
 
 
+def test_a_key_login_does_not_lift_the_password_lock_nor_its_record(server, tmp_path):
+    """Found by a new user: after a key login `user list` said 'no' and a restart forgot the lock."""
+    bob = tmp_path / "bob"
+    assert login(bob, server, "bob").returncode == 0
+    for _ in range(3):
+        assert login(tmp_path / "x", server, "bob", WRONG).returncode == 5
+    before = last_error(login(tmp_path / "x", server, "bob"))
+    assert "locked until" in before
+    assert sc(bob, "send", "key login").returncode == 0
+    listed = json.loads(sc(server.home, "user", "list", "--json").stdout)
+    assert next(u for u in listed if u["name"] == "bob")["locked"] is True
+    server.stop()
+    server.start()
+    assert last_error(login(tmp_path / "x", server, "bob")) == before  # same lock, same end
+
+
 def test_failures_while_locked_are_not_counted_and_do_not_extend_the_lock(server, tmp_path):
     for _ in range(3):
         login(tmp_path / "x", server, "bob", WRONG)

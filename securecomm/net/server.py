@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -650,8 +651,11 @@ class Server:
 
     async def _logged_in(self, s: Session, user: User, identity: PublicIdentity | None, how: str,
                          password_hash: str | None = None) -> None:
-        if user.failed_logins or not user.last_login or user.last_login < time.time() - LAST_LOGIN_RESOLUTION:
-            await self.store.call(self.store.store.record_login, user.id, True)
+        by_password = how == "password"
+        stale = not user.last_login or user.last_login < time.time() - LAST_LOGIN_RESOLUTION
+        if stale or (by_password and user.failed_logins):
+            await self.store.call(functools.partial(self.store.store.record_login, clear_lock=by_password),
+                                  user.id, True)
         # From here to relay.logged_in there is no await: the account read below is the one the
         # session starts with, and any later change bumps the counter the watcher acts on.
         fresh = self._still_as_checked(s, user, identity, password_hash)

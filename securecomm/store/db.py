@@ -371,11 +371,16 @@ class Store:
             raise
 
     def record_login(self, user_id: int, success: bool, lock_seconds: int = LOCK_SECONDS,
-                     lock_after: int = LOCK_AFTER_FAILURES) -> None:
+                     lock_after: int = LOCK_AFTER_FAILURES, *, clear_lock: bool = True) -> None:
+        """A login; a successful one clears the password lock only if it was a password login
+        (clear_lock): a key login says nothing about the password guesses that caused the lock."""
         now = int(time.time())
-        if success:
+        if success and clear_lock:
             self.db.execute("UPDATE users SET last_login = ?, failed_logins = 0, locked_until = 0 WHERE id = ?",
                             (now, user_id))
+            return
+        if success:
+            self.db.execute("UPDATE users SET last_login = ? WHERE id = ?", (now, user_id))
             return
         self.db.execute(
             "UPDATE users SET failed_logins = failed_logins + 1, "
