@@ -165,6 +165,17 @@ MAX_OUTBOUND_BUFFER = 4 * 1024 * 1024
 OUTBOX_DRAIN_AT = 64 * 1024
 
 
+def queued_bytes(transport: Any) -> int:
+    """Bytes written but not yet sent, in the TLS layer and the TCP transport beneath it.
+
+    The TLS transport's own get_write_buffer_size() counts only what is not yet
+    encrypted: one large write is encrypted at once and handed to the TCP
+    transport, where it did not count, so a client that never read could make
+    the server hold any amount (a flood of `who` answers held 16 MiB unseen)."""
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    return int(transport.get_write_buffer_size()) + (int(inner.get_write_buffer_size()) if inner else 0)
+
+
 class Outbox:
     """Coalesces writes: everything queued in one loop turn leaves in one write()."""
 
@@ -189,7 +200,7 @@ class Outbox:
         self._scheduled = False
         if self._chunks and not self.writer.is_closing():
             self.writer.write(b"".join(self._chunks))
-            queued = self.writer.transport.get_write_buffer_size()
+            queued = queued_bytes(self.writer.transport)
             if queued > MAX_OUTBOUND_BUFFER:
                 log.warning("%s dropped: not reading (%d bytes queued)", self.label(), queued)
                 self.writer.transport.abort()
