@@ -344,3 +344,28 @@ def test_ack_beyond_any_seq_is_ignored(tmp_path, seq):
         b.close()
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_a_user_list_over_the_frame_limit_is_refused_not_internal(tmp_path):
+    """`user_list` of more accounts than one frame holds: TOO_LARGE for that request, the session goes on."""
+    from securecomm.store import passwords
+    from securecomm.store.db import Store
+
+    srv = ServerProc(tmp_path / "srv", "--max-frame", "4096").start()
+    try:
+        add_user(srv.home, "alice", "--admin")
+        store = Store(srv.home / "securecomm.db")  # the real database, written as `user add` would
+        phc = passwords.hash_password("not used by this test")
+        for i in range(40):  # ~140 bytes of JSON each: 40 of them exceed 4096
+            store.add_user(f"{i:02d}" + "u" * 30, phc)
+        store.close()
+        c = Raw(srv).start().login_password("alice", ME)
+        c.send(P.Request(3, "user_list", {}))
+        err = c.until(P.Result)
+        assert isinstance(err, P.Error), err
+        assert (err.code, err.fatal, err.rid) == (P.ErrorCode.TOO_LARGE, False, 3)
+        assert not c.closed()
+        assert "internal error" not in srv.log
+        c.close()
+    finally:
+        srv.stop(signal.SIGKILL)

@@ -816,7 +816,11 @@ class Server:
                 s.error(P.ErrorCode.FORBIDDEN, "permission denied: listing users needs the admin role", rid=ev.rid)
                 return
             users = self.store.read().list_users()
-            s.send(P.Result(ev.rid, [user_row(u) for u in users]))
+            try:
+                s.send(P.Result(ev.rid, [user_row(u) for u in users]))
+            except OversizedError:  # thousands of accounts under a small --max-frame: refused, never INTERNAL
+                s.error(P.ErrorCode.TOO_LARGE, "the user list is larger than this server's frame limit "
+                        "(use securecomm user list on the server host)", rid=ev.rid)
         elif not await self.relay.request(s, ev):
             # fatal like an unknown message type: the client speaks a protocol this server does not
             s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", fatal=True, rid=ev.rid)
