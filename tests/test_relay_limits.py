@@ -333,6 +333,26 @@ def test_no_frame_a_client_can_send_is_an_internal_error(tmp_path):
         srv.stop(signal.SIGKILL)
 
 
+def test_no_frame_before_login_is_an_internal_error(tmp_path):
+    """The same invariant in the two states before login (each answer here is fatal or a PONG)."""
+    srv = _server(tmp_path, users=(("bob", BOB),))
+    rng = random.Random(7)
+    try:
+        for i in range(60):  # bounded: 60 connections
+            c = Raw(srv)
+            if i % 2:
+                c.start()
+            kind = rng.choice(list(P.MsgType))
+            c.send(raw_frame(bytes([kind]) + rng.randbytes(rng.randrange(0, 300))), P.Ping())
+            while (ev := c.next()) is not None and not isinstance(ev, P.Pong):
+                if isinstance(ev, P.Error):
+                    assert ev.code != P.ErrorCode.INTERNAL, (kind.name, ev.message)
+            c.close()
+        assert "internal error" not in srv.log and "Traceback" not in srv.log
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
 @pytest.mark.parametrize("seq", [2**63, 2**64 - 1])
 def test_ack_beyond_any_seq_is_ignored(tmp_path, seq):
     srv = _server(tmp_path, users=(("bob", BOB),))
