@@ -78,13 +78,14 @@ def test_direct_whose_deliver_cannot_fit_is_refused_and_the_recipient_still_logs
         srv.stop(signal.SIGKILL)
 
 
-def test_a_stored_message_that_cannot_be_framed_never_stops_logins(tmp_path):
-    """A row stored under a larger --max-frame: bob's logins go on, the rest of his mail is delivered."""
+@pytest.mark.parametrize("unframeable", [1, 257])  # 257: more than a whole batch (relay.MAIL_BATCH) of them
+def test_a_stored_message_that_cannot_be_framed_never_stops_logins(tmp_path, unframeable):
+    """Rows stored under a larger --max-frame: bob's logins go on, the rest of his mail is delivered."""
     srv = _server(tmp_path)
     try:
         c = Raw(srv).start().login_key(LONG, ME)
-        big, small = _envelope(2 * SMALL_FRAME), _envelope(1000)
-        for env in (big, small):
+        small = _envelope(1000)
+        for env in [*(_envelope(SMALL_FRAME + 100) for _ in range(unframeable)), small]:
             c.send(P.Direct("bob", env))
             assert isinstance(_answer(c), P.Receipt)
         c.close()

@@ -145,10 +145,15 @@ class Relay:
         can slip in between the query and the offers, so order needs no queue."""
         assert s.user is not None
         box = s.mailbox
-        items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
-        box.backlog = len(items) == MAIL_BATCH
-        for item in items:
-            box.offer(item)
+        while True:
+            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
+            box.backlog = len(items) == MAIL_BATCH
+            for item in items:
+                box.offer(item)
+            # A batch none of which could be sent (too large to frame) gets no ACK to ask for the next:
+            # ask now. Ends: `high` moves past every row offered.
+            if not box.backlog or box.outstanding or s.conn.state is not P.State.READY:
+                return
 
     async def ack(self, s: Session, ev: P.Ack) -> None:
         assert s.user is not None
