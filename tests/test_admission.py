@@ -38,3 +38,17 @@ def test_ipv6_counts_per_64_and_mapped_ipv4_as_ipv4():
     assert source_key("::ffff:127.0.0.1") == "127.0.0.1"
     assert source_key("::1") == "::/64"
     assert source_key("fe80::1%eth0") == "fe80::/64"
+
+
+def test_a_reserve_is_kept_for_addresses_that_hold_no_place():
+    """Two addresses fill what they may; the last eighth still admits one connection from each new address."""
+    a = Admission(total=16, per_address=8)  # reserve: 2
+    for source in ("127.0.0.2", "127.0.0.3"):
+        for _ in range(7):
+            assert isinstance(a.admit(source), Ticket)
+    crowded = a.admit("127.0.0.2")  # under its own limit, but only the reserve is left
+    assert isinstance(crowded, str) and "kept for other addresses" in crowded
+    assert isinstance(a.admit("127.0.0.1"), Ticket)
+    assert isinstance(a.admit("127.0.0.1"), str)  # one reserve place per address
+    assert isinstance(a.admit("127.0.0.4"), Ticket)
+    assert a.count == 16 and isinstance(a.admit("127.0.0.5"), str)

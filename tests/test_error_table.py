@@ -31,7 +31,7 @@ from tests.serverproc import PASSWORD, ServerProc, add_user, frame, raw_frame, t
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 #: Rows that need a server under load or broken; a client cannot cause them on demand.
-NOT_DRIVEN = {"login-busy", "store-failed", "internal"}
+NOT_DRIVEN = {"login-busy", "store-failed", "internal", "result-too-large"}
 WAIT = 30.0  # generous: the machine is shared
 
 
@@ -346,6 +346,51 @@ def d_shutting_down(w: World) -> Outcome:
     return c, c.error(), None, None
 
 
+def _max_frame(c: Raw) -> int:
+    assert c.hello is not None
+    return c.hello.max_frame
+
+
+def d_direct_too_large(w: World) -> Outcome:
+    """A DIRECT frame of exactly max_frame: its DELIVER, with the sender's name, could not be framed."""
+    c = w.alice()
+    env = _garbage_envelope().ljust(_max_frame(c) - 5, b"x")  # 1 + 1 + len("bob") + envelope = max_frame
+    return _direct(c, "bob", env)
+
+
+def d_room_too_large(w: World) -> Outcome:
+    c = w.alice()
+    payload = _room_payload(ALICE, "big").ljust(_max_frame(c) - 5, b"x")  # 1 + 1 + len("big") + payload
+    return _room_send(c, "big", payload)
+
+
+def d_room_key_too_large(w: World) -> Outcome:
+    c = w.alice()
+    env = _garbage_envelope().ljust(_max_frame(c) - 5, b"x")
+    c.send(P.RoomKey("bob", env))
+    return c, c.error(), env[12:28], None
+
+
+def d_room_full(w: World) -> Outcome:
+    held = _joined(w.alice(), "full")  # --max-room-members 1
+    try:
+        return _request(w.bob(), "join", room="full")
+    finally:
+        held.close()
+
+
+def d_too_many_sessions(w: World) -> Outcome:
+    held = w.alice()  # --max-sessions-per-user 1
+    c = w.raw().start()
+    try:
+        assert c.hello is not None
+        transcript = P.login_transcript(c.hello.challenge, c.server_identity.fingerprint, "alice")
+        c.send(P.LoginKey("alice", ALICE.sign(transcript)))
+        return c, c.error(), None, None
+    finally:
+        held.close()
+
+
 DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "frame-too-large": lambda w: _pre(w, (2 * 1024 * 1024).to_bytes(4, "big")),
     "frame-empty": lambda w: _pre(w, bytes(4)),
@@ -386,6 +431,9 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "lookup-not-found": lambda w: _request(w.alice(), "lookup", user="nobody"),
     "bad-room-name": lambda w: _request(w.alice(), "join", room="Bad Room!"),
     "join-no-identity": lambda w: _request(w.carol(), "join", room="lobby"),
+    "direct-too-large": d_direct_too_large,
+    "room-too-large": d_room_too_large,
+    "room-key-too-large": d_room_key_too_large,
 }
 #: Rows that need a server of their own (options, or they stop it).
 OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
@@ -395,6 +443,8 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "mailbox-full": (("--mailbox-messages", "1"), d_mailbox_full),
     "send-storage-full": (("--send-messages", "1"), d_send_storage_full),
     "logged-out": ((), d_logged_out),
+    "room-full": (("--max-room-members", "1"), d_room_full),
+    "too-many-sessions": (("--max-sessions-per-user", "1"), d_too_many_sessions),
 }
 
 

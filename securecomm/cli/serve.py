@@ -20,8 +20,12 @@ from securecomm.errors import SecurecommError
               help="Logged-in clients at most; more are refused clearly.")
 @click.option("--max-unauthenticated", type=click.IntRange(1), default=512, show_default=True,
               help="Connections not logged in yet, at most; more are dropped at once.")
-@click.option("--max-unauthenticated-per-address", type=click.IntRange(1), default=256, show_default=True,
+@click.option("--max-unauthenticated-per-address", type=click.IntRange(1), default=32, show_default=True,
               help="Connections not logged in yet from one address (IPv6: one /64).")
+@click.option("--max-sessions-per-user", type=click.IntRange(1), default=16, show_default=True,
+              help="Logged-in sessions of one account at once; more are refused at login.")
+@click.option("--max-room-members", type=click.IntRange(1), default=500, show_default=True,
+              help="Members of one room; more joins are refused (lowered to fit --max-frame).")
 @click.option("--mailbox-messages", type=click.IntRange(1), default=10_000, show_default=True,
               help="Direct messages that may wait for one recipient; more are refused.")
 @click.option("--mailbox-bytes", type=click.IntRange(1), default=64 * 1024 * 1024, show_default=True,
@@ -65,7 +69,7 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
 
     logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
-    # `limits`: the options named exactly as their ServerConfig fields (pre-login and mailbox limits)
+    # `limits`: the options named exactly as their ServerConfig fields (pre-login, session, room, mailbox limits)
     config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
                           burst=max(1, int(rate)), idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,

@@ -8,6 +8,10 @@ for us) and gives it back at LOGIN_OK or when it closes, whichever is first.
 
 IPv6 sources are counted per /64: one host usually holds a whole /64 and
 could otherwise take a new address for every connection.
+
+The last eighth of the total is a reserve that only an address holding no
+place may take, one place each: a few addresses that fill the rest (each up
+to the per-address limit) still leave a way in for everyone else.
 """
 
 from __future__ import annotations
@@ -41,9 +45,14 @@ class Ticket:
             self.admission._give_back(self.key)
 
 
+#: The share of places kept for addresses that hold none (see the module docstring).
+RESERVE_DIVISOR = 8
+
+
 class Admission:
     def __init__(self, total: int, per_address: int) -> None:
         self.total, self.per_address = total, per_address
+        self.reserve = total // RESERVE_DIVISOR
         self.count = 0
         self.by_source: dict[str, int] = {}
 
@@ -52,8 +61,12 @@ class Admission:
         key = source_key(host)
         if self.count >= self.total:
             return f"{self.count} connections are not logged in yet (the maximum)"
-        if self.by_source.get(key, 0) >= self.per_address:
+        held = self.by_source.get(key, 0)
+        if held >= self.per_address:
             return f"{self.per_address} connections from {key} are not logged in yet (the maximum per address)"
+        if held and self.count >= self.total - self.reserve:
+            return (f"{held} connections from {key} are not logged in yet and the rest are kept for other "
+                    "addresses (the maximum per address while the server is crowded)")
         self.count += 1
         self.by_source[key] = self.by_source.get(key, 0) + 1
         return Ticket(self, key)

@@ -33,6 +33,7 @@ from securecomm.errors import (
 )
 from securecomm.net import tls
 from securecomm.wire import protocol as P
+from securecomm.wire.relayed import relayed_size
 
 CONNECT_TIMEOUT = 10.0
 REPLY_TIMEOUT = 30.0
@@ -284,8 +285,11 @@ class Client:
             data = self.conn.send(event)
         except OversizedError as e:
             raise message_too_large(self.conn.max_frame, "the sealed message") from e
-        if len(data) - 4 > self.max_send:  # 4: the frame's length prefix
-            raise message_too_large(self.max_send, "the sealed message", len(data) - 4,
+        # 4: the frame's length prefix; a relayed frame is judged as the server judges it (with the
+        # longest sender name added, PROTOCOL.md 3.7), so it is refused here rather than there
+        size = max(len(data) - 4, relayed_size(event) or 0)
+        if size > self.max_send:
+            raise message_too_large(self.max_send, "the sealed message", size,
                                     hint=f"this server takes at most {self.max_send} bytes per sealed message "
                                          "(the text plus its encryption); send less at a time, or ask its operator "
                                          "about --max-frame")

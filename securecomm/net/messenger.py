@@ -160,7 +160,11 @@ class Messenger:
         """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt."""
         msg_id = envelope.parse(sealed).header.msg_id
         fut = self.client.expect_receipt(msg_id)
-        self.client.send_event(P.Direct(to.lower(), sealed))
+        try:
+            self.client.send_event(P.Direct(to.lower(), sealed))
+        except BaseException:
+            fut.cancel()  # refused unsent (too large): no one will wait for its receipt
+            raise
         receipt = await self.client._wait(fut)
         check_receipt(receipt, sha256(sealed))
         return receipt, msg_id

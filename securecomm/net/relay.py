@@ -24,7 +24,7 @@ from securecomm.crypto import envelope
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import IntegrityError, UsageError
+from securecomm.errors import IntegrityError, OversizedError, UsageError
 from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
 from securecomm.wire import protocol as P
 
@@ -35,6 +35,9 @@ log = logging.getLogger("securecomm.server")
 
 #: Mailbox rows offered to a session at a time; more follow as it acknowledges.
 MAIL_BATCH = 256
+#: Largest `seq` there can be (SQLite integers are signed 64-bit); an ACK naming
+#: a larger one names nothing pending and is ignored like any other (PROTOCOL.md 5.5).
+MAX_SEQ = 2**63 - 1
 
 
 def _arg(ev: P.Request, name: str) -> str:
@@ -142,13 +145,20 @@ class Relay:
         can slip in between the query and the offers, so order needs no queue."""
         assert s.user is not None
         box = s.mailbox
-        items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
-        box.backlog = len(items) == MAIL_BATCH
-        for item in items:
-            box.offer(item)
+        while True:
+            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
+            box.backlog = len(items) == MAIL_BATCH
+            for item in items:
+                box.offer(item)
+            # A batch none of which could be sent (too large to frame) gets no ACK to ask for the next:
+            # ask now. Ends: `high` moves past every row offered.
+            if not box.backlog or box.outstanding or s.conn.state is not P.State.READY:
+                return
 
     async def ack(self, s: Session, ev: P.Ack) -> None:
         assert s.user is not None
+        if ev.seq > MAX_SEQ:
+            return
         taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq)
         s.mailbox.acked(ev.seq)
         if taken is not None:
@@ -174,6 +184,10 @@ class Relay:
             await handler(s, ev)
         except UsageError as e:
             s.error(P.ErrorCode.NOT_FOUND, e.message, rid=ev.rid)
+        except OversizedError:  # a RESULT that cannot be framed is refused, never an INTERNAL (issue 5)
+            log.error("%s %s answer larger than --max-frame", s.label(), ev.op)
+            s.error(P.ErrorCode.TOO_LARGE, f"the answer to {ev.op!r} is larger than this server's frame limit",
+                    rid=ev.rid)
         return True
 
     async def _lookup(self, s: Session, ev: P.Request) -> None:
@@ -195,11 +209,23 @@ class Relay:
             s.error(P.ErrorCode.FORBIDDEN, "register a key first (securecomm user login)", rid=ev.rid)
             return
         members = self.rooms.setdefault(room, {})
+        if s not in members and self._room_full(s, ev, room, members):
+            return
         if s not in members:
             self._broadcast(room, P.RoomEvent(room, "joined", s.user.name, s.identity.line), exclude=s)
             members[s] = None
             s.rooms.add(room)
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
+
+    def _room_full(self, s: Session, ev: P.Request, room: str, members: dict[Session, None]) -> bool:
+        """Refuse (non-fatally) a join beyond the room member limit; True if refused."""
+        limit = self.server.config.room_member_limit()
+        if len(members) < limit:
+            return False
+        log.info("%s join %s refused: %d members (the maximum)", s.label(), room, len(members))
+        s.error(P.ErrorCode.FORBIDDEN, f"room {room!r} is full ({limit} members, the maximum); "
+                "ask the operator about --max-room-members", rid=ev.rid)
+        return True
 
     async def _leave_req(self, s: Session, ev: P.Request) -> None:
         room = _room_arg(ev)
@@ -222,7 +248,7 @@ class Relay:
             self._broadcast(room, P.RoomEvent(room, "left", s.user.name), exclude=s)
 
     def _broadcast(self, room: str, ev: P.Event, exclude: Session | None = None) -> None:
-        data = P.encode_event(ev)  # encoded once; the same bytes go to every member
+        data = P.encode_event(ev, self.server.config.max_frame)  # encoded once; the same bytes go to every member
         for m in self.rooms.get(room, {}):
             if m is not exclude and m.conn.state is P.State.READY:
                 m.outbox.put(data)
@@ -253,5 +279,5 @@ class Relay:
             log.debug("%s room key for an offline user dropped", s.label())
             return
         for m in list(sessions):
-            with contextlib.suppress(P.ProtocolError):
+            with contextlib.suppress(P.ProtocolError, OversizedError):  # intake already refused what cannot fit
                 m.send(P.RoomKey(s.user.name, ev.envelope))

@@ -36,7 +36,7 @@ from typing import Any
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import ExistsError, IntegrityError, SecurecommError, UsageError
+from securecomm.errors import ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
 from securecomm.net.admission import Admission, Ticket
 from securecomm.net.lockout import Lockout, NameLocks
 from securecomm.net.memory import Trimmer
@@ -47,6 +47,7 @@ from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage
 from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, SEND_BYTES, SEND_MESSAGES, MailboxLimits, SendLimits
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
+from securecomm.wire.relayed import relayed_size
 
 log = logging.getLogger("securecomm.server")
 
@@ -85,9 +86,20 @@ class ServerConfig:
     #: Connections not logged in yet (handshaking or before LOGIN_OK), in total and
     #: from one address; beyond these new ones are dropped at once (issue 9). Each
     #: costs ~60 KiB (TLS buffers), so 512 of them stay near 30 MiB. The per-address
-    #: default leaves room for busy NATs and for the loopback load tests.
+    #: default is a sixteenth of the total, so that filling it takes 16 addresses,
+    #: while a NAT still has 32 logins in progress at once (a login takes well
+    #: under a second); tests and benchmarks that crowd one address say so.
     max_unauthenticated: int = 512
-    max_unauthenticated_per_address: int = 256
+    max_unauthenticated_per_address: int = 32
+    #: Logged-in sessions of one account: a chat, an inbox --follow and a few sends
+    #: at once need well under this, and one account can no longer take every
+    #: --max-clients slot, nor hold more than 16 x MAX_OUTBOUND_BUFFER of memory.
+    max_sessions_per_user: int = 16
+    #: Members of one room. The join and `who` RESULT lists every member with its
+    #: identity line (up to ~1.8 KB with ML-KEM), so 500 fit the default 1 MiB
+    #: frame; with a smaller --max-frame the limit is lowered to what fits
+    #: (room_member_limit()).
+    max_room_members: int = 500
     max_frame: int = MAX_FRAME_SIZE
     handshake_timeout: float = 10.0
     #: From the end of the TLS handshake to LOGIN_OK. Clients ask for passwords
@@ -130,12 +142,45 @@ class ServerConfig:
             raise UsageError("--send-messages and --send-bytes must be at least 1")
         if self.max_unauthenticated < 1 or self.max_unauthenticated_per_address < 1:
             raise UsageError("--max-unauthenticated and --max-unauthenticated-per-address must be at least 1")
+        if self.max_sessions_per_user < 1 or self.max_room_members < 1:
+            raise UsageError("--max-sessions-per-user and --max-room-members must be at least 1")
+
+    def room_member_limit(self) -> int:
+        """--max-room-members, lowered so that a RESULT listing every member always fits max_frame."""
+        return max(1, min(self.max_room_members, (self.max_frame - RESULT_OVERHEAD) // MEMBER_ENTRY_MAX))
+
+
+#: JSON bytes of one member in a join / `who` RESULT at most: {"user": 32
+#: characters, "identity": the longest identity line (1,695 characters for
+#: ML-KEM-768 + X25519)}, rounded up for separators and longer future keys.
+MEMBER_ENTRY_MAX = 2048
+#: The rest of such a RESULT: type byte, rid, room name and JSON punctuation.
+RESULT_OVERHEAD = 256
 
 
 #: Bytes the server will hold for one client that does not read (a room can
 #: produce faster than a stalled reader drains). Beyond this the client is cut
-#: off instead of letting it grow the server's memory without bound.
+#: off instead of letting it grow the server's memory without bound. 4 MiB is
+#: four maximum frames: a reader that is merely slow (a room burst over a slow
+#: link) is not cut off by one large message. With --max-sessions-per-user 16
+#: one account can make the server hold at most 64 MiB this way.
 MAX_OUTBOUND_BUFFER = 4 * 1024 * 1024
+#: Replies a connection's own frames may queue before the server stops reading
+#: it and waits for the client to take them (backpressure): one 64 KiB read of
+#: pipelined requests can ask for gigabytes of answers (`who` on a big room), and
+#: the event loop must not spend itself on one connection while others wait.
+OUTBOX_DRAIN_AT = 64 * 1024
+
+
+def queued_bytes(transport: Any) -> int:
+    """Bytes written but not yet sent, in the TLS layer and the TCP transport beneath it.
+
+    The TLS transport's own get_write_buffer_size() counts only what is not yet
+    encrypted: one large write is encrypted at once and handed to the TCP
+    transport, where it did not count, so a client that never read could make
+    the server hold any amount (a flood of `who` answers held 16 MiB unseen)."""
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    return int(transport.get_write_buffer_size()) + (int(inner.get_write_buffer_size()) if inner else 0)
 
 
 class Outbox:
@@ -146,10 +191,15 @@ class Outbox:
         self.label = label
         self._chunks: list[bytes] = []
         self._scheduled = False
+        #: Bytes queued in _chunks, not yet written.
+        self.pending = 0
 
     def put(self, data: bytes) -> None:
         self._chunks.append(data)
-        if not self._scheduled:
+        self.pending += len(data)
+        if self.pending > MAX_OUTBOUND_BUFFER:  # write now, so that the cut-off can happen mid-batch
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
@@ -157,11 +207,16 @@ class Outbox:
         self._scheduled = False
         if self._chunks and not self.writer.is_closing():
             self.writer.write(b"".join(self._chunks))
-            queued = self.writer.transport.get_write_buffer_size()
+            queued = queued_bytes(self.writer.transport)
             if queued > MAX_OUTBOUND_BUFFER:
                 log.warning("%s dropped: not reading (%d bytes queued)", self.label(), queued)
                 self.writer.transport.abort()
         self._chunks.clear()
+        self.pending = 0
+
+    def cut_off(self) -> bool:
+        """True once the connection is closing (cut off, dropped or gone): its frames are not processed."""
+        return self.writer.is_closing()
 
 
 class TokenBucket:
@@ -200,8 +255,16 @@ class Mailbox:
             return
         self.high = item.seq
         self.outstanding.add(item.seq)
-        with contextlib.suppress(P.ProtocolError):
+        try:
             self.session.send(P.Deliver(item.seq, item.stored_at_ms, item.sender, item.envelope))
+        except P.ProtocolError:
+            pass  # closed: offered again at the next login
+        except OversizedError:
+            # Stored before intake checked the relayed size, or under a larger --max-frame. It stays
+            # stored (a larger limit delivers it) but must never stop this user's logins (issue 2).
+            self.outstanding.discard(item.seq)
+            log.error("%s message %d from %s not delivered: larger than --max-frame once framed",
+                      self.session.label(), item.seq, item.sender)
 
     def push(self, item: Any) -> None:
         if not self.backlog:
@@ -273,13 +336,42 @@ class Session:
                 return
             try:
                 self.conn.receive_data(data)
-                while (event := self.conn.next_event()) is not None:
+                while not self.outbox.cut_off() and (event := self.conn.next_event()) is not None:
                     await self.dispatch(event)
+                    await self._backpressure()
             except P.ProtocolError as e:
                 log.warning("%s dropped: protocol error: %s", self.label(), e)
                 self.error(e.code, str(e), fatal=True)
                 return
             frame_started = (frame_started or time.monotonic()) if self.conn.decoder.partial else None
+
+    async def _backpressure(self) -> None:
+        """Once this connection's own answers pass OUTBOX_DRAIN_AT, wait until the client takes them.
+
+        Yields the event loop to every other connection meanwhile; a client that
+        does not read within --frame-timeout is cut off."""
+        if self.outbox.pending <= OUTBOX_DRAIN_AT:
+            return
+        self.outbox.flush()
+        if self.outbox.cut_off():
+            return
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.server.config.frame_timeout)
+        except TimeoutError:
+            log.warning("%s dropped: not reading its answers", self.label())
+            self.writer.transport.abort()
+
+    def relay_too_large(self, event: P.Event) -> bool:
+        """Refuse (non-fatally) a frame whose relayed form could exceed max_frame; True if refused."""
+        size = relayed_size(event)
+        limit = self.server.config.max_frame
+        if size is None or size <= limit:
+            return False
+        msg_id = envelope.peek_msg_id(event.envelope) if isinstance(event, P.RoomKey) else answer_ids(event)[0]
+        log.info("%s %s refused: %d bytes once relayed", self.label(), event.TYPE.name, size)
+        self.error(P.ErrorCode.TOO_LARGE, f"{event.TYPE.name} is too large: relayed with the sender's name it "
+                   f"could take {size} bytes, over this server's limit of {limit}", msg_id=msg_id)
+        return True
 
     async def dispatch(self, event: P.Event) -> None:
         if isinstance(event, P.Hello):
@@ -297,6 +389,8 @@ class Session:
         elif not self.bucket.take():
             msg_id, rid = answer_ids(event)
             self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id, rid=rid)
+        elif self.relay_too_large(event):
+            return
         elif isinstance(event, P.Send):
             await self.in_flight.acquire()
             self.server.handle_send(self, event)
@@ -463,6 +557,17 @@ class Server:
         log.warning("%s refused: %d clients connected (the maximum)", session.label(), self.clients)
         session.error(P.ErrorCode.TOO_MANY_CLIENTS,
                       f"server is full ({self.config.max_clients} clients); try again later", fatal=True)
+
+    def _too_many_sessions(self, s: Session, user: User) -> bool:
+        """Refuse (fatally) a login beyond --max-sessions-per-user; True if refused."""
+        held = len(self.relay.online.get(user.id, ()))
+        limit = self.config.max_sessions_per_user
+        if held < limit:
+            return False
+        log.warning("%s login refused: %s already has %d sessions (the maximum)", s.label(), user.name, held)
+        s.error(P.ErrorCode.TOO_MANY_CLIENTS, f"{user.name} already has {limit} sessions logged in (the maximum); "
+                "close one, or ask the operator about --max-sessions-per-user", fatal=True)
+        return True
 
     async def _handshake_and_serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
                                    ticket: Ticket) -> None:
@@ -666,6 +771,8 @@ class Server:
         if self._full():  # others logged in while this one was checked
             self._refuse_full(s)
             return
+        if self._too_many_sessions(s, fresh):
+            return
         s.user, s.identity = fresh, identity
         self.clients += 1
         if s.ticket is not None:
@@ -758,7 +865,11 @@ class Server:
                 s.error(P.ErrorCode.FORBIDDEN, "permission denied: listing users needs the admin role", rid=ev.rid)
                 return
             users = self.store.read().list_users()
-            s.send(P.Result(ev.rid, [user_row(u) for u in users]))
+            try:
+                s.send(P.Result(ev.rid, [user_row(u) for u in users]))
+            except OversizedError:  # thousands of accounts under a small --max-frame: refused, never INTERNAL
+                s.error(P.ErrorCode.TOO_LARGE, "the user list is larger than this server's frame limit "
+                        "(use securecomm user list on the server host)", rid=ev.rid)
         elif not await self.relay.request(s, ev):
             # fatal like an unknown message type: the client speaks a protocol this server does not
             s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", fatal=True, rid=ev.rid)

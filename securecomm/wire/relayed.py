@@ -217,3 +217,23 @@ class RoomEvent(Event):
         return cls(_field(o, "room", str), event, _field(o, "user", str), _field(o, "identity", str, optional=True))
 
 
+
+
+#: Longest user name (PROTOCOL.md 5.1: 1-32 characters). The server adds the
+#: sender's name when it relays DIRECT, ROOM_SEND and ROOM_KEY, so a frame that
+#: fits the limit on the way in can outgrow it on the way out; both sides judge
+#: these frames by the size they would have relayed with a name this long.
+MAX_NAME = 32
+
+
+def relayed_size(event: Event) -> int | None:
+    """Payload bytes of the frame the server would relay for `event` from a sender with the longest
+    possible name, or None if the server relays nothing for it (PROTOCOL.md 3.7)."""
+    sender = 1 + MAX_NAME
+    if isinstance(event, Direct):  # -> DELIVER: seq, stored_at, sender, envelope
+        return 1 + _DELIVER.size + sender + len(event.envelope)
+    if isinstance(event, RoomSend):  # -> ROOM_MESSAGE: room, sender, payload
+        return 1 + len(_prefix(event.room)) + sender + len(event.payload)
+    if isinstance(event, RoomKey):  # -> ROOM_KEY: sender, envelope
+        return 1 + sender + len(event.envelope)
+    return None
