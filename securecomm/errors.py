@@ -156,7 +156,8 @@ EXIT_CODES: dict[int, str] = {
     6: "integrity: bad signature, digest, decryption or malformed data",
     7: "network: connection refused, timed out or dropped",
     8: "TLS: handshake failed, untrusted or changed server certificate",
-    9: "refused: over a limit (message size, full mailbox, rate), stale or misaddressed message",
+    9: ("refused: over a limit (message size, full mailbox, stored messages to the server, rate), "
+        "stale or misaddressed message"),
     10: "would overwrite an existing file (use --force)",
     130: "interrupted: Ctrl-C, or Ctrl-D or 'no' at a prompt (nothing was changed)",
 }
