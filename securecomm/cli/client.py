@@ -226,7 +226,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
                 if follow:
                     await pump
                 else:
-                    await messenger.drain(wait_s)
+                    await messenger.drain(wait_s, pump=pump)
                     if pump.done():
                         pump.result()  # the connection failed: report it
             finally:
