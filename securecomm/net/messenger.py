@@ -41,6 +41,12 @@ JOIN_WAIT = 30.0
 #: `inbox` without --follow ends this long after it started at the latest, even if a server
 #: keeps sending events (or never answers): as long as any one reply may take.
 DRAIN_LIMIT = 30.0
+#: A burst of joins and leaves in a room is settled once it has been quiet this long: one key
+#: rotation and one line per user instead of one per event (see Messenger._settle). Short, so a
+#: real leave still rotates at once to a person; a message we send settles first anyway.
+SETTLE_QUIET = 0.3
+#: Never later than this after the first unsettled change, so non-stop churn still settles.
+SETTLE_MAX = 2.0
 
 
 # -- what the UI is told ------------------------------------------------------------------
@@ -74,6 +80,8 @@ class Membership:
     room: str
     user: str
     event: str
+    #: Further joins and leaves of this user collapsed into this line (`event` is the latest).
+    more: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,16 @@ class RoomState:
     members: dict[str, PublicIdentity] = field(default_factory=dict)
     #: Set once the join's member list is in; room traffic waits for it (it can overtake the RESULT).
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # -- membership changes not settled yet (see Messenger._settle) --
+    #: Someone left since our key was handed out: the next key must be one they never had.
+    rotate: bool = False
+    #: Members who joined and have not been handed our current key yet.
+    unkeyed: set[str] = field(default_factory=set)
+    #: user -> [joins and leaves since the line shown for them, the latest of those events]
+    churn: dict[str, list[Any]] = field(default_factory=dict)
+    settle: asyncio.TimerHandle | None = None
+    settle_since: float | None = None  # loop time of the first unsettled change
+    rotations: int = 0  # times our key was replaced (a count for tests and benchmarks)
 
 
 class Messenger:
@@ -134,6 +152,7 @@ class Messenger:
         self._directory: dict[str, PublicIdentity] = {}
         self.busy = False
         self.last_activity = time.monotonic()
+        self.settle_quiet, self.settle_max = SETTLE_QUIET, SETTLE_MAX
         #: How many times each kind of repeatable warning happened (see _warn_counted).
         self.warned: dict[str, int] = {}
         client.notice = lambda text: self._warn_counted("unsolicited server errors", text)
@@ -311,14 +330,67 @@ class Messenger:
             return
         if ev.event == "joined" and ev.identity:
             if await self._add_member(state, ev.user, ev.identity):
-                self._send_key(state, ev.user)
+                state.unkeyed.add(ev.user)
         elif ev.event == "left" and state.members.pop(ev.user, None) is not None:
             state.keys.pop(ev.user, None)
-            # Rotate: whoever left must not read what is said from now on.
-            state.my_key = roomcrypto.SenderKey.generate()
-            for user in state.members:
-                self._send_key(state, user)
-        self.emit(Membership(ev.room, ev.user, ev.event))
+            state.unkeyed.discard(ev.user)
+            state.rotate = True  # whoever left must not read what is said from now on: see seal_room
+        self._membership_line(state, ev.user, ev.event)
+        self._settle_later(state)
+
+    # Theory of operation: joins and leaves are settled in bursts.
+    #
+    #   ROOM_EVENT --> members updated at once; key work and repeated lines wait
+    #       |             (each event restarts a SETTLE_QUIET timer, capped at SETTLE_MAX after the first)
+    #       v
+    #   quiet, or we are about to send a room message --> _settle: if anyone left, ONE new key;
+    #       our key to each member present NOW (never to one who has left again); one summary
+    #       line per user whose joins/leaves were collapsed.
+    #
+    # So a member who joins and leaves 2,000 times costs each client one rotation and two lines,
+    # not 2,000 rotations (a new key HPKE-sealed to every member each) and 4,000 lines. Security
+    # is kept because seal_room settles first: a message typed after a leave always uses a key
+    # the leaver never received.
+
+    def _membership_line(self, state: RoomState, user: str, event: str) -> None:
+        """The first change of a user in a burst is shown at once; the rest are counted (_settle)."""
+        seen = state.churn.get(user)
+        if seen is None:
+            state.churn[user] = [0, event]
+            self.emit(Membership(state.name, user, event))
+        else:
+            seen[0], seen[1] = seen[0] + 1, event
+
+    def _settle_later(self, state: RoomState) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        state.settle_since = now if state.settle_since is None else state.settle_since
+        if state.settle is not None:
+            state.settle.cancel()
+        delay = min(self.settle_quiet, max(0.0, state.settle_since + self.settle_max - now))
+        state.settle = loop.call_later(delay, self._settle_on_timer, state)
+
+    def _settle_on_timer(self, state: RoomState) -> None:
+        if self.client.closed or self.rooms.get(state.name) is not state:
+            return  # the connection ended or we left: the next join starts afresh
+        with contextlib.suppress(SecurecommError):  # a write to a connection failing now: the pump reports it
+            self._settle(state)
+
+    def _settle(self, state: RoomState) -> None:
+        """Hand out our key after a burst of joins and leaves (a new one if anyone left)."""
+        if state.settle is not None:
+            state.settle.cancel()
+        state.settle, state.settle_since = None, None
+        if state.rotate:
+            state.my_key, state.rotate, state.rotations = roomcrypto.SenderKey.generate(), False, state.rotations + 1
+            state.unkeyed = set(state.members)
+        for user in sorted(state.unkeyed & set(state.members)):
+            self._send_key(state, user)
+        state.unkeyed.clear()
+        for user, (more, event) in state.churn.items():
+            if more:  # one further change is shown as itself (a quick rejoin), more as a count
+                self.emit(Membership(state.name, user, event, more if more > 1 else 0))
+        state.churn.clear()
 
     async def _on_room_key(self, ev: P.RoomKey) -> None:
         """Accept a sender key only from a member the server lists for the key's room.
@@ -378,6 +450,8 @@ class Messenger:
     def seal_room(self, room: str, body: bytes) -> tuple[bytes, bytes]:
         """Encrypt once for the whole room; returns (msg_id, payload)."""
         state = self.rooms[room]
+        if state.rotate or state.unkeyed:  # keys first: after a leave, never the key the leaver had
+            self._settle(state)
         payload = roomcrypto.encrypt(room, body, self.me, state.my_key)
         return roomcrypto.parse_header(payload).msg_id, payload
 
