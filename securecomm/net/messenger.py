@@ -362,6 +362,9 @@ class Messenger:
             seen[0], seen[1] = seen[0] + 1, event
 
     def _settle_later(self, state: RoomState) -> None:
+        if self.settle_quiet <= 0:  # no coalescing (each change settled at once): the benchmark's baseline
+            self._settle(state)
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         state.settle_since = now if state.settle_since is None else state.settle_since
