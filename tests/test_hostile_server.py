@@ -297,3 +297,46 @@ def test_chat_skips_a_bad_member_entry_with_a_warning(hostile, home):
     assert b"skipped bob in #lobby" in out and b"skipped a member of #lobby" in out, out
     assert b"bye" in result.stdout
     assert_no_raw_controls(out)
+
+
+def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, home):
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.net.connect import connect_profile
+    from securecomm.net.messenger import Membership, Messenger, Warning
+
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    carol = ident.PrivateIdentity.generate("x25519").public
+    server.results["join"] = {"members": []}
+    server.after_login = [P.RoomEvent("lobby", "joined", "evil" + EVIL, carol.line) for _ in range(12)]  # no name
+    server.after_login += [P.RoomEvent("lobby", "joined", "dave", "garbage"),  # a key that is no key
+                           P.RoomEvent("lobby", "joined", "carol", carol.line)]  # and one good member after them
+    state = State(home=str(home))
+    me = ident.load(state.paths.identity_key("default"))
+
+    async def go() -> list:
+        events: list = []
+        client, _ = await connect_profile(state.paths, me)
+        m = Messenger(client, me, "alice", state.paths, events.append)
+        pump = asyncio.create_task(m.run())
+        try:
+            await m.join("lobby")
+            deadline = asyncio.get_running_loop().time() + 20
+            while Membership("lobby", "carol", "joined") not in events:
+                assert asyncio.get_running_loop().time() < deadline, events
+                await asyncio.sleep(0.02)
+            assert "carol" in m.rooms["lobby"].members and "dave" not in m.rooms["lobby"].members
+            return events
+        finally:
+            pump.cancel()
+            await client.close()
+
+    events = asyncio.run(go())
+    named = [e.text for e in events if isinstance(e, Warning) and "invalid user name" in e.text]
+    assert len(named) == 2, named  # the first in full, then "10 so far": not 12 lines
+    assert named[0].startswith("ignored a join/leave in #lobby: the server sent an invalid user name"), named
+    assert named[1].startswith("10 room events about malformed names so far"), named
+    assert any(isinstance(e, Warning) and "skipped dave in #lobby" in e.text for e in events)
+    assert [e for e in events if isinstance(e, Membership)] == [Membership("lobby", "carol", "joined")]

@@ -307,7 +307,7 @@ class Messenger:
             self.emit(Warning(f"{user} in #{state.name}: {e.message}. {e.hint}"))
             return False
         except SecurecommError as e:  # a malformed identity line or name: that member is skipped
-            self.emit(Warning(f"skipped {user} in #{state.name}: {e.message}"))
+            self._warn_counted("members skipped", f"skipped {user} in #{state.name}: {e.message}")
             return False
         state.members[user] = identity
         return True
@@ -328,9 +328,15 @@ class Messenger:
         state = self.rooms.get(ev.room)
         if state is None or ev.user == self.user:
             return
+        try:
+            check_user_name(ev.user)  # a name no account can have is no member, and no line to show
+        except SecurecommError as e:
+            self._warn_counted("room events about malformed names", f"ignored a join/leave in #{ev.room}: {e.message}")
+            return
         if ev.event == "joined" and ev.identity:
-            if await self._add_member(state, ev.user, ev.identity):
-                state.unkeyed.add(ev.user)
+            if not await self._add_member(state, ev.user, ev.identity):
+                return  # skipped, and the warning says why: no key for them, and no line saying they are in
+            state.unkeyed.add(ev.user)
         elif ev.event == "left" and state.members.pop(ev.user, None) is not None:
             state.keys.pop(ev.user, None)
             state.unkeyed.discard(ev.user)
