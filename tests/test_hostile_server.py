@@ -47,6 +47,7 @@ class HostileServer:
         #: frames pushed right after LOGIN_OK, and before the RECEIPT of each DIRECT
         self.after_login: list[Any] = []
         self.before_receipt: list[Any] = []
+        self.hello_identity = ""  # a SERVER_HELLO identity to send instead of the real one
         self.user_line = ""  # the identity line the client registered (a member entry needs a real one)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -86,7 +87,8 @@ class HostileServer:
 
     def answer(self, ev: Any) -> list[Any]:
         if isinstance(ev, P.Hello):
-            return [P.ServerHello(P.SUPPORTED_VERSIONS[0], self.identity.public.line, os.urandom(32))]
+            return [P.ServerHello(P.SUPPORTED_VERSIONS[0], self.hello_identity or self.identity.public.line,
+                                  os.urandom(32))]
         if isinstance(ev, P.LoginPassword | P.LoginKey):
             if isinstance(ev, P.LoginPassword) and ev.identity:
                 self.user_line = ev.identity
@@ -340,3 +342,14 @@ def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, hom
     assert named[1].startswith("10 room events about malformed names so far"), named
     assert any(isinstance(e, Warning) and "skipped dave in #lobby" in e.text for e in events)
     assert [e for e in events if isinstance(e, Membership)] == [Membership("lobby", "carol", "joined")]
+
+
+def test_a_malformed_server_identity_is_exit_6_with_a_hint(hostile, home):
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.hello_identity = "garbage" + EVIL
+    result = run_entry("--home", str(home), "status")
+    assert result.returncode == 6, result.stderr
+    assert b"securecomm: error: the server sent a malformed identity" in result.stderr
+    assert b"securecomm: hint: this is not a securecomm server" in result.stderr
+    assert_no_raw_controls(result.stdout + result.stderr)

@@ -233,7 +233,8 @@ class Client:
         try:
             self.server_identity = PublicIdentity.from_line_cached(hello.identity)
         except SecurecommError as e:
-            raise IntegrityError("the server sent a malformed identity") from e
+            raise IntegrityError("the server sent a malformed identity",
+                                 hint="this is not a securecomm server, or a broken one") from e
         self.trust.verified()  # verified chain + hostname, and a securecomm server answered
         return hello
 
