@@ -257,3 +257,43 @@ def test_room_messages_without_a_key_are_collapsed_into_few_warnings(world):  # 
             await carol.close()
 
     asyncio.run(go())
+
+
+def test_rate_limited_room_keys_are_a_warning_not_the_end_of_the_connection(tmp_path):
+    """RATE_LIMITED answering a ROOM_KEY carries no msg_id or rid: an error about nothing we wait for.
+    Before, it failed every wait and ended chat (exit 9); now it is a warning and the session goes on."""
+    import signal
+
+    from securecomm.errors import RefusedError
+    from tests.serverproc import ServerProc, users_logged_in
+
+    srv = ServerProc(tmp_path / "srv", "--rate", "20").start()  # a burst of 20 frames, then 20 a second
+    try:
+        homes = users_logged_in(srv, tmp_path, ("alice", "bob"))
+
+        async def go():
+            ev_a = []
+            a = await _messenger(homes["alice"], ev_a)
+            try:
+                for _ in range(60):
+                    a.client.send_event(P.RoomKey("bob", b"\x00" * 64))
+                await _until(lambda: any(isinstance(e, Warning) and "rate limit" in e.text for e in ev_a), 20)
+                assert not a.pump.done(), a.pump
+                for _ in range(50):  # bounded: the bucket refills 20 tokens a second
+                    try:
+                        assert await a.who("lobby") == []
+                        break
+                    except RefusedError:
+                        await asyncio.sleep(0.2)
+                else:
+                    raise AssertionError("the connection never served a request again")
+                assert not a.client.closed
+                limited = [e for e in ev_a if isinstance(e, Warning) and "rate limit" in e.text]
+                assert 1 <= len(limited) <= 3, limited  # counted: the first, then at 10 (and 100)
+            finally:
+                a.pump.cancel()
+                await a.client.close()
+
+        asyncio.run(go())
+    finally:
+        srv.stop(signal.SIGKILL)
