@@ -303,8 +303,8 @@ class Messenger:
         try:
             identity = PublicIdentity.from_line_cached(line)
             self.contacts.check(user, identity)
-        except ChangedKeyError as e:
-            self.emit(Warning(f"{user} in #{state.name}: {e.message}. {e.hint}"))
+        except ChangedKeyError as e:  # counted too: a member with a changed key may join and leave in a loop
+            self._warn_counted("members with a changed key", f"{user} in #{state.name}: {e.message}. {e.hint}")
             return False
         except SecurecommError as e:  # a malformed identity line or name: that member is skipped
             self._warn_counted("members skipped", f"skipped {user} in #{state.name}: {e.message}")
