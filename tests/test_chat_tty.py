@@ -126,3 +126,49 @@ def test_first_contact_asks_before_trusting(two_users, tmp_path):
     tmux.type("s", "correct horse battery")
     tmux.wait_for("s", "LOGIN-EXITED-0")
     assert ca_fp in (stranger / "known_servers").read_text()
+
+
+def test_join_leave_churn_prints_a_couple_of_lines_not_one_per_event(two_users):
+    """The attacker's t_churn.py: bob joins and leaves #lobby 300 times in a burst. alice's chat shows
+    his first change and one summary line, not 600 lines, and her next line is still delivered."""
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.crypto import identity as ident
+    from securecomm.net.connect import connect_profile
+
+    _, homes, tmux = two_users
+    tmux.start("alice", f"{ENTRY} --home {homes['alice']} chat --room lobby; echo CHAT-EXITED-$?; sleep 30")
+    tmux.wait_for("alice", "joined #lobby")
+
+    async def churn() -> None:
+        state = State(home=str(homes["bob"]))
+        client, _ = await connect_profile(state.paths, ident.load(state.paths.identity_key("default")))
+        async with client:
+            await asyncio.gather(*[client.request(op, room="lobby") for _ in range(300) for op in ("join", "leave")])
+
+    asyncio.run(churn())
+    deadline = time.monotonic() + 60
+    while (shown := _changes_shown(tmux, "alice", "bob")) < 600:  # every event, in a line or a summary
+        assert time.monotonic() < deadline, tmux.run("capture-pane", "-p", "-S", "-2000", "-t", "alice")
+        time.sleep(0.1)
+    history = tmux.run("capture-pane", "-p", "-S", "-2000", "-t", "alice")
+    lines = [line for line in history.splitlines() if "bob" in line]
+    assert shown == 600 and 2 <= len(lines) <= 6, history  # not 600 lines (a summary at most every 2 s)
+    assert lines[-1].endswith("(now gone)"), lines
+    tmux.type("alice", "/who")
+    tmux.wait_for("alice", "in #lobby: alice")  # chat goes on
+    assert "CHAT-EXITED" not in tmux.screen("alice")
+
+
+def _changes_shown(tmux: Tmux, name: str, user: str) -> int:
+    """Joins/leaves of `user` on the screen's history: one per plain line, N per summary line."""
+    import re
+
+    total = 0
+    for line in tmux.run("capture-pane", "-p", "-S", "-2000", "-t", name).splitlines():
+        if m := re.search(rf"\* {user} joined and left #\S+ repeatedly: (\d+) more", line):
+            total += int(m.group(1))
+        elif re.search(rf"\* {user} (joined|left) #", line):
+            total += 1
+    return total

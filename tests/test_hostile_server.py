@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from securecomm.crypto import envelope
 from securecomm.crypto import identity as ident
+from securecomm.crypto.integrity import sha256
 from securecomm.net.tls import server_context
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import FrameDecoder
@@ -40,6 +42,13 @@ class HostileServer:
         self.identity = ident.PrivateIdentity.generate("x25519")
         self.peer = ident.PrivateIdentity.generate("x25519").public  # a real key under an evil name
         self.login_name = login_name
+        #: op -> the RESULT data to answer with instead of the usual hostile one
+        self.results: dict[str, Any] = {}
+        #: frames pushed right after LOGIN_OK, and before the RECEIPT of each DIRECT
+        self.after_login: list[Any] = []
+        self.before_receipt: list[Any] = []
+        self.hello_identity = ""  # a SERVER_HELLO identity to send instead of the real one
+        self.user_line = ""  # the identity line the client registered (a member entry needs a real one)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -78,9 +87,17 @@ class HostileServer:
 
     def answer(self, ev: Any) -> list[Any]:
         if isinstance(ev, P.Hello):
-            return [P.ServerHello(P.SUPPORTED_VERSIONS[0], self.identity.public.line, os.urandom(32))]
+            return [P.ServerHello(P.SUPPORTED_VERSIONS[0], self.hello_identity or self.identity.public.line,
+                                  os.urandom(32))]
         if isinstance(ev, P.LoginPassword | P.LoginKey):
-            return [P.LoginOk(self.login_name, "admin" + EVIL, "SHA256:" + EVIL)]
+            if isinstance(ev, P.LoginPassword) and ev.identity:
+                self.user_line = ev.identity
+            return [P.LoginOk(self.login_name, "admin" + EVIL, "SHA256:" + EVIL), *self.after_login]
+        if isinstance(ev, P.Request) and ev.op in self.results:
+            return [P.Result(ev.rid, self.results[ev.op])]
+        if isinstance(ev, P.Direct):
+            msg_id = envelope.parse(ev.envelope).header.msg_id
+            return [*self.before_receipt, P.Receipt(msg_id, sha256(ev.envelope), 0)]
         if isinstance(ev, P.Request) and ev.op == "user_list":
             return [P.Result(ev.rid, [{"name": "mallory" + EVIL, "role": "user" + EVIL, "created": 0,
                                        "last_login": "1" + EVIL, "locked": False, "fingerprint": EVIL}])]
@@ -178,4 +195,161 @@ def test_contacts_listing_escapes_a_tampered_name(home):
     result = run_entry("--home", str(home), "contacts")
     assert result.returncode == 0, result.stderr
     assert b"bob\\x1b]0;pwned" in result.stdout
+    assert_no_raw_controls(result.stdout + result.stderr)
+
+
+# -- malformed answers and unsolicited errors: exit 6 with a hint, or a warning; never exit 1 --------
+def assert_malformed(result) -> None:
+    assert result.returncode == 6, result.stderr
+    assert b"securecomm: error: the server sent a malformed answer" in result.stderr, result.stderr
+    assert b"securecomm: hint: " in result.stderr
+    assert b"internal error" not in result.stderr and b"Traceback" not in result.stderr
+    assert_no_raw_controls(result.stdout + result.stderr)
+
+
+def test_send_to_with_a_lookup_whose_identity_is_not_text(hostile, home):
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.results["lookup"] = {"user": "bob", "identity": 5}
+    result = run_entry("--home", str(home), "send", "--to", "bob", "hi")
+    assert_malformed(result)
+    assert b"'identity' is not text" in result.stderr
+
+
+def test_send_to_refuses_a_lookup_answered_for_another_user(hostile, home):
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.results["lookup"] = {"user": "carol", "identity": server.peer.line}  # bob's key filed as carol's?
+    result = run_entry("--home", str(home), "send", "--to", "bob", "hi")
+    assert_malformed(result)
+    assert not (home / "contacts.json").exists() or b"carol" not in (home / "contacts.json").read_bytes()
+
+
+@pytest.mark.parametrize("rows", [
+    [{"name": "bob", "role": "user", "created": 0, "last_login": None, "locked": False, "fingerprint": None},
+     "notadict"],
+    [{"name": "bob", "role": 7, "created": "x", "last_login": None, "locked": "yes", "fingerprint": {"a": 1}}],
+    {"name": "bob"},
+    [{"name": "bob"}],
+])
+def test_remote_user_list_with_malformed_rows(hostile, home, rows):
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.results["user_list"] = rows
+    assert_malformed(run_entry("--home", str(home), "user", "list", "--remote"))
+
+
+def test_remote_user_list_shows_an_impossible_time_as_a_number(hostile, home):
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.results["user_list"] = [{"name": "bob", "role": "user", "created": 10**30, "last_login": True,
+                                    "locked": False, "fingerprint": None}]
+    result = run_entry("--home", str(home), "user", "list", "--remote")
+    assert result.returncode == 0, result.stderr
+    assert str(10**30).encode() in result.stdout
+
+
+def test_an_unsolicited_non_fatal_error_is_shown_and_the_send_succeeds(hostile, home):
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.results["lookup"] = {"user": "bob", "identity": server.peer.line}
+    noise = [P.Error(int(P.ErrorCode.INTEGRITY), "rejected" + EVIL, False, os.urandom(16)),  # no such msg_id
+             P.Error(int(P.ErrorCode.NOT_FOUND), "no such request", False, None, 999_999),  # no such rid
+             P.Error(int(P.ErrorCode.RATE_LIMITED), "slow down", False)]  # about nothing at all
+    server.before_receipt = noise
+    server.after_login = noise
+    result = run_entry("--home", str(home), "send", "--to", "bob", "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"stored "), result.stdout
+    assert b"nothing this command is waiting for: server: rejected\\x1b]0;pwned" in result.stderr, result.stderr
+    assert_no_raw_controls(result.stdout + result.stderr)
+
+
+def test_inbox_ends_when_a_delivery_cannot_be_checked(hostile, home):
+    """A DELIVER whose sender's key comes back malformed: warned and rejected, and inbox ends
+    (before: the event pump died, and inbox waited a full minute to exit 1)."""
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.results["lookup"] = {"user": "bob", "identity": 5}
+    server.results["who"] = {"members": []}
+    server.after_login = [P.Deliver(1, 0, "bob", b"SCE1" + os.urandom(300)),
+                          P.RoomEvent("nowhere", "left", "bob")]  # still queued when the pump died, before
+    result = run_entry("--home", str(home), "inbox", timeout=45)
+    assert result.returncode == 6, result.stderr
+    assert b"message from bob could not be checked (the server sent a malformed answer" in result.stderr
+    assert b"1 message(s) failed verification" in result.stderr
+    assert b"internal error" not in result.stderr
+
+
+def test_chat_skips_a_bad_member_entry_with_a_warning(hostile, home):
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    carol = ident.PrivateIdentity.generate("x25519").public
+    server.results["join"] = {"room": EVIL, "members": [
+        {"user": "alice", "identity": server.user_line},
+        {"user": "bob", "identity": "garbage" + EVIL},
+        "notadict",
+        {"user": "eve" + EVIL, "identity": carol.line},
+        {"user": "carol", "identity": carol.line},
+    ]}
+    result = run_entry("--home", str(home), "chat", input=b"/quit\n", env={"NO_COLOR": "1"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    assert b"joined #lobby: alice, carol" in result.stdout, out
+    assert b"skipped bob in #lobby" in out and b"skipped a member of #lobby" in out, out
+    assert b"bye" in result.stdout
+    assert_no_raw_controls(out)
+
+
+def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, home):
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.net.connect import connect_profile
+    from securecomm.net.messenger import Membership, Messenger, Warning
+
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    carol = ident.PrivateIdentity.generate("x25519").public
+    server.results["join"] = {"members": []}
+    server.after_login = [P.RoomEvent("lobby", "joined", "evil" + EVIL, carol.line) for _ in range(12)]  # no name
+    server.after_login += [P.RoomEvent("lobby", "joined", "dave", "garbage"),  # a key that is no key
+                           P.RoomEvent("lobby", "joined", "carol", carol.line)]  # and one good member after them
+    state = State(home=str(home))
+    me = ident.load(state.paths.identity_key("default"))
+
+    async def go() -> list:
+        events: list = []
+        client, _ = await connect_profile(state.paths, me)
+        m = Messenger(client, me, "alice", state.paths, events.append)
+        pump = asyncio.create_task(m.run())
+        try:
+            await m.join("lobby")
+            deadline = asyncio.get_running_loop().time() + 20
+            while Membership("lobby", "carol", "joined") not in events:
+                assert asyncio.get_running_loop().time() < deadline, events
+                await asyncio.sleep(0.02)
+            assert "carol" in m.rooms["lobby"].members and "dave" not in m.rooms["lobby"].members
+            return events
+        finally:
+            pump.cancel()
+            await client.close()
+
+    events = asyncio.run(go())
+    named = [e.text for e in events if isinstance(e, Warning) and "invalid user name" in e.text]
+    assert len(named) == 2, named  # the first in full, then "10 so far": not 12 lines
+    assert named[0].startswith("ignored a join/leave in #lobby: the server sent an invalid user name"), named
+    assert named[1].startswith("10 room events about malformed names so far"), named
+    assert any(isinstance(e, Warning) and "skipped dave in #lobby" in e.text for e in events)
+    assert [e for e in events if isinstance(e, Membership)] == [Membership("lobby", "carol", "joined")]
+
+
+def test_a_malformed_server_identity_is_exit_6_with_a_hint(hostile, home):
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.hello_identity = "garbage" + EVIL
+    result = run_entry("--home", str(home), "status")
+    assert result.returncode == 6, result.stderr
+    assert b"securecomm: error: the server sent a malformed identity" in result.stderr
+    assert b"securecomm: hint: this is not a securecomm server" in result.stderr
     assert_no_raw_controls(result.stdout + result.stderr)

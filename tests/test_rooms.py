@@ -13,7 +13,7 @@ from securecomm.crypto import identity as ident
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import DirectMessage, Membership, Warning
+from securecomm.net.messenger import DirectMessage, Membership, RoomText, Warning
 from securecomm.wire import protocol as P
 from tests.test_messaging import _messenger, _until, world  # noqa: F401 - `world` is a fixture
 
@@ -148,3 +148,152 @@ def test_a_bad_room_name_is_called_a_room_name_by_the_server(world):  # noqa: F8
             await carol.close()
 
     asyncio.run(go())
+
+
+# -- join/leave churn: settled in bursts (one rotation, few lines), never a key for the leaver --------
+CHURN = 200  # join/leave pairs; the attacker's repro used 2,000 against three chat clients
+
+
+def _lines_for(events: list, user: str) -> list:
+    return [e for e in events if isinstance(e, Membership) and e.user == user]
+
+
+def test_join_leave_churn_costs_one_rotation_and_a_few_lines(world):  # noqa: F811
+    _, homes = world
+
+    async def go():
+        ev_a, ev_b = [], []
+        a, b = await _messenger(homes["alice"], ev_a), await _messenger(homes["bob"], ev_b)
+        carol, _ = await _attacker(homes["carol"])
+        try:
+            await a.join("lobby")
+            await b.join("lobby")
+            await _until(lambda: "bob" in a.rooms["lobby"].keys and "alice" in b.rooms["lobby"].keys)
+            first_a, first_b = a.rooms["lobby"].rotations, b.rooms["lobby"].rotations
+            await asyncio.gather(*[carol.request(op, room="lobby") for _ in range(CHURN) for op in ("join", "leave")])
+            # every one of the 2*CHURN events is accounted for, in lines shown or counted into a summary
+            for m, ev in ((a, ev_a), (b, ev_b)):
+                await _until(lambda m=m, ev=ev: sum(e.more or 1 for e in _lines_for(ev, "carol")) == 2 * CHURN
+                             and m.rooms["lobby"].settle is None, 60)
+            for m, ev, first in ((a, ev_a, first_a), (b, ev_b, first_b)):
+                assert 2 <= len(_lines_for(ev, "carol")) <= 10, _lines_for(ev, "carol")  # not 400
+                assert _lines_for(ev, "carol")[-1].event == "left"  # the summary ends in the truth
+                assert 1 <= m.rooms["lobby"].rotations - first <= 10  # not 200
+                assert "carol" not in m.rooms["lobby"].members
+            await a.send_direct("carol", b"barrier for carol")
+            got = await _raw_events_until_deliver(carol)
+            keys = [e for e in got if isinstance(e, P.RoomKey)]
+            assert len(keys) <= 10, len(keys)  # a key only at a settle that found her in: not 400
+            receipt = await a.send_room("lobby", b"still talking")  # and the room still works
+            assert receipt.sha256
+        finally:
+            for m in (a, b):
+                m.pump.cancel()
+                await m.client.close()
+            await carol.close()
+
+    asyncio.run(go())
+
+
+def test_a_line_sent_in_the_quiet_period_after_a_leave_uses_a_key_the_leaver_never_had(world):  # noqa: F811
+    _, homes = world
+
+    async def go():
+        ev = {u: [] for u in ("alice", "bob", "carol")}
+        a, b, c = [await _messenger(homes[u], ev[u]) for u in ("alice", "bob", "carol")]
+        try:
+            for m in (a, b, c):
+                await m.join("lobby")
+            await _until(lambda: all(len(m.rooms["lobby"].keys) == 2 for m in (a, b, c)))
+            a.settle_quiet = a.settle_max = 60.0  # the rotation would wait a minute: only the send can start it
+            carols_copy = c.rooms["lobby"].keys["alice"].key_id
+            assert carols_copy == a.rooms["lobby"].my_key.key_id
+            await c.leave("lobby")
+            await _until(lambda: Membership("lobby", "carol", "left") in ev["alice"])
+            assert a.rooms["lobby"].rotate  # the rotation is still pending...
+            receipt = await a.send_room("lobby", b"after carol left")  # ...so this send does it first
+            assert receipt.sha256
+            assert a.rooms["lobby"].my_key.key_id != carols_copy
+            await _until(lambda: any(isinstance(e, RoomText) and e.body == b"after carol left" for e in ev["bob"]))
+            assert b.rooms["lobby"].keys["alice"].key_id == a.rooms["lobby"].my_key.key_id
+            await _barrier_dm(a, "carol", ev["carol"], b"barrier for carol")
+            assert not [e for e in ev["carol"] if isinstance(e, Warning) and "room key" in e.text]  # none sent
+            assert not [e for e in ev["carol"] if isinstance(e, RoomText)]
+        finally:
+            for m in (a, b, c):
+                m.pump.cancel()
+                await m.client.close()
+
+    asyncio.run(go())
+
+
+def test_room_messages_without_a_key_are_collapsed_into_few_warnings(world):  # noqa: F811
+    _, homes = world
+
+    async def go():
+        ev_a = []
+        a = await _messenger(homes["alice"], ev_a)
+        carol, carol_me = await _attacker(homes["carol"])
+        try:
+            await a.join("lobby")
+            await carol.request("join", room="lobby")  # a member who never hands out her key
+            key = roomcrypto.SenderKey.generate()
+            receipts = []
+            for i in range(30):
+                payload = roomcrypto.encrypt("lobby", b"x%d" % i, carol_me, key)
+                receipts.append(carol.expect_receipt(roomcrypto.parse_header(payload).msg_id))
+                carol.send_event(P.RoomSend("lobby", payload))
+            await asyncio.wait_for(asyncio.gather(*receipts), 30)  # relayed to alice by now
+            carol_msn = await _messenger(homes["carol"], [])
+            await _barrier_dm(carol_msn, "alice", ev_a, b"after the keyless messages")
+            carol_msn.pump.cancel()
+            await carol_msn.client.close()
+            warnings = [e for e in ev_a if isinstance(e, Warning) and "before their key" in e.text]
+            assert 1 <= len(warnings) <= 2, warnings  # the first, and "10 so far"; not 30 lines
+            assert "30 room messages without their key" not in str(warnings)  # 30 is no power of ten
+        finally:
+            a.pump.cancel()
+            await a.client.close()
+            await carol.close()
+
+    asyncio.run(go())
+
+
+def test_rate_limited_room_keys_are_a_warning_not_the_end_of_the_connection(tmp_path):
+    """RATE_LIMITED answering a ROOM_KEY carries no msg_id or rid: an error about nothing we wait for.
+    Before, it failed every wait and ended chat (exit 9); now it is a warning and the session goes on."""
+    import signal
+
+    from securecomm.errors import RefusedError
+    from tests.serverproc import ServerProc, users_logged_in
+
+    srv = ServerProc(tmp_path / "srv", "--rate", "20").start()  # a burst of 20 frames, then 20 a second
+    try:
+        homes = users_logged_in(srv, tmp_path, ("alice", "bob"))
+
+        async def go():
+            ev_a = []
+            a = await _messenger(homes["alice"], ev_a)
+            try:
+                for _ in range(60):
+                    a.client.send_event(P.RoomKey("bob", b"\x00" * 64))
+                await _until(lambda: any(isinstance(e, Warning) and "rate limit" in e.text for e in ev_a), 20)
+                assert not a.pump.done(), a.pump
+                for _ in range(50):  # bounded: the bucket refills 20 tokens a second
+                    try:
+                        assert await a.who("lobby") == []
+                        break
+                    except RefusedError:
+                        await asyncio.sleep(0.2)
+                else:
+                    raise AssertionError("the connection never served a request again")
+                assert not a.client.closed
+                limited = [e for e in ev_a if isinstance(e, Warning) and "rate limit" in e.text]
+                assert 1 <= len(limited) <= 3, limited  # counted: the first, then at 10 (and 100)
+            finally:
+                a.pump.cancel()
+                await a.client.close()
+
+        asyncio.run(go())
+    finally:
+        srv.stop(signal.SIGKILL)

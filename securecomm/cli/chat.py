@@ -47,6 +47,9 @@ def render(ev: Any, me: str) -> str:
     if isinstance(ev, DeliveryReceipt):
         return f"{now_text()} {ok}{ok} {clean(ev.to)} received {ev.msg_id.hex()[:8]} (signed receipt)"
     if isinstance(ev, Membership):
+        if ev.more:  # a burst of joins and leaves, collapsed into one line
+            return (f"{now_text()} * {clean(ev.user)} joined and left #{clean(ev.room)} repeatedly: {ev.more} "
+                    f"more joins/leaves (now {'in the room' if ev.event == 'joined' else 'gone'})")
         return f"{now_text()} * {clean(ev.user)} {ev.event} #{clean(ev.room)}"
     if isinstance(ev, Warning):
         return style(f"{now_text()} \u26a0 {clean(ev.text)}", fg="red", bold=True)

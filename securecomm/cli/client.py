@@ -178,7 +178,8 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
 @click.command(epilog="Examples:\n\n  securecomm inbox\n\n  securecomm inbox --follow --json")
 @click.option("--follow", is_flag=True, help="Keep waiting for new messages (Ctrl-C to stop).")
 @click.option("--wait", "wait_s", type=float, default=1.0, show_default=True,
-              help="Without --follow: seconds to wait for deliveries after connecting.")
+              help="Without --follow: seconds to wait for deliveries after connecting (inbox ends within "
+                   "30 s in any case, even if the server keeps sending).")
 @server_option
 @passphrase_file_option
 @json_option
@@ -226,7 +227,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
                 if follow:
                     await pump
                 else:
-                    await messenger.drain(wait_s)
+                    await messenger.drain(wait_s, pump=pump)
                     if pump.done():
                         pump.result()  # the connection failed: report it
             finally:

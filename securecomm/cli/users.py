@@ -158,9 +158,12 @@ def remove(state: State, name: str, yes: bool, db: Path | None) -> None:
 def _fmt_time(ts: int | None) -> str:
     import datetime as dt
 
-    if not isinstance(ts, int):  # --remote: whatever a server sent, shown and never obeyed
+    if not isinstance(ts, int) or isinstance(ts, bool):  # --remote: whatever a server sent, shown, never obeyed
         return shown(ts) if ts else "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M") if ts else "-"
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M") if ts else "-"
+    except (OverflowError, OSError, ValueError):  # a time no calendar has: shown as the number it is
+        return str(ts)
 
 
 @user.command(name="list", epilog="Examples:\n\n  securecomm user list\n\n  securecomm user list --remote --json")
@@ -188,11 +191,16 @@ def list_(state: State, as_json: bool, remote: bool, db: Path | None) -> None:
                      headers=["name", "role", "created", "last login", "locked", "key fingerprint"]))
 
 
+#: The columns `user list` shows; a remote row must have each, as a plain value.
+USER_COLUMNS = ("name", "role", "created", "last_login", "locked", "fingerprint")
+
+
 def _remote_rows(state: State) -> list[dict[str, Any]]:
     import asyncio
 
     from securecomm.cli.context import load_identity
     from securecomm.config import Profile
+    from securecomm.net import answers
     from securecomm.net.connect import connect_profile
 
     profile = Profile.load(state.paths.profile)
@@ -201,7 +209,7 @@ def _remote_rows(state: State) -> list[dict[str, Any]]:
     async def go() -> list[dict[str, Any]]:
         client, _ = await connect_profile(state.paths, identity)
         async with client:
-            return await client.request("user_list")
+            return answers.user_rows(await client.request("user_list"), USER_COLUMNS)
 
     return asyncio.run(go())
 

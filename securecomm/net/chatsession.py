@@ -200,7 +200,8 @@ class ChatSession:
             await self._command(line)
 
     def _keyed(self) -> set[str]:
-        """Members of the room who have been handed our current sender key."""
+        """Members of the room as we last heard; each gets our current sender key before our next
+        room line (Messenger.seal_room settles pending joins and leaves first)."""
         assert self.messenger is not None
         state = self.messenger.rooms.get(self.room)
         return set(state.members) if state is not None else set()

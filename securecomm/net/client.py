@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from securecomm.net import tls
 from securecomm.wire import protocol as P
 from securecomm.wire.relayed import relayed_size
 
+log = logging.getLogger("securecomm.client")
+
 CONNECT_TIMEOUT = 10.0
 REPLY_TIMEOUT = 30.0
 
@@ -56,6 +60,10 @@ _HINTS: dict[int, str] = {
     P.ErrorCode.STORAGE_FULL: "the server keeps messages sent to it for good; its operator can raise the limit "
                               "(securecomm serve --send-messages / --send-bytes)",
 }
+
+
+def _log_notice(text: str) -> None:
+    log.warning("securecomm: warning: %s", text)
 
 
 def message_too_large(limit: int, what: str = "message", size: int | None = None,
@@ -201,6 +209,8 @@ class Client:
         self._hello_waiter: asyncio.Future[Any] | None = None
         #: Unsolicited events (deliveries, room traffic) for a Messenger to consume.
         self.events: asyncio.Queue[P.Event | SecurecommError] = asyncio.Queue()
+        #: Where an unsolicited non-fatal ERROR is told (already escaped); a Messenger shows it instead.
+        self.notice: Callable[[str], None] = _log_notice
 
     # -- connection --------------------------------------------------------------------
     async def connect(self, timeout: float = CONNECT_TIMEOUT) -> P.ServerHello:
@@ -226,7 +236,8 @@ class Client:
         try:
             self.server_identity = PublicIdentity.from_line_cached(hello.identity)
         except SecurecommError as e:
-            raise IntegrityError("the server sent a malformed identity") from e
+            raise IntegrityError("the server sent a malformed identity",
+                                 hint="this is not a securecomm server, or a broken one") from e
         self.trust.verified()  # verified chain + hostname, and a securecomm server answered
         return hello
 
@@ -332,10 +343,14 @@ class Client:
     def _on_error(self, ev: P.Error) -> None:
         err = error_from(ev)
         key: Any = ("msg", ev.msg_id) if ev.msg_id else ("rid", ev.rid) if ev.rid is not None else None
-        if not ev.fatal and key in self._waiters:
+        if ev.fatal:
+            self._fail_all(err)
+        elif key in self._waiters:
             self._waiters.pop(key).set_exception(err)
-            return
-        self._fail_all(err)
+        else:
+            # Non-fatal and about nothing we wait for (a late answer, or a hostile server's noise):
+            # the connection is still good, so it is told, not made the end of the command.
+            self.notice(f"the server reported an error about nothing this command is waiting for: {err.message}")
 
     def _fail_all(self, err: SecurecommError) -> None:
         self._closed_error = err

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securecomm.contacts import ChangedKeyError, Contacts
+from securecomm.contacts import ChangedKeyError, Contacts, check_user_name
 from securecomm.crypto import envelope
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import IntegrityError, SecurecommError
 from securecomm.files import PRIVATE_MODE, write_files
+from securecomm.net import answers
 from securecomm.net.client import Client, check_receipt
 from securecomm.wire import protocol as P
 
@@ -37,6 +38,15 @@ JUNK_WARN_BASE = 10
 #: How long a room key may wait for the join that lists its sender (the join's RESULT and the
 #: key race on the client); as long as any reply may take.
 JOIN_WAIT = 30.0
+#: `inbox` without --follow ends this long after it started at the latest, even if a server
+#: keeps sending events (or never answers): as long as any one reply may take.
+DRAIN_LIMIT = 30.0
+#: A burst of joins and leaves in a room is settled once it has been quiet this long: one key
+#: rotation and one line per user instead of one per event (see Messenger._settle). Short, so a
+#: real leave still rotates at once to a person; a message we send settles first anyway.
+SETTLE_QUIET = 0.3
+#: Never later than this after the first unsettled change, so non-stop churn still settles.
+SETTLE_MAX = 2.0
 
 
 # -- what the UI is told ------------------------------------------------------------------
@@ -70,6 +80,8 @@ class Membership:
     room: str
     user: str
     event: str
+    #: Further joins and leaves of this user collapsed into this line (`event` is the latest).
+    more: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,16 @@ class RoomState:
     members: dict[str, PublicIdentity] = field(default_factory=dict)
     #: Set once the join's member list is in; room traffic waits for it (it can overtake the RESULT).
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # -- membership changes not settled yet (see Messenger._settle) --
+    #: Someone left since our key was handed out: the next key must be one they never had.
+    rotate: bool = False
+    #: Members who joined and have not been handed our current key yet.
+    unkeyed: set[str] = field(default_factory=set)
+    #: user -> [joins and leaves since the line shown for them, the latest of those events]
+    churn: dict[str, list[Any]] = field(default_factory=dict)
+    settle: asyncio.TimerHandle | None = None
+    settle_since: float | None = None  # loop time of the first unsettled change
+    rotations: int = 0  # times our key was replaced (a count for tests and benchmarks)
 
 
 class Messenger:
@@ -130,7 +152,10 @@ class Messenger:
         self._directory: dict[str, PublicIdentity] = {}
         self.busy = False
         self.last_activity = time.monotonic()
-        self.junk_room_keys = 0
+        self.settle_quiet, self.settle_max = SETTLE_QUIET, SETTLE_MAX
+        #: How many times each kind of repeatable warning happened (see _warn_counted).
+        self.warned: dict[str, int] = {}
+        client.notice = lambda text: self._warn_counted("unsolicited server errors", text)
 
     # -- identities -----------------------------------------------------------------------
     async def identity_of(self, user: str) -> PublicIdentity:
@@ -140,10 +165,14 @@ class Messenger:
             return self.me.public  # notes to self: our own key, never the directory's word for it
         if user in self._directory:
             return self._directory[user]
-        data = await self.client.request("lookup", user=user)
-        identity = PublicIdentity.from_line(data["identity"])
-        if data["user"] != self.user:
-            self.contacts.check(data["user"], identity)
+        what = "the lookup result"
+        data = answers.obj(await self.client.request("lookup", user=user), what)
+        name, line = answers.text(data, "user", what), answers.text(data, "identity", what)
+        check_user_name(name)
+        if name != user:  # the key must be pinned under the name it is used for
+            raise answers.malformed(f"asked for {user!a}, the lookup answered for {name!a}")
+        identity = PublicIdentity.from_line(line)
+        self.contacts.check(name, identity)
         self._directory[user] = identity
         return identity
 
@@ -245,13 +274,15 @@ class Messenger:
                 state.ready.set()  # nobody waits for a join that failed
                 self.rooms.pop(name, None)
             raise
-        for m in data["members"]:
-            if m["user"] == self.user:
-                continue
-            if await self._add_member(state, m["user"], m["identity"]):
-                self._send_key(state, m["user"])
+        names = []  # those our key goes to, and us: a skipped member is named only in its warning
+        for user, line in self._members(data, f"#{name}"):
+            if user == self.user:
+                names.append(user)
+            elif await self._add_member(state, user, line):
+                names.append(user)
+                self._send_key(state, user)
         state.ready.set()
-        return [m["user"] for m in data["members"]]
+        return names
 
     async def leave(self, room: str) -> None:
         await self.client.request("leave", room=room)
@@ -259,14 +290,28 @@ class Messenger:
 
     async def who(self, room: str) -> list[str]:
         data = await self.client.request("who", room=room)
-        return [m["user"] for m in data["members"]]
+        return [user for user, _ in self._members(data, f"#{room}")]
+
+    def _members(self, data: Any, where: str) -> list[tuple[str, str]]:
+        """(user, identity line) of each well-formed member entry; a bad one is skipped with a
+        warning, so one broken entry cannot end chat or hide the other members."""
+        good = []
+        for entry in answers.items(answers.obj(data, "the member list"), "members", "the member list"):
+            try:
+                good.append(answers.member(entry))
+            except SecurecommError as e:
+                self.emit(Warning(f"skipped a member of {where}: {e.message}"))
+        return good
 
     async def _add_member(self, state: RoomState, user: str, line: str) -> bool:
         try:
-            identity = PublicIdentity.from_line(line)
+            identity = PublicIdentity.from_line_cached(line)
             self.contacts.check(user, identity)
-        except ChangedKeyError as e:
-            self.emit(Warning(f"{user} in #{state.name}: {e.message}. {e.hint}"))
+        except ChangedKeyError as e:  # counted too: a member with a changed key may join and leave in a loop
+            self._warn_counted("members with a changed key", f"{user} in #{state.name}: {e.message}. {e.hint}")
+            return False
+        except SecurecommError as e:  # a malformed identity line or name: that member is skipped
+            self._warn_counted("members skipped", f"skipped {user} in #{state.name}: {e.message}")
             return False
         state.members[user] = identity
         return True
@@ -287,16 +332,78 @@ class Messenger:
         state = self.rooms.get(ev.room)
         if state is None or ev.user == self.user:
             return
+        try:
+            check_user_name(ev.user)  # a name no account can have is no member, and no line to show
+        except SecurecommError as e:
+            self._warn_counted("room events about malformed names", f"ignored a join/leave in #{ev.room}: {e.message}")
+            return
         if ev.event == "joined" and ev.identity:
-            if await self._add_member(state, ev.user, ev.identity):
-                self._send_key(state, ev.user)
+            if not await self._add_member(state, ev.user, ev.identity):
+                return  # skipped, and the warning says why: no key for them, and no line saying they are in
+            state.unkeyed.add(ev.user)
         elif ev.event == "left" and state.members.pop(ev.user, None) is not None:
             state.keys.pop(ev.user, None)
-            # Rotate: whoever left must not read what is said from now on.
-            state.my_key = roomcrypto.SenderKey.generate()
-            for user in state.members:
-                self._send_key(state, user)
-        self.emit(Membership(ev.room, ev.user, ev.event))
+            state.unkeyed.discard(ev.user)
+            state.rotate = True  # whoever left must not read what is said from now on: see seal_room
+        self._membership_line(state, ev.user, ev.event)
+        self._settle_later(state)
+
+    # Theory of operation: joins and leaves are settled in bursts.
+    #
+    #   ROOM_EVENT --> members updated at once; key work and repeated lines wait
+    #       |             (each event restarts a SETTLE_QUIET timer, capped at SETTLE_MAX after the first)
+    #       v
+    #   quiet, or we are about to send a room message --> _settle: if anyone left, ONE new key;
+    #       our key to each member present NOW (never to one who has left again); one summary
+    #       line per user whose joins/leaves were collapsed.
+    #
+    # So a member who joins and leaves 2,000 times costs each client one rotation and two lines,
+    # not 2,000 rotations (a new key HPKE-sealed to every member each) and 4,000 lines. Security
+    # is kept because seal_room settles first: a message typed after a leave always uses a key
+    # the leaver never received.
+
+    def _membership_line(self, state: RoomState, user: str, event: str) -> None:
+        """The first change of a user in a burst is shown at once; the rest are counted (_settle)."""
+        seen = state.churn.get(user)
+        if seen is None:
+            state.churn[user] = [0, event]
+            self.emit(Membership(state.name, user, event))
+        else:
+            seen[0], seen[1] = seen[0] + 1, event
+
+    def _settle_later(self, state: RoomState) -> None:
+        if self.settle_quiet <= 0:  # no coalescing (each change settled at once): the benchmark's baseline
+            self._settle(state)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        state.settle_since = now if state.settle_since is None else state.settle_since
+        if state.settle is not None:
+            state.settle.cancel()
+        delay = min(self.settle_quiet, max(0.0, state.settle_since + self.settle_max - now))
+        state.settle = loop.call_later(delay, self._settle_on_timer, state)
+
+    def _settle_on_timer(self, state: RoomState) -> None:
+        if self.client.closed or self.rooms.get(state.name) is not state:
+            return  # the connection ended or we left: the next join starts afresh
+        with contextlib.suppress(SecurecommError):  # a write to a connection failing now: the pump reports it
+            self._settle(state)
+
+    def _settle(self, state: RoomState) -> None:
+        """Hand out our key after a burst of joins and leaves (a new one if anyone left)."""
+        if state.settle is not None:
+            state.settle.cancel()
+        state.settle, state.settle_since = None, None
+        if state.rotate:
+            state.my_key, state.rotate, state.rotations = roomcrypto.SenderKey.generate(), False, state.rotations + 1
+            state.unkeyed = set(state.members)
+        for user in sorted(state.unkeyed & set(state.members)):
+            self._send_key(state, user)
+        state.unkeyed.clear()
+        for user, (more, event) in state.churn.items():
+            if more:  # one further change is shown as itself (a quick rejoin), more as a count
+                self.emit(Membership(state.name, user, event, more if more > 1 else 0))
+        state.churn.clear()
 
     async def _on_room_key(self, ev: P.RoomKey) -> None:
         """Accept a sender key only from a member the server lists for the key's room.
@@ -322,35 +429,42 @@ class Messenger:
         state.keys[ev.user] = key
 
     def _junk_room_key(self, user: str, why: str) -> None:
-        """Count a bad room key; warn for the first and then at 10, 100, 1000... (see JUNK_WARN_BASE)."""
-        self.junk_room_keys += 1
-        n = self.junk_room_keys
+        self._warn_counted("bad room keys", f"ignored a room key from {user}: {why}")
+
+    def _warn_counted(self, kind: str, text: str) -> None:
+        """A warning a peer or the server can make us repeat at will: counted per kind, shown in
+        full the first time and then only as a count at 10, 100, 1000... (JUNK_WARN_BASE), so a
+        flood of bad frames cannot flood the screen (30 junk frames -> 2 lines, not 30)."""
+        self.warned[kind] = n = self.warned.get(kind, 0) + 1
         if n == 1:
-            self.emit(Warning(f"ignored a room key from {user}: {why}"))
+            self.emit(Warning(text))
             return
         while n % JUNK_WARN_BASE == 0:
             n //= JUNK_WARN_BASE
         if n == 1:
-            self.emit(Warning(f"ignored {self.junk_room_keys} bad room keys so far (the latest from {user}: "
-                              f"{why}); counting the rest quietly"))
+            self.emit(Warning(f"{self.warned[kind]} {kind} so far (the latest: {text}); counting the rest quietly"))
 
     def _on_room_message(self, ev: P.RoomMessage) -> None:
         state = self.rooms.get(ev.room)
         key = state.keys.get(ev.sender) if state else None
         sender = state.members.get(ev.sender) if state else None
         if state is None or key is None or sender is None:
-            self.emit(Warning(f"a message in #{ev.room} from {ev.sender} arrived before their key; not shown"))
+            self._warn_counted("room messages without their key",
+                               f"a message in #{ev.room} from {ev.sender} arrived before their key; not shown")
             return
         try:
             plain = roomcrypto.decrypt(ev.room, ev.payload, sender, key)
         except SecurecommError as e:
-            self.emit(Warning(f"REJECTED a message in #{ev.room} claiming to be from {ev.sender}: {e.message}"))
+            self._warn_counted("rejected room messages",
+                               f"REJECTED a message in #{ev.room} claiming to be from {ev.sender}: {e.message}")
             return
         self.emit(RoomText(ev.room, ev.sender, plain.body, plain.msg_id, plain.timestamp_ms))
 
     def seal_room(self, room: str, body: bytes) -> tuple[bytes, bytes]:
         """Encrypt once for the whole room; returns (msg_id, payload)."""
         state = self.rooms[room]
+        if state.rotate or state.unkeyed:  # keys first: after a leave, never the key the leaver had
+            self._settle(state)
         payload = roomcrypto.encrypt(room, body, self.me, state.my_key)
         return roomcrypto.parse_header(payload).msg_id, payload
 
@@ -380,15 +494,31 @@ class Messenger:
                 self.busy = False
                 self.last_activity = time.monotonic()
 
-    async def drain(self, quiet_s: float, limit_s: float = 60.0) -> None:
-        """Return once every delivery so far is handled and none came for `quiet_s` (at most `limit_s`)."""
-        await self.client.request("who", room="lobby")  # a round trip: the first deliveries are queued now
+    async def drain(self, quiet_s: float, limit_s: float = DRAIN_LIMIT,
+                    pump: asyncio.Task[None] | None = None) -> None:
+        """Return once every delivery so far is handled and none came for `quiet_s`, at most
+        `limit_s` after the start, or as soon as the event pump has ended (its error is the answer)."""
         deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
+        # a round trip: the first deliveries are queued now (the pump's end interrupts it too)
+        await self._unless_ended(self.client.request("who", room="lobby"), pump, deadline)
+        while time.monotonic() < deadline and not (pump is not None and pump.done()):
             idle = self.client.events.empty() and not self.busy
             if idle and time.monotonic() - self.last_activity >= quiet_s:
                 return
             await asyncio.sleep(0.02)
+
+    @staticmethod
+    async def _unless_ended(work: Any, pump: asyncio.Task[None] | None, deadline: float) -> None:
+        task = asyncio.ensure_future(work)
+        waits: set[asyncio.Future[Any]] = {task} | ({pump} if pump is not None else set())
+        await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()),
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SecurecommError):
+                await task
+        elif pump is None or not pump.done():
+            task.result()  # the request's own error, when the pump still runs
 
     async def _handle(self, ev: P.Event) -> None:
         if isinstance(ev, P.Deliver):

@@ -99,6 +99,7 @@ async def send_to_server(connect: Connect, identity: PrivateIdentity, body: byte
     async def attempt() -> P.Receipt:
         nonlocal sealed
         client, _ = await connect()
+        client.notice = warn  # an unsolicited server error is shown, and the send goes on
         retry.logged_in = True
         async with client:
             if sealed is None:
@@ -145,6 +146,7 @@ class DirectSend:
             # deliveries=False: this session shows nothing, so mail waiting for us must not be ACKed here
             self.messenger = Messenger(client, self.identity, user, self.paths, lambda ev: None, deliveries=False)
         self.messenger.client = client
+        client.notice = retry.warn  # shown, not swallowed with the rest of this quiet session's events
         self.pump = asyncio.create_task(self.messenger.run())  # DELIVERED receipts, for --wait
         if self.sealed is None:
             self.sealed = await self.messenger.seal_direct(self.to, self.body)
