@@ -70,6 +70,23 @@ def room_name(name: str) -> str:
         raise UsageError(f"room name {name!r} must be 1-32 characters of a-z 0-9 _ . -") from None
 
 
+#: The commands chat understands, as the help line lists them.
+COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/quit")
+
+
+def unknown_command(line: str) -> str:
+    """Name the command that was not understood, suggest the closest one, list them all."""
+    import difflib
+
+    word = line.split(" ", 1)[0]
+    names = [c.split(" ", 1)[0] for c in COMMANDS]
+    if word in names:  # known, but used wrongly (say, /join without a room)
+        return f"usage: {COMMANDS[names.index(word)]} (commands: {', '.join(COMMANDS)})"
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.5)
+    guess = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown command {printable(word.encode())}{guess} (commands: {', '.join(COMMANDS)})"
+
+
 def retryable(e: SecurecommError) -> bool:
     """A dropped connection or a planned shutdown: reconnecting can help. Anything else cannot."""
     return isinstance(e, NetworkError | ShuttingDownError)
@@ -103,18 +120,21 @@ class ChatSession:
 
     async def run(self, lines: asyncio.Queue[str | None]) -> None:
         delay = BACKOFF_START
+        connected_once = False
         while True:
             try:
                 client, _ = await connect_profile(self.paths, self.identity)
             except SecurecommError as e:
-                if not retryable(e):
+                # Never connected: a server that is down or a wrong address is reported at once,
+                # exactly as `send` does; backoff is for getting back a connection we had.
+                if not retryable(e) or not connected_once:
                     raise
                 self.emit(Warning(f"{e.message}; retrying in {delay:.1f}s"))
                 if await self._wait_or_quit(lines, delay):
                     return
                 delay = min(BACKOFF_MAX, delay * 2 * random.uniform(0.8, 1.2))
                 continue
-            delay = BACKOFF_START
+            delay, connected_once = BACKOFF_START, True
             async with client:
                 self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event)
                 try:
@@ -269,7 +289,7 @@ class ChatSession:
                 self.outbox.append(item)
                 await self._send(item)
             elif line.startswith("/"):
-                self.emit(Info("commands: /join ROOM, /who, /msg USER text, /quit"))
+                self.emit(Info(unknown_command(line)))
             elif line.strip():
                 self._room_line(line)
                 if self.flush is None:
