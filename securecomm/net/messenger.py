@@ -542,3 +542,17 @@ def printable(body: bytes) -> str:
     """Message text safe for a terminal: control characters (escape sequences!) are shown, not obeyed."""
     text = body.decode("utf-8", "replace")
     return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)
+
+
+#: Starts every continuation line of a multi-line message: a body cannot make a line of its own
+#: that looks like the start of another message (no time stamp, no sender in the first column).
+CONTINUATION = "    \u2502 "
+
+
+def printable_body(body: bytes) -> str:
+    """A message body for a terminal: one shown line per line of text, each escaped as in
+    `printable`, continuation lines indented behind CONTINUATION. One trailing newline (as
+    `printf ...\\n | send -` leaves) is dropped; any other control character stays escaped."""
+    text = body.decode("utf-8", "replace")
+    text = text[:-1] if text.endswith("\n") else text
+    return ("\n" + CONTINUATION).join(printable(line.encode()) for line in text.split("\n"))
