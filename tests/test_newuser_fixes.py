@@ -132,3 +132,81 @@ def test_inbox_follow_keeps_printing_across_a_server_restart(tmp_path):
 @pytest.fixture(autouse=True)
 def _no_color(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
+
+
+# -- item 1: a running chat picks up `contacts trust` ---------------------------------------------------
+def _bob_with_a_new_key(srv: ServerProc, homes: dict, tmp_path) -> None:
+    """alice pins bob's first key; then bob logs in from a new home with a new key (as in README)."""
+    from tests.serverproc import PASSWORD, login
+
+    assert sc(homes["alice"], "send", "--to", "bob", "pinning your key").returncode == 0
+    homes["bob"] = tmp_path / "bob-new-device"
+    r = login(homes["bob"], srv, "bob", PASSWORD, "--replace-key")
+    assert r.returncode == 0, r.stderr
+
+
+def _both_chatting(tmux: Tmux, homes: dict) -> None:
+    for u in ("alice", "bob"):
+        tmux.start(u, f"{ENTRY} --home {homes[u]} chat; echo CHAT-EXITED-$?; sleep 30")
+        tmux.wait_for(u, "joined #lobby")
+    _wait_joined(tmux, "alice", "has CHANGED")
+
+
+def _history(tmux: Tmux, name: str) -> str:
+    """The screen and its scrollback with wrapped lines joined (long fingerprints wrap)."""
+    return tmux.run("capture-pane", "-p", "-J", "-S", "-500", "-t", name)
+
+
+def _wait_joined(tmux: Tmux, name: str, text: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (history := _history(tmux, name)):
+        assert time.monotonic() < deadline, f"{text!r} never appeared on {name}'s screen:\n{history}"
+        time.sleep(0.1)
+    return history
+
+
+def test_running_chat_picks_up_contacts_trust_done_in_another_shell(two_users, tmp_path):  # noqa: F811
+    srv, homes, tmux = two_users
+    _bob_with_a_new_key(srv, homes, tmp_path)
+    _both_chatting(tmux, homes)
+    tmux.type("bob", "before the trust")
+    _wait_joined(tmux, "alice", "was held back, not shown: bob's key CHANGED")
+    tmux.type("alice", "hello bob?")
+    _wait_joined(tmux, "bob", "alice has not sent you their room key (if your key changed, alice must verify it "
+                 "and run: securecomm contacts trust bob)")
+
+    r = sc(homes["alice"], "contacts", "trust", "bob")  # another shell, chat still running
+    assert r.returncode == 0 and b"CHANGED cleared" in r.stdout, r.stderr
+
+    tmux.type("bob", "after the trust")
+    tmux.wait_for("alice", f"#lobby bob {CHECK} after the trust")  # before: held back until chat restarted
+    tmux.type("alice", "now you can read me")
+    tmux.wait_for("bob", f"#lobby alice {CHECK} now you can read me")
+    alice = _history(tmux, "alice")
+    assert "not a member of a room you are in" not in alice  # the wrong reason is gone
+    assert "arrived before their key" not in alice + _history(tmux, "bob")
+    assert "CHAT-EXITED" not in alice and "Traceback" not in alice
+
+
+def test_trust_command_in_chat_shows_the_fingerprint_then_trusts(two_users, tmp_path):  # noqa: F811
+    from securecomm.contacts import Contacts
+    from securecomm.paths import Paths
+
+    srv, homes, tmux = two_users
+    _bob_with_a_new_key(srv, homes, tmp_path)
+    _both_chatting(tmux, homes)
+    tmux.type("alice", "/trust bob")
+    _wait_joined(tmux, "alice", "then type: /trust bob SHA256:")
+    pending = Contacts.load(Paths.resolve(homes["alice"]).contacts).get("bob")
+    assert pending is not None and pending.pending is not None
+    new = pending.pending.fingerprint_text
+    tmux.type("alice", "/trust bob SHA256:not-the-one")
+    tmux.wait_for("alice", "nothing trusted")
+    tmux.type("alice", f"/trust bob {new}")
+    _wait_joined(tmux, "alice", f"now trusting bob {new}")
+    tmux.type("alice", "readable now")
+    tmux.wait_for("bob", f"#lobby alice {CHECK} readable now")
+    tmux.type("bob", "and back")
+    tmux.wait_for("alice", f"#lobby bob {CHECK} and back")
+    trusted = Contacts.load(Paths.resolve(homes["alice"]).contacts).get("bob")
+    assert trusted is not None and trusted.pending is None and trusted.identity.fingerprint_text == new

@@ -58,7 +58,7 @@ def render(ev: Any, me: str) -> str:
 
 
 @click.command(epilog="Example: securecomm chat --room ops\n\n"
-               "Inside: /join ROOM, /who, /msg USER text, /quit (or Ctrl-D, Ctrl-C)")
+               "Inside: /join ROOM, /who, /msg USER text, /trust USER, /quit (or Ctrl-D, Ctrl-C)")
 @click.option("--room", default="lobby", show_default=True, help="Room to join.")
 @passphrase_file_option
 @pass_state

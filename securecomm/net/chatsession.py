@@ -71,7 +71,7 @@ def room_name(name: str) -> str:
 
 
 #: The commands chat understands, as the help line lists them.
-COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/quit")
+COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/trust USER", "/quit")
 
 
 def unknown_command(line: str) -> str:
@@ -288,6 +288,8 @@ class ChatSession:
                 item = Pending("dm", parts[1].lower(), parts[2].encode())
                 self.outbox.append(item)
                 await self._send(item)
+            elif line.startswith("/trust "):
+                self._trust(line)
             elif line.startswith("/"):
                 self.emit(Info(unknown_command(line)))
             elif line.strip():
@@ -298,6 +300,19 @@ class ChatSession:
             if retryable(e):
                 raise
             self.emit(Warning(e.message + (f" ({e.hint})" if e.hint else "")))
+
+    def _trust(self, line: str) -> None:
+        """/trust USER shows USER's changed key; /trust USER FINGERPRINT accepts it (as
+        `contacts trust` does) and completes the room key exchange with them."""
+        from securecomm.store.db import NAME_RE
+
+        assert self.messenger is not None
+        parts = line.split()
+        user = parts[1].lower() if len(parts) in (2, 3) else ""
+        if not NAME_RE.fullmatch(user):
+            self.emit(Info("usage: /trust USER (shows their new key), then /trust USER FINGERPRINT"))
+            return
+        self.emit(Info(self.messenger.trust(user, parts[2] if len(parts) == 3 else None)))
 
     def _room_line(self, line: str) -> None:
         self.outbox.append(Pending("room", self.room, line.encode()))
