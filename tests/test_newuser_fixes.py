@@ -210,3 +210,23 @@ def test_trust_command_in_chat_shows_the_fingerprint_then_trusts(two_users, tmp_
     tmux.wait_for("alice", f"#lobby bob {CHECK} and back")
     trusted = Contacts.load(Paths.resolve(homes["alice"]).contacts).get("bob")
     assert trusted is not None and trusted.pending is None and trusted.identity.fingerprint_text == new
+
+
+def test_a_long_running_session_never_writes_back_a_trust_undone(tmp_path):
+    """chat holds contacts.json in memory for hours; `contacts trust` in another shell must not be
+    undone when chat later pins someone new (it used to save its stale copy over the file)."""
+    from securecomm.contacts import ChangedKeyError, Contacts
+    from securecomm.crypto.identity import PrivateIdentity
+
+    path = tmp_path / "contacts.json"
+    old, new, carol = (PrivateIdentity.generate().public for _ in range(3))
+    chat = Contacts.load(path)
+    chat.check("bob", old)
+    with pytest.raises(ChangedKeyError):
+        chat.check("bob", new)  # chat sees bob's new key: CHANGED, pending
+    Contacts.load(path).trust("bob")  # the other shell
+    assert chat.check("carol", carol)  # chat pins a new contact afterwards
+    assert not chat.check("bob", new)  # and now knows bob's new key is trusted
+    on_disk = Contacts.load(path).get("bob")
+    assert on_disk is not None and on_disk.pending is None
+    assert on_disk.identity.fingerprint_text == new.fingerprint_text
