@@ -176,7 +176,8 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
 
 
 @click.command(epilog="Examples:\n\n  securecomm inbox\n\n  securecomm inbox --follow --json")
-@click.option("--follow", is_flag=True, help="Keep waiting for new messages (Ctrl-C to stop).")
+@click.option("--follow", is_flag=True,
+              help="Keep waiting for new messages, reconnecting after a server restart (Ctrl-C to stop).")
 @click.option("--wait", "wait_s", type=float, default=1.0, show_default=True,
               help="Without --follow: seconds to wait for deliveries after connecting (inbox ends within "
                    "30 s in any case, even if the server keeps sending).")

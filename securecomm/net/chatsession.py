@@ -7,7 +7,9 @@ Theory of operation
        |   +--fails--> wait (BACKOFF_START doubling up to BACKOFF_MAX, jittered; input queued)
        +---- connection lost, or the server shutting down (a planned restart) ----+
 
-Anything else (refused login, changed server identity) ends chat with its error.
+Anything else (refused login, changed server identity) ends chat with its error, and so
+does a first connection that fails: a server that is down or a wrong address is reported
+at once (exit 7), as `send` does.
 
 Direct messages typed while disconnected, or sent but not yet receipted, stay
 in an outbox as sealed envelopes; after a reconnect the same bytes are sent
