@@ -40,10 +40,29 @@ def check_user_name(name: object) -> None:
         raise FormatError(f"the server sent an invalid user name {name!a}")
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Which version of the file is on disk: every save renames a new file into place."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class Contacts:
     def __init__(self, path: Path, entries: dict[str, Contact]) -> None:
         self.path = path
         self.entries = entries
+        self.stamp = _stamp(path)  # the version `entries` came from (or was saved as)
+
+    def refresh(self) -> bool:
+        """Reload if another process (`contacts trust`, another session) saved since: a long-running
+        chat then sees a trust at once, and never writes back the stale copy it held. True if reloaded."""
+        if _stamp(self.path) == self.stamp:
+            return False
+        fresh = Contacts.load(self.path)
+        self.entries, self.stamp = fresh.entries, fresh.stamp
+        return True
 
     @classmethod
     def load(cls, path: Path) -> Contacts:
@@ -72,16 +91,19 @@ class Contacts:
         }
         write_files([(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), PRIVATE_MODE)],
                     force=True)
+        self.stamp = _stamp(self.path)
 
     def all(self) -> list[Contact]:
         return list(self.entries.values())
 
     def get(self, name: str) -> Contact | None:
+        self.refresh()
         return self.entries.get(name)
 
     def check(self, name: str, identity: PublicIdentity) -> bool:
         """Remember on first use; True if new. Raises ChangedKeyError on a changed key."""
         check_user_name(name)
+        self.refresh()
         known = self.entries.get(name)
         if known is None:
             self.entries[name] = Contact(name, identity, time.time())
@@ -104,6 +126,7 @@ class Contacts:
     def trust(self, name: str) -> Contact:
         from securecomm.errors import NotFoundError, UsageError
 
+        self.refresh()
         known = self.entries.get(name)
         if known is None:
             raise NotFoundError(f"no contact named {name!r}")

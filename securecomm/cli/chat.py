@@ -32,6 +32,7 @@ def render(ev: Any, me: str) -> str:
         Warning,
         now_text,
         printable,
+        printable_body,
     )
 
     def clean(text: str) -> str:  # names come from the server: shown, never obeyed
@@ -40,10 +41,10 @@ def render(ev: Any, me: str) -> str:
     ok = style("\u2713", fg="green")
     if isinstance(ev, RoomText):
         return (f"{now_text(ev.sent_at_ms)} #{clean(ev.room)} {style(clean(ev.sender), bold=True)} {ok} "
-                f"{printable(ev.body)}")
+                f"{printable_body(ev.body)}")
     if isinstance(ev, DirectMessage):
         return (f"{now_text(ev.sent_at_ms)} [dm] {style(clean(ev.sender), bold=True)} \u2192 {me} {ok} "
-                f"{printable(ev.body)}")
+                f"{printable_body(ev.body)}")
     if isinstance(ev, DeliveryReceipt):
         return f"{now_text()} {ok}{ok} {clean(ev.to)} received {ev.msg_id.hex()[:8]} (signed receipt)"
     if isinstance(ev, Membership):
@@ -57,7 +58,7 @@ def render(ev: Any, me: str) -> str:
 
 
 @click.command(epilog="Example: securecomm chat --room ops\n\n"
-               "Inside: /join ROOM, /who, /msg USER text, /quit (or Ctrl-D, Ctrl-C)")
+               "Inside: /join ROOM, /who, /msg USER text, /trust USER, /quit (or Ctrl-D, Ctrl-C)")
 @click.option("--room", default="lobby", show_default=True, help="Room to join.")
 @passphrase_file_option
 @pass_state

@@ -176,7 +176,8 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
 
 
 @click.command(epilog="Examples:\n\n  securecomm inbox\n\n  securecomm inbox --follow --json")
-@click.option("--follow", is_flag=True, help="Keep waiting for new messages (Ctrl-C to stop).")
+@click.option("--follow", is_flag=True,
+              help="Keep waiting for new messages, reconnecting after a server restart (Ctrl-C to stop).")
 @click.option("--wait", "wait_s", type=float, default=1.0, show_default=True,
               help="Without --follow: seconds to wait for deliveries after connecting (inbox ends within "
                    "30 s in any case, even if the server keeps sending).")
@@ -196,7 +197,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
 
     from securecomm.cli.users import ask_trust
     from securecomm.net.connect import connect_profile
-    from securecomm.net.messenger import DirectMessage, Messenger, Warning, now_text, printable
+    from securecomm.net.messenger import DirectMessage, Messenger, Warning, now_text, printable, printable_body
 
     identity = _identity(state, passphrase_file)
     failures = 0
@@ -211,15 +212,18 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
                                        "fingerprint": ev.fingerprint, "verified": True,
                                        "body": ev.body.decode("utf-8", "replace")}))
             else:
-                click.echo(f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 {printable(ev.body)}")
+                click.echo(f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 "
+                           f"{printable_body(ev.body)}")
         elif isinstance(ev, Warning):
             failures += 1
             from securecomm.cli.context import warn
 
             warn(printable(ev.text.encode()))
 
-    async def go() -> None:
+    async def once(connected: Any = None) -> None:
         client, profile = await connect_profile(state.paths, identity, server=server, ask=ask_trust)
+        if connected is not None:
+            connected()
         async with client:
             messenger = Messenger(client, identity, profile.user, state.paths, show)
             pump = asyncio.create_task(messenger.run())
@@ -233,6 +237,12 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
             finally:
                 pump.cancel()
 
+    async def go() -> None:
+        if follow:
+            await _follow(once)
+        else:
+            await once()
+
     import contextlib
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -241,6 +251,37 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
         from securecomm.errors import IntegrityError
 
         raise IntegrityError(f"{failures} message(s) failed verification and were not printed")
+
+
+async def _follow(once: Any) -> None:
+    """Run `once(connected)` (connect, call `connected()`, show deliveries until the connection
+    ends) again after a planned shutdown or a dropped connection, with chat's capped backoff.
+    A first connection that fails is reported at once, as every other command does. Nothing
+    is shown twice: the server redelivers only what was not acknowledged, and Messenger's seen
+    ids drop a redelivery of what was shown but not yet acknowledged."""
+    import asyncio
+    import random
+
+    from securecomm.cli.context import warn
+    from securecomm.errors import SecurecommError
+    from securecomm.net.chatsession import BACKOFF_MAX, BACKOFF_START, retryable
+
+    ever, delay = False, BACKOFF_START
+
+    def connected() -> None:
+        nonlocal ever, delay
+        ever, delay = True, BACKOFF_START
+
+    while True:
+        try:
+            await once(connected)
+            return
+        except SecurecommError as e:
+            if not (ever and retryable(e)):
+                raise
+            warn(f"{e.message}; reconnecting in {delay:.1f}s")
+        await asyncio.sleep(delay)
+        delay = min(BACKOFF_MAX, delay * 2 * random.uniform(0.8, 1.2))
 
 
 @click.group(invoke_without_command=True, epilog="Examples:\n\n  securecomm contacts --json"

@@ -7,7 +7,9 @@ Theory of operation
        |   +--fails--> wait (BACKOFF_START doubling up to BACKOFF_MAX, jittered; input queued)
        +---- connection lost, or the server shutting down (a planned restart) ----+
 
-Anything else (refused login, changed server identity) ends chat with its error.
+Anything else (refused login, changed server identity) ends chat with its error, and so
+does a first connection that fails: a server that is down or a wrong address is reported
+at once (exit 7), as `send` does.
 
 Direct messages typed while disconnected, or sent but not yet receipted, stay
 in an outbox as sealed envelopes; after a reconnect the same bytes are sent
@@ -70,6 +72,23 @@ def room_name(name: str) -> str:
         raise UsageError(f"room name {name!r} must be 1-32 characters of a-z 0-9 _ . -") from None
 
 
+#: The commands chat understands, as the help line lists them.
+COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/trust USER", "/quit")
+
+
+def unknown_command(line: str) -> str:
+    """Name the command that was not understood, suggest the closest one, list them all."""
+    import difflib
+
+    word = line.split(" ", 1)[0]
+    names = [c.split(" ", 1)[0] for c in COMMANDS]
+    if word in names:  # known, but used wrongly (say, /join without a room)
+        return f"usage: {COMMANDS[names.index(word)]} (commands: {', '.join(COMMANDS)})"
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.5)
+    guess = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown command {printable(word.encode())}{guess} (commands: {', '.join(COMMANDS)})"
+
+
 def retryable(e: SecurecommError) -> bool:
     """A dropped connection or a planned shutdown: reconnecting can help. Anything else cannot."""
     return isinstance(e, NetworkError | ShuttingDownError)
@@ -103,18 +122,21 @@ class ChatSession:
 
     async def run(self, lines: asyncio.Queue[str | None]) -> None:
         delay = BACKOFF_START
+        connected_once = False
         while True:
             try:
                 client, _ = await connect_profile(self.paths, self.identity)
             except SecurecommError as e:
-                if not retryable(e):
+                # Never connected: a server that is down or a wrong address is reported at once,
+                # exactly as `send` does; backoff is for getting back a connection we had.
+                if not retryable(e) or not connected_once:
                     raise
                 self.emit(Warning(f"{e.message}; retrying in {delay:.1f}s"))
                 if await self._wait_or_quit(lines, delay):
                     return
                 delay = min(BACKOFF_MAX, delay * 2 * random.uniform(0.8, 1.2))
                 continue
-            delay = BACKOFF_START
+            delay, connected_once = BACKOFF_START, True
             async with client:
                 self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event)
                 try:
@@ -268,8 +290,10 @@ class ChatSession:
                 item = Pending("dm", parts[1].lower(), parts[2].encode())
                 self.outbox.append(item)
                 await self._send(item)
+            elif line.startswith("/trust "):
+                self._trust(line)
             elif line.startswith("/"):
-                self.emit(Info("commands: /join ROOM, /who, /msg USER text, /quit"))
+                self.emit(Info(unknown_command(line)))
             elif line.strip():
                 self._room_line(line)
                 if self.flush is None:
@@ -278,6 +302,19 @@ class ChatSession:
             if retryable(e):
                 raise
             self.emit(Warning(e.message + (f" ({e.hint})" if e.hint else "")))
+
+    def _trust(self, line: str) -> None:
+        """/trust USER shows USER's changed key; /trust USER FINGERPRINT accepts it (as
+        `contacts trust` does) and completes the room key exchange with them."""
+        from securecomm.store.db import NAME_RE
+
+        assert self.messenger is not None
+        parts = line.split()
+        user = parts[1].lower() if len(parts) in (2, 3) else ""
+        if not NAME_RE.fullmatch(user):
+            self.emit(Info("usage: /trust USER (shows their new key), then /trust USER FINGERPRINT"))
+            return
+        self.emit(Info(self.messenger.trust(user, parts[2] if len(parts) == 3 else None)))
 
     def _room_line(self, line: str) -> None:
         self.outbox.append(Pending("room", self.room, line.encode()))

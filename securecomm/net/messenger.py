@@ -89,6 +89,16 @@ class Warning:
     text: str
 
 
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know that is not a failure (say, a changed key now trusted)."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class SeenIds:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -134,6 +144,9 @@ class RoomState:
     settle: asyncio.TimerHandle | None = None
     settle_since: float | None = None  # loop time of the first unsettled change
     rotations: int = 0  # times our key was replaced (a count for tests and benchmarks)
+    #: Listed members whose key CHANGED from the one pinned (user -> the key the server listed):
+    #: no key to or from them until the user trusts it (`contacts trust`, or /trust in chat).
+    held: dict[str, PublicIdentity] = field(default_factory=dict)
 
 
 class Messenger:
@@ -155,6 +168,8 @@ class Messenger:
         self.settle_quiet, self.settle_max = SETTLE_QUIET, SETTLE_MAX
         #: How many times each kind of repeatable warning happened (see _warn_counted).
         self.warned: dict[str, int] = {}
+        #: The latest sender key each held member (see RoomState.held) sent us, opened once trusted.
+        self.held_keys: dict[str, P.RoomKey] = {}
         client.notice = lambda text: self._warn_counted("unsolicited server errors", text)
 
     # -- identities -----------------------------------------------------------------------
@@ -308,12 +323,14 @@ class Messenger:
             identity = PublicIdentity.from_line_cached(line)
             self.contacts.check(user, identity)
         except ChangedKeyError as e:  # counted too: a member with a changed key may join and leave in a loop
+            state.held[user] = identity
             self._warn_counted("members with a changed key", f"{user} in #{state.name}: {e.message}. {e.hint}")
             return False
         except SecurecommError as e:  # a malformed identity line or name: that member is skipped
             self._warn_counted("members skipped", f"skipped {user} in #{state.name}: {e.message}")
             return False
         state.members[user] = identity
+        state.held.pop(user, None)  # back with the pinned key, or trusted since
         return True
 
     def _send_key(self, state: RoomState, user: str) -> None:
@@ -329,6 +346,7 @@ class Messenger:
 
     async def _on_room_event(self, ev: P.RoomEvent) -> None:
         await self._joined_rooms()
+        self.recheck_held()  # a `contacts trust` done meanwhile in another shell
         state = self.rooms.get(ev.room)
         if state is None or ev.user == self.user:
             return
@@ -341,6 +359,9 @@ class Messenger:
             if not await self._add_member(state, ev.user, ev.identity):
                 return  # skipped, and the warning says why: no key for them, and no line saying they are in
             state.unkeyed.add(ev.user)
+        elif ev.event == "left" and state.held.pop(ev.user, None) is not None:
+            if not any(ev.user in s.held for s in self.rooms.values()):
+                self.held_keys.pop(ev.user, None)
         elif ev.event == "left" and state.members.pop(ev.user, None) is not None:
             state.keys.pop(ev.user, None)
             state.unkeyed.discard(ev.user)
@@ -411,10 +432,20 @@ class Messenger:
         A key from anyone else is ignored: it never makes its sender a member, so we never
         hand them our own key (they would read the room while `who` does not list them)."""
         await self._joined_rooms()
+        if self._is_held(ev.user):
+            self.recheck_held()  # trusted meanwhile elsewhere? then this key is accepted below
         sender = next((s.members[ev.user] for s in self.rooms.values() if ev.user in s.members), None)
+        if sender is None and self._is_held(ev.user):
+            self.held_keys[ev.user] = ev  # the latest only: opened if the user trusts the new key
+            self._warn_counted("room keys held back", f"held back a room key from {ev.user}: "
+                               f"{self._changed_advice(ev.user)}")
+            return
         if sender is None:
             self._junk_room_key(ev.user, "they are not a member of a room you are in")
             return
+        self._accept_room_key(ev, sender)
+
+    def _accept_room_key(self, ev: P.RoomKey, sender: PublicIdentity) -> None:
         try:
             opened = envelope.open_envelope(ev.envelope, self.me, sender)
             room, key = roomcrypto.SenderKey.decode(opened.body)
@@ -427,6 +458,66 @@ class Messenger:
             self._junk_room_key(ev.user, "they are not a member of that room")
             return
         state.keys[ev.user] = key
+
+    # -- members whose key changed ---------------------------------------------------------------
+    def _is_held(self, user: str) -> bool:
+        return any(user in s.held for s in self.rooms.values())
+
+    def _changed_advice(self, user: str) -> str:
+        return (f"{user}'s key CHANGED; verify the new fingerprint with {user} out of band, then run: "
+                f"securecomm contacts trust {user} (or /trust {user} in chat)")
+
+    def recheck_held(self) -> list[str]:
+        """Members held back for a changed key that the user has trusted since (contacts.json is
+        reloaded when another process saved it): they become members, get our sender key, and the
+        key they sent while held is opened. Returns their names."""
+        if not self._is_held_any():
+            return []
+        promoted = []
+        for state in self.rooms.values():
+            for user, identity in list(state.held.items()):
+                try:
+                    self.contacts.check(user, identity)
+                except ChangedKeyError:
+                    continue  # still not trusted
+                except SecurecommError:
+                    del state.held[user]
+                    continue
+                del state.held[user]
+                state.members[user] = identity
+                self._send_key(state, user)
+                promoted.append(user)
+                self.emit(Notice(f"now trusting {user}'s new key {identity.fingerprint_text}; "
+                                 f"sent them your key for #{state.name}"))
+        for user in promoted:
+            stashed = self.held_keys.pop(user, None)
+            sender = next((s.members[user] for s in self.rooms.values() if user in s.members), None)
+            if stashed is not None and sender is not None:
+                self._accept_room_key(stashed, sender)
+        return promoted
+
+    def _is_held_any(self) -> bool:
+        return any(s.held for s in self.rooms.values())
+
+    def trust(self, user: str, fingerprint: str | None) -> str:
+        """/trust in chat: without a fingerprint, show the changed key; with the one shown (copied
+        after checking it with them), trust it as `contacts trust` does and key them in."""
+        import hmac
+
+        contact = self.contacts.get(user)
+        if contact is None or contact.pending is None:
+            return f"{user}'s key has not changed; nothing to trust"
+        new = contact.pending.fingerprint_text
+        if fingerprint is None:
+            return (f"{user}'s key CHANGED from {contact.identity.fingerprint_text} to {new}. Check {new} with "
+                    f"{user} out of band (in person, by phone), then type: /trust {user} {new}")
+        if not hmac.compare_digest(fingerprint.encode(), new.encode()):
+            return f"that is not {user}'s new fingerprint ({new}); nothing trusted"
+        self.contacts.trust(user)
+        self._directory.pop(user, None)
+        if not self.recheck_held():
+            return f"now trusting {user} {new}"
+        return f"now trusting {user} {new}; CHANGED cleared"
 
     def _junk_room_key(self, user: str, why: str) -> None:
         self._warn_counted("bad room keys", f"ignored a room key from {user}: {why}")
@@ -446,8 +537,21 @@ class Messenger:
 
     def _on_room_message(self, ev: P.RoomMessage) -> None:
         state = self.rooms.get(ev.room)
+        if state is not None and ev.sender in state.held:
+            self.recheck_held()  # trusted meanwhile elsewhere? then their held key opens this message
+            if ev.sender in state.held:
+                self._warn_counted("room messages held back", f"a message in #{ev.room} from {ev.sender} was held "
+                                   f"back, not shown: {self._changed_advice(ev.sender)}")
+                return
         key = state.keys.get(ev.sender) if state else None
         sender = state.members.get(ev.sender) if state else None
+        if state is not None and sender is not None and key is None:
+            # We accepted them; they have not accepted us. Most often: our key changed for them.
+            self._warn_counted("room messages without their key", f"a message in #{ev.room} from {ev.sender} "
+                               f"could not be read, not shown: {ev.sender} has not sent you their room key (if "
+                               f"your key changed, {ev.sender} must verify it and run: securecomm contacts trust "
+                               f"{self.user})")
+            return
         if state is None or key is None or sender is None:
             self._warn_counted("room messages without their key",
                                f"a message in #{ev.room} from {ev.sender} arrived before their key; not shown")
@@ -462,6 +566,7 @@ class Messenger:
 
     def seal_room(self, room: str, body: bytes) -> tuple[bytes, bytes]:
         """Encrypt once for the whole room; returns (msg_id, payload)."""
+        self.recheck_held()  # a member trusted elsewhere gets our key before this line
         state = self.rooms[room]
         if state.rotate or state.unkeyed:  # keys first: after a leave, never the key the leaver had
             self._settle(state)
@@ -542,3 +647,17 @@ def printable(body: bytes) -> str:
     """Message text safe for a terminal: control characters (escape sequences!) are shown, not obeyed."""
     text = body.decode("utf-8", "replace")
     return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)
+
+
+#: Starts every continuation line of a multi-line message: a body cannot make a line of its own
+#: that looks like the start of another message (no time stamp, no sender in the first column).
+CONTINUATION = "    \u2502 "
+
+
+def printable_body(body: bytes) -> str:
+    """A message body for a terminal: one shown line per line of text, each escaped as in
+    `printable`, continuation lines indented behind CONTINUATION. One trailing newline (as
+    `printf ...\\n | send -` leaves) is dropped; any other control character stays escaped."""
+    text = body.decode("utf-8", "replace")
+    text = text[:-1] if text.endswith("\n") else text
+    return ("\n" + CONTINUATION).join(printable(line.encode()) for line in text.split("\n"))
