@@ -18,7 +18,7 @@ import pytest
 from securecomm.net.messenger import DirectMessage
 from tests.conftest import ENTRY
 from tests.serverproc import ServerProc, mailbox_count, sc, users_logged_in
-from tests.test_messaging import _messenger, _until
+from tests.test_messaging import _close, _messenger, _until
 
 
 @pytest.fixture
@@ -47,9 +47,7 @@ def test_message_after_an_ack_is_pushed_without_relogin(pair):
                 await _until(lambda: mailbox_count(srv) == 0, timeout=15)  # acknowledged: the row is gone
             assert bodies() == [b"m0", b"m1", b"m2", b"m3"]
         finally:
-            for m in (a, b):
-                m.pump.cancel()
-                await m.client.close()
+            await _close(a, b)
 
     asyncio.run(go())
 

@@ -182,6 +182,13 @@ async def _messenger(home, events):
     return m
 
 
+async def _close(*messengers):
+    """Stop each messenger's pump and close its connection."""
+    for m in messengers:
+        m.pump.cancel()
+        await m.client.close()
+
+
 async def _until(pred, timeout=10.0):
     deadline = asyncio.get_running_loop().time() + timeout
     while not pred():
@@ -220,9 +227,7 @@ def test_room_fan_out_and_rotation_on_leave(world):
             await _until(lambda: any(t.body == b"after rotation" for t in texts("bob")))
             assert ms["alice"].rooms["lobby"].members.keys() == {"bob"}
         finally:
-            for m in ms.values():
-                m.pump.cancel()
-                await m.client.close()
+            await _close(*ms.values())
 
     asyncio.run(go())
 
@@ -239,9 +244,7 @@ def test_direct_message_in_process_reaches_online_user(world):
             receipt = await a.wait_delivered(msg_id, 10)
             assert receipt.verified and receipt.to == "bob"
         finally:
-            for m in (a, b):
-                m.pump.cancel()
-                await m.client.close()
+            await _close(a, b)
 
     asyncio.run(go())
 

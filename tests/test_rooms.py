@@ -15,7 +15,7 @@ from securecomm.crypto.identity import PublicIdentity
 from securecomm.net.connect import connect_profile
 from securecomm.net.messenger import DirectMessage, Membership, RoomText, Warning
 from securecomm.wire import protocol as P
-from tests.test_messaging import _messenger, _until, world  # noqa: F401 - `world` is a fixture
+from tests.test_messaging import _close, _messenger, _until, world  # noqa: F401 - `world` is a fixture
 
 
 async def _attacker(home):
@@ -73,9 +73,7 @@ def test_room_key_from_a_non_member_is_ignored_and_gets_nothing_back(world):  # 
             assert Membership("lobby", "bob", "left") in ev_a
             assert await a.who("lobby") == ["alice"]
         finally:
-            for m in (a, b):
-                m.pump.cancel()
-                await m.client.close()
+            await _close(a, b)
             await carol.close()
 
     asyncio.run(go())
@@ -99,9 +97,7 @@ def test_junk_room_keys_are_collapsed_into_few_warnings(world):  # noqa: F811
             assert 1 <= len(warnings) <= 2, warnings  # the first, and "10 so far"; not 30 lines
             assert "carol" in a.rooms["lobby"].keys  # her real key still stands
         finally:
-            for m in (a, c):
-                m.pump.cancel()
-                await m.client.close()
+            await _close(a, c)
 
     asyncio.run(go())
 
@@ -121,9 +117,7 @@ def test_receipt_for_a_message_sent_from_another_session_is_not_a_failure(world)
             await _barrier_dm(b, "alice", ev_a2, b"reply after the receipt")  # a2 has seen the receipt by now
             assert not [e for e in ev_a2 if isinstance(e, Warning)], ev_a2
         finally:
-            for m in (a1, a2, b):
-                m.pump.cancel()
-                await m.client.close()
+            await _close(a1, a2, b)
 
     asyncio.run(go())
 
@@ -187,9 +181,7 @@ def test_join_leave_churn_costs_one_rotation_and_a_few_lines(world):  # noqa: F8
             receipt = await a.send_room("lobby", b"still talking")  # and the room still works
             assert receipt.sha256
         finally:
-            for m in (a, b):
-                m.pump.cancel()
-                await m.client.close()
+            await _close(a, b)
             await carol.close()
 
     asyncio.run(go())
@@ -220,9 +212,7 @@ def test_a_line_sent_in_the_quiet_period_after_a_leave_uses_a_key_the_leaver_nev
             assert not [e for e in ev["carol"] if isinstance(e, Warning) and "room key" in e.text]  # none sent
             assert not [e for e in ev["carol"] if isinstance(e, RoomText)]
         finally:
-            for m in (a, b, c):
-                m.pump.cancel()
-                await m.client.close()
+            await _close(a, b, c)
 
     asyncio.run(go())
 
