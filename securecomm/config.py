@@ -28,8 +28,9 @@ class Profile:
     @classmethod
     def load(cls, path: Path) -> Profile:
         if not path.exists():
-            raise NotFoundError("not logged in: no client profile",
-                                hint="run: securecomm user login NAME --server HOST:PORT")
+            raise NotFoundError(f"not logged in: no client profile at {path}",
+                                hint="run: securecomm [--home DIR] user login NAME --server HOST:PORT "
+                                     "(with the same --home as this command)")
         try:
             data = json.loads(read_file(path))
             return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})

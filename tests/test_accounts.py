@@ -397,6 +397,21 @@ def test_add_checks_the_password_after_its_first_entry(server, tmux):
 
 
 @needs_tmux
+def test_no_to_replacing_the_key_is_130_and_changes_nothing(server, tmp_path, tmux):
+    """Found by a new user: 'n' exited 9 and repeated the server's error."""
+    assert login(tmp_path / "bob1", server, "bob").returncode == 0
+    ca = server.home / "tls" / "ca.pem"
+    tmux.start("bob2", f"{ENTRY} --home {tmp_path / 'bob2'} user login bob --server {server.address} --ca {ca}; "
+                       "echo EXIT-$?; sleep 30")
+    tmux.wait_for("bob2", "password:")
+    tmux.type("bob2", PASSWORD)
+    tmux.wait_for("bob2", "Replace it with this device's key? [y/N]")
+    tmux.type("bob2", "n")
+    screen = tmux.wait_for("bob2", "EXIT-")
+    assert "EXIT-130" in screen and "nothing was changed" in screen
+    assert sc(tmp_path / "bob1", "send", "still the registered device").returncode == 0
+
+
 def test_second_device_login_asks_before_replacing_the_key(server, tmp_path, tmux):
     assert login(tmp_path / "bob1", server, "bob").returncode == 0
     ca = server.home / "tls" / "ca.pem"

@@ -351,3 +351,52 @@ def test_certgen_force_says_a_running_server_needs_a_restart(sc):
     result = sc("certgen", "--force")
     assert result.exit_code == 0
     assert "keeps its old certificate until it is restarted" in result.stderr
+
+
+def test_keygen_twice_points_to_show_not_only_force(sc):
+    assert sc("keygen").exit_code == 0
+    result = sc("keygen")
+    assert result.exit_code == 10
+    assert "securecomm keygen --show" in _lines(result)[-1]
+
+
+def test_misplaced_home_hint_keeps_the_command_group(runner, home):
+    result = runner.invoke(cli, ["user", "list", "--home", str(home)], prog_name="securecomm")
+    assert _lines(result)[-1].endswith("as in: securecomm --home ... user list ...")
+
+
+def test_login_again_reuses_the_profiles_server_and_ca(tmp_path):
+    """Found by a new user: `user login NAME` went to localhost:7443 whatever the profile said."""
+    from tests.serverproc import ServerProc, add_user, login
+
+    srv = ServerProc(tmp_path / "srv").start()
+    try:
+        add_user(srv.home, "alice")
+        assert login(tmp_path / "a", srv, "alice").returncode == 0  # --server and --ca given once
+        again = subprocess.run([ENTRY, "--home", str(tmp_path / "a"), "user", "login", "alice", "--password-stdin"],
+                               input=PASSWORD.encode(), capture_output=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert srv.address.split(":")[-1].encode() in again.stdout  # logged in on the profile's server
+    finally:
+        srv.stop()
+
+
+def test_not_logged_in_hint_mentions_home(sc):
+    result = sc("send", "hi")
+    assert result.exit_code == 3
+    assert "--home" in _lines(result)[-1]
+
+
+def test_decrypt_names_the_identity_an_envelope_is_sealed_to(keys):
+    """Found by a new user: with only `--name friend`, decrypt said to create 'default'."""
+    from tests.conftest import run_entry
+
+    alice, bob, _ = keys
+    assert run_entry("--home", str(bob), "keygen", "--name", "work", "--kem", "x25519").returncode == 0
+    sealed = run_entry("--home", str(alice), "encrypt", "-r", str(bob / "identities" / "work.pub"), "-", input=b"x")
+    assert sealed.returncode == 0, sealed.stderr
+    result = run_entry("--home", str(bob), "decrypt", "--from", str(alice / "identities" / "default.pub"), "-",
+                       input=sealed.stdout)
+    assert result.returncode == 6
+    assert result.stderr.decode().strip().splitlines()[-1] == (
+        "securecomm: hint: it is sealed to your identity 'work': pass --name work")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from securecomm.cli.context import State, emit_json, info, json_option, pass_state
-from securecomm.errors import NotFoundError, UsageError
+from securecomm.errors import ExistsError, NotFoundError, UsageError
 
 
 @click.command(epilog="Example: securecomm certgen --host chat.example.net --days 30")
@@ -97,7 +97,12 @@ def keygen(state: State, name: str, kem: str, ask_passphrase: bool, passphrase_f
         elif ask_passphrase:
             secret = click.prompt("passphrase", hide_input=True, confirmation_prompt=True, err=True).encode()
         identity = ident.PrivateIdentity.generate(kem)
-        ident.save(identity, paths.identity_key(name), paths.identity_pub(name), passphrase=secret, force=force)
+        try:
+            ident.save(identity, paths.identity_key(name), paths.identity_pub(name), passphrase=secret, force=force)
+        except ExistsError as e:  # rerunning keygen to see the public line must not lead to --force
+            e.hint = (f"to print its public line: securecomm keygen --show{_name_opt(name)}; to replace it "
+                      "(and lose the old key): --force")
+            raise
         public = identity.public
     if as_json:
         emit_json({"name": name, **public.as_dict(), "path": str(paths.identity_pub(name))})
@@ -110,3 +115,7 @@ def check_name(name: str) -> None:
     from securecomm.paths import check_identity_name
 
     check_identity_name(name)  # the one rule, shared with every command that takes an identity name
+
+
+def _name_opt(name: str) -> str:
+    return "" if name == "default" else f" --name {name}"

@@ -125,7 +125,7 @@ def usage_failure(e: click.ClickException) -> CliError:
     ctx = getattr(e, "ctx", None)
     if isinstance(e, click.exceptions.NoSuchOption) and e.option_name in GLOBAL_OPTIONS:
         hint: str | None = (f"{e.option_name} is a global option: put it before the command, "
-                            f"as in: securecomm {e.option_name} ... {ctx.info_name if ctx else 'COMMAND'} ...")
+                            f"as in: securecomm {e.option_name} ... {_command_words(ctx)} ...")
     elif possibilities:
         hint = "did you mean " + " or ".join(repr(p) for p in possibilities) + "?"
     elif ctx is not None:
@@ -135,6 +135,13 @@ def usage_failure(e: click.ClickException) -> CliError:
     error = SecurecommError(text, hint=hint)
     error.exit_code = e.exit_code
     return CliError(error)
+
+
+def _command_words(ctx: click.Context | None) -> str:
+    """`user list` for `securecomm user list`: the command as typed after the program name."""
+    if ctx is None:
+        return "COMMAND"
+    return ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else "COMMAND"
 
 
 def _maybe_traceback(ctx: click.Context) -> None:

@@ -132,19 +132,39 @@ def decrypt(state: State, sender: str | None, output: str | None, force: bool, n
     given with --from, or one of your contacts or identities.
     """
     from securecomm.crypto import envelope
-    from securecomm.errors import NotAnEnvelopeError, UnknownSenderError
+    from securecomm.errors import NotAnEnvelopeError, NotFoundError, UnknownSenderError, WrongRecipientError
 
     raw = dearmor(_read_input(input))
-    me = load_identity(state, name, passphrase_file)
     try:
+        me = load_identity(state, name, passphrase_file)
         opened = envelope.open_envelope(raw, me, _known_senders(state, sender))
     except NotAnEnvelopeError as e:
         e.hint = "decrypt reads what `securecomm encrypt` wrote (binary or --armor)"
+        raise
+    except (NotFoundError, WrongRecipientError) as e:
+        e.hint = _which_identity(state, raw) or e.hint
         raise
     except UnknownSenderError as e:
         raise _unknown_sender(sender) from e
     _write_output(output, opened.body, force)
     info(f"from {opened.sender.fingerprint_text}: signature and sha256 digest verified")
+
+
+def _which_identity(state: State, raw: bytes) -> str | None:
+    """The hint for an envelope sealed to another of your identities: which one, by --name."""
+    from securecomm.crypto import envelope
+    from securecomm.crypto.identity import load_public
+    from securecomm.crypto.integrity import same
+    from securecomm.errors import SecurecommError
+
+    try:
+        recipient = envelope.parse(raw).header.recipient
+        for pub in sorted(state.paths.identities_dir.glob("*.pub")):
+            if same(load_public(pub).fingerprint, recipient):
+                return f"it is sealed to your identity {pub.stem!r}: pass --name {pub.stem}"
+    except (SecurecommError, OSError):
+        return None
+    return "it is sealed to none of your identities (`securecomm paths` shows where they live)"
 
 
 def _unknown_sender(sender: str | None) -> Exception:

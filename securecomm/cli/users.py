@@ -230,12 +230,14 @@ def ask_replace(e: KeyReplaceError) -> bool:
         e.hint = "to replace it (and log the other device out), pass --replace-key"
         return False
     click.echo(e.message, err=True)
-    return click.confirm("Replace it with this device's key?", default=False, err=True)
+    if not click.confirm("Replace it with this device's key?", default=False, err=True):
+        raise click.Abort  # "no": exit 130, nothing was changed
+    return True
 
 
 @user.command(epilog="Example: securecomm user login alice --server chat.example.net:7443 --ca ca.pem")
 @click.argument("name")
-@click.option("--server", default="localhost:7443", show_default=True, help="HOST:PORT of the server.")
+@click.option("--server", help="HOST:PORT of the server [the saved profile's, else localhost:7443].")
 @click.option("--ca", type=click.Path(dir_okay=False), help="Trust this CA certificate (PEM).")
 @click.option("--pin", help="Trust the server's CA with this SHA256:... fingerprint (certgen and serve print it).")
 @click.option("--identity", "identity_name", default="default", show_default=True,
@@ -246,7 +248,7 @@ def ask_replace(e: KeyReplaceError) -> bool:
 @passphrase_file_option
 @json_option
 @pass_state
-def login(state: State, name: str, server: str, ca: str | None, pin: str | None, identity_name: str,
+def login(state: State, name: str, server: str | None, ca: str | None, pin: str | None, identity_name: str,
           replace_key: bool, password_stdin: bool, passphrase_file: str | None, as_json: bool) -> None:
     """Log in with a password, register this device's identity, save the profile.
 
@@ -264,6 +266,7 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
     from securecomm.net.connect import address_of, prepare, saved_pin
 
     paths = state.paths
+    server, ca = _server_and_ca(paths, server, ca, pin)
     # A new identity is kept only once the login succeeded: a failed login leaves nothing behind.
     created = None if paths.identity_key(identity_name).exists() else ident.PrivateIdentity.generate()
     me = created or load_identity(state, identity_name, passphrase_file)
@@ -299,6 +302,21 @@ def login(state: State, name: str, server: str, ca: str | None, pin: str | None,
         return
     click.echo(f"logged in as {user_name} ({shown(ok.role)}) on {address}; identity {shown(ok.fingerprint)} "
                "registered")
+
+
+def _server_and_ca(paths: Any, server: str | None, ca: str | None, pin: str | None) -> tuple[str, str | None]:
+    """Logging in again defaults to the saved profile's server, and to its CA file when no other trust is given."""
+    from securecomm.config import Profile, format_address, parse_address
+
+    profile = Profile.load_optional(paths.profile)
+    if server is None:
+        server = profile.server if profile is not None else "localhost:7443"
+    same_server = profile is not None and format_address(*parse_address(server)) == \
+        format_address(*parse_address(profile.server))
+    if ca is None and pin is None and same_server and profile is not None and profile.ca \
+            and Path(profile.ca).exists():
+        ca = profile.ca
+    return server, ca
 
 
 @contextlib.contextmanager
