@@ -257,6 +257,7 @@ def test_legacy_entry_accepts_the_ca_pin_certgen_prints(srv, tmp_path):
     assert json.loads((home / "profile.json").read_text())["pin"] == srv.fp
     bad = pin_login(home, srv, "SHA256:" + "D" * 43)
     assert bad.returncode == 8 and b"does not match the CA remembered" in bad.stderr
+    assert f"hint: if the operator confirms that CA, log in again with --pin {srv.fp}".encode() in bad.stderr
 
 
 def test_legacy_leaf_pin_still_works_with_an_older_server_that_sends_no_ca(srv, tmp_path):

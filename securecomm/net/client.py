@@ -139,8 +139,10 @@ def _known(entry: tls.KnownServer, host: str, port: int, pin: str | None, known:
     trust = _migrate(entry, host, port, known) if entry.legacy else _pinned(entry.der, "known_servers")
     # During a migration the pin may name the saved leaf (older versions) or its CA (as certgen prints).
     if pin and not (tls.pin_matches(pin, trust.anchor_der) or tls.pin_matches(pin, entry.der)):
-        raise TLSError(f"--pin {pin} does not match the CA remembered for {entry.address} "
-                       f"({trust.anchor_fingerprint})")
+        raise TLSError(f"the pin {pin} (given with --pin or saved in the profile) does not match the CA "
+                       f"remembered for {entry.address} ({trust.anchor_fingerprint})",
+                       hint="if the operator confirms that CA, log in again with --pin "
+                            f"{trust.anchor_fingerprint} to save it in the profile")
     return trust
 
 
