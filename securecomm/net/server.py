@@ -267,7 +267,7 @@ class Mailbox:
                       self.session.label(), item.seq, item.sender)
 
     def push(self, item: Any) -> None:
-        if not self.backlog:
+        if not self.backlog and self.session.identity is not None:  # no proven key: no mail (see relay.ack)
             self.offer(item)
 
     def acked(self, seq: int) -> None:
@@ -284,7 +284,11 @@ class Session:
         self.conn = P.Connection("server", server.config.max_frame)
         self.outbox = Outbox(writer, self.label)
         self.user: User | None = None
+        #: The key this connection PROVED (LOGIN_KEY, or a password login that registered it with a proof);
+        #: None for a password-only login, which is never given the account's key (no mail, no rooms).
         self.identity: PublicIdentity | None = None
+        #: The password hash a password login checked: a new one (`user passwd`) ends the session.
+        self.password_hash: str | None = None
         self.challenge = os.urandom(P.CHALLENGE_SIZE)
         self.bucket = TokenBucket(server.config.rate, server.config.burst)
         self.in_flight = asyncio.Semaphore(server.config.max_in_flight)
@@ -485,9 +489,8 @@ class Server:
             if s.user is None or s.closing:
                 continue
             fresh = read.get_user_by_id(s.user.id)
-            key = s.identity.fingerprint if s.identity is not None else None
-            if fresh is None or fresh.fingerprint != key:
-                why = "the account was removed" if fresh is None else "this device's key is no longer registered"
+            why = _why_session_ends(s, fresh)
+            if why is not None:
                 self.drop(s, why)
             else:
                 s.user = fresh
@@ -651,8 +654,15 @@ class Server:
                                                                         ev.password)
             # by id and only over the hash just checked: never onto an account made or reset meanwhile
             if await self.store.call(self.store.store.upgrade_password_hash, user.id, checked, new_hash):
+                self._rehashed(user.id, checked, new_hash)
                 checked = new_hash
         await self._logged_in(s, user, identity, "password", checked)
+
+    def _rehashed(self, user_id: int, old: str, new: str) -> None:
+        """The same password, hashed anew: sessions that checked the old hash are not "password changed"."""
+        for other in self.relay.online.get(user_id, ()):
+            if other.password_hash == old:
+                other.password_hash = new
 
     async def _guarded_check(self, s: Session, key: str, user: User | None, password: str) -> bool:
         """Check -> hash -> record, one at a time per name (see net/lockout.py); the error is sent here."""
@@ -766,19 +776,17 @@ class Server:
         fresh = self._still_as_checked(s, user, identity, password_hash)
         if fresh is None:
             return
-        if identity is None and fresh.identity:
-            identity = PublicIdentity.decode_cached(fresh.identity)
         if self._full():  # others logged in while this one was checked
             self._refuse_full(s)
             return
         if self._too_many_sessions(s, fresh):
             return
-        s.user, s.identity = fresh, identity
+        s.user, s.identity, s.password_hash = fresh, identity, password_hash
         self.clients += 1
         if s.ticket is not None:
             s.ticket.release()  # from now on it counts as a client, not a stranger
-        log.info("%s logged in (%s)", s.label(), how)
-        s.send(P.LoginOk(user.name, user.role, identity.fingerprint_text if identity else None))
+        log.info("%s logged in (%s%s)", s.label(), how, "" if identity else ", no device key: no mail or rooms")
+        s.send(P.LoginOk(user.name, user.role, _shown_fingerprint(identity, fresh)))
         self.relay.logged_in(s)
 
     def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,
@@ -877,6 +885,28 @@ class Server:
 
 class _Busy(Exception):
     pass
+
+
+def _shown_fingerprint(identity: PublicIdentity | None, account: User) -> str | None:
+    """LOGIN_OK's fingerprint: the proven key, else (informational only) the account's registered key."""
+    if identity is not None:
+        return identity.fingerprint_text
+    return PublicIdentity.decode_cached(account.identity).fingerprint_text if account.identity else None
+
+
+def _why_session_ends(s: Session, fresh: User | None) -> str | None:
+    """Why a logged-in session must end after an account change, or None if it may stay.
+
+    A session with a proven key ends when that key is no longer the account's; one that
+    authenticated with a password ends when the password changes (`user passwd`, even
+    with --keep-key: whoever knew the old password must not stay in)."""
+    if fresh is None:
+        return "the account was removed"
+    if s.identity is not None and not _same_key(fresh.fingerprint, s.identity.fingerprint):
+        return "this device's key is no longer registered"
+    if s.password_hash is not None and not same(fresh.password_hash.encode(), s.password_hash.encode()):
+        return "the account's password changed"
+    return None
 
 
 def _same_key(a: bytes | None, b: bytes | None) -> bool:
