@@ -427,8 +427,12 @@ class Server:
         self.config = config
         self.ssl_ctx = ssl_ctx
         self.identity = identity
+        # A DIRECT id is remembered while an envelope with its timestamp could still pass the stale
+        # check (stored within one window of its timestamp, accepted within one more); later a
+        # replay is STALE without it (PROTOCOL.md 4.2).
         self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes),
-                                SendLimits(config.send_messages, config.send_bytes))
+                                SendLimits(config.send_messages, config.send_bytes),
+                                id_lifetime_ms=2 * config.stale_window_ms)
         self.relay = Relay(self)
         self.sessions: set[Session] = set()
         self.handshaking = 0
