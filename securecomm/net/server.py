@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -157,6 +159,10 @@ MEMBER_ENTRY_MAX = 2048
 #: The rest of such a RESULT: type byte, rid, room name and JSON punctuation.
 RESULT_OVERHEAD = 256
 
+
+#: The "password hash" a lock records for a name that had no account when it was locked: never
+#: a real hash (those are PHC strings, "$argon2id$..."), so any account made later differs.
+NO_ACCOUNT = "none"
 
 #: Bytes the server will hold for one client that does not read (a room can
 #: produce faster than a stalled reader drains). Beyond this the client is cut
@@ -448,6 +454,8 @@ class Server:
         self.name_locks = NameLocks()
         #: password hash of each locked account when its lock started: a new one (`user passwd`) lifts the lock
         self._lock_hashes: dict[str, str] = {}
+        #: Keys the tags under which unknown login names are logged (_logged_name); never stored.
+        self._name_key = os.urandom(32)
         self._background: set[asyncio.Future[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -641,7 +649,8 @@ class Server:
             return
         name, user = await self._find_user(ev.user)
         key = name or ev.user[:64]  # invalid names are tracked like any other: same answers, same time
-        log.debug("%s password login for %r: account read, checking the password", s.label(), key[:40])
+        log.debug("%s password login for %s: account read, checking the password", s.label(),
+                  self._logged_name(key, user))
         try:
             ok = await self._guarded_check(s, key, user, ev.password)
         except _Busy:
@@ -662,6 +671,16 @@ class Server:
                 checked = new_hash
         await self._logged_in(s, user, identity, "password", checked)
 
+    def _logged_name(self, name: str, user: User | None) -> str:
+        """How a login's user name appears in the log: an account's name as is; any other only as a tag.
+
+        People type passwords into the name field; an unknown name is written only as a keyed hash
+        (per process, so it cannot be reversed by hashing guesses offline) that still lets repeated
+        attempts with the same name be correlated within one run."""
+        if user is not None:
+            return repr(user.name)
+        return "unknown name #" + name_tag(self._name_key, name)
+
     def _rehashed(self, user_id: int, old: str, new: str) -> None:
         """The same password, hashed anew: sessions that checked the old hash are not "password changed"."""
         for other in self.relay.online.get(user_id, ()):
@@ -675,7 +694,7 @@ class Server:
             if until is not None and user is not None and self._password_reset(user):
                 until = None
             if until is not None:  # not counted, no hash, the lock's end does not move
-                log.warning("%s password login refused for %r: locked", s.label(), key[:40])
+                log.warning("%s password login refused for %s: locked", s.label(), self._logged_name(key, user))
                 s.error(P.ErrorCode.AUTH_FAILED, locked_message(until), fatal=True)
                 return False
             ok = await self._check_password(password, user.password_hash if user else self._dummy_hash)
@@ -683,7 +702,8 @@ class Server:
                 self.lockout.succeeded(key)
                 return True
             started = self.lockout.failed(key)
-        log.warning("%s login failed for %r: %s", s.label(), key[:40], "unknown user" if user is None else
+        log.warning("%s login failed for %s: %s", s.label(), self._logged_name(key, user),
+                    "unknown user" if user is None else
                     "wrong password" + ("; password logins locked" if started else ""))
         # the same answer for every cause, so that names cannot be enumerated
         s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: wrong user name or password", fatal=True)
@@ -692,8 +712,13 @@ class Server:
         return False
 
     def _password_reset(self, user: User) -> bool:
-        """True (and the lock lifted) if an operator set a new password since the lock started."""
-        if user.password_hash == self._lock_hashes.get(user.name, user.password_hash):
+        """True (and the lock lifted) if an operator set a new password since the lock started.
+
+        A lock taken while the name had no account has no recorded hash: it counts as taken over
+        NO_ACCOUNT, so the account made since (`user add`) lifts it. Otherwise a stranger could
+        lock a name before the operator creates it, and neither `user add` nor `user passwd`
+        (which compared the new hash with itself) would lift it."""
+        if user.password_hash == self._lock_hashes.get(user.name, NO_ACCOUNT):
             return False
         log.info("user=%s password reset: lock lifted", user.name)
         self.lockout.clear(user.name)
@@ -762,7 +787,7 @@ class Server:
             except IntegrityError:
                 ok = False
         if not ok or user is None:
-            log.warning("%s key login failed for %r", s.label(), (name or ev.user)[:40])
+            log.warning("%s key login failed for %s", s.label(), self._logged_name(name or ev.user, user))
             s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: unknown user or key not registered "
                     "(log in with a password first: securecomm user login)", fatal=True)
             return
@@ -889,6 +914,11 @@ class Server:
 
 class _Busy(Exception):
     pass
+
+
+def name_tag(key: bytes, name: str) -> str:
+    """8 hex characters of HMAC-SHA256(key, name): the same name gives the same tag within one key."""
+    return hmac.new(key, name.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
 
 
 def _shown_fingerprint(identity: PublicIdentity | None, account: User) -> str | None:
