@@ -114,6 +114,12 @@ class ServerConfig:
     #: Per-connection rate limit on messages after login (token bucket).
     rate: float = 5000.0
     burst: int = 5000
+    #: Bytes per second one USER (all its sessions) may have relayed to others: ROOM_SEND payloads
+    #: (counted once, whatever the fan-out) and DIRECT envelopes; burst: max_frame, so one message of
+    #: any size that fits still passes. One member must not be able to get another cut off: a reader
+    #: that stalls for 3 s under one sender is then sent at most 1 MiB + 3 x 512 KiB = 2.5 MiB, under
+    #: MAX_OUTBOUND_BUFFER (4 MiB), where 12 x 900 KB in 0.1 s cut it off before. 0: unlimited.
+    relay_rate: float = 512 * 1024
     #: Envelopes whose timestamp is further than this from the server clock are refused.
     stale_window_ms: int = 5 * 60 * 1000
     #: Receipts a connection may have outstanding before the server stops reading it.
@@ -136,6 +142,8 @@ class ServerConfig:
     def validate(self) -> None:
         if not MIN_FRAME_SIZE <= self.max_frame <= 64 * 1024 * 1024:
             raise UsageError(f"--max-frame must be between {MIN_FRAME_SIZE} and {64 * 1024 * 1024}")
+        if self.relay_rate < 0:
+            raise UsageError("--relay-rate must be at least 0 (0: unlimited)")
         if self.max_clients < 1:
             raise UsageError("--max-clients must be at least 1")
         if self.mailbox_messages < 1 or self.mailbox_bytes < 1:
@@ -230,14 +238,14 @@ class TokenBucket:
         self.rate, self.capacity = rate, float(burst)
         self.tokens, self.stamp = float(burst), time.monotonic()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
         if self.rate <= 0:
             return True
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -383,6 +391,23 @@ class Session:
                    f"could take {size} bytes, over this server's limit of {limit}", msg_id=msg_id)
         return True
 
+    def relay_over_budget(self, event: P.Event) -> bool:
+        """Refuse (non-fatally) a ROOM_SEND or DIRECT beyond this user's relay budget; True if refused."""
+        if isinstance(event, P.RoomSend):
+            cost = len(event.payload)
+        elif isinstance(event, P.Direct):
+            cost = len(event.envelope)
+        else:
+            return False
+        assert self.user is not None
+        if self.server.relay_budget(self.user.id).take(cost):
+            return False
+        rate = self.server.config.relay_rate
+        log.info("%s %s refused: over the relay rate", self.label(), event.TYPE.name)
+        self.error(P.ErrorCode.RATE_LIMITED, f"relay rate exceeded: {int(rate)} bytes per second per user "
+                   "(room and direct messages); slow down", msg_id=answer_ids(event)[0])
+        return True
+
     async def dispatch(self, event: P.Event) -> None:
         if isinstance(event, P.Hello):
             self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server.identity.public.line, self.challenge,
@@ -399,7 +424,7 @@ class Session:
         elif not self.bucket.take():
             msg_id, rid = answer_ids(event)
             self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id, rid=rid)
-        elif self.relay_too_large(event):
+        elif self.relay_too_large(event) or self.relay_over_budget(event):
             return
         elif isinstance(event, P.Send):
             await self.in_flight.acquire()
@@ -457,11 +482,20 @@ class Server:
         #: Keys the tags under which unknown login names are logged (_logged_name); never stored.
         self._name_key = os.urandom(32)
         self._background: set[asyncio.Future[Any]] = set()
+        #: Relay budgets per user id (--relay-rate), shared by its sessions and kept while the server
+        #: runs, so that neither more sessions nor reconnecting refills it; one per account that sent.
+        self._relay_budgets: dict[int, TokenBucket] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
         self.address: tuple[str, int] | None = None
+
+    def relay_budget(self, user_id: int) -> TokenBucket:
+        bucket = self._relay_budgets.get(user_id)
+        if bucket is None:
+            bucket = self._relay_budgets[user_id] = TokenBucket(self.config.relay_rate, self.config.max_frame)
+        return bucket
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
