@@ -43,7 +43,7 @@ def pct(values: list[float], q: float) -> float:
 def setup_server(tmp: Path) -> tuple[Any, dict[str, Path]]:
     srv_home = tmp / "srv"
     H.securecomm(srv_home, "certgen")
-    server = H.start_server(srv_home, "--rate", "0")
+    server = H.start_server(srv_home, "--rate", "0", "--relay-rate", "0")
     homes = {}
     for user in ("alice", "bob"):
         H.securecomm(srv_home, "user", "add", user, "--password-stdin", input=(H.PASSWORD + "\n").encode())

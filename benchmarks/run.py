@@ -54,7 +54,8 @@ class Bench:
     def setup(self) -> None:
         H.raise_fd_limit()
         H.securecomm(self.srv_home, "certgen")
-        self.server = H.start_server(self.srv_home, "--rate", "0", "--max-clients", "5000", "--idle-timeout", "900",
+        self.server = H.start_server(self.srv_home, "--rate", "0", "--relay-rate", "0", "--max-clients", "5000",
+                                     "--idle-timeout", "900",
                                      # many sessions of one account from one address: the load itself
                                      "--max-sessions-per-user", "5000", "--max-unauthenticated-per-address", "512")
         H.securecomm(self.srv_home, "user", "add", "alice", "--password-stdin", input=(H.PASSWORD + "\n").encode())

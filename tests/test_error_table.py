@@ -351,6 +351,16 @@ def _max_frame(c: Raw) -> int:
     return c.hello.max_frame
 
 
+def d_relay_rate_limited(w: World) -> Outcome:
+    """--relay-rate 1: the burst (max_frame) takes one large room message, the next is over budget."""
+    c = _joined(w.alice(), "budget")
+    key, body = R.SenderKey.generate(), bytes(_max_frame(c) - 4096)  # fits once relayed, with room to spare
+    first, second = (R.encrypt("budget", body, ALICE, key) for _ in range(2))
+    c.send(P.RoomSend("budget", first))
+    assert isinstance(c.until(P.Receipt), P.Receipt)
+    return _room_send(c, "budget", second)
+
+
 def d_direct_too_large(w: World) -> Outcome:
     """A DIRECT frame of exactly max_frame: its DELIVER, with the sender's name, could not be framed."""
     c = w.alice()
@@ -439,6 +449,7 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
 OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "too-many-clients": (("--max-clients", "2"), d_too_many_clients),
     "rate-limited": (("--rate", "1"), d_rate_limited),
+    "relay-rate-limited": (("--relay-rate", "1"), d_relay_rate_limited),
     "shutting-down": ((), d_shutting_down),
     "mailbox-full": (("--mailbox-messages", "1"), d_mailbox_full),
     "send-storage-full": (("--send-messages", "1"), d_send_storage_full),

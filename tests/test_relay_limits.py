@@ -81,7 +81,7 @@ def test_direct_whose_deliver_cannot_fit_is_refused_and_the_recipient_still_logs
 @pytest.mark.parametrize("unframeable", [1, 257])  # 257: more than a whole batch (relay.MAIL_BATCH) of them
 def test_a_stored_message_that_cannot_be_framed_never_stops_logins(tmp_path, unframeable):
     """Rows stored under a larger --max-frame: bob's logins go on, the rest of his mail is delivered."""
-    srv = _server(tmp_path)
+    srv = _server(tmp_path, "--relay-rate", "0")  # the setup stores up to 17 MB at once
     try:
         c = Raw(srv).start().login_key(LONG, ME)
         small = _envelope(1000)
@@ -200,7 +200,7 @@ def test_a_room_member_that_does_not_read_is_cut_off(tmp_path):
 
     A guard for the cut-off now that it counts the TCP transport's buffer as
     well as the TLS layer's (server.queued_bytes), not a regression test."""
-    srv = _server(tmp_path, users=((LONG, ME), ("bob", BOB)))
+    srv = _server(tmp_path, "--relay-rate", "0", users=((LONG, ME), ("bob", BOB)))  # one sender, unthrottled
     try:
         sleeper = Raw(srv).start().login_key("bob", BOB)
         sleeper.send(P.Request(1, "join", {"room": "r"}))

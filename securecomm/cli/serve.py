@@ -37,6 +37,9 @@ from securecomm.errors import SecurecommError
 @click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--rate", type=float, default=5000, show_default=True,
               help="Messages per second per connection (0: unlimited).")
+@click.option("--relay-rate", type=click.FloatRange(0), default=512 * 1024, show_default=True,
+              help="Bytes per second one user may relay to others (room and direct messages; burst: "
+              "--max-frame; 0: unlimited).")
 @click.option("--idle-timeout", type=float, default=300, show_default=True,
               help="Seconds before an idle client is cut.")
 @click.option("--handshake-timeout", type=float, default=10, show_default=True,

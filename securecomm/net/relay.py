@@ -144,6 +144,8 @@ class Relay:
         Synchronous on purpose (a read-only connection on the loop): no live push
         can slip in between the query and the offers, so order needs no queue."""
         assert s.user is not None
+        if s.identity is None:  # a password-only login proved no key: it is never offered mail (see ack)
+            return
         box = s.mailbox
         while True:
             items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
@@ -158,6 +160,11 @@ class Relay:
     async def ack(self, s: Session, ev: P.Ack) -> None:
         assert s.user is not None
         if ev.seq > MAX_SEQ:
+            return
+        if s.identity is None:
+            # Offered nothing, so it names nothing it was sent: ignored like an unknown seq (PROTOCOL.md 5.5).
+            # Before, a password-only login was given the account's key and could delete its mail unread.
+            log.warning("%s ACK ignored: no device key proven in this connection", s.label())
             return
         taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq)
         s.mailbox.acked(ev.seq)

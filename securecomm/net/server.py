@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -112,6 +114,12 @@ class ServerConfig:
     #: Per-connection rate limit on messages after login (token bucket).
     rate: float = 5000.0
     burst: int = 5000
+    #: Bytes per second one USER (all its sessions) may have relayed to others: ROOM_SEND payloads
+    #: (counted once, whatever the fan-out) and DIRECT envelopes; burst: max_frame, so one message of
+    #: any size that fits still passes. One member must not be able to get another cut off: a reader
+    #: that stalls for 3 s under one sender is then sent at most 1 MiB + 3 x 512 KiB = 2.5 MiB, under
+    #: MAX_OUTBOUND_BUFFER (4 MiB), where 12 x 900 KB in 0.1 s cut it off before. 0: unlimited.
+    relay_rate: float = 512 * 1024
     #: Envelopes whose timestamp is further than this from the server clock are refused.
     stale_window_ms: int = 5 * 60 * 1000
     #: Receipts a connection may have outstanding before the server stops reading it.
@@ -134,6 +142,8 @@ class ServerConfig:
     def validate(self) -> None:
         if not MIN_FRAME_SIZE <= self.max_frame <= 64 * 1024 * 1024:
             raise UsageError(f"--max-frame must be between {MIN_FRAME_SIZE} and {64 * 1024 * 1024}")
+        if self.relay_rate < 0:
+            raise UsageError("--relay-rate must be at least 0 (0: unlimited)")
         if self.max_clients < 1:
             raise UsageError("--max-clients must be at least 1")
         if self.mailbox_messages < 1 or self.mailbox_bytes < 1:
@@ -157,6 +167,10 @@ MEMBER_ENTRY_MAX = 2048
 #: The rest of such a RESULT: type byte, rid, room name and JSON punctuation.
 RESULT_OVERHEAD = 256
 
+
+#: The "password hash" a lock records for a name that had no account when it was locked: never
+#: a real hash (those are PHC strings, "$argon2id$..."), so any account made later differs.
+NO_ACCOUNT = "none"
 
 #: Bytes the server will hold for one client that does not read (a room can
 #: produce faster than a stalled reader drains). Beyond this the client is cut
@@ -224,14 +238,14 @@ class TokenBucket:
         self.rate, self.capacity = rate, float(burst)
         self.tokens, self.stamp = float(burst), time.monotonic()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
         if self.rate <= 0:
             return True
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -267,7 +281,7 @@ class Mailbox:
                       self.session.label(), item.seq, item.sender)
 
     def push(self, item: Any) -> None:
-        if not self.backlog:
+        if not self.backlog and self.session.identity is not None:  # no proven key: no mail (see relay.ack)
             self.offer(item)
 
     def acked(self, seq: int) -> None:
@@ -284,7 +298,11 @@ class Session:
         self.conn = P.Connection("server", server.config.max_frame)
         self.outbox = Outbox(writer, self.label)
         self.user: User | None = None
+        #: The key this connection PROVED (LOGIN_KEY, or a password login that registered it with a proof);
+        #: None for a password-only login, which is never given the account's key (no mail, no rooms).
         self.identity: PublicIdentity | None = None
+        #: The password hash a password login checked: a new one (`user passwd`) ends the session.
+        self.password_hash: str | None = None
         self.challenge = os.urandom(P.CHALLENGE_SIZE)
         self.bucket = TokenBucket(server.config.rate, server.config.burst)
         self.in_flight = asyncio.Semaphore(server.config.max_in_flight)
@@ -373,6 +391,23 @@ class Session:
                    f"could take {size} bytes, over this server's limit of {limit}", msg_id=msg_id)
         return True
 
+    def relay_over_budget(self, event: P.Event) -> bool:
+        """Refuse (non-fatally) a ROOM_SEND or DIRECT beyond this user's relay budget; True if refused."""
+        if isinstance(event, P.RoomSend):
+            cost = len(event.payload)
+        elif isinstance(event, P.Direct):
+            cost = len(event.envelope)
+        else:
+            return False
+        assert self.user is not None
+        if self.server.relay_budget(self.user.id).take(cost):
+            return False
+        rate = self.server.config.relay_rate
+        log.info("%s %s refused: over the relay rate", self.label(), event.TYPE.name)
+        self.error(P.ErrorCode.RATE_LIMITED, f"relay rate exceeded: {int(rate)} bytes per second per user "
+                   "(room and direct messages); slow down", msg_id=answer_ids(event)[0])
+        return True
+
     async def dispatch(self, event: P.Event) -> None:
         if isinstance(event, P.Hello):
             self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server.identity.public.line, self.challenge,
@@ -389,7 +424,7 @@ class Session:
         elif not self.bucket.take():
             msg_id, rid = answer_ids(event)
             self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id, rid=rid)
-        elif self.relay_too_large(event):
+        elif self.relay_too_large(event) or self.relay_over_budget(event):
             return
         elif isinstance(event, P.Send):
             await self.in_flight.acquire()
@@ -423,8 +458,12 @@ class Server:
         self.config = config
         self.ssl_ctx = ssl_ctx
         self.identity = identity
+        # A DIRECT id is remembered while an envelope with its timestamp could still pass the stale
+        # check (stored within one window of its timestamp, accepted within one more); later a
+        # replay is STALE without it (PROTOCOL.md 4.2).
         self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes),
-                                SendLimits(config.send_messages, config.send_bytes))
+                                SendLimits(config.send_messages, config.send_bytes),
+                                id_lifetime_ms=2 * config.stale_window_ms)
         self.relay = Relay(self)
         self.sessions: set[Session] = set()
         self.handshaking = 0
@@ -440,12 +479,23 @@ class Server:
         self.name_locks = NameLocks()
         #: password hash of each locked account when its lock started: a new one (`user passwd`) lifts the lock
         self._lock_hashes: dict[str, str] = {}
+        #: Keys the tags under which unknown login names are logged (_logged_name); never stored.
+        self._name_key = os.urandom(32)
         self._background: set[asyncio.Future[Any]] = set()
+        #: Relay budgets per user id (--relay-rate), shared by its sessions and kept while the server
+        #: runs, so that neither more sessions nor reconnecting refills it; one per account that sent.
+        self._relay_budgets: dict[int, TokenBucket] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
         self.address: tuple[str, int] | None = None
+
+    def relay_budget(self, user_id: int) -> TokenBucket:
+        bucket = self._relay_budgets.get(user_id)
+        if bucket is None:
+            bucket = self._relay_budgets[user_id] = TokenBucket(self.config.relay_rate, self.config.max_frame)
+        return bucket
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -485,9 +535,8 @@ class Server:
             if s.user is None or s.closing:
                 continue
             fresh = read.get_user_by_id(s.user.id)
-            key = s.identity.fingerprint if s.identity is not None else None
-            if fresh is None or fresh.fingerprint != key:
-                why = "the account was removed" if fresh is None else "this device's key is no longer registered"
+            why = _why_session_ends(s, fresh)
+            if why is not None:
                 self.drop(s, why)
             else:
                 s.user = fresh
@@ -634,7 +683,8 @@ class Server:
             return
         name, user = await self._find_user(ev.user)
         key = name or ev.user[:64]  # invalid names are tracked like any other: same answers, same time
-        log.debug("%s password login for %r: account read, checking the password", s.label(), key[:40])
+        log.debug("%s password login for %s: account read, checking the password", s.label(),
+                  self._logged_name(key, user))
         try:
             ok = await self._guarded_check(s, key, user, ev.password)
         except _Busy:
@@ -651,8 +701,25 @@ class Server:
                                                                         ev.password)
             # by id and only over the hash just checked: never onto an account made or reset meanwhile
             if await self.store.call(self.store.store.upgrade_password_hash, user.id, checked, new_hash):
+                self._rehashed(user.id, checked, new_hash)
                 checked = new_hash
         await self._logged_in(s, user, identity, "password", checked)
+
+    def _logged_name(self, name: str, user: User | None) -> str:
+        """How a login's user name appears in the log: an account's name as is; any other only as a tag.
+
+        People type passwords into the name field; an unknown name is written only as a keyed hash
+        (per process, so it cannot be reversed by hashing guesses offline) that still lets repeated
+        attempts with the same name be correlated within one run."""
+        if user is not None:
+            return repr(user.name)
+        return "unknown name #" + name_tag(self._name_key, name)
+
+    def _rehashed(self, user_id: int, old: str, new: str) -> None:
+        """The same password, hashed anew: sessions that checked the old hash are not "password changed"."""
+        for other in self.relay.online.get(user_id, ()):
+            if other.password_hash == old:
+                other.password_hash = new
 
     async def _guarded_check(self, s: Session, key: str, user: User | None, password: str) -> bool:
         """Check -> hash -> record, one at a time per name (see net/lockout.py); the error is sent here."""
@@ -661,7 +728,7 @@ class Server:
             if until is not None and user is not None and self._password_reset(user):
                 until = None
             if until is not None:  # not counted, no hash, the lock's end does not move
-                log.warning("%s password login refused for %r: locked", s.label(), key[:40])
+                log.warning("%s password login refused for %s: locked", s.label(), self._logged_name(key, user))
                 s.error(P.ErrorCode.AUTH_FAILED, locked_message(until), fatal=True)
                 return False
             ok = await self._check_password(password, user.password_hash if user else self._dummy_hash)
@@ -669,7 +736,8 @@ class Server:
                 self.lockout.succeeded(key)
                 return True
             started = self.lockout.failed(key)
-        log.warning("%s login failed for %r: %s", s.label(), key[:40], "unknown user" if user is None else
+        log.warning("%s login failed for %s: %s", s.label(), self._logged_name(key, user),
+                    "unknown user" if user is None else
                     "wrong password" + ("; password logins locked" if started else ""))
         # the same answer for every cause, so that names cannot be enumerated
         s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: wrong user name or password", fatal=True)
@@ -678,8 +746,13 @@ class Server:
         return False
 
     def _password_reset(self, user: User) -> bool:
-        """True (and the lock lifted) if an operator set a new password since the lock started."""
-        if user.password_hash == self._lock_hashes.get(user.name, user.password_hash):
+        """True (and the lock lifted) if an operator set a new password since the lock started.
+
+        A lock taken while the name had no account has no recorded hash: it counts as taken over
+        NO_ACCOUNT, so the account made since (`user add`) lifts it. Otherwise a stranger could
+        lock a name before the operator creates it, and neither `user add` nor `user passwd`
+        (which compared the new hash with itself) would lift it."""
+        if user.password_hash == self._lock_hashes.get(user.name, NO_ACCOUNT):
             return False
         log.info("user=%s password reset: lock lifted", user.name)
         self.lockout.clear(user.name)
@@ -748,7 +821,7 @@ class Server:
             except IntegrityError:
                 ok = False
         if not ok or user is None:
-            log.warning("%s key login failed for %r", s.label(), (name or ev.user)[:40])
+            log.warning("%s key login failed for %s", s.label(), self._logged_name(name or ev.user, user))
             s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: unknown user or key not registered "
                     "(log in with a password first: securecomm user login)", fatal=True)
             return
@@ -766,19 +839,17 @@ class Server:
         fresh = self._still_as_checked(s, user, identity, password_hash)
         if fresh is None:
             return
-        if identity is None and fresh.identity:
-            identity = PublicIdentity.decode_cached(fresh.identity)
         if self._full():  # others logged in while this one was checked
             self._refuse_full(s)
             return
         if self._too_many_sessions(s, fresh):
             return
-        s.user, s.identity = fresh, identity
+        s.user, s.identity, s.password_hash = fresh, identity, password_hash
         self.clients += 1
         if s.ticket is not None:
             s.ticket.release()  # from now on it counts as a client, not a stranger
-        log.info("%s logged in (%s)", s.label(), how)
-        s.send(P.LoginOk(user.name, user.role, identity.fingerprint_text if identity else None))
+        log.info("%s logged in (%s%s)", s.label(), how, "" if identity else ", no device key: no mail or rooms")
+        s.send(P.LoginOk(user.name, user.role, _shown_fingerprint(identity, fresh)))
         self.relay.logged_in(s)
 
     def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,
@@ -877,6 +948,33 @@ class Server:
 
 class _Busy(Exception):
     pass
+
+
+def name_tag(key: bytes, name: str) -> str:
+    """8 hex characters of HMAC-SHA256(key, name): the same name gives the same tag within one key."""
+    return hmac.new(key, name.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
+
+
+def _shown_fingerprint(identity: PublicIdentity | None, account: User) -> str | None:
+    """LOGIN_OK's fingerprint: the proven key, else (informational only) the account's registered key."""
+    if identity is not None:
+        return identity.fingerprint_text
+    return PublicIdentity.decode_cached(account.identity).fingerprint_text if account.identity else None
+
+
+def _why_session_ends(s: Session, fresh: User | None) -> str | None:
+    """Why a logged-in session must end after an account change, or None if it may stay.
+
+    A session with a proven key ends when that key is no longer the account's; one that
+    authenticated with a password ends when the password changes (`user passwd`, even
+    with --keep-key: whoever knew the old password must not stay in)."""
+    if fresh is None:
+        return "the account was removed"
+    if s.identity is not None and not _same_key(fresh.fingerprint, s.identity.fingerprint):
+        return "this device's key is no longer registered"
+    if s.password_hash is not None and not same(fresh.password_hash.encode(), s.password_hash.encode()):
+        return "the account's password changed"
+    return None
 
 
 def _same_key(a: bytes | None, b: bytes | None) -> bool:

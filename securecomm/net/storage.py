@@ -11,6 +11,8 @@ resolves only after the COMMIT that holds its message returned.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,14 +22,24 @@ from securecomm.store.db import NewMessage, Store, StoredMessage
 from securecomm.store.quota import MailboxLimits, SendLimits
 
 T = TypeVar("T")
+log = logging.getLogger("securecomm.server")
 #: Upper bound on one transaction: keeps a commit's latency bounded under load.
 MAX_BATCH = 1024
+#: DIRECT ids looked at per prune (a few milliseconds of the writer thread). Four
+#: batches' worth: while a prune finds this many to delete, the next batch prunes
+#: again, so forgetting keeps up with any rate the commit queue can store.
+PRUNE_ROWS = 4 * MAX_BATCH
+#: Otherwise the ids are pruned at most this often.
+PRUNE_SECONDS = 10.0
 
 
 class AsyncStore:
     def __init__(self, path: Path, mailbox_limits: MailboxLimits | None = None,
-                 send_limits: SendLimits | None = None) -> None:
+                 send_limits: SendLimits | None = None, id_lifetime_ms: int | None = None) -> None:
         self.path = path
+        #: How long a DIRECT id is remembered for replay detection (None: for ever); see _prune.
+        self.id_lifetime_ms = id_lifetime_ms
+        self._next_prune = 0.0
         self.mailbox_limits = mailbox_limits
         self.send_limits = send_limits
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-db")
@@ -84,6 +96,22 @@ class AsyncStore:
                 for (_, fut), stored in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(stored)
+                await self._prune()
+
+    async def _prune(self) -> None:
+        """Forget DIRECT ids too old to matter, after a batch (receipts already resolved).
+
+        Run from the commit queue because only stored messages add ids: an idle server has
+        nothing to forget. Bounded per call (PRUNE_ROWS); a full prune asks for another soon."""
+        if self.id_lifetime_ms is None or time.monotonic() < self._next_prune:
+            return
+        cutoff = time.time_ns() // 1_000_000 - self.id_lifetime_ms
+        try:
+            deleted = await self.call(self.store.prune_direct_ids, cutoff, PRUNE_ROWS)
+        except Exception as e:  # a busy database: try again after the next interval
+            log.warning("forgetting old direct message ids failed: %s", str(e)[:200])
+            deleted = 0
+        self._next_prune = time.monotonic() + (0.0 if deleted >= PRUNE_ROWS else PRUNE_SECONDS)
 
     async def close(self) -> None:
         """Commit what is queued, then close the database."""

@@ -455,6 +455,18 @@ class Store:
         self.mailbox_usage.added(m.recipient_id, len(m.envelope))
         return StoredMessage(m.msg_id, m.sha256, now_ms, False, cur.lastrowid)
 
+    def prune_direct_ids(self, older_than_ms: int, limit: int) -> int:
+        """Forget DIRECT ids stored before `older_than_ms`, looking at no more than the `limit` oldest rows.
+
+        An id is needed only while an envelope carrying it could still pass the stale check: a
+        replay after that is refused as STALE before the id is looked up (PROTOCOL.md 4.2). Rows
+        are only ever deleted oldest first, so rowid order is storage order and the work per call
+        is bounded by `limit` whatever the table holds. Returns the number of rows deleted."""
+        cur = self.db.execute(
+            "DELETE FROM direct_ids WHERE rowid IN (SELECT rowid FROM direct_ids ORDER BY rowid LIMIT ?) "
+            "AND stored_at_ms < ?", (limit, older_than_ms))
+        return int(cur.rowcount)
+
     def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]:
         """Undelivered direct messages for a user, oldest first."""
         rows = self.db.execute(
