@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -654,10 +655,52 @@ def printable(body: bytes) -> str:
 CONTINUATION = "    \u2502 "
 
 
-def printable_body(body: bytes) -> str:
+#: At most this many rows of one message on a terminal (a 400,000-newline message would scroll
+#: everything else away); the rest is counted in one line pointing to --json.
+MAX_SHOWN_ROWS = 200
+
+
+def printable_body(body: bytes, width: int | None = None, first: int = 0) -> str:
     """A message body for a terminal: one shown line per line of text, each escaped as in
     `printable`, continuation lines indented behind CONTINUATION. One trailing newline (as
-    `printf ...\\n | send -` leaves) is dropped; any other control character stays escaped."""
+    `printf ...\\n | send -` leaves) is dropped; any other control character stays escaped.
+
+    With `width` (a terminal's columns; `first` = columns already used on the first row by the
+    time stamp and sender), long lines are wrapped here, each further row behind CONTINUATION too:
+    left to the terminal, padding could push forged text to column 0 of a row of its own. At
+    most MAX_SHOWN_ROWS rows are shown."""
     text = body.decode("utf-8", "replace")
     text = text[:-1] if text.endswith("\n") else text
-    return ("\n" + CONTINUATION).join(printable(line.encode()) for line in text.split("\n"))
+    lines = (printable(line.encode()) for line in text.split("\n"))
+    if width is None:
+        return ("\n" + CONTINUATION).join(lines)
+    rows = _wrapped(lines, width, first)
+    shown = list(itertools.islice(rows, MAX_SHOWN_ROWS))
+    rest = sum(1 for _ in rows)
+    if rest:
+        shown.append(f"\u2026 {rest} more lines (use --json)")
+    return ("\n" + CONTINUATION).join(shown)
+
+
+def cell_width(text: str) -> int:
+    """Columns `text` may take on a terminal: ASCII 1, anything else 2. Overcounting only wraps
+    a row early; undercounting would let the terminal wrap it, which is what we must prevent."""
+    return sum(1 if ord(c) < 128 else 2 for c in text)
+
+
+def _wrapped(lines: Iterator[str], width: int, first: int) -> Iterator[str]:
+    """Rows of at most the columns left: the first after `first`, the others after CONTINUATION.
+    One column is kept free (some terminals wrap on the last column itself)."""
+    room = max(1, width - 1 - first)
+    for line in lines:
+        row: list[str] = []
+        used = 0
+        for c in line:
+            w = cell_width(c)
+            if used + w > room and row:
+                yield "".join(row)
+                row, used, room = [], 0, max(1, width - 1 - cell_width(CONTINUATION))
+            row.append(c)
+            used += w
+        yield "".join(row)
+        room = max(1, width - 1 - cell_width(CONTINUATION))
