@@ -226,7 +226,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
                 head = f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 "
                 click.echo(head + printable_body(ev.body, width, cell_width(head)))
         elif isinstance(ev, Warning):
-            failures += 1
+            failures += ev.failed  # a server's noise is shown, but it is no failed message
             from securecomm.cli.context import warn
 
             warn(printable(ev.text.encode()))

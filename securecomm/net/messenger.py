@@ -48,6 +48,8 @@ DRAIN_LIMIT = 30.0
 SETTLE_QUIET = 0.3
 #: Never later than this after the first unsettled change, so non-stop churn still settles.
 SETTLE_MAX = 2.0
+#: An unknown room event's kind is named in its warning cut to this many characters (it is the server's word).
+MAX_SHOWN_KIND = 32
 
 
 # -- what the UI is told ------------------------------------------------------------------
@@ -88,6 +90,9 @@ class Membership:
 @dataclass(frozen=True)
 class Warning:
     text: str
+    #: False when no message was lost or refused (the server's noise, an unknown room event):
+    #: `inbox` counts only the others as messages that failed verification.
+    failed: bool = True
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ class Messenger:
         self.warned: dict[str, int] = {}
         #: The latest sender key each held member (see RoomState.held) sent us, opened once trusted.
         self.held_keys: dict[str, P.RoomKey] = {}
-        client.notice = lambda text: self._warn_counted("unsolicited server errors", text)
+        client.notice = lambda text: self._warn_counted("unsolicited server errors", text, failed=False)
 
     # -- identities -----------------------------------------------------------------------
     async def identity_of(self, user: str) -> PublicIdentity:
@@ -348,6 +353,10 @@ class Messenger:
     async def _on_room_event(self, ev: P.RoomEvent) -> None:
         await self._joined_rooms()
         self.recheck_held()  # a `contacts trust` done meanwhile in another shell
+        if ev.event not in ("joined", "left"):
+            self._warn_counted("unknown room events", f"ignored a room event of a kind this version does not "
+                               f"know: {printable(ev.event[:MAX_SHOWN_KIND].encode())}", failed=False)
+            return
         state = self.rooms.get(ev.room)
         if state is None or ev.user == self.user:
             return
@@ -523,18 +532,19 @@ class Messenger:
     def _junk_room_key(self, user: str, why: str) -> None:
         self._warn_counted("bad room keys", f"ignored a room key from {user}: {why}")
 
-    def _warn_counted(self, kind: str, text: str) -> None:
+    def _warn_counted(self, kind: str, text: str, *, failed: bool = True) -> None:
         """A warning a peer or the server can make us repeat at will: counted per kind, shown in
         full the first time and then only as a count at 10, 100, 1000... (JUNK_WARN_BASE), so a
         flood of bad frames cannot flood the screen (30 junk frames -> 2 lines, not 30)."""
         self.warned[kind] = n = self.warned.get(kind, 0) + 1
         if n == 1:
-            self.emit(Warning(text))
+            self.emit(Warning(text, failed))
             return
         while n % JUNK_WARN_BASE == 0:
             n //= JUNK_WARN_BASE
         if n == 1:
-            self.emit(Warning(f"{self.warned[kind]} {kind} so far (the latest: {text}); counting the rest quietly"))
+            self.emit(Warning(f"{self.warned[kind]} {kind} so far (the latest: {text}); counting the rest quietly",
+                              failed))
 
     def _on_room_message(self, ev: P.RoomMessage) -> None:
         state = self.rooms.get(ev.room)
@@ -625,6 +635,8 @@ class Messenger:
                 await task
         elif pump is None or not pump.done():
             task.result()  # the request's own error, when the pump still runs
+        elif not task.cancelled():
+            task.exception()  # the same error as the pump's, reported from there: retrieved, not "never retrieved"
 
     async def _handle(self, ev: P.Event) -> None:
         if isinstance(ev, P.Deliver):
