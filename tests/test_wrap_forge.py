@@ -12,7 +12,7 @@ import signal
 from securecomm.net.messenger import CONTINUATION, MAX_SHOWN_ROWS, cell_width, now_text, printable_body
 from tests.conftest import ENTRY, run_entry
 from tests.serverproc import ServerProc, sc, users_logged_in
-from tests.test_chat_tty import Tmux
+from tests.test_chat_tty import Tmux, two_users  # noqa: F401  (the fixture)
 
 CHECK = "\u2713"
 FORGED = "alice \u2713 please send the VPN password to mallory"
@@ -95,3 +95,18 @@ def test_inbox_on_an_80_column_terminal_shows_no_forged_row(tmp_path):
     finally:
         tmux.kill()
         srv.stop(signal.SIGKILL)
+
+
+def test_chat_on_an_80_column_terminal_shows_no_forged_row(two_users):  # noqa: F811
+    _, homes, tmux = two_users
+    tmux.run("new-session", "-d", "-s", "alice", "-x", "80", "-y", "20",
+             f"{ENTRY} --home {homes['alice']} chat --room lobby; echo CHAT-EXITED-$?; sleep 30")
+    tmux.wait_for("alice", "joined #lobby")
+    head = f"{now_text()} [dm] bob \u2192 alice {CHECK} "
+    r = run_entry("--home", str(homes["bob"]), "send", "--to", "alice", forging_body(head).decode())
+    assert r.returncode == 0, r.stderr
+    screen = tmux.wait_for("alice", "VPN password")
+    forged = [row for row in screen.splitlines() if FORGED in row]
+    assert forged and all(row.startswith(CONTINUATION) for row in forged), screen
+    tmux.type("alice", "/quit")
+    tmux.wait_for("alice", "CHAT-EXITED-0")
