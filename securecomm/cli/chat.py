@@ -12,6 +12,7 @@ prompt_toolkit is imported only here, inside the command: `--help` stays light.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 from typing import Any
@@ -23,13 +24,15 @@ from securecomm.cli.context import State, pass_state, passphrase_file_option, st
 PROMPT = "> "
 
 
-def render(ev: Any, me: str) -> str:
+def render(ev: Any, me: str, width: int | None = None) -> str:
+    """One event as shown; with `width` (a terminal's columns) message bodies are wrapped here."""
     from securecomm.net.messenger import (
         DeliveryReceipt,
         DirectMessage,
         Membership,
         RoomText,
         Warning,
+        cell_width,
         now_text,
         printable,
         printable_body,
@@ -40,11 +43,13 @@ def render(ev: Any, me: str) -> str:
 
     ok = style("\u2713", fg="green")
     if isinstance(ev, RoomText):
-        return (f"{now_text(ev.sent_at_ms)} #{clean(ev.room)} {style(clean(ev.sender), bold=True)} {ok} "
-                f"{printable_body(ev.body)}")
+        stamp, who = f"{now_text(ev.sent_at_ms)} #{clean(ev.room)} ", clean(ev.sender)
+        first = cell_width(f"{stamp}{who} \u2713 ")  # the columns before the body, colours aside
+        return f"{stamp}{style(who, bold=True)} {ok} {printable_body(ev.body, width, first)}"
     if isinstance(ev, DirectMessage):
-        return (f"{now_text(ev.sent_at_ms)} [dm] {style(clean(ev.sender), bold=True)} \u2192 {me} {ok} "
-                f"{printable_body(ev.body)}")
+        stamp, who = f"{now_text(ev.sent_at_ms)} [dm] ", clean(ev.sender)
+        first = cell_width(f"{stamp}{who} \u2192 {me} \u2713 ")
+        return f"{stamp}{style(who, bold=True)} \u2192 {me} {ok} {printable_body(ev.body, width, first)}"
     if isinstance(ev, DeliveryReceipt):
         return f"{now_text()} {ok}{ok} {clean(ev.to)} received {ev.msg_id.hex()[:8]} (signed receipt)"
     if isinstance(ev, Membership):
@@ -87,7 +92,9 @@ def chat(state: State, room: str, passphrase_file: str | None) -> None:
     tty = sys.stdin.isatty() and sys.stdout.isatty()
 
     def show(ev: Any) -> None:
-        print(render(ev, profile.user), flush=True)  # under patch_stdout: above the line being typed
+        # wrapped at the width of now (the window may have been resized); under patch_stdout: above
+        # the line being typed
+        print(render(ev, profile.user, shutil.get_terminal_size().columns if tty else None), flush=True)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

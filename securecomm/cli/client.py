@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import Any
 
@@ -197,10 +198,20 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
 
     from securecomm.cli.users import ask_trust
     from securecomm.net.connect import connect_profile
-    from securecomm.net.messenger import DirectMessage, Messenger, Warning, now_text, printable, printable_body
+    from securecomm.net.messenger import (
+        DirectMessage,
+        Messenger,
+        Warning,
+        cell_width,
+        now_text,
+        printable,
+        printable_body,
+    )
 
     identity = _identity(state, passphrase_file)
     failures = 0
+    # on a terminal, bodies are wrapped here (see printable_body); a pipe gets each line whole
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() and not as_json else None
 
     def show(ev: Any) -> None:
         nonlocal failures
@@ -212,10 +223,10 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
                                        "fingerprint": ev.fingerprint, "verified": True,
                                        "body": ev.body.decode("utf-8", "replace")}))
             else:
-                click.echo(f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 "
-                           f"{printable_body(ev.body)}")
+                head = f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 "
+                click.echo(head + printable_body(ev.body, width, cell_width(head)))
         elif isinstance(ev, Warning):
-            failures += 1
+            failures += ev.failed  # a server's noise is shown, but it is no failed message
             from securecomm.cli.context import warn
 
             warn(printable(ev.text.encode()))

@@ -44,6 +44,9 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 4.0
 #: How long room lines typed offline wait for the members of before the outage to come back.
 REJOIN_WAIT = 20.0
+#: How long /quit (or end of input) waits for receipts of lines still in flight: a working server
+#: answers in milliseconds; one that withholds a receipt must not hold chat for REPLY_TIMEOUT.
+QUIT_GRACE = 2.0
 
 
 @dataclass
@@ -110,6 +113,9 @@ class ChatSession:
         self.awaited: set[str] = set()  # members that held room lines wait for
         self.changed = asyncio.Event()  # set on every join/leave in self.room
         self.flush: asyncio.Task[None] | None = None  # sends held room lines
+        #: Lines being sent, each waiting for its receipt: in the background, so that a server that
+        #: withholds a receipt cannot block the input line or /quit for REPLY_TIMEOUT.
+        self.sending: set[asyncio.Task[None]] = set()
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, Membership) and ev.room == self.room:
@@ -188,22 +194,26 @@ class ChatSession:
                 self.flush = asyncio.create_task(self._send_held())
             return await self._loop(lines, pump)
         finally:
-            for task in (pump, self.flush):
+            for task in (pump, self.flush, *self.sending):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
             self.flush = None
+            self.sending.clear()
 
     async def _loop(self, lines: asyncio.Queue[str | None], pump: asyncio.Task[None]) -> bool:
         """Lines and events until the user quits (True) or the connection fails (raises)."""
         while True:
             getter = asyncio.create_task(lines.get())
-            waits: set[asyncio.Task[Any]] = {getter, pump} | ({self.flush} if self.flush else set())
+            waits: set[asyncio.Task[Any]] = {getter, pump, *self.sending} | ({self.flush} if self.flush else set())
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if self.flush is not None and self.flush in done:
                 task, self.flush = self.flush, None
                 task.result()  # raises the connection's error
+            for task in done & self.sending:
+                self.sending.discard(task)
+                task.result()  # a lost connection: reconnect, and the outbox resends
             if pump in done:
                 if not getter.done():
                     getter.cancel()  # a cancelled get() leaves its line in the queue
@@ -218,8 +228,30 @@ class ChatSession:
                 continue
             line = getter.result()
             if line is None or line.strip() == "/quit":
+                await self._finish_sending()
                 return True
             await self._command(line)
+
+    def _in_background(self, item: Pending) -> None:
+        """Send `item` without waiting for its receipt here (see `sending`)."""
+        async def send() -> None:
+            try:
+                await self._send(item)
+            except SecurecommError as e:
+                if retryable(e):
+                    raise
+                self.emit(Warning(e.message + (f" ({e.hint})" if e.hint else "")))
+
+        self.sending.add(asyncio.create_task(send()))
+
+    async def _finish_sending(self) -> None:
+        """On the way out: lines still in flight get QUIT_GRACE for their receipts (a piped
+        `/msg` then end of input still sends), no more; the ones unconfirmed are named."""
+        if self.sending:
+            await asyncio.wait(self.sending, timeout=QUIT_GRACE)
+        for item in self.outbox:
+            self.emit(Warning(f"quit before the server confirmed this line to {printable(item.target.encode())}; "
+                              f"it may not have been sent: {printable(item.body)}"))
 
     def _keyed(self) -> set[str]:
         """Members of the room as we last heard; each gets our current sender key before our next
@@ -289,7 +321,7 @@ class ChatSession:
                     return
                 item = Pending("dm", parts[1].lower(), parts[2].encode())
                 self.outbox.append(item)
-                await self._send(item)
+                self._in_background(item)
             elif line.startswith("/trust "):
                 self._trust(line)
             elif line.startswith("/"):
@@ -297,7 +329,7 @@ class ChatSession:
             elif line.strip():
                 self._room_line(line)
                 if self.flush is None:
-                    await self._send(self.outbox[-1])
+                    self._in_background(self.outbox[-1])
         except SecurecommError as e:
             if retryable(e):
                 raise

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ DRAIN_LIMIT = 30.0
 SETTLE_QUIET = 0.3
 #: Never later than this after the first unsettled change, so non-stop churn still settles.
 SETTLE_MAX = 2.0
+#: An unknown room event's kind is named in its warning cut to this many characters (it is the server's word).
+MAX_SHOWN_KIND = 32
 
 
 # -- what the UI is told ------------------------------------------------------------------
@@ -87,6 +90,9 @@ class Membership:
 @dataclass(frozen=True)
 class Warning:
     text: str
+    #: False when no message was lost or refused (the server's noise, an unknown room event):
+    #: `inbox` counts only the others as messages that failed verification.
+    failed: bool = True
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ class Messenger:
         self.warned: dict[str, int] = {}
         #: The latest sender key each held member (see RoomState.held) sent us, opened once trusted.
         self.held_keys: dict[str, P.RoomKey] = {}
-        client.notice = lambda text: self._warn_counted("unsolicited server errors", text)
+        client.notice = lambda text: self._warn_counted("unsolicited server errors", text, failed=False)
 
     # -- identities -----------------------------------------------------------------------
     async def identity_of(self, user: str) -> PublicIdentity:
@@ -347,6 +353,10 @@ class Messenger:
     async def _on_room_event(self, ev: P.RoomEvent) -> None:
         await self._joined_rooms()
         self.recheck_held()  # a `contacts trust` done meanwhile in another shell
+        if ev.event not in ("joined", "left"):
+            self._warn_counted("unknown room events", f"ignored a room event of a kind this version does not "
+                               f"know: {printable(ev.event[:MAX_SHOWN_KIND].encode())}", failed=False)
+            return
         state = self.rooms.get(ev.room)
         if state is None or ev.user == self.user:
             return
@@ -522,18 +532,19 @@ class Messenger:
     def _junk_room_key(self, user: str, why: str) -> None:
         self._warn_counted("bad room keys", f"ignored a room key from {user}: {why}")
 
-    def _warn_counted(self, kind: str, text: str) -> None:
+    def _warn_counted(self, kind: str, text: str, *, failed: bool = True) -> None:
         """A warning a peer or the server can make us repeat at will: counted per kind, shown in
         full the first time and then only as a count at 10, 100, 1000... (JUNK_WARN_BASE), so a
         flood of bad frames cannot flood the screen (30 junk frames -> 2 lines, not 30)."""
         self.warned[kind] = n = self.warned.get(kind, 0) + 1
         if n == 1:
-            self.emit(Warning(text))
+            self.emit(Warning(text, failed))
             return
         while n % JUNK_WARN_BASE == 0:
             n //= JUNK_WARN_BASE
         if n == 1:
-            self.emit(Warning(f"{self.warned[kind]} {kind} so far (the latest: {text}); counting the rest quietly"))
+            self.emit(Warning(f"{self.warned[kind]} {kind} so far (the latest: {text}); counting the rest quietly",
+                              failed))
 
     def _on_room_message(self, ev: P.RoomMessage) -> None:
         state = self.rooms.get(ev.room)
@@ -624,6 +635,8 @@ class Messenger:
                 await task
         elif pump is None or not pump.done():
             task.result()  # the request's own error, when the pump still runs
+        elif not task.cancelled():
+            task.exception()  # the same error as the pump's, reported from there: retrieved, not "never retrieved"
 
     async def _handle(self, ev: P.Event) -> None:
         if isinstance(ev, P.Deliver):
@@ -654,10 +667,52 @@ def printable(body: bytes) -> str:
 CONTINUATION = "    \u2502 "
 
 
-def printable_body(body: bytes) -> str:
+#: At most this many rows of one message on a terminal (a 400,000-newline message would scroll
+#: everything else away); the rest is counted in one line pointing to --json.
+MAX_SHOWN_ROWS = 200
+
+
+def printable_body(body: bytes, width: int | None = None, first: int = 0) -> str:
     """A message body for a terminal: one shown line per line of text, each escaped as in
     `printable`, continuation lines indented behind CONTINUATION. One trailing newline (as
-    `printf ...\\n | send -` leaves) is dropped; any other control character stays escaped."""
+    `printf ...\\n | send -` leaves) is dropped; any other control character stays escaped.
+
+    With `width` (a terminal's columns; `first` = columns already used on the first row by the
+    time stamp and sender), long lines are wrapped here, each further row behind CONTINUATION too:
+    left to the terminal, padding could push forged text to column 0 of a row of its own. At
+    most MAX_SHOWN_ROWS rows are shown."""
     text = body.decode("utf-8", "replace")
     text = text[:-1] if text.endswith("\n") else text
-    return ("\n" + CONTINUATION).join(printable(line.encode()) for line in text.split("\n"))
+    lines = (printable(line.encode()) for line in text.split("\n"))
+    if width is None:
+        return ("\n" + CONTINUATION).join(lines)
+    rows = _wrapped(lines, width, first)
+    shown = list(itertools.islice(rows, MAX_SHOWN_ROWS))
+    rest = sum(1 for _ in rows)
+    if rest:
+        shown.append(f"\u2026 {rest} more lines (use --json)")
+    return ("\n" + CONTINUATION).join(shown)
+
+
+def cell_width(text: str) -> int:
+    """Columns `text` may take on a terminal: ASCII 1, anything else 2. Overcounting only wraps
+    a row early; undercounting would let the terminal wrap it, which is what we must prevent."""
+    return sum(1 if ord(c) < 128 else 2 for c in text)
+
+
+def _wrapped(lines: Iterator[str], width: int, first: int) -> Iterator[str]:
+    """Rows of at most the columns left: the first after `first`, the others after CONTINUATION.
+    One column is kept free (some terminals wrap on the last column itself)."""
+    room = max(1, width - 1 - first)
+    for line in lines:
+        row: list[str] = []
+        used = 0
+        for c in line:
+            w = cell_width(c)
+            if used + w > room and row:
+                yield "".join(row)
+                row, used, room = [], 0, max(1, width - 1 - cell_width(CONTINUATION))
+            row.append(c)
+            used += w
+        yield "".join(row)
+        room = max(1, width - 1 - cell_width(CONTINUATION))

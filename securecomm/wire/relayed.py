@@ -211,9 +211,9 @@ class RoomEvent(Event):
     @classmethod
     def decode_body(cls, body: bytes) -> RoomEvent:
         o = _load_json(body)
+        # Any other event is passed on, not a protocol error: a client ignores what it does not know
+        # (PROTOCOL.md 3.4), so a newer server, or a hostile one, cannot end its session with it.
         event = _field(o, "event", str)
-        if event not in ("joined", "left"):
-            raise ProtocolError("room event is neither joined nor left")
         return cls(_field(o, "room", str), event, _field(o, "user", str), _field(o, "identity", str, optional=True))
 
 
