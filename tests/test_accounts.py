@@ -396,30 +396,30 @@ def test_add_checks_the_password_after_its_first_entry(server, tmux):
     assert "created user carol" in tmux.wait_for("add2", "EXIT-0")
 
 
-@needs_tmux
-def test_no_to_replacing_the_key_is_130_and_changes_nothing(server, tmp_path, tmux):
-    """Found by a new user: 'n' exited 9 and repeated the server's error."""
+def _second_device_at_the_replace_prompt(server, tmp_path, tmux) -> str:
+    """bob's first device registered; a second home logs in as bob in tmux and stops at the question."""
     assert login(tmp_path / "bob1", server, "bob").returncode == 0
     ca = server.home / "tls" / "ca.pem"
     tmux.start("bob2", f"{ENTRY} --home {tmp_path / 'bob2'} user login bob --server {server.address} --ca {ca}; "
                        "echo EXIT-$?; sleep 30")
     tmux.wait_for("bob2", "password:")
     tmux.type("bob2", PASSWORD)
-    tmux.wait_for("bob2", "Replace it with this device's key? [y/N]")
+    return tmux.wait_for("bob2", "Replace it with this device's key? [y/N]")
+
+
+@needs_tmux
+def test_no_to_replacing_the_key_is_130_and_changes_nothing(server, tmp_path, tmux):
+    """Found by a new user: 'n' exited 9 and repeated the server's error."""
+    _second_device_at_the_replace_prompt(server, tmp_path, tmux)
     tmux.type("bob2", "n")
     screen = tmux.wait_for("bob2", "EXIT-")
     assert "EXIT-130" in screen and "nothing was changed" in screen
     assert sc(tmp_path / "bob1", "send", "still the registered device").returncode == 0
 
 
+@needs_tmux
 def test_second_device_login_asks_before_replacing_the_key(server, tmp_path, tmux):
-    assert login(tmp_path / "bob1", server, "bob").returncode == 0
-    ca = server.home / "tls" / "ca.pem"
-    tmux.start("bob2", f"{ENTRY} --home {tmp_path / 'bob2'} user login bob --server {server.address} --ca {ca}; "
-                       "echo EXIT-$?; sleep 30")
-    tmux.wait_for("bob2", "password:")
-    tmux.type("bob2", PASSWORD)
-    screen = tmux.wait_for("bob2", "Replace it with this device's key? [y/N]")
+    screen = _second_device_at_the_replace_prompt(server, tmp_path, tmux)
     assert "already has a device key registered" in screen
     tmux.type("bob2", "y")
     assert "logged in as bob" in tmux.wait_for("bob2", "EXIT-0")
