@@ -19,8 +19,8 @@ from securecomm.crypto import identity as ident
 from securecomm.errors import AuthError, ExistsError, UsageError
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import FrameDecoder
-from tests.conftest import ENTRY, run_entry
-from tests.serverproc import PASSWORD, ServerProc, add_user, frame, login, read_events, tls_socket
+from tests.conftest import ENTRY
+from tests.serverproc import PASSWORD, ServerProc, add_user, frame, login, read_events, sc, tls_socket
 
 WRONG = "not the password"
 
@@ -32,10 +32,6 @@ def server(tmp_path):
     add_user(srv.home, "bob")
     yield srv
     srv.stop(signal.SIGKILL)
-
-
-def sc(home, *args, input=None):
-    return run_entry("--home", str(home), *args, input=input)
 
 
 def wait_count(srv: ServerProc, pattern: str, n: int, timeout: float = 20) -> int:
@@ -119,13 +115,19 @@ def test_password_reset_lifts_the_lock_and_a_success_clears_the_counter(server, 
     assert login(tmp_path / "x", server, "bob", "violet tractor umbrella").returncode == 0
 
 
-def test_a_lock_survives_a_server_restart(server, tmp_path):
+def lock_bob_then_restart(server, tmp_path) -> str:
+    """Lock bob's password logins, restart the server; the locked answer from before the restart."""
     for _ in range(3):
         login(tmp_path / "x", server, "bob", WRONG)
     before = last_error(login(tmp_path / "x", server, "bob"))
     assert "locked until" in before
     server.stop()
     server.start()
+    return before
+
+
+def test_a_lock_survives_a_server_restart(server, tmp_path):
+    before = lock_bob_then_restart(server, tmp_path)
     assert last_error(login(tmp_path / "x", server, "bob")) == before  # same lock, same end
 
 

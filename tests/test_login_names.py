@@ -8,30 +8,14 @@ Item 6 (/tmp/atk2w/pw_in_user.py): a password typed into the name field was writ
 from __future__ import annotations
 
 import re
-import signal
-
-import pytest
 
 from securecomm.wire import protocol as P
 from tests.serverproc import ServerProc, add_user, frame, login, read_events, tls_socket
-
-WRONG = "not the password"
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = ServerProc(tmp_path / "server", "--lock-after", "3").start()
-    add_user(srv.home, "bob")
-    yield srv
-    srv.stop(signal.SIGKILL)
-
-
-def last_error(r) -> str:
-    return r.stderr.decode().strip().splitlines()[-1]
+from tests.test_accounts import WRONG, last_error, lock_bob_then_restart, server  # noqa: F401 - `server` is a fixture
 
 
 # -- item 4 ------------------------------------------------------------------------------------
-def test_a_name_locked_before_its_account_existed_is_unlocked_by_user_add(server, tmp_path):
+def test_a_name_locked_before_its_account_existed_is_unlocked_by_user_add(server, tmp_path):  # noqa: F811 - the imported fixture
     for _ in range(3):
         assert login(tmp_path / "x", server, "newhire", WRONG).returncode == 5
     assert "locked until" in last_error(login(tmp_path / "x", server, "newhire", WRONG))
@@ -43,20 +27,15 @@ def test_a_name_locked_before_its_account_existed_is_unlocked_by_user_add(server
     assert "locked until" in last_error(login(tmp_path / "x", server, "newhire"))
 
 
-def test_a_lock_restored_at_start_still_holds_when_accounts_change(server, tmp_path):
-    for _ in range(3):
-        login(tmp_path / "x", server, "bob", WRONG)
-    before = last_error(login(tmp_path / "x", server, "bob"))
-    assert "locked until" in before
-    server.stop()
-    server.start()
+def test_a_lock_restored_at_start_still_holds_when_accounts_change(server, tmp_path):  # noqa: F811 - the imported fixture
+    before = lock_bob_then_restart(server, tmp_path)
     add_user(server.home, "carol")  # an account change: the watcher looks at every locked name
     assert login(tmp_path / "carol", server, "carol").returncode == 0
     assert last_error(login(tmp_path / "x", server, "bob")) == before  # same lock, same end
 
 
 # -- item 6 ------------------------------------------------------------------------------------
-def _raw_login(server: ServerProc, event: P.Event) -> P.Event:
+def _raw_login(server: ServerProc, event: P.Event) -> P.Event:  # noqa: F811 - the imported fixture
     sock = tls_socket(server)
     sock.sendall(frame(P.Hello()) + frame(event))
     events = read_events(sock)
@@ -64,7 +43,7 @@ def _raw_login(server: ServerProc, event: P.Event) -> P.Event:
     return events[-1]
 
 
-def test_unknown_login_names_are_logged_only_as_a_keyed_tag(server, tmp_path):
+def test_unknown_login_names_are_logged_only_as_a_keyed_tag(server, tmp_path):  # noqa: F811 - the imported fixture
     typed = "Tr0ub4dor&3-my-real-pw"  # a password typed into the name field (not even a valid name)
     valid = "hunter2hunter2"  # a password that happens to be a valid name
     for name in (typed, typed, valid):
