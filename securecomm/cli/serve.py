@@ -7,10 +7,15 @@ from pathlib import Path
 import click
 
 from securecomm.cli.context import State, pass_state
+from securecomm.cli.serveconfig import ConfigCommand, config_option, print_config_option
 from securecomm.errors import SecurecommError
 
 
-@click.command(epilog="Example: securecomm serve --port 0   # any free port; the real one is printed")
+@click.command(cls=ConfigCommand,
+               epilog="Example: securecomm serve --port 0   # any free port; the real one is printed\n\n"
+                      "  securecomm serve --config /etc/securecomm/securecomm.toml --print-config")
+@config_option
+@print_config_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7443, show_default=True, help="Port (0: any free).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite database [data dir].")
@@ -90,8 +95,11 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
     async def main() -> None:
         await run_server(Server(config, ssl_ctx, identity, db_path), listening)
 
+    from securecomm.store.backup import serving
+
     try:
-        asyncio.run(main())
+        with serving(db_path):  # `restore` refuses a database while this is held
+            asyncio.run(main())
     except OSError as e:
         error = listen_error(e, host, port)
         if error is None:
