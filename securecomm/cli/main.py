@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "contacts": ("securecomm.cli.client", "contacts", "Show pinned contact keys; trust a changed one."),
     "user": ("securecomm.cli.users", "user", "Manage user accounts and log in."),
     "paths": ("securecomm.cli.misc", "paths", "Print where securecomm keeps its files."),
+    "backup": ("securecomm.cli.backup", "backup", "Copy a running server's database, consistently."),
+    "restore": ("securecomm.cli.backup", "restore", "Put a backup in place of a stopped server's database."),
     "completion": ("securecomm.cli.misc", "completion", "Print the shell completion script."),
 }
 
