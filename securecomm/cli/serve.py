@@ -58,8 +58,10 @@ from securecomm.errors import SecurecommError
                    "never locked).")
 @click.option("--lock-minutes", type=click.FloatRange(0), default=15, show_default=True,
               help="How long password logins stay locked; failures while locked do not extend it.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr: text, or one JSON object per line; each names a stable `event`.")
 @pass_state
-def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
+def serve(state: State, log_format: str, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
           login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
@@ -70,13 +72,13 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
     """
     import asyncio
     import logging
-    import sys
+    import signal
 
     from securecomm.net.bootstrap import prepare_server
+    from securecomm.net.logs import configure
     from securecomm.net.server import Server, ServerConfig, run_server
 
-    logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    configure(log_format, state.verbose)
     # `limits`: the options named exactly as their ServerConfig fields (pre-login, session, room, mailbox limits)
     config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
                           burst=max(1, int(rate)), idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
@@ -93,6 +95,11 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
         click.echo(f"listening on {shown}:{address[1]}", err=True)
 
     async def main() -> None:
+        from securecomm.net.certreload import CertificateFiles, on_sighup
+
+        # SIGHUP: renewal without dropping connections (certgen --force, then systemctl reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup, ssl_ctx,
+                                                      CertificateFiles(state.paths, cert, key))
         await run_server(Server(config, ssl_ctx, identity, db_path), listening)
 
     from securecomm.store.backup import serving
