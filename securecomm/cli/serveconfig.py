@@ -92,6 +92,8 @@ def _check_kind(option: click.Option, value: Any) -> str | None:
         return None if isinstance(value, bool) else "expected true or false"
     if isinstance(value, bool | dict | list):
         return "expected a number" if wants_number else "expected a string"
+    if not wants_number and not isinstance(base, click.types.StringParamType | click.Path | click.Choice):
+        return None  # a type of our own (a duration): it takes both `30d` and seconds, and checks itself
     if wants_number and not isinstance(value, int | float):
         return "expected a number"
     if not wants_number and not isinstance(value, str):

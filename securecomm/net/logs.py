@@ -68,6 +68,8 @@ EVENTS: dict[str, str] = {
     "%s internal error": "conn.internal_error",
     "forgetting old direct message ids failed: %s": "store.prune_failed",
     "account watch failed; retrying": "store.account_watch_failed",
+    "mailbox expiry failed: %s": "mailbox.expiry_failed",
+    "expired %d direct messages that waited longer than --mailbox-ttl": "mailbox.expired",
     # lifecycle
     "shutting down: no new connections; finishing in-flight messages": "server.stopping",
     "stopped": "server.stopped",
