@@ -92,7 +92,10 @@ def serve(state: State, log_format: str, host: str, port: int, db: Path | None, 
         if new_database:  # a wrong --home would otherwise serve an empty database without a word
             logging.getLogger("securecomm.server").info("created a new database at %s", db_path)
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-        click.echo(f"listening on {shown}:{address[1]}", err=True)
+        if log_format == "json":  # every stderr line one JSON object, this one too
+            logging.getLogger("securecomm.server").info("listening on %s:%d", shown, address[1])
+        else:
+            click.echo(f"listening on {shown}:{address[1]}", err=True)
 
     async def main() -> None:
         from securecomm.net.certreload import CertificateFiles, on_sighup

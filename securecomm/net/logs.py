@@ -74,6 +74,7 @@ EVENTS: dict[str, str] = {
     "shutting down: no new connections; finishing in-flight messages": "server.stopping",
     "stopped": "server.stopped",
     "created a new database at %s": "server.database_created",
+    "listening on %s:%d": "server.listening",
     "first run: created a local CA and server certificate in %s": "server.certificate_created",
     "CA fingerprint %s (clients pin this: --pin %s)": "server.ca_fingerprint",
     "CA fingerprint %s": "server.ca_fingerprint",
