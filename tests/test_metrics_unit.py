@@ -51,3 +51,32 @@ def test_metrics_addresses(text, expected):
 def test_a_metrics_address_without_port_is_refused():
     with pytest.raises(UsageError):
         parse_metrics_address("localhost")
+
+
+def test_log_events_are_counted_with_fixed_labels_only():
+    import logging
+
+    from securecomm.net.logs import Label
+    from securecomm.net.metrics import MetricsHandler
+
+    m = Metrics()
+    logger = logging.getLogger("securecomm.test.metrics")
+    logger.propagate, logger.level = False, logging.DEBUG
+    handler = MetricsHandler(m)
+    logger.addHandler(handler)
+    try:
+        label = Label(1, "127.0.0.1:1", "alice")
+        logger.info("%s logged in (%s%s)", label, "password", "")
+        logger.info("%s logged in (%s%s)", label, "identity key", "")
+        logger.warning("%s login failed for %s: %s", label, "alice", "wrong password")
+        logger.info("peer=%s dropped: TLS handshake failed: %s", "127.0.0.1:2", "bad")
+        logger.info("expired %d direct messages that waited longer than --mailbox-ttl", 3, extra={"count": 3})
+    finally:
+        logger.removeHandler(handler)
+    text = m.text()
+    assert 'securecomm_logins_total{method="password",result="ok"} 1.0' in text
+    assert 'securecomm_logins_total{method="key",result="ok"} 1.0' in text
+    assert 'securecomm_logins_total{method="password",result="failed"} 1.0' in text
+    assert 'securecomm_connections_refused_total{reason="tls_handshake"} 1.0' in text
+    assert "securecomm_messages_expired_total 3.0" in text
+    assert "alice" not in text and "127.0.0.1" not in text

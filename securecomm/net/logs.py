@@ -159,10 +159,12 @@ def configure(log_format: str, verbosity: int) -> None:
     """Log to stderr, one line per event; verbosity -2..1 from -qq .. -v."""
     import sys
 
+    level = LEVELS[max(-2, min(1, verbosity))]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.setLevel(level)  # -q filters here, not at the logger: the metrics still count info events
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(LEVELS[max(-2, min(1, verbosity))])
+    root.setLevel(min(level, logging.INFO))

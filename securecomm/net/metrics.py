@@ -9,6 +9,7 @@ metrics' size nor what they reveal grows with the users.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -102,3 +103,43 @@ def parse_metrics_address(text: str) -> tuple[str, int]:
     if port < 0:
         raise UsageError(f"--metrics {text!r} needs a port: HOST:PORT")
     return host, port
+
+
+#: Log events that are counted, and how: (metric attribute, label values). The log line is the one
+#: place these outcomes are already named (securecomm.net.logs.EVENTS), so the count and the line
+#: cannot disagree; label values come from this table only.
+EVENT_COUNTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "conn.refused.admission": ("connections_refused", ("unauthenticated_limit",)),
+    "conn.refused.handshakes": ("connections_refused", ("handshakes",)),
+    "conn.tls_failed": ("connections_refused", ("tls_handshake",)),
+    "conn.refused.full": ("connections_refused", ("max_clients",)),
+    "login.failed": ("logins", ("password", "failed")),
+    "login.key.failed": ("logins", ("key", "failed")),
+    "login.refused.locked": ("logins", ("password", "locked")),
+    "login.refused.busy": ("logins", ("password", "busy")),
+    "login.refused.sessions": ("logins", ("any", "too_many_sessions")),
+    "login.refused.changed": ("logins", ("any", "account_changed")),
+    "server.certificate_reloaded": ("reloads", ("ok",)),
+    "server.certificate_reload_failed": ("reloads", ("failed",)),
+}
+
+
+class MetricsHandler(logging.Handler):
+    """Counts the server's log events into `metrics` (see EVENT_COUNTS); never formats a line."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(logging.DEBUG)
+        self.metrics = metrics
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from securecomm.net.logs import event_name
+
+        event = event_name(record)
+        if event == "login.ok":
+            how = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else ""
+            self.metrics.logins.labels("password" if how == "password" else "key", "ok").inc()
+        elif event == "mailbox.expired":
+            self.metrics.messages_expired.inc(int(getattr(record, "count", 0) or 0))
+        elif event in EVENT_COUNTS:
+            attribute, labels = EVENT_COUNTS[event]
+            getattr(self.metrics, attribute).labels(*labels).inc()
