@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -60,8 +61,11 @@ from securecomm.errors import SecurecommError
               help="How long password logins stay locked; failures while locked do not extend it.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Log lines on stderr: text, or one JSON object per line; each names a stable `event`.")
+@click.option("--metrics", "metrics_at", metavar="HOST:PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (a bare PORT: loopback) [off].")
 @pass_state
-def serve(state: State, log_format: str, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
+def serve(state: State, log_format: str, metrics_at: str | None, host: str, port: int, db: Path | None,
+          cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
           login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
@@ -85,6 +89,7 @@ def serve(state: State, log_format: str, host: str, port: int, db: Path | None, 
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
+    metrics = start_metrics(metrics_at)  # a taken port fails here, before a first run creates anything
     ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
     new_database = not db_path.exists()
 
@@ -103,7 +108,12 @@ def serve(state: State, log_format: str, host: str, port: int, db: Path | None, 
         # SIGHUP: renewal without dropping connections (certgen --force, then systemctl reload)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup, ssl_ctx,
                                                       CertificateFiles(state.paths, cert, key))
-        await run_server(Server(config, ssl_ctx, identity, db_path), listening)
+        server = Server(config, ssl_ctx, identity, db_path)
+        if metrics is not None:
+            from securecomm.net.servermetrics import watch_server
+
+            watch_server(metrics, server, db_path)
+        await run_server(server, listening)
 
     from securecomm.store.backup import serving
 
@@ -115,6 +125,30 @@ def serve(state: State, log_format: str, host: str, port: int, db: Path | None, 
         if error is None:
             raise
         raise error from e
+
+
+def start_metrics(where: str | None) -> Any:
+    """The server's Metrics, served over HTTP at `where` (HOST:PORT), or None when off."""
+    if where is None:
+        return None
+    import logging
+
+    from securecomm.net.metrics import Metrics, parse_metrics_address
+    from securecomm.net.servermetrics import count_log_events
+
+    host, port = parse_metrics_address(where)
+    metrics = Metrics()
+    try:
+        endpoint = metrics.serve(host, port)
+    except OSError as e:
+        from securecomm.errors import NetworkError
+
+        raise NetworkError(f"cannot serve --metrics on {where}: {e.strerror}",
+                           hint="pick a free port, e.g. --metrics 127.0.0.1:9464") from e
+    count_log_events(metrics)
+    shown = f"[{endpoint.address[0]}]" if ":" in endpoint.address[0] else endpoint.address[0]
+    logging.getLogger("securecomm.server").info("metrics on http://%s:%d/metrics", shown, endpoint.address[1])
+    return metrics
 
 
 def listen_error(e: OSError, host: str, port: int) -> SecurecommError | None:

@@ -75,6 +75,7 @@ EVENTS: dict[str, str] = {
     "stopped": "server.stopped",
     "created a new database at %s": "server.database_created",
     "listening on %s:%d": "server.listening",
+    "metrics on http://%s:%d/metrics": "server.metrics_listening",
     "first run: created a local CA and server certificate in %s": "server.certificate_created",
     "CA fingerprint %s (clients pin this: --pin %s)": "server.ca_fingerprint",
     "CA fingerprint %s": "server.ca_fingerprint",
