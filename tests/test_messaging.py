@@ -97,13 +97,18 @@ def test_delivery_receipt_with_wait(world, tmp_path):
 
     from tests.conftest import ENTRY
 
-    _, homes = world
+    srv, homes = world
+    logged_in = "user=bob logged in (identity key)"
+    before = srv.log.count(logged_in)
     follower = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "inbox", "--follow"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
     try:
         import time
 
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30  # only catches a hang: the server logs the login before LOGIN_OK
+        while srv.log.count(logged_in) == before:
+            assert time.monotonic() < deadline and follower.poll() is None, "inbox --follow did not log in"
+            time.sleep(0.02)
         r = sc(homes["alice"], "send", "--to", "bob", "--wait", "--timeout", "20", "are you there?")
         assert r.returncode == 0, r.stderr
         assert b"signed receipt verified" in r.stdout
