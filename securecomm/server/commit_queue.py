@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from securecomm.store.db import NewMessage, Store, StoredMessage
 from securecomm.store.quota import MailboxLimits, SendLimits
+from securecomm.timeutil import now_ms
 
 T = TypeVar("T")
 log = logging.getLogger("securecomm.server")
@@ -105,7 +106,7 @@ class AsyncStore:
         nothing to forget. Bounded per call (PRUNE_ROWS); a full prune asks for another soon."""
         if self.id_lifetime_ms is None or time.monotonic() < self._next_prune:
             return
-        cutoff = time.time_ns() // 1_000_000 - self.id_lifetime_ms
+        cutoff = now_ms() - self.id_lifetime_ms
         try:
             deleted = await self.call(self.store.prune_direct_ids, cutoff, PRUNE_ROWS)
         except Exception as e:  # a busy database: try again after the next interval

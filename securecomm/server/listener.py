@@ -7,7 +7,7 @@ Each TCP connection is accepted in plain mode, then upgraded with
 The connection then runs a read loop: bytes go into a wire.Connection, events
 come out and are dispatched. Everything that could hold a slot forever has
 a deadline: the handshake, the login, a partly received frame, and idleness.
-Until LOGIN_OK a connection holds a place among strangers (net/admission.py:
+Until LOGIN_OK a connection holds a place among strangers (server/admission.py:
 in total and per source address) instead of a client slot, and may send only
 small frames (wire/frames.py PRELOGIN_MAX_FRAME).
 Replies are queued on an Outbox that writes once per event-loop turn, so a
@@ -39,14 +39,16 @@ from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
-from securecomm.net.admission import Admission, Ticket
-from securecomm.net.lockout import Lockout, NameLocks
-from securecomm.net.memory import Trimmer
-from securecomm.net.relay import Relay
-from securecomm.net.storage import AsyncStore
+from securecomm.server.admission import Admission, Ticket
+from securecomm.server.auth import Lockout, NameLocks
+from securecomm.server.commit_queue import AsyncStore
+from securecomm.server.memory import Trimmer
+from securecomm.server.relay import Relay
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
 from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, SEND_BYTES, SEND_MESSAGES, MailboxLimits, SendLimits
+from securecomm.store.users import user_row
+from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
 from securecomm.wire.relayed import relayed_size
@@ -722,7 +724,7 @@ class Server:
                 other.password_hash = new
 
     async def _guarded_check(self, s: Session, key: str, user: User | None, password: str) -> bool:
-        """Check -> hash -> record, one at a time per name (see net/lockout.py); the error is sent here."""
+        """Check -> hash -> record, one at a time per name (see server/auth.py); the error is sent here."""
         async with self.name_locks.hold(key):
             until = self.lockout.locked_until(key)
             if until is not None and user is not None and self._password_reset(user):
@@ -813,7 +815,7 @@ class Server:
         identity = PublicIdentity.decode_cached(user.identity) if user and user.identity else None
         transcript = P.login_transcript(s.challenge, self.identity.public.fingerprint, name or "")
         ok = False
-        # never refused for password guesses: a lock must not shut an enrolled device out (net/lockout.py)
+        # never refused for password guesses: a lock must not shut an enrolled device out (server/auth.py)
         if identity is not None and user is not None:
             try:
                 identity.verify(ev.signature, transcript)
@@ -902,7 +904,7 @@ class Server:
         h = env.header
         if not same(h.recipient, self.identity.public.fingerprint):
             return P.ErrorCode.WRONG_RECIPIENT, "envelope is sealed for another recipient, not this server"
-        if abs(time.time_ns() // 1_000_000 - h.timestamp_ms) > self.config.stale_window_ms:
+        if abs(now_ms() - h.timestamp_ms) > self.config.stale_window_ms:
             return P.ErrorCode.STALE, (f"envelope timestamp is more than {self.config.stale_window_ms // 1000}s "
                                        "from the server clock (stale, replayed, or a wrong clock)")
         if s.identity is None:
@@ -1003,20 +1005,6 @@ def locked_message(until: float) -> str:
     return (f"authentication failed: password logins for this user name are locked until {when} after too many "
             "wrong passwords (identity-key logins of enrolled devices still work; an operator can reset the "
             "password with: securecomm user passwd)")
-
-
-def user_row(u: User) -> dict[str, Any]:
-    from securecomm.crypto.identity import format_fingerprint
-
-    return {
-        "name": u.name,
-        "role": u.role,
-        "created": u.created_at,
-        "last_login": u.last_login,
-        "locked": u.locked(),
-        "failed_logins": u.failed_logins,
-        "fingerprint": format_fingerprint(PublicIdentity.decode_cached(u.identity).fingerprint) if u.identity else None,
-    }
 
 
 def _short(e: BaseException | None) -> str:

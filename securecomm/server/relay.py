@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from securecomm.crypto import envelope
@@ -26,10 +25,11 @@ from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import IntegrityError, OversizedError, UsageError
 from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
+from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
 
 if TYPE_CHECKING:
-    from securecomm.net.server import Server, Session
+    from securecomm.server.listener import Server, Session
 
 log = logging.getLogger("securecomm.server")
 
@@ -109,7 +109,7 @@ class Relay:
             return P.ErrorCode.NOT_FOUND, f"{to.name} has not registered a key yet"
         if not same(env.header.recipient, to.fingerprint):
             return P.ErrorCode.WRONG_RECIPIENT, f"envelope is not sealed to {to.name}'s current key"
-        if abs(time.time_ns() // 1_000_000 - env.header.timestamp_ms) > self.server.config.stale_window_ms:
+        if abs(now_ms() - env.header.timestamp_ms) > self.server.config.stale_window_ms:
             return P.ErrorCode.STALE, "envelope timestamp is outside the server's window"
         if s.identity is None or not same(env.header.sender, s.identity.fingerprint):
             return P.ErrorCode.FORBIDDEN, "envelope is not signed by the identity of the logged-in user"
@@ -276,7 +276,7 @@ class Relay:
             return
         # Members verify the signature end to end; the server only routes.
         self._broadcast(ev.room, P.RoomMessage(ev.room, s.user.name, ev.payload), exclude=s)
-        s.send(P.Receipt(header.msg_id, sha256(ev.payload), time.time_ns() // 1_000_000, False))
+        s.send(P.Receipt(header.msg_id, sha256(ev.payload), now_ms(), False))
 
     def room_key(self, s: Session, ev: P.RoomKey) -> None:
         assert s.user is not None
