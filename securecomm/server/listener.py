@@ -39,6 +39,7 @@ from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
+from securecomm.server import intake
 from securecomm.server.admission import Admission, Ticket
 from securecomm.server.auth import Lockout, NameLocks
 from securecomm.server.commit_queue import AsyncStore
@@ -879,39 +880,22 @@ class Server:
 
     # -- messages --------------------------------------------------------------------
     def handle_send(self, s: Session, ev: P.Send) -> None:
-        """Check and open the envelope now; the receipt follows the commit."""
+        """Check and open the envelope now (server/intake.py); the receipt follows the commit."""
         msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
-        try:
-            env = envelope.parse(ev.envelope)
-            refusal = self._refusal(s, env)
-            if refusal is not None:
-                s.in_flight.release()
-                log.info("%s message refused: %s", s.label(), refusal[1])
-                s.error(refusal[0], refusal[1], msg_id=msg_id)
-                return
-            assert s.identity is not None and s.user is not None
-            opened = envelope.open_envelope(env, self.identity, s.identity)
-        except IntegrityError as e:
+        parsed = intake.parse(ev.envelope)
+        rules = intake.Rules(self.identity.public.fingerprint, self.config.stale_window_ms)
+        env = parsed if isinstance(parsed, intake.Refusal) else intake.check(parsed, rules, s.identity, now_ms(),
+                                                                             opener=self.identity)
+        if isinstance(env, intake.Refusal):
             s.in_flight.release()
-            log.info("%s message rejected: %s", s.label(), e.message)
-            s.error(P.ErrorCode.INTEGRITY, f"message rejected: {e.message}", msg_id=msg_id)
+            log.info("%s message %s: %s", s.label(), "rejected" if env.code is P.ErrorCode.INTEGRITY else "refused",
+                     env.message.removeprefix("message rejected: "))
+            s.error(env.code, env.message, msg_id=msg_id)
             return
-        fut = self.store.submit(NewMessage(s.user.id, env.header.msg_id, opened.digest, env.header.timestamp_ms,
-                                           env.raw))
-        s.track(fut, lambda f: self._receipt(s, f, env.header.msg_id))
-
-    def _refusal(self, s: Session, env: envelope.Envelope) -> tuple[P.ErrorCode, str] | None:
-        h = env.header
-        if not same(h.recipient, self.identity.public.fingerprint):
-            return P.ErrorCode.WRONG_RECIPIENT, "envelope is sealed for another recipient, not this server"
-        if abs(now_ms() - h.timestamp_ms) > self.config.stale_window_ms:
-            return P.ErrorCode.STALE, (f"envelope timestamp is more than {self.config.stale_window_ms // 1000}s "
-                                       "from the server clock (stale, replayed, or a wrong clock)")
-        if s.identity is None:
-            return P.ErrorCode.FORBIDDEN, "no identity registered for this account (run: securecomm user login)"
-        if not same(h.sender, s.identity.fingerprint):
-            return P.ErrorCode.FORBIDDEN, "envelope is not signed by the identity of the logged-in user"
-        return None
+        assert s.user is not None
+        h = env.envelope.header
+        fut = self.store.submit(NewMessage(s.user.id, h.msg_id, env.digest, h.timestamp_ms, env.envelope.raw))
+        s.track(fut, lambda f: self._receipt(s, f, h.msg_id))
 
     def _receipt(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes) -> None:
         if fut.cancelled() or fut.exception() is not None:

@@ -24,6 +24,7 @@ from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import IntegrityError, OversizedError, UsageError
+from securecomm.server import intake
 from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
@@ -85,35 +86,29 @@ class Relay:
     async def direct(self, s: Session, ev: P.Direct) -> None:
         assert s.user is not None
         msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
-        try:
-            env = envelope.parse(ev.envelope)
-            to = self.store.read().get_user(ev.to)
-            refusal = self._direct_refusal(s, env, to, ev.to)
-            if refusal:
-                log.info("%s direct message refused: %s", s.label(), refusal[1])
-                s.error(refusal[0], refusal[1], msg_id=msg_id)
-                return
-            assert s.identity is not None
-            env.verify(s.identity)
-        except IntegrityError as e:
-            s.error(P.ErrorCode.INTEGRITY, f"message rejected: {e.message}", msg_id=msg_id)
+        parsed = intake.parse(ev.envelope)
+        to = None if isinstance(parsed, intake.Refusal) else self.store.read().get_user(ev.to)
+        checked = parsed if isinstance(parsed, intake.Refusal) else self._direct_checked(s, parsed, to, ev.to)
+        if isinstance(checked, intake.Refusal):
+            if checked.code is not P.ErrorCode.INTEGRITY:
+                log.info("%s direct message refused: %s", s.label(), checked.message)
+            s.error(checked.code, checked.message, msg_id=msg_id)
             return
+        assert to is not None
         await s.in_flight.acquire()
-        fut = self.store.submit(NewDirect(s.user.id, to.id, env.header.msg_id, sha256(ev.envelope), ev.envelope))
-        s.track(fut, lambda f: self._stored(s, f, env.header.msg_id, to.id, ev.envelope))
+        h = checked.envelope.header
+        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, checked.digest, ev.envelope))
+        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id, ev.envelope))
 
-    def _direct_refusal(self, s: Session, env: envelope.Envelope, to: Any, name: str) -> tuple[Any, str] | None:
+    def _direct_checked(self, s: Session, env: envelope.Envelope, to: Any,
+                        name: str) -> intake.Accepted | intake.Refusal:
+        """The recipient account must exist and have a key; then the same checks as any envelope."""
         if to is None:
-            return P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}"
+            return intake.Refusal(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}")
         if to.fingerprint is None:
-            return P.ErrorCode.NOT_FOUND, f"{to.name} has not registered a key yet"
-        if not same(env.header.recipient, to.fingerprint):
-            return P.ErrorCode.WRONG_RECIPIENT, f"envelope is not sealed to {to.name}'s current key"
-        if abs(now_ms() - env.header.timestamp_ms) > self.server.config.stale_window_ms:
-            return P.ErrorCode.STALE, "envelope timestamp is outside the server's window"
-        if s.identity is None or not same(env.header.sender, s.identity.fingerprint):
-            return P.ErrorCode.FORBIDDEN, "envelope is not signed by the identity of the logged-in user"
-        return None
+            return intake.Refusal(P.ErrorCode.NOT_FOUND, f"{to.name} has not registered a key yet")
+        rules = intake.Rules(to.fingerprint, self.server.config.stale_window_ms, to.name)
+        return intake.check(env, rules, s.identity, now_ms())
 
     def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int,
                 sealed: bytes) -> None:
