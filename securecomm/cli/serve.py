@@ -67,7 +67,8 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
     import logging
     import sys
 
-    from securecomm.server.listener import Server, ServerConfig, run_server
+    from securecomm.server.config import ServerConfig
+    from securecomm.server.listener import Server, run_server
     from securecomm.server.setup import prepare_server
 
     logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,

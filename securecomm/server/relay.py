@@ -7,7 +7,8 @@ messages are encrypted with the sender's key, which the server never holds.
 
 Delivery: on login, and whenever a session has acknowledged everything it
 was sent, the session is offered the oldest pending mailbox rows; a message
-committed while the user is online is pushed at once. A row is deleted when
+committed while the user is online wakes its sessions through the bus
+(net/bus.py), which then read it from the store: the store is the truth. A row is deleted when
 the recipient ACKs it; an OK ACK carries the recipient's signature over
 (msg_id, body digest), which is relayed to the sender as a delivery receipt.
 """
@@ -24,13 +25,16 @@ from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import IntegrityError, OversizedError, UsageError
+from securecomm.net.bus import Bus
 from securecomm.server import intake
-from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
+from securecomm.store.db import NewDirect, StoredMessage, normalise_name
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
 
 if TYPE_CHECKING:
-    from securecomm.server.listener import Server, Session
+    from securecomm.server.commit_queue import AsyncStore
+    from securecomm.server.config import ServerConfig
+    from securecomm.server.session import Session
 
 log = logging.getLogger("securecomm.server")
 
@@ -57,14 +61,12 @@ def _room_arg(ev: P.Request) -> str:
 
 
 class Relay:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, config: ServerConfig, store: AsyncStore, bus: Bus) -> None:
+        self.config, self.store, self.bus = config, store, bus
+        bus.on_mail(self._wake)
+        bus.on_room(self._room_event)
         self.online: dict[int, set[Session]] = {}
         self.rooms: dict[str, dict[Session, None]] = {}
-
-    @property
-    def store(self) -> Any:
-        return self.server.store
 
     # -- presence --------------------------------------------------------------------
     def logged_in(self, s: Session) -> None:
@@ -98,7 +100,7 @@ class Relay:
         await s.in_flight.acquire()
         h = checked.envelope.header
         fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, checked.digest, ev.envelope))
-        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id, ev.envelope))
+        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
 
     def _direct_checked(self, s: Session, env: envelope.Envelope, to: Any,
                         name: str) -> intake.Accepted | intake.Refusal:
@@ -107,11 +109,10 @@ class Relay:
             return intake.Refusal(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}")
         if to.fingerprint is None:
             return intake.Refusal(P.ErrorCode.NOT_FOUND, f"{to.name} has not registered a key yet")
-        rules = intake.Rules(to.fingerprint, self.server.config.stale_window_ms, to.name)
+        rules = intake.Rules(to.fingerprint, self.config.stale_window_ms, to.name)
         return intake.check(env, rules, s.identity, now_ms())
 
-    def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int,
-                sealed: bytes) -> None:
+    def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int) -> None:
         if fut.cancelled() or fut.exception() is not None:
             s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
             return
@@ -121,10 +122,14 @@ class Relay:
             return
         with contextlib.suppress(P.ProtocolError):
             s.send(P.Receipt(stored.msg_id, stored.sha256, stored.stored_at_ms, stored.duplicate))
-        if stored.seq is not None and s.user is not None:
-            item = MailItem(stored.seq, s.user.name, stored.stored_at_ms, sealed)
-            for other in list(self.online.get(to_id, ())):
-                other.mailbox.push(item)
+        if stored.seq is not None:
+            self.bus.publish_mail(to_id)  # only a wake-up: the mail itself is read from the store
+
+    def _wake(self, user_id: int) -> None:
+        """A message for `user_id` was committed: its sessions here take it from the store, in order."""
+        for other in list(self.online.get(user_id, ())):
+            if not other.mailbox.backlog and not other.closing:  # with a backlog the next batch brings it
+                self.offer_pending(other)
 
     def _mailbox_full(self, s: Session, msg_id: bytes, to_id: int, why: str) -> None:
         to = self.store.read().get_user_by_id(to_id)
@@ -221,7 +226,7 @@ class Relay:
 
     def _room_full(self, s: Session, ev: P.Request, room: str, members: dict[Session, None]) -> bool:
         """Refuse (non-fatally) a join beyond the room member limit; True if refused."""
-        limit = self.server.config.room_member_limit()
+        limit = self.config.room_member_limit()
         if len(members) < limit:
             return False
         log.info("%s join %s refused: %d members (the maximum)", s.label(), room, len(members))
@@ -250,9 +255,12 @@ class Relay:
             self._broadcast(room, P.RoomEvent(room, "left", s.user.name), exclude=s)
 
     def _broadcast(self, room: str, ev: P.Event, exclude: Session | None = None) -> None:
-        data = P.encode_event(ev, self.server.config.max_frame)  # encoded once; the same bytes go to every member
+        # encoded once; the same bytes go to every member, on every relay the bus reaches
+        self.bus.publish_room(room, P.encode_event(ev, self.config.max_frame), exclude)
+
+    def _room_event(self, room: str, data: bytes, origin: object) -> None:
         for m in self.rooms.get(room, {}):
-            if m is not exclude and m.conn.state is P.State.READY:
+            if m is not origin and m.conn.state is P.State.READY:
                 m.outbox.put(data)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
