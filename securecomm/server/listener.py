@@ -1,21 +1,15 @@
-"""The asyncio TLS server: moves bytes between sockets and securecomm.wire.
+"""The asyncio TLS listener: accept, TLS, connection limits, logins, signals; the composition root.
 
 Theory of operation
 -------------------
 Each TCP connection is accepted in plain mode, then upgraded with
 `start_tls` so that a failed or stalled handshake is logged with its peer.
-The connection then runs a read loop: bytes go into a wire.Connection, events
-come out and are dispatched. Everything that could hold a slot forever has
-a deadline: the handshake, the login, a partly received frame, and idleness.
 Until LOGIN_OK a connection holds a place among strangers (server/admission.py:
 in total and per source address) instead of a client slot, and may send only
-small frames (wire/frames.py PRELOGIN_MAX_FRAME).
-Replies are queued on an Outbox that writes once per event-loop turn, so a
-burst of receipts becomes one TLS record instead of hundreds.
-
-SEND path: parse (lengths only) -> recipient, timestamp, sender checks ->
-verify signature, decrypt, check digest -> queue for group commit -> the
-receipt is written when the COMMIT holding the message has returned.
+small frames (wire/frames.py PRELOGIN_MAX_FRAME). The connection's loop is
+server/session.py; this module builds the collaborators it is given (store,
+commit queue, relay, bus) and answers logins and SEND (checked by server/intake.py,
+queued for group commit, receipt written once the COMMIT holding it returned).
 """
 
 from __future__ import annotations
@@ -23,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import logging
 import os
 import signal
@@ -37,11 +29,20 @@ from typing import Any
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
+from securecomm.errors import BusyError, ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
 from securecomm.net.bus import LocalBus
 from securecomm.server import intake
 from securecomm.server.admission import Admission, Ticket
-from securecomm.server.auth import Lockout, NameLocks
+from securecomm.server.auth import (
+    NO_ACCOUNT,
+    Lockout,
+    NameLocks,
+    locked_message,
+    name_tag,
+    same_key,
+    shown_fingerprint,
+    why_session_ends,
+)
 from securecomm.server.commit_queue import AsyncStore
 from securecomm.server.config import ServerConfig
 from securecomm.server.memory import Trimmer
@@ -77,10 +78,6 @@ def _smaller_tls_buffers() -> None:
     if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
-
-#: The "password hash" a lock records for a name that had no account when it was locked: never
-#: a real hash (those are PHC strings, "$argon2id$..."), so any account made later differs.
-NO_ACCOUNT = "none"
 
 class Server:
     def __init__(self, config: ServerConfig, ssl_ctx: ssl.SSLContext, identity: PrivateIdentity,
@@ -168,7 +165,7 @@ class Server:
             if s.user is None or s.closing:
                 continue
             fresh = read.get_user_by_id(s.user.id)
-            why = _why_session_ends(s, fresh)
+            why = why_session_ends(s, fresh)
             if why is not None:
                 self.drop(s, why)
             else:
@@ -293,7 +290,7 @@ class Server:
     # -- login -----------------------------------------------------------------------
     async def _check_password(self, password: str, phc: str) -> bool:
         if self.hash_waiting >= self.config.max_hash_queue:
-            raise _Busy
+            raise BusyError
         self.hash_waiting += 1
         try:
             async with self.hash_slots:
@@ -320,7 +317,7 @@ class Server:
                   self._logged_name(key, user))
         try:
             ok = await self._guarded_check(s, key, user, ev.password)
-        except _Busy:
+        except BusyError:
             log.warning("%s login refused: too many logins waiting", s.label())
             s.error(P.ErrorCode.BUSY, "server busy; try again shortly", fatal=True)
             return
@@ -482,7 +479,7 @@ class Server:
         if s.ticket is not None:
             s.ticket.release()  # from now on it counts as a client, not a stranger
         log.info("%s logged in (%s%s)", s.label(), how, "" if identity else ", no device key: no mail or rooms")
-        s.send(P.LoginOk(user.name, user.role, _shown_fingerprint(identity, fresh)))
+        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh)))
         self.relay.logged_in(s)
 
     def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,
@@ -497,7 +494,7 @@ class Server:
         why = None
         if fresh is None:
             why = "the account was removed"
-        elif not _same_key(fresh.fingerprint, expected):
+        elif not same_key(fresh.fingerprint, expected):
             why = "the account's device key changed"
         elif password_hash is not None and not same(fresh.password_hash.encode(), password_hash.encode()):
             why = "the account's password changed"
@@ -560,52 +557,6 @@ class Server:
         elif not await self.relay.request(s, ev):
             # fatal like an unknown message type: the client speaks a protocol this server does not
             s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", fatal=True, rid=ev.rid)
-
-
-class _Busy(Exception):
-    pass
-
-
-def name_tag(key: bytes, name: str) -> str:
-    """8 hex characters of HMAC-SHA256(key, name): the same name gives the same tag within one key."""
-    return hmac.new(key, name.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
-
-
-def _shown_fingerprint(identity: PublicIdentity | None, account: User) -> str | None:
-    """LOGIN_OK's fingerprint: the proven key, else (informational only) the account's registered key."""
-    if identity is not None:
-        return identity.fingerprint_text
-    return PublicIdentity.decode_cached(account.identity).fingerprint_text if account.identity else None
-
-
-def _why_session_ends(s: Session, fresh: User | None) -> str | None:
-    """Why a logged-in session must end after an account change, or None if it may stay.
-
-    A session with a proven key ends when that key is no longer the account's; one that
-    authenticated with a password ends when the password changes (`user passwd`, even
-    with --keep-key: whoever knew the old password must not stay in)."""
-    if fresh is None:
-        return "the account was removed"
-    if s.identity is not None and not _same_key(fresh.fingerprint, s.identity.fingerprint):
-        return "this device's key is no longer registered"
-    if s.password_hash is not None and not same(fresh.password_hash.encode(), s.password_hash.encode()):
-        return "the account's password changed"
-    return None
-
-
-def _same_key(a: bytes | None, b: bytes | None) -> bool:
-    """Two fingerprints, either of which may be "no key", are the same."""
-    return (a is None and b is None) or (a is not None and b is not None and same(a, b))
-
-
-def locked_message(until: float) -> str:
-    """The answer to a locked password login: the same for every name, known or not."""
-    import datetime as dt
-
-    when = dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return (f"authentication failed: password logins for this user name are locked until {when} after too many "
-            "wrong passwords (identity-key logins of enrolled devices still work; an operator can reset the "
-            "password with: securecomm user passwd)")
 
 
 def _short(e: BaseException | None) -> str:
