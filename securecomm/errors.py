@@ -83,6 +83,14 @@ class UnknownSuiteError(FormatError):
     """unknown or unsupported cipher suite"""
 
 
+class RemoteProtocolError(FormatError):
+    """the peer broke the protocol"""
+
+
+class FrameTooLarge(RemoteProtocolError, OversizedError):
+    """frame is larger than the maximum frame size"""
+
+
 class SignatureError(IntegrityError):
     """signature does not verify"""
 
@@ -127,6 +135,10 @@ class RefusedError(SecurecommError):
 
 class TooLargeError(RefusedError):
     """the message is larger than the limit"""
+
+
+class BusyError(RefusedError):
+    """server busy; try again shortly"""
 
 
 class KeyReplaceError(RefusedError):

@@ -263,7 +263,7 @@ def test_flood_before_login_does_not_starve_clients_or_grow_memory(tmp_path):
         assert held - before < 20 * 1024, f"RSS grew by {(held - before) / 1024:.1f} MiB under the flood"
         srv.wait_log(r"peer=127\.0\.0\.5:\d+ dropped: protocol error: .*limit is 16384")
         assert _send_ok(home)
-        # memory comes back once they have gone (malloc_trim, net/memory.py): without it ~12 MiB stayed
+        # memory comes back once they have gone (malloc_trim, server/memory.py): without it ~12 MiB stayed
         deadline = time.monotonic() + 20
         while (after := rss_kib(pid)) - before > 4 * 1024:
             assert time.monotonic() < deadline, f"RSS stayed {(after - before) / 1024:.1f} MiB up after the flood"

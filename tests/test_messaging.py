@@ -256,7 +256,7 @@ def test_direct_message_in_process_reaches_online_user(world):
 
 def test_more_mail_than_one_batch_arrives_in_order(world):
     """Over MAIL_BATCH (256) waiting messages: delivered in pages, all of them, in order, once."""
-    from securecomm.net.relay import MAIL_BATCH
+    from securecomm.server.relay import MAIL_BATCH
 
     _, homes = world
     total = MAIL_BATCH + 44

@@ -176,7 +176,7 @@ def list_(state: State, as_json: bool, remote: bool, db: Path | None) -> None:
     if remote:
         rows = _remote_rows(state)
     else:
-        from securecomm.net.server import user_row
+        from securecomm.store.users import user_row
 
         store = open_db(state, db)
         try:
