@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import harness as H
 from benchmarks.common import write_json
 from securecomm.cli.context import State
+from securecomm.client import messenger as M
+from securecomm.client.login import connect_profile
 from securecomm.crypto import identity as ident
-from securecomm.net import messenger as M
-from securecomm.net.connect import connect_profile
 
 USERS = ("alice", "bob", "carol")
 SETTLED_TIMEOUT = 120.0  # the longest a round may take to see every event

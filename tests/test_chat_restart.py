@@ -12,10 +12,10 @@ import time
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client import chat as chatsession
+from securecomm.client.chat import BACKOFF_MAX, ChatSession, Info
+from securecomm.client.messenger import Membership, Warning
 from securecomm.crypto import identity as ident
-from securecomm.net import chatsession
-from securecomm.net.chatsession import BACKOFF_MAX, ChatSession, Info
-from securecomm.net.messenger import Membership, Warning
 from tests.conftest import ENTRY, run_entry
 from tests.test_chat_tty import pytestmark, two_users  # noqa: F401 - tmux skip mark and fixture
 from tests.test_messaging import _messenger, _until, world  # noqa: F401 - `world` is a fixture

@@ -308,8 +308,8 @@ def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, hom
     import asyncio
 
     from securecomm.cli.context import State
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.messenger import Membership, Messenger, Warning
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import Membership, Messenger, Warning
 
     server = hostile("alice")
     assert login(home, server).returncode == 0

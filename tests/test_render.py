@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from securecomm.cli.chat import render
-from securecomm.net.client import error_from
-from securecomm.net.messenger import DeliveryReceipt, DirectMessage, Membership, RoomText, Warning
+from securecomm.client.connection import error_from
+from securecomm.client.messenger import DeliveryReceipt, DirectMessage, Membership, RoomText, Warning
 from securecomm.wire import protocol as P
 
 EVIL = "\x1b[2J\x1b]0;pwned\x07\r"

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 
 from securecomm.cli.context import State
+from securecomm.client.login import connect_profile
+from securecomm.client.messenger import DirectMessage, Membership, RoomText, Warning
 from securecomm.crypto import envelope
 from securecomm.crypto import identity as ident
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
-from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import DirectMessage, Membership, RoomText, Warning
 from securecomm.wire import protocol as P
 from tests.test_messaging import _close, _messenger, _until, world  # noqa: F401 - `world` is a fixture
 

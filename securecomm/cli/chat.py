@@ -26,7 +26,7 @@ PROMPT = "> "
 
 def render(ev: Any, me: str, width: int | None = None) -> str:
     """One event as shown; with `width` (a terminal's columns) message bodies are wrapped here."""
-    from securecomm.net.messenger import (
+    from securecomm.client.messenger import (
         DeliveryReceipt,
         DirectMessage,
         Membership,
@@ -83,8 +83,8 @@ def chat(state: State, room: str, passphrase_file: str | None) -> None:
     import signal
 
     from securecomm.cli.client import _identity
+    from securecomm.client.chat import ChatSession, room_name
     from securecomm.config import Profile
-    from securecomm.net.chatsession import ChatSession, room_name
 
     room = room_name(room)
     identity = _identity(state, passphrase_file)

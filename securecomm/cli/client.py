@@ -30,8 +30,8 @@ def _identity(state: State, passphrase_file: str | None) -> Any:
 
 
 def _read_body(message: str) -> bytes:
+    from securecomm.client.connection import message_too_large
     from securecomm.crypto.envelope import MAX_BODY_SIZE
-    from securecomm.net.client import message_too_large
 
     body = message.encode() if message != "-" else sys.stdin.buffer.read(MAX_BODY_SIZE + 1)
     if len(body) > MAX_BODY_SIZE:  # refused before connecting: exit 9, with the limit in the hint
@@ -70,8 +70,8 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
 
     from securecomm.cli.context import warn
     from securecomm.cli.users import ask_trust
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.sending import send_to_server
+    from securecomm.client.login import connect_profile
+    from securecomm.client.sending import send_to_server
 
     body = _read_body(message)
     identity = _identity(state, passphrase_file)
@@ -109,8 +109,8 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
     import asyncio
 
     from securecomm.cli.users import ask_trust
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.report import security_report
+    from securecomm.client.login import connect_profile
+    from securecomm.client.report import security_report
 
     identity = _identity(state, passphrase_file)
 
@@ -139,9 +139,9 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
 
     from securecomm.cli.context import warn
     from securecomm.cli.users import ask_trust
+    from securecomm.client.login import connect_profile
+    from securecomm.client.sending import DirectSend
     from securecomm.errors import NetworkError
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.sending import DirectSend
 
     async def connect() -> Any:
         return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
@@ -197,8 +197,8 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
     import asyncio
 
     from securecomm.cli.users import ask_trust
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.messenger import (
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import (
         DirectMessage,
         Messenger,
         Warning,
@@ -274,8 +274,8 @@ async def _follow(once: Any) -> None:
     import random
 
     from securecomm.cli.context import warn
+    from securecomm.client.chat import BACKOFF_MAX, BACKOFF_START, retryable
     from securecomm.errors import SecurecommError
-    from securecomm.net.chatsession import BACKOFF_MAX, BACKOFF_START, retryable
 
     ever, delay = False, BACKOFF_START
 
@@ -308,7 +308,7 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from securecomm.cli.context import table
-    from securecomm.contacts import Contacts
+    from securecomm.client.directory import Contacts
 
     state = ctx.find_object(State)
     assert state is not None
@@ -331,7 +331,7 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
 def trust(state: State, name: str) -> None:
     """Accept NAME's changed key (after checking its fingerprint with them)."""
     from securecomm.cli.context import shown
-    from securecomm.contacts import Contacts
+    from securecomm.client.directory import Contacts
 
     c = Contacts.load(state.paths.contacts).trust(name.lower())
     click.echo(f"now trusting {shown(c.name)} {c.identity.fingerprint_text}; CHANGED cleared")

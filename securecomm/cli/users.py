@@ -199,9 +199,9 @@ def _remote_rows(state: State) -> list[dict[str, Any]]:
     import asyncio
 
     from securecomm.cli.context import load_identity
+    from securecomm.client import answers
+    from securecomm.client.login import connect_profile
     from securecomm.config import Profile
-    from securecomm.net import answers
-    from securecomm.net.connect import connect_profile
 
     profile = Profile.load(state.paths.profile)
     identity = load_identity(state, profile.identity)
@@ -261,9 +261,9 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     import asyncio
 
     from securecomm.cli.context import load_identity
+    from securecomm.client.login import address_of, prepare, saved_pin
     from securecomm.config import Profile
     from securecomm.crypto import identity as ident
-    from securecomm.net.connect import address_of, prepare, saved_pin
 
     paths = state.paths
     server, ca = _server_and_ca(paths, server, ca, pin)
@@ -338,7 +338,7 @@ def server_user_name(name: Any) -> str:
     It is saved in profile.json and printed: a hostile server must not smuggle
     terminal escapes (or anything else) in through it.
     """
-    from securecomm.contacts import check_user_name
+    from securecomm.client.directory import check_user_name
 
     try:
         check_user_name(name)

@@ -34,10 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from securecomm.client.login import connect_profile
+from securecomm.client.messenger import Membership, Messenger, Warning, printable
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.errors import NetworkError, SecurecommError, ShuttingDownError, UsageError
-from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import Membership, Messenger, Warning, printable
 
 BACKOFF_START = 0.5
 #: A planned restart takes a second or two; waiting longer between attempts only delays people.

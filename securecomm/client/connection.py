@@ -49,7 +49,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.NOT_FOUND: NotFoundError,
     P.ErrorCode.TIMEOUT: NetworkError,
     P.ErrorCode.INTERNAL: SecurecommError,
-    P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: net/sending.py resends, chat reconnects
+    P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: client/sending.py resends, chat reconnects
     P.ErrorCode.KEY_REPLACE: KeyReplaceError,
 }
 
@@ -76,7 +76,7 @@ def message_too_large(limit: int, what: str = "message", size: int | None = None
 
 
 def error_from(ev: P.Error) -> SecurecommError:
-    from securecomm.net.messenger import printable
+    from securecomm.client.messenger import printable
 
     cls = _ERRORS.get(ev.code, RefusedError)
     # a server's words never drive the terminal

@@ -47,7 +47,7 @@ def items(o: dict[str, Any], name: str, what: str) -> list[Any]:
 
 def member(entry: Any) -> tuple[str, str]:
     """One {user, identity} entry of a join/who result: (user, identity line); the name checked too."""
-    from securecomm.contacts import check_user_name
+    from securecomm.client.directory import check_user_name
 
     e = obj(entry, "a member entry")
     user, line = text(e, "user", "a member entry"), text(e, "identity", "a member entry")

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securecomm.contacts import ChangedKeyError, Contacts, check_user_name
+from securecomm.client import answers
+from securecomm.client.connection import Client, check_receipt
+from securecomm.client.directory import ChangedKeyError, Contacts, check_user_name
 from securecomm.crypto import envelope
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import IntegrityError, SecurecommError
 from securecomm.files import PRIVATE_MODE, write_files
-from securecomm.net import answers
-from securecomm.net.client import Client, check_receipt
 from securecomm.wire import protocol as P
 
 #: Message ids remembered to drop redeliveries (a crash between showing and acknowledging).
