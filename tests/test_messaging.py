@@ -10,8 +10,9 @@ import sqlite3
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client.events import DirectMessage, RoomText
 from securecomm.client.login import connect_profile
-from securecomm.client.messenger import DirectMessage, Messenger, RoomText
+from securecomm.client.messenger import Messenger
 from securecomm.crypto import identity as ident
 from securecomm.crypto import room as roomcrypto
 from securecomm.errors import DecryptError

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from securecomm.client.messenger import CONTINUATION, printable_body
+from securecomm.client.events import CONTINUATION, printable_body
 from tests.conftest import ENTRY, run_entry
 from tests.serverproc import ServerProc, sc, users_logged_in
 from tests.test_chat_tty import Tmux, two_users  # noqa: F401  (the fixture)
@@ -37,7 +37,7 @@ def test_a_body_cannot_forge_another_senders_line_or_send_escapes():
 
 def test_chat_shows_a_multi_line_direct_message_as_lines():
     from securecomm.cli.chat import render
-    from securecomm.client.messenger import DirectMessage
+    from securecomm.client.events import DirectMessage
 
     line = render(DirectMessage("bob", b"from stdin\nsecond\n", b"i" * 16, 0, "SHA256:x"), "alice")
     assert line.endswith(f"bob \u2192 alice {CHECK} from stdin\n{CONTINUATION}second"), repr(line)

@@ -26,12 +26,12 @@ PROMPT = "> "
 
 def render(ev: Any, me: str, width: int | None = None) -> str:
     """One event as shown; with `width` (a terminal's columns) message bodies are wrapped here."""
-    from securecomm.client.messenger import (
+    from securecomm.client.events import (
+        Alert,
         DeliveryReceipt,
         DirectMessage,
         Membership,
         RoomText,
-        Warning,
         cell_width,
         now_text,
         printable,
@@ -57,7 +57,7 @@ def render(ev: Any, me: str, width: int | None = None) -> str:
             return (f"{now_text()} * {clean(ev.user)} joined and left #{clean(ev.room)} repeatedly: {ev.more} "
                     f"more joins/leaves (now {'in the room' if ev.event == 'joined' else 'gone'})")
         return f"{now_text()} * {clean(ev.user)} {ev.event} #{clean(ev.room)}"
-    if isinstance(ev, Warning):
+    if isinstance(ev, Alert):
         return style(f"{now_text()} \u26a0 {clean(ev.text)}", fg="red", bold=True)
     return f"{now_text()} {clean(str(ev))}"
 

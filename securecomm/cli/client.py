@@ -197,16 +197,9 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
     import asyncio
 
     from securecomm.cli.users import ask_trust
+    from securecomm.client.events import Alert, DirectMessage, cell_width, now_text, printable, printable_body
     from securecomm.client.login import connect_profile
-    from securecomm.client.messenger import (
-        DirectMessage,
-        Messenger,
-        Warning,
-        cell_width,
-        now_text,
-        printable,
-        printable_body,
-    )
+    from securecomm.client.messenger import Messenger
 
     identity = _identity(state, passphrase_file)
     failures = 0
@@ -225,7 +218,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
             else:
                 head = f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 "
                 click.echo(head + printable_body(ev.body, width, cell_width(head)))
-        elif isinstance(ev, Warning):
+        elif isinstance(ev, Alert):
             failures += ev.failed  # a server's noise is shown, but it is no failed message
             from securecomm.cli.context import warn
 

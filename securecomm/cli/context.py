@@ -57,7 +57,7 @@ def warn(message: str) -> None:
 def shown(value: Any) -> str:
     """A value for the terminal: yes/no for booleans, - for nothing, and any text
     (which may come from a server or a peer) with control characters escaped."""
-    from securecomm.client.messenger import printable  # the one escaping rule, as chat and inbox use
+    from securecomm.client.events import printable  # the one escaping rule, as chat and inbox use
 
     if isinstance(value, bool):
         return "yes" if value else "no"

@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from securecomm.client.events import Alert, Membership, printable
 from securecomm.client.login import connect_profile
-from securecomm.client.messenger import Membership, Messenger, Warning, printable
+from securecomm.client.messenger import Messenger
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.errors import NetworkError, SecurecommError, ShuttingDownError, UsageError
 
@@ -137,7 +138,7 @@ class ChatSession:
                 # exactly as `send` does; backoff is for getting back a connection we had.
                 if not retryable(e) or not connected_once:
                     raise
-                self.emit(Warning(f"{e.message}; retrying in {delay:.1f}s"))
+                self.emit(Alert(f"{e.message}; retrying in {delay:.1f}s"))
                 if await self._wait_or_quit(lines, delay):
                     return
                 delay = min(BACKOFF_MAX, delay * 2 * random.uniform(0.8, 1.2))
@@ -151,7 +152,7 @@ class ChatSession:
                 except SecurecommError as e:
                     if not retryable(e):
                         raise
-                    self.emit(Warning(f"connection lost: {_reason(e)}; reconnecting"))
+                    self.emit(Alert(f"connection lost: {_reason(e)}; reconnecting"))
 
     async def _wait_or_quit(self, lines: asyncio.Queue[str | None], delay: float) -> bool:
         """Sleep `delay`, still taking input (queued for later); True if the user quit."""
@@ -240,7 +241,7 @@ class ChatSession:
             except SecurecommError as e:
                 if retryable(e):
                     raise
-                self.emit(Warning(e.message + (f" ({e.hint})" if e.hint else "")))
+                self.emit(Alert(e.message + (f" ({e.hint})" if e.hint else "")))
 
         self.sending.add(asyncio.create_task(send()))
 
@@ -250,7 +251,7 @@ class ChatSession:
         if self.sending:
             await asyncio.wait(self.sending, timeout=QUIT_GRACE)
         for item in self.outbox:
-            self.emit(Warning(f"quit before the server confirmed this line to {printable(item.target.encode())}; "
+            self.emit(Alert(f"quit before the server confirmed this line to {printable(item.target.encode())}; "
                               f"it may not have been sent: {printable(item.body)}"))
 
     def _keyed(self) -> set[str]:
@@ -281,14 +282,14 @@ class ChatSession:
         """Say plainly who will not get a held line: nothing typed disappears without a word."""
         text = printable(item.body)
         if item.target != self.room:
-            self.emit(Warning(f"NOT delivered (you left #{item.target}): {text}"))
+            self.emit(Alert(f"NOT delivered (you left #{item.target}): {text}"))
             return
         missing, keyed = self.awaited - self._keyed(), self._keyed()
         if missing:
-            self.emit(Warning(f"NOT delivered to {', '.join(sorted(missing))} (not back in #{item.target} "
+            self.emit(Alert(f"NOT delivered to {', '.join(sorted(missing))} (not back in #{item.target} "
                               f"after {REJOIN_WAIT:.0f}s): {text}"))
         elif not keyed:
-            self.emit(Warning(f"NOT delivered to anyone (nobody else is in #{item.target}): {text}"))
+            self.emit(Alert(f"NOT delivered to anyone (nobody else is in #{item.target}): {text}"))
 
     async def _send_or_warn(self, item: Pending) -> None:
         if item.kind == "room" and item.target != self.room:
@@ -299,7 +300,7 @@ class ChatSession:
         except SecurecommError as e:
             if retryable(e):
                 raise
-            self.emit(Warning(f"not sent to {item.target}: {e.message}"))
+            self.emit(Alert(f"not sent to {item.target}: {e.message}"))
 
     async def _command(self, line: str) -> None:
         assert self.messenger is not None
@@ -333,7 +334,7 @@ class ChatSession:
         except SecurecommError as e:
             if retryable(e):
                 raise
-            self.emit(Warning(e.message + (f" ({e.hint})" if e.hint else "")))
+            self.emit(Alert(e.message + (f" ({e.hint})" if e.hint else "")))
 
     def _trust(self, line: str) -> None:
         """/trust USER shows USER's changed key; /trust USER FINGERPRINT accepts it (as

@@ -76,7 +76,7 @@ def message_too_large(limit: int, what: str = "message", size: int | None = None
 
 
 def error_from(ev: P.Error) -> SecurecommError:
-    from securecomm.client.messenger import printable
+    from securecomm.client.events import printable
 
     cls = _ERRORS.get(ev.code, RefusedError)
     # a server's words never drive the terminal

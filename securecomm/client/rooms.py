@@ -1,0 +1,377 @@
+"""Rooms on the client: join, sender keys, membership churn, members held back for a changed key.
+
+`Rooms` is the room half of `Messenger` (client/messenger.py), kept apart so each file stays
+readable; it uses the Messenger's connection, identity, contacts and `emit`, declared below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from securecomm.client import answers
+from securecomm.client.connection import Client, check_receipt
+from securecomm.client.directory import ChangedKeyError, Contacts, check_user_name
+from securecomm.client.events import Alert, Membership, Notice, RoomText, printable
+from securecomm.crypto import envelope
+from securecomm.crypto import room as roomcrypto
+from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
+from securecomm.crypto.integrity import same, sha256
+from securecomm.errors import SecurecommError
+from securecomm.wire import protocol as P
+
+#: How long a room key may wait for the join that lists its sender (the join's RESULT and the
+#: key race on the client); as long as any reply may take.
+JOIN_WAIT = 30.0
+#: A burst of joins and leaves in a room is settled once it has been quiet this long: one key
+#: rotation and one line per user instead of one per event (see Messenger._settle). Short, so a
+#: real leave still rotates at once to a person; a message we send settles first anyway.
+SETTLE_QUIET = 0.3
+#: Never later than this after the first unsettled change, so non-stop churn still settles.
+SETTLE_MAX = 2.0
+#: An unknown room event's kind is named in its warning cut to this many characters (it is the server's word).
+MAX_SHOWN_KIND = 32
+
+
+@dataclass
+class RoomState:
+    """One joined room. `members` holds only users the server listed for the room (join result
+    or ROOM_EVENT): sender keys are accepted only from them and ours is handed only to them."""
+
+    name: str
+    my_key: roomcrypto.SenderKey = field(default_factory=roomcrypto.SenderKey.generate)
+    keys: dict[str, roomcrypto.SenderKey] = field(default_factory=dict)
+    members: dict[str, PublicIdentity] = field(default_factory=dict)
+    #: Set once the join's member list is in; room traffic waits for it (it can overtake the RESULT).
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # -- membership changes not settled yet (see Messenger._settle) --
+    #: Someone left since our key was handed out: the next key must be one they never had.
+    rotate: bool = False
+    #: Members who joined and have not been handed our current key yet.
+    unkeyed: set[str] = field(default_factory=set)
+    #: user -> [joins and leaves since the line shown for them, the latest of those events]
+    churn: dict[str, list[Any]] = field(default_factory=dict)
+    settle: asyncio.TimerHandle | None = None
+    settle_since: float | None = None  # loop time of the first unsettled change
+    rotations: int = 0  # times our key was replaced (a count for tests and benchmarks)
+    #: Listed members whose key CHANGED from the one pinned (user -> the key the server listed):
+    #: no key to or from them until the user trusts it (`contacts trust`, or /trust in chat).
+    held: dict[str, PublicIdentity] = field(default_factory=dict)
+
+
+
+class Rooms:
+    """The room operations of a Messenger (see the module docstring)."""
+
+    client: Client
+    me: PrivateIdentity
+    user: str
+    contacts: Contacts
+    emit: Callable[[Any], None]
+    rooms: dict[str, RoomState]
+    held_keys: dict[str, P.RoomKey]
+    _directory: dict[str, PublicIdentity]
+    settle_quiet: float
+    settle_max: float
+
+    if TYPE_CHECKING:
+        async def identity_of(self, user: str) -> PublicIdentity: ...
+        def _warn_counted(self, kind: str, text: str, *, failed: bool = True) -> None: ...
+
+    # -- rooms --------------------------------------------------------------------------------
+    async def join(self, room: str) -> list[str]:
+        name = room.lower()
+        fresh = name not in self.rooms
+        state = self.rooms.setdefault(name, RoomState(name))  # before the request: keys may overtake RESULT
+        try:
+            data = await self.client.request("join", room=name)
+        except BaseException:
+            if fresh:
+                state.ready.set()  # nobody waits for a join that failed
+                self.rooms.pop(name, None)
+            raise
+        names = []  # those our key goes to, and us: a skipped member is named only in its warning
+        for user, line in self._members(data, f"#{name}"):
+            if user == self.user:
+                names.append(user)
+            elif await self._add_member(state, user, line):
+                names.append(user)
+                self._send_key(state, user)
+        state.ready.set()
+        return names
+
+    async def leave(self, room: str) -> None:
+        await self.client.request("leave", room=room)
+        self.rooms.pop(room, None)
+
+    async def who(self, room: str) -> list[str]:
+        data = await self.client.request("who", room=room)
+        return [user for user, _ in self._members(data, f"#{room}")]
+
+    def _members(self, data: Any, where: str) -> list[tuple[str, str]]:
+        """(user, identity line) of each well-formed member entry; a bad one is skipped with a
+        warning, so one broken entry cannot end chat or hide the other members."""
+        good = []
+        for entry in answers.items(answers.obj(data, "the member list"), "members", "the member list"):
+            try:
+                good.append(answers.member(entry))
+            except SecurecommError as e:
+                self.emit(Alert(f"skipped a member of {where}: {e.message}"))
+        return good
+
+    async def _add_member(self, state: RoomState, user: str, line: str) -> bool:
+        try:
+            identity = PublicIdentity.from_line_cached(line)
+            self.contacts.check(user, identity)
+        except ChangedKeyError as e:  # counted too: a member with a changed key may join and leave in a loop
+            state.held[user] = identity
+            self._warn_counted("members with a changed key", f"{user} in #{state.name}: {e.message}. {e.hint}")
+            return False
+        except SecurecommError as e:  # a malformed identity line or name: that member is skipped
+            self._warn_counted("members skipped", f"skipped {user} in #{state.name}: {e.message}")
+            return False
+        state.members[user] = identity
+        state.held.pop(user, None)  # back with the pinned key, or trusted since
+        return True
+
+    def _send_key(self, state: RoomState, user: str) -> None:
+        sealed = envelope.seal(state.my_key.encode(state.name), self.me, state.members[user])
+        self.client.send_event(P.RoomKey(user, sealed))
+
+    async def _joined_rooms(self) -> None:
+        """Wait for joins in progress, so that their member lists are known."""
+        for state in list(self.rooms.values()):
+            if not state.ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.ready.wait(), JOIN_WAIT)
+
+    async def _on_room_event(self, ev: P.RoomEvent) -> None:
+        await self._joined_rooms()
+        self.recheck_held()  # a `contacts trust` done meanwhile in another shell
+        if ev.event not in ("joined", "left"):
+            self._warn_counted("unknown room events", f"ignored a room event of a kind this version does not "
+                               f"know: {printable(ev.event[:MAX_SHOWN_KIND].encode())}", failed=False)
+            return
+        state = self.rooms.get(ev.room)
+        if state is None or ev.user == self.user:
+            return
+        try:
+            check_user_name(ev.user)  # a name no account can have is no member, and no line to show
+        except SecurecommError as e:
+            self._warn_counted("room events about malformed names", f"ignored a join/leave in #{ev.room}: {e.message}")
+            return
+        if ev.event == "joined" and ev.identity:
+            if not await self._add_member(state, ev.user, ev.identity):
+                return  # skipped, and the warning says why: no key for them, and no line saying they are in
+            state.unkeyed.add(ev.user)
+        elif ev.event == "left" and state.held.pop(ev.user, None) is not None:
+            if not any(ev.user in s.held for s in self.rooms.values()):
+                self.held_keys.pop(ev.user, None)
+        elif ev.event == "left" and state.members.pop(ev.user, None) is not None:
+            state.keys.pop(ev.user, None)
+            state.unkeyed.discard(ev.user)
+            state.rotate = True  # whoever left must not read what is said from now on: see seal_room
+        self._membership_line(state, ev.user, ev.event)
+        self._settle_later(state)
+
+    # Theory of operation: joins and leaves are settled in bursts.
+    #
+    #   ROOM_EVENT --> members updated at once; key work and repeated lines wait
+    #       |             (each event restarts a SETTLE_QUIET timer, capped at SETTLE_MAX after the first)
+    #       v
+    #   quiet, or we are about to send a room message --> _settle: if anyone left, ONE new key;
+    #       our key to each member present NOW (never to one who has left again); one summary
+    #       line per user whose joins/leaves were collapsed.
+    #
+    # So a member who joins and leaves 2,000 times costs each client one rotation and two lines,
+    # not 2,000 rotations (a new key HPKE-sealed to every member each) and 4,000 lines. Security
+    # is kept because seal_room settles first: a message typed after a leave always uses a key
+    # the leaver never received.
+
+    def _membership_line(self, state: RoomState, user: str, event: str) -> None:
+        """The first change of a user in a burst is shown at once; the rest are counted (_settle)."""
+        seen = state.churn.get(user)
+        if seen is None:
+            state.churn[user] = [0, event]
+            self.emit(Membership(state.name, user, event))
+        else:
+            seen[0], seen[1] = seen[0] + 1, event
+
+    def _settle_later(self, state: RoomState) -> None:
+        if self.settle_quiet <= 0:  # no coalescing (each change settled at once): the benchmark's baseline
+            self._settle(state)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        state.settle_since = now if state.settle_since is None else state.settle_since
+        if state.settle is not None:
+            state.settle.cancel()
+        delay = min(self.settle_quiet, max(0.0, state.settle_since + self.settle_max - now))
+        state.settle = loop.call_later(delay, self._settle_on_timer, state)
+
+    def _settle_on_timer(self, state: RoomState) -> None:
+        if self.client.closed or self.rooms.get(state.name) is not state:
+            return  # the connection ended or we left: the next join starts afresh
+        with contextlib.suppress(SecurecommError):  # a write to a connection failing now: the pump reports it
+            self._settle(state)
+
+    def _settle(self, state: RoomState) -> None:
+        """Hand out our key after a burst of joins and leaves (a new one if anyone left)."""
+        if state.settle is not None:
+            state.settle.cancel()
+        state.settle, state.settle_since = None, None
+        if state.rotate:
+            state.my_key, state.rotate, state.rotations = roomcrypto.SenderKey.generate(), False, state.rotations + 1
+            state.unkeyed = set(state.members)
+        for user in sorted(state.unkeyed & set(state.members)):
+            self._send_key(state, user)
+        state.unkeyed.clear()
+        for user, (more, event) in state.churn.items():
+            if more:  # one further change is shown as itself (a quick rejoin), more as a count
+                self.emit(Membership(state.name, user, event, more if more > 1 else 0))
+        state.churn.clear()
+
+    async def _on_room_key(self, ev: P.RoomKey) -> None:
+        """Accept a sender key only from a member the server lists for the key's room.
+
+        A key from anyone else is ignored: it never makes its sender a member, so we never
+        hand them our own key (they would read the room while `who` does not list them)."""
+        await self._joined_rooms()
+        if self._is_held(ev.user):
+            self.recheck_held()  # trusted meanwhile elsewhere? then this key is accepted below
+        sender = next((s.members[ev.user] for s in self.rooms.values() if ev.user in s.members), None)
+        if sender is None and self._is_held(ev.user):
+            self.held_keys[ev.user] = ev  # the latest only: opened if the user trusts the new key
+            self._warn_counted("room keys held back", f"held back a room key from {ev.user}: "
+                               f"{self._changed_advice(ev.user)}")
+            return
+        if sender is None:
+            self._junk_room_key(ev.user, "they are not a member of a room you are in")
+            return
+        self._accept_room_key(ev, sender)
+
+    def _accept_room_key(self, ev: P.RoomKey, sender: PublicIdentity) -> None:
+        try:
+            opened = envelope.open_envelope(ev.envelope, self.me, sender)
+            room, key = roomcrypto.SenderKey.decode(opened.body)
+        except SecurecommError as e:
+            self._junk_room_key(ev.user, e.message)
+            return
+        state = self.rooms.get(room)
+        listed = state.members.get(ev.user) if state is not None else None
+        if state is None or listed is None or not same(listed.fingerprint, sender.fingerprint):
+            self._junk_room_key(ev.user, "they are not a member of that room")
+            return
+        state.keys[ev.user] = key
+
+    # -- members whose key changed ---------------------------------------------------------------
+    def _is_held(self, user: str) -> bool:
+        return any(user in s.held for s in self.rooms.values())
+
+    def _changed_advice(self, user: str) -> str:
+        return (f"{user}'s key CHANGED; verify the new fingerprint with {user} out of band, then run: "
+                f"securecomm contacts trust {user} (or /trust {user} in chat)")
+
+    def recheck_held(self) -> list[str]:
+        """Members held back for a changed key that the user has trusted since (contacts.json is
+        reloaded when another process saved it): they become members, get our sender key, and the
+        key they sent while held is opened. Returns their names."""
+        if not self._is_held_any():
+            return []
+        promoted = []
+        for state in self.rooms.values():
+            for user, identity in list(state.held.items()):
+                try:
+                    self.contacts.check(user, identity)
+                except ChangedKeyError:
+                    continue  # still not trusted
+                except SecurecommError:
+                    del state.held[user]
+                    continue
+                del state.held[user]
+                state.members[user] = identity
+                self._send_key(state, user)
+                promoted.append(user)
+                self.emit(Notice(f"now trusting {user}'s new key {identity.fingerprint_text}; "
+                                 f"sent them your key for #{state.name}"))
+        for user in promoted:
+            stashed = self.held_keys.pop(user, None)
+            sender = next((s.members[user] for s in self.rooms.values() if user in s.members), None)
+            if stashed is not None and sender is not None:
+                self._accept_room_key(stashed, sender)
+        return promoted
+
+    def _is_held_any(self) -> bool:
+        return any(s.held for s in self.rooms.values())
+
+    def trust(self, user: str, fingerprint: str | None) -> str:
+        """/trust in chat: without a fingerprint, show the changed key; with the one shown (copied
+        after checking it with them), trust it as `contacts trust` does and key them in."""
+        import hmac
+
+        contact = self.contacts.get(user)
+        if contact is None or contact.pending is None:
+            return f"{user}'s key has not changed; nothing to trust"
+        new = contact.pending.fingerprint_text
+        if fingerprint is None:
+            return (f"{user}'s key CHANGED from {contact.identity.fingerprint_text} to {new}. Check {new} with "
+                    f"{user} out of band (in person, by phone), then type: /trust {user} {new}")
+        if not hmac.compare_digest(fingerprint.encode(), new.encode()):
+            return f"that is not {user}'s new fingerprint ({new}); nothing trusted"
+        self.contacts.trust(user)
+        self._directory.pop(user, None)
+        if not self.recheck_held():
+            return f"now trusting {user} {new}"
+        return f"now trusting {user} {new}; CHANGED cleared"
+
+    def _junk_room_key(self, user: str, why: str) -> None:
+        self._warn_counted("bad room keys", f"ignored a room key from {user}: {why}")
+    def _on_room_message(self, ev: P.RoomMessage) -> None:
+        state = self.rooms.get(ev.room)
+        if state is not None and ev.sender in state.held:
+            self.recheck_held()  # trusted meanwhile elsewhere? then their held key opens this message
+            if ev.sender in state.held:
+                self._warn_counted("room messages held back", f"a message in #{ev.room} from {ev.sender} was held "
+                                   f"back, not shown: {self._changed_advice(ev.sender)}")
+                return
+        key = state.keys.get(ev.sender) if state else None
+        sender = state.members.get(ev.sender) if state else None
+        if state is not None and sender is not None and key is None:
+            # We accepted them; they have not accepted us. Most often: our key changed for them.
+            self._warn_counted("room messages without their key", f"a message in #{ev.room} from {ev.sender} "
+                               f"could not be read, not shown: {ev.sender} has not sent you their room key (if "
+                               f"your key changed, {ev.sender} must verify it and run: securecomm contacts trust "
+                               f"{self.user})")
+            return
+        if state is None or key is None or sender is None:
+            self._warn_counted("room messages without their key",
+                               f"a message in #{ev.room} from {ev.sender} arrived before their key; not shown")
+            return
+        try:
+            plain = roomcrypto.decrypt(ev.room, ev.payload, sender, key)
+        except SecurecommError as e:
+            self._warn_counted("rejected room messages",
+                               f"REJECTED a message in #{ev.room} claiming to be from {ev.sender}: {e.message}")
+            return
+        self.emit(RoomText(ev.room, ev.sender, plain.body, plain.msg_id, plain.timestamp_ms))
+
+    def seal_room(self, room: str, body: bytes) -> tuple[bytes, bytes]:
+        """Encrypt once for the whole room; returns (msg_id, payload)."""
+        self.recheck_held()  # a member trusted elsewhere gets our key before this line
+        state = self.rooms[room]
+        if state.rotate or state.unkeyed:  # keys first: after a leave, never the key the leaver had
+            self._settle(state)
+        payload = roomcrypto.encrypt(room, body, self.me, state.my_key)
+        return roomcrypto.parse_header(payload).msg_id, payload
+
+    async def send_room(self, room: str, body: bytes) -> P.Receipt:
+        msg_id, payload = self.seal_room(room, body)
+        fut = self.client.expect_receipt(msg_id)
+        self.client.send_event(P.RoomSend(room, payload))
+        receipt = await self.client._wait(fut)
+        check_receipt(receipt, sha256(payload))
+        return receipt
+
