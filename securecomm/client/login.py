@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from securecomm.client.connection import Client, resolve_trust
+from securecomm.client.connection import Client
+from securecomm.client.trust import resolve_trust
 from securecomm.config import Profile, format_address, parse_address
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.crypto.integrity import same
