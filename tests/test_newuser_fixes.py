@@ -215,8 +215,9 @@ def test_trust_command_in_chat_shows_the_fingerprint_then_trusts(two_users, tmp_
 def test_a_long_running_session_never_writes_back_a_trust_undone(tmp_path):
     """chat holds contacts.json in memory for hours; `contacts trust` in another shell must not be
     undone when chat later pins someone new (it used to save its stale copy over the file)."""
-    from securecomm.client.directory import ChangedKeyError, Contacts
+    from securecomm.client.directory import Contacts
     from securecomm.crypto.identity import PrivateIdentity
+    from securecomm.errors import ChangedKeyError
 
     path = tmp_path / "contacts.json"
     old, new, carol = (PrivateIdentity.generate().public for _ in range(3))

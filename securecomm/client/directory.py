@@ -15,7 +15,7 @@ from pathlib import Path
 
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import FormatError, IntegrityError
+from securecomm.errors import ChangedKeyError, FormatError
 from securecomm.files import PRIVATE_MODE, write_files
 
 
@@ -25,10 +25,6 @@ class Contact:
     identity: PublicIdentity
     first_seen: float
     pending: PublicIdentity | None = None  # a changed key waiting for `contacts trust`
-
-
-class ChangedKeyError(IntegrityError):
-    """a contact's key has changed"""
 
 
 def check_user_name(name: object) -> None:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from securecomm.timeutil import now_ms
+
 
 # -- what the UI is told ------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Notice:
 
 
 def now_text(ms: int | None = None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime((ms or time.time() * 1000) / 1000))
+    return time.strftime("%H:%M:%S", time.localtime((ms or now_ms()) / 1000))
 
 
 def printable(body: bytes) -> str:

@@ -20,13 +20,13 @@ from typing import Any
 
 from securecomm.client import answers
 from securecomm.client.connection import Client, check_receipt
-from securecomm.client.directory import ChangedKeyError, Contacts, check_user_name
+from securecomm.client.directory import Contacts, check_user_name
 from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage
 from securecomm.client.rooms import SETTLE_MAX, SETTLE_QUIET, Rooms, RoomState
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import IntegrityError, SecurecommError
+from securecomm.errors import ChangedKeyError, IntegrityError, SecurecommError
 from securecomm.files import PRIVATE_MODE, write_files
 from securecomm.wire import protocol as P
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from securecomm.client import answers
 from securecomm.client.connection import Client, check_receipt
-from securecomm.client.directory import ChangedKeyError, Contacts, check_user_name
+from securecomm.client.directory import Contacts, check_user_name
 from securecomm.client.events import Alert, Membership, Notice, RoomText, printable
 from securecomm.crypto import envelope
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import SecurecommError
+from securecomm.errors import ChangedKeyError, SecurecommError
 from securecomm.wire import protocol as P
 
 #: How long a room key may wait for the join that lists its sender (the join's RESULT and the

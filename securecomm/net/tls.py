@@ -19,7 +19,6 @@ trusted because of that handshake.
 from __future__ import annotations
 
 import base64
-import hashlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 
 from securecomm.crypto import certs
-from securecomm.crypto.integrity import same
+from securecomm.crypto.integrity import format_fingerprint, same, sha256
 from securecomm.errors import FormatError, TLSError
 from securecomm.files import PRIVATE_MODE, read_file, write_files
 
@@ -124,7 +123,7 @@ def _new_client_context(anchor_pem: bytes, pinned: bool) -> ssl.SSLContext:
 
 def der_fingerprint(der: bytes) -> str:
     """SHA-256 over a whole certificate: only for legacy pins and the status report."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    return format_fingerprint(sha256(der))
 
 
 def spki_fingerprint(der: bytes) -> str:
