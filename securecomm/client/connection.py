@@ -308,8 +308,19 @@ class Client:
         return fut
 
     async def send_message(self, body: bytes, identity: PrivateIdentity) -> P.Receipt:
-        digest = sha256(body)
-        receipt = await self._wait(self.submit(self.seal_for_server(body, identity)))
+        sealed = self.seal_for_server(body, identity)
+        return await self.send_for_receipt(P.Send(sealed), envelope.parse(sealed).header.msg_id, sha256(body))
+
+    async def send_for_receipt(self, event: P.Event, msg_id: bytes, digest: bytes) -> P.Receipt:
+        """Send a SEND, DIRECT or ROOM_SEND frame and return its receipt, checked against `digest`
+        (the body's for SEND, the sent bytes' otherwise): the one send-and-await-receipt path."""
+        fut = self.expect_receipt(msg_id)
+        try:
+            self._write(event)
+        except BaseException:
+            fut.cancel()  # refused unsent (too large): no one will wait for its receipt
+            raise
+        receipt: P.Receipt = await self._wait(fut)
         check_receipt(receipt, digest)
         return receipt
 

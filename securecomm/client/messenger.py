@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from securecomm.client import answers
-from securecomm.client.connection import Client, check_receipt
+from securecomm.client.connection import Client
 from securecomm.client.directory import Contacts, check_user_name
 from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage
 from securecomm.client.rooms import SETTLE_MAX, SETTLE_QUIET, Rooms, RoomState
@@ -118,14 +118,7 @@ class Messenger(Rooms):
     async def send_sealed_direct(self, to: str, sealed: bytes) -> tuple[P.Receipt, bytes]:
         """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt."""
         msg_id = envelope.parse(sealed).header.msg_id
-        fut = self.client.expect_receipt(msg_id)
-        try:
-            self.client.send_event(P.Direct(to.lower(), sealed))
-        except BaseException:
-            fut.cancel()  # refused unsent (too large): no one will wait for its receipt
-            raise
-        receipt = await self.client._wait(fut)
-        check_receipt(receipt, sha256(sealed))
+        receipt = await self.client.send_for_receipt(P.Direct(to.lower(), sealed), msg_id, sha256(sealed))
         return receipt, msg_id
 
     async def send_direct(self, to: str, body: bytes) -> tuple[P.Receipt, bytes]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from securecomm.client import answers
-from securecomm.client.connection import Client, check_receipt
+from securecomm.client.connection import Client
 from securecomm.client.directory import Contacts, check_user_name
 from securecomm.client.events import Alert, Membership, Notice, RoomText, printable
 from securecomm.crypto import envelope
@@ -369,9 +369,5 @@ class Rooms:
 
     async def send_room(self, room: str, body: bytes) -> P.Receipt:
         msg_id, payload = self.seal_room(room, body)
-        fut = self.client.expect_receipt(msg_id)
-        self.client.send_event(P.RoomSend(room, payload))
-        receipt = await self.client._wait(fut)
-        check_receipt(receipt, sha256(payload))
-        return receipt
+        return await self.client.send_for_receipt(P.RoomSend(room, payload), msg_id, sha256(payload))
 

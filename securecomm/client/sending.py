@@ -30,7 +30,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from securecomm.client.connection import Client, check_receipt
+from securecomm.client.connection import Client
+from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.crypto.integrity import sha256
 from securecomm.errors import NetworkError, SecurecommError, TLSError
@@ -105,9 +106,8 @@ async def send_to_server(connect: Connect, identity: PrivateIdentity, body: byte
             if sealed is None:
                 sealed = client.seal_for_server(body, identity)
             retry.copies += 1
-            receipt: P.Receipt = await client._wait(client.submit(sealed))
-            check_receipt(receipt, sha256(body))
-            return receipt
+            msg_id = envelope.parse(sealed).header.msg_id
+            return await client.send_for_receipt(P.Send(sealed), msg_id, sha256(body))
 
     return await retry.run(attempt)
 
