@@ -93,6 +93,19 @@ def unknown_command(line: str) -> str:
     return f"unknown command {printable(word.encode())}{guess} (commands: {', '.join(COMMANDS)})"
 
 
+def parse_msg(line: str) -> tuple[str, str] | None:
+    """`/msg USER text` -> (user, text); None when USER or the text is missing.
+
+    USER is folded as the server folds names (store.db.normalise_name): ASCII lower-cased, so
+    `/msg Bob` reaches bob whether typed online or queued offline; anything else is kept as typed
+    for the server to refuse, never folded (str.lower() would turn a KELVIN SIGN into "k")."""
+    parts = line.split(" ", 2)
+    if len(parts) < 3 or not parts[1] or not parts[2]:
+        return None
+    user = parts[1]
+    return (user.lower() if user.isascii() else user), parts[2]
+
+
 def retryable(e: SecurecommError) -> bool:
     """A dropped connection or a planned shutdown: reconnecting can help. Anything else cannot."""
     return isinstance(e, NetworkError | ShuttingDownError)
@@ -169,9 +182,11 @@ class ChatSession:
 
     def _queue_line(self, line: str) -> None:
         if line.startswith("/msg "):
-            parts = line.split(" ", 2)
-            if len(parts) == 3:
-                self.outbox.append(Pending("dm", parts[1], parts[2].encode()))
+            msg = parse_msg(line)
+            if msg is None:
+                self.emit(Info("usage: /msg USER text"))
+                return
+            self.outbox.append(Pending("dm", msg[0], msg[1].encode()))
             self.emit(Info("(queued until reconnected)"))
         elif line.strip() and not line.startswith("/"):
             self.outbox.append(Pending("room", self.room, line.encode()))
@@ -316,11 +331,11 @@ class ChatSession:
             elif line.strip() == "/who":
                 self.emit(Info(f"in #{self.room}: {', '.join(await m.who(self.room))}"))
             elif line.startswith("/msg "):
-                parts = line.split(" ", 2)
-                if len(parts) < 3 or not parts[2]:
+                msg = parse_msg(line)
+                if msg is None:
                     self.emit(Info("usage: /msg USER text"))
                     return
-                item = Pending("dm", parts[1].lower(), parts[2].encode())
+                item = Pending("dm", msg[0], msg[1].encode())
                 self.outbox.append(item)
                 self._in_background(item)
             elif line.startswith("/trust "):
