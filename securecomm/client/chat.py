@@ -118,8 +118,11 @@ def _reason(e: SecurecommError) -> str:
 
 class ChatSession:
     def __init__(self, paths: Any, identity: PrivateIdentity, user: str, room: str,
-                 emit: Callable[[Any], None]) -> None:
+                 emit: Callable[[Any], None], *, server: str | None = None, ca: str | None = None,
+                 pin: str | None = None) -> None:
         self.paths, self.identity, self.user, self.room = paths, identity, user, room
+        #: --server/--ca/--pin of `chat`, used on every (re)connect; None: the saved profile's.
+        self.server, self.ca, self.pin = server, ca, pin
         self.emit = emit
         self.outbox: list[Pending] = []
         self.messenger: Messenger | None = None
@@ -145,7 +148,8 @@ class ChatSession:
         connected_once = False
         while True:
             try:
-                client, _ = await connect_profile(self.paths, self.identity)
+                client, _ = await connect_profile(self.paths, self.identity, server=self.server, ca=self.ca,
+                                                  pin=self.pin)
             except SecurecommError as e:
                 # Never connected: a server that is down or a wrong address is reported at once,
                 # exactly as `send` does; backoff is for getting back a connection we had.

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from securecomm.client.events import printable
 from securecomm.client.trust import Trust, changed_error
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
@@ -75,8 +76,6 @@ def message_too_large(limit: int, what: str = "message", size: int | None = None
 
 
 def error_from(ev: P.Error) -> SecurecommError:
-    from securecomm.client.events import printable
-
     cls = _ERRORS.get(ev.code, RefusedError)
     # a server's words never drive the terminal
     return cls(f"server: {printable(ev.message.encode())}", hint=_HINTS.get(ev.code))

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from securecomm.client import answers
 from securecomm.client.connection import Client
-from securecomm.client.directory import Contacts, check_user_name
+from securecomm.client.directory import Contacts, look_up
 from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage
 from securecomm.client.rooms import SETTLE_MAX, SETTLE_QUIET, Rooms, RoomState
 from securecomm.crypto import envelope
@@ -95,14 +94,7 @@ class Messenger(Rooms):
             return self.me.public  # notes to self: our own key, never the directory's word for it
         if user in self._directory:
             return self._directory[user]
-        what = "the lookup result"
-        data = answers.obj(await self.client.request("lookup", user=user), what)
-        name, line = answers.text(data, "user", what), answers.text(data, "identity", what)
-        check_user_name(name)
-        if name != user:  # the key must be pinned under the name it is used for
-            raise answers.malformed(f"asked for {user!a}, the lookup answered for {name!a}")
-        identity = PublicIdentity.from_line(line)
-        self.contacts.check(name, identity)
+        identity = await look_up(self.client.request, self.contacts, user)
         self._directory[user] = identity
         return identity
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from securecomm.client import answers
 from securecomm.client.connection import Client
-from securecomm.client.directory import Contacts, check_user_name
+from securecomm.client.directory import Contacts
 from securecomm.client.events import Alert, Membership, Notice, RoomText, printable
 from securecomm.crypto import envelope
 from securecomm.crypto import room as roomcrypto
@@ -159,7 +159,7 @@ class Rooms:
         if state is None or ev.user == self.user:
             return
         try:
-            check_user_name(ev.user)  # a name no account can have is no member, and no line to show
+            answers.check_user_name(ev.user)  # a name no account can have is no member, and no line to show
         except SecurecommError as e:
             self._warn_counted("room events about malformed names", f"ignored a join/leave in #{ev.room}: {e.message}")
             return
