@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import harness as H
 from benchmarks.common import write_json
 from securecomm.cli.context import State
+from securecomm.client.login import connect_profile
 from securecomm.crypto import identity as ident
-from securecomm.net.connect import connect_profile
 from securecomm.server.memory import TRIM_DELAY
 from securecomm.wire import protocol as P
 

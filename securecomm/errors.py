@@ -103,6 +103,10 @@ class DigestError(IntegrityError):
     """the SHA-256 digest of the body does not match"""
 
 
+class ChangedKeyError(IntegrityError):
+    """a contact's key has changed"""
+
+
 class WrongRecipientError(IntegrityError):
     """the envelope is addressed to another recipient"""
 

@@ -134,7 +134,6 @@ def test_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: cycles removed by the restructure")
 def test_no_import_cycles():
     assert cycles(_module_graph()) == []
 

@@ -14,10 +14,10 @@ import time
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client.login import connect_profile
 from securecomm.crypto import envelope
 from securecomm.crypto import identity as ident
 from securecomm.errors import SecurecommError
-from securecomm.net.connect import connect_profile
 from tests.serverproc import ServerProc, add_user, login
 
 CLIENTS, PER_CLIENT = 50, 100

@@ -10,11 +10,12 @@ import sqlite3
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client.events import DirectMessage, RoomText
+from securecomm.client.login import connect_profile
+from securecomm.client.messenger import Messenger
 from securecomm.crypto import identity as ident
 from securecomm.crypto import room as roomcrypto
 from securecomm.errors import DecryptError
-from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import DirectMessage, Messenger, RoomText
 from tests.serverproc import PASSWORD, ServerProc, login, sc, users_logged_in
 
 USERS = ("alice", "bob", "carol")
@@ -279,7 +280,7 @@ def test_more_mail_than_one_batch_arrives_in_order(world):
 
 
 def test_seen_ids_append_and_stay_bounded(tmp_path, monkeypatch):
-    from securecomm.net import messenger
+    from securecomm.client import messenger
 
     monkeypatch.setattr(messenger, "SEEN_LIMIT", 5)
     path = tmp_path / "seen_ids"

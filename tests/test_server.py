@@ -247,7 +247,7 @@ def test_short_password_refused(server):
 # -- replays, stale and misaddressed envelopes (in-process client, same real server) -----
 async def _session(alice_home, server):
     from securecomm.cli.context import State
-    from securecomm.net.connect import connect_profile
+    from securecomm.client.login import connect_profile
 
     state = State(home=str(alice_home))
     from securecomm.crypto import identity as ident

@@ -32,7 +32,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
 
-from securecomm.crypto.integrity import sha256
+from securecomm.crypto.integrity import format_fingerprint, sha256
 from securecomm.crypto.signing import verify_signature
 from securecomm.errors import AuthError, FormatError
 
@@ -65,10 +65,6 @@ def unb64u(text: str) -> bytes:
 
 
 _B64U = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def format_fingerprint(digest: bytes) -> str:
-    return "SHA256:" + base64.b64encode(digest).rstrip(b"=").decode()
 
 
 def _load_kem_public(kem: str, raw: bytes) -> Any:
