@@ -25,8 +25,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import per_call_us, write_json
-from securecomm.net.logs import Label
-from securecomm.net.metrics import Metrics, MetricsHandler
+from securecomm.server.logs import Label
+from securecomm.server.metrics import Metrics, MetricsHandler
 from securecomm.store.backup import backup
 from securecomm.store.db import NewMessage, Store
 

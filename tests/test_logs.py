@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from securecomm.net.logs import EVENTS, JsonFormatter, Label, TextFormatter, event_name
+from securecomm.server.logs import EVENTS, JsonFormatter, Label, TextFormatter, event_name
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = {"debug", "info", "warning", "error", "critical", "exception"}
@@ -31,7 +31,7 @@ def test_every_server_log_line_has_a_stable_event_name():
     templates = server_log_templates()
     assert len(templates) > 30  # the scan found the server's calls
     missing = {t: where for t, where in templates.items() if t not in EVENTS}
-    assert not missing, f"add these templates to securecomm.net.logs.EVENTS: {missing}"
+    assert not missing, f"add these templates to securecomm.server.logs.EVENTS: {missing}"
     names = list(EVENTS.values())
     assert all(n == n.lower() and " " not in n for n in names)
 

@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from securecomm.errors import UsageError
-from securecomm.net.metrics import Metrics, parse_metrics_address
+from securecomm.server.metrics import Metrics, parse_metrics_address
 
 
 def scrape(url: str) -> str:
@@ -56,8 +56,8 @@ def test_a_metrics_address_without_port_is_refused():
 def test_log_events_are_counted_with_fixed_labels_only():
     import logging
 
-    from securecomm.net.logs import Label
-    from securecomm.net.metrics import MetricsHandler
+    from securecomm.server.logs import Label
+    from securecomm.server.metrics import MetricsHandler
 
     m = Metrics()
     logger = logging.getLogger("securecomm.test.metrics")

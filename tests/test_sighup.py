@@ -8,9 +8,9 @@ import signal
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client.login import connect_profile
 from securecomm.crypto import envelope
 from securecomm.crypto import identity as ident
-from securecomm.net.connect import connect_profile
 from tests.serverproc import ServerProc, sc, users_logged_in
 
 

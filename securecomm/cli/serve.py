@@ -78,9 +78,10 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
     import logging
     import signal
 
-    from securecomm.net.bootstrap import prepare_server
-    from securecomm.net.logs import configure
-    from securecomm.net.server import Server, ServerConfig, run_server
+    from securecomm.server.config import ServerConfig
+    from securecomm.server.listener import Server, run_server
+    from securecomm.server.logs import configure
+    from securecomm.server.setup import prepare_server
 
     configure(log_format, state.verbose)
     # `limits`: the options named exactly as their ServerConfig fields (pre-login, session, room, mailbox limits)
@@ -103,14 +104,14 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
             click.echo(f"listening on {shown}:{address[1]}", err=True)
 
     async def main() -> None:
-        from securecomm.net.certreload import CertificateFiles, on_sighup
+        from securecomm.server.certreload import CertificateFiles, on_sighup
 
         # SIGHUP: renewal without dropping connections (certgen --force, then systemctl reload)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup, ssl_ctx,
                                                       CertificateFiles(state.paths, cert, key))
         server = Server(config, ssl_ctx, identity, db_path)
         if metrics is not None:
-            from securecomm.net.servermetrics import watch_server
+            from securecomm.server.servermetrics import watch_server
 
             watch_server(metrics, server, db_path)
         await run_server(server, listening)
@@ -133,8 +134,8 @@ def start_metrics(where: str | None) -> Any:
         return None
     import logging
 
-    from securecomm.net.metrics import Metrics, parse_metrics_address
-    from securecomm.net.servermetrics import count_log_events
+    from securecomm.server.metrics import Metrics, parse_metrics_address
+    from securecomm.server.servermetrics import count_log_events
 
     host, port = parse_metrics_address(where)
     metrics = Metrics()

@@ -3,7 +3,7 @@
 Durability: WAL journal with synchronous=FULL, so a COMMIT that returned is
 on disk and survives kill -9 or power loss of the server process; receipts
 are only sent after the commit that holds their message. Many messages share
-one commit (group commit, see net/server.py), which is what keeps this fast.
+one commit (group commit, see server/listener.py), which is what keeps this fast.
 
 All SQL uses parameters; names are validated before they get here.
 This class is synchronous and used from one thread only.
@@ -19,9 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from securecomm import timeutil
 from securecomm.errors import ExistsError, NotFoundError, UsageError
 from securecomm.files import ensure_dir
 from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
+from securecomm.store.retention import Expired, expire_mail
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 ROLES = ("user", "admin")
@@ -401,7 +403,7 @@ class Store:
     # -- messages ------------------------------------------------------------------
     def store_messages(self, items: Iterable[NewMessage | NewDirect]) -> list[StoredMessage]:
         """Insert a batch in ONE transaction (group commit); duplicates get their original receipt."""
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = timeutil.now_ms()
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
@@ -466,6 +468,13 @@ class Store:
             "DELETE FROM direct_ids WHERE rowid IN (SELECT rowid FROM direct_ids ORDER BY rowid LIMIT ?) "
             "AND stored_at_ms < ?", (limit, older_than_ms))
         return int(cur.rowcount)
+
+    def expire_mail(self, stored_before_ms: int, limit: int) -> list[Expired]:
+        """Drop direct messages that waited too long (store/retention.py); their mailboxes are recounted."""
+        expired = expire_mail(self.db, stored_before_ms, limit)
+        for recipient in {e.recipient_id for e in expired}:
+            self.mailbox_usage.forget(recipient)
+        return expired
 
     def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]:
         """Undelivered direct messages for a user, oldest first."""

@@ -55,7 +55,7 @@ EVENTS: dict[str, str] = {
     "%s %s refused: %d bytes once relayed": "message.refused.too_large",
     "%s %s refused: over the relay rate": "message.refused.relay_rate",
     "%s message refused: %s": "message.refused",
-    "%s message rejected: %s": "message.rejected",
+    "%s message %s: %s": "message.refused",  # "rejected" (integrity) or "refused" (a rule)
     "%s message not stored: %s": "message.store_failed",
     "%s duplicate message %s: original receipt sent": "message.duplicate",
     "%s direct message to %s refused: %s": "direct.refused",

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from securecomm.net.metrics import Metrics, MetricsHandler
+from securecomm.server.metrics import Metrics, MetricsHandler
 
 
 def count_mailbox(db: Path) -> float:
@@ -26,7 +26,7 @@ def count_mailbox(db: Path) -> float:
 
 
 def watch_server(metrics: Metrics, server: Any, db: Path) -> None:
-    from securecomm.net.server import queued_bytes
+    from securecomm.server.session import queued_bytes
 
     metrics.watch(metrics.connections_open, lambda: float(len(server.sessions)))
     metrics.watch(metrics.hash_pool_queue, lambda: float(server.hash_waiting))

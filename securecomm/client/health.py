@@ -23,7 +23,7 @@ HEALTH_TIMEOUT = 10.0
 async def check_health(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,
                        timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
     """Connect and ping; returns what a monitor may log. Raises NetworkError or TLSError."""
-    from securecomm.net.connect import prepare
+    from securecomm.client.login import prepare
 
     started = time.monotonic()
     client = prepare(paths, server, ca=ca, pin=pin)  # never asks: an unknown server is an error here

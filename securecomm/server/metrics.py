@@ -106,7 +106,7 @@ def parse_metrics_address(text: str) -> tuple[str, int]:
 
 
 #: Log events that are counted, and how: (metric attribute, label values). The log line is the one
-#: place these outcomes are already named (securecomm.net.logs.EVENTS), so the count and the line
+#: place these outcomes are already named (securecomm.server.logs.EVENTS), so the count and the line
 #: cannot disagree; label values come from this table only.
 EVENT_COUNTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "conn.refused.admission": ("connections_refused", ("unauthenticated_limit",)),
@@ -132,7 +132,7 @@ class MetricsHandler(logging.Handler):
         self.metrics = metrics
 
     def emit(self, record: logging.LogRecord) -> None:
-        from securecomm.net.logs import event_name
+        from securecomm.server.logs import event_name
 
         event = event_name(record)
         if event == "login.ok":

@@ -13,8 +13,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from securecomm.net.storage import AsyncStore
-from securecomm.store.retention import EXPIRE_ROWS, Expired, expire_mail
+from securecomm.server.commit_queue import AsyncStore
+from securecomm.store.retention import EXPIRE_ROWS, Expired
 
 log = logging.getLogger("securecomm.server")
 #: A pass at least this often (seconds): an expired message lingers at most about this long.
@@ -41,7 +41,7 @@ class MailboxExpiry:
         cutoff = time.time_ns() // 1_000_000 - self.ttl_ms
         total = 0
         while True:
-            batch = await self.store.call(self._expire_on_writer, cutoff)
+            batch = await self.store.call(self.store.store.expire_mail, cutoff, EXPIRE_ROWS)
             if batch:
                 total += len(batch)
                 self.on_expired(batch)
@@ -51,10 +51,3 @@ class MailboxExpiry:
             log.info("expired %d direct messages that waited longer than --mailbox-ttl", total,
                      extra={"count": total})
         return total
-
-    def _expire_on_writer(self, cutoff_ms: int) -> list[Expired]:
-        store = self.store.store
-        expired = expire_mail(store.db, cutoff_ms)
-        for recipient in {e.recipient_id for e in expired}:
-            store.mailbox_usage.forget(recipient)  # counted again from the table when next needed
-        return expired
