@@ -270,6 +270,12 @@ class Client:
         except TimeoutError as e:
             raise NetworkError("timed out waiting for the server") from e
 
+    async def ping(self, timeout: float = REPLY_TIMEOUT) -> None:
+        """PING, answered by PONG: the server's session loop is alive (allowed before login too)."""
+        fut = self._expect("pong")
+        self._write(P.Ping())
+        await self._wait(fut, timeout)
+
     # -- login -------------------------------------------------------------------------
     async def login_password(self, user: str, password: str, identity: PrivateIdentity | None = None, *,
                              replace_key: bool = False) -> P.LoginOk:

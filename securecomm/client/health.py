@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from securecomm.errors import NetworkError
-from securecomm.wire import protocol as P
 
 #: Seconds the whole check may take: a monitor wants a verdict, not a hang.
 HEALTH_TIMEOUT = 10.0
@@ -29,7 +28,7 @@ async def check_health(paths: Any, server: str, *, ca: str | None = None, pin: s
     client = prepare(paths, server, ca=ca, pin=pin)  # never asks: an unknown server is an error here
     try:
         await asyncio.wait_for(client.connect(timeout), timeout)
-        await asyncio.wait_for(_ping(client), max(0.1, timeout - (time.monotonic() - started)))
+        await client.ping(max(0.1, timeout - (time.monotonic() - started)))
         tls = client.tls_info()
     except TimeoutError as e:
         raise NetworkError(f"{server} did not answer within {timeout:g} s") from e
@@ -38,8 +37,3 @@ async def check_health(paths: Any, server: str, *, ca: str | None = None, pin: s
     return {"server": server, "status": "ok", "tls": tls["version"],
             "ms": round((time.monotonic() - started) * 1000, 1)}
 
-
-async def _ping(client: Any) -> None:
-    waiter = client._expect("pong")  # the Client resolves this waiter on PONG
-    client._write(P.Ping())
-    await client._wait(waiter)
