@@ -70,6 +70,13 @@ def test_file_values_apply_and_flags_win(home, tmp_path):
     assert (got["port"], got["max-clients"]) == (9001, 1000)  # even a flag equal to the default wins
 
 
+def test_durations_take_units_or_seconds(home, tmp_path):
+    assert printed(home, "--config", str(write(tmp_path, 'mailbox-ttl = "12h"\n')))["mailbox-ttl"] == 43200.0
+    assert printed(home, "--config", str(write(tmp_path, "mailbox-ttl = 90\n")))["mailbox-ttl"] == 90.0
+    assert printed(home, "--mailbox-ttl", "0")["mailbox-ttl"] == 0.0
+    assert printed(home)["mailbox-ttl"] == 30 * 86400
+
+
 def test_relative_paths_are_taken_from_the_files_folder(home, tmp_path):
     path = write(tmp_path, 'db = "data/x.db"\n')
     assert printed(home, "--config", str(path))["db"] == str(tmp_path / "data" / "x.db")
@@ -83,6 +90,7 @@ def test_relative_paths_are_taken_from_the_files_folder(home, tmp_path):
     ("host = 5\n", "bad value for 'host' in {path}, line 1: expected a string"),
     ("lock-after = 0\n", "bad value for 'lock-after' in {path}, line 1"),
     ("[serve]\nport = 1\n", "unknown key 'serve' in {path}, line 1"),
+    ('mailbox-ttl = "soon"\n', "bad value for 'mailbox-ttl' in {path}, line 1: 'soon' is not a duration"),
     ("port = \n", "config file {path}: "),
 ])
 def test_bad_files_are_one_error_naming_key_and_line(home, tmp_path, text, expected):

@@ -152,7 +152,7 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
     from securecomm.cli.context import warn
     from securecomm.client.login import connect_profile
     from securecomm.client.sending import DirectSend
-    from securecomm.errors import NetworkError
+    from securecomm.errors import ExpiredError, NetworkError
 
     async def connect() -> Any:
         return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
@@ -165,6 +165,10 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
             if wait:
                 try:
                     delivered = await sender.wait_delivered(timeout)
+                except ExpiredError:
+                    if as_json:  # the status scripts read, then the error and exit code 9 as always
+                        emit_json({"status": "expired", "id": sender.msg_id.hex(), "to": to.lower()})
+                    raise
                 except TimeoutError as e:
                     raise NetworkError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
                                        hint="the message stays on the server until they connect") from e

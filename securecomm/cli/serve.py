@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from securecomm.cli.context import State, pass_state
+from securecomm.cli.duration import DURATION
 from securecomm.cli.serveconfig import ConfigCommand, config_option, print_config_option
 from securecomm.errors import SecurecommError
 
@@ -36,6 +37,9 @@ from securecomm.errors import SecurecommError
               help="Direct messages that may wait for one recipient; more are refused.")
 @click.option("--mailbox-bytes", type=click.IntRange(1), default=64 * 1024 * 1024, show_default=True,
               help="Bytes of direct messages that may wait for one recipient.")
+@click.option("--mailbox-ttl", type=DURATION, default="30d", show_default=True,
+              help="How long a direct message may wait unread (30d, 12h, 90m, 45s; 0: for ever); then it is "
+                   "dropped and its sender, if connected, told it expired.")
 @click.option("--send-messages", type=click.IntRange(1), default=100_000, show_default=True,
               help="Messages to the server one user may have stored (kept for good); more are refused.")
 @click.option("--send-bytes", type=click.IntRange(1), default=256 * 1024 * 1024, show_default=True,

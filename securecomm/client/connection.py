@@ -238,6 +238,8 @@ class Client:
             self._fail_all(err)
         elif key in self._waiters:
             self._waiters.pop(key).set_exception(err)
+        elif ev.code == P.ErrorCode.EXPIRED and ev.msg_id:
+            self.events.put_nowait(ev)  # about a message already receipted: the Messenger settles it
         else:
             # Non-fatal and about nothing we wait for (a late answer, or a hostile server's noise):
             # the connection is still good, so it is told, not made the end of the command.

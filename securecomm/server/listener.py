@@ -116,6 +116,7 @@ class Server:
         #: runs, so that neither more sessions nor reconnecting refills it; one per account that sent.
         self._relay_budgets: dict[int, TokenBucket] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
@@ -137,6 +138,11 @@ class Server:
         self.address = (sock[0], sock[1])
         self._restore_locks()
         self._watcher = asyncio.create_task(self.watch_accounts(), name="securecomm-account-watch")
+        if self.config.mailbox_ttl > 0:
+            from securecomm.server.expiry import MailboxExpiry
+
+            expiry = MailboxExpiry(self.store, self.config.mailbox_ttl, self.relay.expired)
+            self._expiry = asyncio.create_task(expiry.run(), name="securecomm-mailbox-expiry")
         return self.address
 
     def _restore_locks(self) -> None:
@@ -189,6 +195,8 @@ class Server:
             self._server.close()
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         for s in list(self.sessions):
