@@ -27,7 +27,7 @@ def scrape(srv: ServerProc) -> dict[str, float]:
 
 @pytest.fixture
 def srv(tmp_path):
-    server = ServerProc(tmp_path / "srv", "--metrics", "127.0.0.1:0").start()
+    server = ServerProc(tmp_path / "srv", "--metrics", "127.0.0.1:0", "--mailbox-messages", "1").start()
     yield server
     server.stop(signal.SIGKILL)
 
@@ -56,7 +56,16 @@ def test_counters_move_as_clients_use_the_server(srv, tmp_path):
     finally:
         raw.close()
     assert sc(homes["bob"], "inbox").returncode == 0
-    assert scrape(srv)["securecomm_mailbox_depth"] == 0
+    final = scrape(srv)
+    assert final["securecomm_mailbox_depth"] == 0
+    assert final['securecomm_messages_received_total{kind="direct"}'] == 1
+    assert final["securecomm_messages_receipted_total"] == 1
+    assert final["securecomm_messages_delivered_total"] == 1
+    assert final["securecomm_commit_batch_size_count"] >= 1
+    assert final["securecomm_commit_latency_seconds_count"] == final["securecomm_commit_batch_size_count"]
+    assert sc(homes["alice"], "send", "--to", "bob", "fills the mailbox").returncode == 0
+    assert sc(homes["alice"], "send", "--to", "bob", "one too many").returncode == 9  # --mailbox-messages 1
+    assert scrape(srv)['securecomm_messages_refused_total{reason="mailbox_full"}'] == 1
 
 
 def test_no_user_names_or_message_ids_in_labels(srv, tmp_path):

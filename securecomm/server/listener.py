@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
@@ -54,6 +54,9 @@ from securecomm.store.quota import MailboxLimits, SendLimits
 from securecomm.store.users import user_row
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
+
+if TYPE_CHECKING:
+    from securecomm.server.metrics import Metrics
 
 log = logging.getLogger("securecomm.server")
 
@@ -117,6 +120,8 @@ class Server:
         self._relay_budgets: dict[int, TokenBucket] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        #: `serve --metrics`: set before start (server/servermetrics.py); None counts nothing.
+        self.metrics: Metrics | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()

@@ -180,6 +180,8 @@ class Relay:
         if taken is not None:
             msg_id, sender_id = taken
             if ev.status == P.ACK_OK:
+                if s.handlers.metrics is not None:
+                    s.handlers.metrics.messages_delivered.inc()
                 receipt = P.Delivered(msg_id, ev.digest, ev.signature, s.user.name)
                 for other in list(self.online.get(sender_id, ())):
                     with contextlib.suppress(P.ProtocolError):

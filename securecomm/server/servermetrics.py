@@ -28,6 +28,8 @@ def count_mailbox(db: Path) -> float:
 def watch_server(metrics: Metrics, server: Any, db: Path) -> None:
     from securecomm.server.session import queued_bytes
 
+    server.metrics = metrics
+    server.store.metrics = metrics
     metrics.watch(metrics.connections_open, lambda: float(len(server.sessions)))
     metrics.watch(metrics.hash_pool_queue, lambda: float(server.hash_waiting))
     metrics.watch(metrics.slow_reader_bytes,

@@ -33,6 +33,7 @@ from securecomm.wire import protocol as P
 from securecomm.wire.relayed import relayed_size
 
 if TYPE_CHECKING:
+    from securecomm.server.metrics import Metrics
     from securecomm.store.db import User
 
 log = logging.getLogger("securecomm.server")
@@ -46,6 +47,9 @@ class Handlers(Protocol):
     def handle_send(self, s: Session, ev: P.Send) -> None: ...
     async def handle_request(self, s: Session, ev: P.Request) -> None: ...
     def relay_budget(self, user_id: int) -> TokenBucket: ...
+
+    #: Where the session counts what it receives, receipts and refuses (`serve --metrics`); None: off.
+    metrics: Metrics | None
 
 
 class RelayPort(Protocol):
@@ -203,9 +207,14 @@ class Session:
 
     def send(self, event: P.Event) -> None:
         self.outbox.put(self.conn.send(event))
+        if isinstance(event, P.Receipt) and self.handlers.metrics is not None:
+            self.handlers.metrics.messages_receipted.inc()
 
     def error(self, code: P.ErrorCode, message: str, *, fatal: bool = False, msg_id: bytes | None = None,
               rid: int | None = None) -> None:
+        metrics = self.handlers.metrics
+        if metrics is not None and msg_id is not None and code != P.ErrorCode.EXPIRED:
+            metrics.messages_refused.labels(code.name.lower()).inc()  # a fixed set: the error code names
         with contextlib.suppress(P.ProtocolError):  # already closed: nothing to tell
             self.send(P.Error(int(code), message, fatal, msg_id, rid))
 
@@ -293,6 +302,8 @@ class Session:
         return True
 
     async def dispatch(self, event: P.Event) -> None:
+        if isinstance(event, P.Send | P.Direct | P.RoomSend) and self.handlers.metrics is not None:
+            self.handlers.metrics.messages_received.labels(event.TYPE.name.lower()).inc()
         if isinstance(event, P.Hello):
             self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server_line, self.challenge,
                                     self.config.max_frame, server="securecomm"))
