@@ -77,4 +77,20 @@ def test_a_load_test_log_holds_no_planted_secret(tmp_path, log_format):
     if log_format == "json":
         events = [json.loads(line) for line in log.splitlines()]
         assert {"login.ok", "login.failed", "server.listening", "server.stopped"} <= {e["event"] for e in events}
-        assert any(e.get("user") == "alice" for e in events) or "user=alice" in log
+        ok = [e for e in events if e["event"] == "login.ok"]
+        assert ok and all(isinstance(e["conn"], int) and e["user"] in ("alice", "bob") for e in ok)
+        assert len({e["conn"] for e in ok}) == len(ok)  # one id per connection
+
+
+def test_quiet_keeps_warnings_and_drops_info(tmp_path):
+    class Quiet(ServerProc):
+        options = ("-q",)
+
+    srv = Quiet(tmp_path / "srv").start()
+    try:
+        users_logged_in(srv, tmp_path, ("bob",))
+        assert login(tmp_path / "guess", srv, "bob", WRONG).returncode == 5
+        srv.wait_log(r"WARNING login\.failed conn=\d+ peer=")
+    finally:
+        srv.stop(signal.SIGTERM)
+    assert " INFO " not in srv.log and "logged in" not in srv.log

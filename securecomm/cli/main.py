@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 #: Options of the group itself; given after a command they are unknown there.
-GLOBAL_OPTIONS = ("--home", "-v", "--verbose", "--version")
+GLOBAL_OPTIONS = ("--home", "-v", "--verbose", "-q", "--quiet", "--version")
 
 
 class CliError(click.ClickException):
@@ -161,6 +161,7 @@ def _maybe_traceback(ctx: click.Context) -> None:
 )
 @click.version_option(__version__, "--version", prog_name="securecomm")
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors. Repeatable.")
+@click.option("-q", "--quiet", count=True, help="Less logging (serve: -q warnings and errors, -qq errors only).")
 @click.option(
     "--home",
     type=click.Path(file_okay=False),
@@ -169,13 +170,13 @@ def _maybe_traceback(ctx: click.Context) -> None:
     metavar="DIR",
 )
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, home: str | None) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: int, home: str | None) -> None:
     """securecomm: TLS 1.3 messaging with end-to-end HPKE envelopes.
 
     Messages are sealed to their recipient with HPKE (ML-KEM-768 + X25519 by
     default) and signed with Ed25519, then carried over TLS 1.3.
     """
-    ctx.obj = State(home=home, verbose=verbose)
+    ctx.obj = State(home=home, verbose=verbose, quiet=quiet)
 
 
 def main(argv: list[str] | None = None) -> None:

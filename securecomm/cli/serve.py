@@ -87,7 +87,7 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
     from securecomm.server.logs import configure
     from securecomm.server.setup import prepare_server
 
-    configure(log_format, state.verbose)
+    configure(log_format, state.verbose - state.quiet)
     # `limits`: the options named exactly as their ServerConfig fields (pre-login, session, room, mailbox limits)
     config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
                           burst=max(1, int(rate)), idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from securecomm.crypto.identity import PublicIdentity
 from securecomm.errors import OversizedError
 from securecomm.server.admission import Ticket
 from securecomm.server.config import ServerConfig
+from securecomm.server.logs import Label
 from securecomm.wire import protocol as P
 from securecomm.wire.relayed import relayed_size
 
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
     from securecomm.store.db import User
 
 log = logging.getLogger("securecomm.server")
+
+
+#: Connection ids for the logs: unique while the server runs, so one connection's lines can be followed.
+_CONNECTION_IDS = itertools.count(1)
 
 
 class Handlers(Protocol):
@@ -184,6 +190,7 @@ class Session:
         self.handlers, self.relay = handlers, relay
         self.reader, self.writer, self.peer = reader, writer, peer
         self.conn = P.Connection("server", config.max_frame)
+        self.conn_id = next(_CONNECTION_IDS)
         self.outbox = Outbox(writer, self.label)
         self.user: User | None = None
         #: The key this connection PROVED (LOGIN_KEY, or a password login that registered it with a proof);
@@ -202,8 +209,9 @@ class Session:
         #: The place this connection holds among those not logged in (released at LOGIN_OK).
         self.ticket: Ticket | None = None
 
-    def label(self) -> str:
-        return f"peer={self.peer}" + (f" user={self.user.name}" if self.user else "")
+    def label(self) -> Label:
+        """`conn=7 peer=... user=alice` for log lines; JSON logs take its parts as fields."""
+        return Label(self.conn_id, self.peer, self.user.name if self.user else None)
 
     def send(self, event: P.Event) -> None:
         self.outbox.put(self.conn.send(event))
