@@ -43,7 +43,7 @@ def reload_certificate(ctx: ssl.SSLContext, where: CertificateFiles) -> str:
 
     check_private_mode(where.key)
     tls.server_context(where.cert, where.key, where.ca)  # the whole pair, checked on a throwaway context
-    tls._load_chain(ctx, where.cert, where.key, where.ca)
+    tls.reload_chain(ctx, where.cert, where.key, where.ca)
     return fingerprint(load_cert(where.cert.read_bytes(), where.cert))
 
 
