@@ -149,6 +149,10 @@ class KeyReplaceError(RefusedError):
     """the account already has another device key registered"""
 
 
+class ExpiredError(RefusedError):
+    """the message waited unread longer than the server keeps mail, and was dropped"""
+
+
 class ExistsError(SecurecommError):
     """a file already exists and would be overwritten"""
 

@@ -321,6 +321,14 @@ def d_mailbox_full(w: World) -> Outcome:
     return c, c.error(), second[12:28], None
 
 
+def d_mailbox_expired(w: World) -> Outcome:
+    c = w.alice()  # --mailbox-ttl 1: bob is offline, so the DIRECT waits one second and is dropped
+    env = _sealed(ALICE, BOB.public)
+    c.send(P.Direct("bob", env))
+    assert isinstance(c.until(P.Receipt), P.Receipt)
+    return c, c.error(), env[12:28], None
+
+
 def d_send_storage_full(w: World) -> Outcome:
     c = w.alice()  # --send-messages 1: the first SEND fills alice's storage on the server
     first = _sealed(ALICE, c.server_identity)
@@ -453,6 +461,7 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "shutting-down": ((), d_shutting_down),
     "mailbox-full": (("--mailbox-messages", "1"), d_mailbox_full),
     "send-storage-full": (("--send-messages", "1"), d_send_storage_full),
+    "mailbox-expired": (("--mailbox-ttl", "1"), d_mailbox_expired),
     "logged-out": ((), d_logged_out),
     "room-full": (("--max-room-members", "1"), d_room_full),
     "too-many-sessions": (("--max-sessions-per-user", "1"), d_too_many_sessions),

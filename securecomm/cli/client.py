@@ -83,18 +83,26 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
     click.echo(f"delivered {receipt.msg_id.hex()} sha256:{receipt.sha256.hex()}")
 
 
-@click.command(epilog="Example: securecomm status --json")
+@click.command(epilog="Examples:\n\n  securecomm status --json\n\n"
+               "  securecomm --home /var/lib/securecomm status --server localhost:7443 --health")
 @connection_options
+@click.option("--health", is_flag=True, help="Only check that the server is up: TLS, then a ping; no login. "
+              "Exit 0 if it answers, 7 if not, 8 if its certificate is not trusted.")
 @json_option
 @pass_state
 def status(state: State, server: str | None, ca: str | None, pin: str | None, passphrase_file: str | None,
-           as_json: bool) -> None:
+           health: bool, as_json: bool) -> None:
     """Connect with the saved profile and print a security report of the session.
 
     Like `openssl s_client -brief`, but for the whole stack: TLS version,
     cipher and key exchange, how the server was trusted, the HPKE suite
     messages use, whether each layer is post-quantum, and who you are.
+    With --health, no profile or login is needed: for load balancers and
+    monitoring (trust: --ca, --pin, known_servers, or the home's own CA).
     """
+    if health:
+        _health(state, server, ca, pin, as_json)
+        return
 
     from securecomm.client.login import connect_profile
     from securecomm.client.report import security_report
@@ -120,13 +128,31 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
             click.echo(f"{key:28} {shown(value)}")
 
 
+def _health(state: State, server: str | None, ca: str | None, pin: str | None, as_json: bool) -> None:
+    from securecomm.client.health import check_health
+    from securecomm.config import Profile
+
+    if server is None:
+        profile = Profile.load_optional(state.paths.profile)
+        if profile is None:
+            from securecomm.errors import UsageError
+
+            raise UsageError("--health needs --server HOST:PORT (or a saved profile)")
+        server, ca, pin = profile.server, ca or profile.ca, pin or profile.pin
+    result = run_client(check_health(state.paths, server, ca=ca, pin=pin))
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"ok: {result['server']} answered a ping over {result['tls']} in {result['ms']} ms")
+
+
 def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, timeout: float, as_json: bool,
                  **conn: Any) -> None:
 
     from securecomm.cli.context import warn
     from securecomm.client.login import connect_profile
     from securecomm.client.sending import DirectSend
-    from securecomm.errors import NetworkError
+    from securecomm.errors import ExpiredError, NetworkError
 
     async def connect() -> Any:
         return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
@@ -139,6 +165,10 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
             if wait:
                 try:
                     delivered = await sender.wait_delivered(timeout)
+                except ExpiredError:
+                    if as_json:  # the status scripts read, then the error and exit code 9 as always
+                        emit_json({"status": "expired", "id": sender.msg_id.hex(), "to": to.lower()})
+                    raise
                 except TimeoutError as e:
                     raise NetworkError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
                                        hint="the message stays on the server until they connect") from e

@@ -16,9 +16,11 @@ class State:
     """Built once by the group callback; commands get it with @pass_state."""
 
     # A plain class, not a dataclass: dataclasses import inspect (~6 ms of start-up).
-    def __init__(self, home: str | None = None, verbose: int = 0) -> None:
+    def __init__(self, home: str | None = None, verbose: int = 0, quiet: int = 0) -> None:
         self.home = home
         self.verbose = verbose
+        #: -q: fewer log lines (serve: warnings and errors; -qq: errors only).
+        self.quiet = quiet
         self._paths: Paths | None = None
 
     @property

@@ -32,12 +32,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "contacts": ("securecomm.cli.client", "contacts", "Show pinned contact keys; trust a changed one."),
     "user": ("securecomm.cli.users", "user", "Manage user accounts and log in."),
     "paths": ("securecomm.cli.misc", "paths", "Print where securecomm keeps its files."),
+    "backup": ("securecomm.cli.backup", "backup", "Copy a running server's database, consistently."),
+    "restore": ("securecomm.cli.backup", "restore", "Put a backup in place of a stopped server's database."),
     "completion": ("securecomm.cli.misc", "completion", "Print the shell completion script."),
 }
 
 
 #: Options of the group itself; given after a command they are unknown there.
-GLOBAL_OPTIONS = ("--home", "-v", "--verbose", "--version")
+GLOBAL_OPTIONS = ("--home", "-v", "--verbose", "-q", "--quiet", "--version")
 
 
 class CliError(click.ClickException):
@@ -159,6 +161,7 @@ def _maybe_traceback(ctx: click.Context) -> None:
 )
 @click.version_option(__version__, "--version", prog_name="securecomm")
 @click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors. Repeatable.")
+@click.option("-q", "--quiet", count=True, help="Less logging (serve: -q warnings and errors, -qq errors only).")
 @click.option(
     "--home",
     type=click.Path(file_okay=False),
@@ -167,13 +170,13 @@ def _maybe_traceback(ctx: click.Context) -> None:
     metavar="DIR",
 )
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, home: str | None) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: int, home: str | None) -> None:
     """securecomm: TLS 1.3 messaging with end-to-end HPKE envelopes.
 
     Messages are sealed to their recipient with HPKE (ML-KEM-768 + X25519 by
     default) and signed with Ed25519, then carried over TLS 1.3.
     """
-    ctx.obj = State(home=home, verbose=verbose)
+    ctx.obj = State(home=home, verbose=verbose, quiet=quiet)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from securecomm.cli.context import State, pass_state
+from securecomm.cli.duration import DURATION
+from securecomm.cli.serveconfig import ConfigCommand, config_option, print_config_option
 from securecomm.errors import SecurecommError
 
 
-@click.command(epilog="Example: securecomm serve --port 0   # any free port; the real one is printed")
+@click.command(cls=ConfigCommand,
+               epilog="Example: securecomm serve --port 0   # any free port; the real one is printed\n\n"
+                      "  securecomm serve --config /etc/securecomm/securecomm.toml --print-config")
+@config_option
+@print_config_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7443, show_default=True, help="Port (0: any free).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite database [data dir].")
@@ -30,6 +37,9 @@ from securecomm.errors import SecurecommError
               help="Direct messages that may wait for one recipient; more are refused.")
 @click.option("--mailbox-bytes", type=click.IntRange(1), default=64 * 1024 * 1024, show_default=True,
               help="Bytes of direct messages that may wait for one recipient.")
+@click.option("--mailbox-ttl", type=DURATION, default="30d", show_default=True,
+              help="How long a direct message may wait unread (30d, 12h, 90m, 45s; 0: for ever); then it is "
+                   "dropped and its sender, if connected, told it expired.")
 @click.option("--send-messages", type=click.IntRange(1), default=100_000, show_default=True,
               help="Messages to the server one user may have stored (kept for good); more are refused.")
 @click.option("--send-bytes", type=click.IntRange(1), default=256 * 1024 * 1024, show_default=True,
@@ -53,8 +63,13 @@ from securecomm.errors import SecurecommError
                    "never locked).")
 @click.option("--lock-minutes", type=click.FloatRange(0), default=15, show_default=True,
               help="How long password logins stay locked; failures while locked do not extend it.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr: text, or one JSON object per line; each names a stable `event`.")
+@click.option("--metrics", "metrics_at", metavar="HOST:PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (a bare PORT: loopback) [off].")
 @pass_state
-def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
+def serve(state: State, log_format: str, metrics_at: str | None, host: str, port: int, db: Path | None,
+          cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
           login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
@@ -65,20 +80,21 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
     """
     import asyncio
     import logging
-    import sys
+    import signal
 
     from securecomm.server.config import ServerConfig
     from securecomm.server.listener import Server, run_server
+    from securecomm.server.logs import configure
     from securecomm.server.setup import prepare_server
 
-    logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    configure(log_format, state.verbose - state.quiet)
     # `limits`: the options named exactly as their ServerConfig fields (pre-login, session, room, mailbox limits)
     config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
                           burst=max(1, int(rate)), idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
+    metrics = start_metrics(metrics_at)  # a taken port fails here, before a first run creates anything
     ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
     new_database = not db_path.exists()
 
@@ -86,18 +102,58 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
         if new_database:  # a wrong --home would otherwise serve an empty database without a word
             logging.getLogger("securecomm.server").info("created a new database at %s", db_path)
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-        click.echo(f"listening on {shown}:{address[1]}", err=True)
+        if log_format == "json":  # every stderr line one JSON object, this one too
+            logging.getLogger("securecomm.server").info("listening on %s:%d", shown, address[1])
+        else:
+            click.echo(f"listening on {shown}:{address[1]}", err=True)
 
     async def main() -> None:
-        await run_server(Server(config, ssl_ctx, identity, db_path), listening)
+        from securecomm.server.certreload import CertificateFiles, on_sighup
+
+        # SIGHUP: renewal without dropping connections (certgen --force, then systemctl reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup, ssl_ctx,
+                                                      CertificateFiles(state.paths, cert, key))
+        server = Server(config, ssl_ctx, identity, db_path)
+        if metrics is not None:
+            from securecomm.server.servermetrics import watch_server
+
+            watch_server(metrics, server, db_path)
+        await run_server(server, listening)
+
+    from securecomm.store.backup import serving
 
     try:
-        asyncio.run(main())
+        with serving(db_path):  # `restore` refuses a database while this is held
+            asyncio.run(main())
     except OSError as e:
         error = listen_error(e, host, port)
         if error is None:
             raise
         raise error from e
+
+
+def start_metrics(where: str | None) -> Any:
+    """The server's Metrics, served over HTTP at `where` (HOST:PORT), or None when off."""
+    if where is None:
+        return None
+    import logging
+
+    from securecomm.server.metrics import Metrics, parse_metrics_address
+    from securecomm.server.servermetrics import count_log_events
+
+    host, port = parse_metrics_address(where)
+    metrics = Metrics()
+    try:
+        endpoint = metrics.serve(host, port)
+    except OSError as e:
+        from securecomm.errors import NetworkError
+
+        raise NetworkError(f"cannot serve --metrics on {where}: {e.strerror}",
+                           hint="pick a free port, e.g. --metrics 127.0.0.1:9464") from e
+    count_log_events(metrics)
+    shown = f"[{endpoint.address[0]}]" if ":" in endpoint.address[0] else endpoint.address[0]
+    logging.getLogger("securecomm.server").info("metrics on http://%s:%d/metrics", shown, endpoint.address[1])
+    return metrics
 
 
 def listen_error(e: OSError, host: str, port: int) -> SecurecommError | None:

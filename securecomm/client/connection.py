@@ -238,6 +238,8 @@ class Client:
             self._fail_all(err)
         elif key in self._waiters:
             self._waiters.pop(key).set_exception(err)
+        elif ev.code == P.ErrorCode.EXPIRED and ev.msg_id:
+            self.events.put_nowait(ev)  # about a message already receipted: the Messenger settles it
         else:
             # Non-fatal and about nothing we wait for (a late answer, or a hostile server's noise):
             # the connection is still good, so it is told, not made the end of the command.
@@ -269,6 +271,12 @@ class Client:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError as e:
             raise NetworkError("timed out waiting for the server") from e
+
+    async def ping(self, timeout: float = REPLY_TIMEOUT) -> None:
+        """PING, answered by PONG: the server's session loop is alive (allowed before login too)."""
+        fut = self._expect("pong")
+        self._write(P.Ping())
+        await self._wait(fut, timeout)
 
     # -- login -------------------------------------------------------------------------
     async def login_password(self, user: str, password: str, identity: PrivateIdentity | None = None, *,

@@ -25,7 +25,7 @@ from securecomm.client.rooms import SETTLE_MAX, SETTLE_QUIET, Rooms, RoomState
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import ChangedKeyError, IntegrityError, SecurecommError
+from securecomm.errors import ChangedKeyError, ExpiredError, IntegrityError, SecurecommError
 from securecomm.files import PRIVATE_MODE, write_files
 from securecomm.wire import protocol as P
 
@@ -170,6 +170,20 @@ class Messenger(Rooms):
         else:
             self.emit(receipt)
 
+    def _on_expired(self, ev: P.Error) -> None:
+        """EXPIRED (PROTOCOL.md 3.6): a direct message we sent was dropped unread; whoever waits for it stops."""
+        assert ev.msg_id is not None  # the Client passes on only an EXPIRED that names a message
+        sent = self.sent_digests.pop(ev.msg_id, None)
+        fut = self.delivered.get(ev.msg_id)
+        to = f" to {sent[0]}" if sent else ""
+        error = ExpiredError(f"message {ev.msg_id.hex()}{to} expired: it waited unread longer than the server "
+                             "keeps mail, and was dropped", hint="send it again when they are back")
+        if fut is not None and not fut.done():
+            fut.set_exception(error)
+            fut.add_done_callback(lambda f: f.exception())  # told here whether or not anyone waits
+        else:
+            self.emit(Alert(error.message))
+
     def _pinned(self, user: str) -> PublicIdentity | None:
         """The key a delivery receipt from `user` must verify with: ours for a note to self."""
         if user == self.user:
@@ -244,6 +258,8 @@ class Messenger(Rooms):
                 await self._on_deliver(ev)
         elif isinstance(ev, P.Delivered):
             self._on_delivered(ev)
+        elif isinstance(ev, P.Error):
+            self._on_expired(ev)
         elif isinstance(ev, P.RoomEvent):
             await self._on_room_event(ev)
         elif isinstance(ev, P.RoomKey):

@@ -67,6 +67,11 @@ def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLCont
     return ctx
 
 
+def reload_chain(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path | None) -> None:
+    """Load a new chain and key into a live server context (SIGHUP): later handshakes use them."""
+    _load_chain(ctx, cert, key, ca)
+
+
 def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path | None) -> None:
     """Load the certificate chain, completing a leaf-only file (from older certgen) with its CA.
 

@@ -21,6 +21,7 @@ from securecomm.store.api import ServerStore
 from securecomm.timeutil import now_ms
 
 if TYPE_CHECKING:
+    from securecomm.server.metrics import Metrics
     from securecomm.store.db import NewDirect, NewMessage, StoredMessage
 
 T = TypeVar("T")
@@ -53,6 +54,8 @@ class AsyncStore:
         self._store: ServerStore | None = None
         self._closing = False
         self.batches = 0
+        #: Commit batch sizes and latencies go here when `serve --metrics` is on.
+        self.metrics: Metrics | None = None
         #: Read-only connection used directly on the event loop (see Store(readonly=True)).
         self.reader: ServerStore | None = None
 
@@ -86,6 +89,7 @@ class AsyncStore:
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                started = time.monotonic()
                 try:
                     results = await self.call(self.store.store_messages, [m for m, _ in batch])
                 except Exception as e:  # a failed commit fails its batch; no receipt is sent
@@ -94,6 +98,9 @@ class AsyncStore:
                             fut.set_exception(e)
                     continue
                 self.batches += 1
+                if self.metrics is not None:
+                    self.metrics.commit_latency.observe(time.monotonic() - started)
+                    self.metrics.commit_batch.observe(len(batch))
                 for (_, fut), stored in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(stored)

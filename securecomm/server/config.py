@@ -67,6 +67,9 @@ class ServerConfig:
     #: are never deleted, so without these one connection could fill the disk (store/quota.py).
     send_messages: int = SEND_MESSAGES
     send_bytes: int = SEND_BYTES
+    #: Seconds a direct message may wait unread before it is dropped and its sender told (EXPIRED,
+    #: PROTOCOL.md 4.2); 0: never. Undelivered mail otherwise waited for ever.
+    mailbox_ttl: float = 30 * 86400
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.
@@ -85,6 +88,8 @@ class ServerConfig:
             raise UsageError("--send-messages and --send-bytes must be at least 1")
         if self.max_unauthenticated < 1 or self.max_unauthenticated_per_address < 1:
             raise UsageError("--max-unauthenticated and --max-unauthenticated-per-address must be at least 1")
+        if self.mailbox_ttl < 0:
+            raise UsageError("--mailbox-ttl must be at least 0 (0: never)")
         if self.max_sessions_per_user < 1 or self.max_room_members < 1:
             raise UsageError("--max-sessions-per-user and --max-room-members must be at least 1")
 

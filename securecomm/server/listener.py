@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
@@ -54,6 +54,9 @@ from securecomm.store.quota import MailboxLimits, SendLimits
 from securecomm.store.users import user_row
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
+
+if TYPE_CHECKING:
+    from securecomm.server.metrics import Metrics
 
 log = logging.getLogger("securecomm.server")
 
@@ -116,6 +119,9 @@ class Server:
         #: runs, so that neither more sessions nor reconnecting refills it; one per account that sent.
         self._relay_budgets: dict[int, TokenBucket] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        #: `serve --metrics`: set before start (server/servermetrics.py); None counts nothing.
+        self.metrics: Metrics | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
@@ -137,6 +143,11 @@ class Server:
         self.address = (sock[0], sock[1])
         self._restore_locks()
         self._watcher = asyncio.create_task(self.watch_accounts(), name="securecomm-account-watch")
+        if self.config.mailbox_ttl > 0:
+            from securecomm.server.expiry import MailboxExpiry
+
+            expiry = MailboxExpiry(self.store, self.config.mailbox_ttl, self.relay.expired)
+            self._expiry = asyncio.create_task(expiry.run(), name="securecomm-mailbox-expiry")
         return self.address
 
     def _restore_locks(self) -> None:
@@ -189,6 +200,8 @@ class Server:
             self._server.close()
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         for s in list(self.sessions):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from securecomm.server.commit_queue import AsyncStore
     from securecomm.server.config import ServerConfig
     from securecomm.server.session import Session
+    from securecomm.store.retention import Expired
 
 log = logging.getLogger("securecomm.server")
 
@@ -58,6 +59,14 @@ def _room_arg(ev: P.Request) -> str:
         return normalise_name(raw)
     except UsageError:
         raise UsageError(f"room name {raw[:40]!r} must be 1-32 characters of a-z 0-9 _ . -") from None
+
+
+def ttl_text(seconds: float) -> str:
+    """--mailbox-ttl as people say it: `30 days`, `12 hours`, `90 seconds`."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit[:-1] if seconds == size else unit}"
+    return f"{seconds:g} second{'' if seconds == 1 else 's'}"
 
 
 class Relay:
@@ -171,6 +180,8 @@ class Relay:
         if taken is not None:
             msg_id, sender_id = taken
             if ev.status == P.ACK_OK:
+                if s.handlers.metrics is not None:
+                    s.handlers.metrics.messages_delivered.inc()
                 receipt = P.Delivered(msg_id, ev.digest, ev.signature, s.user.name)
                 for other in list(self.online.get(sender_id, ())):
                     with contextlib.suppress(P.ProtocolError):
@@ -179,6 +190,14 @@ class Relay:
                 log.warning("%s rejected direct message %s (failed verification)", s.label(), msg_id.hex())
         if s.mailbox.backlog and not s.mailbox.outstanding:
             self.offer_pending(s)
+
+    def expired(self, batch: list[Expired]) -> None:
+        """Tell each sender connected here that its message was dropped unread (PROTOCOL.md 4.2)."""
+        kept = ttl_text(self.config.mailbox_ttl)
+        for e in batch:
+            for s in list(self.online.get(e.sender_id, ())):
+                s.error(P.ErrorCode.EXPIRED, f"message expired: it waited unread longer than this server keeps "
+                        f"mail ({kept}) and was dropped", msg_id=e.msg_id)
 
     # -- directory and rooms ------------------------------------------------------------
     async def request(self, s: Session, ev: P.Request) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -29,13 +30,19 @@ from securecomm.crypto.identity import PublicIdentity
 from securecomm.errors import OversizedError
 from securecomm.server.admission import Ticket
 from securecomm.server.config import ServerConfig
+from securecomm.server.logs import Label
 from securecomm.wire import protocol as P
 from securecomm.wire.relayed import relayed_size
 
 if TYPE_CHECKING:
+    from securecomm.server.metrics import Metrics
     from securecomm.store.db import User
 
 log = logging.getLogger("securecomm.server")
+
+
+#: Connection ids for the logs: unique while the server runs, so one connection's lines can be followed.
+_CONNECTION_IDS = itertools.count(1)
 
 
 class Handlers(Protocol):
@@ -46,6 +53,9 @@ class Handlers(Protocol):
     def handle_send(self, s: Session, ev: P.Send) -> None: ...
     async def handle_request(self, s: Session, ev: P.Request) -> None: ...
     def relay_budget(self, user_id: int) -> TokenBucket: ...
+
+    #: Where the session counts what it receives, receipts and refuses (`serve --metrics`); None: off.
+    metrics: Metrics | None
 
 
 class RelayPort(Protocol):
@@ -180,6 +190,7 @@ class Session:
         self.handlers, self.relay = handlers, relay
         self.reader, self.writer, self.peer = reader, writer, peer
         self.conn = P.Connection("server", config.max_frame)
+        self.conn_id = next(_CONNECTION_IDS)
         self.outbox = Outbox(writer, self.label)
         self.user: User | None = None
         #: The key this connection PROVED (LOGIN_KEY, or a password login that registered it with a proof);
@@ -198,14 +209,20 @@ class Session:
         #: The place this connection holds among those not logged in (released at LOGIN_OK).
         self.ticket: Ticket | None = None
 
-    def label(self) -> str:
-        return f"peer={self.peer}" + (f" user={self.user.name}" if self.user else "")
+    def label(self) -> Label:
+        """`conn=7 peer=... user=alice` for log lines; JSON logs take its parts as fields."""
+        return Label(self.conn_id, self.peer, self.user.name if self.user else None)
 
     def send(self, event: P.Event) -> None:
         self.outbox.put(self.conn.send(event))
+        if isinstance(event, P.Receipt) and self.handlers.metrics is not None:
+            self.handlers.metrics.messages_receipted.inc()
 
     def error(self, code: P.ErrorCode, message: str, *, fatal: bool = False, msg_id: bytes | None = None,
               rid: int | None = None) -> None:
+        metrics = self.handlers.metrics
+        if metrics is not None and msg_id is not None and code != P.ErrorCode.EXPIRED:
+            metrics.messages_refused.labels(code.name.lower()).inc()  # a fixed set: the error code names
         with contextlib.suppress(P.ProtocolError):  # already closed: nothing to tell
             self.send(P.Error(int(code), message, fatal, msg_id, rid))
 
@@ -293,6 +310,8 @@ class Session:
         return True
 
     async def dispatch(self, event: P.Event) -> None:
+        if isinstance(event, P.Send | P.Direct | P.RoomSend) and self.handlers.metrics is not None:
+            self.handlers.metrics.messages_received.labels(event.TYPE.name.lower()).inc()
         if isinstance(event, P.Hello):
             self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server_line, self.challenge,
                                     self.config.max_frame, server="securecomm"))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # the row types only; importing this module loads no database driver
     from securecomm.store.db import MailItem, NewDirect, NewMessage, StoredMessage, User
+    from securecomm.store.retention import Expired
 
 
 class ServerStore(Protocol):
@@ -39,4 +40,8 @@ class ServerStore(Protocol):
     def prune_direct_ids(self, older_than_ms: int, limit: int) -> int: ...
     def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]: ...
     def take_mail(self, recipient_id: int, seq: int) -> tuple[bytes, int] | None: ...
+    def expire_mail(self, stored_before_ms: int, limit: int) -> list[Expired]:
+        """Drop direct messages stored before the cutoff, among the `limit` oldest (--mailbox-ttl)."""
+        ...
+
     def close(self) -> None: ...

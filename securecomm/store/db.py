@@ -23,6 +23,7 @@ from securecomm import timeutil
 from securecomm.errors import ExistsError, NotFoundError, UsageError
 from securecomm.files import ensure_dir
 from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
+from securecomm.store.retention import Expired, expire_mail
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 ROLES = ("user", "admin")
@@ -467,6 +468,13 @@ class Store:
             "DELETE FROM direct_ids WHERE rowid IN (SELECT rowid FROM direct_ids ORDER BY rowid LIMIT ?) "
             "AND stored_at_ms < ?", (limit, older_than_ms))
         return int(cur.rowcount)
+
+    def expire_mail(self, stored_before_ms: int, limit: int) -> list[Expired]:
+        """Drop direct messages that waited too long (store/retention.py); their mailboxes are recounted."""
+        expired = expire_mail(self.db, stored_before_ms, limit)
+        for recipient in {e.recipient_id for e in expired}:
+            self.mailbox_usage.forget(recipient)
+        return expired
 
     def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]:
         """Undelivered direct messages for a user, oldest first."""

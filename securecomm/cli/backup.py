@@ -1,0 +1,53 @@
+"""`securecomm backup` and `securecomm restore`: the server's SQLite database, copied safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from securecomm.cli.context import State, info, pass_state
+
+db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+                         help="The server's SQLite database [data dir, as `securecomm paths` shows].")
+force_option = click.option("--force", is_flag=True, help="Replace FILE (backup) or the database (restore).")
+
+
+@click.command(epilog="Example: securecomm --home /srv/securecomm backup /var/backups/securecomm-$(date +%F).db")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+@force_option
+@pass_state
+def backup(state: State, file: Path, db: Path | None, force: bool) -> None:
+    """Copy the server's database to FILE, consistently, while the server runs.
+
+    Uses SQLite's online backup API: the copy is one committed snapshot even
+    while the server writes, is checked with PRAGMA integrity_check, and is
+    written 0600. Keys and certificates are not in it: back up the tls/ and
+    server/ folders too (see README, "Operating a server").
+    """
+    from securecomm.store.backup import backup as copy_database
+
+    source = db or state.paths.database
+    size = copy_database(source, file, force=force)
+    info(f"backed up {source} to {file} ({size} bytes, integrity ok)")
+
+
+@click.command(epilog="Example: systemctl stop securecomm && "
+               "securecomm --home /srv/securecomm restore --force /var/backups/securecomm-2026-01-31.db")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+@force_option
+@pass_state
+def restore(state: State, file: Path, db: Path | None, force: bool) -> None:
+    """Put the backup FILE in place of the server's database.
+
+    FILE is checked first (PRAGMA integrity_check, and that it is a securecomm
+    database); a database a running server holds open is never replaced, and an
+    existing stopped one only with --force.
+    """
+    from securecomm.store.backup import restore as put_back
+
+    target = db or state.paths.database
+    put_back(file, target, force=force)
+    info(f"restored {file} to {target}; start the server to use it")
