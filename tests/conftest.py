@@ -13,6 +13,9 @@ from click.testing import CliRunner
 
 from securecomm.cli.main import cli
 
+#: The private PostgreSQL and nats-server fixtures (issue 13).
+pytest_plugins = ["tests.cluster"]
+
 ENTRY = shutil.which("securecomm", path=str(Path(sys.executable).parent)) or shutil.which("securecomm")
 
 
