@@ -181,8 +181,10 @@ class PostgresStore:
         self.mailbox_usage = PgMailboxUsage(mailbox_limits or MailboxLimits())
         self.send_usage = PgSendUsage(send_limits or SendLimits())
         self._db = connect(url, readonly=readonly)
+        #: (from, to) schema versions when opened with migrate=True.
+        self.migrated: tuple[int, int] | None = None
         if migrate:
-            self.migrate()
+            self.migrated = self.migrate()
         else:
             self.check_schema()
 
