@@ -207,3 +207,32 @@ def test_copy_refuses_a_database_that_holds_data(sc, tmp_path, pg_url):
 def test_copy_from_a_missing_file(sc, tmp_path, pg_url):
     result = sc("db", "copy", "--from", str(tmp_path / "nope.db"), "--to", pg_url)
     assert result.exit_code == 3 and "securecomm: error: no SQLite database at" in result.output
+
+
+def test_postgres_down_refuses_at_once_then_resumes_after_backoff(pg_url, pg_server, caplog):
+    """PostgreSQL stopped under a relay: every batch is refused (retryable, nothing committed), reconnect
+    attempts back off instead of costing each batch a connect, and sends resume once it is back."""
+    store = PostgresStore(pg_url, migrate=True)
+    alice = store.add_user("alice", "h").id
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    msg = [NewMessage(alice, bytes([i]) * 16, bytes(32), 0, b"env") for i in range(4)]
+    pg_server.stop()
+    try:
+        with pytest.raises(StoreUnavailableError, match="lost the PostgreSQL database"):
+            store.store_messages([msg[0]])
+        with pytest.raises(StoreUnavailableError, match="cannot reach the PostgreSQL database"):
+            store.store_messages([msg[1]])  # one reconnect attempt, which fails: the backoff starts
+        with pytest.raises(StoreUnavailableError, match=r"unreachable; reconnecting every 0\.1 s"):
+            store.store_messages([msg[2]])  # within the backoff: refused without an attempt
+    finally:
+        pg_server.start()
+    with pytest.raises(StoreUnavailableError, match="reconnecting every"):
+        store.store_messages([msg[2]])  # back, but the backoff has not passed yet
+    now[0] += 0.1
+    (stored,) = store.store_messages([msg[3]])
+    assert stored.refused is None and not stored.duplicate
+    assert store.count_messages() == 1  # no batch refused during the outage was committed
+    logged = caplog.text
+    assert "lost the PostgreSQL database" in logged and "reconnected to the PostgreSQL database" in logged
+    store.close()

@@ -14,7 +14,7 @@ EXAMPLE_URL = "postgresql://securecomm@127.0.0.1/securecomm"
 
 def require_url(value: str, option: str) -> str:
     """A PostgreSQL URL; a SQLite file needs none of these commands (serve creates and upgrades it)."""
-    from securecomm.store.postgres import is_url
+    from securecomm.store.backends import is_url
 
     if not is_url(value):
         raise UsageError(f"{option} must be a PostgreSQL URL such as {EXAMPLE_URL}",
@@ -45,9 +45,10 @@ def migrate(url: str) -> None:
     an upgrade that fails leaves the schema as it was. Relays starting at
     the same time wait for each other.
     """
-    from securecomm.store.postgres import PostgresStore, redact
+    from securecomm.store.backends import postgres_store
+    from securecomm.store.postgres import redact
 
-    store = PostgresStore(require_url(url, "--db"), migrate=True)
+    store = postgres_store()(require_url(url, "--db"), migrate=True)
     store.close()
     assert store.migrated is not None
     start, end = store.migrated
@@ -66,6 +67,9 @@ def copy(source: Path, url: str) -> None:
     server are copied in one transaction; the row counts of both sides are
     compared before it commits, and printed.
     """
+    from securecomm.store.backends import postgres_store
+
+    postgres_store()  # the cluster extra is installed (else one clear line)
     from securecomm.store.postgres import redact
     from securecomm.store.transfer import copy_to_postgres
 

@@ -29,6 +29,7 @@ All SQL is literal text with parameters; nothing is built from strings.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -56,6 +57,11 @@ from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, Send
 
 #: Seconds to wait for PostgreSQL to answer a connection attempt before calling it unreachable.
 CONNECT_TIMEOUT = 5
+#: First wait after a failed reconnect, doubled after each failure up to RECONNECT_MAX: a relay whose
+#: database is down refuses sends at once instead of spending each batch on a connect attempt.
+RECONNECT_FIRST = 0.1
+#: Longest wait between reconnect attempts: sends resume within this long of PostgreSQL coming back.
+RECONNECT_MAX = 2.0
 #: Any constant: the advisory lock that serialises migrations when several relays start at once.
 MIGRATION_LOCK = 0x5EC0_0013
 
@@ -125,12 +131,8 @@ _USER_BY_NAME = _USER_COLUMNS + "WHERE name = %s"
 _USER_BY_ID = _USER_COLUMNS + "WHERE id = %s"
 _USER_BY_FINGERPRINT = _USER_COLUMNS + "WHERE fingerprint = %s"
 _ALL_USERS = _USER_COLUMNS + "ORDER BY name"
+log = logging.getLogger("securecomm.server")
 _ACCOUNT_CHANGED = "UPDATE counters SET value = value + 1 WHERE name = 'accounts'"
-
-
-def is_url(value: str) -> bool:
-    """Whether a --db value names a PostgreSQL database rather than a SQLite file."""
-    return value.startswith(("postgresql://", "postgres://"))
 
 
 def redact(url: str) -> str:
@@ -181,6 +183,10 @@ class PostgresStore:
         self.mailbox_usage = PgMailboxUsage(mailbox_limits or MailboxLimits())
         self.send_usage = PgSendUsage(send_limits or SendLimits())
         self._db = connect(url, readonly=readonly)
+        #: Reconnect backoff (seconds; 0 while connected) and when the next attempt may be made.
+        self._backoff, self._retry_at = 0.0, 0.0
+        self.reconnect_first = RECONNECT_FIRST
+        self.clock = time.monotonic  # a seam: tests step time instead of sleeping through a backoff
         #: (from, to) schema versions when opened with migrate=True.
         self.migrated: tuple[int, int] | None = None
         if migrate:
@@ -191,9 +197,21 @@ class PostgresStore:
     # -- connection ------------------------------------------------------------------
     @property
     def db(self) -> psycopg.Connection[Any]:
-        """The live connection; a broken one is replaced (StoreUnavailableError while unreachable)."""
-        if self._db.closed or self._db.broken:
+        """The live connection; a broken one is replaced, with backoff (StoreUnavailableError meanwhile)."""
+        if not (self._db.closed or self._db.broken):
+            return self._db
+        if self.clock() < self._retry_at:
+            raise StoreUnavailableError(f"the PostgreSQL database at {redact(self.url)} is unreachable; "
+                                        f"reconnecting every {self._backoff:g} s")
+        try:
             self._db = connect(self.url, readonly=self.readonly)
+        except StoreUnavailableError as e:
+            self._backoff = min(RECONNECT_MAX, 2 * self._backoff or self.reconnect_first)
+            self._retry_at = self.clock() + self._backoff
+            log.warning("%s; next attempt in %g s", e.message, self._backoff)
+            raise
+        log.warning("reconnected to the PostgreSQL database at %s", redact(self.url))
+        self._backoff = self._retry_at = 0.0
         return self._db
 
     @property
@@ -212,8 +230,9 @@ class PostgresStore:
         except psycopg.OperationalError as e:
             if not (self._db.closed or self._db.broken):
                 raise
-            raise StoreUnavailableError(f"lost the PostgreSQL database at {redact(self.url)}: {_reason(e)}") \
-                from None
+            lost = f"lost the PostgreSQL database at {redact(self.url)}: {_reason(e)}"
+            log.warning("%s; refusing what needs it until it is back", lost)
+            raise StoreUnavailableError(lost) from None
 
     def _one(self, query: Any, params: tuple[Any, ...] = ()) -> Any:
         with self._unavailable_as_error():
