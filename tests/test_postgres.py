@@ -14,7 +14,7 @@ import pytest
 
 from securecomm.errors import SchemaVersionError, StoreUnavailableError
 from securecomm.store import postgres, transfer
-from securecomm.store.db import NewDirect, NewMessage, Store
+from securecomm.store.db import ACCOUNT_GONE, NewDirect, NewMessage, Store
 from securecomm.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from tests.cluster import free_port
 
@@ -235,4 +235,34 @@ def test_postgres_down_refuses_at_once_then_resumes_after_backoff(pg_url, pg_ser
     assert store.count_messages() == 1  # no batch refused during the outage was committed
     logged = caplog.text
     assert "lost the PostgreSQL database" in logged and "reconnected to the PostgreSQL database" in logged
+    store.close()
+
+
+def test_a_batch_waits_for_a_removal_in_progress_and_leaves_no_orphan_mail(pg_url):
+    """`user remove` (another process) holds the account row while it deletes; a relay's batch for that
+    account waits on the row lock and then finds the account gone, instead of reading the old row and
+    storing mail that no one can be offered."""
+    store = PostgresStore(pg_url, migrate=True)
+    alice, bob = store.add_user("alice", "h").id, store.add_user("bob", "h").id
+    results: list[object] = []
+    with psycopg.connect(pg_url) as remover:  # a transaction, as PostgresStore.remove_user runs it
+        remover.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (alice,))
+        remover.execute("DELETE FROM mailbox WHERE recipient_id = %s OR sender_id = %s", (alice, alice))
+        remover.execute("DELETE FROM users WHERE id = %s", (alice,))
+        pid = store.db.info.backend_pid
+        batch = threading.Thread(target=lambda: results.extend(
+            store.store_messages([NewDirect(alice, bob, b"o" * 16, bytes(32), b"env")])))
+        batch.start()
+        with psycopg.connect(pg_url, autocommit=True) as watch:  # the event: the batch waits on a lock
+            for _ in range(6000):
+                row = watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+                if row and row[0] == "Lock":
+                    break
+                watch.execute("SELECT pg_sleep(0.01)")
+            else:
+                pytest.fail("the batch never waited for the removal")
+    batch.join(60)
+    (stored,) = results
+    assert stored.refused == ACCOUNT_GONE
+    assert store.count_mail() == 0
     store.close()
