@@ -266,3 +266,33 @@ def test_a_batch_waits_for_a_removal_in_progress_and_leaves_no_orphan_mail(pg_ur
     assert stored.refused == ACCOUNT_GONE
     assert store.count_mail() == 0
     store.close()
+
+
+def test_seqs_for_one_recipient_become_visible_in_order_across_relays(pg_url):
+    """Relay A has drawn seq N for bob and not committed; relay B's batch for bob waits, so B's seq (N+1)
+    is never visible while N is not (a reader would move past N and skip it)."""
+    store = PostgresStore(pg_url, migrate=True)
+    alice, bob = store.add_user("alice", "h").id, store.add_user("bob", "h").id
+    results: list[object] = []
+    with psycopg.connect(pg_url) as relay_a:  # another relay's batch, caught mid-transaction
+        relay_a.execute("SELECT pg_advisory_xact_lock(%s)", (-bob,))
+        (seq_a,) = relay_a.execute("INSERT INTO mailbox (recipient_id, sender_id, msg_id, stored_at_ms, envelope) "
+                                   "VALUES (%s, %s, %s, 0, %s) RETURNING id", (bob, alice, b"a" * 16, b"A")).fetchone()
+        pid = store.db.info.backend_pid
+        batch = threading.Thread(target=lambda: results.extend(
+            store.store_messages([NewDirect(alice, bob, b"b" * 16, bytes(32), b"B")])))
+        batch.start()
+        with psycopg.connect(pg_url, autocommit=True) as watch:
+            for _ in range(6000):
+                row = watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+                if row and row[0] == "Lock":
+                    break
+                watch.execute("SELECT pg_sleep(0.01)")
+            else:
+                pytest.fail("relay B's batch did not wait for relay A's")
+            assert watch.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0] == 0  # neither is visible yet
+    batch.join(60)
+    (stored,) = results
+    assert stored.seq > seq_a
+    assert [(i.seq, i.envelope) for i in store.pending_mail(bob)] == [(seq_a, b"A"), (stored.seq, b"B")]
+    store.close()

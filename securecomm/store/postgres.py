@@ -453,8 +453,9 @@ class _Batch:
         self.known_sends = self._known("SELECT sender_id, msg_id, sha256, stored_at_ms FROM messages "
                                        "WHERE (sender_id, msg_id) IN (SELECT * FROM unnest(%b::bigint[], "
                                        "%b::bytea[]))", sends)
-        self.live = self._lock_accounts({i for m in directs if _key(m) not in self.known_directs
-                                         for i in (m.sender_id, m.recipient_id)})
+        fresh = [m for m in directs if _key(m) not in self.known_directs]
+        self.live = self._lock_accounts({i for m in fresh for i in (m.sender_id, m.recipient_id)})
+        self._lock_mailboxes({m.recipient_id for m in fresh})
         out = [self._direct(m) if isinstance(m, NewDirect) else self._send(m) for m in batch]
         seqs = self._insert_directs()
         fresh_sends = self._insert_sends()
@@ -477,6 +478,18 @@ class _Batch:
         rows = self._exec("SELECT id FROM users WHERE id = ANY(%b) ORDER BY id FOR KEY SHARE",
                                 (sorted(ids),)).fetchall()
         return {int(r[0]) for r in rows}
+
+    def _lock_mailboxes(self, recipients: set[int]) -> None:
+        """Hold each recipient's mailbox until this batch commits, so that another relay's batch for
+        the same recipient draws its seqs after this one's commit.
+
+        Without it seq order and commit order could differ between relays: a reader would see seq 11
+        (committed) before seq 10 (still uncommitted), move its `high` mark past 10 and skip it until
+        the next login. Locks are taken in id order (no deadlock between relays) in the negative key
+        space of advisory locks (MIGRATION_LOCK is positive)."""
+        if recipients:
+            self._exec("SELECT pg_advisory_xact_lock(-k) FROM (SELECT k FROM unnest(%b::bigint[]) AS k "
+                       "ORDER BY k) AS sorted", (sorted(recipients),))
 
     def _direct(self, m: NewDirect) -> StoredMessage:
         """As Store._store_direct: retry answered first, then account check, then the quota."""
