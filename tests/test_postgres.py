@@ -6,6 +6,7 @@ A private PostgreSQL per test session (tests/cluster.py), a fresh database per t
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import threading
 
@@ -296,3 +297,28 @@ def test_seqs_for_one_recipient_become_visible_in_order_across_relays(pg_url):
     assert stored.seq > seq_a
     assert [(i.seq, i.envelope) for i in store.pending_mail(bob)] == [(seq_a, b"A"), (stored.seq, b"B")]
     store.close()
+
+
+# -- user add/list/passwd/remove --db URL -----------------------------------------------------------
+def test_user_commands_on_a_postgresql_url(sc, pg_url):
+    assert sc("db", "migrate", "--db", pg_url).exit_code == 0
+    added = sc("user", "add", "Alice", "--db", pg_url, "--password-stdin", input="correct horse battery\n")
+    assert added.exit_code == 0, added.output
+    assert f"created user alice in PostgreSQL {pg_url}" in added.output
+    listed = sc("user", "list", "--db", pg_url, "--json")
+    assert [u["name"] for u in json.loads(listed.stdout)] == ["alice"]
+    old_hash = PostgresStore(pg_url).get_user("alice").password_hash
+    changed = sc("user", "passwd", "alice", "--db", pg_url, "--password-stdin", input="another horse battery\n")
+    assert changed.exit_code == 0, changed.output
+    store = PostgresStore(pg_url)
+    assert store.get_user("alice").password_hash != old_hash and store.account_changes() == 1
+    assert sc("user", "remove", "alice", "--yes", "--db", pg_url).exit_code == 0
+    assert store.list_users() == []
+    store.close()
+
+
+def test_user_add_on_a_database_without_schema_says_how_to_create_it(sc, pg_url):
+    result = sc("user", "add", "alice", "--db", pg_url, "--password-stdin", input="correct horse battery\n")
+    assert result.exit_code == 2
+    assert "securecomm: error: the PostgreSQL database at" in result.output
+    assert f"securecomm: hint: create it with: securecomm db migrate --db {pg_url}" in result.output
