@@ -12,7 +12,8 @@ from securecomm.store import passwords
 from securecomm.store.db import MIGRATIONS, NewMessage, Store, normalise_name
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+# PostgreSQL starts a private server process (tests/cluster.py): slow, like the other server tests
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def open_store(request, tmp_path):
     """Opens the store under test, on the same database each call (a restart, or another process such as
     `securecomm user remove`): SQLite in a file, or PostgreSQL in a fresh database (tests/cluster.py)."""
