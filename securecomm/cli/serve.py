@@ -13,7 +13,9 @@ from securecomm.errors import SecurecommError
 @click.command(epilog="Example: securecomm serve --port 0   # any free port; the real one is printed")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7443, show_default=True, help="Port (0: any free).")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite database [data dir].")
+@click.option("--db", metavar="FILE|URL",
+              help="SQLite database [data dir], or postgresql://USER@HOST/DB shared by several relays "
+                   "(created by `securecomm db migrate`).")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate (PEM).")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate key (PEM).")
 @click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True,
@@ -54,7 +56,7 @@ from securecomm.errors import SecurecommError
 @click.option("--lock-minutes", type=click.FloatRange(0), default=15, show_default=True,
               help="How long password logins stay locked; failures while locked do not extend it.")
 @pass_state
-def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
+def serve(state: State, host: str, port: int, db: str | None, cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
           login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
@@ -79,12 +81,18 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
-    ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
-    new_database = not db_path.exists()
+    from securecomm.store.backends import describe, is_url
+
+    url = db if db is not None and is_url(db) else None
+    ssl_ctx, identity, db_file = prepare_server(state.paths, cert=cert, key=key,
+                                                db=None if url or db is None else Path(db))
+    new_database = url is None and not db_file.exists()
+    db_path: str | Path = url or db_file
 
     def listening(address: tuple[str, int]) -> None:
         if new_database:  # a wrong --home would otherwise serve an empty database without a word
             logging.getLogger("securecomm.server").info("created a new database at %s", db_path)
+        logging.getLogger("securecomm.server").info("store: %s", describe(db_path))
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
         click.echo(f"listening on {shown}:{address[1]}", err=True)
 
