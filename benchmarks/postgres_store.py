@@ -87,7 +87,7 @@ async def pipelined(home: Path, server_pub: Path, n: int) -> float:
     from securecomm.cli.context import State
     from securecomm.crypto import envelope
     from securecomm.crypto import identity as ident
-    from securecomm.net.connect import connect_profile
+    from securecomm.client.login import connect_profile
 
     state = State(home=str(home))
     me = ident.load(state.paths.identity_key("default"))
