@@ -5,6 +5,7 @@ mail committed through one relay is delivered by another from PostgreSQL at the 
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -86,3 +87,21 @@ def test_serve_refuses_an_unreachable_or_unmigrated_database(tmp_path, pg_url):
     r = sc(tmp_path / "srv", "serve", "--port", "0", "--db", pg_url)
     assert r.returncode == 2
     assert f"securecomm: hint: create it with: securecomm db migrate --db {pg_url}".encode() in r.stderr
+
+
+def test_status_says_which_store_the_relay_uses(tmp_path, relays, pg_url):
+    a, _, home = relays
+    alice = _user(tmp_path, home, a, "alice", pg_url)
+    report = json.loads(sc(alice, "status", "--json").stdout)
+    assert report["relay"] == {"store": "postgresql", "bus": "in-process"}
+    single = ServerProc(tmp_path / "single").start()  # the default: SQLite in the data folder
+    try:
+        assert "store: SQLite" in single.wait_log(r"store: SQLite \S+")
+        add_user(single.home, "bob")
+        bob = tmp_path / "bob"
+        assert login(bob, single, "bob").returncode == 0
+        shown = sc(bob, "status")
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(rb"^relay\.store\s+sqlite$", shown.stdout, re.M)
+    finally:
+        single.stop(signal.SIGKILL)

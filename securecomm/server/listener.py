@@ -57,7 +57,7 @@ from securecomm.server.memory import Trimmer
 from securecomm.server.relay import Relay
 from securecomm.server.session import READ_CHUNK, Session, TokenBucket
 from securecomm.store import passwords
-from securecomm.store.backends import open_store
+from securecomm.store.backends import is_url, open_store
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
 from securecomm.store.quota import MailboxLimits, SendLimits
 from securecomm.store.users import user_row
@@ -105,6 +105,8 @@ class Server:
         self.store = AsyncStore(writer, functools.partial(open_store, db_path, readonly=True),
                                 id_lifetime_ms=2 * config.stale_window_ms)
         self.relay = Relay(config, self.store, LocalBus())
+        #: What `relay_info` tells a client (`status`): the engines, never where they are.
+        self.engines = {"store": "postgresql" if is_url(str(db_path)) else "sqlite", "bus": "in-process"}
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
@@ -558,7 +560,9 @@ class Server:
     # -- requests --------------------------------------------------------------------
     async def handle_request(self, s: Session, ev: P.Request) -> None:
         assert s.user is not None
-        if ev.op == "user_list":
+        if ev.op == "relay_info":
+            s.send(P.Result(ev.rid, dict(self.engines)))
+        elif ev.op == "user_list":
             if s.user.role != "admin":
                 log.warning("%s refused user_list: not an admin", s.label())
                 s.error(P.ErrorCode.FORBIDDEN, "permission denied: listing users needs the admin role", rid=ev.rid)
