@@ -125,6 +125,10 @@ class ShuttingDownError(NetworkError):
     """the server is shutting down (a planned restart); retry shortly"""
 
 
+class StoreUnavailableError(NetworkError):
+    """the database server cannot be reached; retry shortly"""
+
+
 class TLSError(NetworkError):
     """the TLS handshake failed or the server is not trusted"""
 
@@ -151,6 +155,10 @@ class KeyReplaceError(RefusedError):
 
 class ExpiredError(RefusedError):
     """the message waited unread longer than the server keeps mail, and was dropped"""
+
+
+class SchemaVersionError(UsageError):
+    """the database schema does not match this version of securecomm"""
 
 
 class ExistsError(SecurecommError):

@@ -20,7 +20,9 @@ from securecomm.errors import SecurecommError
 @print_config_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7443, show_default=True, help="Port (0: any free).")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite database [data dir].")
+@click.option("--db", metavar="FILE|URL", type=click.Path(dir_okay=False),
+              help="SQLite database [data dir], or postgresql://USER@HOST/DB shared by several relays "
+                   "(created by `securecomm db migrate`).")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate (PEM).")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate key (PEM).")
 @click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True,
@@ -68,7 +70,7 @@ from securecomm.errors import SecurecommError
 @click.option("--metrics", "metrics_at", metavar="HOST:PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (a bare PORT: loopback) [off].")
 @pass_state
-def serve(state: State, log_format: str, metrics_at: str | None, host: str, port: int, db: Path | None,
+def serve(state: State, log_format: str, metrics_at: str | None, host: str, port: int, db: str | None,
           cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
           login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
@@ -95,12 +97,18 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
     metrics = start_metrics(metrics_at)  # a taken port fails here, before a first run creates anything
-    ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
-    new_database = not db_path.exists()
+    from securecomm.store.backends import describe, is_url
+
+    url = db if db is not None and is_url(db) else None
+    ssl_ctx, identity, db_file = prepare_server(state.paths, cert=cert, key=key,
+                                                db=None if url or db is None else Path(db))
+    new_database = url is None and not db_file.exists()
+    db_path: str | Path = url or db_file
 
     def listening(address: tuple[str, int]) -> None:
         if new_database:  # a wrong --home would otherwise serve an empty database without a word
             logging.getLogger("securecomm.server").info("created a new database at %s", db_path)
+        logging.getLogger("securecomm.server").info("store: %s", describe(db_path))
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
         if log_format == "json":  # every stderr line one JSON object, this one too
             logging.getLogger("securecomm.server").info("listening on %s:%d", shown, address[1])
@@ -117,13 +125,15 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
         if metrics is not None:
             from securecomm.server.servermetrics import watch_server
 
-            watch_server(metrics, server, db_path)
+            watch_server(metrics, server, db_file if url is None else None)
         await run_server(server, listening)
+
+    from contextlib import nullcontext
 
     from securecomm.store.backup import serving
 
-    try:
-        with serving(db_path):  # `restore` refuses a database while this is held
+    try:  # PostgreSQL has its own backups (pg_dump): the restore lock is for a SQLite file
+        with serving(db_file) if url is None else nullcontext():  # `restore` refuses a database while this is held
             asyncio.run(main())
     except OSError as e:
         error = listen_error(e, host, port)

@@ -103,7 +103,7 @@ def _check_kind(option: click.Option, value: Any) -> str | None:
 
 def convert_value(ctx: click.Context, option: click.Option, value: Any, base: Path) -> Any:
     """A file value through the option's own Click type; relative paths are taken from the file's folder."""
-    if isinstance(option.type, click.Path) and isinstance(value, str):
+    if isinstance(option.type, click.Path) and isinstance(value, str) and "://" not in value:  # --db takes URLs too
         value = str(base / Path(value).expanduser())
     return option.type_cast_value(ctx, value)
 

@@ -35,6 +35,12 @@ EVENTS: dict[str, str] = {
     "peer=%s dropped: TLS handshake failed: %s": "conn.tls_failed",
     "peer=%s connected (%d clients)": "conn.opened",
     "%s connection lost: %s": "conn.lost",
+    "%s closed: %s": "conn.closed.store_unavailable",
+    # the store (PostgreSQL with several relays)
+    "store: %s": "store.opened",
+    "%s; next attempt in %g s": "store.reconnecting",
+    "reconnected to the PostgreSQL database at %s": "store.reconnected",
+    "%s; refusing what needs it until it is back": "store.unavailable",
     # logins and accounts
     "%s login refused: %s already has %d sessions (the maximum)": "login.refused.sessions",
     "%s password login for %s: account read, checking the password": "login.password.checking",

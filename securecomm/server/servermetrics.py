@@ -25,7 +25,8 @@ def count_mailbox(db: Path) -> float:
         con.close()
 
 
-def watch_server(metrics: Metrics, server: Any, db: Path) -> None:
+def watch_server(metrics: Metrics, server: Any, db: Path | None) -> None:
+    """Gauges read at scrape time; the mailbox depth only for a SQLite file (db None: PostgreSQL)."""
     from securecomm.server.session import queued_bytes
 
     server.metrics = metrics
@@ -34,7 +35,9 @@ def watch_server(metrics: Metrics, server: Any, db: Path) -> None:
     metrics.watch(metrics.hash_pool_queue, lambda: float(server.hash_waiting))
     metrics.watch(metrics.slow_reader_bytes,
                   lambda: float(sum(queued_bytes(s.writer.transport) for s in list(server.sessions))))
-    metrics.watch(metrics.mailbox_depth, lambda: count_mailbox(db))
+    if db is not None:
+        sqlite_file = db
+        metrics.watch(metrics.mailbox_depth, lambda: count_mailbox(sqlite_file))
 
 
 def count_log_events(metrics: Metrics) -> MetricsHandler:

@@ -49,6 +49,7 @@ class ErrorCode(IntEnum):
     KEY_REPLACE = 19  # the account has another device key; resend with replace_key to replace it
     STORAGE_FULL = 20  # a SEND would take the sender's stored messages to the server over a limit
     EXPIRED = 21  # a DIRECT waited longer than --mailbox-ttl and was dropped unread (pushed to its sender)
+    UNAVAILABLE = 22  # the relay's database is unreachable: nothing was stored; retry shortly
 
 
 class ProtocolError(RemoteProtocolError):
