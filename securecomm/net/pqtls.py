@@ -52,6 +52,12 @@ from securecomm.errors import TLSError
 PLAINTEXT_CHUNK = 16 * 1024
 #: Ciphertext taken out of the output BIO per bio_read; a loop drains it all.
 CIPHERTEXT_CHUNK = 256 * 1024
+#: Ciphertext read from a socket at once, into one buffer shared by every
+#: connection: asyncio fills it and calls buffer_updated synchronously, and
+#: bio_write copies it into OpenSSL at once, so no connection holds it while
+#: idle (a buffer per connection would cost 256 KiB each; see figure 4).
+SOCKET_READ = 256 * 1024
+_shared_read_buffer = bytearray(SOCKET_READ)
 
 
 class CertificateError(TLSError):
@@ -167,7 +173,7 @@ class TLSTransport(asyncio.Transport):
         return self._proto.app
 
 
-class TLSProtocol(asyncio.Protocol):
+class TLSProtocol(asyncio.BufferedProtocol):
     """Sits on the TCP transport and runs one pyOpenSSL connection over memory BIOs."""
 
     def __init__(self, conn: SSL.Connection, app: asyncio.Protocol, context: SSL.Context) -> None:
@@ -188,7 +194,13 @@ class TLSProtocol(asyncio.Protocol):
         self.raw = transport
         self._step_handshake()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return _shared_read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(memoryview(_shared_read_buffer)[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         try:
             self.conn.bio_write(data)
         except SSL.Error as e:
@@ -280,9 +292,10 @@ class TLSProtocol(asyncio.Protocol):
                 self.close()
 
     def _deliver(self, chunks: list[bytes]) -> None:
-        data = b"".join(chunks)
-        if data:
-            self.app.data_received(data)
+        # One call per record rather than b"".join: StreamReader copies each into its buffer anyway.
+        for data in chunks:
+            if data:
+                self.app.data_received(data)
 
     def write_plaintext(self, data: bytes) -> None:
         if self.closing or not data:
