@@ -283,3 +283,49 @@ def test_binding_hostname_check_is_there() -> None:
 def test_set_groups_rejects_an_unknown_list_with_the_classical_fallback() -> None:
     """The fallback path: a list OpenSSL refuses leaves one classical curve, never OpenSSL's defaults."""
     assert pqcontext.set_groups(SSL.Context(SSL.TLS_METHOD), "NoSuchGroup") == pqcontext.FALLBACK_CURVE
+
+
+def test_probe_reads_the_chain_of_a_pq_only_server_without_trusting_it(tls_dir: Path) -> None:
+    """First contact (TOFU / --pin) must work against `serve --require-pq` too: the probe offers the same groups."""
+    from securecomm.net import tls
+
+    async def main() -> None:
+        echo = EchoServer(pqcontext.server_context(tls_dir / "server.pem", tls_dir / "server.key", require_pq=True))
+        async with echo as port:
+            chain = await asyncio.to_thread(pqcontext.fetch_server_chain, "localhost", port)
+            await _wait_for(lambda: bool(echo.groups or echo.failures), echo.event)
+            ca_der = tls.pem_to_der((tls_dir / "ca.pem").read_bytes())
+            assert len(chain) == 2 and chain[1] == ca_der and tls.presented_ca(chain) == ca_der
+            assert echo.groups == ["X25519MLKEM768"]
+
+    asyncio.run(main())
+
+
+def test_probe_of_a_closed_port_is_a_network_error() -> None:
+    import socket
+
+    from securecomm.errors import NetworkError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(NetworkError, match="cannot reach"):
+            pqcontext.fetch_server_chain("127.0.0.1", port, timeout=5)
+
+
+def test_fallback_keeps_a_restricted_classical_group(tls_dir: Path) -> None:
+    """Were the group-list binding gone, the server would take P-256 alone: not OpenSSL's default list."""
+    async def main() -> None:
+        ctx = pqcontext.server_context(tls_dir / "server.pem", tls_dir / "server.key")
+        assert pqcontext.set_groups(ctx, "NoSuchGroup") == pqcontext.FALLBACK_CURVE  # the fallback path, for real
+        echo = EchoServer(ctx)
+        ca = (tls_dir / "ca.pem").read_bytes()
+        async with echo as port:
+            with pytest.raises(TLSError):
+                await pqtls.open_connection("localhost", port, pqcontext.client_context(ca, groups="X25519:X448"))
+            _, writer = await pqtls.open_connection("localhost", port, pqcontext.client_context(ca))
+            await _wait_for(lambda: bool(echo.groups), echo.event)
+            assert echo.groups == ["secp256r1"]
+            writer.close()
+
+    asyncio.run(main())

@@ -192,3 +192,43 @@ def _verify_message(errnum: int) -> str:
     if text is None:
         return f"verification error {errnum}"
     return str(Binding.ffi.string(text(errnum)).decode("ascii", "replace"))
+
+
+def fetch_server_chain(host: str, port: int, timeout: float = 10.0) -> list[bytes]:
+    """The chain the server presents (DER, leaf first), read WITHOUT trusting it (see net/tls.py's docstring).
+
+    The pyOpenSSL counterpart of tls.fetch_server_chain, with the same groups
+    as the real connection (so a `serve --require-pq` server answers it too).
+    The socket is closed right after the handshake and carries no application data.
+    """
+    import socket
+    import struct
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from securecomm.errors import NetworkError
+    from securecomm.net.pqtls import reason
+
+    probe = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    _tls13_only(probe)
+    set_groups(probe)
+    probe.set_alpn_protos([ALPN])
+    probe.set_verify(SSL.VERIFY_NONE)  # inspection only: never used to send or receive data
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            # OpenSSL needs a blocking socket (a Python timeout makes it non-blocking): the kernel times out instead.
+            raw.settimeout(None)
+            limit = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+            conn = SSL.Connection(probe, raw)
+            if not _is_ip(host):
+                conn.set_tlsext_host_name(host.encode("idna"))
+            conn.set_connect_state()
+            conn.do_handshake()
+            chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+    except (OSError, SSL.Error) as e:
+        raise NetworkError(f"cannot reach {host}:{port}: {reason(e) if isinstance(e, SSL.Error) else e}") from e
+    if not chain:
+        raise TLSError(f"{host}:{port} presented no certificate")
+    return [c.public_bytes(Encoding.DER) for c in chain]

@@ -68,7 +68,7 @@ class CertificateError(TLSError):
         self.verify_message = verify_message
 
 
-def _reason(e: BaseException) -> str:
+def reason(e: BaseException) -> str:
     """OpenSSL's reason for an SSL.Error (its args hold (lib, func, reason) tuples)."""
     errors = e.args[0] if e.args and isinstance(e.args[0], list) else []
     reasons = [str(err[2]) for err in errors if isinstance(err, tuple) and len(err) == 3 and err[2]]
@@ -229,7 +229,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self.handshake.set_exception(exc or ConnectionResetError("the connection closed during the handshake"))
             return  # the application protocol never saw connection_made for TLS: start_tls raises instead
         err = self._error
-        self.app.connection_lost(exc if err is None else ConnectionResetError(f"TLS error: {_reason(err)}"))
+        self.app.connection_lost(exc if err is None else ConnectionResetError(f"TLS error: {reason(err)}"))
 
     def pause_writing(self) -> None:
         self.app.pause_writing()
@@ -260,7 +260,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         elif isinstance(e, TLSError):
             err = e
         else:
-            err = TLSError(f"TLS handshake failed: {_reason(e)}")
+            err = TLSError(f"TLS handshake failed: {reason(e)}")
         if not self.handshake.done():
             self.handshake.set_exception(err)
         if self.raw is not None:
