@@ -69,9 +69,11 @@ class CertificateError(TLSError):
 
 
 def reason(e: BaseException) -> str:
-    """OpenSSL's reason for an SSL.Error (its args hold (lib, func, reason) tuples)."""
+    """OpenSSL's reason for an SSL.Error, written as Python's ssl writes it ("[SSL: NO_SUITABLE_KEY_SHARE] no
+    suitable key share"), so a log line reads the same on either transport."""
     errors = e.args[0] if e.args and isinstance(e.args[0], list) else []
-    reasons = [str(err[2]) for err in errors if isinstance(err, tuple) and len(err) == 3 and err[2]]
+    reasons = [f"[SSL: {err[2].upper().replace(' ', '_')}] {err[2]}" for err in errors
+               if isinstance(err, tuple) and len(err) == 3 and isinstance(err[2], str) and err[2]]
     return "; ".join(reasons) or type(e).__name__
 
 
