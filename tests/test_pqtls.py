@@ -329,3 +329,33 @@ def test_fallback_keeps_a_restricted_classical_group(tls_dir: Path) -> None:
             writer.close()
 
     asyncio.run(main())
+
+
+def test_a_forged_record_after_the_handshake_ends_the_stream_with_a_connection_error(tls_dir: Path) -> None:
+    """A record that does not decrypt: the reader sees ConnectionResetError naming the TLS reason, as with ssl."""
+    async def main() -> None:
+        seen: list[BaseException] = []
+        done = asyncio.Event()
+        ctx = pqcontext.server_context(tls_dir / "server.pem", tls_dir / "server.key")
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await pqtls.start_tls(writer, ctx, server_side=True)
+            try:
+                await reader.read(100)
+            except ConnectionError as e:
+                seen.append(e)
+            done.set()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await pqtls.open_connection("localhost", port,
+                                                pqcontext.client_context((tls_dir / "ca.pem").read_bytes()))
+        raw = writer.transport._proto.raw  # under TLS: bytes that are a record header and junk
+        raw.write(b"\x17\x03\x03\x00\x20" + bytes(32))
+        await asyncio.wait_for(done.wait(), 30)
+        assert len(seen) == 1 and isinstance(seen[0], ConnectionResetError)
+        assert "TLS error" in str(seen[0]) and "BAD_RECORD_MAC" in str(seen[0]).upper().replace(" ", "_")
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
