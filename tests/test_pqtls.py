@@ -359,3 +359,43 @@ def test_a_forged_record_after_the_handshake_ends_the_stream_with_a_connection_e
         server.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("transport", ["pq", "stdlib"])
+def test_one_entry_point_per_side_for_either_transport(tls_dir: Path, transport: str) -> None:
+    """server_handshake / client_connect take either context; pq on both ends gives the hybrid group."""
+    from securecomm.net import tls
+
+    async def main() -> None:
+        if transport == "pq":
+            sctx: object = pqcontext.server_context(tls_dir / "server.pem", tls_dir / "server.key")
+        else:
+            sctx = tls.server_context(tls_dir / "server.pem", tls_dir / "server.key")
+        groups: list[str | None] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await pqtls.server_handshake(writer, sctx, 10)  # type: ignore[arg-type]
+            info = writer.get_extra_info("ssl_object")
+            groups.append(info.group() if hasattr(info, "group") and transport == "pq" else "stdlib")
+            writer.write(await reader.readexactly(2))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        ca = (tls_dir / "ca.pem").read_bytes()
+        cctx = pqcontext.client_context(ca) if transport == "pq" else tls.client_context(ca)
+        reader, writer = await pqtls.client_connect("localhost", port, cctx, timeout=10)
+        writer.write(b"ok")
+        assert await reader.readexactly(2) == b"ok"
+        assert groups == (["X25519MLKEM768"] if transport == "pq" else ["stdlib"])
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_describe_group() -> None:
+    assert pqtls.describe_group("X25519MLKEM768") == (True, "TLS: post-quantum (X25519MLKEM768)")
+    assert pqtls.describe_group("x25519")[0] is False
+    assert pqtls.describe_group(None)[0] is False

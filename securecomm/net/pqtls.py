@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Any
 
 from OpenSSL import SSL
@@ -415,3 +416,34 @@ async def open_connection(host: str, port: int, context: SSL.Context, *, server_
     await start_tls(writer, context, server_side=False, server_hostname=server_hostname or host,
                     handshake_timeout=handshake_timeout)
     return reader, writer
+
+
+# -- one entry point per side, whichever transport the context is for ---------------------------------
+async def server_handshake(writer: asyncio.StreamWriter, context: SSL.Context | ssl.SSLContext,
+                           handshake_timeout: float) -> None:
+    """The server's TLS handshake on an accepted connection: pyOpenSSL or (`serve --tls stdlib`) Python's ssl."""
+    if isinstance(context, SSL.Context):
+        await start_tls(writer, context, server_side=True, handshake_timeout=handshake_timeout)
+    else:
+        await writer.start_tls(context, ssl_handshake_timeout=handshake_timeout)
+
+
+async def client_connect(host: str, port: int, context: SSL.Context | ssl.SSLContext, *, timeout: float,
+                         limit: int = 2 ** 16) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The client's connection: pyOpenSSL (the default) or Python's ssl, the same streams either way."""
+    if isinstance(context, SSL.Context):
+        return await open_connection(host, port, context, server_hostname=host, handshake_timeout=timeout,
+                                     limit=limit)
+    return await asyncio.open_connection(host, port, ssl=context, server_hostname=host,
+                                         ssl_handshake_timeout=timeout, limit=limit)
+
+
+def describe_group(group: str | None) -> tuple[bool, str]:
+    """(post-quantum?, the line `status` shows) for a negotiated key-exchange group."""
+    from securecomm.net.pqcontext import PQ_GROUP_NAMES
+
+    if group is None:
+        return False, "TLS: not post-quantum (the negotiated group is not visible to Python's ssl)"
+    if group in PQ_GROUP_NAMES:
+        return True, f"TLS: post-quantum ({group})"
+    return False, f"TLS: not post-quantum ({group}, a classical group)"
