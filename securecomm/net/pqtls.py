@@ -263,7 +263,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         elif isinstance(e, TLSError):
             err = e
         else:
-            err = TLSError(f"TLS handshake failed: {reason(e)}")
+            err = TLSError(reason(e))  # the reason alone: callers say which handshake failed
         if not self.handshake.done():
             self.handshake.set_exception(err)
         if self.raw is not None:
