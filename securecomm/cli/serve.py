@@ -53,10 +53,16 @@ from securecomm.errors import SecurecommError
                    "never locked).")
 @click.option("--lock-minutes", type=click.FloatRange(0), default=15, show_default=True,
               help="How long password logins stay locked; failures while locked do not extend it.")
+@click.option("--tls", "transport", type=click.Choice(["pq", "stdlib"]), default="pq", show_default=True,
+              help="TLS library: pq (pyOpenSSL, X25519MLKEM768 first, classical groups kept) or stdlib "
+                   "(Python's ssl, X25519 only, not post-quantum).")
+@click.option("--require-pq", is_flag=True,
+              help="Refuse clients that cannot do the post-quantum key exchange (X25519MLKEM768); needs --tls pq.")
 @pass_state
 def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
-          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
+          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, transport: str,
+          require_pq: bool, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
 
     On a first run with no certificate or server identity it creates them
@@ -79,7 +85,12 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
-    ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
+    if require_pq and transport != "pq":
+        from securecomm.errors import UsageError
+
+        raise UsageError("--require-pq needs --tls pq", hint="Python's ssl here has no post-quantum key exchange")
+    ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db, transport=transport,
+                                                require_pq=require_pq)
     new_database = not db_path.exists()
 
     def listening(address: tuple[str, int]) -> None:

@@ -207,7 +207,6 @@ def fetch_server_chain(host: str, port: int, timeout: float = 10.0) -> list[byte
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from securecomm.errors import NetworkError
-    from securecomm.net.pqtls import reason
 
     probe = SSL.Context(SSL.TLS_CLIENT_METHOD)
     _tls13_only(probe)
@@ -232,3 +231,12 @@ def fetch_server_chain(host: str, port: int, timeout: float = 10.0) -> list[byte
     if not chain:
         raise TLSError(f"{host}:{port} presented no certificate")
     return [c.public_bytes(Encoding.DER) for c in chain]
+
+
+def reason(e: BaseException) -> str:
+    """OpenSSL's reason for an SSL.Error, written as Python's ssl writes it ("[SSL: NO_SUITABLE_KEY_SHARE] no
+    suitable key share"), so a log line reads the same on either transport."""
+    errors = e.args[0] if e.args and isinstance(e.args[0], list) else []
+    reasons = [f"[SSL: {err[2].upper().replace(' ', '_')}] {err[2]}" for err in errors
+               if isinstance(err, tuple) and len(err) == 3 and isinstance(err[2], str) and err[2]]
+    return "; ".join(reasons) or type(e).__name__

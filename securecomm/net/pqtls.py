@@ -47,6 +47,8 @@ from typing import Any
 from OpenSSL import SSL
 
 from securecomm.errors import TLSError
+from securecomm.net import pqcontext
+from securecomm.net.pqcontext import reason
 
 #: Plaintext taken out of OpenSSL per SSL_read: one TLS record holds at most
 #: 16 KiB, so a bigger buffer would only be allocated and zeroed for nothing.
@@ -67,15 +69,6 @@ class CertificateError(TLSError):
     def __init__(self, message: str, verify_message: str) -> None:
         super().__init__(message)
         self.verify_message = verify_message
-
-
-def reason(e: BaseException) -> str:
-    """OpenSSL's reason for an SSL.Error, written as Python's ssl writes it ("[SSL: NO_SUITABLE_KEY_SHARE] no
-    suitable key share"), so a log line reads the same on either transport."""
-    errors = e.args[0] if e.args and isinstance(e.args[0], list) else []
-    reasons = [f"[SSL: {err[2].upper().replace(' ', '_')}] {err[2]}" for err in errors
-               if isinstance(err, tuple) and len(err) == 3 and isinstance(err[2], str) and err[2]]
-    return "; ".join(reasons) or type(e).__name__
 
 
 class TLSInfo:
@@ -367,8 +360,6 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
 def new_connection(context: SSL.Context, *, server_side: bool, server_hostname: str | None) -> SSL.Connection:
     """A pyOpenSSL connection on memory BIOs (no socket), ready for its handshake."""
-    from securecomm.net import pqcontext
-
     conn = SSL.Connection(context, None)
     conn.set_app_data({})  # the verify callback records why a chain failed here
     if server_side:
@@ -440,10 +431,8 @@ async def client_connect(host: str, port: int, context: SSL.Context | ssl.SSLCon
 
 def describe_group(group: str | None) -> tuple[bool, str]:
     """(post-quantum?, the line `status` shows) for a negotiated key-exchange group."""
-    from securecomm.net.pqcontext import PQ_GROUP_NAMES
-
     if group is None:
         return False, "TLS: not post-quantum (the negotiated group is not visible to Python's ssl)"
-    if group in PQ_GROUP_NAMES:
+    if group in pqcontext.PQ_GROUP_NAMES:
         return True, f"TLS: post-quantum ({group})"
     return False, f"TLS: not post-quantum ({group}, a classical group)"
