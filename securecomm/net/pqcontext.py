@@ -94,7 +94,8 @@ def expect_hostname(conn: SSL.Connection, host: str) -> None:
         ok = lib.X509_VERIFY_PARAM_set1_ip(param, ffi.from_buffer(packed), len(packed))
     if ok != 1:
         raise TLSError(f"cannot check the server's name {host!r}")
-    conn.set_tlsext_host_name(host.encode("idna") if not _is_ip(host) else b"")
+    if not _is_ip(host):  # SNI carries DNS names only (RFC 6066 3)
+        conn.set_tlsext_host_name(host.encode("idna"))
 
 
 def _is_ip(host: str) -> bool:
