@@ -33,7 +33,7 @@ async def main(cert: str, key: str, mode: str = "stdlib") -> None:
         server = await _pq_server(Path(cert), Path(key))
     else:
         if mode == "stdlib-small":
-            from securecomm.net.server import _smaller_tls_buffers
+            from securecomm.server.listener import _smaller_tls_buffers
 
             _smaller_tls_buffers()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
