@@ -4,6 +4,7 @@ outside witnesses (system `openssl s_client`, Python's ssl) on the other end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import ssl
 from collections.abc import Awaitable, Callable
@@ -399,3 +400,41 @@ def test_describe_group() -> None:
     assert pqtls.describe_group("X25519MLKEM768") == (True, "TLS: post-quantum (X25519MLKEM768)")
     assert pqtls.describe_group("x25519")[0] is False
     assert pqtls.describe_group(None)[0] is False
+
+
+def test_a_peer_that_sends_one_byte_at_a_time_is_served(tls_dir: Path) -> None:
+    """Records split across many TCP reads (handshake and data) reassemble: the server echoes exactly."""
+    async def main() -> None:
+        echo = EchoServer(pqcontext.server_context(tls_dir / "server.pem", tls_dir / "server.key"))
+        async with echo as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            conn = pqtls.new_connection(pqcontext.client_context((tls_dir / "ca.pem").read_bytes()),
+                                        server_side=False, server_hostname="localhost")
+
+            async def trickle_out() -> None:
+                with contextlib.suppress(SSL.WantReadError):
+                    while out := conn.bio_read(65536):
+                        for i in range(len(out)):
+                            writer.write(out[i:i + 1])
+                            await writer.drain()
+
+            async def pump(step: Callable[[], object]) -> object:
+                while True:
+                    try:
+                        return step()
+                    except SSL.WantReadError:
+                        await trickle_out()
+                        conn.bio_write(await asyncio.wait_for(reader.read(65536), 30))
+
+            await pump(conn.do_handshake)
+            await trickle_out()
+            assert conn.get_group_name() == "X25519MLKEM768"
+            conn.sendall(b"one byte at a time")
+            await trickle_out()
+            got = b""
+            while len(got) < 18:
+                got += await pump(lambda: conn.recv(100))  # type: ignore[operator]
+            assert got == b"one byte at a time"
+            writer.close()
+
+    asyncio.run(main())
