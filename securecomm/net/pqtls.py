@@ -179,6 +179,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self.raw: asyncio.Transport | None = None
         self.app_transport = TLSTransport(self)
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A handshake that fails after start_tls gave up waiting (its deadline) is not an error to log.
+        self.handshake.add_done_callback(_retrieve)
         self.closing = False
         self.app_paused = False
         self._error: BaseException | None = None
@@ -358,6 +360,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
         return self.raw.get_extra_info(name, default) if self.raw is not None else default
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def new_connection(context: SSL.Context, *, server_side: bool, server_hostname: str | None) -> SSL.Connection:
     """A pyOpenSSL connection on memory BIOs (no socket), ready for its handshake."""
     conn = SSL.Connection(context, None)
@@ -392,8 +399,6 @@ async def start_tls(writer: asyncio.StreamWriter, context: SSL.Context, *, serve
         await asyncio.wait_for(asyncio.shield(tls.handshake), handshake_timeout)
     except BaseException:
         raw.abort()
-        if tls.handshake.done() and not tls.handshake.cancelled():
-            tls.handshake.exception()  # retrieved, so asyncio does not log it as never retrieved
         raise
     writer._transport = tls.app_transport  # type: ignore[attr-defined]
     app._replace_writer(writer)
