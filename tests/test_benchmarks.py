@@ -39,3 +39,17 @@ def test_quick_harness_reports_every_figure(tmp_path):
     assert flood["ffdhe8192_openssl_defaults"]["completed"] > 0  # the baseline server accepts them
     assert "| 8 send under handshake flood |" in md.read_text()
     assert "target" in r.stdout
+
+
+@pytest.mark.timeout(180)
+def test_quick_pq_transport_reports_every_figure(tmp_path):
+    out = tmp_path / "pq.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pq_transport.py"), "--quick", "--json", str(out)],
+                       capture_output=True, text=True, timeout=170, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for way in ("stdlib", "pq"):
+        assert data["median"][way]["echo"] > 0 and data["median"][way]["hs"] > 0, way
+        assert data["idle_kib_per_connection"][way] > 0, way
+    assert data["median"]["pq-x25519"]["hs"] > 0
+    assert "| echo, pipelined 1 KiB frames |" in r.stdout and ">= 80%" in r.stdout

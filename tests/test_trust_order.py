@@ -8,6 +8,7 @@ migration), the home's CA, --pin on first contact, and the answer-gated TOFU pro
 
 from __future__ import annotations
 
+import re
 import base64
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,7 +151,7 @@ def test_first_contact_with_a_matching_pin_is_remembered_only_once_verified(tmp_
 
 
 def test_first_contact_with_a_wrong_pin_names_the_presented_ca(tmp_path, pki):
-    with pytest.raises(TLSError, match=f"the CA of {ADDRESS} is {fp(pki.ca)}, not the pinned"):
+    with pytest.raises(TLSError, match=re.escape(f"the CA of {ADDRESS} is {fp(pki.ca)}, not the pinned")):
         resolve_trust(home(tmp_path), HOST, PORT, pin=fp(pki.other), probe=presents(pki))
 
 

@@ -69,11 +69,17 @@ from securecomm.errors import SecurecommError
               help="Log lines on stderr: text, or one JSON object per line; each names a stable `event`.")
 @click.option("--metrics", "metrics_at", metavar="HOST:PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (a bare PORT: loopback) [off].")
+@click.option("--tls", "transport", type=click.Choice(["pq", "stdlib"]), default="pq", show_default=True,
+              help="TLS library: pq (pyOpenSSL, X25519MLKEM768 first, classical groups kept) or stdlib "
+                   "(Python's ssl, X25519 only, not post-quantum).")
+@click.option("--require-pq", is_flag=True,
+              help="Refuse clients that cannot do the post-quantum key exchange (X25519MLKEM768); needs --tls pq.")
 @pass_state
 def serve(state: State, log_format: str, metrics_at: str | None, host: str, port: int, db: str | None,
           cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
-          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
+          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, transport: str,
+          require_pq: bool, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
 
     On a first run with no certificate or server identity it creates them
@@ -96,12 +102,17 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
+    if require_pq and transport != "pq":
+        from securecomm.errors import UsageError
+
+        raise UsageError("--require-pq needs --tls pq", hint="Python's ssl here has no post-quantum key exchange")
     metrics = start_metrics(metrics_at)  # a taken port fails here, before a first run creates anything
     from securecomm.store.backends import describe, is_url
 
     url = db if db is not None and is_url(db) else None
     ssl_ctx, identity, db_file = prepare_server(state.paths, cert=cert, key=key,
-                                                db=None if url or db is None else Path(db))
+                                                db=None if url or db is None else Path(db), transport=transport,
+                                                require_pq=require_pq)
     new_database = url is None and not db_file.exists()
     db_path: str | Path = url or db_file
 
@@ -118,10 +129,10 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
     async def main() -> None:
         from securecomm.server.certreload import CertificateFiles, on_sighup
 
-        # SIGHUP: renewal without dropping connections (certgen --force, then systemctl reload)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup, ssl_ctx,
-                                                      CertificateFiles(state.paths, cert, key))
         server = Server(config, ssl_ctx, identity, db_path)
+        # SIGHUP: renewal without dropping connections (certgen --force, then systemctl reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup, server,
+                                                      CertificateFiles(state.paths, cert, key), require_pq)
         if metrics is not None:
             from securecomm.server.servermetrics import watch_server
 

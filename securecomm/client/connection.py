@@ -35,6 +35,7 @@ from securecomm.errors import (
     TooLargeError,
 )
 from securecomm.net import tls
+from securecomm.net.pqtls import CertificateError, client_connect
 from securecomm.wire import protocol as P
 from securecomm.wire.relayed import relayed_size
 
@@ -109,12 +110,13 @@ class Client:
     async def connect(self, timeout: float = CONNECT_TIMEOUT) -> P.ServerHello:
         try:
             self.reader, self.writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self.trust.context, server_hostname=self.host,
-                                        ssl_handshake_timeout=timeout), timeout)
-        except ssl.SSLCertVerificationError as e:
+                client_connect(self.host, self.port, self.trust.context, timeout=timeout), timeout)
+        except (ssl.SSLCertVerificationError, CertificateError) as e:
             raise self._verification_error(e) from e
         except ssl.SSLError as e:
             raise TLSError(f"TLS handshake with {self.host}:{self.port} failed: {e.reason or e}") from e
+        except TLSError as e:  # the pq transport's handshake failures (net/pqtls.py)
+            raise TLSError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
         except (OSError, TimeoutError) as e:
             raise NetworkError(f"cannot connect to {self.host}:{self.port}: {e.strerror or e or 'timed out'}",
                                hint="is `securecomm serve` running there?") from e
@@ -134,7 +136,7 @@ class Client:
         self.trust.verified()  # verified chain + hostname, and a securecomm server answered
         return hello
 
-    def _verification_error(self, e: ssl.SSLCertVerificationError) -> TLSError:
+    def _verification_error(self, e: ssl.SSLCertVerificationError | CertificateError) -> TLSError:
         if self.trust.how == "known_servers":
             return changed_error(f"{self.host}:{self.port}", self.trust.anchor_fingerprint)
         return TLSError(f"the certificate of {self.host}:{self.port} is not trusted: {e.verify_message}",

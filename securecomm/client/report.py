@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 from securecomm.crypto.envelope import KEM_IDS
 from securecomm.net import tls
+from securecomm.net.pqtls import describe_group
 
 _PQ_KEMS = {"mlkem768-x25519"}
-_PQ_TLS_GROUPS = {"X25519MLKEM768", "SecP256r1MLKEM768", "MLKEM768", "MLKEM1024", "X25519Kyber768Draft00"}
 
 
 def security_report(client: Any, profile: Any, identity: Any) -> dict[str, Any]:
     info = client.tls_info()
     server_id = client.server_identity
     group = info["group"]
-    if group:
-        tls_pq = group in _PQ_TLS_GROUPS
-        tls_note = f"key exchange {group}"
-    else:
-        # Python < 3.13 does not expose the negotiated group. OpenSSL before 3.5
-        # has no ML-KEM groups at all, so the exchange there is classical.
-        tls_pq = False
-        tls_note = (f"{ssl.OPENSSL_VERSION} offers no ML-KEM key exchange; TLS is NOT post-quantum"
-                    if ssl.OPENSSL_VERSION_INFO < (3, 5) else
-                    "negotiated group not visible to Python's ssl; assume TLS is NOT post-quantum")
+    # The pq transport (net/pqtls.py) names the group; Python's ssl before 3.13 cannot.
+    tls_pq, tls_note = describe_group(group)
     return {
         "server": f"{client.host}:{client.port}",
         "tls": {
             "version": info["version"],
             "cipher": info["cipher"],
-            # Python < 3.13 cannot name the group, but the client offers only one.
-            "key_exchange": group or f"{tls.GROUPS} (the only group this client offers)",
+            # Python < 3.13's ssl (a hand-built stdlib context) cannot name the group; it offers only one.
+            "key_exchange": group or f"{tls.GROUPS} (the only group Python's ssl offers here)",
             "post_quantum": tls_pq,
             "note": tls_note,
             "server_certificate": tls.der_fingerprint(client.peer_certificate()),

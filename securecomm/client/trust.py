@@ -9,7 +9,7 @@ only decides which anchor, in this order:
 4. the CA whose fingerprint --pin names         how = "pin"       (saved to known_servers)
 5. first contact, interactive: ask the user     how = "tofu"      (then saved to known_servers)
 
-Cases 4 and 5 need the CA before it is trusted: `probe` (tls.fetch_server_chain unless a test
+Cases 4 and 5 need the CA before it is trusted: `probe` (tls.pq_fetch_server_chain unless a test
 passes another) makes one handshake that does not verify, reads the chain the server
 presented and closes without sending application data, exactly as OpenSSH reads a host key
 before asking "are you sure?". Nothing is trusted because of that handshake: the user's answer
@@ -40,7 +40,8 @@ Probe = Callable[[str, int], list[bytes]]
 
 @dataclass
 class Trust:
-    context: ssl.SSLContext
+    #: A pq transport context (tls.pq_client_context, the default) or, built by hand, a stdlib SSLContext.
+    context: ssl.SSLContext | Any
     how: str  # ca | ca+pin | known_servers | pin | tofu
     anchor_fingerprint: str
     anchor_der: bytes = b""  # the CA trusted (DER)
@@ -59,7 +60,7 @@ class Trust:
 
 
 def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pin: str | None = None,
-                  ask: Any = None, probe: Probe = tls.fetch_server_chain) -> Trust:
+                  ask: Any = None, probe: Probe = tls.pq_fetch_server_chain) -> Trust:
     """Choose the trust anchor (the order and why: the module docstring)."""
     from securecomm.config import format_address
     from securecomm.files import read_file
@@ -68,26 +69,26 @@ def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pi
     known = tls.KnownServers(paths.known_servers)
     if ca:
         pem = read_file(Path(ca).expanduser())
-        return _checked(_ca_trust(tls.client_context(pem), "ca", pem), pin)
+        return _checked(_ca_trust(tls.pq_client_context(pem), "ca", pem), pin)
     entry = known.get(address)
     if entry is not None:
         return _known(entry, host, port, pin, known, probe)
     if paths.ca_cert.exists():
         pem = read_file(paths.ca_cert)
         if not pin:
-            return _ca_trust(tls.client_context(pem), "ca", pem)
+            return _ca_trust(tls.pq_client_context(pem), "ca", pem)
         if tls.pin_matches(pin, tls.pem_to_der(pem)):
-            return _ca_trust(tls.client_context(pem), "pin", pem)
+            return _ca_trust(tls.pq_client_context(pem), "pin", pem)
     return _first_contact(address, host, port, pin, ask, known, probe)
 
 
-def _ca_trust(context: ssl.SSLContext, how: str, pem: bytes) -> Trust:
+def _ca_trust(context: ssl.SSLContext | Any, how: str, pem: bytes) -> Trust:
     return Trust(context, how, tls.pem_fingerprint(pem), tls.pem_to_der(pem))
 
 
 def _pinned(ca_der: bytes, how: str, **kw: Any) -> Trust:
     pem = ssl.DER_cert_to_PEM_cert(ca_der).encode()
-    return Trust(tls.client_context(pem, pinned=True), how, tls.spki_fingerprint(ca_der), ca_der, **kw)
+    return Trust(tls.pq_client_context(pem, pinned=True), how, tls.spki_fingerprint(ca_der), ca_der, **kw)
 
 
 def _known(entry: tls.KnownServer, host: str, port: int, pin: str | None, known: tls.KnownServers,
@@ -112,7 +113,7 @@ def _migrate(entry: tls.KnownServer, host: str, port: int, known: tls.KnownServe
     chain = probe(host, port)
     if len(chain) == 1 and same(chain[0], entry.der):
         # An older server that does not send its CA yet: keep the leaf pin until it does.
-        return Trust(tls.client_context(entry.cert_pem, pinned=True), "known_servers", entry.fingerprint, entry.der)
+        return Trust(tls.pq_client_context(entry.cert_pem, pinned=True), "known_servers", entry.fingerprint, entry.der)
     ca_der = tls.presented_ca(chain)
     if not tls.issued_by(entry.der, ca_der):
         raise changed_error(entry.address, entry.fingerprint)

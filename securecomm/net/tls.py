@@ -1,7 +1,13 @@
 """TLS contexts, certificate pinning and known_servers.
 
-Server: TLS 1.3 only (Mozilla "modern"), key exchange X25519 only (see
-GROUPS), and the full chain from certgen (server certificate, then its CA).
+Two transports (issue 14). The default, "pq", is net/pqtls.py on pyOpenSSL,
+with the pq_ contexts below (built in net/pqcontext.py): key exchange
+X25519MLKEM768 first, then X25519, P-256, P-384. "stdlib" (`serve --tls
+stdlib`) is Python's ssl, whose OpenSSL 3.0 has no ML-KEM: X25519 only (see
+GROUPS). Both follow the same rules:
+
+Server: TLS 1.3 only (Mozilla "modern"), and the full chain from certgen
+(server certificate, then its CA).
 Client: CERT_REQUIRED and hostname checking, always. Which CA is the
 anchor (the trust order, TOFU, known_servers migration) is decided in
 client/trust.py; this module only builds the contexts and reads the chain.
@@ -23,6 +29,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -40,13 +47,60 @@ from securecomm.files import PRIVATE_MODE, read_file, write_files
 #: every context in the process, not only ours. X25519 is the group that
 #: OpenSSL's own clients (Python's default context, openssl s_client, curl)
 #: send a key share for, so they connect with no extra round trip. A client
-#: that offers only P-256 or P-384 is refused. The pyOpenSSL transport planned
-#: for post-quantum groups will set a list (X25519MLKEM768:X25519:P-256:P-384).
+#: that offers only P-256 or P-384 is refused. The pq transport sets a list
+#: (pqcontext.GROUPS: X25519MLKEM768:X25519:P-256:P-384).
 GROUPS = "X25519"
 
 
 def _restrict_groups(ctx: ssl.SSLContext) -> None:
     ctx.set_ecdh_curve(GROUPS)
+
+
+# -- the post-quantum transport (issue 14; the pyOpenSSL specifics are in net/pqcontext.py) ---------
+#: `serve --tls`: "pq" (pyOpenSSL, X25519MLKEM768 first; the default, as it met every
+#: figure: benchmarks/RESULTS.md section 9) or "stdlib" (Python's ssl, X25519 only).
+TRANSPORTS = ("pq", "stdlib")
+
+
+def pq_server_context(cert: Path, key: Path, ca: Path | None = None, *, require_pq: bool = False) -> Any:
+    """TLS 1.3, X25519MLKEM768:X25519:P-256:P-384 (or the first alone), the chain as server_context loads it."""
+    from securecomm.net import pqcontext
+
+    return pqcontext.server_context(cert, key, ca, require_pq=require_pq)
+
+
+_PQ_CONTEXTS: dict[tuple[bytes, bool], Any] = {}
+
+
+def pq_client_context(anchor_pem: bytes, *, pinned: bool = False) -> Any:
+    """The client's context on the pq transport: chain and pin rules as client_context; each connection
+    adds the hostname check (pqtls.new_connection). Cached per anchor, as client_context is."""
+    from securecomm.net import pqcontext
+
+    key = (anchor_pem, pinned)
+    if key not in _PQ_CONTEXTS:
+        _PQ_CONTEXTS[key] = pqcontext.client_context(anchor_pem, pinned=pinned)
+    return _PQ_CONTEXTS[key]
+
+
+def pq_fetch_server_chain(host: str, port: int, timeout: float = 10.0) -> list[bytes]:
+    """fetch_server_chain with the pq transport's groups, so it also reaches a `serve --require-pq` server."""
+    from securecomm.net import pqcontext
+
+    return pqcontext.fetch_server_chain(host, port, timeout)
+
+
+def tls_summary(transport: str, require_pq: bool = False) -> str:
+    """What `serve` logs about its key exchange."""
+    if transport != "pq":
+        return f"Python's ssl ({ssl.OPENSSL_VERSION}), key exchange {GROUPS} only: NOT post-quantum"
+    from OpenSSL import SSL
+
+    from securecomm.net import pqcontext
+
+    groups = pqcontext.PQ_GROUPS if require_pq else pqcontext.GROUPS
+    library = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    return f"pyOpenSSL ({library}), key exchange {groups}" + (" (post-quantum required)" if require_pq else "")
 
 
 def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:

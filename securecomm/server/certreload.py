@@ -34,23 +34,33 @@ class CertificateFiles:
         self.ca = files.ca_cert if self.cert == files.server_cert else self.cert.parent / "ca.pem"
 
 
-def reload_certificate(ctx: ssl.SSLContext, where: CertificateFiles) -> str:
-    """Load the files into the live context; returns the new leaf's fingerprint. Raises, changing
-    nothing, if the pair does not load."""
+def reload_certificate(server: Any, where: CertificateFiles, require_pq: bool = False) -> str:
+    """Load the files for the connections accepted from now on; returns the new leaf's fingerprint.
+
+    Raises, changing nothing, if the pair does not load. Python's ssl context is
+    reloaded in place (after a check on a throwaway one); a pyOpenSSL context
+    (the post-quantum transport) is replaced whole on `server.ssl_ctx`, which each
+    handshake reads when it starts: open connections keep the context they were made with.
+    """
     from securecomm.crypto.certs import fingerprint, load_cert
     from securecomm.files import check_private_mode
     from securecomm.net import tls
 
     check_private_mode(where.key)
-    tls.server_context(where.cert, where.key, where.ca)  # the whole pair, checked on a throwaway context
-    tls.reload_chain(ctx, where.cert, where.key, where.ca)
+    if isinstance(server.ssl_ctx, ssl.SSLContext):
+        tls.server_context(where.cert, where.key, where.ca)  # the whole pair, checked on a throwaway context
+        tls.reload_chain(server.ssl_ctx, where.cert, where.key, where.ca)
+    else:
+        from securecomm.net import pqcontext
+
+        server.ssl_ctx = pqcontext.server_context(where.cert, where.key, where.ca, require_pq=require_pq)
     return fingerprint(load_cert(where.cert.read_bytes(), where.cert))
 
 
-def on_sighup(ctx: ssl.SSLContext, where: CertificateFiles, counted: Any = None) -> None:
+def on_sighup(server: Any, where: CertificateFiles, require_pq: bool = False, counted: Any = None) -> None:
     """The SIGHUP handler: reload, and log what happened either way (never raising into the loop)."""
     try:
-        leaf = reload_certificate(ctx, where)
+        leaf = reload_certificate(server, where, require_pq)
     except (SecurecommError, OSError, ssl.SSLError, ValueError) as e:
         log.error("certificate reload failed, still serving the old one: %s", _why(e))
         if counted is not None:

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-Each TCP connection is accepted in plain mode, then upgraded with
-`start_tls` so that a failed or stalled handshake is logged with its peer.
+Each TCP connection is accepted in plain mode, then upgraded to TLS
+(net/pqtls.py: pyOpenSSL, X25519MLKEM768 first, or with `--tls stdlib` Python's
+`start_tls`) so that a failed or stalled handshake is logged with its peer.
 Until LOGIN_OK a connection holds a place among strangers (server/admission.py:
 in total and per source address) instead of a client slot, and may send only
 small frames (wire/frames.py PRELOGIN_MAX_FRAME). The connection's loop is
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from OpenSSL import SSL
+
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
@@ -36,9 +39,11 @@ from securecomm.errors import (
     OversizedError,
     SecurecommError,
     StoreUnavailableError,
+    TLSError,
     UsageError,
 )
 from securecomm.net.bus import LocalBus
+from securecomm.net.pqtls import server_handshake
 from securecomm.server import intake
 from securecomm.server.admission import Admission, Ticket
 from securecomm.server.auth import (
@@ -92,7 +97,7 @@ def _smaller_tls_buffers() -> None:
 
 
 class Server:
-    def __init__(self, config: ServerConfig, ssl_ctx: ssl.SSLContext, identity: PrivateIdentity,
+    def __init__(self, config: ServerConfig, ssl_ctx: ssl.SSLContext | SSL.Context, identity: PrivateIdentity,
                  db_path: Any) -> None:
         config.validate()
         self.config = config
@@ -283,8 +288,8 @@ class Server:
             return
         self.handshaking += 1
         try:
-            await writer.start_tls(self.ssl_ctx, ssl_handshake_timeout=self.config.handshake_timeout)
-        except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as e:
+            await server_handshake(writer, self.ssl_ctx, self.config.handshake_timeout)
+        except (ssl.SSLError, TLSError, OSError, TimeoutError, ConnectionError) as e:
             log.info("peer=%s dropped: TLS handshake failed: %s", peer, _short(e))
             writer.transport.abort()
             return
@@ -297,7 +302,7 @@ class Server:
             await _close(session)
             return
         self.sessions.add(session)
-        log.debug("peer=%s connected (%d clients)", peer, len(self.sessions))
+        log.debug("peer=%s connected, TLS group %s (%d clients)", peer, _tls_group(writer), len(self.sessions))
         try:
             await session.run()
         except (ConnectionError, ssl.SSLError, OSError) as e:
@@ -589,6 +594,12 @@ class Server:
         elif not await self.relay.request(s, ev):
             # fatal like an unknown message type: the client speaks a protocol this server does not
             s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", fatal=True, rid=ev.rid)
+
+
+def _tls_group(writer: asyncio.StreamWriter) -> str:
+    """The key-exchange group the handshake settled on (the pq transport names it; Python's ssl cannot)."""
+    group = getattr(writer.get_extra_info("ssl_object"), "group", None)
+    return str(group()) if callable(group) else "unknown (Python's ssl)"
 
 
 def _short(e: BaseException | None) -> str:

@@ -34,6 +34,8 @@ EVENTS: dict[str, str] = {
     "peer=%s dropped: %d handshakes already in progress": "conn.refused.handshakes",
     "peer=%s dropped: TLS handshake failed: %s": "conn.tls_failed",
     "peer=%s connected (%d clients)": "conn.opened",
+    "peer=%s connected, TLS group %s (%d clients)": "conn.opened",
+    "TLS: %s": "tls.transport",
     "%s connection lost: %s": "conn.lost",
     "%s closed: %s": "conn.closed.store_unavailable",
     # the store (PostgreSQL with several relays)

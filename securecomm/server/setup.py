@@ -7,18 +7,21 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from OpenSSL import SSL
+
 from securecomm.crypto import identity as ident
 from securecomm.crypto.certfiles import TLSFiles, issue_certificates
 from securecomm.crypto.certs import fingerprint, load_cert
 from securecomm.errors import NotFoundError
 from securecomm.files import read_file
-from securecomm.net.tls import server_context
+from securecomm.net.tls import pq_server_context, server_context, tls_summary
 
 log = logging.getLogger("securecomm.server")
 
 
 def prepare_server(paths: Any, *, cert: Path | None = None, key: Path | None = None,
-                   db: Path | None = None) -> tuple[ssl.SSLContext, ident.PrivateIdentity, Path]:
+                   db: Path | None = None, transport: str = "pq",
+                   require_pq: bool = False) -> tuple[ssl.SSLContext | SSL.Context, ident.PrivateIdentity, Path]:
     files = TLSFiles.from_paths(paths)
     if cert or key:
         if not (cert and key):
@@ -42,7 +45,12 @@ def prepare_server(paths: Any, *, cert: Path | None = None, key: Path | None = N
     check_private_mode(key)
     # A leaf-only cert file (older certgen) is completed with the CA beside it.
     ca = files.ca_cert if cert == files.server_cert else cert.parent / "ca.pem"
-    ctx = server_context(cert, key, ca)
+    ctx: ssl.SSLContext | SSL.Context
+    if transport == "pq":
+        ctx = pq_server_context(cert, key, ca, require_pq=require_pq)
+    else:
+        ctx = server_context(cert, key, ca)
+    log.info("TLS: %s", tls_summary(transport, require_pq))
     if not paths.server_identity_key.exists():
         identity = ident.PrivateIdentity.generate()
         ident.save(identity, paths.server_identity_key, paths.server_identity_pub)
