@@ -8,8 +8,8 @@ migration), the home's CA, --pin on first contact, and the answer-gated TOFU pro
 
 from __future__ import annotations
 
-import re
 import base64
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
