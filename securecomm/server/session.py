@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 A Session reads up to READ_CHUNK at a time into its wire.Connection and
-dispatches each event to the collaborators it was given: `Handlers` (logins,
-SEND, requests, relay budgets; the listener implements them) and `RelayPort`
+dispatches each event to the collaborators it was given: `LoginPort` (logins;
+server/auth.py), `Handlers` (SEND, requests, relay budgets; the listener) and `RelayPort`
 (DIRECT, ACK, rooms; server/relay.py). It knows nothing of the store, so it
 imports no sqlite3 and runs unchanged over another store or a message bus.
 Every wait has a deadline: the login, a partly received frame, idleness.
@@ -41,11 +41,16 @@ log = logging.getLogger("securecomm.server")
 class Handlers(Protocol):
     """What a session asks of the server it belongs to (the listener implements it)."""
 
-    async def login_password(self, s: Session, ev: P.LoginPassword) -> None: ...
-    async def login_key(self, s: Session, ev: P.LoginKey) -> None: ...
     def handle_send(self, s: Session, ev: P.Send) -> None: ...
     async def handle_request(self, s: Session, ev: P.Request) -> None: ...
     def relay_budget(self, user_id: int) -> TokenBucket: ...
+
+
+class LoginPort(Protocol):
+    """What a session hands to the logins (server/auth.py implements it)."""
+
+    async def login_password(self, s: Session, ev: P.LoginPassword) -> None: ...
+    async def login_key(self, s: Session, ev: P.LoginKey) -> None: ...
 
 
 class RelayPort(Protocol):
@@ -174,10 +179,10 @@ class Mailbox:
 class Session:
     """One connection's state above the wire: who is logged in, what is in flight."""
 
-    def __init__(self, config: ServerConfig, server_line: str, handlers: Handlers, relay: RelayPort,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    def __init__(self, config: ServerConfig, server_line: str, handlers: Handlers, logins: LoginPort,
+                 relay: RelayPort, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         self.config, self.server_line = config, server_line
-        self.handlers, self.relay = handlers, relay
+        self.handlers, self.logins, self.relay = handlers, logins, relay
         self.reader, self.writer, self.peer = reader, writer, peer
         self.conn = P.Connection("server", config.max_frame)
         self.outbox = Outbox(writer, self.label)
@@ -297,9 +302,9 @@ class Session:
             self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server_line, self.challenge,
                                     self.config.max_frame, server="securecomm"))
         elif isinstance(event, P.LoginPassword):
-            await self.handlers.login_password(self, event)
+            await self.logins.login_password(self, event)
         elif isinstance(event, P.LoginKey):
-            await self.handlers.login_key(self, event)
+            await self.logins.login_key(self, event)
         elif isinstance(event, P.Ping):
             if isinstance(event, P.Bye):
                 self.closing = True
