@@ -163,7 +163,7 @@ class Mailbox:
         self.outstanding.add(item.seq)
         try:
             self.session.send(P.Deliver(item.seq, item.stored_at_ms, item.sender, item.envelope))
-        except P.ProtocolError:
+        except P.LocalProtocolError:
             pass  # closed: offered again at the next login
         except OversizedError:
             # Stored before intake checked the relayed size, or under a larger --max-frame. It stays
@@ -211,7 +211,7 @@ class Session:
 
     def error(self, code: P.ErrorCode, message: str, *, fatal: bool = False, msg_id: bytes | None = None,
               rid: int | None = None) -> None:
-        with contextlib.suppress(P.ProtocolError):  # already closed: nothing to tell
+        with contextlib.suppress(P.LocalProtocolError):  # already closed: nothing to tell
             self.send(P.Error(int(code), message, fatal, msg_id, rid))
 
     # -- the read loop ---------------------------------------------------------------
@@ -248,7 +248,7 @@ class Session:
                     await self._backpressure()
             except P.ProtocolError as e:
                 log.warning("%s dropped: protocol error: %s", self.label(), e)
-                self.error(e.code, str(e), fatal=True)
+                self.error(P.ErrorCode(e.code), str(e), fatal=True)
                 return
             frame_started = (frame_started or time.monotonic()) if self.conn.decoder.partial else None
 
