@@ -368,7 +368,7 @@ class Logins:
             identity = PublicIdentity.from_line(ev.identity)
         except SecurecommError:
             log.warning("%s registration refused: identity malformed", s.label())
-            s.error(P.ErrorCode.BAD_FRAME, "the identity to register is malformed", fatal=True)
+            s.error(P.ErrorCode.BAD_FRAME, P.OPAQUE_TEXTS[P.ErrorCode.BAD_FRAME], fatal=True)
             return None
         try:
             if ev.proof is None:
@@ -377,8 +377,7 @@ class Logins:
                                                             ev.user.lower()))
         except IntegrityError:
             log.warning("%s registration refused: no valid proof of possession", s.label())
-            s.error(P.ErrorCode.INTEGRITY, "the proof of possession of the identity to register (a signature of "
-                    "this connection's challenge) is missing or does not verify", fatal=True)
+            s.error(P.ErrorCode.INTEGRITY, P.OPAQUE_TEXTS[P.ErrorCode.INTEGRITY], fatal=True)
             return None
         return identity
 

@@ -278,7 +278,7 @@ class Server:
         if isinstance(env, intake.Refusal):
             s.in_flight.release()
             log.info("%s message %s: %s", s.label(), "rejected" if env.code is P.ErrorCode.INTEGRITY else "refused",
-                     env.message.removeprefix("message rejected: "))
+                     env.detail or env.message)
             s.error(env.code, env.message, msg_id=msg_id)
             return
         assert s.user is not None
@@ -318,7 +318,8 @@ class Server:
                         "(use securecomm user list on the server host)", rid=ev.rid)
         elif not await self.relay.request(s, ev):
             # fatal like an unknown message type: the client speaks a protocol this server does not
-            s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", fatal=True, rid=ev.rid)
+            log.warning("%s dropped: unknown request %r", s.label(), ev.op[:40])
+            s.error(P.ErrorCode.UNKNOWN_TYPE, P.OPAQUE_TEXTS[P.ErrorCode.UNKNOWN_TYPE], fatal=True, rid=ev.rid)
 
 
 def _short(e: BaseException | None) -> str:

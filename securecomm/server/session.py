@@ -248,9 +248,15 @@ class Session:
                     await self._backpressure()
             except P.ProtocolError as e:
                 log.warning("%s dropped: protocol error: %s", self.label(), e)
-                self.error(P.ErrorCode(e.code), str(e), fatal=True)
+                self.error(P.ErrorCode(e.code), self._violation_text(P.ErrorCode(e.code)), fatal=True)
                 return
             frame_started = (frame_started or time.monotonic()) if self.conn.decoder.partial else None
+
+    def _violation_text(self, code: P.ErrorCode) -> str:
+        """What the peer is told about its protocol violation: a fixed text per code, never our parser's words."""
+        if code is P.ErrorCode.TOO_LARGE:
+            return f"frame larger than the limit of {self.conn.decoder.max_frame} bytes"
+        return P.OPAQUE_TEXTS.get(code, P.OPAQUE_TEXTS[P.ErrorCode.BAD_FRAME])
 
     async def _backpressure(self) -> None:
         """Once this connection's own answers pass OUTBOX_DRAIN_AT, wait until the client takes them.

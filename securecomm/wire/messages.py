@@ -55,6 +55,20 @@ class ErrorCode(IntEnum):
     STORAGE_FULL = 20  # a SEND would take the sender's stored messages to the server over a limit
 
 
+#: The only text the server sends with these codes (docs/PROTOCOL.md 5.5.1), and the text the client
+#: shows for them whatever a server sent. Their causes come from our parsers and crypto: the exception
+#: text would tell a prober which check failed (as pyca's one opaque InvalidToken avoids); the server
+#: logs the detail instead.
+OPAQUE_TEXTS: dict[int, str] = {
+    ErrorCode.BAD_FRAME: "malformed frame or message",
+    ErrorCode.UNKNOWN_TYPE: "unknown message type or request",
+    ErrorCode.BAD_STATE: "message not allowed in this state of the connection",
+    ErrorCode.VERSION: "no common protocol version",
+    ErrorCode.INTEGRITY: ("message rejected: it failed the server's integrity checks (format, signature, proof of "
+                          "possession or decryption)"),
+}
+
+
 class MsgType(IntEnum):
     HELLO = 0x01
     LOGIN_PASSWORD = 0x02
