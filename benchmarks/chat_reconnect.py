@@ -29,7 +29,7 @@ from benchmarks import harness as H
 from benchmarks.common import entry_point, write_json
 from securecomm.cli.context import State
 from securecomm.client import chat as chatsession
-from securecomm.client.chat import ChatSession, Info
+from securecomm.client.chat import ChatSession, Command, Info
 from securecomm.client.events import Alert
 from securecomm.crypto import identity as ident
 
@@ -62,7 +62,7 @@ async def one_round(server: H.Proc, state: State, me: Any, cap: float, down: flo
         elif isinstance(ev, Alert) and ev.text.startswith("cannot connect"):
             attempts.append(time.monotonic())
 
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    lines: asyncio.Queue[Command | None] = asyncio.Queue()
     run = asyncio.create_task(ChatSession(state.paths, me, "alice", "lobby", emit).run(lines))
     try:
         await asyncio.wait_for(joined.wait(), REJOIN_TIMEOUT)

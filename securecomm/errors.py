@@ -83,7 +83,25 @@ class UnknownSuiteError(FormatError):
     """unknown or unsupported cipher suite"""
 
 
-class RemoteProtocolError(FormatError):
+class ProtocolError(SecurecommError):
+    """the wire protocol was broken"""
+
+    exit_code = 6
+
+    #: The wire ERROR code this calls for (a wire.messages.ErrorCode value; an int here because
+    #: errors.py sits below wire/). 1 is BAD_FRAME.
+    def __init__(self, message: str | None = None, code: int = 1, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class LocalProtocolError(ProtocolError):
+    """this side misused the protocol: a frame it may not send now (a bug, or the connection is closed)"""
+
+    exit_code = 1
+
+
+class RemoteProtocolError(ProtocolError, FormatError):
     """the peer broke the protocol"""
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from securecomm.cli.context import State
 from securecomm.client import chat as chatsession
-from securecomm.client.chat import BACKOFF_MAX, ChatSession, Info
+from securecomm.client.chat import BACKOFF_MAX, ChatSession, Command, Info, Say
 from securecomm.client.events import Alert, Membership
 from securecomm.crypto import identity as ident
 from tests.conftest import ENTRY, run_entry
@@ -127,7 +127,7 @@ def test_room_line_a_member_never_gets_is_named(world, monkeypatch):  # noqa: F8
         state = State(home=str(homes["alice"]))
         me = ident.load(state.paths.identity_key("default"))
         session = ChatSession(state.paths, me, "alice", "lobby", events.append)
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        lines: asyncio.Queue[Command | None] = asyncio.Queue()
         run = asyncio.create_task(session.run(lines))
         bob = None
         try:
@@ -137,7 +137,7 @@ def test_room_line_a_member_never_gets_is_named(world, monkeypatch):  # noqa: F8
             await _until(lambda: Membership("lobby", "bob", "joined") in events, 30)
             srv.stop(signal.SIGKILL)
             await _until(lambda: any(isinstance(e, Alert) and "connection lost" in e.text for e in events), 30)
-            lines.put_nowait("nobody will read this")
+            lines.put_nowait(Say("nobody will read this"))
             await _until(lambda: any(isinstance(e, Info) and "queued" in e.text for e in events), 30)
             srv.start()
             await _until(lambda: any(isinstance(e, Alert) and "NOT delivered to bob" in e.text

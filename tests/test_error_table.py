@@ -505,6 +505,8 @@ def check(row: Row, outcome: Outcome) -> None:
     c, err, msg_id, rid = outcome
     try:
         assert (P.ErrorCode(err.code), err.fatal) == (row.code, row.fatal), err.message
+        if row.code in P.OPAQUE_TEXTS:  # 5.5.1: the fixed text, never an exception's words
+            assert err.message == P.OPAQUE_TEXTS[row.code]
         assert err.msg_id == (msg_id if row.msg_id else None)
         assert err.rid == (rid if row.rid else None)
         assert c.closed() is row.fatal
@@ -566,6 +568,36 @@ def test_non_string_args_name_nothing(main_world):
         c.send(P.Request(5, "join", {"room": True}))
         err = c.error()
         assert (err.code, err.rid, err.fatal) == (P.ErrorCode.NOT_FOUND, 5, False)
+    finally:
+        c.close()
+
+
+def opaque_texts() -> dict[str, str]:
+    out = {}
+    for line in _section(DOC.read_text(), "#### 5.5.1 ").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] in P.ErrorCode.__members__:
+            out[cells[0]] = cells[1].strip('"')
+    return out
+
+
+def test_opaque_texts_agree_with_the_document():
+    assert opaque_texts() == {P.ErrorCode(code).name: text for code, text in P.OPAQUE_TEXTS.items()}
+
+
+@pytest.mark.parametrize("how", ["send", "direct"])
+def test_a_forged_envelope_is_refused_without_exception_text(main_world, how):
+    """Regression: the refusal once read "message rejected: envelope signature does not verify", telling
+    a prober which check failed. Now the peer gets INTEGRITY and the fixed text; the detail is logged."""
+    c = main_world.alice()
+    if how == "send":
+        _, err, _, _ = _send(c, _flip_last(_sealed(ALICE, c.server_identity)))
+    else:
+        _, err, _, _ = _direct(c, "bob", _flip_last(_sealed(ALICE, BOB.public)))
+    try:
+        assert err.code == P.ErrorCode.INTEGRITY and not err.fatal
+        assert err.message == P.OPAQUE_TEXTS[P.ErrorCode.INTEGRITY]
+        assert "does not verify" not in err.message and "envelope" not in err.message
     finally:
         c.close()
 

@@ -256,7 +256,7 @@ def test_an_unsolicited_non_fatal_error_is_shown_and_the_send_succeeds(hostile, 
     server = hostile("alice")
     assert login(home, server).returncode == 0
     server.results["lookup"] = {"user": "bob", "identity": server.peer.line}
-    noise = [P.Error(int(P.ErrorCode.INTEGRITY), "rejected" + EVIL, False, os.urandom(16)),  # no such msg_id
+    noise = [P.Error(int(P.ErrorCode.FORBIDDEN), "rejected" + EVIL, False, os.urandom(16)),  # no such msg_id
              P.Error(int(P.ErrorCode.NOT_FOUND), "no such request", False, None, 999_999),  # no such rid
              P.Error(int(P.ErrorCode.RATE_LIMITED), "slow down", False)]  # about nothing at all
     server.before_receipt = noise

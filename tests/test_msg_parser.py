@@ -1,4 +1,5 @@
-"""chat's `/msg USER text` parser, without a socket: one grammar online and while disconnected.
+"""chat's slash-command grammar (cli/slash.py) and `/msg USER text`, without a socket: one grammar online
+and while disconnected.
 
 The server folds user names to ASCII lower case (store.db.normalise_name), so `/msg Bob` must
 reach bob in both paths; before, only the online path lower-cased and a queued `/msg Bob` went
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from securecomm.client.chat import ChatSession, Info, Pending, parse_msg
+from securecomm.cli.slash import MSG_USAGE, TRUST_USAGE, parse_line, parse_msg
+from securecomm.client.chat import ChatSession, Info, Invalid, Join, Msg, Pending, Quit, Say, Trust, Who
 from securecomm.store.db import normalise_name
 
 
@@ -40,13 +42,45 @@ def session() -> tuple[ChatSession, list[object]]:
 
 def test_a_msg_typed_while_disconnected_is_queued_for_the_folded_name():
     s, shown = session()
-    s._queue_line("/msg Bob hello")
+    s._queue_line(parse_line("/msg Bob hello"))
     assert s.outbox == [Pending("dm", "bob", b"hello")]
     assert shown == [Info("(queued until reconnected)")]
 
 
 def test_a_msg_without_text_while_disconnected_queues_nothing():
     s, shown = session()
-    s._queue_line("/msg bob ")
+    s._queue_line(parse_line("/msg bob "))
     assert s.outbox == []
     assert shown == [Info("usage: /msg USER text")]
+
+
+@pytest.mark.parametrize(("line", "command"), [
+    ("hello there ", Say("hello there ")),  # room text as typed
+    ("", Say("")),
+    ("/quit", Quit()),
+    (" /quit ", Quit()),
+    ("/join  Ops ", Join("Ops")),  # the room rule is ChatSession's (room_name), not the grammar's
+    ("/who", Who()),
+    ("/msg Bob hi", Msg("bob", "hi")),
+    ("/msg bob", Invalid(MSG_USAGE, offline_too=True)),
+    ("/trust Bob", Trust("bob", None)),
+    ("/trust bob SHA256:abc", Trust("bob", "SHA256:abc")),
+    ("/trust bob a b", Invalid(TRUST_USAGE)),
+    ("/trust b@d", Invalid(TRUST_USAGE)),
+])
+def test_lines_parse_into_commands(line, command):
+    assert parse_line(line) == command
+
+
+def test_an_unknown_command_names_it_and_suggests_one():
+    cmd = parse_line("/jion lobby")
+    assert isinstance(cmd, Invalid) and not cmd.offline_too
+    assert cmd.text.startswith("unknown command /jion; did you mean /join?")
+
+
+def test_a_command_typed_while_disconnected_is_not_queued():
+    s, shown = session()
+    s._queue_line(parse_line("/who"))
+    s._queue_line(parse_line("hi room"))
+    assert s.outbox == [Pending("room", "lobby", b"hi room")]
+    assert shown[0] == Info("(not connected: only text and /msg are queued)")

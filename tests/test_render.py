@@ -32,6 +32,13 @@ def test_server_error_text_is_escaped():
     assert "\x1b" not in err.message and "\\x1b" in err.message
 
 
+@pytest.mark.parametrize("code", sorted(P.OPAQUE_TEXTS))
+def test_an_opaque_code_shows_its_fixed_text_not_the_servers(code):
+    """PROTOCOL.md 5.5.1: whatever a server writes beside an opaque code, the client shows the code's text."""
+    err = error_from(P.Error(code, "envelope signature does not verify" + EVIL))
+    assert err.message == "server: " + P.OPAQUE_TEXTS[code]
+
+
 def test_a_burst_of_joins_and_leaves_is_one_line(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     line = render(Membership("lobby", "mallory", "left", 3999), "me")

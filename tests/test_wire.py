@@ -225,7 +225,7 @@ def test_fuzz_arbitrary_bytes(chunks, role):
             conn.receive_data(chunk)
             while conn.next_event() is not None:
                 pass
-    except P.ProtocolError:
+    except P.RemoteProtocolError:  # what the peer sent: never our LocalProtocolError
         pass
 
 
@@ -248,7 +248,7 @@ def test_fuzz_message_sequences(events):
         try:
             server.receive_data(P.encode_event(ev))
             got = server.next_event()
-        except P.ProtocolError:
+        except P.RemoteProtocolError:
             return
         if got is None:
             assert server.state is P.State.CLOSED
@@ -282,3 +282,35 @@ def test_duplicate_keys_and_non_json_constants_are_bad_frames(body):
     with pytest.raises(P.ProtocolError) as e:
         s.next_event()
     assert e.value.code == P.ErrorCode.BAD_FRAME
+
+
+def test_sending_in_the_wrong_state_is_our_misuse_not_the_peers():
+    """h11's split: a frame we may not send now is LocalProtocolError, never RemoteProtocolError."""
+    c = P.Connection("client")
+    with pytest.raises(P.LocalProtocolError) as e:
+        c.send(P.Send(b"envelope"))  # before HELLO / LOGIN_OK
+    assert not isinstance(e.value, P.RemoteProtocolError)
+    assert e.value.code == P.ErrorCode.BAD_STATE
+    s = P.Connection("server")
+    s.send(P.Error(int(P.ErrorCode.TIMEOUT), "timeout", True))  # a fatal ERROR closes the connection
+    with pytest.raises(P.LocalProtocolError):
+        s.send(P.Pong())  # a reply after that is the server's own mistake
+
+
+def test_receiving_a_frame_in_the_wrong_state_is_the_peers_violation():
+    s = P.Connection("server")
+    s.receive_data(P.encode_event(P.Send(b"envelope")))
+    with pytest.raises(P.RemoteProtocolError) as e:
+        s.next_event()
+    assert not isinstance(e.value, P.LocalProtocolError)
+    assert e.value.code == P.ErrorCode.BAD_STATE
+
+
+def test_protocol_errors_share_one_root_with_their_exit_codes():
+    from securecomm import errors
+
+    assert issubclass(errors.LocalProtocolError, errors.ProtocolError)
+    assert issubclass(errors.RemoteProtocolError, errors.ProtocolError)
+    assert P.ProtocolError is errors.ProtocolError
+    assert errors.RemoteProtocolError("x").exit_code == 6  # like any malformed input (an IntegrityError)
+    assert errors.LocalProtocolError("x").exit_code == 1  # a bug of ours, not bad data

@@ -79,7 +79,7 @@ def test_relayed_round_trip_through_the_frame_layer(event):
 
 
 def _parses_or_protocol_error(cls: type[P.Event], body: bytes) -> None:
-    with contextlib.suppress(P.ProtocolError):
+    with contextlib.suppress(P.RemoteProtocolError):
         cls.decode_body(body)
 
 
@@ -117,11 +117,11 @@ def _mutate(body: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
 def test_mutated_relayed_frames_parse_or_protocol_error(event, mutations):
     body = _mutate(event.encode_body(), mutations)
     _parses_or_protocol_error(type(event), body)
-    with contextlib.suppress(P.ProtocolError):
+    with contextlib.suppress(P.RemoteProtocolError):
         P.decode_payload(bytes([event.TYPE]) + body)
 
 
 @pytest.mark.parametrize("cls", sorted(RELAYED, key=lambda c: c.TYPE), ids=lambda c: c.__name__)
 def test_empty_body_is_a_protocol_error(cls):
-    with pytest.raises(P.ProtocolError):
+    with pytest.raises(P.RemoteProtocolError):
         cls.decode_body(b"")

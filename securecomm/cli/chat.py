@@ -83,7 +83,7 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
     import asyncio
     import signal
 
-    from securecomm.client.chat import ChatSession, room_name
+    from securecomm.client.chat import ChatSession, Command, room_name
     from securecomm.config import Profile
 
     room = room_name(room)
@@ -98,7 +98,7 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        lines: asyncio.Queue[Command | None] = asyncio.Queue()  # parsed by cli/slash.py as typed
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # leave the way /quit does
             loop.add_signal_handler(sig, lambda: lines.put_nowait(None))
         session = ChatSession(state.paths, identity, profile.user, room, show, server=server, ca=ca, pin=pin)
@@ -120,6 +120,8 @@ async def _on_terminal(run: Any, lines: Any) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
 
+    from securecomm.cli.slash import parse_line
+
     prompt: PromptSession[str] = PromptSession(PROMPT)  # history in memory only: nothing typed touches disk
 
     async def read() -> None:
@@ -129,7 +131,7 @@ async def _on_terminal(run: Any, lines: Any) -> None:
             except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C
                 lines.put_nowait(None)
                 return
-            lines.put_nowait(line)
+            lines.put_nowait(parse_line(line))
 
     with patch_stdout(raw=True):  # raw: our colours pass; peer text is escaped before it gets here
         reader = asyncio.create_task(read())
@@ -145,7 +147,9 @@ def _read_pipe(loop: Any, lines: Any) -> None:
     """Without a terminal: one line per line of stdin; end of input quits."""
     import contextlib
 
+    from securecomm.cli.slash import parse_line
+
     with contextlib.suppress(RuntimeError):  # the loop may be gone once chat has ended
         for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+            loop.call_soon_threadsafe(lines.put_nowait, parse_line(line.rstrip("\n")))
         loop.call_soon_threadsafe(lines.put_nowait, None)

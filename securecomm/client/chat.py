@@ -76,34 +76,50 @@ def room_name(name: str) -> str:
         raise UsageError(f"room name {name!r} must be 1-32 characters of a-z 0-9 _ . -") from None
 
 
-#: The commands chat understands, as the help line lists them.
-COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/trust USER", "/quit")
+# -- the commands a ChatSession takes (cli/slash.py reads them from typed lines) ---------------
+@dataclass(frozen=True)
+class Say:
+    """A line for the room, as typed (a blank one is ignored)."""
+
+    text: str
 
 
-def unknown_command(line: str) -> str:
-    """Name the command that was not understood, suggest the closest one, list them all."""
-    import difflib
-
-    word = line.split(" ", 1)[0]
-    names = [c.split(" ", 1)[0] for c in COMMANDS]
-    if word in names:  # known, but used wrongly (say, /join without a room)
-        return f"usage: {COMMANDS[names.index(word)]} (commands: {', '.join(COMMANDS)})"
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.5)
-    guess = f"; did you mean {close[0]}?" if close else ""
-    return f"unknown command {printable(word.encode())}{guess} (commands: {', '.join(COMMANDS)})"
+@dataclass(frozen=True)
+class Join:
+    room: str  # as typed: checked by room_name() when run
 
 
-def parse_msg(line: str) -> tuple[str, str] | None:
-    """`/msg USER text` -> (user, text); None when USER or the text is missing.
+@dataclass(frozen=True)
+class Who:
+    pass
 
-    USER is folded as the server folds names (store.db.normalise_name): ASCII lower-cased, so
-    `/msg Bob` reaches bob whether typed online or queued offline; anything else is kept as typed
-    for the server to refuse, never folded (str.lower() would turn a KELVIN SIGN into "k")."""
-    parts = line.split(" ", 2)
-    if len(parts) < 3 or not parts[1] or not parts[2]:
-        return None
-    user = parts[1]
-    return (user.lower() if user.isascii() else user), parts[2]
+
+@dataclass(frozen=True)
+class Msg:
+    user: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Trust:
+    user: str
+    fingerprint: str | None  # None: show the new key; else accept it
+
+
+@dataclass(frozen=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A line that is not a valid command: `text` says why. `offline_too`: said even while disconnected."""
+
+    text: str
+    offline_too: bool = False
+
+
+Command = Say | Join | Who | Msg | Trust | Quit | Invalid
 
 
 def retryable(e: SecurecommError) -> bool:
@@ -143,7 +159,8 @@ class ChatSession:
             self.changed.set()
         self.emit(ev)
 
-    async def run(self, lines: asyncio.Queue[str | None]) -> None:
+    async def run(self, lines: asyncio.Queue[Command | None]) -> None:
+        """Run until Quit or None (end of input) arrives on `lines`."""
         delay = BACKOFF_START
         connected_once = False
         while True:
@@ -171,7 +188,7 @@ class ChatSession:
                         raise
                     self.emit(Alert(f"connection lost: {_reason(e)}; reconnecting"))
 
-    async def _wait_or_quit(self, lines: asyncio.Queue[str | None], delay: float) -> bool:
+    async def _wait_or_quit(self, lines: asyncio.Queue[Command | None], delay: float) -> bool:
         """Sleep `delay`, still taking input (queued for later); True if the user quit."""
         deadline = asyncio.get_running_loop().time() + delay
         while (left := deadline - asyncio.get_running_loop().time()) > 0:
@@ -179,26 +196,24 @@ class ChatSession:
                 line = await asyncio.wait_for(lines.get(), left)
             except TimeoutError:
                 return False
-            if line is None or line.strip() == "/quit":
+            if line is None or isinstance(line, Quit):
                 return True
             self._queue_line(line)
         return False
 
-    def _queue_line(self, line: str) -> None:
-        if line.startswith("/msg "):
-            msg = parse_msg(line)
-            if msg is None:
-                self.emit(Info("usage: /msg USER text"))
-                return
-            self.outbox.append(Pending("dm", msg[0], msg[1].encode()))
+    def _queue_line(self, line: Command) -> None:
+        if isinstance(line, Invalid) and line.offline_too:
+            self.emit(Info(line.text))
+        elif isinstance(line, Msg):
+            self.outbox.append(Pending("dm", line.user, line.text.encode()))
             self.emit(Info("(queued until reconnected)"))
-        elif line.strip() and not line.startswith("/"):
-            self.outbox.append(Pending("room", self.room, line.encode()))
+        elif isinstance(line, Say) and line.text.strip():
+            self.outbox.append(Pending("room", self.room, line.text.encode()))
             self.emit(Info(f"(queued until reconnected and the members of #{self.room} are back)"))
         else:
             self.emit(Info("(not connected: only text and /msg are queued)"))
 
-    async def _connected(self, lines: asyncio.Queue[str | None]) -> bool:
+    async def _connected(self, lines: asyncio.Queue[Command | None]) -> bool:
         assert self.messenger is not None
         m = self.messenger
         pump = asyncio.create_task(m.run())
@@ -222,7 +237,7 @@ class ChatSession:
             self.flush = None
             self.sending.clear()
 
-    async def _loop(self, lines: asyncio.Queue[str | None], pump: asyncio.Task[None]) -> bool:
+    async def _loop(self, lines: asyncio.Queue[Command | None], pump: asyncio.Task[None]) -> bool:
         """Lines and events until the user quits (True) or the connection fails (raises)."""
         while True:
             getter = asyncio.create_task(lines.get())
@@ -247,7 +262,7 @@ class ChatSession:
                 getter.cancel()
                 continue
             line = getter.result()
-            if line is None or line.strip() == "/quit":
+            if line is None or isinstance(line, Quit):
                 await self._finish_sending()
                 return True
             await self._command(line)
@@ -321,52 +336,36 @@ class ChatSession:
                 raise
             self.emit(Alert(f"not sent to {item.target}: {e.message}"))
 
-    async def _command(self, line: str) -> None:
+    async def _command(self, line: Command) -> None:
         assert self.messenger is not None
         m = self.messenger
         try:
-            if line.startswith("/join "):
-                new = room_name(line[len("/join "):].strip())
+            if isinstance(line, Join):
+                new = room_name(line.room)
                 await m.leave(self.room)
                 self.room = new
                 members = await m.join(new)
                 self.present = set(members) - {self.user}
                 self.emit(Info(f"joined #{new}: {', '.join(members)}"))
-            elif line.strip() == "/who":
+            elif isinstance(line, Who):
                 self.emit(Info(f"in #{self.room}: {', '.join(await m.who(self.room))}"))
-            elif line.startswith("/msg "):
-                msg = parse_msg(line)
-                if msg is None:
-                    self.emit(Info("usage: /msg USER text"))
-                    return
-                item = Pending("dm", msg[0], msg[1].encode())
+            elif isinstance(line, Msg):
+                item = Pending("dm", line.user, line.text.encode())
                 self.outbox.append(item)
                 self._in_background(item)
-            elif line.startswith("/trust "):
-                self._trust(line)
-            elif line.startswith("/"):
-                self.emit(Info(unknown_command(line)))
-            elif line.strip():
-                self._room_line(line)
+            elif isinstance(line, Trust):
+                # accepting a key is what `contacts trust` does, and completes the room key exchange
+                self.emit(Info(m.trust(line.user, line.fingerprint)))
+            elif isinstance(line, Invalid):
+                self.emit(Info(line.text))
+            elif isinstance(line, Say) and line.text.strip():
+                self._room_line(line.text)
                 if self.flush is None:
                     self._in_background(self.outbox[-1])
         except SecurecommError as e:
             if retryable(e):
                 raise
             self.emit(Alert(e.message + (f" ({e.hint})" if e.hint else "")))
-
-    def _trust(self, line: str) -> None:
-        """/trust USER shows USER's changed key; /trust USER FINGERPRINT accepts it (as
-        `contacts trust` does) and completes the room key exchange with them."""
-        from securecomm.store.db import NAME_RE
-
-        assert self.messenger is not None
-        parts = line.split()
-        user = parts[1].lower() if len(parts) in (2, 3) else ""
-        if not NAME_RE.fullmatch(user):
-            self.emit(Info("usage: /trust USER (shows their new key), then /trust USER FINGERPRINT"))
-            return
-        self.emit(Info(self.messenger.trust(user, parts[2] if len(parts) == 3 else None)))
 
     def _room_line(self, line: str) -> None:
         self.outbox.append(Pending("room", self.room, line.encode()))

@@ -80,8 +80,10 @@ def message_too_large(limit: int, what: str = "message", size: int | None = None
 
 def error_from(ev: P.Error) -> SecurecommError:
     cls = _ERRORS.get(ev.code, RefusedError)
-    # a server's words never drive the terminal
-    return cls(f"server: {printable(ev.message.encode())}", hint=_HINTS.get(ev.code))
+    opaque = P.OPAQUE_TEXTS.get(ev.code)
+    # an opaque code shows its fixed text (PROTOCOL.md 5.5.1); a server's words never drive the terminal
+    text = opaque if opaque is not None else printable(ev.message.encode())
+    return cls(f"server: {text}", hint=_HINTS.get(ev.code))
 
 
 

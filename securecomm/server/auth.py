@@ -1,6 +1,8 @@
-"""Login rules: password-guess lockout per user name (in memory), and when a session's account still holds.
+"""Logins: LOGIN_PASSWORD and LOGIN_KEY (`Logins`, with the Argon2id hash pool), the password-guess
+lockout per user name (in memory), and when a session's account still holds.
 
-The login flow itself (the Argon2id hash pool, LOGIN_PASSWORD / LOGIN_KEY) is in server/listener.py.
+The listener builds one `Logins` and passes it to every session; it is given the store, the relay
+and the listener's own admission check (its client limits), never the whole server.
 
 Theory of operation
 -------------------
@@ -32,20 +34,33 @@ into the database off the reply path so that `user list` can show it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
+import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
+from securecomm.errors import BusyError, ExistsError, IntegrityError, SecurecommError, UsageError
+from securecomm.store import passwords
+from securecomm.store.db import LAST_LOGIN_RESOLUTION, normalise_name
+from securecomm.wire import protocol as P
 
 if TYPE_CHECKING:
+    from securecomm.server.commit_queue import AsyncStore
+    from securecomm.server.config import ServerConfig
+    from securecomm.server.relay import Relay
     from securecomm.server.session import Session
     from securecomm.store.db import User
+
+log = logging.getLogger("securecomm.server")
 
 #: Names tracked at once (~250 bytes each). Beyond this the oldest windows are
 #: dropped: memory stays bounded whatever names are guessed. Expired entries
@@ -195,3 +210,254 @@ def why_session_ends(s: Session, fresh: User | None) -> str | None:
 def same_key(a: bytes | None, b: bytes | None) -> bool:
     """Two fingerprints, either of which may be "no key", are the same."""
     return (a is None and b is None) or (a is not None and b is not None and same(a, b))
+
+
+class Logins:
+    """Answers LOGIN_PASSWORD and LOGIN_KEY: the hash pool, the lockout, key registration, LOGIN_OK.
+
+    `admit(session, account)` is the listener's last word (its client limits): it refuses the
+    session itself (returning False) or counts it as a client (True)."""
+
+    def __init__(self, config: ServerConfig, store: AsyncStore, relay: Relay, server_fingerprint: bytes,
+                 admit: Callable[[Session, User], bool]) -> None:
+        self.config, self.store, self.relay = config, store, relay
+        self.server_fingerprint, self.admit = server_fingerprint, admit
+        self.hash_pool = ThreadPoolExecutor(max_workers=config.hash_workers, thread_name_prefix="securecomm-argon2")
+        self.hash_slots = asyncio.Semaphore(config.hash_workers)
+        self.hash_waiting = 0
+        self._dummy_hash = passwords.dummy_hash()
+        self.lockout = Lockout(config.lock_after, config.lock_seconds)
+        self.name_locks = NameLocks()
+        #: password hash of each locked account when its lock started: a new one (`user passwd`) lifts the lock
+        self._lock_hashes: dict[str, str] = {}
+        #: Keys the tags under which unknown login names are logged (_logged_name); never stored.
+        self._name_key = os.urandom(32)
+        #: Lock mirrors still being written (stop() waits for them).
+        self.background: set[asyncio.Future[Any]] = set()
+
+    def restore_locks(self, users: list[User]) -> None:
+        """At start-up: the locks the database holds."""
+        for user in users:
+            if user.locked():
+                self.lockout.lock(user.name, user.locked_until)
+                self._lock_hashes[user.name] = user.password_hash
+
+    def lift_reset_locks(self, get_user: Callable[[str], User | None]) -> None:
+        """After an account change: lift the locks of names whose password an operator reset."""
+        for name in self.lockout.locked_names():
+            fresh = get_user(name)
+            if fresh is not None:
+                self._password_reset(fresh)
+
+    def close(self) -> None:
+        self.hash_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _check_password(self, password: str, phc: str) -> bool:
+        if self.hash_waiting >= self.config.max_hash_queue:
+            raise BusyError
+        self.hash_waiting += 1
+        try:
+            async with self.hash_slots:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.hash_pool, passwords.verify_password, password, phc)
+        finally:
+            self.hash_waiting -= 1
+
+    async def _find_user(self, name: str) -> tuple[str | None, User | None]:
+        """The normalised name (None if invalid) and the account (None if unknown)."""
+        try:
+            norm = normalise_name(name)
+        except UsageError:
+            return None, None
+        return norm, self.store.read().get_user(norm)
+
+    async def login_password(self, s: Session, ev: P.LoginPassword) -> None:
+        identity = self._proven_identity(s, ev) if ev.identity else None
+        if ev.identity and identity is None:
+            return
+        name, user = await self._find_user(ev.user)
+        key = name or ev.user[:64]  # invalid names are tracked like any other: same answers, same time
+        log.debug("%s password login for %s: account read, checking the password", s.label(),
+                  self._logged_name(key, user))
+        try:
+            ok = await self._guarded_check(s, key, user, ev.password)
+        except BusyError:
+            log.warning("%s login refused: too many logins waiting", s.label())
+            s.error(P.ErrorCode.BUSY, "server busy; try again shortly", fatal=True)
+            return
+        if not ok or user is None:
+            return
+        if identity is not None and not await self._register(s, user, identity, ev.replace_key):
+            return
+        checked = user.password_hash
+        if passwords.needs_rehash(user.password_hash):
+            new_hash = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password,
+                                                                        ev.password)
+            # by id and only over the hash just checked: never onto an account made or reset meanwhile
+            if await self.store.call(self.store.store.upgrade_password_hash, user.id, checked, new_hash):
+                self._rehashed(user.id, checked, new_hash)
+                checked = new_hash
+        await self._logged_in(s, user, identity, "password", checked)
+
+    def _logged_name(self, name: str, user: User | None) -> str:
+        """How a login's user name appears in the log: an account's name as is; any other only as a tag.
+
+        People type passwords into the name field; an unknown name is written only as a keyed hash
+        (per process, so it cannot be reversed by hashing guesses offline) that still lets repeated
+        attempts with the same name be correlated within one run."""
+        if user is not None:
+            return repr(user.name)
+        return "unknown name #" + name_tag(self._name_key, name)
+
+    def _rehashed(self, user_id: int, old: str, new: str) -> None:
+        """The same password, hashed anew: sessions that checked the old hash are not "password changed"."""
+        for other in self.relay.online.get(user_id, ()):
+            if other.password_hash == old:
+                other.password_hash = new
+
+    async def _guarded_check(self, s: Session, key: str, user: User | None, password: str) -> bool:
+        """Check -> hash -> record, one at a time per name (see server/auth.py); the error is sent here."""
+        async with self.name_locks.hold(key):
+            until = self.lockout.locked_until(key)
+            if until is not None and user is not None and self._password_reset(user):
+                until = None
+            if until is not None:  # not counted, no hash, the lock's end does not move
+                log.warning("%s password login refused for %s: locked", s.label(), self._logged_name(key, user))
+                s.error(P.ErrorCode.AUTH_FAILED, locked_message(until), fatal=True)
+                return False
+            ok = await self._check_password(password, user.password_hash if user else self._dummy_hash)
+            if ok and user is not None:
+                self.lockout.succeeded(key)
+                return True
+            started = self.lockout.failed(key)
+        log.warning("%s login failed for %s: %s", s.label(), self._logged_name(key, user),
+                    "unknown user" if user is None else
+                    "wrong password" + ("; password logins locked" if started else ""))
+        # the same answer for every cause, so that names cannot be enumerated
+        s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: wrong user name or password", fatal=True)
+        if started is not None and user is not None:
+            self._mirror_lock(user, started)
+        return False
+
+    def _password_reset(self, user: User) -> bool:
+        """True (and the lock lifted) if an operator set a new password since the lock started.
+
+        A lock taken while the name had no account has no recorded hash: it counts as taken over
+        NO_ACCOUNT, so the account made since (`user add`) lifts it. Otherwise a stranger could
+        lock a name before the operator creates it, and neither `user add` nor `user passwd`
+        (which compared the new hash with itself) would lift it."""
+        if user.password_hash == self._lock_hashes.get(user.name, NO_ACCOUNT):
+            return False
+        log.info("user=%s password reset: lock lifted", user.name)
+        self.lockout.clear(user.name)
+        self._lock_hashes.pop(user.name, None)
+        return True
+
+    def _mirror_lock(self, user: User, until: float) -> None:
+        """Write a new lock to the database after the answer went out (no timing difference on the wire)."""
+        self._lock_hashes[user.name] = user.password_hash
+        task = asyncio.ensure_future(self.store.call(self.store.store.set_lock, user.id, self.config.lock_after,
+                                                     int(until)))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def _proven_identity(self, s: Session, ev: P.LoginPassword) -> PublicIdentity | None:
+        """The identity to register, if it is well formed and the client proved it holds its private key."""
+        assert ev.identity is not None
+        try:
+            identity = PublicIdentity.from_line(ev.identity)
+        except SecurecommError:
+            log.warning("%s registration refused: identity malformed", s.label())
+            s.error(P.ErrorCode.BAD_FRAME, P.OPAQUE_TEXTS[P.ErrorCode.BAD_FRAME], fatal=True)
+            return None
+        try:
+            if ev.proof is None:
+                raise IntegrityError("no proof of possession")
+            identity.verify(ev.proof, P.register_transcript(s.challenge, self.server_fingerprint,
+                                                            ev.user.lower()))
+        except IntegrityError:
+            log.warning("%s registration refused: no valid proof of possession", s.label())
+            s.error(P.ErrorCode.INTEGRITY, P.OPAQUE_TEXTS[P.ErrorCode.INTEGRITY], fatal=True)
+            return None
+        return identity
+
+    async def _register(self, s: Session, user: User, identity: PublicIdentity, replace: bool) -> bool:
+        """Register a proven device key: one account per key, and one key per account unless replacing."""
+        fp = identity.fingerprint
+        if user.fingerprint is not None and not same(user.fingerprint, fp) and not replace:
+            log.info("%s registration held: the account has another key", s.label())
+            s.error(P.ErrorCode.KEY_REPLACE, f"{user.name} already has a device key registered "
+                    f"({PublicIdentity.decode_cached(user.identity or b'').fingerprint_text}); one device per user: "
+                    "replacing it logs the other device out", fatal=True)
+            return False
+        if user.fingerprint is not None and same(user.fingerprint, fp):
+            return True
+        try:
+            await self.store.call(self.store.store.set_identity, user.id, identity.encode(), fp)
+        except ExistsError:
+            log.warning("%s registration refused: key registered to another account", s.label())
+            s.error(P.ErrorCode.FORBIDDEN, "this device key is already registered to another account; "
+                    "use another identity (securecomm user login NAME --identity NEW)", fatal=True)
+            return False
+        return True
+
+    async def login_key(self, s: Session, ev: P.LoginKey) -> None:
+        name, user = await self._find_user(ev.user)
+        identity = PublicIdentity.decode_cached(user.identity) if user and user.identity else None
+        transcript = P.login_transcript(s.challenge, self.server_fingerprint, name or "")
+        ok = False
+        # never refused for password guesses: a lock must not shut an enrolled device out (server/auth.py)
+        if identity is not None and user is not None:
+            try:
+                identity.verify(ev.signature, transcript)
+                ok = True
+            except IntegrityError:
+                ok = False
+        if not ok or user is None:
+            log.warning("%s key login failed for %s", s.label(), self._logged_name(name or ev.user, user))
+            s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: unknown user or key not registered "
+                    "(log in with a password first: securecomm user login)", fatal=True)
+            return
+        await self._logged_in(s, user, identity, "identity key")
+
+    async def _logged_in(self, s: Session, user: User, identity: PublicIdentity | None, how: str,
+                         password_hash: str | None = None) -> None:
+        by_password = how == "password"
+        stale = not user.last_login or user.last_login < time.time() - LAST_LOGIN_RESOLUTION
+        if stale or (by_password and user.failed_logins):
+            await self.store.call(functools.partial(self.store.store.record_login, clear_lock=by_password),
+                                  user.id, True)
+        # From here to relay.logged_in there is no await: the account read below is the one the
+        # session starts with, and any later change bumps the counter the watcher acts on.
+        fresh = self._still_as_checked(s, user, identity, password_hash)
+        if fresh is None:
+            return
+        if not self.admit(s, fresh):  # the listener's limits: --max-clients, --max-sessions-per-user
+            return
+        s.user, s.identity, s.password_hash = fresh, identity, password_hash
+        log.info("%s logged in (%s%s)", s.label(), how, "" if identity else ", no device key: no mail or rooms")
+        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh)))
+        self.relay.logged_in(s)
+
+    def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,
+                          password_hash: str | None) -> User | None:
+        """The account as the database has it now, if it is still what this login checked; else refused.
+
+        A login awaits (the Argon2 queue, the writer thread) after it read the account, and the
+        account watcher skips sessions that are not logged in yet: a removal, a replaced key or a
+        new password committed meanwhile would otherwise never reach this session."""
+        fresh = self.store.read().get_user_by_id(user.id)
+        expected = identity.fingerprint if identity is not None else user.fingerprint
+        why = None
+        if fresh is None:
+            why = "the account was removed"
+        elif not same_key(fresh.fingerprint, expected):
+            why = "the account's device key changed"
+        elif password_hash is not None and not same(fresh.password_hash.encode(), password_hash.encode()):
+            why = "the account's password changed"
+        if why is None:
+            return fresh
+        log.warning("%s login refused: %s while it was checked", s.label(), why)
+        s.error(P.ErrorCode.AUTH_FAILED, f"authentication failed: {why} while this login was checked; "
+                "log in again", fatal=True)
+        return None

@@ -6,7 +6,8 @@ An envelope is checked in a fixed order, cheapest and least revealing first:
 parse (lengths only) -> recipient -> time window -> sender -> signature (and,
 for SEND, which the server itself opens: decryption and the body digest).
 The first failure is the answer: a `Refusal` with the wire error code and the
-text the peer sees. No I/O here: no sqlite3, no asyncio, no clock (the caller
+text the peer sees (an integrity failure only as the fixed opaque text, its
+detail kept for the server log). No I/O here: no sqlite3, no asyncio, no clock (the caller
 passes `now_ms`), so every refusal has a socket-free test (tests/test_intake.py).
 Looking up the recipient account is the caller's (it needs the store).
 """
@@ -24,10 +25,12 @@ from securecomm.wire import protocol as P
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why an envelope is not accepted: the wire code and the text sent to the peer."""
+    """Why an envelope is not accepted: the wire code, the text sent to the peer, and (for the log only)
+    the detail behind an opaque INTEGRITY refusal."""
 
     code: P.ErrorCode
     message: str
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,4 +91,5 @@ def _addressing(h: envelope.Header, rules: Rules, sender: PublicIdentity | None,
 
 
 def _rejected(e: IntegrityError) -> Refusal:
-    return Refusal(P.ErrorCode.INTEGRITY, f"message rejected: {e.message}")
+    """Opaque to the peer (which check failed is not told), detailed for the server log."""
+    return Refusal(P.ErrorCode.INTEGRITY, P.OPAQUE_TEXTS[P.ErrorCode.INTEGRITY], e.message)

@@ -65,6 +65,9 @@ EVENTS: dict[str, str] = {
     "%s message refused: %s": "message.refused",
     "%s message %s: %s": "message.refused",  # "rejected" (integrity) or "refused" (a rule)
     "%s message not stored: %s": "message.store_failed",
+    "%s direct message %s: %s": "message.refused",
+    "%s room message rejected: %s": "room.message.rejected",
+    "%s dropped: unknown request %r": "conn.dropped.protocol_error",
     "%s duplicate message %s: original receipt sent": "message.duplicate",
     "%s direct message to %s refused: %s": "direct.refused",
     "%s direct message refused: %s": "direct.refused",

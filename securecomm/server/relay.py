@@ -102,8 +102,9 @@ class Relay:
         to = None if isinstance(parsed, intake.Refusal) else self.store.read().get_user(ev.to)
         checked = parsed if isinstance(parsed, intake.Refusal) else self._direct_checked(s, parsed, to, ev.to)
         if isinstance(checked, intake.Refusal):
-            if checked.code is not P.ErrorCode.INTEGRITY:
-                log.info("%s direct message refused: %s", s.label(), checked.message)
+            rejected = checked.code is P.ErrorCode.INTEGRITY
+            log.info("%s direct message %s: %s", s.label(), "rejected" if rejected else "refused",
+                     checked.detail or checked.message)
             s.error(checked.code, checked.message, msg_id=msg_id)
             return
         assert to is not None
@@ -288,7 +289,8 @@ class Relay:
         try:
             header = roomcrypto.parse_header(ev.payload)
         except IntegrityError as e:
-            s.error(P.ErrorCode.INTEGRITY, f"room message rejected: {e.message}",
+            log.info("%s room message rejected: %s", s.label(), e.message)
+            s.error(P.ErrorCode.INTEGRITY, P.OPAQUE_TEXTS[P.ErrorCode.INTEGRITY],
                     msg_id=roomcrypto.peek_msg_id(ev.payload))
             return
         if ev.room not in s.rooms:

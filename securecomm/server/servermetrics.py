@@ -32,7 +32,7 @@ def watch_server(metrics: Metrics, server: Any, db: Path | None) -> None:
     server.metrics = metrics
     server.store.metrics = metrics
     metrics.watch(metrics.connections_open, lambda: float(len(server.sessions)))
-    metrics.watch(metrics.hash_pool_queue, lambda: float(server.hash_waiting))
+    metrics.watch(metrics.hash_pool_queue, lambda: float(server.logins.hash_waiting))
     metrics.watch(metrics.slow_reader_bytes,
                   lambda: float(sum(queued_bytes(s.writer.transport) for s in list(server.sessions))))
     if db is not None:

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 A Session reads up to READ_CHUNK at a time into its wire.Connection and
-dispatches each event to the collaborators it was given: `Handlers` (logins,
-SEND, requests, relay budgets; the listener implements them) and `RelayPort`
+dispatches each event to the collaborators it was given: `LoginPort` (logins;
+server/auth.py), `Handlers` (SEND, requests, relay budgets; the listener) and `RelayPort`
 (DIRECT, ACK, rooms; server/relay.py). It knows nothing of the store, so it
 imports no sqlite3 and runs unchanged over another store or a message bus.
 Every wait has a deadline: the login, a partly received frame, idleness.
@@ -48,14 +48,19 @@ _CONNECTION_IDS = itertools.count(1)
 class Handlers(Protocol):
     """What a session asks of the server it belongs to (the listener implements it)."""
 
-    async def login_password(self, s: Session, ev: P.LoginPassword) -> None: ...
-    async def login_key(self, s: Session, ev: P.LoginKey) -> None: ...
     def handle_send(self, s: Session, ev: P.Send) -> None: ...
     async def handle_request(self, s: Session, ev: P.Request) -> None: ...
     def relay_budget(self, user_id: int) -> TokenBucket: ...
 
     #: Where the session counts what it receives, receipts and refuses (`serve --metrics`); None: off.
     metrics: Metrics | None
+
+
+class LoginPort(Protocol):
+    """What a session hands to the logins (server/auth.py implements it)."""
+
+    async def login_password(self, s: Session, ev: P.LoginPassword) -> None: ...
+    async def login_key(self, s: Session, ev: P.LoginKey) -> None: ...
 
 
 class RelayPort(Protocol):
@@ -168,7 +173,7 @@ class Mailbox:
         self.outstanding.add(item.seq)
         try:
             self.session.send(P.Deliver(item.seq, item.stored_at_ms, item.sender, item.envelope))
-        except P.ProtocolError:
+        except P.LocalProtocolError:
             pass  # closed: offered again at the next login
         except OversizedError:
             # Stored before intake checked the relayed size, or under a larger --max-frame. It stays
@@ -184,10 +189,10 @@ class Mailbox:
 class Session:
     """One connection's state above the wire: who is logged in, what is in flight."""
 
-    def __init__(self, config: ServerConfig, server_line: str, handlers: Handlers, relay: RelayPort,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    def __init__(self, config: ServerConfig, server_line: str, handlers: Handlers, logins: LoginPort,
+                 relay: RelayPort, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         self.config, self.server_line = config, server_line
-        self.handlers, self.relay = handlers, relay
+        self.handlers, self.logins, self.relay = handlers, logins, relay
         self.reader, self.writer, self.peer = reader, writer, peer
         self.conn = P.Connection("server", config.max_frame)
         self.conn_id = next(_CONNECTION_IDS)
@@ -223,7 +228,7 @@ class Session:
         metrics = self.handlers.metrics
         if metrics is not None and msg_id is not None and code != P.ErrorCode.EXPIRED:
             metrics.messages_refused.labels(code.name.lower()).inc()  # a fixed set: the error code names
-        with contextlib.suppress(P.ProtocolError):  # already closed: nothing to tell
+        with contextlib.suppress(P.LocalProtocolError):  # already closed: nothing to tell
             self.send(P.Error(int(code), message, fatal, msg_id, rid))
 
     # -- the read loop ---------------------------------------------------------------
@@ -260,9 +265,15 @@ class Session:
                     await self._backpressure()
             except P.ProtocolError as e:
                 log.warning("%s dropped: protocol error: %s", self.label(), e)
-                self.error(e.code, str(e), fatal=True)
+                self.error(P.ErrorCode(e.code), self._violation_text(P.ErrorCode(e.code)), fatal=True)
                 return
             frame_started = (frame_started or time.monotonic()) if self.conn.decoder.partial else None
+
+    def _violation_text(self, code: P.ErrorCode) -> str:
+        """What the peer is told about its protocol violation: a fixed text per code, never our parser's words."""
+        if code is P.ErrorCode.TOO_LARGE:
+            return f"frame larger than the limit of {self.conn.decoder.max_frame} bytes"
+        return P.OPAQUE_TEXTS.get(code, P.OPAQUE_TEXTS[P.ErrorCode.BAD_FRAME])
 
     async def _backpressure(self) -> None:
         """Once this connection's own answers pass OUTBOX_DRAIN_AT, wait until the client takes them.
@@ -316,9 +327,9 @@ class Session:
             self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server_line, self.challenge,
                                     self.config.max_frame, server="securecomm"))
         elif isinstance(event, P.LoginPassword):
-            await self.handlers.login_password(self, event)
+            await self.logins.login_password(self, event)
         elif isinstance(event, P.LoginKey):
-            await self.handlers.login_key(self, event)
+            await self.logins.login_key(self, event)
         elif isinstance(event, P.Ping):
             if isinstance(event, P.Bye):
                 self.closing = True

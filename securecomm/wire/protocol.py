@@ -34,6 +34,9 @@ READY on, so a peer that never logs in cannot make us buffer a large frame.
 `Connection.next_event()` refuses a message whose type is unknown or not
 allowed in the current state; all it ever raises is RemoteProtocolError
 (with the protocol error code to answer with) — never another exception.
+`Connection.send()` raises LocalProtocolError for a message this side may
+not send now (our misuse, e.g. after a fatal ERROR): never the peer's fault.
+Both derive from ProtocolError (errors.py), as in h11.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
-from securecomm.errors import FrameTooLarge, RemoteProtocolError
+from securecomm.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from securecomm.wire.frames import (
     MAX_FRAME_SIZE,
     PRELOGIN_MAX_FRAME,
@@ -62,7 +65,6 @@ from securecomm.wire.messages import (
     MsgType,
     Ping,
     Pong,
-    ProtocolError,
     Receipt,
     Request,
     Result,
@@ -82,13 +84,13 @@ EVENTS: dict[int, type[Event]] = {
 def decode_payload(payload: bytes) -> Event:
     cls = EVENTS.get(payload[0])
     if cls is None:
-        raise ProtocolError(f"unknown message type 0x{payload[0]:02x}", ErrorCode.UNKNOWN_TYPE)
+        raise RemoteProtocolError(f"unknown message type 0x{payload[0]:02x}", ErrorCode.UNKNOWN_TYPE)
     try:
         return cls.decode_body(payload[1:])
-    except ProtocolError:
+    except RemoteProtocolError:
         raise
     except (ValueError, TypeError, KeyError, RecursionError, struct.error) as e:  # belt and braces
-        raise ProtocolError(f"malformed {cls.__name__} message") from e
+        raise RemoteProtocolError(f"malformed {cls.__name__} message") from e
 
 
 def encode_event(event: Event, max_frame: int = MAX_FRAME_SIZE) -> bytes:
@@ -125,9 +127,9 @@ _TRANSITIONS: dict[tuple[State, MsgType], State] = {
 }
 
 
-def _framing_error(e: RemoteProtocolError) -> ProtocolError:
+def _framing_error(e: RemoteProtocolError) -> RemoteProtocolError:
     """Only an over-long frame is TOO_LARGE; any other framing fault (an empty frame) is BAD_FRAME."""
-    return ProtocolError(str(e), ErrorCode.TOO_LARGE if isinstance(e, FrameTooLarge) else ErrorCode.BAD_FRAME)
+    return RemoteProtocolError(str(e), ErrorCode.TOO_LARGE if isinstance(e, FrameTooLarge) else ErrorCode.BAD_FRAME)
 
 
 class Connection:
@@ -164,14 +166,15 @@ class Connection:
         # type not allowed now is BAD_STATE whatever its body (PROTOCOL.md 3.4).
         cls = EVENTS.get(payload[0])
         if cls is not None and cls.TYPE not in self._incoming[self.state]:
-            raise ProtocolError(f"{cls.TYPE.name} is not allowed in state {self.state.name}", ErrorCode.BAD_STATE)
+            raise RemoteProtocolError(f"{cls.TYPE.name} is not allowed in state {self.state.name}", ErrorCode.BAD_STATE)
         event = decode_payload(payload)
         self._advance(event)
         return event
 
     def send(self, event: Event) -> bytes:
         if event.TYPE not in self._outgoing[self.state]:
-            raise ProtocolError(f"cannot send {event.TYPE.name} in state {self.state.name}", ErrorCode.BAD_STATE)
+            # our own misuse, not the peer's: e.g. a reply after a fatal ERROR closed the connection
+            raise LocalProtocolError(f"cannot send {event.TYPE.name} in state {self.state.name}", ErrorCode.BAD_STATE)
         data = encode_event(event, self.max_frame)
         self._advance(event)
         return data
@@ -182,7 +185,7 @@ class Connection:
             return
         if isinstance(event, Hello):
             if not set(event.versions) & set(SUPPORTED_VERSIONS):
-                raise ProtocolError(f"no common protocol version (peer offers {list(event.versions)})",
+                raise RemoteProtocolError(f"no common protocol version (peer offers {list(event.versions)})",
                                     ErrorCode.VERSION)
             return
         self.state = _TRANSITIONS.get((self.state, event.TYPE), self.state)

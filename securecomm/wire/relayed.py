@@ -9,20 +9,21 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from securecomm.wire.messages import Event, MsgType, ProtocolError, _dump, _field, _load_json
+from securecomm.errors import RemoteProtocolError
+from securecomm.wire.messages import Event, MsgType, _dump, _field, _load_json
 
 
 def _name_prefixed(body: bytes, what: str) -> tuple[str, bytes]:
     """`len u8 || name (ASCII) || rest`: how binary messages carry a user or room name."""
     if not body:
-        raise ProtocolError(f"{what} is truncated")
+        raise RemoteProtocolError(f"{what} is truncated")
     n = body[0]
     if n == 0 or len(body) < 1 + n:
-        raise ProtocolError(f"{what} has a bad name length")
+        raise RemoteProtocolError(f"{what} has a bad name length")
     try:
         name = body[1 : 1 + n].decode("ascii")
     except UnicodeDecodeError as e:
-        raise ProtocolError(f"{what} name is not ASCII") from e
+        raise RemoteProtocolError(f"{what} name is not ASCII") from e
     return name, body[1 + n :]
 
 
@@ -48,7 +49,7 @@ class Direct(Event):
     def decode_body(cls, body: bytes) -> Direct:
         to, rest = _name_prefixed(body, "direct message")
         if not rest:
-            raise ProtocolError("direct message has no envelope")
+            raise RemoteProtocolError("direct message has no envelope")
         return cls(to, rest)
 
 
@@ -71,11 +72,11 @@ class Deliver(Event):
     @classmethod
     def decode_body(cls, body: bytes) -> Deliver:
         if len(body) < _DELIVER.size:
-            raise ProtocolError("delivery is truncated")
+            raise RemoteProtocolError("delivery is truncated")
         seq, stored = _DELIVER.unpack_from(body)
         sender, env = _name_prefixed(body[_DELIVER.size :], "delivery")
         if not env:
-            raise ProtocolError("delivery has no envelope")
+            raise RemoteProtocolError("delivery has no envelope")
         return cls(seq, stored, sender, env)
 
 
@@ -106,10 +107,10 @@ class Ack(Event):
     @classmethod
     def decode_body(cls, body: bytes) -> Ack:
         if len(body) != _ACK.size:
-            raise ProtocolError("ack has the wrong length")
+            raise RemoteProtocolError("ack has the wrong length")
         seq, status, digest, sig = _ACK.unpack(body)
         if status not in (ACK_OK, ACK_REJECTED):
-            raise ProtocolError("ack status is invalid")
+            raise RemoteProtocolError("ack status is invalid")
         return cls(seq, status, digest, sig)
 
 
@@ -132,11 +133,11 @@ class Delivered(Event):
     @classmethod
     def decode_body(cls, body: bytes) -> Delivered:
         if len(body) < _DELIVERED.size:
-            raise ProtocolError("delivery receipt is truncated")
+            raise RemoteProtocolError("delivery receipt is truncated")
         msg_id, digest, sig = _DELIVERED.unpack_from(body)
         by, rest = _name_prefixed(body[_DELIVERED.size :], "delivery receipt")
         if rest:
-            raise ProtocolError("delivery receipt has trailing bytes")
+            raise RemoteProtocolError("delivery receipt has trailing bytes")
         return cls(msg_id, digest, sig, by)
 
 
@@ -155,7 +156,7 @@ class RoomSend(Event):
     def decode_body(cls, body: bytes) -> RoomSend:
         room, payload = _name_prefixed(body, "room message")
         if len(payload) < 16:
-            raise ProtocolError("room message is truncated")
+            raise RemoteProtocolError("room message is truncated")
         return cls(room, payload)
 
 
@@ -191,7 +192,7 @@ class RoomKey(Event):
     def decode_body(cls, body: bytes) -> RoomKey:
         user, env = _name_prefixed(body, "room key")
         if not env:
-            raise ProtocolError("room key has no envelope")
+            raise RemoteProtocolError("room key has no envelope")
         return cls(user, env)
 
 
