@@ -251,15 +251,24 @@ class Opening:
         return self._sealer.length
 
     def __iter__(self) -> Iterator[bytes]:
-        pending = self._pull.buf
+        pending = self._pull.buf  # what the header read left over comes first
         for block in self._pull.blocks:
             pending += block
-            # a chunk is surely not the last when more than the trailer follows it
-            count = (len(pending) - TRAILER_SIZE - 1) // SEALED_CHUNK_SIZE
-            if count > 0:
-                yield self._open_run(pending, count)
-                del pending[: count * SEALED_CHUNK_SIZE]
+            if out := self._open_ready(pending):
+                yield out
+        if out := self._open_ready(pending):
+            yield out
         yield self._finish(bytes(pending))
+
+    def _open_ready(self, pending: bytearray) -> bytes:
+        """Open (and drop from `pending`) the chunks that are surely not the last:
+        those followed by more than the trailer."""
+        count = (len(pending) - TRAILER_SIZE - 1) // SEALED_CHUNK_SIZE
+        if count <= 0:
+            return b""
+        out = self._open_run(pending, count)
+        del pending[: count * SEALED_CHUNK_SIZE]
+        return out
 
     def _open_one(self, sealed: bytes | memoryview, last: bool) -> bytes:
         s = self._sealer
