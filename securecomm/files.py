@@ -157,7 +157,7 @@ class AtomicOutput:
         self.file = os.fdopen(fd, "wb")
         self.committed = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.file.write(data)
 
     def commit(self) -> None:

@@ -82,7 +82,7 @@ def progress(blocks: Iterable[bytes], size: int | None, label: str) -> Iterator[
 
 
 # -- armor, in pieces (docs/PROTOCOL.md 5.6) ----------------------------------------------
-def armor_blocks(blocks: Iterable[bytes]) -> Iterator[bytes]:
+def armor_blocks(blocks: Iterable[bytes | bytearray]) -> Iterator[bytes]:
     """The same text as offline.armor() of the concatenation, produced a block at a time."""
     yield ARMOR_BEGIN + b"\n"
     pending = b""
@@ -148,7 +148,8 @@ def _lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 # -- output ------------------------------------------------------------------------------
-def write_all(pieces: Iterable[bytes], output: str | None, *, force: bool, verify_first: bool = False) -> None:
+def write_all(pieces: Iterable[bytes | bytearray], output: str | None, *, force: bool,
+              verify_first: bool = False) -> None:
     """Write pieces to FILE atomically, or to stdout as they come (or, with verify_first, after the last)."""
     from securecomm.files import AtomicOutput
 

@@ -116,6 +116,7 @@ def _encrypt_stream(source: BinaryIO, head: bytes, me: Any, to: Any, output: str
     """Seal head + the rest of source in the streaming form; returns the bytes read."""
     from securecomm.crypto import stream
 
+    head += read_up_to(source, -len(head) % stream.CHUNK_SIZE)  # whole chunks: the sealer then copies nothing
     counted = _Counter(blocks_from(source, head))
     with progress(counted, input_size(source), "encrypting") as blocks:
         sealed = stream.seal(blocks, me, to)

@@ -66,6 +66,8 @@ FIXED_SIZE = E.HEADER_SIZE
 _ENC_LEN = struct.Struct(">H")
 _LENGTH = struct.Struct(">Q")
 _TRAILER_NONCE = bytes(12)
+#: What the generators yield: fresh buffers, never reused, so a consumer may keep them.
+Piece = bytes | bytearray
 #: The counter is 11 bytes (88 bits), as in age; no real file comes near it.
 MAX_CHUNKS = 1 << 88
 #: Chunks sealed or opened per output block: fewer Python-level yields and
@@ -137,10 +139,42 @@ class _Sealer:
         self.counter += 1
         return out
 
+    def seal_run(self, data: bytes, count: int) -> bytearray:
+        """Seal the first `count` full chunks of `data`, none of them the last, into one new buffer.
+        (encrypt_into and one digest update per run: Python's cost per chunk is what limits speed.)"""
+        view, out = memoryview(data), bytearray(count * SEALED_CHUNK_SIZE)
+        target = memoryview(out)
+        with view, target:
+            self.hasher.update(view[: count * CHUNK_SIZE])
+            for i in range(count):
+                self.aead.encrypt_into(chunk_nonce(self.counter + i, False),
+                                       view[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE], None,
+                                       target[i * SEALED_CHUNK_SIZE : (i + 1) * SEALED_CHUNK_SIZE])
+        self.counter += count
+        self.length += count * CHUNK_SIZE
+        return out
+
+    def open_run(self, data: bytearray, count: int) -> bytearray:
+        """Open the first `count` sealed chunks of `data`, none of them the last, into one new buffer."""
+        view, out = memoryview(data), bytearray(count * CHUNK_SIZE)
+        target = memoryview(out)
+        with view, target:
+            for i in range(count):
+                try:
+                    self.aead.decrypt_into(chunk_nonce(self.counter, False),
+                                           view[i * SEALED_CHUNK_SIZE : (i + 1) * SEALED_CHUNK_SIZE], None,
+                                           target[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE])
+                except InvalidTag as e:
+                    raise DecryptError("stream chunk does not decrypt") from e
+                self.counter += 1
+            self.hasher.update(target)
+        self.length += count * CHUNK_SIZE
+        return out
+
 
 def seal(blocks: Iterable[bytes], sender: PrivateIdentity, recipient: PublicIdentity, *,
          file_id: bytes | None = None, timestamp_ms: int | None = None,
-         file_key: bytes | None = None) -> Iterator[bytes]:
+         file_key: bytes | None = None) -> Iterator[Piece]:
     """Yield the stream sealing the concatenation of `blocks` to `recipient`, signed by `sender`.
 
     `file_key`, `file_id` and `timestamp_ms` are seams for test vectors; leave
@@ -160,25 +194,27 @@ def seal(blocks: Iterable[bytes], sender: PrivateIdentity, recipient: PublicIden
     yield sealer.trailer.encrypt(_TRAILER_NONCE, final, None)
 
 
-def _seal_chunks(blocks: Iterable[bytes], sealer: _Sealer) -> Iterator[bytes]:
-    """Cut blocks into chunks; the newest full chunk is kept back until we know if it is the last."""
-    pending = bytearray()
+def _seal_chunks(blocks: Iterable[bytes], sealer: _Sealer) -> Iterator[Piece]:
+    """Cut blocks into chunks. The newest chunk is kept back until we know whether it is the last;
+    blocks that are whole chunks (as the CLI reads them) are sealed without being copied."""
+    held = b""
     for block in blocks:
-        pending += block
-        full = (len(pending) - 1) // CHUNK_SIZE  # keep at least one byte: it may belong to the last chunk
-        if full > 0:
-            yield _seal_run(sealer, pending, full)
-            del pending[: full * CHUNK_SIZE]
-    yield sealer.seal(bytes(pending), last=True)
-
-
-def _seal_run(sealer: _Sealer, data: bytearray, count: int) -> bytes:
-    view = memoryview(data)
-    try:
-        return b"".join(sealer.seal(view[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE], last=False)
-                        for i in range(count))
-    finally:
-        view.release()
+        if not block:
+            continue
+        if held and len(held) % CHUNK_SIZE == 0:  # a block follows, so none of held is the last
+            yield sealer.seal_run(held, len(held) // CHUNK_SIZE)
+            held = bytes(block)
+            continue
+        held += block
+        count = (len(held) - 1) // CHUNK_SIZE  # keep at least one byte: it may belong to the last chunk
+        if count:
+            yield sealer.seal_run(held, count)
+            held = held[count * CHUNK_SIZE :]
+    count = max(0, (len(held) - 1) // CHUNK_SIZE)
+    if count:
+        yield sealer.seal_run(held, count)
+        held = held[count * CHUNK_SIZE :]
+    yield sealer.seal(held, last=True)
 
 
 # -- opening ------------------------------------------------------------------------------
@@ -250,7 +286,7 @@ class Opening:
     def length(self) -> int:
         return self._sealer.length
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Piece]:
         pending = self._pull.buf  # what the header read left over comes first
         for block in self._pull.blocks:
             pending += block
@@ -260,13 +296,13 @@ class Opening:
             yield out
         yield self._finish(bytes(pending))
 
-    def _open_ready(self, pending: bytearray) -> bytes:
+    def _open_ready(self, pending: bytearray) -> bytearray:
         """Open (and drop from `pending`) the chunks that are surely not the last:
         those followed by more than the trailer."""
         count = (len(pending) - TRAILER_SIZE - 1) // SEALED_CHUNK_SIZE
         if count <= 0:
-            return b""
-        out = self._open_run(pending, count)
+            return bytearray()
+        out = self._sealer.open_run(pending, count)
         del pending[: count * SEALED_CHUNK_SIZE]
         return out
 
@@ -280,14 +316,6 @@ class Opening:
         s.length += len(piece)
         s.hasher.update(piece)
         return piece
-
-    def _open_run(self, data: bytearray, count: int) -> bytes:
-        view = memoryview(data)
-        try:
-            return b"".join(self._open_one(view[i * SEALED_CHUNK_SIZE : (i + 1) * SEALED_CHUNK_SIZE], False)
-                            for i in range(count))
-        finally:
-            view.release()
 
     def _finish(self, rest: bytes) -> bytes:
         if len(rest) < TAG_SIZE + TRAILER_SIZE:
