@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -66,6 +68,8 @@ FIXED_SIZE = E.HEADER_SIZE
 _ENC_LEN = struct.Struct(">H")
 _LENGTH = struct.Struct(">Q")
 _TRAILER_NONCE = bytes(12)
+#: Digest updates at least this large go to the digest thread; smaller ones are not worth a hand-off.
+BACKGROUND_MIN = 256 * 1024
 #: What the generators yield: fresh buffers, never reused, so a consumer may keep them.
 Piece = bytes | bytearray
 #: The counter is 11 bytes (88 bits), as in age; no real file comes near it.
@@ -122,6 +126,43 @@ def _preamble(sender: PrivateIdentity, recipient: PublicIdentity, file_key: byte
     return fixed + _ENC_LEN.pack(E.ENC_SIZES[recipient.kem]) + sealed
 
 
+class _Digest:
+    """SHA-256 of the body, computed on a second thread, in order, at most RUNS_AHEAD runs behind.
+
+    hashlib releases the GIL on large updates, so the digest of one run is
+    computed while the AEAD works on the next: on two cores the digest of the
+    whole plaintext costs almost no wall time. Data handed to update() must
+    not change afterwards (runs are immutable bytes or fresh buffers).
+    """
+
+    RUNS_AHEAD = 2  # bounds memory: at most this many runs are referenced by pending updates
+
+    def __init__(self) -> None:
+        self._hasher = hashlib.sha256()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if len(data) < BACKGROUND_MIN:
+            self._drain(0)
+            self._hasher.update(data)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-digest")
+        self._pending.append(self._pool.submit(self._hasher.update, data))
+        self._drain(self.RUNS_AHEAD)
+
+    def _drain(self, keep: int) -> None:
+        while len(self._pending) > keep:
+            self._pending.popleft().result()
+
+    def digest(self) -> bytes:
+        self._drain(0)
+        if self._pool is not None:
+            self._pool.shutdown()
+        return self._hasher.digest()
+
+
 class _Sealer:
     """Seals chunks in order; knows the payload key, the counter and the running digest."""
 
@@ -130,7 +171,7 @@ class _Sealer:
         self.trailer = ChaCha20Poly1305(derive_key(file_key, TRAILER_LABEL, preamble))
         self.counter = 0
         self.length = 0
-        self.hasher = hashlib.sha256()
+        self.hasher = _Digest()
 
     def seal(self, piece: bytes | memoryview, last: bool) -> bytes:
         self.hasher.update(piece)
@@ -139,13 +180,13 @@ class _Sealer:
         self.counter += 1
         return out
 
-    def seal_run(self, data: bytes, count: int) -> bytearray:
+    def seal_run(self, data: bytes, count: int) -> bytearray:  # bytes: immutable while the digest thread reads
         """Seal the first `count` full chunks of `data`, none of them the last, into one new buffer.
         (encrypt_into and one digest update per run: Python's cost per chunk is what limits speed.)"""
         view, out = memoryview(data), bytearray(count * SEALED_CHUNK_SIZE)
         target = memoryview(out)
+        self.hasher.update(memoryview(data)[: count * CHUNK_SIZE])  # its own view: the digest thread holds it
         with view, target:
-            self.hasher.update(view[: count * CHUNK_SIZE])
             for i in range(count):
                 self.aead.encrypt_into(chunk_nonce(self.counter + i, False),
                                        view[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE], None,
@@ -167,7 +208,7 @@ class _Sealer:
                 except InvalidTag as e:
                     raise DecryptError("stream chunk does not decrypt") from e
                 self.counter += 1
-            self.hasher.update(target)
+        self.hasher.update(out)
         self.length += count * CHUNK_SIZE
         return out
 
