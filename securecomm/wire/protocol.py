@@ -41,6 +41,7 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
+from securecomm.wire.files import FileAck, FileData, FilePut
 from securecomm.wire.frames import (
     MAX_FRAME_SIZE,
     PRELOGIN_MAX_FRAME,
@@ -76,7 +77,8 @@ from securecomm.wire.relayed import Ack, Deliver, Delivered, Direct, RoomEvent, 
 EVENTS: dict[int, type[Event]] = {
     cls.TYPE: cls
     for cls in (Hello, ServerHello, LoginPassword, LoginKey, LoginOk, Send, Receipt, Request, Result, Error, Ping,
-                Pong, Bye, Direct, Deliver, Ack, Delivered, RoomSend, RoomMessage, RoomKey, RoomEvent)
+                Pong, Bye, Direct, Deliver, Ack, Delivered, RoomSend, RoomMessage, RoomKey, RoomEvent,
+                FilePut, FileAck, FileData)
 }
 
 
