@@ -319,8 +319,9 @@ class Opening:
             self.sender.verify_key.verify(self.header.header_sig, HEADER_LABEL + self.header.preamble)
         except InvalidSignature as e:
             raise SignatureError("stream header signature does not verify") from e
-        file_key = _open_file_key(self.header, recipient)
-        self._sealer = _Sealer(file_key, self.header.preamble)  # same keys; used to open here
+        #: The recovered file key: a file notice (docs/PROTOCOL.md 4.4) announces it too, and must agree.
+        self.file_key = _open_file_key(self.header, recipient)
+        self._sealer = _Sealer(self.file_key, self.header.preamble)  # same keys; used to open here
         self.digest: bytes | None = None
 
     @property
