@@ -179,3 +179,25 @@ def test_header_signed_by_someone_else(pair):
     fake_sender = raw[:36] + alice.public.fingerprint + raw[68:]
     with pytest.raises(SignatureError):
         S.open_stream([fake_sender], bob, alice.public)
+
+
+def test_any_mutation_opens_or_raises_our_error(pair):
+    """Fuzz: every single-byte change, cut or extension of a small stream either raises a SecurecommError
+    (never another exception) or, for no change at all, opens to the body."""
+    import random
+
+    alice, bob = pair
+    body = os.urandom(S.CHUNK_SIZE + 50)
+    raw = b"".join(S.seal([body], alice, bob.public))
+    rng = random.Random(16)
+    for _ in range(300):
+        data = bytearray(raw)
+        kind = rng.choice(["flip", "cut", "extend"])
+        if kind == "flip":
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif kind == "cut":
+            del data[rng.randrange(len(data)) :]
+        else:
+            data += os.urandom(rng.randrange(1, 100))
+        with pytest.raises(SecurecommError):
+            b"".join(S.open_stream([bytes(data)], bob, alice.public))
