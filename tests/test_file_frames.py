@@ -59,3 +59,11 @@ def test_names_that_are_not_a_base_name(name):
 
 def test_a_plain_name_is_fine():
     assert valid_name("photo 2026-11-28.jpg") and valid_name("résumé.pdf")
+
+
+def test_notice_line_names_file_size_and_fetch_command():
+    from securecomm.net.filetransfer import describe
+
+    notice = FileNotice(bytes(range(16)), "photo.jpg", 3 * 1024 * 1024, bytes(32), 3 * 1024 * 1024 + 600,
+                        bytes(32), bytes(32))
+    assert describe(notice) == "[file] photo.jpg (3.0 MiB): securecomm fetch 000102030405060708090a0b0c0d0e0f"

@@ -277,3 +277,16 @@ async def with_retry(connect: Callable[[], Awaitable[Any]], work: Callable[[Any]
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.close()
+
+
+def human_size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} bytes"  # pragma: no cover - the loop always returns
+
+
+def describe(notice: FileNotice) -> str:
+    """The line inbox and chat show for a received file (the name is escaped by the caller's printer)."""
+    return (f"[file] {notice.name} ({human_size(notice.size)}): securecomm fetch {notice.file_id.hex()}")
