@@ -62,7 +62,7 @@ def test_a_plain_name_is_fine():
 
 
 def test_notice_line_names_file_size_and_fetch_command():
-    from securecomm.net.filetransfer import describe
+    from securecomm.client.files import describe
 
     notice = FileNotice(bytes(range(16)), "photo.jpg", 3 * 1024 * 1024, bytes(32), 3 * 1024 * 1024 + 600,
                         bytes(32), bytes(32))

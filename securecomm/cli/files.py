@@ -1,4 +1,4 @@
-"""`securecomm fetch ID` and the body of `send --to USER --file PATH` (docs/PROTOCOL.md 4.4)."""
+"""`securecomm fetch ID` and `send --to USER --file PATH` (docs/PROTOCOL.md 4.4): options, bars, output."""
 
 from __future__ import annotations
 
@@ -10,9 +10,17 @@ from typing import Any
 
 import click
 
-from securecomm.cli.client import connection_options
-from securecomm.cli.context import State, emit_json, info, json_option, pass_state
-from securecomm.errors import SecurecommError
+from securecomm.cli.context import (
+    State,
+    connection_options,
+    emit_json,
+    info,
+    json_option,
+    pass_state,
+    profile_identity,
+    run_client,
+    warn,
+)
 
 
 @contextlib.contextmanager
@@ -28,8 +36,8 @@ def _bar(size: int, label: str) -> Iterator[Callable[[int], None] | None]:
 
 
 def _connector(state: State, identity: Any, **conn: Any) -> Any:
-    from securecomm.cli.users import ask_trust
-    from securecomm.net.connect import connect_profile
+    from securecomm.cli.context import ask_trust
+    from securecomm.client.login import connect_profile
 
     async def connect() -> Any:
         return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
@@ -38,52 +46,18 @@ def _connector(state: State, identity: Any, **conn: Any) -> Any:
 
 
 def send_file(state: State, identity: Any, to: str, path: str, timeout: float, as_json: bool, **conn: Any) -> None:
-    """Seal PATH to TO, upload it (resuming after a drop), then send TO the notice as a direct message."""
-    import asyncio
-
-    from securecomm.cli.context import warn
+    """The body of `send --to USER --file PATH`."""
+    from securecomm.client import files as F
+    from securecomm.errors import UsageError
     from securecomm.files import open_input
-    from securecomm.net import filetransfer as FT
-    from securecomm.net.messenger import Messenger
-    from securecomm.net.sending import DirectSend
     from securecomm.wire.files import valid_name
 
     src_path = Path(path)
     if not valid_name(src_path.name):
-        raise SecurecommError(f"cannot send {path!r}: its name is not a plain file name")
-    connect = _connector(state, identity, **conn)
-
-    async def recipient_key() -> Any:
-        client, profile = await connect()
-        try:
-            return await Messenger(client, identity, profile.user, state.paths, lambda ev: None,
-                                   deliveries=False).identity_of(to)
-        finally:
-            await client.close()
-
-    async def go() -> tuple[bytes, Any]:
-        to_key = await recipient_key()
-        with open_input(src_path) as src, _bar(src_path.stat().st_size, "sealing") as bar:
-            sealed = FT.seal_to_temp(src, src_path.name, identity, to_key, state.paths.data_dir / "outgoing", bar)
-        try:
-            file_id: bytes | None = None
-
-            async def upload(client: Any) -> None:
-                nonlocal file_id
-                file_id, received = await FT.offer(client, to.lower(), sealed, file_id)
-                with _bar(sealed.stream_size - received, "uploading") as up:
-                    await FT.put_all(client, file_id, sealed, received, up)
-
-            await FT.with_retry(connect, upload, timeout, warn)
-            assert file_id is not None
-            sender = DirectSend(connect, identity, state.paths, to, sealed.notice(file_id).encode())
-            client, _ = await sender.send(timeout, warn)
-            await sender.close(client)
-            return file_id, sealed
-        finally:
-            sealed.path.unlink(missing_ok=True)
-
-    file_id, sealed = asyncio.run(go())
+        raise UsageError(f"cannot send {path!r}: its name is not a plain file name")
+    with open_input(src_path) as src:
+        file_id, sealed = run_client(F.send_file(_connector(state, identity, **conn), identity, state.paths, to,
+                                                 src, src_path.name, src_path.stat().st_size, timeout, warn, _bar))
     if as_json:
         emit_json({"status": "stored", "file_id": file_id.hex(), "to": to.lower(), "name": sealed.name,
                    "size": sealed.size, "sha256": sealed.sha256.hex()})
@@ -109,42 +83,21 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     The file appears at its name only after its size, both SHA-256 digests
     and the sender's signatures verified; then the server deletes its copy.
     """
-    import asyncio
+    from securecomm.client import files as F
+    from securecomm.client.directory import Contacts
+    from securecomm.errors import ChangedKeyError, ExistsError
 
-    from securecomm.cli.client import _identity
-    from securecomm.cli.context import warn
-    from securecomm.contacts import ChangedKeyError, Contacts
-    from securecomm.files import AtomicOutput
-    from securecomm.net import filetransfer as FT
-
-    sender_name, notice = FT.load_notice(state.paths, file_id)
+    sender_name, notice = F.load_notice(state.paths, file_id)
     out = Path(output) if output else Path(notice.name)
     if out.exists() and not force:
-        from securecomm.errors import ExistsError
-
         raise ExistsError(f"{out} already exists", hint="use -o PATH, or --force to replace it")
     contact = Contacts.load(state.paths.contacts).get(sender_name)
     if contact is None:
         raise ChangedKeyError(f"{sender_name}'s key is not pinned", hint="run securecomm inbox first")
-    identity = _identity(state, passphrase_file)
+    identity = profile_identity(state, passphrase_file)
     connect = _connector(state, identity, server=server, ca=ca, pin=pin)
-    part = out.with_name(f".{out.name}.{notice.file_id.hex()}.part")
-
-    async def download(client: Any) -> Any:
-        with _bar(notice.stream_size, "downloading") as bar:
-            await FT.get_all(client, notice, part, bar)
-        with AtomicOutput(out, force=force) as target:
-            opening = FT.check_and_open(part, notice, identity, contact.identity, target)
-            target.commit()
-        part.unlink(missing_ok=True)
-        try:
-            await client.request("file_done", file_id=notice.file_id.hex())
-        except SecurecommError as e:
-            warn(f"the server keeps its copy until it expires: {e.message}")
-        return opening
-
-    asyncio.run(FT.with_retry(connect, download, timeout, warn))
-    (FT.notices_dir(state.paths) / f"{notice.file_id.hex()}.json").unlink(missing_ok=True)
+    run_client(F.fetch_file(connect, identity, notice, contact.identity, out, force, timeout, warn, _bar))
+    (F.notices_dir(state.paths) / f"{notice.file_id.hex()}.json").unlink(missing_ok=True)
     if as_json:
         emit_json({"status": "fetched", "file_id": notice.file_id.hex(), "from": sender_name, "path": str(out),
                    "size": notice.size, "sha256": notice.sha256.hex()})

@@ -34,6 +34,12 @@ from securecomm.errors import SecurecommError
               help="Messages to the server one user may have stored (kept for good); more are refused.")
 @click.option("--send-bytes", type=click.IntRange(1), default=256 * 1024 * 1024, show_default=True,
               help="Bytes of messages to the server one user may have stored.")
+@click.option("--file-quota", type=click.IntRange(1), default=1 << 30, show_default=True,
+              help="Bytes of files (ciphertext) that may wait for one recipient; larger offers are refused.")
+@click.option("--max-file", type=click.IntRange(1), default=4 << 30, show_default=True,
+              help="Largest file (ciphertext bytes) one upload may offer.")
+@click.option("--file-days", type=click.FloatRange(0, min_open=True), default=7.0, show_default=True,
+              help="Days an unfetched (or unfinished) file is kept before it is deleted.")
 @click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--rate", type=float, default=5000, show_default=True,
               help="Messages per second per connection (0: unlimited).")
@@ -67,8 +73,9 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
     import logging
     import sys
 
-    from securecomm.net.bootstrap import prepare_server
-    from securecomm.net.server import Server, ServerConfig, run_server
+    from securecomm.server.config import ServerConfig
+    from securecomm.server.listener import Server, run_server
+    from securecomm.server.setup import prepare_server
 
     logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")

@@ -230,6 +230,16 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
     if data in done:
         return data.result()
     data.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        taken = await data  # it may have taken a FILE_DATA before the cancel landed
+        return taken
+    # The RESULT resolves as soon as it is read, maybe before we took the FILE_DATA read before it.
+    while not client.events.empty():
+        ev = client.events.get_nowait()
+        if isinstance(ev, SecurecommError):
+            raise ev
+        if isinstance(ev, FileData):
+            return ev
     result.result()  # raises the server's refusal
     raise IntegrityError("the server ended the download before the file's end")
 
@@ -290,3 +300,77 @@ def human_size(n: int) -> str:
 def describe(notice: FileNotice) -> str:
     """The line inbox and chat show for a received file (the name is escaped by the caller's printer)."""
     return (f"[file] {notice.name} ({human_size(notice.size)}): securecomm fetch {notice.file_id.hex()}")
+
+
+# -- the two commands, end to end (cli/files.py parses options and draws the bars) -------------
+Bars = Callable[[int, str], Any]  # (total bytes, label) -> a context manager yielding a Progress or None
+
+
+async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, paths: Any, to: str,
+                    src: BinaryIO, name: str, size_hint: int, timeout: float, warn: Callable[[str], None],
+                    bars: Bars) -> tuple[bytes, Sealed]:
+    """Seal, upload (resuming after drops), then send the notice as a direct message. (file_id, sealed)."""
+    from securecomm.client.messenger import Messenger
+    from securecomm.client.sending import DirectSend
+
+    client, profile = await connect()
+    try:
+        to_key = await Messenger(client, identity, profile.user, paths, lambda ev: None,
+                                 deliveries=False).identity_of(to)
+    finally:
+        await client.close()
+    with bars(size_hint, "sealing") as bar:
+        sealed = seal_to_temp(src, name, identity, to_key, Path(paths.data_dir) / "outgoing", bar)
+    try:
+        file_id: bytes | None = None
+
+        async def upload(client: Any) -> None:
+            nonlocal file_id
+            file_id, received = await offer(client, to.lower(), sealed, file_id)
+            with bars(sealed.stream_size - received, "uploading") as up:
+                await put_all(client, file_id, sealed, received, up)
+
+        await with_retry(connect, upload, timeout, warn)
+        assert file_id is not None
+        sender = DirectSend(connect, identity, paths, to, sealed.notice(file_id).encode())
+        client, _ = await sender.send(timeout, warn)
+        await sender.close(client)
+        return file_id, sealed
+    finally:
+        sealed.path.unlink(missing_ok=True)
+
+
+async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, notice: FileNotice,
+                     sender: PublicIdentity, out: Path, force: bool, timeout: float, warn: Callable[[str], None],
+                     bars: Bars) -> None:
+    """Download (resuming from the .part beside `out`), check, open into `out` atomically, then file_done."""
+    from securecomm.files import AtomicOutput
+
+    part = out.with_name(f".{out.name}.{notice.file_id.hex()}.part")
+
+    async def download(client: Any) -> None:
+        with bars(notice.stream_size, "downloading") as bar:
+            await get_all(client, notice, part, bar)
+        with AtomicOutput(out, force=force) as target:
+            check_and_open(part, notice, identity, sender, target)
+            target.commit()
+        part.unlink(missing_ok=True)
+        try:
+            await client.request("file_done", file_id=notice.file_id.hex())
+        except SecurecommError as e:
+            warn(f"the server keeps its copy until it expires: {e.message}")
+
+    await with_retry(connect, download, timeout, warn)
+
+
+def received_notice(paths: Any, sender: str, body: bytes) -> FileNotice | None:
+    """If a direct message's body is a file notice: save it for `fetch` and return it; else None.
+    A body that starts like a notice but does not parse is shown as text by the caller."""
+    if not FileNotice.is_notice(body):
+        return None
+    try:
+        notice = FileNotice.decode(body)
+    except SecurecommError:
+        return None
+    save_notice(paths, sender, notice)
+    return notice

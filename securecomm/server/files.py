@@ -121,7 +121,7 @@ class FileService:
                     break
                 s.send(FileData(file_id, offset, data))
                 offset += len(data)
-                await s.backpressure()
+                await s._backpressure()  # one chunk held: the next is read once this one is taken
         s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "size": row.size, "sha256": row.sha256.hex()}))
 
     async def _done(self, s: Any, ev: P.Request) -> None:

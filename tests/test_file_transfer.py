@@ -1,0 +1,112 @@
+"""Files through the server (docs/PROTOCOL.md 4.4), end to end: real server, real TLS, the installed CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+
+import pytest
+
+from tests.serverproc import ServerProc, sc, users_logged_in
+
+SIZE = 3 * 1024 * 1024 + 777  # several FILE_PUT chunks, a partial last one
+
+
+@pytest.fixture
+def world(tmp_path):
+    srv = ServerProc(tmp_path / "srv", "--file-quota", str(40 * 1024 * 1024)).start()
+    homes = users_logged_in(srv, tmp_path, ("alice", "bob", "carol"))
+    yield srv, homes, tmp_path
+    srv.stop(signal.SIGKILL)
+
+
+def _send(homes, src, to="bob"):
+    r = sc(homes["alice"], "send", "--to", to, "--file", str(src), "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_send_inbox_fetch_round_trip(world):
+    srv, homes, tmp = world
+    src = tmp / "report 2026.bin"
+    body = os.urandom(SIZE)
+    src.write_bytes(body)
+    sent = _send(homes, src)
+    assert sent["size"] == SIZE and sent["sha256"] == hashlib.sha256(body).hexdigest()
+    stored = srv.home / "files" / sent["file_id"]
+    assert stored.exists() and body[:4096] not in stored.read_bytes()  # the server holds ciphertext only
+    r = sc(homes["bob"], "inbox")
+    assert r.returncode == 0, r.stderr
+    assert f"[file] report 2026.bin (3.0 MiB): securecomm fetch {sent['file_id']}" in r.stdout.decode()
+    out = tmp / "got.bin"
+    r = sc(homes["bob"], "fetch", sent["file_id"], "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == body and oct(out.stat().st_mode & 0o777) == "0o600"
+    assert not stored.exists()  # deleted once fetched
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []  # no .part left
+
+
+def test_fetch_resumes_from_a_partial_download(world):
+    srv, homes, tmp = world
+    src = tmp / "data.bin"
+    body = os.urandom(SIZE)
+    src.write_bytes(body)
+    file_id = _send(homes, src)["file_id"]
+    sc(homes["bob"], "inbox")
+    stored = (srv.home / "files" / file_id).read_bytes()
+    out = tmp / "data.out"
+    part = tmp / f".data.out.{file_id}.part"
+    part.write_bytes(stored[:1_000_000])  # what a dropped connection left behind
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == body and not part.exists()
+
+
+def test_a_corrupt_partial_download_leaves_nothing_and_names_the_problem(world):
+    _, homes, tmp = world
+    src = tmp / "data.bin"
+    src.write_bytes(os.urandom(SIZE))
+    file_id = _send(homes, src)["file_id"]
+    sc(homes["bob"], "inbox")
+    out = tmp / "data.out"
+    (tmp / f".data.out.{file_id}.part").write_bytes(b"\0" * 1000)  # not what the server holds
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+    assert r.returncode == 6
+    assert r.stderr.startswith(b"securecomm: error:") and b"announced" in r.stderr and b"Traceback" not in r.stderr
+    assert not out.exists()
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))  # the bad copy was dropped: this one starts over
+    assert r.returncode == 0, r.stderr
+
+
+def test_someone_elses_or_unknown_file(world):
+    _, homes, tmp = world
+    src = tmp / "x.bin"
+    src.write_bytes(b"for bob only")
+    r = sc(homes["carol"], "fetch", "00" * 16)
+    assert r.returncode == 3 and b"no received file" in r.stderr
+    _send(homes, src)
+    r = sc(homes["carol"], "inbox")
+    assert b"[file]" not in r.stdout
+
+
+def test_over_quota_is_refused_before_upload(world):
+    _, homes, tmp = world
+    src = tmp / "big.bin"
+    src.write_bytes(os.urandom(41 * 1024 * 1024))
+    r = sc(homes["alice"], "send", "--to", "bob", "--file", str(src))
+    assert r.returncode == 9
+    assert r.stderr.startswith(b"securecomm: error:") and b"file storage is full" in r.stderr
+    assert list((tmp / "alice").rglob(".upload-*")) == []  # the sealed temp copy is gone
+
+
+def test_file_usage_errors(world):
+    _, homes, tmp = world
+    (tmp / "f").write_bytes(b"x")
+    for args in (["send", "--file", str(tmp / "f")], ["send", "--to", "bob", "--file", str(tmp / "f"), "hi"],
+                 ["send"]):
+        r = sc(homes["alice"], *args)
+        assert r.returncode == 2 and r.stderr.startswith(b"securecomm: error:"), (args, r.stderr)
+    r = sc(homes["alice"], "send", "--to", "nobody", "--file", str(tmp / "f"))
+    assert r.returncode == 3 and b"Traceback" not in r.stderr
