@@ -110,3 +110,46 @@ def test_file_usage_errors(world):
         assert r.returncode == 2 and r.stderr.startswith(b"securecomm: error:"), (args, r.stderr)
     r = sc(homes["alice"], "send", "--to", "nobody", "--file", str(tmp / "f"))
     assert r.returncode == 3 and b"Traceback" not in r.stderr
+
+
+def test_upload_resumes_after_a_dropped_connection(world):
+    """An upload cut after some chunks continues from the server's `received`, not from zero."""
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.client import files as F
+    from securecomm.client.login import connect_profile
+    from securecomm.crypto import identity as ident
+    from securecomm.wire.files import CHUNK, FilePut
+
+    srv, homes, tmp = world
+    state = State(home=str(homes["alice"]))
+    me = ident.load(state.paths.identity_key("default"))
+    bob = ident.load_public(homes["bob"] / "identities" / "default.pub")
+    src = tmp / "resume.bin"
+    src.write_bytes(os.urandom(SIZE))
+    with src.open("rb") as f:
+        sealed = F.seal_to_temp(f, "resume.bin", me, bob, tmp / "outgoing")
+    data = sealed.path.read_bytes()
+
+    async def go() -> tuple[int, bytes]:
+        first, _ = await connect_profile(state.paths, me)
+        file_id, received = await F.offer(first, "bob", sealed)
+        assert received == 0
+        for at in range(0, 3 * CHUNK, CHUNK):  # three chunks, then the connection drops
+            first.send_event(FilePut(file_id, at, data[at : at + CHUNK]))
+        for _ in range(3):
+            await F._next_event(first, (F.FileAck,))
+        await first.close()
+        second, _ = await connect_profile(state.paths, me)
+        try:
+            again, received = await F.offer(second, "bob", sealed, file_id)
+            assert again == file_id
+            await F.put_all(second, file_id, sealed, received)
+        finally:
+            await second.close()
+        return received, file_id
+
+    received, file_id = asyncio.run(go())
+    assert received == 3 * CHUNK
+    assert (srv.home / "files" / file_id.hex()).read_bytes() == data

@@ -34,9 +34,9 @@ from securecomm.crypto.integrity import same
 from securecomm.errors import IntegrityError, NetworkError, NotFoundError, SecurecommError
 from securecomm.wire.files import CHUNK, FileAck, FileData, FileNotice, FilePut
 
-#: FILE_PUT frames in flight before waiting for an acknowledgement: 8 x 256 KiB keeps a
-#: loopback or LAN link busy while bounding what a connection holds unacknowledged.
-WINDOW = 8
+#: FILE_PUT frames in flight before waiting for an acknowledgement: 16 x 256 KiB (what the server
+#: queues per session) keeps a loopback or LAN link busy while bounding what is unacknowledged.
+WINDOW = 16
 #: Seconds to wait for each acknowledgement or data frame before calling the link dead.
 STALL_TIMEOUT = 30.0
 #: Reads from the plaintext while sealing (whole stream chunks).

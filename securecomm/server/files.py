@@ -19,7 +19,9 @@ request, with `msg_id` = the file id for a FILE_PUT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +47,8 @@ CODES = {
     "file-mismatch": P.ErrorCode.INTEGRITY,
     "file-bad-args": P.ErrorCode.NOT_FOUND,
 }
+#: FILE_PUTs one session may have queued for the disk: 16 x 256 KiB = 4 MiB held at most per uploader.
+PUTS_IN_FLIGHT = 16
 #: How often expired files are swept (seconds).
 EXPIRE_EVERY = 600.0
 
@@ -57,6 +61,8 @@ class FileService:
         self.store = FileStore(folder, quota=quota, max_file=max_file, days=days)
         self.recipient = recipient
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-files")
+        #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
+        self._slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -74,15 +80,34 @@ class FileService:
 
     # -- FILE_PUT ---------------------------------------------------------------------
     async def put(self, s: Any, ev: FilePut) -> None:
-        try:
-            received, complete = await self._run(self.store.put, s.user.name, ev.file_id, ev.offset, ev.data)
-        except FileRefused as e:
-            log.info("%s FILE_PUT refused: %s", s.label(), e.kind)
-            s.error(CODES[e.kind], str(e), msg_id=ev.file_id)
+        """Queue the append on the worker and go back to reading: the session does not wait for the
+        disk, so the next chunk arrives while this one is written. At most PUTS_IN_FLIGHT chunks per
+        session are queued (a client that ignores FILE_ACK is simply not read further); the single
+        worker keeps them, and so their FILE_ACKs, in order."""
+        slots = self._slots.setdefault(s, asyncio.Semaphore(PUTS_IN_FLIGHT))
+        await slots.acquire()
+        fut = asyncio.get_running_loop().run_in_executor(self.pool, self.store.put, s.user.name, ev.file_id,
+                                                         ev.offset, ev.data)
+        fut.add_done_callback(lambda f: self._put_done(s, ev.file_id, slots, f))
+
+    def _put_done(self, s: Any, file_id: bytes, slots: asyncio.Semaphore, fut: asyncio.Future[Any]) -> None:
+        slots.release()
+        if fut.cancelled():
             return
+        e = fut.exception()
+        if isinstance(e, FileRefused):
+            log.info("%s FILE_PUT refused: %s", s.label(), e.kind)
+            s.error(CODES[e.kind], str(e), msg_id=file_id)
+            return
+        if e is not None:  # the disk: like a message the database could not store (row store-failed)
+            log.error("%s FILE_PUT failed: %s", s.label(), e)
+            s.error(P.ErrorCode.INTERNAL, "the server could not store this chunk; resume later", msg_id=file_id)
+            return
+        received, complete = fut.result()
         if complete:
-            log.info("%s uploaded file %s (%d bytes)", s.label(), ev.file_id.hex(), received)
-        s.send(FileAck(ev.file_id, received, complete))
+            log.info("%s uploaded file %s (%d bytes)", s.label(), file_id.hex(), received)
+        with contextlib.suppress(P.ProtocolError):  # the connection ended meanwhile
+            s.send(FileAck(file_id, received, complete))
 
     # -- requests ---------------------------------------------------------------------
     async def request(self, s: Any, ev: P.Request) -> bool:
