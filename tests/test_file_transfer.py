@@ -153,3 +153,33 @@ def test_upload_resumes_after_a_dropped_connection(world):
     received, file_id = asyncio.run(go())
     assert received == 3 * CHUNK
     assert (srv.home / "files" / file_id.hex()).read_bytes() == data
+
+
+@pytest.mark.skipif(__import__("shutil").which("tmux") is None, reason="tmux not installed")
+def test_chat_send_file_in_the_background(world):
+    """/send USER PATH in a real terminal: chat says when it is stored; bob's chat shows the file line."""
+    from tests.conftest import ENTRY
+    from tests.test_chat_tty import Tmux
+
+    _, homes, tmp = world
+    src = tmp / "notes.txt"
+    src.write_bytes(os.urandom(2 * 1024 * 1024))
+    tmux = Tmux()
+    try:
+        for u in ("alice", "bob"):
+            tmux.start(u, f"{ENTRY} --home {homes[u]} chat --room lobby; sleep 30")
+            tmux.wait_for(u, "joined #lobby")
+        tmux.type("alice", f"/send bob {src}")
+        tmux.wait_for("alice", "stored for bob", timeout=60)
+        screen = tmux.wait_for("bob", "[file] notes.txt (2.0 MiB): securecomm fetch", timeout=30)
+        assert "\u2713" in screen
+    finally:
+        tmux.kill()
+    r = sc(homes["bob"], "inbox")  # already shown (and acknowledged) by bob's chat: the notice is saved
+    assert r.returncode == 0
+    saved = list((homes["bob"] / "files").glob("*.json"))
+    assert len(saved) == 1
+    out = tmp / "notes.out"
+    r = sc(homes["bob"], "fetch", saved[0].stem, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == src.read_bytes()

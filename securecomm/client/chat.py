@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from securecomm.client.events import Alert, Membership, printable
+from securecomm.client.events import Alert, DirectMessage, Membership, printable
+from securecomm.client.files import describe, received_notice, send_file
 from securecomm.client.login import connect_profile
 from securecomm.client.messenger import Messenger
 from securecomm.crypto.identity import PrivateIdentity
@@ -77,7 +79,9 @@ def room_name(name: str) -> str:
 
 
 #: The commands chat understands, as the help line lists them.
-COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/trust USER", "/quit")
+COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/send USER PATH", "/trust USER", "/quit")
+#: Seconds a /send keeps resuming its upload after dropped connections.
+FILE_TIMEOUT = 120.0
 
 
 def unknown_command(line: str) -> str:
@@ -125,6 +129,7 @@ class ChatSession:
         self.server, self.ca, self.pin = server, ca, pin
         self.emit = emit
         self.outbox: list[Pending] = []
+        self._file_jobs: set[asyncio.Future[None]] = set()  # /send uploads running in the background
         self.messenger: Messenger | None = None
         self.present: set[str] = set()  # the other members of self.room, as the server last listed them
         self.awaited: set[str] = set()  # members that held room lines wait for
@@ -141,6 +146,10 @@ class ChatSession:
             else:
                 self.present.discard(ev.user)
             self.changed.set()
+        if isinstance(ev, DirectMessage):
+            notice = received_notice(self.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
+            if notice is not None:
+                ev = dataclasses.replace(ev, body=describe(notice).encode())
         self.emit(ev)
 
     async def run(self, lines: asyncio.Queue[str | None]) -> None:
@@ -342,6 +351,8 @@ class ChatSession:
                 item = Pending("dm", msg[0], msg[1].encode())
                 self.outbox.append(item)
                 self._in_background(item)
+            elif line.startswith("/send "):
+                self._send_file(line)
             elif line.startswith("/trust "):
                 self._trust(line)
             elif line.startswith("/"):
@@ -354,6 +365,38 @@ class ChatSession:
             if retryable(e):
                 raise
             self.emit(Alert(e.message + (f" ({e.hint})" if e.hint else "")))
+
+    def _send_file(self, line: str) -> None:
+        """/send USER PATH: the file goes out in the background over its own connections
+        (client/files.py), so chat keeps working while it seals and uploads."""
+        from pathlib import Path
+
+        from securecomm.files import open_input
+
+        parts = line.split(maxsplit=2)
+        if len(parts) != 3:
+            self.emit(Info("usage: /send USER PATH"))
+            return
+        user, path = parts[1].lower(), Path(parts[2].strip())
+
+        async def connect() -> Any:
+            return await connect_profile(self.paths, self.identity, server=self.server, ca=self.ca, pin=self.pin)
+
+        async def job() -> None:
+            try:
+                with open_input(path) as src:
+                    file_id, sealed = await send_file(connect, self.identity, self.paths, user, src, path.name,
+                                                      0, FILE_TIMEOUT, lambda text: self.emit(Info(text)),
+                                                      lambda size, label: contextlib.nullcontext())
+                self.emit(Info(f"file {sealed.name} ({sealed.size} bytes) stored for {user} "
+                               f"(id {file_id.hex()})"))
+            except SecurecommError as e:
+                self.emit(Alert(f"file {path.name} not sent to {user}: {e.message}"))
+
+        self.emit(Info(f"sending {path.name} to {user} in the background..."))
+        task = asyncio.ensure_future(job())
+        self._file_jobs.add(task)
+        task.add_done_callback(self._file_jobs.discard)
 
     def _trust(self, line: str) -> None:
         """/trust USER shows USER's changed key; /trust USER FINGERPRINT accepts it (as

@@ -319,8 +319,9 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
                                  deliveries=False).identity_of(to)
     finally:
         await client.close()
-    with bars(size_hint, "sealing") as bar:
-        sealed = seal_to_temp(src, name, identity, to_key, Path(paths.data_dir) / "outgoing", bar)
+    with bars(size_hint, "sealing") as bar:  # on a thread: a chat stays responsive while a file is sealed
+        sealed = await asyncio.to_thread(seal_to_temp, src, name, identity, to_key, Path(paths.data_dir) / "outgoing",
+                                         bar)
     try:
         file_id: bytes | None = None
 
