@@ -26,3 +26,15 @@ def test_quick_bigfile_benchmark_reports_throughput_and_rss(tmp_path):
             assert data[size][tool]["mb_per_s"] > 0 and data[size][tool]["peak_rss_mib"] > 0
     assert data["ratios"]["encrypt"] > 0 and data["ratios"]["decrypt"] > 0
     assert ">= 50%" in r.stdout and "< 64 MiB" in r.stdout
+
+
+@pytest.mark.timeout(240)
+def test_quick_filetransfer_benchmark_reports_its_figures(tmp_path):
+    out = tmp_path / "transfer.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "filetransfer.py"), "--quick", "--size-mb", "4",
+                        "--json", str(out)], capture_output=True, text=True, timeout=230, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["securecomm"]["send_s"] > 0 and data["securecomm"]["fetch_s"] > 0 and data["bare_tls_copy_s"] > 0
+    assert data["securecomm"]["server_peak_rss_mib"] > 0 and data["ratio"] > 0
+    assert ">= 60%" in r.stdout and "< 64 MiB" in r.stdout
