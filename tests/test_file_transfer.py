@@ -183,3 +183,16 @@ def test_chat_send_file_in_the_background(world):
     r = sc(homes["bob"], "fetch", saved[0].stem, "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == src.read_bytes()
+
+
+def test_removing_the_recipient_deletes_their_files(world):
+    srv, homes, tmp = world
+    src = tmp / "gone.bin"
+    src.write_bytes(os.urandom(1000))
+    file_id = _send(homes, src)["file_id"]
+    stored = srv.home / "files" / file_id
+    assert stored.exists()
+    r = sc(srv.home, "user", "remove", "bob", "--yes")
+    assert r.returncode == 0, r.stderr
+    srv.wait_log("deleted 1 file", timeout=15)
+    assert not stored.exists()

@@ -133,3 +133,10 @@ def test_removed_user_takes_their_files(store):
     other = store.offer("alice", "carol", 5, b"\0" * 32).file_id
     store.remove_user("bob")
     assert store.row(to_bob) is None and store.row(from_bob) is None and store.row(other) is not None
+
+
+def test_keep_only_deletes_files_of_removed_accounts(store):
+    to_bob = _upload(store, b"a" * 20)
+    from_carol = store.offer("carol", "alice", 5, b"\0" * 32).file_id
+    assert store.keep_only({"alice", "bob"}) == 1
+    assert store.row(to_bob) is not None and store.row(from_carol) is None

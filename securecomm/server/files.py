@@ -78,6 +78,15 @@ class FileService:
                 log.info("deleted %d expired file(s)", n)
             await asyncio.sleep(EXPIRE_EVERY)
 
+    def accounts_changed(self, accounts: set[str]) -> None:
+        """Files from or for removed accounts go with them (on the worker; nothing waits for it)."""
+        self.pool.submit(self._prune, accounts)
+
+    def _prune(self, accounts: set[str]) -> None:
+        n = self.store.keep_only(accounts)
+        if n:
+            log.info("deleted %d file(s) of removed accounts", n)
+
     # -- FILE_PUT ---------------------------------------------------------------------
     async def put(self, s: Any, ev: FilePut) -> None:
         """Queue the append on the worker and go back to reading: the session does not wait for the

@@ -181,6 +181,7 @@ class Server:
             fresh = read.get_user(name)
             if fresh is not None:
                 self._password_reset(fresh)
+        self.files.accounts_changed({u.name for u in read.list_users()})
 
     def drop(self, s: Session, why: str) -> None:
         log.warning("%s dropped: %s", s.label(), why)

@@ -201,6 +201,14 @@ class FileStore:
             self._delete(file_id)
         return len(ids)
 
+    def keep_only(self, accounts: set[str]) -> int:
+        """Delete files from or for any account not in `accounts` (removed ones); returns how many."""
+        rows = self.db.execute("SELECT id, sender, recipient FROM files").fetchall()
+        gone = [file_id for file_id, sender, recipient in rows if sender not in accounts or recipient not in accounts]
+        for file_id in gone:
+            self._delete(file_id)
+        return len(gone)
+
     def remove_user(self, user: str) -> None:
         """Files from or for a removed account go with it."""
         for (file_id,) in self.db.execute("SELECT id FROM files WHERE sender = ? OR recipient = ?",
