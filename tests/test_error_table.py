@@ -577,3 +577,23 @@ def test_request_without_args_is_missing_key(main_world):
     c = main_world.alice()
     c.send(raw_frame(b'\x20{"rid":3,"op":"who"}'))
     check(row, (c, c.error(), None, None))
+
+
+def test_password_only_session_cannot_read_or_delete_files(main_world):
+    """A password alone (no key proved) neither downloads nor deletes the account's files (PROTOCOL.md 3.4)."""
+    alice = main_world.alice()
+    file_id = _offer(alice)
+    alice.send(FilePut(file_id, 0, b"abcd"))
+    ack = alice.until(P.FileAck)
+    assert isinstance(ack, P.FileAck) and ack.complete
+    alice.close()
+    pw = main_world.raw().start().login_password("bob")
+    for op in ("file_get", "file_done"):
+        _, err, _, rid = _file_req(pw, op, file_id=file_id.hex(), offset=0)
+        assert (P.ErrorCode(err.code), err.rid, err.fatal) == (P.ErrorCode.FORBIDDEN, rid, False)
+    pw.close()
+    bob = main_world.bob()
+    bob.send(P.Request(9, "file_get", {"file_id": file_id.hex(), "offset": 0}))
+    data = bob.until(P.FileData)
+    assert isinstance(data, P.FileData) and data.data == b"abcd"
+    bob.close()

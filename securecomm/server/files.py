@@ -93,6 +93,9 @@ class FileService:
         disk, so the next chunk arrives while this one is written. At most PUTS_IN_FLIGHT chunks per
         session are queued (a client that ignores FILE_ACK is simply not read further); the single
         worker keeps them, and so their FILE_ACKs, in order."""
+        if s.identity is None:  # no offer can exist for it (file_offer needs a key): as an unknown id
+            s.error(P.ErrorCode.NOT_FOUND, "no unfinished upload of yours has that id", msg_id=ev.file_id)
+            return
         slots = self._slots.setdefault(s, asyncio.Semaphore(PUTS_IN_FLIGHT))
         await slots.acquire()
         fut = asyncio.get_running_loop().run_in_executor(self.pool, self.store.put, s.user.name, ev.file_id,
@@ -131,10 +134,15 @@ class FileService:
             s.error(CODES[e.kind], str(e), rid=ev.rid)
         return True
 
-    async def _offer(self, s: Any, ev: P.Request) -> None:
+    @staticmethod
+    def _need_key(s: Any) -> None:
+        """Like mail (PROTOCOL.md 3.4): a password alone may not send, read or delete files."""
         if s.identity is None:
-            raise FileRefused("file-no-identity", "sending a file needs a key proved in this connection "
+            raise FileRefused("file-no-identity", "files need a key proved in this connection "
                                                   "(run: securecomm user login)")
+
+    async def _offer(self, s: Any, ev: P.Request) -> None:
+        self._need_key(s)
         to = self.recipient(_str(ev, "to"))
         if to is None:
             raise FileRefused("file-unknown-user", f"no user named {_str(ev, 'to')[:40]!r} with a registered key")
@@ -145,6 +153,7 @@ class FileService:
                                  "expires": int(offer.expires)}))
 
     async def _get(self, s: Any, ev: P.Request) -> None:
+        self._need_key(s)
         file_id, offset = _bytes(ev, "file_id", FILE_ID_SIZE), _int(ev, "offset")
         row, f = await self._run(self.store.open_for, s.user.name, file_id)
         with f:
@@ -159,6 +168,7 @@ class FileService:
         s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "size": row.size, "sha256": row.sha256.hex()}))
 
     async def _done(self, s: Any, ev: P.Request) -> None:
+        self._need_key(s)
         file_id = _bytes(ev, "file_id", FILE_ID_SIZE)
         await self._run(self.store.done, s.user.name, file_id)
         log.info("%s fetched file %s: deleted", s.label(), file_id.hex())
