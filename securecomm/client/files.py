@@ -246,23 +246,37 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
 
 def check_and_open(part: Path, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity,
                    out: Any) -> stream.Opening:
-    """Check the ciphertext against the notice, then open it into `out` (an AtomicOutput)."""
+    """Open the downloaded ciphertext into `out` (an AtomicOutput, committed by the caller only if this
+    returns), checking it against the notice on the way: one read of the file, not two."""
     h = hashlib.sha256()
     with part.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    if part.stat().st_size != notice.stream_size or not same(h.digest(), notice.stream_sha256):
-        part.unlink()  # a wrong copy: fetch again from the start
-        raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
-    with part.open("rb") as f:
-        opening = stream.open_stream(iter(lambda: f.read(READ_SIZE), b""), me, sender)
-        if not same(opening.file_key, notice.key):
-            raise IntegrityError("the file was sealed with another key than its notice announced")
-        for piece in opening:
-            out.write(piece)
+        def blocks() -> Iterator[bytes]:
+            while block := f.read(READ_SIZE):
+                h.update(block)
+                yield block
+
+        try:
+            opening = stream.open_stream(blocks(), me, sender)
+            if not same(opening.file_key, notice.key):
+                raise IntegrityError("the file was sealed with another key than its notice announced")
+            for piece in opening:
+                out.write(piece)
+        except SecurecommError:
+            for _ in blocks():  # the rest, so that a wrong copy is told apart from a bad file
+                pass
+            _check_copy(part, notice, h.digest())
+            raise
+    _check_copy(part, notice, h.digest())
     if opening.length != notice.size or not same(opening.digest or b"", notice.sha256):
         raise IntegrityError("the decrypted file does not match the size and SHA-256 its sender announced")
     return opening
+
+
+def _check_copy(part: Path, notice: FileNotice, digest: bytes) -> None:
+    """A download that is not the ciphertext announced is deleted (fetch then starts over)."""
+    if part.stat().st_size != notice.stream_size or not same(digest, notice.stream_sha256):
+        part.unlink()
+        raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
 
 
 async def with_retry(connect: Callable[[], Awaitable[Any]], work: Callable[[Any], Awaitable[Any]],
