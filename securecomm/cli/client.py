@@ -100,7 +100,8 @@ def _send_file_checked(state: State, message: str | None, to: str | None, file_p
     from securecomm.errors import UsageError
 
     if file_path is None:
-        raise UsageError("give MESSAGE (or - for stdin), or --to USER --file PATH")
+        # as Click says it when MESSAGE was required (it is optional now only because of --file)
+        raise UsageError("missing argument 'MESSAGE'", hint="see: securecomm send --help")
     if message is not None or not to or wait:
         raise UsageError("--file takes no MESSAGE and needs --to USER (and no --wait)",
                          hint="securecomm send --to bob --file report.pdf")
