@@ -16,6 +16,7 @@ import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from securecomm.errors import ExistsError, FilePermissionError, NotFoundError, SecurecommError
 
@@ -123,6 +124,68 @@ def read_private(path: Path) -> bytes:
 def read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
+    except FileNotFoundError as e:
+        raise NotFoundError(f"{path} does not exist") from e
+    except IsADirectoryError as e:
+        raise NotFoundError(f"{path} is a folder, not a file") from e
+    except PermissionError as e:
+        raise FilePermissionError(f"cannot read {path}: permission denied") from e
+    except OSError as e:
+        raise SecurecommError(f"cannot read {path}: {e.strerror}") from e
+
+
+class AtomicOutput:
+    """A private file written in pieces and put in place only on success.
+
+    Used for outputs too large to hold in memory (decrypting a large file):
+    the bytes go to a 0600 temp file beside `path`; `commit()` fsyncs and
+    renames it into place (the old file kept as NAME.bak under `force`), and
+    closing without commit deletes it, so a failure leaves nothing at `path`.
+    """
+
+    def __init__(self, path: Path, *, force: bool = False) -> None:
+        if path.exists() and not force:
+            raise ExistsError(f"{path} already exists", hint="use --force to replace it (the old file is kept as .bak)")
+        self.path = path
+        ensure_dir(path.parent)
+        self.tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                         PRIVATE_MODE)
+        except OSError as e:
+            raise FilePermissionError(f"cannot write {path}: {e.strerror}") from e
+        self.file = os.fdopen(fd, "wb")
+        self.committed = False
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.file.write(data)
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(self.path.name + ".bak"))
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+        self.committed = True
+
+    def __enter__(self) -> AtomicOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.committed:
+            self.file.close()
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+
+
+def open_input(path: Path) -> BinaryIO:
+    """Open a file to read in pieces, with the errors read_file gives."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError
+        return path.open("rb")
     except FileNotFoundError as e:
         raise NotFoundError(f"{path} does not exist") from e
     except IsADirectoryError as e:

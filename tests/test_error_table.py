@@ -10,6 +10,7 @@ connection is closed after a fatal error and still answers PING otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import ssl
@@ -25,6 +26,7 @@ from securecomm.crypto import envelope as E
 from securecomm.crypto import room as R
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.wire import protocol as P
+from securecomm.wire.files import FilePut
 from securecomm.wire.frames import FrameDecoder
 from tests.conftest import run_entry
 from tests.serverproc import PASSWORD, ServerProc, add_user, frame, raw_frame, tls_socket
@@ -268,6 +270,47 @@ def _joined(c: Raw, room: str) -> Raw:
     return c
 
 
+def _file_req(c: Raw, op: str, **args: Any) -> Outcome:
+    c.send(P.Request(41, op, args))
+    return c, c.error(), None, 41
+
+
+_ABCD = hashlib.sha256(b"abcd").hexdigest()
+
+
+def _offer(c: Raw) -> bytes:
+    """Offer bob 4 bytes whose SHA-256 is that of b"abcd"; the file id."""
+    c.send(P.Request(7, "file_offer", {"to": "bob", "size": 4, "sha256": _ABCD}))
+    res = c.until(P.Result)
+    assert isinstance(res, P.Result), res
+    return bytes.fromhex(res.data["file_id"])
+
+
+def _put(c: Raw, file_id: bytes, offset: int, data: bytes) -> Outcome:
+    c.send(FilePut(file_id, offset, data))
+    return c, c.error(), file_id, None
+
+
+def d_file_mismatch(w: World) -> Outcome:
+    c = w.alice()
+    return _file_req(c, "file_offer", to="bob", size=5, sha256=_ABCD, file_id=_offer(c).hex())
+
+
+def d_file_out_of_order(w: World) -> Outcome:
+    c = w.alice()
+    return _put(c, _offer(c), 2, b"cd")
+
+
+def d_file_size_mismatch(w: World) -> Outcome:
+    c = w.alice()
+    return _put(c, _offer(c), 0, b"abcde")
+
+
+def d_file_digest_mismatch(w: World) -> Outcome:
+    c = w.alice()
+    return _put(c, _offer(c), 0, b"abce")
+
+
 def d_timeout_idle(w: World) -> Outcome:
     c = w.alice()
     return c, c.error(), None, None
@@ -452,6 +495,16 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "direct-too-large": d_direct_too_large,
     "room-too-large": d_room_too_large,
     "room-key-too-large": d_room_key_too_large,
+    "file-unknown-user": lambda w: _file_req(w.alice(), "file_offer", to="nobody", size=4, sha256=_ABCD),
+    "file-no-identity": lambda w: _file_req(w.carol(), "file_offer", to="bob", size=4, sha256=_ABCD),
+    "file-too-large": lambda w: _file_req(w.alice(), "file_offer", to="bob", size=0, sha256=_ABCD),
+    "file-bad-args": lambda w: _file_req(w.alice(), "file_get", file_id="not hex", offset=0),
+    "file-not-found": lambda w: _file_req(w.bob(), "file_get", file_id="00" * 16, offset=0),
+    "file-mismatch": d_file_mismatch,
+    "file-put-unknown": lambda w: _put(w.alice(), bytes(16), 0, b"x"),
+    "file-out-of-order": d_file_out_of_order,
+    "file-size-mismatch": d_file_size_mismatch,
+    "file-digest-mismatch": d_file_digest_mismatch,
 }
 #: Rows that need a server of their own (options, or they stop it).
 OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
@@ -465,6 +518,8 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "logged-out": ((), d_logged_out),
     "room-full": (("--max-room-members", "1"), d_room_full),
     "too-many-sessions": (("--max-sessions-per-user", "1"), d_too_many_sessions),
+    "file-over-quota": (("--file-quota", "3"),
+                        lambda w: _file_req(w.alice(), "file_offer", to="bob", size=4, sha256=_ABCD)),
 }
 
 
@@ -608,3 +663,23 @@ def test_request_without_args_is_missing_key(main_world):
     c = main_world.alice()
     c.send(raw_frame(b'\x20{"rid":3,"op":"who"}'))
     check(row, (c, c.error(), None, None))
+
+
+def test_password_only_session_cannot_read_or_delete_files(main_world):
+    """A password alone (no key proved) neither downloads nor deletes the account's files (PROTOCOL.md 3.4)."""
+    alice = main_world.alice()
+    file_id = _offer(alice)
+    alice.send(FilePut(file_id, 0, b"abcd"))
+    ack = alice.until(P.FileAck)
+    assert isinstance(ack, P.FileAck) and ack.complete
+    alice.close()
+    pw = main_world.raw().start().login_password("bob")
+    for op in ("file_get", "file_done"):
+        _, err, _, rid = _file_req(pw, op, file_id=file_id.hex(), offset=0)
+        assert (P.ErrorCode(err.code), err.rid, err.fatal) == (P.ErrorCode.FORBIDDEN, rid, False)
+    pw.close()
+    bob = main_world.bob()
+    bob.send(P.Request(9, "file_get", {"file_id": file_id.hex(), "offset": 0}))
+    data = bob.until(P.FileData)
+    assert isinstance(data, P.FileData) and data.data == b"abcd"
+    bob.close()

@@ -63,7 +63,7 @@ def render(ev: Any, me: str, width: int | None = None) -> str:
 
 
 @click.command(epilog="Example: securecomm chat --room ops\n\n"
-               "Inside: /join ROOM, /who, /msg USER text, /trust USER, /quit (or Ctrl-D, Ctrl-C)")
+               "Inside: /join ROOM, /who, /msg USER text, /send USER PATH, /trust USER, /quit (or Ctrl-D, Ctrl-C)")
 @click.option("--room", default="lobby", show_default=True, help="Room to join.")
 @connection_options
 @pass_state
@@ -72,7 +72,8 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
     """Interactive chat: a room (end to end with sender keys) and direct messages.
 
     Lines you type go to the room; /msg USER text sends end to end to one
-    user (stored for them if offline). Every incoming message shows a
+    user (stored for them if offline); /send USER PATH sends a file of any
+    size in the background (they fetch it with `securecomm fetch ID`). Every incoming message shows a
     check mark once its signature and digest verified; anything that fails is
     shown as a warning instead. If the connection drops or the server
     restarts, chat reconnects with backoff (at most a few seconds apart) and

@@ -31,9 +31,11 @@ def _read_body(message: str) -> bytes:
 
 
 @click.command(epilog="Examples:\n\n  securecomm send 'hello'\n\n  date | securecomm send - --json"
-               "\n\n  securecomm send --to bob --wait 'end to end'")
-@click.argument("message")
+               "\n\n  securecomm send --to bob --wait 'end to end'\n\n  securecomm send --to bob --file report.pdf")
+@click.argument("message", required=False)
 @click.option("--to", "to", metavar="USER", help="Send end to end to USER instead of to the server.")
+@click.option("--file", "file_path", metavar="PATH", type=click.Path(dir_okay=False),
+              help="With --to: send the file PATH (any size; sealed, uploaded in chunks, resumed after a drop).")
 @click.option("--wait", is_flag=True, help="With --to: wait for the recipient's signed delivery receipt.")
 @click.option("--timeout", type=float, default=30, show_default=True,
               help="Seconds to get the server's receipt (one reconnect and resend included if the server "
@@ -41,8 +43,8 @@ def _read_body(message: str) -> bytes:
 @connection_options
 @json_option
 @pass_state
-def send(state: State, message: str, to: str | None, wait: bool, timeout: float, server: str | None,
-         ca: str | None, pin: str | None, passphrase_file: str | None, as_json: bool) -> None:
+def send(state: State, message: str | None, to: str | None, file_path: str | None, wait: bool, timeout: float,
+         server: str | None, ca: str | None, pin: str | None, passphrase_file: str | None, as_json: bool) -> None:
     """Send MESSAGE (or - for stdin) and print its receipt.
 
     To the server (default): sealed to the server's identity with HPKE, signed
@@ -53,6 +55,11 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
     server only stores and forwards ciphertext until USER is online. USER may
     be yourself: a note to self, shown by your own `inbox`.
 
+    With --to USER --file PATH (no MESSAGE): the file, of any size, sealed to
+    USER in the streaming form, uploaded in chunks (resumed after a dropped
+    connection), then announced to USER by a direct message; USER's `inbox`
+    lists it and `securecomm fetch ID` downloads it.
+
     If the server shuts down or the connection drops before the receipt,
     send reconnects and resends the same envelope once within --timeout; the
     server answers a copy it already stored with its original receipt.
@@ -62,6 +69,10 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
     from securecomm.client.login import connect_profile
     from securecomm.client.sending import send_to_server
 
+    if file_path is not None or message is None:
+        _send_file_checked(state, message, to, file_path, wait, timeout, as_json, passphrase_file,
+                           server=server, ca=ca, pin=pin)
+        return
     body = _read_body(message)
     identity = profile_identity(state, passphrase_file)
     if wait and not to:
@@ -81,6 +92,20 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
                    "stored_at_ms": receipt.stored_at_ms, "duplicate": receipt.duplicate})
         return
     click.echo(f"delivered {receipt.msg_id.hex()} sha256:{receipt.sha256.hex()}")
+
+
+def _send_file_checked(state: State, message: str | None, to: str | None, file_path: str | None, wait: bool,
+                       timeout: float, as_json: bool, passphrase_file: str | None, **conn: Any) -> None:
+    from securecomm.cli.files import send_file
+    from securecomm.errors import UsageError
+
+    if file_path is None:
+        # as Click says it when MESSAGE was required (it is optional now only because of --file)
+        raise UsageError("missing argument 'MESSAGE'", hint="see: securecomm send --help")
+    if message is not None or not to or wait:
+        raise UsageError("--file takes no MESSAGE and needs --to USER (and no --wait)",
+                         hint="securecomm send --to bob --file report.pdf")
+    send_file(state, profile_identity(state, passphrase_file), to, file_path, max(timeout, 120), as_json, **conn)
 
 
 @click.command(epilog="Examples:\n\n  securecomm status --json\n\n"
@@ -224,15 +249,21 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
     def show(ev: Any) -> None:
         nonlocal failures
         if isinstance(ev, DirectMessage):
+            from securecomm.client.files import describe, received_notice
+
+            notice = received_notice(state.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
+            body = describe(notice).encode() if notice else ev.body
             if as_json:
                 import json
 
+                shown_file = {"file": {"id": notice.file_id.hex(), "name": notice.name, "size": notice.size,
+                                       "sha256": notice.sha256.hex()}} if notice else {}
                 click.echo(json.dumps({"from": ev.sender, "id": ev.msg_id.hex(), "sent_at_ms": ev.sent_at_ms,
                                        "fingerprint": ev.fingerprint, "verified": True,
-                                       "body": ev.body.decode("utf-8", "replace")}))
+                                       "body": body.decode("utf-8", "replace"), **shown_file}))
             else:
                 head = f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 "
-                click.echo(head + printable_body(ev.body, width, cell_width(head)))
+                click.echo(head + printable_body(body, width, cell_width(head)))
         elif isinstance(ev, Alert):
             failures += ev.failed  # a server's noise is shown, but it is no failed message
             from securecomm.cli.context import warn

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "send": ("securecomm.cli.client", "send", "Send one message and print its receipt."),
     "status": ("securecomm.cli.client", "status", "Connect and print a security report of the session."),
     "chat": ("securecomm.cli.chat", "chat", "Interactive chat: rooms and end-to-end direct messages."),
+    "fetch": ("securecomm.cli.files", "fetch", "Download, verify and decrypt a received file."),
     "inbox": ("securecomm.cli.client", "inbox", "Fetch and print pending direct messages."),
     "contacts": ("securecomm.cli.client", "contacts", "Show pinned contact keys; trust a changed one."),
     "user": ("securecomm.cli.users", "user", "Manage user accounts and log in."),

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
+from securecomm.cli.bigfiles import (
+    armor_blocks,
+    blocks_from,
+    dearmor_blocks,
+    input_size,
+    progress,
+    read_up_to,
+    write_all,
+)
 from securecomm.cli.context import (
     State,
     info,
@@ -21,17 +31,6 @@ from securecomm.errors import OversizedError, UsageError
 
 ARMOR_BEGIN = b"-----BEGIN SECURECOMM ENVELOPE-----"
 ARMOR_END = b"-----END SECURECOMM ENVELOPE-----"
-
-
-def _read_input(src: str) -> bytes:
-    from securecomm.crypto.envelope import MAX_ENVELOPE_SIZE
-    from securecomm.files import read_file
-
-    limit = MAX_ENVELOPE_SIZE * 2  # armored input is ~4/3 larger; the parser checks exactly
-    data = sys.stdin.buffer.read(limit + 1) if src == "-" else read_file(Path(src))
-    if len(data) > limit:
-        raise OversizedError("input is larger than the maximum envelope size")
-    return data
 
 
 def _write_output(out: str | None, data: bytes, force: bool) -> None:
@@ -85,6 +84,9 @@ def encrypt(state: State, recipient: str, output: str | None, use_armor: bool, f
 
     The result is the same envelope the server path uses: HPKE to the
     recipient's key, Ed25519 signature by --name, SHA-256 digest inside.
+    Inputs larger than one message (about 1 MiB) use the streaming form:
+    64 KiB chunks, constant memory whatever the size, from a file or a pipe,
+    and a progress bar on a terminal. -o FILE appears only once complete.
     """
     from securecomm.crypto import envelope
 
@@ -92,10 +94,46 @@ def encrypt(state: State, recipient: str, output: str | None, use_armor: bool, f
     if not use_armor and output in (None, "-") and sys.stdout.isatty():
         raise UsageError("refusing to write binary output to a terminal", hint="use --armor or -o FILE")
     me = load_identity(state, name, passphrase_file)
-    body = _read_input(input)
+    source = _open_source(input)
+    body = read_up_to(source, envelope.MAX_BODY_SIZE + 1)
+    if len(body) > envelope.MAX_BODY_SIZE:  # too large for one envelope: the streaming form
+        total = _encrypt_stream(source, body, me, to, output, use_armor, force)
+        info(f"sealed {total} bytes to {to.fingerprint_text} ({to.kem}) in the streaming form")
+        return
     raw = envelope.seal(body, me, to)
     _write_output(output, armor(raw) if use_armor else raw, force)
     info(f"sealed {len(body)} bytes to {to.fingerprint_text} ({to.kem})")
+
+
+def _open_source(src: str) -> BinaryIO:
+    from securecomm.files import open_input
+
+    return sys.stdin.buffer if src == "-" else open_input(Path(src))
+
+
+def _encrypt_stream(source: BinaryIO, head: bytes, me: Any, to: Any, output: str | None, use_armor: bool,
+                    force: bool) -> int:
+    """Seal head + the rest of source in the streaming form; returns the bytes read."""
+    from securecomm.crypto import stream
+
+    head += read_up_to(source, -len(head) % stream.CHUNK_SIZE)  # whole chunks: the sealer then copies nothing
+    counted = _Counter(blocks_from(source, head))
+    with progress(counted, input_size(source), "encrypting") as blocks:
+        sealed = stream.seal(blocks, me, to)
+        write_all(armor_blocks(sealed) if use_armor else sealed, output, force=force)
+    return counted.total
+
+
+class _Counter:
+    """Pass blocks through, adding up their length."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self.blocks, self.total = blocks, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for block in self.blocks:
+            self.total += len(block)
+            yield block
 
 
 def _known_senders(state: State, sender: str | None) -> dict[bytes, Any]:
@@ -116,25 +154,47 @@ def _known_senders(state: State, sender: str | None) -> dict[bytes, Any]:
     return known
 
 
-@click.command(epilog="Example: securecomm decrypt --from alice.pub -o note.txt note.sce")
+@click.command(epilog="Example: securecomm decrypt --from alice.pub -o note.txt note.sce\n\n"
+                      "Example: securecomm decrypt --verify-first big.sce | tar x")
 @click.option("--from", "sender", help="Sender identity line or file (else: your contacts and identities).")
 @click.option("-o", "--output", help="Write the body to FILE (mode 0600) instead of stdout.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--verify-first", is_flag=True,
+              help="Large inputs to stdout: write nothing until the whole file verified (spools to a temp file).")
 @name_option
 @passphrase_file_option
 @click.argument("input", default="-")
 @pass_state
-def decrypt(state: State, sender: str | None, output: str | None, force: bool, name: str,
+def decrypt(state: State, sender: str | None, output: str | None, force: bool, verify_first: bool, name: str,
             passphrase_file: str | None, input: str) -> None:
     """Open INPUT (binary or armored), verify signature and digest, write the body.
 
-    Nothing is written unless every check passes. The sender must be known:
-    given with --from, or one of your contacts or identities.
+    The sender must be known: given with --from, or one of your contacts or
+    identities. A message-sized envelope is checked whole before anything is
+    written. With -o FILE, a file of any size goes to a private temporary
+    file that replaces FILE only after every chunk and the signature over the
+    whole file verify; on failure nothing is left at FILE.
+
+    A large file to stdout: the sender's header signature is checked before
+    the first byte, and each 64 KiB chunk is written once its tag verifies,
+    so what a reader gets is always a prefix of what the sender sealed, in
+    order (as with `age -d`). Whether it is all of it is known only at the
+    end: a cut-off or tampered stream stops with an error and a non-zero
+    exit after a partial write, and the last chunk is held back until the
+    signature over the whole file verifies. Pass --verify-first (or use -o)
+    when a partial output must never be seen.
     """
-    from securecomm.crypto import envelope
+    from securecomm.crypto import envelope, stream
+    from securecomm.crypto.envelope import MAX_ENVELOPE_SIZE
     from securecomm.errors import NotAnEnvelopeError, NotFoundError, UnknownSenderError, WrongRecipientError
 
-    raw = dearmor(_read_input(input))
+    source = _open_source(input)
+    limit = MAX_ENVELOPE_SIZE * 2  # armored input is ~4/3 larger; the parser checks exactly
+    head = read_up_to(source, limit + 1)
+    if len(head) > limit or stream.is_stream(dearmor(head)):
+        _decrypt_stream(state, source, head, sender, output, force, name, passphrase_file, verify_first)
+        return
+    raw = dearmor(head)
     try:
         me = load_identity(state, name, passphrase_file)
         opened = envelope.open_envelope(raw, me, _known_senders(state, sender))
@@ -150,15 +210,72 @@ def decrypt(state: State, sender: str | None, output: str | None, force: bool, n
     info(f"from {opened.sender.fingerprint_text}: signature and sha256 digest verified")
 
 
+def _decrypt_stream(state: State, source: BinaryIO, head: bytes, sender: str | None, output: str | None,
+                    force: bool, name: str, passphrase_file: str | None, verify_first: bool) -> None:
+    """An input too large for one envelope, or a streaming envelope: open it chunk by chunk."""
+    from securecomm.crypto import stream
+    from securecomm.errors import NotFoundError, UnknownSenderError, WrongRecipientError
+
+    with progress(blocks_from(source, head), input_size(source), "decrypting") as blocks:
+        if head.lstrip()[: len(ARMOR_BEGIN)] == ARMOR_BEGIN:
+            blocks = dearmor_blocks(blocks)
+        blocks = _require_stream(iter(blocks))
+        try:
+            me = load_identity(state, name, passphrase_file)
+            opening = stream.open_stream(blocks, me, _known_senders(state, sender))
+        except (NotFoundError, WrongRecipientError) as e:
+            e.hint = _which_identity_fp(state, _peek_recipient(head)) or e.hint
+            raise
+        except UnknownSenderError as e:
+            raise _unknown_sender(sender) from e
+        write_all(opening, output, force=force, verify_first=verify_first)
+    info(f"from {opening.sender.fingerprint_text}: {opening.length} bytes, every chunk and the signature "
+         "verified")
+
+
+def _require_stream(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """The blocks, after checking the first bytes are a stream's magic (else: too large for an envelope)."""
+    from securecomm.crypto import stream
+
+    first = b""
+    for block in blocks:
+        first += block
+        if len(first) >= len(stream.MAGIC):
+            break
+    if not stream.is_stream(first):
+        raise OversizedError("input is larger than the maximum envelope size")
+    yield first
+    yield from blocks
+
+
+def _peek_recipient(head: bytes) -> bytes | None:
+    """The recipient fingerprint of a binary stream header (armored: None, no hint)."""
+    from securecomm.crypto import stream
+
+    return head[68:100] if stream.is_stream(head) and len(head) >= 100 else None
+
+
 def _which_identity(state: State, raw: bytes) -> str | None:
     """The hint for an envelope sealed to another of your identities: which one, by --name."""
     from securecomm.crypto import envelope
-    from securecomm.crypto.identity import load_public
-    from securecomm.crypto.integrity import same
     from securecomm.errors import SecurecommError
 
     try:
         recipient = envelope.parse(raw).header.recipient
+    except SecurecommError:
+        return None
+    return _which_identity_fp(state, recipient)
+
+
+def _which_identity_fp(state: State, recipient: bytes | None) -> str | None:
+    """The hint naming which of your identities, by --name, `recipient` (a fingerprint) is."""
+    from securecomm.crypto.identity import load_public
+    from securecomm.crypto.integrity import same
+    from securecomm.errors import SecurecommError
+
+    if recipient is None:
+        return None
+    try:
         for pub in sorted(state.paths.identities_dir.glob("*.pub")):
             if same(load_public(pub).fingerprint, recipient):
                 return f"it is sealed to your identity {pub.stem!r}: pass --name {pub.stem}"

@@ -46,6 +46,12 @@ from securecomm.errors import SecurecommError
               help="Messages to the server one user may have stored (kept for good); more are refused.")
 @click.option("--send-bytes", type=click.IntRange(1), default=256 * 1024 * 1024, show_default=True,
               help="Bytes of messages to the server one user may have stored.")
+@click.option("--file-quota", type=click.IntRange(1), default=1 << 30, show_default=True,
+              help="Bytes of files (ciphertext) that may wait for one recipient; larger offers are refused.")
+@click.option("--max-file", type=click.IntRange(1), default=4 << 30, show_default=True,
+              help="Largest file (ciphertext bytes) one upload may offer.")
+@click.option("--file-days", type=click.FloatRange(0, min_open=True), default=7.0, show_default=True,
+              help="Days an unfetched (or unfinished) file is kept before it is deleted.")
 @click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--rate", type=float, default=5000, show_default=True,
               help="Messages per second per connection (0: unlimited).")
@@ -129,7 +135,7 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
     async def main() -> None:
         from securecomm.server.certreload import CertificateFiles, on_sighup
 
-        server = Server(config, ssl_ctx, identity, db_path)
+        server = Server(config, ssl_ctx, identity, db_path, files_dir=db_file.parent / "files")
         # SIGHUP: renewal without dropping connections (certgen --force, then systemctl reload)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup, server,
                                                       CertificateFiles(state.paths, cert, key), require_pq)

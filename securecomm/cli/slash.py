@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 
-from securecomm.client.chat import Command, Invalid, Join, Msg, Quit, Say, Trust, Who
+from securecomm.client.chat import Command, Invalid, Join, Msg, Quit, Say, SendFile, Trust, Who
 from securecomm.client.events import printable
 
 #: The commands chat understands, as the help line lists them.
-COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/trust USER", "/quit")
+COMMANDS = ("/join ROOM", "/who", "/msg USER text", "/send USER PATH", "/trust USER", "/quit")
 MSG_USAGE = "usage: /msg USER text"
+SEND_USAGE = "usage: /send USER PATH"
 TRUST_USAGE = "usage: /trust USER (shows their new key), then /trust USER FINGERPRINT"
 
 
@@ -29,6 +30,12 @@ def parse_line(line: str) -> Command:
     if line.startswith("/msg "):
         msg = parse_msg(line)
         return Invalid(MSG_USAGE, offline_too=True) if msg is None else Msg(*msg)
+    if line.startswith("/send "):
+        parts = line.split(maxsplit=2)
+        if len(parts) != 3:
+            return Invalid(SEND_USAGE)
+        user = parts[1]
+        return SendFile(user.lower() if user.isascii() else user, parts[2].strip())
     if line.startswith("/trust "):
         return _trust(line)
     if line.startswith("/"):

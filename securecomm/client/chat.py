@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from securecomm.client.events import Alert, Membership, printable
+from securecomm.client.events import Alert, DirectMessage, Membership, printable
+from securecomm.client.files import describe, received_notice, send_file
 from securecomm.client.login import connect_profile
 from securecomm.client.messenger import Messenger
 from securecomm.crypto.identity import PrivateIdentity
@@ -76,6 +78,10 @@ def room_name(name: str) -> str:
         raise UsageError(f"room name {name!r} must be 1-32 characters of a-z 0-9 _ . -") from None
 
 
+#: Seconds a /send keeps resuming its upload after dropped connections.
+FILE_TIMEOUT = 120.0
+
+
 # -- the commands a ChatSession takes (cli/slash.py reads them from typed lines) ---------------
 @dataclass(frozen=True)
 class Say:
@@ -101,6 +107,14 @@ class Msg:
 
 
 @dataclass(frozen=True)
+class SendFile:
+    """/send USER PATH: a file, sealed and uploaded in the background (client/files.py)."""
+
+    user: str
+    path: str
+
+
+@dataclass(frozen=True)
 class Trust:
     user: str
     fingerprint: str | None  # None: show the new key; else accept it
@@ -119,7 +133,7 @@ class Invalid:
     offline_too: bool = False
 
 
-Command = Say | Join | Who | Msg | Trust | Quit | Invalid
+Command = Say | Join | Who | Msg | SendFile | Trust | Quit | Invalid
 
 
 def retryable(e: SecurecommError) -> bool:
@@ -141,6 +155,7 @@ class ChatSession:
         self.server, self.ca, self.pin = server, ca, pin
         self.emit = emit
         self.outbox: list[Pending] = []
+        self._file_jobs: set[asyncio.Future[None]] = set()  # /send uploads running in the background
         self.messenger: Messenger | None = None
         self.present: set[str] = set()  # the other members of self.room, as the server last listed them
         self.awaited: set[str] = set()  # members that held room lines wait for
@@ -157,6 +172,10 @@ class ChatSession:
             else:
                 self.present.discard(ev.user)
             self.changed.set()
+        if isinstance(ev, DirectMessage):
+            notice = received_notice(self.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
+            if notice is not None:
+                ev = dataclasses.replace(ev, body=describe(notice).encode())
         self.emit(ev)
 
     async def run(self, lines: asyncio.Queue[Command | None]) -> None:
@@ -353,6 +372,8 @@ class ChatSession:
                 item = Pending("dm", line.user, line.text.encode())
                 self.outbox.append(item)
                 self._in_background(item)
+            elif isinstance(line, SendFile):
+                self._send_file(line.user, line.path)
             elif isinstance(line, Trust):
                 # accepting a key is what `contacts trust` does, and completes the room key exchange
                 self.emit(Info(m.trust(line.user, line.fingerprint)))
@@ -366,6 +387,34 @@ class ChatSession:
             if retryable(e):
                 raise
             self.emit(Alert(e.message + (f" ({e.hint})" if e.hint else "")))
+
+    def _send_file(self, user: str, where: str) -> None:
+        """/send USER PATH: the file goes out in the background over its own connections
+        (client/files.py), so chat keeps working while it seals and uploads."""
+        from pathlib import Path
+
+        from securecomm.files import open_input
+
+        path = Path(where)
+
+        async def connect() -> Any:
+            return await connect_profile(self.paths, self.identity, server=self.server, ca=self.ca, pin=self.pin)
+
+        async def job() -> None:
+            try:
+                with open_input(path) as src:
+                    file_id, sealed = await send_file(connect, self.identity, self.paths, user, src, path.name,
+                                                      0, FILE_TIMEOUT, lambda text: self.emit(Info(text)),
+                                                      lambda size, label: contextlib.nullcontext())
+                self.emit(Info(f"file {sealed.name} ({sealed.size} bytes) stored for {user} "
+                               f"(id {file_id.hex()})"))
+            except SecurecommError as e:
+                self.emit(Alert(f"file {path.name} not sent to {user}: {e.message}"))
+
+        self.emit(Info(f"sending {path.name} to {user} in the background..."))
+        task = asyncio.ensure_future(job())
+        self._file_jobs.add(task)
+        task.add_done_callback(self._file_jobs.discard)
 
     def _room_line(self, line: str) -> None:
         self.outbox.append(Pending("room", self.room, line.encode()))

@@ -70,6 +70,11 @@ class ServerConfig:
     #: Seconds a direct message may wait unread before it is dropped and its sender told (EXPIRED,
     #: PROTOCOL.md 4.2); 0: never. Undelivered mail otherwise waited for ever.
     mailbox_ttl: float = 30 * 86400
+    #: Files through the server (PROTOCOL.md 4.4): ciphertext bytes waiting for one recipient, the
+    #: largest file, and how long an unfetched file is kept.
+    file_quota: int = 1 << 30
+    max_file: int = 4 << 30
+    file_days: float = 7.0
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.

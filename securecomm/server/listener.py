@@ -22,13 +22,14 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.errors import OversizedError, StoreUnavailableError, TLSError
+from securecomm.errors import OversizedError, StoreUnavailableError, TLSError, UsageError
 from securecomm.net.bus import LocalBus
 from securecomm.net.pqtls import server_handshake
 from securecomm.server import intake
@@ -36,11 +37,12 @@ from securecomm.server.admission import Admission, Ticket
 from securecomm.server.auth import Logins, why_session_ends
 from securecomm.server.commit_queue import AsyncStore, not_stored
 from securecomm.server.config import ServerConfig
+from securecomm.server.files import FileService
 from securecomm.server.memory import Trimmer
 from securecomm.server.relay import Relay
 from securecomm.server.session import READ_CHUNK, Session, TokenBucket
 from securecomm.store.backends import is_url, open_store
-from securecomm.store.db import NewMessage, StoredMessage, User
+from securecomm.store.db import NewMessage, StoredMessage, User, normalise_name
 from securecomm.store.quota import MailboxLimits, SendLimits
 from securecomm.store.users import user_row
 from securecomm.timeutil import now_ms
@@ -75,7 +77,7 @@ def _smaller_tls_buffers() -> None:
 
 class Server:
     def __init__(self, config: ServerConfig, ssl_ctx: ssl.SSLContext | SSL.Context, identity: PrivateIdentity,
-                 db_path: Any) -> None:
+                 db_path: Any, files_dir: Path | None = None) -> None:
         config.validate()
         self.config = config
         self.ssl_ctx = ssl_ctx
@@ -92,6 +94,10 @@ class Server:
         self.relay = Relay(config, self.store, LocalBus())
         #: What `relay_info` tells a client (`status`): the engines, never where they are.
         self.engines = {"store": "postgresql" if is_url(str(db_path)) else "sqlite", "bus": "in-process"}
+        # Files beside the database: ciphertext only, rows in their own SQLite file (store/files.py).
+        # With PostgreSQL they stay in this relay's data folder: a file is fetched from the relay it went to.
+        self.files = FileService(files_dir or Path(db_path).parent / "files", self._file_recipient,
+                                 quota=config.file_quota, max_file=config.max_file, days=config.file_days)
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
@@ -106,6 +112,7 @@ class Server:
         self._expiry: asyncio.Task[None] | None = None
         #: `serve --metrics`: set before start (server/servermetrics.py); None counts nothing.
         self.metrics: Metrics | None = None
+        self._expirer: asyncio.Task[None] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
@@ -127,6 +134,7 @@ class Server:
         self.address = (sock[0], sock[1])
         self.logins.restore_locks(self.store.read().list_users())
         self._watcher = asyncio.create_task(self.watch_accounts(), name="securecomm-account-watch")
+        self._expirer = asyncio.create_task(self.files.expire_forever(), name="securecomm-file-expiry")
         if self.config.mailbox_ttl > 0:
             from securecomm.server.expiry import MailboxExpiry
 
@@ -162,6 +170,7 @@ class Server:
             else:
                 s.user = fresh
         self.logins.lift_reset_locks(read.get_user)
+        self.files.accounts_changed({u.name for u in read.list_users()})
 
     def drop(self, s: Session, why: str) -> None:
         log.warning("%s dropped: %s", s.label(), why)
@@ -179,6 +188,8 @@ class Server:
             self._watcher.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._expirer is not None:
+            self._expirer.cancel()
         if self.logins.background:
             await asyncio.wait(self.logins.background, timeout=5)
         for s in list(self.sessions):
@@ -193,6 +204,7 @@ class Server:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.store.close()
+        self.files.close()
         self.logins.close()
         self.stopped.set()
 
@@ -328,6 +340,18 @@ class Server:
         with contextlib.suppress(P.ProtocolError):
             s.send(P.Receipt(stored.msg_id, stored.sha256, stored.stored_at_ms, stored.duplicate))
 
+    # -- files -----------------------------------------------------------------------
+    def _file_recipient(self, name: str) -> str | None:
+        """The account name files for `name` are kept under, if that account exists and has a key."""
+        try:
+            user = self.store.read().get_user(normalise_name(name))
+        except UsageError:
+            return None
+        return user.name if user is not None and user.identity is not None else None
+
+    async def file_put(self, s: Session, ev: P.FilePut) -> None:
+        await self.files.put(s, ev)
+
     # -- requests --------------------------------------------------------------------
     async def handle_request(self, s: Session, ev: P.Request) -> None:
         assert s.user is not None
@@ -344,7 +368,7 @@ class Server:
             except OversizedError:  # thousands of accounts under a small --max-frame: refused, never INTERNAL
                 s.error(P.ErrorCode.TOO_LARGE, "the user list is larger than this server's frame limit "
                         "(use securecomm user list on the server host)", rid=ev.rid)
-        elif not await self.relay.request(s, ev):
+        elif not await self.files.request(s, ev) and not await self.relay.request(s, ev):
             # fatal like an unknown message type: the client speaks a protocol this server does not
             log.warning("%s dropped: unknown request %r", s.label(), ev.op[:40])
             s.error(P.ErrorCode.UNKNOWN_TYPE, P.OPAQUE_TEXTS[P.ErrorCode.UNKNOWN_TYPE], fatal=True, rid=ev.rid)

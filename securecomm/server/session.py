@@ -32,6 +32,7 @@ from securecomm.server.admission import Ticket
 from securecomm.server.config import ServerConfig
 from securecomm.server.logs import Label
 from securecomm.wire import protocol as P
+from securecomm.wire.files import FilePut
 from securecomm.wire.relayed import relayed_size
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Handlers(Protocol):
     def handle_send(self, s: Session, ev: P.Send) -> None: ...
     async def handle_request(self, s: Session, ev: P.Request) -> None: ...
     def relay_budget(self, user_id: int) -> TokenBucket: ...
+    async def file_put(self, s: Session, ev: FilePut) -> None: ...
 
     #: Where the session counts what it receives, receipts and refuses (`serve --metrics`); None: off.
     metrics: Metrics | None
@@ -353,6 +355,8 @@ class Session:
             self.relay.room_key(self, event)
         elif isinstance(event, P.Request):
             await self.handlers.handle_request(self, event)
+        elif isinstance(event, FilePut):
+            await self.handlers.file_put(self, event)
 
     def track(self, fut: asyncio.Future[Any], on_done: Callable[[asyncio.Future[Any]], None]) -> None:
         self.pending.add(fut)
@@ -376,6 +380,8 @@ def answer_ids(event: P.Event) -> tuple[bytes | None, int | None]:
         return room.peek_msg_id(event.payload), None
     if isinstance(event, P.Request):
         return None, event.rid
+    if isinstance(event, FilePut):
+        return event.file_id, None
     return None, None
 
 

@@ -82,6 +82,7 @@ class MsgType(IntEnum):
     ACK = 0x12
     ROOM_SEND = 0x13
     ROOM_KEY = 0x14
+    FILE_PUT = 0x15  # files through the server (docs/PROTOCOL.md 4.4)
     REQUEST = 0x20
     SERVER_HELLO = 0x81
     LOGIN_OK = 0x82
@@ -91,6 +92,8 @@ class MsgType(IntEnum):
     DELIVERED = 0x92
     ROOM_EVENT = 0x93
     ROOM_MESSAGE = 0x94
+    FILE_ACK = 0x95
+    FILE_DATA = 0x96
     RESULT = 0xA0
     ERROR = 0xFF
 

@@ -45,6 +45,7 @@ import struct
 from enum import IntEnum
 
 from securecomm.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from securecomm.wire.files import FileAck, FileData, FilePut
 from securecomm.wire.frames import (
     MAX_FRAME_SIZE,
     PRELOGIN_MAX_FRAME,
@@ -77,7 +78,8 @@ from securecomm.wire.relayed import Ack, Deliver, Delivered, Direct, RoomEvent, 
 EVENTS: dict[int, type[Event]] = {
     cls.TYPE: cls
     for cls in (Hello, ServerHello, LoginPassword, LoginKey, LoginOk, Send, Receipt, Request, Result, Error, Ping,
-                Pong, Bye, Direct, Deliver, Ack, Delivered, RoomSend, RoomMessage, RoomKey, RoomEvent)
+                Pong, Bye, Direct, Deliver, Ack, Delivered, RoomSend, RoomMessage, RoomKey, RoomEvent,
+                FilePut, FileAck, FileData)
 }
 
 
@@ -110,7 +112,7 @@ CLIENT_MESSAGES: dict[State, frozenset[MsgType]] = {
     State.AWAIT_HELLO: frozenset({MsgType.HELLO}),
     State.AWAIT_LOGIN: frozenset({MsgType.LOGIN_PASSWORD, MsgType.LOGIN_KEY, MsgType.PING, MsgType.BYE}),
     State.READY: frozenset({MsgType.SEND, MsgType.DIRECT, MsgType.ACK, MsgType.ROOM_SEND, MsgType.ROOM_KEY,
-                            MsgType.REQUEST, MsgType.PING, MsgType.BYE}),
+                            MsgType.REQUEST, MsgType.PING, MsgType.BYE, MsgType.FILE_PUT}),
     State.CLOSED: frozenset(),
 }
 # What a CLIENT may receive in each state (ERROR is allowed everywhere but CLOSED).
@@ -118,7 +120,8 @@ SERVER_MESSAGES: dict[State, frozenset[MsgType]] = {
     State.AWAIT_HELLO: frozenset({MsgType.SERVER_HELLO, MsgType.ERROR}),
     State.AWAIT_LOGIN: frozenset({MsgType.LOGIN_OK, MsgType.PONG, MsgType.ERROR}),
     State.READY: frozenset({MsgType.RECEIPT, MsgType.DELIVER, MsgType.DELIVERED, MsgType.ROOM_MESSAGE,
-                            MsgType.ROOM_KEY, MsgType.ROOM_EVENT, MsgType.RESULT, MsgType.PONG, MsgType.ERROR}),
+                            MsgType.ROOM_KEY, MsgType.ROOM_EVENT, MsgType.RESULT, MsgType.PONG, MsgType.ERROR,
+                            MsgType.FILE_ACK, MsgType.FILE_DATA}),
     State.CLOSED: frozenset(),
 }
 _TRANSITIONS: dict[tuple[State, MsgType], State] = {

@@ -1,0 +1,139 @@
+"""A large file from one client to another through the server vs the same bytes over bare TLS (issue 16).
+
+Run: python benchmarks/filetransfer.py [--quick] [--size-mb N] [--json FILE]
+
+A real server (real TLS, loopback), users alice and bob logged in with keys.
+Figure: `securecomm send --to bob --file F` then `securecomm fetch ID -o OUT`
+(sealing, upload in FILE_PUT chunks, the notice, download, checks, opening),
+wall time of each command, and the server's peak RSS (VmHWM) over the
+transfer. Baseline, same run: the same number of bytes written to and read
+back from a bare asyncio TLS 1.3 echo server (benchmarks/tls_echo.py) by one
+client: what moving the bytes up and down through one relay costs with no
+protocol, no disk and no cryptography above TLS. Targets: the transfer at
+least 60% of the baseline's throughput, server peak RSS under 64 MiB.
+Default 200 MiB (--quick: 24 MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import harness as H
+from benchmarks.common import write_json
+
+MIB = 1024 * 1024
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def setup(tmp: Path) -> tuple[Any, dict[str, Path]]:
+    srv_home = tmp / "srv"
+    H.securecomm(srv_home, "certgen")
+    server = H.start_server(srv_home, "--rate", "0", "--relay-rate", "0")
+    homes = {}
+    for user in ("alice", "bob"):
+        H.securecomm(srv_home, "user", "add", user, "--password-stdin", input=(H.PASSWORD + "\n").encode())
+        homes[user] = tmp / user
+        H.securecomm(homes[user], "user", "login", user, "--server", f"localhost:{server.port}", "--ca",
+                     str(srv_home / "tls" / "ca.pem"), "--password-stdin", input=(H.PASSWORD + "\n").encode())
+    return server, homes
+
+
+def timed(home: Path, *args: str) -> tuple[float, bytes]:
+    t0 = time.perf_counter()
+    r = H.securecomm(home, *args)
+    return time.perf_counter() - t0, r.stdout
+
+
+def through_server(tmp: Path, server: Any, homes: dict[str, Path], src: Path) -> dict[str, Any]:
+    rss_before = peak_rss_mib(server.pid)
+    send_s, out = timed(homes["alice"], "send", "--to", "bob", "--file", str(src), "--json")
+    file_id = json.loads(out)["file_id"]
+    H.securecomm(homes["bob"], "inbox")  # shows the notice, pins alice, saves the notice
+    dest = tmp / "fetched.bin"
+    fetch_s, _ = timed(homes["bob"], "fetch", file_id, "-o", str(dest))
+    if dest.stat().st_size != src.stat().st_size:
+        raise RuntimeError("the fetched file has the wrong size")
+    return {"send_s": send_s, "fetch_s": fetch_s, "total_s": send_s + fetch_s,
+            "server_peak_rss_mib": peak_rss_mib(server.pid), "server_rss_before_mib": rss_before}
+
+
+async def bare_tls_copy(port: int, cafile: Path, size: int) -> float:
+    """Write `size` bytes to the echo server and read them all back, concurrently, one connection."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+    block = os.urandom(256 * 1024)
+    t0 = time.perf_counter()
+
+    async def write_all() -> None:
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+
+    async def read_all() -> None:
+        got = 0
+        while got < size // len(block) * len(block):
+            data = await reader.read(1 << 20)
+            if not data:
+                raise RuntimeError("echo closed early")
+            got += len(data)
+
+    await asyncio.wait_for(asyncio.gather(write_all(), read_all()), 300)
+    elapsed = time.perf_counter() - t0
+    writer.close()
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--size-mb", type=int)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    size = (args.size_mb or (24 if args.quick else 200)) * MIB
+    with tempfile.TemporaryDirectory(prefix="sc-transfer-") as d:
+        tmp = Path(d)
+        server, homes = setup(tmp)
+        echo = H.start_echo(tmp / "srv")
+        try:
+            src = tmp / "payload.bin"
+            with src.open("wb") as f:
+                for _ in range(size // MIB):
+                    f.write(os.urandom(MIB))
+            bare_s = asyncio.run(bare_tls_copy(echo.port, tmp / "srv" / "tls" / "ca.pem", size))
+            sc = through_server(tmp, server, homes, src)
+        finally:
+            server.stop()
+            echo.stop()
+    mib = size / MIB
+    r = {"size_mib": mib, "securecomm": sc, "bare_tls_copy_s": bare_s,
+         "securecomm_mib_per_s": mib / sc["total_s"], "bare_tls_mib_per_s": mib / bare_s,
+         "ratio": bare_s / sc["total_s"]}
+    print(f"{mib:.0f} MiB from alice to bob through the server")
+    print(f"  send --file {sc['send_s']:.2f} s + fetch {sc['fetch_s']:.2f} s = {sc['total_s']:.2f} s "
+          f"({r['securecomm_mib_per_s']:.0f} MiB/s)")
+    print(f"  baseline: the same bytes up and back over bare TLS {bare_s:.2f} s ({r['bare_tls_mib_per_s']:.0f} MiB/s)")
+    print(f"  ratio {r['ratio']:.0%}   target >= 60%")
+    print(f"  server peak RSS {sc['server_peak_rss_mib']:.1f} MiB (before: {sc['server_rss_before_mib']:.1f})"
+          "   target < 64 MiB")
+    print("wrote", write_json("filetransfer", {"quick": args.quick, **r}, args.json))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""`securecomm fetch ID` and `send --to USER --file PATH` (docs/PROTOCOL.md 4.4): options, bars, output."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from securecomm.cli.context import (
+    State,
+    connection_options,
+    emit_json,
+    info,
+    json_option,
+    pass_state,
+    profile_identity,
+    run_client,
+    warn,
+)
+
+
+@contextlib.contextmanager
+def _bar(size: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A Click progress bar on stderr when that is a terminal and the file is large; else nothing."""
+    from securecomm.cli.bigfiles import PROGRESS_MIN
+
+    if size < PROGRESS_MIN or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=size, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _connector(state: State, identity: Any, **conn: Any) -> Any:
+    from securecomm.cli.context import ask_trust
+    from securecomm.client.login import connect_profile
+
+    async def connect() -> Any:
+        return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
+
+    return connect
+
+
+def send_file(state: State, identity: Any, to: str, path: str, timeout: float, as_json: bool, **conn: Any) -> None:
+    """The body of `send --to USER --file PATH`."""
+    from securecomm.client import files as F
+    from securecomm.errors import UsageError
+    from securecomm.files import open_input
+    from securecomm.wire.files import valid_name
+
+    src_path = Path(path)
+    if not valid_name(src_path.name):
+        raise UsageError(f"cannot send {path!r}: its name is not a plain file name")
+    with open_input(src_path) as src:
+        file_id, sealed = run_client(F.send_file(_connector(state, identity, **conn), identity, state.paths, to,
+                                                 src, src_path.name, src_path.stat().st_size, timeout, warn, _bar))
+    if as_json:
+        emit_json({"status": "stored", "file_id": file_id.hex(), "to": to.lower(), "name": sealed.name,
+                   "size": sealed.size, "sha256": sealed.sha256.hex()})
+        return
+    click.echo(f"stored file {file_id.hex()} ({sealed.name}, {sealed.size} bytes) for {to.lower()}")
+
+
+@click.command(epilog="Examples:\n\n  securecomm fetch 3f2a...c9\n\n  securecomm fetch 3f2a...c9 -o ~/report.pdf")
+@click.argument("file_id", metavar="ID")
+@click.option("-o", "--output", help="Write the file here (default: its announced name, in this folder).")
+@click.option("--force", is_flag=True, help="Replace an existing file (the old one is kept as .bak).")
+@click.option("--timeout", type=float, default=120, show_default=True,
+              help="Seconds to keep resuming after dropped connections.")
+@connection_options
+@json_option
+@pass_state
+def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: float, server: str | None,
+          ca: str | None, pin: str | None, passphrase_file: str | None, as_json: bool) -> None:
+    """Download the received file ID (as `inbox` lists it), verify and decrypt it.
+
+    The ciphertext goes to a hidden .part file beside the output, so a
+    dropped connection (or running fetch again) resumes where it stopped.
+    The file appears at its name only after its size, both SHA-256 digests
+    and the sender's signatures verified; then the server deletes its copy.
+    """
+    from securecomm.client import files as F
+    from securecomm.client.directory import Contacts
+    from securecomm.errors import ChangedKeyError, ExistsError
+
+    sender_name, notice = F.load_notice(state.paths, file_id)
+    out = Path(output) if output else Path(notice.name)
+    if out.exists() and not force:
+        raise ExistsError(f"{out} already exists", hint="use -o PATH, or --force to replace it")
+    contact = Contacts.load(state.paths.contacts).get(sender_name)
+    if contact is None:
+        raise ChangedKeyError(f"{sender_name}'s key is not pinned", hint="run securecomm inbox first")
+    identity = profile_identity(state, passphrase_file)
+    connect = _connector(state, identity, server=server, ca=ca, pin=pin)
+    run_client(F.fetch_file(connect, identity, notice, contact.identity, out, force, timeout, warn, _bar))
+    (F.notices_dir(state.paths) / f"{notice.file_id.hex()}.json").unlink(missing_ok=True)
+    if as_json:
+        emit_json({"status": "fetched", "file_id": notice.file_id.hex(), "from": sender_name, "path": str(out),
+                   "size": notice.size, "sha256": notice.sha256.hex()})
+        return
+    info(f"from {sender_name}: {notice.size} bytes, signature and sha256 verified")
+    click.echo(str(out))

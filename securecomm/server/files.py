@@ -1,0 +1,203 @@
+"""The server's half of files through the server (docs/PROTOCOL.md 4.4): requests and FILE_PUT.
+
+Theory of operation
+-------------------
+    REQUEST file_offer {to, size, sha256, file_id?} ─► FileStore.offer ─► RESULT {file_id, received, expires}
+    FILE_PUT id offset data                         ─► FileStore.put   ─► FILE_ACK id received complete
+    REQUEST file_get {file_id, offset}              ─► FILE_DATA …      ─► RESULT {file_id, size, sha256}
+    REQUEST file_done {file_id}                     ─► FileStore.done  ─► RESULT {deleted: true}
+
+Every FileStore call runs on one worker thread: the event loop never waits
+for a disk write, an fsync or a digest, and the store sees one call at a
+time. A download sends one FILE_DATA and then waits for the client to take
+it (the session's back-pressure) before reading the next, so the server holds
+about one chunk per downloading connection, whatever the file's size.
+Refusals are non-fatal ERRORs (the connection stays): with `rid` for a
+request, with `msg_id` = the file id for a FILE_PUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from securecomm.store.files import FILE_ID_SIZE, FileRefused, FileStore
+from securecomm.wire import protocol as P
+from securecomm.wire.files import CHUNK, FileAck, FileData, FilePut
+
+log = logging.getLogger("securecomm.files")
+T = TypeVar("T")
+
+#: FileRefused.kind -> the wire error (docs/PROTOCOL.md 5.5 rows of the same names).
+CODES = {
+    "file-not-found": P.ErrorCode.NOT_FOUND,
+    "file-unknown-user": P.ErrorCode.NOT_FOUND,
+    "file-no-identity": P.ErrorCode.FORBIDDEN,
+    "file-over-quota": P.ErrorCode.STORAGE_FULL,
+    "file-too-large": P.ErrorCode.TOO_LARGE,
+    "file-size-mismatch": P.ErrorCode.TOO_LARGE,
+    "file-out-of-order": P.ErrorCode.INTEGRITY,
+    "file-digest-mismatch": P.ErrorCode.INTEGRITY,
+    "file-mismatch": P.ErrorCode.INTEGRITY,
+    "file-bad-args": P.ErrorCode.NOT_FOUND,
+}
+#: FILE_PUTs one session may have queued for the disk: 16 x 256 KiB = 4 MiB held at most per uploader.
+PUTS_IN_FLIGHT = 16
+#: How often expired files are swept (seconds).
+EXPIRE_EVERY = 600.0
+
+
+def _text(e: FileRefused) -> str:
+    """What the peer is told: an opaque code's fixed text (PROTOCOL.md 5.5.1), else the refusal's own line."""
+    return P.OPAQUE_TEXTS.get(CODES[e.kind], str(e))
+
+
+class FileService:
+    """Files for one server. `recipient(name)` folds a name and returns it if that account has a key."""
+
+    def __init__(self, folder: Path, recipient: Callable[[str], str | None], *, quota: int, max_file: int,
+                 days: float) -> None:
+        self.store = FileStore(folder, quota=quota, max_file=max_file, days=days)
+        self.recipient = recipient
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-files")
+        #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
+        self._slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.store.close()
+
+    async def expire_forever(self) -> None:
+        while True:
+            n = await self._run(self.store.expire)
+            if n:
+                log.info("deleted %d expired file(s)", n)
+            await asyncio.sleep(EXPIRE_EVERY)
+
+    def accounts_changed(self, accounts: set[str]) -> None:
+        """Files from or for removed accounts go with them (on the worker; nothing waits for it)."""
+        self.pool.submit(self._prune, accounts)
+
+    def _prune(self, accounts: set[str]) -> None:
+        n = self.store.keep_only(accounts)
+        if n:
+            log.info("deleted %d file(s) of removed accounts", n)
+
+    # -- FILE_PUT ---------------------------------------------------------------------
+    async def put(self, s: Any, ev: FilePut) -> None:
+        """Queue the append on the worker and go back to reading: the session does not wait for the
+        disk, so the next chunk arrives while this one is written. At most PUTS_IN_FLIGHT chunks per
+        session are queued (a client that ignores FILE_ACK is simply not read further); the single
+        worker keeps them, and so their FILE_ACKs, in order."""
+        if s.identity is None:  # no offer can exist for it (file_offer needs a key): as an unknown id
+            s.error(P.ErrorCode.NOT_FOUND, "no unfinished upload of yours has that id", msg_id=ev.file_id)
+            return
+        slots = self._slots.setdefault(s, asyncio.Semaphore(PUTS_IN_FLIGHT))
+        await slots.acquire()
+        fut = asyncio.get_running_loop().run_in_executor(self.pool, self.store.put, s.user.name, ev.file_id,
+                                                         ev.offset, ev.data)
+        fut.add_done_callback(lambda f: self._put_done(s, ev.file_id, slots, f))
+
+    def _put_done(self, s: Any, file_id: bytes, slots: asyncio.Semaphore, fut: asyncio.Future[Any]) -> None:
+        slots.release()
+        if fut.cancelled():
+            return
+        e = fut.exception()
+        if isinstance(e, FileRefused):
+            log.info("%s FILE_PUT refused: %s", s.label(), e.kind)
+            s.error(CODES[e.kind], _text(e), msg_id=file_id)
+            return
+        if e is not None:  # the disk: like a message the database could not store (row store-failed)
+            log.error("%s FILE_PUT failed: %s", s.label(), e)
+            s.error(P.ErrorCode.INTERNAL, "the server could not store this chunk; resume later", msg_id=file_id)
+            return
+        received, complete = fut.result()
+        if complete:
+            log.info("%s uploaded file %s (%d bytes)", s.label(), file_id.hex(), received)
+        with contextlib.suppress(P.ProtocolError):  # the connection ended meanwhile
+            s.send(FileAck(file_id, received, complete))
+
+    # -- requests ---------------------------------------------------------------------
+    async def request(self, s: Any, ev: P.Request) -> bool:
+        """Handle the file_* ops; False if the op is not ours."""
+        handler = {"file_offer": self._offer, "file_get": self._get, "file_done": self._done}.get(ev.op)
+        if handler is None:
+            return False
+        try:
+            await handler(s, ev)
+        except FileRefused as e:
+            log.info("%s %s refused: %s", s.label(), ev.op, e.kind)
+            s.error(CODES[e.kind], _text(e), rid=ev.rid)
+        return True
+
+    @staticmethod
+    def _need_key(s: Any) -> None:
+        """Like mail (PROTOCOL.md 3.4): a password alone may not send, read or delete files."""
+        if s.identity is None:
+            raise FileRefused("file-no-identity", "files need a key proved in this connection "
+                                                  "(run: securecomm user login)")
+
+    async def _offer(self, s: Any, ev: P.Request) -> None:
+        self._need_key(s)
+        to = self.recipient(_str(ev, "to"))
+        if to is None:
+            raise FileRefused("file-unknown-user", f"no user named {_str(ev, 'to')[:40]!r} with a registered key")
+        size, digest = _int(ev, "size"), _bytes(ev, "sha256", 32)
+        file_id = _bytes(ev, "file_id", FILE_ID_SIZE) if "file_id" in ev.args else None
+        offer = await self._run(self.store.offer, s.user.name, to, size, digest, file_id)
+        s.send(P.Result(ev.rid, {"file_id": offer.file_id.hex(), "received": offer.received,
+                                 "expires": int(offer.expires)}))
+
+    async def _get(self, s: Any, ev: P.Request) -> None:
+        self._need_key(s)
+        file_id, offset = _bytes(ev, "file_id", FILE_ID_SIZE), _int(ev, "offset")
+        row, f = await self._run(self.store.open_for, s.user.name, file_id)
+        with f:
+            await self._run(f.seek, offset)
+            while offset < row.size and not s.closing:
+                data = await self._run(f.read, CHUNK)
+                if not data:
+                    break
+                s.send(FileData(file_id, offset, data))
+                offset += len(data)
+                await s._backpressure()  # one chunk held: the next is read once this one is taken
+        s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "size": row.size, "sha256": row.sha256.hex()}))
+
+    async def _done(self, s: Any, ev: P.Request) -> None:
+        self._need_key(s)
+        file_id = _bytes(ev, "file_id", FILE_ID_SIZE)
+        await self._run(self.store.done, s.user.name, file_id)
+        log.info("%s fetched file %s: deleted", s.label(), file_id.hex())
+        s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": True}))
+
+
+def _str(ev: P.Request, key: str) -> str:
+    value = ev.args.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _int(ev: P.Request, key: str) -> int:
+    value = ev.args.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise FileRefused("file-bad-args", f"{key!r} must be a whole number of bytes")
+    return value
+
+
+def _bytes(ev: P.Request, key: str, size: int) -> bytes:
+    value = ev.args.get(key)
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != size:
+        raise FileRefused("file-bad-args", f"{key!r} must be {size} bytes in hex")
+    return raw

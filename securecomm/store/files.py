@@ -1,0 +1,237 @@
+"""Ciphertext of files in transit through the server (docs/PROTOCOL.md 4.4).
+
+Theory of operation
+-------------------
+    offer(sender, recipient, size, sha256) ──► a row (quota reserved) + an empty FOLDER/<id>.part
+    put(sender, id, offset, data)           ──► append; offset must equal the part's length
+        … at size: SHA-256 of the whole part checked, fsync, rename to FOLDER/<id>, row complete
+    open_for(recipient, id)                 ──► the complete file, read from any offset
+    done(recipient, id) / expire()          ──► row and bytes deleted
+
+The server never sees plaintext: what it stores is a streaming envelope
+sealed to the recipient. The length of the part file on disk is the truth
+for how much was received (so a restart resumes where the disk is, with no
+write per chunk to the database); the rows (SQLite, parameters only) hold
+who, how large, which digest, and until when. A recipient's quota counts the
+declared size of every file waiting for them, complete or not, from the
+moment it is offered, so parallel uploads cannot overshoot it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from securecomm.errors import SecurecommError
+
+FILE_ID_SIZE = 16
+#: Default limits (serve options --file-quota, --max-file, --file-days).
+DEFAULT_QUOTA = 1 << 30
+DEFAULT_MAX_FILE = 4 << 30
+DEFAULT_DAYS = 7.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id BLOB PRIMARY KEY,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_recipient ON files (recipient);
+CREATE INDEX IF NOT EXISTS files_expires ON files (expires);
+"""
+
+
+class FileRefused(SecurecommError):
+    """A file request the store refuses; `kind` names the row of docs/PROTOCOL.md 5.5."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Offer:
+    file_id: bytes
+    received: int
+    expires: float
+
+
+@dataclass(frozen=True)
+class Stored:
+    file_id: bytes
+    sender: str
+    recipient: str
+    size: int
+    sha256: bytes
+    complete: bool
+    expires: float
+
+
+class FileStore:
+    """Files waiting for their recipients, in FOLDER (0700), rows in FOLDER/files.db."""
+
+    def __init__(self, folder: Path, *, quota: int = DEFAULT_QUOTA, max_file: int = DEFAULT_MAX_FILE,
+                 days: float = DEFAULT_DAYS, clock: Callable[[], float] = time.time) -> None:
+        self.folder, self.quota, self.max_file, self.days, self.clock = folder, quota, max_file, days, clock
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.db = sqlite3.connect(folder / "files.db", isolation_level=None, check_same_thread=False)
+        self.db.executescript(_SCHEMA)
+        # A running digest per upload in progress: saves reading the file again at the end.
+        self._hashers: dict[bytes, tuple[int, hashlib._Hash]] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- paths --------------------------------------------------------------------------
+    def _part(self, file_id: bytes) -> Path:
+        return self.folder / f"{file_id.hex()}.part"
+
+    def _done(self, file_id: bytes) -> Path:
+        return self.folder / file_id.hex()
+
+    # -- queries ------------------------------------------------------------------------
+    def row(self, file_id: bytes) -> Stored | None:
+        r = self.db.execute("SELECT id, sender, recipient, size, sha256, complete, expires FROM files WHERE id = ?",
+                            (file_id,)).fetchone()
+        return Stored(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) if r else None
+
+    def used(self, recipient: str) -> int:
+        """Bytes reserved for `recipient`: the declared size of every file waiting for them."""
+        r = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE recipient = ?", (recipient,)).fetchone()
+        return int(r[0])
+
+    def received(self, file_id: bytes) -> int:
+        try:
+            return self._part(file_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    # -- upload -------------------------------------------------------------------------
+    def offer(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes | None = None) -> Offer:
+        """Reserve room for a new file, or tell how much of the sender's unfinished one is held."""
+        if file_id is not None:
+            return self._resume(sender, recipient, size, sha256, file_id)
+        if size <= 0 or size > self.max_file:
+            raise FileRefused("file-too-large", f"a file must be 1 to {self.max_file} bytes of ciphertext")
+        if self.used(recipient) + size > self.quota:
+            raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
+        new_id, now = os.urandom(FILE_ID_SIZE), self.clock()
+        expires = now + self.days * 86400
+        fd = os.open(self._part(new_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        self.db.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, expires) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id, sender, recipient, size, sha256, now, expires))
+        return Offer(new_id, 0, expires)
+
+    def _resume(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes) -> Offer:
+        row = self.row(file_id)
+        if row is None or row.sender != sender or row.complete:
+            raise FileRefused("file-not-found", "no unfinished upload of yours has that id")
+        if (row.recipient, row.size, row.sha256) != (recipient, size, sha256):
+            raise FileRefused("file-mismatch", "that upload was offered with another recipient, size or digest")
+        return Offer(file_id, self.received(file_id), row.expires)
+
+    def put(self, sender: str, file_id: bytes, offset: int, data: bytes) -> tuple[int, bool]:
+        """Append `data` at `offset`; returns (received, complete). Nothing is written when refused."""
+        row = self.row(file_id)
+        if row is None or row.sender != sender or row.complete:
+            raise FileRefused("file-not-found", "no unfinished upload of yours has that id")
+        held = self.received(file_id)
+        if offset != held:
+            raise FileRefused("file-out-of-order", f"chunk at offset {offset}, but {held} bytes are held")
+        if held + len(data) > row.size:
+            raise FileRefused("file-size-mismatch", f"more bytes than the {row.size} offered")
+        with self._part(file_id).open("ab") as f:
+            f.write(data)
+        self._hash(file_id, held, data)
+        if held + len(data) < row.size:
+            return held + len(data), False
+        self._complete(row)
+        return row.size, True
+
+    def _hash(self, file_id: bytes, held: int, data: bytes) -> None:
+        at, hasher = self._hashers.get(file_id, (0, hashlib.sha256()))
+        if at == held:  # else a restart lost it: _complete reads the file again
+            hasher.update(data)
+            self._hashers[file_id] = (held + len(data), hasher)
+
+    def _complete(self, row: Stored) -> None:
+        at, hasher = self._hashers.pop(row.file_id, (-1, hashlib.sha256()))
+        part = self._part(row.file_id)
+        digest = hasher.digest() if at == row.size else _file_sha256(part)
+        if not _same(digest, row.sha256):
+            self._delete(row.file_id)
+            raise FileRefused("file-digest-mismatch", "the file's SHA-256 does not match its offer; it was deleted")
+        with part.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(part, self._done(row.file_id))
+        self.db.execute("UPDATE files SET complete = 1 WHERE id = ?", (row.file_id,))
+
+    # -- download -----------------------------------------------------------------------
+    def open_for(self, recipient: str, file_id: bytes) -> tuple[Stored, BinaryIO]:
+        """The recipient's complete file, open for reading."""
+        row = self.row(file_id)
+        if row is None or row.recipient != recipient or not row.complete:
+            raise FileRefused("file-not-found", "no file for you has that id")
+        return row, self._done(file_id).open("rb")
+
+    def done(self, recipient: str, file_id: bytes) -> None:
+        row = self.row(file_id)
+        if row is None or row.recipient != recipient or not row.complete:
+            raise FileRefused("file-not-found", "no file for you has that id")
+        self._delete(file_id)
+
+    # -- housekeeping -------------------------------------------------------------------
+    def expire(self) -> int:
+        """Delete every file past its expiry, complete or not; returns how many."""
+        ids = [r[0] for r in self.db.execute("SELECT id FROM files WHERE expires <= ?", (self.clock(),))]
+        for file_id in ids:
+            self._delete(file_id)
+        return len(ids)
+
+    def keep_only(self, accounts: set[str]) -> int:
+        """Delete files from or for any account not in `accounts` (removed ones); returns how many."""
+        rows = self.db.execute("SELECT id, sender, recipient FROM files").fetchall()
+        gone = [file_id for file_id, sender, recipient in rows if sender not in accounts or recipient not in accounts]
+        for file_id in gone:
+            self._delete(file_id)
+        return len(gone)
+
+    def remove_user(self, user: str) -> None:
+        """Files from or for a removed account go with it."""
+        for (file_id,) in self.db.execute("SELECT id FROM files WHERE sender = ? OR recipient = ?",
+                                          (user, user)).fetchall():
+            self._delete(file_id)
+
+    def _delete(self, file_id: bytes) -> None:
+        self._hashers.pop(file_id, None)
+        for path in (self._part(file_id), self._done(file_id)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+
+def _file_sha256(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.digest()
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)

@@ -1,0 +1,148 @@
+"""Frames that carry a file's ciphertext to and from the server (docs/PROTOCOL.md 4.4).
+
+    FILE_PUT   c→s  file_id (16) || offset u64 || data      append at offset (must equal what the server holds)
+    FILE_ACK   s→c  file_id (16) || received u64 || complete u8
+    FILE_DATA  s→c  file_id (16) || offset u64 || data      the bytes at offset, in order, to the end
+
+The control half (offer, get, done) is REQUEST/RESULT; only the bytes travel
+in binary frames, so no JSON or hex touches a file's contents.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+from securecomm.wire.messages import Event, MsgType, ProtocolError
+
+FILE_ID_SIZE = 16
+_HEAD = struct.Struct(">16sQ")
+_ACK = struct.Struct(">16sQB")
+#: Bytes of a FILE_PUT or FILE_DATA payload that are not data: type, file_id, offset.
+OVERHEAD = 1 + _HEAD.size
+#: Data per FILE_PUT / FILE_DATA that clients and the server send: large enough that
+#: per-frame costs vanish, small enough to interleave with other traffic and fit any
+#: reasonable max_frame.
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class FilePut(Event):
+    TYPE: ClassVar[MsgType] = MsgType.FILE_PUT
+    file_id: bytes
+    offset: int
+    data: bytes
+
+    def encode_body(self) -> bytes:
+        return _HEAD.pack(self.file_id, self.offset) + self.data
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> FilePut:
+        file_id, offset, data = _split(body, "file chunk")
+        return cls(file_id, offset, data)
+
+
+@dataclass(frozen=True)
+class FileData(Event):
+    TYPE: ClassVar[MsgType] = MsgType.FILE_DATA
+    file_id: bytes
+    offset: int
+    data: bytes
+
+    def encode_body(self) -> bytes:
+        return _HEAD.pack(self.file_id, self.offset) + self.data
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> FileData:
+        file_id, offset, data = _split(body, "file data")
+        return cls(file_id, offset, data)
+
+
+@dataclass(frozen=True)
+class FileAck(Event):
+    TYPE: ClassVar[MsgType] = MsgType.FILE_ACK
+    file_id: bytes
+    received: int
+    complete: bool
+
+    def encode_body(self) -> bytes:
+        return _ACK.pack(self.file_id, self.received, int(self.complete))
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> FileAck:
+        if len(body) != _ACK.size:
+            raise ProtocolError("file acknowledgement must be 25 bytes")
+        file_id, received, complete = _ACK.unpack(body)
+        if complete > 1:
+            raise ProtocolError("bad file acknowledgement flag")
+        return cls(file_id, received, bool(complete))
+
+
+def _split(body: bytes, what: str) -> tuple[bytes, int, bytes]:
+    if len(body) <= _HEAD.size:
+        raise ProtocolError(f"{what} is truncated or empty")
+    file_id, offset = _HEAD.unpack_from(body)
+    if offset >= 1 << 63:
+        raise ProtocolError(f"{what} offset is out of range")
+    return file_id, offset, bytes(body[_HEAD.size :])
+
+
+# -- the file notice: the body of the DIRECT that tells the recipient about a file --------
+NOTICE_PREFIX = b"securecomm/v1/file\n"
+MAX_NAME_BYTES = 255
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class FileNotice:
+    """What the recipient needs to fetch, check and open a file (docs/PROTOCOL.md 4.4)."""
+
+    file_id: bytes
+    name: str
+    size: int
+    sha256: bytes
+    stream_size: int
+    stream_sha256: bytes
+    key: bytes
+
+    def encode(self) -> bytes:
+        import json
+
+        return NOTICE_PREFIX + json.dumps({
+            "id": self.file_id.hex(), "name": self.name, "size": self.size, "sha256": self.sha256.hex(),
+            "stream_size": self.stream_size, "stream_sha256": self.stream_sha256.hex(), "key": self.key.hex(),
+        }, separators=(",", ":")).encode()
+
+    @staticmethod
+    def is_notice(body: bytes) -> bool:
+        return body.startswith(NOTICE_PREFIX)
+
+    @classmethod
+    def decode(cls, body: bytes) -> FileNotice:
+        """Parse a notice; every field checked for type, length and range (a peer wrote it)."""
+        from securecomm.wire.messages import _load_json
+
+        o = _load_json(body[len(NOTICE_PREFIX) :])
+        name = o.get("name")
+        if not isinstance(name, str) or not valid_name(name):
+            raise ProtocolError("file notice has a bad name")
+        sizes = [o.get("size"), o.get("stream_size")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 63 for n in sizes):
+            raise ProtocolError("file notice has a bad size")
+        return cls(_hex(o, "id", FILE_ID_SIZE), name, o["size"], _hex(o, "sha256", 32), o["stream_size"],
+                   _hex(o, "stream_sha256", 32), _hex(o, "key", 32))
+
+
+def valid_name(name: str) -> bool:
+    """A base name only: no folder part, no NUL, no control characters, not . or .."""
+    encoded = name.encode("utf-8", "surrogatepass")
+    return (0 < len(encoded) <= MAX_NAME_BYTES and "/" not in name and "\\" not in name
+            and name not in (".", "..") and all(ch.isprintable() for ch in name))
+
+
+def _hex(o: dict[str, object], key: str, size: int) -> bytes:
+    value = o.get(key)
+    if not isinstance(value, str) or len(value) != 2 * size or not set(value) <= _HEX:
+        raise ProtocolError(f"file notice has a bad {key}")
+    return bytes.fromhex(value)

@@ -1,0 +1,69 @@
+"""The file-transfer frames and the file notice (docs/PROTOCOL.md 4.4) against tests/vectors/files-v1.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from securecomm.wire import protocol as P
+from securecomm.wire.files import FileAck, FileData, FileNotice, FilePut, valid_name
+from securecomm.wire.frames import FrameDecoder
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "files-v1.json").read_text())
+
+
+def _event(case):
+    fid = bytes.fromhex(case["file_id"])
+    if case["type"] == "FILE_ACK":
+        return FileAck(fid, case["received"], case["complete"])
+    cls = FilePut if case["type"] == "FILE_PUT" else FileData
+    return cls(fid, case["offset"], bytes.fromhex(case["data"]))
+
+
+@pytest.mark.parametrize("case", VECTORS["frames"], ids=lambda c: c["type"])
+def test_frame_vector(case):
+    event = _event(case)
+    assert P.encode_event(event).hex() == case["frame"]
+    dec = FrameDecoder()
+    dec.receive_data(bytes.fromhex(case["frame"]))
+    payload = dec.next_frame()
+    assert payload is not None and P.decode_payload(payload) == event
+
+
+@pytest.mark.parametrize("case", VECTORS["bad"], ids=lambda c: c["why"])
+def test_bad_frame_vector(case):
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_payload(bytes.fromhex(case["payload"]))
+    assert e.value.code == P.ErrorCode.BAD_FRAME
+
+
+@pytest.mark.parametrize("case", VECTORS["notices"], ids=lambda c: c.get("why", "ok"))
+def test_notice_vector(case):
+    body = bytes.fromhex(case["body"])
+    assert FileNotice.is_notice(body)
+    if case["expect"] == "ok":
+        notice = FileNotice.decode(body)
+        assert (notice.file_id.hex(), notice.name, notice.size) == (case["id"], case["name"], case["size"])
+        assert notice.encode() == body
+    else:
+        with pytest.raises(P.ProtocolError):
+            FileNotice.decode(body)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "x\x00", "tab\there", "é" * 128])
+def test_names_that_are_not_a_base_name(name):
+    assert not valid_name(name)
+
+
+def test_a_plain_name_is_fine():
+    assert valid_name("photo 2026-11-28.jpg") and valid_name("résumé.pdf")
+
+
+def test_notice_line_names_file_size_and_fetch_command():
+    from securecomm.client.files import describe
+
+    notice = FileNotice(bytes(range(16)), "photo.jpg", 3 * 1024 * 1024, bytes(32), 3 * 1024 * 1024 + 600,
+                        bytes(32), bytes(32))
+    assert describe(notice) == "[file] photo.jpg (3.0 MiB): securecomm fetch 000102030405060708090a0b0c0d0e0f"

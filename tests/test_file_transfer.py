@@ -1,0 +1,198 @@
+"""Files through the server (docs/PROTOCOL.md 4.4), end to end: real server, real TLS, the installed CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+
+import pytest
+
+from tests.serverproc import ServerProc, sc, users_logged_in
+
+SIZE = 3 * 1024 * 1024 + 777  # several FILE_PUT chunks, a partial last one
+
+
+@pytest.fixture
+def world(tmp_path):
+    srv = ServerProc(tmp_path / "srv", "--file-quota", str(40 * 1024 * 1024)).start()
+    homes = users_logged_in(srv, tmp_path, ("alice", "bob", "carol"))
+    yield srv, homes, tmp_path
+    srv.stop(signal.SIGKILL)
+
+
+def _send(homes, src, to="bob"):
+    r = sc(homes["alice"], "send", "--to", to, "--file", str(src), "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_send_inbox_fetch_round_trip(world):
+    srv, homes, tmp = world
+    src = tmp / "report 2026.bin"
+    body = os.urandom(SIZE)
+    src.write_bytes(body)
+    sent = _send(homes, src)
+    assert sent["size"] == SIZE and sent["sha256"] == hashlib.sha256(body).hexdigest()
+    stored = srv.home / "files" / sent["file_id"]
+    assert stored.exists() and body[:4096] not in stored.read_bytes()  # the server holds ciphertext only
+    r = sc(homes["bob"], "inbox")
+    assert r.returncode == 0, r.stderr
+    assert f"[file] report 2026.bin (3.0 MiB): securecomm fetch {sent['file_id']}" in r.stdout.decode()
+    out = tmp / "got.bin"
+    r = sc(homes["bob"], "fetch", sent["file_id"], "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == body and oct(out.stat().st_mode & 0o777) == "0o600"
+    assert not stored.exists()  # deleted once fetched
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []  # no .part left
+
+
+def test_fetch_resumes_from_a_partial_download(world):
+    srv, homes, tmp = world
+    src = tmp / "data.bin"
+    body = os.urandom(SIZE)
+    src.write_bytes(body)
+    file_id = _send(homes, src)["file_id"]
+    sc(homes["bob"], "inbox")
+    stored = (srv.home / "files" / file_id).read_bytes()
+    out = tmp / "data.out"
+    part = tmp / f".data.out.{file_id}.part"
+    part.write_bytes(stored[:1_000_000])  # what a dropped connection left behind
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == body and not part.exists()
+
+
+def test_a_corrupt_partial_download_leaves_nothing_and_names_the_problem(world):
+    _, homes, tmp = world
+    src = tmp / "data.bin"
+    src.write_bytes(os.urandom(SIZE))
+    file_id = _send(homes, src)["file_id"]
+    sc(homes["bob"], "inbox")
+    out = tmp / "data.out"
+    (tmp / f".data.out.{file_id}.part").write_bytes(b"\0" * 1000)  # not what the server holds
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+    assert r.returncode == 6
+    assert r.stderr.startswith(b"securecomm: error:") and b"announced" in r.stderr and b"Traceback" not in r.stderr
+    assert not out.exists()
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))  # the bad copy was dropped: this one starts over
+    assert r.returncode == 0, r.stderr
+
+
+def test_someone_elses_or_unknown_file(world):
+    _, homes, tmp = world
+    src = tmp / "x.bin"
+    src.write_bytes(b"for bob only")
+    r = sc(homes["carol"], "fetch", "00" * 16)
+    assert r.returncode == 3 and b"no received file" in r.stderr
+    _send(homes, src)
+    r = sc(homes["carol"], "inbox")
+    assert b"[file]" not in r.stdout
+
+
+def test_over_quota_is_refused_before_upload(world):
+    _, homes, tmp = world
+    src = tmp / "big.bin"
+    src.write_bytes(os.urandom(41 * 1024 * 1024))
+    r = sc(homes["alice"], "send", "--to", "bob", "--file", str(src))
+    assert r.returncode == 9
+    assert r.stderr.startswith(b"securecomm: error:") and b"file storage is full" in r.stderr
+    assert list((tmp / "alice").rglob(".upload-*")) == []  # the sealed temp copy is gone
+
+
+def test_file_usage_errors(world):
+    _, homes, tmp = world
+    (tmp / "f").write_bytes(b"x")
+    for args in (["send", "--file", str(tmp / "f")], ["send", "--to", "bob", "--file", str(tmp / "f"), "hi"],
+                 ["send"]):
+        r = sc(homes["alice"], *args)
+        assert r.returncode == 2 and r.stderr.startswith(b"securecomm: error:"), (args, r.stderr)
+    r = sc(homes["alice"], "send", "--to", "nobody", "--file", str(tmp / "f"))
+    assert r.returncode == 3 and b"Traceback" not in r.stderr
+
+
+def test_upload_resumes_after_a_dropped_connection(world):
+    """An upload cut after some chunks continues from the server's `received`, not from zero."""
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.client import files as F
+    from securecomm.client.login import connect_profile
+    from securecomm.crypto import identity as ident
+    from securecomm.wire.files import CHUNK, FilePut
+
+    srv, homes, tmp = world
+    state = State(home=str(homes["alice"]))
+    me = ident.load(state.paths.identity_key("default"))
+    bob = ident.load_public(homes["bob"] / "identities" / "default.pub")
+    src = tmp / "resume.bin"
+    src.write_bytes(os.urandom(SIZE))
+    with src.open("rb") as f:
+        sealed = F.seal_to_temp(f, "resume.bin", me, bob, tmp / "outgoing")
+    data = sealed.path.read_bytes()
+
+    async def go() -> tuple[int, bytes]:
+        first, _ = await connect_profile(state.paths, me)
+        file_id, received = await F.offer(first, "bob", sealed)
+        assert received == 0
+        for at in range(0, 3 * CHUNK, CHUNK):  # three chunks, then the connection drops
+            first.send_event(FilePut(file_id, at, data[at : at + CHUNK]))
+        for _ in range(3):
+            await F._next_event(first, (F.FileAck,))
+        await first.close()
+        second, _ = await connect_profile(state.paths, me)
+        try:
+            again, received = await F.offer(second, "bob", sealed, file_id)
+            assert again == file_id
+            await F.put_all(second, file_id, sealed, received)
+        finally:
+            await second.close()
+        return received, file_id
+
+    received, file_id = asyncio.run(go())
+    assert received == 3 * CHUNK
+    assert (srv.home / "files" / file_id.hex()).read_bytes() == data
+
+
+@pytest.mark.skipif(__import__("shutil").which("tmux") is None, reason="tmux not installed")
+def test_chat_send_file_in_the_background(world):
+    """/send USER PATH in a real terminal: chat says when it is stored; bob's chat shows the file line."""
+    from tests.conftest import ENTRY
+    from tests.test_chat_tty import Tmux
+
+    _, homes, tmp = world
+    src = tmp / "notes.txt"
+    src.write_bytes(os.urandom(2 * 1024 * 1024))
+    tmux = Tmux()
+    try:
+        for u in ("alice", "bob"):
+            tmux.start(u, f"{ENTRY} --home {homes[u]} chat --room lobby; sleep 30")
+            tmux.wait_for(u, "joined #lobby")
+        tmux.type("alice", f"/send bob {src}")
+        tmux.wait_for("alice", "stored for bob", timeout=60)
+        screen = tmux.wait_for("bob", "[file] notes.txt (2.0 MiB): securecomm fetch", timeout=30)
+        assert "\u2713" in screen
+    finally:
+        tmux.kill()
+    r = sc(homes["bob"], "inbox")  # already shown (and acknowledged) by bob's chat: the notice is saved
+    assert r.returncode == 0
+    saved = list((homes["bob"] / "files").glob("*.json"))
+    assert len(saved) == 1
+    out = tmp / "notes.out"
+    r = sc(homes["bob"], "fetch", saved[0].stem, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_removing_the_recipient_deletes_their_files(world):
+    srv, homes, tmp = world
+    src = tmp / "gone.bin"
+    src.write_bytes(os.urandom(1000))
+    file_id = _send(homes, src)["file_id"]
+    stored = srv.home / "files" / file_id
+    assert stored.exists()
+    r = sc(srv.home, "user", "remove", "bob", "--yes")
+    assert r.returncode == 0, r.stderr
+    srv.wait_log("deleted 1 file", timeout=15)
+    assert not stored.exists()
