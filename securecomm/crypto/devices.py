@@ -190,6 +190,11 @@ class DeviceCert:
     def device_id(self) -> bytes:
         return self.device.fingerprint
 
+    @property
+    def user_key_public(self) -> UserPublicKey:
+        """The user key this certificate names (to compare with a pinned one, not to trust)."""
+        return UserPublicKey(self.user_key)
+
     @staticmethod
     def _body(user: str, user_key: bytes, device: PublicIdentity, name: str, added_ms: int) -> bytes:
         ident, raw_name = device.encode(), check_device_name(name)

@@ -154,6 +154,15 @@ class DeviceStore:
         row = self.db.execute("SELECT user_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return None if row is None else int(row[0])
 
+    def cert(self, device_id: bytes) -> bytes | None:
+        row = self.db.execute("SELECT cert FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def last_resort_ms(self, device_id: bytes) -> int | None:
+        row = self.db.execute("SELECT prekey FROM prekeys WHERE device_id = ? AND kind = ?",
+                              (device_id, K.LAST_RESORT)).fetchone()
+        return None if row is None else K.Prekey.decode(bytes(row[0])).created_ms
+
     def touch(self, device_id: bytes, now_ms: int) -> None:
         self.db.execute("UPDATE devices SET last_seen_ms = ? WHERE device_id = ?", (now_ms, device_id))
 

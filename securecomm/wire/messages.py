@@ -47,6 +47,10 @@ class ErrorCode(IntEnum):
     MAILBOX_FULL = 18  # a direct message would take its recipient's mailbox over a limit
     KEY_REPLACE = 19  # the account has another device key; resend with replace_key to replace it
     STORAGE_FULL = 20  # a SEND would take the sender's stored messages to the server over a limit
+    PREKEY = 21  # a prekey upload refused: bad signature, replayed id, over a limit (docs/PROTOCOL.md 6.10)
+    DEVICE_LIST = 22  # a device list or certificate refused: not the user key, bad signature, stale counter
+    PAIRING = 23  # a pairing code unknown, expired or used, or not approved yet
+    DEVICE_REMOVED = 24  # this device was removed from its user's list: its sessions end
 
 
 class ProtocolError(RemoteProtocolError):
