@@ -160,7 +160,7 @@ class DeviceKeys:
     def held(self) -> list[Path]:
         return sorted(self.prekey_dir.glob("*.key"))
 
-    def open(self, data: bytes, me: PrivateIdentity, senders: SenderLookup) -> K.Opened2:
+    def open(self, data: bytes | K.Envelope2, me: PrivateIdentity, senders: SenderLookup) -> K.Opened2:
         """Open a message sealed to one of our prekeys; a one-time key is erased once tried."""
         return K.open_v2(data, me, senders, self.get, on_tried=self.delete)
 
