@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from securecomm.crypto import devices as D
+from securecomm.crypto import envelope as E
 from securecomm.crypto import prekeys as K
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.net.deviceops import CLAIMS_PER_MINUTE, Caller, DeviceOps, OpError
+from securecomm.net.deviceops import CLAIMS_PER_MINUTE, Caller, DeviceOps, OpError, check_direct
 from securecomm.store.db import Store
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.store.devices import DeviceStore
@@ -219,3 +220,46 @@ def test_unknown_user_and_op(w):
     w.refused(ErrorCode.NOT_FOUND, alice.me(), "device_list", user="bob")  # bob has no list yet
     w.refused(ErrorCode.UNKNOWN_TYPE, alice.me(), "prekeys_delete_all")
     w.refused(ErrorCode.BAD_FRAME, alice.me(), "device_list_publish", device_list=5, certs=[])
+
+
+# -- the server's check of a version-2 DIRECT ------------------------------------------------------------
+
+WINDOW = 5 * 60 * 1000
+
+
+def _direct_world():
+    alice, bob = PrivateIdentity.generate("x25519"), PrivateIdentity.generate("x25519")
+    prekey = K.PrivatePrekey.generate(K.ONE_TIME, 1, "x25519")
+    return alice, bob, prekey.sign(bob)
+
+
+def _code(data: bytes, sender, devices, now=None) -> ErrorCode:
+    with pytest.raises(OpError) as e:
+        check_direct(data, sender, devices, WINDOW, now if now is not None else E.now_ms())
+    return e.value.code
+
+
+def test_direct_v2_passes_the_servers_checks():
+    alice, bob, prekey = _direct_world()
+    env = K.seal_v2(b"x", alice, bob.public, prekey)
+    assert check_direct(env, alice.public, {bob.public.fingerprint}, WINDOW, E.now_ms()).header.prekey_id == 1
+
+
+def test_direct_version_1_refused_by_name():
+    alice, bob, _ = _direct_world()
+    with pytest.raises(OpError) as e:
+        check_direct(E.seal(b"x", alice, bob.public), alice.public, {bob.public.fingerprint}, WINDOW, E.now_ms())
+    assert e.value.code == ErrorCode.INTEGRITY and "version 1" in e.value.message
+
+
+def test_direct_refusals():
+    alice, bob, prekey = _direct_world()
+    good = K.seal_v2(b"x", alice, bob.public, prekey)
+    assert _code(K.seal_v2(b"x", alice, bob.public, None), alice.public, {bob.public.fingerprint}) \
+        == ErrorCode.INTEGRITY  # no prekey
+    assert _code(good, alice.public, {b"\x00" * 32}) == ErrorCode.WRONG_RECIPIENT  # unlisted (removed) device
+    assert _code(good, alice.public, {bob.public.fingerprint}, E.now_ms() + 2 * WINDOW) == ErrorCode.STALE
+    assert _code(good, bob.public, {bob.public.fingerprint}) == ErrorCode.FORBIDDEN  # not this session's device
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    assert _code(bytes(bad), alice.public, {bob.public.fingerprint}) == ErrorCode.INTEGRITY

@@ -320,3 +320,28 @@ class DeviceOps:
         if approval is None:
             raise OpError(ErrorCode.PAIRING, "this device has not been approved yet")
         return Outcome(json.loads(approval))
+
+
+# -- a DIRECT or ROOM_KEY carrying an envelope version 2 (6.6, 6.10) ------------------------------------
+def check_direct(data: bytes, sender_device: PublicIdentity | None, recipient_devices: set[bytes],
+                 window_ms: int, now_ms: int) -> K.Envelope2:
+    """The server's checks of one envelope for one device, before it is stored; OpError with the
+    code of section 6.10 otherwise. The server cannot decrypt; it checks what it can see."""
+    try:
+        env = K.parse_v2(data)
+    except SecurecommError as e:  # version 1 is refused here, by name
+        raise OpError(ErrorCode.INTEGRITY, f"message rejected: {e.message}") from e
+    h = env.header
+    if h.key_kind == K.IDENTITY:
+        raise OpError(ErrorCode.INTEGRITY, "message rejected: sealed to a long-term key, not to a prekey")
+    if h.recipient not in recipient_devices:
+        raise OpError(ErrorCode.WRONG_RECIPIENT, "message is sealed to a device that is not on the recipient's list")
+    if abs(h.timestamp_ms - now_ms) > window_ms:
+        raise OpError(ErrorCode.STALE, "message timestamp is outside the server's window")
+    if sender_device is None or h.sender != sender_device.fingerprint:
+        raise OpError(ErrorCode.FORBIDDEN, "message is not from this session's device")
+    try:
+        env.verify(sender_device)
+    except SecurecommError as e:
+        raise OpError(ErrorCode.INTEGRITY, f"message rejected: {e.message}") from e
+    return env
