@@ -160,3 +160,19 @@ def test_version_1_pin_migrates_without_a_warning(w, tmp_path):
     stranger = Pins.load(tmp_path / "other-pins.json")
     assert not stranger.migrate("alice", PrivateIdentity.generate("x25519").public, got.user_key,
                                 got.device_list, got.certs)
+
+
+def test_a_room_sender_key_reaches_every_member_device(w):
+    from securecomm.crypto import room as R
+
+    laptop, phone, bob = _setup(w)
+    key = R.SenderKey.generate()
+    out = M.seal_sender_key(bob.identity, "lobby", key.encode("lobby"), bob.pins, [bob.claim("alice")])
+    assert {o.device for o in out} == {laptop.identity.public.fingerprint, phone.identity.public.fingerprint}
+    directory = M.Directory.parse(w.call(laptop.caller(), "device_list", user="bob").data)
+    listed = laptop.pins.devices("bob", directory.user_key, directory.device_list, directory.certs)
+    for device in (laptop, phone):
+        env = M.K.parse_v2(_to(out, device))
+        opened = device.keys.open(env, device.identity, M.sender_device(env, listed))
+        assert R.SenderKey.decode(opened.body) == ("lobby", key)
+        assert device.keys.get(M.K.ONE_TIME, env.header.prekey_id) is None  # erased once used

@@ -125,3 +125,21 @@ def open_direct(me: PrivateIdentity, my_name: str, sender: str, data: bytes, pin
         raise FormatError("the message was written for another conversation")
     return Incoming(sender, env.header.sender, conversation if mine else sender, text, mine,
                     opened.without_one_time_key, env.header.msg_id)
+
+
+def seal_sender_key(me: PrivateIdentity, room: str, sender_key_body: bytes, pins: Pins,
+                    members: list[Directory]) -> list[Outgoing]:
+    """A room sender key (crypto/room.py SenderKey.encode) sealed to a prekey of every device of
+    every other member (ROOM_KEY, docs/PROTOCOL.md 6.6); one envelope per device."""
+    del room  # the sender key names its room inside the encryption
+    out = []
+    for directory in members:
+        listed = pins.devices(directory.user, directory.user_key, directory.device_list, directory.certs)
+        by_id = {c.device_id: c.device for c in listed}
+        for cert, prekey in zip(directory.certs, directory.prekeys, strict=False):
+            device = by_id.get(cert.device_id)
+            if device is None or cert.device_id == me.public.fingerprint:
+                continue
+            out.append(Outgoing(directory.user, cert.device_id, K.seal_v2(sender_key_body, me, device, prekey),
+                                prekey.kind != K.ONE_TIME))
+    return out
