@@ -102,9 +102,10 @@ def test_a_removed_devices_message_is_refused(w):
 def test_a_message_for_another_conversation_is_refused(w):
     laptop, _, bob = _setup(w)
     directory = bob.claim("alice")
-    listed = bob.pins.devices("alice", directory.user_key, directory.device_list, directory.certs)
-    env = M.K.seal_v2(M.encode_body("carol", b"meant for carol"), bob.identity, listed[0].device,
-                      directory.prekeys[0])
+    bob.pins.devices("alice", directory.user_key, directory.device_list, directory.certs)
+    i = next(i for i, c in enumerate(directory.certs) if c.device_id == laptop.identity.public.fingerprint)
+    env = M.K.seal_v2(M.encode_body("carol", b"meant for carol"), bob.identity, directory.certs[i].device,
+                      directory.prekeys[i])
     with pytest.raises(FormatError):
         laptop.receive("bob", env)
 
