@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import harness as H
 from benchmarks.common import entry_point, write_json
 from securecomm.cli.context import State
+from securecomm.client import chat as chatsession
+from securecomm.client.chat import ChatSession, Info
+from securecomm.client.events import Alert
 from securecomm.crypto import identity as ident
-from securecomm.net import chatsession
-from securecomm.net.chatsession import ChatSession, Info
-from securecomm.net.messenger import Warning
 
 OLD_CAP = 30.0  # the backoff cap before issue 10
 REJOIN_TIMEOUT = 120.0
@@ -59,7 +59,7 @@ async def one_round(server: H.Proc, state: State, me: Any, cap: float, down: flo
     def emit(ev: Any) -> None:
         if isinstance(ev, Info) and ev.text.startswith("joined #"):
             joined.set()
-        elif isinstance(ev, Warning) and ev.text.startswith("cannot connect"):
+        elif isinstance(ev, Alert) and ev.text.startswith("cannot connect"):
             attempts.append(time.monotonic())
 
     lines: asyncio.Queue[str | None] = asyncio.Queue()

@@ -186,9 +186,9 @@ def standalone(quick: bool) -> dict[str, Any]:
     import tempfile
 
     from benchmarks import harness as H
+    from securecomm.client.login import connect_profile
     from securecomm.crypto import envelope
     from securecomm.crypto import identity as ident
-    from securecomm.net.connect import connect_profile
     from securecomm.paths import Paths
 
     with tempfile.TemporaryDirectory(prefix="securecomm-flood-") as tmp:

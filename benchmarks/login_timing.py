@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import harness as H
 from benchmarks.common import write_json
+from securecomm.client.login import connect
 from securecomm.errors import AuthError
-from securecomm.net.connect import connect
 
 CASES = {
     "unknown_user": ("nobody", "wrong password here"),

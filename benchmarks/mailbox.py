@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import harness as H
 from benchmarks.common import write_json
 from securecomm.cli.context import State
+from securecomm.client.events import DirectMessage
+from securecomm.client.login import connect_profile
+from securecomm.client.messenger import Messenger
 from securecomm.crypto import identity as ident
-from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import DirectMessage, Messenger
 from securecomm.store.db import MIGRATIONS, NewDirect, Store
 
 BATCH = 32

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import harness as H
 from benchmarks.common import write_json
 from securecomm.cli.context import State
+from securecomm.client.login import connect_profile
 from securecomm.crypto import identity as ident
-from securecomm.net.connect import connect_profile
-from securecomm.net.memory import TRIM_DELAY
+from securecomm.server.memory import TRIM_DELAY
 from securecomm.wire import protocol as P
 
 MIB = 1024 * 1024
@@ -124,7 +124,7 @@ def run(quick: bool, tmp: Path) -> dict[str, Any]:
             sends, logins = asyncio.run(latencies(home, rounds))
         finally:
             flood.close()
-        time.sleep(TRIM_DELAY + 2.0)  # the server notices the closes, then trims (net/memory.py)
+        time.sleep(TRIM_DELAY + 2.0)  # the server notices the closes, then trims (server/memory.py)
         after = H.rss_kib(server.pid)
         with contextlib.suppress(Exception):
             asyncio.run(latencies(home, 1))

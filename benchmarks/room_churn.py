@@ -29,9 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import harness as H
 from benchmarks.common import write_json
 from securecomm.cli.context import State
+from securecomm.client import events as E
+from securecomm.client import messenger as M
+from securecomm.client import rooms as R
+from securecomm.client.login import connect_profile
 from securecomm.crypto import identity as ident
-from securecomm.net import messenger as M
-from securecomm.net.connect import connect_profile
 
 USERS = ("alice", "bob", "carol")
 SETTLED_TIMEOUT = 120.0  # the longest a round may take to see every event
@@ -59,7 +61,7 @@ async def member(state: State, quiet: float, events: list[Any]) -> tuple[M.Messe
 
 
 def seen(events: list[Any]) -> int:
-    return sum(e.more or 1 for e in events if isinstance(e, M.Membership) and e.user == "carol")
+    return sum(e.more or 1 for e in events if isinstance(e, E.Membership) and e.user == "carol")
 
 
 async def until(pred: Any) -> None:
@@ -83,7 +85,7 @@ async def one_round(states: dict[str, State], quiet: float, pairs: int) -> dict[
         await asyncio.gather(*[carol.request(op, room="lobby") for _ in range(pairs) for op in ("join", "leave")])
         await until(lambda: all(seen(ev) == 2 * pairs for ev in evs)
                     and a.rooms["lobby"].settle is None and b.rooms["lobby"].settle is None)
-        lines = sum(isinstance(e, M.Membership) for ev in evs for e in ev) / 2
+        lines = sum(isinstance(e, E.Membership) for ev in evs for e in ev) / 2
         return {"cpu_s": time.process_time() - cpu0, "wall_s": time.monotonic() - t0, "lines_per_member": lines,
                 "rotations_per_member": (a.rooms["lobby"].rotations + b.rooms["lobby"].rotations - rot0) / 2}
     finally:
@@ -100,7 +102,7 @@ async def measure(pairs: int, rounds: int) -> dict[str, Any]:
         server, states = setup(Path(tmp))
         try:
             for _ in range(rounds):  # alternate, so a busy moment hits both alike
-                ours.append(await one_round(states, M.SETTLE_QUIET, pairs))
+                ours.append(await one_round(states, R.SETTLE_QUIET, pairs))
                 old.append(await one_round(states, 0.0, pairs))
         finally:
             server.stop()
@@ -109,7 +111,7 @@ async def measure(pairs: int, rounds: int) -> dict[str, Any]:
         return statistics.median(r[key] for r in rs)
 
     keys = ("cpu_s", "wall_s", "lines_per_member", "rotations_per_member")
-    return {"pairs": pairs, "rounds": rounds, "settle_quiet_s": M.SETTLE_QUIET, "settle_max_s": M.SETTLE_MAX,
+    return {"pairs": pairs, "rounds": rounds, "settle_quiet_s": R.SETTLE_QUIET, "settle_max_s": R.SETTLE_MAX,
             **{k: med(ours, k) for k in keys}, **{f"old_{k}": med(old, k) for k in keys}}
 
 

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import harness as H
 from benchmarks.common import entry_point, machine, median_ms, per_call_us, wall
 from securecomm.cli.context import State
+from securecomm.client.connection import Client
+from securecomm.client.login import connect_profile
 from securecomm.crypto import envelope
 from securecomm.crypto import identity as ident
 from securecomm.crypto import room as roomcrypto
-from securecomm.net.client import Client
-from securecomm.net.connect import connect_profile
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import FrameDecoder
 
@@ -279,7 +279,7 @@ class Bench:
 
         # Trust is resolved once, as the bare column builds its SSLContext once: both
         # columns then time what each connection costs, not one-time client setup.
-        from securecomm.net.connect import prepare
+        from securecomm.client.login import prepare
 
         template = prepare(self.state.paths, f"localhost:{self.server.port}",
                            ca=str(self.srv_home / "tls" / "ca.pem"))
@@ -299,7 +299,7 @@ class Bench:
         finally:
             echo.stop()
         bare, key_login = statistics.median(bares), statistics.median(keys)
-        from securecomm.net.connect import connect as plain_connect
+        from securecomm.client.login import connect as plain_connect
 
         async def password_one() -> None:
             c = await plain_connect(self.state.paths, f"localhost:{self.server.port}",

@@ -83,6 +83,14 @@ class UnknownSuiteError(FormatError):
     """unknown or unsupported cipher suite"""
 
 
+class RemoteProtocolError(FormatError):
+    """the peer broke the protocol"""
+
+
+class FrameTooLarge(RemoteProtocolError, OversizedError):
+    """frame is larger than the maximum frame size"""
+
+
 class SignatureError(IntegrityError):
     """signature does not verify"""
 
@@ -93,6 +101,10 @@ class DecryptError(IntegrityError):
 
 class DigestError(IntegrityError):
     """the SHA-256 digest of the body does not match"""
+
+
+class ChangedKeyError(IntegrityError):
+    """a contact's key has changed"""
 
 
 class WrongRecipientError(IntegrityError):
@@ -127,6 +139,10 @@ class RefusedError(SecurecommError):
 
 class TooLargeError(RefusedError):
     """the message is larger than the limit"""
+
+
+class BusyError(RefusedError):
+    """server busy; try again shortly"""
 
 
 class KeyReplaceError(RefusedError):

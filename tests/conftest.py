@@ -46,3 +46,24 @@ def run_entry(*args: str, input: bytes | None = None, env: dict[str, str] | None
     full_env.update(env or {})
     return subprocess.run([ENTRY, *args], input=input, capture_output=True, env=full_env, timeout=timeout,
                           check=False)
+
+
+# -- the fast set ---------------------------------------------------------------------------------
+#: Files that start real server subprocesses, drive tmux or run the installed entry point (or the
+#: benchmark harness) in subprocesses. They carry the `slow` marker so that
+#: `python -m pytest -q -m "not slow"` is the fast set a developer runs while editing; CI runs all.
+#: Kept here, not as a `pytestmark` line in each file, so this list is the one place to look.
+SLOW_FILES = frozenset({
+    "test_account_races.py", "test_accounts.py", "test_benchmarks.py", "test_chat_restart.py",
+    "test_chat_send_background.py", "test_chat_tty.py", "test_cli.py", "test_cli_errors.py", "test_completion.py",
+    "test_delivery.py", "test_direct_ids.py", "test_dos.py", "test_error_table.py", "test_hostile_server.py",
+    "test_load_faults.py", "test_login_names.py", "test_messaging.py", "test_newuser_fixes.py", "test_offline.py",
+    "test_password_only.py", "test_quota.py", "test_relay_limits.py", "test_rooms.py", "test_send_retry.py",
+    "test_server.py", "test_trust.py", "test_wrap_forge.py",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)

@@ -214,7 +214,7 @@ def test_passwd_removes_the_key_unless_keep_key(server, tmp_path):
 # -- item 6: removed users -------------------------------------------------------------------
 async def _open_session(home):
     from securecomm.cli.context import State
-    from securecomm.net.connect import connect_profile
+    from securecomm.client.login import connect_profile
 
     state = State(home=str(home))
     me = ident.load(state.paths.identity_key("default"))

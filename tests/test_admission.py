@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from securecomm.net.admission import Admission, Ticket, source_key
+from securecomm.server.admission import Admission, Ticket, source_key
 
 
 def test_per_address_limit_leaves_other_addresses_alone():

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client import chat as chatsession
+from securecomm.client.chat import BACKOFF_MAX, ChatSession, Info
+from securecomm.client.events import Alert, Membership
 from securecomm.crypto import identity as ident
-from securecomm.net import chatsession
-from securecomm.net.chatsession import BACKOFF_MAX, ChatSession, Info
-from securecomm.net.messenger import Membership, Warning
 from tests.conftest import ENTRY, run_entry
 from tests.test_chat_tty import pytestmark, two_users  # noqa: F401 - tmux skip mark and fixture
 from tests.test_messaging import _messenger, _until, world  # noqa: F401 - `world` is a fixture
@@ -136,11 +136,11 @@ def test_room_line_a_member_never_gets_is_named(world, monkeypatch):  # noqa: F8
             await bob.join("lobby")
             await _until(lambda: Membership("lobby", "bob", "joined") in events, 30)
             srv.stop(signal.SIGKILL)
-            await _until(lambda: any(isinstance(e, Warning) and "connection lost" in e.text for e in events), 30)
+            await _until(lambda: any(isinstance(e, Alert) and "connection lost" in e.text for e in events), 30)
             lines.put_nowait("nobody will read this")
             await _until(lambda: any(isinstance(e, Info) and "queued" in e.text for e in events), 30)
             srv.start()
-            await _until(lambda: any(isinstance(e, Warning) and "NOT delivered to bob" in e.text
+            await _until(lambda: any(isinstance(e, Alert) and "NOT delivered to bob" in e.text
                                      and "nobody will read this" in e.text for e in events), 30)
             # sent to the room (nobody else there), and the user was told; the warning comes just
             # before the send, so wait for its receipt rather than assume it is in

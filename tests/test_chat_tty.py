@@ -134,8 +134,8 @@ def test_join_leave_churn_prints_a_couple_of_lines_not_one_per_event(two_users):
     import asyncio
 
     from securecomm.cli.context import State
+    from securecomm.client.login import connect_profile
     from securecomm.crypto import identity as ident
-    from securecomm.net.connect import connect_profile
 
     _, homes, tmux = two_users
     tmux.start("alice", f"{ENTRY} --home {homes['alice']} chat --room lobby; echo CHAT-EXITED-$?; sleep 30")

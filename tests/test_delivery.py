@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from securecomm.net.messenger import DirectMessage
+from securecomm.client.events import DirectMessage
 from tests.conftest import ENTRY
 from tests.serverproc import ServerProc, mailbox_count, sc, users_logged_in
 from tests.test_messaging import _close, _messenger, _until

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client.login import connect_profile
 from securecomm.crypto import identity as ident
-from securecomm.net.connect import connect_profile
 from securecomm.wire import protocol as P
 from tests.serverproc import ServerProc, add_user, frame, login, read_events
 
@@ -117,9 +117,9 @@ def test_strangers_do_not_fill_max_clients(tmp_path):
 
 def test_max_clients_is_checked_again_at_login(tmp_path):
     """Two connect while one place is free: the second to log in is refused clearly (exit 9's class)."""
+    from securecomm.client.login import connect
     from securecomm.config import Profile
     from securecomm.errors import RefusedError
-    from securecomm.net.connect import connect
 
     with server_with(tmp_path, "--max-clients", "1") as (srv, home):
         async def go() -> None:
@@ -263,7 +263,7 @@ def test_flood_before_login_does_not_starve_clients_or_grow_memory(tmp_path):
         assert held - before < 20 * 1024, f"RSS grew by {(held - before) / 1024:.1f} MiB under the flood"
         srv.wait_log(r"peer=127\.0\.0\.5:\d+ dropped: protocol error: .*limit is 16384")
         assert _send_ok(home)
-        # memory comes back once they have gone (malloc_trim, net/memory.py): without it ~12 MiB stayed
+        # memory comes back once they have gone (malloc_trim, server/memory.py): without it ~12 MiB stayed
         deadline = time.monotonic() + 20
         while (after := rss_kib(pid)) - before > 4 * 1024:
             assert time.monotonic() < deadline, f"RSS stayed {(after - before) / 1024:.1f} MiB up after the flood"

@@ -308,8 +308,9 @@ def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, hom
     import asyncio
 
     from securecomm.cli.context import State
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.messenger import Membership, Messenger, Warning
+    from securecomm.client.events import Alert, Membership
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import Messenger
 
     server = hostile("alice")
     assert login(home, server).returncode == 0
@@ -339,11 +340,11 @@ def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, hom
             await client.close()
 
     events = asyncio.run(go())
-    named = [e.text for e in events if isinstance(e, Warning) and "invalid user name" in e.text]
+    named = [e.text for e in events if isinstance(e, Alert) and "invalid user name" in e.text]
     assert len(named) == 2, named  # the first in full, then "10 so far": not 12 lines
     assert named[0].startswith("ignored a join/leave in #lobby: the server sent an invalid user name"), named
     assert named[1].startswith("10 room events about malformed names so far"), named
-    assert any(isinstance(e, Warning) and "skipped dave in #lobby" in e.text for e in events)
+    assert any(isinstance(e, Alert) and "skipped dave in #lobby" in e.text for e in events)
     assert [e for e in events if isinstance(e, Membership)] == [Membership("lobby", "carol", "joined")]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import socket
 import sqlite3
@@ -13,13 +14,15 @@ import time
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client.login import connect_profile
 from securecomm.crypto import envelope
 from securecomm.crypto import identity as ident
 from securecomm.errors import SecurecommError
-from securecomm.net.connect import connect_profile
 from tests.serverproc import ServerProc, add_user, login
 
 CLIENTS, PER_CLIENT = 50, 100
+HANG = 60  # seconds: only catches a hang; how fast the good client is served is measured in benchmarks/
+STALL = r"timeout \(mid-frame stall\)"  # what the server logs when it cuts off a slow client
 
 
 @pytest.fixture
@@ -132,16 +135,18 @@ def test_slow_and_hostile_clients_do_not_starve_a_good_one(loaded):
         for s in slow:  # one byte of a hello frame per second
             s.sendall(b"\x00")
 
-        async def good() -> float:
+        async def good() -> bool:
             state = State(home=str(home))
             me = ident.load(state.paths.identity_key("default"))
-            t0 = time.monotonic()
             client, _ = await connect_profile(state.paths, me)
             async with client:
                 await client.send_message(b"served despite the crowd", me)
-            return time.monotonic() - t0
+            return True
 
-        assert asyncio.run(good()) < 1.0
+        assert asyncio.run(asyncio.wait_for(good(), HANG))
+        # Served while the crowd still holds its places: had the good client waited for the server to
+        # cut them off, their timeouts would already be in the log. An order of events, not a stopwatch.
+        assert not re.search(STALL, srv.log), "the good client was served only after the crowd was cut off"
         for s in slow:
             with contextlib.suppress(OSError):
                 s.sendall(b"\x00")
@@ -151,9 +156,9 @@ def test_slow_and_hostile_clients_do_not_starve_a_good_one(loaded):
             with contextlib.suppress(OSError, ssl.SSLError):
                 while s.recv(4096):
                     pass
-        srv.wait_log(r"timeout \(mid-frame stall\)")
+        srv.wait_log(STALL)
         assert srv.log.count("TLS handshake failed") >= 200
     finally:
         for s in half_open + slow:
             s.close()
-    assert asyncio.run(good()) < 1.0
+    assert asyncio.run(asyncio.wait_for(good(), HANG))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from securecomm.net.lockout import Lockout, NameLocks
+from securecomm.server.auth import Lockout, NameLocks
 
 
 class Clock:

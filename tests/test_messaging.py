@@ -10,11 +10,12 @@ import sqlite3
 import pytest
 
 from securecomm.cli.context import State
+from securecomm.client.events import DirectMessage, RoomText
+from securecomm.client.login import connect_profile
+from securecomm.client.messenger import Messenger
 from securecomm.crypto import identity as ident
 from securecomm.crypto import room as roomcrypto
 from securecomm.errors import DecryptError
-from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import DirectMessage, Messenger, RoomText
 from tests.serverproc import PASSWORD, ServerProc, login, sc, users_logged_in
 
 USERS = ("alice", "bob", "carol")
@@ -97,13 +98,18 @@ def test_delivery_receipt_with_wait(world, tmp_path):
 
     from tests.conftest import ENTRY
 
-    _, homes = world
+    srv, homes = world
+    logged_in = "user=bob logged in (identity key)"
+    before = srv.log.count(logged_in)
     follower = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "inbox", "--follow"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
     try:
         import time
 
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30  # only catches a hang: the server logs the login before LOGIN_OK
+        while srv.log.count(logged_in) == before:
+            assert time.monotonic() < deadline and follower.poll() is None, "inbox --follow did not log in"
+            time.sleep(0.02)
         r = sc(homes["alice"], "send", "--to", "bob", "--wait", "--timeout", "20", "are you there?")
         assert r.returncode == 0, r.stderr
         assert b"signed receipt verified" in r.stdout
@@ -251,7 +257,7 @@ def test_direct_message_in_process_reaches_online_user(world):
 
 def test_more_mail_than_one_batch_arrives_in_order(world):
     """Over MAIL_BATCH (256) waiting messages: delivered in pages, all of them, in order, once."""
-    from securecomm.net.relay import MAIL_BATCH
+    from securecomm.server.relay import MAIL_BATCH
 
     _, homes = world
     total = MAIL_BATCH + 44
@@ -274,7 +280,7 @@ def test_more_mail_than_one_batch_arrives_in_order(world):
 
 
 def test_seen_ids_append_and_stay_bounded(tmp_path, monkeypatch):
-    from securecomm.net import messenger
+    from securecomm.client import messenger
 
     monkeypatch.setattr(messenger, "SEEN_LIMIT", 5)
     path = tmp_path / "seen_ids"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from securecomm.net.messenger import CONTINUATION, printable_body
+from securecomm.client.events import CONTINUATION, printable_body
 from tests.conftest import ENTRY, run_entry
 from tests.serverproc import ServerProc, sc, users_logged_in
 from tests.test_chat_tty import Tmux, two_users  # noqa: F401  (the fixture)
@@ -37,7 +37,7 @@ def test_a_body_cannot_forge_another_senders_line_or_send_escapes():
 
 def test_chat_shows_a_multi_line_direct_message_as_lines():
     from securecomm.cli.chat import render
-    from securecomm.net.messenger import DirectMessage
+    from securecomm.client.events import DirectMessage
 
     line = render(DirectMessage("bob", b"from stdin\nsecond\n", b"i" * 16, 0, "SHA256:x"), "alice")
     assert line.endswith(f"bob \u2192 alice {CHECK} from stdin\n{CONTINUATION}second"), repr(line)
@@ -189,7 +189,7 @@ def test_running_chat_picks_up_contacts_trust_done_in_another_shell(two_users, t
 
 
 def test_trust_command_in_chat_shows_the_fingerprint_then_trusts(two_users, tmp_path):  # noqa: F811
-    from securecomm.contacts import Contacts
+    from securecomm.client.directory import Contacts
     from securecomm.paths import Paths
 
     srv, homes, tmux = two_users
@@ -215,8 +215,9 @@ def test_trust_command_in_chat_shows_the_fingerprint_then_trusts(two_users, tmp_
 def test_a_long_running_session_never_writes_back_a_trust_undone(tmp_path):
     """chat holds contacts.json in memory for hours; `contacts trust` in another shell must not be
     undone when chat later pins someone new (it used to save its stale copy over the file)."""
-    from securecomm.contacts import ChangedKeyError, Contacts
+    from securecomm.client.directory import Contacts
     from securecomm.crypto.identity import PrivateIdentity
+    from securecomm.errors import ChangedKeyError
 
     path = tmp_path / "contacts.json"
     old, new, carol = (PrivateIdentity.generate().public for _ in range(3))

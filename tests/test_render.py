@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from securecomm.cli.chat import render
-from securecomm.net.client import error_from
-from securecomm.net.messenger import DeliveryReceipt, DirectMessage, Membership, RoomText, Warning
+from securecomm.client.connection import error_from
+from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage, Membership, RoomText
 from securecomm.wire import protocol as P
 
 EVIL = "\x1b[2J\x1b]0;pwned\x07\r"
@@ -18,7 +18,7 @@ EVIL = "\x1b[2J\x1b]0;pwned\x07\r"
     DeliveryReceipt("bob" + EVIL, b"i" * 16, True),
     Membership("lobby", "eve" + EVIL, "joined"),
     Membership("lobby" + EVIL, "eve" + EVIL, "left", 499),
-    Warning("server said " + EVIL),
+    Alert("server said " + EVIL),
 ])
 def test_chat_lines_have_no_control_characters(event, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 
 from securecomm.cli.context import State
+from securecomm.client.events import Alert, DirectMessage, Membership, RoomText
+from securecomm.client.login import connect_profile
 from securecomm.crypto import envelope
 from securecomm.crypto import identity as ident
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
-from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import DirectMessage, Membership, RoomText, Warning
 from securecomm.wire import protocol as P
 from tests.test_messaging import _close, _messenger, _until, world  # noqa: F401 - `world` is a fixture
 
@@ -61,7 +61,7 @@ def test_room_key_from_a_non_member_is_ignored_and_gets_nothing_back(world):  # 
             await carol_msn.client.close()
             assert "carol" not in a.rooms["lobby"].members
             assert "carol" not in a.rooms["lobby"].keys
-            assert any(isinstance(e, Warning) and "carol" in e.text for e in ev_a)
+            assert any(isinstance(e, Alert) and "carol" in e.text for e in ev_a)
             # bob leaves: alice rotates and hands the new key to the members the server lists only
             old = a.rooms["lobby"].my_key.key_id
             await b.leave("lobby")
@@ -93,7 +93,7 @@ def test_junk_room_keys_are_collapsed_into_few_warnings(world):  # noqa: F811
             for i in range(30):  # a member's client sends garbage where sealed keys belong
                 c.client.send_event(P.RoomKey("alice", bytes([i]) * 300))
             await _barrier_dm(c, "alice", ev_a, b"after the junk")
-            warnings = [e for e in ev_a if isinstance(e, Warning) and "room key" in e.text]
+            warnings = [e for e in ev_a if isinstance(e, Alert) and "room key" in e.text]
             assert 1 <= len(warnings) <= 2, warnings  # the first, and "10 so far"; not 30 lines
             assert "carol" in a.rooms["lobby"].keys  # her real key still stands
         finally:
@@ -115,7 +115,7 @@ def test_receipt_for_a_message_sent_from_another_session_is_not_a_failure(world)
             receipt = await a1.wait_delivered(msg_id, 20)
             assert receipt.verified
             await _barrier_dm(b, "alice", ev_a2, b"reply after the receipt")  # a2 has seen the receipt by now
-            assert not [e for e in ev_a2 if isinstance(e, Warning)], ev_a2
+            assert not [e for e in ev_a2 if isinstance(e, Alert)], ev_a2
         finally:
             await _close(a1, a2, b)
 
@@ -209,7 +209,7 @@ def test_a_line_sent_in_the_quiet_period_after_a_leave_uses_a_key_the_leaver_nev
             await _until(lambda: any(isinstance(e, RoomText) and e.body == b"after carol left" for e in ev["bob"]))
             assert b.rooms["lobby"].keys["alice"].key_id == a.rooms["lobby"].my_key.key_id
             await _barrier_dm(a, "carol", ev["carol"], b"barrier for carol")
-            assert not [e for e in ev["carol"] if isinstance(e, Warning) and "room key" in e.text]  # none sent
+            assert not [e for e in ev["carol"] if isinstance(e, Alert) and "room key" in e.text]  # none sent
             assert not [e for e in ev["carol"] if isinstance(e, RoomText)]
         finally:
             await _close(a, b, c)
@@ -238,7 +238,7 @@ def test_room_messages_without_a_key_are_collapsed_into_few_warnings(world):  # 
             await _barrier_dm(carol_msn, "alice", ev_a, b"after the keyless messages")
             carol_msn.pump.cancel()
             await carol_msn.client.close()
-            warnings = [e for e in ev_a if isinstance(e, Warning) and "has not sent you their room key" in e.text]
+            warnings = [e for e in ev_a if isinstance(e, Alert) and "has not sent you their room key" in e.text]
             assert 1 <= len(warnings) <= 2, warnings  # the first, and "10 so far"; not 30 lines
             assert "30 room messages without their key" not in str(warnings)  # 30 is no power of ten
         finally:
@@ -267,7 +267,7 @@ def test_rate_limited_room_keys_are_a_warning_not_the_end_of_the_connection(tmp_
             try:
                 for _ in range(60):
                     a.client.send_event(P.RoomKey("bob", b"\x00" * 64))
-                await _until(lambda: any(isinstance(e, Warning) and "rate limit" in e.text for e in ev_a), 20)
+                await _until(lambda: any(isinstance(e, Alert) and "rate limit" in e.text for e in ev_a), 20)
                 assert not a.pump.done(), a.pump
                 for _ in range(50):  # bounded: the bucket refills 20 tokens a second
                     try:
@@ -278,7 +278,7 @@ def test_rate_limited_room_keys_are_a_warning_not_the_end_of_the_connection(tmp_
                 else:
                     raise AssertionError("the connection never served a request again")
                 assert not a.client.closed
-                limited = [e for e in ev_a if isinstance(e, Warning) and "rate limit" in e.text]
+                limited = [e for e in ev_a if isinstance(e, Alert) and "rate limit" in e.text]
                 assert 1 <= len(limited) <= 3, limited  # counted: the first, then at 10 (and 100)
             finally:
                 a.pump.cancel()

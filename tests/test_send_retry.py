@@ -269,9 +269,9 @@ def test_direct_send_survives_restart_or_drop_and_arrives_once(world, action):
 
 # -- the policy, without sockets --------------------------------------------------------------
 def test_shutting_down_is_a_retryable_network_error():
+    from securecomm.client.connection import error_from
+    from securecomm.client.sending import retryable
     from securecomm.errors import ShuttingDownError
-    from securecomm.net.client import error_from
-    from securecomm.net.sending import retryable
     from securecomm.wire import protocol as P
 
     err = error_from(P.Error(int(P.ErrorCode.SHUTTING_DOWN), "server is shutting down", True))
@@ -283,8 +283,8 @@ def test_shutting_down_is_a_retryable_network_error():
 def test_errors_that_would_not_heal_are_not_retried(make):
     import asyncio
 
+    from securecomm.client.sending import OneRetry
     from securecomm.errors import RefusedError, TLSError
-    from securecomm.net.sending import OneRetry
 
     calls, warnings = [], []
     retry = OneRetry(30, warnings.append)

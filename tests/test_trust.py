@@ -177,9 +177,9 @@ def test_new_ca_is_still_a_hard_failure_for_tofu_clients(srv, tmp_path):
 def test_known_servers_written_only_after_the_verified_connection(tmp_path):
     """The user says yes, but the real connection fails (the certificate does not
     name the host): nothing is remembered. Then a good connection is remembered."""
+    from securecomm.client.login import connect
     from securecomm.crypto.certfiles import TLSFiles
     from securecomm.files import PRIVATE_MODE, PUBLIC_MODE, write_files
-    from securecomm.net.connect import connect
     from securecomm.paths import Paths
 
     home = tmp_path / "srv"

@@ -8,14 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securecomm.errors import OversizedError
+from securecomm.errors import FrameTooLarge, OversizedError, RemoteProtocolError
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import (
     MAX_FRAME_SIZE,
     PRELOGIN_MAX_FRAME,
     FrameDecoder,
-    FrameTooLarge,
-    RemoteProtocolError,
     encode_frame,
 )
 

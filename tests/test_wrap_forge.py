@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 
-from securecomm.net.messenger import CONTINUATION, MAX_SHOWN_ROWS, cell_width, now_text, printable_body
+from securecomm.client.events import CONTINUATION, MAX_SHOWN_ROWS, cell_width, now_text, printable_body
 from tests.conftest import ENTRY, run_entry
 from tests.serverproc import ServerProc, sc, users_logged_in
 from tests.test_chat_tty import Tmux, two_users  # noqa: F401  (the fixture)
@@ -62,7 +62,7 @@ def test_a_newline_flood_is_capped_on_a_terminal():
 
 def test_chat_render_wraps_a_room_message_at_the_width(monkeypatch):
     from securecomm.cli.chat import render
-    from securecomm.net.messenger import RoomText
+    from securecomm.client.events import RoomText
 
     monkeypatch.setenv("NO_COLOR", "1")
     head = f"{now_text(0)} #lobby mallory {CHECK} "

@@ -19,19 +19,19 @@ from typing import Any
 
 import click
 
-from securecomm.cli.context import State, pass_state, passphrase_file_option, style
+from securecomm.cli.context import State, connection_options, pass_state, profile_identity, run_client, style
 
 PROMPT = "> "
 
 
 def render(ev: Any, me: str, width: int | None = None) -> str:
     """One event as shown; with `width` (a terminal's columns) message bodies are wrapped here."""
-    from securecomm.net.messenger import (
+    from securecomm.client.events import (
+        Alert,
         DeliveryReceipt,
         DirectMessage,
         Membership,
         RoomText,
-        Warning,
         cell_width,
         now_text,
         printable,
@@ -57,7 +57,7 @@ def render(ev: Any, me: str, width: int | None = None) -> str:
             return (f"{now_text()} * {clean(ev.user)} joined and left #{clean(ev.room)} repeatedly: {ev.more} "
                     f"more joins/leaves (now {'in the room' if ev.event == 'joined' else 'gone'})")
         return f"{now_text()} * {clean(ev.user)} {ev.event} #{clean(ev.room)}"
-    if isinstance(ev, Warning):
+    if isinstance(ev, Alert):
         return style(f"{now_text()} \u26a0 {clean(ev.text)}", fg="red", bold=True)
     return f"{now_text()} {clean(str(ev))}"
 
@@ -65,9 +65,10 @@ def render(ev: Any, me: str, width: int | None = None) -> str:
 @click.command(epilog="Example: securecomm chat --room ops\n\n"
                "Inside: /join ROOM, /who, /msg USER text, /trust USER, /quit (or Ctrl-D, Ctrl-C)")
 @click.option("--room", default="lobby", show_default=True, help="Room to join.")
-@passphrase_file_option
+@connection_options
 @pass_state
-def chat(state: State, room: str, passphrase_file: str | None) -> None:
+def chat(state: State, room: str, server: str | None, ca: str | None, pin: str | None,
+         passphrase_file: str | None) -> None:
     """Interactive chat: a room (end to end with sender keys) and direct messages.
 
     Lines you type go to the room; /msg USER text sends end to end to one
@@ -82,12 +83,11 @@ def chat(state: State, room: str, passphrase_file: str | None) -> None:
     import asyncio
     import signal
 
-    from securecomm.cli.client import _identity
+    from securecomm.client.chat import ChatSession, room_name
     from securecomm.config import Profile
-    from securecomm.net.chatsession import ChatSession, room_name
 
     room = room_name(room)
-    identity = _identity(state, passphrase_file)
+    identity = profile_identity(state, passphrase_file)
     profile = Profile.load(state.paths.profile)
     tty = sys.stdin.isatty() and sys.stdout.isatty()
 
@@ -101,14 +101,14 @@ def chat(state: State, room: str, passphrase_file: str | None) -> None:
         lines: asyncio.Queue[str | None] = asyncio.Queue()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # leave the way /quit does
             loop.add_signal_handler(sig, lambda: lines.put_nowait(None))
-        session = ChatSession(state.paths, identity, profile.user, room, show)
+        session = ChatSession(state.paths, identity, profile.user, room, show, server=server, ca=ca, pin=pin)
         if tty:
             await _on_terminal(session.run(lines), lines)
         else:
             threading.Thread(target=_read_pipe, args=(loop, lines), daemon=True, name="securecomm-input").start()
             await session.run(lines)
 
-    asyncio.run(main())
+    run_client(main())
     click.echo("bye")
 
 

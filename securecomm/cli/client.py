@@ -8,30 +8,21 @@ from typing import Any
 
 import click
 
-from securecomm.cli.context import State, emit_json, json_option, pass_state, passphrase_file_option
-
-server_option = click.option("--server", help="HOST:PORT (default: the saved profile's server).")
-ca_option = click.option("--ca", type=click.Path(dir_okay=False), help="Trust this CA certificate (PEM).")
-pin_option = click.option("--pin", help="Trust the CA or server certificate with this SHA256:... fingerprint.")
-
-
-def connection_options(f: Any) -> Any:
-    """--server, --ca, --pin and --passphrase-file: how a client command connects and signs in."""
-    for option in (passphrase_file_option, pin_option, ca_option, server_option):
-        f = option(f)
-    return f
-
-
-def _identity(state: State, passphrase_file: str | None) -> Any:
-    from securecomm.cli.context import load_identity
-    from securecomm.config import Profile
-
-    return load_identity(state, Profile.load(state.paths.profile).identity, passphrase_file)
+from securecomm.cli.context import (
+    State,
+    ask_trust,
+    connection_options,
+    emit_json,
+    json_option,
+    pass_state,
+    profile_identity,
+    run_client,
+)
 
 
 def _read_body(message: str) -> bytes:
+    from securecomm.client.connection import message_too_large
     from securecomm.crypto.envelope import MAX_BODY_SIZE
-    from securecomm.net.client import message_too_large
 
     body = message.encode() if message != "-" else sys.stdin.buffer.read(MAX_BODY_SIZE + 1)
     if len(body) > MAX_BODY_SIZE:  # refused before connecting: exit 9, with the limit in the hint
@@ -66,15 +57,13 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
     send reconnects and resends the same envelope once within --timeout; the
     server answers a copy it already stored with its original receipt.
     """
-    import asyncio
 
     from securecomm.cli.context import warn
-    from securecomm.cli.users import ask_trust
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.sending import send_to_server
+    from securecomm.client.login import connect_profile
+    from securecomm.client.sending import send_to_server
 
     body = _read_body(message)
-    identity = _identity(state, passphrase_file)
+    identity = profile_identity(state, passphrase_file)
     if wait and not to:
         from securecomm.errors import UsageError
 
@@ -86,7 +75,7 @@ def send(state: State, message: str, to: str | None, wait: bool, timeout: float,
     async def connect() -> Any:
         return await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
 
-    receipt = asyncio.run(send_to_server(connect, identity, body, timeout, warn))
+    receipt = run_client(send_to_server(connect, identity, body, timeout, warn))
     if as_json:
         emit_json({"status": "delivered", "id": receipt.msg_id.hex(), "sha256": receipt.sha256.hex(),
                    "stored_at_ms": receipt.stored_at_ms, "duplicate": receipt.duplicate})
@@ -106,20 +95,18 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
     cipher and key exchange, how the server was trusted, the HPKE suite
     messages use, whether each layer is post-quantum, and who you are.
     """
-    import asyncio
 
-    from securecomm.cli.users import ask_trust
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.report import security_report
+    from securecomm.client.login import connect_profile
+    from securecomm.client.report import security_report
 
-    identity = _identity(state, passphrase_file)
+    identity = profile_identity(state, passphrase_file)
 
     async def go() -> dict[str, Any]:
         client, profile = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
         async with client:
             return security_report(client, profile, identity)
 
-    report = asyncio.run(go())
+    report = run_client(go())
     if as_json:
         emit_json(report)
         return
@@ -135,13 +122,11 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
 
 def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, timeout: float, as_json: bool,
                  **conn: Any) -> None:
-    import asyncio
 
     from securecomm.cli.context import warn
-    from securecomm.cli.users import ask_trust
+    from securecomm.client.login import connect_profile
+    from securecomm.client.sending import DirectSend
     from securecomm.errors import NetworkError
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.sending import DirectSend
 
     async def connect() -> Any:
         return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
@@ -161,7 +146,7 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
         finally:
             await sender.close(client)
 
-    receipt, msg_id, delivered = asyncio.run(go())
+    receipt, msg_id, delivered = run_client(go())
     if delivered is not None and not delivered.verified:
         from securecomm.errors import IntegrityError
 
@@ -182,12 +167,11 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
 @click.option("--wait", "wait_s", type=float, default=1.0, show_default=True,
               help="Without --follow: seconds to wait for deliveries after connecting (inbox ends within "
                    "30 s in any case, even if the server keeps sending).")
-@server_option
-@passphrase_file_option
+@connection_options
 @json_option
 @pass_state
-def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphrase_file: str | None,
-          as_json: bool) -> None:
+def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str | None, pin: str | None,
+          passphrase_file: str | None, as_json: bool) -> None:
     """Fetch and print pending direct messages, verifying each.
 
     Every message is checked (recipient, sender signature, decryption,
@@ -196,19 +180,11 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
     """
     import asyncio
 
-    from securecomm.cli.users import ask_trust
-    from securecomm.net.connect import connect_profile
-    from securecomm.net.messenger import (
-        DirectMessage,
-        Messenger,
-        Warning,
-        cell_width,
-        now_text,
-        printable,
-        printable_body,
-    )
+    from securecomm.client.events import Alert, DirectMessage, cell_width, now_text, printable, printable_body
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import Messenger
 
-    identity = _identity(state, passphrase_file)
+    identity = profile_identity(state, passphrase_file)
     failures = 0
     # on a terminal, bodies are wrapped here (see printable_body); a pipe gets each line whole
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() and not as_json else None
@@ -225,14 +201,15 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
             else:
                 head = f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 "
                 click.echo(head + printable_body(ev.body, width, cell_width(head)))
-        elif isinstance(ev, Warning):
+        elif isinstance(ev, Alert):
             failures += ev.failed  # a server's noise is shown, but it is no failed message
             from securecomm.cli.context import warn
 
             warn(printable(ev.text.encode()))
 
     async def once(connected: Any = None) -> None:
-        client, profile = await connect_profile(state.paths, identity, server=server, ask=ask_trust)
+        client, profile = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin,
+                                                 ask=ask_trust)
         if connected is not None:
             connected()
         async with client:
@@ -257,7 +234,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, passphr
     import contextlib
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(go())
+        run_client(go())
     if failures:
         from securecomm.errors import IntegrityError
 
@@ -274,8 +251,8 @@ async def _follow(once: Any) -> None:
     import random
 
     from securecomm.cli.context import warn
+    from securecomm.client.chat import BACKOFF_MAX, BACKOFF_START, retryable
     from securecomm.errors import SecurecommError
-    from securecomm.net.chatsession import BACKOFF_MAX, BACKOFF_START, retryable
 
     ever, delay = False, BACKOFF_START
 
@@ -308,7 +285,7 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from securecomm.cli.context import table
-    from securecomm.contacts import Contacts
+    from securecomm.client.directory import Contacts
 
     state = ctx.find_object(State)
     assert state is not None
@@ -331,7 +308,7 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
 def trust(state: State, name: str) -> None:
     """Accept NAME's changed key (after checking its fingerprint with them)."""
     from securecomm.cli.context import shown
-    from securecomm.contacts import Contacts
+    from securecomm.client.directory import Contacts
 
     c = Contacts.load(state.paths.contacts).trust(name.lower())
     click.echo(f"now trusting {shown(c.name)} {c.identity.fingerprint_text}; CHANGED cleared")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 
@@ -57,7 +58,7 @@ def warn(message: str) -> None:
 def shown(value: Any) -> str:
     """A value for the terminal: yes/no for booleans, - for nothing, and any text
     (which may come from a server or a peer) with control characters escaped."""
-    from securecomm.net.messenger import printable  # the one escaping rule, as chat and inbox use
+    from securecomm.client.events import printable  # the one escaping rule, as chat and inbox use
 
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -91,14 +92,53 @@ def load_identity(state: State, name: str, passphrase_file: Any = None) -> Any:
 
     def ask() -> bytes:
         if passphrase_file is not None:
-            from securecomm.cli.keys import read_passphrase_file
-
             return read_passphrase_file(passphrase_file)
         if not stdin_is_tty():
             raise AuthError(f"{key_path} is encrypted", hint="pass --passphrase-file FILE")
         return click.prompt(f"passphrase for {name}", hide_input=True, err=True).encode()
 
     return ident.load(key_path, ask)
+
+
+def read_passphrase_file(path: Any) -> bytes:
+    """The first line of FILE: a passphrase for --passphrase-file (keygen, and every command that signs)."""
+    from pathlib import Path
+
+    from securecomm.errors import UsageError
+    from securecomm.files import read_file
+
+    data = read_file(Path(path)).splitlines()
+    if not data or not data[0]:
+        raise UsageError(f"{path} holds no passphrase on its first line")
+    return data[0]
+
+
+def profile_identity(state: State, passphrase_file: str | None) -> Any:
+    """The identity the saved profile names (the one every connecting command signs with)."""
+    from securecomm.config import Profile
+
+    return load_identity(state, Profile.load(state.paths.profile).identity, passphrase_file)
+
+
+def ask_trust(address: str, fingerprint: str) -> bool:
+    """Trust on first use, as OpenSSH asks: only on a terminal."""
+    if not stdin_is_tty():
+        return False
+    click.echo(f"The authenticity of server {address} can't be established.\n"
+               f"Its CA fingerprint is {fingerprint}\n"
+               "(the operator sees it in the output of `securecomm certgen` and `securecomm serve`).", err=True)
+    return click.confirm("Trust it and remember it in known_servers?", default=False, err=True)
+
+
+T = TypeVar("T")
+
+
+def run_client(work: Coroutine[Any, Any, T]) -> T:
+    """Run one client coroutine to its end: the one asyncio entry of the client commands
+    (asyncio is imported here, not at module level, so --help stays fast)."""
+    import asyncio
+
+    return asyncio.run(work)
 
 
 def read_identity_arg(value: str) -> Any:
@@ -119,4 +159,21 @@ def read_identity_arg(value: str) -> Any:
 passphrase_file_option = click.option(
     "--passphrase-file", type=click.Path(dir_okay=False), help="Read the identity's passphrase from FILE."
 )
+server_option = click.option(
+    "--server", help="HOST:PORT (default: the saved profile's server; for `user login` without one, localhost:7443)."
+)
+ca_option = click.option("--ca", type=click.Path(dir_okay=False), help="Trust this CA certificate (PEM).")
+pin_option = click.option(
+    "--pin", help="Trust the server's CA (or certificate) with this SHA256:... fingerprint (certgen and serve "
+                  "print it)."
+)
+
+
+def connection_options(f: Any) -> Any:
+    """--server, --ca, --pin and --passphrase-file: the one option stack of every command that connects."""
+    for option in (passphrase_file_option, pin_option, ca_option, server_option):
+        f = option(f)
+    return f
+
+
 name_option = click.option("--name", default="default", show_default=True, help="Local identity to use.")

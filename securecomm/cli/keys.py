@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from securecomm.cli.context import State, emit_json, info, json_option, pass_state
+from securecomm.cli.context import State, emit_json, info, json_option, pass_state, read_passphrase_file
 from securecomm.errors import ExistsError, NotFoundError, UsageError
 
 
@@ -45,15 +45,6 @@ def certgen(state: State, hosts: tuple[str, ...], days: int, out: Path | None,
         info("a running `securecomm serve` keeps its old certificate until it is restarted")
     if result["ca_reused"] is False and force:
         info("a new CA: every client must trust it again (--ca FILE or --pin with the fingerprint above)")
-
-
-def read_passphrase_file(path: Path) -> bytes:
-    from securecomm.files import read_file
-
-    data = read_file(path).splitlines()
-    if not data or not data[0]:
-        raise UsageError(f"{path} holds no passphrase on its first line")
-    return data[0]
 
 
 @click.command(

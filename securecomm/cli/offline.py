@@ -109,7 +109,7 @@ def _known_senders(state: State, sender: str | None) -> dict[bytes, Any]:
     for pub in sorted(folder.glob("*.pub")) if folder.is_dir() else []:
         who = ident.load_public(pub)
         known[who.fingerprint] = who
-    from securecomm.contacts import Contacts
+    from securecomm.client.directory import Contacts
 
     for contact in Contacts.load(state.paths.contacts).all():
         known[contact.identity.fingerprint] = contact.identity

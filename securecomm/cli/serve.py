@@ -67,8 +67,9 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
     import logging
     import sys
 
-    from securecomm.net.bootstrap import prepare_server
-    from securecomm.net.server import Server, ServerConfig, run_server
+    from securecomm.server.config import ServerConfig
+    from securecomm.server.listener import Server, run_server
+    from securecomm.server.setup import prepare_server
 
     logging.basicConfig(level=logging.DEBUG if state.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")

@@ -12,11 +12,13 @@ import click
 
 from securecomm.cli.context import (
     State,
+    ask_trust,
+    connection_options,
     emit_json,
     info,
     json_option,
     pass_state,
-    passphrase_file_option,
+    run_client,
     shown,
     stdin_is_tty,
     table,
@@ -176,7 +178,7 @@ def list_(state: State, as_json: bool, remote: bool, db: Path | None) -> None:
     if remote:
         rows = _remote_rows(state)
     else:
-        from securecomm.net.server import user_row
+        from securecomm.store.users import user_row
 
         store = open_db(state, db)
         try:
@@ -196,12 +198,11 @@ USER_COLUMNS = ("name", "role", "created", "last_login", "locked", "fingerprint"
 
 
 def _remote_rows(state: State) -> list[dict[str, Any]]:
-    import asyncio
 
     from securecomm.cli.context import load_identity
+    from securecomm.client import answers
+    from securecomm.client.login import connect_profile
     from securecomm.config import Profile
-    from securecomm.net import answers
-    from securecomm.net.connect import connect_profile
 
     profile = Profile.load(state.paths.profile)
     identity = load_identity(state, profile.identity)
@@ -211,17 +212,7 @@ def _remote_rows(state: State) -> list[dict[str, Any]]:
         async with client:
             return answers.user_rows(await client.request("user_list"), USER_COLUMNS)
 
-    return asyncio.run(go())
-
-
-def ask_trust(address: str, fingerprint: str) -> bool:
-    """Trust on first use, as OpenSSH asks: only on a terminal."""
-    if not stdin_is_tty():
-        return False
-    click.echo(f"The authenticity of server {address} can't be established.\n"
-               f"Its CA fingerprint is {fingerprint}\n"
-               "(the operator sees it in the output of `securecomm certgen` and `securecomm serve`).", err=True)
-    return click.confirm("Trust it and remember it in known_servers?", default=False, err=True)
+    return run_client(go())
 
 
 def ask_replace(e: KeyReplaceError) -> bool:
@@ -237,15 +228,12 @@ def ask_replace(e: KeyReplaceError) -> bool:
 
 @user.command(epilog="Example: securecomm user login alice --server chat.example.net:7443 --ca ca.pem")
 @click.argument("name")
-@click.option("--server", help="HOST:PORT of the server [the saved profile's, else localhost:7443].")
-@click.option("--ca", type=click.Path(dir_okay=False), help="Trust this CA certificate (PEM).")
-@click.option("--pin", help="Trust the server's CA with this SHA256:... fingerprint (certgen and serve print it).")
+@connection_options
 @click.option("--identity", "identity_name", default="default", show_default=True,
               help="Local identity to register (created if missing).")
 @click.option("--replace-key", is_flag=True,
               help="If the account has another device's key, replace it without asking (one device per user).")
 @password_stdin_option
-@passphrase_file_option
 @json_option
 @pass_state
 def login(state: State, name: str, server: str | None, ca: str | None, pin: str | None, identity_name: str,
@@ -258,12 +246,11 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     device's key, login asks before replacing it (--replace-key for scripts),
     and the other device is logged out.
     """
-    import asyncio
 
     from securecomm.cli.context import load_identity
+    from securecomm.client.login import address_of, prepare, saved_pin
     from securecomm.config import Profile
     from securecomm.crypto import identity as ident
-    from securecomm.net.connect import address_of, prepare, saved_pin
 
     paths = state.paths
     server, ca = _server_and_ca(paths, server, ca, pin)
@@ -285,12 +272,12 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
 
     try:
         with _network_hint():
-            ok, address, server_identity = asyncio.run(go(replace_key))
+            ok, address, server_identity = run_client(go(replace_key))
     except KeyReplaceError as e:
         if not ask_replace(e):
             raise
         client = prepare(paths, server, ca=ca, pin=pin, ask=ask_trust)
-        ok, address, server_identity = asyncio.run(go(True))
+        ok, address, server_identity = run_client(go(True))
     user_name = server_user_name(ok.user)
     if created is not None:
         ident.save(created, paths.identity_key(identity_name), paths.identity_pub(identity_name))
@@ -338,7 +325,7 @@ def server_user_name(name: Any) -> str:
     It is saved in profile.json and printed: a hostile server must not smuggle
     terminal escapes (or anything else) in through it.
     """
-    from securecomm.contacts import check_user_name
+    from securecomm.client.answers import check_user_name
 
     try:
         check_user_name(name)

@@ -10,7 +10,6 @@ names.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import ipaddress
 import itertools
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from securecomm.crypto.integrity import format_fingerprint, sha256
 from securecomm.errors import FormatError, TLSError, UsageError
 
 CA_DAYS = 3650
@@ -47,9 +47,7 @@ def fingerprint(cert: x509.Certificate) -> str:
     """
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(spki)
-    return "SHA256:" + base64.b64encode(digest.finalize()).rstrip(b"=").decode()
+    return format_fingerprint(sha256(spki))
 
 
 def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:

@@ -24,22 +24,22 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 
+from securecomm import timeutil
 from securecomm.crypto.identity import KEMS, PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import DIGEST_SIZE, same, sha256
+from securecomm.crypto.signing import verify_signature
 from securecomm.errors import (
     DecryptError,
     DigestError,
     FormatError,
     NotAnEnvelopeError,
     OversizedError,
-    SignatureError,
     TrailingDataError,
     TruncatedError,
     UnknownSenderError,
@@ -115,10 +115,7 @@ class Envelope:
         """Check the signature against `sender`, who must be the named sender."""
         if not same(sender.fingerprint, self.header.sender):
             raise UnknownSenderError("envelope is not from the expected sender")
-        try:
-            sender.verify_key.verify(self.signature, SIGN_LABEL + self.signed_part)
-        except InvalidSignature as e:
-            raise SignatureError("envelope signature does not verify") from e
+        verify_signature(sender.verify_key, self.signature, SIGN_LABEL + self.signed_part, "envelope")
 
 
 @dataclass(frozen=True)
@@ -176,7 +173,7 @@ def new_msg_id() -> bytes:
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return timeutil.now_ms()
 
 
 def seal(body: bytes, sender: PrivateIdentity, recipient: PublicIdentity, *,

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
 
-from securecomm.crypto.integrity import sha256
-from securecomm.errors import AuthError, FormatError, IntegrityError
+from securecomm.crypto.integrity import format_fingerprint, sha256
+from securecomm.crypto.signing import verify_signature
+from securecomm.errors import AuthError, FormatError
 
 IDENTITY_LABEL = b"securecomm/v1/identity"
 LINE_PREFIX = "securecomm:1:"
@@ -65,10 +65,6 @@ def unb64u(text: str) -> bytes:
 
 
 _B64U = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def format_fingerprint(digest: bytes) -> str:
-    return "SHA256:" + base64.b64encode(digest).rstrip(b"=").decode()
 
 
 def _load_kem_public(kem: str, raw: bytes) -> Any:
@@ -172,10 +168,7 @@ class PublicIdentity:
             raise FormatError("invalid Ed25519 public key") from e
 
     def verify(self, signature: bytes, data: bytes) -> None:
-        try:
-            self.verify_key.verify(signature, data)
-        except InvalidSignature as e:
-            raise IntegrityError("signature does not verify") from e
+        verify_signature(self.verify_key, signature, data)
 
     def as_dict(self) -> dict[str, str]:
         return {

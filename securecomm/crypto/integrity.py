@@ -7,6 +7,7 @@ through `same()` so that timing never tells how many leading bytes matched.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 
@@ -20,3 +21,9 @@ def sha256(data: bytes) -> bytes:
 def same(a: bytes, b: bytes) -> bool:
     """Constant-time equality for digests, fingerprints and secrets."""
     return hmac.compare_digest(a, b)
+
+
+def format_fingerprint(digest: bytes) -> str:
+    """The one text form of every fingerprint (identity keys, CA keys, certificates):
+    `SHA256:` + base64 without padding, as OpenSSH shows keys."""
+    return "SHA256:" + base64.b64encode(digest).rstrip(b"=").decode()

@@ -35,18 +35,18 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import DIGEST_SIZE, same, sha256
+from securecomm.crypto.signing import verify_signature
 from securecomm.errors import (
     DecryptError,
     DigestError,
     FormatError,
-    SignatureError,
     TruncatedError,
     UnknownSenderError,
     VersionError,
@@ -179,10 +179,7 @@ def decrypt(room: str, payload: bytes, sender: PublicIdentity, key: SenderKey) -
     if not same(h.sender, sender.fingerprint):
         raise UnknownSenderError("room message is not from the expected sender")
     prefix = _room_prefix(room)
-    try:
-        sender.verify_key.verify(payload[-SIGNATURE_SIZE:], prefix + payload[:-SIGNATURE_SIZE])
-    except InvalidSignature as e:
-        raise SignatureError("room message signature does not verify") from e
+    verify_signature(sender.verify_key, payload[-SIGNATURE_SIZE:], prefix + payload[:-SIGNATURE_SIZE], "room message")
     if not same(h.key_id, key.key_id):
         raise DecryptError("room message uses a sender key we do not have")
     aead, nonce = _aead(key.message_key_for(h.iteration))

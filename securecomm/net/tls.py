@@ -2,41 +2,23 @@
 
 Server: TLS 1.3 only (Mozilla "modern"), key exchange X25519 only (see
 GROUPS), and the full chain from certgen (server certificate, then its CA).
-Client: CERT_REQUIRED and hostname checking, always. What differs is the
-trust anchor, always a CA, chosen in this order:
-
-1. `--ca FILE`                                  how = "ca" ("ca+pin" with --pin)
-2. the CA of this server in known_servers       how = "known_servers"  (a change is a hard failure)
-3. the CA that certgen made in the same home    how = "ca" ("pin" with a matching --pin)
-4. the CA whose fingerprint --pin names         how = "pin"       (saved to known_servers)
-5. first contact, interactive: ask the user     how = "tofu"      (then saved to known_servers)
+Client: CERT_REQUIRED and hostname checking, always. Which CA is the
+anchor (the trust order, TOFU, known_servers migration) is decided in
+client/trust.py; this module only builds the contexts and reads the chain.
 
 One fingerprint means one thing: SHA-256 over the CA's SubjectPublicKeyInfo,
 `SHA256:<base64>` (crypto.certs.fingerprint). certgen and serve print it,
 the prompt shows it, --pin takes it, known_servers stores it. A renewed
 server certificate from the same CA changes none of them.
 
-Cases 4 and 5 need the CA before it is trusted. Python's ssl cannot show an
-unverified chain after a failed verification, so `fetch_server_chain` makes
-one handshake that does not verify, reads the chain the server presented,
-and closes without sending a byte of application data, exactly as OpenSSH
-reads a host key before asking "are you sure?". Nothing is trusted because of
-that handshake: the user's answer (or the --pin fingerprint, compared in
-constant time) decides, and the real connection then verifies the chain and
-the hostname against that CA. known_servers is written only after that
-verified connection has succeeded.
-
-Older versions saved the server's own certificate (a "leaf pin") in
-known_servers. Such a line is accepted once, if the CA the server now
-presents issued that very certificate; the CA then replaces it (see
-client._migrate). An older server that presents that same certificate and no
-CA keeps the leaf pin in use until it is upgraded.
+`fetch_server_chain` reads a server's chain without verifying it, for
+client/trust.py's first-contact and migration cases only: nothing is
+trusted because of that handshake.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -45,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 
 from securecomm.crypto import certs
-from securecomm.crypto.integrity import same
+from securecomm.crypto.integrity import format_fingerprint, same, sha256
 from securecomm.errors import FormatError, TLSError
 from securecomm.files import PRIVATE_MODE, read_file, write_files
 
@@ -141,7 +123,7 @@ def _new_client_context(anchor_pem: bytes, pinned: bool) -> ssl.SSLContext:
 
 def der_fingerprint(der: bytes) -> str:
     """SHA-256 over a whole certificate: only for legacy pins and the status report."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    return format_fingerprint(sha256(der))
 
 
 def spki_fingerprint(der: bytes) -> str:

@@ -3,7 +3,7 @@
 Durability: WAL journal with synchronous=FULL, so a COMMIT that returned is
 on disk and survives kill -9 or power loss of the server process; receipts
 are only sent after the commit that holds their message. Many messages share
-one commit (group commit, see net/server.py), which is what keeps this fast.
+one commit (group commit, see server/listener.py), which is what keeps this fast.
 
 All SQL uses parameters; names are validated before they get here.
 This class is synchronous and used from one thread only.
@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from securecomm import timeutil
 from securecomm.errors import ExistsError, NotFoundError, UsageError
 from securecomm.files import ensure_dir
 from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
@@ -401,7 +402,7 @@ class Store:
     # -- messages ------------------------------------------------------------------
     def store_messages(self, items: Iterable[NewMessage | NewDirect]) -> list[StoredMessage]:
         """Insert a batch in ONE transaction (group commit); duplicates get their original receipt."""
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = timeutil.now_ms()
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:

@@ -21,9 +21,12 @@ undelivered mail), and that must free the space at once, not a minute later.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the server's config reads the limits without loading sqlite3
+    import sqlite3
 
 #: Direct messages that may wait for one recipient. Generous for a person who is
 #: offline for weeks; a flood from one sender stops here.

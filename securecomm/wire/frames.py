@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-from securecomm.errors import FormatError, OversizedError
+from securecomm.errors import FrameTooLarge, OversizedError, RemoteProtocolError
 
 #: Default largest frame payload: 1 MiB. Big enough for one maximum envelope
 #: (1 MiB - 4 KiB, see crypto/envelope.py) plus the frame's own fields; small
@@ -28,14 +28,6 @@ MIN_FRAME_SIZE = 4096
 PRELOGIN_MAX_FRAME = 16 * 1024
 _LEN = struct.Struct(">I")
 HEADER_SIZE = _LEN.size
-
-
-class RemoteProtocolError(FormatError):
-    """the peer broke the protocol"""
-
-
-class FrameTooLarge(RemoteProtocolError, OversizedError):
-    """frame is larger than the maximum frame size"""
 
 
 def encode_frame(payload: bytes, max_frame: int = MAX_FRAME_SIZE) -> bytes:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from securecomm.wire.frames import MAX_FRAME_SIZE, RemoteProtocolError
+from securecomm.errors import RemoteProtocolError
+from securecomm.wire.frames import MAX_FRAME_SIZE
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)

@@ -41,12 +41,11 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
+from securecomm.errors import FrameTooLarge, RemoteProtocolError
 from securecomm.wire.frames import (
     MAX_FRAME_SIZE,
     PRELOGIN_MAX_FRAME,
     FrameDecoder,
-    FrameTooLarge,
-    RemoteProtocolError,
     encode_frame,
 )
 from securecomm.wire.messages import *  # noqa: F403 - the protocol's vocabulary, re-exported

@@ -12,10 +12,10 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from securecomm.client.events import printable
+from securecomm.client.trust import Trust, changed_error
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
@@ -49,7 +49,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.NOT_FOUND: NotFoundError,
     P.ErrorCode.TIMEOUT: NetworkError,
     P.ErrorCode.INTERNAL: SecurecommError,
-    P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: net/sending.py resends, chat reconnects
+    P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: client/sending.py resends, chat reconnects
     P.ErrorCode.KEY_REPLACE: KeyReplaceError,
 }
 
@@ -76,121 +76,10 @@ def message_too_large(limit: int, what: str = "message", size: int | None = None
 
 
 def error_from(ev: P.Error) -> SecurecommError:
-    from securecomm.net.messenger import printable
-
     cls = _ERRORS.get(ev.code, RefusedError)
     # a server's words never drive the terminal
     return cls(f"server: {printable(ev.message.encode())}", hint=_HINTS.get(ev.code))
 
-
-@dataclass
-class Trust:
-    context: ssl.SSLContext
-    how: str  # ca | ca+pin | known_servers | pin | tofu
-    anchor_fingerprint: str
-    anchor_der: bytes = b""  # the CA trusted (DER)
-    #: Saved to known_servers only once a verified connection has succeeded
-    #: (Client.connect): a typo'd address or a failed handshake leaves no line.
-    remember: tuple[tls.KnownServers, str] | None = None
-    #: The legacy leaf fingerprint this trust replaced (see tls module docstring).
-    migrated_from: str | None = None
-
-    def verified(self) -> None:
-        """Called after the verified connection succeeded: remember the CA if asked to."""
-        if self.remember is not None:
-            known, address = self.remember
-            known.add(address, self.anchor_der)
-            self.remember = None
-
-
-def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pin: str | None = None,
-                  ask: Any = None) -> Trust:
-    """Choose the trust anchor (see net/tls.py for the order and why)."""
-    from securecomm.config import format_address
-    from securecomm.files import read_file
-
-    address = format_address(host, port)
-    known = tls.KnownServers(paths.known_servers)
-    if ca:
-        pem = read_file(Path(ca).expanduser())
-        return _checked(_ca_trust(tls.client_context(pem), "ca", pem), pin)
-    entry = known.get(address)
-    if entry is not None:
-        return _known(entry, host, port, pin, known)
-    if paths.ca_cert.exists():
-        pem = read_file(paths.ca_cert)
-        if not pin:
-            return _ca_trust(tls.client_context(pem), "ca", pem)
-        if tls.pin_matches(pin, tls.pem_to_der(pem)):
-            return _ca_trust(tls.client_context(pem), "pin", pem)
-    return _first_contact(address, host, port, pin, ask, known)
-
-
-def _ca_trust(context: ssl.SSLContext, how: str, pem: bytes) -> Trust:
-    return Trust(context, how, tls.pem_fingerprint(pem), tls.pem_to_der(pem))
-
-
-def _pinned(ca_der: bytes, how: str, **kw: Any) -> Trust:
-    pem = ssl.DER_cert_to_PEM_cert(ca_der).encode()
-    return Trust(tls.client_context(pem, pinned=True), how, tls.spki_fingerprint(ca_der), ca_der, **kw)
-
-
-def _known(entry: tls.KnownServer, host: str, port: int, pin: str | None, known: tls.KnownServers) -> Trust:
-    trust = _migrate(entry, host, port, known) if entry.legacy else _pinned(entry.der, "known_servers")
-    # During a migration the pin may name the saved leaf (older versions) or its CA (as certgen prints).
-    if pin and not (tls.pin_matches(pin, trust.anchor_der) or tls.pin_matches(pin, entry.der)):
-        raise TLSError(f"the pin {pin} (given with --pin or saved in the profile) does not match the CA "
-                       f"remembered for {entry.address} ({trust.anchor_fingerprint})",
-                       hint="if the operator confirms that CA, log in again with --pin "
-                            f"{trust.anchor_fingerprint} to save it in the profile")
-    return trust
-
-
-def _migrate(entry: tls.KnownServer, host: str, port: int, known: tls.KnownServers) -> Trust:
-    """A leaf pin from an older version: accept it once if the CA the server
-    presents now issued that very leaf, then pin that CA instead.
-
-    The saved leaf was trusted by the user; a CA whose key signed it is the
-    CA that user trusted, whatever leaf (renewed or not) the server shows now.
-    """
-    chain = tls.fetch_server_chain(host, port)
-    if len(chain) == 1 and same(chain[0], entry.der):
-        # An older server that does not send its CA yet: keep the leaf pin until it does.
-        return Trust(tls.client_context(entry.cert_pem, pinned=True), "known_servers", entry.fingerprint, entry.der)
-    ca_der = tls.presented_ca(chain)
-    if not tls.issued_by(entry.der, ca_der):
-        raise changed_error(entry.address, entry.fingerprint)
-    return _pinned(ca_der, "known_servers", remember=(known, entry.address), migrated_from=entry.fingerprint)
-
-
-def _first_contact(address: str, host: str, port: int, pin: str | None, ask: Any,
-                   known: tls.KnownServers) -> Trust:
-    ca_der = tls.presented_ca(tls.fetch_server_chain(host, port))
-    fp = tls.spki_fingerprint(ca_der)
-    if pin:
-        if not tls.pin_matches(pin, ca_der):
-            raise TLSError(f"the CA of {address} is {fp}, not the pinned {pin}")
-        how = "pin"
-    elif ask is not None and ask(address, fp):
-        how = "tofu"
-    else:
-        raise TLSError(f"the CA of {address} is not trusted; its fingerprint is {fp}",
-                       hint=f"check it with the server's operator, then pass --pin {fp} (or --ca FILE)")
-    return _pinned(ca_der, how, remember=(known, address))
-
-
-def changed_error(address: str, fingerprint: str) -> TLSError:
-    return TLSError(
-        f"WARNING: THE CERTIFICATE OF {address} HAS CHANGED since it was first trusted "
-        f"({fingerprint}); someone may be intercepting the connection",
-        hint="if the operator confirms a new CA, remove its line from known_servers (`securecomm paths` shows "
-             "where) and log in again with --pin and the new fingerprint")
-
-
-def _checked(trust: Trust, pin: str | None) -> Trust:
-    if pin:
-        trust.how = "ca+pin"  # Client._check_pin compares CA or leaf with the pin after the handshake
-    return trust
 
 
 class Client:
@@ -418,8 +307,19 @@ class Client:
         return fut
 
     async def send_message(self, body: bytes, identity: PrivateIdentity) -> P.Receipt:
-        digest = sha256(body)
-        receipt = await self._wait(self.submit(self.seal_for_server(body, identity)))
+        sealed = self.seal_for_server(body, identity)
+        return await self.send_for_receipt(P.Send(sealed), envelope.parse(sealed).header.msg_id, sha256(body))
+
+    async def send_for_receipt(self, event: P.Event, msg_id: bytes, digest: bytes) -> P.Receipt:
+        """Send a SEND, DIRECT or ROOM_SEND frame and return its receipt, checked against `digest`
+        (the body's for SEND, the sent bytes' otherwise): the one send-and-await-receipt path."""
+        fut = self.expect_receipt(msg_id)
+        try:
+            self._write(event)
+        except BaseException:
+            fut.cancel()  # refused unsent (too large): no one will wait for its receipt
+            raise
+        receipt: P.Receipt = await self._wait(fut)
         check_receipt(receipt, digest)
         return receipt
 

@@ -30,14 +30,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from securecomm.client.connection import Client
+from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.crypto.integrity import sha256
 from securecomm.errors import NetworkError, SecurecommError, TLSError
-from securecomm.net.client import Client, check_receipt
 from securecomm.wire import protocol as P
 
 if TYPE_CHECKING:
-    from securecomm.net.messenger import Messenger
+    from securecomm.client.messenger import Messenger
 
 T = TypeVar("T")
 Connect = Callable[[], Awaitable[tuple[Client, Any]]]
@@ -105,9 +106,8 @@ async def send_to_server(connect: Connect, identity: PrivateIdentity, body: byte
             if sealed is None:
                 sealed = client.seal_for_server(body, identity)
             retry.copies += 1
-            receipt: P.Receipt = await client._wait(client.submit(sealed))
-            check_receipt(receipt, sha256(body))
-            return receipt
+            msg_id = envelope.parse(sealed).header.msg_id
+            return await client.send_for_receipt(P.Send(sealed), msg_id, sha256(body))
 
     return await retry.run(attempt)
 
@@ -141,7 +141,7 @@ class DirectSend:
 
     async def _send_on(self, client: Client, user: str, retry: OneRetry) -> P.Receipt:
         if self.messenger is None:
-            from securecomm.net.messenger import Messenger  # only --to needs it; plain send starts faster
+            from securecomm.client.messenger import Messenger  # only --to needs it; plain send starts faster
 
             # deliveries=False: this session shows nothing, so mail waiting for us must not be ACKed here
             self.messenger = Messenger(client, self.identity, user, self.paths, lambda ev: None, deliveries=False)

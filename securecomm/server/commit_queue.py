@@ -15,11 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from securecomm.store.db import NewMessage, Store, StoredMessage
-from securecomm.store.quota import MailboxLimits, SendLimits
+from securecomm.store.api import ServerStore
+from securecomm.timeutil import now_ms
+
+if TYPE_CHECKING:
+    from securecomm.store.db import NewDirect, NewMessage, StoredMessage
 
 T = TypeVar("T")
 log = logging.getLogger("securecomm.server")
@@ -34,46 +36,45 @@ PRUNE_SECONDS = 10.0
 
 
 class AsyncStore:
-    def __init__(self, path: Path, mailbox_limits: MailboxLimits | None = None,
-                 send_limits: SendLimits | None = None, id_lifetime_ms: int | None = None) -> None:
-        self.path = path
+    """Runs a ServerStore on one thread of its own and commits messages in batches.
+
+    It takes openers, not a path: which database lies behind (SQLite today) is the caller's."""
+
+    def __init__(self, open_writer: Callable[[], ServerStore], open_reader: Callable[[], ServerStore],
+                 id_lifetime_ms: int | None = None) -> None:
+        self._open_writer, self._open_reader = open_writer, open_reader
         #: How long a DIRECT id is remembered for replay detection (None: for ever); see _prune.
         self.id_lifetime_ms = id_lifetime_ms
         self._next_prune = 0.0
-        self.mailbox_limits = mailbox_limits
-        self.send_limits = send_limits
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-db")
-        self._pending: list[tuple[NewMessage, asyncio.Future[StoredMessage]]] = []
+        self._pending: list[tuple[NewMessage | NewDirect, asyncio.Future[StoredMessage]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._store: Store | None = None
+        self._store: ServerStore | None = None
         self._closing = False
         self.batches = 0
         #: Read-only connection used directly on the event loop (see Store(readonly=True)).
-        self.reader: Store | None = None
+        self.reader: ServerStore | None = None
 
     async def open(self) -> None:
         self._store = await self.call(self._open_writer)  # creates and migrates the schema
-        self.reader = Store(self.path, readonly=True)
+        self.reader = self._open_reader()
         self._task = asyncio.create_task(self._commit_loop(), name="securecomm-group-commit")
-
-    def _open_writer(self) -> Store:
-        return Store(self.path, mailbox_limits=self.mailbox_limits, send_limits=self.send_limits)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def read(self) -> Store:
+    def read(self) -> ServerStore:
         """The read-only connection, for lookups that must not wait behind commits."""
         assert self.reader is not None, "AsyncStore.open() was not awaited"
         return self.reader
 
     @property
-    def store(self) -> Store:
+    def store(self) -> ServerStore:
         assert self._store is not None, "AsyncStore.open() was not awaited"
         return self._store
 
-    def submit(self, message: NewMessage) -> asyncio.Future[StoredMessage]:
+    def submit(self, message: NewMessage | NewDirect) -> asyncio.Future[StoredMessage]:
         fut: asyncio.Future[StoredMessage] = asyncio.get_running_loop().create_future()
         self._pending.append((message, fut))
         self._wakeup.set()
@@ -105,7 +106,7 @@ class AsyncStore:
         nothing to forget. Bounded per call (PRUNE_ROWS); a full prune asks for another soon."""
         if self.id_lifetime_ms is None or time.monotonic() < self._next_prune:
             return
-        cutoff = time.time_ns() // 1_000_000 - self.id_lifetime_ms
+        cutoff = now_ms() - self.id_lifetime_ms
         try:
             deleted = await self.call(self.store.prune_direct_ids, cutoff, PRUNE_ROWS)
         except Exception as e:  # a busy database: try again after the next interval

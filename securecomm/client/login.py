@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from securecomm.client.connection import Client
+from securecomm.client.trust import resolve_trust
 from securecomm.config import Profile, format_address, parse_address
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import IntegrityError
-from securecomm.net.client import Client, resolve_trust
 
 
 def prepare(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,

@@ -7,7 +7,8 @@ messages are encrypted with the sender's key, which the server never holds.
 
 Delivery: on login, and whenever a session has acknowledged everything it
 was sent, the session is offered the oldest pending mailbox rows; a message
-committed while the user is online is pushed at once. A row is deleted when
+committed while the user is online wakes its sessions through the bus
+(net/bus.py), which then read it from the store: the store is the truth. A row is deleted when
 the recipient ACKs it; an OK ACK carries the recipient's signature over
 (msg_id, body digest), which is relayed to the sender as a delivery receipt.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from securecomm.crypto import envelope
@@ -25,11 +25,16 @@ from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import IntegrityError, OversizedError, UsageError
-from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
+from securecomm.net.bus import Bus
+from securecomm.server import intake
+from securecomm.store.db import NewDirect, StoredMessage, normalise_name
+from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
 
 if TYPE_CHECKING:
-    from securecomm.net.server import Server, Session
+    from securecomm.server.commit_queue import AsyncStore
+    from securecomm.server.config import ServerConfig
+    from securecomm.server.session import Session
 
 log = logging.getLogger("securecomm.server")
 
@@ -56,14 +61,12 @@ def _room_arg(ev: P.Request) -> str:
 
 
 class Relay:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, config: ServerConfig, store: AsyncStore, bus: Bus) -> None:
+        self.config, self.store, self.bus = config, store, bus
+        bus.on_mail(self._wake)
+        bus.on_room(self._room_event)
         self.online: dict[int, set[Session]] = {}
         self.rooms: dict[str, dict[Session, None]] = {}
-
-    @property
-    def store(self) -> Any:
-        return self.server.store
 
     # -- presence --------------------------------------------------------------------
     def logged_in(self, s: Session) -> None:
@@ -85,38 +88,31 @@ class Relay:
     async def direct(self, s: Session, ev: P.Direct) -> None:
         assert s.user is not None
         msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
-        try:
-            env = envelope.parse(ev.envelope)
-            to = self.store.read().get_user(ev.to)
-            refusal = self._direct_refusal(s, env, to, ev.to)
-            if refusal:
-                log.info("%s direct message refused: %s", s.label(), refusal[1])
-                s.error(refusal[0], refusal[1], msg_id=msg_id)
-                return
-            assert s.identity is not None
-            env.verify(s.identity)
-        except IntegrityError as e:
-            s.error(P.ErrorCode.INTEGRITY, f"message rejected: {e.message}", msg_id=msg_id)
+        parsed = intake.parse(ev.envelope)
+        to = None if isinstance(parsed, intake.Refusal) else self.store.read().get_user(ev.to)
+        checked = parsed if isinstance(parsed, intake.Refusal) else self._direct_checked(s, parsed, to, ev.to)
+        if isinstance(checked, intake.Refusal):
+            if checked.code is not P.ErrorCode.INTEGRITY:
+                log.info("%s direct message refused: %s", s.label(), checked.message)
+            s.error(checked.code, checked.message, msg_id=msg_id)
             return
+        assert to is not None
         await s.in_flight.acquire()
-        fut = self.store.submit(NewDirect(s.user.id, to.id, env.header.msg_id, sha256(ev.envelope), ev.envelope))
-        s.track(fut, lambda f: self._stored(s, f, env.header.msg_id, to.id, ev.envelope))
+        h = checked.envelope.header
+        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, checked.digest, ev.envelope))
+        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
 
-    def _direct_refusal(self, s: Session, env: envelope.Envelope, to: Any, name: str) -> tuple[Any, str] | None:
+    def _direct_checked(self, s: Session, env: envelope.Envelope, to: Any,
+                        name: str) -> intake.Accepted | intake.Refusal:
+        """The recipient account must exist and have a key; then the same checks as any envelope."""
         if to is None:
-            return P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}"
+            return intake.Refusal(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}")
         if to.fingerprint is None:
-            return P.ErrorCode.NOT_FOUND, f"{to.name} has not registered a key yet"
-        if not same(env.header.recipient, to.fingerprint):
-            return P.ErrorCode.WRONG_RECIPIENT, f"envelope is not sealed to {to.name}'s current key"
-        if abs(time.time_ns() // 1_000_000 - env.header.timestamp_ms) > self.server.config.stale_window_ms:
-            return P.ErrorCode.STALE, "envelope timestamp is outside the server's window"
-        if s.identity is None or not same(env.header.sender, s.identity.fingerprint):
-            return P.ErrorCode.FORBIDDEN, "envelope is not signed by the identity of the logged-in user"
-        return None
+            return intake.Refusal(P.ErrorCode.NOT_FOUND, f"{to.name} has not registered a key yet")
+        rules = intake.Rules(to.fingerprint, self.config.stale_window_ms, to.name)
+        return intake.check(env, rules, s.identity, now_ms())
 
-    def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int,
-                sealed: bytes) -> None:
+    def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int) -> None:
         if fut.cancelled() or fut.exception() is not None:
             s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
             return
@@ -126,10 +122,14 @@ class Relay:
             return
         with contextlib.suppress(P.ProtocolError):
             s.send(P.Receipt(stored.msg_id, stored.sha256, stored.stored_at_ms, stored.duplicate))
-        if stored.seq is not None and s.user is not None:
-            item = MailItem(stored.seq, s.user.name, stored.stored_at_ms, sealed)
-            for other in list(self.online.get(to_id, ())):
-                other.mailbox.push(item)
+        if stored.seq is not None:
+            self.bus.publish_mail(to_id)  # only a wake-up: the mail itself is read from the store
+
+    def _wake(self, user_id: int) -> None:
+        """A message for `user_id` was committed: its sessions here take it from the store, in order."""
+        for other in list(self.online.get(user_id, ())):
+            if not other.mailbox.backlog and not other.closing:  # with a backlog the next batch brings it
+                self.offer_pending(other)
 
     def _mailbox_full(self, s: Session, msg_id: bytes, to_id: int, why: str) -> None:
         to = self.store.read().get_user_by_id(to_id)
@@ -226,7 +226,7 @@ class Relay:
 
     def _room_full(self, s: Session, ev: P.Request, room: str, members: dict[Session, None]) -> bool:
         """Refuse (non-fatally) a join beyond the room member limit; True if refused."""
-        limit = self.server.config.room_member_limit()
+        limit = self.config.room_member_limit()
         if len(members) < limit:
             return False
         log.info("%s join %s refused: %d members (the maximum)", s.label(), room, len(members))
@@ -255,9 +255,12 @@ class Relay:
             self._broadcast(room, P.RoomEvent(room, "left", s.user.name), exclude=s)
 
     def _broadcast(self, room: str, ev: P.Event, exclude: Session | None = None) -> None:
-        data = P.encode_event(ev, self.server.config.max_frame)  # encoded once; the same bytes go to every member
+        # encoded once; the same bytes go to every member, on every relay the bus reaches
+        self.bus.publish_room(room, P.encode_event(ev, self.config.max_frame), exclude)
+
+    def _room_event(self, room: str, data: bytes, origin: object) -> None:
         for m in self.rooms.get(room, {}):
-            if m is not exclude and m.conn.state is P.State.READY:
+            if m is not origin and m.conn.state is P.State.READY:
                 m.outbox.put(data)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
@@ -276,7 +279,7 @@ class Relay:
             return
         # Members verify the signature end to end; the server only routes.
         self._broadcast(ev.room, P.RoomMessage(ev.room, s.user.name, ev.payload), exclude=s)
-        s.send(P.Receipt(header.msg_id, sha256(ev.payload), time.time_ns() // 1_000_000, False))
+        s.send(P.Receipt(header.msg_id, sha256(ev.payload), now_ms(), False))
 
     def room_key(self, s: Session, ev: P.RoomKey) -> None:
         assert s.user is not None

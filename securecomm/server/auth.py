@@ -1,4 +1,6 @@
-"""Password-guess lockout, per user name, kept in the server's memory.
+"""Login rules: password-guess lockout per user name (in memory), and when a session's account still holds.
+
+The login flow itself (the Argon2id hash pool, LOGIN_PASSWORD / LOGIN_KEY) is in server/listener.py.
 
 Theory of operation
 -------------------
@@ -30,10 +32,20 @@ into the database off the reply path so that `user list` can show it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from securecomm.crypto.identity import PublicIdentity
+from securecomm.crypto.integrity import same
+
+if TYPE_CHECKING:
+    from securecomm.server.session import Session
+    from securecomm.store.db import User
 
 #: Names tracked at once (~250 bytes each). Beyond this the oldest windows are
 #: dropped: memory stays bounded whatever names are guessed. Expired entries
@@ -136,3 +148,50 @@ class NameLocks:
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+#: The "password hash" a lock records for a name that had no account when it was locked: never
+#: a real hash (those are PHC strings, "$argon2id$..."), so any account made later differs.
+NO_ACCOUNT = "none"
+
+
+def name_tag(key: bytes, name: str) -> str:
+    """8 hex characters of HMAC-SHA256(key, name): the same name gives the same tag within one key."""
+    return hmac.new(key, name.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
+
+
+def locked_message(until: float) -> str:
+    """The answer to a locked password login: the same for every name, known or not."""
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (f"authentication failed: password logins for this user name are locked until {when} after too many "
+            "wrong passwords (identity-key logins of enrolled devices still work; an operator can reset the "
+            "password with: securecomm user passwd)")
+
+
+def shown_fingerprint(identity: PublicIdentity | None, account: User) -> str | None:
+    """LOGIN_OK's fingerprint: the proven key, else (informational only) the account's registered key."""
+    if identity is not None:
+        return identity.fingerprint_text
+    return PublicIdentity.decode_cached(account.identity).fingerprint_text if account.identity else None
+
+
+def why_session_ends(s: Session, fresh: User | None) -> str | None:
+    """Why a logged-in session must end after an account change, or None if it may stay.
+
+    A session with a proven key ends when that key is no longer the account's; one that
+    authenticated with a password ends when the password changes (`user passwd`, even
+    with --keep-key: whoever knew the old password must not stay in)."""
+    if fresh is None:
+        return "the account was removed"
+    if s.identity is not None and not same_key(fresh.fingerprint, s.identity.fingerprint):
+        return "this device's key is no longer registered"
+    if s.password_hash is not None and not same(fresh.password_hash.encode(), s.password_hash.encode()):
+        return "the account's password changed"
+    return None
+
+
+def same_key(a: bytes | None, b: bytes | None) -> bool:
+    """Two fingerprints, either of which may be "no key", are the same."""
+    return (a is None and b is None) or (a is not None and b is not None and same(a, b))

@@ -13,11 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from securecomm.errors import IntegrityError
+from securecomm.errors import FormatError, IntegrityError
 
 HINT = "this is not a securecomm server, or a broken one; nothing it sent was used"
 #: JSON values a table cell may show (escaped); a dict or a list in a cell is malformed.
 SCALARS = (str, int, float, bool, type(None))
+
+
+def check_user_name(name: object) -> None:
+    """Names come from the server's directory: one that breaks the server's own
+    user-name rule (say, carrying terminal escapes) is refused, never saved."""
+    from securecomm.store.db import NAME_RE
+
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise FormatError(f"the server sent an invalid user name {name!a}")
 
 
 def malformed(what: str) -> IntegrityError:
@@ -47,8 +56,6 @@ def items(o: dict[str, Any], name: str, what: str) -> list[Any]:
 
 def member(entry: Any) -> tuple[str, str]:
     """One {user, identity} entry of a join/who result: (user, identity line); the name checked too."""
-    from securecomm.contacts import check_user_name
-
     e = obj(entry, "a member entry")
     user, line = text(e, "user", "a member entry"), text(e, "identity", "a member entry")
     check_user_name(user)

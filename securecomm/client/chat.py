@@ -34,10 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from securecomm.client.events import Alert, Membership, printable
+from securecomm.client.login import connect_profile
+from securecomm.client.messenger import Messenger
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.errors import NetworkError, SecurecommError, ShuttingDownError, UsageError
-from securecomm.net.connect import connect_profile
-from securecomm.net.messenger import Membership, Messenger, Warning, printable
 
 BACKOFF_START = 0.5
 #: A planned restart takes a second or two; waiting longer between attempts only delays people.
@@ -92,6 +93,19 @@ def unknown_command(line: str) -> str:
     return f"unknown command {printable(word.encode())}{guess} (commands: {', '.join(COMMANDS)})"
 
 
+def parse_msg(line: str) -> tuple[str, str] | None:
+    """`/msg USER text` -> (user, text); None when USER or the text is missing.
+
+    USER is folded as the server folds names (store.db.normalise_name): ASCII lower-cased, so
+    `/msg Bob` reaches bob whether typed online or queued offline; anything else is kept as typed
+    for the server to refuse, never folded (str.lower() would turn a KELVIN SIGN into "k")."""
+    parts = line.split(" ", 2)
+    if len(parts) < 3 or not parts[1] or not parts[2]:
+        return None
+    user = parts[1]
+    return (user.lower() if user.isascii() else user), parts[2]
+
+
 def retryable(e: SecurecommError) -> bool:
     """A dropped connection or a planned shutdown: reconnecting can help. Anything else cannot."""
     return isinstance(e, NetworkError | ShuttingDownError)
@@ -104,8 +118,11 @@ def _reason(e: SecurecommError) -> str:
 
 class ChatSession:
     def __init__(self, paths: Any, identity: PrivateIdentity, user: str, room: str,
-                 emit: Callable[[Any], None]) -> None:
+                 emit: Callable[[Any], None], *, server: str | None = None, ca: str | None = None,
+                 pin: str | None = None) -> None:
         self.paths, self.identity, self.user, self.room = paths, identity, user, room
+        #: --server/--ca/--pin of `chat`, used on every (re)connect; None: the saved profile's.
+        self.server, self.ca, self.pin = server, ca, pin
         self.emit = emit
         self.outbox: list[Pending] = []
         self.messenger: Messenger | None = None
@@ -131,13 +148,14 @@ class ChatSession:
         connected_once = False
         while True:
             try:
-                client, _ = await connect_profile(self.paths, self.identity)
+                client, _ = await connect_profile(self.paths, self.identity, server=self.server, ca=self.ca,
+                                                  pin=self.pin)
             except SecurecommError as e:
                 # Never connected: a server that is down or a wrong address is reported at once,
                 # exactly as `send` does; backoff is for getting back a connection we had.
                 if not retryable(e) or not connected_once:
                     raise
-                self.emit(Warning(f"{e.message}; retrying in {delay:.1f}s"))
+                self.emit(Alert(f"{e.message}; retrying in {delay:.1f}s"))
                 if await self._wait_or_quit(lines, delay):
                     return
                 delay = min(BACKOFF_MAX, delay * 2 * random.uniform(0.8, 1.2))
@@ -151,7 +169,7 @@ class ChatSession:
                 except SecurecommError as e:
                     if not retryable(e):
                         raise
-                    self.emit(Warning(f"connection lost: {_reason(e)}; reconnecting"))
+                    self.emit(Alert(f"connection lost: {_reason(e)}; reconnecting"))
 
     async def _wait_or_quit(self, lines: asyncio.Queue[str | None], delay: float) -> bool:
         """Sleep `delay`, still taking input (queued for later); True if the user quit."""
@@ -168,9 +186,11 @@ class ChatSession:
 
     def _queue_line(self, line: str) -> None:
         if line.startswith("/msg "):
-            parts = line.split(" ", 2)
-            if len(parts) == 3:
-                self.outbox.append(Pending("dm", parts[1], parts[2].encode()))
+            msg = parse_msg(line)
+            if msg is None:
+                self.emit(Info("usage: /msg USER text"))
+                return
+            self.outbox.append(Pending("dm", msg[0], msg[1].encode()))
             self.emit(Info("(queued until reconnected)"))
         elif line.strip() and not line.startswith("/"):
             self.outbox.append(Pending("room", self.room, line.encode()))
@@ -240,7 +260,7 @@ class ChatSession:
             except SecurecommError as e:
                 if retryable(e):
                     raise
-                self.emit(Warning(e.message + (f" ({e.hint})" if e.hint else "")))
+                self.emit(Alert(e.message + (f" ({e.hint})" if e.hint else "")))
 
         self.sending.add(asyncio.create_task(send()))
 
@@ -250,7 +270,7 @@ class ChatSession:
         if self.sending:
             await asyncio.wait(self.sending, timeout=QUIT_GRACE)
         for item in self.outbox:
-            self.emit(Warning(f"quit before the server confirmed this line to {printable(item.target.encode())}; "
+            self.emit(Alert(f"quit before the server confirmed this line to {printable(item.target.encode())}; "
                               f"it may not have been sent: {printable(item.body)}"))
 
     def _keyed(self) -> set[str]:
@@ -281,14 +301,14 @@ class ChatSession:
         """Say plainly who will not get a held line: nothing typed disappears without a word."""
         text = printable(item.body)
         if item.target != self.room:
-            self.emit(Warning(f"NOT delivered (you left #{item.target}): {text}"))
+            self.emit(Alert(f"NOT delivered (you left #{item.target}): {text}"))
             return
         missing, keyed = self.awaited - self._keyed(), self._keyed()
         if missing:
-            self.emit(Warning(f"NOT delivered to {', '.join(sorted(missing))} (not back in #{item.target} "
+            self.emit(Alert(f"NOT delivered to {', '.join(sorted(missing))} (not back in #{item.target} "
                               f"after {REJOIN_WAIT:.0f}s): {text}"))
         elif not keyed:
-            self.emit(Warning(f"NOT delivered to anyone (nobody else is in #{item.target}): {text}"))
+            self.emit(Alert(f"NOT delivered to anyone (nobody else is in #{item.target}): {text}"))
 
     async def _send_or_warn(self, item: Pending) -> None:
         if item.kind == "room" and item.target != self.room:
@@ -299,7 +319,7 @@ class ChatSession:
         except SecurecommError as e:
             if retryable(e):
                 raise
-            self.emit(Warning(f"not sent to {item.target}: {e.message}"))
+            self.emit(Alert(f"not sent to {item.target}: {e.message}"))
 
     async def _command(self, line: str) -> None:
         assert self.messenger is not None
@@ -315,11 +335,11 @@ class ChatSession:
             elif line.strip() == "/who":
                 self.emit(Info(f"in #{self.room}: {', '.join(await m.who(self.room))}"))
             elif line.startswith("/msg "):
-                parts = line.split(" ", 2)
-                if len(parts) < 3 or not parts[2]:
+                msg = parse_msg(line)
+                if msg is None:
                     self.emit(Info("usage: /msg USER text"))
                     return
-                item = Pending("dm", parts[1].lower(), parts[2].encode())
+                item = Pending("dm", msg[0], msg[1].encode())
                 self.outbox.append(item)
                 self._in_background(item)
             elif line.startswith("/trust "):
@@ -333,7 +353,7 @@ class ChatSession:
         except SecurecommError as e:
             if retryable(e):
                 raise
-            self.emit(Warning(e.message + (f" ({e.hint})" if e.hint else "")))
+            self.emit(Alert(e.message + (f" ({e.hint})" if e.hint else "")))
 
     def _trust(self, line: str) -> None:
         """/trust USER shows USER's changed key; /trust USER FINGERPRINT accepts it (as

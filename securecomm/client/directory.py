@@ -1,4 +1,7 @@
-"""Contacts: other people's public identities, remembered on first use (TOFU).
+"""The key directory as the client sees it: lookups, and contacts pinned on first use (TOFU).
+
+`look_up` asks the server's directory for a user's key and checks it against the contact
+pinned for that name; the server's word alone never decides whose key a name has.
 
 A JSON file under the config dir maps a user name to the identity line
 first seen for it. A different key for a known name is refused until the
@@ -10,12 +13,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from securecomm.client import answers
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import FormatError, IntegrityError
+from securecomm.errors import ChangedKeyError, FormatError
 from securecomm.files import PRIVATE_MODE, write_files
 
 
@@ -25,19 +31,6 @@ class Contact:
     identity: PublicIdentity
     first_seen: float
     pending: PublicIdentity | None = None  # a changed key waiting for `contacts trust`
-
-
-class ChangedKeyError(IntegrityError):
-    """a contact's key has changed"""
-
-
-def check_user_name(name: object) -> None:
-    """Names come from the server's directory: one that breaks the server's own
-    user-name rule (say, carrying terminal escapes) is refused, never saved."""
-    from securecomm.store.db import NAME_RE
-
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise FormatError(f"the server sent an invalid user name {name!a}")
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -102,7 +95,7 @@ class Contacts:
 
     def check(self, name: str, identity: PublicIdentity) -> bool:
         """Remember on first use; True if new. Raises ChangedKeyError on a changed key."""
-        check_user_name(name)
+        answers.check_user_name(name)
         self.refresh()
         known = self.entries.get(name)
         if known is None:
@@ -135,3 +128,17 @@ class Contacts:
         self.entries[name] = Contact(name, known.pending, time.time())
         self.save()
         return self.entries[name]
+
+
+async def look_up(request: Callable[..., Awaitable[Any]], contacts: Contacts, user: str) -> PublicIdentity:
+    """`user`'s key from the server's key directory (`request` is Client.request), pinned on first
+    use in `contacts`; a changed key raises ChangedKeyError. `user` is already lower-case."""
+    what = "the lookup result"
+    data = answers.obj(await request("lookup", user=user), what)
+    name, line = answers.text(data, "user", what), answers.text(data, "identity", what)
+    answers.check_user_name(name)
+    if name != user:  # the key must be pinned under the name it is used for
+        raise answers.malformed(f"asked for {user!a}, the lookup answered for {name!a}")
+    identity = PublicIdentity.from_line(line)
+    contacts.check(name, identity)
+    return identity

@@ -1,47 +1,31 @@
-"""End-to-end messaging on top of a logged-in Client: contacts, direct messages, rooms.
+"""Rooms on the client: join, sender keys, membership churn, members held back for a changed key.
 
-Everything that decides whether to believe a message happens here, on the
-client: identities come from the server's key directory but are pinned on
-first use (contacts.json) and a changed key is refused; every direct message
-is opened with envelope.open_envelope (recipient, signature, decryption,
-digest); every room message with the sender's key and identity. A message
-that fails is never shown as if it were good: it becomes a Warning event.
+`Rooms` is the room half of `Messenger` (client/messenger.py), kept apart so each file stays
+readable; it uses the Messenger's connection, identity, contacts and `emit`, declared below.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from securecomm.contacts import ChangedKeyError, Contacts, check_user_name
+from securecomm.client import answers
+from securecomm.client.connection import Client
+from securecomm.client.directory import Contacts
+from securecomm.client.events import Alert, Membership, Notice, RoomText, printable
 from securecomm.crypto import envelope
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import IntegrityError, SecurecommError
-from securecomm.files import PRIVATE_MODE, write_files
-from securecomm.net import answers
-from securecomm.net.client import Client, check_receipt
+from securecomm.errors import ChangedKeyError, SecurecommError
 from securecomm.wire import protocol as P
 
-#: Message ids remembered to drop redeliveries (a crash between showing and acknowledging).
-SEEN_LIMIT = 10_000
-#: Bad room keys are counted; a warning is shown for the first and then at every power of ten,
-#: so a flood of junk frames cannot flood the screen (30 junk frames -> 2 lines, not 30).
-JUNK_WARN_BASE = 10
 #: How long a room key may wait for the join that lists its sender (the join's RESULT and the
 #: key race on the client); as long as any reply may take.
 JOIN_WAIT = 30.0
-#: `inbox` without --follow ends this long after it started at the latest, even if a server
-#: keeps sending events (or never answers): as long as any one reply may take.
-DRAIN_LIMIT = 30.0
 #: A burst of joins and leaves in a room is settled once it has been quiet this long: one key
 #: rotation and one line per user instead of one per event (see Messenger._settle). Short, so a
 #: real leave still rotates at once to a person; a message we send settles first anyway.
@@ -50,83 +34,6 @@ SETTLE_QUIET = 0.3
 SETTLE_MAX = 2.0
 #: An unknown room event's kind is named in its warning cut to this many characters (it is the server's word).
 MAX_SHOWN_KIND = 32
-
-
-# -- what the UI is told ------------------------------------------------------------------
-@dataclass(frozen=True)
-class DirectMessage:
-    sender: str
-    body: bytes
-    msg_id: bytes
-    sent_at_ms: int
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class RoomText:
-    room: str
-    sender: str
-    body: bytes
-    msg_id: bytes
-    sent_at_ms: int
-
-
-@dataclass(frozen=True)
-class DeliveryReceipt:
-    to: str
-    msg_id: bytes
-    verified: bool
-
-
-@dataclass(frozen=True)
-class Membership:
-    room: str
-    user: str
-    event: str
-    #: Further joins and leaves of this user collapsed into this line (`event` is the latest).
-    more: int = 0
-
-
-@dataclass(frozen=True)
-class Warning:
-    text: str
-    #: False when no message was lost or refused (the server's noise, an unknown room event):
-    #: `inbox` counts only the others as messages that failed verification.
-    failed: bool = True
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something the user should know that is not a failure (say, a changed key now trusted)."""
-
-    text: str
-
-    def __str__(self) -> str:
-        return self.text
-
-
-class SeenIds:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.ids: dict[str, None] = {}
-        if path.exists():
-            self.ids = dict.fromkeys(path.read_text().split())
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.ids
-
-    def add(self, key: str) -> None:
-        """Append one id (a line, fsynced); rewrite the file only when it has doubled."""
-        self.ids[key] = None
-        if len(self.ids) > 2 * SEEN_LIMIT:
-            self.ids = dict.fromkeys(list(self.ids)[-SEEN_LIMIT:])
-            write_files([(self.path, ("\n".join(self.ids) + "\n").encode(), PRIVATE_MODE)], force=True)
-            return
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_MODE)
-        with os.fdopen(fd, "a") as f:
-            f.write(key + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 @dataclass
@@ -155,133 +62,24 @@ class RoomState:
     held: dict[str, PublicIdentity] = field(default_factory=dict)
 
 
-class Messenger:
-    def __init__(self, client: Client, me: PrivateIdentity, user: str, paths: Any,
-                 emit: Callable[[Any], None], *, deliveries: bool = True) -> None:
-        self.client, self.me, self.user, self.paths = client, me, user, paths
-        self.emit = emit
-        #: False for a session that shows nothing (one-shot `send`): the server offers it your waiting
-        #: mail too, and acknowledging unshown mail would delete it. Left unacknowledged, it stays queued.
-        self.deliveries = deliveries
-        self.contacts = Contacts.load(paths.contacts)
-        self.seen = SeenIds(paths.config_dir / "seen_ids")
-        self.rooms: dict[str, RoomState] = {}
-        self.sent_digests: dict[bytes, tuple[str, bytes]] = {}  # msg_id -> (to, body digest)
-        self.delivered: dict[bytes, asyncio.Future[DeliveryReceipt]] = {}
-        self._directory: dict[str, PublicIdentity] = {}
-        self.busy = False
-        self.last_activity = time.monotonic()
-        self.settle_quiet, self.settle_max = SETTLE_QUIET, SETTLE_MAX
-        #: How many times each kind of repeatable warning happened (see _warn_counted).
-        self.warned: dict[str, int] = {}
-        #: The latest sender key each held member (see RoomState.held) sent us, opened once trusted.
-        self.held_keys: dict[str, P.RoomKey] = {}
-        client.notice = lambda text: self._warn_counted("unsolicited server errors", text, failed=False)
 
-    # -- identities -----------------------------------------------------------------------
-    async def identity_of(self, user: str) -> PublicIdentity:
-        """The user's key from the directory, pinned on first use; a change raises."""
-        user = user.lower()
-        if user == self.user:
-            return self.me.public  # notes to self: our own key, never the directory's word for it
-        if user in self._directory:
-            return self._directory[user]
-        what = "the lookup result"
-        data = answers.obj(await self.client.request("lookup", user=user), what)
-        name, line = answers.text(data, "user", what), answers.text(data, "identity", what)
-        check_user_name(name)
-        if name != user:  # the key must be pinned under the name it is used for
-            raise answers.malformed(f"asked for {user!a}, the lookup answered for {name!a}")
-        identity = PublicIdentity.from_line(line)
-        self.contacts.check(name, identity)
-        self._directory[user] = identity
-        return identity
+class Rooms:
+    """The room operations of a Messenger (see the module docstring)."""
 
-    # -- direct messages ----------------------------------------------------------------------
-    async def seal_direct(self, to: str, body: bytes) -> bytes:
-        """Seal `body` to `to`'s pinned key and remember its digest for the delivery receipt."""
-        sealed = envelope.seal(body, self.me, await self.identity_of(to))
-        msg_id = envelope.parse(sealed).header.msg_id
-        self.sent_digests[msg_id] = (to.lower(), sha256(body))
-        self.delivered[msg_id] = asyncio.get_running_loop().create_future()
-        return sealed
+    client: Client
+    me: PrivateIdentity
+    user: str
+    contacts: Contacts
+    emit: Callable[[Any], None]
+    rooms: dict[str, RoomState]
+    held_keys: dict[str, P.RoomKey]
+    _directory: dict[str, PublicIdentity]
+    settle_quiet: float
+    settle_max: float
 
-    async def send_sealed_direct(self, to: str, sealed: bytes) -> tuple[P.Receipt, bytes]:
-        """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt."""
-        msg_id = envelope.parse(sealed).header.msg_id
-        fut = self.client.expect_receipt(msg_id)
-        try:
-            self.client.send_event(P.Direct(to.lower(), sealed))
-        except BaseException:
-            fut.cancel()  # refused unsent (too large): no one will wait for its receipt
-            raise
-        receipt = await self.client._wait(fut)
-        check_receipt(receipt, sha256(sealed))
-        return receipt, msg_id
-
-    async def send_direct(self, to: str, body: bytes) -> tuple[P.Receipt, bytes]:
-        return await self.send_sealed_direct(to, await self.seal_direct(to, body))
-
-    async def wait_delivered(self, msg_id: bytes, timeout: float) -> DeliveryReceipt:
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.delivered[msg_id]), timeout)
-        finally:
-            self.delivered.pop(msg_id, None)
-
-    async def _on_deliver(self, ev: P.Deliver) -> None:
-        try:
-            sender = await self.identity_of(ev.sender)
-        except ChangedKeyError as e:
-            # Not acknowledged: it stays on the server until the user trusts the new key.
-            self.emit(Warning(f"message from {ev.sender} held back: {e.message}. {e.hint}"))
-            return
-        except SecurecommError as e:
-            self.emit(Warning(f"message from {ev.sender} could not be checked ({e.message}); it was discarded"))
-            self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
-            return
-        try:
-            opened = envelope.open_envelope(ev.envelope, self.me, sender)
-        except SecurecommError as e:
-            self.emit(Warning(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
-                              "discarded, not shown"))
-            self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
-            return
-        key = f"{ev.sender}:{opened.header.msg_id.hex()}"
-        if key not in self.seen:
-            self.emit(DirectMessage(ev.sender, opened.body, opened.header.msg_id, opened.header.timestamp_ms,
-                                    sender.fingerprint_text))
-            self.seen.add(key)
-        proof = self.me.sign(P.delivered_transcript(opened.header.msg_id, opened.digest))
-        self.client.send_event(P.Ack(ev.seq, P.ACK_OK, opened.digest, proof))
-
-    def _on_delivered(self, ev: P.Delivered) -> None:
-        sent = self.sent_digests.pop(ev.msg_id, None)
-        if sent is None:
-            # Sent by another session of ours (an earlier `send`, or this one's own ACK of a note to
-            # self): there is no digest here to check it against, and nothing waits for it.
-            return
-        verified = False
-        if sent[0] == ev.by and same(sent[1], ev.digest):
-            signer = self._pinned(ev.by)
-            if signer is not None:
-                with contextlib.suppress(IntegrityError):
-                    signer.verify(ev.signature, P.delivered_transcript(ev.msg_id, ev.digest))
-                    verified = True
-        receipt = DeliveryReceipt(ev.by, ev.msg_id, verified)
-        fut = self.delivered.get(ev.msg_id)  # kept until wait_delivered collects it
-        if fut is not None and not fut.done():
-            fut.set_result(receipt)
-        if not verified:
-            self.emit(Warning(f"a delivery receipt from {ev.by} did not verify"))
-        else:
-            self.emit(receipt)
-
-    def _pinned(self, user: str) -> PublicIdentity | None:
-        """The key a delivery receipt from `user` must verify with: ours for a note to self."""
-        if user == self.user:
-            return self.me.public
-        contact = self.contacts.get(user)
-        return contact.identity if contact is not None else None
+    if TYPE_CHECKING:
+        async def identity_of(self, user: str) -> PublicIdentity: ...
+        def _warn_counted(self, kind: str, text: str, *, failed: bool = True) -> None: ...
 
     # -- rooms --------------------------------------------------------------------------------
     async def join(self, room: str) -> list[str]:
@@ -321,7 +119,7 @@ class Messenger:
             try:
                 good.append(answers.member(entry))
             except SecurecommError as e:
-                self.emit(Warning(f"skipped a member of {where}: {e.message}"))
+                self.emit(Alert(f"skipped a member of {where}: {e.message}"))
         return good
 
     async def _add_member(self, state: RoomState, user: str, line: str) -> bool:
@@ -361,7 +159,7 @@ class Messenger:
         if state is None or ev.user == self.user:
             return
         try:
-            check_user_name(ev.user)  # a name no account can have is no member, and no line to show
+            answers.check_user_name(ev.user)  # a name no account can have is no member, and no line to show
         except SecurecommError as e:
             self._warn_counted("room events about malformed names", f"ignored a join/leave in #{ev.room}: {e.message}")
             return
@@ -531,21 +329,6 @@ class Messenger:
 
     def _junk_room_key(self, user: str, why: str) -> None:
         self._warn_counted("bad room keys", f"ignored a room key from {user}: {why}")
-
-    def _warn_counted(self, kind: str, text: str, *, failed: bool = True) -> None:
-        """A warning a peer or the server can make us repeat at will: counted per kind, shown in
-        full the first time and then only as a count at 10, 100, 1000... (JUNK_WARN_BASE), so a
-        flood of bad frames cannot flood the screen (30 junk frames -> 2 lines, not 30)."""
-        self.warned[kind] = n = self.warned.get(kind, 0) + 1
-        if n == 1:
-            self.emit(Warning(text, failed))
-            return
-        while n % JUNK_WARN_BASE == 0:
-            n //= JUNK_WARN_BASE
-        if n == 1:
-            self.emit(Warning(f"{self.warned[kind]} {kind} so far (the latest: {text}); counting the rest quietly",
-                              failed))
-
     def _on_room_message(self, ev: P.RoomMessage) -> None:
         state = self.rooms.get(ev.room)
         if state is not None and ev.sender in state.held:
@@ -586,133 +369,5 @@ class Messenger:
 
     async def send_room(self, room: str, body: bytes) -> P.Receipt:
         msg_id, payload = self.seal_room(room, body)
-        fut = self.client.expect_receipt(msg_id)
-        self.client.send_event(P.RoomSend(room, payload))
-        receipt = await self.client._wait(fut)
-        check_receipt(receipt, sha256(payload))
-        return receipt
+        return await self.client.send_for_receipt(P.RoomSend(room, payload), msg_id, sha256(payload))
 
-    # -- the event pump -------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Consume unsolicited events until the connection fails (then re-raise its error)."""
-        while True:
-            ev = await self.client.events.get()
-            if isinstance(ev, SecurecommError):
-                raise ev
-            self.busy = True
-            try:
-                await self._handle(ev)
-            except SecurecommError as e:
-                if self.client.closed:
-                    raise
-                self.emit(Warning(str(e)))
-            finally:
-                self.busy = False
-                self.last_activity = time.monotonic()
-
-    async def drain(self, quiet_s: float, limit_s: float = DRAIN_LIMIT,
-                    pump: asyncio.Task[None] | None = None) -> None:
-        """Return once every delivery so far is handled and none came for `quiet_s`, at most
-        `limit_s` after the start, or as soon as the event pump has ended (its error is the answer)."""
-        deadline = time.monotonic() + limit_s
-        # a round trip: the first deliveries are queued now (the pump's end interrupts it too)
-        await self._unless_ended(self.client.request("who", room="lobby"), pump, deadline)
-        while time.monotonic() < deadline and not (pump is not None and pump.done()):
-            idle = self.client.events.empty() and not self.busy
-            if idle and time.monotonic() - self.last_activity >= quiet_s:
-                return
-            await asyncio.sleep(0.02)
-
-    @staticmethod
-    async def _unless_ended(work: Any, pump: asyncio.Task[None] | None, deadline: float) -> None:
-        task = asyncio.ensure_future(work)
-        waits: set[asyncio.Future[Any]] = {task} | ({pump} if pump is not None else set())
-        await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()),
-                           return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SecurecommError):
-                await task
-        elif pump is None or not pump.done():
-            task.result()  # the request's own error, when the pump still runs
-        elif not task.cancelled():
-            task.exception()  # the same error as the pump's, reported from there: retrieved, not "never retrieved"
-
-    async def _handle(self, ev: P.Event) -> None:
-        if isinstance(ev, P.Deliver):
-            if self.deliveries:
-                await self._on_deliver(ev)
-        elif isinstance(ev, P.Delivered):
-            self._on_delivered(ev)
-        elif isinstance(ev, P.RoomEvent):
-            await self._on_room_event(ev)
-        elif isinstance(ev, P.RoomKey):
-            await self._on_room_key(ev)
-        elif isinstance(ev, P.RoomMessage):
-            self._on_room_message(ev)
-
-
-def now_text(ms: int | None = None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime((ms or time.time() * 1000) / 1000))
-
-
-def printable(body: bytes) -> str:
-    """Message text safe for a terminal: control characters (escape sequences!) are shown, not obeyed."""
-    text = body.decode("utf-8", "replace")
-    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)
-
-
-#: Starts every continuation line of a multi-line message: a body cannot make a line of its own
-#: that looks like the start of another message (no time stamp, no sender in the first column).
-CONTINUATION = "    \u2502 "
-
-
-#: At most this many rows of one message on a terminal (a 400,000-newline message would scroll
-#: everything else away); the rest is counted in one line pointing to --json.
-MAX_SHOWN_ROWS = 200
-
-
-def printable_body(body: bytes, width: int | None = None, first: int = 0) -> str:
-    """A message body for a terminal: one shown line per line of text, each escaped as in
-    `printable`, continuation lines indented behind CONTINUATION. One trailing newline (as
-    `printf ...\\n | send -` leaves) is dropped; any other control character stays escaped.
-
-    With `width` (a terminal's columns; `first` = columns already used on the first row by the
-    time stamp and sender), long lines are wrapped here, each further row behind CONTINUATION too:
-    left to the terminal, padding could push forged text to column 0 of a row of its own. At
-    most MAX_SHOWN_ROWS rows are shown."""
-    text = body.decode("utf-8", "replace")
-    text = text[:-1] if text.endswith("\n") else text
-    lines = (printable(line.encode()) for line in text.split("\n"))
-    if width is None:
-        return ("\n" + CONTINUATION).join(lines)
-    rows = _wrapped(lines, width, first)
-    shown = list(itertools.islice(rows, MAX_SHOWN_ROWS))
-    rest = sum(1 for _ in rows)
-    if rest:
-        shown.append(f"\u2026 {rest} more lines (use --json)")
-    return ("\n" + CONTINUATION).join(shown)
-
-
-def cell_width(text: str) -> int:
-    """Columns `text` may take on a terminal: ASCII 1, anything else 2. Overcounting only wraps
-    a row early; undercounting would let the terminal wrap it, which is what we must prevent."""
-    return sum(1 if ord(c) < 128 else 2 for c in text)
-
-
-def _wrapped(lines: Iterator[str], width: int, first: int) -> Iterator[str]:
-    """Rows of at most the columns left: the first after `first`, the others after CONTINUATION.
-    One column is kept free (some terminals wrap on the last column itself)."""
-    room = max(1, width - 1 - first)
-    for line in lines:
-        row: list[str] = []
-        used = 0
-        for c in line:
-            w = cell_width(c)
-            if used + w > room and row:
-                yield "".join(row)
-                row, used, room = [], 0, max(1, width - 1 - cell_width(CONTINUATION))
-            row.append(c)
-            used += w
-        yield "".join(row)
-        room = max(1, width - 1 - cell_width(CONTINUATION))

@@ -1,21 +1,15 @@
-"""The asyncio TLS server: moves bytes between sockets and securecomm.wire.
+"""The asyncio TLS listener: accept, TLS, connection limits, logins, signals; the composition root.
 
 Theory of operation
 -------------------
 Each TCP connection is accepted in plain mode, then upgraded with
 `start_tls` so that a failed or stalled handshake is logged with its peer.
-The connection then runs a read loop: bytes go into a wire.Connection, events
-come out and are dispatched. Everything that could hold a slot forever has
-a deadline: the handshake, the login, a partly received frame, and idleness.
-Until LOGIN_OK a connection holds a place among strangers (net/admission.py:
+Until LOGIN_OK a connection holds a place among strangers (server/admission.py:
 in total and per source address) instead of a client slot, and may send only
-small frames (wire/frames.py PRELOGIN_MAX_FRAME).
-Replies are queued on an Outbox that writes once per event-loop turn, so a
-burst of receipts becomes one TLS record instead of hundreds.
-
-SEND path: parse (lengths only) -> recipient, timestamp, sender checks ->
-verify signature, decrypt, check digest -> queue for group commit -> the
-receipt is written when the COMMIT holding the message has returned.
+small frames (wire/frames.py PRELOGIN_MAX_FRAME). The connection's loop is
+server/session.py; this module builds the collaborators it is given (store,
+commit queue, relay, bus) and answers logins and SEND (checked by server/intake.py,
+queued for group commit, receipt written once the COMMIT holding it returned).
 """
 
 from __future__ import annotations
@@ -23,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import logging
 import os
 import signal
@@ -32,28 +24,39 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
-from securecomm.net.admission import Admission, Ticket
-from securecomm.net.lockout import Lockout, NameLocks
-from securecomm.net.memory import Trimmer
-from securecomm.net.relay import Relay
-from securecomm.net.storage import AsyncStore
+from securecomm.errors import BusyError, ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
+from securecomm.net.bus import LocalBus
+from securecomm.server import intake
+from securecomm.server.admission import Admission, Ticket
+from securecomm.server.auth import (
+    NO_ACCOUNT,
+    Lockout,
+    NameLocks,
+    locked_message,
+    name_tag,
+    same_key,
+    shown_fingerprint,
+    why_session_ends,
+)
+from securecomm.server.commit_queue import AsyncStore
+from securecomm.server.config import ServerConfig
+from securecomm.server.memory import Trimmer
+from securecomm.server.relay import Relay
+from securecomm.server.session import READ_CHUNK, Session, TokenBucket
 from securecomm.store import passwords
-from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
-from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, SEND_BYTES, SEND_MESSAGES, MailboxLimits, SendLimits
+from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, Store, StoredMessage, User, normalise_name
+from securecomm.store.quota import MailboxLimits, SendLimits
+from securecomm.store.users import user_row
+from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
-from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
-from securecomm.wire.relayed import relayed_size
 
 log = logging.getLogger("securecomm.server")
 
-READ_CHUNK = 64 * 1024
 #: How often the server reads the database's account change counter. `user
 #: remove` / `user passwd` run in another process (the CLI writes the database
 #: the server reads) and bump that counter; within this time the server drops
@@ -76,381 +79,6 @@ def _smaller_tls_buffers() -> None:
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 7443
-    #: Logged-in clients; connections that have not logged in are not counted here.
-    max_clients: int = 1000
-    #: Connections still in their TLS handshake; beyond this new ones are dropped
-    #: at once, so half-open connections cannot exhaust file descriptors.
-    max_handshakes: int = 512
-    #: Connections not logged in yet (handshaking or before LOGIN_OK), in total and
-    #: from one address; beyond these new ones are dropped at once (issue 9). Each
-    #: costs ~60 KiB (TLS buffers), so 512 of them stay near 30 MiB. The per-address
-    #: default is a sixteenth of the total, so that filling it takes 16 addresses,
-    #: while a NAT still has 32 logins in progress at once (a login takes well
-    #: under a second); tests and benchmarks that crowd one address say so.
-    max_unauthenticated: int = 512
-    max_unauthenticated_per_address: int = 32
-    #: Logged-in sessions of one account: a chat, an inbox --follow and a few sends
-    #: at once need well under this, and one account can no longer take every
-    #: --max-clients slot, nor hold more than 16 x MAX_OUTBOUND_BUFFER of memory.
-    max_sessions_per_user: int = 16
-    #: Members of one room. The join and `who` RESULT lists every member with its
-    #: identity line (up to ~1.8 KB with ML-KEM), so 500 fit the default 1 MiB
-    #: frame; with a smaller --max-frame the limit is lowered to what fits
-    #: (room_member_limit()).
-    max_room_members: int = 500
-    max_frame: int = MAX_FRAME_SIZE
-    handshake_timeout: float = 10.0
-    #: From the end of the TLS handshake to LOGIN_OK. Clients ask for passwords
-    #: before they connect, so a login takes well under a second; 5 s also
-    #: covers a full Argon2id queue (64 waiting, 2 at a time, ~20 ms each).
-    login_timeout: float = 5.0
-    #: A frame that has started must be complete within this time (slow-loris guard).
-    frame_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    #: Per-connection rate limit on messages after login (token bucket).
-    rate: float = 5000.0
-    burst: int = 5000
-    #: Bytes per second one USER (all its sessions) may have relayed to others: ROOM_SEND payloads
-    #: (counted once, whatever the fan-out) and DIRECT envelopes; burst: max_frame, so one message of
-    #: any size that fits still passes. One member must not be able to get another cut off: a reader
-    #: that stalls for 3 s under one sender is then sent at most 1 MiB + 3 x 512 KiB = 2.5 MiB, under
-    #: MAX_OUTBOUND_BUFFER (4 MiB), where 12 x 900 KB in 0.1 s cut it off before. 0: unlimited.
-    relay_rate: float = 512 * 1024
-    #: Envelopes whose timestamp is further than this from the server clock are refused.
-    stale_window_ms: int = 5 * 60 * 1000
-    #: Receipts a connection may have outstanding before the server stops reading it.
-    max_in_flight: int = 4096
-    lock_after: int = 5
-    lock_seconds: int = 15 * 60
-    #: Direct messages and envelope bytes that may wait for one recipient (issue 10;
-    #: see store/quota.py for why these numbers).
-    mailbox_messages: int = MAILBOX_MESSAGES
-    mailbox_bytes: int = MAILBOX_BYTES
-    #: Messages to the server (SEND) and their envelope bytes that one user may have stored; they
-    #: are never deleted, so without these one connection could fill the disk (store/quota.py).
-    send_messages: int = SEND_MESSAGES
-    send_bytes: int = SEND_BYTES
-    #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
-    hash_workers: int = 2
-    #: Logins waiting for a hash slot; beyond this a login is told the server is busy.
-    max_hash_queue: int = 64
-
-    def validate(self) -> None:
-        if not MIN_FRAME_SIZE <= self.max_frame <= 64 * 1024 * 1024:
-            raise UsageError(f"--max-frame must be between {MIN_FRAME_SIZE} and {64 * 1024 * 1024}")
-        if self.relay_rate < 0:
-            raise UsageError("--relay-rate must be at least 0 (0: unlimited)")
-        if self.max_clients < 1:
-            raise UsageError("--max-clients must be at least 1")
-        if self.mailbox_messages < 1 or self.mailbox_bytes < 1:
-            raise UsageError("--mailbox-messages and --mailbox-bytes must be at least 1")
-        if self.send_messages < 1 or self.send_bytes < 1:
-            raise UsageError("--send-messages and --send-bytes must be at least 1")
-        if self.max_unauthenticated < 1 or self.max_unauthenticated_per_address < 1:
-            raise UsageError("--max-unauthenticated and --max-unauthenticated-per-address must be at least 1")
-        if self.max_sessions_per_user < 1 or self.max_room_members < 1:
-            raise UsageError("--max-sessions-per-user and --max-room-members must be at least 1")
-
-    def room_member_limit(self) -> int:
-        """--max-room-members, lowered so that a RESULT listing every member always fits max_frame."""
-        return max(1, min(self.max_room_members, (self.max_frame - RESULT_OVERHEAD) // MEMBER_ENTRY_MAX))
-
-
-#: JSON bytes of one member in a join / `who` RESULT at most: {"user": 32
-#: characters, "identity": the longest identity line (1,695 characters for
-#: ML-KEM-768 + X25519)}, rounded up for separators and longer future keys.
-MEMBER_ENTRY_MAX = 2048
-#: The rest of such a RESULT: type byte, rid, room name and JSON punctuation.
-RESULT_OVERHEAD = 256
-
-
-#: The "password hash" a lock records for a name that had no account when it was locked: never
-#: a real hash (those are PHC strings, "$argon2id$..."), so any account made later differs.
-NO_ACCOUNT = "none"
-
-#: Bytes the server will hold for one client that does not read (a room can
-#: produce faster than a stalled reader drains). Beyond this the client is cut
-#: off instead of letting it grow the server's memory without bound. 4 MiB is
-#: four maximum frames: a reader that is merely slow (a room burst over a slow
-#: link) is not cut off by one large message. With --max-sessions-per-user 16
-#: one account can make the server hold at most 64 MiB this way.
-MAX_OUTBOUND_BUFFER = 4 * 1024 * 1024
-#: Replies a connection's own frames may queue before the server stops reading
-#: it and waits for the client to take them (backpressure): one 64 KiB read of
-#: pipelined requests can ask for gigabytes of answers (`who` on a big room), and
-#: the event loop must not spend itself on one connection while others wait.
-OUTBOX_DRAIN_AT = 64 * 1024
-
-
-def queued_bytes(transport: Any) -> int:
-    """Bytes written but not yet sent, in the TLS layer and the TCP transport beneath it.
-
-    The TLS transport's own get_write_buffer_size() counts only what is not yet
-    encrypted: one large write is encrypted at once and handed to the TCP
-    transport, where it did not count, so a client that never read could make
-    the server hold any amount (a flood of `who` answers held 16 MiB unseen)."""
-    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
-    return int(transport.get_write_buffer_size()) + (int(inner.get_write_buffer_size()) if inner else 0)
-
-
-class Outbox:
-    """Coalesces writes: everything queued in one loop turn leaves in one write()."""
-
-    def __init__(self, writer: asyncio.StreamWriter, label: Callable[[], str] = lambda: "") -> None:
-        self.writer = writer
-        self.label = label
-        self._chunks: list[bytes] = []
-        self._scheduled = False
-        #: Bytes queued in _chunks, not yet written.
-        self.pending = 0
-
-    def put(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self.pending += len(data)
-        if self.pending > MAX_OUTBOUND_BUFFER:  # write now, so that the cut-off can happen mid-batch
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        if self._chunks and not self.writer.is_closing():
-            self.writer.write(b"".join(self._chunks))
-            queued = queued_bytes(self.writer.transport)
-            if queued > MAX_OUTBOUND_BUFFER:
-                log.warning("%s dropped: not reading (%d bytes queued)", self.label(), queued)
-                self.writer.transport.abort()
-        self._chunks.clear()
-        self.pending = 0
-
-    def cut_off(self) -> bool:
-        """True once the connection is closing (cut off, dropped or gone): its frames are not processed."""
-        return self.writer.is_closing()
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.capacity = rate, float(burst)
-        self.tokens, self.stamp = float(burst), time.monotonic()
-
-    def take(self, cost: float = 1.0) -> bool:
-        if self.rate <= 0:
-            return True
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
-
-
-class Mailbox:
-    """Which stored direct messages a session has been sent, in order, exactly once.
-
-    Offers go out in increasing `seq`. While older rows still wait in the
-    database (more than one batch was pending), messages pushed live are left
-    for the next batch, so that per-sender order is kept.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.high = 0  # highest seq offered
-        self.outstanding: set[int] = set()
-        self.backlog = False
-
-    def offer(self, item: Any) -> None:
-        if item.seq <= self.high:
-            return
-        self.high = item.seq
-        self.outstanding.add(item.seq)
-        try:
-            self.session.send(P.Deliver(item.seq, item.stored_at_ms, item.sender, item.envelope))
-        except P.ProtocolError:
-            pass  # closed: offered again at the next login
-        except OversizedError:
-            # Stored before intake checked the relayed size, or under a larger --max-frame. It stays
-            # stored (a larger limit delivers it) but must never stop this user's logins (issue 2).
-            self.outstanding.discard(item.seq)
-            log.error("%s message %d from %s not delivered: larger than --max-frame once framed",
-                      self.session.label(), item.seq, item.sender)
-
-    def push(self, item: Any) -> None:
-        if not self.backlog and self.session.identity is not None:  # no proven key: no mail (see relay.ack)
-            self.offer(item)
-
-    def acked(self, seq: int) -> None:
-        self.outstanding.discard(seq)
-
-
-class Session:
-    """One connection's state above the wire: who is logged in, what is in flight."""
-
-    def __init__(self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 peer: str) -> None:
-        self.server = server
-        self.reader, self.writer, self.peer = reader, writer, peer
-        self.conn = P.Connection("server", server.config.max_frame)
-        self.outbox = Outbox(writer, self.label)
-        self.user: User | None = None
-        #: The key this connection PROVED (LOGIN_KEY, or a password login that registered it with a proof);
-        #: None for a password-only login, which is never given the account's key (no mail, no rooms).
-        self.identity: PublicIdentity | None = None
-        #: The password hash a password login checked: a new one (`user passwd`) ends the session.
-        self.password_hash: str | None = None
-        self.challenge = os.urandom(P.CHALLENGE_SIZE)
-        self.bucket = TokenBucket(server.config.rate, server.config.burst)
-        self.in_flight = asyncio.Semaphore(server.config.max_in_flight)
-        self.pending: set[asyncio.Future[Any]] = set()
-        self.started = time.monotonic()
-        self.closing = False
-        self.rooms: set[str] = set()
-        self.mailbox = Mailbox(self)
-        #: The place this connection holds among those not logged in (released at LOGIN_OK).
-        self.ticket: Ticket | None = None
-
-    def label(self) -> str:
-        return f"peer={self.peer}" + (f" user={self.user.name}" if self.user else "")
-
-    def send(self, event: P.Event) -> None:
-        self.outbox.put(self.conn.send(event))
-
-    def error(self, code: P.ErrorCode, message: str, *, fatal: bool = False, msg_id: bytes | None = None,
-              rid: int | None = None) -> None:
-        with contextlib.suppress(P.ProtocolError):  # already closed: nothing to tell
-            self.send(P.Error(int(code), message, fatal, msg_id, rid))
-
-    # -- the read loop ---------------------------------------------------------------
-    def _deadline(self, frame_started: float | None) -> float:
-        cfg, now = self.server.config, time.monotonic()
-        limits = [now + cfg.idle_timeout]
-        if self.conn.state is not P.State.READY:
-            limits.append(self.started + cfg.login_timeout)
-        if frame_started is not None:
-            limits.append(frame_started + cfg.frame_timeout)
-        return min(limits) - now
-
-    async def run(self) -> None:
-        frame_started: float | None = None
-        while not self.closing and self.conn.state is not P.State.CLOSED:
-            timeout = self._deadline(frame_started)
-            try:
-                if timeout <= 0:
-                    raise TimeoutError
-                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
-            except TimeoutError:
-                why = "mid-frame stall" if frame_started else (
-                    "no login in time" if self.conn.state is not P.State.READY else "idle")
-                log.info("%s closed: timeout (%s)", self.label(), why)
-                self.error(P.ErrorCode.TIMEOUT, f"timeout: {why}", fatal=True)
-                return
-            if not data:
-                log.debug("%s disconnected", self.label())
-                return
-            try:
-                self.conn.receive_data(data)
-                while not self.outbox.cut_off() and (event := self.conn.next_event()) is not None:
-                    await self.dispatch(event)
-                    await self._backpressure()
-            except P.ProtocolError as e:
-                log.warning("%s dropped: protocol error: %s", self.label(), e)
-                self.error(e.code, str(e), fatal=True)
-                return
-            frame_started = (frame_started or time.monotonic()) if self.conn.decoder.partial else None
-
-    async def _backpressure(self) -> None:
-        """Once this connection's own answers pass OUTBOX_DRAIN_AT, wait until the client takes them.
-
-        Yields the event loop to every other connection meanwhile; a client that
-        does not read within --frame-timeout is cut off."""
-        if self.outbox.pending <= OUTBOX_DRAIN_AT:
-            return
-        self.outbox.flush()
-        if self.outbox.cut_off():
-            return
-        try:
-            await asyncio.wait_for(self.writer.drain(), self.server.config.frame_timeout)
-        except TimeoutError:
-            log.warning("%s dropped: not reading its answers", self.label())
-            self.writer.transport.abort()
-
-    def relay_too_large(self, event: P.Event) -> bool:
-        """Refuse (non-fatally) a frame whose relayed form could exceed max_frame; True if refused."""
-        size = relayed_size(event)
-        limit = self.server.config.max_frame
-        if size is None or size <= limit:
-            return False
-        msg_id = envelope.peek_msg_id(event.envelope) if isinstance(event, P.RoomKey) else answer_ids(event)[0]
-        log.info("%s %s refused: %d bytes once relayed", self.label(), event.TYPE.name, size)
-        self.error(P.ErrorCode.TOO_LARGE, f"{event.TYPE.name} is too large: relayed with the sender's name it "
-                   f"could take {size} bytes, over this server's limit of {limit}", msg_id=msg_id)
-        return True
-
-    def relay_over_budget(self, event: P.Event) -> bool:
-        """Refuse (non-fatally) a ROOM_SEND or DIRECT beyond this user's relay budget; True if refused."""
-        if isinstance(event, P.RoomSend):
-            cost = len(event.payload)
-        elif isinstance(event, P.Direct):
-            cost = len(event.envelope)
-        else:
-            return False
-        assert self.user is not None
-        if self.server.relay_budget(self.user.id).take(cost):
-            return False
-        rate = self.server.config.relay_rate
-        log.info("%s %s refused: over the relay rate", self.label(), event.TYPE.name)
-        self.error(P.ErrorCode.RATE_LIMITED, f"relay rate exceeded: {int(rate)} bytes per second per user "
-                   "(room and direct messages); slow down", msg_id=answer_ids(event)[0])
-        return True
-
-    async def dispatch(self, event: P.Event) -> None:
-        if isinstance(event, P.Hello):
-            self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server.identity.public.line, self.challenge,
-                                    self.server.config.max_frame, server="securecomm"))
-        elif isinstance(event, P.LoginPassword):
-            await self.server.login_password(self, event)
-        elif isinstance(event, P.LoginKey):
-            await self.server.login_key(self, event)
-        elif isinstance(event, P.Ping):
-            if isinstance(event, P.Bye):
-                self.closing = True
-            else:
-                self.send(P.Pong())
-        elif not self.bucket.take():
-            msg_id, rid = answer_ids(event)
-            self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id, rid=rid)
-        elif self.relay_too_large(event) or self.relay_over_budget(event):
-            return
-        elif isinstance(event, P.Send):
-            await self.in_flight.acquire()
-            self.server.handle_send(self, event)
-        elif isinstance(event, P.RoomSend):
-            self.server.relay.room_send(self, event)
-        elif isinstance(event, P.Direct):
-            await self.server.relay.direct(self, event)
-        elif isinstance(event, P.Ack):
-            await self.server.relay.ack(self, event)
-        elif isinstance(event, P.RoomKey):
-            self.server.relay.room_key(self, event)
-        elif isinstance(event, P.Request):
-            await self.server.handle_request(self, event)
-
-    def track(self, fut: asyncio.Future[Any], on_done: Callable[[asyncio.Future[Any]], None]) -> None:
-        self.pending.add(fut)
-
-        def done(f: asyncio.Future[Any]) -> None:
-            self.pending.discard(f)
-            self.in_flight.release()
-            on_done(f)
-
-        fut.add_done_callback(done)
-
-
 class Server:
     def __init__(self, config: ServerConfig, ssl_ctx: ssl.SSLContext, identity: PrivateIdentity,
                  db_path: Any) -> None:
@@ -461,10 +89,12 @@ class Server:
         # A DIRECT id is remembered while an envelope with its timestamp could still pass the stale
         # check (stored within one window of its timestamp, accepted within one more); later a
         # replay is STALE without it (PROTOCOL.md 4.2).
-        self.store = AsyncStore(db_path, MailboxLimits(config.mailbox_messages, config.mailbox_bytes),
-                                SendLimits(config.send_messages, config.send_bytes),
+        writer = functools.partial(Store, db_path,
+                                   mailbox_limits=MailboxLimits(config.mailbox_messages, config.mailbox_bytes),
+                                   send_limits=SendLimits(config.send_messages, config.send_bytes))
+        self.store = AsyncStore(writer, functools.partial(Store, db_path, readonly=True),
                                 id_lifetime_ms=2 * config.stale_window_ms)
-        self.relay = Relay(self)
+        self.relay = Relay(config, self.store, LocalBus())
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
@@ -535,7 +165,7 @@ class Server:
             if s.user is None or s.closing:
                 continue
             fresh = read.get_user_by_id(s.user.id)
-            why = _why_session_ends(s, fresh)
+            why = why_session_ends(s, fresh)
             if why is not None:
                 self.drop(s, why)
             else:
@@ -633,7 +263,7 @@ class Server:
             return
         finally:
             self.handshaking -= 1
-        session = Session(self, reader, writer, peer)
+        session = Session(self.config, self.identity.public.line, self, self.relay, reader, writer, peer)
         session.ticket = ticket
         if self._full():  # told at once: it could not log in anyway
             self._refuse_full(session)
@@ -660,7 +290,7 @@ class Server:
     # -- login -----------------------------------------------------------------------
     async def _check_password(self, password: str, phc: str) -> bool:
         if self.hash_waiting >= self.config.max_hash_queue:
-            raise _Busy
+            raise BusyError
         self.hash_waiting += 1
         try:
             async with self.hash_slots:
@@ -687,7 +317,7 @@ class Server:
                   self._logged_name(key, user))
         try:
             ok = await self._guarded_check(s, key, user, ev.password)
-        except _Busy:
+        except BusyError:
             log.warning("%s login refused: too many logins waiting", s.label())
             s.error(P.ErrorCode.BUSY, "server busy; try again shortly", fatal=True)
             return
@@ -722,7 +352,7 @@ class Server:
                 other.password_hash = new
 
     async def _guarded_check(self, s: Session, key: str, user: User | None, password: str) -> bool:
-        """Check -> hash -> record, one at a time per name (see net/lockout.py); the error is sent here."""
+        """Check -> hash -> record, one at a time per name (see server/auth.py); the error is sent here."""
         async with self.name_locks.hold(key):
             until = self.lockout.locked_until(key)
             if until is not None and user is not None and self._password_reset(user):
@@ -813,7 +443,7 @@ class Server:
         identity = PublicIdentity.decode_cached(user.identity) if user and user.identity else None
         transcript = P.login_transcript(s.challenge, self.identity.public.fingerprint, name or "")
         ok = False
-        # never refused for password guesses: a lock must not shut an enrolled device out (net/lockout.py)
+        # never refused for password guesses: a lock must not shut an enrolled device out (server/auth.py)
         if identity is not None and user is not None:
             try:
                 identity.verify(ev.signature, transcript)
@@ -849,7 +479,7 @@ class Server:
         if s.ticket is not None:
             s.ticket.release()  # from now on it counts as a client, not a stranger
         log.info("%s logged in (%s%s)", s.label(), how, "" if identity else ", no device key: no mail or rooms")
-        s.send(P.LoginOk(user.name, user.role, _shown_fingerprint(identity, fresh)))
+        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh)))
         self.relay.logged_in(s)
 
     def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,
@@ -864,7 +494,7 @@ class Server:
         why = None
         if fresh is None:
             why = "the account was removed"
-        elif not _same_key(fresh.fingerprint, expected):
+        elif not same_key(fresh.fingerprint, expected):
             why = "the account's device key changed"
         elif password_hash is not None and not same(fresh.password_hash.encode(), password_hash.encode()):
             why = "the account's password changed"
@@ -877,39 +507,22 @@ class Server:
 
     # -- messages --------------------------------------------------------------------
     def handle_send(self, s: Session, ev: P.Send) -> None:
-        """Check and open the envelope now; the receipt follows the commit."""
+        """Check and open the envelope now (server/intake.py); the receipt follows the commit."""
         msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
-        try:
-            env = envelope.parse(ev.envelope)
-            refusal = self._refusal(s, env)
-            if refusal is not None:
-                s.in_flight.release()
-                log.info("%s message refused: %s", s.label(), refusal[1])
-                s.error(refusal[0], refusal[1], msg_id=msg_id)
-                return
-            assert s.identity is not None and s.user is not None
-            opened = envelope.open_envelope(env, self.identity, s.identity)
-        except IntegrityError as e:
+        parsed = intake.parse(ev.envelope)
+        rules = intake.Rules(self.identity.public.fingerprint, self.config.stale_window_ms)
+        env = parsed if isinstance(parsed, intake.Refusal) else intake.check(parsed, rules, s.identity, now_ms(),
+                                                                             opener=self.identity)
+        if isinstance(env, intake.Refusal):
             s.in_flight.release()
-            log.info("%s message rejected: %s", s.label(), e.message)
-            s.error(P.ErrorCode.INTEGRITY, f"message rejected: {e.message}", msg_id=msg_id)
+            log.info("%s message %s: %s", s.label(), "rejected" if env.code is P.ErrorCode.INTEGRITY else "refused",
+                     env.message.removeprefix("message rejected: "))
+            s.error(env.code, env.message, msg_id=msg_id)
             return
-        fut = self.store.submit(NewMessage(s.user.id, env.header.msg_id, opened.digest, env.header.timestamp_ms,
-                                           env.raw))
-        s.track(fut, lambda f: self._receipt(s, f, env.header.msg_id))
-
-    def _refusal(self, s: Session, env: envelope.Envelope) -> tuple[P.ErrorCode, str] | None:
-        h = env.header
-        if not same(h.recipient, self.identity.public.fingerprint):
-            return P.ErrorCode.WRONG_RECIPIENT, "envelope is sealed for another recipient, not this server"
-        if abs(time.time_ns() // 1_000_000 - h.timestamp_ms) > self.config.stale_window_ms:
-            return P.ErrorCode.STALE, (f"envelope timestamp is more than {self.config.stale_window_ms // 1000}s "
-                                       "from the server clock (stale, replayed, or a wrong clock)")
-        if s.identity is None:
-            return P.ErrorCode.FORBIDDEN, "no identity registered for this account (run: securecomm user login)"
-        if not same(h.sender, s.identity.fingerprint):
-            return P.ErrorCode.FORBIDDEN, "envelope is not signed by the identity of the logged-in user"
-        return None
+        assert s.user is not None
+        h = env.envelope.header
+        fut = self.store.submit(NewMessage(s.user.id, h.msg_id, env.digest, h.timestamp_ms, env.envelope.raw))
+        s.track(fut, lambda f: self._receipt(s, f, h.msg_id))
 
     def _receipt(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -944,79 +557,6 @@ class Server:
         elif not await self.relay.request(s, ev):
             # fatal like an unknown message type: the client speaks a protocol this server does not
             s.error(P.ErrorCode.UNKNOWN_TYPE, f"unknown request {ev.op[:40]!r}", fatal=True, rid=ev.rid)
-
-
-class _Busy(Exception):
-    pass
-
-
-def name_tag(key: bytes, name: str) -> str:
-    """8 hex characters of HMAC-SHA256(key, name): the same name gives the same tag within one key."""
-    return hmac.new(key, name.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
-
-
-def _shown_fingerprint(identity: PublicIdentity | None, account: User) -> str | None:
-    """LOGIN_OK's fingerprint: the proven key, else (informational only) the account's registered key."""
-    if identity is not None:
-        return identity.fingerprint_text
-    return PublicIdentity.decode_cached(account.identity).fingerprint_text if account.identity else None
-
-
-def _why_session_ends(s: Session, fresh: User | None) -> str | None:
-    """Why a logged-in session must end after an account change, or None if it may stay.
-
-    A session with a proven key ends when that key is no longer the account's; one that
-    authenticated with a password ends when the password changes (`user passwd`, even
-    with --keep-key: whoever knew the old password must not stay in)."""
-    if fresh is None:
-        return "the account was removed"
-    if s.identity is not None and not _same_key(fresh.fingerprint, s.identity.fingerprint):
-        return "this device's key is no longer registered"
-    if s.password_hash is not None and not same(fresh.password_hash.encode(), s.password_hash.encode()):
-        return "the account's password changed"
-    return None
-
-
-def _same_key(a: bytes | None, b: bytes | None) -> bool:
-    """Two fingerprints, either of which may be "no key", are the same."""
-    return (a is None and b is None) or (a is not None and b is not None and same(a, b))
-
-
-def answer_ids(event: P.Event) -> tuple[bytes | None, int | None]:
-    """The msg_id / rid an error about `event` carries, so that a pipelining client can match it."""
-    from securecomm.crypto import room
-
-    if isinstance(event, P.Send | P.Direct):
-        return envelope.peek_msg_id(event.envelope), None
-    if isinstance(event, P.RoomSend):
-        return room.peek_msg_id(event.payload), None
-    if isinstance(event, P.Request):
-        return None, event.rid
-    return None, None
-
-
-def locked_message(until: float) -> str:
-    """The answer to a locked password login: the same for every name, known or not."""
-    import datetime as dt
-
-    when = dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return (f"authentication failed: password logins for this user name are locked until {when} after too many "
-            "wrong passwords (identity-key logins of enrolled devices still work; an operator can reset the "
-            "password with: securecomm user passwd)")
-
-
-def user_row(u: User) -> dict[str, Any]:
-    from securecomm.crypto.identity import format_fingerprint
-
-    return {
-        "name": u.name,
-        "role": u.role,
-        "created": u.created_at,
-        "last_login": u.last_login,
-        "locked": u.locked(),
-        "failed_logins": u.failed_logins,
-        "fingerprint": format_fingerprint(PublicIdentity.decode_cached(u.identity).fingerprint) if u.identity else None,
-    }
 
 
 def _short(e: BaseException | None) -> str:

@@ -1,0 +1,58 @@
+"""The bus seam: "user U has mail" and "room R event", published by the relay that saw them.
+
+Theory of operation
+-------------------
+The store is the truth; the bus only wakes. A mail wake-up carries nothing
+but the user id: whoever holds a session of that user reads the mailbox from
+the store (so a relay that misses a wake-up still delivers at the next login
+or acknowledgement). A room event carries the encoded frame, because rooms
+are not stored: the bytes are the event. `origin` names the publishing
+connection so that it is not sent its own frame back.
+
+`LocalBus` is the in-process implementation (one relay: publishing calls the
+subscribers at once, which is today's direct delivery); a NATS implementation
+for several relays provides the same four methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+MailHandler = Callable[[int], None]
+RoomHandler = Callable[[str, bytes, object], None]
+
+
+class Bus(Protocol):
+    def publish_mail(self, user_id: int) -> None:
+        """A message for `user_id` has been committed to the store."""
+        ...
+
+    def publish_room(self, room: str, frame: bytes, origin: object = None) -> None:
+        """`frame` (an encoded ROOM_MESSAGE or ROOM_EVENT) is for every member of `room` but `origin`."""
+        ...
+
+    def on_mail(self, handler: MailHandler) -> None: ...
+    def on_room(self, handler: RoomHandler) -> None: ...
+
+
+class LocalBus:
+    """Publishing calls this process's subscribers synchronously, in subscription order."""
+
+    def __init__(self) -> None:
+        self._mail: list[MailHandler] = []
+        self._room: list[RoomHandler] = []
+
+    def publish_mail(self, user_id: int) -> None:
+        for handler in self._mail:
+            handler(user_id)
+
+    def publish_room(self, room: str, frame: bytes, origin: object = None) -> None:
+        for handler in self._room:
+            handler(room, frame, origin)
+
+    def on_mail(self, handler: MailHandler) -> None:
+        self._mail.append(handler)
+
+    def on_room(self, handler: RoomHandler) -> None:
+        self._room.append(handler)
