@@ -1,4 +1,4 @@
-"""Direct messages to every device, with pinned user keys (net/devicemail.py, pins.py), no network.
+"""Direct messages to every device, with pinned user keys (client/devicemail.py, client/pins.py), no network.
 
 Alice has a laptop and a phone, Bob one device; the server side is the real
 DeviceOps on SQLite (tests/test_deviceops.py's World). Messages reach every
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-from securecomm.contacts import ChangedKeyError
+from securecomm.client import devicemail as M
+from securecomm.client.pins import Pins, VerifiedKeyChangedError
 from securecomm.crypto import devices as D
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.errors import FormatError, StaleDeviceListError, UnknownSenderError
-from securecomm.net import devicemail as M
-from securecomm.pins import Pins, VerifiedKeyChangedError
+from securecomm.errors import ChangedKeyError, FormatError, StaleDeviceListError, UnknownSenderError
 from securecomm.store.devicekeys import DeviceKeys
 from tests.test_deviceops import Account, World
 

@@ -1,4 +1,4 @@
-"""The server's device requests (securecomm/net/deviceops.py) on a real SQLite store, no network.
+"""The server's device requests (securecomm/server/deviceops.py) on a real SQLite store, no network.
 
 The flow of docs/PROTOCOL.md 6.4-6.7: a first device publishes its list and
 prekeys, a contact claims a prekey and seals to it, a second device pairs,
@@ -15,7 +15,7 @@ from securecomm.crypto import devices as D
 from securecomm.crypto import envelope as E
 from securecomm.crypto import prekeys as K
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.net.deviceops import CLAIMS_PER_MINUTE, Caller, DeviceOps, OpError, check_direct
+from securecomm.server.deviceops import CLAIMS_PER_MINUTE, Caller, DeviceOps, OpError, check_direct
 from securecomm.store.db import Store
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.store.devices import DeviceStore

@@ -1,14 +1,14 @@
-"""Client device set-up, pairing and removal (net/devicesetup.py) against the real DeviceOps on SQLite."""
+"""Client device set-up, pairing and removal (client/devicesetup.py) against the real DeviceOps on SQLite."""
 
 from __future__ import annotations
 
 import pytest
 
+from securecomm.client import devicesetup as S
+from securecomm.client.devicemail import Directory
 from securecomm.crypto import prekeys as K
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.errors import UsageError
-from securecomm.net import devicesetup as S
-from securecomm.net.devicemail import Directory
 from securecomm.store.devicekeys import DeviceKeys
 from tests.test_deviceops import World
 

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from securecomm.contacts import ChangedKeyError, check_user_name
+from securecomm.client.answers import check_user_name
 from securecomm.crypto.devices import DeviceCert, DeviceList, UserPublicKey, valid_devices
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import FormatError, NotFoundError, StaleDeviceListError, UsageError
+from securecomm.errors import ChangedKeyError, FormatError, NotFoundError, StaleDeviceListError, UsageError
 from securecomm.files import PRIVATE_MODE, write_files
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from securecomm.client.devicemail import Directory
 from securecomm.crypto import devices as D
 from securecomm.crypto import prekeys as K
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.errors import FormatError, UsageError
-from securecomm.net.devicemail import Directory
 from securecomm.store.devicekeys import DeviceKeys
 
 #: One-time prekeys a device keeps on the server after a refill.

@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from securecomm.client.pins import Pins
 from securecomm.crypto import devices as D
 from securecomm.crypto import prekeys as K
 from securecomm.crypto.envelope import new_msg_id
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.reader import Reader
 from securecomm.errors import FormatError, UnknownSenderError
-from securecomm.pins import Pins
 
 BODY_MAGIC = b"SCM2"
 
