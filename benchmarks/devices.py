@@ -102,7 +102,6 @@ def prekeys(rounds: int, tmp: Path) -> dict[str, float]:
                            max(3, rounds // 10), batch=1)
     store = Store(tmp / "server.db")
     devices = DeviceStore(store.db)
-    devices.apply_migration()
     uid = store.add_user("bob", "x").id
     key = D.UserKey.generate()
     cert = D.DeviceCert.sign(key, "bob", device.public, "phone", 0)

@@ -31,7 +31,6 @@ from securecomm.store.devices import DeviceStore
 def world(tmp_path):
     store = Store(tmp_path / "server.db")
     devices = DeviceStore(store.db)
-    devices.apply_migration()
     alice = store.add_user("alice", "x")
     bob = store.add_user("bob", "x")
     yield store, devices, alice.id, bob.id

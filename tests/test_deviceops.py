@@ -26,7 +26,6 @@ class World:
     def __init__(self, tmp_path: Any) -> None:
         self.store = Store(tmp_path / "server.db")
         self.devices = DeviceStore(self.store.db)
-        self.devices.apply_migration()
         self.now = 1_000_000
         self.ops = DeviceOps(self.devices, self._find, clock=lambda: self.now)
         self.ids = {name: self.store.add_user(name, "x").id for name in ("alice", "bob")}

@@ -35,44 +35,6 @@ from securecomm.errors import (
     StaleDeviceListError,
 )
 
-#: Appended to store/db.py's MIGRATIONS when the server serves version 2.
-MIGRATION = """
-    CREATE TABLE user_keys (
-        user_id INTEGER PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
-        user_key BLOB NOT NULL,
-        counter INTEGER NOT NULL,
-        device_list BLOB NOT NULL
-    );
-    CREATE TABLE devices (
-        device_id BLOB PRIMARY KEY,
-        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-        cert BLOB NOT NULL,
-        name TEXT NOT NULL,
-        added_ms INTEGER NOT NULL,
-        last_seen_ms INTEGER,
-        max_prekey_id INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX devices_by_user ON devices (user_id);
-    CREATE TABLE prekeys (
-        device_id BLOB NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
-        kind INTEGER NOT NULL CHECK (kind IN (1, 2)),
-        prekey_id INTEGER NOT NULL,
-        prekey BLOB NOT NULL,
-        PRIMARY KEY (device_id, kind, prekey_id)
-    );
-    CREATE TABLE pairings (
-        digest BLOB PRIMARY KEY,
-        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-        device_id BLOB NOT NULL,
-        identity BLOB NOT NULL,
-        name TEXT NOT NULL,
-        expires_ms INTEGER NOT NULL,
-        used INTEGER NOT NULL DEFAULT 0,
-        approval BLOB
-    );
-    CREATE INDEX pairings_by_device ON pairings (device_id)
-"""
-
 
 @dataclass(frozen=True)
 class Claimed:
@@ -251,12 +213,6 @@ class DeviceStore:
         row = self.db.execute("SELECT approval FROM pairings WHERE device_id = ? AND used = 1",
                               (device_id,)).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
-
-    def apply_migration(self) -> None:
-        """For tests and tools before store/db.py carries MIGRATION: create the tables."""
-        with self._transaction():
-            for statement in filter(str.strip, MIGRATION.split(";")):
-                self.db.execute(statement)
 
     def prune_pairings(self, now_ms: int) -> int:
         return self.db.execute("DELETE FROM pairings WHERE expires_ms <= ? AND used = 0", (now_ms,)).rowcount
