@@ -45,6 +45,7 @@ from securecomm.server.auth import (
 )
 from securecomm.server.commit_queue import AsyncStore
 from securecomm.server.config import ServerConfig
+from securecomm.server.devicerelay import DeviceRelay
 from securecomm.server.memory import Trimmer
 from securecomm.server.relay import Relay
 from securecomm.server.session import READ_CHUNK, Session, TokenBucket
@@ -95,6 +96,7 @@ class Server:
         self.store = AsyncStore(writer, functools.partial(Store, db_path, readonly=True),
                                 id_lifetime_ms=2 * config.stale_window_ms)
         self.relay = Relay(config, self.store, LocalBus())
+        self.relay.devices = DeviceRelay(functools.partial(Store, db_path))
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
@@ -203,6 +205,8 @@ class Server:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.store.close()
+        if self.relay.devices is not None:
+            self.relay.devices.close()
         self.hash_pool.shutdown(wait=False, cancel_futures=True)
         self.stopped.set()
 
