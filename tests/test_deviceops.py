@@ -262,3 +262,9 @@ def test_direct_refusals():
     bad = bytearray(good)
     bad[-1] ^= 1
     assert _code(bytes(bad), alice.public, {bob.public.fingerprint}) == ErrorCode.INTEGRITY
+
+
+def test_too_many_prekeys_in_a_batch_is_a_prekey_refusal(w):
+    alice = Account(w, "alice")
+    batch = [p.encode().hex() for p in alice.keys.new_one_time(alice.device, K.MAX_BATCH)]
+    w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=[*batch, batch[0]])

@@ -217,6 +217,9 @@ class DeviceOps:
     def _prekeys_upload(self, caller: Caller, args: dict[str, Any]) -> Outcome:
         device_id = self._listed(caller)
         assert caller.device is not None
+        batch = args.get("one_time")
+        if isinstance(batch, list) and len(batch) > K.MAX_BATCH:  # a refusal of its own, not a malformed frame
+            raise OpError(ErrorCode.PREKEY, f"a batch holds at most {K.MAX_BATCH} prekeys")
         try:
             one_time = K.verify_batch(caller.device, _hex_list(args, "one_time", K.MAX_BATCH), kind=K.ONE_TIME,
                                       seen=lambda _: False)
