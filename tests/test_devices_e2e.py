@@ -157,3 +157,27 @@ def test_prekey_ops_refusals_keep_the_connection(world):
     assert err.code == P.ErrorCode.PREKEY and err.rid == alice.rid and not err.fatal
     assert not alice.conn.closed()
     assert alice.call("prekeys_status")["available"] == S.BATCH
+
+
+def test_user_login_creates_the_user_key_list_and_prekeys(tmp_path):
+    from tests.serverproc import login
+
+    srv = ServerProc(tmp_path / "srv").start()
+    try:
+        add_user(srv.home, "carol")
+        home = tmp_path / "carol"
+        assert login(home, srv, "carol").returncode == 0
+        device = home / "devices" / "default"
+        assert (device / "user.key").stat().st_mode & 0o777 == 0o600
+        held = sorted(p.name for p in (device / "prekeys").iterdir())
+        assert len(held) == S.BATCH + 1 and "2-101.key" in held  # 100 one-time, then the last resort
+        assert login(home, srv, "carol").returncode == 0  # again: listed, nothing to refill
+        assert len(list((device / "prekeys").iterdir())) == S.BATCH + 1
+        con = sqlite3.connect(srv.home / "securecomm.db")
+        try:
+            assert con.execute("SELECT COUNT(*) FROM prekeys").fetchone()[0] == S.BATCH + 1
+            assert con.execute("SELECT counter FROM user_keys").fetchall() == [(1,)]
+        finally:
+            con.close()
+    finally:
+        srv.stop()

@@ -248,9 +248,11 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     """
 
     from securecomm.cli.context import load_identity
+    from securecomm.client.devicelogin import set_up_device
     from securecomm.client.login import address_of, prepare, saved_pin
     from securecomm.config import Profile
     from securecomm.crypto import identity as ident
+    from securecomm.store.devicekeys import DeviceKeys
 
     paths = state.paths
     server, ca = _server_and_ca(paths, server, ca, pin)
@@ -267,6 +269,9 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         async with client:
             await client.connect()
             ok = await client.login_password(name, password, me, replace_key=replace)
+            # version 2: the user key, the device list and prekeys (docs/PROTOCOL.md 6.4, 6.5)
+            await set_up_device(client, DeviceKeys(paths.device_keys(identity_name), me.kem), me,
+                                server_user_name(ok.user), identity_name)
             assert client.server_identity is not None
             return ok, address_of(client), client.server_identity.line
 
