@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from securecomm.client import devicesetup as S
@@ -73,3 +75,18 @@ def test_find_device_needs_an_unambiguous_prefix(w):
         S.find_device(current, "abc")
     with pytest.raises(UsageError):
         S.find_device(current, "zzzzzzzzzzzz")
+
+
+def test_uploads_split_to_fit_a_small_frame(w):
+    from securecomm.client.devicelogin import upload_chunks
+
+    me, keys = _first(w)
+    caller = w.caller("alice", me)
+    args = S.refill(me, keys, 0, None, w.now)
+    chunks = upload_chunks(args, 4096)
+    assert len(chunks) > 1 and all(len(json.dumps(c)) < 4096 for c in chunks)
+    assert "last_resort" in chunks[-1] and all("last_resort" not in c for c in chunks[:-1])
+    for chunk in chunks:  # ids rise from chunk to chunk, so none is refused as a replay
+        w.call(caller, "prekeys_upload", **chunk)
+    assert w.call(caller, "prekeys_status").data["available"] == S.BATCH
+    assert len(upload_chunks(args, 1 << 20)) == 2

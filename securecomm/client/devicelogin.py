@@ -34,5 +34,24 @@ async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user
     status = await client.request("prekeys_status")
     args = S.refill(me, keys, int(status["available"]), status.get("last_resort_ms"), now_ms())
     if args is not None:
-        await client.request("prekeys_upload", **args)
+        for chunk in upload_chunks(args, int(getattr(client, "max_send", 0) or 1 << 20)):
+            await client.request("prekeys_upload", **chunk)
     return done
+
+
+#: Room left in a frame for the REQUEST's own JSON around the hex strings.
+_FRAME_SLACK = 512
+
+
+def upload_chunks(args: dict[str, Any], max_frame: int) -> list[dict[str, Any]]:
+    """Split a `prekeys_upload` so that each REQUEST fits the server's frame limit, ids rising
+    from chunk to chunk (the server refuses an id not above those it has); the last-resort
+    prekey, the highest id, goes in the last chunk."""
+    one_time: list[str] = args["one_time"]
+    last = args.get("last_resort")
+    size = max([len(h) for h in one_time] + [len(last or "")] + [1]) + 4
+    per = max(1, (max_frame - _FRAME_SLACK) // size)
+    chunks: list[dict[str, Any]] = [{"one_time": one_time[i : i + per]} for i in range(0, len(one_time), per)]
+    if last is not None:
+        chunks.append({"one_time": [], "last_resort": last})
+    return chunks
