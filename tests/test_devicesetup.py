@@ -90,3 +90,12 @@ def test_uploads_split_to_fit_a_small_frame(w):
         w.call(caller, "prekeys_upload", **chunk)
     assert w.call(caller, "prekeys_status").data["available"] == S.BATCH
     assert len(upload_chunks(args, 1 << 20)) == 2
+
+
+def test_login_ok_names_prekeys_only_for_a_server_that_serves_devices():
+    from securecomm.wire import protocol as P
+
+    old = P.LoginOk("alice", "user", None)
+    assert b"prekeys" not in P.encode_event(old) and P.decode_payload(P.encode_event(old)[4:]).prekeys is None
+    new = P.LoginOk("alice", "user", None, 0)
+    assert P.decode_payload(P.encode_event(new)[4:]).prekeys == 0

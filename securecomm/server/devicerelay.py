@@ -50,6 +50,10 @@ class DeviceRelay:
         if self._store is not None:
             self._store.close()
 
+    def prekeys(self, device_id: bytes) -> int:
+        """One-time prekeys held for a device (0 for one not listed): LOGIN_OK's `prekeys`."""
+        return self.ops.store.available(device_id)
+
     @staticmethod
     def caller(s: Session) -> Caller:
         assert s.user is not None

@@ -483,7 +483,9 @@ class Server:
         if s.ticket is not None:
             s.ticket.release()  # from now on it counts as a client, not a stranger
         log.info("%s logged in (%s%s)", s.label(), how, "" if identity else ", no device key: no mail or rooms")
-        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh)))
+        prekeys = None if identity is None or self.relay.devices is None else \
+            self.relay.devices.prekeys(identity.fingerprint)
+        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh), prekeys))
         self.relay.logged_in(s)
 
     def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,

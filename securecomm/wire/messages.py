@@ -250,16 +250,22 @@ class LoginOk(Event):
     user: str
     role: str
     fingerprint: str | None = None
+    #: One-time prekeys the server holds for the session's device (docs/PROTOCOL.md 6.7); None from a
+    #: server that does not serve devices, which is how a client knows not to set one up.
+    prekeys: int | None = None
 
     def encode_body(self) -> bytes:
         # fingerprint is always present: JSON null says "no key registered" (docs/PROTOCOL.md 3.3)
-        return json.dumps({"user": self.user, "role": self.role, "fingerprint": self.fingerprint},
-                          separators=(",", ":")).encode()
+        body: dict[str, Any] = {"user": self.user, "role": self.role, "fingerprint": self.fingerprint}
+        if self.prekeys is not None:
+            body["prekeys"] = self.prekeys
+        return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def decode_body(cls, body: bytes) -> LoginOk:
         o = _load_json(body)
-        return cls(_field(o, "user", str), _field(o, "role", str), _nullable(o, "fingerprint", str))
+        return cls(_field(o, "user", str), _field(o, "role", str), _nullable(o, "fingerprint", str),
+                   _field(o, "prekeys", int, optional=True))
 
 
 @dataclass(frozen=True)
