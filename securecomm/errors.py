@@ -191,6 +191,47 @@ class InterruptedByUser(SecurecommError):
     exit_code = 130
 
 
+# -- devices, prekeys and pairing (docs/PROTOCOL.md section 6) -------------------
+class NotUserKeyError(SignatureError):
+    """the device list or certificate is not signed by the user's key"""
+
+
+class StaleDeviceListError(IntegrityError):
+    """the device list is older than one already seen (a replayed list)"""
+
+
+class PrekeySignatureError(SignatureError):
+    """the prekey's signature does not verify under its device key"""
+
+
+class ReplayedPrekeyError(IntegrityError):
+    """the one-time prekey was already used or never existed (a replay)"""
+
+
+class NoPrekeyError(IntegrityError):
+    """the message is sealed to a long-term key, not to a prekey"""
+
+
+class DeviceRemovedError(AuthError):
+    """the device was removed from its user's device list"""
+
+
+class PairingError(RefusedError):
+    """the pairing code was refused"""
+
+
+class PairingUnknownError(PairingError):
+    """the pairing code is unknown"""
+
+
+class PairingExpiredError(PairingError):
+    """the pairing code has expired"""
+
+
+class PairingUsedError(PairingError):
+    """the pairing code was already used"""
+
+
 #: Exit code -> meaning; documented in README.md (a test keeps them in step).
 EXIT_CODES: dict[int, str] = {
     0: "success",

@@ -78,6 +78,10 @@ class Paths:
     def identity_pub(self, name: str) -> Path:
         return self.identities_dir / f"{check_identity_name(name)}.pub"
 
+    def device_keys(self, name: str) -> Path:
+        """A device's user key copy and private prekeys (docs/PROTOCOL.md 6.5), per identity."""
+        return self.config_dir / "devices" / check_identity_name(name)
+
     @property
     def profile(self) -> Path:
         return self.config_dir / "profile.json"

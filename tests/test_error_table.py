@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
+from securecomm.crypto import devices as D
 from securecomm.crypto import envelope as E
+from securecomm.crypto import prekeys as K
 from securecomm.crypto import room as R
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.wire import protocol as P
@@ -452,6 +454,48 @@ def d_too_many_sessions(w: World) -> Outcome:
         held.close()
 
 
+# -- devices and prekeys (docs/PROTOCOL.md 6): each account's user key, once per server ----------------
+_USER_KEYS: dict[tuple[int, str], D.UserKey] = {}
+
+
+def _listed(w: World, user: str, me: PrivateIdentity) -> Raw:
+    """A key login of `user` whose account has published a device list naming `me`."""
+    c = w.raw().start().login_key(user, me)
+    key = _USER_KEYS.get((id(w.srv), user))
+    if key is None:
+        key = _USER_KEYS[(id(w.srv), user)] = D.UserKey.generate()
+        c.send(P.Request(40, "device_list_publish", _list_args(key, user, me, 1)))
+        assert isinstance(c.until(P.Result), P.Result)
+    return c
+
+
+def _list_args(key: D.UserKey, user: str, me: PrivateIdentity, counter: int) -> dict[str, Any]:
+    cert = D.DeviceCert.sign(key, user, me.public, "laptop", 0)
+    dlist = D.DeviceList.sign(key, user, counter, 0, [cert.device_id])
+    return {"device_list": dlist.encode().hex(), "certs": [cert.encode().hex()]}
+
+
+def _dev_request(c: Raw, op: str, args: dict[str, Any]) -> Outcome:
+    c.send(P.Request(42, op, args))
+    return c, c.error(), None, 42
+
+
+def d_list_bad_signature(w: World) -> Outcome:
+    c = _listed(w, "alice", ALICE)
+    args = _list_args(_USER_KEYS[(id(w.srv), "alice")], "alice", ALICE, 99)
+    args["device_list"] = _flip_last(bytes.fromhex(args["device_list"])).hex()
+    return _dev_request(c, "device_list_publish", args)
+
+
+def _prekey(n: int) -> bytes:
+    return K.PrivatePrekey.generate(K.ONE_TIME, n, "x25519").sign(ALICE).encode()
+
+
+def _v2_direct(w: World, to: PublicIdentity, prekey: K.Prekey | None) -> Outcome:
+    _listed(w, "bob", BOB).close()
+    return _direct(_listed(w, "alice", ALICE), "bob", K.seal_v2(b"error table", ALICE, to, prekey))
+
+
 DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "frame-too-large": lambda w: _pre(w, (2 * 1024 * 1024).to_bytes(4, "big")),
     "frame-empty": lambda w: _pre(w, bytes(4)),
@@ -492,6 +536,19 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "lookup-not-found": lambda w: _request(w.alice(), "lookup", user="nobody"),
     "bad-room-name": lambda w: _request(w.alice(), "join", room="Bad Room!"),
     "join-no-identity": lambda w: _request(w.carol(), "join", room="lobby"),
+    "prekey-bad-signature": lambda w: _dev_request(_listed(w, "alice", ALICE), "prekeys_upload",
+                                                   {"one_time": [_flip_last(_prekey(7)).hex()]}),
+    "prekey-replayed": lambda w: _dev_request(_listed(w, "alice", ALICE), "prekeys_upload",
+                                              {"one_time": [_prekey(8).hex(), _prekey(8).hex()]}),
+    "list-not-user-key": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_list_publish",
+                                                _list_args(D.UserKey.generate(), "alice", ALICE, 99)),
+    "list-bad-signature": d_list_bad_signature,
+    "list-stale": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_list_publish",
+                                         _list_args(_USER_KEYS[(id(w.srv), "alice")], "alice", ALICE, 1)),
+    "pairing-unknown": lambda w: _dev_request(_listed(w, "alice", ALICE), "pair_lookup", {"code": "ABCDE-FGHJK"}),
+    "direct-no-prekey": lambda w: _v2_direct(w, BOB.public, None),
+    "direct-unlisted-device": lambda w: _v2_direct(
+        w, MALLORY.public, K.PrivatePrekey.generate(K.ONE_TIME, 1, "x25519").sign(MALLORY)),
     "direct-too-large": d_direct_too_large,
     "room-too-large": d_room_too_large,
     "room-key-too-large": d_room_key_too_large,

@@ -66,3 +66,14 @@ def outcomes() -> dict[str, type[Exception]]:
             "wrong recipient": e.WrongRecipientError, "unknown sender": e.UnknownSenderError,
             "bad signature": e.SignatureError, "decryption failed": e.DecryptError,
             "digest mismatch": e.DigestError}
+
+
+def outcomes_v2() -> dict[str, type[Exception]]:
+    """The `expect` values of the version-2 vectors (docs/PROTOCOL.md 6.9) -> exception classes."""
+    from securecomm import errors as e
+
+    return {**outcomes(), "not signed by the user key": e.NotUserKeyError,
+            "stale device list": e.StaleDeviceListError, "bad prekey signature": e.PrekeySignatureError,
+            "replayed prekey id": e.ReplayedPrekeyError, "no prekey": e.NoPrekeyError,
+            "pairing code expired": e.PairingExpiredError, "pairing code used": e.PairingUsedError,
+            "pairing code unknown": e.PairingUnknownError}

@@ -263,6 +263,7 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     from securecomm.client.login import address_of, prepare, saved_pin
     from securecomm.config import Profile
     from securecomm.crypto import identity as ident
+    from securecomm.store.devicekeys import DeviceKeys
 
     paths = state.paths
     server, ca = _server_and_ca(paths, server, ca, pin)
@@ -279,6 +280,9 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         async with client:
             await client.connect()
             ok = await client.login_password(name, password, me, replace_key=replace)
+            if ok.prekeys is not None:  # a server that serves devices (docs/PROTOCOL.md 6.4, 6.5, 6.7)
+                await _set_up_device(client, DeviceKeys(paths.device_keys(identity_name), me.kem), me,
+                                     server_user_name(ok.user), identity_name)
             assert client.server_identity is not None
             return ok, address_of(client), client.server_identity.line
 
@@ -301,6 +305,18 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         return
     click.echo(f"logged in as {user_name} ({shown(ok.role)}) on {address}; identity {shown(ok.fingerprint)} "
                "registered")
+
+
+async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str) -> None:
+    """The device's user key, list and prekeys; a failure here is a warning: the login itself succeeded."""
+    from securecomm.cli.context import warn
+    from securecomm.client.devicelogin import set_up_device
+    from securecomm.errors import SecurecommError
+
+    try:
+        await set_up_device(client, keys, me, user, name)
+    except SecurecommError as e:
+        warn(f"this device is not set up for forward secrecy yet ({e.message}); run user login again")
 
 
 def _server_and_ca(paths: Any, server: str | None, ca: str | None, pin: str | None) -> tuple[str, str | None]:

@@ -21,6 +21,7 @@ from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import (
     AuthError,
+    DeviceRemovedError,
     FilePermissionError,
     IntegrityError,
     KeyReplaceError,
@@ -54,6 +55,9 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: client/sending.py resends, chat reconnects
     P.ErrorCode.KEY_REPLACE: KeyReplaceError,
     P.ErrorCode.UNAVAILABLE: StoreUnavailableError,  # retryable (a NetworkError): client/sending.py resends once
+    P.ErrorCode.PREKEY: IntegrityError,  # docs/PROTOCOL.md 6.9
+    P.ErrorCode.DEVICE_LIST: IntegrityError,
+    P.ErrorCode.DEVICE_REMOVED: DeviceRemovedError,
 }
 
 

@@ -81,6 +81,11 @@ def _load_kem_public(kem: str, raw: bytes) -> Any:
         raise FormatError(f"invalid {kem} public key") from e
 
 
+def load_kem_public(kem: str, raw: bytes) -> Any:
+    """An HPKE public key of suite `kem` from its section-1 bytes (also prekeys', section 6.5)."""
+    return _load_kem_public(kem, raw)
+
+
 @dataclass(frozen=True)
 class PublicIdentity:
     """Someone's public identity: whom to seal to, whose signatures to trust."""
@@ -248,6 +253,11 @@ class PrivateIdentity:
         else:
             raise FormatError("identity file holds an unsupported combination of keys")
         return cls(kem, kem_parts, keys[0])
+
+
+def kem_public_bytes(kem_parts: list[Any]) -> bytes:
+    """The section-1 public bytes of KEM private parts (an identity's or a prekey's)."""
+    return b"".join(_raw_public(k.public_key()) for k in kem_parts)
 
 
 def _raw_public(key: Any) -> bytes:

@@ -436,7 +436,9 @@ class Logins:
             return
         s.user, s.identity, s.password_hash = fresh, identity, password_hash
         log.info("%s logged in (%s%s)", s.label(), how, "" if identity else ", no device key: no mail or rooms")
-        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh)))
+        prekeys = None if identity is None or self.relay.devices is None else \
+            self.relay.devices.prekeys(identity.fingerprint)
+        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh), prekeys))
         self.relay.logged_in(s)
 
     def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,

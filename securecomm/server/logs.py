@@ -68,6 +68,7 @@ EVENTS: dict[str, str] = {
     "%s direct message %s: %s": "message.refused",
     "%s room message rejected: %s": "room.message.rejected",
     "%s dropped: unknown request %r": "conn.dropped.protocol_error",
+    "%s device removed from its list: closing": "device.removed",
     "%s duplicate message %s: original receipt sent": "message.duplicate",
     "%s direct message to %s refused: %s": "direct.refused",
     "%s direct message refused: %s": "direct.refused",

@@ -28,6 +28,7 @@ from securecomm.errors import IntegrityError, OversizedError, UsageError
 from securecomm.net.bus import Bus
 from securecomm.server import intake
 from securecomm.server.commit_queue import not_stored
+from securecomm.server.devicerelay import DeviceRelay, is_version_2
 from securecomm.store.db import NewDirect, StoredMessage, normalise_name
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
@@ -77,6 +78,8 @@ class Relay:
         bus.on_room(self._room_event)
         self.online: dict[int, set[Session]] = {}
         self.rooms: dict[str, dict[Session, None]] = {}
+        #: Devices and prekeys (protocol version 2); set by the listener, None in unit tests.
+        self.devices: DeviceRelay | None = None
 
     # -- presence --------------------------------------------------------------------
     def logged_in(self, s: Session) -> None:
@@ -98,6 +101,9 @@ class Relay:
     async def direct(self, s: Session, ev: P.Direct) -> None:
         assert s.user is not None
         msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
+        if self.devices is not None and is_version_2(ev.envelope):
+            await self._direct_v2(s, ev, msg_id)
+            return
         parsed = intake.parse(ev.envelope)
         to = None if isinstance(parsed, intake.Refusal) else self.store.read().get_user(ev.to)
         checked = parsed if isinstance(parsed, intake.Refusal) else self._direct_checked(s, parsed, to, ev.to)
@@ -111,6 +117,20 @@ class Relay:
         await s.in_flight.acquire()
         h = checked.envelope.header
         fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, checked.digest, ev.envelope))
+        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
+
+    async def _direct_v2(self, s: Session, ev: P.Direct, msg_id: bytes | None) -> None:
+        """An envelope sealed to a prekey of one device of `ev.to` (docs/PROTOCOL.md 6.6, 6.7)."""
+        assert s.user is not None and self.devices is not None
+        to = self.store.read().get_user(ev.to)
+        checked = self.devices.check(s, ev.envelope, to, ev.to, self.config.stale_window_ms)
+        if isinstance(checked, intake.Refusal):
+            s.error(checked.code, checked.message, msg_id=msg_id)
+            return
+        assert to is not None
+        await s.in_flight.acquire()
+        h = checked.header
+        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, sha256(ev.envelope), ev.envelope))
         s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
 
     def _direct_checked(self, s: Session, env: envelope.Envelope, to: Any,
@@ -204,6 +224,8 @@ class Relay:
     # -- directory and rooms ------------------------------------------------------------
     async def request(self, s: Session, ev: P.Request) -> bool:
         """Handle directory/room requests; False if the op is not ours."""
+        if self.devices is not None and self.devices.request(s, ev, lambda uid: self.online.get(uid, set())):
+            return True
         handler = {"lookup": self._lookup, "join": self._join, "leave": self._leave_req,
                    "who": self._who}.get(ev.op)
         if handler is None:

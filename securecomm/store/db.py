@@ -24,6 +24,7 @@ from securecomm.errors import ExistsError, NotFoundError, UsageError
 from securecomm.files import ensure_dir
 from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
 from securecomm.store.retention import Expired, expire_mail
+from securecomm.store.schema_devices import MIGRATION as DEVICES_MIGRATION
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 ROLES = ("user", "admin")
@@ -145,6 +146,8 @@ MIGRATIONS: list[str] = [
     """
     DELETE FROM mailbox WHERE sender_id NOT IN (SELECT id FROM users);
     """,
+    # 6: user keys, devices, prekeys and pairings (docs/PROTOCOL.md 6; store/devices.py)
+    DEVICES_MIGRATION,
 ]
 
 

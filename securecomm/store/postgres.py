@@ -121,6 +121,25 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # 5: a removed user's undelivered mail goes with the account.
     ("DELETE FROM mailbox WHERE sender_id NOT IN (SELECT id FROM users)",),
+    # 6: user keys, devices, prekeys and pairings (docs/PROTOCOL.md 6), as in SQLite. The tables keep
+    # both schemas at one number; a relay on PostgreSQL does not serve the device requests yet.
+    (
+        """CREATE TABLE user_keys (user_id BIGINT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+            user_key BYTEA NOT NULL, counter BIGINT NOT NULL, device_list BYTEA NOT NULL)""",
+        """CREATE TABLE devices (device_id BYTEA PRIMARY KEY,
+            user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE, cert BYTEA NOT NULL,
+            name TEXT NOT NULL, added_ms BIGINT NOT NULL, last_seen_ms BIGINT,
+            max_prekey_id BIGINT NOT NULL DEFAULT 0)""",
+        "CREATE INDEX devices_by_user ON devices (user_id)",
+        """CREATE TABLE prekeys (device_id BYTEA NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+            kind INTEGER NOT NULL CHECK (kind IN (1, 2)), prekey_id BIGINT NOT NULL, prekey BYTEA NOT NULL,
+            PRIMARY KEY (device_id, kind, prekey_id))""",
+        """CREATE TABLE pairings (digest BYTEA PRIMARY KEY,
+            user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE, device_id BYTEA NOT NULL,
+            identity BYTEA NOT NULL, name TEXT NOT NULL, expires_ms BIGINT NOT NULL,
+            used INTEGER NOT NULL DEFAULT 0, approval BYTEA)""",
+        "CREATE INDEX pairings_by_device ON pairings (device_id)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS securecomm_schema (version INTEGER NOT NULL)"

@@ -55,6 +55,10 @@ class ErrorCode(IntEnum):
     STORAGE_FULL = 20  # a SEND would take the sender's stored messages to the server over a limit
     EXPIRED = 21  # a DIRECT waited longer than --mailbox-ttl and was dropped unread (pushed to its sender)
     UNAVAILABLE = 22  # the relay's database is unreachable: nothing was stored; retry shortly
+    PREKEY = 23  # a prekey upload refused: bad signature, replayed id, over a limit (docs/PROTOCOL.md 6.10)
+    DEVICE_LIST = 24  # a device list or certificate refused: not the user key, bad signature, stale counter
+    PAIRING = 25  # a pairing code unknown, expired or used, or not approved yet
+    DEVICE_REMOVED = 26  # this device was removed from its user's list: its sessions end
 
 
 #: The only text the server sends with these codes (docs/PROTOCOL.md 5.5.1), and the text the client
@@ -262,16 +266,22 @@ class LoginOk(Event):
     user: str
     role: str
     fingerprint: str | None = None
+    #: One-time prekeys the server holds for the session's device (docs/PROTOCOL.md 6.7); None from a
+    #: server that does not serve devices, which is how a client knows not to set one up.
+    prekeys: int | None = None
 
     def encode_body(self) -> bytes:
         # fingerprint is always present: JSON null says "no key registered" (docs/PROTOCOL.md 3.3)
-        return json.dumps({"user": self.user, "role": self.role, "fingerprint": self.fingerprint},
-                          separators=(",", ":")).encode()
+        body: dict[str, Any] = {"user": self.user, "role": self.role, "fingerprint": self.fingerprint}
+        if self.prekeys is not None:
+            body["prekeys"] = self.prekeys
+        return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def decode_body(cls, body: bytes) -> LoginOk:
         o = _load_json(body)
-        return cls(_field(o, "user", str), _field(o, "role", str), _nullable(o, "fingerprint", str))
+        return cls(_field(o, "user", str), _field(o, "role", str), _nullable(o, "fingerprint", str),
+                   _field(o, "prekeys", int, optional=True))
 
 
 @dataclass(frozen=True)

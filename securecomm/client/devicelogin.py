@@ -1,0 +1,57 @@
+"""After a login that proved this device's key: make sure the device is set up (docs/PROTOCOL.md 6.4, 6.5).
+
+The first device of an account makes the user key and publishes list 1; a
+listed device tops up its one-time prekeys and replaces its last-resort
+prekey when due. A device the list does not name yet is waiting to be paired
+(`devices approve` on another device; not served yet), and is left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from securecomm.client import devicesetup as S
+from securecomm.client.devicemail import Directory
+from securecomm.crypto.identity import PrivateIdentity
+from securecomm.errors import NotFoundError
+from securecomm.store.devicekeys import DeviceKeys
+from securecomm.timeutil import now_ms
+
+
+async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user: str, name: str) -> str:
+    """Returns what was done: "created", "listed" or "pending"."""
+    try:
+        current: Directory | None = Directory.parse(await client.request("device_list", user=user))
+    except NotFoundError:
+        current = None
+    done = "listed"
+    if current is None:
+        await client.request("device_list_publish", **S.first_device(user, me, name, keys, now_ms(),
+                                                                      reset=keys.user_key() is not None))
+        done = "created"
+    elif not current.device_list.has(me.public.fingerprint):
+        return "pending"
+    status = await client.request("prekeys_status")
+    args = S.refill(me, keys, int(status["available"]), status.get("last_resort_ms"), now_ms())
+    if args is not None:
+        for chunk in upload_chunks(args, int(getattr(client, "max_send", 0) or 1 << 20)):
+            await client.request("prekeys_upload", **chunk)
+    return done
+
+
+#: Room left in a frame for the REQUEST's own JSON around the hex strings.
+_FRAME_SLACK = 512
+
+
+def upload_chunks(args: dict[str, Any], max_frame: int) -> list[dict[str, Any]]:
+    """Split a `prekeys_upload` so that each REQUEST fits the server's frame limit, ids rising
+    from chunk to chunk (the server refuses an id not above those it has); the last-resort
+    prekey, the highest id, goes in the last chunk."""
+    one_time: list[str] = args["one_time"]
+    last = args.get("last_resort")
+    size = max([len(h) for h in one_time] + [len(last or "")] + [1]) + 4
+    per = max(1, (max_frame - _FRAME_SLACK) // size)
+    chunks: list[dict[str, Any]] = [{"one_time": one_time[i : i + per]} for i in range(0, len(one_time), per)]
+    if last is not None:
+        chunks.append({"one_time": [], "last_resort": last})
+    return chunks

@@ -1,0 +1,91 @@
+"""The relay's door to devices and prekeys (docs/PROTOCOL.md 6.7): REQUEST ops and version-2 DIRECTs.
+
+The checks are pure (server/deviceops.py); this adapter gives them a session's
+facts and a database connection of their own, and turns outcomes into frames.
+Its writes are small single transactions (a claim deletes one row per device)
+run on the event loop; the group commit of messages is not involved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from securecomm.server import intake
+from securecomm.server.deviceops import Caller, DeviceOps, OpError, check_direct
+from securecomm.store.devices import DeviceStore
+from securecomm.timeutil import now_ms
+from securecomm.wire import protocol as P
+
+if TYPE_CHECKING:
+    from securecomm.crypto.prekeys import Envelope2
+    from securecomm.server.session import Session
+    from securecomm.store.db import Store, User
+
+log = logging.getLogger("securecomm.server")
+
+
+def is_version_2(envelope: bytes) -> bool:
+    """Byte 4 of an envelope is its version (docs/PROTOCOL.md 2.2, 6.6)."""
+    return len(envelope) > 4 and envelope[4] == 2
+
+
+class DeviceRelay:
+    def __init__(self, opener: Callable[[], Store]) -> None:
+        self._opener = opener
+        self._ops: DeviceOps | None = None
+        self._store: Store | None = None
+
+    @property
+    def ops(self) -> DeviceOps:
+        if self._ops is None:
+            self._store = self._opener()
+            store = self._store
+            self._ops = DeviceOps(DeviceStore(store.db),
+                                  lambda name: None if (u := store.get_user(name)) is None else u.id)
+        return self._ops
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def prekeys(self, device_id: bytes) -> int:
+        """One-time prekeys held for a device (0 for one not listed): LOGIN_OK's `prekeys`."""
+        return self.ops.store.available(device_id)
+
+    @staticmethod
+    def caller(s: Session) -> Caller:
+        assert s.user is not None
+        return Caller(s.user.id, s.user.name, s.identity, s.password_hash is not None)
+
+    def request(self, s: Session, ev: P.Request, sessions: Callable[[int], set[Session]]) -> bool:
+        """Serve a device op; False if `ev.op` is not one."""
+        if ev.op not in DeviceOps.OPS:
+            return False
+        try:
+            outcome = self.ops.handle(self.caller(s), ev.op, ev.args)
+        except OpError as e:
+            s.error(e.code, e.message, rid=ev.rid)
+            return True
+        s.send(P.Result(ev.rid, outcome.data))
+        assert s.user is not None
+        for other in list(sessions(s.user.id)):
+            if other.identity is not None and other.identity.fingerprint in outcome.close:
+                log.info("%s device removed from its list: closing", other.label())
+                other.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
+        return True
+
+    def check(self, s: Session, envelope: bytes, to: User | None, name: str, window_ms: int
+              ) -> Envelope2 | intake.Refusal:
+        """A version-2 DIRECT: the recipient's listed devices, then the pure checks."""
+        if to is None:
+            return intake.Refusal(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}")
+        current = self.ops.store.current(to.id)
+        devices = {d for d, *_ in self.ops.store.devices(to.id)} if current is not None else set()
+        if not devices:
+            return intake.Refusal(P.ErrorCode.NOT_FOUND, f"{to.name} has no devices yet")
+        try:
+            return check_direct(envelope, s.identity, devices, window_ms, now_ms())
+        except OpError as e:
+            return intake.Refusal(e.code, e.message, e.detail)

@@ -1,0 +1,173 @@
+"""A device's own secrets on disk: its user key copy and its private prekeys (docs/PROTOCOL.md 6.5).
+
+Theory of operation
+-------------------
+    <folder>/user.key              Ed25519 user key, PEM PKCS#8 (0600)
+    <folder>/state.json            next prekey id, last-resort ids and retirement times (no secrets)
+    <folder>/prekeys/1-<id>.key    one-time private prekey, raw bytes (0600)
+    <folder>/prekeys/2-<id>.key    last-resort private prekey
+
+One file per private prekey, so that deleting one is an unlink: nothing of it
+stays in a file a later copy of the folder would hold (a database would keep
+it in free pages or a journal). The file is overwritten with zeros and synced
+before the unlink, so it is not left in the file's blocks either where the
+file system writes in place. The id counter is saved *before* a key file is
+written, so a crash can skip ids but never reuse one (the server refuses a
+reused id as a replay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from securecomm.crypto import prekeys as K
+from securecomm.crypto.devices import UserKey
+from securecomm.crypto.envelope import SenderLookup
+from securecomm.crypto.identity import PrivateIdentity
+from securecomm.errors import FormatError, NotFoundError
+from securecomm.files import DIR_MODE, PRIVATE_MODE, ensure_dir, read_private
+
+
+def _write_atomic(path: Path, data: bytes, *, exclusive: bool) -> None:
+    """Write `path` whole or not at all, 0600; `exclusive` refuses an existing file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), PRIVATE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)  # fails if `path` exists: a key file is never overwritten
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _erase(path: Path) -> None:
+    """Overwrite with zeros, sync, unlink."""
+    with contextlib.suppress(FileNotFoundError):
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.write(bytes(size))
+            f.flush()
+            os.fsync(f.fileno())
+        path.unlink()
+
+
+class DeviceKeys:
+    def __init__(self, folder: Path, kem: str) -> None:
+        self.folder = folder
+        self.kem = kem
+        self.prekey_dir = folder / "prekeys"
+        ensure_dir(self.prekey_dir)
+        os.chmod(folder, DIR_MODE)
+        self.state = self._load_state()
+
+    # -- state ----------------------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        path = self.folder / "state.json"
+        if not path.exists():
+            return {"next_prekey_id": 1, "last_resort": None, "retired": {}}
+        data = json.loads(read_private(path))
+        if not isinstance(data, dict) or not isinstance(data.get("next_prekey_id"), int):
+            raise FormatError(f"{path} is not a device state file")
+        return data
+
+    def _save_state(self) -> None:
+        _write_atomic(self.folder / "state.json", json.dumps(self.state, sort_keys=True).encode(), exclusive=False)
+
+    def _take_ids(self, n: int) -> int:
+        first = int(self.state["next_prekey_id"])
+        if first + n >= 2**32:
+            raise FormatError("this device has used up its prekey ids: reset it with user login")
+        self.state["next_prekey_id"] = first + n
+        self._save_state()
+        return first
+
+    # -- user key -------------------------------------------------------------------------
+    def save_user_key(self, key: UserKey) -> None:
+        pem = key.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        _write_atomic(self.folder / "user.key", pem, exclusive=True)
+
+    def user_key(self) -> UserKey | None:
+        path = self.folder / "user.key"
+        if not path.exists():
+            return None
+        key = serialization.load_pem_private_key(read_private(path), None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise FormatError(f"{path} does not hold an Ed25519 user key")
+        return UserKey(key)
+
+    # -- prekeys ----------------------------------------------------------------------------
+    def _path(self, kind: int, prekey_id: int) -> Path:
+        return self.prekey_dir / f"{kind}-{prekey_id}.key"
+
+    def _keep(self, key: K.PrivatePrekey) -> None:
+        _write_atomic(self._path(key.kind, key.prekey_id), key.raw, exclusive=True)
+
+    def new_one_time(self, device: PrivateIdentity, count: int) -> list[K.Prekey]:
+        """Make, keep and sign `count` one-time prekeys; the signed ones go to the server."""
+        batch = K.generate_batch(device, self._take_ids(count), count)
+        for key in batch:
+            self._keep(key)
+        return [key.sign(device) for key in batch]
+
+    def new_last_resort(self, device: PrivateIdentity, now_ms: int) -> K.Prekey:
+        """A new last-resort prekey; the one it replaces is retired (kept for the grace period)."""
+        key = K.PrivatePrekey.generate(K.LAST_RESORT, self._take_ids(1), device.kem, now_ms)
+        self._keep(key)
+        old = self.state.get("last_resort")
+        if old is not None:
+            self.state["retired"][str(old)] = now_ms
+        self.state["last_resort"] = key.prekey_id
+        self.state["last_resort_ms"] = now_ms
+        self._save_state()
+        return key.sign(device)
+
+    def get(self, kind: int, prekey_id: int) -> K.PrivatePrekey | None:
+        path = self._path(kind, prekey_id)
+        if not path.exists():
+            return None
+        return K.PrivatePrekey.from_raw(kind, prekey_id, self.kem, read_private(path), 0)
+
+    def delete(self, key: K.PrivatePrekey) -> None:
+        _erase(self._path(key.kind, key.prekey_id))
+
+    def prune(self, now_ms: int) -> int:
+        """Erase retired last-resort keys past their grace period; returns how many."""
+        done = [pid for pid, when in self.state["retired"].items() if K.expired_last_resort(int(when), now_ms)]
+        for pid in done:
+            _erase(self._path(K.LAST_RESORT, int(pid)))
+            del self.state["retired"][pid]
+        if done:
+            self._save_state()
+        return len(done)
+
+    def held(self) -> list[Path]:
+        return sorted(self.prekey_dir.glob("*.key"))
+
+    def open(self, data: bytes | K.Envelope2, me: PrivateIdentity, senders: SenderLookup) -> K.Opened2:
+        """Open a message sealed to one of our prekeys; a one-time key is erased once tried."""
+        return K.open_v2(data, me, senders, self.get, on_tried=self.delete)
+
+
+def require_user_key(keys: DeviceKeys) -> UserKey:
+    key = keys.user_key()
+    if key is None:
+        raise NotFoundError("this device has no user key", hint="approve it from another device: "
+                            "securecomm devices approve CODE")
+    return key

@@ -1,0 +1,218 @@
+"""The server's durable record of user keys, devices, prekeys and pairings (docs/PROTOCOL.md 6.3-6.5).
+
+Theory of operation
+-------------------
+The server checks signatures before it calls anything here (crypto/devices.py,
+crypto/prekeys.py); this module only keeps what passed, atomically:
+
+- `publish_list` replaces an account's list only if the counter grows (the
+  compare is inside the transaction, so two racing publishes cannot both win)
+  and drops the devices no longer listed, with their prekeys (cascade);
+- `upload_prekeys` refuses a batch whose ids are not above every id this
+  device used before (a replay), or that would hold more than MAX_HELD;
+- `claim` hands out one prekey per listed device and deletes a one-time
+  prekey in the same transaction, so no two claimants ever get the same one;
+- pairings are keyed by the code's digest, never the code.
+
+SQL is literal with parameters only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from securecomm.crypto import prekeys as K
+from securecomm.crypto.devices import DeviceCert, DeviceList
+from securecomm.errors import (
+    FormatError,
+    PairingExpiredError,
+    PairingUnknownError,
+    PairingUsedError,
+    ReplayedPrekeyError,
+    StaleDeviceListError,
+)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    cert: bytes
+    prekey: bytes
+    kind: int
+
+
+@dataclass(frozen=True)
+class Pending:
+    user_id: int
+    device_id: bytes
+    identity: bytes
+    name: str
+    expires_ms: int
+
+
+class DeviceStore:
+    """Devices and prekeys on the server's SQLite connection (autocommit mode, as store/db.py)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -- device lists ------------------------------------------------------------------
+    def current(self, user_id: int) -> tuple[bytes, bytes, list[bytes]] | None:
+        """(user key, encoded list, certificates of the listed devices), or None."""
+        row = self.db.execute("SELECT user_key, device_list FROM user_keys WHERE user_id = ?", (user_id,)).fetchone()
+        if row is None:
+            return None
+        certs = [c for (c,) in self.db.execute(
+            "SELECT cert FROM devices WHERE user_id = ? ORDER BY device_id", (user_id,))]
+        return bytes(row[0]), bytes(row[1]), [bytes(c) for c in certs]
+
+    def publish_list(self, user_id: int, dlist: DeviceList, certs: list[DeviceCert], *,
+                     reset: bool = False) -> list[bytes]:
+        """Store a verified list and the certificates of its devices; return the removed device ids.
+        A new user key is accepted only with `reset` (6.4)."""
+        by_id = {c.device_id: c for c in certs}
+        if set(by_id) != set(dlist.devices):
+            raise FormatError("every listed device needs its certificate, and only those")
+        with self._transaction():
+            for cert in certs:
+                owner = self.device_user(cert.device_id)
+                if owner is not None and owner != user_id:
+                    raise FormatError("a listed device belongs to another account")
+            self._replace_list(user_id, dlist, reset)
+            gone = [bytes(d) for (d,) in self.db.execute("SELECT device_id FROM devices WHERE user_id = ?",
+                                                         (user_id,)) if bytes(d) not in by_id]
+            self.db.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in gone])
+            for cert in certs:
+                self.db.execute(
+                    "INSERT INTO devices (device_id, user_id, cert, name, added_ms) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (device_id) DO UPDATE SET cert = excluded.cert, name = excluded.name",
+                    (cert.device_id, user_id, cert.encode(), cert.name, cert.added_ms))
+        return gone
+
+    def _replace_list(self, user_id: int, dlist: DeviceList, reset: bool) -> None:
+        row = self.db.execute("SELECT user_key, counter FROM user_keys WHERE user_id = ?", (user_id,)).fetchone()
+        if row is not None and bytes(row[0]) != dlist.user_key and not reset:
+            raise StaleDeviceListError("the account has another user key (a new one needs --reset-user-key)")
+        if row is not None and bytes(row[0]) == dlist.user_key and dlist.counter <= row[1]:
+            raise StaleDeviceListError(f"device list {dlist.counter} is not newer than the stored {row[1]}")
+        self.db.execute(
+            "INSERT INTO user_keys (user_id, user_key, counter, device_list) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET user_key = excluded.user_key, counter = excluded.counter, "
+            "device_list = excluded.device_list", (user_id, dlist.user_key, dlist.counter, dlist.encode()))
+
+    def device_user(self, device_id: bytes) -> int | None:
+        row = self.db.execute("SELECT user_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def cert(self, device_id: bytes) -> bytes | None:
+        row = self.db.execute("SELECT cert FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def last_resort_ms(self, device_id: bytes) -> int | None:
+        row = self.db.execute("SELECT prekey FROM prekeys WHERE device_id = ? AND kind = ?",
+                              (device_id, K.LAST_RESORT)).fetchone()
+        return None if row is None else K.Prekey.decode(bytes(row[0])).created_ms
+
+    def touch(self, device_id: bytes, now_ms: int) -> None:
+        self.db.execute("UPDATE devices SET last_seen_ms = ? WHERE device_id = ?", (now_ms, device_id))
+
+    def devices(self, user_id: int) -> list[tuple[bytes, str, int, int | None]]:
+        """(device id, name, added_ms, last_seen_ms) of each listed device."""
+        return [(bytes(d), n, a, s) for d, n, a, s in self.db.execute(
+            "SELECT device_id, name, added_ms, last_seen_ms FROM devices WHERE user_id = ? ORDER BY added_ms",
+            (user_id,))]
+
+    # -- prekeys -------------------------------------------------------------------------
+    def upload_prekeys(self, device_id: bytes, one_time: list[K.Prekey], last_resort: K.Prekey | None) -> int:
+        """Store a verified batch; every id must be above all this device used before. Returns
+        the one-time prekeys now held."""
+        new = [*one_time, *([last_resort] if last_resort else [])]
+        with self._transaction():
+            row = self.db.execute("SELECT max_prekey_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            if row is None:
+                raise FormatError("prekeys from a device that is not on its user's list")
+            if new and min(p.prekey_id for p in new) <= row[0]:
+                raise ReplayedPrekeyError("a prekey id this device used before (replay)")
+            if self.available(device_id) + len(one_time) > K.MAX_HELD:
+                raise FormatError(f"a device holds at most {K.MAX_HELD} one-time prekeys")
+            if last_resort is not None:
+                self.db.execute("DELETE FROM prekeys WHERE device_id = ? AND kind = ?", (device_id, K.LAST_RESORT))
+            self.db.executemany("INSERT INTO prekeys (device_id, kind, prekey_id, prekey) VALUES (?, ?, ?, ?)",
+                                [(device_id, p.kind, p.prekey_id, p.encode()) for p in new])
+            if new:
+                self.db.execute("UPDATE devices SET max_prekey_id = ? WHERE device_id = ?",
+                                (max(p.prekey_id for p in new), device_id))
+            return self.available(device_id)
+
+    def available(self, device_id: bytes) -> int:
+        (n,) = self.db.execute("SELECT COUNT(*) FROM prekeys WHERE device_id = ? AND kind = ?",
+                               (device_id, K.ONE_TIME)).fetchone()
+        return int(n)
+
+    def claim(self, user_id: int, skip: bytes | None = None) -> list[Claimed]:
+        """One prekey for each listed device of `user_id` but `skip` (the claimant's own device):
+        its lowest one-time prekey, deleted here, else its last-resort prekey."""
+        out = []
+        with self._transaction():
+            for device_id, cert in self.db.execute(
+                    "SELECT device_id, cert FROM devices WHERE user_id = ? ORDER BY device_id", (user_id,)).fetchall():
+                if skip is not None and bytes(device_id) == skip:
+                    continue
+                row = self.db.execute(
+                    "SELECT kind, prekey_id, prekey FROM prekeys WHERE device_id = ? "
+                    "ORDER BY kind, prekey_id LIMIT 1", (device_id,)).fetchone()
+                if row is None:
+                    continue  # a device with no prekey at all cannot be sealed to: it is skipped
+                if row[0] == K.ONE_TIME:
+                    self.db.execute("DELETE FROM prekeys WHERE device_id = ? AND kind = ? AND prekey_id = ?",
+                                    (device_id, K.ONE_TIME, row[1]))
+                out.append(Claimed(bytes(cert), bytes(row[2]), int(row[0])))
+        return out
+
+    # -- pairing ---------------------------------------------------------------------------
+    def start_pairing(self, user_id: int, digest: bytes, device_id: bytes, identity: bytes, name: str,
+                      expires_ms: int) -> None:
+        """A new code for a pending device replaces its earlier one."""
+        with self._transaction():
+            self.db.execute("DELETE FROM pairings WHERE device_id = ?", (device_id,))
+            self.db.execute("INSERT INTO pairings (digest, user_id, device_id, identity, name, expires_ms) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (digest, user_id, device_id, identity, name, expires_ms))
+
+    def pending(self, user_id: int, digest: bytes, now_ms: int) -> Pending:
+        row = self.db.execute("SELECT user_id, device_id, identity, name, expires_ms, used FROM pairings "
+                              "WHERE digest = ? AND user_id = ?", (digest, user_id)).fetchone()
+        if row is None:
+            raise PairingUnknownError("no such pairing code for this account")
+        if row[5]:
+            raise PairingUsedError("this pairing code was already used")
+        if now_ms >= row[4]:
+            raise PairingExpiredError("this pairing code has expired: start again on the new device")
+        return Pending(int(row[0]), bytes(row[1]), bytes(row[2]), row[3], int(row[4]))
+
+    def approve(self, user_id: int, digest: bytes, now_ms: int, approval: bytes) -> Pending:
+        """Mark the code used and keep the approval for `pair_complete`, in one step:
+        of two approvals racing for one code, exactly one wins."""
+        with self._transaction():
+            found = self.pending(user_id, digest, now_ms)
+            self.db.execute("UPDATE pairings SET used = 1, approval = ? WHERE digest = ?", (approval, digest))
+        return found
+
+    def approval(self, device_id: bytes) -> bytes | None:
+        row = self.db.execute("SELECT approval FROM pairings WHERE device_id = ? AND used = 1",
+                              (device_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def prune_pairings(self, now_ms: int) -> int:
+        return self.db.execute("DELETE FROM pairings WHERE expires_ms <= ? AND used = 0", (now_ms,)).rowcount

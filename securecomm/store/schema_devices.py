@@ -1,0 +1,42 @@
+"""The device tables (docs/PROTOCOL.md 6): migration 6 of store/db.py. Only SQL here, so that
+importing the schema loads no cryptography."""
+
+from __future__ import annotations
+
+#: Migration 6 of store/db.py: user keys, devices, prekeys and pairings.
+MIGRATION = """
+    CREATE TABLE user_keys (
+        user_id INTEGER PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+        user_key BLOB NOT NULL,
+        counter INTEGER NOT NULL,
+        device_list BLOB NOT NULL
+    );
+    CREATE TABLE devices (
+        device_id BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        cert BLOB NOT NULL,
+        name TEXT NOT NULL,
+        added_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER,
+        max_prekey_id INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX devices_by_user ON devices (user_id);
+    CREATE TABLE prekeys (
+        device_id BLOB NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+        kind INTEGER NOT NULL CHECK (kind IN (1, 2)),
+        prekey_id INTEGER NOT NULL,
+        prekey BLOB NOT NULL,
+        PRIMARY KEY (device_id, kind, prekey_id)
+    );
+    CREATE TABLE pairings (
+        digest BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        device_id BLOB NOT NULL,
+        identity BLOB NOT NULL,
+        name TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        approval BLOB
+    );
+    CREATE INDEX pairings_by_device ON pairings (device_id)
+"""

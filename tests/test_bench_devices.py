@@ -1,0 +1,28 @@
+"""benchmarks/devices.py runs in --quick mode and reports every figure (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(240)
+def test_quick_devices_benchmark_reports_every_figure(tmp_path):
+    out = tmp_path / "devices.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "devices.py"), "--quick", "--json", str(out)],
+                       capture_output=True, text=True, timeout=230, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for section, keys in {"direct": ["v1_us", "v2_us", "v2_memory_us", "ratio", "ratio_memory"],
+                          "prekeys": ["batch_make_sign_ms", "batch_check_ms", "claim_us", "batch_bytes"],
+                          "fanout": ["v1_one_seal_us", "v2_nine_devices_us"]}.items():
+        for key in keys:
+            assert data[section][key] > 0, f"{section}.{key}"
+    assert data["prekeys"]["batch_bytes"] == 129_800
+    assert "target < 1.3x" in r.stdout

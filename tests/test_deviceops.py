@@ -1,0 +1,270 @@
+"""The server's device requests (securecomm/server/deviceops.py) on a real SQLite store, no network.
+
+The flow of docs/PROTOCOL.md 6.4-6.7: a first device publishes its list and
+prekeys, a contact claims a prekey and seals to it, a second device pairs,
+one is removed; and each refusal of section 6.10 with its code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from securecomm.crypto import devices as D
+from securecomm.crypto import envelope as E
+from securecomm.crypto import prekeys as K
+from securecomm.crypto.identity import PrivateIdentity
+from securecomm.server.deviceops import CLAIMS_PER_MINUTE, Caller, DeviceOps, OpError, check_direct
+from securecomm.store.db import Store
+from securecomm.store.devicekeys import DeviceKeys
+from securecomm.store.devices import DeviceStore
+from securecomm.wire.messages import ErrorCode
+
+
+class World:
+    def __init__(self, tmp_path: Any) -> None:
+        self.store = Store(tmp_path / "server.db")
+        self.devices = DeviceStore(self.store.db)
+        self.now = 1_000_000
+        self.ops = DeviceOps(self.devices, self._find, clock=lambda: self.now)
+        self.ids = {name: self.store.add_user(name, "x").id for name in ("alice", "bob")}
+        self.tmp = tmp_path
+
+    def _find(self, name: str) -> int | None:
+        return self.ids.get(name)
+
+    def caller(self, user: str, device: PrivateIdentity | None, password: bool = False) -> Caller:
+        return Caller(self.ids[user], user, None if device is None else device.public, password)
+
+    def call(self, caller: Caller, op: str, **args: Any) -> Any:
+        return self.ops.handle(caller, op, args)
+
+    def refused(self, expect: ErrorCode, caller: Caller, op: str, **args: Any) -> str:
+        with pytest.raises(OpError) as e:
+            self.call(caller, op, **args)
+        assert e.value.code == expect, e.value.detail
+        return e.value.detail
+
+
+class Account:
+    """One user's first device, set up as the client will: user key, certificate, list, prekeys."""
+
+    def __init__(self, w: World, user: str) -> None:
+        self.w, self.user = w, user
+        self.key = D.UserKey.generate()
+        self.device = PrivateIdentity.generate("x25519")
+        self.cert = D.DeviceCert.sign(self.key, user, self.device.public, "laptop", w.now)
+        self.certs = [self.cert]
+        self.counter = 1
+        self.keys = DeviceKeys(w.tmp / f"{user}-device", "x25519")
+        out = w.call(self.me(True), "device_list_publish", **self.list_args())
+        assert out.data == {"counter": 1}
+
+    def me(self, password: bool = False) -> Caller:
+        return self.w.caller(self.user, self.device, password)
+
+    def list_args(self, certs: list[D.DeviceCert] | None = None) -> dict[str, Any]:
+        certs = self.certs if certs is None else certs
+        dlist = D.DeviceList.sign(self.key, self.user, self.counter, self.w.now, [c.device_id for c in certs])
+        return {"device_list": dlist.encode().hex(), "certs": [c.encode().hex() for c in certs]}
+
+    def upload(self, n: int = 5) -> Any:
+        batch = self.keys.new_one_time(self.device, n)
+        last = self.keys.new_last_resort(self.device, self.w.now)
+        return self.w.call(self.me(), "prekeys_upload", one_time=[p.encode().hex() for p in batch],
+                           last_resort=last.encode().hex())
+
+
+@pytest.fixture()
+def w(tmp_path):
+    world = World(tmp_path)
+    yield world
+    world.store.close()
+
+
+def test_first_device_publishes_uploads_and_a_contact_seals_to_a_one_time_prekey(w):
+    alice, bob = Account(w, "alice"), Account(w, "bob")
+    assert alice.upload(5).data == {"available": 5}
+    status = w.call(alice.me(), "prekeys_status").data
+    assert status["available"] == 5 and status["last_resort_ms"] == w.now
+    got = w.call(bob.me(), "prekeys_claim", user="ALICE").data
+    pinned = D.UserPublicKey.from_line(got["user_key"])
+    assert pinned == alice.key.public
+    certs = D.valid_devices("alice", pinned, D.DeviceList.decode(bytes.fromhex(got["device_list"])),
+                            [D.DeviceCert.decode(bytes.fromhex(c)) for c in got["certs"]])
+    prekey = K.Prekey.decode(bytes.fromhex(got["prekeys"][0]))
+    env = K.seal_v2(b"hello alice", bob.device, certs[0].device, prekey)
+    opened = alice.keys.open(env, alice.device, bob.device.public)
+    assert opened.body == b"hello alice" and not opened.without_one_time_key
+    assert w.call(alice.me(), "prekeys_status").data["available"] == 4
+
+
+def test_claims_fall_back_to_the_last_resort_prekey(w):
+    alice, bob = Account(w, "alice"), Account(w, "bob")
+    alice.upload(1)
+    kinds = [K.Prekey.decode(bytes.fromhex(w.call(bob.me(), "prekeys_claim", user="alice").data["prekeys"][0])).kind
+             for _ in range(3)]
+    assert kinds == [K.ONE_TIME, K.LAST_RESORT, K.LAST_RESORT]
+
+
+def test_prekey_with_a_bad_signature_is_refused(w):
+    alice = Account(w, "alice")
+    bad = bytearray(alice.keys.new_one_time(alice.device, 1)[0].encode())
+    bad[-1] ^= 1
+    w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=[bytes(bad).hex()])
+    assert w.call(alice.me(), "prekeys_status").data["available"] == 0
+
+
+def test_replayed_prekey_id_is_refused(w):
+    alice = Account(w, "alice")
+    batch = [p.encode().hex() for p in alice.keys.new_one_time(alice.device, 2)]
+    w.call(alice.me(), "prekeys_upload", one_time=batch)
+    assert "replay" in w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=batch[:1])
+
+
+def test_list_not_signed_by_the_user_key_is_refused(w):
+    alice = Account(w, "alice")
+    alice.key, alice.counter = D.UserKey.generate(), 2
+    alice.certs = [D.DeviceCert.sign(alice.key, "alice", alice.device.public, "laptop", 0)]
+    w.refused(ErrorCode.DEVICE_LIST, alice.me(), "device_list_publish", **alice.list_args())
+
+
+def test_stale_list_is_refused(w):
+    alice = Account(w, "alice")
+    w.refused(ErrorCode.DEVICE_LIST, alice.me(), "device_list_publish", **alice.list_args())
+
+
+def test_new_user_key_needs_reset_and_the_password(w):
+    alice = Account(w, "alice")
+    alice.key = D.UserKey.generate()
+    alice.certs = [D.DeviceCert.sign(alice.key, "alice", alice.device.public, "laptop", 0)]
+    w.refused(ErrorCode.FORBIDDEN, alice.me(False), "device_list_publish", reset=True, **alice.list_args())
+    assert w.call(alice.me(True), "device_list_publish", reset=True, **alice.list_args()).data == {"counter": 1}
+    got = w.call(alice.me(), "device_list", user="alice").data
+    assert got["user_key"] == alice.key.public.line
+
+
+def _pair(w: World, alice: Account) -> tuple[PrivateIdentity, str]:
+    phone = PrivateIdentity.generate("x25519")
+    pending = w.caller("alice", phone, True)
+    w.refused(ErrorCode.PAIRING, pending, "pair_complete")
+    started = w.call(pending, "pair_start", name="phone").data
+    assert started["expires_ms"] == w.now + D.CODE_TTL_MS
+    return phone, started["code"]
+
+
+def test_pairing_a_second_device(w):
+    alice = Account(w, "alice")
+    phone, code = _pair(w, alice)
+    shown = w.call(alice.me(), "pair_lookup", code=code.lower()).data
+    assert shown["device"] == phone.public.line and shown["name"] == "phone"
+    cert = D.DeviceCert.sign(alice.key, "alice", phone.public, "phone", w.now)
+    alice.certs.append(cert)
+    alice.counter = 2
+    hand_over = K.seal_v2(D.encode_user_key_transfer("alice", alice.key), alice.device, phone.public, None)
+    out = w.call(alice.me(), "pair_approve", code=code, cert=cert.encode().hex(), user_key=hand_over.hex(),
+                 **alice.list_args())
+    assert {(n.event, n.device) for n in out.notices} == {("device_added", None), ("paired", phone.public.fingerprint)}
+    done = w.call(w.caller("alice", phone), "pair_complete").data
+    approver = D.DeviceCert.decode(bytes.fromhex(done["approver_cert"]))
+    body = K.open_v2(bytes.fromhex(done["user_key"]), phone, approver.device, lambda *_: None,
+                     require_prekey=False).body
+    named = D.DeviceCert.decode(bytes.fromhex(done["cert"])).user_key_public
+    key = D.decode_user_key_transfer(body, "alice", named)
+    assert key.seed == alice.key.seed
+    w.refused(ErrorCode.PAIRING, alice.me(), "pair_lookup", code=code)  # used
+
+
+def test_expired_pairing_code_is_refused(w):
+    alice = Account(w, "alice")
+    _, code = _pair(w, alice)
+    w.now += D.CODE_TTL_MS
+    assert "expired" in w.refused(ErrorCode.PAIRING, alice.me(), "pair_lookup", code=code)
+
+
+def test_pairing_code_of_another_account_is_unknown(w):
+    alice, bob = Account(w, "alice"), Account(w, "bob")
+    _, code = _pair(w, alice)
+    w.refused(ErrorCode.PAIRING, bob.me(), "pair_lookup", code=code)
+
+
+def test_removing_a_device_closes_it_and_stops_its_uploads(w):
+    alice = Account(w, "alice")
+    phone = PrivateIdentity.generate("x25519")
+    alice.certs.append(D.DeviceCert.sign(alice.key, "alice", phone.public, "phone", 0))
+    alice.counter = 2
+    w.call(alice.me(), "device_list_publish", **alice.list_args())
+    alice.counter = 3
+    out = w.call(alice.me(), "device_remove", device=phone.public.fingerprint.hex(),
+                 **alice.list_args(alice.certs[:1]))
+    assert out.close == [phone.public.fingerprint] and out.data["removed"] == phone.public.fingerprint.hex()
+    assert [n.event for n in out.notices] == ["device_removed"]
+    w.refused(ErrorCode.FORBIDDEN, w.caller("alice", phone), "prekeys_upload", one_time=[])
+
+
+def test_claims_are_rate_limited(w):
+    alice, bob = Account(w, "alice"), Account(w, "bob")
+    alice.upload(1)
+    for _ in range(CLAIMS_PER_MINUTE):
+        w.call(bob.me(), "prekeys_claim", user="alice")
+    w.refused(ErrorCode.RATE_LIMITED, bob.me(), "prekeys_claim", user="alice")
+    w.now += 60_000
+    w.call(bob.me(), "prekeys_claim", user="alice")
+
+
+def test_unknown_user_and_op(w):
+    alice = Account(w, "alice")
+    w.refused(ErrorCode.NOT_FOUND, alice.me(), "prekeys_claim", user="nobody")
+    w.refused(ErrorCode.NOT_FOUND, alice.me(), "device_list", user="bob")  # bob has no list yet
+    w.refused(ErrorCode.UNKNOWN_TYPE, alice.me(), "prekeys_delete_all")
+    w.refused(ErrorCode.BAD_FRAME, alice.me(), "device_list_publish", device_list=5, certs=[])
+
+
+# -- the server's check of a version-2 DIRECT ------------------------------------------------------------
+
+WINDOW = 5 * 60 * 1000
+
+
+def _direct_world():
+    alice, bob = PrivateIdentity.generate("x25519"), PrivateIdentity.generate("x25519")
+    prekey = K.PrivatePrekey.generate(K.ONE_TIME, 1, "x25519")
+    return alice, bob, prekey.sign(bob)
+
+
+def _code(data: bytes, sender, devices, now=None) -> ErrorCode:
+    with pytest.raises(OpError) as e:
+        check_direct(data, sender, devices, WINDOW, now if now is not None else E.now_ms())
+    return e.value.code
+
+
+def test_direct_v2_passes_the_servers_checks():
+    alice, bob, prekey = _direct_world()
+    env = K.seal_v2(b"x", alice, bob.public, prekey)
+    assert check_direct(env, alice.public, {bob.public.fingerprint}, WINDOW, E.now_ms()).header.prekey_id == 1
+
+
+def test_direct_version_1_refused_by_name():
+    alice, bob, _ = _direct_world()
+    with pytest.raises(OpError) as e:
+        check_direct(E.seal(b"x", alice, bob.public), alice.public, {bob.public.fingerprint}, WINDOW, E.now_ms())
+    assert e.value.code == ErrorCode.INTEGRITY and "version 1" in e.value.detail
+
+
+def test_direct_refusals():
+    alice, bob, prekey = _direct_world()
+    good = K.seal_v2(b"x", alice, bob.public, prekey)
+    assert _code(K.seal_v2(b"x", alice, bob.public, None), alice.public, {bob.public.fingerprint}) \
+        == ErrorCode.INTEGRITY  # no prekey
+    assert _code(good, alice.public, {b"\x00" * 32}) == ErrorCode.WRONG_RECIPIENT  # unlisted (removed) device
+    assert _code(good, alice.public, {bob.public.fingerprint}, E.now_ms() + 2 * WINDOW) == ErrorCode.STALE
+    assert _code(good, bob.public, {bob.public.fingerprint}) == ErrorCode.FORBIDDEN  # not this session's device
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    assert _code(bytes(bad), alice.public, {bob.public.fingerprint}) == ErrorCode.INTEGRITY
+
+
+def test_too_many_prekeys_in_a_batch_is_a_prekey_refusal(w):
+    alice = Account(w, "alice")
+    batch = [p.encode().hex() for p in alice.keys.new_one_time(alice.device, K.MAX_BATCH)]
+    w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=[*batch, batch[0]])
