@@ -7,7 +7,13 @@ but the user id: whoever holds a session of that user reads the mailbox from
 the store (so a relay that misses a wake-up still delivers at the next login
 or acknowledgement). A room event carries the encoded frame, because rooms
 are not stored: the bytes are the event. `origin` names the publishing
-connection so that it is not sent its own frame back.
+connection so that it is not sent its own frame back. A user frame (a
+delivery receipt, a room key) is for every session of one user, wherever it is
+connected.
+
+`watch_user` / `watch_room` (and their `unwatch_`) say what this relay's
+sessions need, counted per holder: a bus that spans relays subscribes to
+exactly that (net/nats_bus.py), so a room line reaches each relay once.
 
 `LocalBus` is the in-process implementation (one relay: publishing calls the
 subscribers at once, which is today's direct delivery); a NATS implementation
@@ -21,6 +27,7 @@ from typing import Protocol
 
 MailHandler = Callable[[int], None]
 RoomHandler = Callable[[str, bytes, object], None]
+UserHandler = Callable[[int, bytes], None]
 
 
 class Bus(Protocol):
@@ -32,8 +39,18 @@ class Bus(Protocol):
         """`frame` (an encoded ROOM_MESSAGE or ROOM_EVENT) is for every member of `room` but `origin`."""
         ...
 
+    def publish_user(self, user_id: int, frame: bytes) -> None:
+        """`frame` (an encoded event) is for every session of `user_id`, on any relay."""
+        ...
+
     def on_mail(self, handler: MailHandler) -> None: ...
     def on_room(self, handler: RoomHandler) -> None: ...
+    def on_user(self, handler: UserHandler) -> None: ...
+    def watch_user(self, user_id: int) -> None: ...
+    def unwatch_user(self, user_id: int) -> None: ...
+    def watch_room(self, room: str) -> None: ...
+    def unwatch_room(self, room: str) -> None: ...
+    def describe(self) -> str: ...
 
 
 class LocalBus:
@@ -42,6 +59,7 @@ class LocalBus:
     def __init__(self) -> None:
         self._mail: list[MailHandler] = []
         self._room: list[RoomHandler] = []
+        self._user: list[UserHandler] = []
 
     def publish_mail(self, user_id: int) -> None:
         for handler in self._mail:
@@ -51,8 +69,31 @@ class LocalBus:
         for handler in self._room:
             handler(room, frame, origin)
 
+    def publish_user(self, user_id: int, frame: bytes) -> None:
+        for handler in self._user:
+            handler(user_id, frame)
+
     def on_mail(self, handler: MailHandler) -> None:
         self._mail.append(handler)
 
     def on_room(self, handler: RoomHandler) -> None:
         self._room.append(handler)
+
+    def on_user(self, handler: UserHandler) -> None:
+        self._user.append(handler)
+
+    # One process holds every session: nothing to subscribe to.
+    def watch_user(self, user_id: int) -> None:
+        pass
+
+    def unwatch_user(self, user_id: int) -> None:
+        pass
+
+    def watch_room(self, room: str) -> None:
+        pass
+
+    def unwatch_room(self, room: str) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "in-process (one relay)"

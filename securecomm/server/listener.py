@@ -30,7 +30,7 @@ from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import BusyError, ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
-from securecomm.net.bus import LocalBus
+from securecomm.net.bus import Bus, LocalBus
 from securecomm.server import intake
 from securecomm.server.admission import Admission, Ticket
 from securecomm.server.auth import (
@@ -81,7 +81,7 @@ def _smaller_tls_buffers() -> None:
 
 class Server:
     def __init__(self, config: ServerConfig, ssl_ctx: ssl.SSLContext, identity: PrivateIdentity,
-                 db_path: Any) -> None:
+                 db_path: Any, bus: Bus | None = None) -> None:
         config.validate()
         self.config = config
         self.ssl_ctx = ssl_ctx
@@ -94,7 +94,8 @@ class Server:
                                    send_limits=SendLimits(config.send_messages, config.send_bytes))
         self.store = AsyncStore(writer, functools.partial(Store, db_path, readonly=True),
                                 id_lifetime_ms=2 * config.stale_window_ms)
-        self.relay = Relay(config, self.store, LocalBus())
+        self.bus = bus if bus is not None else LocalBus()
+        self.relay = Relay(config, self.store, self.bus)
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
@@ -130,6 +131,9 @@ class Server:
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         _smaller_tls_buffers()
+        connect = getattr(self.bus, "connect", None)
+        if connect is not None:  # a bus that spans relays: unreachable at start means no serving at all
+            await connect()
         await self.store.open()
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port,
                                                   limit=READ_CHUNK, backlog=1024)
@@ -203,6 +207,9 @@ class Server:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.store.close()
+        close = getattr(self.bus, "close", None)
+        if close is not None:
+            await close()
         self.hash_pool.shutdown(wait=False, cancel_futures=True)
         self.stopped.set()
 

@@ -65,6 +65,7 @@ class Relay:
         self.config, self.store, self.bus = config, store, bus
         bus.on_mail(self._wake)
         bus.on_room(self._room_event)
+        bus.on_user(self._user_frame)
         self.online: dict[int, set[Session]] = {}
         self.rooms: dict[str, dict[Session, None]] = {}
 
@@ -72,13 +73,15 @@ class Relay:
     def logged_in(self, s: Session) -> None:
         assert s.user is not None
         self.online.setdefault(s.user.id, set()).add(s)
+        self.bus.watch_user(s.user.id)
         self.offer_pending(s)
 
     def gone(self, s: Session) -> None:
         if s.user is not None:
             sessions = self.online.get(s.user.id)
-            if sessions is not None:
+            if sessions is not None and s in sessions:
                 sessions.discard(s)
+                self.bus.unwatch_user(s.user.id)
                 if not sessions:
                     del self.online[s.user.id]
         for room in list(s.rooms):
@@ -172,9 +175,8 @@ class Relay:
             msg_id, sender_id = taken
             if ev.status == P.ACK_OK:
                 receipt = P.Delivered(msg_id, ev.digest, ev.signature, s.user.name)
-                for other in list(self.online.get(sender_id, ())):
-                    with contextlib.suppress(P.ProtocolError):
-                        other.send(receipt)
+                # to the sender's sessions on every relay (the bus reaches the ones elsewhere)
+                self.bus.publish_user(sender_id, P.encode_event(receipt, self.config.max_frame))
             else:
                 log.warning("%s rejected direct message %s (failed verification)", s.label(), msg_id.hex())
         if s.mailbox.backlog and not s.mailbox.outstanding:
@@ -222,6 +224,7 @@ class Relay:
             self._broadcast(room, P.RoomEvent(room, "joined", s.user.name, s.identity.line), exclude=s)
             members[s] = None
             s.rooms.add(room)
+            self.bus.watch_room(room)
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     def _room_full(self, s: Session, ev: P.Request, room: str, members: dict[Session, None]) -> bool:
@@ -249,6 +252,7 @@ class Relay:
             return
         del members[s]
         s.rooms.discard(room)
+        self.bus.unwatch_room(room)
         if not members:
             del self.rooms[room]
         elif s.user is not None:
@@ -261,6 +265,12 @@ class Relay:
     def _room_event(self, room: str, data: bytes, origin: object) -> None:
         for m in self.rooms.get(room, {}):
             if m is not origin and m.conn.state is P.State.READY:
+                m.outbox.put(data)
+
+    def _user_frame(self, user_id: int, data: bytes) -> None:
+        """An encoded event for every session of `user_id` connected here."""
+        for m in list(self.online.get(user_id, ())):
+            if m.conn.state is P.State.READY and not m.closing:
                 m.outbox.put(data)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
@@ -284,10 +294,10 @@ class Relay:
     def room_key(self, s: Session, ev: P.RoomKey) -> None:
         assert s.user is not None
         target = self.store.read().get_user(ev.user)
-        sessions = self.online.get(target.id, set()) if target is not None else set()
-        if not sessions:
-            log.debug("%s room key for an offline user dropped", s.label())
+        if target is None:
+            log.debug("%s room key for an unknown user dropped", s.label())
             return
-        for m in list(sessions):
-            with contextlib.suppress(P.ProtocolError, OversizedError):  # intake already refused what cannot fit
-                m.send(P.RoomKey(s.user.name, ev.envelope))
+        # to the target's sessions on every relay; one that is offline everywhere drops it, as before
+        with contextlib.suppress(OversizedError):  # intake already refused what cannot fit
+            self.bus.publish_user(target.id, P.encode_event(P.RoomKey(s.user.name, ev.envelope),
+                                                            self.config.max_frame))
