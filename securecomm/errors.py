@@ -125,6 +125,10 @@ class ShuttingDownError(NetworkError):
     """the server is shutting down (a planned restart); retry shortly"""
 
 
+class StoreUnavailableError(NetworkError):
+    """the database server cannot be reached; retry shortly"""
+
+
 class TLSError(NetworkError):
     """the TLS handshake failed or the server is not trusted"""
 
@@ -147,6 +151,10 @@ class BusyError(RefusedError):
 
 class KeyReplaceError(RefusedError):
     """the account already has another device key registered"""
+
+
+class SchemaVersionError(UsageError):
+    """the database schema does not match this version of securecomm"""
 
 
 class ExistsError(SecurecommError):

@@ -12,14 +12,47 @@ from securecomm.store import passwords
 from securecomm.store.db import MIGRATIONS, NewMessage, Store, normalise_name
 
 
+# PostgreSQL starts a private server process (tests/cluster.py): slow, like the other server tests
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def open_store(request, tmp_path):
+    """Opens the store under test, on the same database each call (a restart, or another process such as
+    `securecomm user remove`): SQLite in a file, or PostgreSQL in a fresh database (tests/cluster.py)."""
+    opened = []
+    if request.param == "sqlite":
+        def opener(**limits):
+            return Store(tmp_path / "data" / "db.sqlite", **limits)
+    else:
+        from securecomm.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("pg_url")
+        PostgresStore(url, migrate=True).close()  # `securecomm db migrate`: PostgreSQL is never migrated on open
+
+        def opener(**limits):
+            return PostgresStore(url, **limits)
+
+    def tracked(**limits):
+        opened.append(opener(**limits))
+        return opened[-1]
+
+    yield tracked
+    for s in opened:
+        s.close()
+
+
 @pytest.fixture
-def store(tmp_path):
+def store(open_store):
+    return open_store()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
     s = Store(tmp_path / "data" / "db.sqlite")
     yield s
     s.close()
 
 
-def test_schema_version_and_pragmas(store, tmp_path):
+def test_schema_version_and_pragmas(sqlite_store, tmp_path):
+    store = sqlite_store
     assert store.schema_version == len(MIGRATIONS)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -114,8 +147,8 @@ def test_password_policy(pw):
         passwords.check_policy(pw)
 
 
-def test_database_file_is_plain_sqlite(store, tmp_path):
-    store.add_user("erin", passwords.hash_password("long enough"))
+def test_database_file_is_plain_sqlite(sqlite_store, tmp_path):
+    sqlite_store.add_user("erin", passwords.hash_password("long enough"))
     con = sqlite3.connect(tmp_path / "data" / "db.sqlite")
     (phc,) = con.execute("SELECT password_hash FROM users WHERE name = ?", ("erin",)).fetchone()
     assert "long enough" not in phc and phc.startswith("$argon2id$")
@@ -128,16 +161,16 @@ def _direct(sender: int, recipient: int, n: int, size: int = 100):
     return NewDirect(sender, recipient, n.to_bytes(16, "big"), bytes(32), bytes([n % 256]) * size)
 
 
-def _mail_store(tmp_path, **limits):
+def _mail_store(open_store, **limits):
     from securecomm.store.quota import MailboxLimits
 
-    s = Store(tmp_path / "quota.sqlite", mailbox_limits=MailboxLimits(**limits))
+    s = open_store(mailbox_limits=MailboxLimits(**limits))
     alice, bob = s.add_user("alice", "x"), s.add_user("bob", "x")
     return s, alice.id, bob.id
 
 
-def test_mailbox_message_limit_refuses_without_losing_anything(tmp_path):
-    s, alice, bob = _mail_store(tmp_path, messages=3, bytes=10**9)
+def test_mailbox_message_limit_refuses_without_losing_anything(open_store):
+    s, alice, bob = _mail_store(open_store, messages=3, bytes=10**9)
     out = s.store_messages([_direct(alice, bob, i) for i in range(5)])  # one batch, one transaction
     assert [o.refused is None for o in out] == [True, True, True, False, False]
     assert "3 messages waiting; the limit is 3" in (out[3].refused or "")
@@ -154,8 +187,8 @@ def test_mailbox_message_limit_refuses_without_losing_anything(tmp_path):
     s.close()
 
 
-def test_mailbox_byte_limit(tmp_path):
-    s, alice, bob = _mail_store(tmp_path, messages=100, bytes=1000)
+def test_mailbox_byte_limit(open_store):
+    s, alice, bob = _mail_store(open_store, messages=100, bytes=1000)
     out = s.store_messages([_direct(alice, bob, i, size=400) for i in range(3)])
     assert [o.refused is None for o in out] == [True, True, False]
     assert "800 bytes waiting and this message is 400; the limit is 1000 bytes" in (out[2].refused or "")
@@ -163,16 +196,17 @@ def test_mailbox_byte_limit(tmp_path):
     s.close()
 
 
-def test_mailbox_counts_survive_a_restart_and_outside_deletes(tmp_path):
+def test_mailbox_counts_survive_a_restart_and_outside_deletes(open_store):
     from securecomm.store import quota
 
-    s, alice, bob = _mail_store(tmp_path, messages=2, bytes=10**9)
+    s, alice, bob = _mail_store(open_store, messages=2, bytes=10**9)
     s.store_messages([_direct(alice, bob, i) for i in range(2)])
     s.close()
-    s = Store(tmp_path / "quota.sqlite", mailbox_limits=quota.MailboxLimits(2, 10**9))
+    s = open_store(mailbox_limits=quota.MailboxLimits(2, 10**9))
     assert s.store_messages([_direct(alice, bob, 5)])[0].refused  # counted from the database on first use
-    other = Store(tmp_path / "quota.sqlite")  # e.g. an operator's tool deleting rows behind the server's back
-    other.db.execute("DELETE FROM mailbox WHERE recipient_id = ?", (bob,))
+    other = open_store()  # e.g. another relay, or an operator's tool, deleting rows behind this one's back
+    for item in other.pending_mail(bob):
+        assert other.take_mail(bob, item.seq) is not None
     other.close()
     s.mailbox_usage._usage[bob].counted_at -= quota.RECOUNT_AFTER + 1  # the count is old: read again
     assert s.store_messages([_direct(alice, bob, 6)])[0].refused is None
@@ -184,10 +218,10 @@ def _sent(sender: int, n: int, size: int = 100) -> NewMessage:
     return NewMessage(sender, n.to_bytes(16, "big"), bytes(32), 0, bytes([n % 256]) * size)
 
 
-def test_send_limit_refuses_new_messages_but_answers_retries(tmp_path):
+def test_send_limit_refuses_new_messages_but_answers_retries(open_store):
     from securecomm.store.quota import SendLimits
 
-    s = Store(tmp_path / "send.sqlite", send_limits=SendLimits(messages=2, bytes=10**9))
+    s = open_store(send_limits=SendLimits(messages=2, bytes=10**9))
     alice, bob = s.add_user("alice", "x").id, s.add_user("bob", "x").id
     first, second, third = s.store_messages([_sent(alice, i) for i in range(3)])  # one transaction
     assert (first.refused, second.refused) == (None, None)
@@ -199,8 +233,8 @@ def test_send_limit_refuses_new_messages_but_answers_retries(tmp_path):
     s.close()
 
 
-def test_removing_a_sender_deletes_its_undelivered_mail_only(tmp_path):
-    s, alice, bob = _mail_store(tmp_path, messages=2, bytes=10**9)
+def test_removing_a_sender_deletes_its_undelivered_mail_only(open_store):
+    s, alice, bob = _mail_store(open_store, messages=2, bytes=10**9)
     s.store_messages([_direct(alice, bob, 1), _direct(bob, alice, 2), _sent(alice, 3)])
     s.remove_user("alice")
     assert s.count_mail() == 0  # mail from alice to bob, and mail waiting for alice
@@ -208,11 +242,11 @@ def test_removing_a_sender_deletes_its_undelivered_mail_only(tmp_path):
     s.close()
 
 
-def test_a_mailbox_count_is_read_again_once_the_account_counter_moves(tmp_path):
-    s, alice, bob = _mail_store(tmp_path, messages=2, bytes=10**9)
+def test_a_mailbox_count_is_read_again_once_the_account_counter_moves(open_store):
+    s, alice, bob = _mail_store(open_store, messages=2, bytes=10**9)
     s.store_messages([_direct(alice, bob, i) for i in range(2)])
     assert s.store_messages([_direct(alice, bob, 5)])[0].refused  # full, and the count is now cached
-    other = Store(tmp_path / "quota.sqlite")  # `securecomm user remove` in another process
+    other = open_store()  # `securecomm user remove` in another process
     other.remove_user("alice")
     other.close()
     carol = s.add_user("carol", "x").id
@@ -220,12 +254,12 @@ def test_a_mailbox_count_is_read_again_once_the_account_counter_moves(tmp_path):
     s.close()
 
 
-def test_mail_from_a_sender_removed_after_the_checks_is_not_stored(tmp_path):
+def test_mail_from_a_sender_removed_after_the_checks_is_not_stored(open_store):
     """The server checks a DIRECT, then commits it; a removal in between must not leave an orphan row."""
     from securecomm.store.db import ACCOUNT_GONE
 
-    s, alice, bob = _mail_store(tmp_path, messages=10, bytes=10**9)
-    other = Store(tmp_path / "quota.sqlite")  # `securecomm user remove` in another process
+    s, alice, bob = _mail_store(open_store, messages=10, bytes=10**9)
+    other = open_store()  # `securecomm user remove` in another process
     other.remove_user("alice")
     other.close()
     late, to_gone = s.store_messages([_direct(alice, bob, 1), _direct(bob, alice, 2)])

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inbox": ("securecomm.cli.client", "inbox", "Fetch and print pending direct messages."),
     "contacts": ("securecomm.cli.client", "contacts", "Show pinned contact keys; trust a changed one."),
     "user": ("securecomm.cli.users", "user", "Manage user accounts and log in."),
+    "db": ("securecomm.cli.db", "db", "Create, upgrade and fill a PostgreSQL database for several relays."),
     "paths": ("securecomm.cli.misc", "paths", "Print where securecomm keeps its files."),
     "completion": ("securecomm.cli.misc", "completion", "Print the shell completion script."),
 }

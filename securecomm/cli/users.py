@@ -25,8 +25,9 @@ from securecomm.cli.context import (
 )
 from securecomm.errors import KeyReplaceError, NotFoundError, SecurecommError, UsageError
 
-db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-                         help="The server's SQLite database [data dir].")
+db_option = click.option("--db", metavar="FILE|URL",
+                         help="The server's SQLite database [data dir], or the PostgreSQL URL its relays share "
+                              "(postgresql://USER@HOST/DB).")
 password_stdin_option = click.option("--password-stdin", is_flag=True,
                                      help="Read the password from the first line of stdin (for scripts).")
 
@@ -51,12 +52,16 @@ def read_password(from_stdin: bool, *, confirm: bool, prompt: str = "password", 
     return password
 
 
-def open_db(state: State, db: Path | None, *, create: bool = False) -> Any:
+def open_db(state: State, db: str | None, *, create: bool = False) -> Any:
     """The server's database. Only `user add` may create it, and says so: a wrong
-    --home must not quietly produce an empty database that no server reads."""
+    --home must not quietly produce an empty database that no server reads.
+    A PostgreSQL URL is never created here: `securecomm db migrate` does that."""
+    from securecomm.store.backends import is_url, open_store
     from securecomm.store.db import Store
 
-    path = db or state.paths.database
+    if db is not None and is_url(db):
+        return open_store(db)
+    path = Path(db) if db else state.paths.database
     if path.exists():
         return Store(path)
     if not create:
@@ -83,7 +88,7 @@ def user() -> None:
 @password_stdin_option
 @db_option
 @pass_state
-def add(state: State, name: str, admin: bool, password_stdin: bool, db: Path | None) -> None:
+def add(state: State, name: str, admin: bool, password_stdin: bool, db: str | None) -> None:
     """Create account NAME, prompting twice for its password.
 
     NAME is 1-32 characters of a-z 0-9 _ . - (upper case is folded to lower).
@@ -104,7 +109,14 @@ def add(state: State, name: str, admin: bool, password_stdin: bool, db: Path | N
         created = store.add_user(name, passwords.hash_password(password), "admin" if admin else "user")
     finally:
         store.close()
-    info(f"created {created.role} {created.name} in {store.path}")
+    info(f"created {created.role} {created.name} in {_where(store)}")
+
+
+def _where(store: Any) -> str:
+    """The database a command wrote: a file path, or a URL without its password."""
+    from securecomm.store.backends import describe
+
+    return str(store.path) if hasattr(store, "path") else describe(store.url)
 
 
 @user.command(epilog="Example: securecomm user passwd alice")
@@ -115,7 +127,7 @@ def add(state: State, name: str, admin: bool, password_stdin: bool, db: Path | N
 @password_stdin_option
 @db_option
 @pass_state
-def passwd(state: State, name: str, keep_key: bool, password_stdin: bool, db: Path | None) -> None:
+def passwd(state: State, name: str, keep_key: bool, password_stdin: bool, db: str | None) -> None:
     """Set a new password for NAME; also clears a lockout, and removes the device key unless --keep-key.
 
     Without --keep-key the running server logs the account's devices out
@@ -142,7 +154,7 @@ def passwd(state: State, name: str, keep_key: bool, password_stdin: bool, db: Pa
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @db_option
 @pass_state
-def remove(state: State, name: str, yes: bool, db: Path | None) -> None:
+def remove(state: State, name: str, yes: bool, db: str | None) -> None:
     """Delete account NAME and its registered identity key (its stored messages stay)."""
     store = open_db(state, db)
     try:
@@ -173,7 +185,7 @@ def _fmt_time(ts: int | None) -> str:
 @click.option("--remote", is_flag=True, help="Ask the server through your logged-in profile (admins only).")
 @db_option
 @pass_state
-def list_(state: State, as_json: bool, remote: bool, db: Path | None) -> None:
+def list_(state: State, as_json: bool, remote: bool, db: str | None) -> None:
     """List accounts: name, role, created, last login, locked, key fingerprint."""
     if remote:
         rows = _remote_rows(state)

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # annotations only: the server's config reads the limits without loading sqlite3
-    import sqlite3
+from typing import Any, Protocol
 
 #: Direct messages that may wait for one recipient. Generous for a person who is
 #: offline for weeks; a flood from one sender stops here.
@@ -42,6 +39,12 @@ SEND_MESSAGES = 100_000
 #: Bytes of envelopes to the server one user may have stored: 256 maximum-size
 #: messages. One connection wrote 150 MB in 3 s before this limit existed.
 SEND_BYTES = 256 * 1024 * 1024
+
+
+class Cursor(Protocol):
+    """What the counting needs of a DB-API cursor: sqlite3's and psycopg's both fit (store/postgres.py)."""
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class MailboxUsage:
         self.limits = limits
         self._usage: dict[int, _Usage] = {}
 
-    def refusal(self, cur: sqlite3.Cursor, owner_id: int, size: int) -> str | None:
+    def refusal(self, cur: Cursor, owner_id: int, size: int) -> str | None:
         """Why a message of `size` bytes cannot be stored for the owner, or None if it fits."""
         usage = self._usage.get(owner_id) or self._count(cur, owner_id)
         if not self._fits(usage, size) and self._stale(cur, usage):
@@ -92,10 +95,10 @@ class MailboxUsage:
         return usage.messages + 1 <= self.limits.messages and usage.bytes + size <= self.limits.bytes
 
     @staticmethod
-    def _stale(cur: sqlite3.Cursor, usage: _Usage) -> bool:
+    def _stale(cur: Cursor, usage: _Usage) -> bool:
         return time.monotonic() - usage.counted_at > RECOUNT_AFTER or _accounts(cur) != usage.accounts
 
-    def _count(self, cur: sqlite3.Cursor, owner_id: int) -> _Usage:
+    def _count(self, cur: Cursor, owner_id: int) -> _Usage:
         n, total = cur.execute(self.COUNT_SQL, (owner_id,)).fetchone()
         usage = self._usage[owner_id] = _Usage(int(n), int(total), time.monotonic(), _accounts(cur))
         return usage
@@ -127,7 +130,7 @@ class SendUsage(MailboxUsage):
     FULL, STATE = "your storage for messages to the server is full", "stored"
 
 
-def _accounts(cur: sqlite3.Cursor) -> int:
+def _accounts(cur: Cursor) -> int:
     """The account change counter (store/db.py), one indexed row."""
     row = cur.execute("SELECT value FROM counters WHERE name = 'accounts'").fetchone()
     return int(row[0]) if row else 0

@@ -48,6 +48,7 @@ class ErrorCode(IntEnum):
     MAILBOX_FULL = 18  # a direct message would take its recipient's mailbox over a limit
     KEY_REPLACE = 19  # the account has another device key; resend with replace_key to replace it
     STORAGE_FULL = 20  # a SEND would take the sender's stored messages to the server over a limit
+    UNAVAILABLE = 21  # the relay's database is unreachable: nothing was stored; retry shortly
 
 
 class ProtocolError(RemoteProtocolError):
