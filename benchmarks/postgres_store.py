@@ -85,9 +85,9 @@ def start_relay(tmp: Path, name: str, db: list[str]) -> tuple[Any, Path]:
 async def pipelined(home: Path, server_pub: Path, n: int) -> float:
     """n sealed 1 KiB SENDs, 2,000 in flight on one connection, each waiting for its durable receipt."""
     from securecomm.cli.context import State
+    from securecomm.client.login import connect_profile
     from securecomm.crypto import envelope
     from securecomm.crypto import identity as ident
-    from securecomm.net.connect import connect_profile
 
     state = State(home=str(home))
     me = ident.load(state.paths.identity_key("default"))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from securecomm.cli.context import State, pass_state
 from securecomm.errors import SecurecommError
+
+if TYPE_CHECKING:
+    from securecomm.net.bus import Bus
 
 
 @click.command(epilog="Example: securecomm serve --port 0   # any free port; the real one is printed")
@@ -53,10 +57,16 @@ from securecomm.errors import SecurecommError
                    "never locked).")
 @click.option("--lock-minutes", type=click.FloatRange(0), default=15, show_default=True,
               help="How long password logins stay locked; failures while locked do not extend it.")
+@click.option("--bus", metavar="nats://HOST:PORT",
+              help="NATS server joining this relay to the others of one deployment (default: in-process).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Relay processes sharing the port (SO_REUSEPORT); more than 1 needs --db postgresql://... "
+              "and --bus.")
 @pass_state
 def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
-          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, **limits: int) -> None:
+          login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, bus: str | None,
+          workers: int, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
 
     On a first run with no certificate or server identity it creates them
@@ -79,6 +89,7 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
+    relay_bus = make_bus(bus)
     ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
     new_database = not db_path.exists()
 
@@ -86,10 +97,11 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
         if new_database:  # a wrong --home would otherwise serve an empty database without a word
             logging.getLogger("securecomm.server").info("created a new database at %s", db_path)
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+        logging.getLogger("securecomm.server").info("store: %s; bus: %s", db_path, relay_bus.describe())
         click.echo(f"listening on {shown}:{address[1]}", err=True)
 
     async def main() -> None:
-        await run_server(Server(config, ssl_ctx, identity, db_path), listening)
+        await run_server(Server(config, ssl_ctx, identity, db_path, bus=relay_bus), listening)
 
     try:
         asyncio.run(main())
@@ -114,3 +126,14 @@ def listen_error(e: OSError, host: str, port: int) -> SecurecommError | None:
         return NetworkError(f"cannot listen on {where}: {e.strerror}",
                             hint="check --host, or use --port above 1023 (0: any free)")
     return None
+
+
+def make_bus(url: str | None) -> Bus:
+    """In-process without --bus; NATS with it (checked now, connected when the relay starts)."""
+    from securecomm.net.bus import LocalBus
+
+    if url is None:
+        return LocalBus()
+    from securecomm.net.nats_bus import NatsBus
+
+    return NatsBus(url)

@@ -92,6 +92,7 @@ class NatsBus(LocalBus):
         self._rooms: dict[str, int] = {}
         self._pump: asyncio.Task[None] | None = None
         self.dropped = 0
+        self._closing = False
 
     def describe(self) -> str:
         return f"NATS at {self.shown}"
@@ -104,10 +105,12 @@ class NatsBus(LocalBus):
         except ImportError as e:
             raise UsageError("--bus needs the cluster extra", hint="pip install 'securecomm[cluster]'") from e
         try:
-            self._nc = await nats.connect(
+            # nats-py retries a first connection as long as later ones (forever): bounded here
+            self._nc = await asyncio.wait_for(nats.connect(
                 self.url, no_echo=True, connect_timeout=CONNECT_TIMEOUT, allow_reconnect=True,
                 max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type,unused-ignore]
-                disconnected_cb=self._lost, reconnected_cb=self._back, error_cb=self._error, name="securecomm")
+                disconnected_cb=self._lost, reconnected_cb=self._back, error_cb=self._error, name="securecomm"),
+                2 * CONNECT_TIMEOUT)
         except Exception as e:
             raise NetworkError(f"cannot reach the bus at {self.shown}: {type(e).__name__}",
                                hint="start nats-server there, or check --bus") from None
@@ -115,6 +118,7 @@ class NatsBus(LocalBus):
         log.info("bus: %s", self.describe())
 
     async def close(self) -> None:
+        self._closing = True
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,6 +128,8 @@ class NatsBus(LocalBus):
                 await self._nc.drain()
 
     async def _lost(self) -> None:
+        if self._closing:
+            return
         log.warning("bus lost: %s unreachable; reconnecting every %.1f s (mail still flows from the store)",
                     self.shown, RECONNECT_WAIT)
 
