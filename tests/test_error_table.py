@@ -185,11 +185,11 @@ class World:
         return self.raw().start().login_password("carol")
 
 
-def _serve(path: Path, *args: str) -> ServerProc:
-    srv = ServerProc(path, *args).start()
-    add_user(srv.home, "alice", "--admin")
-    add_user(srv.home, "bob")
-    add_user(srv.home, "carol")
+def _serve(path: Path, *args: str, db: tuple[str, ...] = ()) -> ServerProc:
+    srv = ServerProc(path, *args, *db).start()
+    add_user(srv.home, "alice", "--admin", *db)
+    add_user(srv.home, "bob", *db)
+    add_user(srv.home, "carol", *db)
     for name, me in (("alice", ALICE), ("bob", BOB)):
         c = Raw(srv).start().login_password(name, me)
         c.send(P.Bye())
@@ -459,6 +459,39 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
 }
 
 
+
+
+def d_store_unavailable(w: World, pg: Any) -> Outcome:
+    """PostgreSQL stopped under the relay: a SEND is refused, retryable, and the connection stays."""
+    c = w.alice()
+    env = _sealed(ALICE, c.server_identity)
+    pg.stop()
+    try:
+        return _send(c, env)
+    finally:
+        pg.start()
+
+
+def d_login_unavailable(w: World, pg: Any) -> Outcome:
+    """PostgreSQL stopped under the relay: a login cannot read its account; retryable, closed."""
+    c = w.raw().start()
+    server_fp = PublicIdentity.from_line(c.hello.identity).fingerprint if c.hello else b""
+    pg.stop()
+    try:
+        c.send(P.LoginKey("alice", ALICE.sign(P.login_transcript(c.hello.challenge if c.hello else b"", server_fp,
+                                                                 "alice"))))
+        return c, c.error(), None, None
+    finally:
+        pg.start()
+
+
+#: Rows that need a relay on PostgreSQL (tests/cluster.py), which they stop and start again.
+ON_POSTGRES: dict[str, Callable[[World, Any], Outcome]] = {
+    "store-unavailable": lambda w, pg: d_store_unavailable(w, pg),
+    "login-unavailable": d_login_unavailable,
+}
+
+
 def check(row: Row, outcome: Outcome) -> None:
     c, err, msg_id, rid = outcome
     try:
@@ -474,7 +507,7 @@ def check(row: Row, outcome: Outcome) -> None:
 def test_every_row_has_a_driver_and_every_driver_a_row():
     ids = [r.id for r in ROWS]
     assert len(ids) == len(set(ids)) >= 30
-    assert set(ids) == set(DRIVERS) | set(OWN_SERVER) | NOT_DRIVEN
+    assert set(ids) == set(DRIVERS) | set(OWN_SERVER) | set(ON_POSTGRES) | NOT_DRIVEN
 
 
 def test_rows_agree_with_the_code_table():
@@ -492,6 +525,18 @@ def test_failure_row(main_world, row):
                          ids=[r.id for r in ROWS if r.id in OWN_SERVER], indirect=["fresh_world"])
 def test_failure_row_own_server(fresh_world, row):
     check(row, OWN_SERVER[row.id][1](fresh_world))
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.id in ON_POSTGRES], ids=lambda r: r.id)
+def test_failure_row_on_postgres(tmp_path, pg_server, pg_url, row):
+    from securecomm.store.postgres import PostgresStore
+
+    PostgresStore(pg_url, migrate=True).close()
+    srv = _serve(tmp_path / "srv", db=("--db", pg_url))
+    try:
+        check(row, ON_POSTGRES[row.id](World(srv), pg_server))
+    finally:
+        srv.stop(signal.SIGKILL)
 
 
 def test_server_keeps_serving_after_every_row(main_world):

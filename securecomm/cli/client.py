@@ -97,14 +97,16 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
     """
 
     from securecomm.client.login import connect_profile
-    from securecomm.client.report import security_report
+    from securecomm.client.report import relay_info, security_report
 
     identity = profile_identity(state, passphrase_file)
 
     async def go() -> dict[str, Any]:
         client, profile = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
         async with client:
-            return security_report(client, profile, identity)
+            report = security_report(client, profile, identity)
+            report["relay"] = await relay_info(client)
+            return report
 
     report = run_client(go())
     if as_json:

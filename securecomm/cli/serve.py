@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 @click.command(epilog="Example: securecomm serve --port 0   # any free port; the real one is printed")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7443, show_default=True, help="Port (0: any free).")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite database [data dir].")
+@click.option("--db", metavar="FILE|URL",
+              help="SQLite database [data dir], or postgresql://USER@HOST/DB shared by several relays "
+                   "(created by `securecomm db migrate`).")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate (PEM).")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Server certificate key (PEM).")
 @click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True,
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
               help="Relay processes sharing the port (SO_REUSEPORT); more than 1 needs --db postgresql://... "
               "and --bus.")
 @pass_state
-def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None, key: Path | None,
+def serve(state: State, host: str, port: int, db: str | None, cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
           login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, bus: str | None,
           workers: int, **limits: int) -> None:
@@ -90,14 +92,19 @@ def serve(state: State, host: str, port: int, db: Path | None, cert: Path | None
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
     relay_bus = make_bus(bus)
-    ssl_ctx, identity, db_path = prepare_server(state.paths, cert=cert, key=key, db=db)
-    new_database = not db_path.exists()
+    from securecomm.store.backends import describe, is_url
+
+    url = db if db is not None and is_url(db) else None
+    ssl_ctx, identity, db_file = prepare_server(state.paths, cert=cert, key=key,
+                                                db=None if url or db is None else Path(db))
+    new_database = url is None and not db_file.exists()
+    db_path: str | Path = url or db_file
 
     def listening(address: tuple[str, int]) -> None:
         if new_database:  # a wrong --home would otherwise serve an empty database without a word
             logging.getLogger("securecomm.server").info("created a new database at %s", db_path)
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-        logging.getLogger("securecomm.server").info("store: %s; bus: %s", db_path, relay_bus.describe())
+        logging.getLogger("securecomm.server").info("store: %s; bus: %s", describe(db_path), relay_bus.describe())
         click.echo(f"listening on {shown}:{address[1]}", err=True)
 
     async def main() -> None:

@@ -30,6 +30,7 @@ from securecomm.errors import (
     RefusedError,
     SecurecommError,
     ShuttingDownError,
+    StoreUnavailableError,
     TLSError,
     TooLargeError,
 )
@@ -51,6 +52,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.INTERNAL: SecurecommError,
     P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: client/sending.py resends, chat reconnects
     P.ErrorCode.KEY_REPLACE: KeyReplaceError,
+    P.ErrorCode.UNAVAILABLE: StoreUnavailableError,  # retryable (a NetworkError): client/sending.py resends once
 }
 
 

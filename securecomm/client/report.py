@@ -56,3 +56,17 @@ def security_report(client: Any, profile: Any, identity: Any) -> dict[str, Any]:
                     "messages are post-quantum protected (HPKE " + server_id.kem + "); TLS is not"
                     if server_id.kem in _PQ_KEMS else "neither layer is post-quantum"),
     }
+
+
+async def relay_info(client: Any) -> dict[str, str]:
+    """Which store and bus the relay uses (`relay_info`, PROTOCOL.md 5.4); asked last, because a server
+    that predates it ends the connection with a fatal UNKNOWN_TYPE."""
+    from securecomm.errors import SecurecommError
+
+    try:
+        data = await client.request("relay_info")
+    except SecurecommError:
+        return {"store": "not reported (an older server)", "bus": "not reported (an older server)"}
+    if not isinstance(data, dict):
+        return {"store": "not reported (a malformed answer)", "bus": "not reported (a malformed answer)"}
+    return {key: str(data.get(key, "not reported"))[:64] for key in ("store", "bus")}

@@ -52,6 +52,11 @@ class Bus(Protocol):
     def unwatch_room(self, room: str) -> None: ...
     def describe(self) -> str: ...
 
+    @property
+    def engine(self) -> str:
+        """The bus's kind as `status` shows it ("in-process", "nats"), never where it is."""
+        ...
+
 
 class LocalBus:
     """Publishing calls this process's subscribers synchronously, in subscription order."""
@@ -97,3 +102,7 @@ class LocalBus:
 
     def describe(self) -> str:
         return "in-process (one relay)"
+
+    @property
+    def engine(self) -> str:
+        return "in-process"

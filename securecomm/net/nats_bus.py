@@ -97,6 +97,10 @@ class NatsBus(LocalBus):
     def describe(self) -> str:
         return f"NATS at {self.shown}"
 
+    @property
+    def engine(self) -> str:
+        return "nats"
+
     # -- lifecycle ---------------------------------------------------------------------
     async def connect(self) -> None:
         """Connect (NetworkError naming the URL if NATS cannot be reached) and start the pump."""

@@ -17,8 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from securecomm.errors import StoreUnavailableError
 from securecomm.store.api import ServerStore
 from securecomm.timeutil import now_ms
+from securecomm.wire import protocol as P
 
 if TYPE_CHECKING:
     from securecomm.store.db import NewDirect, NewMessage, StoredMessage
@@ -33,6 +35,16 @@ MAX_BATCH = 1024
 PRUNE_ROWS = 4 * MAX_BATCH
 #: Otherwise the ids are pruned at most this often.
 PRUNE_SECONDS = 10.0
+
+
+def not_stored(fut: asyncio.Future[Any]) -> tuple[P.ErrorCode, str]:
+    """The ERROR for a SEND or DIRECT whose batch failed: nothing was committed, so no receipt.
+
+    A lost database (PostgreSQL, several relays) is UNAVAILABLE: retryable, the same envelope
+    may be sent again shortly or to another relay (PROTOCOL.md 3.6)."""
+    if not fut.cancelled() and isinstance(fut.exception(), StoreUnavailableError):
+        return P.ErrorCode.UNAVAILABLE, "the relay's database is unreachable: nothing was stored; retry shortly"
+    return P.ErrorCode.INTERNAL, "message could not be stored; retry"
 
 
 class AsyncStore:

@@ -29,7 +29,15 @@ from typing import Any
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import BusyError, ExistsError, IntegrityError, OversizedError, SecurecommError, UsageError
+from securecomm.errors import (
+    BusyError,
+    ExistsError,
+    IntegrityError,
+    OversizedError,
+    SecurecommError,
+    StoreUnavailableError,
+    UsageError,
+)
 from securecomm.net.bus import Bus, LocalBus
 from securecomm.server import intake
 from securecomm.server.admission import Admission, Ticket
@@ -43,13 +51,14 @@ from securecomm.server.auth import (
     shown_fingerprint,
     why_session_ends,
 )
-from securecomm.server.commit_queue import AsyncStore
+from securecomm.server.commit_queue import AsyncStore, not_stored
 from securecomm.server.config import ServerConfig
 from securecomm.server.memory import Trimmer
 from securecomm.server.relay import Relay
 from securecomm.server.session import READ_CHUNK, Session, TokenBucket
 from securecomm.store import passwords
-from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, Store, StoredMessage, User, normalise_name
+from securecomm.store.backends import is_url, open_store
+from securecomm.store.db import LAST_LOGIN_RESOLUTION, NewMessage, StoredMessage, User, normalise_name
 from securecomm.store.quota import MailboxLimits, SendLimits
 from securecomm.store.users import user_row
 from securecomm.timeutil import now_ms
@@ -89,13 +98,16 @@ class Server:
         # A DIRECT id is remembered while an envelope with its timestamp could still pass the stale
         # check (stored within one window of its timestamp, accepted within one more); later a
         # replay is STALE without it (PROTOCOL.md 4.2).
-        writer = functools.partial(Store, db_path,
+        # db_path: a SQLite file, or the PostgreSQL URL that several relays share (store/backends.py)
+        writer = functools.partial(open_store, db_path,
                                    mailbox_limits=MailboxLimits(config.mailbox_messages, config.mailbox_bytes),
                                    send_limits=SendLimits(config.send_messages, config.send_bytes))
-        self.store = AsyncStore(writer, functools.partial(Store, db_path, readonly=True),
+        self.store = AsyncStore(writer, functools.partial(open_store, db_path, readonly=True),
                                 id_lifetime_ms=2 * config.stale_window_ms)
         self.bus = bus if bus is not None else LocalBus()
         self.relay = Relay(config, self.store, self.bus)
+        #: What `relay_info` tells a client (`status`): the engines, never where they are.
+        self.engines = {"store": "postgresql" if is_url(str(db_path)) else "sqlite", "bus": self.bus.engine}
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
@@ -159,6 +171,8 @@ class Server:
                 if now != seen:
                     seen = now
                     self.accounts_changed()
+            except StoreUnavailableError:
+                pass  # a lost PostgreSQL: the store logs the loss and each reconnect, not a traceback a second
             except Exception:  # a busy or broken database must not stop the watch
                 log.exception("account watch failed; retrying")
 
@@ -282,6 +296,9 @@ class Server:
             await session.run()
         except (ConnectionError, ssl.SSLError, OSError) as e:
             log.info("%s connection lost: %s", session.label(), _short(e))
+        except StoreUnavailableError as e:  # a login (or lookup) that needs the lost database: retry later
+            log.warning("%s closed: %s", session.label(), e.message)
+            session.error(P.ErrorCode.UNAVAILABLE, "the relay's database is unreachable; retry shortly", fatal=True)
         except Exception:  # one broken connection must never take the server down
             log.exception("%s internal error", session.label())
             session.error(P.ErrorCode.INTERNAL, "internal server error", fatal=True)
@@ -534,7 +551,7 @@ class Server:
     def _receipt(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes) -> None:
         if fut.cancelled() or fut.exception() is not None:
             log.error("%s message not stored: %s", s.label(), _short(fut.exception()) if not fut.cancelled() else "")
-            s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
+            s.error(*not_stored(fut), msg_id=msg_id)
             return
         stored = fut.result()
         if stored.refused is not None:
@@ -550,7 +567,9 @@ class Server:
     # -- requests --------------------------------------------------------------------
     async def handle_request(self, s: Session, ev: P.Request) -> None:
         assert s.user is not None
-        if ev.op == "user_list":
+        if ev.op == "relay_info":
+            s.send(P.Result(ev.rid, dict(self.engines)))
+        elif ev.op == "user_list":
             if s.user.role != "admin":
                 log.warning("%s refused user_list: not an admin", s.label())
                 s.error(P.ErrorCode.FORBIDDEN, "permission denied: listing users needs the admin role", rid=ev.rid)

@@ -27,6 +27,7 @@ from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import IntegrityError, OversizedError, UsageError
 from securecomm.net.bus import Bus
 from securecomm.server import intake
+from securecomm.server.commit_queue import not_stored
 from securecomm.store.db import NewDirect, StoredMessage, normalise_name
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
@@ -117,7 +118,7 @@ class Relay:
 
     def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            s.error(P.ErrorCode.INTERNAL, "message could not be stored; retry", msg_id=msg_id)
+            s.error(*not_stored(fut), msg_id=msg_id)
             return
         stored = fut.result()
         if stored.refused is not None:
