@@ -63,7 +63,8 @@ SLOW_FILES = frozenset({
     "test_hostile_server.py", "test_load_faults.py", "test_login_names.py", "test_messaging.py", "test_nats_bus.py",
     "test_newuser_fixes.py", "test_offline.py", "test_password_only.py", "test_postgres.py", "test_postgres_relay.py",
     "test_quota.py", "test_relay_limits.py",
-    "test_rooms.py", "test_send_retry.py", "test_server.py", "test_trust.py", "test_wrap_forge.py",
+    "test_rooms.py", "test_send_retry.py", "test_server.py", "test_three_relays.py", "test_trust.py",
+    "test_wrap_forge.py",
 })
 
 

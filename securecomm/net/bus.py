@@ -22,7 +22,7 @@ for several relays provides the same four methods.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 MailHandler = Callable[[int], None]
@@ -48,7 +48,10 @@ class Bus(Protocol):
     def on_user(self, handler: UserHandler) -> None: ...
     def watch_user(self, user_id: int) -> None: ...
     def unwatch_user(self, user_id: int) -> None: ...
-    def watch_room(self, room: str) -> None: ...
+    def watch_room(self, room: str) -> Awaitable[None] | None:
+        """Count one more member here; an awaitable (if any) is done once the room's lines reach this relay."""
+        ...
+
     def unwatch_room(self, room: str) -> None: ...
     def describe(self) -> str: ...
 
@@ -94,8 +97,8 @@ class LocalBus:
     def unwatch_user(self, user_id: int) -> None:
         pass
 
-    def watch_room(self, room: str) -> None:
-        pass
+    def watch_room(self, room: str) -> Awaitable[None] | None:
+        return None
 
     def unwatch_room(self, room: str) -> None:
         pass

@@ -88,6 +88,8 @@ class NatsBus(LocalBus):
         self._nc: Any = None
         self._queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(BUS_QUEUE)
         self._subs: dict[str, Any] = {}
+        #: Per subscribed subject: done once NATS has confirmed the subscription.
+        self._ready: dict[str, asyncio.Future[None]] = {}
         self._users: dict[int, int] = {}
         self._rooms: dict[str, int] = {}
         self._pump: asyncio.Task[None] | None = None
@@ -167,12 +169,17 @@ class NatsBus(LocalBus):
         if _count_down(self._users, user_id):
             self._put("unsub", user_subject(user_id), b"")
 
-    def watch_room(self, room: str) -> None:
+    def watch_room(self, room: str) -> asyncio.Future[None]:
+        """Subscribe to the room's lines; the future is done once they reach this relay (join answers then)."""
+        subject = room_subject(room)
         if _count_up(self._rooms, room):
-            self._put("sub", room_subject(room), b"")
+            self._ready[subject] = asyncio.get_running_loop().create_future()
+            self._put("sub", subject, b"")
+        return self._ready[subject]
 
     def unwatch_room(self, room: str) -> None:
         if _count_down(self._rooms, room):
+            self._ready.pop(room_subject(room), None)
             self._put("unsub", room_subject(room), b"")
 
     # -- the pump ----------------------------------------------------------------------
@@ -192,6 +199,9 @@ class NatsBus(LocalBus):
                 await self._apply(op, subject, data)
             except Exception as e:  # NATS trouble must not end the pump: the store is the truth
                 log.warning("bus %s on %s failed: %s", op, subject, str(e)[:200] or type(e).__name__)
+            ready = self._ready.get(subject) if op == "sub" else None
+            if ready is not None and not ready.done():  # also after a failure: a join must not hang on it
+                ready.set_result(None)
 
     async def _apply(self, op: str, subject: str, data: bytes) -> None:
         if op == "pub":

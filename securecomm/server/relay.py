@@ -225,7 +225,9 @@ class Relay:
             self._broadcast(room, P.RoomEvent(room, "joined", s.user.name, s.identity.line), exclude=s)
             members[s] = None
             s.rooms.add(room)
-            self.bus.watch_room(room)
+            ready = self.bus.watch_room(room)
+            if ready is not None:  # answered once every relay's lines to the room reach this one
+                await ready
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     def _room_full(self, s: Session, ev: P.Request, room: str, members: dict[Session, None]) -> bool:
