@@ -245,3 +245,43 @@ def test_nats_restarted_mid_load_direct_messages_still_arrive_none_twice(tmp_pat
     asyncio.run(main())
     for relay in cluster:
         relay.wait_log(r"bus reconnected", timeout=WAIT)
+
+
+@pytest.mark.timeout(300)
+def test_workers_share_one_port_and_act_as_one_relay(tmp_path, pg_url, nats_server):
+    """`serve --workers 2`: two processes listen on one port (SO_REUSEPORT); clients spread over them
+    reach each other, and SIGTERM to the parent stops both."""
+    from securecomm.store.postgres import PostgresStore as Store
+    from tests.serverproc import ServerProc
+
+    Store(pg_url, migrate=True).close()
+    srv = ServerProc(tmp_path / "srv", "--db", pg_url, "--bus", nats_server.url, "--workers", "2").start()
+    try:
+        srv.wait_log(r"(?s)listening on 127\.0\.0\.1:(\d+).*listening on 127\.0\.0\.1:\1", timeout=WAIT)
+
+        async def main() -> None:
+            group = await _connect_group(tmp_path, pg_url, [srv], 12, prefix="w")
+            plan = {p.name: [q.name for q in group if q is not p][:5] for p in group}
+            keys = {p.name: p.me.public for p in group}
+            sealed = {p.name: [p.seal(keys[to], b"hi") for to in plan[p.name]] for p in group}
+            sent = {m: to for p in group for to, (_, m) in zip(plan[p.name], sealed[p.name], strict=True)}
+            try:
+                await asyncio.wait_for(asyncio.gather(*(_send_all(p, plan[p.name], sealed[p.name])
+                                                        for p in group)), WAIT)
+                for p in group:
+                    expected = sum(1 for to in sent.values() if to == p.name)
+                    await p.until(lambda p=p, expected=expected: len(p.delivered) >= expected)
+                _assert_exactly_once(group, sent)
+            finally:
+                await asyncio.gather(*(p.close() for p in group))
+
+        asyncio.run(main())
+        assert srv.log.count("; bus: NATS at") == 2  # each worker has its own bus connection
+    finally:
+        assert srv.stop() == 0  # SIGTERM reaches both workers; the parent exits 0 once they have
+
+
+def test_more_than_one_worker_needs_postgresql_and_a_bus(sc):
+    r = sc("serve", "--workers", "2", "--port", "0")
+    assert r.exit_code == 2
+    assert "securecomm: error: --workers above 1 needs --db postgresql://... and --bus nats://..." in r.output

@@ -92,13 +92,17 @@ def serve(state: State, host: str, port: int, db: str | None, cert: Path | None,
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()
     relay_bus = make_bus(bus)
+    from securecomm.server.workers import check_workers, fork_workers
     from securecomm.store.backends import describe, is_url
 
     url = db if db is not None and is_url(db) else None
+    check_workers(workers, url, bus)
     ssl_ctx, identity, db_file = prepare_server(state.paths, cert=cert, key=key,
                                                 db=None if url or db is None else Path(db))
     new_database = url is None and not db_file.exists()
     db_path: str | Path = url or db_file
+    if workers > 1:  # from here on, in each of the N worker processes (the parent only supervises)
+        config.port, config.reuse_port = fork_workers(workers, host, port), True
 
     def listening(address: tuple[str, int]) -> None:
         if new_database:  # a wrong --home would otherwise serve an empty database without a word

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from securecomm.errors import UsageError
 from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, SEND_BYTES, SEND_MESSAGES
@@ -67,6 +67,8 @@ class ServerConfig:
     #: are never deleted, so without these one connection could fill the disk (store/quota.py).
     send_messages: int = SEND_MESSAGES
     send_bytes: int = SEND_BYTES
+    #: SO_REUSEPORT on the listening socket: `serve --workers N` runs N relays on one port.
+    reuse_port: bool = field(default=False, init=False)
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.

@@ -148,6 +148,7 @@ class Server:
             await connect()
         await self.store.open()
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port,
+                                                  reuse_port=self.config.reuse_port or None,
                                                   limit=READ_CHUNK, backlog=1024)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
