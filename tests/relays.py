@@ -70,6 +70,8 @@ class Peer:
     port: int = 0
     delivered: Counter[bytes] = field(default_factory=Counter)
     room_lines: Counter[bytes] = field(default_factory=Counter)
+    #: (room, event, user) of every ROOM_EVENT, in order
+    room_events: list[tuple[str, str, str]] = field(default_factory=list)
     receipts: set[bytes] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _pump: asyncio.Task[None] | None = None
@@ -99,6 +101,8 @@ class Peer:
                 self._ack(ev)
             elif isinstance(ev, P.RoomMessage):
                 self.room_lines[ev.payload] += 1
+            elif isinstance(ev, P.RoomEvent):
+                self.room_events.append((ev.room, ev.event, ev.user))
             self.changed.set()
 
     def _ack(self, ev: P.Deliver) -> None:

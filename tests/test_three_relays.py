@@ -169,6 +169,34 @@ def test_a_room_with_members_on_three_relays_gets_each_line_once(tmp_path, clust
     asyncio.run(main())
 
 
+@pytest.mark.timeout(300)
+def test_a_late_joiner_on_another_relay_learns_every_member_and_is_listed_everywhere(tmp_path, cluster, pg_url):
+    """The member list of a join or `who` spans relays: a member joining on the third relay is told
+    of the members on the other two (as joins), and every relay's `who` lists all three."""
+    async def main() -> None:
+        group = await _connect_group(tmp_path, pg_url, cluster, 3, prefix="m")
+        first, second, late = group  # on relays 0, 1 and 2
+        try:
+            for p in (first, second):
+                assert p.client is not None
+                await p.client.request("join", room="late")
+            assert late.client is not None
+            await late.client.request("join", room="late")
+            await late.until(lambda: {u for _, e, u in late.room_events if e == "joined"} >= {"m00", "m01"})
+            for p in group:
+                assert p.client is not None
+                who = await p.client.request("who", room="late")
+                assert sorted(m["user"] for m in who["members"]) == ["m00", "m01", "m02"], p.name
+            await second.client.request("leave", room="late")  # type: ignore[union-attr]
+            await late.until(lambda: ("late", "left", "m01") in late.room_events)
+            who = await late.client.request("who", room="late")
+            assert sorted(m["user"] for m in who["members"]) == ["m00", "m02"]
+        finally:
+            await asyncio.gather(*(p.close() for p in group))
+
+    asyncio.run(main())
+
+
 @pytest.mark.timeout(LOAD_SECONDS + 120)
 def test_relay_killed_mid_load_clients_move_within_5s_and_nothing_receipted_is_lost(tmp_path, cluster, pg_url):
     """kill -9 one relay while 30 clients send: its clients reconnect to another relay within 5 s, and every

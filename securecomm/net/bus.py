@@ -28,6 +28,7 @@ from typing import Protocol
 MailHandler = Callable[[int], None]
 RoomHandler = Callable[[str, bytes, object], None]
 UserHandler = Callable[[int, bytes], None]
+PresenceHandler = Callable[[str, bytes], None]
 
 
 class Bus(Protocol):
@@ -46,6 +47,12 @@ class Bus(Protocol):
     def on_mail(self, handler: MailHandler) -> None: ...
     def on_room(self, handler: RoomHandler) -> None: ...
     def on_user(self, handler: UserHandler) -> None: ...
+
+    def publish_presence(self, room: str, data: bytes) -> None:
+        """Room membership news for the OTHER relays (who is here, who left, who is there?)."""
+        ...
+
+    def on_presence(self, handler: PresenceHandler) -> None: ...
     def watch_user(self, user_id: int) -> None: ...
     def unwatch_user(self, user_id: int) -> None: ...
     def watch_room(self, room: str) -> Awaitable[None] | None:
@@ -90,7 +97,13 @@ class LocalBus:
     def on_user(self, handler: UserHandler) -> None:
         self._user.append(handler)
 
-    # One process holds every session: nothing to subscribe to.
+    # One process holds every session and member: nothing to tell others, nothing to subscribe to.
+    def publish_presence(self, room: str, data: bytes) -> None:
+        pass
+
+    def on_presence(self, handler: PresenceHandler) -> None:
+        pass
+
     def watch_user(self, user_id: int) -> None:
         pass
 

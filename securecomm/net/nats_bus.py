@@ -9,6 +9,7 @@ sessions need (interest, not broadcast):
                               b"m"          "user U has new mail" (read it from the store)
                               b"f" + FRAME  an encoded frame for U's sessions (delivery receipt, room key)
     securecomm.r.<room hex>   while a member of that room is connected here: the encoded room frame
+    securecomm.p.<room hex>   likewise: membership news between relays (server/relay.py, _presence)
 
 so a room line crosses NATS once per relay that has members in the room, not
 once per member. The connection is opened with `no_echo`: what this relay
@@ -73,6 +74,10 @@ def user_subject(user_id: int) -> str:
     return f"{PREFIX}.u.{user_id}"
 
 
+def presence_subject(room: str) -> str:
+    return f"{PREFIX}.p.{room.encode().hex()}"
+
+
 def room_subject(room: str) -> str:
     # hex: room names may hold '.', NATS's token separator, so they are not used as tokens
     return f"{PREFIX}.r.{room.encode().hex()}"
@@ -95,6 +100,7 @@ class NatsBus(LocalBus):
         self._pump: asyncio.Task[None] | None = None
         self.dropped = 0
         self._closing = False
+        self._presence: list[Any] = []
 
     def describe(self) -> str:
         return f"NATS at {self.shown}"
@@ -160,6 +166,12 @@ class NatsBus(LocalBus):
         super().publish_room(room, frame, origin)
         self._put("pub", room_subject(room), frame)
 
+    def publish_presence(self, room: str, data: bytes) -> None:
+        self._put("pub", presence_subject(room), data)
+
+    def on_presence(self, handler: Any) -> None:
+        self._presence.append(handler)
+
     # -- interest ----------------------------------------------------------------------
     def watch_user(self, user_id: int) -> None:
         if _count_up(self._users, user_id):
@@ -174,6 +186,7 @@ class NatsBus(LocalBus):
         subject = room_subject(room)
         if _count_up(self._rooms, room):
             self._ready[subject] = asyncio.get_running_loop().create_future()
+            self._put("sub", presence_subject(room), b"")  # first: the room's future is done after both
             self._put("sub", subject, b"")
         return self._ready[subject]
 
@@ -181,6 +194,7 @@ class NatsBus(LocalBus):
         if _count_down(self._rooms, room):
             self._ready.pop(room_subject(room), None)
             self._put("unsub", room_subject(room), b"")
+            self._put("unsub", presence_subject(room), b"")
 
     # -- the pump ----------------------------------------------------------------------
     def _put(self, op: str, subject: str, data: bytes) -> None:
@@ -225,6 +239,10 @@ class NatsBus(LocalBus):
         kind, _, key = subject.removeprefix(PREFIX + ".").partition(".")
         if kind == "r":
             super().publish_room(bytes.fromhex(key).decode(), data, None)
+        elif kind == "p":
+            room = bytes.fromhex(key).decode()
+            for handler in self._presence:
+                handler(room, data)
         elif kind == "u" and data[:1] == MAIL:
             super().publish_mail(int(key))
         elif kind == "u" and data[:1] == FRAME:

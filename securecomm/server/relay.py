@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +68,13 @@ class Relay:
         bus.on_mail(self._wake)
         bus.on_room(self._room_event)
         bus.on_user(self._user_frame)
+        bus.on_presence(self._presence)
         self.online: dict[int, set[Session]] = {}
         self.rooms: dict[str, dict[Session, None]] = {}
+        #: Members connected to OTHER relays (user -> identity line), per room with a member here; learnt
+        #: from the bus (net/nats_bus.py): empty with one relay. A relay that dies unannounced leaves its
+        #: members listed here until they rejoin or leave elsewhere.
+        self.remote: dict[str, dict[str, str]] = {}
 
     # -- presence --------------------------------------------------------------------
     def logged_in(self, s: Session) -> None:
@@ -209,8 +215,43 @@ class Relay:
         s.send(P.Result(ev.rid, {"user": user.name, "identity": PublicIdentity.decode_cached(user.identity).line}))
 
     def _members(self, room: str) -> list[dict[str, Any]]:
-        return [{"user": m.user.name, "identity": m.identity.line}
+        here = [{"user": m.user.name, "identity": m.identity.line}
                 for m in self.rooms.get(room, {}) if m.user is not None and m.identity is not None]
+        names = {m["user"] for m in here}
+        return here + [{"user": u, "identity": line} for u, line in self.remote.get(room, {}).items()
+                       if u not in names]
+
+    # -- membership between relays ------------------------------------------------------
+    # A relay's first member of a room asks the others "who is there?"; each answers with its
+    # members ("here", reply); a join or a last leave here is told as "here" / "gone". An answer
+    # about someone new is shown to this relay's members as a "joined" event (the first member
+    # here missed their real one); a plain "here" is not, the room's own "joined" frame told them.
+    def _tell(self, room: str, op: str, user: str = "", identity: str = "", reply: bool = False) -> None:
+        self.bus.publish_presence(room, json.dumps({"op": op, "user": user, "identity": identity,
+                                                    "reply": reply}).encode())
+
+    def _presence(self, room: str, data: bytes) -> None:
+        try:
+            news = json.loads(data)
+            op, user, identity = str(news["op"]), str(news["user"]), str(news["identity"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("bus: malformed membership news for room %s ignored", room[:40])
+            return
+        if room not in self.rooms:
+            return
+        if op == "who":
+            for m in list(self.rooms[room]):
+                if m.user is not None and m.identity is not None:
+                    self._tell(room, "here", m.user.name, m.identity.line, reply=True)
+        elif op == "here":
+            known = self.remote.setdefault(room, {})
+            new = user not in known
+            known[user] = identity
+            if new and news.get("reply"):
+                self._room_event(room, P.encode_event(P.RoomEvent(room, "joined", user, identity),
+                                                      self.config.max_frame), None)
+        elif op == "gone":
+            self.remote.get(room, {}).pop(user, None)
 
     async def _join(self, s: Session, ev: P.Request) -> None:
         room = _room_arg(ev)
@@ -218,8 +259,11 @@ class Relay:
         if s.identity is None:
             s.error(P.ErrorCode.FORBIDDEN, "register a key first (securecomm user login)", rid=ev.rid)
             return
+        first_here = room not in self.rooms
         members = self.rooms.setdefault(room, {})
         if s not in members and self._room_full(s, ev, room, members):
+            if not members:
+                del self.rooms[room]
             return
         if s not in members:
             self._broadcast(room, P.RoomEvent(room, "joined", s.user.name, s.identity.line), exclude=s)
@@ -228,6 +272,9 @@ class Relay:
             ready = self.bus.watch_room(room)
             if ready is not None:  # answered once every relay's lines to the room reach this one
                 await ready
+            if first_here:
+                self._tell(room, "who")
+            self._tell(room, "here", s.user.name, s.identity.line)
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     def _room_full(self, s: Session, ev: P.Request, room: str, members: dict[Session, None]) -> bool:
@@ -256,9 +303,12 @@ class Relay:
         del members[s]
         s.rooms.discard(room)
         self.bus.unwatch_room(room)
+        if s.user is not None and not any(m.user is not None and m.user.id == s.user.id for m in members):
+            self._tell(room, "gone", s.user.name)
         if not members:
             del self.rooms[room]
-        elif s.user is not None:
+            self.remote.pop(room, None)
+        if s.user is not None:  # also when no member is left here: members on other relays are told
             self._broadcast(room, P.RoomEvent(room, "left", s.user.name), exclude=s)
 
     def _broadcast(self, room: str, ev: P.Event, exclude: Session | None = None) -> None:
