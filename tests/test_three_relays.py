@@ -313,3 +313,17 @@ def test_more_than_one_worker_needs_postgresql_and_a_bus(sc):
     r = sc("serve", "--workers", "2", "--port", "0")
     assert r.exit_code == 2
     assert "securecomm: error: --workers above 1 needs --db postgresql://... and --bus nats://..." in r.output
+
+
+def test_status_and_log_say_the_relay_uses_nats(tmp_path, cluster, pg_url):
+    from tests.serverproc import add_user, login, sc
+
+    relay = cluster[1]
+    assert "; bus: NATS at nats://127.0.0.1:" in relay.wait_log(r"store: .*; bus: NATS at \S+")
+    add_user(relay.home, "sam", "--db", pg_url)
+    assert login(tmp_path / "sam", relay, "sam").returncode == 0
+    r = sc(tmp_path / "sam", "status")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert any(line.split() == ["relay.bus", "nats"] for line in lines), r.stdout
+    assert any(line.split() == ["relay.store", "postgresql"] for line in lines), r.stdout
