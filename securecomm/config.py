@@ -68,6 +68,21 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int
     return host, port
 
 
+def parse_servers(text: str) -> list[tuple[str, int]]:
+    """`a:7443,b:7443`: the relays of one deployment, tried in this order (one address is a list of one)."""
+    from securecomm.errors import UsageError
+
+    parts = text.split(",")
+    if not all(part.strip() for part in parts):
+        raise UsageError(f"bad server list {text[:200]!r}", hint="list relays as HOST:PORT,HOST:PORT")
+    return [parse_address(part) for part in parts]
+
+
+def format_servers(text: str) -> str:
+    """The canonical spelling of a server list, as saved in a profile."""
+    return ",".join(format_address(*address) for address in parse_servers(text))
+
+
 def _port(p: str, text: str) -> int:
     from securecomm.errors import UsageError
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,6 +11,9 @@ from securecomm.cli.context import State, pass_state
 from securecomm.cli.duration import DURATION
 from securecomm.cli.serveconfig import ConfigCommand, config_option, print_config_option
 from securecomm.errors import SecurecommError
+
+if TYPE_CHECKING:
+    from securecomm.net.bus import Bus
 
 
 @click.command(cls=ConfigCommand,
@@ -80,12 +83,17 @@ from securecomm.errors import SecurecommError
                    "(Python's ssl, X25519 only, not post-quantum).")
 @click.option("--require-pq", is_flag=True,
               help="Refuse clients that cannot do the post-quantum key exchange (X25519MLKEM768); needs --tls pq.")
+@click.option("--bus", metavar="nats://HOST:PORT",
+              help="NATS server joining this relay to the others of one deployment (default: in-process).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Relay processes sharing the port (SO_REUSEPORT); more than 1 needs --db postgresql://... "
+              "and --bus.")
 @pass_state
 def serve(state: State, log_format: str, metrics_at: str | None, host: str, port: int, db: str | None,
           cert: Path | None, key: Path | None,
           max_clients: int, max_frame: int, rate: float, idle_timeout: float, handshake_timeout: float,
           login_timeout: float, frame_timeout: float, lock_after: int, lock_minutes: float, transport: str,
-          require_pq: bool, **limits: int) -> None:
+          require_pq: bool, bus: str | None, workers: int, **limits: int) -> None:
     """Run the TLS 1.3 message server until SIGINT or SIGTERM.
 
     On a first run with no certificate or server identity it creates them
@@ -112,21 +120,31 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
         from securecomm.errors import UsageError
 
         raise UsageError("--require-pq needs --tls pq", hint="Python's ssl here has no post-quantum key exchange")
+    if workers > 1 and metrics_at is not None:
+        from securecomm.errors import UsageError
+
+        raise UsageError("--metrics serves one process: it cannot be used with --workers",
+                         hint="run one relay per port with its own --metrics, or drop --workers")
     metrics = start_metrics(metrics_at)  # a taken port fails here, before a first run creates anything
+    relay_bus = make_bus(bus)
+    from securecomm.server.workers import check_workers, fork_workers
     from securecomm.store.backends import describe, is_url
 
     url = db if db is not None and is_url(db) else None
+    check_workers(workers, url, bus)
     ssl_ctx, identity, db_file = prepare_server(state.paths, cert=cert, key=key,
                                                 db=None if url or db is None else Path(db), transport=transport,
                                                 require_pq=require_pq)
     new_database = url is None and not db_file.exists()
     db_path: str | Path = url or db_file
+    if workers > 1:  # from here on, in each of the N worker processes (the parent only supervises)
+        config.port, config.reuse_port = fork_workers(workers, host, port), True
 
     def listening(address: tuple[str, int]) -> None:
         if new_database:  # a wrong --home would otherwise serve an empty database without a word
             logging.getLogger("securecomm.server").info("created a new database at %s", db_path)
-        logging.getLogger("securecomm.server").info("store: %s", describe(db_path))
         shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+        logging.getLogger("securecomm.server").info("store: %s; bus: %s", describe(db_path), relay_bus.describe())
         if log_format == "json":  # every stderr line one JSON object, this one too
             logging.getLogger("securecomm.server").info("listening on %s:%d", shown, address[1])
         else:
@@ -135,7 +153,7 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
     async def main() -> None:
         from securecomm.server.certreload import CertificateFiles, on_sighup
 
-        server = Server(config, ssl_ctx, identity, db_path, files_dir=db_file.parent / "files")
+        server = Server(config, ssl_ctx, identity, db_path, files_dir=db_file.parent / "files", bus=relay_bus)
         # SIGHUP: renewal without dropping connections (certgen --force, then systemctl reload)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup, server,
                                                       CertificateFiles(state.paths, cert, key), require_pq)
@@ -197,3 +215,14 @@ def listen_error(e: OSError, host: str, port: int) -> SecurecommError | None:
         return NetworkError(f"cannot listen on {where}: {e.strerror}",
                             hint="check --host, or use --port above 1023 (0: any free)")
     return None
+
+
+def make_bus(url: str | None) -> Bus:
+    """In-process without --bus; NATS with it (checked now, connected when the relay starts)."""
+    from securecomm.net.bus import LocalBus
+
+    if url is None:
+        return LocalBus()
+    from securecomm.net.nats_bus import NatsBus
+
+    return NatsBus(url)

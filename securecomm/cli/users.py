@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,8 +261,8 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     """
 
     from securecomm.cli.context import load_identity
-    from securecomm.client.login import address_of, prepare, saved_pin
-    from securecomm.config import Profile
+    from securecomm.client.login import address_of, candidates, first_answer, saved_pin
+    from securecomm.config import Profile, format_servers, parse_servers
     from securecomm.crypto import identity as ident
     from securecomm.store.devicekeys import DeviceKeys
 
@@ -270,16 +271,21 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     # A new identity is kept only once the login succeeded: a failed login leaves nothing behind.
     created = None if paths.identity_key(identity_name).exists() else ident.PrivateIdentity.generate()
     me = created or load_identity(state, identity_name, passphrase_file)
+    # Several relays (a:7443,b:7443): the first that answers; trust is decided for the first now.
+    clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust)
     with _network_hint():
-        client = prepare(paths, server, ca=ca, pin=pin, ask=ask_trust)
+        first = next(clients)
     # Asked once the server is trusted (as ssh asks after the host key), and
     # before connecting, so that slow typing cannot hit the server's login timeout.
     password = read_password(password_stdin, confirm=False)
 
+    connected: list[Any] = []  # the client that logged in (its trust decides the pin saved)
+
     async def go(replace: bool) -> tuple[Any, str, str | None]:
+        client, ok = await first_answer(itertools.chain([first], clients),
+                                        lambda c: c.login_password(name, password, me, replace_key=replace))
+        connected.append(client)
         async with client:
-            await client.connect()
-            ok = await client.login_password(name, password, me, replace_key=replace)
             if ok.prekeys is not None:  # a server that serves devices (docs/PROTOCOL.md 6.4, 6.5, 6.7)
                 await _set_up_device(client, DeviceKeys(paths.device_keys(identity_name), me.kem), me,
                                      server_user_name(ok.user), identity_name)
@@ -292,14 +298,17 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     except KeyReplaceError as e:
         if not ask_replace(e):
             raise
-        client = prepare(paths, server, ca=ca, pin=pin, ask=ask_trust)
+        clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust)
+        first = next(clients)
         ok, address, server_identity = run_client(go(True))
+    if len(parse_servers(server)) > 1:
+        address = format_servers(server)  # the profile keeps the whole list
     user_name = server_user_name(ok.user)
     if created is not None:
         ident.save(created, paths.identity_key(identity_name), paths.identity_pub(identity_name))
         info(f"created identity {identity_name!r} {created.public.fingerprint_text}")
     Profile(server=address, user=user_name, identity=identity_name, ca=str(Path(ca).absolute()) if ca else None,
-            pin=saved_pin(pin, client), server_identity=server_identity).save(paths.profile)
+            pin=saved_pin(pin, connected[-1]), server_identity=server_identity).save(paths.profile)
     if as_json:
         emit_json({"user": user_name, "role": ok.role, "server": address, "fingerprint": ok.fingerprint})
         return
@@ -321,13 +330,12 @@ async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str) 
 
 def _server_and_ca(paths: Any, server: str | None, ca: str | None, pin: str | None) -> tuple[str, str | None]:
     """Logging in again defaults to the saved profile's server, and to its CA file when no other trust is given."""
-    from securecomm.config import Profile, format_address, parse_address
+    from securecomm.config import Profile, format_servers
 
     profile = Profile.load_optional(paths.profile)
     if server is None:
         server = profile.server if profile is not None else "localhost:7443"
-    same_server = profile is not None and format_address(*parse_address(server)) == \
-        format_address(*parse_address(profile.server))
+    same_server = profile is not None and format_servers(server) == format_servers(profile.server)
     if ca is None and pin is None and same_server and profile is not None and profile.ca \
             and Path(profile.ca).exists():
         ca = profile.ca

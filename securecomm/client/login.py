@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from securecomm.client.connection import Client
 from securecomm.client.trust import resolve_trust
-from securecomm.config import Profile, format_address, parse_address
+from securecomm.config import Profile, format_address, parse_address, parse_servers
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import IntegrityError
+from securecomm.errors import IntegrityError, NetworkError, TLSError
+
+log = logging.getLogger("securecomm.client")
+T = TypeVar("T")
 
 
 def prepare(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,
@@ -43,15 +47,53 @@ def check_pin_format(pin: str) -> None:
                          hint="it looks like SHA256:<43 base64 characters>, as certgen and serve print it")
 
 
+def candidates(paths: Any, servers: str, *, ca: str | None = None, pin: str | None = None,
+               ask: Callable[[str, str], bool] | None = None) -> Iterator[Client]:
+    """A client for each listed relay, in order, prepared only when the one before failed.
+
+    All relays of a deployment have certificates from one CA: after the first, each is held to
+    the CA the first was trusted with (as a pin), so a failover never asks or trusts anew."""
+    shared = pin
+    for host, port in parse_servers(servers):
+        client = prepare(paths, format_address(host, port), ca=ca, pin=shared, ask=ask)
+        if shared is None and ca is None:
+            shared = client.trust.anchor_fingerprint
+        yield client
+
+
+async def first_answer(clients: Iterator[Client], then: Callable[[Client], Awaitable[T]]) -> tuple[Client, T]:
+    """Connect to each client in turn until one connects and `then` succeeds on it; that client stays open.
+
+    Only a refused, dropped or timed-out connection moves on to the next relay; a TLS, trust or
+    login failure is the answer (another relay of the same deployment would give the same)."""
+    failure: NetworkError | None = None
+    for client in clients:
+        try:
+            await client.connect()
+            return client, await then(client)
+        except TLSError:
+            await client.close()
+            raise
+        except NetworkError as e:
+            await client.close()
+            log.info("%s:%s: %s; trying the next server", client.host, client.port, e.message)
+            failure = e
+        except BaseException:
+            await client.close()
+            raise
+    assert failure is not None  # parse_servers never returns an empty list
+    raise failure
+
+
 async def connect(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,
                   ask: Callable[[str, str], bool] | None = None) -> Client:
-    client = prepare(paths, server, ca=ca, pin=pin, ask=ask)
-    try:
-        await client.connect()
-    except BaseException:
-        await client.close()
-        raise
+    """Connected to the first listed server that answers (`a:7443,b:7443`: see candidates)."""
+    client, _ = await first_answer(candidates(paths, server, ca=ca, pin=pin, ask=ask), _nothing)
     return client
+
+
+async def _nothing(client: Client) -> None:
+    return None
 
 
 async def connect_profile(paths: Any, identity: PrivateIdentity, *, server: str | None = None,
@@ -59,15 +101,15 @@ async def connect_profile(paths: Any, identity: PrivateIdentity, *, server: str 
                           ask: Callable[[str, str], bool] | None = None) -> tuple[Client, Profile]:
     """Connect with the saved profile and log in with the identity key."""
     profile = Profile.load(paths.profile)
-    client = await connect(paths, server or profile.server, ca=ca or profile.ca, pin=pin or profile.pin, ask=ask)
-    try:
+
+    async def log_in(client: Client) -> None:
         if not pin:
             migrate_profile_pin(paths, profile, client)
         check_server_identity(client, profile)
         await client.login_key(profile.user, identity)
-    except BaseException:
-        await client.close()
-        raise
+
+    servers = candidates(paths, server or profile.server, ca=ca or profile.ca, pin=pin or profile.pin, ask=ask)
+    client, _ = await first_answer(servers, log_in)
     return client, profile
 
 

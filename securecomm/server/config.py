@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from securecomm.errors import UsageError
 from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, SEND_BYTES, SEND_MESSAGES
@@ -75,6 +75,8 @@ class ServerConfig:
     file_quota: int = 1 << 30
     max_file: int = 4 << 30
     file_days: float = 7.0
+    #: SO_REUSEPORT on the listening socket: `serve --workers N` runs N relays on one port.
+    reuse_port: bool = field(default=False, init=False)
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.

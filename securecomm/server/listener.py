@@ -30,7 +30,7 @@ from OpenSSL import SSL
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.errors import OversizedError, StoreUnavailableError, TLSError, UsageError
-from securecomm.net.bus import LocalBus
+from securecomm.net.bus import Bus, LocalBus
 from securecomm.net.pqtls import server_handshake
 from securecomm.server import intake
 from securecomm.server.admission import Admission, Ticket
@@ -78,7 +78,7 @@ def _smaller_tls_buffers() -> None:
 
 class Server:
     def __init__(self, config: ServerConfig, ssl_ctx: ssl.SSLContext | SSL.Context, identity: PrivateIdentity,
-                 db_path: Any, files_dir: Path | None = None) -> None:
+                 db_path: Any, files_dir: Path | None = None, bus: Bus | None = None) -> None:
         config.validate()
         self.config = config
         self.ssl_ctx = ssl_ctx
@@ -92,9 +92,10 @@ class Server:
                                    send_limits=SendLimits(config.send_messages, config.send_bytes))
         self.store = AsyncStore(writer, functools.partial(open_store, db_path, readonly=True),
                                 id_lifetime_ms=2 * config.stale_window_ms)
-        self.relay = Relay(config, self.store, LocalBus())
+        self.bus = bus if bus is not None else LocalBus()
+        self.relay = Relay(config, self.store, self.bus)
         #: What `relay_info` tells a client (`status`): the engines, never where they are.
-        self.engines = {"store": "postgresql" if is_url(str(db_path)) else "sqlite", "bus": "in-process"}
+        self.engines = {"store": "postgresql" if is_url(str(db_path)) else "sqlite", "bus": self.bus.engine}
         # Files beside the database: ciphertext only, rows in their own SQLite file (store/files.py).
         # With PostgreSQL they stay in this relay's data folder: a file is fetched from the relay it went to.
         self.files = FileService(files_dir or Path(db_path).parent / "files", self._file_recipient,
@@ -130,8 +131,12 @@ class Server:
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         _smaller_tls_buffers()
+        connect = getattr(self.bus, "connect", None)
+        if connect is not None:  # a bus that spans relays: unreachable at start means no serving at all
+            await connect()
         await self.store.open()
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port,
+                                                  reuse_port=self.config.reuse_port or None,
                                                   limit=READ_CHUNK, backlog=1024)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
@@ -211,6 +216,9 @@ class Server:
         self.logins.close()
         if self.relay.devices is not None:
             self.relay.devices.close()
+        close = getattr(self.bus, "close", None)
+        if close is not None:
+            await close()
         self.stopped.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

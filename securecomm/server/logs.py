@@ -40,6 +40,15 @@ EVENTS: dict[str, str] = {
     "%s closed: %s": "conn.closed.store_unavailable",
     # the store (PostgreSQL with several relays)
     "store: %s": "store.opened",
+    "store: %s; bus: %s": "store.opened",
+    # the bus (NATS with several relays)
+    "bus: %s": "bus.log",
+    "bus lost: %s unreachable; reconnecting every %.1f s (mail still flows from the store)": "bus.lost",
+    "bus reconnected to %s; rereading the store for every connected user": "bus.reconnected",
+    "bus queue full: %d bus items dropped so far (mail is still read from the store)": "bus.dropped",
+    "bus %s on %s failed: %s": "bus.failed",
+    "bus: malformed membership news for room %s ignored": "bus.malformed",
+    "%s room key for an unknown user dropped": "room.key.dropped",
     "%s; next attempt in %g s": "store.reconnecting",
     "reconnected to the PostgreSQL database at %s": "store.reconnected",
     "%s; refusing what needs it until it is back": "store.unavailable",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -76,22 +77,30 @@ class Relay:
         self.config, self.store, self.bus = config, store, bus
         bus.on_mail(self._wake)
         bus.on_room(self._room_event)
+        bus.on_user(self._user_frame)
+        bus.on_presence(self._presence)
         self.online: dict[int, set[Session]] = {}
         self.rooms: dict[str, dict[Session, None]] = {}
         #: Devices and prekeys (protocol version 2); set by the listener, None in unit tests.
         self.devices: DeviceRelay | None = None
+        #: Members connected to OTHER relays (user -> identity line), per room with a member here; learnt
+        #: from the bus (net/nats_bus.py): empty with one relay. A relay that dies unannounced leaves its
+        #: members listed here until they rejoin or leave elsewhere.
+        self.remote: dict[str, dict[str, str]] = {}
 
     # -- presence --------------------------------------------------------------------
     def logged_in(self, s: Session) -> None:
         assert s.user is not None
         self.online.setdefault(s.user.id, set()).add(s)
+        self.bus.watch_user(s.user.id)
         self.offer_pending(s)
 
     def gone(self, s: Session) -> None:
         if s.user is not None:
             sessions = self.online.get(s.user.id)
-            if sessions is not None:
+            if sessions is not None and s in sessions:
                 sessions.discard(s)
+                self.bus.unwatch_user(s.user.id)
                 if not sessions:
                     del self.online[s.user.id]
         for room in list(s.rooms):
@@ -205,9 +214,8 @@ class Relay:
                 if s.handlers.metrics is not None:
                     s.handlers.metrics.messages_delivered.inc()
                 receipt = P.Delivered(msg_id, ev.digest, ev.signature, s.user.name)
-                for other in list(self.online.get(sender_id, ())):
-                    with contextlib.suppress(P.ProtocolError):
-                        other.send(receipt)
+                # to the sender's sessions on every relay (the bus reaches the ones elsewhere)
+                self.bus.publish_user(sender_id, P.encode_event(receipt, self.config.max_frame))
             else:
                 log.warning("%s rejected direct message %s (failed verification)", s.label(), msg_id.hex())
         if s.mailbox.backlog and not s.mailbox.outstanding:
@@ -249,8 +257,43 @@ class Relay:
         s.send(P.Result(ev.rid, {"user": user.name, "identity": PublicIdentity.decode_cached(user.identity).line}))
 
     def _members(self, room: str) -> list[dict[str, Any]]:
-        return [{"user": m.user.name, "identity": m.identity.line}
+        here = [{"user": m.user.name, "identity": m.identity.line}
                 for m in self.rooms.get(room, {}) if m.user is not None and m.identity is not None]
+        names = {m["user"] for m in here}
+        return here + [{"user": u, "identity": line} for u, line in self.remote.get(room, {}).items()
+                       if u not in names]
+
+    # -- membership between relays ------------------------------------------------------
+    # A relay's first member of a room asks the others "who is there?"; each answers with its
+    # members ("here", reply); a join or a last leave here is told as "here" / "gone". An answer
+    # about someone new is shown to this relay's members as a "joined" event (the first member
+    # here missed their real one); a plain "here" is not, the room's own "joined" frame told them.
+    def _tell(self, room: str, op: str, user: str = "", identity: str = "", reply: bool = False) -> None:
+        self.bus.publish_presence(room, json.dumps({"op": op, "user": user, "identity": identity,
+                                                    "reply": reply}).encode())
+
+    def _presence(self, room: str, data: bytes) -> None:
+        try:
+            news = json.loads(data)
+            op, user, identity = str(news["op"]), str(news["user"]), str(news["identity"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("bus: malformed membership news for room %s ignored", room[:40])
+            return
+        if room not in self.rooms:
+            return
+        if op == "who":
+            for m in list(self.rooms[room]):
+                if m.user is not None and m.identity is not None:
+                    self._tell(room, "here", m.user.name, m.identity.line, reply=True)
+        elif op == "here":
+            known = self.remote.setdefault(room, {})
+            new = user not in known
+            known[user] = identity
+            if new and news.get("reply"):
+                self._room_event(room, P.encode_event(P.RoomEvent(room, "joined", user, identity),
+                                                      self.config.max_frame), None)
+        elif op == "gone":
+            self.remote.get(room, {}).pop(user, None)
 
     async def _join(self, s: Session, ev: P.Request) -> None:
         room = _room_arg(ev)
@@ -258,13 +301,22 @@ class Relay:
         if s.identity is None:
             s.error(P.ErrorCode.FORBIDDEN, "register a key first (securecomm user login)", rid=ev.rid)
             return
+        first_here = room not in self.rooms
         members = self.rooms.setdefault(room, {})
         if s not in members and self._room_full(s, ev, room, members):
+            if not members:
+                del self.rooms[room]
             return
         if s not in members:
             self._broadcast(room, P.RoomEvent(room, "joined", s.user.name, s.identity.line), exclude=s)
             members[s] = None
             s.rooms.add(room)
+            ready = self.bus.watch_room(room)
+            if ready is not None:  # answered once every relay's lines to the room reach this one
+                await ready
+            if first_here:
+                self._tell(room, "who")
+            self._tell(room, "here", s.user.name, s.identity.line)
         s.send(P.Result(ev.rid, {"room": room, "members": self._members(room)}))
 
     def _room_full(self, s: Session, ev: P.Request, room: str, members: dict[Session, None]) -> bool:
@@ -292,9 +344,13 @@ class Relay:
             return
         del members[s]
         s.rooms.discard(room)
+        self.bus.unwatch_room(room)
+        if s.user is not None and not any(m.user is not None and m.user.id == s.user.id for m in members):
+            self._tell(room, "gone", s.user.name)
         if not members:
             del self.rooms[room]
-        elif s.user is not None:
+            self.remote.pop(room, None)
+        if s.user is not None:  # also when no member is left here: members on other relays are told
             self._broadcast(room, P.RoomEvent(room, "left", s.user.name), exclude=s)
 
     def _broadcast(self, room: str, ev: P.Event, exclude: Session | None = None) -> None:
@@ -304,6 +360,12 @@ class Relay:
     def _room_event(self, room: str, data: bytes, origin: object) -> None:
         for m in self.rooms.get(room, {}):
             if m is not origin and m.conn.state is P.State.READY:
+                m.outbox.put(data)
+
+    def _user_frame(self, user_id: int, data: bytes) -> None:
+        """An encoded event for every session of `user_id` connected here."""
+        for m in list(self.online.get(user_id, ())):
+            if m.conn.state is P.State.READY and not m.closing:
                 m.outbox.put(data)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
@@ -328,10 +390,10 @@ class Relay:
     def room_key(self, s: Session, ev: P.RoomKey) -> None:
         assert s.user is not None
         target = self.store.read().get_user(ev.user)
-        sessions = self.online.get(target.id, set()) if target is not None else set()
-        if not sessions:
-            log.debug("%s room key for an offline user dropped", s.label())
+        if target is None:
+            log.debug("%s room key for an unknown user dropped", s.label())
             return
-        for m in list(sessions):
-            with contextlib.suppress(P.ProtocolError, OversizedError):  # intake already refused what cannot fit
-                m.send(P.RoomKey(s.user.name, ev.envelope))
+        # to the target's sessions on every relay; one that is offline everywhere drops it, as before
+        with contextlib.suppress(OversizedError):  # intake already refused what cannot fit
+            self.bus.publish_user(target.id, P.encode_event(P.RoomKey(s.user.name, ev.envelope),
+                                                            self.config.max_frame))

@@ -1,0 +1,136 @@
+"""The NATS bus (issue 13) against a private nats-server: interest, fan-out once per relay, no echo,
+reconnection, and `serve --bus` refusing to start without NATS (exit 7, naming the URL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from securecomm.errors import NetworkError, UsageError
+from securecomm.net.nats_bus import NatsBus, room_subject, shown_url
+from tests.cluster import NatsServer, free_port
+
+#: Seconds an awaited bus event may take on a loaded machine (only catches hangs).
+WAIT = 20
+
+
+class Seen:
+    """What one relay's handlers were called with, and an event per arrival."""
+
+    def __init__(self, bus: NatsBus) -> None:
+        self.mail: list[int] = []
+        self.rooms: list[tuple[str, bytes, object]] = []
+        self.frames: list[tuple[int, bytes]] = []
+        self.changed = asyncio.Event()
+        bus.on_mail(lambda u: self._add(self.mail, u))
+        bus.on_room(lambda r, f, o: self._add(self.rooms, (r, f, o)))
+        bus.on_user(lambda u, f: self._add(self.frames, (u, f)))
+
+    def _add(self, where: list[Any], item: Any) -> None:
+        where.append(item)
+        self.changed.set()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        async def wait() -> None:
+            while not done():
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(wait(), WAIT)
+
+
+async def _pair(url: str) -> tuple[NatsBus, NatsBus, Seen, Seen]:
+    a, b = NatsBus(url), NatsBus(url)
+    seen_a, seen_b = Seen(a), Seen(b)
+    await a.connect()
+    await b.connect()
+    return a, b, seen_a, seen_b
+
+
+def test_mail_and_user_frames_reach_only_relays_watching_the_user(nats_server: NatsServer):
+    async def main() -> None:
+        a, b, seen_a, seen_b = await _pair(nats_server.url)
+        try:
+            b.watch_user(7)
+            await seen_b.until(lambda: seen_b.mail == [7])  # the store is read once the subscription is in place
+            a.publish_mail(7)
+            a.publish_mail(8)  # nobody on b watches 8
+            a.publish_user(7, b"receipt")
+            await seen_b.until(lambda: len(seen_b.frames) == 1)
+            assert seen_b.mail == [7, 7]
+            assert seen_b.frames == [(7, b"receipt")]
+            # a's own sessions are called at once, and NATS does not echo a's publishes back to it
+            assert seen_a.mail == [7, 8] and seen_a.frames == [(7, b"receipt")]
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_room_lines_cross_once_per_relay_and_stop_after_the_last_member_leaves(nats_server: NatsServer):
+    async def main() -> None:
+        a, b, seen_a, seen_b = await _pair(nats_server.url)
+        try:
+            for _ in range(3):  # three members of #ops on relay b: one subscription
+                b.watch_room("ops.team")
+            b.watch_user(1)
+            await seen_b.until(lambda: seen_b.mail == [1])  # b's queue is in order: the room subscription is in
+            origin = object()
+            a.publish_room("ops.team", b"line-1", origin)
+            await seen_b.until(lambda: len(seen_b.rooms) == 1)
+            assert seen_b.rooms == [("ops.team", b"line-1", None)]
+            assert seen_a.rooms == [("ops.team", b"line-1", origin)]
+            for _ in range(3):
+                b.unwatch_room("ops.team")
+            b.unwatch_user(1)
+            b.watch_user(2)  # queued after the unsubscriptions: once seen, they are done
+            await seen_b.until(lambda: seen_b.mail == [1, 2])
+            a.publish_room("ops.team", b"line-2")
+            a.publish_mail(2)  # travels after line-2 on a's one connection
+            await seen_b.until(lambda: seen_b.mail == [1, 2, 2])
+            assert [f for _, f, _ in seen_b.rooms] == [b"line-1"]
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_relay_reconnects_after_nats_restarts_and_rereads_the_store(nats_server: NatsServer):
+    """A wake-up lost while NATS was down is made good: on reconnection every watched user is woken."""
+    async def main() -> None:
+        a, b, _, seen_b = await _pair(nats_server.url)
+        try:
+            b.watch_user(5)
+            await seen_b.until(lambda: seen_b.mail == [5])
+            await asyncio.to_thread(nats_server.stop)
+            await asyncio.to_thread(nats_server.start)  # same port
+            await seen_b.until(lambda: len(seen_b.mail) >= 2)  # the reconnection's reread
+            count = len(seen_b.mail)
+            a.publish_mail(5)  # and the subscription was restored
+            await seen_b.until(lambda: len(seen_b.mail) > count)
+            assert set(seen_b.mail) == {5}
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_unreachable_nats_at_start_is_a_network_error_naming_the_url():
+    url = f"nats://127.0.0.1:{free_port()}"
+    with pytest.raises(NetworkError) as e:
+        asyncio.run(NatsBus(url).connect())
+    assert e.value.exit_code == 7
+    assert url in e.value.message
+
+
+def test_url_checks_and_room_subjects():
+    with pytest.raises(UsageError):
+        NatsBus("http://127.0.0.1:4222")
+    assert shown_url("nats://ops:s3cret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    # '.' separates NATS tokens; a room name holding one must stay one token
+    assert room_subject("a.b").count(".") == room_subject("ab").count(".")
