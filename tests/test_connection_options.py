@@ -12,7 +12,7 @@ from securecomm.cli.main import COMMANDS
 
 CONNECTION = ("--server", "--ca", "--pin", "--passphrase-file")
 CONNECTING = [("send",), ("status",), ("inbox",), ("chat",), ("user", "login"), ("devices",), ("devices", "remove"),
-              ("contacts", "verify")]
+              ("devices", "approve"), ("contacts", "verify")]
 
 
 def command(path: tuple[str, ...]):

@@ -21,7 +21,7 @@ from securecomm.crypto.safety import safety_number
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
-from tests.serverproc import ServerProc, add_user, login
+from tests.serverproc import PASSWORD, ServerProc, add_user, login
 from tests.test_error_table import Raw
 
 
@@ -186,3 +186,51 @@ def test_verify_yourself_is_a_usage_error(world, sc):
     _, homes = world
     r = sc("contacts", "verify", "alice", home_dir=homes["alice"])
     assert r.exit_code == 2 and "securecomm: error: that is you" in r.output
+
+
+def _code(stderr: bytes) -> str:
+    found = re.findall(r"pairing code: ([0-9A-Z]{5}-[0-9A-Z]{5})", stderr.decode())
+    assert len(found) == 1, stderr.decode()
+    return found[0]
+
+
+def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
+    """Spec 6.4 through the commands: `user login` on a new device prints a code, `devices approve CODE`
+    on the first one shows the new device's fingerprint and signs it in, and the new device's next login
+    collects the user key. (Each login of the other device uses --replace-key while the server keeps one
+    registered key per account: the pending-device login state is not served yet.)"""
+    srv, homes = world
+    laptop = homes["alice"]
+    phone = tmp_path / "alice-phone"
+    first = login(phone, srv, "alice", PASSWORD, "--replace-key", "--identity", "phone")
+    assert first.returncode == 0, first.stderr
+    code = _code(first.stderr)
+    from securecomm.crypto import identity as I
+
+    phone_id = I.load(phone / "identities" / "phone.key", lambda: b"")
+    assert phone_id.public.fingerprint_text in first.stderr.decode()
+    assert not (phone / "devices" / "phone" / "user.key").exists()
+    assert login(laptop, srv, "alice", PASSWORD, "--replace-key").returncode == 0
+
+    refused = sc("devices", "approve", code, input="n\n", home_dir=laptop)
+    assert refused.exit_code == 130 and phone_id.public.fingerprint_text in refused.output
+    assert len(json.loads(sc("devices", "--json", home_dir=laptop).output)) == 1
+    bad = sc("devices", "approve", "00000-00000", "--yes", home_dir=laptop)
+    assert bad.exit_code == 9 and "securecomm: error: server: " in bad.output
+    ok = sc("devices", "approve", code.lower().replace("-", " "), input="y\n", home_dir=laptop)
+    assert ok.exit_code == 0, ok.output
+    assert "device phone asks to join alice's devices" in ok.output and "device list 2" in ok.output
+    used = sc("devices", "approve", code, "--yes", home_dir=laptop)
+    assert used.exit_code == 9
+
+    second = login(phone, srv, "alice", PASSWORD, "--replace-key", "--identity", "phone")
+    assert second.returncode == 0, second.stderr
+    laptop_key = _keys(laptop).user_key()
+    phone_key = DeviceKeys(phone / "devices" / "phone", phone_id.kem).user_key()
+    assert laptop_key is not None and phone_key is not None
+    assert phone_key.public.raw == laptop_key.public.raw
+    assert f"paired: this device now holds alice's user key {laptop_key.public.fingerprint_text}" \
+        in second.stderr.decode()
+    assert len(list((phone / "devices" / "phone" / "prekeys").iterdir())) > 1  # set up: prekeys uploaded
+    rows = json.loads(sc("devices", "--json", home_dir=phone).output)
+    assert {(d["name"], d["this"]) for d in rows} == {("default", False), ("phone", True)}

@@ -50,13 +50,14 @@ async def _connected(state: State, identity: Any, options: dict[str, Any]) -> An
 
 
 @click.group(invoke_without_command=True, epilog="Examples:\n\n  securecomm devices\n\n"
-             "  securecomm devices --json\n\n  securecomm devices remove 3f9c0a1b2c4d")
+             "  securecomm devices --json\n\n  securecomm devices remove 3f9c0a1b2c4d\n\n"
+             "  securecomm devices approve K3M9Q-7TX2B")
 @connection_options
 @json_option
 @click.pass_context
 def devices(ctx: click.Context, server: str | None, ca: str | None, pin: str | None, passphrase_file: str | None,
             as_json: bool) -> None:
-    """List this account's devices: name, id, fingerprint, added, last seen.
+    """List this account's devices: name, id, fingerprint, added, last seen; remove or approve one.
 
     The list comes from the server and is shown only if it verifies under
     the user key this device holds; `*` marks this device.
@@ -150,3 +151,41 @@ def verify_contact(state: State, name: str, options: dict[str, Any], yes: bool) 
         raise InterruptedByUser(f"{name} was not marked verified")
     Pins.load(state.paths.user_pins).mark_verified(name)
     click.echo(f"{shown(name)} is now verified; if their user key ever changes, securecomm stops loudly")
+
+
+@devices.command(epilog="Example: securecomm devices approve K3M9Q-7TX2B")
+@click.argument("code")
+@connection_options
+@click.option("--yes", is_flag=True, help="Approve without asking (you compared the fingerprint already).")
+@click.pass_context
+def approve(ctx: click.Context, code: str, server: str | None, ca: str | None, pin: str | None,
+            passphrase_file: str | None, yes: bool) -> None:
+    """Add the new device that shows pairing CODE (from `user login` on it).
+
+    Shows the waiting device's name and fingerprint (compare it with what
+    the new device printed) and asks; on yes, signs it into your device list
+    with the user key and hands the user key over, sealed to that device.
+    """
+    from securecomm.client.devicecmds import approve_pairing, look_up_pairing, own_user_key
+    from securecomm.errors import InterruptedByUser
+
+    state = ctx.find_object(State)
+    assert state is not None
+    options = _options(ctx)
+    identity, profile, keys = _session(state, options)
+    user_key = own_user_key(keys)
+
+    async def go() -> Any:
+        async with await _connected(state, identity, options) as client:
+            request = await look_up_pairing(client, code)
+            click.echo(f"device {shown(request.name)} asks to join {shown(profile.user)}'s devices\n"
+                       f"  its fingerprint: {request.device.fingerprint_text}\n"
+                       f"  your user key:   {user_key.public.fingerprint_text}")
+            if not yes and not click.confirm("is this your device, showing the same fingerprint?", default=False,
+                                             err=True):
+                raise InterruptedByUser("the device was not approved; nothing was changed")
+            return request, await approve_pairing(client, profile.user, keys, identity, request)
+
+    request, counter = run_client(go())
+    click.echo(f"approved {shown(request.name)} ({request.device.fingerprint[:6].hex()}); device list {counter}; "
+               f"on it, run: securecomm user login {shown(profile.user)}")

@@ -15,7 +15,7 @@ from securecomm.client import devicesetup as S
 from securecomm.client.devicemail import Directory
 from securecomm.client.pins import Pin, Pins
 from securecomm.crypto import devices as D
-from securecomm.crypto.identity import PrivateIdentity
+from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.safety import safety_number
 from securecomm.errors import FormatError, UsageError
 from securecomm.store.devicekeys import DeviceKeys
@@ -100,3 +100,42 @@ async def safety_for(client: Any, me: str, keys: DeviceKeys, pins: Pins, name: s
     pin = pins.get(name)
     assert pin is not None  # just pinned (or the same key as before)
     return Safety(name, safety_number(me, mine, name, theirs.user_key), theirs.user_key, pin)
+
+
+# -- pairing (6.4) ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairingRequest:
+    """What `pair_lookup` says about a device waiting to be paired (its name and key come from the server:
+    the user compares the fingerprint with the one the new device shows)."""
+
+    code: str
+    name: str
+    device: PublicIdentity
+    expires_ms: int
+    answer: dict[str, Any]
+
+
+async def look_up_pairing(client: Any, code: str) -> PairingRequest:
+    canonical = D.normalize_code(code)  # a mistyped code fails here, before the server is asked
+    answer = await client.request("pair_lookup", code=canonical)
+    try:
+        device = PublicIdentity.from_line(answer["device"])
+        name = str(answer["name"])
+        D.check_device_name(name)
+        expires = int(answer["expires_ms"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError("the server sent a malformed pairing answer") from e
+    return PairingRequest(canonical, name, device, expires, answer)
+
+
+async def approve_pairing(client: Any, user: str, keys: DeviceKeys, me: PrivateIdentity,
+                          request: PairingRequest) -> int:
+    """Sign the new device's certificate and list (counter + 1), hand over the user key sealed to it,
+    send `pair_approve`: the new list's counter."""
+    current, _ = await own_directory(client, user, keys)
+    args = S.approve(user, me, keys, request.code, request.answer, current, now_ms())
+    answer = await client.request("pair_approve", **args)
+    try:
+        return int(answer["counter"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError("the server sent a malformed pair_approve answer") from e
