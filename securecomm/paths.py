@@ -94,6 +94,11 @@ class Paths:
     def contacts(self) -> Path:
         return self.config_dir / "contacts.json"
 
+    @property
+    def user_pins(self) -> Path:
+        """Contacts' pinned user keys, list counters and safety-number checks (docs/PROTOCOL.md 6.8)."""
+        return self.config_dir / "user_keys.json"
+
     # -- server side ---------------------------------------------------------
     @property
     def tls_dir(self) -> Path:

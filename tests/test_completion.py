@@ -36,6 +36,12 @@ def test_click_protocol_completes_commands():
     assert set(complete("securecomm user ", 2)) == {"add", "login", "list", "passwd", "remove"}
 
 
+def test_click_protocol_completes_the_device_commands():
+    assert complete("securecomm dev", 1) == ["devices"]
+    assert "remove" in complete("securecomm devices ", 2)
+    assert "verify" in complete("securecomm contacts ", 2)
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 def test_real_bash_completion():
     script = ROOT / "completions" / "securecomm.bash"

@@ -11,7 +11,8 @@ import pytest
 from securecomm.cli.main import COMMANDS
 
 CONNECTION = ("--server", "--ca", "--pin", "--passphrase-file")
-CONNECTING = [("send",), ("status",), ("inbox",), ("chat",), ("user", "login")]
+CONNECTING = [("send",), ("status",), ("inbox",), ("chat",), ("user", "login"), ("devices",), ("devices", "remove"),
+              ("devices", "approve"), ("contacts", "verify")]
 
 
 def command(path: tuple[str, ...]):

@@ -336,7 +336,7 @@ async def _follow(once: Any) -> None:
 
 
 @click.group(invoke_without_command=True, epilog="Examples:\n\n  securecomm contacts --json"
-             "\n\n  securecomm contacts trust bob")
+             "\n\n  securecomm contacts trust bob\n\n  securecomm contacts verify bob")
 @json_option
 @click.pass_context
 def contacts(ctx: click.Context, as_json: bool) -> None:
@@ -352,17 +352,34 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
 
     state = ctx.find_object(State)
     assert state is not None
+    from securecomm.client.pins import Pins
+
     entries = Contacts.load(state.paths.contacts).all()
+    pins = Pins.load(state.paths.user_pins).entries  # user keys (version 2): these carry `verified`
     if as_json:
         emit_json([{"name": c.name, "fingerprint": c.identity.fingerprint_text, "kem": c.identity.kem,
-                    "first_seen": c.first_seen,
-                    "changed_to": c.pending.fingerprint_text if c.pending else None} for c in entries])
+                    "first_seen": c.first_seen, "verified": c.name in pins and pins[c.name].verified,
+                    "changed_to": c.pending.fingerprint_text if c.pending else None} for c in entries
+                   if c.name not in pins] + [_pin_json(p) for p in pins.values()])
         return
     from securecomm.cli.context import shown
 
-    click.echo(table([[shown(c.name), c.identity.fingerprint_text,
-                       f"CHANGED to {c.pending.fingerprint_text}" if c.pending else "ok"] for c in entries],
-                     headers=["name", "fingerprint", "status"]))
+    rows = [[shown(c.name), c.identity.fingerprint_text,
+             f"CHANGED to {c.pending.fingerprint_text}" if c.pending else "ok"] for c in entries if c.name not in pins]
+    rows += [[shown(p.name), p.user_key.fingerprint_text, _pin_status(p)] for p in pins.values()]
+    click.echo(table(sorted(rows), headers=["name", "fingerprint", "status"]))
+
+
+def _pin_status(p: Any) -> str:
+    if p.pending is not None:
+        return ("CHANGED (was VERIFIED)" if p.verified else "CHANGED") + f" to {p.pending.fingerprint_text}"
+    return "verified" if p.verified else "ok"
+
+
+def _pin_json(p: Any) -> dict[str, Any]:
+    """A contact pinned by user key: its fingerprint is the user key's (docs/PROTOCOL.md 6.2)."""
+    return {"name": p.name, "fingerprint": p.user_key.fingerprint_text, "kem": None, "first_seen": p.first_seen,
+            "verified": p.verified, "changed_to": p.pending.fingerprint_text if p.pending else None}
 
 
 @contacts.command(epilog="Example: securecomm contacts trust bob")
@@ -372,6 +389,32 @@ def trust(state: State, name: str) -> None:
     """Accept NAME's changed key (after checking its fingerprint with them)."""
     from securecomm.cli.context import shown
     from securecomm.client.directory import Contacts
+    from securecomm.client.pins import Pins
 
+    pins = Pins.load(state.paths.user_pins)
+    pinned = pins.get(name.lower())
+    if pinned is not None and pinned.pending is not None:  # a changed user key (docs/PROTOCOL.md 6.1)
+        p = pins.trust(name.lower())
+        click.echo(f"now trusting {shown(p.name)} user key {p.user_key.fingerprint_text}; CHANGED cleared "
+                   "(not verified: compare safety numbers again with securecomm contacts verify)")
+        return
     c = Contacts.load(state.paths.contacts).trust(name.lower())
     click.echo(f"now trusting {shown(c.name)} {c.identity.fingerprint_text}; CHANGED cleared")
+
+
+@contacts.command(epilog="Example: securecomm contacts verify bob")
+@click.argument("name")
+@connection_options
+@click.option("--yes", is_flag=True, help="Mark verified without asking (you compared the number already).")
+@pass_state
+def verify(state: State, name: str, server: str | None, ca: str | None, pin: str | None,
+           passphrase_file: str | None, yes: bool) -> None:
+    """Show the 60-digit safety number you share with NAME, and mark NAME verified.
+
+    Both of you see the same number (it comes from both user keys); compare
+    it in person or on a call. If a verified contact's user key changes,
+    securecomm refuses it with a louder warning than for other contacts.
+    """
+    from securecomm.cli.devices import verify_contact
+
+    verify_contact(state, name, {"server": server, "ca": ca, "pin": pin, "passphrase_file": passphrase_file}, yes)

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fetch": ("securecomm.cli.files", "fetch", "Download, verify and decrypt a received file."),
     "inbox": ("securecomm.cli.client", "inbox", "Fetch and print pending direct messages."),
     "contacts": ("securecomm.cli.client", "contacts", "Show pinned contact keys; trust a changed one."),
+    "devices": ("securecomm.cli.devices", "devices", "List this account's devices; remove or approve one."),
     "user": ("securecomm.cli.users", "user", "Manage user accounts and log in."),
     "db": ("securecomm.cli.db", "db", "Create, upgrade and fill a PostgreSQL database for several relays."),
     "paths": ("securecomm.cli.misc", "paths", "Print where securecomm keeps its files."),

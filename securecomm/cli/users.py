@@ -323,9 +323,28 @@ async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str) 
     from securecomm.errors import SecurecommError
 
     try:
-        await set_up_device(client, keys, me, user, name)
+        done = await set_up_device(client, keys, me, user, name)
+        if done == "pending" or keys.user_key() is None:
+            await _pairing(client, keys, me, user, name)
     except SecurecommError as e:
         warn(f"this device is not set up for forward secrecy yet ({e.message}); run user login again")
+
+
+async def _pairing(client: Any, keys: Any, me: Any, user: str, name: str) -> None:
+    """A new device of an account that has others: show a pairing code, or finish an approved pairing."""
+    from securecomm.cli.context import info
+    from securecomm.client.devicelogin import continue_pairing
+
+    outcome, detail = await continue_pairing(client, keys, me, user, name)
+    if outcome == "paired":
+        info(f"paired: this device now holds {user}'s user key {detail.public.fingerprint_text} "
+             "(the approving device showed the same)")
+        return
+    code, _ = detail
+    info(f"this device ({me.public.fingerprint_text}) waits to be paired; pairing code: {shown(code)} "
+         "(good for 10 minutes, once)")
+    info(f"on a device you already have, run: securecomm devices approve {shown(code)}; "
+         f"then run user login {user} here again")
 
 
 def _server_and_ca(paths: Any, server: str | None, ca: str | None, pin: str | None) -> tuple[str, str | None]:

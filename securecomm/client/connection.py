@@ -28,6 +28,7 @@ from securecomm.errors import (
     NetworkError,
     NotFoundError,
     OversizedError,
+    PairingError,
     RefusedError,
     SecurecommError,
     ShuttingDownError,
@@ -58,6 +59,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.PREKEY: IntegrityError,  # docs/PROTOCOL.md 6.9
     P.ErrorCode.DEVICE_LIST: IntegrityError,
     P.ErrorCode.DEVICE_REMOVED: DeviceRemovedError,
+    P.ErrorCode.PAIRING: PairingError,  # a refusal (exit 9) that `user login` tells apart: not approved yet
 }
 
 

@@ -2,8 +2,9 @@
 
 The first device of an account makes the user key and publishes list 1; a
 listed device tops up its one-time prekeys and replaces its last-resort
-prekey when due. A device the list does not name yet is waiting to be paired
-(`devices approve` on another device; not served yet), and is left alone.
+prekey when due. A device the list does not name yet is waiting to be paired:
+continue_pairing shows it a code for `devices approve` on another device, and
+at the next login collects the approval and the user key.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from securecomm.client import devicesetup as S
 from securecomm.client.devicemail import Directory
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.errors import NotFoundError
+from securecomm.errors import FormatError, NotFoundError, PairingError
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
 
@@ -55,3 +56,20 @@ def upload_chunks(args: dict[str, Any], max_frame: int) -> list[dict[str, Any]]:
     if last is not None:
         chunks.append({"one_time": [], "last_resort": last})
     return chunks
+
+
+async def continue_pairing(client: Any, keys: DeviceKeys, me: PrivateIdentity, user: str,
+                           name: str) -> tuple[str, Any]:
+    """A device without the user key, after a login: finish an approved pairing (6.4 step 3), else
+    start one. Returns ("paired", the user key) or ("code", (code, expires_ms)) to show the user."""
+    try:
+        answer = await client.request("pair_complete")
+    except PairingError:  # not approved (yet): a fresh code replaces any earlier one of this device
+        started = await client.request("pair_start", name=name)
+        try:
+            return "code", (str(started["code"]), int(started["expires_ms"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError("the server sent a malformed pair_start answer") from e
+    key = S.complete(user, me, keys, answer)
+    await set_up_device(client, keys, me, user, name)  # now listed: upload prekeys
+    return "paired", key

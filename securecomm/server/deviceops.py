@@ -191,7 +191,13 @@ class DeviceOps:
 
     # -- device lists ----------------------------------------------------------------------------
     def _device_list(self, caller: Caller, args: dict[str, Any]) -> Outcome:
-        return Outcome(self._directory(*self._user(args)))
+        uid, user = self._user(args)
+        data = self._directory(uid, user)
+        if uid == caller.user_id:  # only the account itself learns when its devices were seen
+            if caller.device is not None and self.store.device_user(caller.device.fingerprint) == uid:
+                self.store.touch(caller.device.fingerprint, self.clock())
+            data["last_seen"] = {d.hex(): seen for d, _, _, seen in self.store.devices(uid)}
+        return Outcome(data)
 
     def _device_list_publish(self, caller: Caller, args: dict[str, Any]) -> Outcome:
         if caller.device is None:

@@ -1,0 +1,191 @@
+"""`securecomm devices` and `contacts verify`: this account's devices and safety numbers (docs/PROTOCOL.md 6).
+
+Click only: parse, call one function of client/devicecmds.py, print. Heavy
+imports stay inside the commands so that --help loads no cryptography.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from securecomm.cli.context import (
+    State,
+    ask_trust,
+    connection_options,
+    emit_json,
+    json_option,
+    profile_identity,
+    run_client,
+    shown,
+    table,
+)
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
+
+
+def _session(state: State, options: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(identity, profile, this device's keys) for a command that logs in with the profile's key."""
+    from securecomm.config import Profile
+    from securecomm.store.devicekeys import DeviceKeys
+
+    identity = profile_identity(state, options["passphrase_file"])
+    profile = Profile.load(state.paths.profile)
+    return identity, profile, DeviceKeys(state.paths.device_keys(profile.identity), identity.kem)
+
+
+async def _connected(state: State, identity: Any, options: dict[str, Any]) -> Any:
+    from securecomm.client.login import connect_profile
+
+    client, _ = await connect_profile(state.paths, identity, server=options["server"], ca=options["ca"],
+                                      pin=options["pin"], ask=ask_trust)
+    return client
+
+
+@click.group(invoke_without_command=True, epilog="Examples:\n\n  securecomm devices\n\n"
+             "  securecomm devices --json\n\n  securecomm devices remove 3f9c0a1b2c4d\n\n"
+             "  securecomm devices approve K3M9Q-7TX2B")
+@connection_options
+@json_option
+@click.pass_context
+def devices(ctx: click.Context, server: str | None, ca: str | None, pin: str | None, passphrase_file: str | None,
+            as_json: bool) -> None:
+    """List this account's devices: name, id, fingerprint, added, last seen; remove or approve one.
+
+    The list comes from the server and is shown only if it verifies under
+    the user key this device holds; `*` marks this device.
+    """
+    ctx.meta["devices.options"] = {"server": server, "ca": ca, "pin": pin, "passphrase_file": passphrase_file}
+    if ctx.invoked_subcommand is not None:
+        return
+    from securecomm.client.devicecmds import list_devices
+
+    state = ctx.find_object(State)
+    assert state is not None
+    options = ctx.meta["devices.options"]
+    identity, profile, keys = _session(state, options)
+
+    async def go() -> Any:
+        async with await _connected(state, identity, options) as client:
+            return await list_devices(client, profile.user, keys, identity)
+
+    rows = run_client(go())
+    if as_json:
+        emit_json([r.as_json() for r in rows])
+        return
+    click.echo(table([["*" if r.this else "", shown(r.name), r.device_id[:6].hex(), r.fingerprint,
+                       _when(r.added_ms), _when(r.last_seen_ms)] for r in rows],
+                     headers=["", "name", "id", "fingerprint", "added", "last seen"]))
+
+
+def _options(ctx: click.Context) -> dict[str, Any]:
+    options: dict[str, Any] = ctx.meta.get("devices.options", {})  # the group's, given before the subcommand
+    return {k: ctx.params.get(k) or options.get(k) for k in ("server", "ca", "pin", "passphrase_file")}
+
+
+@devices.command(epilog="Example: securecomm devices remove 3f9c0a1b2c4d")
+@click.argument("device_id", metavar="ID")
+@connection_options
+@json_option
+@click.pass_context
+def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | None, pin: str | None,
+           passphrase_file: str | None, as_json: bool) -> None:
+    """Revoke device ID (its id from `securecomm devices`, 6 hex digits or more).
+
+    This device signs a new list without it with the user key; the server
+    closes the removed device's sessions and deletes its prekeys and mail.
+    """
+    from securecomm.client.devicecmds import remove_device
+
+    state = ctx.find_object(State)
+    assert state is not None
+    options = _options(ctx)
+    identity, profile, keys = _session(state, options)
+
+    async def go() -> Any:
+        async with await _connected(state, identity, options) as client:
+            return await remove_device(client, profile.user, keys, device_id)
+
+    row, counter = run_client(go())
+    if as_json:
+        emit_json({"removed": row.as_json(), "counter": counter})
+        return
+    click.echo(f"removed device {shown(row.name)} ({row.device_id[:6].hex()}, {row.fingerprint}); "
+               f"device list {counter}")
+
+
+def verify_contact(state: State, name: str, options: dict[str, Any], yes: bool) -> None:
+    """`contacts verify NAME`: show the safety number, ask, mark verified."""
+    from securecomm.client.answers import check_user_name
+    from securecomm.client.devicecmds import safety_for
+    from securecomm.client.pins import Pins
+    from securecomm.crypto.safety import format_number
+    from securecomm.errors import InterruptedByUser, UsageError
+
+    name = name.lower()
+    check_user_name(name)
+    identity, profile, keys = _session(state, options)
+    if name == profile.user:
+        raise UsageError("that is you: a safety number is between you and a contact")
+    pins = Pins.load(state.paths.user_pins)
+
+    async def go() -> Any:
+        async with await _connected(state, identity, options) as client:
+            return await safety_for(client, profile.user, keys, pins, name)
+
+    found = run_client(go())
+    click.echo(f"safety number with {shown(name)} (user key {found.their_key.fingerprint_text}):\n")
+    click.echo(format_number(found.number) + "\n")
+    if found.pin.verified:
+        click.echo(f"{shown(name)} is already verified")
+        return
+    if not yes and not click.confirm(f"does {shown(name)} see the same 60 digits (compare in person or on a call)?",
+                                     default=False, err=True):
+        raise InterruptedByUser(f"{name} was not marked verified")
+    Pins.load(state.paths.user_pins).mark_verified(name)
+    click.echo(f"{shown(name)} is now verified; if their user key ever changes, securecomm stops loudly")
+
+
+@devices.command(epilog="Example: securecomm devices approve K3M9Q-7TX2B")
+@click.argument("code")
+@connection_options
+@click.option("--yes", is_flag=True, help="Approve without asking (you compared the fingerprint already).")
+@click.pass_context
+def approve(ctx: click.Context, code: str, server: str | None, ca: str | None, pin: str | None,
+            passphrase_file: str | None, yes: bool) -> None:
+    """Add the new device that shows pairing CODE (from `user login` on it).
+
+    Shows the waiting device's name and fingerprint (compare it with what
+    the new device printed) and asks; on yes, signs it into your device list
+    with the user key and hands the user key over, sealed to that device.
+    """
+    from securecomm.client.devicecmds import approve_pairing, look_up_pairing, own_user_key
+    from securecomm.errors import InterruptedByUser
+
+    state = ctx.find_object(State)
+    assert state is not None
+    options = _options(ctx)
+    identity, profile, keys = _session(state, options)
+    user_key = own_user_key(keys)
+
+    async def go() -> Any:
+        async with await _connected(state, identity, options) as client:
+            request = await look_up_pairing(client, code)
+            click.echo(f"device {shown(request.name)} asks to join {shown(profile.user)}'s devices\n"
+                       f"  its fingerprint: {request.device.fingerprint_text}\n"
+                       f"  your user key:   {user_key.public.fingerprint_text}")
+            if not yes and not click.confirm("is this your device, showing the same fingerprint?", default=False,
+                                             err=True):
+                raise InterruptedByUser("the device was not approved; nothing was changed")
+            return request, await approve_pairing(client, profile.user, keys, identity, request)
+
+    request, counter = run_client(go())
+    click.echo(f"approved {shown(request.name)} ({request.device.fingerprint[:6].hex()}); device list {counter}; "
+               f"on it, run: securecomm user login {shown(profile.user)}")

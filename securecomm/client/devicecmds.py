@@ -1,0 +1,141 @@
+"""What `devices`, `devices remove` and `contacts verify` do over a key-login connection (docs/PROTOCOL.md 6.3, 6.8).
+
+Every answer of the server is checked against a user key the client holds:
+our own list against this device's copy of the user key, a contact's against
+the pinned one (client/pins.py), so a server cannot add a device to what the
+user is shown, nor show a number computed from a key it chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from securecomm.client import devicesetup as S
+from securecomm.client.devicemail import Directory
+from securecomm.client.pins import Pin, Pins
+from securecomm.crypto import devices as D
+from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
+from securecomm.crypto.safety import safety_number
+from securecomm.errors import FormatError, UsageError
+from securecomm.store.devicekeys import DeviceKeys
+from securecomm.timeutil import now_ms
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    name: str
+    device_id: bytes
+    fingerprint: str
+    added_ms: int
+    last_seen_ms: int | None
+    this: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "id": D.short_id(self.device_id), "device_id": self.device_id.hex(),
+                "fingerprint": self.fingerprint, "added_ms": self.added_ms, "last_seen_ms": self.last_seen_ms,
+                "this": self.this}
+
+
+def own_user_key(keys: DeviceKeys) -> D.UserKey:
+    key = keys.user_key()
+    if key is None:
+        raise UsageError("this device holds no user key yet (it is not set up, or waits to be paired)",
+                         hint="run: securecomm user login NAME")
+    return key
+
+
+async def own_directory(client: Any, user: str, keys: DeviceKeys) -> tuple[Directory, dict[str, Any]]:
+    """Our account's list and certificates, verified under this device's user key; and the raw answer."""
+    data = await client.request("device_list", user=user)
+    current = Directory.parse(data)
+    D.valid_devices(user, own_user_key(keys).public, current.device_list, current.certs)
+    return current, data
+
+
+def _last_seen(data: dict[str, Any], device_id: bytes) -> int | None:
+    seen = data.get("last_seen")
+    value = seen.get(device_id.hex()) if isinstance(seen, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+async def list_devices(client: Any, user: str, keys: DeviceKeys, me: PrivateIdentity) -> list[DeviceRow]:
+    """This account's devices that verify under our user key and are on its list, oldest first."""
+    current, data = await own_directory(client, user, keys)
+    listed = D.valid_devices(user, own_user_key(keys).public, current.device_list, current.certs)
+    rows = [DeviceRow(c.name, c.device_id, c.device.fingerprint_text, c.added_ms, _last_seen(data, c.device_id),
+                      c.device_id == me.public.fingerprint) for c in listed]
+    return sorted(rows, key=lambda r: (r.added_ms, r.device_id))
+
+
+async def remove_device(client: Any, user: str, keys: DeviceKeys, typed: str) -> tuple[DeviceRow | None, int]:
+    """Sign the list without the device `typed` names and send `device_remove`: (what was removed, new counter)."""
+    current, _ = await own_directory(client, user, keys)
+    device_id = S.find_device(current, typed)
+    cert = next(c for c in current.certs if c.device_id == device_id)
+    answer = await client.request("device_remove", **S.remove(user, keys, current, device_id, now_ms()))
+    try:
+        counter = int(answer["counter"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError("the server sent a malformed device_remove answer") from e
+    return DeviceRow(cert.name, device_id, cert.device.fingerprint_text, cert.added_ms, None, False), counter
+
+
+@dataclass(frozen=True)
+class Safety:
+    name: str
+    number: str
+    their_key: D.UserPublicKey
+    pin: Pin
+
+
+async def safety_for(client: Any, me: str, keys: DeviceKeys, pins: Pins, name: str) -> Safety:
+    """The safety number with `name`, from our user key and their user key as pinned (a changed key
+    raises, louder for a verified contact: pins.py)."""
+    mine = own_user_key(keys).public
+    theirs = Directory.parse(await client.request("device_list", user=name))
+    if theirs.user != name:
+        raise FormatError("the server answered with another user's device list")
+    pins.devices(name, theirs.user_key, theirs.device_list, theirs.certs)
+    pin = pins.get(name)
+    assert pin is not None  # just pinned (or the same key as before)
+    return Safety(name, safety_number(me, mine, name, theirs.user_key), theirs.user_key, pin)
+
+
+# -- pairing (6.4) ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairingRequest:
+    """What `pair_lookup` says about a device waiting to be paired (its name and key come from the server:
+    the user compares the fingerprint with the one the new device shows)."""
+
+    code: str
+    name: str
+    device: PublicIdentity
+    expires_ms: int
+    answer: dict[str, Any]
+
+
+async def look_up_pairing(client: Any, code: str) -> PairingRequest:
+    canonical = D.normalize_code(code)  # a mistyped code fails here, before the server is asked
+    answer = await client.request("pair_lookup", code=canonical)
+    try:
+        device = PublicIdentity.from_line(answer["device"])
+        name = str(answer["name"])
+        D.check_device_name(name)
+        expires = int(answer["expires_ms"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError("the server sent a malformed pairing answer") from e
+    return PairingRequest(canonical, name, device, expires, answer)
+
+
+async def approve_pairing(client: Any, user: str, keys: DeviceKeys, me: PrivateIdentity,
+                          request: PairingRequest) -> int:
+    """Sign the new device's certificate and list (counter + 1), hand over the user key sealed to it,
+    send `pair_approve`: the new list's counter."""
+    current, _ = await own_directory(client, user, keys)
+    args = S.approve(user, me, keys, request.code, request.answer, current, now_ms())
+    answer = await client.request("pair_approve", **args)
+    try:
+        return int(answer["counter"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError("the server sent a malformed pair_approve answer") from e

@@ -1,0 +1,236 @@
+"""`devices`, `devices remove` and `contacts verify` through Click's CliRunner and a real server (issue 12).
+
+Each user logs in with the installed entry point (`user login` makes the user
+key, list 1 and prekeys); a second device of alice is added the way pairing
+ends (a list signed by her user key naming it, published by her first
+device), so that `devices` has two rows and `devices remove` something to
+remove.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from securecomm.crypto import devices as D
+from securecomm.crypto.identity import PrivateIdentity
+from securecomm.crypto.safety import safety_number
+from securecomm.store.devicekeys import DeviceKeys
+from securecomm.timeutil import now_ms
+from securecomm.wire import protocol as P
+from tests.serverproc import PASSWORD, ServerProc, add_user, login
+from tests.test_error_table import Raw
+
+
+def _identity(home: Path) -> PrivateIdentity:
+    from securecomm.crypto import identity as I
+
+    return I.load(home / "identities" / "default.key", lambda: b"")
+
+
+def _keys(home: Path) -> DeviceKeys:
+    return DeviceKeys(home / "devices" / "default", _identity(home).kem)
+
+
+@pytest.fixture()
+def world(tmp_path):
+    srv = ServerProc(tmp_path / "srv").start()
+    homes = {}
+    try:
+        for user in ("alice", "bob"):
+            add_user(srv.home, user)
+            homes[user] = tmp_path / user
+            r = login(homes[user], srv, user)
+            assert r.returncode == 0, r.stderr
+        yield srv, homes
+    finally:
+        srv.stop()
+
+
+def _add_second_device(srv: ServerProc, home: Path, name: str = "phone") -> bytes:
+    """Publish list 2 = alice's first device + a new one, signed by her user key: what `devices approve` sends."""
+    me, keys = _identity(home), _keys(home)
+    key = keys.user_key()
+    assert key is not None
+    conn = Raw(srv).start().login_key("alice", me)
+    try:
+        conn.send(P.Request(1, "device_list", {"user": "alice"}))
+        current = conn.until(P.Result)
+        assert isinstance(current, P.Result)
+        certs = [D.DeviceCert.decode(bytes.fromhex(c)) for c in current.data["certs"]]
+        new = D.DeviceCert.sign(key, "alice", PrivateIdentity.generate("x25519").public, name, now_ms())
+        certs.append(new)
+        dlist = D.DeviceList.sign(key, "alice", 2, now_ms(), [c.device_id for c in certs])
+        conn.send(P.Request(2, "device_list_publish", {"device_list": dlist.encode().hex(),
+                                                        "certs": [c.encode().hex() for c in certs]}))
+        done = conn.until(P.Result)
+        assert isinstance(done, P.Result) and done.data == {"counter": 2}
+    finally:
+        conn.close()
+    return new.device_id
+
+
+def test_devices_lists_this_accounts_devices_verified_and_marks_this_one(world, sc):
+    srv, homes = world
+    phone = _add_second_device(srv, homes["alice"])
+    r = sc("devices", "--json", home_dir=homes["alice"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    mine = _identity(homes["alice"]).public
+    assert [(d["name"], d["device_id"], d["this"]) for d in rows] == \
+        [("default", mine.fingerprint.hex(), True), ("phone", phone.hex(), False)]
+    assert rows[0]["fingerprint"] == mine.fingerprint_text and rows[0]["id"] == mine.fingerprint[:6].hex()
+    assert rows[0]["last_seen_ms"] is not None and rows[1]["last_seen_ms"] is None  # the phone never connected
+    table = sc("devices", home_dir=homes["alice"]).output
+    assert re.search(rf"^\*\s+default\s+{mine.fingerprint[:6].hex()}", table, re.M)
+    assert re.search(rf"^\s+phone\s+{phone[:6].hex()}", table, re.M)
+
+
+def test_devices_refuses_a_list_not_signed_by_this_devices_user_key(world, sc):
+    _, homes = world
+    # The server's list stays signed by alice's key; the device's own copy is now another key:
+    # what the device would see if a server substituted the list.
+    folder = homes["alice"] / "devices" / "default"
+    (folder / "user.key").unlink()
+    DeviceKeys(folder, _identity(homes["alice"]).kem).save_user_key(D.UserKey.generate())
+    r = sc("devices", home_dir=homes["alice"])
+    assert r.exit_code == 6
+    assert "securecomm: error: " in r.output and "user key" in r.output and "Traceback" not in r.output
+
+
+def test_devices_remove_signs_a_new_list_without_it(world, sc):
+    srv, homes = world
+    phone = _add_second_device(srv, homes["alice"])
+    r = sc("devices", "remove", phone[:6].hex(), "--json", home_dir=homes["alice"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["counter"] == 3 and out["removed"]["device_id"] == phone.hex() and out["removed"]["name"] == "phone"
+    rows = json.loads(sc("devices", "--json", home_dir=homes["alice"]).output)
+    assert [d["name"] for d in rows] == ["default"]
+    # bob, who claims alice's devices from the server, no longer sees the phone
+    conn = Raw(srv).start().login_key("bob", _identity(homes["bob"]))
+    try:
+        conn.send(P.Request(1, "device_list", {"user": "alice"}))
+        got = conn.until(P.Result)
+        assert isinstance(got, P.Result)
+        dlist = D.DeviceList.decode(bytes.fromhex(got.data["device_list"]))
+        assert dlist.counter == 3 and not dlist.has(phone) and "last_seen" not in got.data
+    finally:
+        conn.close()
+
+
+def test_devices_remove_unknown_id_and_last_device_are_clear_errors(world, sc):
+    _, homes = world
+    r = sc("devices", "remove", "abcdef012345", home_dir=homes["alice"])
+    assert r.exit_code == 2
+    assert "securecomm: error: 'abcdef012345' names no device" in r.output
+    assert "securecomm: hint: use the ID column of: securecomm devices" in r.output
+    mine = _identity(homes["alice"]).public.fingerprint[:6].hex()
+    r = sc("devices", "remove", mine, home_dir=homes["alice"])
+    assert r.exit_code == 2 and "that is your only device" in r.output
+    assert [d["name"] for d in json.loads(sc("devices", "--json", home_dir=homes["alice"]).output)] == ["default"]
+
+
+def _digits(output: str) -> str:
+    return "".join(re.findall(r"^(?:\d{5} ){3}\d{5}$", output, re.M)).replace(" ", "")
+
+
+def test_contacts_verify_shows_the_same_number_on_both_sides_and_marks_verified(world, sc):
+    _, homes = world
+    r = sc("contacts", "verify", "bob", input="y\n", home_dir=homes["alice"])
+    assert r.exit_code == 0, r.output
+    alice_key, bob_key = (_keys(homes[u]).user_key() for u in ("alice", "bob"))
+    assert alice_key is not None and bob_key is not None
+    expected = safety_number("alice", alice_key.public, "bob", bob_key.public)
+    assert _digits(r.output) == expected and len(expected) == 60
+    assert "bob is now verified" in r.output
+    seen_by_bob = sc("contacts", "verify", "alice", input="n\n", home_dir=homes["bob"])
+    assert seen_by_bob.exit_code == 130 and _digits(seen_by_bob.output) == expected
+    listed = {c["name"]: c for c in json.loads(sc("contacts", "--json", home_dir=homes["alice"]).output)}
+    assert listed["bob"]["verified"] is True and listed["bob"]["fingerprint"] == bob_key.public.fingerprint_text
+    assert json.loads(sc("contacts", "--json", home_dir=homes["bob"]).output)[0]["verified"] is False
+    assert re.search(r"^bob\s+\S+\s+verified$", sc("contacts", home_dir=homes["alice"]).output, re.M)
+
+
+def test_a_verified_contacts_new_user_key_is_a_loud_hard_stop(world, sc):
+    srv, homes = world
+    assert sc("contacts", "verify", "bob", "--yes", home_dir=homes["alice"]).exit_code == 0
+    # bob resets his user key (a new device list under a new key, `reset`: password + device key proved)
+    from securecomm.client import devicesetup as S
+
+    bob = _identity(homes["bob"])
+    conn = Raw(srv).start().login_password("bob", bob)
+    try:
+        conn.send(P.Request(1, "device_list_publish",
+                            S.first_device("bob", bob, "default", _keys(homes["bob"]), now_ms(), reset=True)))
+        assert isinstance(conn.until(P.Result), P.Result)
+    finally:
+        conn.close()
+    r = sc("contacts", "verify", "bob", "--yes", home_dir=homes["alice"])
+    assert r.exit_code == 6
+    assert "securecomm: error: STOP: you VERIFIED this contact's safety number" in r.output
+    assert "has CHANGED" in r.output and "securecomm: hint: " in r.output
+    assert "CHANGED (was VERIFIED)" in sc("contacts", home_dir=homes["alice"]).output
+    trusted = sc("contacts", "trust", "bob", home_dir=homes["alice"])
+    assert trusted.exit_code == 0 and "CHANGED cleared" in trusted.output
+    r = sc("contacts", "verify", "bob", input="y\n", home_dir=homes["alice"])
+    new_key = _keys(homes["bob"]).user_key()
+    assert r.exit_code == 0 and new_key is not None and "bob is now verified" in r.output
+    assert new_key.public.fingerprint_text in r.output
+
+
+def test_verify_yourself_is_a_usage_error(world, sc):
+    _, homes = world
+    r = sc("contacts", "verify", "alice", home_dir=homes["alice"])
+    assert r.exit_code == 2 and "securecomm: error: that is you" in r.output
+
+
+def _code(stderr: bytes) -> str:
+    found = re.findall(r"pairing code: ([0-9A-Z]{5}-[0-9A-Z]{5})", stderr.decode())
+    assert len(found) == 1, stderr.decode()
+    return found[0]
+
+
+def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
+    """Spec 6.4 through the commands: `user login` on a new device prints a code, `devices approve CODE`
+    on the first one shows the new device's fingerprint and signs it in, and the new device's next login
+    collects the user key. (Each login of the other device uses --replace-key while the server keeps one
+    registered key per account: the pending-device login state is not served yet.)"""
+    srv, homes = world
+    laptop = homes["alice"]
+    phone = tmp_path / "alice-phone"
+    first = login(phone, srv, "alice", PASSWORD, "--replace-key", "--identity", "phone")
+    assert first.returncode == 0, first.stderr
+    code = _code(first.stderr)
+    from securecomm.crypto import identity as I
+
+    phone_id = I.load(phone / "identities" / "phone.key", lambda: b"")
+    assert phone_id.public.fingerprint_text in first.stderr.decode()
+    assert not (phone / "devices" / "phone" / "user.key").exists()
+    assert login(laptop, srv, "alice", PASSWORD, "--replace-key").returncode == 0
+
+    refused = sc("devices", "approve", code, input="n\n", home_dir=laptop)
+    assert refused.exit_code == 130 and phone_id.public.fingerprint_text in refused.output
+    assert len(json.loads(sc("devices", "--json", home_dir=laptop).output)) == 1
+    bad = sc("devices", "approve", "00000-00000", "--yes", home_dir=laptop)
+    assert bad.exit_code == 9 and "securecomm: error: server: " in bad.output
+    ok = sc("devices", "approve", code.lower().replace("-", " "), input="y\n", home_dir=laptop)
+    assert ok.exit_code == 0, ok.output
+    assert "device phone asks to join alice's devices" in ok.output and "device list 2" in ok.output
+    used = sc("devices", "approve", code, "--yes", home_dir=laptop)
+    assert used.exit_code == 9
+
+    second = login(phone, srv, "alice", PASSWORD, "--replace-key", "--identity", "phone")
+    assert second.returncode == 0, second.stderr
+    laptop_key = _keys(laptop).user_key()
+    phone_key = DeviceKeys(phone / "devices" / "phone", phone_id.kem).user_key()
+    assert laptop_key is not None and phone_key is not None
+    assert phone_key.public.raw == laptop_key.public.raw
+    assert f"paired: this device now holds alice's user key {laptop_key.public.fingerprint_text}" \
+        in second.stderr.decode()
+    assert len(list((phone / "devices" / "phone" / "prekeys").iterdir())) > 1  # set up: prekeys uploaded
+    rows = json.loads(sc("devices", "--json", home_dir=phone).output)
+    assert {(d["name"], d["this"]) for d in rows} == {("default", False), ("phone", True)}
