@@ -432,7 +432,7 @@ def test_max_frame_is_enforced(tmp_path):
             client, _ = await _session(home, srv)
             async with client:
                 client.writer.write(raw_frame(bytes([P.MsgType.SEND]) + b"x" * 8000))
-                with pytest.raises(RefusedError, match="limit is 4096"):
+                with pytest.raises(RefusedError, match="limit of 4096"):
                     await client.request("who", room="lobby")
 
         run(raw_oversized())
