@@ -97,6 +97,15 @@ def test_restore_refuses_a_live_database_and_changes_nothing(srv, tmp_path):
     assert sc(srv.home, "restore", "--force", str(out)).returncode == 0
 
 
+def test_a_second_serve_on_the_same_sqlite_file_is_refused(srv):
+    """A new user's check: a second `serve` on one home also listened, and mail sent through it never
+    woke the first relay's followers. One SQLite file serves one relay (several need PostgreSQL + a bus)."""
+    second = sc(srv.home, "serve", "--port", "0")  # before the fix: listened until the 60 s timeout
+    assert second.returncode == 10, second.stderr
+    assert b"in use by another securecomm serve" in second.stderr and b"Traceback" not in second.stderr
+    assert b"listening on" not in second.stderr
+
+
 def test_restore_checks_integrity_first(srv, tmp_path):
     out = tmp_path / "b.db"
     assert sc(srv.home, "backup", str(out)).returncode == 0

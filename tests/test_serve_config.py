@@ -82,6 +82,19 @@ def test_relative_paths_are_taken_from_the_files_folder(home, tmp_path):
     assert printed(home, "--config", str(path))["db"] == str(tmp_path / "data" / "x.db")
 
 
+def test_printed_config_reads_back_the_same_from_a_relative_config_path(home, tmp_path, monkeypatch):
+    """A new user's check: `--print-config > eff.toml` from a relative --config, then --config eff.toml,
+    printed db = "cfg/other.db" and then "cfg/cfg/other.db". Printed paths are absolute now."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "ok.toml").write_text('db = "other.db"\n')
+    first = run(home, "--config", "cfg/ok.toml", "--print-config")
+    assert first.exit_code == 0, first.output
+    (tmp_path / "cfg" / "eff.toml").write_text(first.stdout)
+    again = run(home, "--config", "cfg/eff.toml", "--print-config")
+    assert tomllib.loads(again.stdout)["db"] == tomllib.loads(first.stdout)["db"] == str(tmp_path / "cfg" / "other.db")
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("port = 1\n\nmax-clientz = 5\n", "unknown key 'max-clientz' in {path}, line 3"),
     ("# a comment\nport = 70000\n", "bad value for 'port' in {path}, line 2: 70000 is not in the range"),

@@ -14,6 +14,7 @@ positions for valid TOML, so the line is found by scanning the text.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def _check_kind(option: click.Option, value: Any) -> str | None:
 def convert_value(ctx: click.Context, option: click.Option, value: Any, base: Path) -> Any:
     """A file value through the option's own Click type; relative paths are taken from the file's folder."""
     if isinstance(option.type, click.Path) and isinstance(value, str) and "://" not in value:  # --db takes URLs too
-        value = str(base / Path(value).expanduser())
+        value = os.path.abspath(base / Path(value).expanduser())  # absolute: --print-config reads back the same
     return option.type_cast_value(ctx, value)
 
 

@@ -1,9 +1,11 @@
 """Online backup and offline restore of the SQLite database, and the lock that tells them apart.
 
-Theory of operation: a running server holds a *shared* flock on `<db>.lock`
-for as long as it serves (several servers may share a database, so shared,
-not exclusive). `restore` takes the *exclusive* lock without waiting: if any
-server holds the shared one, the database is live and restore refuses. The
+Theory of operation: a running server holds an *exclusive* flock on `<db>.lock`
+for as long as it serves. One SQLite file serves one relay: a second `serve` on
+the same file would store mail that the first relay's connected users are never
+woken for (it is another process; several relays need PostgreSQL and a bus), so
+it is refused at start. `restore` takes the same exclusive lock without waiting:
+if a server holds it, the database is live and restore refuses. The
 lock lives in its own file because SQLite itself uses POSIX record locks on the
 database file, and the two kinds must not be mixed on one file.
 
@@ -40,14 +42,15 @@ def _open_lock(db: Path) -> int:
 
 @contextlib.contextmanager
 def serving(db: Path) -> Iterator[None]:
-    """Held by `serve` while it runs: marks the database as live for `restore`."""
+    """Held by `serve` while it runs: one relay per SQLite file, and `restore` refuses a live one."""
     fd = _open_lock(db)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
-            raise ExistsError(f"{db} is being restored right now",
-                              hint="wait for `securecomm restore` to finish, then start the server") from e
+            raise ExistsError(f"{db} is in use by another securecomm serve (or a restore)",
+                              hint="stop the other server first; several relays need --db postgresql://... "
+                                   "and --bus (README \"Several relays\")") from e
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
