@@ -86,3 +86,28 @@ def test_a_taken_metrics_port_is_one_clear_error(srv, tmp_path):
     assert other.returncode == 7
     assert other.stderr.decode().startswith(f"securecomm: error: cannot serve --metrics on 127.0.0.1:{port}")
     assert not (tmp_path / "other" / "tls").exists()
+
+
+def test_idle_metrics_connections_cannot_take_the_relays_file_descriptors(srv, tmp_path):
+    """An attacker's check: prometheus_client's server kept one thread per connection for ever, so 1,000 idle
+    connections to --metrics used up the relay's file descriptors and no client could log in. Now at most
+    METRICS_CONNECTIONS are served at once (the rest closed at once) and each has a deadline."""
+    import os
+
+    from securecomm.server.metrics import METRICS_CONNECTIONS
+
+    url = srv.wait_log(r"metrics on http://127\.0\.0\.1:\d+/metrics").split(" on ", 1)[1]
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    fds_before = len(os.listdir(f"/proc/{srv.proc.pid}/fd"))
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
+    try:
+        for s in idle[:50]:
+            s.sendall(b"GET /metr")  # half a request, never finished
+        # the relay still serves its own clients while the metrics port is flooded
+        homes = users_logged_in(srv, tmp_path)
+        assert sc(homes["alice"], "status").returncode == 0
+        held = len(os.listdir(f"/proc/{srv.proc.pid}/fd")) - fds_before
+        assert held <= METRICS_CONNECTIONS + 10, held  # before the fix: ~200 more descriptors
+    finally:
+        for s in idle:
+            s.close()

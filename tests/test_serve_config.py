@@ -190,3 +190,23 @@ def test_systemd_accepts_the_unit(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "securecomm.service" not in result.stderr, result.stderr  # no warning about our unit
+
+
+@pytest.mark.parametrize("args", [
+    ("--file-days", "1e308"), ("--handshake-timeout", "-1"), ("--rate", "nan"), ("--idle-timeout", "inf"),
+    ("--frame-timeout", "0"),
+])
+def test_values_that_would_break_the_server_are_refused_at_start(home, args):
+    """An attacker's check: each of these started a server that then crashed on every file_offer, let no
+    client log in, or answered an internal error."""
+    from tests.conftest import run_entry
+
+    result = run_entry("--home", str(home), "serve", "--port", "0", *args, timeout=30)  # before: it served
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.decode().startswith(f"securecomm: error: {args[0]} must be"), result.stderr
+
+
+def test_a_config_path_that_is_not_a_regular_file_is_refused(home, tmp_path):
+    """/dev/zero grew the server's memory until it was killed; a FIFO hung the start."""
+    result = run(home, "--config", "/dev/zero", "--print-config")
+    assert result.exit_code == 2 and "not a regular file" in error_line(result)

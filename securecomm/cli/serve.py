@@ -102,6 +102,7 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
     """
     import asyncio
     import logging
+    import math
     import signal
 
     from securecomm.server.config import ServerConfig
@@ -112,7 +113,8 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
     configure(log_format, state.verbose - state.quiet)
     # `limits`: the options named exactly as their ServerConfig fields (pre-login, session, room, mailbox limits)
     config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
-                          burst=max(1, int(rate)), idle_timeout=idle_timeout, handshake_timeout=handshake_timeout,
+                          burst=max(1, int(rate)) if math.isfinite(rate) else 1, idle_timeout=idle_timeout,
+                          handshake_timeout=handshake_timeout,
                           login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
                           lock_seconds=int(lock_minutes * 60), **limits)
     config.validate()

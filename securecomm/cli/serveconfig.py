@@ -67,7 +67,10 @@ def read_config(path: Path) -> tuple[dict[str, Any], str]:
     import tomllib
 
     try:
-        raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+        if path.exists() and not path.is_file():  # a FIFO would hang the start, /dev/zero fill memory
+            raise UsageError(f"config file {path} is not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more than the limit, whatever the file
     except FileNotFoundError as e:
         raise NotFoundError(f"config file {path} does not exist",
                             hint="see contrib/securecomm.toml for a commented example") from e

@@ -64,6 +64,9 @@ def set_groups(ctx: SSL.Context, groups: str = GROUPS) -> str:
     raw = getattr(ctx, "_context", None)
     if setter is not None and raw is not None and setter(raw, groups.encode("ascii")) == 1:
         return groups
+    if groups == PQ_GROUPS:  # --require-pq: a classical fallback would silently drop the requirement
+        raise TLSError("this pyOpenSSL cannot restrict the key exchange to X25519MLKEM768, so --require-pq "
+                       "cannot be honoured")
     log.warning("pyOpenSSL cannot set a TLS group list here; key exchange restricted to %s, NOT post-quantum",
                 FALLBACK_CURVE)
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -83,6 +83,7 @@ class ServerConfig:
     max_hash_queue: int = 64
 
     def validate(self) -> None:
+        self._check_durations()
         if not MIN_FRAME_SIZE <= self.max_frame <= 64 * 1024 * 1024:
             raise UsageError(f"--max-frame must be between {MIN_FRAME_SIZE} and {64 * 1024 * 1024}")
         if self.relay_rate < 0:
@@ -99,6 +100,26 @@ class ServerConfig:
             raise UsageError("--mailbox-ttl must be at least 0 (0: never)")
         if self.max_sessions_per_user < 1 or self.max_room_members < 1:
             raise UsageError("--max-sessions-per-user and --max-room-members must be at least 1")
+
+    def _check_durations(self) -> None:
+        """Seconds and rates the event loop and the stores compute with: finite, and in a range that
+        works (an attacker's check: --file-days 1e308 crashed every file_offer, --handshake-timeout -1
+        let no client log in, --rate nan was an internal error, --idle-timeout inf was taken)."""
+        import math
+
+        year = 365 * 86400.0
+        for flag, value, low, high in (
+            ("--handshake-timeout", self.handshake_timeout, 0.1, 3600.0),
+            ("--login-timeout", self.login_timeout, 0.1, 3600.0),
+            ("--frame-timeout", self.frame_timeout, 0.1, 3600.0),
+            ("--idle-timeout", self.idle_timeout, 1.0, 30 * 86400.0),
+            ("--rate", self.rate, 0.0, 1e9),
+            ("--relay-rate", self.relay_rate, 0.0, 1e12),
+            ("--mailbox-ttl", self.mailbox_ttl, 0.0, 100 * year),
+            ("--file-days", self.file_days, 1 / 1440, 36500.0),
+        ):
+            if not (math.isfinite(value) and low <= value <= high):
+                raise UsageError(f"{flag} must be a number from {low:g} to {high:g}, not {value!r}")
 
     def room_member_limit(self) -> int:
         """--max-room-members, lowered so that a RESULT listing every member always fits max_frame."""

@@ -41,6 +41,7 @@ EVENTS: dict[str, str] = {
     # the store (PostgreSQL with several relays)
     "store: %s": "store.opened",
     "store: %s; bus: %s": "store.opened",
+    "metrics: a request from %s failed": "metrics.request_failed",
     # the bus (NATS with several relays)
     "bus: %s": "bus.log",
     "bus lost: %s unreachable; reconnecting every %.1f s (mail still flows from the store)": "bus.lost",

@@ -60,16 +60,64 @@ class Metrics:
         gauge.set_function(read)
 
     def serve(self, host: str, port: int) -> HttpEndpoint:
-        """Serve the text format on http://HOST:PORT/metrics from a daemon thread."""
-        from prometheus_client import start_http_server
+        """Serve the text format on http://HOST:PORT/metrics from a daemon thread (see BoundedHTTPServer)."""
+        from prometheus_client.exposition import MetricsHandler
 
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        handler = type("Handler", (MetricsHandler.factory(self.registry),),
+                       {"timeout": METRICS_TIMEOUT, "log_message": lambda self, *args: None})
+        server = _bounded_server(host, port, handler)
+        thread = threading.Thread(target=server.serve_forever, name="securecomm-metrics", daemon=True)
+        thread.start()
         return HttpEndpoint(server, thread)
 
     def text(self) -> str:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry).decode()
+
+
+#: Seconds a metrics connection may take to send its request and read the answer; a scrape takes
+#: milliseconds. prometheus_client's own server waits for ever, one thread per connection: 300
+#: half-sent requests held 300 threads, and 1,000 idle ones took every file descriptor the relay had.
+METRICS_TIMEOUT = 5.0
+#: Metrics connections served at once; more are closed at once (a scraper retries; the relay's own
+#: file descriptors are never at a stranger's mercy through this port).
+METRICS_CONNECTIONS = 8
+
+
+def _bounded_server(host: str, port: int, handler: type) -> Any:
+    import socket
+    from http.server import ThreadingHTTPServer
+
+    class BoundedHTTPServer(ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def __init__(self) -> None:
+            self.slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+            super().__init__((host, port), handler)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # a scraper that went away or timed out: one line, never a traceback on stderr
+            logging.getLogger("securecomm.server").info("metrics: a request from %s failed", client_address[0])
+
+    return BoundedHTTPServer()
 
 
 class HttpEndpoint:
