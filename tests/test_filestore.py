@@ -140,3 +140,28 @@ def test_keep_only_deletes_files_of_removed_accounts(store):
     from_carol = store.offer("carol", "alice", 5, b"\0" * 32).file_id
     assert store.keep_only({"alice", "bob"}) == 1
     assert store.row(to_bob) is not None and store.row(from_carol) is None
+
+
+def test_an_offer_never_uploaded_stops_holding_the_quota_once_stalled(store, clock):
+    """An attacker's check: mallory offered a file the size of bob's whole quota and sent nothing, and
+    every file to bob was refused as 'storage full' for --file-days (7 days)."""
+    import time
+
+    from securecomm.store.files import UPLOAD_IDLE
+
+    squat = store.offer("mallory", "bob", 800, b"\0" * 32)
+    _refused("file-over-quota", store.offer, "alice", "bob", 300, b"\1" * 32)
+    clock.now = time.time() + UPLOAD_IDLE + 1  # no byte arrived for UPLOAD_IDLE
+    assert store.offer("alice", "bob", 300, b"\1" * 32).received == 0  # the stalled offer is gone
+    assert store.row(squat.file_id) is None
+
+
+def test_one_sender_has_at_most_max_open_uploads(store):
+    """2,000 one-byte offers from one account made 2,000 part files and rows in 7 s."""
+    from securecomm.store.files import MAX_OPEN_UPLOADS
+
+    for _ in range(MAX_OPEN_UPLOADS):
+        store.offer("mallory", "carol", 1, b"\0" * 32)
+    _refused("file-over-quota", store.offer, "mallory", "carol", 1, b"\0" * 32)
+    _refused("file-over-quota", store.offer, "mallory", "bob", 1, b"\0" * 32)  # all recipients together
+    assert store.offer("alice", "carol", 1, b"\0" * 32).received == 0  # others are not affected

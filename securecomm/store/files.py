@@ -36,6 +36,14 @@ FILE_ID_SIZE = 16
 DEFAULT_QUOTA = 1 << 30
 DEFAULT_MAX_FILE = 4 << 30
 DEFAULT_DAYS = 7.0
+#: Unfinished uploads one sender may have at once, all recipients together. An offer reserves the
+#: recipient's quota before a byte arrives: without a cap, one account made 2,000 offers in 7 s.
+MAX_OPEN_UPLOADS = 8
+#: Seconds an unfinished upload may go without a new byte before it is deleted and its reservation
+#: freed. Without it, one offer of a recipient's whole quota, never uploaded, blocked every file to
+#: them for --file-days (7 days). A real upload sends a chunk every few milliseconds, and a dropped
+#: one resumes within this time.
+UPLOAD_IDLE = 3600.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -125,6 +133,12 @@ class FileStore:
             return self._resume(sender, recipient, size, sha256, file_id)
         if size <= 0 or size > self.max_file:
             raise FileRefused("file-too-large", f"a file must be 1 to {self.max_file} bytes of ciphertext")
+        self.drop_stalled()
+        open_uploads = self.db.execute("SELECT COUNT(*) FROM files WHERE sender = ? AND complete = 0",
+                                       (sender,)).fetchone()[0]
+        if open_uploads >= MAX_OPEN_UPLOADS:
+            raise FileRefused("file-over-quota", f"{open_uploads} unfinished uploads of yours are waiting "
+                                                 f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
         if self.used(recipient) + size > self.quota:
             raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
         new_id, now = os.urandom(FILE_ID_SIZE), self.clock()
@@ -199,7 +213,21 @@ class FileStore:
         ids = [r[0] for r in self.db.execute("SELECT id FROM files WHERE expires <= ?", (self.clock(),))]
         for file_id in ids:
             self._delete(file_id)
-        return len(ids)
+        return len(ids) + self.drop_stalled()
+
+    def drop_stalled(self) -> int:
+        """Delete unfinished uploads that received nothing for UPLOAD_IDLE seconds; returns how many."""
+        now, gone = self.clock(), []
+        for file_id, created in self.db.execute("SELECT id, created FROM files WHERE complete = 0").fetchall():
+            try:
+                last = max(created, self._part(file_id).stat().st_mtime)
+            except FileNotFoundError:
+                last = created
+            if now - last >= UPLOAD_IDLE:
+                gone.append(file_id)
+        for file_id in gone:
+            self._delete(file_id)
+        return len(gone)
 
     def keep_only(self, accounts: set[str]) -> int:
         """Delete files from or for any account not in `accounts` (removed ones); returns how many."""
