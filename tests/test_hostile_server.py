@@ -409,3 +409,16 @@ def test_a_withheld_receipt_does_not_hold_quit(hostile, home):
     assert b"quit before the server confirmed this line to bob; it may not have been sent: are you there" \
         in result.stdout, result.stdout
     assert result.stdout.rstrip().endswith(b"bye"), result.stdout
+
+
+def test_chat_writes_no_colour_codes_to_a_pipe(hostile, home):
+    """A new user's check: `chat < /dev/null | ...` wrote raw ESC[1m / ESC[32m codes into a pipe (chat
+    prints with print(), which, unlike click.echo, does not strip styles for a non-terminal)."""
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.results["join"] = {"room": "lobby", "members": [
+        {"user": "alice", "identity": server.user_line}, {"user": "bob", "identity": "garbage"}]}
+    result = run_entry("--home", str(home), "chat", input=b"/quit\n")  # colour on: NO_COLOR unset
+    assert result.returncode == 0, result.stderr
+    assert b"skipped bob in #lobby" in result.stdout + result.stderr
+    assert b"\x1b[" not in result.stdout, result.stdout

@@ -95,7 +95,8 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
     def show(ev: Any) -> None:
         # wrapped at the width of now (the window may have been resized); under patch_stdout: above
         # the line being typed
-        print(render(ev, profile.user, shutil.get_terminal_size().columns if tty else None), flush=True)
+        line = render(ev, profile.user, shutil.get_terminal_size().columns if tty else None)
+        print(line if sys.stdout.isatty() else click.unstyle(line), flush=True)  # no colour codes in a pipe
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
