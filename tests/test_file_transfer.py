@@ -177,7 +177,7 @@ def test_chat_send_file_in_the_background(world):
         tmux.kill()
     r = sc(homes["bob"], "inbox")  # already shown (and acknowledged) by bob's chat: the notice is saved
     assert r.returncode == 0
-    saved = list((homes["bob"] / "files").glob("*.json"))
+    saved = list((homes["bob"] / "received").glob("*.json"))
     assert len(saved) == 1
     out = tmp / "notes.out"
     r = sc(homes["bob"], "fetch", saved[0].stem, "-o", str(out))

@@ -168,7 +168,7 @@ async def _put_loop(client: Any, file_id: bytes, f: BinaryIO, offset: int, size:
 
 # -- download ---------------------------------------------------------------------------------
 def notices_dir(paths: Any) -> Path:
-    return Path(paths.data_dir) / "files"
+    return Path(paths.data_dir) / "received"  # not "files": a server with the same --home keeps ciphertext there
 
 
 def save_notice(paths: Any, sender: str, notice: FileNotice) -> Path:
