@@ -98,6 +98,7 @@ def test_over_quota_is_refused_before_upload(world):
     r = sc(homes["alice"], "send", "--to", "bob", "--file", str(src))
     assert r.returncode == 9
     assert r.stderr.startswith(b"securecomm: error:") and b"file storage is full" in r.stderr
+    assert b"--file-quota" in r.stderr and b"--send-bytes" not in r.stderr  # the file limit, not the mail one
     assert list((tmp / "alice").rglob(".upload-*")) == []  # the sealed temp copy is gone
 
 

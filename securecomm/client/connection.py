@@ -89,7 +89,11 @@ def error_from(ev: P.Error) -> SecurecommError:
     opaque = P.OPAQUE_TEXTS.get(ev.code)
     # an opaque code shows its fixed text (PROTOCOL.md 5.5.1); a server's words never drive the terminal
     text = opaque if opaque is not None else printable(ev.message.encode())
-    return cls(f"server: {text}", hint=_HINTS.get(ev.code))
+    hint = _HINTS.get(ev.code)
+    if ev.code == P.ErrorCode.STORAGE_FULL and ev.rid is not None:  # a file_offer (requests have a rid), not a SEND
+        hint = ("they can fetch or wait out the files already waiting for them; the server's operator can raise "
+                "the limit (securecomm serve --file-quota)")
+    return cls(f"server: {text}", hint=hint)
 
 
 
