@@ -67,7 +67,7 @@ SLOW_FILES = frozenset({
     "test_rooms.py", "test_send_retry.py", "test_server.py", "test_trust.py", "test_wrap_forge.py",
     "test_backup.py", "test_health.py", "test_log_secrets.py", "test_metrics.py", "test_serve_config.py",
     "test_sighup.py", "test_retention.py",
-    "test_offline_stream.py", "test_bigfile_bench.py", "test_file_transfer.py",
+    "test_offline_stream.py", "test_bigfile_bench.py", "test_file_transfer.py", "test_server_memory.py",
 })
 
 

@@ -39,7 +39,7 @@ from securecomm.server.commit_queue import AsyncStore, not_stored
 from securecomm.server.config import ServerConfig
 from securecomm.server.devicerelay import DeviceRelay
 from securecomm.server.files import FileService
-from securecomm.server.memory import Trimmer
+from securecomm.server.memory import Trimmer, give_back_large_blocks
 from securecomm.server.relay import Relay
 from securecomm.server.session import READ_CHUNK, Session, TokenBucket
 from securecomm.store.backends import is_url, open_store
@@ -130,6 +130,7 @@ class Server:
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         _smaller_tls_buffers()
+        give_back_large_blocks()
         await self.store.open()
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port,
                                                   limit=READ_CHUNK, backlog=1024)
