@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 from collections import deque
@@ -248,8 +247,9 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
 def check_and_open(part: Path, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity,
                    out: Any) -> stream.Opening:
     """Open the downloaded ciphertext into `out` (an AtomicOutput, committed by the caller only if this
-    returns), checking it against the notice on the way: one read of the file, not two."""
-    h = hashlib.sha256()
+    returns), checking it against the notice on the way: one read of the file, not two. The
+    ciphertext is hashed on a second thread while the stream opens the next run."""
+    h = stream.BackgroundDigest()
     with part.open("rb") as f:
         def blocks() -> Iterator[bytes]:
             while block := f.read(READ_SIZE):
