@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 from collections import deque
@@ -64,14 +63,15 @@ class Sealed:
 
 def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdentity, folder: Path,
                  progress: Progress | None = None) -> Sealed:
-    """Seal `src` to `to` into a 0600 temp file in `folder`, noting plaintext and ciphertext digests."""
-    key, plain, cipher = os.urandom(stream.FILE_KEY_SIZE), hashlib.sha256(), hashlib.sha256()
-    counted = [0, 0]
+    """Seal `src` to `to` into a 0600 temp file in `folder`, noting plaintext and ciphertext digests.
+    The plaintext's digest is the one the stream computes for its signature (one pass, not two); the
+    ciphertext's is computed on a second thread while the next run is sealed."""
+    key, cipher = os.urandom(stream.FILE_KEY_SIZE), stream.BackgroundDigest()
+    plain: list[tuple[int, bytes]] = []  # (length, sha256), told by the stream before its trailer
+    stream_size = 0
 
     def blocks() -> Iterator[bytes]:
         while block := src.read(READ_SIZE):
-            plain.update(block)
-            counted[0] += len(block)
             if progress:
                 progress(len(block))
             yield block
@@ -81,14 +81,14 @@ def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdenti
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
-            for piece in stream.seal(blocks(), me, to, file_key=key):
+            for piece in stream.seal(blocks(), me, to, file_key=key, summary=lambda n, d: plain.append((n, d))):
                 cipher.update(piece)
-                counted[1] += len(piece)
+                stream_size += len(piece)
                 out.write(piece)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return Sealed(path, name, counted[0], plain.digest(), counted[1], cipher.digest(), key)
+    return Sealed(path, name, plain[0][0], plain[0][1], stream_size, cipher.digest(), key)
 
 
 async def _next_event(client: Any, kinds: tuple[type, ...], timeout: float = STALL_TIMEOUT) -> Any:
@@ -247,8 +247,9 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
 def check_and_open(part: Path, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity,
                    out: Any) -> stream.Opening:
     """Open the downloaded ciphertext into `out` (an AtomicOutput, committed by the caller only if this
-    returns), checking it against the notice on the way: one read of the file, not two."""
-    h = hashlib.sha256()
+    returns), checking it against the notice on the way: one read of the file, not two. The
+    ciphertext is hashed on a second thread while the stream opens the next run."""
+    h = stream.BackgroundDigest()
     with part.open("rb") as f:
         def blocks() -> Iterator[bytes]:
             while block := f.read(READ_SIZE):

@@ -24,7 +24,7 @@ import hashlib
 import os
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -213,11 +213,18 @@ class _Sealer:
         return out
 
 
+#: The background SHA-256 above, for callers that hash a stream's pieces as they go (client/files.py).
+BackgroundDigest = _Digest
+
+
 def seal(blocks: Iterable[bytes], sender: PrivateIdentity, recipient: PublicIdentity, *,
          file_id: bytes | None = None, timestamp_ms: int | None = None,
-         file_key: bytes | None = None) -> Iterator[Piece]:
+         file_key: bytes | None = None, summary: Callable[[int, bytes], None] | None = None) -> Iterator[Piece]:
     """Yield the stream sealing the concatenation of `blocks` to `recipient`, signed by `sender`.
 
+    `summary(length, sha256)` is told the plaintext's length and digest (the ones
+    the final signature covers) before the trailer is yielded, so that a caller
+    needing them does not hash the plaintext a second time.
     `file_key`, `file_id` and `timestamp_ms` are seams for test vectors; leave
     them unset otherwise (a file key must never be reused).
     """
@@ -231,7 +238,10 @@ def seal(blocks: Iterable[bytes], sender: PrivateIdentity, recipient: PublicIden
     yield preamble + header_sig
     sealer = _Sealer(file_key, preamble)
     yield from _seal_chunks(blocks, sealer)
-    final = sender.sign(final_transcript(preamble, header_sig, sealer.length, sealer.hasher.digest()))
+    digest = sealer.hasher.digest()
+    if summary is not None:
+        summary(sealer.length, digest)
+    final = sender.sign(final_transcript(preamble, header_sig, sealer.length, digest))
     yield sealer.trailer.encrypt(_TRAILER_NONCE, final, None)
 
 
