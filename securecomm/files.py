@@ -14,7 +14,7 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -121,9 +121,11 @@ def read_private(path: Path) -> bytes:
     return read_file(path)
 
 
-def read_file(path: Path) -> bytes:
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """OSError while reading `path` -> the one-line error a user sees (read_file, open_input)."""
     try:
-        return path.read_bytes()
+        yield
     except FileNotFoundError as e:
         raise NotFoundError(f"{path} does not exist") from e
     except IsADirectoryError as e:
@@ -132,6 +134,11 @@ def read_file(path: Path) -> bytes:
         raise FilePermissionError(f"cannot read {path}: permission denied") from e
     except OSError as e:
         raise SecurecommError(f"cannot read {path}: {e.strerror}") from e
+
+
+def read_file(path: Path) -> bytes:
+    with _reading(path):
+        return path.read_bytes()
 
 
 class AtomicOutput:
@@ -182,15 +189,7 @@ class AtomicOutput:
 
 def open_input(path: Path) -> BinaryIO:
     """Open a file to read in pieces, with the errors read_file gives."""
-    try:
+    with _reading(path):
         if path.is_dir():
             raise IsADirectoryError
         return path.open("rb")
-    except FileNotFoundError as e:
-        raise NotFoundError(f"{path} does not exist") from e
-    except IsADirectoryError as e:
-        raise NotFoundError(f"{path} is a folder, not a file") from e
-    except PermissionError as e:
-        raise FilePermissionError(f"cannot read {path}: permission denied") from e
-    except OSError as e:
-        raise SecurecommError(f"cannot read {path}: {e.strerror}") from e

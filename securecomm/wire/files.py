@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from securecomm.wire.messages import Event, MsgType, ProtocolError
 
@@ -28,8 +28,10 @@ CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
-class FilePut(Event):
-    TYPE: ClassVar[MsgType] = MsgType.FILE_PUT
+class _Chunk(Event):
+    """FILE_PUT and FILE_DATA share one layout: file_id (16) || offset u64 || data."""
+
+    WHAT: ClassVar[str] = "file chunk"
     file_id: bytes
     offset: int
     data: bytes
@@ -38,25 +40,19 @@ class FilePut(Event):
         return _HEAD.pack(self.file_id, self.offset) + self.data
 
     @classmethod
-    def decode_body(cls, body: bytes) -> FilePut:
-        file_id, offset, data = _split(body, "file chunk")
-        return cls(file_id, offset, data)
+    def decode_body(cls, body: bytes) -> Self:
+        return cls(*_split(body, cls.WHAT))
 
 
 @dataclass(frozen=True)
-class FileData(Event):
+class FilePut(_Chunk):
+    TYPE: ClassVar[MsgType] = MsgType.FILE_PUT
+
+
+@dataclass(frozen=True)
+class FileData(_Chunk):
     TYPE: ClassVar[MsgType] = MsgType.FILE_DATA
-    file_id: bytes
-    offset: int
-    data: bytes
-
-    def encode_body(self) -> bytes:
-        return _HEAD.pack(self.file_id, self.offset) + self.data
-
-    @classmethod
-    def decode_body(cls, body: bytes) -> FileData:
-        file_id, offset, data = _split(body, "file data")
-        return cls(file_id, offset, data)
+    WHAT: ClassVar[str] = "file data"
 
 
 @dataclass(frozen=True)
