@@ -148,6 +148,10 @@ MIGRATIONS: list[str] = [
     """,
     # 6: user keys, devices, prekeys and pairings (docs/PROTOCOL.md 6; store/devices.py)
     DEVICES_MIGRATION,
+    # 7: files through the server in PostgreSQL (store/postgres.py migration 7). A SQLite relay keeps
+    # them in its files folder with their own files.db (store/files.py): nothing changes here; the
+    # number keeps both schemas counting alike.
+    "",
 ]
 
 

@@ -140,6 +140,20 @@ MIGRATIONS: list[tuple[str, ...]] = [
             used INTEGER NOT NULL DEFAULT 0, approval BYTEA)""",
         "CREATE INDEX pairings_by_device ON pairings (device_id)",
     ),
+    # 7: files through the server (store/pgfiles.py): rows and ciphertext, so any relay serves any
+    # file. In SQLite they stay in the files folder (store/files.py), so its migration 7 is empty.
+    (
+        """CREATE TABLE files (id BYTEA PRIMARY KEY, sender TEXT NOT NULL, recipient TEXT NOT NULL,
+            size BIGINT NOT NULL, sha256 BYTEA NOT NULL, received BIGINT NOT NULL DEFAULT 0,
+            complete BOOLEAN NOT NULL DEFAULT false, created DOUBLE PRECISION NOT NULL,
+            touched DOUBLE PRECISION NOT NULL, expires DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX files_by_recipient ON files (recipient)",
+        "CREATE INDEX files_by_sender ON files (sender)",
+        "CREATE INDEX files_by_expiry ON files (expires)",
+        """CREATE TABLE file_chunks (file_id BYTEA NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            at BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (file_id, at))""",
+        "ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS securecomm_schema (version INTEGER NOT NULL)"
