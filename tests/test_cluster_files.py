@@ -99,7 +99,7 @@ def test_uploaded_through_one_relay_fetched_through_another(cluster):
 
 
 def test_an_upload_cut_by_killing_its_relay_resumes_through_another(cluster):
-    (a, b), users, url, tmp = cluster
+    (a, b), users, _url, tmp = cluster
     body = os.urandom(SIZE)
     sealed = _sealed(tmp, users, body)
     data = sealed.path.read_bytes()

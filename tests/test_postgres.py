@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import threading
 
@@ -14,7 +15,7 @@ import psycopg
 import pytest
 
 from securecomm.errors import SchemaVersionError, StoreUnavailableError
-from securecomm.store import postgres, transfer
+from securecomm.store import pgfiles, postgres, transfer
 from securecomm.store.db import ACCOUNT_GONE, NewDirect, NewMessage, Store
 from securecomm.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from tests.cluster import free_port
@@ -150,7 +151,7 @@ def test_same_message_in_one_batch_is_stored_once_with_one_seq(pg_url):
 
 def test_sql_is_parameterised():
     """No SQL built from strings: no f-string, %-formatting or .format() near an execute."""
-    for module in (postgres, transfer):
+    for module in (postgres, transfer, pgfiles):
         source = inspect.getsource(module)
         assert not re.search(r"execute\(f[\"']", source), module.__name__
         assert '" %' not in source and ".format(" not in source, module.__name__
@@ -178,7 +179,8 @@ def test_copy_moves_everything_and_keeps_ids_and_seqs(sc, tmp_path, pg_url):
     result = sc("db", "copy", "--from", str(path), "--to", pg_url)
     assert result.exit_code == 0, result.output
     counts = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"^(\w+)\s+(\d+)\s+(\d+)\s+ok$", result.output, re.M)}
-    assert counts == {"users": (2, 2), "messages": (1, 1), "mailbox": (2, 2), "direct_ids": (3, 3)}
+    assert counts == {"users": (2, 2), "messages": (1, 1), "mailbox": (2, 2), "direct_ids": (3, 3),
+                      "files": (0, 0), "file_bytes": (0, 0)}
     store = PostgresStore(pg_url)
     assert store.get_user("alice").id == alice and store.get_user("alice").identity == b"I" * 64
     assert store.get_user("bob").password_hash == "hb" and store.account_changes() == changes
@@ -191,6 +193,35 @@ def test_copy_moves_everything_and_keeps_ids_and_seqs(sc, tmp_path, pg_url):
     assert new.seq == seqs[1] + 2  # above the acknowledged seq, not a reuse of it
     assert store.add_user("dave", "hd").id == 4  # carol's id 3 stays retired
     store.close()
+
+
+def test_copy_moves_files_complete_and_unfinished(sc, tmp_path, pg_url):
+    """Files through the server live beside the SQLite file; on PostgreSQL any relay must serve them."""
+    import hashlib
+
+    from securecomm.store.files import FileStore
+    from securecomm.store.pgfiles import PgFileStore
+
+    path = tmp_path / "single.db"
+    _single_relay(path)
+    whole, half = os.urandom(600_000), os.urandom(300_000)  # more than one 256 KiB chunk each
+    files = FileStore(tmp_path / "files")
+    done = files.offer("alice", "bob", len(whole), hashlib.sha256(whole).digest()).file_id
+    files.put("alice", done, 0, whole)
+    cut = files.offer("alice", "bob", len(half), hashlib.sha256(half).digest()).file_id
+    files.put("alice", cut, 0, half[:1000])
+    files.close()
+    result = sc("db", "copy", "--from", str(path), "--to", pg_url)
+    assert result.exit_code == 0, result.output
+    counts = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"^(\w+)\s+(\d+)\s+(\d+)\s+ok$", result.output, re.M)}
+    assert counts["files"] == (2, 2) and counts["file_bytes"] == (601_000, 601_000)
+    moved = PgFileStore(pg_url)
+    row, f = moved.open_for("bob", done)
+    with f:
+        assert f.read() == whole and row.sender == "alice"
+    assert moved.offer("alice", "bob", len(half), hashlib.sha256(half).digest(), cut).received == 1000
+    assert moved.put("alice", cut, 1000, half[1000:]) == (len(half), True)  # its digest checked from the rows
+    moved.close()
 
 
 def test_copy_refuses_a_database_that_holds_data(sc, tmp_path, pg_url):
