@@ -177,6 +177,12 @@ class PgFileStore:
                 raise FileRefused("file-out-of-order", f"chunk at offset {offset}, but {held} bytes are held")
             if held + len(data) > size:
                 raise FileRefused("file-size-mismatch", f"more bytes than the {size} offered")
+            if held + len(data) < size:
+                # Like the .part file of a SQLite relay (fsynced only when complete): a chunk's commit does
+                # not wait for the WAL flush. A crash of PostgreSQL may lose the last chunks, but always
+                # with the `received` that counts them (one transaction, WAL order): the resume is told
+                # what is held. The completing chunk's commit is durable (FILE_ACK complete = 1).
+                cur.execute("SET LOCAL synchronous_commit = off")
             cur.execute("INSERT INTO file_chunks (file_id, at, data) VALUES (%s, %s, %s)", (file_id, held, data))
             cur.execute("UPDATE files SET received = %s, touched = %s WHERE id = %s",
                         (held + len(data), self.clock(), file_id))
