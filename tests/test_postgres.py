@@ -353,3 +353,66 @@ def test_user_add_on_a_database_without_schema_says_how_to_create_it(sc, pg_url)
     assert result.exit_code == 2
     assert "securecomm: error: the PostgreSQL database at" in result.output
     assert f"securecomm: hint: create it with: securecomm db migrate --db {pg_url}" in result.output
+
+
+# -- quotas across relays -----------------------------------------------------------------------------
+def test_mailbox_quota_holds_across_two_relays(pg_url):
+    """Each relay counted a recipient's mailbox itself and kept the count in step with its own inserts
+    only: relay A, having counted 2, admitted a fourth message after relay B stored the third (limit 3),
+    and refused after B's recipient took mail, until a recount a minute later."""
+    from securecomm.store.quota import MailboxLimits
+
+    PostgresStore(pg_url, migrate=True).close()
+    limits = MailboxLimits(messages=3, bytes=10**6)
+    a, b = PostgresStore(pg_url, mailbox_limits=limits), PostgresStore(pg_url, mailbox_limits=limits)
+    alice, bob = a.add_user("alice", "h").id, a.add_user("bob", "h").id
+
+    def direct(store, i):
+        return store.store_messages([NewDirect(alice, bob, i.to_bytes(16, "big"), bytes(32), b"e" * 10)])[0]
+
+    assert [direct(a, i).refused for i in (1, 2)] == [None, None]
+    assert direct(b, 3).refused is None
+    assert direct(a, 4).refused is not None  # the mailbox holds 3: relay A knows it too
+    assert direct(b, 5).refused is not None
+    assert b.count_mail() == 3
+    first = b.pending_mail(bob)[0]
+    assert b.take_mail(bob, first.seq) is not None  # delivered through relay B
+    assert direct(a, 6).refused is None  # room again, on relay A at once
+    assert direct(a, 7).refused is not None
+    a.close()
+    b.close()
+
+
+def test_send_quota_holds_across_two_relays(pg_url):
+    from securecomm.store.quota import SendLimits
+
+    PostgresStore(pg_url, migrate=True).close()
+    limits = SendLimits(messages=2, bytes=10**6)
+    a, b = PostgresStore(pg_url, send_limits=limits), PostgresStore(pg_url, send_limits=limits)
+    alice = a.add_user("alice", "h").id
+
+    def send(store, i):
+        return store.store_messages([NewMessage(alice, i.to_bytes(16, "big"), bytes(32), 0, b"e" * 10)])[0]
+
+    assert send(a, 1).refused is None and send(b, 2).refused is None
+    assert send(a, 3).refused is not None and send(b, 4).refused is not None
+    assert a.count_messages() == 2
+    assert send(a, 2).duplicate  # a retry of a stored one keeps its receipt
+    a.close()
+    b.close()
+
+
+def test_removing_a_user_frees_the_quota_their_mail_held(pg_url):
+    from securecomm.store.quota import MailboxLimits
+
+    PostgresStore(pg_url, migrate=True).close()
+    limits = MailboxLimits(messages=2, bytes=10**6)
+    a, b = PostgresStore(pg_url, mailbox_limits=limits), PostgresStore(pg_url, mailbox_limits=limits)
+    alice, bob, carol = (a.add_user(n, "h").id for n in ("alice", "bob", "carol"))
+    for i in (1, 2):
+        assert a.store_messages([NewDirect(carol, bob, bytes([i]) * 16, bytes(32), b"x")])[0].refused is None
+    assert a.store_messages([NewDirect(alice, bob, b"a" * 16, bytes(32), b"x")])[0].refused is not None
+    b.remove_user("carol")  # on another relay, or `securecomm user remove --db URL`
+    assert a.store_messages([NewDirect(alice, bob, b"a" * 16, bytes(32), b"x")])[0].refused is None
+    a.close()
+    b.close()

@@ -142,7 +142,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # 7: files through the server (store/pgfiles.py): rows and ciphertext, so any relay serves any
     # file. In SQLite they stay in the files folder (store/files.py), so its migration 7 is empty.
+    # And the mailbox and send quotas counted in the database (`quota_usage`, kind 1: mail waiting
+    # for owner_id, kind 2: messages to the server from owner_id), kept in step in the transactions
+    # that add and delete rows: every relay checks the same numbers (a relay's own count let N relays
+    # store N times the limit until a recount). A SQLite relay is the only writer: it counts in memory.
     (
+        """CREATE TABLE quota_usage (kind SMALLINT NOT NULL CHECK (kind IN (1, 2)), owner_id BIGINT NOT NULL,
+            messages BIGINT NOT NULL, bytes BIGINT NOT NULL, PRIMARY KEY (kind, owner_id))""",
+        *(COUNT_USAGE := (
+            """INSERT INTO quota_usage (kind, owner_id, messages, bytes)
+                SELECT 1, recipient_id, COUNT(*), SUM(LENGTH(envelope)) FROM mailbox GROUP BY recipient_id""",
+            """INSERT INTO quota_usage (kind, owner_id, messages, bytes)
+                SELECT 2, sender_id, COUNT(*), SUM(LENGTH(envelope)) FROM messages GROUP BY sender_id""")),
         """CREATE TABLE files (id BYTEA PRIMARY KEY, sender TEXT NOT NULL, recipient TEXT NOT NULL,
             size BIGINT NOT NULL, sha256 BYTEA NOT NULL, received BIGINT NOT NULL DEFAULT 0,
             complete BOOLEAN NOT NULL DEFAULT false, created DOUBLE PRECISION NOT NULL,
@@ -166,6 +177,29 @@ _USER_BY_FINGERPRINT = _USER_COLUMNS + "WHERE fingerprint = %s"
 _ALL_USERS = _USER_COLUMNS + "ORDER BY name"
 log = logging.getLogger("securecomm.server")
 _ACCOUNT_CHANGED = "UPDATE counters SET value = value + 1 WHERE name = 'accounts'"
+#: quota_usage kinds (migration 7).
+MAILBOX, SENT = 1, 2
+#: One statement, so one atomic step: the row goes and its recipient's count with it.
+_TAKE_MAIL = """WITH gone AS (DELETE FROM mailbox WHERE id = %s AND recipient_id = %s
+                    RETURNING recipient_id, msg_id, sender_id, LENGTH(envelope) AS n),
+    counted AS (UPDATE quota_usage SET messages = quota_usage.messages - 1, bytes = quota_usage.bytes - gone.n
+                FROM gone WHERE quota_usage.kind = 1 AND quota_usage.owner_id = gone.recipient_id)
+SELECT msg_id, sender_id, n FROM gone"""
+#: A removed user's mail, both ways; each recipient's count loses what was deleted for them.
+_REMOVE_MAIL = """WITH gone AS (DELETE FROM mailbox WHERE recipient_id = %s OR sender_id = %s
+                    RETURNING recipient_id, LENGTH(envelope) AS n)
+UPDATE quota_usage SET messages = quota_usage.messages - g.c, bytes = quota_usage.bytes - g.b
+FROM (SELECT recipient_id, COUNT(*) AS c, SUM(n) AS b FROM gone GROUP BY recipient_id) AS g
+WHERE quota_usage.kind = 1 AND quota_usage.owner_id = g.recipient_id"""
+#: The counts of the owners a batch may add to, locked until it commits (in key order: no deadlock
+#: between relays). A missing row is created at zero: every row added since migration 7 is counted.
+_LOCK_USAGE = """INSERT INTO quota_usage (kind, owner_id, messages, bytes)
+    SELECT k, o, 0, 0 FROM unnest(%b::smallint[], %b::bigint[]) AS t(k, o) ORDER BY k, o
+    ON CONFLICT (kind, owner_id) DO UPDATE SET messages = quota_usage.messages
+    RETURNING kind, owner_id, messages, bytes"""
+_ADD_USAGE = """UPDATE quota_usage SET messages = quota_usage.messages + d.m, bytes = quota_usage.bytes + d.b
+    FROM unnest(%b::smallint[], %b::bigint[], %b::bigint[], %b::bigint[]) AS d(k, o, m, b)
+    WHERE quota_usage.kind = d.k AND quota_usage.owner_id = d.o"""
 
 
 def redact(url: str) -> str:
@@ -374,7 +408,8 @@ class PostgresStore:
         with self._transaction() as cur:
             if cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user.id,)).fetchone() is None:
                 raise NotFoundError(f"no user named {name!r}")
-            cur.execute("DELETE FROM mailbox WHERE recipient_id = %s OR sender_id = %s", (user.id, user.id))
+            cur.execute(_REMOVE_MAIL, (user.id, user.id))
+            cur.execute("DELETE FROM quota_usage WHERE owner_id = %s", (user.id,))
             cur.execute("DELETE FROM users WHERE id = %s", (user.id,))
             cur.execute(_ACCOUNT_CHANGED)
         self.mailbox_usage.forget()
@@ -455,8 +490,7 @@ class PostgresStore:
 
     def take_mail(self, recipient_id: int, seq: int) -> tuple[bytes, int] | None:
         """Delete an acknowledged delivery; returns (msg_id, sender_id) if it was there."""
-        row = self._one("DELETE FROM mailbox WHERE id = %s AND recipient_id = %s "
-                        "RETURNING msg_id, sender_id, LENGTH(envelope)", (seq, recipient_id))
+        row = self._one(_TAKE_MAIL, (seq, recipient_id))
         if row is None:
             return None
         self.mailbox_usage.removed(recipient_id, int(row[2]))
@@ -489,10 +523,39 @@ class _Batch:
         fresh = [m for m in directs if _key(m) not in self.known_directs]
         self.live = self._lock_accounts({i for m in fresh for i in (m.sender_id, m.recipient_id)})
         self._lock_mailboxes({m.recipient_id for m in fresh})
+        self._lock_usage({m.recipient_id for m in fresh if m.recipient_id in self.live},
+                         {m.sender_id for m in sends if _key(m) not in self.known_sends})
         out = [self._direct(m) if isinstance(m, NewDirect) else self._send(m) for m in batch]
         seqs = self._insert_directs()
         fresh_sends = self._insert_sends()
+        self._count_usage(seqs, fresh_sends)
         return [self._finish(m, r, seqs, fresh_sends) for m, r in zip(batch, out, strict=True)]
+
+    def _lock_usage(self, recipients: set[int], senders: set[int]) -> None:
+        """Read (and lock) the cluster-wide counts this batch's quota checks use."""
+        keys = sorted([(MAILBOX, r) for r in recipients] + [(SENT, s) for s in senders])
+        if not keys:
+            return
+        rows = self._exec(_LOCK_USAGE, ([k for k, _ in keys], [o for _, o in keys])).fetchall()
+        for kind, owner, messages, size in rows:
+            usage = self.store.mailbox_usage if kind == MAILBOX else self.store.send_usage
+            usage.seed(int(owner), int(messages), int(size))
+
+    def _count_usage(self, seqs: dict[tuple[int, bytes], int], fresh_sends: set[tuple[int, bytes]]) -> None:
+        """What this batch stored, added to the counts in the same transaction."""
+        deltas: dict[tuple[int, int], list[int]] = {}
+        for m in self.new_directs:
+            if _key(m) in seqs:
+                d = deltas.setdefault((MAILBOX, m.recipient_id), [0, 0])
+                d[0], d[1] = d[0] + 1, d[1] + len(m.envelope)
+        for s in self.new_sends:
+            if _key(s) in fresh_sends:
+                d = deltas.setdefault((SENT, s.sender_id), [0, 0])
+                d[0], d[1] = d[0] + 1, d[1] + len(s.envelope)
+        if deltas:
+            keys = sorted(deltas)
+            self._exec(_ADD_USAGE, ([k for k, _ in keys], [o for _, o in keys], [deltas[k][0] for k in keys],
+                                    [deltas[k][1] for k in keys]))
 
     def _exec(self, query: Any, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         """Arrays go as binary parameters (`%b`): text-escaping envelopes costs more than the commit."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from securecomm.errors import ExistsError, IntegrityError, NotFoundError, SchemaVersionError
 from securecomm.store import db as sqlite_db
-from securecomm.store.postgres import PostgresStore, redact
+from securecomm.store.postgres import COUNT_USAGE, PostgresStore, redact
 
 #: Tables copied, with their columns in order (the same names in both schemas). Literal SQL only.
 _TABLES: dict[str, tuple[str, str]] = {
@@ -116,6 +116,8 @@ def _carry_counters(source: sqlite3.Connection, cur: Any) -> None:
     for table in ("users", "mailbox", "messages"):
         cur.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), GREATEST(%s, 1), %s > 0)",
                     (table, _high_water(source, table), _high_water(source, table)))
+    for statement in COUNT_USAGE:  # the quotas' counts (postgres.py migration 7) of what was copied
+        cur.execute(statement)
     row = source.execute("SELECT value FROM counters WHERE name = 'accounts'").fetchone()
     cur.execute("UPDATE counters SET value = %s WHERE name = 'accounts'", (int(row[0]) if row else 0,))
 
