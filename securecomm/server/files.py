@@ -119,6 +119,10 @@ class FileService:
             log.info("%s FILE_PUT refused: %s", s.label(), e.kind)
             s.error(CODES[e.kind], _text(e), msg_id=file_id)
             return
+        if isinstance(e, StoreUnavailableError):  # PostgreSQL lost: retryable (row file-put-unavailable)
+            log.warning("%s FILE_PUT failed: %s", s.label(), e.message)
+            s.error(P.ErrorCode.UNAVAILABLE, "the relay's database is unreachable; resume shortly", msg_id=file_id)
+            return
         if e is not None:  # the disk: like a message the database could not store (row store-failed)
             log.error("%s FILE_PUT failed: %s", s.label(), e)
             s.error(P.ErrorCode.INTERNAL, "the server could not store this chunk; resume later", msg_id=file_id)
