@@ -53,14 +53,16 @@ async def _group(tmp: Path, url: str, ports: list[int], n: int, prefix: str) -> 
     return group
 
 
-async def latency(tmp: Path, url: str, ports: list[int], n: int) -> dict[str, Any]:
-    """Sender on ports[0]; one recipient there, one on ports[1]."""
+async def latency(tmp: Path, url: str, ports: list[int], n: int, pids: list[int] | None = None) -> dict[str, Any]:
+    """Sender on ports[0]; one recipient there, one on ports[1]. With the relays' `pids`: their CPU time
+    per message too (all relays together: on a shared machine, wall-clock alone says little)."""
     group = await _group(tmp, url, [ports[0], ports[1], ports[0]], 3, "lat")
     sender, remote, local = group
     out: dict[str, Any] = {}
     try:
         for name, to in (("same_relay", local), ("cross_relay", remote)):
             deliver, receipt = [], []
+            cpu0 = 0.0
             for k in range(n):
                 sealed, msg_id = sender.seal(to.me.public, b"x" * 64)
                 t0 = time.perf_counter()
@@ -72,8 +74,11 @@ async def latency(tmp: Path, url: str, ports: list[int], n: int) -> dict[str, An
                 if k == 0:  # the first warms caches and connections
                     deliver.clear()
                     receipt.clear()
+                    cpu0 = sum(_cpu_seconds(p) for p in pids or [])
             out[name] = {"deliver_p50_ms": statistics.median(deliver), "deliver_p99_ms": _pct(deliver, 0.99),
                          "receipt_p50_ms": statistics.median(receipt), "receipt_p99_ms": _pct(receipt, 0.99)}
+            if pids:
+                out[name]["relays_cpu_ms_per_msg"] = 1000 * (sum(_cpu_seconds(p) for p in pids) - cpu0) / (n - 1)
     finally:
         await asyncio.gather(*(p.close() for p in group))
     return out
@@ -276,7 +281,8 @@ def run(tmp: Path, quick: bool, only: str | None = None) -> dict[str, Any]:
             if only == "workers":
                 raise _Skip
             ports = [r.port for r in relays]
-            results["latency"] = asyncio.run(latency(tmp, url, ports, 30 if quick else 300))
+            pids = [r.proc.pid for r in relays if r.proc is not None]
+            results["latency"] = asyncio.run(latency(tmp, url, ports, 100 if quick else 300, pids))
             lines = 50 if quick else 500
             results["fanout_lines_per_s"] = {"three_relays": asyncio.run(fanout(tmp, url, ports, lines, "f3")),
                                              "one_relay": asyncio.run(fanout(tmp, url, ports[:1], lines, "f1"))}
@@ -305,8 +311,10 @@ def main() -> None:
         print(f"wrote {write_json('relays-workers', r, args.json)}")
         return
     print(f"{'figure':52} {'same relay':>12} {'cross relay':>12}")
-    for k in ("deliver_p50_ms", "deliver_p99_ms", "receipt_p50_ms", "receipt_p99_ms"):
-        print(f"{'direct message ' + k.replace('_ms', ' (ms)').replace('_', ' '):52} "
+    for k in ("deliver_p50_ms", "deliver_p99_ms", "receipt_p50_ms", "receipt_p99_ms", "relays_cpu_ms_per_msg"):
+        label = "relays' CPU per message (ms)" if k == "relays_cpu_ms_per_msg" else \
+            "direct message " + k.replace("_ms", " (ms)").replace("_", " ")
+        print(f"{label:52} "
               f"{lat['same_relay'][k]:12.2f} {lat['cross_relay'][k]:12.2f}")
     f = r["fanout_lines_per_s"]
     print(f"{'room of 9, lines/s until all have all':52} {f['one_relay']:12,.0f} {f['three_relays']:12,.0f}"
