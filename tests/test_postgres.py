@@ -416,3 +416,25 @@ def test_removing_a_user_frees_the_quota_their_mail_held(pg_url):
     assert a.store_messages([NewDirect(alice, bob, b"a" * 16, bytes(32), b"x")])[0].refused is None
     a.close()
     b.close()
+
+
+def test_each_new_direct_names_the_seq_before_it_whichever_relay_stored_it(pg_url):
+    """What lets a woken relay push a carried message without reading the store (server/relay.py)."""
+    PostgresStore(pg_url, migrate=True).close()
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    alice, bob, carol = (a.add_user(n, "h").id for n in ("alice", "bob", "carol"))
+
+    def direct(store, sender, to, i):
+        return NewDirect(sender, to, i.to_bytes(16, "big"), bytes(32), b"e")
+
+    first, second = a.store_messages([direct(a, alice, bob, 1), direct(a, alice, bob, 2)])
+    assert (first.prev_seq, second.prev_seq) == (0, first.seq)  # an empty mailbox, then the one before
+    (third,) = b.store_messages([direct(b, carol, bob, 3)])  # another relay
+    assert third.prev_seq == second.seq
+    assert b.take_mail(bob, third.seq) is not None
+    (fourth,) = a.store_messages([direct(a, alice, bob, 4)])
+    assert fourth.prev_seq == second.seq  # the highest still waiting
+    (again,) = b.store_messages([direct(b, alice, bob, 4)])
+    assert again.duplicate and again.prev_seq is None  # a retry pushes nothing
+    a.close()
+    b.close()

@@ -195,6 +195,10 @@ class StoredMessage:
     duplicate: bool
     seq: int | None = None  # mailbox row, for direct messages
     refused: str | None = None  # why a direct message was not stored (its mailbox is full)
+    #: The recipient's highest waiting seq before this one, read under the recipient's mailbox lock
+    #: (PostgreSQL; None where not known): a relay that has offered that far may push this message
+    #: from the wake-up without reading the store (server/relay.py _wake).
+    prev_seq: int | None = None
 
 
 @dataclass(frozen=True)

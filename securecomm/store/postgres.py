@@ -196,7 +196,8 @@ WHERE quota_usage.kind = 1 AND quota_usage.owner_id = g.recipient_id"""
 _LOCK_USAGE = """INSERT INTO quota_usage (kind, owner_id, messages, bytes)
     SELECT k, o, 0, 0 FROM unnest(%b::smallint[], %b::bigint[]) AS t(k, o) ORDER BY k, o
     ON CONFLICT (kind, owner_id) DO UPDATE SET messages = quota_usage.messages
-    RETURNING kind, owner_id, messages, bytes"""
+    RETURNING kind, owner_id, messages, bytes, CASE WHEN kind = 1 THEN
+        (SELECT max(id) FROM mailbox WHERE mailbox.recipient_id = quota_usage.owner_id) END"""
 _ADD_USAGE = """UPDATE quota_usage SET messages = quota_usage.messages + d.m, bytes = quota_usage.bytes + d.b
     FROM unnest(%b::smallint[], %b::bigint[], %b::bigint[], %b::bigint[]) AS d(k, o, m, b)
     WHERE quota_usage.kind = d.k AND quota_usage.owner_id = d.o"""
@@ -510,6 +511,9 @@ class _Batch:
         self.cur, self.store, self.now_ms = cur, store, now_ms
         self.new_directs: list[NewDirect] = []
         self.new_sends: list[NewMessage] = []
+        #: Each recipient's highest waiting seq before this batch; each new direct's predecessor.
+        self.top: dict[int, int] = {}
+        self.prev: dict[tuple[int, bytes], int] = {}
 
     def run(self, batch: list[NewMessage | NewDirect]) -> list[StoredMessage]:
         directs = [m for m in batch if isinstance(m, NewDirect)]
@@ -537,9 +541,11 @@ class _Batch:
         if not keys:
             return
         rows = self._exec(_LOCK_USAGE, ([k for k, _ in keys], [o for _, o in keys])).fetchall()
-        for kind, owner, messages, size in rows:
+        for kind, owner, messages, size, top in rows:
             usage = self.store.mailbox_usage if kind == MAILBOX else self.store.send_usage
             usage.seed(int(owner), int(messages), int(size))
+            if kind == MAILBOX:  # read after the mailbox lock: every earlier batch for them has committed
+                self.top[int(owner)] = int(top or 0)
 
     def _count_usage(self, seqs: dict[tuple[int, bytes], int], fresh_sends: set[tuple[int, bytes]]) -> None:
         """What this batch stored, added to the counts in the same transaction."""
@@ -641,6 +647,10 @@ class _Batch:
             "%b::bytea[]) AS t(q, r, s, i, e)",
             (self.now_ms, seqs, [m.recipient_id for m in ms], [m.sender_id for m in ms], [m.msg_id for m in ms],
              [m.envelope for m in ms]))
+        for m, seq in zip(ms, seqs, strict=True):  # seqs rise in batch order: each follows the one before
+            if m.recipient_id in self.top:
+                self.prev[_key(m)] = self.top[m.recipient_id]
+                self.top[m.recipient_id] = seq
         return {_key(m): seq for m, seq in zip(ms, seqs, strict=True)}
 
     def _insert_sends(self) -> set[tuple[int, bytes]]:
@@ -663,7 +673,8 @@ class _Batch:
         if isinstance(m, NewDirect):
             seq = seqs.get(_key(m))
             if seq is not None:
-                return StoredMessage(m.msg_id, result.sha256, result.stored_at_ms, False, seq)
+                return StoredMessage(m.msg_id, result.sha256, result.stored_at_ms, False, seq,
+                                     prev_seq=self.prev.get(_key(m)))
             table = "direct_ids"
         elif _key(m) in fresh_sends:
             return result
