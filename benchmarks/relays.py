@@ -54,33 +54,39 @@ async def _group(tmp: Path, url: str, ports: list[int], n: int, prefix: str) -> 
 
 
 async def latency(tmp: Path, url: str, ports: list[int], n: int, pids: list[int] | None = None) -> dict[str, Any]:
-    """Sender on ports[0]; one recipient there, one on ports[1]. With the relays' `pids`: their CPU time
-    per message too (all relays together: on a shared machine, wall-clock alone says little)."""
+    """Sender on ports[0]; one recipient there, one on ports[1], messages to them alternated (so a busy
+    moment on the shared machine hits both). With the relays' `pids`: their CPU time per message too
+    (all relays together, spent while that kind of message was in flight)."""
     group = await _group(tmp, url, [ports[0], ports[1], ports[0]], 3, "lat")
     sender, remote, local = group
-    out: dict[str, Any] = {}
+    kinds = {"same_relay": local, "cross_relay": remote}
+    deliver: dict[str, list[float]] = {name: [] for name in kinds}
+    receipt: dict[str, list[float]] = {name: [] for name in kinds}
+    cpu = dict.fromkeys(kinds, 0.0)
     try:
-        for name, to in (("same_relay", local), ("cross_relay", remote)):
-            deliver, receipt = [], []
-            cpu0 = 0.0
-            for k in range(n):
+        for k in range(n + 1):  # the first of each warms caches and connections, and is not counted
+            for name, to in kinds.items():
                 sealed, msg_id = sender.seal(to.me.public, b"x" * 64)
-                t0 = time.perf_counter()
+                cpu0 = sum(_cpu_seconds(p) for p in pids or [])
+                t0, got = time.perf_counter(), []
                 sent = asyncio.create_task(sender.send_direct(to.name, sealed, msg_id))
-                sent.add_done_callback(lambda _, t0=t0, r=receipt: r.append((time.perf_counter() - t0) * 1000))
+                sent.add_done_callback(lambda _, got=got: got.append(time.perf_counter()))
                 await to.until(lambda to=to, msg_id=msg_id: msg_id in to.delivered)
-                deliver.append((time.perf_counter() - t0) * 1000)
+                t_deliver = time.perf_counter()
                 await sent
-                if k == 0:  # the first warms caches and connections
-                    deliver.clear()
-                    receipt.clear()
-                    cpu0 = sum(_cpu_seconds(p) for p in pids or [])
-            out[name] = {"deliver_p50_ms": statistics.median(deliver), "deliver_p99_ms": _pct(deliver, 0.99),
-                         "receipt_p50_ms": statistics.median(receipt), "receipt_p99_ms": _pct(receipt, 0.99)}
-            if pids:
-                out[name]["relays_cpu_ms_per_msg"] = 1000 * (sum(_cpu_seconds(p) for p in pids) - cpu0) / (n - 1)
+                if k:
+                    receipt[name].append((got[0] - t0) * 1000)
+                    deliver[name].append((t_deliver - t0) * 1000)
+                    cpu[name] += sum(_cpu_seconds(p) for p in pids or []) - cpu0
     finally:
         await asyncio.gather(*(p.close() for p in group))
+    out: dict[str, Any] = {}
+    for name in kinds:
+        d, r = deliver[name], receipt[name]
+        out[name] = {"deliver_p50_ms": statistics.median(d), "deliver_p99_ms": _pct(d, 0.99),
+                     "receipt_p50_ms": statistics.median(r), "receipt_p99_ms": _pct(r, 0.99)}
+        if pids:
+            out[name]["relays_cpu_ms_per_msg"] = 1000 * cpu[name] / n
     return out
 
 
