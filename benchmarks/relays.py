@@ -115,6 +115,8 @@ async def fanout(tmp: Path, url: str, ports: list[int], lines: int, prefix: str)
 #: Processes the `--workers` load comes from, and alternated rounds per worker count.
 LOAD_PROCS = 2
 ROUNDS = 3
+#: Cores other programs may keep busy during a round before the workers figure is flagged as unfair.
+BUSY_WARNING = 0.25
 
 
 def _load_child(tmp: str, url: str, port: int, prefix: str, conns: int, per: int, sink: str, sink_line: str,
@@ -333,6 +335,10 @@ def _print_workers(w: dict[str, Any]) -> None:
     print(f"{'100 connections pipelining DIRECT (msg/s, median)':52} {w['one_msgs_per_s']:12,.0f} "
           f"{w['two_msgs_per_s']:12,.0f}   (--workers 1 | 2) ratio {w['ratio']:.2f}, target >= 1.6")
     print(f"  ratio per alternated round: {', '.join(f'{x:.2f}' for x in w['ratios_per_round'])}")
+    busiest = max(x["others_busy_cores"] for x in w["one"] + w["two"])
+    if busiest > BUSY_WARNING:
+        print(f"  warning: other programs kept up to {busiest:.2f} cores busy during a round: on 2 cores the "
+              "ratio is not the relay's; re-run on a quiet machine (python benchmarks/relays.py --only workers)")
     for label, runs in (("--workers 1", w["one"]), ("--workers 2", w["two"])):
         for x in runs:
             print(f"  {label}: {x['msgs_per_s']:7,.0f} msg/s; connections per worker {x['connections_per_worker']}; "
