@@ -234,3 +234,18 @@ def test_two_stores_on_one_database_share_the_quota(make, request):
         return  # one folder per relay: there is nothing to share
     _refused("file-over-quota", b.offer, "carol", "bob", 401, b"\0" * 32)
     assert b.used("bob") == 600
+
+
+def test_keep_only_spares_an_account_added_on_another_relay_meanwhile(make, request):
+    """With PostgreSQL the relay's list of accounts may be older than a `user add` elsewhere."""
+    s = make()
+    if on_disk(s):
+        return
+    from securecomm.store.postgres import PostgresStore
+
+    users = PostgresStore(request.getfixturevalue("pg_url"))
+    users.add_user("dave", "h")
+    users.close()
+    to_dave = s.offer("alice", "dave", 5, b"\0" * 32).file_id
+    assert s.keep_only({"alice", "bob"}) == 0
+    assert s.row(to_dave) is not None

@@ -247,10 +247,14 @@ class PgFileStore:
                                (self.clock() - UPLOAD_IDLE,)).rowcount
 
     def keep_only(self, accounts: set[str]) -> int:
-        """Delete files from or for any account not in `accounts` (removed ones); returns how many."""
+        """Delete files from or for any account not in `accounts` (removed ones); returns how many.
+        An account in the users table counts too: one added on another relay after `accounts` was read
+        keeps the files offered to it meanwhile."""
         names = sorted(accounts)
         with self._transaction() as cur:
-            return cur.execute("DELETE FROM files WHERE NOT (sender = ANY(%s) AND recipient = ANY(%s))",
+            return cur.execute("DELETE FROM files WHERE NOT ("
+                               "(sender = ANY(%s) OR sender IN (SELECT name FROM users)) AND "
+                               "(recipient = ANY(%s) OR recipient IN (SELECT name FROM users)))",
                                (names, names)).rowcount
 
     def remove_user(self, user: str) -> None:
