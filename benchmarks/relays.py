@@ -242,7 +242,7 @@ def pipelined_round(tmp: Path, url: str, port: int, server_pid: int, pg_pid: int
 
 
 class _Skip(Exception):
-    """--only workers: the first two figures are not run."""
+    """--only: the figures after this point (latency) or before it (workers) are not run."""
 
 
 def workers_figure(tmp: Path, pg: Any, nats: Any, conns: int, per: int, rounds: int) -> dict[str, Any]:
@@ -291,6 +291,8 @@ def run(tmp: Path, quick: bool, only: str | None = None) -> dict[str, Any]:
             ports = [r.port for r in relays]
             pids = [r.proc.pid for r in relays if r.proc is not None]
             results["latency"] = asyncio.run(latency(tmp, url, ports, 100 if quick else 300, pids))
+            if only == "latency":
+                raise _Skip
             lines = 50 if quick else 500
             results["fanout_lines_per_s"] = {"three_relays": asyncio.run(fanout(tmp, url, ports, lines, "f3")),
                                              "one_relay": asyncio.run(fanout(tmp, url, ports[:1], lines, "f1"))}
@@ -298,7 +300,8 @@ def run(tmp: Path, quick: bool, only: str | None = None) -> dict[str, Any]:
             pass
         finally:
             stop_all(relays)
-        results["workers"] = workers_figure(tmp, pg, nats, 100, 20 if quick else 40, 2 if quick else ROUNDS)
+        if only != "latency":
+            results["workers"] = workers_figure(tmp, pg, nats, 100, 20 if quick else 40, 2 if quick else ROUNDS)
     finally:
         nats.stop()
         pg.destroy()
@@ -309,21 +312,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer messages: proves the harness works")
     ap.add_argument("--json", type=Path, help="where to write the figures [benchmarks/results-relays.json]")
-    ap.add_argument("--only", choices=["workers"], help="only figure 3 (--workers 2 vs 1), e.g. on a quiet machine")
+    ap.add_argument("--only", choices=["latency", "workers"],
+                    help="only figure 1 (direct message latency) or 3 (--workers 2 vs 1), e.g. on a quiet machine")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="securecomm-bench-") as tmp:
         r = run(Path(tmp), args.quick, args.only)
-    lat = r.get("latency")
-    if lat is None:
+    if args.only == "workers":
         _print_workers(r["workers"])
         print(f"wrote {write_json('relays-workers', r, args.json)}")
         return
+    lat = r["latency"]
     print(f"{'figure':52} {'same relay':>12} {'cross relay':>12}")
     for k in ("deliver_p50_ms", "deliver_p99_ms", "receipt_p50_ms", "receipt_p99_ms", "relays_cpu_ms_per_msg"):
         label = "relays' CPU per message (ms)" if k == "relays_cpu_ms_per_msg" else \
             "direct message " + k.replace("_ms", " (ms)").replace("_", " ")
         print(f"{label:52} "
               f"{lat['same_relay'][k]:12.2f} {lat['cross_relay'][k]:12.2f}")
+    if args.only == "latency":
+        print(f"wrote {write_json('relays-latency', r, args.json)}")
+        return
     f = r["fanout_lines_per_s"]
     print(f"{'room of 9, lines/s until all have all':52} {f['one_relay']:12,.0f} {f['three_relays']:12,.0f}"
           "   (1 relay | 3 relays)")
