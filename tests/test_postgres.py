@@ -10,6 +10,7 @@ import json
 import os
 import re
 import threading
+import time
 
 import psycopg
 import pytest
@@ -438,3 +439,34 @@ def test_each_new_direct_names_the_seq_before_it_whichever_relay_stored_it(pg_ur
     assert again.duplicate and again.prev_seq is None  # a retry pushes nothing
     a.close()
     b.close()
+
+
+def test_the_read_connection_reconnects_off_the_callers_thread(pg_url):
+    """The reader serves lookups on the relay's event loop: a reconnect to a blackholed host used to
+    block it for up to CONNECT_TIMEOUT (5 s) per attempt, stalling every session of the relay."""
+    import socket
+
+    PostgresStore(pg_url, migrate=True).close()
+    store = PostgresStore(pg_url, readonly=True)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)  # connections complete in the kernel and then hear nothing: a black hole
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._db.info.backend_pid,))
+        store.url = f"postgresql://postgres@127.0.0.1:{hole.getsockname()[1]}/nothing"
+        with pytest.raises(StoreUnavailableError):
+            store.get_user("alice")  # the connection is gone
+        with pytest.raises(StoreUnavailableError):
+            store.get_user("alice")  # answered at once ...
+        assert store._reconnector is not None and store._reconnector.is_alive()  # ... while it still waits
+        store._reconnector.join(30)  # the black hole times out
+        store.url = pg_url  # the database is back
+        store.clock = lambda: time.monotonic() + 60  # past the backoff
+        with pytest.raises(StoreUnavailableError):
+            store.get_user("alice")  # starts the next attempt
+        store._reconnector.join(30)
+        assert store.get_user("alice") is None  # reconnected: lookups work again
+    finally:
+        hole.close()
+        store.close()

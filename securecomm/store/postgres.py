@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -255,6 +256,12 @@ class PostgresStore:
         self._backoff, self._retry_at = 0.0, 0.0
         self.reconnect_first = RECONNECT_FIRST
         self.clock = time.monotonic  # a seam: tests step time instead of sleeping through a backoff
+        #: The read-only connection serves lookups on the relay's event loop: it reconnects on this
+        #: thread, never on the caller's (a blackholed host would stall every session for up to
+        #: CONNECT_TIMEOUT per attempt), and `_fresh` is the connection it made.
+        self._reconnector: threading.Thread | None = None
+        self._fresh: psycopg.Connection[Any] | None = None
+        self._closed = False
         #: (from, to) schema versions when opened with migrate=True.
         self.migrated: tuple[int, int] | None = None
         if migrate:
@@ -268,6 +275,8 @@ class PostgresStore:
         """The live connection; a broken one is replaced, with backoff (StoreUnavailableError meanwhile)."""
         if not (self._db.closed or self._db.broken):
             return self._db
+        if self.readonly:
+            return self._reconnect_in_background()
         if self.clock() < self._retry_at:
             raise StoreUnavailableError(f"the PostgreSQL database at {redact(self.url)} is unreachable; "
                                         f"reconnecting every {self._backoff:g} s")
@@ -282,13 +291,45 @@ class PostgresStore:
         self._backoff = self._retry_at = 0.0
         return self._db
 
+    def _reconnect_in_background(self) -> psycopg.Connection[Any]:
+        """The reader's reconnect: the connection a finished attempt made, else StoreUnavailableError at
+        once while an attempt runs on its own thread (one at a time, with the same backoff)."""
+        fresh, self._fresh = self._fresh, None
+        if fresh is not None:
+            self._db = fresh
+            log.warning("reconnected to the PostgreSQL database at %s", redact(self.url))
+            self._backoff = self._retry_at = 0.0
+            return fresh
+        running = self._reconnector is not None and self._reconnector.is_alive()
+        if not running and self.clock() >= self._retry_at:
+            self._reconnector = threading.Thread(target=self._connect_once, name="securecomm-pg-reconnect",
+                                                 daemon=True)
+            self._reconnector.start()
+        raise StoreUnavailableError(f"the PostgreSQL database at {redact(self.url)} is unreachable; reconnecting")
+
+    def _connect_once(self) -> None:
+        try:
+            con = connect(self.url, readonly=self.readonly)
+        except StoreUnavailableError as e:
+            self._backoff = min(RECONNECT_MAX, 2 * self._backoff or self.reconnect_first)
+            self._retry_at = self.clock() + self._backoff
+            log.warning("%s; next attempt in %g s", e.message, self._backoff)
+            return
+        if self._closed:
+            con.close()
+        else:
+            self._fresh = con
+
     @property
     def description(self) -> str:
         """What `status` and the server log name: the engine and where, without the password."""
         return f"PostgreSQL {redact(self.url)}"
 
     def close(self) -> None:
+        self._closed = True
         self._db.close()
+        if self._fresh is not None:
+            self._fresh.close()
 
     @contextmanager
     def _unavailable_as_error(self) -> Iterator[None]:
