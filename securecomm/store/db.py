@@ -148,6 +148,10 @@ MIGRATIONS: list[str] = [
     """,
     # 6: user keys, devices, prekeys and pairings (docs/PROTOCOL.md 6; store/devices.py)
     DEVICES_MIGRATION,
+    # 7: files through the server in PostgreSQL (store/postgres.py migration 7). A SQLite relay keeps
+    # them in its files folder with their own files.db (store/files.py): nothing changes here; the
+    # number keeps both schemas counting alike.
+    "",
 ]
 
 
@@ -191,6 +195,10 @@ class StoredMessage:
     duplicate: bool
     seq: int | None = None  # mailbox row, for direct messages
     refused: str | None = None  # why a direct message was not stored (its mailbox is full)
+    #: The recipient's highest waiting seq before this one, read under the recipient's mailbox lock
+    #: (PostgreSQL; None where not known): a relay that has offered that far may push this message
+    #: from the wake-up without reading the store (server/relay.py _wake).
+    prev_seq: int | None = None
 
 
 @dataclass(frozen=True)
