@@ -244,3 +244,16 @@ def test_mailbox_benchmark_quick_reports_every_figure(tmp_path):
         for key in keys:
             assert data[section][key] > 0, f"{section}.{key}"
     assert "target: max < 1000" in r.stdout
+
+
+# -- Ctrl-C ends `inbox --follow` with the documented status ----------------------------------
+def test_ctrl_c_ends_inbox_follow_with_exit_130(pair):
+    """README's exit-code table: 130 is "interrupted: Ctrl-C". `inbox --follow` exited 0."""
+    srv, homes = pair
+    follower, _ = _follow(srv, homes["bob"], "bob")
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=20)
+    assert follower.returncode == 130, err.decode()
+    lines = err.decode().splitlines()
+    assert lines and lines[-1].startswith("securecomm: error: interrupted"), err.decode()
+    assert "Traceback" not in err.decode()

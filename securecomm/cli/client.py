@@ -294,14 +294,19 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         else:
             await once()
 
-    import contextlib
-
-    with contextlib.suppress(KeyboardInterrupt):
+    interrupted = False
+    try:
         run_client(go())
+    except KeyboardInterrupt:  # what was shown stays acknowledged; the exit says it was cut short
+        interrupted = True
     if failures:
         from securecomm.errors import IntegrityError
 
         raise IntegrityError(f"{failures} message(s) failed verification and were not printed")
+    if interrupted:
+        from securecomm.errors import InterruptedByUser
+
+        raise InterruptedByUser()
 
 
 async def _follow(once: Any) -> None:
