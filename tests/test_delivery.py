@@ -257,3 +257,21 @@ def test_ctrl_c_ends_inbox_follow_with_exit_130(pair):
     lines = err.decode().splitlines()
     assert lines and lines[-1].startswith("securecomm: error: interrupted"), err.decode()
     assert "Traceback" not in err.decode()
+
+
+def test_sigint_ends_a_piped_chat_with_exit_130_and_eof_with_0(pair):
+    """Without a terminal, SIGINT (Ctrl-C in the shell) leaves chat with 130; end of input with 0."""
+    srv, homes = pair
+    for how, expected in (("sigint", 130), ("eof", 0)):
+        before = _key_logins(srv, "bob")
+        proc = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "chat"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while _key_logins(srv, "bob") == before:
+            assert time.monotonic() < deadline and proc.poll() is None, "chat did not log in"
+            time.sleep(0.02)
+        if how == "sigint":
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(b"" if how == "eof" else None, timeout=20)
+        assert proc.returncode == expected, (how, err.decode())
+        assert b"bye" in out and b"Traceback" not in err
