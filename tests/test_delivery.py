@@ -183,6 +183,13 @@ def test_note_to_self_shows_up_in_your_own_inbox(pair):
     msgs = [json.loads(x) for x in r.stdout.splitlines()]
     assert [(m["from"], m["body"], m["verified"]) for m in msgs] == [("alice", "buy milk", True)]
     assert mailbox_count(srv) == 0
+    assert b"no new messages" not in r.stderr
+    # a second inbox says so (it printed nothing at all), on stderr: stdout stays empty for scripts
+    for args in ((), ("--json",)):
+        r = sc(homes["alice"], "inbox", *args)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b""
+        assert r.stderr.decode().splitlines() == ["securecomm: no new messages"]
 
 
 def test_note_to_self_with_wait_gets_a_verified_receipt_from_your_other_session(pair):

@@ -242,13 +242,14 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
     from securecomm.client.messenger import Messenger
 
     identity = profile_identity(state, passphrase_file)
-    failures = 0
+    failures = shown_count = 0
     # on a terminal, bodies are wrapped here (see printable_body); a pipe gets each line whole
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() and not as_json else None
 
     def show(ev: Any) -> None:
-        nonlocal failures
+        nonlocal failures, shown_count
         if isinstance(ev, DirectMessage):
+            shown_count += 1
             from securecomm.client.files import describe, received_notice
 
             notice = received_notice(state.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
@@ -307,6 +308,10 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         from securecomm.errors import InterruptedByUser
 
         raise InterruptedByUser()
+    if not follow and not shown_count:
+        from securecomm.cli.context import info
+
+        info("no new messages")  # on stderr: a script reading stdout still gets nothing
 
 
 async def _follow(once: Any) -> None:
