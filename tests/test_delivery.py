@@ -17,7 +17,7 @@ import pytest
 
 from securecomm.client.events import DirectMessage
 from tests.conftest import ENTRY
-from tests.serverproc import ServerProc, mailbox_count, sc, users_logged_in
+from tests.serverproc import ServerProc, add_user, mailbox_count, sc, users_logged_in
 from tests.test_messaging import _close, _messenger, _until
 
 
@@ -282,3 +282,17 @@ def test_sigint_ends_a_piped_chat_with_exit_130_and_eof_with_0(pair):
         out, err = proc.communicate(b"" if how == "eof" else None, timeout=20)
         assert proc.returncode == expected, (how, err.decode())
         assert b"bye" in out and b"Traceback" not in err
+
+
+def test_send_to_a_user_without_a_key_says_the_user_exists(pair):
+    """An account that has never logged in with a key read as "no user named ..."."""
+    srv, homes = pair
+    add_user(srv.home, "erin")  # an account, no key yet
+    r = sc(homes["alice"], "send", "--to", "erin", "hello")
+    assert r.returncode == 3, r.stderr
+    err = r.stderr.decode()
+    assert err.startswith("securecomm: error: ") and len(err.splitlines()) <= 2, err
+    assert "'erin' exists but has not logged in with a key yet" in err and "securecomm user login" in err, err
+    r = sc(homes["alice"], "send", "--to", "nobody", "hello")
+    assert r.returncode == 3, r.stderr
+    assert "no user named 'nobody'" in r.stderr.decode() and "exists" not in r.stderr.decode()
