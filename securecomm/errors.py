@@ -133,6 +133,11 @@ class UnknownSenderError(AuthError):
     """the sender is not a known identity"""
 
 
+class SenderMismatchError(SignatureError):
+    """the envelope does not verify as sent by the identity the user named (decrypt --from): a
+    verification failure like a bad signature (exit 6), not an unknown key (5)"""
+
+
 class NetworkError(SecurecommError):
     """could not reach the server, or the connection broke"""
 
