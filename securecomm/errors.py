@@ -190,6 +190,13 @@ class ExistsError(SecurecommError):
     exit_code = 10
 
 
+class NotDeliveredYetError(SecurecommError):
+    """stored on the server, but no delivery receipt came in time (send --wait): the message is not
+    lost and the server is reachable, so neither a network error (7) nor a refusal (9)"""
+
+    exit_code = 11
+
+
 class InterruptedByUser(SecurecommError):
     """interrupted"""
 
@@ -244,12 +251,15 @@ EXIT_CODES: dict[int, str] = {
     2: "usage error or bad option value",
     3: "not found: file, identity, user or server profile",
     4: "permission: unsafe key-file mode, or an admin-only request",
-    5: "authentication failed: wrong password, locked account, unknown key",
-    6: "integrity: bad signature, digest, decryption or malformed data",
+    5: ("authentication failed: wrong password, locked account, unknown key (also an envelope whose sender "
+        "no `--from`, contact or identity of yours names)"),
+    6: ("integrity: bad signature (also an envelope not sent by the `--from` sender), digest, decryption or "
+        "malformed data"),
     7: "network: connection refused, timed out or dropped",
     8: "TLS: handshake failed, untrusted or changed server certificate",
     9: ("refused: over a limit (message size, full mailbox, stored messages to the server, rate), "
         "stale or misaddressed message"),
     10: "would overwrite an existing file (use --force)",
+    11: "not delivered yet: `send --wait` saw no delivery receipt within --timeout (the message stays stored)",
     130: "interrupted: Ctrl-C, or Ctrl-D or 'no' at a prompt (nothing was changed)",
 }

@@ -179,7 +179,7 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
     from securecomm.cli.context import warn
     from securecomm.client.login import connect_profile
     from securecomm.client.sending import DirectSend
-    from securecomm.errors import ExpiredError, NetworkError
+    from securecomm.errors import ExpiredError, NotDeliveredYetError
 
     async def connect() -> Any:
         return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
@@ -197,8 +197,8 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
                         emit_json({"status": "expired", "id": sender.msg_id.hex(), "to": to.lower()})
                     raise
                 except TimeoutError as e:
-                    raise NetworkError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
-                                       hint="the message stays on the server until they connect") from e
+                    raise NotDeliveredYetError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
+                                               hint="the message stays on the server until they connect") from e
             return receipt, sender.msg_id, delivered
         finally:
             await sender.close(client)
