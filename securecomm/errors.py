@@ -133,6 +133,11 @@ class UnknownSenderError(AuthError):
     """the sender is not a known identity"""
 
 
+class SenderMismatchError(SignatureError):
+    """the envelope does not verify as sent by the identity the user named (decrypt --from): a
+    verification failure like a bad signature (exit 6), not an unknown key (5)"""
+
+
 class NetworkError(SecurecommError):
     """could not reach the server, or the connection broke"""
 
@@ -183,6 +188,13 @@ class ExistsError(SecurecommError):
     """a file already exists and would be overwritten"""
 
     exit_code = 10
+
+
+class NotDeliveredYetError(SecurecommError):
+    """stored on the server, but no delivery receipt came in time (send --wait): the message is not
+    lost and the server is reachable, so neither a network error (7) nor a refusal (9)"""
+
+    exit_code = 11
 
 
 class InterruptedByUser(SecurecommError):
@@ -239,12 +251,15 @@ EXIT_CODES: dict[int, str] = {
     2: "usage error or bad option value",
     3: "not found: file, identity, user or server profile",
     4: "permission: unsafe key-file mode, or an admin-only request",
-    5: "authentication failed: wrong password, locked account, unknown key",
-    6: "integrity: bad signature, digest, decryption or malformed data",
+    5: ("authentication failed: wrong password, locked account, unknown key (also an envelope whose sender "
+        "no `--from`, contact or identity of yours names)"),
+    6: ("integrity: bad signature (also an envelope not sent by the `--from` sender), digest, decryption or "
+        "malformed data"),
     7: "network: connection refused, timed out or dropped",
     8: "TLS: handshake failed, untrusted or changed server certificate",
     9: ("refused: over a limit (message size, full mailbox, stored messages to the server, rate), "
         "stale or misaddressed message"),
     10: "would overwrite an existing file (use --force)",
+    11: "not delivered yet: `send --wait` saw no delivery receipt within --timeout (the message stays stored)",
     130: "interrupted: Ctrl-C, or Ctrl-D or 'no' at a prompt (nothing was changed)",
 }

@@ -83,8 +83,9 @@ def test_two_people_chat_in_a_room_and_directly(two_users):
     tmux.run("send-keys", "-t", "alice", "C-d")
     tmux.wait_for("alice", "CHAT-EXITED-0")
     tmux.wait_for("bob", "* alice left #lobby")
-    tmux.run("send-keys", "-t", "bob", "C-c")
-    tmux.wait_for("bob", "CHAT-EXITED-0")
+    tmux.run("send-keys", "-t", "bob", "C-c")  # README's exit-code table: 130 is "interrupted: Ctrl-C"
+    tmux.wait_for("bob", "CHAT-EXITED-130")
+    assert "securecomm: error: interrupted" in tmux.screen("bob")
     assert "Traceback" not in tmux.screen("alice") + tmux.screen("bob")
 
 

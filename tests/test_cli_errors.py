@@ -182,7 +182,7 @@ def test_decrypt_from_the_wrong_sender_does_not_suggest_from(keys):
     result = run_entry("--home", str(bob), "decrypt", "--from", str(carol / "identities" / "default.pub"), "-",
                        input=sealed.stdout)
     err = result.stderr.decode()
-    assert result.returncode == 5
+    assert result.returncode == 6  # a verification failure (README exit-code table), as a bad signature; was 5
     assert "securecomm: error: the envelope was not sent by the identity given with --from" in err
     assert "pass the sender's identity with --from" not in err
     without = run_entry("--home", str(bob), "decrypt", "-", input=sealed.stdout)  # no --from: then suggest it

@@ -12,7 +12,7 @@ from securecomm.cli.main import COMMANDS
 
 CONNECTION = ("--server", "--ca", "--pin", "--passphrase-file")
 CONNECTING = [("send",), ("status",), ("inbox",), ("chat",), ("user", "login"), ("devices",), ("devices", "remove"),
-              ("devices", "approve"), ("contacts", "verify")]
+              ("devices", "approve"), ("contacts", "verify"), ("user", "list")]  # user list: for --remote
 
 
 def command(path: tuple[str, ...]):

@@ -17,7 +17,7 @@ import pytest
 
 from securecomm.client.events import DirectMessage
 from tests.conftest import ENTRY
-from tests.serverproc import ServerProc, mailbox_count, sc, users_logged_in
+from tests.serverproc import ServerProc, add_user, mailbox_count, sc, users_logged_in
 from tests.test_messaging import _close, _messenger, _until
 
 
@@ -183,6 +183,13 @@ def test_note_to_self_shows_up_in_your_own_inbox(pair):
     msgs = [json.loads(x) for x in r.stdout.splitlines()]
     assert [(m["from"], m["body"], m["verified"]) for m in msgs] == [("alice", "buy milk", True)]
     assert mailbox_count(srv) == 0
+    assert b"no new messages" not in r.stderr
+    # a second inbox says so (it printed nothing at all), on stderr: stdout stays empty for scripts
+    for args in ((), ("--json",)):
+        r = sc(homes["alice"], "inbox", *args)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b""
+        assert r.stderr.decode().splitlines() == ["securecomm: no new messages"]
 
 
 def test_note_to_self_with_wait_gets_a_verified_receipt_from_your_other_session(pair):
@@ -225,7 +232,7 @@ def test_receipt_for_a_message_sent_elsewhere_is_not_a_verification_failure(pair
         follower.send_signal(signal.SIGINT)
         _, err = follower.communicate(timeout=20)
     assert b"did not verify" not in err
-    assert follower.returncode == 0, err
+    assert follower.returncode == 130, err  # Ctrl-C: interrupted; a verification failure would be 6
 
 
 def test_mailbox_benchmark_quick_reports_every_figure(tmp_path):
@@ -244,3 +251,48 @@ def test_mailbox_benchmark_quick_reports_every_figure(tmp_path):
         for key in keys:
             assert data[section][key] > 0, f"{section}.{key}"
     assert "target: max < 1000" in r.stdout
+
+
+# -- Ctrl-C ends `inbox --follow` with the documented status ----------------------------------
+def test_ctrl_c_ends_inbox_follow_with_exit_130(pair):
+    """README's exit-code table: 130 is "interrupted: Ctrl-C". `inbox --follow` exited 0."""
+    srv, homes = pair
+    follower, _ = _follow(srv, homes["bob"], "bob")
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=20)
+    assert follower.returncode == 130, err.decode()
+    lines = err.decode().splitlines()
+    assert lines and lines[-1].startswith("securecomm: error: interrupted"), err.decode()
+    assert "Traceback" not in err.decode()
+
+
+def test_sigint_ends_a_piped_chat_with_exit_130_and_eof_with_0(pair):
+    """Without a terminal, SIGINT (Ctrl-C in the shell) leaves chat with 130; end of input with 0."""
+    srv, homes = pair
+    for how, expected in (("sigint", 130), ("eof", 0)):
+        before = _key_logins(srv, "bob")
+        proc = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "chat"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while _key_logins(srv, "bob") == before:
+            assert time.monotonic() < deadline and proc.poll() is None, "chat did not log in"
+            time.sleep(0.02)
+        if how == "sigint":
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(b"" if how == "eof" else None, timeout=20)
+        assert proc.returncode == expected, (how, err.decode())
+        assert b"bye" in out and b"Traceback" not in err
+
+
+def test_send_to_a_user_without_a_key_says_the_user_exists(pair):
+    """An account that has never logged in with a key read as "no user named ..."."""
+    srv, homes = pair
+    add_user(srv.home, "erin")  # an account, no key yet
+    r = sc(homes["alice"], "send", "--to", "erin", "hello")
+    assert r.returncode == 3, r.stderr
+    err = r.stderr.decode()
+    assert err.startswith("securecomm: error: ") and len(err.splitlines()) <= 2, err
+    assert "'erin' exists but has not logged in with a key yet" in err and "securecomm user login" in err, err
+    r = sc(homes["alice"], "send", "--to", "nobody", "hello")
+    assert r.returncode == 3, r.stderr
+    assert "no user named 'nobody'" in r.stderr.decode() and "exists" not in r.stderr.decode()

@@ -28,6 +28,8 @@ from tests.serverproc import ServerProc, add_user, frame, login, read_events
 MIB = 1024 * 1024
 #: Strangers one address may hold in the flood test: 3 addresses x 48 = 144 held (~12 MiB of TLS state).
 PER_ADDRESS = 48
+#: RSS above the pre-flood baseline that may stay once the flood has gone (see the flood test).
+SETTLED_BOUND_KIB = 7 * 1024
 
 
 def rss_kib(pid: int) -> int:
@@ -263,8 +265,11 @@ def test_flood_before_login_does_not_starve_clients_or_grow_memory(tmp_path):
         assert held - before < 20 * 1024, f"RSS grew by {(held - before) / 1024:.1f} MiB under the flood"
         srv.wait_log(r"peer=127\.0\.0\.5:\d+ dropped: protocol error: .*limit is 16384")
         assert _send_ok(home)
-        # memory comes back once they have gone (malloc_trim, server/memory.py): without it ~12 MiB stayed
+        # memory comes back once they have gone (malloc_trim, server/memory.py). Measured from a baseline
+        # that holds no Argon2id block (issue 16: before, a kept 19 MiB hash made the baseline ~20 MiB
+        # higher, with free pages the flood reused): it settles 4.7-5.8 MiB up with the trim (at the
+        # same absolute RSS as before that fix, ~52 MiB) and 8.7-9.8 MiB up without it
         deadline = time.monotonic() + 20
-        while (after := rss_kib(pid)) - before > 4 * 1024:
+        while (after := rss_kib(pid)) - before > SETTLED_BOUND_KIB:
             assert time.monotonic() < deadline, f"RSS stayed {(after - before) / 1024:.1f} MiB up after the flood"
             time.sleep(0.2)

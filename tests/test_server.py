@@ -230,6 +230,13 @@ def test_remote_user_list_admin_only(server, tmp_path, alice):
     r = run_entry("--home", str(alice), "user", "list", "--remote", "--json")
     assert r.returncode == 0, r.stderr
     assert {u["name"] for u in json.loads(r.stdout)} == {"alice", "bob"}
+    # the same connection options as every connecting command (before: "no such option --server")
+    r = run_entry("--home", str(alice), "user", "list", "--remote", "--json", "--server", server.address,
+                  "--ca", str(server.home / "tls" / "ca.pem"))
+    assert r.returncode == 0, r.stderr
+    assert {u["name"] for u in json.loads(r.stdout)} == {"alice", "bob"}
+    r = run_entry("--home", str(alice), "user", "list", "--server", server.address)  # local list: refused
+    assert r.returncode == 2 and r.stderr.startswith(b"securecomm: error: --server, --ca"), r.stderr
     bob = tmp_path / "bob"
     assert login(bob, server, "bob").returncode == 0
     r = run_entry("--home", str(bob), "user", "list", "--remote")

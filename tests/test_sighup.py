@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 
 import pytest
@@ -49,7 +50,13 @@ def test_sighup_after_certgen_force_serves_the_new_certificate_and_keeps_old_con
             old_cert = old_client.peer_certificate()
             renewed = await asyncio.to_thread(sc, srv.home, "certgen", "--force")
             assert renewed.returncode == 0, renewed.stderr
-            await asyncio.to_thread(hup_and_wait, srv, r"certificate reloaded from \S+: new connections get SHA256:")
+            await asyncio.to_thread(hup_and_wait, srv, r"certificate reloaded from \S+: new connections get leaf "
+                                    r"SHA256:\S+, CA SHA256:")
+            # the operator compares the log with what certgen printed (and `status` / --pin use): the CA's
+            # SPKI fingerprint, named as such (before: only the leaf's, under the same word)
+            printed = re.search(r"^fingerprint\s+(SHA256:\S+)", renewed.stdout.decode(), re.M)
+            assert printed, renewed.stdout
+            assert f"CA {printed.group(1)} (the fingerprint clients pin)" in srv.log, srv.log
             new_cert = await connected_certificate(alice)
             # the connection made before the reload still works, on its old certificate
             receipt = await old_client.submit(envelope.seal(b"after the reload", me, server_id))

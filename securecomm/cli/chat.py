@@ -102,19 +102,32 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[Command | None] = asyncio.Queue()  # parsed by cli/slash.py as typed
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # leave the way /quit does
-            loop.add_signal_handler(sig, lambda: lines.put_nowait(None))
+            loop.add_signal_handler(sig, leave, sig == signal.SIGINT, lines)
         session = ChatSession(state.paths, identity, profile.user, room, show, server=server, ca=ca, pin=pin)
         if tty:
-            await _on_terminal(session.run(lines), lines)
+            await _on_terminal(session.run(lines), lines, leave)
         else:
             threading.Thread(target=_read_pipe, args=(loop, lines), daemon=True, name="securecomm-input").start()
             await session.run(lines)
 
+    #: Ctrl-C (at the prompt, or SIGINT without a terminal) leaves the way /quit does, then exits
+    #: 130 as README's exit-code table says; /quit, Ctrl-D and end of input exit 0
+    interrupted = False
+
+    def leave(by_ctrl_c: bool, lines: Any) -> None:
+        nonlocal interrupted
+        interrupted = interrupted or by_ctrl_c
+        lines.put_nowait(None)
+
     run_client(main())
     click.echo("bye")
+    if interrupted:
+        from securecomm.errors import InterruptedByUser
+
+        raise InterruptedByUser()
 
 
-async def _on_terminal(run: Any, lines: Any) -> None:
+async def _on_terminal(run: Any, lines: Any, leave: Any) -> None:
     """Run the chat coroutine `run` while prompt_toolkit reads lines into `lines`."""
     import asyncio
     import contextlib
@@ -130,8 +143,11 @@ async def _on_terminal(run: Any, lines: Any) -> None:
         while True:
             try:
                 line = await prompt.prompt_async()
-            except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C
-                lines.put_nowait(None)
+            except EOFError:  # Ctrl-D
+                leave(False, lines)
+                return
+            except KeyboardInterrupt:  # Ctrl-C
+                leave(True, lines)
                 return
             lines.put_nowait(parse_line(line))
 

@@ -179,7 +179,7 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
     from securecomm.cli.context import warn
     from securecomm.client.login import connect_profile
     from securecomm.client.sending import DirectSend
-    from securecomm.errors import ExpiredError, NetworkError
+    from securecomm.errors import ExpiredError, NotDeliveredYetError
 
     async def connect() -> Any:
         return await connect_profile(state.paths, identity, ask=ask_trust, **conn)
@@ -197,8 +197,8 @@ def _send_direct(state: State, identity: Any, to: str, body: bytes, wait: bool, 
                         emit_json({"status": "expired", "id": sender.msg_id.hex(), "to": to.lower()})
                     raise
                 except TimeoutError as e:
-                    raise NetworkError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
-                                       hint="the message stays on the server until they connect") from e
+                    raise NotDeliveredYetError(f"stored, but no delivery receipt from {to} within {timeout:g}s",
+                                               hint="the message stays on the server until they connect") from e
             return receipt, sender.msg_id, delivered
         finally:
             await sender.close(client)
@@ -242,13 +242,14 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
     from securecomm.client.messenger import Messenger
 
     identity = profile_identity(state, passphrase_file)
-    failures = 0
+    failures = shown_count = 0
     # on a terminal, bodies are wrapped here (see printable_body); a pipe gets each line whole
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() and not as_json else None
 
     def show(ev: Any) -> None:
-        nonlocal failures
+        nonlocal failures, shown_count
         if isinstance(ev, DirectMessage):
+            shown_count += 1
             from securecomm.client.files import describe, received_notice
 
             notice = received_notice(state.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
@@ -294,14 +295,23 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         else:
             await once()
 
-    import contextlib
-
-    with contextlib.suppress(KeyboardInterrupt):
+    interrupted = False
+    try:
         run_client(go())
+    except KeyboardInterrupt:  # what was shown stays acknowledged; the exit says it was cut short
+        interrupted = True
     if failures:
         from securecomm.errors import IntegrityError
 
         raise IntegrityError(f"{failures} message(s) failed verification and were not printed")
+    if interrupted:
+        from securecomm.errors import InterruptedByUser
+
+        raise InterruptedByUser()
+    if not follow and not shown_count:
+        from securecomm.cli.context import info
+
+        info("no new messages")  # on stderr: a script reading stdout still gets nothing
 
 
 async def _follow(once: Any) -> None:

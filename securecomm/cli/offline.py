@@ -286,10 +286,10 @@ def _which_identity_fp(state: State, recipient: bytes | None) -> str | None:
 
 def _unknown_sender(sender: str | None) -> Exception:
     """Suggest --from only when it was not given; else say the given sender is not the signer."""
-    from securecomm.errors import UnknownSenderError
+    from securecomm.errors import SenderMismatchError, UnknownSenderError
 
     if sender is None:
         return UnknownSenderError("the sender of this envelope is not a known identity",
                                   hint="pass the sender's identity with --from LINE_OR_FILE")
-    return UnknownSenderError("the envelope was not sent by the identity given with --from",
-                              hint="check that --from names the sender's public identity, not yours or another's")
+    return SenderMismatchError("the envelope was not sent by the identity given with --from",
+                               hint="check that --from names the sender's public identity, not yours or another's")

@@ -185,11 +185,19 @@ def _fmt_time(ts: int | None) -> str:
 @json_option
 @click.option("--remote", is_flag=True, help="Ask the server through your logged-in profile (admins only).")
 @db_option
+@connection_options
 @pass_state
-def list_(state: State, as_json: bool, remote: bool, db: str | None) -> None:
-    """List accounts: name, role, created, last login, locked, key fingerprint."""
+def list_(state: State, as_json: bool, remote: bool, db: str | None, server: str | None, ca: str | None,
+          pin: str | None, passphrase_file: str | None) -> None:
+    """List accounts: name, role, created, last login, locked, key fingerprint.
+
+    Without --remote, from the server's database on this machine; --server, --ca, --pin and
+    --passphrase-file apply to --remote, as to every command that connects."""
     if remote:
-        rows = _remote_rows(state)
+        rows = _remote_rows(state, server, ca, pin, passphrase_file)
+    elif server or ca or pin or passphrase_file:
+        raise UsageError("--server, --ca, --pin and --passphrase-file need --remote",
+                         hint="securecomm user list --remote --server HOST:PORT")
     else:
         from securecomm.store.users import user_row
 
@@ -210,18 +218,16 @@ def list_(state: State, as_json: bool, remote: bool, db: str | None) -> None:
 USER_COLUMNS = ("name", "role", "created", "last_login", "locked", "fingerprint")
 
 
-def _remote_rows(state: State) -> list[dict[str, Any]]:
-
-    from securecomm.cli.context import load_identity
+def _remote_rows(state: State, server: str | None, ca: str | None, pin: str | None,
+                 passphrase_file: str | None) -> list[dict[str, Any]]:
+    from securecomm.cli.context import profile_identity
     from securecomm.client import answers
     from securecomm.client.login import connect_profile
-    from securecomm.config import Profile
 
-    profile = Profile.load(state.paths.profile)
-    identity = load_identity(state, profile.identity)
+    identity = profile_identity(state, passphrase_file)
 
     async def go() -> list[dict[str, Any]]:
-        client, _ = await connect_profile(state.paths, identity)
+        client, _ = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
         async with client:
             return answers.user_rows(await client.request("user_list"), USER_COLUMNS)
 

@@ -34,8 +34,9 @@ class CertificateFiles:
         self.ca = files.ca_cert if self.cert == files.server_cert else self.cert.parent / "ca.pem"
 
 
-def reload_certificate(server: Any, where: CertificateFiles, require_pq: bool = False) -> str:
-    """Load the files for the connections accepted from now on; returns the new leaf's fingerprint.
+def reload_certificate(server: Any, where: CertificateFiles, require_pq: bool = False) -> tuple[str, str]:
+    """Load the files for the connections accepted from now on; returns the SPKI fingerprints of the
+    new leaf and of its CA (the CA's is the one `status`, `certgen` and `--pin` call "fingerprint").
 
     Raises, changing nothing, if the pair does not load. Python's ssl context is
     reloaded in place (after a check on a throwaway one); a pyOpenSSL context
@@ -54,19 +55,21 @@ def reload_certificate(server: Any, where: CertificateFiles, require_pq: bool = 
         from securecomm.net import pqcontext
 
         server.ssl_ctx = pqcontext.server_context(where.cert, where.key, where.ca, require_pq=require_pq)
-    return fingerprint(load_cert(where.cert.read_bytes(), where.cert))
+    leaf = fingerprint(load_cert(where.cert.read_bytes(), where.cert))
+    return leaf, (tls.pem_fingerprint(where.ca.read_bytes()) if where.ca.exists() else "-")
 
 
 def on_sighup(server: Any, where: CertificateFiles, require_pq: bool = False, counted: Any = None) -> None:
     """The SIGHUP handler: reload, and log what happened either way (never raising into the loop)."""
     try:
-        leaf = reload_certificate(server, where, require_pq)
+        leaf, ca = reload_certificate(server, where, require_pq)
     except (SecurecommError, OSError, ssl.SSLError, ValueError) as e:
         log.error("certificate reload failed, still serving the old one: %s", _why(e))
         if counted is not None:
             counted("failed")
         return
-    log.info("certificate reloaded from %s: new connections get %s", where.cert, leaf)
+    log.info("certificate reloaded from %s: new connections get leaf %s, CA %s (the fingerprint clients pin)",
+             where.cert, leaf, ca)
     if counted is not None:
         counted("ok")
 

@@ -39,7 +39,7 @@ from securecomm.server.commit_queue import AsyncStore, not_stored
 from securecomm.server.config import ServerConfig
 from securecomm.server.devicerelay import DeviceRelay
 from securecomm.server.files import FileService
-from securecomm.server.memory import Trimmer
+from securecomm.server.memory import Trimmer, give_back_large_blocks
 from securecomm.server.relay import Relay
 from securecomm.server.session import READ_CHUNK, Session, TokenBucket
 from securecomm.store.backends import is_url, open_store
@@ -135,6 +135,7 @@ class Server:
         connect = getattr(self.bus, "connect", None)
         if connect is not None:  # a bus that spans relays: unreachable at start means no serving at all
             await connect()
+        give_back_large_blocks()
         await self.store.open()
         self._server = await asyncio.start_server(self._accept, self.config.host, self.config.port,
                                                   reuse_port=self.config.reuse_port or None,

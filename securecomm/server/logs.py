@@ -103,7 +103,8 @@ EVENTS: dict[str, str] = {
     "CA fingerprint %s": "server.ca_fingerprint",
     "first run: created the server identity %s (%s)": "server.identity_created",
     "server identity %s (%s + ed25519)": "server.identity",
-    "certificate reloaded from %s: new connections get %s": "server.certificate_reloaded",
+    "certificate reloaded from %s: new connections get leaf %s, CA %s (the fingerprint clients pin)":
+        "server.certificate_reloaded",
     "certificate reload failed, still serving the old one: %s": "server.certificate_reload_failed",
 }
 

@@ -50,3 +50,25 @@ class Trimmer:
         if self._trim is not None:
             self._trim(0)
             self.trims += 1
+
+
+#: glibc's mallopt parameter number for the mmap threshold (malloc.h: M_MMAP_THRESHOLD = -3).
+_M_MMAP_THRESHOLD = -3
+#: Blocks at least this large get their own mapping, handed back to the system when freed. Above
+#: every frame (max_frame 1 MiB) and the 256 KiB read buffer, which stay in the heap and are reused;
+#: below an Argon2id hash's 19 MiB (store/passwords.py). glibc's default threshold is dynamic: after
+#: the first 19 MiB block is freed it rises to 19 MiB, so every later hash comes from the heap of
+#: the thread that ran it and stays there: an idle server that had checked two passwords held
+#: ~87 MiB of RSS instead of ~47 (benchmarks/RESULTS.md, issue 16).
+MMAP_THRESHOLD = 4 * 1024 * 1024
+
+
+def give_back_large_blocks() -> bool:
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD (which also stops it moving), so that large
+    short-lived blocks such as Argon2id's memory go back to the system when freed. Process-wide;
+    True if set (False where mallopt does not exist: musl, macOS)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))

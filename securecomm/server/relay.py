@@ -269,8 +269,12 @@ class Relay:
     async def _lookup(self, s: Session, ev: P.Request) -> None:
         name = _arg(ev, "user")
         user = self.store.read().get_user(name)
-        if user is None or user.identity is None:
-            s.error(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r} with a registered key", rid=ev.rid)
+        if user is None:
+            s.error(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}", rid=ev.rid)
+            return
+        if user.identity is None:  # the account exists: say so, or it reads as a typo in the name
+            s.error(P.ErrorCode.NOT_FOUND, f"user {user.name!r} exists but has not logged in with a key yet, so "
+                    "nothing can be sealed to them (ask them to run: securecomm user login)", rid=ev.rid)
             return
         s.send(P.Result(ev.rid, {"user": user.name, "identity": PublicIdentity.decode_cached(user.identity).line}))
 
