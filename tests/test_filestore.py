@@ -249,3 +249,31 @@ def test_keep_only_spares_an_account_added_on_another_relay_meanwhile(make, requ
     to_dave = s.offer("alice", "dave", 5, b"\0" * 32).file_id
     assert s.keep_only({"alice", "bob"}) == 0
     assert s.row(to_dave) is not None
+
+
+def test_racing_offers_do_not_overshoot_the_quota(make):
+    """F9: two relays sharing one home (two stores on one folder or database, one worker thread each, as
+    in a relay) race offers; check and insert are one transaction, so together they reserve at most the
+    quota: exactly 3 of 12 offers of 100 bytes against a 350-byte quota."""
+    import threading
+
+    a, b = make(quota=350, max_file=800), make(quota=350, max_file=800)
+    results: list[str] = []
+    start = threading.Barrier(2)
+
+    def offers(st, base):
+        start.wait()
+        for i in range(6):
+            try:
+                st.offer("alice", "bob", 100, hashlib.sha256(bytes([base + i])).digest())
+                results.append("ok")
+            except FileRefused as e:
+                results.append(e.kind)
+
+    threads = [threading.Thread(target=offers, args=(st, base)) for st, base in ((a, 0), (b, 6))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["file-over-quota"] * 9 + ["ok"] * 3
+    assert a.used("bob") == b.used("bob") == 300

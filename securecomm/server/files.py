@@ -172,6 +172,8 @@ class FileService:
         file_id, offset = _bytes(ev, "file_id", FILE_ID_SIZE), _int(ev, "offset")
         row, f = await self._run(self.store.open_for, s.user.name, file_id)
         with f:
+            if offset > row.size:  # F10: seek(2**62) raised EINVAL and dropped the connection
+                raise FileRefused("file-bad-args", f"'offset' {offset} is past the file's end ({row.size} bytes)")
             await self._run(f.seek, offset)
             while offset < row.size and not s.closing:
                 data = await self._run(f.read, CHUNK)

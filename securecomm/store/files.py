@@ -134,19 +134,27 @@ class FileStore:
         if size <= 0 or size > self.max_file:
             raise FileRefused("file-too-large", f"a file must be 1 to {self.max_file} bytes of ciphertext")
         self.drop_stalled()
-        open_uploads = self.db.execute("SELECT COUNT(*) FROM files WHERE sender = ? AND complete = 0",
-                                       (sender,)).fetchone()[0]
-        if open_uploads >= MAX_OPEN_UPLOADS:
-            raise FileRefused("file-over-quota", f"{open_uploads} unfinished uploads of yours are waiting "
-                                                 f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
-        if self.used(recipient) + size > self.quota:
-            raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
-        new_id, now = os.urandom(FILE_ID_SIZE), self.clock()
-        expires = now + self.days * 86400
-        fd = os.open(self._part(new_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        self.db.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, expires) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id, sender, recipient, size, sha256, now, expires))
+        # One write transaction from the checks to the INSERT: two relays sharing this home (F9) or
+        # two threads cannot both pass the checks and then both insert past the cap or the quota.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            open_uploads = self.db.execute("SELECT COUNT(*) FROM files WHERE sender = ? AND complete = 0",
+                                           (sender,)).fetchone()[0]
+            if open_uploads >= MAX_OPEN_UPLOADS:
+                raise FileRefused("file-over-quota", f"{open_uploads} unfinished uploads of yours are waiting "
+                                                     f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
+            if self.used(recipient) + size > self.quota:
+                raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
+            new_id, now = os.urandom(FILE_ID_SIZE), self.clock()
+            expires = now + self.days * 86400
+            fd = os.open(self._part(new_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            self.db.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, expires) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id, sender, recipient, size, sha256, now, expires))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         return Offer(new_id, 0, expires)
 
     def _resume(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes) -> Offer:
