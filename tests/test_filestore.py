@@ -41,8 +41,8 @@ def make(request, tmp_path, clock):
         def open_store(**limits):
             return PgFileStore(url, clock=clock, **limits)
 
-    def make_store(quota: int = 1000, max_file: int = 800, days: float = 7):
-        opened.append(open_store(quota=quota, max_file=max_file, days=days))
+    def make_store(quota: int = 1000, max_file: int = 800, days: float = 7, **more):
+        opened.append(open_store(quota=quota, max_file=max_file, days=days, **more))
         return opened[-1]
 
     yield make_store
@@ -277,3 +277,21 @@ def test_racing_offers_do_not_overshoot_the_quota(make):
         t.join()
     assert sorted(results) == ["file-over-quota"] * 9 + ["ok"] * 3
     assert a.used("bob") == b.used("bob") == 300
+
+
+def test_one_sender_cannot_fill_every_recipients_quota(make):
+    """F3: a sender's complete, never-announced files count against a per-SENDER quota across recipients,
+    so one account cannot fill accounts x quota of disk; fetching (file_done) frees it again."""
+    st = make(quota=1000, max_file=800, sender_quota=1500)
+    ids = []
+    for to in ("bob", "carol"):
+        body = os.urandom(700)
+        o = st.offer("mallory", to, len(body), hashlib.sha256(body).digest())
+        assert st.put("mallory", o.file_id, 0, body) == (700, True)
+        ids.append(o.file_id)
+    with pytest.raises(FileRefused) as e:  # dave's own quota has room; mallory's does not
+        st.offer("mallory", "dave", 200, hashlib.sha256(b"x").digest())
+    assert e.value.kind == "file-over-quota" and "you sent" in str(e.value)
+    st.offer("alice", "dave", 200, hashlib.sha256(b"x").digest())  # another sender is not affected
+    st.done("bob", ids[0])
+    st.offer("mallory", "dave", 200, hashlib.sha256(b"x").digest())

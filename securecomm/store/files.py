@@ -34,6 +34,9 @@ from securecomm.errors import SecurecommError
 FILE_ID_SIZE = 16
 #: Default limits (serve options --file-quota, --max-file, --file-days).
 DEFAULT_QUOTA = 1 << 30
+#: Bytes one SENDER may have stored, complete or not, all recipients together (--file-sender-quota):
+#: bounds the disk one account can fill with files nobody announced (F3) to this, not accounts x quota.
+DEFAULT_SENDER_QUOTA = 2 << 30
 DEFAULT_MAX_FILE = 4 << 30
 DEFAULT_DAYS = 7.0
 #: Unfinished uploads one sender may have at once, all recipients together. An offer reserves the
@@ -91,8 +94,10 @@ class FileStore:
     """Files waiting for their recipients, in FOLDER (0700), rows in FOLDER/files.db."""
 
     def __init__(self, folder: Path, *, quota: int = DEFAULT_QUOTA, max_file: int = DEFAULT_MAX_FILE,
-                 days: float = DEFAULT_DAYS, clock: Callable[[], float] = time.time) -> None:
+                 days: float = DEFAULT_DAYS, clock: Callable[[], float] = time.time,
+                 sender_quota: int = DEFAULT_SENDER_QUOTA) -> None:
         self.folder, self.quota, self.max_file, self.days, self.clock = folder, quota, max_file, days, clock
+        self.sender_quota = sender_quota
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.db = sqlite3.connect(folder / "files.db", isolation_level=None, check_same_thread=False)
         self.db.executescript(_SCHEMA)
@@ -145,6 +150,10 @@ class FileStore:
                                                      f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
             if self.used(recipient) + size > self.quota:
                 raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
+            sent = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = ?", (sender,)).fetchone()
+            if int(sent[0]) + size > self.sender_quota:
+                raise FileRefused("file-over-quota", f"files you sent that are not yet fetched fill your "
+                                                     f"{self.sender_quota} bytes; wait until they are fetched")
             new_id, now = os.urandom(FILE_ID_SIZE), self.clock()
             expires = now + self.days * 86400
             fd = os.open(self._part(new_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
