@@ -295,3 +295,18 @@ def test_one_sender_cannot_fill_every_recipients_quota(make):
     st.offer("alice", "dave", 200, hashlib.sha256(b"x").digest())  # another sender is not affected
     st.done("bob", ids[0])
     st.offer("mallory", "dave", 200, hashlib.sha256(b"x").digest())
+
+
+def test_an_offer_must_leave_the_disk_floor_free(make, tmp_path):
+    """F3: whatever the quotas allow, an offer that would leave less than the floor free on the files' disk
+    is refused (SQLite layout: the files are on this machine's disk)."""
+    st = make()
+    if not on_disk(st):
+        pytest.skip("PostgreSQL holds the ciphertext: its disk is the database server's")
+    free = os.statvfs(st.folder).f_bavail * os.statvfs(st.folder).f_frsize
+    st.disk_floor = free + (1 << 30)  # any offer now leaves less than the floor (with room for others' churn)
+    with pytest.raises(FileRefused) as e:
+        st.offer("alice", "bob", 100, hashlib.sha256(b"x").digest())
+    assert e.value.kind == "file-over-quota" and "disk is nearly full" in str(e.value)
+    st.disk_floor = 0
+    st.offer("alice", "bob", 100, hashlib.sha256(b"x").digest())

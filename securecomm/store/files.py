@@ -37,6 +37,8 @@ DEFAULT_QUOTA = 1 << 30
 #: Bytes one SENDER may have stored, complete or not, all recipients together (--file-sender-quota):
 #: bounds the disk one account can fill with files nobody announced (F3) to this, not accounts x quota.
 DEFAULT_SENDER_QUOTA = 2 << 30
+#: Free bytes an offer must leave on the files' disk (statvfs), whatever the quotas allow (F3).
+DISK_FLOOR = 256 << 20
 DEFAULT_MAX_FILE = 4 << 30
 DEFAULT_DAYS = 7.0
 #: Unfinished uploads one sender may have at once, all recipients together. An offer reserves the
@@ -95,9 +97,9 @@ class FileStore:
 
     def __init__(self, folder: Path, *, quota: int = DEFAULT_QUOTA, max_file: int = DEFAULT_MAX_FILE,
                  days: float = DEFAULT_DAYS, clock: Callable[[], float] = time.time,
-                 sender_quota: int = DEFAULT_SENDER_QUOTA) -> None:
+                 sender_quota: int = DEFAULT_SENDER_QUOTA, disk_floor: int = DISK_FLOOR) -> None:
         self.folder, self.quota, self.max_file, self.days, self.clock = folder, quota, max_file, days, clock
-        self.sender_quota = sender_quota
+        self.sender_quota, self.disk_floor = sender_quota, disk_floor
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.db = sqlite3.connect(folder / "files.db", isolation_level=None, check_same_thread=False)
         self.db.executescript(_SCHEMA)
@@ -154,6 +156,9 @@ class FileStore:
             if int(sent[0]) + size > self.sender_quota:
                 raise FileRefused("file-over-quota", f"files you sent that are not yet fetched fill your "
                                                      f"{self.sender_quota} bytes; wait until they are fetched")
+            st = os.statvfs(self.folder)
+            if st.f_bavail * st.f_frsize - size < self.disk_floor:
+                raise FileRefused("file-over-quota", "the server's disk is nearly full; try again later")
             new_id, now = os.urandom(FILE_ID_SIZE), self.clock()
             expires = now + self.days * 86400
             fd = os.open(self._part(new_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
