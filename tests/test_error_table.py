@@ -763,3 +763,25 @@ def test_password_only_session_cannot_read_or_delete_files(main_world):
     data = bob.until(P.FileData)
     assert isinstance(data, P.FileData) and data.data == b"abcd"
     bob.close()
+
+
+def test_file_get_offset_past_end_is_refused_and_connection_stays(main_world):
+    """F10: `file_get` with offset 2**62 made seek raise EINVAL and the server dropped the connection with
+    no ERROR. Now a non-fatal `file-bad-args` ERROR for that rid; the same connection still downloads."""
+    alice = main_world.alice()
+    file_id = _offer(alice)
+    alice.send(FilePut(file_id, 0, b"abcd"))
+    ack = alice.until(P.FileAck)
+    assert isinstance(ack, P.FileAck) and ack.complete
+    alice.close()
+    bob = main_world.bob()
+    for offset in (2**62, 5):
+        _, err, _, rid = _file_req(bob, "file_get", file_id=file_id.hex(), offset=offset)
+        assert (P.ErrorCode(err.code), err.rid, err.fatal) == (P.ErrorCode.NOT_FOUND, rid, False)
+    bob.send(P.Request(9, "file_get", {"file_id": file_id.hex(), "offset": 4}))  # offset == size: no data
+    res = bob.until(P.Result)
+    assert isinstance(res, P.Result) and (res.rid, res.data["size"]) == (9, 4)
+    bob.send(P.Request(10, "file_get", {"file_id": file_id.hex(), "offset": 0}))
+    data = bob.until(P.FileData)
+    assert isinstance(data, P.FileData) and data.data == b"abcd"
+    bob.close()

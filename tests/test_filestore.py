@@ -41,8 +41,8 @@ def make(request, tmp_path, clock):
         def open_store(**limits):
             return PgFileStore(url, clock=clock, **limits)
 
-    def make_store(quota: int = 1000, max_file: int = 800, days: float = 7):
-        opened.append(open_store(quota=quota, max_file=max_file, days=days))
+    def make_store(quota: int = 1000, max_file: int = 800, days: float = 7, **more):
+        opened.append(open_store(quota=quota, max_file=max_file, days=days, **more))
         return opened[-1]
 
     yield make_store
@@ -249,3 +249,64 @@ def test_keep_only_spares_an_account_added_on_another_relay_meanwhile(make, requ
     to_dave = s.offer("alice", "dave", 5, b"\0" * 32).file_id
     assert s.keep_only({"alice", "bob"}) == 0
     assert s.row(to_dave) is not None
+
+
+def test_racing_offers_do_not_overshoot_the_quota(make):
+    """F9: two relays sharing one home (two stores on one folder or database, one worker thread each, as
+    in a relay) race offers; check and insert are one transaction, so together they reserve at most the
+    quota: exactly 3 of 12 offers of 100 bytes against a 350-byte quota."""
+    import threading
+
+    a, b = make(quota=350, max_file=800), make(quota=350, max_file=800)
+    results: list[str] = []
+    start = threading.Barrier(2)
+
+    def offers(st, base):
+        start.wait()
+        for i in range(6):
+            try:
+                st.offer("alice", "bob", 100, hashlib.sha256(bytes([base + i])).digest())
+                results.append("ok")
+            except FileRefused as e:
+                results.append(e.kind)
+
+    threads = [threading.Thread(target=offers, args=(st, base)) for st, base in ((a, 0), (b, 6))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["file-over-quota"] * 9 + ["ok"] * 3
+    assert a.used("bob") == b.used("bob") == 300
+
+
+def test_one_sender_cannot_fill_every_recipients_quota(make):
+    """F3: a sender's complete, never-announced files count against a per-SENDER quota across recipients,
+    so one account cannot fill accounts x quota of disk; fetching (file_done) frees it again."""
+    st = make(quota=1000, max_file=800, sender_quota=1500)
+    ids = []
+    for to in ("bob", "carol"):
+        body = os.urandom(700)
+        o = st.offer("mallory", to, len(body), hashlib.sha256(body).digest())
+        assert st.put("mallory", o.file_id, 0, body) == (700, True)
+        ids.append(o.file_id)
+    with pytest.raises(FileRefused) as e:  # dave's own quota has room; mallory's does not
+        st.offer("mallory", "dave", 200, hashlib.sha256(b"x").digest())
+    assert e.value.kind == "file-over-quota" and "you sent" in str(e.value)
+    st.offer("alice", "dave", 200, hashlib.sha256(b"x").digest())  # another sender is not affected
+    st.done("bob", ids[0])
+    st.offer("mallory", "dave", 200, hashlib.sha256(b"x").digest())
+
+
+def test_an_offer_must_leave_the_disk_floor_free(make, tmp_path):
+    """F3: whatever the quotas allow, an offer that would leave less than the floor free on the files' disk
+    is refused (SQLite layout: the files are on this machine's disk)."""
+    st = make()
+    if not on_disk(st):
+        pytest.skip("PostgreSQL holds the ciphertext: its disk is the database server's")
+    free = os.statvfs(st.folder).f_bavail * os.statvfs(st.folder).f_frsize
+    st.disk_floor = free + (1 << 30)  # any offer now leaves less than the floor (with room for others' churn)
+    with pytest.raises(FileRefused) as e:
+        st.offer("alice", "bob", 100, hashlib.sha256(b"x").digest())
+    assert e.value.kind == "file-over-quota" and "disk is nearly full" in str(e.value)
+    st.disk_floor = 0
+    st.offer("alice", "bob", 100, hashlib.sha256(b"x").digest())

@@ -88,7 +88,9 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     from securecomm.errors import ChangedKeyError, ExistsError
 
     sender_name, notice = F.load_notice(state.paths, file_id)
-    out = Path(output) if output else Path(notice.name)
+    out = Path(output) if output else Path(F.local_name(notice.name))
+    if not output and out.name != notice.name:
+        warn(f"the sender named this file {notice.name!r}; saving it as {out.name!r} (no leading dot from a peer)")
     if out.exists() and not force:
         raise ExistsError(f"{out} already exists", hint="use -o PATH, or --force to replace it")
     contact = Contacts.load(state.paths.contacts).get(sender_name)

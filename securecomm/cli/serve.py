@@ -51,6 +51,8 @@ if TYPE_CHECKING:
               help="Bytes of messages to the server one user may have stored.")
 @click.option("--file-quota", type=click.IntRange(1), default=1 << 30, show_default=True,
               help="Bytes of files (ciphertext) that may wait for one recipient; larger offers are refused.")
+@click.option("--file-sender-quota", type=click.IntRange(1), default=2 << 30, show_default=True,
+              help="Bytes of files (ciphertext, complete or not) one sender may have stored for all recipients.")
 @click.option("--max-file", type=click.IntRange(1), default=4 << 30, show_default=True,
               help="Largest file (ciphertext bytes) one upload may offer.")
 @click.option("--file-days", type=click.FloatRange(0, min_open=True), default=7.0, show_default=True,

@@ -185,6 +185,12 @@ def save_notice(paths: Any, sender: str, notice: FileNotice) -> Path:
     return path
 
 
+def local_name(name: str) -> str:
+    """Where `fetch` without -o saves a file the peer named `name`: the same name, except that a leading dot
+    (`.bashrc`, `.profile`: hidden files that shells and tools read) becomes `_` (F11, README "Files")."""
+    return "_" + name[1:] if name.startswith(".") else name
+
+
 def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
     path = notices_dir(paths) / f"{file_id_hex.lower()}.json"
     if len(file_id_hex) != 32 or not all(c in "0123456789abcdef" for c in file_id_hex.lower()) \

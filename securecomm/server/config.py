@@ -73,6 +73,7 @@ class ServerConfig:
     #: Files through the server (PROTOCOL.md 4.4): ciphertext bytes waiting for one recipient, the
     #: largest file, and how long an unfetched file is kept.
     file_quota: int = 1 << 30
+    file_sender_quota: int = 2 << 30
     max_file: int = 4 << 30
     file_days: float = 7.0
     #: SO_REUSEPORT on the listening socket: `serve --workers N` runs N relays on one port.

@@ -65,8 +65,9 @@ class FileService:
     `db`: the relay's PostgreSQL URL, where the files then live too (store/pgfiles.py); else FOLDER."""
 
     def __init__(self, folder: Path, recipient: Callable[[str], str | None], *, quota: int, max_file: int,
-                 days: float, db: str | None = None) -> None:
-        self.store = open_file_store(db or folder, folder, quota=quota, max_file=max_file, days=days)
+                 days: float, db: str | None = None, sender_quota: int | None = None) -> None:
+        self.store = open_file_store(db or folder, folder, quota=quota, max_file=max_file, days=days,
+                                     sender_quota=sender_quota)
         self.recipient = recipient
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-files")
         #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
@@ -172,6 +173,8 @@ class FileService:
         file_id, offset = _bytes(ev, "file_id", FILE_ID_SIZE), _int(ev, "offset")
         row, f = await self._run(self.store.open_for, s.user.name, file_id)
         with f:
+            if offset > row.size:  # F10: seek(2**62) raised EINVAL and dropped the connection
+                raise FileRefused("file-bad-args", f"'offset' {offset} is past the file's end ({row.size} bytes)")
             await self._run(f.seek, offset)
             while offset < row.size and not s.closing:
                 data = await self._run(f.read, CHUNK)

@@ -100,7 +100,8 @@ class Server:
         # With PostgreSQL, rows and ciphertext in it too (store/pgfiles.py): any relay serves any file.
         url = str(db_path) if is_url(str(db_path)) else None
         self.files = FileService(files_dir or Path(db_path).parent / "files", self._file_recipient,
-                                 quota=config.file_quota, max_file=config.max_file, days=config.file_days, db=url)
+                                 quota=config.file_quota, max_file=config.max_file, days=config.file_days, db=url,
+                                 sender_quota=config.file_sender_quota)
         # Devices and prekeys (PROTOCOL.md 6) live in the SQLite schema only so far: not with --db URL.
         self.relay.devices = None if is_url(str(db_path)) else DeviceRelay(functools.partial(Store, db_path))
         self.sessions: set[Session] = set()

@@ -34,6 +34,11 @@ from securecomm.errors import SecurecommError
 FILE_ID_SIZE = 16
 #: Default limits (serve options --file-quota, --max-file, --file-days).
 DEFAULT_QUOTA = 1 << 30
+#: Bytes one SENDER may have stored, complete or not, all recipients together (--file-sender-quota):
+#: bounds the disk one account can fill with files nobody announced (F3) to this, not accounts x quota.
+DEFAULT_SENDER_QUOTA = 2 << 30
+#: Free bytes an offer must leave on the files' disk (statvfs), whatever the quotas allow (F3).
+DISK_FLOOR = 256 << 20
 DEFAULT_MAX_FILE = 4 << 30
 DEFAULT_DAYS = 7.0
 #: Unfinished uploads one sender may have at once, all recipients together. An offer reserves the
@@ -91,8 +96,10 @@ class FileStore:
     """Files waiting for their recipients, in FOLDER (0700), rows in FOLDER/files.db."""
 
     def __init__(self, folder: Path, *, quota: int = DEFAULT_QUOTA, max_file: int = DEFAULT_MAX_FILE,
-                 days: float = DEFAULT_DAYS, clock: Callable[[], float] = time.time) -> None:
+                 days: float = DEFAULT_DAYS, clock: Callable[[], float] = time.time,
+                 sender_quota: int = DEFAULT_SENDER_QUOTA, disk_floor: int = DISK_FLOOR) -> None:
         self.folder, self.quota, self.max_file, self.days, self.clock = folder, quota, max_file, days, clock
+        self.sender_quota, self.disk_floor = sender_quota, disk_floor
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.db = sqlite3.connect(folder / "files.db", isolation_level=None, check_same_thread=False)
         self.db.executescript(_SCHEMA)
@@ -134,19 +141,34 @@ class FileStore:
         if size <= 0 or size > self.max_file:
             raise FileRefused("file-too-large", f"a file must be 1 to {self.max_file} bytes of ciphertext")
         self.drop_stalled()
-        open_uploads = self.db.execute("SELECT COUNT(*) FROM files WHERE sender = ? AND complete = 0",
-                                       (sender,)).fetchone()[0]
-        if open_uploads >= MAX_OPEN_UPLOADS:
-            raise FileRefused("file-over-quota", f"{open_uploads} unfinished uploads of yours are waiting "
-                                                 f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
-        if self.used(recipient) + size > self.quota:
-            raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
-        new_id, now = os.urandom(FILE_ID_SIZE), self.clock()
-        expires = now + self.days * 86400
-        fd = os.open(self._part(new_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        self.db.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, expires) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id, sender, recipient, size, sha256, now, expires))
+        # One write transaction from the checks to the INSERT: two relays sharing this home (F9) or
+        # two threads cannot both pass the checks and then both insert past the cap or the quota.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            open_uploads = self.db.execute("SELECT COUNT(*) FROM files WHERE sender = ? AND complete = 0",
+                                           (sender,)).fetchone()[0]
+            if open_uploads >= MAX_OPEN_UPLOADS:
+                raise FileRefused("file-over-quota", f"{open_uploads} unfinished uploads of yours are waiting "
+                                                     f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
+            if self.used(recipient) + size > self.quota:
+                raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
+            sent = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = ?", (sender,)).fetchone()
+            if int(sent[0]) + size > self.sender_quota:
+                raise FileRefused("file-over-quota", f"files you sent that are not yet fetched fill your "
+                                                     f"{self.sender_quota} bytes; wait until they are fetched")
+            st = os.statvfs(self.folder)
+            if st.f_bavail * st.f_frsize - size < self.disk_floor:
+                raise FileRefused("file-over-quota", "the server's disk is nearly full; try again later")
+            new_id, now = os.urandom(FILE_ID_SIZE), self.clock()
+            expires = now + self.days * 86400
+            fd = os.open(self._part(new_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            self.db.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, expires) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id, sender, recipient, size, sha256, now, expires))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         return Offer(new_id, 0, expires)
 
     def _resume(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes) -> Offer:

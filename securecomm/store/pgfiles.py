@@ -51,6 +51,7 @@ from securecomm.store.files import (
     DEFAULT_DAYS,
     DEFAULT_MAX_FILE,
     DEFAULT_QUOTA,
+    DEFAULT_SENDER_QUOTA,
     FILE_ID_SIZE,
     MAX_OPEN_UPLOADS,
     UPLOAD_IDLE,
@@ -76,8 +77,10 @@ class PgFileStore:
     """Files waiting for their recipients, rows and ciphertext in the deployment's PostgreSQL."""
 
     def __init__(self, url: str, *, quota: int = DEFAULT_QUOTA, max_file: int = DEFAULT_MAX_FILE,
-                 days: float = DEFAULT_DAYS, clock: Callable[[], float] = time.time) -> None:
+                 days: float = DEFAULT_DAYS, clock: Callable[[], float] = time.time,
+                 sender_quota: int = DEFAULT_SENDER_QUOTA) -> None:
         self.url, self.quota, self.max_file, self.days, self.clock = url, quota, max_file, days, clock
+        self.sender_quota = sender_quota
         self._db: psycopg.Connection[Any] | None = connect(url)
         # A running digest per upload in progress on this relay; one resumed from another relay is
         # digested from its chunks at the end instead.
@@ -140,6 +143,10 @@ class PgFileStore:
                                                      f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
             if _used(cur, recipient) + size > self.quota:
                 raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
+            sent = cur.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = %s", (sender,)).fetchone()
+            if (int(sent[0]) if sent else 0) + size > self.sender_quota:
+                raise FileRefused("file-over-quota", f"files you sent that are not yet fetched fill your "
+                                                     f"{self.sender_quota} bytes; wait until they are fetched")
             cur.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, touched, expires) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                         (new_id, sender, recipient, size, sha256, now, now, expires))
