@@ -2,17 +2,23 @@
 
 Theory of operation
 -------------------
-    send --file:  seal the file (streaming envelope, crypto/stream.py) into a private temp file,
-                  noting sizes and digests ──► file_offer ──► FILE_PUT … (WINDOW in flight) ──► FILE_ACK complete
+    send --file:  file_offer {size: the stream's exact size, computed before sealing} ──►
+                  a thread seals the file (streaming envelope, crypto/stream.py) into a private temp file
+                  while FILE_PUT … (WINDOW in flight) sends what it has sealed ──► FILE_ACK complete
                   ──► a DIRECT carrying the FileNotice (name, sizes, digests, file key)
     fetch ID:     the notice saved when `inbox` showed it ──► file_get from what the .part holds
-                  ──► FILE_DATA appended ──► ciphertext digest checked ──► stream opened into a temp file
-                  beside OUT ──► renamed ──► file_done (the server deletes it)
+                  ──► FILE_DATA appended to the .part, while a thread opens the stream from the .part
+                  into a temp file beside OUT (and hashes the ciphertext) ──► every check passed
+                  ──► renamed ──► file_done (the server deletes it)
 
-A dropped connection in either direction resumes from the last byte the other
-side confirmed: the server's `received` for an upload (file_offer with the
-same file_id), the length of the local .part for a download. Memory is a
-window of chunks, whatever the file's size.
+Sealing and uploading overlap, and so do downloading and opening: each side
+of the pipe is a file on disk that one thread appends to and the other reads
+behind it (`Growing`), so memory stays a window of chunks whatever the size,
+and both directions resume after a dropped connection from the last byte
+the other side confirmed: the server's `received` for an upload (file_offer
+with the same file_id), the length of the local .part for a download. The
+sealing thread goes on while the connection is re-made; the opening thread
+waits for the bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +38,7 @@ from typing import Any, BinaryIO
 from securecomm.crypto import stream
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import IntegrityError, NetworkError, NotFoundError, SecurecommError
+from securecomm.errors import IntegrityError, NetworkError, NotFoundError, SecurecommError, UsageError
 from securecomm.wire.files import CHUNK, FileAck, FileData, FileNotice, FilePut
 
 #: FILE_PUT frames in flight before waiting for an acknowledgement: 16 x 256 KiB (what the server
@@ -61,34 +69,125 @@ class Sealed:
                           self.key)
 
 
+def new_temp(folder: Path) -> Path:
+    """A new empty 0600 file for a sealed upload in `folder` (0700)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f".upload-{os.urandom(6).hex()}.sce"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return path
+
+
 def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdentity, folder: Path,
-                 progress: Progress | None = None) -> Sealed:
-    """Seal `src` to `to` into a 0600 temp file in `folder`, noting plaintext and ciphertext digests.
-    The plaintext's digest is the one the stream computes for its signature (one pass, not two); the
-    ciphertext's is computed on a second thread while the next run is sealed."""
+                 progress: Progress | None = None, *, path: Path | None = None,
+                 grown: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> Sealed:
+    """Seal `src` to `to` into a 0600 temp file in `folder` (or the empty `path` made by new_temp),
+    noting plaintext and ciphertext digests. The plaintext's digest is the one the stream computes
+    for its signature (one pass, not two); the ciphertext's is computed on a second thread while the
+    next run is sealed. `grown(n)` is told each time the file holds n bytes (written, readable by
+    another descriptor); `stop` set makes it give up at the next block (the file is deleted)."""
     key, cipher = os.urandom(stream.FILE_KEY_SIZE), stream.BackgroundDigest()
     plain: list[tuple[int, bytes]] = []  # (length, sha256), told by the stream before its trailer
     stream_size = 0
 
     def blocks() -> Iterator[bytes]:
         while block := src.read(READ_SIZE):
+            if stop is not None and stop.is_set():
+                raise NetworkError("the upload ended before the file was sealed")
             if progress:
                 progress(len(block))
             yield block
 
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / f".upload-{os.urandom(6).hex()}.sce"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    path = new_temp(folder) if path is None else path
     try:
-        with os.fdopen(fd, "wb") as out:
+        with path.open("r+b", buffering=0) as out:
             for piece in stream.seal(blocks(), me, to, file_key=key, summary=lambda n, d: plain.append((n, d))):
                 cipher.update(piece)
+                view = memoryview(piece)
+                while view:  # unbuffered: what `grown` announces is in the file
+                    view = view[out.write(view) or 0 :]
                 stream_size += len(piece)
-                out.write(piece)
+                if grown:
+                    grown(stream_size)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return Sealed(path, name, plain[0][0], plain[0][1], stream_size, cipher.digest(), key)
+
+
+class Growing:
+    """A file one thread appends to while another side reads behind it (sealed upload, download).
+
+    `length` is how much is there; `final` is the size it will have (known in advance); `done` says
+    the writer finished (with `error` if it failed). The asyncio side waits with `changed()`, a
+    thread with `wait_beyond()`; the writer (thread or loop) calls `grew()` / `finish()`."""
+
+    def __init__(self, path: Path, final: int, length: int = 0,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.path, self.final, self.length = path, final, length
+        self.done, self.stopped = False, threading.Event()
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+
+    def grew(self, length: int) -> None:
+        with self._cond:
+            self.length = length
+            self._cond.notify_all()
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self.done, self.error = True, error
+            self._cond.notify_all()
+        self._wake()
+
+    def stop(self) -> None:
+        """Tell a reading thread to give up (wait_beyond raises)."""
+        self.stopped.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wake(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    def changed(self) -> asyncio.Future[None]:
+        """Resolved (on the loop) at the next grew() or finish()."""
+        assert self._loop is not None
+        if self._waiter is None:
+            self._waiter = self._loop.create_future()
+        return self._waiter
+
+    def wait_beyond(self, offset: int) -> int:
+        """On a reading thread: block until more than `offset` bytes are there (or the writer is done,
+        or stop() was called: NetworkError); returns the length."""
+        with self._cond:
+            while self.length <= offset and not self.done and not self.stopped.is_set():
+                self._cond.wait()
+            if self.stopped.is_set():
+                raise NetworkError("the download ended before the file was complete")
+            return self.length
+
+    def blocks(self, size: int = READ_SIZE) -> Iterator[bytes]:
+        """On a reading thread: the file's bytes in order as they arrive, to `final` or until the writer
+        is done."""
+        with self.path.open("rb", buffering=0) as f:
+            at = 0
+            while at < self.final:
+                have = self.wait_beyond(at)
+                if have <= at:  # the writer finished short of the end
+                    return
+                block = f.read(min(size, have - at))
+                if not block:
+                    raise IntegrityError("the file being received shrank")
+                at += len(block)
+                yield block
 
 
 async def _next_event(client: Any, kinds: tuple[type, ...], timeout: float = STALL_TIMEOUT) -> Any:
@@ -122,8 +221,14 @@ async def _raced(client: Any, work: Awaitable[Any], about: bytes) -> Any:
 
 
 # -- upload -----------------------------------------------------------------------------------
-async def offer(client: Any, to: str, sealed: Sealed, file_id: bytes | None = None) -> tuple[bytes, int]:
-    args: dict[str, Any] = {"to": to, "size": sealed.stream_size, "sha256": sealed.stream_sha256.hex()}
+async def offer(client: Any, to: str, sealed: Sealed | Growing, file_id: bytes | None = None) -> tuple[bytes, int]:
+    """file_offer: a Sealed file names its digest; one still being sealed (Growing) only its size, which
+    the recipient's checks make enough (docs/PROTOCOL.md 4.4)."""
+    args: dict[str, Any] = {"to": to}
+    if isinstance(sealed, Growing):
+        args["size"] = sealed.final
+    else:
+        args.update(size=sealed.stream_size, sha256=sealed.stream_sha256.hex())
     if file_id is not None:
         args["file_id"] = file_id.hex()
     data = await client.request("file_offer", **args)
@@ -131,39 +236,75 @@ async def offer(client: Any, to: str, sealed: Sealed, file_id: bytes | None = No
         got, received = bytes.fromhex(data["file_id"]), int(data["received"])
     except (TypeError, KeyError, ValueError) as e:
         raise IntegrityError("the server sent a malformed answer to file_offer") from e
-    if len(got) != 16 or (file_id is not None and got != file_id) or not 0 <= received <= sealed.stream_size:
+    size = args["size"]
+    if len(got) != 16 or (file_id is not None and got != file_id) or not 0 <= received <= size:
         raise IntegrityError("the server sent a malformed answer to file_offer")
     return got, received
 
 
-async def put_all(client: Any, file_id: bytes, sealed: Sealed, received: int,
+async def put_all(client: Any, file_id: bytes, sealed: Sealed | Growing, received: int,
                   progress: Progress | None = None) -> None:
-    """FILE_PUT from `received` to the end, WINDOW frames in flight; returns when the server has it all."""
+    """FILE_PUT from `received` to the end, WINDOW frames in flight; returns when the server has it all.
+    A Growing file is sent as it is sealed; its last chunk only once sealing ended at the offered size."""
+    if isinstance(sealed, Sealed):
+        done = Growing(sealed.path, sealed.stream_size, sealed.stream_size)
+        done.done, sealed = True, done
     with sealed.path.open("rb") as f:
         f.seek(received)
-        await _raced(client, _put_loop(client, file_id, f, received, sealed.stream_size, progress), file_id)
+        await _raced(client, _put_loop(client, file_id, f, received, sealed, progress), file_id)
 
 
-async def _put_loop(client: Any, file_id: bytes, f: BinaryIO, offset: int, size: int,
+def _sendable(src: Growing) -> int:
+    """How far FILE_PUTs may go now: what is sealed, but not the last byte before sealing is over (so
+    the server never completes a file whose sealing failed or came out another size)."""
+    if not src.done:
+        return min(src.length, src.final - 1)
+    if src.error is not None:
+        raise src.error
+    if src.length != src.final:
+        raise UsageError("the file changed while it was being sent", hint="send it again once it is written")
+    return src.final
+
+
+async def _put_loop(client: Any, file_id: bytes, f: BinaryIO, offset: int, src: Growing,
                     progress: Progress | None) -> None:
     in_flight: deque[int] = deque()
-    acked = offset
-    while True:
-        while offset < size and len(in_flight) < WINDOW:
-            data = f.read(CHUNK)
-            client.send_event(FilePut(file_id, offset, data))
-            offset += len(data)
-            in_flight.append(offset)
-        ack: FileAck = await _next_event(client, (FileAck,))
-        if ack.file_id != file_id or not in_flight or ack.received != in_flight.popleft():
-            raise IntegrityError("the server acknowledged bytes that were not sent")
-        if progress:
-            progress(ack.received - acked)
-        acked = ack.received
-        if ack.complete != (acked == size):
-            raise IntegrityError("the server's acknowledgement disagrees with the file's size")
-        if ack.complete:
-            return
+    acked, size, ack_next = offset, src.final, None
+    try:
+        while True:
+            end = _sendable(src)
+            while len(in_flight) < WINDOW and (end - offset >= CHUNK or (end == size and offset < size)):
+                data = f.read(min(CHUNK, end - offset))
+                if not data:
+                    raise IntegrityError("the sealed file is shorter than it was")
+                client.send_event(FilePut(file_id, offset, data))
+                offset += len(data)
+                in_flight.append(offset)
+            waits: set[asyncio.Future[Any]] = set()
+            if in_flight:
+                ack_next = ack_next or asyncio.ensure_future(_next_event(client, (FileAck,)))
+                waits.add(ack_next)
+            if not src.done and len(in_flight) < WINDOW and offset < size:
+                waits.add(src.changed())  # more to seal before the window fills
+            if not waits:
+                raise IntegrityError("the server's answer to file_offer disagrees with the file's size")
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if ack_next is None or not ack_next.done():
+                continue
+            ack: FileAck = ack_next.result()
+            ack_next = None
+            if ack.file_id != file_id or not in_flight or ack.received != in_flight.popleft():
+                raise IntegrityError("the server acknowledged bytes that were not sent")
+            if progress:
+                progress(ack.received - acked)
+            acked = ack.received
+            if ack.complete != (acked == size):
+                raise IntegrityError("the server's acknowledgement disagrees with the file's size")
+            if ack.complete:
+                return
+    finally:
+        if ack_next is not None and not ack_next.done():
+            ack_next.cancel()
 
 
 # -- download ---------------------------------------------------------------------------------
@@ -195,11 +336,13 @@ def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
     return str(record["from"]), FileNotice.decode(record["notice"].encode())
 
 
-async def get_all(client: Any, notice: FileNotice, part: Path, progress: Progress | None = None) -> None:
-    """Download the ciphertext into `part` (0600), continuing from what it already holds."""
+async def get_all(client: Any, notice: FileNotice, part: Path, progress: Progress | None = None,
+                  growing: Growing | None = None) -> None:
+    """Download the ciphertext into `part` (0600), continuing from what it already holds; each chunk
+    written is announced to `growing` (the thread opening the stream behind the download)."""
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "ab") as out:
-        have = out.tell()
+    with os.fdopen(fd, "ab", buffering=0) as out:
+        have = os.fstat(fd).st_size
         if have > notice.stream_size:
             raise IntegrityError("the partial download is longer than the file")
         if have == notice.stream_size:
@@ -211,12 +354,14 @@ async def get_all(client: Any, notice: FileNotice, part: Path, progress: Progres
                 if ev.file_id != notice.file_id or ev.offset != have \
                         or have + len(ev.data) > notice.stream_size:
                     raise IntegrityError("the server sent file data out of order")
-                out.write(ev.data)
+                view = memoryview(ev.data)
+                while view:
+                    view = view[out.write(view) or 0 :]
                 have += len(ev.data)
+                if growing is not None:
+                    growing.grew(have)
                 if progress:
                     progress(len(ev.data))
-            out.flush()
-            os.fsync(out.fileno())
             await result
         finally:
             if not result.done():
@@ -226,7 +371,11 @@ async def get_all(client: Any, notice: FileNotice, part: Path, progress: Progres
 async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
     """The next FILE_DATA, unless the request failed (or ended early) first."""
     data = asyncio.ensure_future(_next_event(client, (FileData,)))
-    done, _ = await asyncio.wait({data, result}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait({data, result}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the opener failed: nobody will take this one
+        data.cancel()
+        raise
     if data in done:
         return data.result()
     data.cancel()
@@ -244,40 +393,39 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
     raise IntegrityError("the server ended the download before the file's end")
 
 
-def check_and_open(part: Path, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity,
-                   out: Any) -> stream.Opening:
-    """Open the downloaded ciphertext into `out` (an AtomicOutput, committed by the caller only if this
-    returns), checking it against the notice on the way: one read of the file, not two. The
-    ciphertext is hashed on a second thread while the stream opens the next run."""
-    h = stream.BackgroundDigest()
-    with part.open("rb") as f:
-        def blocks() -> Iterator[bytes]:
-            while block := f.read(READ_SIZE):
-                h.update(block)
-                yield block
+def open_growing(src: Growing, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity,
+                 out: Any) -> stream.Opening:
+    """On a thread: open the ciphertext arriving in `src` into `out` (an AtomicOutput, committed by
+    the caller only if this returns), checking it against the notice on the way: the stream's own
+    checks chunk by chunk, then the ciphertext's size and SHA-256 (hashed on a second thread), the
+    plaintext's, and the final signature. Any failure but a stop is the copy's: its .part is deleted."""
+    h, got = stream.BackgroundDigest(), 0
 
-        try:
-            opening = stream.open_stream(blocks(), me, sender)
-            if not same(opening.file_key, notice.key):
-                raise IntegrityError("the file was sealed with another key than its notice announced")
-            for piece in opening:
-                out.write(piece)
-        except SecurecommError:
-            for _ in blocks():  # the rest, so that a wrong copy is told apart from a bad file
-                pass
-            _check_copy(part, notice, h.digest())
+    def blocks() -> Iterator[bytes]:
+        nonlocal got
+        for block in src.blocks():
+            h.update(block)
+            got += len(block)
+            yield block
+
+    try:
+        opening = stream.open_stream(blocks(), me, sender)
+        if not same(opening.file_key, notice.key):
+            raise IntegrityError("it was sealed with another key than its notice announced")
+        for piece in opening:
+            out.write(piece)
+    except SecurecommError as e:
+        if src.stopped.is_set():  # the download gave up: the .part stays for the next fetch
             raise
-    _check_copy(part, notice, h.digest())
+        src.path.unlink(missing_ok=True)
+        raise IntegrityError(f"the downloaded file does not open as its sender announced: {e.message}",
+                             hint="the copy was deleted; `securecomm fetch` downloads it again") from e
+    if got != notice.stream_size or not same(h.digest(), notice.stream_sha256):
+        src.path.unlink(missing_ok=True)
+        raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
     if opening.length != notice.size or not same(opening.digest or b"", notice.sha256):
         raise IntegrityError("the decrypted file does not match the size and SHA-256 its sender announced")
     return opening
-
-
-def _check_copy(part: Path, notice: FileNotice, digest: bytes) -> None:
-    """A download that is not the ciphertext announced is deleted (fetch then starts over)."""
-    if part.stat().st_size != notice.stream_size or not same(digest, notice.stream_sha256):
-        part.unlink()
-        raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
 
 
 async def with_retry(connect: Callable[[], Awaitable[Any]], work: Callable[[Any], Awaitable[Any]],
@@ -321,10 +469,20 @@ def describe(notice: FileNotice) -> str:
 Bars = Callable[[int, str], Any]  # (total bytes, label) -> a context manager yielding a Progress or None
 
 
+def _regular_size(src: BinaryIO) -> int | None:
+    """The size of `src` if it is a regular file (so the stream's size is known before sealing)."""
+    try:
+        st = os.fstat(src.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_size - src.tell() if stat.S_ISREG(st.st_mode) else None
+
+
 async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, paths: Any, to: str,
                     src: BinaryIO, name: str, size_hint: int, timeout: float, warn: Callable[[str], None],
                     bars: Bars) -> tuple[bytes, Sealed]:
-    """Seal, upload (resuming after drops), then send the notice as a direct message. (file_id, sealed)."""
+    """Seal and upload at once (resuming after drops), then send the notice as a direct message.
+    Returns (file_id, sealed). A source whose size is not known (a pipe) is sealed first."""
     from securecomm.client.messenger import Messenger
     from securecomm.client.sending import DirectSend
 
@@ -332,51 +490,114 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
     try:
         to_key = await Messenger(client, identity, profile.user, paths, lambda ev: None,
                                  deliveries=False).identity_of(to)
-    finally:
+    except BaseException:
         await client.close()
-    with bars(size_hint, "sealing") as bar:  # on a thread: a chat stays responsive while a file is sealed
-        sealed = await asyncio.to_thread(seal_to_temp, src, name, identity, to_key, Path(paths.data_dir) / "outgoing",
-                                         bar)
+        raise
+    first: list[Any] = [(client, profile)]  # the upload's first attempt reuses this connection
+
+    async def connect_again() -> Any:
+        return first.pop() if first else await connect()
+
+    folder = Path(paths.data_dir) / "outgoing"
+    plain_size = _regular_size(src)
+    loop = asyncio.get_running_loop()
+    if plain_size is None:
+        first.clear()
+        await client.close()  # not kept idle while a pipe of unknown length is sealed
+        with bars(size_hint, "sealing") as bar:  # on a thread: a chat stays responsive while a file is sealed
+            done = await asyncio.to_thread(seal_to_temp, src, name, identity, to_key, folder, bar)
+        growing = Growing(done.path, done.stream_size, done.stream_size)
+        growing.done, sealing = True, loop.create_future()
+        sealing.set_result(done)
+    else:
+        try:
+            growing = Growing(new_temp(folder), stream.sealed_size(plain_size, to_key.kem), loop=loop)
+        except BaseException:
+            await client.close()
+            raise
+        sealing = None  # started once the server accepted the offer: a refusal costs no sealing
+
+    def start_sealing() -> asyncio.Future[Sealed]:
+        fut = asyncio.ensure_future(asyncio.to_thread(seal_to_temp, src, name, identity, to_key, folder,
+                                                      path=growing.path, grown=growing.grew, stop=growing.stopped))
+        fut.add_done_callback(lambda f: growing.finish(None if f.cancelled() else f.exception()))
+        return fut
+
     try:
         file_id: bytes | None = None
 
         async def upload(client: Any) -> None:
-            nonlocal file_id
-            file_id, received = await offer(client, to.lower(), sealed, file_id)
-            with bars(sealed.stream_size - received, "uploading") as up:
-                await put_all(client, file_id, sealed, received, up)
+            nonlocal file_id, sealing
+            file_id, received = await offer(client, to.lower(), growing, file_id)
+            sealing = sealing or start_sealing()
+            with bars(growing.final - received, "sending") as up:
+                await put_all(client, file_id, growing, received, up)
 
-        await with_retry(connect, upload, timeout, warn)
-        assert file_id is not None
+        try:
+            await with_retry(connect_again, upload, timeout, warn)
+        finally:
+            for unused, _ in first:
+                await unused.close()
+        assert file_id is not None and sealing is not None
+        sealed = await sealing
         sender = DirectSend(connect, identity, paths, to, sealed.notice(file_id).encode())
         client, _ = await sender.send(timeout, warn)
         await sender.close(client)
         return file_id, sealed
     finally:
-        sealed.path.unlink(missing_ok=True)
+        growing.stop()
+        if sealing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await sealing
+        growing.path.unlink(missing_ok=True)
 
 
 async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, notice: FileNotice,
                      sender: PublicIdentity, out: Path, force: bool, timeout: float, warn: Callable[[str], None],
                      bars: Bars) -> None:
-    """Download (resuming from the .part beside `out`), check, open into `out` atomically, then file_done."""
+    """Download (resuming from the .part beside `out`) while a thread checks and opens what arrived
+    into `out` (atomically: nothing there unless everything verified), then file_done."""
     from securecomm.files import AtomicOutput
 
     part = out.with_name(f".{out.name}.{notice.file_id.hex()}.part")
+    os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    have = part.stat().st_size
+    if have > notice.stream_size:
+        part.unlink()
+        raise IntegrityError("the partial download was longer than the file; it was deleted",
+                             hint="`securecomm fetch` downloads it again")
+    growing = Growing(part, notice.stream_size, have)
+    with AtomicOutput(out, force=force) as target:
+        opener = asyncio.ensure_future(asyncio.to_thread(open_growing, growing, notice, identity, sender, target))
 
-    async def download(client: Any) -> None:
-        with bars(notice.stream_size, "downloading") as bar:
-            await get_all(client, notice, part, bar)
-        with AtomicOutput(out, force=force) as target:
-            check_and_open(part, notice, identity, sender, target)
-            target.commit()
-        part.unlink(missing_ok=True)
+        async def download(client: Any) -> None:
+            if not target.committed:
+                with bars(notice.stream_size - growing.length, "downloading") as bar:
+                    fetching = asyncio.ensure_future(get_all(client, notice, part, bar, growing))
+                    try:
+                        await asyncio.wait({fetching, opener}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if not fetching.done():  # the opener failed first: its error is the answer
+                            fetching.cancel()
+                            with contextlib.suppress(Exception, asyncio.CancelledError):
+                                await fetching
+                    if fetching.done() and not fetching.cancelled():
+                        fetching.result()  # a dropped connection: resume
+                growing.finish()
+                await opener
+                target.commit()
+                part.unlink(missing_ok=True)
+            try:
+                await client.request("file_done", file_id=notice.file_id.hex())
+            except SecurecommError as e:
+                warn(f"the server keeps its copy until it expires: {e.message}")
+
         try:
-            await client.request("file_done", file_id=notice.file_id.hex())
-        except SecurecommError as e:
-            warn(f"the server keeps its copy until it expires: {e.message}")
-
-    await with_retry(connect, download, timeout, warn)
+            await with_retry(connect, download, timeout, warn)
+        finally:
+            growing.stop()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await opener
 
 
 def received_notice(paths: Any, sender: str, body: bytes) -> FileNotice | None:
