@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 from securecomm.crypto import stream
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
+from securecomm.crypto.stream import Piece
 from securecomm.errors import IntegrityError, NetworkError, NotFoundError, SecurecommError, UsageError
 from securecomm.wire.files import CHUNK, FileAck, FileData, FileNotice, FilePut
 
@@ -54,9 +55,9 @@ Progress = Callable[[int], None]
 
 @dataclass
 class Sealed:
-    """A file sealed into a temp file, ready to upload (and to upload again after a drop)."""
+    """A sealed file: its sizes, digests and key (`path`: the temp file holding it, if there is one)."""
 
-    path: Path
+    path: Path | None
     name: str
     size: int
     sha256: bytes
@@ -190,6 +191,126 @@ class Growing:
                 yield block
 
 
+class SealedPipe:
+    """The stream, from the sealing thread to the uploader, in memory: what is sealed and not yet
+    acknowledged by the server, at most LIMIT bytes (the sealing thread waits for room). A dropped
+    connection resumes from the server's `received`, which is never behind what it acknowledged."""
+
+    #: Bytes held: the upload's window in flight plus as much again sealed ahead.
+    LIMIT = 2 * WINDOW * CHUNK
+
+    def __init__(self, final: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.final, self.length, self.done = final, 0, False
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self._pieces: deque[Piece] = deque()
+        self._base = 0  # the stream offset of _pieces[0]
+        self._held = 0  # bytes in _pieces and on their way to it (the sealing thread's count)
+        self._cond = threading.Condition()
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- the sealing thread --
+    def put(self, piece: Piece) -> None:
+        with self._cond:
+            while self._held >= self.LIMIT and not self.stopped.is_set():
+                self._cond.wait()
+            if self.stopped.is_set():
+                raise NetworkError("the upload ended before the file was sealed")
+            self._held += len(piece)
+        self._loop.call_soon_threadsafe(self._add, piece)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- the event loop --
+    def _add(self, piece: Piece) -> None:
+        self._pieces.append(piece)
+        self.length += len(piece)
+        self._wake()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.done, self.error = True, error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    def changed(self) -> asyncio.Future[None]:
+        """Resolved at the next piece or at the end of sealing."""
+        if self._waiter is None:
+            self._waiter = self._loop.create_future()
+        return self._waiter
+
+    def read(self, offset: int, n: int) -> bytes:
+        """`n` bytes at `offset` (all sealed and still held)."""
+        if offset < self._base:
+            raise IntegrityError("the server lost part of the upload it had acknowledged",
+                                 hint="send the file again")
+        skip, parts = offset - self._base, []
+        for piece in self._pieces:
+            if skip >= len(piece):
+                skip -= len(piece)
+                continue
+            parts.append(memoryview(piece)[skip : skip + n])
+            n -= len(parts[-1])
+            skip = 0
+            if not n:
+                break
+        return b"".join(parts)
+
+    def release(self, upto: int) -> None:
+        """The server holds everything before `upto`: let go of it, making room for the sealing thread."""
+        freed = 0
+        while self._pieces and self._base + len(self._pieces[0]) <= upto:
+            piece = self._pieces.popleft()
+            self._base += len(piece)
+            freed += len(piece)
+        if freed:
+            with self._cond:
+                self._held -= freed
+                self._cond.notify_all()
+
+
+class _FileSource:
+    """A stream already sealed into a file (a pipe's input, sealed before the offer), as _put_loop reads it."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f, self.final, self.length, self.done, self.error = f, size, size, True, None
+
+    def read(self, offset: int, n: int) -> bytes:
+        self.f.seek(offset)
+        return self.f.read(n)
+
+    def release(self, upto: int) -> None:
+        pass
+
+    def changed(self) -> asyncio.Future[None]:  # pragma: no cover - done from the start: never awaited
+        raise AssertionError("a sealed file does not grow")
+
+
+def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdentity, pipe: SealedPipe) -> Sealed:
+    """On a thread: seal `src` to `to` into `pipe` (waiting whenever the pipe is full), noting the
+    plaintext's digest (the stream's own) and the ciphertext's (on a second thread)."""
+    key, cipher = os.urandom(stream.FILE_KEY_SIZE), stream.BackgroundDigest()
+    plain: list[tuple[int, bytes]] = []
+    stream_size = 0
+
+    def blocks() -> Iterator[bytes]:
+        while block := src.read(READ_SIZE):
+            yield block
+
+    for piece in stream.seal(blocks(), me, to, file_key=key, summary=lambda n, d: plain.append((n, d))):
+        cipher.update(piece)
+        pipe.put(piece)
+        stream_size += len(piece)
+    return Sealed(None, name, plain[0][0], plain[0][1], stream_size, cipher.digest(), key)
+
+
 async def _next_event(client: Any, kinds: tuple[type, ...], timeout: float = STALL_TIMEOUT) -> Any:
     """The next pushed event of one of `kinds`; other pushes (mail offered to this quiet session) are
     left alone: unacknowledged, they stay on the server."""
@@ -221,11 +342,11 @@ async def _raced(client: Any, work: Awaitable[Any], about: bytes) -> Any:
 
 
 # -- upload -----------------------------------------------------------------------------------
-async def offer(client: Any, to: str, sealed: Sealed | Growing, file_id: bytes | None = None) -> tuple[bytes, int]:
-    """file_offer: a Sealed file names its digest; one still being sealed (Growing) only its size, which
-    the recipient's checks make enough (docs/PROTOCOL.md 4.4)."""
+async def offer(client: Any, to: str, sealed: Sealed | SealedPipe, file_id: bytes | None = None) -> tuple[bytes, int]:
+    """file_offer: a Sealed file names its digest; one still being sealed (SealedPipe) only its size,
+    which the recipient's checks make enough (docs/PROTOCOL.md 4.4)."""
     args: dict[str, Any] = {"to": to}
-    if isinstance(sealed, Growing):
+    if isinstance(sealed, SealedPipe):
         args["size"] = sealed.final
     else:
         args.update(size=sealed.stream_size, sha256=sealed.stream_sha256.hex())
@@ -242,19 +363,20 @@ async def offer(client: Any, to: str, sealed: Sealed | Growing, file_id: bytes |
     return got, received
 
 
-async def put_all(client: Any, file_id: bytes, sealed: Sealed | Growing, received: int,
+async def put_all(client: Any, file_id: bytes, sealed: Sealed | SealedPipe, received: int,
                   progress: Progress | None = None) -> None:
     """FILE_PUT from `received` to the end, WINDOW frames in flight; returns when the server has it all.
-    A Growing file is sent as it is sealed; its last chunk only once sealing ended at the offered size."""
-    if isinstance(sealed, Sealed):
-        done = Growing(sealed.path, sealed.stream_size, sealed.stream_size)
-        done.done, sealed = True, done
+    A SealedPipe is sent as it is sealed; its last chunk only once sealing ended at the offered size."""
+    if isinstance(sealed, SealedPipe):
+        await _raced(client, _put_loop(client, file_id, received, sealed, progress), file_id)
+        return
+    assert sealed.path is not None
     with sealed.path.open("rb") as f:
-        f.seek(received)
-        await _raced(client, _put_loop(client, file_id, f, received, sealed, progress), file_id)
+        await _raced(client, _put_loop(client, file_id, received, _FileSource(f, sealed.stream_size), progress),
+                     file_id)
 
 
-def _sendable(src: Growing) -> int:
+def _sendable(src: SealedPipe | _FileSource) -> int:
     """How far FILE_PUTs may go now: what is sealed, but not the last byte before sealing is over (so
     the server never completes a file whose sealing failed or came out another size)."""
     if not src.done:
@@ -266,15 +388,16 @@ def _sendable(src: Growing) -> int:
     return src.final
 
 
-async def _put_loop(client: Any, file_id: bytes, f: BinaryIO, offset: int, src: Growing,
+async def _put_loop(client: Any, file_id: bytes, offset: int, src: SealedPipe | _FileSource,
                     progress: Progress | None) -> None:
     in_flight: deque[int] = deque()
     acked, size, ack_next = offset, src.final, None
+    src.release(offset)  # a resumed upload: the server holds that much
     try:
         while True:
             end = _sendable(src)
             while len(in_flight) < WINDOW and (end - offset >= CHUNK or (end == size and offset < size)):
-                data = f.read(min(CHUNK, end - offset))
+                data = src.read(offset, min(CHUNK, end - offset))
                 if not data:
                     raise IntegrityError("the sealed file is shorter than it was")
                 client.send_event(FilePut(file_id, offset, data))
@@ -295,6 +418,7 @@ async def _put_loop(client: Any, file_id: bytes, f: BinaryIO, offset: int, src: 
             ack_next = None
             if ack.file_id != file_id or not in_flight or ack.received != in_flight.popleft():
                 raise IntegrityError("the server acknowledged bytes that were not sent")
+            src.release(ack.received)
             if progress:
                 progress(ack.received - acked)
             acked = ack.received
@@ -500,27 +624,21 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
 
     folder = Path(paths.data_dir) / "outgoing"
     plain_size = _regular_size(src)
-    loop = asyncio.get_running_loop()
+    sealing: asyncio.Future[Sealed] | None = None
     if plain_size is None:
         first.clear()
         await client.close()  # not kept idle while a pipe of unknown length is sealed
         with bars(size_hint, "sealing") as bar:  # on a thread: a chat stays responsive while a file is sealed
             done = await asyncio.to_thread(seal_to_temp, src, name, identity, to_key, folder, bar)
-        growing = Growing(done.path, done.stream_size, done.stream_size)
-        growing.done, sealing = True, loop.create_future()
+        source: Sealed | SealedPipe = done
+        sealing = asyncio.get_running_loop().create_future()
         sealing.set_result(done)
     else:
-        try:
-            growing = Growing(new_temp(folder), stream.sealed_size(plain_size, to_key.kem), loop=loop)
-        except BaseException:
-            await client.close()
-            raise
-        sealing = None  # started once the server accepted the offer: a refusal costs no sealing
+        pipe = source = SealedPipe(stream.sealed_size(plain_size, to_key.kem), asyncio.get_running_loop())
 
     def start_sealing() -> asyncio.Future[Sealed]:
-        fut = asyncio.ensure_future(asyncio.to_thread(seal_to_temp, src, name, identity, to_key, folder,
-                                                      path=growing.path, grown=growing.grew, stop=growing.stopped))
-        fut.add_done_callback(lambda f: growing.finish(None if f.cancelled() else f.exception()))
+        fut = asyncio.ensure_future(asyncio.to_thread(seal_to_pipe, src, name, identity, to_key, pipe))
+        fut.add_done_callback(lambda f: pipe.finish(None if f.cancelled() else f.exception()))
         return fut
 
     try:
@@ -528,10 +646,11 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
 
         async def upload(client: Any) -> None:
             nonlocal file_id, sealing
-            file_id, received = await offer(client, to.lower(), growing, file_id)
-            sealing = sealing or start_sealing()
-            with bars(growing.final - received, "sending") as up:
-                await put_all(client, file_id, growing, received, up)
+            file_id, received = await offer(client, to.lower(), source, file_id)
+            sealing = sealing or start_sealing()  # once the server accepted: a refusal costs no sealing
+            total = source.final if isinstance(source, SealedPipe) else source.stream_size
+            with bars(total - received, "sending") as up:
+                await put_all(client, file_id, source, received, up)
 
         try:
             await with_retry(connect_again, upload, timeout, warn)
@@ -545,11 +664,13 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
         await sender.close(client)
         return file_id, sealed
     finally:
-        growing.stop()
-        if sealing is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await sealing
-        growing.path.unlink(missing_ok=True)
+        if isinstance(source, SealedPipe):
+            source.stop()
+            if sealing is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await sealing
+        elif source.path is not None:
+            source.path.unlink(missing_ok=True)
 
 
 async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, notice: FileNotice,
