@@ -48,36 +48,78 @@ def test_send_inbox_fetch_round_trip(world):
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []  # no .part left
 
 
-def test_fetch_resumes_from_a_partial_download(world):
-    srv, homes, tmp = world
+def test_fetch_resumes_after_a_dropped_connection(world):
+    """A download cut after about 1 MiB asks again from what it had received, not from zero, and the
+    file still opens (the opening thread waited for the bytes)."""
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.client import files as F
+    from securecomm.client.directory import Contacts
+    from securecomm.client.login import connect_profile
+    from securecomm.crypto import identity as ident
+
+    _, homes, tmp = world
     src = tmp / "data.bin"
     body = os.urandom(SIZE)
     src.write_bytes(body)
     file_id = _send(homes, src)["file_id"]
-    sc(homes["bob"], "inbox")
-    stored = (srv.home / "files" / file_id).read_bytes()
+    assert sc(homes["bob"], "inbox").returncode == 0
+    state = State(home=str(homes["bob"]))
+    me = ident.load(state.paths.identity_key("default"))
+    sender_name, notice = F.load_notice(state.paths, file_id)
+    alice = Contacts.load(state.paths.contacts).get(sender_name).identity
+    offsets: list[int] = []
+
+    async def connect():
+        client, profile = await connect_profile(state.paths, me)
+        request, receive = client.request, client.conn.receive_data
+        seen = [0]
+
+        async def recorded(op, **args):
+            if op == "file_get":
+                offsets.append(args["offset"])
+            return await request(op, **args)
+
+        def cut_after_a_mebibyte(data):
+            receive(data)
+            seen[0] += len(data)
+            if len(offsets) == 1 and seen[0] > 1 << 20:
+                client.writer.transport.abort()  # the connection drops mid-download
+
+        client.request, client.conn.receive_data = recorded, cut_after_a_mebibyte
+        return client, profile
+
     out = tmp / "data.out"
-    part = tmp / f".data.out.{file_id}.part"
-    part.write_bytes(stored[:1_000_000])  # what a dropped connection left behind
-    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
-    assert r.returncode == 0, r.stderr
-    assert out.read_bytes() == body and not part.exists()
+    warnings: list[str] = []
+    asyncio.run(F.fetch_file(connect, me, notice, alice, out, False, 60, warnings.append,
+                             lambda size, label: __import__("contextlib").nullcontext()))
+    assert out.read_bytes() == body
+    assert len(offsets) == 2 and offsets[0] == 0, offsets
+    assert offsets[1] >= 512 * 1024, offsets  # from what it had, not from zero
+    assert offsets[1] < notice.stream_size, offsets
+    assert any("resuming" in w for w in warnings)
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
-def test_a_corrupt_partial_download_leaves_nothing_and_names_the_problem(world):
-    _, homes, tmp = world
+def test_a_corrupt_download_leaves_nothing_and_names_the_problem(world):
+    """One flipped byte in the middle of the stored ciphertext: fetch fails on that chunk (after it
+    wrote earlier chunks to its temp file), names the problem, and leaves nothing behind."""
+    srv, homes, tmp = world
     src = tmp / "data.bin"
     src.write_bytes(os.urandom(SIZE))
     file_id = _send(homes, src)["file_id"]
     sc(homes["bob"], "inbox")
+    stored = srv.home / "files" / file_id
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 1
+    stored.write_bytes(bytes(data))
     out = tmp / "data.out"
-    (tmp / f".data.out.{file_id}.part").write_bytes(b"\0" * 1000)  # not what the server holds
     r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
     assert r.returncode == 6
     assert r.stderr.startswith(b"securecomm: error:") and b"announced" in r.stderr and b"Traceback" not in r.stderr
     assert not out.exists()
-    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))  # the bad copy was dropped: this one starts over
-    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []  # the temp output is gone
 
 
 def test_someone_elses_or_unknown_file(world):

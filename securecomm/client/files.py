@@ -3,22 +3,22 @@
 Theory of operation
 -------------------
     send --file:  file_offer {size: the stream's exact size, computed before sealing} ──►
-                  a thread seals the file (streaming envelope, crypto/stream.py) into a private temp file
-                  while FILE_PUT … (WINDOW in flight) sends what it has sealed ──► FILE_ACK complete
+                  a thread seals the file (streaming envelope, crypto/stream.py) while FILE_PUT …
+                  (WINDOW in flight) sends what it has sealed ──► FILE_ACK complete
                   ──► a DIRECT carrying the FileNotice (name, sizes, digests, file key)
-    fetch ID:     the notice saved when `inbox` showed it ──► file_get from what the .part holds
-                  ──► FILE_DATA appended to the .part, while a thread opens the stream from the .part
-                  into a temp file beside OUT (and hashes the ciphertext) ──► every check passed
-                  ──► renamed ──► file_done (the server deletes it)
+    fetch ID:     the notice saved when `inbox` showed it ──► file_get ──► FILE_DATA handed to a
+                  thread that opens the stream into a temp file beside OUT as it arrives (and hashes
+                  the ciphertext) ──► every check passed ──► renamed ──► file_done (the server deletes it)
 
-Sealing and uploading overlap, and so do downloading and opening: each side
-of the pipe is a file on disk that one thread appends to and the other reads
-behind it (`Growing`), so memory stays a window of chunks whatever the size,
-and both directions resume after a dropped connection from the last byte
-the other side confirmed: the server's `received` for an upload (file_offer
-with the same file_id), the length of the local .part for a download. The
-sealing thread goes on while the connection is re-made; the opening thread
-waits for the bytes.
+Sealing and uploading overlap, and so do downloading and opening: the bytes
+go between the thread and the connection in memory, at most a few MiB
+(`SealedPipe`, `Feed`; the side that is ahead waits), so memory stays flat
+whatever the size, and no ciphertext is written to the client's disk (on a
+VM, writing fresh page cache cost more than the cryptography). A dropped
+connection resumes from the last byte the other side confirmed: the
+server's `received` for an upload (file_offer with the same file_id), what
+the opener was handed for a download; the threads wait meanwhile. An
+interrupted command starts over when run again.
 """
 
 from __future__ import annotations
@@ -70,125 +70,106 @@ class Sealed:
                           self.key)
 
 
-def new_temp(folder: Path) -> Path:
-    """A new empty 0600 file for a sealed upload in `folder` (0700)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / f".upload-{os.urandom(6).hex()}.sce"
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    return path
-
-
 def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdentity, folder: Path,
-                 progress: Progress | None = None, *, path: Path | None = None,
-                 grown: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> Sealed:
-    """Seal `src` to `to` into a 0600 temp file in `folder` (or the empty `path` made by new_temp),
-    noting plaintext and ciphertext digests. The plaintext's digest is the one the stream computes
-    for its signature (one pass, not two); the ciphertext's is computed on a second thread while the
-    next run is sealed. `grown(n)` is told each time the file holds n bytes (written, readable by
-    another descriptor); `stop` set makes it give up at the next block (the file is deleted)."""
+                 progress: Progress | None = None) -> Sealed:
+    """Seal `src` to `to` into a 0600 temp file in `folder`, noting plaintext and ciphertext digests
+    (for a source of unknown length, a pipe: the offer needs the size). The plaintext's digest is the
+    one the stream computes for its signature (one pass, not two); the ciphertext's is computed on a
+    second thread while the next run is sealed."""
     key, cipher = os.urandom(stream.FILE_KEY_SIZE), stream.BackgroundDigest()
     plain: list[tuple[int, bytes]] = []  # (length, sha256), told by the stream before its trailer
     stream_size = 0
 
     def blocks() -> Iterator[bytes]:
         while block := src.read(READ_SIZE):
-            if stop is not None and stop.is_set():
-                raise NetworkError("the upload ended before the file was sealed")
             if progress:
                 progress(len(block))
             yield block
 
-    path = new_temp(folder) if path is None else path
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f".upload-{os.urandom(6).hex()}.sce"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with path.open("r+b", buffering=0) as out:
+        with os.fdopen(fd, "wb") as out:
             for piece in stream.seal(blocks(), me, to, file_key=key, summary=lambda n, d: plain.append((n, d))):
                 cipher.update(piece)
-                view = memoryview(piece)
-                while view:  # unbuffered: what `grown` announces is in the file
-                    view = view[out.write(view) or 0 :]
                 stream_size += len(piece)
-                if grown:
-                    grown(stream_size)
+                out.write(piece)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return Sealed(path, name, plain[0][0], plain[0][1], stream_size, cipher.digest(), key)
 
 
-class Growing:
-    """A file one thread appends to while another side reads behind it (sealed upload, download).
+class Feed:
+    """FILE_DATA from the event loop to the thread opening the stream, in memory: at most LIMIT bytes
+    waiting (then the download stops reading its connection until the opener catches up).
+    `received` is how much the loop has handed over: a dropped connection resumes from there."""
 
-    `length` is how much is there; `final` is the size it will have (known in advance); `done` says
-    the writer finished (with `error` if it failed). The asyncio side waits with `changed()`, a
-    thread with `wait_beyond()`; the writer (thread or loop) calls `grew()` / `finish()`."""
+    LIMIT = 8 * CHUNK
+    #: The loop reads again once the opener has brought the queue down to this.
+    LOW = 2 * CHUNK
 
-    def __init__(self, path: Path, final: int, length: int = 0,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.path, self.final, self.length = path, final, length
-        self.done, self.stopped = False, threading.Event()
-        self.error: BaseException | None = None
+    def __init__(self, final: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.final, self.received = final, 0
+        self.stopped = threading.Event()
+        self._blocks: deque[bytes] = deque()
+        self._queued = 0
         self._cond = threading.Condition()
         self._loop = loop
-        self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
 
-    def grew(self, length: int) -> None:
+    # -- the event loop --
+    def push(self, data: bytes) -> None:
         with self._cond:
-            self.length = length
-            self._cond.notify_all()
-        self._wake()
+            self._blocks.append(data)
+            self._queued += len(data)
+            self._cond.notify()
+        self.received += len(data)
 
-    def finish(self, error: BaseException | None = None) -> None:
+    def full(self) -> bool:
+        return self._queued >= self.LIMIT
+
+    def room(self) -> asyncio.Future[None]:
+        """Resolved once the opener has taken the queue down to LOW."""
+        fut = self._loop.create_future()
         with self._cond:
-            self.done, self.error = True, error
-            self._cond.notify_all()
-        self._wake()
+            if self._queued <= self.LOW:
+                fut.set_result(None)
+            else:
+                self._room = fut
+        return fut
 
     def stop(self) -> None:
-        """Tell a reading thread to give up (wait_beyond raises)."""
+        """The download gave up: the opening thread stops (NetworkError) at its next read."""
         self.stopped.set()
         with self._cond:
             self._cond.notify_all()
 
-    def _wake(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._resolve)
+    # -- the opening thread --
+    def blocks(self) -> Iterator[bytes]:
+        """The stream's bytes in order as they arrive, to `final`."""
+        taken = 0
+        while taken < self.final:
+            with self._cond:
+                while not self._blocks and not self.stopped.is_set():
+                    self._cond.wait()
+                if self.stopped.is_set():
+                    raise NetworkError("the download ended before the file was complete")
+                block = self._blocks.popleft()
+                self._queued -= len(block)
+                room = self._room if self._queued <= self.LOW else None
+                if room is not None:
+                    self._room = None
+            if room is not None:
+                self._loop.call_soon_threadsafe(_set_done, room)
+            taken += len(block)
+            yield block
 
-    def _resolve(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None
 
-    def changed(self) -> asyncio.Future[None]:
-        """Resolved (on the loop) at the next grew() or finish()."""
-        assert self._loop is not None
-        if self._waiter is None:
-            self._waiter = self._loop.create_future()
-        return self._waiter
-
-    def wait_beyond(self, offset: int) -> int:
-        """On a reading thread: block until more than `offset` bytes are there (or the writer is done,
-        or stop() was called: NetworkError); returns the length."""
-        with self._cond:
-            while self.length <= offset and not self.done and not self.stopped.is_set():
-                self._cond.wait()
-            if self.stopped.is_set():
-                raise NetworkError("the download ended before the file was complete")
-            return self.length
-
-    def blocks(self, size: int = READ_SIZE) -> Iterator[bytes]:
-        """On a reading thread: the file's bytes in order as they arrive, to `final` or until the writer
-        is done."""
-        with self.path.open("rb", buffering=0) as f:
-            at = 0
-            while at < self.final:
-                have = self.wait_beyond(at)
-                if have <= at:  # the writer finished short of the end
-                    return
-                block = f.read(min(size, have - at))
-                if not block:
-                    raise IntegrityError("the file being received shrank")
-                at += len(block)
-                yield block
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class SealedPipe:
@@ -460,36 +441,40 @@ def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
     return str(record["from"]), FileNotice.decode(record["notice"].encode())
 
 
-async def get_all(client: Any, notice: FileNotice, part: Path, progress: Progress | None = None,
-                  growing: Growing | None = None) -> None:
-    """Download the ciphertext into `part` (0600), continuing from what it already holds; each chunk
-    written is announced to `growing` (the thread opening the stream behind the download)."""
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "ab", buffering=0) as out:
-        have = os.fstat(fd).st_size
-        if have > notice.stream_size:
-            raise IntegrityError("the partial download is longer than the file")
-        if have == notice.stream_size:
-            return
-        result = asyncio.ensure_future(client.request("file_get", file_id=notice.file_id.hex(), offset=have))
-        try:
-            while have < notice.stream_size:
-                ev: FileData = await _first(client, result)
-                if ev.file_id != notice.file_id or ev.offset != have \
-                        or have + len(ev.data) > notice.stream_size:
-                    raise IntegrityError("the server sent file data out of order")
-                view = memoryview(ev.data)
-                while view:
-                    view = view[out.write(view) or 0 :]
-                have += len(ev.data)
-                if growing is not None:
-                    growing.grew(have)
-                if progress:
-                    progress(len(ev.data))
-            await result
-        finally:
-            if not result.done():
-                result.cancel()
+async def get_all(client: Any, notice: FileNotice, feed: Feed, progress: Progress | None = None) -> None:
+    """Download the ciphertext from `feed.received` to the end, handing each chunk to `feed` (the
+    thread opening the stream); while the feed is full the connection is not read (bounded memory)."""
+    have = feed.received
+    if have >= notice.stream_size:
+        return
+    result = asyncio.ensure_future(client.request("file_get", file_id=notice.file_id.hex(), offset=have))
+    try:
+        while have < notice.stream_size:
+            ev: FileData = await _first(client, result)
+            if ev.file_id != notice.file_id or ev.offset != have or have + len(ev.data) > notice.stream_size:
+                raise IntegrityError("the server sent file data out of order")
+            feed.push(ev.data)
+            have += len(ev.data)
+            if progress:
+                progress(len(ev.data))
+            if feed.full():
+                await _wait_room(client, feed)
+        await result
+    finally:
+        if not result.done():
+            result.cancel()
+
+
+async def _wait_room(client: Any, feed: Feed) -> None:
+    """Wait for the opener, not reading the connection meanwhile (the server waits in its turn)."""
+    transport = client.writer.transport if getattr(client, "writer", None) is not None else None
+    if transport is not None:
+        transport.pause_reading()
+    try:
+        await feed.room()
+    finally:
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
 
 async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
@@ -517,17 +502,16 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
     raise IntegrityError("the server ended the download before the file's end")
 
 
-def open_growing(src: Growing, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity,
-                 out: Any) -> stream.Opening:
-    """On a thread: open the ciphertext arriving in `src` into `out` (an AtomicOutput, committed by
-    the caller only if this returns), checking it against the notice on the way: the stream's own
-    checks chunk by chunk, then the ciphertext's size and SHA-256 (hashed on a second thread), the
-    plaintext's, and the final signature. Any failure but a stop is the copy's: its .part is deleted."""
+def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity, out: Any) -> stream.Opening:
+    """On a thread: open the ciphertext arriving in `feed` into `out` (an AtomicOutput, committed by the
+    caller only if this returns), checking it against the notice on the way: the header signature
+    before the first chunk, each chunk's tag, then the ciphertext's size and SHA-256 (hashed on a
+    second thread), the plaintext's, and the final signature."""
     h, got = stream.BackgroundDigest(), 0
 
     def blocks() -> Iterator[bytes]:
         nonlocal got
-        for block in src.blocks():
+        for block in feed.blocks():
             h.update(block)
             got += len(block)
             yield block
@@ -539,13 +523,10 @@ def open_growing(src: Growing, notice: FileNotice, me: PrivateIdentity, sender: 
         for piece in opening:
             out.write(piece)
     except SecurecommError as e:
-        if src.stopped.is_set():  # the download gave up: the .part stays for the next fetch
+        if feed.stopped.is_set():  # the download gave up (its own error is the answer)
             raise
-        src.path.unlink(missing_ok=True)
-        raise IntegrityError(f"the downloaded file does not open as its sender announced: {e.message}",
-                             hint="the copy was deleted; `securecomm fetch` downloads it again") from e
+        raise IntegrityError(f"the downloaded file does not open as its sender announced: {e.message}") from e
     if got != notice.stream_size or not same(h.digest(), notice.stream_sha256):
-        src.path.unlink(missing_ok=True)
         raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
     if opening.length != notice.size or not same(opening.digest or b"", notice.sha256):
         raise IntegrityError("the decrypted file does not match the size and SHA-256 its sender announced")
@@ -676,25 +657,19 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
 async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, notice: FileNotice,
                      sender: PublicIdentity, out: Path, force: bool, timeout: float, warn: Callable[[str], None],
                      bars: Bars) -> None:
-    """Download (resuming from the .part beside `out`) while a thread checks and opens what arrived
-    into `out` (atomically: nothing there unless everything verified), then file_done."""
+    """Download while a thread checks and opens what arrived into `out` (atomically: nothing there
+    unless everything verified), then file_done. A dropped connection resumes from the last byte
+    received; an interrupted fetch starts over when run again."""
     from securecomm.files import AtomicOutput
 
-    part = out.with_name(f".{out.name}.{notice.file_id.hex()}.part")
-    os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    have = part.stat().st_size
-    if have > notice.stream_size:
-        part.unlink()
-        raise IntegrityError("the partial download was longer than the file; it was deleted",
-                             hint="`securecomm fetch` downloads it again")
-    growing = Growing(part, notice.stream_size, have)
+    feed = Feed(notice.stream_size, asyncio.get_running_loop())
     with AtomicOutput(out, force=force) as target:
-        opener = asyncio.ensure_future(asyncio.to_thread(open_growing, growing, notice, identity, sender, target))
+        opener = asyncio.ensure_future(asyncio.to_thread(open_feed, feed, notice, identity, sender, target))
 
         async def download(client: Any) -> None:
             if not target.committed:
-                with bars(notice.stream_size - growing.length, "downloading") as bar:
-                    fetching = asyncio.ensure_future(get_all(client, notice, part, bar, growing))
+                with bars(notice.stream_size - feed.received, "downloading") as bar:
+                    fetching = asyncio.ensure_future(get_all(client, notice, feed, bar))
                     try:
                         await asyncio.wait({fetching, opener}, return_when=asyncio.FIRST_COMPLETED)
                     finally:
@@ -703,11 +678,9 @@ async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIde
                             with contextlib.suppress(Exception, asyncio.CancelledError):
                                 await fetching
                     if fetching.done() and not fetching.cancelled():
-                        fetching.result()  # a dropped connection: resume
-                growing.finish()
+                        fetching.result()  # a dropped connection: with_retry resumes from feed.received
                 await opener
                 target.commit()
-                part.unlink(missing_ok=True)
             try:
                 await client.request("file_done", file_id=notice.file_id.hex())
             except SecurecommError as e:
@@ -716,7 +689,7 @@ async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIde
         try:
             await with_retry(connect, download, timeout, warn)
         finally:
-            growing.stop()
+            feed.stop()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await opener
 
