@@ -148,13 +148,10 @@ class FileService:
 
     async def _offer(self, s: Any, ev: P.Request) -> None:
         self._need_key(s)
-        to = self.recipient(_str(ev, "to"))
+        name, size, digest, file_id = offer_args(ev)
+        to = self.recipient(name)
         if to is None:
-            raise FileRefused("file-unknown-user", f"no user named {_str(ev, 'to')[:40]!r} with a registered key")
-        # sha256 is optional: a client sealing while it uploads cannot know it yet; the recipient checks
-        # the ciphertext end to end, so the server only checks a digest it was given (PROTOCOL.md 4.4).
-        size, digest = _int(ev, "size"), _bytes(ev, "sha256", 32) if "sha256" in ev.args else b""
-        file_id = _bytes(ev, "file_id", FILE_ID_SIZE) if "file_id" in ev.args else None
+            raise FileRefused("file-unknown-user", f"no user named {name[:40]!r} with a registered key")
         offer = await self._run(self.store.offer, s.user.name, to, size, digest, file_id)
         s.send(P.Result(ev.rid, {"file_id": offer.file_id.hex(), "received": offer.received,
                                  "expires": int(offer.expires)}))
@@ -192,6 +189,15 @@ class FileService:
         await self._run(self.store.done, s.user.name, file_id)
         log.info("%s fetched file %s: deleted", s.label(), file_id.hex())
         s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": True}))
+
+
+def offer_args(ev: P.Request) -> tuple[str, int, bytes, bytes | None]:
+    """file_offer's (to, size, sha256 or b"" when not given, file_id or None); FileRefused if malformed.
+    sha256 is optional: a client sealing while it uploads cannot know it yet, and the recipient checks
+    the ciphertext end to end, so the server only checks a digest it was given (PROTOCOL.md 4.4)."""
+    digest = _bytes(ev, "sha256", 32) if "sha256" in ev.args else b""
+    file_id = _bytes(ev, "file_id", FILE_ID_SIZE) if "file_id" in ev.args else None
+    return _str(ev, "to"), _int(ev, "size"), digest, file_id
 
 
 def _str(ev: P.Request, key: str) -> str:
