@@ -534,17 +534,23 @@ def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: Publi
 
 
 async def with_retry(connect: Callable[[], Awaitable[Any]], work: Callable[[Any], Awaitable[Any]],
-                     timeout: float, warn: Callable[[str], None]) -> Any:
+                     timeout: float, warn: Callable[[str], None],
+                     keep: Callable[[Any, Any], None] | None = None) -> Any:
     """Run `work(client)`; after a dropped connection, reconnect and run it again (it resumes),
-    for as long as `timeout` seconds allow, each attempt making progress or failing."""
+    for as long as `timeout` seconds allow, each attempt making progress or failing. With `keep`,
+    the connection that succeeded is handed to keep(client, profile) instead of being closed."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.5
     while True:
         client = None
         try:
-            client, _ = await connect()
-            return await work(client)
+            client, profile = await connect()
+            result = await work(client)
+            if keep is not None:
+                keep(client, profile)
+                client = None
+            return result
         except NetworkError as e:
             if loop.time() + delay > deadline:
                 raise
@@ -634,15 +640,16 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
                 await put_all(client, file_id, source, received, up)
 
         try:
-            await with_retry(connect_again, upload, timeout, warn)
+            # the notice goes out on the upload's connection (one TLS handshake and login fewer)
+            await with_retry(connect_again, upload, timeout, warn, keep=lambda c, p: first.append((c, p)))
+            assert file_id is not None and sealing is not None
+            sealed = await sealing
+            sender = DirectSend(connect_again, identity, paths, to, sealed.notice(file_id).encode())
+            client, _ = await sender.send(timeout, warn)
+            await sender.close(client)
         finally:
             for unused, _ in first:
                 await unused.close()
-        assert file_id is not None and sealing is not None
-        sealed = await sealing
-        sender = DirectSend(connect, identity, paths, to, sealed.notice(file_id).encode())
-        client, _ = await sender.send(timeout, warn)
-        await sender.close(client)
         return file_id, sealed
     finally:
         if isinstance(source, SealedPipe):

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
     REQUEST file_offer {to, size, sha256?, file_id?} ─► FileStore.offer ─► RESULT {file_id, received, expires}
     FILE_PUT id offset data                         ─► FileStore.put   ─► FILE_ACK id received complete
-    REQUEST file_get {file_id, offset}              ─► FILE_DATA …      ─► RESULT {file_id, size, sha256}
+    REQUEST file_get {file_id, offset}              ─► FILE_DATA …      ─► RESULT {file_id, size, sha256?}
     REQUEST file_done {file_id}                     ─► FileStore.done  ─► RESULT {deleted: true}
 
 Every FileStore call runs on one worker thread: the event loop never waits
