@@ -253,3 +253,22 @@ def test_a_file_that_grows_while_it_is_sent_is_refused_before_the_server_complet
     assert [p.name for p in (srv.home / "files").iterdir()
             if not p.name.endswith(".part") and not p.name.startswith("files.db")] == []  # no complete file
     assert sc(homes["bob"], "inbox").returncode == 0 and not list((homes["bob"] / "received").glob("*.json"))
+
+
+def test_a_server_with_a_small_max_frame_still_takes_and_gives_files(tmp_path):
+    """--max-frame 65536: FILE_PUT and FILE_DATA carry max_frame - 25 bytes each instead of 256 KiB
+    (before, send --file stopped with 'the sealed message (262169 bytes) is larger than the limit')."""
+    srv = ServerProc(tmp_path / "srv", "--max-frame", "65536").start()
+    try:
+        homes = users_logged_in(srv, tmp_path, ("alice", "bob"))
+        src = tmp_path / "f.bin"
+        body = os.urandom(1_000_000)
+        src.write_bytes(body)
+        file_id = _send(homes, src)["file_id"]
+        assert sc(homes["bob"], "inbox").returncode == 0
+        out = tmp_path / "f.out"
+        r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == body
+    finally:
+        srv.stop(signal.SIGKILL)

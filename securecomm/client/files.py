@@ -40,7 +40,7 @@ from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.crypto.stream import Piece
 from securecomm.errors import IntegrityError, NetworkError, NotFoundError, SecurecommError, UsageError
-from securecomm.wire.files import CHUNK, FileAck, FileData, FileNotice, FilePut
+from securecomm.wire.files import CHUNK, OVERHEAD, FileAck, FileData, FileNotice, FilePut, chunk_size
 
 #: FILE_PUT frames in flight before waiting for an acknowledgement: 16 x 256 KiB (what the server
 #: queues per session) keeps a loopback or LAN link busy while bounding what is unacknowledged.
@@ -374,11 +374,12 @@ async def _put_loop(client: Any, file_id: bytes, offset: int, src: SealedPipe | 
     in_flight: deque[int] = deque()
     acked, size, ack_next = offset, src.final, None
     src.release(offset)  # a resumed upload: the server holds that much
+    chunk = chunk_size(getattr(client, "max_send", CHUNK + OVERHEAD))
     try:
         while True:
             end = _sendable(src)
-            while len(in_flight) < WINDOW and (end - offset >= CHUNK or (end == size and offset < size)):
-                data = src.read(offset, min(CHUNK, end - offset))
+            while len(in_flight) < WINDOW and (end - offset >= chunk or (end == size and offset < size)):
+                data = src.read(offset, min(chunk, end - offset))
                 if not data:
                     raise IntegrityError("the sealed file is shorter than it was")
                 client.send_event(FilePut(file_id, offset, data))

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from securecomm.store.files import FILE_ID_SIZE, FileRefused, FileStore
 from securecomm.wire import protocol as P
-from securecomm.wire.files import CHUNK, FileAck, FileData, FilePut
+from securecomm.wire.files import FileAck, FileData, FilePut, chunk_size
 
 log = logging.getLogger("securecomm.files")
 T = TypeVar("T")
@@ -160,9 +160,10 @@ class FileService:
         self._need_key(s)
         file_id, offset = _bytes(ev, "file_id", FILE_ID_SIZE), _int(ev, "offset")
         row, f = await self._run(self.store.open_for, s.user.name, file_id)
+        chunk = chunk_size(s.config.max_frame)
         with f:
             await self._run(f.seek, offset)
-            ahead = asyncio.ensure_future(self._run(f.read, CHUNK)) if offset < row.size else None
+            ahead = asyncio.ensure_future(self._run(f.read, chunk)) if offset < row.size else None
             try:
                 while ahead is not None and not s.closing:
                     data = await ahead
@@ -172,7 +173,7 @@ class FileService:
                     s.send(FileData(file_id, offset, data))
                     offset += len(data)
                     if offset < row.size:  # read the next chunk while this one drains
-                        ahead = asyncio.ensure_future(self._run(f.read, CHUNK))
+                        ahead = asyncio.ensure_future(self._run(f.read, chunk))
                     await s._backpressure()  # two chunks held at most: one sent, one read
             finally:
                 if ahead is not None:
