@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from securecomm.crypto import stream
+from securecomm.server.files import offer_args
+from securecomm.store.files import FileRefused
 from securecomm.wire import protocol as P
 from securecomm.wire.files import FileAck, FileData, FileNotice, FilePut, valid_name
 from securecomm.wire.frames import FrameDecoder
@@ -50,6 +53,41 @@ def test_notice_vector(case):
     else:
         with pytest.raises(P.ProtocolError):
             FileNotice.decode(body)
+
+
+@pytest.mark.parametrize("case", VECTORS["offers"], ids=lambda c: c["why"])
+def test_offer_vector(case):
+    """file_offer's sha256 is optional (PROTOCOL.md 4.4): without it the server checks no digest."""
+    ev = P.Request(1, "file_offer", case["args"])
+    if case["expect"] == "ok":
+        to, size, digest, file_id = offer_args(ev)
+        assert (to, size) == (case["args"]["to"], case["args"]["size"])
+        assert digest == (bytes.fromhex(case["args"]["sha256"]) if case["checks_digest"] else b"")
+        assert file_id == (bytes.fromhex(case["args"]["file_id"]) if "file_id" in case["args"] else None)
+    else:
+        with pytest.raises(FileRefused) as e:
+            offer_args(ev)
+        assert e.value.kind == case["expect"]
+
+
+@pytest.mark.parametrize("case", VECTORS["stream_sizes"], ids=lambda c: f"{c['kem']}-{c['body_length']}")
+def test_stream_size_vector(case):
+    """What a sender offers before sealing is the exact length of the stream it then sends."""
+    assert stream.sealed_size(case["body_length"], case["kem"]) == case["stream_size"]
+
+
+def test_stream_size_of_the_stream_vectors():
+    """The same formula against the byte-for-byte streams of stream-v1.json (section 2.6)."""
+    import base64
+
+    streams = json.loads((Path(__file__).parent / "vectors" / "stream-v1.json").read_text())["streams"]
+    checked = 0
+    for case in streams:
+        if case["expect"] == "ok" and "body" in case:
+            length = len(bytes.fromhex(case["body"]))
+            assert len(base64.b64decode(case["stream_b64"])) == stream.sealed_size(length, case["recipient"]["kem"])
+            checked += 1
+    assert checked >= 2
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "x\x00", "tab\there", "é" * 128])

@@ -122,6 +122,20 @@ def test_digest_mismatch_deletes_the_upload(store):
     assert store.used("bob") == 0
 
 
+def test_an_offer_without_a_digest_completes_unchecked_and_resumes_without_one(store):
+    """PROTOCOL.md 4.4: a sender sealing while it uploads offers the size alone (b"" here); the server
+    keeps no running digest for it and completes it as it is (the recipient checks it end to end)."""
+    offer = store.offer("alice", "bob", 8, b"")
+    assert store.put("alice", offer.file_id, 0, b"abcd") == (4, False)
+    assert offer.file_id not in store._hashers  # no digest work for it
+    assert store.offer("alice", "bob", 8, b"", offer.file_id).received == 4  # resume, still without one
+    _refused("file-mismatch", store.offer, "alice", "bob", 8, hashlib.sha256(b"abcdefgh").digest(), offer.file_id)
+    assert store.put("alice", offer.file_id, 4, b"efgh") == (8, True)
+    row, f = store.open_for("bob", offer.file_id)
+    with f:
+        assert f.read() == b"abcdefgh" and row.sha256 == b""
+
+
 def test_quota_counts_offers_before_their_bytes(store):
     store.offer("alice", "bob", 600, b"\0" * 32)
     _refused("file-over-quota", store.offer, "alice", "bob", 401, b"\0" * 32)

@@ -78,8 +78,9 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
           ca: str | None, pin: str | None, passphrase_file: str | None, as_json: bool) -> None:
     """Download the received file ID (as `inbox` lists it), verify and decrypt it.
 
-    The ciphertext goes to a hidden .part file beside the output, so a
-    dropped connection (or running fetch again) resumes where it stopped.
+    The file is decrypted as it downloads, into a hidden temp file beside
+    the output; a dropped connection resumes where it stopped (for up to
+    --timeout seconds), an interrupted fetch starts over when run again.
     The file appears at its name only after its size, both SHA-256 digests
     and the sender's signatures verified; then the server deletes its copy.
     """

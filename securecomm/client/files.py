@@ -2,17 +2,23 @@
 
 Theory of operation
 -------------------
-    send --file:  seal the file (streaming envelope, crypto/stream.py) into a private temp file,
-                  noting sizes and digests ──► file_offer ──► FILE_PUT … (WINDOW in flight) ──► FILE_ACK complete
+    send --file:  file_offer {size: the stream's exact size, computed before sealing} ──►
+                  a thread seals the file (streaming envelope, crypto/stream.py) while FILE_PUT …
+                  (WINDOW in flight) sends what it has sealed ──► FILE_ACK complete
                   ──► a DIRECT carrying the FileNotice (name, sizes, digests, file key)
-    fetch ID:     the notice saved when `inbox` showed it ──► file_get from what the .part holds
-                  ──► FILE_DATA appended ──► ciphertext digest checked ──► stream opened into a temp file
-                  beside OUT ──► renamed ──► file_done (the server deletes it)
+    fetch ID:     the notice saved when `inbox` showed it ──► file_get ──► FILE_DATA handed to a
+                  thread that opens the stream into a temp file beside OUT as it arrives (and hashes
+                  the ciphertext) ──► every check passed ──► renamed ──► file_done (the server deletes it)
 
-A dropped connection in either direction resumes from the last byte the other
-side confirmed: the server's `received` for an upload (file_offer with the
-same file_id), the length of the local .part for a download. Memory is a
-window of chunks, whatever the file's size.
+Sealing and uploading overlap, and so do downloading and opening: the bytes
+go between the thread and the connection in memory, at most a few MiB
+(`SealedPipe`, `Feed`; the side that is ahead waits), so memory stays flat
+whatever the size, and no ciphertext is written to the client's disk (on a
+VM, writing fresh page cache cost more than the cryptography). A dropped
+connection resumes from the last byte the other side confirmed: the
+server's `received` for an upload (file_offer with the same file_id), what
+the opener was handed for a download; the threads wait meanwhile. An
+interrupted command starts over when run again.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -30,8 +38,9 @@ from typing import Any, BinaryIO
 from securecomm.crypto import stream
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import IntegrityError, NetworkError, NotFoundError, SecurecommError
-from securecomm.wire.files import CHUNK, FileAck, FileData, FileNotice, FilePut
+from securecomm.crypto.stream import Piece
+from securecomm.errors import IntegrityError, NetworkError, NotFoundError, SecurecommError, UsageError
+from securecomm.wire.files import CHUNK, OVERHEAD, FileAck, FileData, FileNotice, FilePut, chunk_size
 
 #: FILE_PUT frames in flight before waiting for an acknowledgement: 16 x 256 KiB (what the server
 #: queues per session) keeps a loopback or LAN link busy while bounding what is unacknowledged.
@@ -46,9 +55,9 @@ Progress = Callable[[int], None]
 
 @dataclass
 class Sealed:
-    """A file sealed into a temp file, ready to upload (and to upload again after a drop)."""
+    """A sealed file: its sizes, digests and key (`path`: the temp file holding it, if there is one)."""
 
-    path: Path
+    path: Path | None
     name: str
     size: int
     sha256: bytes
@@ -63,9 +72,10 @@ class Sealed:
 
 def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdentity, folder: Path,
                  progress: Progress | None = None) -> Sealed:
-    """Seal `src` to `to` into a 0600 temp file in `folder`, noting plaintext and ciphertext digests.
-    The plaintext's digest is the one the stream computes for its signature (one pass, not two); the
-    ciphertext's is computed on a second thread while the next run is sealed."""
+    """Seal `src` to `to` into a 0600 temp file in `folder`, noting plaintext and ciphertext digests
+    (for a source of unknown length, a pipe: the offer needs the size). The plaintext's digest is the
+    one the stream computes for its signature (one pass, not two); the ciphertext's is computed on a
+    second thread while the next run is sealed."""
     key, cipher = os.urandom(stream.FILE_KEY_SIZE), stream.BackgroundDigest()
     plain: list[tuple[int, bytes]] = []  # (length, sha256), told by the stream before its trailer
     stream_size = 0
@@ -89,6 +99,197 @@ def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdenti
         path.unlink(missing_ok=True)
         raise
     return Sealed(path, name, plain[0][0], plain[0][1], stream_size, cipher.digest(), key)
+
+
+class Feed:
+    """FILE_DATA from the event loop to the thread opening the stream, in memory: at most LIMIT bytes
+    waiting (then the download stops reading its connection until the opener catches up).
+    `received` is how much the loop has handed over: a dropped connection resumes from there."""
+
+    LIMIT = 8 * CHUNK
+    #: The loop reads again once the opener has brought the queue down to this.
+    LOW = 2 * CHUNK
+
+    def __init__(self, final: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.final, self.received = final, 0
+        self.stopped = threading.Event()
+        self._blocks: deque[bytes] = deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._loop = loop
+        self._room: asyncio.Future[None] | None = None
+
+    # -- the event loop --
+    def push(self, data: bytes) -> None:
+        with self._cond:
+            self._blocks.append(data)
+            self._queued += len(data)
+            self._cond.notify()
+        self.received += len(data)
+
+    def full(self) -> bool:
+        return self._queued >= self.LIMIT
+
+    def room(self) -> asyncio.Future[None]:
+        """Resolved once the opener has taken the queue down to LOW."""
+        fut = self._loop.create_future()
+        with self._cond:
+            if self._queued <= self.LOW:
+                fut.set_result(None)
+            else:
+                self._room = fut
+        return fut
+
+    def stop(self) -> None:
+        """The download gave up: the opening thread stops (NetworkError) at its next read."""
+        self.stopped.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- the opening thread --
+    def blocks(self) -> Iterator[bytes]:
+        """The stream's bytes in order as they arrive, to `final`."""
+        taken = 0
+        while taken < self.final:
+            with self._cond:
+                while not self._blocks and not self.stopped.is_set():
+                    self._cond.wait()
+                if self.stopped.is_set():
+                    raise NetworkError("the download ended before the file was complete")
+                block = self._blocks.popleft()
+                self._queued -= len(block)
+                room = self._room if self._queued <= self.LOW else None
+                if room is not None:
+                    self._room = None
+            if room is not None:
+                self._loop.call_soon_threadsafe(_set_done, room)
+            taken += len(block)
+            yield block
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class SealedPipe:
+    """The stream, from the sealing thread to the uploader, in memory: what is sealed and not yet
+    acknowledged by the server, at most LIMIT bytes (the sealing thread waits for room). A dropped
+    connection resumes from the server's `received`, which is never behind what it acknowledged."""
+
+    #: Bytes held: the upload's window in flight plus as much again sealed ahead.
+    LIMIT = 2 * WINDOW * CHUNK
+
+    def __init__(self, final: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.final, self.length, self.done = final, 0, False
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self._pieces: deque[Piece] = deque()
+        self._base = 0  # the stream offset of _pieces[0]
+        self._held = 0  # bytes in _pieces and on their way to it (the sealing thread's count)
+        self._cond = threading.Condition()
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- the sealing thread --
+    def put(self, piece: Piece) -> None:
+        with self._cond:
+            while self._held >= self.LIMIT and not self.stopped.is_set():
+                self._cond.wait()
+            if self.stopped.is_set():
+                raise NetworkError("the upload ended before the file was sealed")
+            self._held += len(piece)
+        self._loop.call_soon_threadsafe(self._add, piece)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- the event loop --
+    def _add(self, piece: Piece) -> None:
+        self._pieces.append(piece)
+        self.length += len(piece)
+        self._wake()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.done, self.error = True, error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    def changed(self) -> asyncio.Future[None]:
+        """Resolved at the next piece or at the end of sealing."""
+        if self._waiter is None:
+            self._waiter = self._loop.create_future()
+        return self._waiter
+
+    def read(self, offset: int, n: int) -> bytes:
+        """`n` bytes at `offset` (all sealed and still held)."""
+        if offset < self._base:
+            raise IntegrityError("the server lost part of the upload it had acknowledged",
+                                 hint="send the file again")
+        skip, parts = offset - self._base, []
+        for piece in self._pieces:
+            if skip >= len(piece):
+                skip -= len(piece)
+                continue
+            parts.append(memoryview(piece)[skip : skip + n])
+            n -= len(parts[-1])
+            skip = 0
+            if not n:
+                break
+        return b"".join(parts)
+
+    def release(self, upto: int) -> None:
+        """The server holds everything before `upto`: let go of it, making room for the sealing thread."""
+        freed = 0
+        while self._pieces and self._base + len(self._pieces[0]) <= upto:
+            piece = self._pieces.popleft()
+            self._base += len(piece)
+            freed += len(piece)
+        if freed:
+            with self._cond:
+                self._held -= freed
+                self._cond.notify_all()
+
+
+class _FileSource:
+    """A stream already sealed into a file (a pipe's input, sealed before the offer), as _put_loop reads it."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f, self.final, self.length, self.done, self.error = f, size, size, True, None
+
+    def read(self, offset: int, n: int) -> bytes:
+        self.f.seek(offset)
+        return self.f.read(n)
+
+    def release(self, upto: int) -> None:
+        pass
+
+    def changed(self) -> asyncio.Future[None]:  # pragma: no cover - done from the start: never awaited
+        raise AssertionError("a sealed file does not grow")
+
+
+def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdentity, pipe: SealedPipe) -> Sealed:
+    """On a thread: seal `src` to `to` into `pipe` (waiting whenever the pipe is full), noting the
+    plaintext's digest (the stream's own) and the ciphertext's (on a second thread)."""
+    key, cipher = os.urandom(stream.FILE_KEY_SIZE), stream.BackgroundDigest()
+    plain: list[tuple[int, bytes]] = []
+    stream_size = 0
+
+    def blocks() -> Iterator[bytes]:
+        while block := src.read(READ_SIZE):
+            yield block
+
+    for piece in stream.seal(blocks(), me, to, file_key=key, summary=lambda n, d: plain.append((n, d))):
+        cipher.update(piece)
+        pipe.put(piece)
+        stream_size += len(piece)
+    return Sealed(None, name, plain[0][0], plain[0][1], stream_size, cipher.digest(), key)
 
 
 async def _next_event(client: Any, kinds: tuple[type, ...], timeout: float = STALL_TIMEOUT) -> Any:
@@ -122,8 +323,14 @@ async def _raced(client: Any, work: Awaitable[Any], about: bytes) -> Any:
 
 
 # -- upload -----------------------------------------------------------------------------------
-async def offer(client: Any, to: str, sealed: Sealed, file_id: bytes | None = None) -> tuple[bytes, int]:
-    args: dict[str, Any] = {"to": to, "size": sealed.stream_size, "sha256": sealed.stream_sha256.hex()}
+async def offer(client: Any, to: str, sealed: Sealed | SealedPipe, file_id: bytes | None = None) -> tuple[bytes, int]:
+    """file_offer: a Sealed file names its digest; one still being sealed (SealedPipe) only its size,
+    which the recipient's checks make enough (docs/PROTOCOL.md 4.4)."""
+    args: dict[str, Any] = {"to": to}
+    if isinstance(sealed, SealedPipe):
+        args["size"] = sealed.final
+    else:
+        args.update(size=sealed.stream_size, sha256=sealed.stream_sha256.hex())
     if file_id is not None:
         args["file_id"] = file_id.hex()
     data = await client.request("file_offer", **args)
@@ -131,39 +338,79 @@ async def offer(client: Any, to: str, sealed: Sealed, file_id: bytes | None = No
         got, received = bytes.fromhex(data["file_id"]), int(data["received"])
     except (TypeError, KeyError, ValueError) as e:
         raise IntegrityError("the server sent a malformed answer to file_offer") from e
-    if len(got) != 16 or (file_id is not None and got != file_id) or not 0 <= received <= sealed.stream_size:
+    size = args["size"]
+    if len(got) != 16 or (file_id is not None and got != file_id) or not 0 <= received <= size:
         raise IntegrityError("the server sent a malformed answer to file_offer")
     return got, received
 
 
-async def put_all(client: Any, file_id: bytes, sealed: Sealed, received: int,
+async def put_all(client: Any, file_id: bytes, sealed: Sealed | SealedPipe, received: int,
                   progress: Progress | None = None) -> None:
-    """FILE_PUT from `received` to the end, WINDOW frames in flight; returns when the server has it all."""
+    """FILE_PUT from `received` to the end, WINDOW frames in flight; returns when the server has it all.
+    A SealedPipe is sent as it is sealed; its last chunk only once sealing ended at the offered size."""
+    if isinstance(sealed, SealedPipe):
+        await _raced(client, _put_loop(client, file_id, received, sealed, progress), file_id)
+        return
+    assert sealed.path is not None
     with sealed.path.open("rb") as f:
-        f.seek(received)
-        await _raced(client, _put_loop(client, file_id, f, received, sealed.stream_size, progress), file_id)
+        await _raced(client, _put_loop(client, file_id, received, _FileSource(f, sealed.stream_size), progress),
+                     file_id)
 
 
-async def _put_loop(client: Any, file_id: bytes, f: BinaryIO, offset: int, size: int,
+def _sendable(src: SealedPipe | _FileSource) -> int:
+    """How far FILE_PUTs may go now: what is sealed, but not the last byte before sealing is over (so
+    the server never completes a file whose sealing failed or came out another size)."""
+    if not src.done:
+        return min(src.length, src.final - 1)
+    if src.error is not None:
+        raise src.error
+    if src.length != src.final:
+        raise UsageError("the file changed while it was being sent", hint="send it again once it is written")
+    return src.final
+
+
+async def _put_loop(client: Any, file_id: bytes, offset: int, src: SealedPipe | _FileSource,
                     progress: Progress | None) -> None:
     in_flight: deque[int] = deque()
-    acked = offset
-    while True:
-        while offset < size and len(in_flight) < WINDOW:
-            data = f.read(CHUNK)
-            client.send_event(FilePut(file_id, offset, data))
-            offset += len(data)
-            in_flight.append(offset)
-        ack: FileAck = await _next_event(client, (FileAck,))
-        if ack.file_id != file_id or not in_flight or ack.received != in_flight.popleft():
-            raise IntegrityError("the server acknowledged bytes that were not sent")
-        if progress:
-            progress(ack.received - acked)
-        acked = ack.received
-        if ack.complete != (acked == size):
-            raise IntegrityError("the server's acknowledgement disagrees with the file's size")
-        if ack.complete:
-            return
+    acked, size, ack_next = offset, src.final, None
+    src.release(offset)  # a resumed upload: the server holds that much
+    chunk = chunk_size(getattr(client, "max_send", CHUNK + OVERHEAD))
+    try:
+        while True:
+            end = _sendable(src)
+            while len(in_flight) < WINDOW and (end - offset >= chunk or (end == size and offset < size)):
+                data = src.read(offset, min(chunk, end - offset))
+                if not data:
+                    raise IntegrityError("the sealed file is shorter than it was")
+                client.send_event(FilePut(file_id, offset, data))
+                offset += len(data)
+                in_flight.append(offset)
+            waits: set[asyncio.Future[Any]] = set()
+            if in_flight:
+                ack_next = ack_next or asyncio.ensure_future(_next_event(client, (FileAck,)))
+                waits.add(ack_next)
+            if not src.done and len(in_flight) < WINDOW and offset < size:
+                waits.add(src.changed())  # more to seal before the window fills
+            if not waits:
+                raise IntegrityError("the server's answer to file_offer disagrees with the file's size")
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if ack_next is None or not ack_next.done():
+                continue
+            ack: FileAck = ack_next.result()
+            ack_next = None
+            if ack.file_id != file_id or not in_flight or ack.received != in_flight.popleft():
+                raise IntegrityError("the server acknowledged bytes that were not sent")
+            src.release(ack.received)
+            if progress:
+                progress(ack.received - acked)
+            acked = ack.received
+            if ack.complete != (acked == size):
+                raise IntegrityError("the server's acknowledgement disagrees with the file's size")
+            if ack.complete:
+                return
+    finally:
+        if ack_next is not None and not ack_next.done():
+            ack_next.cancel()
 
 
 # -- download ---------------------------------------------------------------------------------
@@ -201,38 +448,50 @@ def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
     return str(record["from"]), FileNotice.decode(record["notice"].encode())
 
 
-async def get_all(client: Any, notice: FileNotice, part: Path, progress: Progress | None = None) -> None:
-    """Download the ciphertext into `part` (0600), continuing from what it already holds."""
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "ab") as out:
-        have = out.tell()
-        if have > notice.stream_size:
-            raise IntegrityError("the partial download is longer than the file")
-        if have == notice.stream_size:
-            return
-        result = asyncio.ensure_future(client.request("file_get", file_id=notice.file_id.hex(), offset=have))
-        try:
-            while have < notice.stream_size:
-                ev: FileData = await _first(client, result)
-                if ev.file_id != notice.file_id or ev.offset != have \
-                        or have + len(ev.data) > notice.stream_size:
-                    raise IntegrityError("the server sent file data out of order")
-                out.write(ev.data)
-                have += len(ev.data)
-                if progress:
-                    progress(len(ev.data))
-            out.flush()
-            os.fsync(out.fileno())
-            await result
-        finally:
-            if not result.done():
-                result.cancel()
+async def get_all(client: Any, notice: FileNotice, feed: Feed, progress: Progress | None = None) -> None:
+    """Download the ciphertext from `feed.received` to the end, handing each chunk to `feed` (the
+    thread opening the stream); while the feed is full the connection is not read (bounded memory)."""
+    have = feed.received
+    if have >= notice.stream_size:
+        return
+    result = asyncio.ensure_future(client.request("file_get", file_id=notice.file_id.hex(), offset=have))
+    try:
+        while have < notice.stream_size:
+            ev: FileData = await _first(client, result)
+            if ev.file_id != notice.file_id or ev.offset != have or have + len(ev.data) > notice.stream_size:
+                raise IntegrityError("the server sent file data out of order")
+            feed.push(ev.data)
+            have += len(ev.data)
+            if progress:
+                progress(len(ev.data))
+            if feed.full():
+                await _wait_room(client, feed)
+        await result
+    finally:
+        if not result.done():
+            result.cancel()
+
+
+async def _wait_room(client: Any, feed: Feed) -> None:
+    """Wait for the opener, not reading the connection meanwhile (the server waits in its turn)."""
+    transport = client.writer.transport if getattr(client, "writer", None) is not None else None
+    if transport is not None:
+        transport.pause_reading()
+    try:
+        await feed.room()
+    finally:
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
 
 async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
     """The next FILE_DATA, unless the request failed (or ended early) first."""
     data = asyncio.ensure_future(_next_event(client, (FileData,)))
-    done, _ = await asyncio.wait({data, result}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait({data, result}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the opener failed: nobody will take this one
+        data.cancel()
+        raise
     if data in done:
         return data.result()
     data.cancel()
@@ -250,54 +509,55 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
     raise IntegrityError("the server ended the download before the file's end")
 
 
-def check_and_open(part: Path, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity,
-                   out: Any) -> stream.Opening:
-    """Open the downloaded ciphertext into `out` (an AtomicOutput, committed by the caller only if this
-    returns), checking it against the notice on the way: one read of the file, not two. The
-    ciphertext is hashed on a second thread while the stream opens the next run."""
-    h = stream.BackgroundDigest()
-    with part.open("rb") as f:
-        def blocks() -> Iterator[bytes]:
-            while block := f.read(READ_SIZE):
-                h.update(block)
-                yield block
+def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity, out: Any) -> stream.Opening:
+    """On a thread: open the ciphertext arriving in `feed` into `out` (an AtomicOutput, committed by the
+    caller only if this returns), checking it against the notice on the way: the header signature
+    before the first chunk, each chunk's tag, then the ciphertext's size and SHA-256 (hashed on a
+    second thread), the plaintext's, and the final signature."""
+    h, got = stream.BackgroundDigest(), 0
 
-        try:
-            opening = stream.open_stream(blocks(), me, sender)
-            if not same(opening.file_key, notice.key):
-                raise IntegrityError("the file was sealed with another key than its notice announced")
-            for piece in opening:
-                out.write(piece)
-        except SecurecommError:
-            for _ in blocks():  # the rest, so that a wrong copy is told apart from a bad file
-                pass
-            _check_copy(part, notice, h.digest())
+    def blocks() -> Iterator[bytes]:
+        nonlocal got
+        for block in feed.blocks():
+            h.update(block)
+            got += len(block)
+            yield block
+
+    try:
+        opening = stream.open_stream(blocks(), me, sender)
+        if not same(opening.file_key, notice.key):
+            raise IntegrityError("it was sealed with another key than its notice announced")
+        for piece in opening:
+            out.write(piece)
+    except SecurecommError as e:
+        if feed.stopped.is_set():  # the download gave up (its own error is the answer)
             raise
-    _check_copy(part, notice, h.digest())
+        raise IntegrityError(f"the downloaded file does not open as its sender announced: {e.message}") from e
+    if got != notice.stream_size or not same(h.digest(), notice.stream_sha256):
+        raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
     if opening.length != notice.size or not same(opening.digest or b"", notice.sha256):
         raise IntegrityError("the decrypted file does not match the size and SHA-256 its sender announced")
     return opening
 
 
-def _check_copy(part: Path, notice: FileNotice, digest: bytes) -> None:
-    """A download that is not the ciphertext announced is deleted (fetch then starts over)."""
-    if part.stat().st_size != notice.stream_size or not same(digest, notice.stream_sha256):
-        part.unlink()
-        raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
-
-
 async def with_retry(connect: Callable[[], Awaitable[Any]], work: Callable[[Any], Awaitable[Any]],
-                     timeout: float, warn: Callable[[str], None]) -> Any:
+                     timeout: float, warn: Callable[[str], None],
+                     keep: Callable[[Any, Any], None] | None = None) -> Any:
     """Run `work(client)`; after a dropped connection, reconnect and run it again (it resumes),
-    for as long as `timeout` seconds allow, each attempt making progress or failing."""
+    for as long as `timeout` seconds allow, each attempt making progress or failing. With `keep`,
+    the connection that succeeded is handed to keep(client, profile) instead of being closed."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.5
     while True:
         client = None
         try:
-            client, _ = await connect()
-            return await work(client)
+            client, profile = await connect()
+            result = await work(client)
+            if keep is not None:
+                keep(client, profile)
+                client = None
+            return result
         except NetworkError as e:
             if loop.time() + delay > deadline:
                 raise
@@ -327,10 +587,20 @@ def describe(notice: FileNotice) -> str:
 Bars = Callable[[int, str], Any]  # (total bytes, label) -> a context manager yielding a Progress or None
 
 
+def _regular_size(src: BinaryIO) -> int | None:
+    """The size of `src` if it is a regular file (so the stream's size is known before sealing)."""
+    try:
+        st = os.fstat(src.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_size - src.tell() if stat.S_ISREG(st.st_mode) else None
+
+
 async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, paths: Any, to: str,
                     src: BinaryIO, name: str, size_hint: int, timeout: float, warn: Callable[[str], None],
                     bars: Bars) -> tuple[bytes, Sealed]:
-    """Seal, upload (resuming after drops), then send the notice as a direct message. (file_id, sealed)."""
+    """Seal and upload at once (resuming after drops), then send the notice as a direct message.
+    Returns (file_id, sealed). A source whose size is not known (a pipe) is sealed first."""
     from securecomm.client.messenger import Messenger
     from securecomm.client.sending import DirectSend
 
@@ -338,51 +608,104 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
     try:
         to_key = await Messenger(client, identity, profile.user, paths, lambda ev: None,
                                  deliveries=False).identity_of(to)
-    finally:
+    except BaseException:
         await client.close()
-    with bars(size_hint, "sealing") as bar:  # on a thread: a chat stays responsive while a file is sealed
-        sealed = await asyncio.to_thread(seal_to_temp, src, name, identity, to_key, Path(paths.data_dir) / "outgoing",
-                                         bar)
+        raise
+    first: list[Any] = [(client, profile)]  # the upload's first attempt reuses this connection
+
+    async def connect_again() -> Any:
+        return first.pop() if first else await connect()
+
+    folder = Path(paths.data_dir) / "outgoing"
+    plain_size = _regular_size(src)
+    sealing: asyncio.Future[Sealed] | None = None
+    if plain_size is None:
+        first.clear()
+        await client.close()  # not kept idle while a pipe of unknown length is sealed
+        with bars(size_hint, "sealing") as bar:  # on a thread: a chat stays responsive while a file is sealed
+            done = await asyncio.to_thread(seal_to_temp, src, name, identity, to_key, folder, bar)
+        source: Sealed | SealedPipe = done
+        sealing = asyncio.get_running_loop().create_future()
+        sealing.set_result(done)
+    else:
+        pipe = source = SealedPipe(stream.sealed_size(plain_size, to_key.kem), asyncio.get_running_loop())
+
+    def start_sealing() -> asyncio.Future[Sealed]:
+        fut = asyncio.ensure_future(asyncio.to_thread(seal_to_pipe, src, name, identity, to_key, pipe))
+        fut.add_done_callback(lambda f: pipe.finish(None if f.cancelled() else f.exception()))
+        return fut
+
     try:
         file_id: bytes | None = None
 
         async def upload(client: Any) -> None:
-            nonlocal file_id
-            file_id, received = await offer(client, to.lower(), sealed, file_id)
-            with bars(sealed.stream_size - received, "uploading") as up:
-                await put_all(client, file_id, sealed, received, up)
+            nonlocal file_id, sealing
+            file_id, received = await offer(client, to.lower(), source, file_id)
+            sealing = sealing or start_sealing()  # once the server accepted: a refusal costs no sealing
+            total = source.final if isinstance(source, SealedPipe) else source.stream_size
+            with bars(total - received, "sending") as up:
+                await put_all(client, file_id, source, received, up)
 
-        await with_retry(connect, upload, timeout, warn)
-        assert file_id is not None
-        sender = DirectSend(connect, identity, paths, to, sealed.notice(file_id).encode())
-        client, _ = await sender.send(timeout, warn)
-        await sender.close(client)
+        try:
+            # the notice goes out on the upload's connection (one TLS handshake and login fewer)
+            await with_retry(connect_again, upload, timeout, warn, keep=lambda c, p: first.append((c, p)))
+            assert file_id is not None and sealing is not None
+            sealed = await sealing
+            sender = DirectSend(connect_again, identity, paths, to, sealed.notice(file_id).encode())
+            client, _ = await sender.send(timeout, warn)
+            await sender.close(client)
+        finally:
+            for unused, _ in first:
+                await unused.close()
         return file_id, sealed
     finally:
-        sealed.path.unlink(missing_ok=True)
+        if isinstance(source, SealedPipe):
+            source.stop()
+            if sealing is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await sealing
+        elif source.path is not None:
+            source.path.unlink(missing_ok=True)
 
 
 async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, notice: FileNotice,
                      sender: PublicIdentity, out: Path, force: bool, timeout: float, warn: Callable[[str], None],
                      bars: Bars) -> None:
-    """Download (resuming from the .part beside `out`), check, open into `out` atomically, then file_done."""
+    """Download while a thread checks and opens what arrived into `out` (atomically: nothing there
+    unless everything verified), then file_done. A dropped connection resumes from the last byte
+    received; an interrupted fetch starts over when run again."""
     from securecomm.files import AtomicOutput
 
-    part = out.with_name(f".{out.name}.{notice.file_id.hex()}.part")
+    feed = Feed(notice.stream_size, asyncio.get_running_loop())
+    with AtomicOutput(out, force=force) as target:
+        opener = asyncio.ensure_future(asyncio.to_thread(open_feed, feed, notice, identity, sender, target))
 
-    async def download(client: Any) -> None:
-        with bars(notice.stream_size, "downloading") as bar:
-            await get_all(client, notice, part, bar)
-        with AtomicOutput(out, force=force) as target:
-            check_and_open(part, notice, identity, sender, target)
-            target.commit()
-        part.unlink(missing_ok=True)
+        async def download(client: Any) -> None:
+            if not target.committed:
+                with bars(notice.stream_size - feed.received, "downloading") as bar:
+                    fetching = asyncio.ensure_future(get_all(client, notice, feed, bar))
+                    try:
+                        await asyncio.wait({fetching, opener}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if not fetching.done():  # the opener failed first: its error is the answer
+                            fetching.cancel()
+                            with contextlib.suppress(Exception, asyncio.CancelledError):
+                                await fetching
+                    if fetching.done() and not fetching.cancelled():
+                        fetching.result()  # a dropped connection: with_retry resumes from feed.received
+                await opener
+                target.commit()
+            try:
+                await client.request("file_done", file_id=notice.file_id.hex())
+            except SecurecommError as e:
+                warn(f"the server keeps its copy until it expires: {e.message}")
+
         try:
-            await client.request("file_done", file_id=notice.file_id.hex())
-        except SecurecommError as e:
-            warn(f"the server keeps its copy until it expires: {e.message}")
-
-    await with_retry(connect, download, timeout, warn)
+            await with_retry(connect, download, timeout, warn)
+        finally:
+            feed.stop()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await opener
 
 
 def received_notice(paths: Any, sender: str, body: bytes) -> FileNotice | None:

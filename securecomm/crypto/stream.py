@@ -111,6 +111,15 @@ class StreamHeader:
         return len(self.preamble) + SIGNATURE_SIZE
 
 
+def sealed_size(length: int, kem: str) -> int:
+    """The exact size of the stream that seals `length` bytes of body to a `kem` identity: preamble,
+    header signature, ceil(length / CHUNK_SIZE) chunks (one empty chunk for an empty body), each with
+    its tag, and the trailer. Lets a sender announce the size before sealing (client/files.py)."""
+    chunks = max(1, -(-length // CHUNK_SIZE))
+    return (FIXED_SIZE + _ENC_LEN.size + E.ENC_SIZES[kem] + SEALED_KEY_SIZE + SIGNATURE_SIZE
+            + length + chunks * TAG_SIZE + TRAILER_SIZE)
+
+
 def is_stream(prefix: bytes) -> bool:
     """True when `prefix` begins with the streaming magic."""
     return prefix[: len(MAGIC)] == MAGIC

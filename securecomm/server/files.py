@@ -2,16 +2,16 @@
 
 Theory of operation
 -------------------
-    REQUEST file_offer {to, size, sha256, file_id?} ─► FileStore.offer ─► RESULT {file_id, received, expires}
+    REQUEST file_offer {to, size, sha256?, file_id?} ─► FileStore.offer ─► RESULT {file_id, received, expires}
     FILE_PUT id offset data                         ─► FileStore.put   ─► FILE_ACK id received complete
-    REQUEST file_get {file_id, offset}              ─► FILE_DATA …      ─► RESULT {file_id, size, sha256}
+    REQUEST file_get {file_id, offset}              ─► FILE_DATA …      ─► RESULT {file_id, size, sha256?}
     REQUEST file_done {file_id}                     ─► FileStore.done  ─► RESULT {deleted: true}
 
 Every FileStore call runs on one worker thread: the event loop never waits
 for a disk write, an fsync or a digest, and the store sees one call at a
-time. A download sends one FILE_DATA and then waits for the client to take
-it (the session's back-pressure) before reading the next, so the server holds
-about one chunk per downloading connection, whatever the file's size.
+time. A download sends one FILE_DATA and reads the next from disk while it waits
+for the client to take it (the session's back-pressure), so the server holds
+about two chunks per downloading connection, whatever the file's size.
 Refusals are non-fatal ERRORs (the connection stays): with `rid` for a
 request, with `msg_id` = the file id for a FILE_PUT.
 """
@@ -31,7 +31,7 @@ from securecomm.errors import StoreUnavailableError
 from securecomm.store.backends import open_file_store
 from securecomm.store.files import FILE_ID_SIZE, FileRefused
 from securecomm.wire import protocol as P
-from securecomm.wire.files import CHUNK, FileAck, FileData, FilePut
+from securecomm.wire.files import FileAck, FileData, FilePut, chunk_size
 
 log = logging.getLogger("securecomm.files")
 T = TypeVar("T")
@@ -159,11 +159,10 @@ class FileService:
 
     async def _offer(self, s: Any, ev: P.Request) -> None:
         self._need_key(s)
-        to = self.recipient(_str(ev, "to"))
+        name, size, digest, file_id = offer_args(ev)
+        to = self.recipient(name)
         if to is None:
-            raise FileRefused("file-unknown-user", f"no user named {_str(ev, 'to')[:40]!r} with a registered key")
-        size, digest = _int(ev, "size"), _bytes(ev, "sha256", 32)
-        file_id = _bytes(ev, "file_id", FILE_ID_SIZE) if "file_id" in ev.args else None
+            raise FileRefused("file-unknown-user", f"no user named {name[:40]!r} with a registered key")
         offer = await self._run(self.store.offer, s.user.name, to, size, digest, file_id)
         s.send(P.Result(ev.rid, {"file_id": offer.file_id.hex(), "received": offer.received,
                                  "expires": int(offer.expires)}))
@@ -172,18 +171,31 @@ class FileService:
         self._need_key(s)
         file_id, offset = _bytes(ev, "file_id", FILE_ID_SIZE), _int(ev, "offset")
         row, f = await self._run(self.store.open_for, s.user.name, file_id)
+        chunk = chunk_size(s.config.max_frame)
         with f:
             if offset > row.size:  # F10: seek(2**62) raised EINVAL and dropped the connection
                 raise FileRefused("file-bad-args", f"'offset' {offset} is past the file's end ({row.size} bytes)")
             await self._run(f.seek, offset)
-            while offset < row.size and not s.closing:
-                data = await self._run(f.read, CHUNK)
-                if not data:
-                    break
-                s.send(FileData(file_id, offset, data))
-                offset += len(data)
-                await s._backpressure()  # one chunk held: the next is read once this one is taken
-        s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "size": row.size, "sha256": row.sha256.hex()}))
+            ahead = asyncio.ensure_future(self._run(f.read, chunk)) if offset < row.size else None
+            try:
+                while ahead is not None and not s.closing:
+                    data = await ahead
+                    ahead = None
+                    if not data:
+                        break
+                    s.send(FileData(file_id, offset, data))
+                    offset += len(data)
+                    if offset < row.size:  # read the next chunk while this one drains
+                        ahead = asyncio.ensure_future(self._run(f.read, chunk))
+                    await s._backpressure()  # two chunks held at most: one sent, one read
+            finally:
+                if ahead is not None:
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await ahead  # the worker still reads from f: let it finish before f closes
+        done: dict[str, Any] = {"file_id": file_id.hex(), "size": row.size}
+        if row.sha256:  # only for an offer that named it
+            done["sha256"] = row.sha256.hex()
+        s.send(P.Result(ev.rid, done))
 
     async def _done(self, s: Any, ev: P.Request) -> None:
         self._need_key(s)
@@ -191,6 +203,15 @@ class FileService:
         await self._run(self.store.done, s.user.name, file_id)
         log.info("%s fetched file %s: deleted", s.label(), file_id.hex())
         s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": True}))
+
+
+def offer_args(ev: P.Request) -> tuple[str, int, bytes, bytes | None]:
+    """file_offer's (to, size, sha256 or b"" when not given, file_id or None); FileRefused if malformed.
+    sha256 is optional: a client sealing while it uploads cannot know it yet, and the recipient checks
+    the ciphertext end to end, so the server only checks a digest it was given (PROTOCOL.md 4.4)."""
+    digest = _bytes(ev, "sha256", 32) if "sha256" in ev.args else b""
+    file_id = _bytes(ev, "file_id", FILE_ID_SIZE) if "file_id" in ev.args else None
+    return _str(ev, "to"), _int(ev, "size"), digest, file_id
 
 
 def _str(ev: P.Request, key: str) -> str:

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
     offer(sender, recipient, size, sha256) ──► a row (quota reserved) + an empty FOLDER/<id>.part
     put(sender, id, offset, data)           ──► append; offset must equal the part's length
-        … at size: SHA-256 of the whole part checked, fsync, rename to FOLDER/<id>, row complete
+        … at size: SHA-256 of the whole part checked (if offered: b"" = none), fsync,
+          rename to FOLDER/<id>, row complete
     open_for(recipient, id)                 ──► the complete file, read from any offset
     done(recipient, id) / expire()          ──► row and bytes deleted
 
@@ -191,7 +192,8 @@ class FileStore:
             raise FileRefused("file-size-mismatch", f"more bytes than the {row.size} offered")
         with self._part(file_id).open("ab") as f:
             f.write(data)
-        self._hash(file_id, held, data)
+        if row.sha256:  # offered without a digest (b""): nothing to check at the end
+            self._hash(file_id, held, data)
         if held + len(data) < row.size:
             return held + len(data), False
         self._complete(row)
@@ -206,8 +208,7 @@ class FileStore:
     def _complete(self, row: Stored) -> None:
         at, hasher = self._hashers.pop(row.file_id, (-1, hashlib.sha256()))
         part = self._part(row.file_id)
-        digest = hasher.digest() if at == row.size else _file_sha256(part)
-        if not _same(digest, row.sha256):
+        if row.sha256 and not _same(hasher.digest() if at == row.size else _file_sha256(part), row.sha256):
             self._delete(row.file_id)
             raise FileRefused("file-digest-mismatch", "the file's SHA-256 does not match its offer; it was deleted")
         with part.open("rb+") as f:

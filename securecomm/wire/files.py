@@ -27,6 +27,12 @@ OVERHEAD = 1 + _HEAD.size
 CHUNK = 256 * 1024
 
 
+def chunk_size(max_frame: int) -> int:
+    """Data per FILE_PUT / FILE_DATA on a connection whose frames are at most `max_frame` bytes:
+    CHUNK, or less under a smaller --max-frame (its minimum, 4096, still carries 4071 bytes)."""
+    return max(1, min(CHUNK, max_frame - OVERHEAD))
+
+
 @dataclass(frozen=True)
 class _Chunk(Event):
     """FILE_PUT and FILE_DATA share one layout: file_id (16) || offset u64 || data."""

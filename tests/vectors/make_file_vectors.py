@@ -4,7 +4,10 @@ python -m tests.vectors.make_file_vectors
 
 Everything here is deterministic: each `frame` (a whole frame, length prefix
 included) must be reproduced byte for byte from its fields; each `bad` payload
-must be refused as a malformed frame (BAD_FRAME).
+must be refused as a malformed frame (BAD_FRAME). `offers` are file_offer
+arguments with the server's verdict; `stream_sizes` the exact size of the
+stream sealing a body of each length to each suite (what a sender offers
+before sealing), checked against streams sealed here.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from securecomm.crypto import stream
+from securecomm.crypto.identity import PrivateIdentity
 from securecomm.wire import protocol as P
 from securecomm.wire.files import FileAck, FileData, FileNotice, FilePut
 
@@ -46,9 +51,32 @@ def main() -> None:
                       ("a negative size", notice.encode().replace(b'"size":300000', b'"size":-1')),
                       ("a control character in the name", notice.encode().replace(b"report", b"rep\\u001bort"))):
         notices.append({"expect": "bad format", "why": why, "body": text.hex()})
+    digest = bytes(range(32, 64)).hex()
+    offers = [  # file_offer's arguments: what the server takes, and whether it checks a digest at the end
+        {"why": "sealing while uploading: the size alone", "args": {"to": "bob", "size": 300_342},
+         "expect": "ok", "checks_digest": False},
+        {"why": "sealed first (a pipe): with the ciphertext's SHA-256", "args": {"to": "bob", "size": 300_342,
+                                                                                "sha256": digest},
+         "expect": "ok", "checks_digest": True},
+        {"why": "resuming", "args": {"to": "bob", "size": 300_342, "file_id": FILE_ID.hex()},
+         "expect": "ok", "checks_digest": False},
+        {"why": "a digest of 31 bytes", "args": {"to": "bob", "size": 300_342, "sha256": digest[:62]},
+         "expect": "file-bad-args"},
+        {"why": "a digest that is not hex", "args": {"to": "bob", "size": 300_342, "sha256": "zz" * 32},
+         "expect": "file-bad-args"},
+        {"why": "no size", "args": {"to": "bob"}, "expect": "file-bad-args"},
+    ]
+    # The exact stream size a sender offers before sealing (2.6), checked here against real streams.
+    sizes = []
+    for kem in ("mlkem768-x25519", "x25519", "p256"):
+        me, to = PrivateIdentity.generate("x25519"), PrivateIdentity.generate(kem)
+        for length in (0, 1, stream.CHUNK_SIZE, stream.CHUNK_SIZE + 1, 300_000):
+            real = sum(len(p) for p in stream.seal([bytes(length)] if length else [], me, to.public))
+            assert real == stream.sealed_size(length, kem)
+            sizes.append({"kem": kem, "body_length": length, "stream_size": real})
     out = Path(__file__).parent / "files-v1.json"
-    out.write_text(json.dumps({"note": "docs/PROTOCOL.md 4.4", "frames": frames, "bad": bad, "notices": notices},
-                              indent=1) + "\n")
+    out.write_text(json.dumps({"note": "docs/PROTOCOL.md 4.4", "frames": frames, "bad": bad, "notices": notices,
+                               "offers": offers, "stream_sizes": sizes}, indent=1) + "\n")
     print("wrote", out)
 
 
