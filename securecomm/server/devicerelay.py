@@ -54,6 +54,19 @@ class DeviceRelay:
         """One-time prekeys held for a device (0 for one not listed): LOGIN_OK's `prekeys`."""
         return self.ops.store.available(device_id)
 
+    def has_user_key(self, user_id: int) -> bool:
+        """The account has a user key and a device list (6.3): its devices log in as themselves."""
+        return self.ops.store.current(user_id) is not None
+
+    def listed(self, user_id: int, device_id: bytes) -> bool:
+        return self.ops.store.device_user(device_id) == user_id
+
+    def identities(self, user_id: int) -> list[bytes]:
+        return self.ops.store.identities(user_id)
+
+    def removed_identities(self, user_id: int) -> list[bytes]:
+        return self.ops.store.removed_identities(user_id)
+
     @staticmethod
     def caller(s: Session) -> Caller:
         assert s.user is not None
@@ -70,6 +83,9 @@ class DeviceRelay:
             return True
         s.send(P.Result(ev.rid, outcome.data))
         assert s.user is not None
+        if s.device is None and not s.awaiting_pairing and s.identity is not None \
+                and self.listed(s.user.id, s.identity.fingerprint):
+            s.device = s.identity.fingerprint  # a first device that just published its list: its mail from now
         for other in list(sessions(s.user.id)):
             if other.identity is not None and other.identity.fingerprint in outcome.close:
                 log.info("%s device removed from its list: closing", other.label())
@@ -85,6 +101,10 @@ class DeviceRelay:
         devices = {d for d, *_ in self.ops.store.devices(to.id)} if current is not None else set()
         if not devices:
             return intake.Refusal(P.ErrorCode.NOT_FOUND, f"{to.name} has no devices yet")
+        assert s.user is not None
+        if s.identity is None or not self.listed(s.user.id, s.identity.fingerprint):
+            return intake.Refusal(P.ErrorCode.DEVICE_REMOVED, "this device is not on your device list: "
+                                  "its messages are refused")
         try:
             return check_direct(envelope, s.identity, devices, window_ms, now_ms())
         except OpError as e:

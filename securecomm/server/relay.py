@@ -134,12 +134,15 @@ class Relay:
         to = self.store.read().get_user(ev.to)
         checked = self.devices.check(s, ev.envelope, to, ev.to, self.config.stale_window_ms)
         if isinstance(checked, intake.Refusal):
-            s.error(checked.code, checked.message, msg_id=msg_id)
+            log.info("%s direct message refused: %s", s.label(), checked.detail or checked.message)
+            s.error(checked.code, checked.message, msg_id=msg_id, fatal=checked.code is P.ErrorCode.DEVICE_REMOVED)
             return
         assert to is not None
         await s.in_flight.acquire()
         h = checked.header
-        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, sha256(ev.envelope), ev.envelope))
+        # stored for the one device its header names; a copy for each other device is not a retry (6.7)
+        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, sha256(ev.envelope), ev.envelope,
+                                          h.sender, h.recipient))
         s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
 
     def _direct_checked(self, s: Session, env: envelope.Envelope, to: Any,
@@ -184,11 +187,12 @@ class Relay:
         Synchronous on purpose (a read-only connection on the loop): no live push
         can slip in between the query and the offers, so order needs no queue."""
         assert s.user is not None
-        if s.identity is None:  # a password-only login proved no key: it is never offered mail (see ack)
+        # a password-only login proved no key, a pending device is not listed: never offered mail (see ack)
+        if s.identity is None or s.awaiting_pairing:
             return
         box = s.mailbox
         while True:
-            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
+            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH, s.device)
             box.backlog = len(items) == MAIL_BATCH
             for item in items:
                 box.offer(item)
@@ -206,18 +210,18 @@ class Relay:
             # Before, a password-only login was given the account's key and could delete its mail unread.
             log.warning("%s ACK ignored: no device key proven in this connection", s.label())
             return
-        taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq)
+        # only a row this session could have been offered: another device's mail stays for it (6.7)
+        taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq, s.device)
         s.mailbox.acked(ev.seq)
         if taken is not None:
-            msg_id, sender_id = taken
             if ev.status == P.ACK_OK:
                 if s.handlers.metrics is not None:
                     s.handlers.metrics.messages_delivered.inc()
-                receipt = P.Delivered(msg_id, ev.digest, ev.signature, s.user.name)
+                receipt = P.Delivered(taken.msg_id, ev.digest, ev.signature, s.user.name, taken.device)
                 # to the sender's sessions on every relay (the bus reaches the ones elsewhere)
-                self.bus.publish_user(sender_id, P.encode_event(receipt, self.config.max_frame))
+                self.bus.publish_user(taken.sender_id, P.encode_event(receipt, self.config.max_frame))
             else:
-                log.warning("%s rejected direct message %s (failed verification)", s.label(), msg_id.hex())
+                log.warning("%s rejected direct message %s (failed verification)", s.label(), taken.msg_id.hex())
         if s.mailbox.backlog and not s.mailbox.outstanding:
             self.offer_pending(s)
 

@@ -269,19 +269,27 @@ class LoginOk(Event):
     #: One-time prekeys the server holds for the session's device (docs/PROTOCOL.md 6.7); None from a
     #: server that does not serve devices, which is how a client knows not to set one up.
     prekeys: int | None = None
+    #: The session's device id in hex (docs/PROTOCOL.md 6.7), None for a session that is no listed device.
+    device: str | None = None
+    #: A new device of an account that has a user key, waiting to be paired: only pair_start,
+    #: pair_complete, PING and BYE are served (6.4). Sent (with `device`) by a server that serves devices.
+    pending: bool = False
 
     def encode_body(self) -> bytes:
         # fingerprint is always present: JSON null says "no key registered" (docs/PROTOCOL.md 3.3)
         body: dict[str, Any] = {"user": self.user, "role": self.role, "fingerprint": self.fingerprint}
         if self.prekeys is not None:
-            body["prekeys"] = self.prekeys
+            body.update(prekeys=self.prekeys, device=self.device, pending=self.pending)
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def decode_body(cls, body: bytes) -> LoginOk:
         o = _load_json(body)
+        pending = o.get("pending", False)
+        if not isinstance(pending, bool):
+            raise RemoteProtocolError("field 'pending' is missing or has the wrong type")
         return cls(_field(o, "user", str), _field(o, "role", str), _nullable(o, "fingerprint", str),
-                   _field(o, "prekeys", int, optional=True))
+                   _field(o, "prekeys", int, optional=True), _field(o, "device", str, optional=True), pending)
 
 
 @dataclass(frozen=True)
