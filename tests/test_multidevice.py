@@ -100,7 +100,7 @@ class Device:
             self.conn.close()
 
 
-def pair(srv: ServerProc, approver: Device, new: Device) -> None:
+def pair(srv: ServerProc, approver: Device, new: Device, *, upload: bool = True) -> None:
     """6.4 over the wire: the new device's password login is pending; code, approval, pair_complete."""
     new.password()
     assert new.ok is not None and new.ok.pending and new.ok.device is None
@@ -113,7 +113,8 @@ def pair(srv: ServerProc, approver: Device, new: Device) -> None:
     new.close()
     new.key()  # now a listed device: logs in with its own key
     assert new.ok is not None and not new.ok.pending and new.ok.device == new.id.hex()
-    new.upload()
+    if upload:
+        new.upload()
 
 
 @pytest.fixture()
@@ -303,3 +304,69 @@ def test_a_new_device_password_login_does_not_replace_the_first_key(world):
     laptop.close()
     laptop.key()
     assert laptop.ok is not None and laptop.ok.device == laptop.id.hex() and not laptop.ok.pending
+
+
+# -- NOTICE 0x97 (item 3) ------------------------------------------------------------------------------
+def _notice(device: Device) -> P.Notice:
+    assert device.conn is not None
+    ev = device.conn.until(P.Notice)
+    assert isinstance(ev, P.Notice), ev
+    return ev
+
+
+def test_notices_on_pairing_add_and_remove(world):
+    srv, laptop, phone, bob = world
+    phone.password()
+    code = phone.call("pair_start", name="phone")["code"]
+    # a second session of the laptop (another program on the same device) hears about it too
+    other = Device(srv, laptop.home, "alice", "laptop")
+    other.identity, other.keys = laptop.identity, laptop.keys
+    other.key()
+    shown = laptop.call("pair_lookup", code=code)
+    current = M.Directory.parse(laptop.call("device_list", user="alice"))
+    laptop.call("pair_approve", **S.approve("alice", laptop.identity, laptop.keys, code, shown, current, K.now_ms()))
+    assert _notice(phone) == P.Notice("paired", "alice", phone.id)  # only the waiting device is told "paired"
+    for session in (laptop, other):
+        assert _notice(session) == P.Notice("device_added", "alice", phone.id, 2)
+    S.complete("alice", phone.identity, phone.keys, phone.call("pair_complete"))
+    phone.close()
+    phone.key()
+    # bob is another account: he hears nothing
+    assert bob.conn is not None
+    bob.conn.send(P.Ping())
+    assert isinstance(bob.conn.next(), P.Pong)
+
+    current = M.Directory.parse(laptop.call("device_list", user="alice"))
+    laptop.call("device_remove", **S.remove("alice", laptop.keys, current, phone.id, K.now_ms()))
+    for session in (laptop, other, phone):
+        assert _notice(session) == P.Notice("device_removed", "alice", phone.id, 3)
+    assert phone.conn is not None
+    err = phone.conn.error()
+    assert err.code == P.ErrorCode.DEVICE_REMOVED and err.fatal
+    other.close()
+
+
+def _before_pong(device: Device) -> list[P.Notice]:
+    """The NOTICEs that come before the answer to a PING sent now."""
+    assert device.conn is not None
+    device.conn.send(P.Ping())
+    seen = []
+    while not isinstance(ev := device.conn.next(), P.Pong):
+        assert isinstance(ev, P.Notice), ev
+        seen.append(ev)
+    return seen
+
+
+def test_prekeys_low_goes_to_that_device_only(world):
+    srv, laptop, phone, bob = world
+    pair(srv, laptop, phone, upload=False)
+    batch = phone.keys.new_one_time(phone.identity, K.REFILL_BELOW + 1)
+    assert phone.call("prekeys_upload", one_time=[p.encode().hex() for p in batch]) \
+        == {"available": K.REFILL_BELOW + 1}
+    bob.call("prekeys_claim", user="alice")
+    assert laptop.conn is not None and phone.conn is not None
+    assert _before_pong(phone) == []  # 20 left: not low yet
+    bob.call("prekeys_claim", user="alice")
+    assert _notice(phone) == P.Notice("prekeys_low", "alice", phone.id)
+    assert phone.call("prekeys_status")["available"] == K.REFILL_BELOW - 1
+    assert [n.event for n in _before_pong(laptop)] == ["device_added"]  # the laptop (98 left) is not told

@@ -33,3 +33,41 @@ def test_delivered_names_the_receiving_device():
     assert _rt(v1) == v1 and v1.device is None
     with pytest.raises(RemoteProtocolError):  # anything but nothing or a 32-byte device id after `by`
         P.decode_payload(bytes([P.MsgType.DELIVERED]) + v1.encode_body() + b"\xcc" * 31)
+
+
+@pytest.mark.parametrize("notice", [
+    P.Notice("paired", "alice"),
+    P.Notice("device_added", "alice", b"\x01" * 32, 2),
+    P.Notice("device_removed", "alice", b"\x02" * 32, 3),
+    P.Notice("prekeys_low", "alice", b"\x03" * 32),
+])
+def test_notice_round_trips(notice):
+    payload = bytes([P.MsgType.NOTICE]) + notice.encode_body()
+    assert payload[0] == 0x97 and P.decode_payload(payload) == notice
+    assert notice.event in P.NOTICE_EVENTS
+
+
+@pytest.mark.parametrize("body", [
+    b'{"user":"alice"}',
+    b'{"event":"paired"}',
+    b'{"event":"paired","user":"alice","device":"00"}',
+    b'{"event":"paired","user":"alice","device":"zz' + b"0" * 62 + b'"}',
+    b'{"event":"device_added","user":"alice","counter":-1}',
+    b'{"event":"device_added","user":"alice","counter":"2"}',
+    b'{"event":"paired","user":"alice","event":"paired"}',
+    b"[]",
+])
+def test_malformed_notices_are_refused(body):
+    with pytest.raises(RemoteProtocolError):
+        P.decode_payload(bytes([P.MsgType.NOTICE]) + body)
+
+
+def test_a_client_accepts_a_notice_only_once_logged_in():
+    from securecomm.errors import ProtocolError
+
+    client = P.Connection("client")
+    client.send(P.Hello())
+    frame = P.encode_event(P.Notice("paired", "alice"))
+    client.receive_data(frame)
+    with pytest.raises(ProtocolError):
+        client.next_event()  # before SERVER_HELLO and LOGIN_OK: not allowed

@@ -49,6 +49,17 @@ MAIL_BATCH = 256
 MAX_SEQ = 2**63 - 1
 
 
+def _notice(data: bytes) -> P.Notice | None:
+    """The NOTICE an encoded frame carries (4-byte length, type, body), or None for any other frame."""
+    if len(data) < 5 or data[4] != P.MsgType.NOTICE:
+        return None
+    try:
+        event = P.decode_payload(data[4:])
+    except P.ProtocolError:
+        return None
+    return event if isinstance(event, P.Notice) else None
+
+
 def _arg(ev: P.Request, name: str) -> str:
     """A string argument; missing or not a string counts as "" (which names nobody, PROTOCOL.md 5.4)."""
     value = ev.args.get(name)
@@ -236,7 +247,7 @@ class Relay:
     # -- directory and rooms ------------------------------------------------------------
     async def request(self, s: Session, ev: P.Request) -> bool:
         """Handle directory/room requests; False if the op is not ours."""
-        if self.devices is not None and self.devices.request(s, ev, lambda uid: self.online.get(uid, set())):
+        if self.devices is not None and self.devices.request(s, ev, self.bus.publish_user):
             return True
         handler = {"lookup": self._lookup, "join": self._join, "leave": self._leave_req,
                    "who": self._who}.get(ev.op)
@@ -367,10 +378,22 @@ class Relay:
                 m.outbox.put(data)
 
     def _user_frame(self, user_id: int, data: bytes) -> None:
-        """An encoded event for every session of `user_id` connected here."""
+        """An encoded event for every session of `user_id` connected here; a NOTICE about one device
+        goes to that device's sessions only, one about the account's devices to its sessions but pending
+        ones (6.4), and `device_removed` ends the removed device's sessions
+        (on every relay: this arrives over the bus, docs/PROTOCOL.md 6.7)."""
+        notice = _notice(data)
         for m in list(self.online.get(user_id, ())):
-            if m.conn.state is P.State.READY and not m.closing:
-                m.outbox.put(data)
+            if m.conn.state is not P.State.READY or m.closing:
+                continue
+            mine = notice is not None and m.identity is not None and notice.device is not None \
+                and same(m.identity.fingerprint, notice.device)
+            if notice is not None and (not mine if notice.event in P.NOTICE_FOR_ONE_DEVICE else m.awaiting_pairing):
+                continue  # one device's notice; or an account's, which a device waiting to be paired is not told
+            m.outbox.put(data)
+            if notice is not None and notice.event == "device_removed" and mine:
+                log.info("%s device removed from its list: closing", m.label())
+                m.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
         assert s.user is not None

@@ -98,6 +98,7 @@ class MsgType(IntEnum):
     ROOM_MESSAGE = 0x94
     FILE_ACK = 0x95
     FILE_DATA = 0x96
+    NOTICE = 0x97  # devices (docs/PROTOCOL.md 6.7)
     RESULT = 0xA0
     ERROR = 0xFF
 
@@ -351,6 +352,36 @@ class Request(Event):
     def decode_body(cls, body: bytes) -> Request:
         o = _load_json(body)
         return cls(_field(o, "rid", int), _field(o, "op", str), _field(o, "args", dict))
+
+
+#: NOTICE events (docs/PROTOCOL.md 6.7). `paired` and `prekeys_low` are for one device (the one named);
+#: `device_added` and `device_removed` for every session of the account, naming the device and the counter.
+NOTICE_EVENTS = ("paired", "device_added", "device_removed", "prekeys_low")
+NOTICE_FOR_ONE_DEVICE = ("paired", "prekeys_low")
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """The server tells a session about its account's devices (s->c, version 2)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.NOTICE
+    event: str
+    user: str
+    device: bytes | None = None
+    counter: int | None = None
+
+    def encode_body(self) -> bytes:
+        return _dump({"event": self.event, "user": self.user,
+                       "device": None if self.device is None else self.device.hex(), "counter": self.counter})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Notice:
+        o = _load_json(body)
+        counter = _field(o, "counter", int, optional=True)
+        if counter is not None and counter < 0:
+            raise RemoteProtocolError("field 'counter' is out of range")
+        # an event this reader does not know is kept (a newer server): the client ignores it
+        return cls(_field(o, "event", str), _field(o, "user", str), _hex(o, "device", 32, optional=True), counter)
 
 
 @dataclass(frozen=True)
