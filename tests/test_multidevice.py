@@ -370,3 +370,93 @@ def test_prekeys_low_goes_to_that_device_only(world):
     assert _notice(phone) == P.Notice("prekeys_low", "alice", phone.id)
     assert phone.call("prekeys_status")["available"] == K.REFILL_BELOW - 1
     assert [n.event for n in _before_pong(laptop)] == ["device_added"]  # the laptop (98 left) is not told
+
+
+# -- ROOM_KEY version 2 (item 4) ----------------------------------------------------------------------
+def _room_keys(bob: Device) -> list[M.Outgoing]:
+    theirs = M.Directory.parse(bob.call("prekeys_claim", user="alice"))
+    return M.seal_sender_key(bob.identity, "lobby", b"a sender key", bob.pins, [theirs])
+
+
+def test_a_room_key_v2_reaches_only_the_device_it_is_sealed_to(world):
+    srv, laptop, phone, bob = world
+    pair(srv, laptop, phone)
+    out = _room_keys(bob)
+    assert sorted(o.device for o in out) == sorted([laptop.id, phone.id])
+    assert bob.conn is not None
+    for o in out:
+        bob.conn.send(P.RoomKey("alice", o.envelope))
+    for device in (laptop, phone):
+        assert device.conn is not None
+        got = device.conn.until(P.RoomKey)
+        assert isinstance(got, P.RoomKey) and got.user == "bob"
+        assert K.parse_v2(got.envelope).header.recipient == device.id  # its own copy
+        assert [n.event for n in _before_pong(device) if n.event == "prekeys_low"] == []
+        device.conn.send(P.Ping())
+        assert isinstance(device.conn.next(), P.Pong)  # and not the other device's copy
+
+
+def test_room_key_v2_refusals_keep_the_connection(world):
+    _, laptop, _, bob = world
+    assert bob.conn is not None
+    # sealed to the device identity, not to a prekey: refused (6.6 "no prekey")
+    bob.conn.send(P.RoomKey("alice", K.seal_v2(b"k", bob.identity, laptop.identity.public, None)))
+    err = bob.conn.error()
+    assert err.code == P.ErrorCode.INTEGRITY and not err.fatal and err.msg_id is not None
+    # sealed to a device that is not on alice's list
+    stranger = PrivateIdentity.generate(KEM)
+    prekey = DeviceKeys(laptop.home.parent / "stranger", KEM).new_one_time(stranger, 1)[0]
+    bob.conn.send(P.RoomKey("alice", K.seal_v2(b"k", bob.identity, stranger.public, prekey)))
+    assert bob.conn.error().code == P.ErrorCode.WRONG_RECIPIENT
+    assert not bob.conn.closed()
+    assert laptop.conn is not None
+    laptop.conn.send(P.Ping())
+    assert isinstance(laptop.conn.next(), P.Pong)  # nothing was relayed
+
+
+# -- protocol version 2 sessions (item 6) -------------------------------------------------------------
+def _v2_session(device: Device) -> Raw:
+    raw = Raw(device.srv)
+    raw.send(P.Hello((1, 2)))
+    hello = raw.until(P.ServerHello)
+    assert isinstance(hello, P.ServerHello) and hello.version == 2
+    raw.hello = hello
+    return raw.login_key(device.user, device.identity)
+
+
+def test_a_version_1_hello_is_still_served_and_answered_version_1(world):
+    srv = world[0]
+    raw = Raw(srv).start()
+    assert raw.hello is not None and raw.hello.version == 1
+    raw.close()
+
+
+def test_a_version_2_session_refuses_version_1_envelopes(world):
+    from securecomm.crypto import envelope as E
+
+    srv, laptop, _, bob = world
+    v2 = _v2_session(bob)
+    v1 = E.seal(b"old style", bob.identity, laptop.identity.public)
+    msg_id = E.peek_msg_id(v1)
+    for frame in (P.Direct("alice", v1), P.RoomKey("alice", v1)):
+        v2.send(frame)
+        err = v2.error()
+        assert err.code == P.ErrorCode.INTEGRITY and not err.fatal and err.msg_id == msg_id
+        assert "version 1 envelope refused" in err.message
+    assert not v2.closed()
+    assert _mailbox(srv) == []
+    # a version-2 envelope in the same session goes through
+    theirs = M.Directory.parse(bob.call("prekeys_claim", user="alice"))
+    (out,) = M.seal_direct(bob.identity, "bob", "alice", b"new style", bob.pins, theirs, None)
+    v2.send(P.Direct("alice", out.envelope))
+    assert isinstance(v2.until(P.Receipt), P.Receipt)
+    v2.close()
+
+
+def test_the_version_switch_refuses_a_hello_listing_only_1_once_flipped():
+    from securecomm.server import versions
+
+    assert versions.agreed([1]) == (1 if versions.SERVE_VERSION_1 else None)
+    assert versions.agreed([1], serve_version_1=False) is None
+    assert versions.agreed([1, 2], serve_version_1=False) == versions.agreed([2], serve_version_1=False) == 2
+    assert versions.agreed([1, 2, 7], serve_version_1=True) == 2
