@@ -117,11 +117,24 @@ def pair(srv: ServerProc, approver: Device, new: Device, *, upload: bool = True)
         new.upload()
 
 
-@pytest.fixture()
-def world(tmp_path):
-    srv = ServerProc(tmp_path / "srv").start()
-    add_user(srv.home, "alice")
-    add_user(srv.home, "bob")
+#: The PostgreSQL URL of each server started on one (tests/cluster.py), to read its mailbox.
+_PG: dict[int, str] = {}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def world(tmp_path, request):
+    db: tuple[str, ...] = ()
+    if request.param == "postgres":  # the same behaviour with the relay's store on PostgreSQL (item 5)
+        from securecomm.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("pg_url")
+        PostgresStore(url, migrate=True).close()
+        db = ("--db", url)
+    srv = ServerProc(tmp_path / "srv", *db).start()
+    if db:
+        _PG[id(srv)] = db[1]
+    add_user(srv.home, "alice", *db)
+    add_user(srv.home, "bob", *db)
     laptop = Device(srv, tmp_path / "alice-laptop", "alice", "laptop").password()
     laptop.first()
     phone = Device(srv, tmp_path / "alice-phone", "alice", "phone")
@@ -134,6 +147,12 @@ def world(tmp_path):
 
 
 def _mailbox(srv: ServerProc) -> list[tuple[int, bytes | None]]:
+    if id(srv) in _PG:
+        import psycopg
+
+        with psycopg.connect(_PG[id(srv)]) as pg:
+            return [(int(i), None if d is None else bytes(d))
+                    for i, d in pg.execute("SELECT id, recipient_device FROM mailbox ORDER BY id")]
     con = sqlite3.connect(srv.home / "securecomm.db")
     try:
         return [(int(i), None if d is None else bytes(d))

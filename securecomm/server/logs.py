@@ -83,6 +83,7 @@ EVENTS: dict[str, str] = {
     "%s dropped: %s from a device waiting to be paired": "conn.dropped.pending_device",
     "%s %s refused: a version-1 envelope in a version-2 session": "direct.refused.version_1",
     "%s room key refused: %s": "room_key.refused",
+    "%s %s not served: %s": "device.unavailable",
     "%s dropped: HELLO listing only version 1, which is no longer served": "conn.dropped.version_1",
     "%s duplicate message %s: original receipt sent": "message.duplicate",
     "%s direct message to %s refused: %s": "direct.refused",
