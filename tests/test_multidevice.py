@@ -479,3 +479,55 @@ def test_the_version_switch_refuses_a_hello_listing_only_1_once_flipped():
     assert versions.agreed([1], serve_version_1=False) is None
     assert versions.agreed([1, 2], serve_version_1=False) == versions.agreed([2], serve_version_1=False) == 2
     assert versions.agreed([1, 2, 7], serve_version_1=True) == 2
+
+
+# -- across relays (PostgreSQL + NATS, item 5) --------------------------------------------------------
+def test_a_device_on_another_relay_gets_its_mail_notices_and_removal(tmp_path, pg_url, nats_server):
+    """Alice's laptop and Bob on relay A, her phone on relay B: the pairing NOTICE, the phone's copy of a
+    fan-out and its removal reach it through the bus and the shared store."""
+    from tests.relays import start_relays, stop_all
+
+    relays = start_relays(tmp_path / "srv", pg_url, nats_server.url, 2)
+    a, b = relays
+    devices: list[Device] = []
+    try:
+        add_user(a.home, "alice", "--db", pg_url)
+        add_user(a.home, "bob", "--db", pg_url)
+        laptop = Device(a, tmp_path / "alice-laptop", "alice", "laptop").password()
+        laptop.first()
+        bob = Device(a, tmp_path / "bob", "bob", "desk").password()
+        bob.first()
+        phone = Device(b, tmp_path / "alice-phone", "alice", "phone").password()
+        devices += [laptop, bob, phone]
+        assert phone.ok is not None and phone.ok.pending
+        code = phone.call("pair_start", name="phone")["code"]
+        shown = laptop.call("pair_lookup", code=code)
+        current = M.Directory.parse(laptop.call("device_list", user="alice"))
+        laptop.call("pair_approve", **S.approve("alice", laptop.identity, laptop.keys, code, shown, current,
+                                                K.now_ms()))
+        assert _notice(phone) == P.Notice("paired", "alice", phone.id)  # from relay A to relay B
+        S.complete("alice", phone.identity, phone.keys, phone.call("pair_complete"))
+        phone.close()
+        phone.key()
+        phone.upload()
+
+        _fan_out(bob, b"across relays")
+        for device in (laptop, phone):
+            deliver, incoming = _read(device, bob)
+            assert incoming.text == b"across relays"
+            _ack(device, deliver, incoming)
+        assert bob.conn is not None
+        got = {d.device for d in (bob.conn.until(P.Delivered), bob.conn.until(P.Delivered))
+               if isinstance(d, P.Delivered)}
+        assert got == {laptop.id, phone.id}
+
+        current = M.Directory.parse(laptop.call("device_list", user="alice"))
+        laptop.call("device_remove", **S.remove("alice", laptop.keys, current, phone.id, K.now_ms()))
+        assert _notice(phone) == P.Notice("device_removed", "alice", phone.id, 3)
+        assert phone.conn is not None
+        err = phone.conn.error()
+        assert err.code == P.ErrorCode.DEVICE_REMOVED and err.fatal
+    finally:
+        for d in devices:
+            d.close()
+        stop_all(relays)

@@ -32,12 +32,12 @@ from securecomm.crypto import prekeys as K
 from securecomm.crypto.devices import DeviceCert, DeviceList
 from securecomm.errors import (
     FormatError,
-    StoreUnavailableError,
     PairingExpiredError,
     PairingUnknownError,
     PairingUsedError,
     ReplayedPrekeyError,
     StaleDeviceListError,
+    StoreUnavailableError,
 )
 
 
