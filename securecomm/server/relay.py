@@ -429,6 +429,8 @@ class Relay:
                 continue
             if device is not None and (m.device is None or not same(m.device, device)):
                 continue  # a version-2 ROOM_KEY is for the one device it is sealed to
+            if m.awaiting_pairing and notice is None:
+                continue  # a device waiting to be paired gets only its notices (no receipts, no room keys)
             mine = notice is not None and m.identity is not None and notice.device is not None \
                 and same(m.identity.fingerprint, notice.device)
             if notice is not None and (not mine if notice.event in P.NOTICE_FOR_ONE_DEVICE else m.awaiting_pairing):
