@@ -502,6 +502,11 @@ class Logins:
         fresh = self._still_as_checked(s, user, identity if registered else None, password_hash)
         if fresh is None:
             return
+        if device is not None and self.relay.devices is not None and not self.relay.devices.listed(user.id, device):
+            # removed while this login awaited the store: its device_removed NOTICE went before it was online
+            log.warning("%s key login refused: a device removed from %s's list", s.label(), user.name)
+            s.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
+            return
         if not self.admit(s, fresh):  # the listener's limits: --max-clients, --max-sessions-per-user
             return
         s.user, s.identity, s.password_hash = fresh, identity, password_hash
@@ -515,9 +520,9 @@ class Logins:
 
     def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,
                           password_hash: str | None) -> User | None:
-        # `identity`: the key this login registered as the account's one key; None for a listed or
-        # pending device, whose list (not the account's registered key) decides.
         """The account as the database has it now, if it is still what this login checked; else refused.
+        (`identity`: the key this login registered as the account's one key; None for a listed or
+        pending device, whose list, not the account's registered key, decides.)
 
         A login awaits (the Argon2 queue, the writer thread) after it read the account, and the
         account watcher skips sessions that are not logged in yet: a removal, a replaced key or a

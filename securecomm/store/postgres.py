@@ -210,6 +210,7 @@ class PgSql:
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
+        self._in_transaction = False
 
     @staticmethod
     def _sql(sql: str) -> str:
@@ -218,8 +219,26 @@ class PgSql:
         return sql.replace("?", "%s")
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        with self._transient_as_unavailable():
-            return self.store.db.execute(self._sql(sql), parameters)
+        """One statement. Outside a transaction, a statement that found the connection dead (PostgreSQL
+        restarted while this relay's device connection was idle) did nothing, and is sent once more on
+        a new connection: the first device request after a restart is served, not refused."""
+        for attempt in (1, 2):
+            try:
+                with self._transient_as_unavailable():
+                    cur = self.store.db.execute(self._sql(sql), parameters)
+            except StoreUnavailableError as e:
+                from securecomm.store.devices import RaceLost
+
+                if attempt == 2 or self._in_transaction or isinstance(e, RaceLost) or not self.store.lost:
+                    self._in_transaction = self._in_transaction and sql not in ("COMMIT", "ROLLBACK")
+                    raise
+                continue
+            if sql == PgSql._BEGIN:
+                self._in_transaction = True
+            elif sql in ("COMMIT", "ROLLBACK"):
+                self._in_transaction = False
+            return cur
+        raise AssertionError("unreachable")
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
         with self._transient_as_unavailable(), self.store.db.cursor() as cur:
@@ -294,6 +313,11 @@ class PostgresStore:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def lost(self) -> bool:
+        """The connection is known to be dead (the next use reconnects, with backoff)."""
+        return bool(self._db.closed or self._db.broken)
 
     def device_sql(self) -> PgSql:
         """What store/devices.py runs on: this store's connection, PostgreSQL's way (PgSql)."""
