@@ -515,6 +515,27 @@ def d_pending_bad_state(w: World) -> Outcome:
     return c, c.error(), None, None
 
 
+def d_pairing_used(w: World) -> Outcome:
+    """A pairing code already approved is looked up again (6.4: good for one approval)."""
+    c = _listed(w, "alice", ALICE)
+    new = PrivateIdentity.generate("x25519")
+    pending = w.raw().start()
+    pending.send(pending.registration("alice", new))
+    assert isinstance(pending.until(P.LoginOk), P.LoginOk)
+    pending.send(P.Request(45, "pair_start", {"name": "phone"}))
+    started = pending.until(P.Result)
+    assert isinstance(started, P.Result), started
+    code = started.data["code"]
+    listed = _signed_list(w, "alice", [ALICE, new])
+    cert = next(h for h in listed["certs"] if D.DeviceCert.decode(bytes.fromhex(h)).device_id == new.public.fingerprint)
+    c.send(P.Request(46, "pair_approve", {"code": code, "cert": cert, "user_key": "00", **listed}))
+    assert isinstance(c.until(P.Result), P.Result)
+    pending.close()
+    c.send(P.Request(47, "device_list_publish", _signed_list(w, "alice", [ALICE])))  # as before, for the others
+    assert isinstance(c.until(P.Result), P.Result)
+    return _dev_request(c, "pair_lookup", {"code": code})
+
+
 def d_device_removed(w: World) -> Outcome:
     """The key of a device removed from the account's list logs in (6.7)."""
     extra = PrivateIdentity.generate("x25519")
@@ -596,6 +617,7 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "prekey-too-many": lambda w: _dev_request(_listed(w, "alice", ALICE), "prekeys_upload",
                                               {"one_time": [_prekey(1000 + i).hex() for i in range(K.MAX_BATCH + 1)]}),
     "pending-bad-state": d_pending_bad_state,
+    "pairing-used": d_pairing_used,
     "device-removed": d_device_removed,
     "direct-version-1": d_direct_version_1,
     "direct-too-large": d_direct_too_large,
