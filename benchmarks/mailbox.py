@@ -8,7 +8,7 @@ Run: python benchmarks/mailbox.py [--quick] [--json FILE]
    every message shown within 1 s of its receipt.
 2. Store: store (group commits of 32) and acknowledge direct messages with the mailbox of schema 2
    (INTEGER PRIMARY KEY, ids reused: the baseline) and of schema 3 (AUTOINCREMENT, never reused).
-3. One mailbox per device (schema 7, docs/PROTOCOL.md 6.7): the same, each message a version-2 copy
+3. One mailbox per device (schema 8, docs/PROTOCOL.md 6.7): the same, each message a version-2 copy
    for one of two devices of the recipient (ids remembered per sender device, recipient device,
    msg_id; ACK per device), against version-1 rows of today's schema; medians of 3 rounds, alternating.
 """
@@ -102,7 +102,7 @@ def store_with(path: Path, reusing_ids: bool) -> Store:
     if reusing_ids:  # put back the schema-2 mailbox: the baseline
         store.db.executescript("DROP TABLE mailbox;" + MIGRATIONS[1].split("CREATE TABLE direct_ids")[0]
                                + "ALTER TABLE mailbox ADD COLUMN recipient_device BLOB;"
-                               "ALTER TABLE mailbox ADD COLUMN sender_device BLOB;")  # migration 7's columns
+                               "ALTER TABLE mailbox ADD COLUMN sender_device BLOB;")  # migration 8's columns
     return store
 
 
@@ -157,7 +157,7 @@ def main() -> None:
     print(f"  baseline: schema 2 (ids reused)                               {store['schema2_reused_ids_us']:8.1f}")
     print(f"  schema 3 (AUTOINCREMENT, never reused)                        {store['schema3_autoincrement_us']:8.1f}"
           f"   {store['overhead']:+.1%}")
-    print("store + ack, one mailbox per device (schema 7), median of 3 alternating rounds (µs)")
+    print("store + ack, one mailbox per device (schema 8), median of 3 alternating rounds (µs)")
     print(f"  baseline: version-1 rows                                      {store['schema7_version1_us']:8.1f}")
     print(f"  version-2 copies, 2 devices, ids per device, ACK per device   {store['schema7_per_device_us']:8.1f}"
           f"   {store['per_device_overhead']:+.1%}")

@@ -68,7 +68,7 @@ SLOW_FILES = frozenset({
     "test_backup.py", "test_health.py", "test_log_secrets.py", "test_metrics.py", "test_serve_config.py",
     "test_sighup.py", "test_retention.py",
     "test_offline_stream.py", "test_bigfile_bench.py", "test_file_transfer.py",
-    "test_failover.py", "test_nats_bus.py", "test_three_relays.py",
+    "test_failover.py", "test_nats_bus.py", "test_three_relays.py", "test_cluster_files.py",
 })
 
 

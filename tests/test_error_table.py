@@ -677,10 +677,33 @@ def d_login_unavailable(w: World, pg: Any) -> Outcome:
         pg.start()
 
 
+def d_file_unavailable(w: World, pg: Any) -> Outcome:
+    """PostgreSQL stopped under the relay: a file request is refused, retryable, and the connection stays."""
+    c = w.alice()
+    pg.stop()
+    try:
+        return _file_req(c, "file_offer", to="bob", size=4, sha256=_ABCD)
+    finally:
+        pg.start()
+
+
+def d_file_put_unavailable(w: World, pg: Any) -> Outcome:
+    """PostgreSQL stopped mid-upload (files live in it with --db URL): the chunk is refused, retryable."""
+    c = w.alice()
+    file_id = _offer(c)
+    pg.stop()
+    try:
+        return _put(c, file_id, 0, b"ab")
+    finally:
+        pg.start()
+
+
 #: Rows that need a relay on PostgreSQL (tests/cluster.py), which they stop and start again.
 ON_POSTGRES: dict[str, Callable[[World, Any], Outcome]] = {
     "store-unavailable": lambda w, pg: d_store_unavailable(w, pg),
     "login-unavailable": d_login_unavailable,
+    "file-unavailable": d_file_unavailable,
+    "file-put-unavailable": d_file_put_unavailable,
 }
 
 

@@ -302,6 +302,15 @@ def test_removed_device_session_closed_key_refused_and_mail_dropped(world):
     assert err.code == P.ErrorCode.DEVICE_REMOVED and err.fatal
     assert phone.conn.closed()
     assert phone.id not in [d for _, d in _mailbox(srv)]  # its waiting mail went with it
+    if id(srv) in _PG:  # and PostgreSQL's shared mailbox count (quota_usage) lost it in the same statement
+        import psycopg
+
+        with psycopg.connect(_PG[id(srv)]) as pg:
+            counted = pg.execute("SELECT q.messages FROM quota_usage q JOIN users u ON u.id = q.owner_id "
+                                 "WHERE q.kind = 1 AND u.name = 'alice'").fetchone()
+            waiting = pg.execute("SELECT COUNT(*) FROM mailbox m JOIN users u ON u.id = m.recipient_id "
+                                 "WHERE u.name = 'alice'").fetchone()
+        assert counted is not None and counted[0] == waiting[0] == 1
     # its key login is told why, not "unknown key"
     raw = Raw(srv).start()
     assert raw.hello is not None

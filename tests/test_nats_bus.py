@@ -25,7 +25,7 @@ class Seen:
         self.rooms: list[tuple[str, bytes, object]] = []
         self.frames: list[tuple[int, bytes]] = []
         self.changed = asyncio.Event()
-        bus.on_mail(lambda u: self._add(self.mail, u))
+        bus.on_mail(lambda u, _item: self._add(self.mail, u))
         bus.on_room(lambda r, f, o: self._add(self.rooms, (r, f, o)))
         bus.on_user(lambda u, f: self._add(self.frames, (u, f)))
 

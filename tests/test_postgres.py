@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import threading
+import time
 
 import psycopg
 import pytest
 
 from securecomm.errors import SchemaVersionError, StoreUnavailableError
-from securecomm.store import postgres, transfer
+from securecomm.store import pgfiles, postgres, transfer
 from securecomm.store.db import ACCOUNT_GONE, NewDirect, NewMessage, Store
 from securecomm.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from tests.cluster import free_port
@@ -150,7 +152,7 @@ def test_same_message_in_one_batch_is_stored_once_with_one_seq(pg_url):
 
 def test_sql_is_parameterised():
     """No SQL built from strings: no f-string, %-formatting or .format() near an execute."""
-    for module in (postgres, transfer):
+    for module in (postgres, transfer, pgfiles):
         source = inspect.getsource(module)
         assert not re.search(r"execute\(f[\"']", source), module.__name__
         assert '" %' not in source and ".format(" not in source, module.__name__
@@ -180,7 +182,7 @@ def test_copy_moves_everything_and_keeps_ids_and_seqs(sc, tmp_path, pg_url):
     counts = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"^(\w+)\s+(\d+)\s+(\d+)\s+ok$", result.output, re.M)}
     assert counts == {"users": (2, 2), "messages": (1, 1), "mailbox": (2, 2), "direct_ids": (3, 3),
                       "user_keys": (0, 0), "devices": (0, 0), "prekeys": (0, 0), "pairings": (0, 0),
-                      "removed_devices": (0, 0), "device_direct_ids": (0, 0)}
+                      "removed_devices": (0, 0), "device_direct_ids": (0, 0), "files": (0, 0), "file_bytes": (0, 0)}
     store = PostgresStore(pg_url)
     assert store.get_user("alice").id == alice and store.get_user("alice").identity == b"I" * 64
     assert store.get_user("bob").password_hash == "hb" and store.account_changes() == changes
@@ -227,6 +229,35 @@ def test_copy_keeps_devices_and_which_device_a_message_is_for(sc, tmp_path, pg_u
         assert again.duplicate
     finally:
         store.close()
+
+
+def test_copy_moves_files_complete_and_unfinished(sc, tmp_path, pg_url):
+    """Files through the server live beside the SQLite file; on PostgreSQL any relay must serve them."""
+    import hashlib
+
+    from securecomm.store.files import FileStore
+    from securecomm.store.pgfiles import PgFileStore
+
+    path = tmp_path / "single.db"
+    _single_relay(path)
+    whole, half = os.urandom(600_000), os.urandom(300_000)  # more than one 256 KiB chunk each
+    files = FileStore(tmp_path / "files")
+    done = files.offer("alice", "bob", len(whole), hashlib.sha256(whole).digest()).file_id
+    files.put("alice", done, 0, whole)
+    cut = files.offer("alice", "bob", len(half), hashlib.sha256(half).digest()).file_id
+    files.put("alice", cut, 0, half[:1000])
+    files.close()
+    result = sc("db", "copy", "--from", str(path), "--to", pg_url)
+    assert result.exit_code == 0, result.output
+    counts = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"^(\w+)\s+(\d+)\s+(\d+)\s+ok$", result.output, re.M)}
+    assert counts["files"] == (2, 2) and counts["file_bytes"] == (601_000, 601_000)
+    moved = PgFileStore(pg_url)
+    row, f = moved.open_for("bob", done)
+    with f:
+        assert f.read() == whole and row.sender == "alice"
+    assert moved.offer("alice", "bob", len(half), hashlib.sha256(half).digest(), cut).received == 1000
+    assert moved.put("alice", cut, 1000, half[1000:]) == (len(half), True)  # its digest checked from the rows
+    moved.close()
 
 
 def test_copy_refuses_a_database_that_holds_data(sc, tmp_path, pg_url):
@@ -358,3 +389,119 @@ def test_user_add_on_a_database_without_schema_says_how_to_create_it(sc, pg_url)
     assert result.exit_code == 2
     assert "securecomm: error: the PostgreSQL database at" in result.output
     assert f"securecomm: hint: create it with: securecomm db migrate --db {pg_url}" in result.output
+
+
+# -- quotas across relays -----------------------------------------------------------------------------
+def test_mailbox_quota_holds_across_two_relays(pg_url):
+    """Each relay counted a recipient's mailbox itself and kept the count in step with its own inserts
+    only: relay A, having counted 2, admitted a fourth message after relay B stored the third (limit 3),
+    and refused after B's recipient took mail, until a recount a minute later."""
+    from securecomm.store.quota import MailboxLimits
+
+    PostgresStore(pg_url, migrate=True).close()
+    limits = MailboxLimits(messages=3, bytes=10**6)
+    a, b = PostgresStore(pg_url, mailbox_limits=limits), PostgresStore(pg_url, mailbox_limits=limits)
+    alice, bob = a.add_user("alice", "h").id, a.add_user("bob", "h").id
+
+    def direct(store, i):
+        return store.store_messages([NewDirect(alice, bob, i.to_bytes(16, "big"), bytes(32), b"e" * 10)])[0]
+
+    assert [direct(a, i).refused for i in (1, 2)] == [None, None]
+    assert direct(b, 3).refused is None
+    assert direct(a, 4).refused is not None  # the mailbox holds 3: relay A knows it too
+    assert direct(b, 5).refused is not None
+    assert b.count_mail() == 3
+    first = b.pending_mail(bob)[0]
+    assert b.take_mail(bob, first.seq) is not None  # delivered through relay B
+    assert direct(a, 6).refused is None  # room again, on relay A at once
+    assert direct(a, 7).refused is not None
+    a.close()
+    b.close()
+
+
+def test_send_quota_holds_across_two_relays(pg_url):
+    from securecomm.store.quota import SendLimits
+
+    PostgresStore(pg_url, migrate=True).close()
+    limits = SendLimits(messages=2, bytes=10**6)
+    a, b = PostgresStore(pg_url, send_limits=limits), PostgresStore(pg_url, send_limits=limits)
+    alice = a.add_user("alice", "h").id
+
+    def send(store, i):
+        return store.store_messages([NewMessage(alice, i.to_bytes(16, "big"), bytes(32), 0, b"e" * 10)])[0]
+
+    assert send(a, 1).refused is None and send(b, 2).refused is None
+    assert send(a, 3).refused is not None and send(b, 4).refused is not None
+    assert a.count_messages() == 2
+    assert send(a, 2).duplicate  # a retry of a stored one keeps its receipt
+    a.close()
+    b.close()
+
+
+def test_removing_a_user_frees_the_quota_their_mail_held(pg_url):
+    from securecomm.store.quota import MailboxLimits
+
+    PostgresStore(pg_url, migrate=True).close()
+    limits = MailboxLimits(messages=2, bytes=10**6)
+    a, b = PostgresStore(pg_url, mailbox_limits=limits), PostgresStore(pg_url, mailbox_limits=limits)
+    alice, bob, carol = (a.add_user(n, "h").id for n in ("alice", "bob", "carol"))
+    for i in (1, 2):
+        assert a.store_messages([NewDirect(carol, bob, bytes([i]) * 16, bytes(32), b"x")])[0].refused is None
+    assert a.store_messages([NewDirect(alice, bob, b"a" * 16, bytes(32), b"x")])[0].refused is not None
+    b.remove_user("carol")  # on another relay, or `securecomm user remove --db URL`
+    assert a.store_messages([NewDirect(alice, bob, b"a" * 16, bytes(32), b"x")])[0].refused is None
+    a.close()
+    b.close()
+
+
+def test_each_new_direct_names_the_seq_before_it_whichever_relay_stored_it(pg_url):
+    """What lets a woken relay push a carried message without reading the store (server/relay.py)."""
+    PostgresStore(pg_url, migrate=True).close()
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    alice, bob, carol = (a.add_user(n, "h").id for n in ("alice", "bob", "carol"))
+
+    def direct(store, sender, to, i):
+        return NewDirect(sender, to, i.to_bytes(16, "big"), bytes(32), b"e")
+
+    first, second = a.store_messages([direct(a, alice, bob, 1), direct(a, alice, bob, 2)])
+    assert (first.prev_seq, second.prev_seq) == (0, first.seq)  # an empty mailbox, then the one before
+    (third,) = b.store_messages([direct(b, carol, bob, 3)])  # another relay
+    assert third.prev_seq == second.seq
+    assert b.take_mail(bob, third.seq) is not None
+    (fourth,) = a.store_messages([direct(a, alice, bob, 4)])
+    assert fourth.prev_seq == second.seq  # the highest still waiting
+    (again,) = b.store_messages([direct(b, alice, bob, 4)])
+    assert again.duplicate and again.prev_seq is None  # a retry pushes nothing
+    a.close()
+    b.close()
+
+
+def test_the_read_connection_reconnects_off_the_callers_thread(pg_url):
+    """The reader serves lookups on the relay's event loop: a reconnect to a blackholed host used to
+    block it for up to CONNECT_TIMEOUT (5 s) per attempt, stalling every session of the relay."""
+    import socket
+
+    PostgresStore(pg_url, migrate=True).close()
+    store = PostgresStore(pg_url, readonly=True)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)  # connections complete in the kernel and then hear nothing: a black hole
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._db.info.backend_pid,))
+        store.url = f"postgresql://postgres@127.0.0.1:{hole.getsockname()[1]}/nothing"
+        with pytest.raises(StoreUnavailableError):
+            store.get_user("alice")  # the connection is gone
+        with pytest.raises(StoreUnavailableError):
+            store.get_user("alice")  # answered at once ...
+        assert store._reconnector is not None and store._reconnector.is_alive()  # ... while it still waits
+        store._reconnector.join(30)  # the black hole times out
+        store.url = pg_url  # the database is back
+        store.clock = lambda: time.monotonic() + 60  # past the backoff
+        with pytest.raises(StoreUnavailableError):
+            store.get_user("alice")  # starts the next attempt
+        store._reconnector.join(30)
+        assert store.get_user("alice") is None  # reconnected: lookups work again
+    finally:
+        hole.close()
+        store.close()

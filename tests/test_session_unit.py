@@ -25,12 +25,27 @@ def test_token_bucket_rate_zero_is_unlimited():
     assert all(bucket.take(10**9) for _ in range(100))
 
 
-def test_local_bus_wakes_every_subscriber_with_only_the_user_id():
+def test_local_bus_wakes_every_subscriber_with_the_user_id_and_what_it_carries():
     bus, woken = LocalBus(), []
-    bus.on_mail(woken.append)
-    bus.on_mail(lambda uid: woken.append(-uid))
+    bus.on_mail(lambda uid, item: woken.append((uid, item)))
+    bus.on_mail(lambda uid, item: woken.append((-uid, item)))
     bus.publish_mail(7)
-    assert woken == [7, -7]
+    bus.publish_mail(8, b"item")
+    assert woken == [(7, b""), (-7, b""), (8, b"item"), (-8, b"item")]
+
+
+def test_a_carried_message_round_trips_and_anything_else_means_read_the_store():
+    from securecomm.server.relay import CARRY_MAX, decode_carried, encode_carried
+    from securecomm.store.db import MailItem
+
+    item = MailItem(12, "alice", 1_764_115_200_000, b"sealed")
+    assert decode_carried(encode_carried(item, 11)) == (item, 11)
+    assert decode_carried(encode_carried(item, 0)) == (item, 0)  # the mailbox was empty before it
+    assert encode_carried(item, None) == b""  # the store did not say what came before (SQLite)
+    assert encode_carried(MailItem(12, "alice", 0, b"x" * (CARRY_MAX + 1)), 11) == b""
+    good = encode_carried(item, 11)
+    for bad in (b"", good[:20], good[:25] + b"\xff" + good[26:], encode_carried(MailItem(12, "a", 0, b"e"), 12)):
+        assert decode_carried(bad) is None, bad
 
 
 def test_local_bus_room_event_carries_the_frame_and_its_origin():

@@ -273,7 +273,7 @@ D_SENDER, D_LAPTOP, D_PHONE = b"S" * 32, b"L" * 32, b"P" * 32
 
 
 def test_a_fan_out_to_two_devices_is_two_messages_not_a_retry(store):
-    """Regression: before migration 7 the second device's copy (same sender, same msg_id) was taken
+    """Regression: before migration 8 the second device's copy (same sender, same msg_id) was taken
     for a retry of the first, answered `duplicate` and never stored."""
     from securecomm.store.db import NewDirect
 

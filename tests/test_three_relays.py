@@ -327,3 +327,42 @@ def test_status_and_log_say_the_relay_uses_nats(tmp_path, cluster, pg_url):
     lines = r.stdout.decode().splitlines()
     assert any(line.split() == ["relay.bus", "nats"] for line in lines), r.stdout
     assert any(line.split() == ["relay.store", "postgresql"] for line in lines), r.stdout
+
+
+def test_a_woken_relay_pushes_the_carried_message_without_reading_the_mailbox(tmp_path, pg_url, pg_server,
+                                                                              nats_server):
+    """Cross-relay latency (issue 13): the wake-up carries the stored message and the seq before it, so
+    the recipient's relay sends DELIVER at once instead of first reading PostgreSQL. Observed in
+    PostgreSQL's own statement log for this database: the mailbox reads stop, the inserts go on."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute(sql.SQL("ALTER DATABASE {} SET log_statement = 'all'").format(
+            sql.Identifier(pg_url.rsplit("/", 1)[1])))
+    relays = start_relays(tmp_path / "srv", pg_url, nats_server.url, 2)
+
+    async def main() -> str:
+        alice, bob = await _connect_group(tmp_path, pg_url, relays, 2)  # alice on relay 0, bob on relay 1
+        try:
+            async def one(body: bytes) -> None:
+                sealed, msg_id = alice.seal(bob.me.public, body)
+                await alice.send_direct(bob.name, sealed, msg_id)
+                await bob.until(lambda: msg_id in bob.delivered)
+
+            await one(b"warm-up")  # after the login's own read and the subscription's
+            mark = pg_server.logfile.stat().st_size
+            for i in range(5):
+                await one(b"line %d" % i)
+            with pg_server.logfile.open("rb") as log:
+                log.seek(mark)
+                return log.read().decode(errors="replace")
+        finally:
+            await asyncio.gather(alice.close(), bob.close())
+
+    try:
+        logged = asyncio.run(main())
+    finally:
+        stop_all(relays)
+    assert logged.count("INSERT INTO mailbox") >= 5  # the log does show this database's statements
+    assert logged.count("JOIN users ON users.id = mailbox.sender_id") == 0  # pending_mail: never read

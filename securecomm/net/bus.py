@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-The store is the truth; the bus only wakes. A mail wake-up carries nothing
-but the user id: whoever holds a session of that user reads the mailbox from
-the store (so a relay that misses a wake-up still delivers at the next login
-or acknowledgement). A room event carries the encoded frame, because rooms
+The store is the truth; the bus only wakes. A mail wake-up carries the user
+id and, optionally, the stored message itself (`item`: opaque bytes the relay
+encodes, server/relay.py): whoever holds a session of that user pushes the
+carried message when nothing older can be missing, else reads the mailbox
+from the store (so a relay that misses a wake-up still delivers at the next
+login or acknowledgement). A room event carries the encoded frame, because rooms
 are not stored: the bytes are the event. `origin` names the publishing
 connection so that it is not sent its own frame back. A user frame (a
 delivery receipt, a room key) is for every session of one user, wherever it is
@@ -25,15 +27,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-MailHandler = Callable[[int], None]
+MailHandler = Callable[[int, bytes], None]
 RoomHandler = Callable[[str, bytes, object], None]
 UserHandler = Callable[[int, bytes], None]
 PresenceHandler = Callable[[str, bytes], None]
 
 
 class Bus(Protocol):
-    def publish_mail(self, user_id: int) -> None:
-        """A message for `user_id` has been committed to the store."""
+    def publish_mail(self, user_id: int, item: bytes = b"") -> None:
+        """A message for `user_id` has been committed to the store (`item`: it, encoded, or b"")."""
         ...
 
     def publish_room(self, room: str, frame: bytes, origin: object = None) -> None:
@@ -76,9 +78,9 @@ class LocalBus:
         self._room: list[RoomHandler] = []
         self._user: list[UserHandler] = []
 
-    def publish_mail(self, user_id: int) -> None:
+    def publish_mail(self, user_id: int, item: bytes = b"") -> None:
         for handler in self._mail:
-            handler(user_id)
+            handler(user_id, item)
 
     def publish_room(self, room: str, frame: bytes, origin: object = None) -> None:
         for handler in self._room:

@@ -6,7 +6,9 @@ Each relay holds one NATS connection and subscribes only to what its own
 sessions need (interest, not broadcast):
 
     securecomm.u.<user id>    while a session of that user is connected here:
-                              b"m"          "user U has new mail" (read it from the store)
+                              b"m" [+ ITEM] "user U has new mail": ITEM, the stored message (server/relay.py
+                                            encodes it; pushed if nothing older can be missing), else
+                                            read it from the store
                               b"f" + FRAME  an encoded frame for U's sessions (delivery receipt, room key)
     securecomm.r.<room hex>   while a member of that room is connected here: the encoded room frame
     securecomm.p.<room hex>   likewise: membership news between relays (server/relay.py, _presence)
@@ -154,9 +156,9 @@ class NatsBus(LocalBus):
         log.info("bus: %s", str(e)[:200] or type(e).__name__)
 
     # -- publishing --------------------------------------------------------------------
-    def publish_mail(self, user_id: int) -> None:
-        super().publish_mail(user_id)
-        self._put("pub", user_subject(user_id), MAIL)
+    def publish_mail(self, user_id: int, item: bytes = b"") -> None:
+        super().publish_mail(user_id, item)
+        self._put("pub", user_subject(user_id), MAIL + item)
 
     def publish_user(self, user_id: int, frame: bytes) -> None:
         super().publish_user(user_id, frame)
@@ -244,7 +246,7 @@ class NatsBus(LocalBus):
             for handler in self._presence:
                 handler(room, data)
         elif kind == "u" and data[:1] == MAIL:
-            super().publish_mail(int(key))
+            super().publish_mail(int(key), data[1:])
         elif kind == "u" and data[:1] == FRAME:
             super().publish_user(int(key), data[1:])
 

@@ -27,7 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from securecomm.store.files import FILE_ID_SIZE, FileRefused, FileStore
+from securecomm.errors import StoreUnavailableError
+from securecomm.store.backends import open_file_store
+from securecomm.store.files import FILE_ID_SIZE, FileRefused
 from securecomm.wire import protocol as P
 from securecomm.wire.files import CHUNK, FileAck, FileData, FilePut
 
@@ -59,11 +61,12 @@ def _text(e: FileRefused) -> str:
 
 
 class FileService:
-    """Files for one server. `recipient(name)` folds a name and returns it if that account has a key."""
+    """Files for one server. `recipient(name)` folds a name and returns it if that account has a key.
+    `db`: the relay's PostgreSQL URL, where the files then live too (store/pgfiles.py); else FOLDER."""
 
     def __init__(self, folder: Path, recipient: Callable[[str], str | None], *, quota: int, max_file: int,
-                 days: float) -> None:
-        self.store = FileStore(folder, quota=quota, max_file=max_file, days=days)
+                 days: float, db: str | None = None) -> None:
+        self.store = open_file_store(db or folder, folder, quota=quota, max_file=max_file, days=days)
         self.recipient = recipient
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-files")
         #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
@@ -116,6 +119,10 @@ class FileService:
             log.info("%s FILE_PUT refused: %s", s.label(), e.kind)
             s.error(CODES[e.kind], _text(e), msg_id=file_id)
             return
+        if isinstance(e, StoreUnavailableError):  # PostgreSQL lost: retryable (row file-put-unavailable)
+            log.warning("%s FILE_PUT failed: %s", s.label(), e.message)
+            s.error(P.ErrorCode.UNAVAILABLE, "the relay's database is unreachable; resume shortly", msg_id=file_id)
+            return
         if e is not None:  # the disk: like a message the database could not store (row store-failed)
             log.error("%s FILE_PUT failed: %s", s.label(), e)
             s.error(P.ErrorCode.INTERNAL, "the server could not store this chunk; resume later", msg_id=file_id)
@@ -137,6 +144,9 @@ class FileService:
         except FileRefused as e:
             log.info("%s %s refused: %s", s.label(), ev.op, e.kind)
             s.error(CODES[e.kind], _text(e), rid=ev.rid)
+        except StoreUnavailableError as e:  # PostgreSQL lost (several relays): retryable, row file-unavailable
+            log.warning("%s %s failed: %s", s.label(), ev.op, e.message)
+            s.error(P.ErrorCode.UNAVAILABLE, "the relay's database is unreachable; retry shortly", rid=ev.rid)
         return True
 
     @staticmethod

@@ -97,9 +97,10 @@ class Server:
         #: What `relay_info` tells a client (`status`): the engines, never where they are.
         self.engines = {"store": "postgresql" if is_url(str(db_path)) else "sqlite", "bus": self.bus.engine}
         # Files beside the database: ciphertext only, rows in their own SQLite file (store/files.py).
-        # With PostgreSQL they stay in this relay's data folder: a file is fetched from the relay it went to.
+        # With PostgreSQL, rows and ciphertext in it too (store/pgfiles.py): any relay serves any file.
+        url = str(db_path) if is_url(str(db_path)) else None
         self.files = FileService(files_dir or Path(db_path).parent / "files", self._file_recipient,
-                                 quota=config.file_quota, max_file=config.max_file, days=config.file_days)
+                                 quota=config.file_quota, max_file=config.max_file, days=config.file_days, db=url)
         # Devices and prekeys (PROTOCOL.md 6): a connection of their own to the same database, either kind.
         self.relay.devices = DeviceRelay(functools.partial(open_store, db_path))
         self.sessions: set[Session] = set()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 from typing import TYPE_CHECKING, Any
 
 from securecomm.crypto import envelope
@@ -31,7 +32,7 @@ from securecomm.net.bus import Bus
 from securecomm.server import intake, versions
 from securecomm.server.commit_queue import not_stored
 from securecomm.server.devicerelay import DeviceRelay, is_version_2
-from securecomm.store.db import NewDirect, StoredMessage, normalise_name
+from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
 
@@ -48,6 +49,10 @@ MAIL_BATCH = 256
 #: Largest `seq` there can be (SQLite integers are signed 64-bit); an ACK naming
 #: a larger one names nothing pending and is ignored like any other (PROTOCOL.md 5.5).
 MAX_SEQ = 2**63 - 1
+#: Envelopes up to this size ride in the wake-up (NATS's default max_payload is 1 MiB); larger ones
+#: are read from the store by the woken relay.
+CARRY_MAX = 64 * 1024
+_CARRIED = struct.Struct(">QQQB")  # seq, prev seq, stored_at_ms, sender name length
 
 
 def _notice(data: bytes) -> P.Notice | None:
@@ -153,7 +158,7 @@ class Relay:
         await s.in_flight.acquire()
         h = checked.envelope.header
         fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, checked.digest, ev.envelope))
-        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
+        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id, ev.envelope))
 
     @staticmethod
     def _version_1_refused(s: Session, ev: P.Direct | P.RoomKey, msg_id: bytes | None) -> bool:
@@ -180,7 +185,8 @@ class Relay:
         # stored for the one device its header names; a copy for each other device is not a retry (6.7)
         fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, sha256(ev.envelope), ev.envelope,
                                           h.sender, h.recipient))
-        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
+        # not carried in the wake-up: each device's sessions read their own mail from the store
+        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id, None))
 
     def _direct_checked(self, s: Session, env: envelope.Envelope, to: Any,
                         name: str) -> intake.Accepted | intake.Refusal:
@@ -192,7 +198,10 @@ class Relay:
         rules = intake.Rules(to.fingerprint, self.config.stale_window_ms, to.name)
         return intake.check(env, rules, s.identity, now_ms())
 
-    def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int) -> None:
+    def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int,
+                sealed: bytes | None) -> None:
+        """`sealed`: the envelope a wake-up may carry (version 1, for every session of the account);
+        None for a version-2 copy, which only its device's sessions may be offered (they read it)."""
         if fut.cancelled() or fut.exception() is not None:
             s.error(*not_stored(fut), msg_id=msg_id)
             return
@@ -202,13 +211,31 @@ class Relay:
             return
         with contextlib.suppress(P.ProtocolError):
             s.send(P.Receipt(stored.msg_id, stored.sha256, stored.stored_at_ms, stored.duplicate))
-        if stored.seq is not None:
-            self.bus.publish_mail(to_id)  # only a wake-up: the mail itself is read from the store
+        if stored.seq is None:
+            return
+        if sealed is None:
+            self.bus.publish_mail(to_id)  # only a wake-up: each device's sessions read their own rows
+        else:
+            assert s.user is not None
+            item = MailItem(stored.seq, s.user.name, stored.stored_at_ms, sealed)
+            self.bus.publish_mail(to_id, encode_carried(item, stored.prev_seq))
 
-    def _wake(self, user_id: int) -> None:
-        """A message for `user_id` was committed: its sessions here take it from the store, in order."""
+    def _wake(self, user_id: int, carried: bytes = b"") -> None:
+        """A message for `user_id` was committed: its sessions here get it, in order.
+
+        The wake-up may carry the stored message and the seq of the one before it (read under the
+        recipient's mailbox lock): a session that has been offered that far is sent it at once. Any
+        other case (nothing carried, a gap, a backlog) reads the store, which is always right; a lost
+        wake-up is made good by the next one, a login or an acknowledgement."""
+        pushed = decode_carried(carried)
         for other in list(self.online.get(user_id, ())):
-            if not other.mailbox.backlog and not other.closing:  # with a backlog the next batch brings it
+            if other.mailbox.backlog or other.closing:  # with a backlog the next batch brings it
+                continue
+            if other.awaiting_pairing:  # a device waiting to be paired is offered no mail
+                continue
+            if pushed is not None and other.identity is not None and pushed[1] <= other.mailbox.high:
+                other.mailbox.offer(pushed[0])  # ignored if already offered (seq <= high)
+            else:
                 self.offer_pending(other)
 
     def _mailbox_full(self, s: Session, msg_id: bytes, to_id: int, why: str) -> None:
@@ -474,3 +501,27 @@ class Relay:
         with contextlib.suppress(OversizedError):  # intake already refused what cannot fit
             self.bus.publish_user(target.id, P.encode_event(P.RoomKey(s.user.name, ev.envelope),
                                                             self.config.max_frame))
+
+
+def encode_carried(item: MailItem, prev_seq: int | None) -> bytes:
+    """A wake-up's payload: the stored message and its predecessor's seq; b"" when it cannot ride along
+    (the store did not say what came before, or the envelope is large)."""
+    sender = item.sender.encode()
+    if prev_seq is None or len(item.envelope) > CARRY_MAX or len(sender) > 255:
+        return b""
+    return _CARRIED.pack(item.seq, prev_seq, item.stored_at_ms, len(sender)) + sender + item.envelope
+
+
+def decode_carried(data: bytes) -> tuple[MailItem, int] | None:
+    """(item, prev seq) from a wake-up's payload; None for b"" or anything malformed (read the store)."""
+    if len(data) < _CARRIED.size:
+        return None
+    seq, prev, stored_at_ms, n = _CARRIED.unpack_from(data)
+    sender, sealed = data[_CARRIED.size : _CARRIED.size + n], data[_CARRIED.size + n :]
+    if len(sender) != n or not sealed or not 0 <= prev < seq <= MAX_SEQ:
+        return None
+    try:
+        name = sender.decode()
+    except UnicodeDecodeError:
+        return None
+    return MailItem(seq, name, stored_at_ms, sealed), prev

@@ -47,3 +47,16 @@ def postgres_store() -> Any:
         raise UsageError("a PostgreSQL --db needs the cluster extra",
                          hint="pip install 'securecomm[cluster]'") from None
     return PostgresStore
+
+
+def open_file_store(target: str | Path, folder: Path, *, quota: int, max_file: int, days: float) -> Any:
+    """Where files through the server live: FOLDER (store/files.py) beside a SQLite file, or the same
+    PostgreSQL database as everything else (store/pgfiles.py), so that any relay serves any file."""
+    if is_url(target):
+        postgres_store()  # the clear error when the cluster extra is missing
+        from securecomm.store.pgfiles import PgFileStore
+
+        return PgFileStore(str(target), quota=quota, max_file=max_file, days=days)
+    from securecomm.store.files import FileStore
+
+    return FileStore(folder, quota=quota, max_file=max_file, days=days)

@@ -25,7 +25,7 @@ from securecomm.files import ensure_dir
 from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
 from securecomm.store.retention import Expired, expire_mail
 from securecomm.store.schema_devices import MIGRATION as DEVICES_MIGRATION
-from securecomm.store.schema_devices import MIGRATION_7 as DEVICE_MAILBOX_MIGRATION
+from securecomm.store.schema_devices import MIGRATION_8 as DEVICE_MAILBOX_MIGRATION
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 ROLES = ("user", "admin")
@@ -149,7 +149,11 @@ MIGRATIONS: list[str] = [
     """,
     # 6: user keys, devices, prekeys and pairings (docs/PROTOCOL.md 6; store/devices.py)
     DEVICES_MIGRATION,
-    # 7: one mailbox per device; ids per (sender device, recipient device); removed devices (6.7)
+    # 7: files through the server in PostgreSQL (store/postgres.py migration 7). A SQLite relay keeps
+    # them in its files folder with their own files.db (store/files.py): nothing changes here; the
+    # number keeps both schemas counting alike.
+    "",
+    # 8: one mailbox per device; ids per (sender device, recipient device); removed devices (6.7)
     DEVICE_MAILBOX_MIGRATION,
 ]
 
@@ -203,6 +207,10 @@ class StoredMessage:
     duplicate: bool
     seq: int | None = None  # mailbox row, for direct messages
     refused: str | None = None  # why a direct message was not stored (its mailbox is full)
+    #: The recipient's highest waiting seq before this one, read under the recipient's mailbox lock
+    #: (PostgreSQL; None where not known): a relay that has offered that far may push this message
+    #: from the wake-up without reading the store (server/relay.py _wake).
+    prev_seq: int | None = None
 
 
 @dataclass(frozen=True)

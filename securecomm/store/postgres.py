@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -142,7 +143,32 @@ MIGRATIONS: list[tuple[str, ...]] = [
             used INTEGER NOT NULL DEFAULT 0, approval BYTEA)""",
         "CREATE INDEX pairings_by_device ON pairings (device_id)",
     ),
-    # 7: one mailbox per device, ids per (sender device, recipient device), removed devices (store/db.py).
+    # 7: files through the server (store/pgfiles.py): rows and ciphertext, so any relay serves any
+    # file. In SQLite they stay in the files folder (store/files.py), so its migration 7 is empty.
+    # And the mailbox and send quotas counted in the database (`quota_usage`, kind 1: mail waiting
+    # for owner_id, kind 2: messages to the server from owner_id), kept in step in the transactions
+    # that add and delete rows: every relay checks the same numbers (a relay's own count let N relays
+    # store N times the limit until a recount). A SQLite relay is the only writer: it counts in memory.
+    (
+        """CREATE TABLE quota_usage (kind SMALLINT NOT NULL CHECK (kind IN (1, 2)), owner_id BIGINT NOT NULL,
+            messages BIGINT NOT NULL, bytes BIGINT NOT NULL, PRIMARY KEY (kind, owner_id))""",
+        *(COUNT_USAGE := (
+            """INSERT INTO quota_usage (kind, owner_id, messages, bytes)
+                SELECT 1, recipient_id, COUNT(*), SUM(LENGTH(envelope)) FROM mailbox GROUP BY recipient_id""",
+            """INSERT INTO quota_usage (kind, owner_id, messages, bytes)
+                SELECT 2, sender_id, COUNT(*), SUM(LENGTH(envelope)) FROM messages GROUP BY sender_id""")),
+        """CREATE TABLE files (id BYTEA PRIMARY KEY, sender TEXT NOT NULL, recipient TEXT NOT NULL,
+            size BIGINT NOT NULL, sha256 BYTEA NOT NULL, received BIGINT NOT NULL DEFAULT 0,
+            complete BOOLEAN NOT NULL DEFAULT false, created DOUBLE PRECISION NOT NULL,
+            touched DOUBLE PRECISION NOT NULL, expires DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX files_by_recipient ON files (recipient)",
+        "CREATE INDEX files_by_sender ON files (sender)",
+        "CREATE INDEX files_by_expiry ON files (expires)",
+        """CREATE TABLE file_chunks (file_id BYTEA NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            at BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (file_id, at))""",
+        "ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+    ),
+    # 8: one mailbox per device, ids per (sender device, recipient device), removed devices (store/db.py).
     (
         "ALTER TABLE mailbox ADD COLUMN recipient_device BYTEA",
         "ALTER TABLE mailbox ADD COLUMN sender_device BYTEA",
@@ -167,6 +193,43 @@ _USER_BY_FINGERPRINT = _USER_COLUMNS + "WHERE fingerprint = %s"
 _ALL_USERS = _USER_COLUMNS + "ORDER BY name"
 log = logging.getLogger("securecomm.server")
 _ACCOUNT_CHANGED = "UPDATE counters SET value = value + 1 WHERE name = 'accounts'"
+#: quota_usage kinds (migration 7).
+MAILBOX, SENT = 1, 2
+#: One statement, so one atomic step: the row goes and its recipient's count with it.
+_TAKE_MAIL = """WITH gone AS (DELETE FROM mailbox WHERE id = %s AND recipient_id = %s
+                    AND (recipient_device IS NULL OR recipient_device = %s)
+                    RETURNING recipient_id, msg_id, sender_id, LENGTH(envelope) AS n, recipient_device),
+    counted AS (UPDATE quota_usage SET messages = quota_usage.messages - 1, bytes = quota_usage.bytes - gone.n
+                FROM gone WHERE quota_usage.kind = 1 AND quota_usage.owner_id = gone.recipient_id)
+SELECT msg_id, sender_id, n, recipient_device FROM gone"""
+#: Mail waiting for a device removed from its list: its recipient's count loses what was deleted.
+_DEVICE_MAIL_GONE = """WITH gone AS (DELETE FROM mailbox WHERE recipient_device = %s
+                    RETURNING recipient_id, LENGTH(envelope) AS n)
+UPDATE quota_usage SET messages = quota_usage.messages - g.c, bytes = quota_usage.bytes - g.b
+FROM (SELECT recipient_id, COUNT(*) AS c, SUM(n) AS b FROM gone GROUP BY recipient_id) AS g
+WHERE quota_usage.kind = 1 AND quota_usage.owner_id = g.recipient_id"""
+#: `user passwd` without --keep-key: the account's per-device mail goes with its devices, counted too.
+_DEVICES_MAIL_GONE = """WITH gone AS (DELETE FROM mailbox WHERE recipient_id = %s AND recipient_device IS NOT NULL
+                    RETURNING recipient_id, LENGTH(envelope) AS n)
+UPDATE quota_usage SET messages = quota_usage.messages - g.c, bytes = quota_usage.bytes - g.b
+FROM (SELECT recipient_id, COUNT(*) AS c, SUM(n) AS b FROM gone GROUP BY recipient_id) AS g
+WHERE quota_usage.kind = 1 AND quota_usage.owner_id = g.recipient_id"""
+#: A removed user's mail, both ways; each recipient's count loses what was deleted for them.
+_REMOVE_MAIL = """WITH gone AS (DELETE FROM mailbox WHERE recipient_id = %s OR sender_id = %s
+                    RETURNING recipient_id, LENGTH(envelope) AS n)
+UPDATE quota_usage SET messages = quota_usage.messages - g.c, bytes = quota_usage.bytes - g.b
+FROM (SELECT recipient_id, COUNT(*) AS c, SUM(n) AS b FROM gone GROUP BY recipient_id) AS g
+WHERE quota_usage.kind = 1 AND quota_usage.owner_id = g.recipient_id"""
+#: The counts of the owners a batch may add to, locked until it commits (in key order: no deadlock
+#: between relays). A missing row is created at zero: every row added since migration 7 is counted.
+_LOCK_USAGE = """INSERT INTO quota_usage (kind, owner_id, messages, bytes)
+    SELECT k, o, 0, 0 FROM unnest(%b::smallint[], %b::bigint[]) AS t(k, o) ORDER BY k, o
+    ON CONFLICT (kind, owner_id) DO UPDATE SET messages = quota_usage.messages
+    RETURNING kind, owner_id, messages, bytes, CASE WHEN kind = 1 THEN
+        (SELECT max(id) FROM mailbox WHERE mailbox.recipient_id = quota_usage.owner_id) END"""
+_ADD_USAGE = """UPDATE quota_usage SET messages = quota_usage.messages + d.m, bytes = quota_usage.bytes + d.b
+    FROM unnest(%b::smallint[], %b::bigint[], %b::bigint[], %b::bigint[]) AS d(k, o, m, b)
+    WHERE quota_usage.kind = d.k AND quota_usage.owner_id = d.o"""
 
 
 def redact(url: str) -> str:
@@ -207,6 +270,11 @@ class PgSql:
     such a race, or a lost connection, is StoreUnavailableError: nothing was written; retry."""
 
     _BEGIN = "BEGIN IMMEDIATE"
+    #: Statements whose PostgreSQL form does more: deleting mail keeps `quota_usage` in step (migration 7).
+    REWRITES: ClassVar[dict[str, str]] = {
+        "DELETE FROM mailbox WHERE recipient_device = ?": _DEVICE_MAIL_GONE,
+        "DELETE FROM mailbox WHERE recipient_id = ? AND recipient_device IS NOT NULL": _DEVICES_MAIL_GONE,
+    }
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
@@ -216,7 +284,7 @@ class PgSql:
     def _sql(sql: str) -> str:
         if sql == PgSql._BEGIN:
             return "BEGIN ISOLATION LEVEL SERIALIZABLE"
-        return sql.replace("?", "%s")
+        return PgSql.REWRITES.get(sql, sql.replace("?", "%s"))
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
         """One statement. Outside a transaction, a statement that found the connection dead (PostgreSQL
@@ -279,6 +347,12 @@ class PostgresStore:
         self._backoff, self._retry_at = 0.0, 0.0
         self.reconnect_first = RECONNECT_FIRST
         self.clock = time.monotonic  # a seam: tests step time instead of sleeping through a backoff
+        #: The read-only connection serves lookups on the relay's event loop: it reconnects on this
+        #: thread, never on the caller's (a blackholed host would stall every session for up to
+        #: CONNECT_TIMEOUT per attempt), and `_fresh` is the connection it made.
+        self._reconnector: threading.Thread | None = None
+        self._fresh: psycopg.Connection[Any] | None = None
+        self._closed = False
         #: (from, to) schema versions when opened with migrate=True.
         self.migrated: tuple[int, int] | None = None
         if migrate:
@@ -292,6 +366,8 @@ class PostgresStore:
         """The live connection; a broken one is replaced, with backoff (StoreUnavailableError meanwhile)."""
         if not (self._db.closed or self._db.broken):
             return self._db
+        if self.readonly:
+            return self._reconnect_in_background()
         if self.clock() < self._retry_at:
             raise StoreUnavailableError(f"the PostgreSQL database at {redact(self.url)} is unreachable; "
                                         f"reconnecting every {self._backoff:g} s")
@@ -306,13 +382,45 @@ class PostgresStore:
         self._backoff = self._retry_at = 0.0
         return self._db
 
+    def _reconnect_in_background(self) -> psycopg.Connection[Any]:
+        """The reader's reconnect: the connection a finished attempt made, else StoreUnavailableError at
+        once while an attempt runs on its own thread (one at a time, with the same backoff)."""
+        fresh, self._fresh = self._fresh, None
+        if fresh is not None:
+            self._db = fresh
+            log.warning("reconnected to the PostgreSQL database at %s", redact(self.url))
+            self._backoff = self._retry_at = 0.0
+            return fresh
+        running = self._reconnector is not None and self._reconnector.is_alive()
+        if not running and self.clock() >= self._retry_at:
+            self._reconnector = threading.Thread(target=self._connect_once, name="securecomm-pg-reconnect",
+                                                 daemon=True)
+            self._reconnector.start()
+        raise StoreUnavailableError(f"the PostgreSQL database at {redact(self.url)} is unreachable; reconnecting")
+
+    def _connect_once(self) -> None:
+        try:
+            con = connect(self.url, readonly=self.readonly)
+        except StoreUnavailableError as e:
+            self._backoff = min(RECONNECT_MAX, 2 * self._backoff or self.reconnect_first)
+            self._retry_at = self.clock() + self._backoff
+            log.warning("%s; next attempt in %g s", e.message, self._backoff)
+            return
+        if self._closed:
+            con.close()
+        else:
+            self._fresh = con
+
     @property
     def description(self) -> str:
         """What `status` and the server log name: the engine and where, without the password."""
         return f"PostgreSQL {redact(self.url)}"
 
     def close(self) -> None:
+        self._closed = True
         self._db.close()
+        if self._fresh is not None:
+            self._fresh.close()
 
     @property
     def lost(self) -> bool:
@@ -442,7 +550,8 @@ class PostgresStore:
         with self._transaction() as cur:
             if cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user.id,)).fetchone() is None:
                 raise NotFoundError(f"no user named {name!r}")
-            cur.execute("DELETE FROM mailbox WHERE recipient_id = %s OR sender_id = %s", (user.id, user.id))
+            cur.execute(_REMOVE_MAIL, (user.id, user.id))
+            cur.execute("DELETE FROM quota_usage WHERE owner_id = %s", (user.id,))
             cur.execute("DELETE FROM users WHERE id = %s", (user.id,))
             cur.execute(_ACCOUNT_CHANGED)
         self.mailbox_usage.forget()
@@ -459,7 +568,7 @@ class PostgresStore:
                 cur.execute("UPDATE users SET password_hash = %s, failed_logins = 0, locked_until = 0, "
                             "identity = NULL, fingerprint = NULL WHERE id = %s", (password_hash, user.id))
                 for statement in FORGET_DEVICES:  # the account's devices go with its key (store/db.py)
-                    cur.execute(statement.replace("?", "%s"), (user.id,))
+                    cur.execute(PgSql.REWRITES.get(statement, statement.replace("?", "%s")), (user.id,))
             cur.execute(_ACCOUNT_CHANGED)
 
     def upgrade_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
@@ -530,9 +639,7 @@ class PostgresStore:
 
     def take_mail(self, recipient_id: int, seq: int, device: bytes | None = None) -> Taken | None:
         """As Store.take_mail: only a row this session was offered (its device's, or version 1)."""
-        row = self._one("DELETE FROM mailbox WHERE id = %s AND recipient_id = %s AND (recipient_device IS NULL "
-                        "OR recipient_device = %s) RETURNING msg_id, sender_id, LENGTH(envelope), recipient_device",
-                        (seq, recipient_id, device))
+        row = self._one(_TAKE_MAIL, (seq, recipient_id, device))
         if row is None:
             return None
         self.mailbox_usage.removed(recipient_id, int(row[2]))
@@ -552,6 +659,9 @@ class _Batch:
         self.cur, self.store, self.now_ms = cur, store, now_ms
         self.new_directs: list[NewDirect] = []
         self.new_sends: list[NewMessage] = []
+        #: Each recipient's highest waiting seq before this batch; each new direct's predecessor.
+        self.top: dict[int, int] = {}
+        self.prev: dict[tuple[int, bytes], int] = {}
 
     def run(self, batch: list[NewMessage | NewDirect]) -> list[StoredMessage]:
         directs = [m for m in batch if isinstance(m, NewDirect)]
@@ -566,10 +676,41 @@ class _Batch:
         fresh = [m for m in directs if _key(m) not in self.known_directs]
         self.live = self._lock_accounts({i for m in fresh for i in (m.sender_id, m.recipient_id)})
         self._lock_mailboxes({m.recipient_id for m in fresh})
+        self._lock_usage({m.recipient_id for m in fresh if m.recipient_id in self.live},
+                         {m.sender_id for m in sends if _key(m) not in self.known_sends})
         out = [self._direct(m) if isinstance(m, NewDirect) else self._send(m) for m in batch]
         seqs = self._insert_directs()
         fresh_sends = self._insert_sends()
+        self._count_usage(seqs, fresh_sends)
         return [self._finish(m, r, seqs, fresh_sends) for m, r in zip(batch, out, strict=True)]
+
+    def _lock_usage(self, recipients: set[int], senders: set[int]) -> None:
+        """Read (and lock) the cluster-wide counts this batch's quota checks use."""
+        keys = sorted([(MAILBOX, r) for r in recipients] + [(SENT, s) for s in senders])
+        if not keys:
+            return
+        rows = self._exec(_LOCK_USAGE, ([k for k, _ in keys], [o for _, o in keys])).fetchall()
+        for kind, owner, messages, size, top in rows:
+            usage = self.store.mailbox_usage if kind == MAILBOX else self.store.send_usage
+            usage.seed(int(owner), int(messages), int(size))
+            if kind == MAILBOX:  # read after the mailbox lock: every earlier batch for them has committed
+                self.top[int(owner)] = int(top or 0)
+
+    def _count_usage(self, seqs: dict[tuple[int, bytes], int], fresh_sends: set[tuple[int, bytes]]) -> None:
+        """What this batch stored, added to the counts in the same transaction."""
+        deltas: dict[tuple[int, int], list[int]] = {}
+        for m in self.new_directs:
+            if _key(m) in seqs:
+                d = deltas.setdefault((MAILBOX, m.recipient_id), [0, 0])
+                d[0], d[1] = d[0] + 1, d[1] + len(m.envelope)
+        for s in self.new_sends:
+            if _key(s) in fresh_sends:
+                d = deltas.setdefault((SENT, s.sender_id), [0, 0])
+                d[0], d[1] = d[0] + 1, d[1] + len(s.envelope)
+        if deltas:
+            keys = sorted(deltas)
+            self._exec(_ADD_USAGE, ([k for k, _ in keys], [o for _, o in keys], [deltas[k][0] for k in keys],
+                                    [deltas[k][1] for k in keys]))
 
     def _exec(self, query: Any, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         """Arrays go as binary parameters (`%b`): text-escaping envelopes costs more than the commit."""
@@ -677,6 +818,10 @@ class _Batch:
             "%b::bytea[], %b::bytea[], %b::bytea[], %b::bytea[]) AS t(q, r, s, i, e, rd, sd)",
             (self.now_ms, seqs, [m.recipient_id for m in ms], [m.sender_id for m in ms], [m.msg_id for m in ms],
              [m.envelope for m in ms], [m.recipient_device for m in ms], [m.sender_device for m in ms]))
+        for m, seq in zip(ms, seqs, strict=True):  # seqs rise in batch order: each follows the one before
+            if m.recipient_id in self.top:
+                self.prev[_key(m)] = self.top[m.recipient_id]
+                self.top[m.recipient_id] = seq
         return {_key(m): seq for m, seq in zip(ms, seqs, strict=True)}
 
     def _insert_sends(self) -> set[tuple[int, bytes]]:
@@ -699,7 +844,8 @@ class _Batch:
         if isinstance(m, NewDirect):
             seq = seqs.get(_key(m))
             if seq is not None:
-                return StoredMessage(m.msg_id, result.sha256, result.stored_at_ms, False, seq)
+                return StoredMessage(m.msg_id, result.sha256, result.stored_at_ms, False, seq,
+                                     prev_seq=self.prev.get(_key(m)))
             table = "direct_ids"
         elif _key(m) in fresh_sends:
             return result

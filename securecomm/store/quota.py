@@ -66,6 +66,8 @@ class _Usage:
     counted_at: float
     #: The account change counter when counted: a removal elsewhere may have deleted rows.
     accounts: int
+    #: Read under a lock from counts kept in the same transactions as the rows (PostgreSQL): never stale.
+    exact: bool = False
 
 
 class MailboxUsage:
@@ -96,12 +98,18 @@ class MailboxUsage:
 
     @staticmethod
     def _stale(cur: Cursor, usage: _Usage) -> bool:
+        if usage.exact:
+            return False
         return time.monotonic() - usage.counted_at > RECOUNT_AFTER or _accounts(cur) != usage.accounts
 
     def _count(self, cur: Cursor, owner_id: int) -> _Usage:
         n, total = cur.execute(self.COUNT_SQL, (owner_id,)).fetchone()
         usage = self._usage[owner_id] = _Usage(int(n), int(total), time.monotonic(), _accounts(cur))
         return usage
+
+    def seed(self, owner_id: int, messages: int, size: int) -> None:
+        """Counts read elsewhere (PostgreSQL's quota_usage, the same for every relay) replace this one's."""
+        self._usage[owner_id] = _Usage(messages, size, time.monotonic(), 0, exact=True)
 
     def added(self, recipient_id: int, size: int) -> None:
         usage = self._usage.get(recipient_id)

@@ -41,12 +41,12 @@ MIGRATION = """
     CREATE INDEX pairings_by_device ON pairings (device_id)
 """
 
-#: Migration 7 of store/db.py: one mailbox per device (6.7). A version-2 DIRECT is stored for the one
+#: Migration 8 of store/db.py: one mailbox per device (6.7). A version-2 DIRECT is stored for the one
 #: device its header names (`recipient_device`; NULL for version-1 mail, which stays per account);
 #: its id is remembered per (sender device, recipient device, msg_id), so a fan-out of one message
 #: to several devices of one account is not taken for a retry. Removed devices are remembered (their
 #: identity) so that a removed device's LOGIN_KEY is told DEVICE_REMOVED, not "unknown key".
-MIGRATION_7 = """
+MIGRATION_8 = """
     ALTER TABLE mailbox ADD COLUMN recipient_device BLOB;
     ALTER TABLE mailbox ADD COLUMN sender_device BLOB;
     CREATE TABLE device_direct_ids (

@@ -8,11 +8,15 @@ Nothing may be lost and nothing may change meaning, so:
   neither a removed user's id nor an acknowledged message's seq is given out again (see
   store/db.py migrations 3 and 4 for why that matters);
 - everything is written in one PostgreSQL transaction, and the row counts of both sides are
-  compared before it commits: a mismatch rolls the whole copy back.
+  compared before it commits: a mismatch rolls the whole copy back;
+- files through the server (the `files` folder beside the SQLite file: files.db and the ciphertext)
+  are copied too, complete and unfinished, into store/pgfiles.py's tables: rows and bytes counted on
+  both sides. The ciphertext is streamed one chunk at a time, so memory stays flat.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import Any
 
 from securecomm.errors import ExistsError, IntegrityError, NotFoundError, SchemaVersionError
 from securecomm.store import db as sqlite_db
-from securecomm.store.postgres import PostgresStore, redact
+from securecomm.store.postgres import COUNT_USAGE, PostgresStore, redact
 
 #: Tables copied, with their columns in order (the same names in both schemas). Literal SQL only.
 _TABLES: dict[str, tuple[str, str]] = {
@@ -36,7 +40,7 @@ _TABLES: dict[str, tuple[str, str]] = {
                 "sender_device) FROM STDIN"),
     "direct_ids": ("SELECT sender_id, msg_id, sha256, stored_at_ms FROM direct_ids ORDER BY rowid",
                    "COPY direct_ids (sender_id, msg_id, sha256, stored_at_ms) FROM STDIN"),
-    # devices (docs/PROTOCOL.md 6; migrations 6 and 7): a version-2 message keeps the device it is for
+    # devices (docs/PROTOCOL.md 6; migrations 6 and 8): a version-2 message keeps the device it is for
     "user_keys": ("SELECT user_id, user_key, counter, device_list FROM user_keys ORDER BY user_id",
                   "COPY user_keys (user_id, user_key, counter, device_list) FROM STDIN"),
     "devices": ("SELECT device_id, user_id, cert, name, added_ms, last_seen_ms, max_prekey_id FROM devices "
@@ -107,6 +111,7 @@ def copy_to_postgres(path: Path, url: str) -> list[Copied]:
             _carry_counters(source, cur)
             copied = [Copied(t, _count(source, q), int(cur.execute(q).fetchone()[0]))  # type: ignore[index]
                       for t, q in _PG_COUNTS.items()]
+            copied += _copy_files(path.parent / "files", cur)
             if any(c.sqlite_rows != c.postgres_rows for c in copied):
                 raise IntegrityError("row counts differ after the copy; nothing was committed: " +
                                      ", ".join(f"{c.table} {c.sqlite_rows} -> {c.postgres_rows}" for c in copied))
@@ -118,7 +123,7 @@ def copy_to_postgres(path: Path, url: str) -> list[Copied]:
 
 
 def _require_empty(cur: Any, url: str) -> None:
-    if any(cur.execute(q).fetchone()[0] for q in _PG_COUNTS.values()):
+    if any(cur.execute(q).fetchone()[0] for q in (*_PG_COUNTS.values(), "SELECT COUNT(*) FROM files")):
         raise ExistsError(f"the PostgreSQL database at {redact(url)} already holds securecomm data",
                           hint="copy into a new, empty database (createdb), then point the relays at it")
 
@@ -136,6 +141,8 @@ def _carry_counters(source: sqlite3.Connection, cur: Any) -> None:
     for table in ("users", "mailbox", "messages"):
         cur.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), GREATEST(%s, 1), %s > 0)",
                     (table, _high_water(source, table), _high_water(source, table)))
+    for statement in COUNT_USAGE:  # the quotas' counts (postgres.py migration 7) of what was copied
+        cur.execute(statement)
     row = source.execute("SELECT value FROM counters WHERE name = 'accounts'").fetchone()
     cur.execute("UPDATE counters SET value = %s WHERE name = 'accounts'", (int(row[0]) if row else 0,))
 
@@ -156,3 +163,42 @@ def _high_water(source: sqlite3.Connection, table: str) -> int:
 
 def _count(source: sqlite3.Connection, query: str) -> int:
     return int(source.execute(query).fetchone()[0])
+
+
+def _copy_files(folder: Path, cur: Any) -> list[Copied]:
+    """The single relay's files (store/files.py) into PostgreSQL's (store/pgfiles.py): rows, then each
+    file's ciphertext as chunk rows of at most CHUNK bytes; unfinished uploads keep what they hold."""
+    from securecomm.wire.files import CHUNK
+
+    rows, held = 0, 0
+    if (folder / "files.db").is_file():
+        files = sqlite3.connect(f"file:{folder / 'files.db'}?mode=ro", uri=True, isolation_level=None)
+        try:
+            for file_id, sender, recipient, size, sha256, complete, created, expires in files.execute(
+                    "SELECT id, sender, recipient, size, sha256, complete, created, expires FROM files ORDER BY id"):
+                path = folder / (file_id.hex() if complete else f"{file_id.hex()}.part")
+                try:
+                    f = path.open("rb")
+                except FileNotFoundError:
+                    if complete:
+                        raise IntegrityError(f"files.db lists the complete file {file_id.hex()}, but {path} is "
+                                             "missing; nothing was committed",
+                                             hint="restore it from a backup, or delete the file's row") from None
+                    continue  # an offer whose part was never created: nothing to resume
+                with f:
+                    received, touched = os.fstat(f.fileno()).st_size, max(created, os.fstat(f.fileno()).st_mtime)
+                    cur.execute("INSERT INTO files (id, sender, recipient, size, sha256, received, complete, "
+                                "created, touched, expires) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                                (file_id, sender, recipient, size, sha256, received, bool(complete), created,
+                                 touched, expires))
+                    with cur.copy("COPY file_chunks (file_id, at, data) FROM STDIN") as copy:
+                        at = 0
+                        while data := f.read(CHUNK):
+                            copy.write_row((file_id, at, data))
+                            at += len(data)
+                rows, held = rows + 1, held + received
+        finally:
+            files.close()
+    (pg_rows,) = cur.execute("SELECT COUNT(*) FROM files").fetchone()
+    (pg_bytes,) = cur.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM file_chunks").fetchone()
+    return [Copied("files", rows, int(pg_rows)), Copied("file_bytes", held, int(pg_bytes))]

@@ -1,0 +1,129 @@
+"""Files through the server on several relays (issue 13): with --db postgresql:// the rows and the
+ciphertext live in PostgreSQL, so a file uploaded through relay A is fetched through relay B, and an
+upload cut by a `kill -9` of A resumes through B from what A had stored. Real relays, real TLS, one
+private PostgreSQL and nats-server (tests/cluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import shutil
+import signal
+
+import pytest
+
+from securecomm.client import files as F
+from securecomm.client.connection import Client
+from securecomm.client.trust import resolve_trust
+from securecomm.paths import Paths
+from securecomm.store.pgfiles import PgFileStore
+from securecomm.wire.files import CHUNK, FileAck, FilePut
+from tests.relays import LOAD, WAIT, make_users, start_relays, stop_all
+from tests.serverproc import ServerProc
+
+SIZE = 3 * CHUNK + 777  # several FILE_PUT chunks, a partial last one
+
+
+@pytest.fixture
+def cluster(tmp_path, pg_url, nats_server):
+    """Relays A and B on separate data folders, as on two machines: B's is a copy of A's CA, certificate
+    and message identity (README: several relays), with nothing of A's files folder."""
+    (a,) = start_relays(tmp_path / "srv", pg_url, nats_server.url, 1)
+    shutil.copytree(a.home, tmp_path / "srv-b", ignore=shutil.ignore_patterns("files", "*.sqlite*", "*.log"))
+    b = ServerProc(tmp_path / "srv-b", "--db", pg_url, "--bus", nats_server.url, *LOAD).start()
+    users = make_users(pg_url, ["alice", "bob"])
+    yield (a, b), users, pg_url, tmp_path
+    stop_all([a, b])
+
+
+async def _login(tmp_path, name, me, port) -> Client:
+    home = tmp_path / "clients" / name
+    home.mkdir(parents=True, exist_ok=True)
+    trust = resolve_trust(Paths(home, home), "localhost", port, ca=str(tmp_path / "srv" / "tls" / "ca.pem"))
+    client = Client("localhost", port, trust)
+    await client.connect()
+    await client.login_key(name, me)
+    return client
+
+
+def _sealed(tmp_path, users, body: bytes) -> F.Sealed:
+    return F.seal_to_temp(io.BytesIO(body), "report.bin", users["alice"], users["bob"].public, tmp_path / "outgoing")
+
+
+async def _fetch(tmp_path, users, port, sealed: F.Sealed, file_id: bytes) -> bytes:
+    """bob downloads through the relay at `port`, opens it with alice's key, and deletes it there."""
+    bob = await _login(tmp_path, "bob", users["bob"], port)
+    try:
+        notice = sealed.notice(file_id)
+        part = tmp_path / f"{file_id.hex()}.part"
+        await asyncio.wait_for(F.get_all(bob, notice, part), WAIT)
+        out = io.BytesIO()
+        F.check_and_open(part, notice, users["bob"], users["alice"].public, out)
+        await bob.request("file_done", file_id=file_id.hex())
+        return out.getvalue()
+    finally:
+        await bob.close()
+
+
+def _stored(url: str, file_id: bytes):
+    files = PgFileStore(url)
+    try:
+        return files.row(file_id)
+    finally:
+        files.close()
+
+
+def test_uploaded_through_one_relay_fetched_through_another(cluster):
+    (a, b), users, url, tmp = cluster
+    body = os.urandom(SIZE)
+    sealed = _sealed(tmp, users, body)
+
+    async def go() -> bytes:
+        alice = await _login(tmp, "alice", users["alice"], a.port)
+        try:
+            file_id, received = await F.offer(alice, "bob", sealed)
+            assert received == 0
+            await asyncio.wait_for(F.put_all(alice, file_id, sealed, 0), WAIT)
+        finally:
+            await alice.close()
+        assert _stored(url, file_id).complete
+        got = await _fetch(tmp, users, b.port, sealed, file_id)
+        assert _stored(url, file_id) is None  # file_done through B deleted what A received
+        return got
+
+    assert asyncio.run(go()) == body
+    for relay in (a, b):  # nothing of it on either relay's disk
+        assert not (relay.home / "files").exists() or list((relay.home / "files").iterdir()) == []
+
+
+def test_an_upload_cut_by_killing_its_relay_resumes_through_another(cluster):
+    (a, b), users, _url, tmp = cluster
+    body = os.urandom(SIZE)
+    sealed = _sealed(tmp, users, body)
+    data = sealed.path.read_bytes()
+
+    async def go() -> tuple[int, bytes]:
+        first = await _login(tmp, "alice", users["alice"], a.port)
+        file_id, _ = await F.offer(first, "bob", sealed)
+        for at in range(0, 2 * CHUNK, CHUNK):
+            first.send_event(FilePut(file_id, at, data[at : at + CHUNK]))
+        for _ in range(2):
+            ack = await F._next_event(first, (FileAck,))
+        assert ack.received == 2 * CHUNK and not ack.complete
+        a.stop(signal.SIGKILL)  # mid-upload: relay A is gone with its running digest
+        await first.close()
+        second = await _login(tmp, "alice", users["alice"], b.port)
+        try:
+            again, received = await F.offer(second, "bob", sealed, file_id)
+            assert again == file_id
+            await asyncio.wait_for(F.put_all(second, file_id, sealed, received), WAIT)
+        finally:
+            await second.close()
+        got = await _fetch(tmp, users, b.port, sealed, file_id)
+        return received, got
+
+    received, got = asyncio.run(go())
+    assert received == 2 * CHUNK  # not from zero: what A had committed
+    assert got == body and hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
