@@ -8,6 +8,9 @@ Run: python benchmarks/mailbox.py [--quick] [--json FILE]
    every message shown within 1 s of its receipt.
 2. Store: store (group commits of 32) and acknowledge direct messages with the mailbox of schema 2
    (INTEGER PRIMARY KEY, ids reused: the baseline) and of schema 3 (AUTOINCREMENT, never reused).
+3. One mailbox per device (schema 8, docs/PROTOCOL.md 6.7): the same, each message a version-2 copy
+   for one of two devices of the recipient (ids remembered per sender device, recipient device,
+   msg_id; ACK per device), against version-1 rows of today's schema; medians of 3 rounds, alternating.
 """
 
 from __future__ import annotations
@@ -97,20 +100,27 @@ async def live_push(homes: dict[str, Path], n: int) -> dict[str, Any]:
 def store_with(path: Path, reusing_ids: bool) -> Store:
     store = Store(path)
     if reusing_ids:  # put back the schema-2 mailbox: the baseline
-        store.db.executescript("DROP TABLE mailbox;" + MIGRATIONS[1].split("CREATE TABLE direct_ids")[0])
+        store.db.executescript("DROP TABLE mailbox;" + MIGRATIONS[1].split("CREATE TABLE direct_ids")[0]
+                               + "ALTER TABLE mailbox ADD COLUMN recipient_device BLOB;"
+                               "ALTER TABLE mailbox ADD COLUMN sender_device BLOB;")  # migration 8's columns
     return store
 
 
-def store_cost(tmp: Path, n: int, reusing_ids: bool) -> float:
-    store = store_with(tmp / f"store-{reusing_ids}.db", reusing_ids)
+def store_cost(tmp: Path, n: int, reusing_ids: bool, per_device: bool = False, round_: int = 0) -> float:
+    store = store_with(tmp / f"store-{reusing_ids}-{per_device}-{round_}.db", reusing_ids)
     a, b = store.add_user("alice", "h"), store.add_user("bob", "h")
+    phones = (b"L" * 32, b"P" * 32)  # the recipient's two devices: a fan-out is one copy for each
     t0 = time.perf_counter()
     for start in range(0, n, BATCH):
-        batch = [NewDirect(a.id, b.id, i.to_bytes(16, "big"), bytes(32), bytes(1200))
-                 for i in range(start, start + BATCH)]
-        for stored in store.store_messages(batch):
-            assert stored.seq is not None
-            store.take_mail(b.id, stored.seq)
+        if per_device:
+            batch = [NewDirect(a.id, b.id, (i // 2).to_bytes(16, "big"), bytes(32), bytes(1200), b"S" * 32,
+                               phones[i % 2]) for i in range(start, start + BATCH)]
+        else:
+            batch = [NewDirect(a.id, b.id, i.to_bytes(16, "big"), bytes(32), bytes(1200))
+                     for i in range(start, start + BATCH)]
+        for m, stored in zip(batch, store.store_messages(batch), strict=True):
+            assert stored.seq is not None and not stored.duplicate
+            store.take_mail(b.id, stored.seq, m.recipient_device)
     elapsed = time.perf_counter() - t0
     store.close()
     return elapsed / n * 1e6
@@ -131,7 +141,13 @@ def main() -> None:
             server.stop()
         store = {"messages": n_store, "schema2_reused_ids_us": store_cost(tmp, n_store, True),
                  "schema3_autoincrement_us": store_cost(tmp, n_store, False)}
+        v1, v2 = [], []
+        for r in range(3):  # alternating, the same sizes: the baseline in the same run
+            v1.append(store_cost(tmp, n_store, False, False, r + 1))
+            v2.append(store_cost(tmp, n_store, False, True, r + 1))
+        store.update(schema7_version1_us=statistics.median(v1), schema7_per_device_us=statistics.median(v2))
     store["overhead"] = store["schema3_autoincrement_us"] / store["schema2_reused_ids_us"] - 1
+    store["per_device_overhead"] = store["schema7_per_device_us"] / store["schema7_version1_us"] - 1
     print(f"live push, {live['messages']} messages to a connected recipient (ms)      p50      p99      max")
     print(f"  baseline: send -> receipt at the sender                       {live['receipt_p50_ms']:8.2f} "
           f"{live['receipt_p99_ms']:8.2f}")
@@ -141,6 +157,10 @@ def main() -> None:
     print(f"  baseline: schema 2 (ids reused)                               {store['schema2_reused_ids_us']:8.1f}")
     print(f"  schema 3 (AUTOINCREMENT, never reused)                        {store['schema3_autoincrement_us']:8.1f}"
           f"   {store['overhead']:+.1%}")
+    print("store + ack, one mailbox per device (schema 8), median of 3 alternating rounds (µs)")
+    print(f"  baseline: version-1 rows                                      {store['schema7_version1_us']:8.1f}")
+    print(f"  version-2 copies, 2 devices, ids per device, ACK per device   {store['schema7_per_device_us']:8.1f}"
+          f"   {store['per_device_overhead']:+.1%}")
     print("wrote", write_json("mailbox", {"quick": args.quick, "live_push": live, "store": store}, args.json))
 
 

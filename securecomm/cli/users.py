@@ -294,7 +294,7 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         async with client:
             if ok.prekeys is not None:  # a server that serves devices (docs/PROTOCOL.md 6.4, 6.5, 6.7)
                 await _set_up_device(client, DeviceKeys(paths.device_keys(identity_name), me.kem), me,
-                                     server_user_name(ok.user), identity_name)
+                                     server_user_name(ok.user), identity_name, ok.pending)
             assert client.server_identity is not None
             return ok, address_of(client), client.server_identity.line
 
@@ -322,14 +322,15 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
                "registered")
 
 
-async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str) -> None:
-    """The device's user key, list and prekeys; a failure here is a warning: the login itself succeeded."""
+async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str, pending: bool = False) -> None:
+    """The device's user key, list and prekeys; a failure here is a warning: the login itself succeeded.
+    A pending session (a device the list does not name yet) may only pair (docs/PROTOCOL.md 6.4)."""
     from securecomm.cli.context import warn
     from securecomm.client.devicelogin import set_up_device
     from securecomm.errors import SecurecommError
 
     try:
-        done = await set_up_device(client, keys, me, user, name)
+        done = "pending" if pending else await set_up_device(client, keys, me, user, name)
         if done == "pending" or keys.user_key() is None:
             await _pairing(client, keys, me, user, name)
     except SecurecommError as e:

@@ -43,7 +43,7 @@ from securecomm.server.memory import Trimmer, give_back_large_blocks
 from securecomm.server.relay import Relay
 from securecomm.server.session import READ_CHUNK, Session, TokenBucket
 from securecomm.store.backends import is_url, open_store
-from securecomm.store.db import NewMessage, Store, StoredMessage, User, normalise_name
+from securecomm.store.db import NewMessage, StoredMessage, User, normalise_name
 from securecomm.store.quota import MailboxLimits, SendLimits
 from securecomm.store.users import user_row
 from securecomm.timeutil import now_ms
@@ -102,8 +102,8 @@ class Server:
         self.files = FileService(files_dir or Path(db_path).parent / "files", self._file_recipient,
                                  quota=config.file_quota, max_file=config.max_file, days=config.file_days, db=url,
                                  sender_quota=config.file_sender_quota)
-        # Devices and prekeys (PROTOCOL.md 6) live in the SQLite schema only so far: not with --db URL.
-        self.relay.devices = None if is_url(str(db_path)) else DeviceRelay(functools.partial(Store, db_path))
+        # Devices and prekeys (PROTOCOL.md 6): a connection of their own to the same database, either kind.
+        self.relay.devices = DeviceRelay(functools.partial(open_store, db_path))
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)
@@ -175,7 +175,7 @@ class Server:
             if s.user is None or s.closing:
                 continue
             fresh = read.get_user_by_id(s.user.id)
-            why = why_session_ends(s, fresh)
+            why = why_session_ends(s, fresh, self.relay.devices.listed if self.relay.devices else None)
             if why is not None:
                 self.drop(s, why)
             else:

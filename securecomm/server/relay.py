@@ -23,12 +23,13 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from securecomm.crypto import envelope
+from securecomm.crypto import prekeys as K
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import IntegrityError, OversizedError, UsageError
+from securecomm.errors import IntegrityError, OversizedError, SecurecommError, UsageError
 from securecomm.net.bus import Bus
-from securecomm.server import intake
+from securecomm.server import intake, versions
 from securecomm.server.commit_queue import not_stored
 from securecomm.server.devicerelay import DeviceRelay, is_version_2
 from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
@@ -52,6 +53,30 @@ MAX_SEQ = 2**63 - 1
 #: are read from the store by the woken relay.
 CARRY_MAX = 64 * 1024
 _CARRIED = struct.Struct(">QQQB")  # seq, prev seq, stored_at_ms, sender name length
+
+
+def _notice(data: bytes) -> P.Notice | None:
+    """The NOTICE an encoded frame carries (4-byte length, type, body), or None for any other frame."""
+    if len(data) < 5 or data[4] != P.MsgType.NOTICE:
+        return None
+    try:
+        event = P.decode_payload(data[4:])
+    except P.ProtocolError:
+        return None
+    return event if isinstance(event, P.Notice) else None
+
+
+def _room_key_device(data: bytes) -> bytes | None:
+    """The recipient device of an encoded version-2 ROOM_KEY frame, or None for any other frame."""
+    if len(data) < 5 or data[4] != P.MsgType.ROOM_KEY:
+        return None
+    try:
+        event = P.decode_payload(data[4:])
+        if not isinstance(event, P.RoomKey) or not is_version_2(event.envelope):
+            return None
+        return K.parse_v2(event.envelope).header.recipient
+    except SecurecommError:  # ProtocolError included; checked before it was published, so not expected
+        return None
 
 
 def _arg(ev: P.Request, name: str) -> str:
@@ -118,6 +143,8 @@ class Relay:
         if self.devices is not None and is_version_2(ev.envelope):
             await self._direct_v2(s, ev, msg_id)
             return
+        if self._version_1_refused(s, ev, msg_id):
+            return
         parsed = intake.parse(ev.envelope)
         to = None if isinstance(parsed, intake.Refusal) else self.store.read().get_user(ev.to)
         checked = parsed if isinstance(parsed, intake.Refusal) else self._direct_checked(s, parsed, to, ev.to)
@@ -133,19 +160,33 @@ class Relay:
         fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, checked.digest, ev.envelope))
         s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id, ev.envelope))
 
+    @staticmethod
+    def _version_1_refused(s: Session, ev: P.Direct | P.RoomKey, msg_id: bytes | None) -> bool:
+        """A version-2 session sends only version-2 envelopes (docs/PROTOCOL.md 6.6): INTEGRITY naming
+        the version, nothing stored or relayed, the connection kept; True if refused."""
+        if s.version < 2:
+            return False
+        log.info("%s %s refused: a version-1 envelope in a version-2 session", s.label(), ev.TYPE.name)
+        s.error(P.ErrorCode.INTEGRITY, versions.VERSION_1_ENVELOPE, msg_id=msg_id)
+        return True
+
     async def _direct_v2(self, s: Session, ev: P.Direct, msg_id: bytes | None) -> None:
         """An envelope sealed to a prekey of one device of `ev.to` (docs/PROTOCOL.md 6.6, 6.7)."""
         assert s.user is not None and self.devices is not None
         to = self.store.read().get_user(ev.to)
         checked = self.devices.check(s, ev.envelope, to, ev.to, self.config.stale_window_ms)
         if isinstance(checked, intake.Refusal):
-            s.error(checked.code, checked.message, msg_id=msg_id)
+            log.info("%s direct message refused: %s", s.label(), checked.detail or checked.message)
+            s.error(checked.code, checked.message, msg_id=msg_id, fatal=checked.code is P.ErrorCode.DEVICE_REMOVED)
             return
         assert to is not None
         await s.in_flight.acquire()
         h = checked.header
-        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, sha256(ev.envelope), ev.envelope))
-        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id, ev.envelope))
+        # stored for the one device its header names; a copy for each other device is not a retry (6.7)
+        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, sha256(ev.envelope), ev.envelope,
+                                          h.sender, h.recipient))
+        # not carried in the wake-up: each device's sessions read their own mail from the store
+        s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id, None))
 
     def _direct_checked(self, s: Session, env: envelope.Envelope, to: Any,
                         name: str) -> intake.Accepted | intake.Refusal:
@@ -158,7 +199,9 @@ class Relay:
         return intake.check(env, rules, s.identity, now_ms())
 
     def _stored(self, s: Session, fut: asyncio.Future[StoredMessage], msg_id: bytes, to_id: int,
-                sealed: bytes) -> None:
+                sealed: bytes | None) -> None:
+        """`sealed`: the envelope a wake-up may carry (version 1, for every session of the account);
+        None for a version-2 copy, which only its device's sessions may be offered (they read it)."""
         if fut.cancelled() or fut.exception() is not None:
             s.error(*not_stored(fut), msg_id=msg_id)
             return
@@ -168,7 +211,11 @@ class Relay:
             return
         with contextlib.suppress(P.ProtocolError):
             s.send(P.Receipt(stored.msg_id, stored.sha256, stored.stored_at_ms, stored.duplicate))
-        if stored.seq is not None:
+        if stored.seq is None:
+            return
+        if sealed is None:
+            self.bus.publish_mail(to_id)  # only a wake-up: each device's sessions read their own rows
+        else:
             assert s.user is not None
             item = MailItem(stored.seq, s.user.name, stored.stored_at_ms, sealed)
             self.bus.publish_mail(to_id, encode_carried(item, stored.prev_seq))
@@ -183,6 +230,8 @@ class Relay:
         pushed = decode_carried(carried)
         for other in list(self.online.get(user_id, ())):
             if other.mailbox.backlog or other.closing:  # with a backlog the next batch brings it
+                continue
+            if other.awaiting_pairing:  # a device waiting to be paired is offered no mail
                 continue
             if pushed is not None and other.identity is not None and pushed[1] <= other.mailbox.high:
                 other.mailbox.offer(pushed[0])  # ignored if already offered (seq <= high)
@@ -202,11 +251,12 @@ class Relay:
         Synchronous on purpose (a read-only connection on the loop): no live push
         can slip in between the query and the offers, so order needs no queue."""
         assert s.user is not None
-        if s.identity is None:  # a password-only login proved no key: it is never offered mail (see ack)
+        # a password-only login proved no key, a pending device is not listed: never offered mail (see ack)
+        if s.identity is None or s.awaiting_pairing:
             return
         box = s.mailbox
         while True:
-            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
+            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH, s.device)
             box.backlog = len(items) == MAIL_BATCH
             for item in items:
                 box.offer(item)
@@ -224,18 +274,18 @@ class Relay:
             # Before, a password-only login was given the account's key and could delete its mail unread.
             log.warning("%s ACK ignored: no device key proven in this connection", s.label())
             return
-        taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq)
+        # only a row this session could have been offered: another device's mail stays for it (6.7)
+        taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq, s.device)
         s.mailbox.acked(ev.seq)
         if taken is not None:
-            msg_id, sender_id = taken
             if ev.status == P.ACK_OK:
                 if s.handlers.metrics is not None:
                     s.handlers.metrics.messages_delivered.inc()
-                receipt = P.Delivered(msg_id, ev.digest, ev.signature, s.user.name)
+                receipt = P.Delivered(taken.msg_id, ev.digest, ev.signature, s.user.name, taken.device)
                 # to the sender's sessions on every relay (the bus reaches the ones elsewhere)
-                self.bus.publish_user(sender_id, P.encode_event(receipt, self.config.max_frame))
+                self.bus.publish_user(taken.sender_id, P.encode_event(receipt, self.config.max_frame))
             else:
-                log.warning("%s rejected direct message %s (failed verification)", s.label(), msg_id.hex())
+                log.warning("%s rejected direct message %s (failed verification)", s.label(), taken.msg_id.hex())
         if s.mailbox.backlog and not s.mailbox.outstanding:
             self.offer_pending(s)
 
@@ -250,7 +300,7 @@ class Relay:
     # -- directory and rooms ------------------------------------------------------------
     async def request(self, s: Session, ev: P.Request) -> bool:
         """Handle directory/room requests; False if the op is not ours."""
-        if self.devices is not None and self.devices.request(s, ev, lambda uid: self.online.get(uid, set())):
+        if self.devices is not None and self.devices.request(s, ev, self.bus.publish_user):
             return True
         handler = {"lookup": self._lookup, "join": self._join, "leave": self._leave_req,
                    "who": self._who}.get(ev.op)
@@ -384,11 +434,42 @@ class Relay:
             if m is not origin and m.conn.state is P.State.READY:
                 m.outbox.put(data)
 
+    def _room_key_v2(self, s: Session, ev: P.RoomKey, target: Any) -> None:
+        """A sender key sealed to a prekey of one device of `ev.user` (6.6): checked as a DIRECT is,
+        then relayed to that device's sessions only, on every relay (see _user_frame)."""
+        assert s.user is not None and self.devices is not None
+        msg_id = envelope.peek_msg_id(ev.envelope)
+        checked = self.devices.check(s, ev.envelope, target, ev.user, self.config.stale_window_ms)
+        if isinstance(checked, intake.Refusal):
+            log.info("%s room key refused: %s", s.label(), checked.detail or checked.message)
+            s.error(checked.code, checked.message, msg_id=msg_id, fatal=checked.code is P.ErrorCode.DEVICE_REMOVED)
+            return
+        with contextlib.suppress(OversizedError):  # intake already refused what cannot fit
+            self.bus.publish_user(target.id, P.encode_event(P.RoomKey(s.user.name, ev.envelope),
+                                                            self.config.max_frame))
+
     def _user_frame(self, user_id: int, data: bytes) -> None:
-        """An encoded event for every session of `user_id` connected here."""
+        """An encoded event for every session of `user_id` connected here; a NOTICE about one device
+        goes to that device's sessions only, one about the account's devices to its sessions but pending
+        ones (6.4), and `device_removed` ends the removed device's sessions
+        (on every relay: this arrives over the bus, docs/PROTOCOL.md 6.7)."""
+        notice = _notice(data)
+        device = _room_key_device(data)
         for m in list(self.online.get(user_id, ())):
-            if m.conn.state is P.State.READY and not m.closing:
-                m.outbox.put(data)
+            if m.conn.state is not P.State.READY or m.closing:
+                continue
+            if device is not None and (m.device is None or not same(m.device, device)):
+                continue  # a version-2 ROOM_KEY is for the one device it is sealed to
+            if m.awaiting_pairing and notice is None:
+                continue  # a device waiting to be paired gets only its notices (no receipts, no room keys)
+            mine = notice is not None and m.identity is not None and notice.device is not None \
+                and same(m.identity.fingerprint, notice.device)
+            if notice is not None and (not mine if notice.event in P.NOTICE_FOR_ONE_DEVICE else m.awaiting_pairing):
+                continue  # one device's notice; or an account's, which a device waiting to be paired is not told
+            m.outbox.put(data)
+            if notice is not None and notice.event == "device_removed" and mine:
+                log.info("%s device removed from its list: closing", m.label())
+                m.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
         assert s.user is not None
@@ -412,6 +493,11 @@ class Relay:
     def room_key(self, s: Session, ev: P.RoomKey) -> None:
         assert s.user is not None
         target = self.store.read().get_user(ev.user)
+        if self.devices is not None and is_version_2(ev.envelope):
+            self._room_key_v2(s, ev, target)
+            return
+        if self._version_1_refused(s, ev, envelope.peek_msg_id(ev.envelope)):
+            return
         if target is None:
             log.debug("%s room key for an unknown user dropped", s.label())
             return

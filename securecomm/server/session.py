@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.errors import OversizedError
+from securecomm.server import versions
 from securecomm.server.admission import Ticket
 from securecomm.server.config import ServerConfig
 from securecomm.server.logs import Label
@@ -75,6 +76,8 @@ class RelayPort(Protocol):
 
 
 READ_CHUNK = 64 * 1024
+#: What a pending device (docs/PROTOCOL.md 6.4) may ask, besides PING and BYE.
+PENDING_OPS = ("pair_start", "pair_complete")
 
 #: Bytes the server will hold for one client that does not read (a room can
 #: produce faster than a stalled reader drains). Beyond this the client is cut
@@ -205,6 +208,14 @@ class Session:
         self.identity: PublicIdentity | None = None
         #: The password hash a password login checked: a new one (`user passwd`) ends the session.
         self.password_hash: str | None = None
+        #: This session's device id when its key is on the account's device list (docs/PROTOCOL.md 6.7):
+        #: its version-2 mail, and only that, is offered here. None: no listed device (version 1).
+        self.device: bytes | None = None
+        #: A new device waiting to be paired (6.4): only pair_start, pair_complete, PING and BYE.
+        self.awaiting_pairing = False
+        #: The protocol version agreed at HELLO: 2 if the client listed it (docs/PROTOCOL.md 6.7). A
+        #: version-2 session is refused every version-1 envelope in DIRECT and ROOM_KEY.
+        self.version = 1
         self.challenge = os.urandom(P.CHALLENGE_SIZE)
         self.bucket = TokenBucket(config.rate, config.burst)
         self.in_flight = asyncio.Semaphore(config.max_in_flight)
@@ -326,7 +337,13 @@ class Session:
         if isinstance(event, P.Send | P.Direct | P.RoomSend) and self.handlers.metrics is not None:
             self.handlers.metrics.messages_received.labels(event.TYPE.name.lower()).inc()
         if isinstance(event, P.Hello):
-            self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server_line, self.challenge,
+            agreed = versions.agreed(event.versions)
+            if agreed is None:
+                log.info("%s dropped: HELLO listing only version 1, which is no longer served", self.label())
+                self.error(P.ErrorCode.VERSION, versions.VERSION_1_GONE, fatal=True)
+                return
+            self.version = agreed
+            self.send(P.ServerHello(self.version, self.server_line, self.challenge,
                                     self.config.max_frame, server="securecomm"))
         elif isinstance(event, P.LoginPassword):
             await self.logins.login_password(self, event)
@@ -337,6 +354,10 @@ class Session:
                 self.closing = True
             else:
                 self.send(P.Pong())
+        elif self.awaiting_pairing and not (isinstance(event, P.Request) and event.op in PENDING_OPS):
+            log.warning("%s dropped: %s from a device waiting to be paired", self.label(), event.TYPE.name)
+            # BAD_STATE's fixed text (5.5.1); LOGIN_OK `pending` told the client already
+            self.error(P.ErrorCode.BAD_STATE, P.OPAQUE_TEXTS[P.ErrorCode.BAD_STATE], fatal=True)
         elif not self.bucket.take():
             msg_id, rid = answer_ids(event)
             self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id, rid=rid)

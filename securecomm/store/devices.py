@@ -14,15 +14,19 @@ crypto/prekeys.py); this module only keeps what passed, atomically:
   prekey in the same transaction, so no two claimants ever get the same one;
 - pairings are keyed by the code's digest, never the code.
 
-SQL is literal with parameters only.
+SQL is literal with parameters only, written once for both backends: SQLite takes it as is, and
+PostgreSQL through store/postgres.py `PgSql` (placeholders, and BEGIN IMMEDIATE as a SERIALIZABLE
+transaction, so that the compare-then-write steps above hold between relays as they do in one
+SQLite file; a transaction that loses such a race is StoreUnavailableError: retry).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from securecomm.crypto import prekeys as K
 from securecomm.crypto.devices import DeviceCert, DeviceList
@@ -33,7 +37,17 @@ from securecomm.errors import (
     PairingUsedError,
     ReplayedPrekeyError,
     StaleDeviceListError,
+    StoreUnavailableError,
 )
+
+
+class RaceLost(StoreUnavailableError):
+    """Another relay's transaction on the same rows committed first (PostgreSQL SERIALIZABLE): this
+    one wrote nothing and may simply be run again."""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -52,10 +66,18 @@ class Pending:
     expires_ms: int
 
 
-class DeviceStore:
-    """Devices and prekeys on the server's SQLite connection (autocommit mode, as store/db.py)."""
+class Sql(Protocol):
+    """What the device store needs of a connection in autocommit mode: sqlite3.Connection is one,
+    store/postgres.py PgSql is the other."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+
+class DeviceStore:
+    """Devices and prekeys on a connection of the server's store (autocommit mode, as store/db.py)."""
+
+    def __init__(self, db: Sql) -> None:
         self.db = db
 
     @contextmanager
@@ -91,9 +113,20 @@ class DeviceStore:
                 if owner is not None and owner != user_id:
                     raise FormatError("a listed device belongs to another account")
             self._replace_list(user_id, dlist, reset)
-            gone = [bytes(d) for (d,) in self.db.execute("SELECT device_id FROM devices WHERE user_id = ?",
-                                                         (user_id,)) if bytes(d) not in by_id]
+            gone_rows = [(bytes(d), bytes(c)) for d, c in self.db.execute(
+                "SELECT device_id, cert FROM devices WHERE user_id = ?", (user_id,)) if bytes(d) not in by_id]
+            gone = [d for d, _ in gone_rows]
+            now = _now_ms()
+            # remembered, so that the removed device's key login is told so (DEVICE_REMOVED), and its
+            # waiting mail goes with it (6.7); a device paired again later is forgotten here
+            self.db.executemany(
+                "INSERT INTO removed_devices (device_id, user_id, identity, removed_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id, identity = excluded.identity, "
+                "removed_ms = excluded.removed_ms",
+                [(d, user_id, DeviceCert.decode(c).device.encode(), now) for d, c in gone_rows])
+            self.db.executemany("DELETE FROM mailbox WHERE recipient_device = ?", [(d,) for d in gone])
             self.db.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in gone])
+            self.db.executemany("DELETE FROM removed_devices WHERE device_id = ?", [(d,) for d in by_id])
             for cert in certs:
                 self.db.execute(
                     "INSERT INTO devices (device_id, user_id, cert, name, added_ms) VALUES (?, ?, ?, ?, ?) "
@@ -111,6 +144,17 @@ class DeviceStore:
             "INSERT INTO user_keys (user_id, user_key, counter, device_list) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (user_id) DO UPDATE SET user_key = excluded.user_key, counter = excluded.counter, "
             "device_list = excluded.device_list", (user_id, dlist.user_key, dlist.counter, dlist.encode()))
+
+    def identities(self, user_id: int) -> list[bytes]:
+        """The device identities (binary form, section 1) of the account's listed devices."""
+        return [DeviceCert.decode(bytes(c)).device.encode() for (c,) in self.db.execute(
+            "SELECT cert FROM devices WHERE user_id = ? ORDER BY device_id", (user_id,))]
+
+    def removed_identities(self, user_id: int) -> list[bytes]:
+        """The identities of devices once listed for this account and removed since."""
+        return [bytes(i) for (i,) in self.db.execute(
+            "SELECT identity FROM removed_devices WHERE user_id = ? ORDER BY removed_ms DESC LIMIT 100",
+            (user_id,))]
 
     def device_user(self, device_id: bytes) -> int | None:
         row = self.db.execute("SELECT user_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
@@ -176,8 +220,10 @@ class DeviceStore:
                 if row is None:
                     continue  # a device with no prekey at all cannot be sealed to: it is skipped
                 if row[0] == K.ONE_TIME:
-                    self.db.execute("DELETE FROM prekeys WHERE device_id = ? AND kind = ? AND prekey_id = ?",
-                                    (device_id, K.ONE_TIME, row[1]))
+                    gone = self.db.execute("DELETE FROM prekeys WHERE device_id = ? AND kind = ? AND prekey_id = ?",
+                                           (device_id, K.ONE_TIME, row[1])).rowcount
+                    if gone != 1:  # taken meanwhile (cannot happen inside the transaction): never hand it out
+                        raise ReplayedPrekeyError("a one-time prekey was claimed twice")
                 out.append(Claimed(bytes(cert), bytes(row[2]), int(row[0])))
         return out
 
