@@ -268,3 +268,19 @@ def test_too_many_prekeys_in_a_batch_is_a_prekey_refusal(w):
     alice = Account(w, "alice")
     batch = [p.encode().hex() for p in alice.keys.new_one_time(alice.device, K.MAX_BATCH)]
     w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=[*batch, batch[0]])
+
+
+def test_device_list_writes_last_seen_at_most_once_a_minute(w):
+    # Attack F6: every own-account device_list was an fsync'd UPDATE on the event loop; now the
+    # mark (and so the write) moves only when it is a minute old.
+    alice = Account(w, "alice")
+    me = alice.device.public.fingerprint.hex()
+    first = w.now
+    assert w.call(alice.me(), "device_list", user="alice").data["last_seen"][me] == first
+    for _ in range(59):
+        w.now += 1000
+        assert w.call(alice.me(), "device_list", user="alice").data["last_seen"][me] == first
+    assert w.devices.devices(w.ids["alice"])[0][3] == first
+    w.now += 1000
+    assert w.call(alice.me(), "device_list", user="alice").data["last_seen"][me] == w.now
+    assert w.devices.devices(w.ids["alice"])[0][3] == w.now
