@@ -284,3 +284,26 @@ def test_device_list_writes_last_seen_at_most_once_a_minute(w):
     w.now += 1000
     assert w.call(alice.me(), "device_list", user="alice").data["last_seen"][me] == w.now
     assert w.devices.devices(w.ids["alice"])[0][3] == w.now
+
+
+def _spoiled(hex_prekey: str) -> str:
+    raw = bytearray(bytes.fromhex(hex_prekey))
+    raw[-1] ^= 1  # a bad signature: refused as such only if the signature is ever checked
+    return bytes(raw).hex()
+
+
+def test_replayed_and_overfull_uploads_are_refused_before_any_signature(w):
+    # Attack F5: a replayed batch cost 100 signature checks and ML-KEM loads before the store
+    # refused it. The cheap checks now come first: the refusal names the replay or the limit,
+    # never the (spoiled) signatures, so none was checked.
+    alice = Account(w, "alice")
+    batch = [p.encode().hex() for p in alice.keys.new_one_time(alice.device, K.MAX_BATCH)]
+    w.call(alice.me(), "prekeys_upload", one_time=batch)
+    detail = w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=[_spoiled(p) for p in batch])
+    assert "replay" in detail and "signature" not in detail
+    w.call(alice.me(), "prekeys_upload",
+           one_time=[p.encode().hex() for p in alice.keys.new_one_time(alice.device, K.MAX_BATCH)])
+    more = [_spoiled(p.encode().hex()) for p in alice.keys.new_one_time(alice.device, 1)]
+    detail = w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=more)
+    assert f"at most {K.MAX_HELD}" in detail and "signature" not in detail
+    assert w.call(alice.me(), "prekeys_status").data["available"] == K.MAX_HELD

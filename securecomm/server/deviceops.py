@@ -237,12 +237,22 @@ class DeviceOps:
         batch = args.get("one_time")
         if isinstance(batch, list) and len(batch) > K.MAX_BATCH:  # a refusal of its own, not a malformed frame
             raise OpError(ErrorCode.PREKEY, f"a batch holds at most {K.MAX_BATCH} prekeys")
+        # Cheap refusals before any signature or KEM work (attack F5: a replayed batch cost ~8 ms
+        # of event-loop CPU before the store refused it): ids must be above the stored maximum and
+        # the batch must fit beside the prekeys held. The store checks both again in its transaction.
+        raw_one_time = _hex_list(args, "one_time", K.MAX_BATCH)
+        if self.store.available(device_id) + len(raw_one_time) > K.MAX_HELD:
+            raise OpError(ErrorCode.PREKEY, f"a device holds at most {K.MAX_HELD} one-time prekeys")
+        max_id = self.store.max_prekey_id(device_id)
+
+        def used(prekey_id: int) -> bool:
+            return prekey_id <= max_id
+
         try:
-            one_time = K.verify_batch(caller.device, _hex_list(args, "one_time", K.MAX_BATCH), kind=K.ONE_TIME,
-                                      seen=lambda _: False)
+            one_time = K.verify_batch(caller.device, raw_one_time, kind=K.ONE_TIME, seen=used)
             raw_last = _hex(args, "last_resort", optional=True)
             last = None if raw_last is None else K.verify_batch(caller.device, [raw_last], kind=K.LAST_RESORT,
-                                                                  seen=lambda _: False)[0]
+                                                                  seen=used)[0]
             if last is not None and any(p.prekey_id == last.prekey_id for p in one_time):
                 raise ReplayedPrekeyError(f"prekey id {last.prekey_id} given twice")
             available = self.store.upload_prekeys(device_id, one_time, last)

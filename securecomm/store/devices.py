@@ -200,6 +200,11 @@ class DeviceStore:
                                 (max(p.prekey_id for p in new), device_id))
             return self.available(device_id)
 
+    def max_prekey_id(self, device_id: bytes) -> int:
+        """The highest prekey id this device ever uploaded (0 for none, or no such device)."""
+        row = self.db.execute("SELECT max_prekey_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def available(self, device_id: bytes) -> int:
         (n,) = self.db.execute("SELECT COUNT(*) FROM prekeys WHERE device_id = ? AND kind = ?",
                                (device_id, K.ONE_TIME)).fetchone()
