@@ -191,10 +191,7 @@ def test_pairing_code_of_another_account_is_unknown(w):
 
 def test_removing_a_device_closes_it_and_stops_its_uploads(w):
     alice = Account(w, "alice")
-    phone = PrivateIdentity.generate("x25519")
-    alice.certs.append(D.DeviceCert.sign(alice.key, "alice", phone.public, "phone", 0))
-    alice.counter = 2
-    w.call(alice.me(), "device_list_publish", **alice.list_args())
+    phone = _paired(w, alice)  # a device joins by pairing only (attack F1)
     alice.counter = 3
     out = w.call(alice.me(), "device_remove", device=phone.public.fingerprint.hex(),
                  **alice.list_args(alice.certs[:1]))
@@ -307,3 +304,64 @@ def test_replayed_and_overfull_uploads_are_refused_before_any_signature(w):
     detail = w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=more)
     assert f"at most {K.MAX_HELD}" in detail and "signature" not in detail
     assert w.call(alice.me(), "prekeys_status").data["available"] == K.MAX_HELD
+
+
+def _squat(w: World, mallory: Account, victim: PrivateIdentity) -> str:
+    """Mallory certifies another account's device key (which the directory gives anyone) on her list."""
+    cert = D.DeviceCert.sign(mallory.key, mallory.user, victim.public, "stolen", w.now)
+    mallory.counter += 1
+    return w.refused(ErrorCode.DEVICE_LIST, mallory.me(), "device_list_publish",
+                     **mallory.list_args([*mallory.certs, cert]))
+
+
+def test_a_list_cannot_name_a_device_that_never_proved_its_key(w):
+    # Attack F1 (f1/f1b scripts): Mallory's list named bob's registered device key, after which
+    # bob could never publish a list of his own ("a listed device belongs to another account").
+    mallory = Account(w, "alice")
+    bob_device = PrivateIdentity.generate("x25519")
+    assert "never proved" in _squat(w, mallory, bob_device)
+    assert len(w.call(mallory.me(), "device_list", user="alice").data["certs"]) == 1  # nothing stored
+    bob = Account.__new__(Account)  # bob's first list, from the device he proved
+    bob.w, bob.user, bob.key, bob.device, bob.counter = w, "bob", D.UserKey.generate(), bob_device, 1
+    bob.certs = [D.DeviceCert.sign(bob.key, "bob", bob_device.public, "laptop", w.now)]
+    assert w.call(bob.me(True), "device_list_publish", **bob.list_args()).data == {"counter": 1}
+
+
+def test_a_list_cannot_name_another_accounts_phone_waiting_to_pair(w):
+    # Attack F1 (f1c script): Mallory's list named bob's phone while it waited to be paired, so
+    # bob's pair_approve was refused. Now her list is refused and bob's pairing goes through.
+    bob = Account(w, "bob")
+    mallory = Account(w, "alice")
+    phone = PrivateIdentity.generate("x25519")
+    code = w.call(w.caller("bob", phone, True), "pair_start", name="phone").data["code"]
+    _squat(w, mallory, phone)
+    cert = D.DeviceCert.sign(bob.key, "bob", phone.public, "phone", w.now)
+    bob.certs.append(cert)
+    bob.counter = 2
+    hand_over = K.seal_v2(D.encode_user_key_transfer("bob", bob.key), bob.device, phone.public, None)
+    out = w.call(bob.me(), "pair_approve", code=code, cert=cert.encode().hex(), user_key=hand_over.hex(),
+                 **bob.list_args())
+    assert out.data == {"counter": 2}
+
+
+def _paired(w: World, acct: Account) -> PrivateIdentity:
+    """A second device of `acct`, paired and approved (list counter 2)."""
+    phone, code = _pair(w, acct)
+    cert = D.DeviceCert.sign(acct.key, acct.user, phone.public, "phone", w.now)
+    acct.certs.append(cert)
+    acct.counter = 2
+    hand_over = K.seal_v2(D.encode_user_key_transfer(acct.user, acct.key), acct.device, phone.public, None)
+    w.call(acct.me(), "pair_approve", code=code, cert=cert.encode().hex(), user_key=hand_over.hex(),
+           **acct.list_args())
+    return phone
+
+
+def test_a_list_may_keep_its_devices_and_drop_one(w):
+    alice = Account(w, "alice")
+    phone = _paired(w, alice)
+    alice.counter = 3  # the same two devices, re-signed: both already on the list
+    assert w.call(alice.me(), "device_list_publish", **alice.list_args()).data == {"counter": 3}
+    alice.counter = 4
+    alice.certs = alice.certs[:1]
+    out = w.call(alice.me(), "device_list_publish", **alice.list_args())
+    assert out.close == [phone.public.fingerprint]

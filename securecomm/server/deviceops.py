@@ -216,6 +216,15 @@ class DeviceOps:
         me = caller.device.fingerprint
         if not dlist.has(me) or (old is not None and not reset and not old.has(me)):
             raise OpError(ErrorCode.FORBIDDEN, "this session is not a listed device of its account")
+        # A device enters a list only with proof it agreed (attack F1: a list could name any
+        # account's registered device key and so lock its owner out of his own list): the device
+        # key proved in this session, one already on this account's list, or (pair_approve) the
+        # device that asked to pair. Nothing else.
+        known = {me, *(old.devices if old is not None else ())}
+        stranger = next((d for d in dlist.devices if d not in known), None)
+        if stranger is not None:
+            raise OpError(ErrorCode.DEVICE_LIST, f"device {stranger.hex()[:16]} never proved its key to this "
+                          "account: a new device joins by pairing (section 6.4)")
         return self._store_list(caller, dlist, certs, old, reset=reset)
 
     def _device_remove(self, caller: Caller, args: dict[str, Any]) -> Outcome:
