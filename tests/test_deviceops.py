@@ -69,6 +69,17 @@ class Account:
         dlist = D.DeviceList.sign(self.key, self.user, self.counter, self.w.now, [c.device_id for c in certs])
         return {"device_list": dlist.encode().hex(), "certs": [c.encode().hex() for c in certs]}
 
+    def pair(self, device: PrivateIdentity, name: str) -> D.DeviceCert:
+        """Add `device` as a real new device does (6.4): it asks to pair, this account approves."""
+        code = self.w.call(self.w.caller(self.user, device, True), "pair_start", name=name).data["code"]
+        cert = D.DeviceCert.sign(self.key, self.user, device.public, name, self.w.now)
+        self.certs.append(cert)
+        self.counter += 1
+        hand_over = K.seal_v2(D.encode_user_key_transfer(self.user, self.key), self.device, device.public, None)
+        self.w.call(self.me(), "pair_approve", code=code, cert=cert.encode().hex(), user_key=hand_over.hex(),
+                    **self.list_args())
+        return cert
+
     def upload(self, n: int = 5) -> Any:
         batch = self.keys.new_one_time(self.device, n)
         last = self.keys.new_last_resort(self.device, self.w.now)
