@@ -200,7 +200,8 @@ class DeviceOps:
             seen_ms = {d: seen for d, _, _, seen in self.store.devices(uid)}
             me, now = None if caller.device is None else caller.device.fingerprint, self.clock()
             # A write per request is an fsync on the event loop (attack F6): only when stale.
-            if me is not None and me in seen_ms and (seen_ms[me] is None or now - seen_ms[me] >= TOUCH_EVERY_MS):
+            last = seen_ms.get(me) if me is not None else None
+            if me is not None and me in seen_ms and (last is None or now - last >= TOUCH_EVERY_MS):
                 self.store.touch(me, now)
                 seen_ms[me] = now
             data["last_seen"] = {d.hex(): seen for d, seen in seen_ms.items()}
