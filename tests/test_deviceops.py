@@ -376,3 +376,28 @@ def test_a_list_may_keep_its_devices_and_drop_one(w):
     alice.certs = alice.certs[:1]
     out = w.call(alice.me(), "device_list_publish", **alice.list_args())
     assert out.close == [phone.public.fingerprint]
+
+
+def _kinds(w: World, claimer: str) -> list[int]:
+    out = w.call(Caller(w.ids[claimer], claimer, None), "prekeys_claim", user="alice").data
+    return [K.Prekey.decode(bytes.fromhex(p)).kind for p in out["prekeys"]]
+
+
+def test_one_time_prekeys_are_budgeted_per_claimer_and_per_target(w):
+    # Attack F2: two accounts drained a user's one-time prekeys in 0.1 s (the limit was per
+    # claimer only). Now each (claimer, device) pair gets PAIR_BURST and each device hands out
+    # ONE_TIME_PER_HOUR to everyone; beyond, claims still work with the last-resort prekey.
+    from securecomm.server.deviceops import ONE_TIME_PER_HOUR, PAIR_BURST
+    alice = Account(w, "alice")
+    alice.upload(K.MAX_BATCH)
+    alice.upload(K.MAX_BATCH)
+    claimers = [f"user{i}" for i in range(ONE_TIME_PER_HOUR // PAIR_BURST + 1)]
+    w.ids.update({name: w.store.add_user(name, "x").id for name in claimers})
+    assert [_kinds(w, claimers[0]) for _ in range(PAIR_BURST)] == [[K.ONE_TIME]] * PAIR_BURST
+    assert _kinds(w, claimers[0]) == [K.LAST_RESORT]  # this pair's budget is spent, not refused
+    for name in claimers[1:-1]:
+        assert [_kinds(w, name) for _ in range(PAIR_BURST)] == [[K.ONE_TIME]] * PAIR_BURST
+    assert _kinds(w, claimers[-1]) == [K.LAST_RESORT]  # the device's hourly budget is spent
+    assert w.call(alice.me(), "prekeys_status").data["available"] == 2 * K.MAX_BATCH - ONE_TIME_PER_HOUR
+    w.now += 3_600_000 // PAIR_BURST  # the pair's bucket refills one an hour/PAIR_BURST
+    assert _kinds(w, claimers[0]) == [K.ONE_TIME]

@@ -106,6 +106,8 @@ def _hex_list(args: dict[str, Any], name: str, limit: int) -> list[bytes]:
     return [_need({name: v}, name) for v in value]
 
 
+ONE_TIME_PER_HOUR = 100  # one-time prekeys one device hands out an hour, to everyone (6.5)
+PAIR_BURST = 20  # ... and to one claiming account (6.5)
 TOUCH_EVERY_MS = 60_000  # last_seen is written at most once a minute per device (6.4)
 
 
@@ -119,6 +121,7 @@ class DeviceOps:
         self.find_user = find_user
         self.clock = clock
         self._claims: dict[int, deque[int]] = {}
+        self._buckets: dict[tuple[int, bytes, int], tuple[float, int]] = {}  # (size, device, claimer|0)
 
     def handle(self, caller: Caller, op: str, args: dict[str, Any]) -> Outcome:
         """Serve one op, or raise OpError with the code of docs/PROTOCOL.md 6.10."""
@@ -280,7 +283,7 @@ class DeviceOps:
         self._rate(caller.user_id)
         directory = self._directory(uid, user)
         skip = caller.device.fingerprint if caller.device is not None and uid == caller.user_id else None
-        claimed = self.store.claim(uid, skip=skip)
+        claimed = self.store.claim(uid, skip=skip, one_time_ok=lambda device: self._one_time_ok(caller.user_id, device))
         notices = []
         for c in claimed:
             device_id = D.DeviceCert.decode(c.cert).device_id
@@ -288,6 +291,29 @@ class DeviceOps:
                 notices.append(Notice(uid, "prekeys_low", {}, device_id))
         directory.update(certs=[c.cert.hex() for c in claimed], prekeys=[c.prekey.hex() for c in claimed])
         return Outcome(directory, notices)
+
+    def _one_time_ok(self, claimer: int, device: bytes) -> bool:
+        """Budgets of one-time prekeys (attack F2: two accounts drained a user's prekeys in 0.1 s):
+        per target device ONE_TIME_PER_HOUR, per (claimer, device) pair PAIR_BURST, each refilling
+        evenly over an hour. Beyond either, the claim gets the last-resort prekey (6.5): a burst of
+        messages still goes, without one-time forward secrecy for the rest of it."""
+        now = self.clock()
+        if len(self._buckets) > 100_000:  # forget the full ones (a full bucket is the default)
+            self._buckets = {k: v for k, v in self._buckets.items() if self._level(v, now, k[0]) < k[0]}
+        target, pair = (ONE_TIME_PER_HOUR, device, 0), (PAIR_BURST, device, claimer)
+        levels = [self._level(self._buckets.get(k), now, k[0]) for k in (target, pair)]
+        if min(levels) < 1:
+            return False
+        for k, level in zip((target, pair), levels, strict=True):
+            self._buckets[k] = (level - 1, now)
+        return True
+
+    @staticmethod
+    def _level(bucket: tuple[float, int] | None, now: int, size: int) -> float:
+        if bucket is None:
+            return float(size)
+        level, since = bucket
+        return min(float(size), level + (now - since) * size / 3_600_000)
 
     def _rate(self, user_id: int) -> None:
         now = self.clock()
