@@ -57,9 +57,7 @@ def _setup(w: World) -> tuple[Device, Device, Device]:
     alice, bob = Account(w, "alice"), Account(w, "bob")
     laptop = Device(w, alice, alice.device, alice.keys, "laptop")
     phone_id = PrivateIdentity.generate("x25519")
-    alice.certs.append(D.DeviceCert.sign(alice.key, "alice", phone_id.public, "phone", w.now))
-    alice.counter = 2
-    w.call(alice.me(), "device_list_publish", **alice.list_args())
+    alice.pair(phone_id, "phone")
     phone = Device(w, alice, phone_id, DeviceKeys(w.tmp / "alice-phone", "x25519"), "phone")
     bobd = Device(w, bob, bob.device, bob.keys, "bob")
     for d in (laptop, phone, bobd):
@@ -133,9 +131,7 @@ def test_adding_a_device_does_not_change_the_pin(w):
     bob.send("alice", b"pin it")
     alice = laptop.account
     tablet = PrivateIdentity.generate("x25519")
-    alice.certs.append(D.DeviceCert.sign(alice.key, "alice", tablet.public, "tablet", 0))
-    alice.counter = 3
-    w.call(alice.me(), "device_list_publish", **alice.list_args())
+    alice.pair(tablet, "tablet")
     assert len(bob.send("alice", b"three devices now")) == 2  # the tablet has no prekeys yet: skipped
     assert bob.pins.get("alice").counter == 3
 

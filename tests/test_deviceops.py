@@ -69,6 +69,17 @@ class Account:
         dlist = D.DeviceList.sign(self.key, self.user, self.counter, self.w.now, [c.device_id for c in certs])
         return {"device_list": dlist.encode().hex(), "certs": [c.encode().hex() for c in certs]}
 
+    def pair(self, device: PrivateIdentity, name: str) -> D.DeviceCert:
+        """Add `device` as a real new device does (6.4): it asks to pair, this account approves."""
+        code = self.w.call(self.w.caller(self.user, device, True), "pair_start", name=name).data["code"]
+        cert = D.DeviceCert.sign(self.key, self.user, device.public, name, self.w.now)
+        self.certs.append(cert)
+        self.counter += 1
+        hand_over = K.seal_v2(D.encode_user_key_transfer(self.user, self.key), self.device, device.public, None)
+        self.w.call(self.me(), "pair_approve", code=code, cert=cert.encode().hex(), user_key=hand_over.hex(),
+                    **self.list_args())
+        return cert
+
     def upload(self, n: int = 5) -> Any:
         batch = self.keys.new_one_time(self.device, n)
         last = self.keys.new_last_resort(self.device, self.w.now)
@@ -191,10 +202,7 @@ def test_pairing_code_of_another_account_is_unknown(w):
 
 def test_removing_a_device_closes_it_and_stops_its_uploads(w):
     alice = Account(w, "alice")
-    phone = PrivateIdentity.generate("x25519")
-    alice.certs.append(D.DeviceCert.sign(alice.key, "alice", phone.public, "phone", 0))
-    alice.counter = 2
-    w.call(alice.me(), "device_list_publish", **alice.list_args())
+    phone = _paired(w, alice)  # a device joins by pairing only (attack F1)
     alice.counter = 3
     out = w.call(alice.me(), "device_remove", device=phone.public.fingerprint.hex(),
                  **alice.list_args(alice.certs[:1]))
@@ -268,3 +276,128 @@ def test_too_many_prekeys_in_a_batch_is_a_prekey_refusal(w):
     alice = Account(w, "alice")
     batch = [p.encode().hex() for p in alice.keys.new_one_time(alice.device, K.MAX_BATCH)]
     w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=[*batch, batch[0]])
+
+
+def test_device_list_writes_last_seen_at_most_once_a_minute(w):
+    # Attack F6: every own-account device_list was an fsync'd UPDATE on the event loop; now the
+    # mark (and so the write) moves only when it is a minute old.
+    alice = Account(w, "alice")
+    me = alice.device.public.fingerprint.hex()
+    first = w.now
+    assert w.call(alice.me(), "device_list", user="alice").data["last_seen"][me] == first
+    for _ in range(59):
+        w.now += 1000
+        assert w.call(alice.me(), "device_list", user="alice").data["last_seen"][me] == first
+    assert w.devices.devices(w.ids["alice"])[0][3] == first
+    w.now += 1000
+    assert w.call(alice.me(), "device_list", user="alice").data["last_seen"][me] == w.now
+    assert w.devices.devices(w.ids["alice"])[0][3] == w.now
+
+
+def _spoiled(hex_prekey: str) -> str:
+    raw = bytearray(bytes.fromhex(hex_prekey))
+    raw[-1] ^= 1  # a bad signature: refused as such only if the signature is ever checked
+    return bytes(raw).hex()
+
+
+def test_replayed_and_overfull_uploads_are_refused_before_any_signature(w):
+    # Attack F5: a replayed batch cost 100 signature checks and ML-KEM loads before the store
+    # refused it. The cheap checks now come first: the refusal names the replay or the limit,
+    # never the (spoiled) signatures, so none was checked.
+    alice = Account(w, "alice")
+    batch = [p.encode().hex() for p in alice.keys.new_one_time(alice.device, K.MAX_BATCH)]
+    w.call(alice.me(), "prekeys_upload", one_time=batch)
+    detail = w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=[_spoiled(p) for p in batch])
+    assert "replay" in detail and "signature" not in detail
+    w.call(alice.me(), "prekeys_upload",
+           one_time=[p.encode().hex() for p in alice.keys.new_one_time(alice.device, K.MAX_BATCH)])
+    more = [_spoiled(p.encode().hex()) for p in alice.keys.new_one_time(alice.device, 1)]
+    detail = w.refused(ErrorCode.PREKEY, alice.me(), "prekeys_upload", one_time=more)
+    assert f"at most {K.MAX_HELD}" in detail and "signature" not in detail
+    assert w.call(alice.me(), "prekeys_status").data["available"] == K.MAX_HELD
+
+
+def _squat(w: World, mallory: Account, victim: PrivateIdentity) -> str:
+    """Mallory certifies another account's device key (which the directory gives anyone) on her list."""
+    cert = D.DeviceCert.sign(mallory.key, mallory.user, victim.public, "stolen", w.now)
+    mallory.counter += 1
+    return w.refused(ErrorCode.DEVICE_LIST, mallory.me(), "device_list_publish",
+                     **mallory.list_args([*mallory.certs, cert]))
+
+
+def test_a_list_cannot_name_a_device_that_never_proved_its_key(w):
+    # Attack F1 (f1/f1b scripts): Mallory's list named bob's registered device key, after which
+    # bob could never publish a list of his own ("a listed device belongs to another account").
+    mallory = Account(w, "alice")
+    bob_device = PrivateIdentity.generate("x25519")
+    assert "never proved" in _squat(w, mallory, bob_device)
+    assert len(w.call(mallory.me(), "device_list", user="alice").data["certs"]) == 1  # nothing stored
+    bob = Account.__new__(Account)  # bob's first list, from the device he proved
+    bob.w, bob.user, bob.key, bob.device, bob.counter = w, "bob", D.UserKey.generate(), bob_device, 1
+    bob.certs = [D.DeviceCert.sign(bob.key, "bob", bob_device.public, "laptop", w.now)]
+    assert w.call(bob.me(True), "device_list_publish", **bob.list_args()).data == {"counter": 1}
+
+
+def test_a_list_cannot_name_another_accounts_phone_waiting_to_pair(w):
+    # Attack F1 (f1c script): Mallory's list named bob's phone while it waited to be paired, so
+    # bob's pair_approve was refused. Now her list is refused and bob's pairing goes through.
+    bob = Account(w, "bob")
+    mallory = Account(w, "alice")
+    phone = PrivateIdentity.generate("x25519")
+    code = w.call(w.caller("bob", phone, True), "pair_start", name="phone").data["code"]
+    _squat(w, mallory, phone)
+    cert = D.DeviceCert.sign(bob.key, "bob", phone.public, "phone", w.now)
+    bob.certs.append(cert)
+    bob.counter = 2
+    hand_over = K.seal_v2(D.encode_user_key_transfer("bob", bob.key), bob.device, phone.public, None)
+    out = w.call(bob.me(), "pair_approve", code=code, cert=cert.encode().hex(), user_key=hand_over.hex(),
+                 **bob.list_args())
+    assert out.data == {"counter": 2}
+
+
+def _paired(w: World, acct: Account) -> PrivateIdentity:
+    """A second device of `acct`, paired and approved (list counter 2)."""
+    phone, code = _pair(w, acct)
+    cert = D.DeviceCert.sign(acct.key, acct.user, phone.public, "phone", w.now)
+    acct.certs.append(cert)
+    acct.counter = 2
+    hand_over = K.seal_v2(D.encode_user_key_transfer(acct.user, acct.key), acct.device, phone.public, None)
+    w.call(acct.me(), "pair_approve", code=code, cert=cert.encode().hex(), user_key=hand_over.hex(),
+           **acct.list_args())
+    return phone
+
+
+def test_a_list_may_keep_its_devices_and_drop_one(w):
+    alice = Account(w, "alice")
+    phone = _paired(w, alice)
+    alice.counter = 3  # the same two devices, re-signed: both already on the list
+    assert w.call(alice.me(), "device_list_publish", **alice.list_args()).data == {"counter": 3}
+    alice.counter = 4
+    alice.certs = alice.certs[:1]
+    out = w.call(alice.me(), "device_list_publish", **alice.list_args())
+    assert out.close == [phone.public.fingerprint]
+
+
+def _kinds(w: World, claimer: str) -> list[int]:
+    out = w.call(Caller(w.ids[claimer], claimer, None), "prekeys_claim", user="alice").data
+    return [K.Prekey.decode(bytes.fromhex(p)).kind for p in out["prekeys"]]
+
+
+def test_one_time_prekeys_are_budgeted_per_claimer_and_per_target(w):
+    # Attack F2: two accounts drained a user's one-time prekeys in 0.1 s (the limit was per
+    # claimer only). Now each (claimer, device) pair gets PAIR_BURST and each device hands out
+    # ONE_TIME_PER_HOUR to everyone; beyond, claims still work with the last-resort prekey.
+    from securecomm.server.deviceops import ONE_TIME_PER_HOUR, PAIR_BURST
+    alice = Account(w, "alice")
+    alice.upload(K.MAX_BATCH)
+    alice.upload(K.MAX_BATCH)
+    claimers = [f"user{i}" for i in range(ONE_TIME_PER_HOUR // PAIR_BURST + 1)]
+    w.ids.update({name: w.store.add_user(name, "x").id for name in claimers})
+    assert [_kinds(w, claimers[0]) for _ in range(PAIR_BURST)] == [[K.ONE_TIME]] * PAIR_BURST
+    assert _kinds(w, claimers[0]) == [K.LAST_RESORT]  # this pair's budget is spent, not refused
+    for name in claimers[1:-1]:
+        assert [_kinds(w, name) for _ in range(PAIR_BURST)] == [[K.ONE_TIME]] * PAIR_BURST
+    assert _kinds(w, claimers[-1]) == [K.LAST_RESORT]  # the device's hourly budget is spent
+    assert w.call(alice.me(), "prekeys_status").data["available"] == 2 * K.MAX_BATCH - ONE_TIME_PER_HOUR
+    w.now += 3_600_000 // PAIR_BURST  # the pair's bucket refills one an hour/PAIR_BURST
+    assert _kinds(w, claimers[0]) == [K.ONE_TIME]

@@ -51,7 +51,7 @@ def world(tmp_path):
 
 
 def _add_second_device(srv: ServerProc, home: Path, name: str = "phone") -> bytes:
-    """Publish list 2 = alice's first device + a new one, signed by her user key: what `devices approve` sends."""
+    """Pair a new device: it asks (pair_start), alice's first device approves list 2 = both (`devices approve`)."""
     me, keys = _identity(home), _keys(home)
     key = keys.user_key()
     assert key is not None
@@ -61,13 +61,22 @@ def _add_second_device(srv: ServerProc, home: Path, name: str = "phone") -> byte
         current = conn.until(P.Result)
         assert isinstance(current, P.Result)
         certs = [D.DeviceCert.decode(bytes.fromhex(c)) for c in current.data["certs"]]
-        new = D.DeviceCert.sign(key, "alice", PrivateIdentity.generate("x25519").public, name, now_ms())
+        device = PrivateIdentity.generate("x25519")
+        pending = Raw(srv).start()  # a new device joins by pairing only (6.4; attack F1)
+        pending.send(pending.registration("alice", device))
+        assert isinstance(pending.until(P.LoginOk), P.LoginOk)
+        pending.send(P.Request(1, "pair_start", {"name": name}))
+        started = pending.until(P.Result)
+        assert isinstance(started, P.Result), started
+        new = D.DeviceCert.sign(key, "alice", device.public, name, now_ms())
         certs.append(new)
         dlist = D.DeviceList.sign(key, "alice", 2, now_ms(), [c.device_id for c in certs])
-        conn.send(P.Request(2, "device_list_publish", {"device_list": dlist.encode().hex(),
-                                                        "certs": [c.encode().hex() for c in certs]}))
+        conn.send(P.Request(2, "pair_approve", {"code": started.data["code"], "cert": new.encode().hex(),
+                                                "user_key": "00", "device_list": dlist.encode().hex(),
+                                                "certs": [c.encode().hex() for c in certs]}))
         done = conn.until(P.Result)
         assert isinstance(done, P.Result) and done.data == {"counter": 2}
+        pending.close()
     finally:
         conn.close()
     return new.device_id

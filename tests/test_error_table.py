@@ -515,10 +515,9 @@ def d_pending_bad_state(w: World) -> Outcome:
     return c, c.error(), None, None
 
 
-def d_pairing_used(w: World) -> Outcome:
-    """A pairing code already approved is looked up again (6.4: good for one approval)."""
-    c = _listed(w, "alice", ALICE)
-    new = PrivateIdentity.generate("x25519")
+def _pair_in(w: World, c: Raw, new: PrivateIdentity) -> str:
+    """`new` logs in with alice's password, asks to pair, and `c` (alice's listed device) approves;
+    returns the code used."""
     pending = w.raw().start()
     pending.send(pending.registration("alice", new))
     assert isinstance(pending.until(P.LoginOk), P.LoginOk)
@@ -531,6 +530,13 @@ def d_pairing_used(w: World) -> Outcome:
     c.send(P.Request(46, "pair_approve", {"code": code, "cert": cert, "user_key": "00", **listed}))
     assert isinstance(c.until(P.Result), P.Result)
     pending.close()
+    return str(code)
+
+
+def d_pairing_used(w: World) -> Outcome:
+    """A pairing code already approved is looked up again (6.4: good for one approval)."""
+    c = _listed(w, "alice", ALICE)
+    code = _pair_in(w, c, PrivateIdentity.generate("x25519"))
     c.send(P.Request(47, "device_list_publish", _signed_list(w, "alice", [ALICE])))  # as before, for the others
     assert isinstance(c.until(P.Result), P.Result)
     return _dev_request(c, "pair_lookup", {"code": code})
@@ -540,9 +546,9 @@ def d_device_removed(w: World) -> Outcome:
     """The key of a device removed from the account's list logs in (6.7)."""
     extra = PrivateIdentity.generate("x25519")
     c = _listed(w, "alice", ALICE)
-    for devices in ([ALICE, extra], [ALICE]):
-        c.send(P.Request(44, "device_list_publish", _signed_list(w, "alice", devices)))
-        assert isinstance(c.until(P.Result), P.Result)
+    _pair_in(w, c, extra)
+    c.send(P.Request(44, "device_list_publish", _signed_list(w, "alice", [ALICE])))
+    assert isinstance(c.until(P.Result), P.Result)
     c.close()
     c = w.raw().start()
     assert c.hello is not None
@@ -608,6 +614,8 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "list-not-user-key": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_list_publish",
                                                 _list_args(D.UserKey.generate(), "alice", ALICE, 99)),
     "list-bad-signature": d_list_bad_signature,
+    "list-unproved-device": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_list_publish",
+                                                   _signed_list(w, "alice", [ALICE, BOB])),
     "list-stale": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_list_publish",
                                          _list_args(_USER_KEYS[(id(w.srv), "alice")], "alice", ALICE, 1)),
     "pairing-unknown": lambda w: _dev_request(_listed(w, "alice", ALICE), "pair_lookup", {"code": "ABCDE-FGHJK"}),

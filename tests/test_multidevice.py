@@ -540,3 +540,20 @@ def test_a_device_on_another_relay_gets_its_mail_notices_and_removal(tmp_path, p
         for d in devices:
             d.close()
         stop_all(relays)
+
+
+def test_a_removed_first_device_whose_key_is_registered_cannot_log_back_in(world):
+    # Attack F7: the laptop (the account's registered version-1 key) removed by the phone logged
+    # straight back in with its key, and its DIRECTs were stored. Its key login is DEVICE_REMOVED.
+    srv, laptop, phone, _ = world
+    pair(srv, laptop, phone)
+    current = M.Directory.parse(phone.call("device_list", user="alice"))
+    answer = phone.call("device_remove", **S.remove("alice", phone.keys, current, laptop.id, K.now_ms()))
+    assert answer["removed"] == laptop.id.hex()
+    raw = Raw(srv).start()
+    assert raw.hello is not None
+    raw.send(P.LoginKey("alice", laptop.identity.sign(
+        P.login_transcript(raw.hello.challenge, raw.server_identity.fingerprint, "alice"))))
+    err = raw.error()
+    assert err.code == P.ErrorCode.DEVICE_REMOVED and err.fatal
+    raw.close()

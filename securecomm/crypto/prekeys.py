@@ -215,7 +215,8 @@ def verify_batch(device: PublicIdentity, batch: Iterable[bytes], *, kind: int, s
     """Parse and check a whole upload; any failure refuses all of it (nothing is stored).
 
     `seen(prekey_id)` says whether this device already used that id (the server's record);
-    a repeated or reused id is a replay."""
+    a repeated or reused id is a replay. Every cheap check (layout, kind, ids) runs on the whole
+    batch before the first signature, so a replayed batch costs no signature work."""
     items = list(batch)
     if len(items) > limit:
         raise FormatError(f"a batch holds at most {limit} prekeys")
@@ -225,11 +226,12 @@ def verify_batch(device: PublicIdentity, batch: Iterable[bytes], *, kind: int, s
         pk = Prekey.decode(raw)
         if pk.kind != kind:
             raise FormatError(f"expected a {KIND_NAMES[kind]}, got a {KIND_NAMES[pk.kind]}")
-        pk.verify(device)
         if pk.prekey_id in ids or seen(pk.prekey_id):
-            raise ReplayedPrekeyError(f"prekey id {pk.prekey_id} was already used by this device")
+            raise ReplayedPrekeyError(f"prekey id {pk.prekey_id} was already used by this device (replay)")
         ids.add(pk.prekey_id)
         out.append(pk)
+    for pk in out:
+        pk.verify(device)
     return out
 
 

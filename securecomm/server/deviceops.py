@@ -106,6 +106,11 @@ def _hex_list(args: dict[str, Any], name: str, limit: int) -> list[bytes]:
     return [_need({name: v}, name) for v in value]
 
 
+ONE_TIME_PER_HOUR = 100  # one-time prekeys one device hands out an hour, to everyone (6.5)
+PAIR_BURST = 20  # ... and to one claiming account (6.5)
+TOUCH_EVERY_MS = 60_000  # last_seen is written at most once a minute per device (6.4)
+
+
 class DeviceOps:
     OPS = ("device_list", "device_list_publish", "device_remove", "prekeys_upload", "prekeys_status",
            "prekeys_claim", "pair_start", "pair_lookup", "pair_approve", "pair_complete")
@@ -116,6 +121,7 @@ class DeviceOps:
         self.find_user = find_user
         self.clock = clock
         self._claims: dict[int, deque[int]] = {}
+        self._buckets: dict[tuple[int, bytes, int], tuple[float, int]] = {}  # (size, device, claimer|0)
 
     def handle(self, caller: Caller, op: str, args: dict[str, Any]) -> Outcome:
         """Serve one op, or raise OpError with the code of docs/PROTOCOL.md 6.10."""
@@ -194,9 +200,14 @@ class DeviceOps:
         uid, user = self._user(args)
         data = self._directory(uid, user)
         if uid == caller.user_id:  # only the account itself learns when its devices were seen
-            if caller.device is not None and self.store.device_user(caller.device.fingerprint) == uid:
-                self.store.touch(caller.device.fingerprint, self.clock())
-            data["last_seen"] = {d.hex(): seen for d, _, _, seen in self.store.devices(uid)}
+            seen_ms = {d: seen for d, _, _, seen in self.store.devices(uid)}
+            me, now = None if caller.device is None else caller.device.fingerprint, self.clock()
+            # A write per request is an fsync on the event loop (attack F6): only when stale.
+            last = seen_ms.get(me) if me is not None else None
+            if me is not None and me in seen_ms and (last is None or now - last >= TOUCH_EVERY_MS):
+                self.store.touch(me, now)
+                seen_ms[me] = now
+            data["last_seen"] = {d.hex(): seen for d, seen in seen_ms.items()}
         return Outcome(data)
 
     def _device_list_publish(self, caller: Caller, args: dict[str, Any]) -> Outcome:
@@ -209,6 +220,15 @@ class DeviceOps:
         me = caller.device.fingerprint
         if not dlist.has(me) or (old is not None and not reset and not old.has(me)):
             raise OpError(ErrorCode.FORBIDDEN, "this session is not a listed device of its account")
+        # A device enters a list only with proof it agreed (attack F1: a list could name any
+        # account's registered device key and so lock its owner out of his own list): the device
+        # key proved in this session, one already on this account's list, or (pair_approve) the
+        # device that asked to pair. Nothing else.
+        known = {me, *(old.devices if old is not None else ())}
+        stranger = next((d for d in dlist.devices if d not in known), None)
+        if stranger is not None:
+            raise OpError(ErrorCode.DEVICE_LIST, f"device {stranger.hex()[:16]} never proved its key to this "
+                          "account: a new device joins by pairing (section 6.4)")
         return self._store_list(caller, dlist, certs, old, reset=reset)
 
     def _device_remove(self, caller: Caller, args: dict[str, Any]) -> Outcome:
@@ -230,12 +250,22 @@ class DeviceOps:
         batch = args.get("one_time")
         if isinstance(batch, list) and len(batch) > K.MAX_BATCH:  # a refusal of its own, not a malformed frame
             raise OpError(ErrorCode.PREKEY, f"a batch holds at most {K.MAX_BATCH} prekeys")
+        # Cheap refusals before any signature or KEM work (attack F5: a replayed batch cost ~8 ms
+        # of event-loop CPU before the store refused it): ids must be above the stored maximum and
+        # the batch must fit beside the prekeys held. The store checks both again in its transaction.
+        raw_one_time = _hex_list(args, "one_time", K.MAX_BATCH)
+        if self.store.available(device_id) + len(raw_one_time) > K.MAX_HELD:
+            raise OpError(ErrorCode.PREKEY, f"a device holds at most {K.MAX_HELD} one-time prekeys")
+        max_id = self.store.max_prekey_id(device_id)
+
+        def used(prekey_id: int) -> bool:
+            return prekey_id <= max_id
+
         try:
-            one_time = K.verify_batch(caller.device, _hex_list(args, "one_time", K.MAX_BATCH), kind=K.ONE_TIME,
-                                      seen=lambda _: False)
+            one_time = K.verify_batch(caller.device, raw_one_time, kind=K.ONE_TIME, seen=used)
             raw_last = _hex(args, "last_resort", optional=True)
             last = None if raw_last is None else K.verify_batch(caller.device, [raw_last], kind=K.LAST_RESORT,
-                                                                  seen=lambda _: False)[0]
+                                                                  seen=used)[0]
             if last is not None and any(p.prekey_id == last.prekey_id for p in one_time):
                 raise ReplayedPrekeyError(f"prekey id {last.prekey_id} given twice")
             available = self.store.upload_prekeys(device_id, one_time, last)
@@ -253,7 +283,7 @@ class DeviceOps:
         self._rate(caller.user_id)
         directory = self._directory(uid, user)
         skip = caller.device.fingerprint if caller.device is not None and uid == caller.user_id else None
-        claimed = self.store.claim(uid, skip=skip)
+        claimed = self.store.claim(uid, skip=skip, one_time_ok=lambda device: self._one_time_ok(caller.user_id, device))
         notices = []
         for c in claimed:
             device_id = D.DeviceCert.decode(c.cert).device_id
@@ -261,6 +291,29 @@ class DeviceOps:
                 notices.append(Notice(uid, "prekeys_low", {}, device_id))
         directory.update(certs=[c.cert.hex() for c in claimed], prekeys=[c.prekey.hex() for c in claimed])
         return Outcome(directory, notices)
+
+    def _one_time_ok(self, claimer: int, device: bytes) -> bool:
+        """Budgets of one-time prekeys (attack F2: two accounts drained a user's prekeys in 0.1 s):
+        per target device ONE_TIME_PER_HOUR, per (claimer, device) pair PAIR_BURST, each refilling
+        evenly over an hour. Beyond either, the claim gets the last-resort prekey (6.5): a burst of
+        messages still goes, without one-time forward secrecy for the rest of it."""
+        now = self.clock()
+        if len(self._buckets) > 100_000:  # forget the full ones (a full bucket is the default)
+            self._buckets = {k: v for k, v in self._buckets.items() if self._level(v, now, k[0]) < k[0]}
+        target, pair = (ONE_TIME_PER_HOUR, device, 0), (PAIR_BURST, device, claimer)
+        levels = [self._level(self._buckets.get(k), now, k[0]) for k in (target, pair)]
+        if min(levels) < 1:
+            return False
+        for k, level in zip((target, pair), levels, strict=True):
+            self._buckets[k] = (level - 1, now)
+        return True
+
+    @staticmethod
+    def _level(bucket: tuple[float, int] | None, now: int, size: int) -> float:
+        if bucket is None:
+            return float(size)
+        level, since = bucket
+        return min(float(size), level + (now - since) * size / 3_600_000)
 
     def _rate(self, user_id: int) -> None:
         now = self.clock()

@@ -23,7 +23,7 @@ SQLite file; a transaction that loses such a race is StoreUnavailableError: retr
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -200,14 +200,21 @@ class DeviceStore:
                                 (max(p.prekey_id for p in new), device_id))
             return self.available(device_id)
 
+    def max_prekey_id(self, device_id: bytes) -> int:
+        """The highest prekey id this device ever uploaded (0 for none, or no such device)."""
+        row = self.db.execute("SELECT max_prekey_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def available(self, device_id: bytes) -> int:
         (n,) = self.db.execute("SELECT COUNT(*) FROM prekeys WHERE device_id = ? AND kind = ?",
                                (device_id, K.ONE_TIME)).fetchone()
         return int(n)
 
-    def claim(self, user_id: int, skip: bytes | None = None) -> list[Claimed]:
+    def claim(self, user_id: int, skip: bytes | None = None,
+              one_time_ok: Callable[[bytes], bool] = lambda _: True) -> list[Claimed]:
         """One prekey for each listed device of `user_id` but `skip` (the claimant's own device):
-        its lowest one-time prekey, deleted here, else its last-resort prekey."""
+        its lowest one-time prekey, deleted here, else its last-resort prekey. `one_time_ok(device)`
+        is asked before a one-time prekey is handed out (the server's budgets); False: last resort."""
         out = []
         with self._transaction():
             for device_id, cert in self.db.execute(
@@ -217,6 +224,9 @@ class DeviceStore:
                 row = self.db.execute(
                     "SELECT kind, prekey_id, prekey FROM prekeys WHERE device_id = ? "
                     "ORDER BY kind, prekey_id LIMIT 1", (device_id,)).fetchone()
+                if row is not None and row[0] == K.ONE_TIME and not one_time_ok(bytes(device_id)):
+                    row = self.db.execute("SELECT kind, prekey_id, prekey FROM prekeys WHERE device_id = ? "
+                                          "AND kind = ?", (device_id, K.LAST_RESORT)).fetchone()
                 if row is None:
                     continue  # a device with no prekey at all cannot be sealed to: it is skipped
                 if row[0] == K.ONE_TIME:
