@@ -86,9 +86,17 @@ _ACK = struct.Struct(">QB32s64s")
 DELIVERED_LABEL = b"securecomm/v1/delivered"
 
 
+DELIVERED_V2_LABEL = b"securecomm/v2/delivered"
+
+
 def delivered_transcript(msg_id: bytes, digest: bytes) -> bytes:
     """What a recipient signs to say it verified and received a message."""
     return DELIVERED_LABEL + msg_id + digest
+
+
+def delivered_transcript_v2(msg_id: bytes, digest: bytes) -> bytes:
+    """The same for a version-2 message, signed by the receiving device (docs/PROTOCOL.md 6.7)."""
+    return DELIVERED_V2_LABEL + msg_id + digest
 
 
 @dataclass(frozen=True)
