@@ -186,3 +186,23 @@ def test_version_1_mail_is_refused_by_name(world):
     r = sc(homes["bob"], "inbox", "--json")
     assert r.returncode != 0 and r.stdout == b""
     assert b"version 1 envelope refused" in r.stderr
+
+
+def test_last_resort_message_says_so_and_its_key_stays(world):
+    """With no one-time prekey left, the message is sealed to the last-resort prekey (key_kind 2), and
+    the reader is told: "sealed without a one-time key" (6.6); that key is kept (it serves others)."""
+    srv, homes = world
+    con = sqlite3.connect(srv.home / "securecomm.db")
+    try:
+        con.execute("DELETE FROM prekeys WHERE kind = 1")  # as if others had claimed them all
+        con.commit()
+    finally:
+        con.close()
+    assert sc(homes["alice"], "send", "--to", "bob", "no one-time key").returncode == 0
+    (data,) = _waiting(srv)
+    env = K.parse_v2(data)
+    assert env.header.key_kind == K.LAST_RESORT
+    r = sc(homes["bob"], "inbox")
+    assert r.returncode == 0, r.stderr
+    assert b"(sealed without a one-time key)" in r.stdout and b"no one-time key" in r.stdout
+    assert (homes["bob"] / "devices" / "default" / "prekeys" / f"2-{env.header.prekey_id}.key").exists()

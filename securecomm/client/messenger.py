@@ -30,7 +30,7 @@ from securecomm.client.directv2 import (
     open_with_prekey,
     serves_devices,
 )
-from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage
+from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage, Notice
 from securecomm.client.pins import Pins
 from securecomm.client.rooms import SETTLE_MAX, SETTLE_QUIET, Rooms, RoomState
 from securecomm.crypto import envelope
@@ -64,8 +64,12 @@ class SeenIds:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.ids: dict[str, str | None] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the file again: another session of this device (a second chat window) appends to it."""
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
                 key, _, value = line.partition(" ")
                 if key:
                     self.ids[key] = value or None
@@ -247,6 +251,8 @@ class Messenger(Rooms):
                 erase(self.devices.keys, tried)
                 raise
         except SecurecommError as e:
+            if self._shown_by_another_session(ev, key, env.header.msg_id):
+                return
             self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
                             "discarded, not shown"))
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
@@ -262,6 +268,19 @@ class Messenger(Rooms):
         self._ack_v2(ev.seq, env.header.msg_id, opened.digest)
         if tried:
             await self._refill_when_low()
+
+    def _shown_by_another_session(self, ev: P.Deliver, key: str, msg_id: bytes) -> bool:
+        """Two sessions of one device (two chat windows) are both offered its mail; the first to open a
+        message erases its one-time key, so the other cannot: exactly once per device. It was recorded as
+        seen before the key was erased, so the other finds it there, says so, and acknowledges it."""
+        self.seen.refresh()
+        done = self.seen.get(key)
+        if done is None:
+            return False
+        self.emit(Notice(f"a message from {ev.sender} ({msg_id.hex()[:8]}) was shown by another session "
+                         "of this device"))
+        self._ack_v2(ev.seq, msg_id, bytes.fromhex(done))
+        return True
 
     def _ack_v2(self, seq: int, msg_id: bytes, digest: bytes) -> None:
         proof = self.me.sign(P.delivered_transcript_v2(msg_id, digest))
