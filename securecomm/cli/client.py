@@ -259,7 +259,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         if isinstance(ev, DirectMessage):
             from securecomm.client.files import describe, received_notice
 
-            notice = received_notice(state.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
+            notice = received_notice(state.paths, ev.sender, ev.body, ev.device)  # a file: saved for `fetch ID`
             body = describe(notice).encode() if notice else ev.body
             if as_json:
                 import json

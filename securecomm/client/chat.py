@@ -174,7 +174,7 @@ class ChatSession:
                 self.present.discard(ev.user)
             self.changed.set()
         if isinstance(ev, DirectMessage):
-            notice = received_notice(self.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
+            notice = received_notice(self.paths, ev.sender, ev.body, ev.device)  # a file: saved for `fetch ID`
             if notice is not None:
                 ev = dataclasses.replace(ev, body=describe(notice).encode())
         self.emit(ev)

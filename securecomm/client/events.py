@@ -28,6 +28,9 @@ class DirectMessage:
     to: str | None = None
     #: Sealed to the device's last-resort prekey, not a one-time one (docs/PROTOCOL.md 6.6).
     without_one_time_key: bool = False
+    #: The sending device's identity line (version 2: verified on its user's list); a file it announces
+    #: is checked against this key when fetched.
+    device: str | None = None
 
 
 @dataclass(frozen=True)

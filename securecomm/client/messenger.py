@@ -262,7 +262,7 @@ class Messenger(Rooms):
             self.devices.own_key.fingerprint_text
         self.emit(DirectMessage(ev.sender, text, env.header.msg_id, env.header.timestamp_ms, fingerprint,
                                 conversation if mine and conversation != self.user else None,
-                                opened.without_one_time_key))
+                                opened.without_one_time_key, device.line))
         self.seen.add(key, opened.digest.hex())  # the outcome recorded, then the key erased, then the ACK
         erase(self.devices.keys, tried)
         self._ack_v2(ev.seq, env.header.msg_id, opened.digest)
