@@ -182,9 +182,14 @@ class DeviceDirectory:
             mine = await self._claimed(client, self.user)
         body = DM.encode_body(to, text)
         msg_id = new_msg_id()
-        listed = self.verify(to, theirs)
-        out = DM.seal_direct(self.me, self.user, to, text, self.pins, theirs, mine, msg_id=msg_id,
-                             verify=self.verify)
+        verified: dict[str, list[D.DeviceCert]] = {}
+
+        def verify(name: str, directory: Directory) -> list[D.DeviceCert]:
+            verified[name] = self.verify(name, directory)
+            return verified[name]
+
+        out = DM.seal_direct(self.me, self.user, to, text, self.pins, theirs, mine, msg_id=msg_id, verify=verify)
+        listed = verified[to]
         if to == self.user:  # a note to self is shown here too: sealed to our own last-resort prekey
             out.insert(0, DM.Outgoing(to, self.me.public.fingerprint,
                                       K.seal_v2(body, self.me, self.me.public, self._own_last_resort(), msg_id=msg_id),
