@@ -97,7 +97,9 @@ async def live_push(homes: dict[str, Path], n: int) -> dict[str, Any]:
 def store_with(path: Path, reusing_ids: bool) -> Store:
     store = Store(path)
     if reusing_ids:  # put back the schema-2 mailbox: the baseline
-        store.db.executescript("DROP TABLE mailbox;" + MIGRATIONS[1].split("CREATE TABLE direct_ids")[0])
+        store.db.executescript("DROP TABLE mailbox;" + MIGRATIONS[1].split("CREATE TABLE direct_ids")[0]
+                               + "ALTER TABLE mailbox ADD COLUMN recipient_device BLOB;"
+                               "ALTER TABLE mailbox ADD COLUMN sender_device BLOB;")  # migration 7's columns
     return store
 
 

@@ -277,15 +277,28 @@ def test_add_existing_user_is_refused_before_any_password(server):
 
 
 # -- item 14: one device per user ------------------------------------------------------------
+def _version_1_account(server, name: str) -> None:
+    """Make `name` an account as version 1 left it: one registered key, no user key or device list."""
+    con = sqlite3.connect(server.home / "securecomm.db", isolation_level=None)
+    try:
+        con.execute("PRAGMA foreign_keys=ON")
+        (uid,) = con.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+        con.execute("DELETE FROM devices WHERE user_id = ?", (uid,))
+        con.execute("DELETE FROM user_keys WHERE user_id = ?", (uid,))
+    finally:
+        con.close()
+
+
 def test_second_device_asks_before_replacing_and_contacts_recover(server, tmp_path):
     alice, bob1, bob2 = tmp_path / "alice", tmp_path / "bob1", tmp_path / "bob2"
     for home, name in ((alice, "alice"), (bob1, "bob")):
         assert login(home, server, name).returncode == 0
     assert sc(alice, "send", "--to", "bob", "first contact").returncode == 0
+    # an account with a user key: a second device waits to be paired, and replaces nothing (6.4)
     r = login(bob2, server, "bob")
-    assert r.returncode == 9
-    assert "already has a device key registered" in r.stderr.decode() and b"--replace-key" in r.stderr
+    assert r.returncode == 0 and b"pairing code:" in r.stderr
     assert sc(alice, "send", "--to", "bob", "still the first key").returncode == 0  # nothing replaced
+    # --replace-key, while version 1 is served (server/versions.py), still replaces the version-1 key
     assert login(bob2, server, "bob", PASSWORD, "--replace-key").returncode == 0
     r = sc(alice, "send", "--to", "bob", "refused")
     assert r.returncode == 6 and b"CHANGED" in r.stderr
@@ -303,8 +316,11 @@ def test_second_device_asks_before_replacing_and_contacts_recover(server, tmp_pa
 
 
 def test_replacing_the_key_logs_the_other_device_out(server, tmp_path):
+    """A version-1 account (one registered key): replacing it ends the other device's sessions. (A listed
+    device of an account with a user key stays logged in: tests/test_multidevice.py.)"""
     bob1, bob2 = tmp_path / "bob1", tmp_path / "bob2"
     assert login(bob1, server, "bob").returncode == 0
+    _version_1_account(server, "bob")
 
     async def go() -> object:
         client = await _open_session(bob1)
@@ -399,8 +415,10 @@ def test_add_checks_the_password_after_its_first_entry(server, tmux):
 
 
 def _second_device_at_the_replace_prompt(server, tmp_path, tmux) -> str:
-    """bob's first device registered; a second home logs in as bob in tmux and stops at the question."""
+    """bob's first device registered (a version-1 account: one key, no device list); a second home logs
+    in as bob in tmux and stops at the question."""
     assert login(tmp_path / "bob1", server, "bob").returncode == 0
+    _version_1_account(server, "bob")
     ca = server.home / "tls" / "ca.pem"
     tmux.start("bob2", f"{ENTRY} --home {tmp_path / 'bob2'} user login bob --server {server.address} --ca {ca}; "
                        "echo EXIT-$?; sleep 30")

@@ -197,12 +197,12 @@ def _code(stderr: bytes) -> str:
 def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
     """Spec 6.4 through the commands: `user login` on a new device prints a code, `devices approve CODE`
     on the first one shows the new device's fingerprint and signs it in, and the new device's next login
-    collects the user key. (Each login of the other device uses --replace-key while the server keeps one
-    registered key per account: the pending-device login state is not served yet.)"""
+    collects the user key. No --replace-key anywhere: the new device's first login is a pending device
+    (pairing only), and the first device stays logged in with its own key."""
     srv, homes = world
     laptop = homes["alice"]
     phone = tmp_path / "alice-phone"
-    first = login(phone, srv, "alice", PASSWORD, "--replace-key", "--identity", "phone")
+    first = login(phone, srv, "alice", PASSWORD, "--identity", "phone")
     assert first.returncode == 0, first.stderr
     code = _code(first.stderr)
     from securecomm.crypto import identity as I
@@ -210,7 +210,7 @@ def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
     phone_id = I.load(phone / "identities" / "phone.key", lambda: b"")
     assert phone_id.public.fingerprint_text in first.stderr.decode()
     assert not (phone / "devices" / "phone" / "user.key").exists()
-    assert login(laptop, srv, "alice", PASSWORD, "--replace-key").returncode == 0
+    assert login(laptop, srv, "alice", PASSWORD).returncode == 0
 
     refused = sc("devices", "approve", code, input="n\n", home_dir=laptop)
     assert refused.exit_code == 130 and phone_id.public.fingerprint_text in refused.output
@@ -223,7 +223,7 @@ def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
     used = sc("devices", "approve", code, "--yes", home_dir=laptop)
     assert used.exit_code == 9
 
-    second = login(phone, srv, "alice", PASSWORD, "--replace-key", "--identity", "phone")
+    second = login(phone, srv, "alice", PASSWORD, "--identity", "phone")
     assert second.returncode == 0, second.stderr
     laptop_key = _keys(laptop).user_key()
     phone_key = DeviceKeys(phone / "devices" / "phone", phone_id.kem).user_key()

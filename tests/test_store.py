@@ -266,3 +266,37 @@ def test_mail_from_a_sender_removed_after_the_checks_is_not_stored(open_store):
     assert late.refused == ACCOUNT_GONE and to_gone.refused == ACCOUNT_GONE
     assert s.count_mail() == 0
     s.close()
+
+
+# -- one mailbox per device (docs/PROTOCOL.md 6.7) ---------------------------------------------------
+D_SENDER, D_LAPTOP, D_PHONE = b"S" * 32, b"L" * 32, b"P" * 32
+
+
+def test_a_fan_out_to_two_devices_is_two_messages_not_a_retry(store):
+    """Regression: before migration 7 the second device's copy (same sender, same msg_id) was taken
+    for a retry of the first, answered `duplicate` and never stored."""
+    from securecomm.store.db import NewDirect
+
+    a, b = store.add_user("alice", "h"), store.add_user("bob", "h")
+    msg_id = b"m" * 16
+    copies = [NewDirect(a.id, b.id, msg_id, bytes([i]) * 32, bytes([i]) * 100, D_SENDER, d)
+              for i, d in enumerate((D_LAPTOP, D_PHONE))]
+    out = store.store_messages(copies)
+    assert [o.duplicate for o in out] == [False, False] and all(o.seq for o in out)
+    again = store.store_messages(copies[1:])  # a real retry of one copy is still a duplicate
+    assert again[0].duplicate and again[0].sha256 == bytes([1]) * 32
+    # each device is offered its own copy only; version-1 mail goes to every session as before
+    (v1,) = store.store_messages([NewDirect(a.id, b.id, b"v" * 16, bytes(32), b"v1")])
+    assert [m.envelope for m in store.pending_mail(b.id, device=D_LAPTOP)] == [bytes([0]) * 100, b"v1"]
+    assert [m.envelope for m in store.pending_mail(b.id, device=D_PHONE)] == [bytes([1]) * 100, b"v1"]
+    assert [m.envelope for m in store.pending_mail(b.id)] == [b"v1"]
+    # an ACK deletes only a row of the acknowledging device (or version 1)
+    assert store.take_mail(b.id, out[1].seq, D_LAPTOP) is None
+    taken = store.take_mail(b.id, out[0].seq, D_LAPTOP)
+    assert taken is not None and (taken.msg_id, taken.sender_id, taken.device) == (msg_id, a.id, D_LAPTOP)
+    assert [m.envelope for m in store.pending_mail(b.id, device=D_PHONE)] == [bytes([1]) * 100, b"v1"]
+    v1_taken = store.take_mail(b.id, v1.seq, D_PHONE)
+    assert v1_taken is not None and v1_taken.device is None
+    # the ids are forgotten like version 1's once old enough
+    assert store.prune_direct_ids(2**62, 100) >= 3
+    assert not store.store_messages(copies[:1])[0].duplicate

@@ -292,7 +292,8 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         async with client:
             if ok.prekeys is not None:  # a server that serves devices (docs/PROTOCOL.md 6.4, 6.5, 6.7)
                 await _set_up_device(client, DeviceKeys(paths.device_keys(identity_name), me.kem), me,
-                                     server_user_name(ok.user), identity_name, reset=reset_user_key)
+                                     server_user_name(ok.user), identity_name, ok.pending,
+                                     reset=reset_user_key)
             elif reset_user_key:
                 raise UsageError("this server does not serve devices, so there is no user key to reset")
             assert client.server_identity is not None
@@ -322,15 +323,18 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
                "registered")
 
 
-async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str, *, reset: bool = False) -> None:
+async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str, pending: bool = False, *,
+                         reset: bool = False) -> None:
     """The device's user key, list and prekeys; a failure here is a warning: the login itself succeeded
-    (except for --reset-user-key, which was asked for by name)."""
+    (except for --reset-user-key, which was asked for by name). A pending session (a device the list
+    does not name yet) may only pair (docs/PROTOCOL.md 6.4), unless it resets the user key."""
     from securecomm.cli.context import info, warn
     from securecomm.client.devicelogin import set_up_device
     from securecomm.errors import SecurecommError
 
     try:
-        done = await set_up_device(client, keys, me, user, name, reset=reset)
+        done = "pending" if pending and not reset else await set_up_device(client, keys, me, user, name,
+                                                                            reset=reset)
         if done == "reset":
             info(f"new user key {keys.user_key().public.fingerprint_text}: this device is {user}'s only one; "
                  "your contacts will see a changed key and must trust it again")

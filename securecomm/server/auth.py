@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import BusyError, ExistsError, IntegrityError, SecurecommError, UsageError
+from securecomm.server import versions
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, normalise_name
 from securecomm.wire import protocol as P
@@ -192,7 +193,8 @@ def shown_fingerprint(identity: PublicIdentity | None, account: User) -> str | N
     return PublicIdentity.decode_cached(account.identity).fingerprint_text if account.identity else None
 
 
-def why_session_ends(s: Session, fresh: User | None) -> str | None:
+def why_session_ends(s: Session, fresh: User | None,
+                     listed: Callable[[int, bytes], bool] | None = None) -> str | None:
     """Why a logged-in session must end after an account change, or None if it may stay.
 
     A session with a proven key ends when that key is no longer the account's; one that
@@ -200,10 +202,27 @@ def why_session_ends(s: Session, fresh: User | None) -> str | None:
     with --keep-key: whoever knew the old password must not stay in)."""
     if fresh is None:
         return "the account was removed"
-    if s.identity is not None and not same_key(fresh.fingerprint, s.identity.fingerprint):
+    if s.device is not None and listed is not None and not listed(fresh.id, s.device):
+        return "this device's key is no longer registered"
+    # a listed device (or one waiting to be paired) is not the account's one registered key: its
+    # list decides (a removal closes its sessions at once, server/devicerelay.py)
+    if s.identity is not None and s.device is None and not s.awaiting_pairing \
+            and not same_key(fresh.fingerprint, s.identity.fingerprint):
         return "this device's key is no longer registered"
     if s.password_hash is not None and not same(fresh.password_hash.encode(), s.password_hash.encode()):
         return "the account's password changed"
+    return None
+
+
+def _signer(identities: list[bytes], signature: bytes, transcript: bytes) -> PublicIdentity | None:
+    """The identity (binary form) among `identities` whose key made `signature`, if any."""
+    for raw in identities:
+        identity = PublicIdentity.decode_cached(raw)
+        try:
+            identity.verify(signature, transcript)
+        except IntegrityError:
+            continue
+        return identity
     return None
 
 
@@ -287,8 +306,18 @@ class Logins:
             return
         if not ok or user is None:
             return
-        if identity is not None and not await self._register(s, user, identity, ev.replace_key):
-            return
+        device, pending, registered = None, False, identity is not None
+        if identity is not None:
+            status = self._device_status(user, identity)
+            # while version 1 is served, --replace-key still makes this key the account's version-1 key
+            legacy = ev.replace_key and versions.SERVE_VERSION_1
+            if status == "listed":
+                device = identity.fingerprint
+                registered = legacy
+            elif status == "pending" and not legacy:
+                pending, registered = True, False  # 6.4: only pairing until a listed device approves it
+            if registered and not await self._register(s, user, identity, ev.replace_key):
+                return
         checked = user.password_hash
         if passwords.needs_rehash(user.password_hash):
             new_hash = await asyncio.get_running_loop().run_in_executor(self.hash_pool, passwords.hash_password,
@@ -297,7 +326,17 @@ class Logins:
             if await self.store.call(self.store.store.upgrade_password_hash, user.id, checked, new_hash):
                 self._rehashed(user.id, checked, new_hash)
                 checked = new_hash
-        await self._logged_in(s, user, identity, "password", checked)
+        await self._logged_in(s, user, identity, "password", checked, device=device, pending=pending,
+                              registered=registered)
+
+    def _device_status(self, user: User, identity: PublicIdentity) -> str | None:
+        """For an account with a user key (docs/PROTOCOL.md 6.4): "listed" if the list names this
+        device, else "pending" (a new device waiting to be paired). None: an account without a user
+        key (a version-1 home, or a first device before its list), which keeps one registered key."""
+        devices = self.relay.devices
+        if devices is None or not devices.has_user_key(user.id):
+            return None
+        return "listed" if devices.listed(user.id, identity.fingerprint) else "pending"
 
     def _logged_name(self, name: str, user: User | None) -> str:
         """How a login's user name appears in the log: an account's name as is; any other only as a tag.
@@ -403,8 +442,12 @@ class Logins:
 
     async def login_key(self, s: Session, ev: P.LoginKey) -> None:
         name, user = await self._find_user(ev.user)
-        identity = PublicIdentity.decode_cached(user.identity) if user and user.identity else None
         transcript = P.login_transcript(s.challenge, self.server_fingerprint, name or "")
+        devices = self.relay.devices
+        if user is not None and devices is not None and devices.has_user_key(user.id):
+            await self._device_key_login(s, user, ev, transcript)
+            return
+        identity = PublicIdentity.decode_cached(user.identity) if user and user.identity else None
         ok = False
         # never refused for password guesses: a lock must not shut an enrolled device out (server/auth.py)
         if identity is not None and user is not None:
@@ -420,8 +463,35 @@ class Logins:
             return
         await self._logged_in(s, user, identity, "identity key")
 
+    async def _device_key_login(self, s: Session, user: User, ev: P.LoginKey, transcript: bytes) -> None:
+        """LOGIN_KEY to an account with a user key: any device its current list names (6.7); a device
+        removed from it is told so (DEVICE_REMOVED, fatal), any other key is AUTH_FAILED as always."""
+        devices = self.relay.devices
+        assert devices is not None
+        device = _signer(devices.identities(user.id), ev.signature, transcript)
+        if device is None:
+            legacy = [user.identity] if user.identity is not None and versions.SERVE_VERSION_1 else []
+            if _signer(devices.removed_identities(user.id), ev.signature, transcript) is not None:
+                log.warning("%s key login refused: a device removed from %s's list", s.label(), user.name)
+                s.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list; to use it "
+                        "again, pair it again (securecomm user login, then devices approve on another device)",
+                        fatal=True)
+                return
+            registered = _signer(legacy, ev.signature, transcript)
+            if registered is not None:  # the account's version-1 key, while version 1 is served (versions.py)
+                await self._logged_in(s, user, registered, "identity key")
+                return
+            log.warning("%s key login failed for %s", s.label(), self._logged_name(user.name, user))
+            s.error(P.ErrorCode.AUTH_FAILED, "authentication failed: unknown user or key not registered "
+                    "(log in with a password first: securecomm user login)", fatal=True)
+            return
+        await self._logged_in(s, user, device, "identity key", device=device.fingerprint, registered=False)
+
     async def _logged_in(self, s: Session, user: User, identity: PublicIdentity | None, how: str,
-                         password_hash: str | None = None) -> None:
+                         password_hash: str | None = None, *, device: bytes | None = None,
+                         pending: bool = False, registered: bool = True) -> None:
+        """`registered`: `identity` is (now) the account's one registered key, as the login checked;
+        False for a listed or pending device, whose list (not that key) decides."""
         by_password = how == "password"
         stale = not user.last_login or user.last_login < time.time() - LAST_LOGIN_RESOLUTION
         if stale or (by_password and user.failed_logins):
@@ -429,20 +499,24 @@ class Logins:
                                   user.id, True)
         # From here to relay.logged_in there is no await: the account read below is the one the
         # session starts with, and any later change bumps the counter the watcher acts on.
-        fresh = self._still_as_checked(s, user, identity, password_hash)
+        fresh = self._still_as_checked(s, user, identity if registered else None, password_hash)
         if fresh is None:
             return
         if not self.admit(s, fresh):  # the listener's limits: --max-clients, --max-sessions-per-user
             return
         s.user, s.identity, s.password_hash = fresh, identity, password_hash
+        s.device, s.awaiting_pairing = device, pending
         log.info("%s logged in (%s%s)", s.label(), how, "" if identity else ", no device key: no mail or rooms")
         prekeys = None if identity is None or self.relay.devices is None else \
             self.relay.devices.prekeys(identity.fingerprint)
-        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh), prekeys))
+        s.send(P.LoginOk(user.name, user.role, shown_fingerprint(identity, fresh), prekeys,
+                         device.hex() if device is not None else None, pending))
         self.relay.logged_in(s)
 
     def _still_as_checked(self, s: Session, user: User, identity: PublicIdentity | None,
                           password_hash: str | None) -> User | None:
+        # `identity`: the key this login registered as the account's one key; None for a listed or
+        # pending device, whose list (not the account's registered key) decides.
         """The account as the database has it now, if it is still what this login checked; else refused.
 
         A login awaits (the Argon2 queue, the writer thread) after it read the account, and the

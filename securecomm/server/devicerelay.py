@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from securecomm.server import intake
-from securecomm.server.deviceops import Caller, DeviceOps, OpError, check_direct
+from securecomm.server.deviceops import Caller, DeviceOps, Notice, OpError, check_direct
 from securecomm.store.devices import DeviceStore
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
@@ -54,13 +54,28 @@ class DeviceRelay:
         """One-time prekeys held for a device (0 for one not listed): LOGIN_OK's `prekeys`."""
         return self.ops.store.available(device_id)
 
+    def has_user_key(self, user_id: int) -> bool:
+        """The account has a user key and a device list (6.3): its devices log in as themselves."""
+        return self.ops.store.current(user_id) is not None
+
+    def listed(self, user_id: int, device_id: bytes) -> bool:
+        return self.ops.store.device_user(device_id) == user_id
+
+    def identities(self, user_id: int) -> list[bytes]:
+        return self.ops.store.identities(user_id)
+
+    def removed_identities(self, user_id: int) -> list[bytes]:
+        return self.ops.store.removed_identities(user_id)
+
     @staticmethod
     def caller(s: Session) -> Caller:
         assert s.user is not None
         return Caller(s.user.id, s.user.name, s.identity, s.password_hash is not None)
 
-    def request(self, s: Session, ev: P.Request, sessions: Callable[[int], set[Session]]) -> bool:
-        """Serve a device op; False if `ev.op` is not one."""
+    def request(self, s: Session, ev: P.Request, publish: Callable[[int, bytes], None]) -> bool:
+        """Serve a device op; False if `ev.op` is not one. Its NOTICEs go to `publish(user_id, frame)`
+        (the bus: every relay with a session of that account), which also ends a removed device's
+        sessions wherever they are (server/relay.py `_user_frame`)."""
         if ev.op not in DeviceOps.OPS:
             return False
         try:
@@ -70,11 +85,30 @@ class DeviceRelay:
             return True
         s.send(P.Result(ev.rid, outcome.data))
         assert s.user is not None
-        for other in list(sessions(s.user.id)):
-            if other.identity is not None and other.identity.fingerprint in outcome.close:
-                log.info("%s device removed from its list: closing", other.label())
-                other.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
+        if s.device is None and not s.awaiting_pairing and s.identity is not None \
+                and self.listed(s.user.id, s.identity.fingerprint):
+            s.device = s.identity.fingerprint  # a first device that just published its list: its mail from now
+        for notice in outcome.notices:
+            frame = self.notice_frame(notice)
+            if frame is not None:
+                publish(notice.user_id, P.encode_event(frame))
         return True
+
+    def notice_frame(self, notice: Notice) -> P.Notice | None:
+        """The NOTICE frame for an outcome's notice (docs/PROTOCOL.md 6.7); None for an unknown account."""
+        user = self._user_name(notice.user_id)
+        if user is None:
+            return None
+        named = notice.body.get("device")
+        device = notice.device if notice.device is not None else bytes.fromhex(named) if isinstance(named, str) \
+            else None
+        counter = notice.body.get("counter")
+        return P.Notice(notice.event, user, device, counter if isinstance(counter, int) else None)
+
+    def _user_name(self, user_id: int) -> str | None:
+        assert self.ops is not None and self._store is not None  # opened with the ops
+        user = self._store.get_user_by_id(user_id)
+        return None if user is None else user.name
 
     def check(self, s: Session, envelope: bytes, to: User | None, name: str, window_ms: int
               ) -> Envelope2 | intake.Refusal:
@@ -85,6 +119,10 @@ class DeviceRelay:
         devices = {d for d, *_ in self.ops.store.devices(to.id)} if current is not None else set()
         if not devices:
             return intake.Refusal(P.ErrorCode.NOT_FOUND, f"{to.name} has no devices yet")
+        assert s.user is not None
+        if s.identity is None or not self.listed(s.user.id, s.identity.fingerprint):
+            return intake.Refusal(P.ErrorCode.DEVICE_REMOVED, "this device is not on your device list: "
+                                  "its messages are refused")
         try:
             return check_direct(envelope, s.identity, devices, window_ms, now_ms())
         except OpError as e:

@@ -172,7 +172,7 @@ class Server:
             if s.user is None or s.closing:
                 continue
             fresh = read.get_user_by_id(s.user.id)
-            why = why_session_ends(s, fresh)
+            why = why_session_ends(s, fresh, self.relay.devices.listed if self.relay.devices else None)
             if why is not None:
                 self.drop(s, why)
             else:

@@ -79,6 +79,8 @@ EVENTS: dict[str, str] = {
     "%s room message rejected: %s": "room.message.rejected",
     "%s dropped: unknown request %r": "conn.dropped.protocol_error",
     "%s device removed from its list: closing": "device.removed",
+    "%s key login refused: a device removed from %s's list": "login.refused.device_removed",
+    "%s dropped: %s from a device waiting to be paired": "conn.dropped.pending_device",
     "%s duplicate message %s: original receipt sent": "message.duplicate",
     "%s direct message to %s refused: %s": "direct.refused",
     "%s direct message refused: %s": "direct.refused",

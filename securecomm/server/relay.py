@@ -49,6 +49,17 @@ MAIL_BATCH = 256
 MAX_SEQ = 2**63 - 1
 
 
+def _notice(data: bytes) -> P.Notice | None:
+    """The NOTICE an encoded frame carries (4-byte length, type, body), or None for any other frame."""
+    if len(data) < 5 or data[4] != P.MsgType.NOTICE:
+        return None
+    try:
+        event = P.decode_payload(data[4:])
+    except P.ProtocolError:
+        return None
+    return event if isinstance(event, P.Notice) else None
+
+
 def _arg(ev: P.Request, name: str) -> str:
     """A string argument; missing or not a string counts as "" (which names nobody, PROTOCOL.md 5.4)."""
     value = ev.args.get(name)
@@ -134,12 +145,15 @@ class Relay:
         to = self.store.read().get_user(ev.to)
         checked = self.devices.check(s, ev.envelope, to, ev.to, self.config.stale_window_ms)
         if isinstance(checked, intake.Refusal):
-            s.error(checked.code, checked.message, msg_id=msg_id)
+            log.info("%s direct message refused: %s", s.label(), checked.detail or checked.message)
+            s.error(checked.code, checked.message, msg_id=msg_id, fatal=checked.code is P.ErrorCode.DEVICE_REMOVED)
             return
         assert to is not None
         await s.in_flight.acquire()
         h = checked.header
-        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, sha256(ev.envelope), ev.envelope))
+        # stored for the one device its header names; a copy for each other device is not a retry (6.7)
+        fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, sha256(ev.envelope), ev.envelope,
+                                          h.sender, h.recipient))
         s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
 
     def _direct_checked(self, s: Session, env: envelope.Envelope, to: Any,
@@ -184,11 +198,12 @@ class Relay:
         Synchronous on purpose (a read-only connection on the loop): no live push
         can slip in between the query and the offers, so order needs no queue."""
         assert s.user is not None
-        if s.identity is None:  # a password-only login proved no key: it is never offered mail (see ack)
+        # a password-only login proved no key, a pending device is not listed: never offered mail (see ack)
+        if s.identity is None or s.awaiting_pairing:
             return
         box = s.mailbox
         while True:
-            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH)
+            items = self.store.read().pending_mail(s.user.id, box.high, MAIL_BATCH, s.device)
             box.backlog = len(items) == MAIL_BATCH
             for item in items:
                 box.offer(item)
@@ -206,18 +221,18 @@ class Relay:
             # Before, a password-only login was given the account's key and could delete its mail unread.
             log.warning("%s ACK ignored: no device key proven in this connection", s.label())
             return
-        taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq)
+        # only a row this session could have been offered: another device's mail stays for it (6.7)
+        taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq, s.device)
         s.mailbox.acked(ev.seq)
         if taken is not None:
-            msg_id, sender_id = taken
             if ev.status == P.ACK_OK:
                 if s.handlers.metrics is not None:
                     s.handlers.metrics.messages_delivered.inc()
-                receipt = P.Delivered(msg_id, ev.digest, ev.signature, s.user.name)
+                receipt = P.Delivered(taken.msg_id, ev.digest, ev.signature, s.user.name, taken.device)
                 # to the sender's sessions on every relay (the bus reaches the ones elsewhere)
-                self.bus.publish_user(sender_id, P.encode_event(receipt, self.config.max_frame))
+                self.bus.publish_user(taken.sender_id, P.encode_event(receipt, self.config.max_frame))
             else:
-                log.warning("%s rejected direct message %s (failed verification)", s.label(), msg_id.hex())
+                log.warning("%s rejected direct message %s (failed verification)", s.label(), taken.msg_id.hex())
         if s.mailbox.backlog and not s.mailbox.outstanding:
             self.offer_pending(s)
 
@@ -232,7 +247,7 @@ class Relay:
     # -- directory and rooms ------------------------------------------------------------
     async def request(self, s: Session, ev: P.Request) -> bool:
         """Handle directory/room requests; False if the op is not ours."""
-        if self.devices is not None and self.devices.request(s, ev, lambda uid: self.online.get(uid, set())):
+        if self.devices is not None and self.devices.request(s, ev, self.bus.publish_user):
             return True
         handler = {"lookup": self._lookup, "join": self._join, "leave": self._leave_req,
                    "who": self._who}.get(ev.op)
@@ -363,10 +378,22 @@ class Relay:
                 m.outbox.put(data)
 
     def _user_frame(self, user_id: int, data: bytes) -> None:
-        """An encoded event for every session of `user_id` connected here."""
+        """An encoded event for every session of `user_id` connected here; a NOTICE about one device
+        goes to that device's sessions only, one about the account's devices to its sessions but pending
+        ones (6.4), and `device_removed` ends the removed device's sessions
+        (on every relay: this arrives over the bus, docs/PROTOCOL.md 6.7)."""
+        notice = _notice(data)
         for m in list(self.online.get(user_id, ())):
-            if m.conn.state is P.State.READY and not m.closing:
-                m.outbox.put(data)
+            if m.conn.state is not P.State.READY or m.closing:
+                continue
+            mine = notice is not None and m.identity is not None and notice.device is not None \
+                and same(m.identity.fingerprint, notice.device)
+            if notice is not None and (not mine if notice.event in P.NOTICE_FOR_ONE_DEVICE else m.awaiting_pairing):
+                continue  # one device's notice; or an account's, which a device waiting to be paired is not told
+            m.outbox.put(data)
+            if notice is not None and notice.event == "device_removed" and mine:
+                log.info("%s device removed from its list: closing", m.label())
+                m.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
         assert s.user is not None

@@ -75,6 +75,8 @@ class RelayPort(Protocol):
 
 
 READ_CHUNK = 64 * 1024
+#: What a pending device (docs/PROTOCOL.md 6.4) may ask, besides PING and BYE.
+PENDING_OPS = ("pair_start", "pair_complete")
 
 #: Bytes the server will hold for one client that does not read (a room can
 #: produce faster than a stalled reader drains). Beyond this the client is cut
@@ -205,6 +207,11 @@ class Session:
         self.identity: PublicIdentity | None = None
         #: The password hash a password login checked: a new one (`user passwd`) ends the session.
         self.password_hash: str | None = None
+        #: This session's device id when its key is on the account's device list (docs/PROTOCOL.md 6.7):
+        #: its version-2 mail, and only that, is offered here. None: no listed device (version 1).
+        self.device: bytes | None = None
+        #: A new device waiting to be paired (6.4): only pair_start, pair_complete, PING and BYE.
+        self.awaiting_pairing = False
         self.challenge = os.urandom(P.CHALLENGE_SIZE)
         self.bucket = TokenBucket(config.rate, config.burst)
         self.in_flight = asyncio.Semaphore(config.max_in_flight)
@@ -337,6 +344,11 @@ class Session:
                 self.closing = True
             else:
                 self.send(P.Pong())
+        elif self.awaiting_pairing and not (isinstance(event, P.Request) and event.op in PENDING_OPS):
+            log.warning("%s dropped: %s from a device waiting to be paired", self.label(), event.TYPE.name)
+            self.error(P.ErrorCode.BAD_STATE, "this device waits to be paired: only pair_start and pair_complete "
+                       "are served until a device of this account approves it (securecomm devices approve)",
+                       fatal=True)
         elif not self.bucket.take():
             msg_id, rid = answer_ids(event)
             self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id, rid=rid)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # the row types only; importing this module loads no database driver
-    from securecomm.store.db import MailItem, NewDirect, NewMessage, StoredMessage, User
+    from securecomm.store.db import MailItem, NewDirect, NewMessage, StoredMessage, Taken, User
     from securecomm.store.retention import Expired
 
 
@@ -38,8 +38,14 @@ class ServerStore(Protocol):
         ...
 
     def prune_direct_ids(self, older_than_ms: int, limit: int) -> int: ...
-    def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]: ...
-    def take_mail(self, recipient_id: int, seq: int) -> tuple[bytes, int] | None: ...
+    def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256,
+                     device: bytes | None = None) -> list[MailItem]:
+        """The account's version-1 mail and `device`'s version-2 mail after `after_seq`, oldest first."""
+        ...
+
+    def take_mail(self, recipient_id: int, seq: int, device: bytes | None = None) -> Taken | None:
+        """Delete one acknowledged row of this session's (its device's, or version 1)."""
+        ...
     def expire_mail(self, stored_before_ms: int, limit: int) -> list[Expired]:
         """Drop direct messages stored before the cutoff, among the `limit` oldest (--mailbox-ttl)."""
         ...

@@ -25,6 +25,7 @@ from securecomm.files import ensure_dir
 from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
 from securecomm.store.retention import Expired, expire_mail
 from securecomm.store.schema_devices import MIGRATION as DEVICES_MIGRATION
+from securecomm.store.schema_devices import MIGRATION_7 as DEVICE_MAILBOX_MIGRATION
 
 NAME_RE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 ROLES = ("user", "admin")
@@ -148,6 +149,8 @@ MIGRATIONS: list[str] = [
     """,
     # 6: user keys, devices, prekeys and pairings (docs/PROTOCOL.md 6; store/devices.py)
     DEVICES_MIGRATION,
+    # 7: one mailbox per device; ids per (sender device, recipient device); removed devices (6.7)
+    DEVICE_MAILBOX_MIGRATION,
 ]
 
 
@@ -160,6 +163,15 @@ def normalise_name(name: str) -> str:
         raise UsageError(f"user name {name!r} must be 1-32 characters of a-z 0-9 _ . -")
     return lowered
 
+
+#: `user passwd` without --keep-key: the account's devices go with its key (one parameter: the user id).
+FORGET_DEVICES = (
+    "DELETE FROM mailbox WHERE recipient_id = ? AND recipient_device IS NOT NULL",
+    "DELETE FROM prekeys WHERE device_id IN (SELECT device_id FROM devices WHERE user_id = ?)",
+    "DELETE FROM devices WHERE user_id = ?",
+    "DELETE FROM user_keys WHERE user_id = ?",
+    "DELETE FROM pairings WHERE user_id = ?",
+)
 
 #: Why a direct message is refused when its sender or recipient was removed after the server checked it.
 ACCOUNT_GONE = "mailbox is closed: the sender's or the recipient's account was removed"
@@ -215,6 +227,19 @@ class NewDirect:
     msg_id: bytes
     sha256: bytes
     envelope: bytes
+    #: A version-2 message (docs/PROTOCOL.md 6.7): sealed by this device to that one; stored for that
+    #: device only, its id remembered per (sender device, recipient device). None: version 1, per account.
+    sender_device: bytes | None = None
+    recipient_device: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Taken:
+    """An acknowledged mailbox row, deleted: what the DELIVERED receipt to its sender names."""
+
+    msg_id: bytes
+    sender_id: int
+    device: bytes | None  # the receiving device of a version-2 message; None for version 1
 
 
 @dataclass(frozen=True)
@@ -343,7 +368,9 @@ class Store:
         self.send_usage.forget(user.id)
 
     def set_password(self, name: str, password_hash: str, *, keep_key: bool = True) -> None:
-        """Set a new hash and clear a lockout; with keep_key=False also forget the device key."""
+        """Set a new hash and clear a lockout; with keep_key=False also forget the device key, and every
+        device of the account with its user key, list, prekeys and per-device mail (docs/PROTOCOL.md 6):
+        the next login starts the account's devices again under a new user key."""
         user = self.require_user(name)
         with self._transaction():
             if keep_key:
@@ -352,6 +379,8 @@ class Store:
             else:
                 self.db.execute("UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = 0, "
                                 "identity = NULL, fingerprint = NULL WHERE id = ?", (password_hash, user.id))
+                for statement in FORGET_DEVICES:
+                    self.db.execute(statement, (user.id,))
             self._account_changed()
 
     def upgrade_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
@@ -442,8 +471,13 @@ class Store:
     def _store_direct(self, cur: sqlite3.Cursor, m: NewDirect, now_ms: int) -> StoredMessage:
         """A retry is answered before the quota is checked; a refused message leaves no trace, so
         that it can be sent again once the mailbox has room."""
-        row = cur.execute("SELECT sha256, stored_at_ms FROM direct_ids WHERE sender_id = ? AND msg_id = ?",
-                          (m.sender_id, m.msg_id)).fetchone()
+        if m.recipient_device is not None:
+            row = cur.execute("SELECT sha256, stored_at_ms FROM device_direct_ids WHERE sender_device = ? "
+                              "AND recipient_device = ? AND msg_id = ?",
+                              (m.sender_device, m.recipient_device, m.msg_id)).fetchone()
+        else:
+            row = cur.execute("SELECT sha256, stored_at_ms FROM direct_ids WHERE sender_id = ? AND msg_id = ?",
+                              (m.sender_id, m.msg_id)).fetchone()
         if row is not None:
             return StoredMessage(m.msg_id, row[0], row[1], True)
         # checked here, in the transaction: a removal committed after the server's checks (its
@@ -453,10 +487,15 @@ class Store:
         refused = self.mailbox_usage.refusal(cur, m.recipient_id, len(m.envelope))
         if refused is not None:
             return StoredMessage(m.msg_id, m.sha256, now_ms, False, refused=refused)
-        cur.execute("INSERT INTO direct_ids (sender_id, msg_id, sha256, stored_at_ms) VALUES (?, ?, ?, ?)",
-                    (m.sender_id, m.msg_id, m.sha256, now_ms))
-        cur.execute("INSERT INTO mailbox (recipient_id, sender_id, msg_id, stored_at_ms, envelope) "
-                    "VALUES (?, ?, ?, ?, ?)", (m.recipient_id, m.sender_id, m.msg_id, now_ms, m.envelope))
+        if m.recipient_device is not None:
+            cur.execute("INSERT INTO device_direct_ids (sender_device, recipient_device, msg_id, sha256, stored_at_ms) "
+                        "VALUES (?, ?, ?, ?, ?)", (m.sender_device, m.recipient_device, m.msg_id, m.sha256, now_ms))
+        else:
+            cur.execute("INSERT INTO direct_ids (sender_id, msg_id, sha256, stored_at_ms) VALUES (?, ?, ?, ?)",
+                        (m.sender_id, m.msg_id, m.sha256, now_ms))
+        cur.execute("INSERT INTO mailbox (recipient_id, sender_id, msg_id, stored_at_ms, envelope, recipient_device, "
+                    "sender_device) VALUES (?, ?, ?, ?, ?, ?, ?)", (m.recipient_id, m.sender_id, m.msg_id, now_ms,
+                                                                  m.envelope, m.recipient_device, m.sender_device))
         self.mailbox_usage.added(m.recipient_id, len(m.envelope))
         return StoredMessage(m.msg_id, m.sha256, now_ms, False, cur.lastrowid)
 
@@ -470,7 +509,10 @@ class Store:
         cur = self.db.execute(
             "DELETE FROM direct_ids WHERE rowid IN (SELECT rowid FROM direct_ids ORDER BY rowid LIMIT ?) "
             "AND stored_at_ms < ?", (limit, older_than_ms))
-        return int(cur.rowcount)
+        devices = self.db.execute(
+            "DELETE FROM device_direct_ids WHERE rowid IN (SELECT rowid FROM device_direct_ids ORDER BY rowid "
+            "LIMIT ?) AND stored_at_ms < ?", (limit, older_than_ms))
+        return int(cur.rowcount) + int(devices.rowcount)
 
     def expire_mail(self, stored_before_ms: int, limit: int) -> list[Expired]:
         """Drop direct messages that waited too long (store/retention.py); their mailboxes are recounted."""
@@ -479,23 +521,28 @@ class Store:
             self.mailbox_usage.forget(recipient)
         return expired
 
-    def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]:
-        """Undelivered direct messages for a user, oldest first."""
+    def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256,
+                     device: bytes | None = None) -> list[MailItem]:
+        """Undelivered direct messages for a user's session, oldest first: the account's version-1
+        mail, and the version-2 mail of `device` (none for a session that is no listed device)."""
         rows = self.db.execute(
             "SELECT mailbox.id, users.name, mailbox.stored_at_ms, mailbox.envelope FROM mailbox "
             "JOIN users ON users.id = mailbox.sender_id "
-            "WHERE mailbox.recipient_id = ? AND mailbox.id > ? ORDER BY mailbox.id LIMIT ?",
-            (recipient_id, after_seq, limit),
+            "WHERE mailbox.recipient_id = ? AND mailbox.id > ? "
+            "AND (mailbox.recipient_device IS NULL OR mailbox.recipient_device = ?) ORDER BY mailbox.id LIMIT ?",
+            (recipient_id, after_seq, device, limit),
         )
         return [MailItem(*r) for r in rows]
 
-    def take_mail(self, recipient_id: int, seq: int) -> tuple[bytes, int] | None:
-        """Delete an acknowledged delivery; returns (msg_id, sender_id) if it was there."""
+    def take_mail(self, recipient_id: int, seq: int, device: bytes | None = None) -> Taken | None:
+        """Delete an acknowledged delivery of this session's (version-1 mail of the account, or
+        version-2 mail of `device`); returns what the DELIVERED receipt needs if it was there."""
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            row = cur.execute("SELECT msg_id, sender_id, LENGTH(envelope) FROM mailbox "
-                              "WHERE id = ? AND recipient_id = ?", (seq, recipient_id)).fetchone()
+            row = cur.execute("SELECT msg_id, sender_id, LENGTH(envelope), recipient_device FROM mailbox "
+                              "WHERE id = ? AND recipient_id = ? AND (recipient_device IS NULL OR "
+                              "recipient_device = ?)", (seq, recipient_id, device)).fetchone()
             if row:
                 cur.execute("DELETE FROM mailbox WHERE id = ?", (seq,))
             cur.execute("COMMIT")
@@ -504,7 +551,7 @@ class Store:
             raise
         if row:
             self.mailbox_usage.removed(recipient_id, int(row[2]))
-        return (row[0], row[1]) if row else None
+        return Taken(bytes(row[0]), int(row[1]), None if row[3] is None else bytes(row[3])) if row else None
 
     def count_mail(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0])

@@ -20,6 +20,7 @@ SQL is literal with parameters only.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,10 @@ from securecomm.errors import (
     ReplayedPrekeyError,
     StaleDeviceListError,
 )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,20 @@ class DeviceStore:
                 if owner is not None and owner != user_id:
                     raise FormatError("a listed device belongs to another account")
             self._replace_list(user_id, dlist, reset)
-            gone = [bytes(d) for (d,) in self.db.execute("SELECT device_id FROM devices WHERE user_id = ?",
-                                                         (user_id,)) if bytes(d) not in by_id]
+            gone_rows = [(bytes(d), bytes(c)) for d, c in self.db.execute(
+                "SELECT device_id, cert FROM devices WHERE user_id = ?", (user_id,)) if bytes(d) not in by_id]
+            gone = [d for d, _ in gone_rows]
+            now = _now_ms()
+            # remembered, so that the removed device's key login is told so (DEVICE_REMOVED), and its
+            # waiting mail goes with it (6.7); a device paired again later is forgotten here
+            self.db.executemany(
+                "INSERT INTO removed_devices (device_id, user_id, identity, removed_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id, identity = excluded.identity, "
+                "removed_ms = excluded.removed_ms",
+                [(d, user_id, DeviceCert.decode(c).device.encode(), now) for d, c in gone_rows])
+            self.db.executemany("DELETE FROM mailbox WHERE recipient_device = ?", [(d,) for d in gone])
             self.db.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in gone])
+            self.db.executemany("DELETE FROM removed_devices WHERE device_id = ?", [(d,) for d in by_id])
             for cert in certs:
                 self.db.execute(
                     "INSERT INTO devices (device_id, user_id, cert, name, added_ms) VALUES (?, ?, ?, ?, ?) "
@@ -111,6 +127,17 @@ class DeviceStore:
             "INSERT INTO user_keys (user_id, user_key, counter, device_list) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (user_id) DO UPDATE SET user_key = excluded.user_key, counter = excluded.counter, "
             "device_list = excluded.device_list", (user_id, dlist.user_key, dlist.counter, dlist.encode()))
+
+    def identities(self, user_id: int) -> list[bytes]:
+        """The device identities (binary form, section 1) of the account's listed devices."""
+        return [DeviceCert.decode(bytes(c)).device.encode() for (c,) in self.db.execute(
+            "SELECT cert FROM devices WHERE user_id = ? ORDER BY device_id", (user_id,))]
+
+    def removed_identities(self, user_id: int) -> list[bytes]:
+        """The identities of devices once listed for this account and removed since."""
+        return [bytes(i) for (i,) in self.db.execute(
+            "SELECT identity FROM removed_devices WHERE user_id = ? ORDER BY removed_ms DESC LIMIT 100",
+            (user_id,))]
 
     def device_user(self, device_id: bytes) -> int | None:
         row = self.db.execute("SELECT user_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()

@@ -43,6 +43,7 @@ from psycopg import errors as pgerrors
 from securecomm.errors import ExistsError, NotFoundError, SchemaVersionError, StoreUnavailableError, UsageError
 from securecomm.store.db import (
     ACCOUNT_GONE,
+    FORGET_DEVICES,
     LOCK_AFTER_FAILURES,
     LOCK_SECONDS,
     ROLES,
@@ -50,6 +51,7 @@ from securecomm.store.db import (
     NewDirect,
     NewMessage,
     StoredMessage,
+    Taken,
     User,
     normalise_name,
 )
@@ -139,6 +141,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
             identity BYTEA NOT NULL, name TEXT NOT NULL, expires_ms BIGINT NOT NULL,
             used INTEGER NOT NULL DEFAULT 0, approval BYTEA)""",
         "CREATE INDEX pairings_by_device ON pairings (device_id)",
+    ),
+    # 7: one mailbox per device, ids per (sender device, recipient device), removed devices (store/db.py).
+    (
+        "ALTER TABLE mailbox ADD COLUMN recipient_device BYTEA",
+        "ALTER TABLE mailbox ADD COLUMN sender_device BYTEA",
+        """CREATE TABLE device_direct_ids (sender_device BYTEA NOT NULL, recipient_device BYTEA NOT NULL,
+            msg_id BYTEA NOT NULL, sha256 BYTEA NOT NULL, stored_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (sender_device, recipient_device, msg_id))""",
+        "CREATE INDEX device_direct_ids_by_age ON device_direct_ids (stored_at_ms)",
+        """CREATE TABLE removed_devices (device_id BYTEA PRIMARY KEY,
+            user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE, identity BYTEA NOT NULL,
+            removed_ms BIGINT NOT NULL)""",
+        "CREATE INDEX removed_devices_by_user ON removed_devices (user_id)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -376,6 +391,8 @@ class PostgresStore:
             else:
                 cur.execute("UPDATE users SET password_hash = %s, failed_logins = 0, locked_until = 0, "
                             "identity = NULL, fingerprint = NULL WHERE id = %s", (password_hash, user.id))
+                for statement in FORGET_DEVICES:  # the account's devices go with its key (store/db.py)
+                    cur.execute(statement.replace("?", "%s"), (user.id,))
             cur.execute(_ACCOUNT_CHANGED)
 
     def upgrade_password_hash(self, user_id: int, old_hash: str, new_hash: str) -> bool:
@@ -428,25 +445,31 @@ class PostgresStore:
         """Forget at most `limit` DIRECT ids stored before `older_than_ms`, oldest first (an index)."""
         return self._run("DELETE FROM direct_ids WHERE (sender_id, msg_id) IN (SELECT sender_id, msg_id "
                          "FROM direct_ids WHERE stored_at_ms < %s ORDER BY stored_at_ms LIMIT %s)",
-                         (older_than_ms, limit))
+                         (older_than_ms, limit)) + self._run(
+            "DELETE FROM device_direct_ids WHERE (sender_device, recipient_device, msg_id) IN (SELECT "
+            "sender_device, recipient_device, msg_id FROM device_direct_ids WHERE stored_at_ms < %s "
+            "ORDER BY stored_at_ms LIMIT %s)", (older_than_ms, limit))
 
-    def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256) -> list[MailItem]:
-        """Undelivered direct messages for a user, oldest first."""
+    def pending_mail(self, recipient_id: int, after_seq: int = 0, limit: int = 256,
+                     device: bytes | None = None) -> list[MailItem]:
+        """As Store.pending_mail: the account's version-1 mail and the version-2 mail of `device`."""
         rows = self._all(
             "SELECT mailbox.id, users.name, mailbox.stored_at_ms, mailbox.envelope FROM mailbox "
             "JOIN users ON users.id = mailbox.sender_id "
-            "WHERE mailbox.recipient_id = %s AND mailbox.id > %s ORDER BY mailbox.id LIMIT %s",
-            (recipient_id, after_seq, limit))
+            "WHERE mailbox.recipient_id = %s AND mailbox.id > %s "
+            "AND (mailbox.recipient_device IS NULL OR mailbox.recipient_device = %s) ORDER BY mailbox.id LIMIT %s",
+            (recipient_id, after_seq, device, limit))
         return [MailItem(*r) for r in rows]
 
-    def take_mail(self, recipient_id: int, seq: int) -> tuple[bytes, int] | None:
-        """Delete an acknowledged delivery; returns (msg_id, sender_id) if it was there."""
-        row = self._one("DELETE FROM mailbox WHERE id = %s AND recipient_id = %s "
-                        "RETURNING msg_id, sender_id, LENGTH(envelope)", (seq, recipient_id))
+    def take_mail(self, recipient_id: int, seq: int, device: bytes | None = None) -> Taken | None:
+        """As Store.take_mail: only a row this session was offered (its device's, or version 1)."""
+        row = self._one("DELETE FROM mailbox WHERE id = %s AND recipient_id = %s AND (recipient_device IS NULL "
+                        "OR recipient_device = %s) RETURNING msg_id, sender_id, LENGTH(envelope), recipient_device",
+                        (seq, recipient_id, device))
         if row is None:
             return None
         self.mailbox_usage.removed(recipient_id, int(row[2]))
-        return bytes(row[0]), int(row[1])
+        return Taken(bytes(row[0]), int(row[1]), None if row[3] is None else bytes(row[3]))
 
     def count_mail(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM mailbox")[0])
@@ -468,7 +491,8 @@ class _Batch:
         sends = [m for m in batch if not isinstance(m, NewDirect)]
         self.known_directs = self._known("SELECT sender_id, msg_id, sha256, stored_at_ms FROM direct_ids "
                                          "WHERE (sender_id, msg_id) IN (SELECT * FROM unnest(%b::bigint[], "
-                                         "%b::bytea[]))", directs)
+                                         "%b::bytea[]))", [m for m in directs if m.recipient_device is None])
+        self.known_directs.update(self._known_v2([m for m in directs if m.recipient_device is not None]))
         self.known_sends = self._known("SELECT sender_id, msg_id, sha256, stored_at_ms FROM messages "
                                        "WHERE (sender_id, msg_id) IN (SELECT * FROM unnest(%b::bigint[], "
                                        "%b::bytea[]))", sends)
@@ -484,11 +508,22 @@ class _Batch:
         """Arrays go as binary parameters (`%b`): text-escaping envelopes costs more than the commit."""
         return self.cur.execute(query, params)
 
-    def _known(self, query: Any, items: list[Any]) -> dict[tuple[int, bytes], tuple[bytes, int]]:
+    def _known(self, query: Any, items: list[Any]) -> dict[Key, tuple[bytes, int]]:
         if not items:
             return {}
         rows = self._exec(query, ([m.sender_id for m in items], [m.msg_id for m in items])).fetchall()
         return {(int(s), bytes(i)): (bytes(h), int(t)) for s, i, h, t in rows}
+
+    def _known_v2(self, items: list[NewDirect]) -> dict[Key, tuple[bytes, int]]:
+        """Version-2 ids already stored, per (sender device, recipient device, msg_id) (6.7)."""
+        if not items:
+            return {}
+        rows = self._exec(
+            "SELECT sender_device, recipient_device, msg_id, sha256, stored_at_ms FROM device_direct_ids WHERE "
+            "(sender_device, recipient_device, msg_id) IN (SELECT * FROM unnest(%b::bytea[], %b::bytea[], "
+            "%b::bytea[]))", ([m.sender_device for m in items], [m.recipient_device for m in items],
+                              [m.msg_id for m in items])).fetchall()
+        return {(bytes(a), bytes(b), bytes(i)): (bytes(h), int(t)) for a, b, i, h, t in rows}
 
     def _lock_accounts(self, ids: set[int]) -> set[int]:
         """The accounts that exist, locked against removal until this batch commits."""
@@ -538,17 +573,28 @@ class _Batch:
         self.new_sends.append(m)
         return StoredMessage(m.msg_id, m.sha256, self.now_ms, False)
 
-    def _insert_directs(self) -> dict[tuple[int, bytes], int]:
+    def _insert_directs(self) -> dict[Key, int]:
         """Ids first (ON CONFLICT: another relay may have stored the same retry), then mailbox rows
         with sequence numbers drawn in batch order; returns each new message's seq."""
         if not self.new_directs:
             return {}
         ms = self.new_directs
-        fresh = {(int(s), bytes(i)) for s, i in self._exec(
-            "INSERT INTO direct_ids (sender_id, msg_id, sha256, stored_at_ms) SELECT s, i, h, %s FROM "
-            "unnest(%b::bigint[], %b::bytea[], %b::bytea[]) AS t(s, i, h) ON CONFLICT DO NOTHING "
-            "RETURNING sender_id, msg_id",
-            (self.now_ms, [m.sender_id for m in ms], [m.msg_id for m in ms], [m.sha256 for m in ms])).fetchall()}
+        v1 = [m for m in ms if m.recipient_device is None]
+        v2 = [m for m in ms if m.recipient_device is not None]
+        fresh: set[Key] = set()
+        if v1:
+            fresh |= {(int(s), bytes(i)) for s, i in self._exec(
+                "INSERT INTO direct_ids (sender_id, msg_id, sha256, stored_at_ms) SELECT s, i, h, %s FROM "
+                "unnest(%b::bigint[], %b::bytea[], %b::bytea[]) AS t(s, i, h) ON CONFLICT DO NOTHING "
+                "RETURNING sender_id, msg_id",
+                (self.now_ms, [m.sender_id for m in v1], [m.msg_id for m in v1], [m.sha256 for m in v1])).fetchall()}
+        if v2:
+            fresh |= {(bytes(a), bytes(b), bytes(i)) for a, b, i in self._exec(
+                "INSERT INTO device_direct_ids (sender_device, recipient_device, msg_id, sha256, stored_at_ms) "
+                "SELECT a, b, i, h, %s FROM unnest(%b::bytea[], %b::bytea[], %b::bytea[], %b::bytea[]) "
+                "AS t(a, b, i, h) ON CONFLICT DO NOTHING RETURNING sender_device, recipient_device, msg_id",
+                (self.now_ms, [m.sender_device for m in v2], [m.recipient_device for m in v2],
+                 [m.msg_id for m in v2], [m.sha256 for m in v2])).fetchall()}
         for m in ms:
             if _key(m) not in fresh:
                 self.store.mailbox_usage.removed(m.recipient_id, len(m.envelope))
@@ -559,11 +605,11 @@ class _Batch:
             "SELECT nextval(pg_get_serial_sequence('mailbox', 'id')) FROM generate_series(1, %s)",
             (len(ms),)).fetchall()]
         self._exec(
-            "INSERT INTO mailbox (id, recipient_id, sender_id, msg_id, stored_at_ms, envelope) "
-            "SELECT q, r, s, i, %s, e FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::bytea[], "
-            "%b::bytea[]) AS t(q, r, s, i, e)",
+            "INSERT INTO mailbox (id, recipient_id, sender_id, msg_id, stored_at_ms, envelope, recipient_device, "
+            "sender_device) SELECT q, r, s, i, %s, e, rd, sd FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], "
+            "%b::bytea[], %b::bytea[], %b::bytea[], %b::bytea[]) AS t(q, r, s, i, e, rd, sd)",
             (self.now_ms, seqs, [m.recipient_id for m in ms], [m.sender_id for m in ms], [m.msg_id for m in ms],
-             [m.envelope for m in ms]))
+             [m.envelope for m in ms], [m.recipient_device for m in ms], [m.sender_device for m in ms]))
         return {_key(m): seq for m, seq in zip(ms, seqs, strict=True)}
 
     def _insert_sends(self) -> set[tuple[int, bytes]]:
@@ -578,7 +624,7 @@ class _Batch:
              [m.sent_at_ms for m in ms], [m.envelope for m in ms])).fetchall()
         return {(int(s), bytes(i)) for s, i in rows}
 
-    def _finish(self, m: NewMessage | NewDirect, result: StoredMessage, seqs: dict[tuple[int, bytes], int],
+    def _finish(self, m: NewMessage | NewDirect, result: StoredMessage, seqs: dict[Key, int],
                 fresh_sends: set[tuple[int, bytes]]) -> StoredMessage:
         """Fill in a new direct's seq; one that another relay stored first is a duplicate after all."""
         if result.duplicate or result.refused is not None:
@@ -595,6 +641,12 @@ class _Batch:
         return self._original(m, table)
 
     def _original(self, m: NewMessage | NewDirect, table: str) -> StoredMessage:
+        if isinstance(m, NewDirect) and m.recipient_device is not None:
+            row = self._exec("SELECT sha256, stored_at_ms FROM device_direct_ids WHERE sender_device = %s AND "
+                             "recipient_device = %s AND msg_id = %s",
+                             (m.sender_device, m.recipient_device, m.msg_id)).fetchone()
+            assert row is not None, "a conflicting row is visible once its insert returned"
+            return StoredMessage(m.msg_id, bytes(row[0]), int(row[1]), True)
         query = ("SELECT sha256, stored_at_ms FROM direct_ids WHERE sender_id = %s AND msg_id = %s"
                  if table == "direct_ids" else
                  "SELECT sha256, stored_at_ms FROM messages WHERE sender_id = %s AND msg_id = %s")
@@ -603,5 +655,12 @@ class _Batch:
         return StoredMessage(m.msg_id, bytes(row[0]), int(row[1]), True)
 
 
-def _key(m: NewMessage | NewDirect) -> tuple[int, bytes]:
+#: What makes a message a retry: (sender_id, msg_id) for version 1 and SEND, (sender device,
+#: recipient device, msg_id) for a version-2 DIRECT (docs/PROTOCOL.md 6.7).
+Key = tuple[Any, ...]
+
+
+def _key(m: NewMessage | NewDirect) -> Key:
+    if isinstance(m, NewDirect) and m.recipient_device is not None:
+        return m.sender_device, m.recipient_device, m.msg_id
     return m.sender_id, m.msg_id

@@ -40,3 +40,29 @@ MIGRATION = """
     );
     CREATE INDEX pairings_by_device ON pairings (device_id)
 """
+
+#: Migration 7 of store/db.py: one mailbox per device (6.7). A version-2 DIRECT is stored for the one
+#: device its header names (`recipient_device`; NULL for version-1 mail, which stays per account);
+#: its id is remembered per (sender device, recipient device, msg_id), so a fan-out of one message
+#: to several devices of one account is not taken for a retry. Removed devices are remembered (their
+#: identity) so that a removed device's LOGIN_KEY is told DEVICE_REMOVED, not "unknown key".
+MIGRATION_7 = """
+    ALTER TABLE mailbox ADD COLUMN recipient_device BLOB;
+    ALTER TABLE mailbox ADD COLUMN sender_device BLOB;
+    CREATE TABLE device_direct_ids (
+        sender_device BLOB NOT NULL,
+        recipient_device BLOB NOT NULL,
+        msg_id BLOB NOT NULL,
+        sha256 BLOB NOT NULL,
+        stored_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender_device, recipient_device, msg_id)
+    );
+    CREATE INDEX device_direct_ids_by_age ON device_direct_ids (stored_at_ms);
+    CREATE TABLE removed_devices (
+        device_id BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        identity BLOB NOT NULL,
+        removed_ms INTEGER NOT NULL
+    );
+    CREATE INDEX removed_devices_by_user ON removed_devices (user_id)
+"""

@@ -98,6 +98,7 @@ class MsgType(IntEnum):
     ROOM_MESSAGE = 0x94
     FILE_ACK = 0x95
     FILE_DATA = 0x96
+    NOTICE = 0x97  # devices (docs/PROTOCOL.md 6.7)
     RESULT = 0xA0
     ERROR = 0xFF
 
@@ -269,19 +270,27 @@ class LoginOk(Event):
     #: One-time prekeys the server holds for the session's device (docs/PROTOCOL.md 6.7); None from a
     #: server that does not serve devices, which is how a client knows not to set one up.
     prekeys: int | None = None
+    #: The session's device id in hex (docs/PROTOCOL.md 6.7), None for a session that is no listed device.
+    device: str | None = None
+    #: A new device of an account that has a user key, waiting to be paired: only pair_start,
+    #: pair_complete, PING and BYE are served (6.4). Sent (with `device`) by a server that serves devices.
+    pending: bool = False
 
     def encode_body(self) -> bytes:
         # fingerprint is always present: JSON null says "no key registered" (docs/PROTOCOL.md 3.3)
         body: dict[str, Any] = {"user": self.user, "role": self.role, "fingerprint": self.fingerprint}
         if self.prekeys is not None:
-            body["prekeys"] = self.prekeys
+            body.update(prekeys=self.prekeys, device=self.device, pending=self.pending)
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def decode_body(cls, body: bytes) -> LoginOk:
         o = _load_json(body)
+        pending = o.get("pending", False)
+        if not isinstance(pending, bool):
+            raise RemoteProtocolError("field 'pending' is missing or has the wrong type")
         return cls(_field(o, "user", str), _field(o, "role", str), _nullable(o, "fingerprint", str),
-                   _field(o, "prekeys", int, optional=True))
+                   _field(o, "prekeys", int, optional=True), _field(o, "device", str, optional=True), pending)
 
 
 @dataclass(frozen=True)
@@ -343,6 +352,36 @@ class Request(Event):
     def decode_body(cls, body: bytes) -> Request:
         o = _load_json(body)
         return cls(_field(o, "rid", int), _field(o, "op", str), _field(o, "args", dict))
+
+
+#: NOTICE events (docs/PROTOCOL.md 6.7). `paired` and `prekeys_low` are for one device (the one named);
+#: `device_added` and `device_removed` for every session of the account, naming the device and the counter.
+NOTICE_EVENTS = ("paired", "device_added", "device_removed", "prekeys_low")
+NOTICE_FOR_ONE_DEVICE = ("paired", "prekeys_low")
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """The server tells a session about its account's devices (s->c, version 2)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.NOTICE
+    event: str
+    user: str
+    device: bytes | None = None
+    counter: int | None = None
+
+    def encode_body(self) -> bytes:
+        return _dump({"event": self.event, "user": self.user,
+                       "device": None if self.device is None else self.device.hex(), "counter": self.counter})
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Notice:
+        o = _load_json(body)
+        counter = _field(o, "counter", int, optional=True)
+        if counter is not None and counter < 0:
+            raise RemoteProtocolError("field 'counter' is out of range")
+        # an event this reader does not know is kept (a newer server): the client ignores it
+        return cls(_field(o, "event", str), _field(o, "user", str), _hex(o, "device", 32, optional=True), counter)
 
 
 @dataclass(frozen=True)

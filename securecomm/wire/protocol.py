@@ -64,6 +64,7 @@ from securecomm.wire.messages import (
     LoginOk,
     LoginPassword,
     MsgType,
+    Notice,
     Ping,
     Pong,
     Receipt,
@@ -79,7 +80,7 @@ EVENTS: dict[int, type[Event]] = {
     cls.TYPE: cls
     for cls in (Hello, ServerHello, LoginPassword, LoginKey, LoginOk, Send, Receipt, Request, Result, Error, Ping,
                 Pong, Bye, Direct, Deliver, Ack, Delivered, RoomSend, RoomMessage, RoomKey, RoomEvent,
-                FilePut, FileAck, FileData)
+                FilePut, FileAck, FileData, Notice)
 }
 
 
@@ -121,7 +122,7 @@ SERVER_MESSAGES: dict[State, frozenset[MsgType]] = {
     State.AWAIT_LOGIN: frozenset({MsgType.LOGIN_OK, MsgType.PONG, MsgType.ERROR}),
     State.READY: frozenset({MsgType.RECEIPT, MsgType.DELIVER, MsgType.DELIVERED, MsgType.ROOM_MESSAGE,
                             MsgType.ROOM_KEY, MsgType.ROOM_EVENT, MsgType.RESULT, MsgType.PONG, MsgType.ERROR,
-                            MsgType.FILE_ACK, MsgType.FILE_DATA}),
+                            MsgType.FILE_ACK, MsgType.FILE_DATA, MsgType.NOTICE}),
     State.CLOSED: frozenset(),
 }
 _TRANSITIONS: dict[tuple[State, MsgType], State] = {

@@ -84,9 +84,9 @@ ACK_OK = 1
 ACK_REJECTED = 2
 _ACK = struct.Struct(">QB32s64s")
 DELIVERED_LABEL = b"securecomm/v1/delivered"
-
-
-DELIVERED_V2_LABEL = b"securecomm/v2/delivered"
+DELIVERED_LABEL_V2 = b"securecomm/v2/delivered"
+#: A device id: the SHA-256 fingerprint of the device identity (docs/PROTOCOL.md 6.1).
+DEVICE_ID_SIZE = 32
 
 
 def delivered_transcript(msg_id: bytes, digest: bytes) -> bytes:
@@ -95,8 +95,8 @@ def delivered_transcript(msg_id: bytes, digest: bytes) -> bytes:
 
 
 def delivered_transcript_v2(msg_id: bytes, digest: bytes) -> bytes:
-    """The same for a version-2 message, signed by the receiving device (docs/PROTOCOL.md 6.7)."""
-    return DELIVERED_V2_LABEL + msg_id + digest
+    """What a device signs for a version-2 message it received (docs/PROTOCOL.md 6.7)."""
+    return DELIVERED_LABEL_V2 + msg_id + digest
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,11 @@ class Delivered(Event):
     digest: bytes
     signature: bytes
     by: str
+    #: The receiving device (docs/PROTOCOL.md 6.7) for a version-2 message; None for version 1.
+    device: bytes | None = None
 
     def encode_body(self) -> bytes:
-        return _DELIVERED.pack(self.msg_id, self.digest, self.signature) + _prefix(self.by)
+        return _DELIVERED.pack(self.msg_id, self.digest, self.signature) + _prefix(self.by) + (self.device or b"")
 
     @classmethod
     def decode_body(cls, body: bytes) -> Delivered:
@@ -144,9 +146,9 @@ class Delivered(Event):
             raise RemoteProtocolError("delivery receipt is truncated")
         msg_id, digest, sig = _DELIVERED.unpack_from(body)
         by, rest = _name_prefixed(body[_DELIVERED.size :], "delivery receipt")
-        if rest:
+        if rest and len(rest) != DEVICE_ID_SIZE:
             raise RemoteProtocolError("delivery receipt has trailing bytes")
-        return cls(msg_id, digest, sig, by)
+        return cls(msg_id, digest, sig, by, rest or None)
 
 
 @dataclass(frozen=True)
