@@ -337,10 +337,12 @@ class Messenger(Rooms):
             self.emit(Alert(error.message))
 
     def _receipt_signers(self, ev: P.Delivered) -> list[tuple[PublicIdentity, bytes]]:
-        """Who may sign a receipt from `ev.by`: version 2, any of its devices we sealed to."""
+        """Who may sign a receipt from `ev.by`: version 2, the device it names (else any) of those we
+        sealed to."""
         if self.devices is not None and ev.by in self.devices.recipients:
             v2 = P.delivered_transcript_v2(ev.msg_id, ev.digest)
-            return [(d, v2) for d in self.devices.recipients[ev.by]]
+            return [(d, v2) for d in self.devices.recipients[ev.by]
+                    if ev.device is None or d.fingerprint == ev.device]
         signer = self._pinned(ev.by)
         return [] if signer is None else [(signer, P.delivered_transcript(ev.msg_id, ev.digest))]
 
@@ -426,3 +428,21 @@ class Messenger(Rooms):
             await self._on_room_key(ev)
         elif isinstance(ev, P.RoomMessage):
             self._on_room_message(ev)
+        elif isinstance(ev, P.Notice):
+            await self._on_notice(ev)
+
+    async def _on_notice(self, ev: P.Notice) -> None:
+        """NOTICE (docs/PROTOCOL.md 6.7): our account's devices changed, or our prekeys run low."""
+        if self.devices is None:
+            return
+        if ev.event == "prekeys_low":
+            if self.v2:
+                await refill_prekeys(self.client, self.devices.keys, self.me)
+                self._held = K.MAX_BATCH
+            return
+        if ev.event not in ("device_added", "device_removed"):
+            return  # `paired` is for a pending login (user login handles it); newer events are ignored
+        self.devices.forget(self.user)
+        which = f" {ev.device.hex()[:12]}" if ev.device is not None else ""
+        self.emit(Notice(f"a device{which} was {ev.event.removeprefix('device_')} "
+                         f"{'to' if ev.event == 'device_added' else 'from'} your account (see: securecomm devices)"))
