@@ -9,8 +9,7 @@ DELIVER, open and erase the key, ACK, DELIVERED verified), carol -> dave the
 same Messenger forced to version 1 (seal to the pinned identity). Rounds
 alternate v1 and v2 in one run; each round is one message from send until its
 signed delivery receipt is back at the sender, after an untimed 20 ms pause
-(as between typed lines; v2's claim for the next message, made in advance as
-chat does, is done by then). `--no-prefetch` claims at send time instead. Medians reported; target: v2
+(as between typed lines). Medians reported; target: v2
 under 1.3x v1. Nothing is asserted; every loop is bounded by its count.
 """
 
@@ -33,7 +32,7 @@ from benchmarks.common import write_json
 BODY = b"x" * 200
 
 
-async def _messenger(home: Path, v2: bool, prefetch: bool = False) -> Any:
+async def _messenger(home: Path, v2: bool) -> Any:
     from securecomm.cli.context import State
     from securecomm.client.login import connect_profile
     from securecomm.client.messenger import Messenger
@@ -42,15 +41,14 @@ async def _messenger(home: Path, v2: bool, prefetch: bool = False) -> Any:
     state = State(home=str(home))
     me = ident.load(state.paths.identity_key("default"))
     client, profile = await connect_profile(state.paths, me)
-    m = Messenger(client, me, profile.user, state.paths, lambda ev: None, prefetch=prefetch)  # chat's way
+    m = Messenger(client, me, profile.user, state.paths, lambda ev: None)
     if not v2:
         m.devices = None  # as a home before version 2: seal to the identity, open with it
     m.pump = asyncio.create_task(m.run())
     return m
 
 
-#: Untimed pause before each message, as between the lines a person types in chat: v2's claim of the
-#: conversation's next prekeys (made in advance, as chat does) is done by then. The same for v1.
+#: Untimed pause before each message, as between the lines a person types in chat (the same for v1).
 TYPING_PAUSE = 0.02
 
 
@@ -63,8 +61,8 @@ async def _round(sender: Any, to: str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-async def measure(homes: dict[str, Path], rounds: int, prefetch: bool) -> dict[str, Any]:
-    a, b = await _messenger(homes["alice"], True, prefetch), await _messenger(homes["bob"], True, prefetch)
+async def measure(homes: dict[str, Path], rounds: int) -> dict[str, Any]:
+    a, b = await _messenger(homes["alice"], True), await _messenger(homes["bob"], True)
     c, d = await _messenger(homes["carol"], False), await _messenger(homes["dave"], False)
     try:
         assert a.v2 and b.v2 and not c.v2 and not d.v2
@@ -76,19 +74,16 @@ async def measure(homes: dict[str, Path], rounds: int, prefetch: bool) -> dict[s
             v2.append(await _round(a, "bob"))
     finally:
         for m in (a, b, c, d):
-            if m.devices is not None:
-                m.devices.stop_prefetch()
             m.pump.cancel()
             await m.client.close()
     m1, m2 = statistics.median(v1), statistics.median(v2)
-    return {"rounds": rounds, "prefetch": prefetch, "v1_ms_median": round(m1, 2), "v2_ms_median": round(m2, 2),
+    return {"rounds": rounds, "v1_ms_median": round(m1, 2), "v2_ms_median": round(m2, 2),
             "ratio": round(m2 / m1, 2), "target_ratio": 1.3}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=60)
-    ap.add_argument("--no-prefetch", action="store_true", help="v2 claims when sending (as one-shot send does)")
     ap.add_argument("--json", type=Path, help="where to write the JSON (default benchmarks/results-direct-v2.json)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,13 +98,12 @@ def main() -> None:
                 homes[user] = root / user
                 H.securecomm(homes[user], "user", "login", user, "--server", f"localhost:{server.port}", "--ca",
                              str(srv / "tls" / "ca.pem"), "--password-stdin", input=(H.PASSWORD + "\n").encode())
-            result = asyncio.run(measure(homes, args.rounds, not args.no_prefetch))
+            result = asyncio.run(measure(homes, args.rounds))
         finally:
             server.stop()
     print("| one direct message, send to signed delivery receipt (ms, median) | v1 | v2 | v2/v1 |")
     print("|---|---|---|---|")
-    how = "claimed ahead" if result["prefetch"] else "claimed at send"
-    print(f"| {result['rounds']} alternating rounds, 200 B, ML-KEM-768+X25519, {how} | {result['v1_ms_median']} | "
+    print(f"| {result['rounds']} alternating rounds, 200 B, ML-KEM-768+X25519 | {result['v1_ms_median']} | "
           f"{result['v2_ms_median']} | {result['ratio']}x (target < 1.3x) |")
     print(f"json: {write_json('direct-v2', result, args.json)}")
 

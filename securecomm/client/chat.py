@@ -199,9 +199,7 @@ class ChatSession:
                 continue
             delay, connected_once = BACKOFF_START, True
             async with client:
-                # prefetch: the next message of a conversation finds its prekeys claimed already
-                self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event,
-                                           prefetch=True)
+                self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event)
                 try:
                     if await self._connected(lines):
                         return
@@ -209,9 +207,6 @@ class ChatSession:
                     if not retryable(e):
                         raise
                     self.emit(Alert(f"connection lost: {_reason(e)}; reconnecting"))
-                finally:
-                    if self.messenger.devices is not None:
-                        self.messenger.devices.stop_prefetch()
 
     async def _wait_or_quit(self, lines: asyncio.Queue[Command | None], delay: float) -> bool:
         """Sleep `delay`, still taking input (queued for later); True if the user quit."""

@@ -26,8 +26,6 @@ whose signature fails never reaches the key, so a forgery burns nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,7 +39,7 @@ from securecomm.crypto import prekeys as K
 from securecomm.crypto.envelope import new_msg_id
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import sha256
-from securecomm.errors import FormatError, NotFoundError, SecurecommError
+from securecomm.errors import FormatError, NotFoundError
 from securecomm.store.devicekeys import DeviceKeys
 
 if TYPE_CHECKING:
@@ -51,12 +49,9 @@ if TYPE_CHECKING:
 #: to copy a sent message to): a device added meanwhile gets copies from then on.
 OWN_LIST_TTL = 60.0
 #: How long a claim that found only last-resort prekeys is reused for the next messages to the same
-#: user: within it a new claim would hand out the same keys, and a device that refills is claimed
-#: from again after it.
-LAST_RESORT_REUSE = 30.0
-#: A claim made in advance (chat: for the next message of a conversation) is used only this fresh;
-#: older, the device list may have changed, and it is claimed again.
-PREFETCH_MAX_AGE = 60.0
+#: user: within it a new claim would hand out the same keys. Short, because a device added meanwhile
+#: is missed until the next claim (a burst of messages, not a conversation).
+LAST_RESORT_REUSE = 5.0
 
 
 @dataclass(frozen=True)
@@ -87,13 +82,8 @@ def serves_devices(client: Client) -> bool:
 class DeviceDirectory:
     """Verified device lists: whom to seal to, whose mail to accept, whose receipts to believe."""
 
-    def __init__(self, me: PrivateIdentity, user: str, keys: DeviceKeys, pins: Pins, *,
-                 prefetch: bool = False) -> None:
+    def __init__(self, me: PrivateIdentity, user: str, keys: DeviceKeys, pins: Pins) -> None:
         self.me, self.user, self.keys, self.pins = me, user, keys, pins
-        #: Claim the next prekeys of a conversation right after a message (chat): the next message
-        #: then waits for no claim. Costs one unused prekey per conversation when the session ends.
-        self.prefetch = prefetch
-        self._next: dict[str, tuple[float, asyncio.Future[Directory]]] = {}
         self.senders: dict[str, list[D.DeviceCert]] = {}
         self.recipients: dict[str, list[PublicIdentity]] = {}
         self._own: tuple[float, list[D.DeviceCert]] | None = None
@@ -130,9 +120,6 @@ class DeviceDirectory:
 
     def forget(self, name: str | None = None) -> None:
         """A device was added or removed (NOTICE): ask the server again next time."""
-        ahead = self._next.pop(name or self.user, None)
-        if ahead is not None:
-            ahead[1].cancel()
         if name is None or name == self.user:
             self._own = None
         self.senders.pop(name or self.user, None)
@@ -152,34 +139,11 @@ class DeviceDirectory:
             self._last_resort_only.pop(user, None)
         return directory
 
-    async def _claimed(self, client: Client, user: str) -> Directory:
-        """A claim made in advance for `user` if fresh and good, else a claim now; then, with
-        `prefetch`, the next one starts."""
-        ahead = self._next.pop(user, None)
-        directory = None
-        if ahead is not None and time.monotonic() - ahead[0] < PREFETCH_MAX_AGE:
-            with contextlib.suppress(SecurecommError):
-                directory = await ahead[1]
-        elif ahead is not None:
-            ahead[1].cancel()
-        if directory is None:
-            directory = await self.claim(client, user)
-        if self.prefetch:
-            task = asyncio.ensure_future(self.claim(client, user))
-            task.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure is only a missed head start
-            self._next[user] = (time.monotonic(), task)
-        return directory
-
-    def stop_prefetch(self) -> None:
-        for _, task in self._next.values():
-            task.cancel()
-        self._next.clear()
-
     async def seal(self, client: Client, to: str, text: bytes) -> SealedDirect:
-        theirs = await self._claimed(client, to)
+        theirs = await self.claim(client, to)
         mine = None
         if to != self.user and len(await self.own_devices(client)) > 1:
-            mine = await self._claimed(client, self.user)
+            mine = await self.claim(client, self.user)
         body = DM.encode_body(to, text)
         msg_id = new_msg_id()
         verified: dict[str, list[D.DeviceCert]] = {}

@@ -102,7 +102,7 @@ class SeenIds:
 
 class Messenger(Rooms):
     def __init__(self, client: Client, me: PrivateIdentity, user: str, paths: Any,
-                 emit: Callable[[Any], None], *, deliveries: bool = True, prefetch: bool = False) -> None:
+                 emit: Callable[[Any], None], *, deliveries: bool = True) -> None:
         self.client, self.me, self.user, self.paths = client, me, user, paths
         self.emit = emit
         #: False for a session that shows nothing (one-shot `send`): the server offers it your waiting
@@ -117,7 +117,7 @@ class Messenger(Rooms):
         self.pins = Pins.load(paths.user_pins)
         keys = device_keys_of(paths, me)
         #: Version 2 (docs/PROTOCOL.md 6): this device's prekeys and the verified device lists.
-        self.devices = DeviceDirectory(me, user, keys, self.pins, prefetch=prefetch) if keys is not None else None
+        self.devices = DeviceDirectory(me, user, keys, self.pins) if keys is not None else None
         self._held: int | None = None  # one-time prekeys the server holds for us, as far as we know
         self.busy = False
         self.last_activity = time.monotonic()
