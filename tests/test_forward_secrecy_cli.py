@@ -206,3 +206,25 @@ def test_last_resort_message_says_so_and_its_key_stays(world):
     assert r.returncode == 0, r.stderr
     assert b"(sealed without a one-time key)" in r.stdout and b"no one-time key" in r.stdout
     assert (homes["bob"] / "devices" / "default" / "prekeys" / f"2-{env.header.prekey_id}.key").exists()
+
+
+def test_inbox_refills_one_time_prekeys_when_few_are_left(world):
+    """Under 20 one-time prekeys on the server, the reader uploads new ones up to 100 (6.5, 6.13)."""
+    srv, homes = world
+    con = sqlite3.connect(srv.home / "securecomm.db")
+    try:
+        con.execute("DELETE FROM prekeys WHERE kind = 1 AND prekey_id > 21")  # 21 left each, as if claimed
+        con.commit()
+    finally:
+        con.close()
+    for text in TEXTS:  # 3 more claimed: 18 left
+        assert sc(homes["alice"], "send", "--to", "bob", text).returncode == 0
+    r = sc(homes["bob"], "inbox", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["body"] for line in r.stdout.splitlines()] == TEXTS
+    con = sqlite3.connect(srv.home / "securecomm.db")
+    try:
+        per_device = con.execute("SELECT COUNT(*) FROM prekeys WHERE kind = 1 GROUP BY device_id").fetchall()
+        assert sorted(n for (n,) in per_device) == [21, 100]  # alice's untouched, bob's refilled from 18
+    finally:
+        con.close()

@@ -97,12 +97,14 @@ def test_a_removed_device_gets_nothing_more(world):
 def test_reset_user_key_drops_the_other_devices_and_changes_the_key_for_contacts(world, tmp_path):
     srv, homes = world
     assert sc(homes["bob"], "send", "--to", "alice", "pin alice").returncode == 0
+    assert sc(homes["bob"], "contacts", "verify", "alice", "--yes").returncode == 0
     r = login(homes["alice2"], srv, "alice", PASSWORD, "--reset-user-key")
     assert r.returncode == 0, r.stderr
     rows = json.loads(sc(homes["alice2"], "devices", "--json").stdout)
     assert len(rows) == 1 and rows[0]["this"]
     r = sc(homes["bob"], "send", "--to", "alice", "after the reset")
     assert r.returncode == 6 and b"CHANGED" in r.stderr
+    assert b"STOP: you VERIFIED" in r.stderr  # louder for a contact whose safety number was compared
 
 
 def test_adding_a_device_is_no_key_change_for_contacts(tmp_path):
