@@ -120,3 +120,24 @@ def test_adding_a_device_is_no_key_change_for_contacts(tmp_path):
         assert [m["body"] for m in _inbox(tmp_path / "alice-phone")] == ["second"]  # paired after the first
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_a_new_device_without_the_others_starts_over_with_reset_user_key(world, tmp_path):
+    """Every device lost: a new home logs in pending, and --reset-user-key (no --replace-key) makes it the
+    account's only device; it reads and sends from then on (6.4 end)."""
+    srv, homes = world
+    assert sc(homes["bob"], "send", "--to", "alice", "before").returncode == 0  # bob pins alice's user key
+    new = tmp_path / "alice-new"
+    r = login(new, srv, "alice", PASSWORD, "--reset-user-key")
+    assert r.returncode == 0, r.stderr
+    assert b"new user key" in r.stderr and b"pairing code" not in r.stderr
+    rows = json.loads(sc(new, "devices", "--json").stdout)
+    assert len(rows) == 1 and rows[0]["this"]
+    assert sc(homes["bob"], "contacts", "trust", "alice").returncode != 0  # not seen as changed yet
+    r = sc(homes["bob"], "send", "--to", "alice", "who are you now")
+    assert r.returncode == 6 and b"CHANGED" in r.stderr
+    assert sc(homes["bob"], "contacts", "trust", "alice").returncode == 0
+    assert sc(homes["bob"], "send", "--to", "alice", "welcome back").returncode == 0
+    assert [m["body"] for m in _inbox(new)] == ["welcome back"]
+    r = sc(homes["alice"], "inbox", "--json")  # the old laptop is no longer listed
+    assert r.returncode != 0 and r.stdout == b""
