@@ -24,17 +24,42 @@ from securecomm.errors import (
     StaleDeviceListError,
 )
 from securecomm.store.db import Store
-from securecomm.store.devices import DeviceStore
+from securecomm.store.devices import DeviceStore, RaceLost
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def opener(request, tmp_path):
+    """Opens another connection to the store under test (a second relay would have its own): SQLite in
+    a file, or PostgreSQL in a fresh database (tests/cluster.py), as in tests/test_store.py."""
+    opened: list = []
+    if request.param == "sqlite":
+        def make():
+            return Store(tmp_path / "server.db")
+    else:
+        from securecomm.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("pg_url")
+        PostgresStore(url, migrate=True).close()
+
+        def make():
+            return PostgresStore(url)
+
+    def tracked():
+        opened.append(make())
+        return opened[-1]
+
+    yield tracked
+    for s in opened:
+        s.close()
 
 
 @pytest.fixture()
-def world(tmp_path):
-    store = Store(tmp_path / "server.db")
-    devices = DeviceStore(store.db)
+def world(opener):
+    store = opener()
+    devices = DeviceStore(store.device_sql())
     alice = store.add_user("alice", "x")
     bob = store.add_user("bob", "x")
     yield store, devices, alice.id, bob.id
-    store.close()
 
 
 def _account(n: int, key: D.UserKey | None = None, user: str = "alice"):
@@ -124,7 +149,7 @@ def test_claim_hands_each_one_time_prekey_out_once(world):
     assert devices.available(dev) == 0
 
 
-def test_concurrent_claims_never_share_a_prekey(world, tmp_path):
+def test_concurrent_claims_never_share_a_prekey(world, opener):
     _, devices, alice, _ = world
     key, ids, certs = _account(1)
     _publish(devices, alice, key, certs, 1)
@@ -132,17 +157,21 @@ def test_concurrent_claims_never_share_a_prekey(world, tmp_path):
     seen: list[int] = []
     lock = threading.Lock()
 
-    def worker() -> None:
-        own = Store(tmp_path / "server.db")  # a connection per thread, as a second relay would have
-        try:
-            for _ in range(10):
-                for c in DeviceStore(own.db).claim(alice):
-                    with lock:
-                        seen.append(K.Prekey.decode(c.prekey).prekey_id)
-        finally:
-            own.close()
+    stores = [opener() for _ in range(4)]  # a connection per thread, as a second relay would have
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    def worker(own) -> None:
+        for _ in range(10):
+            while True:
+                try:
+                    claimed = DeviceStore(own.device_sql()).claim(alice)
+                    break
+                except RaceLost:  # PostgreSQL: another claim won; this one took nothing (the relay retries)
+                    continue
+            for c in claimed:
+                with lock:
+                    seen.append(K.Prekey.decode(c.prekey).prekey_id)
+
+    threads = [threading.Thread(target=worker, args=(own,)) for own in stores]
     for t in threads:
         t.start()
     for t in threads:

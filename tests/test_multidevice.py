@@ -117,11 +117,24 @@ def pair(srv: ServerProc, approver: Device, new: Device, *, upload: bool = True)
         new.upload()
 
 
-@pytest.fixture()
-def world(tmp_path):
-    srv = ServerProc(tmp_path / "srv").start()
-    add_user(srv.home, "alice")
-    add_user(srv.home, "bob")
+#: The PostgreSQL URL of each server started on one (tests/cluster.py), to read its mailbox.
+_PG: dict[int, str] = {}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def world(tmp_path, request):
+    db: tuple[str, ...] = ()
+    if request.param == "postgres":  # the same behaviour with the relay's store on PostgreSQL (item 5)
+        from securecomm.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("pg_url")
+        PostgresStore(url, migrate=True).close()
+        db = ("--db", url)
+    srv = ServerProc(tmp_path / "srv", *db).start()
+    if db:
+        _PG[id(srv)] = db[1]
+    add_user(srv.home, "alice", *db)
+    add_user(srv.home, "bob", *db)
     laptop = Device(srv, tmp_path / "alice-laptop", "alice", "laptop").password()
     laptop.first()
     phone = Device(srv, tmp_path / "alice-phone", "alice", "phone")
@@ -134,6 +147,12 @@ def world(tmp_path):
 
 
 def _mailbox(srv: ServerProc) -> list[tuple[int, bytes | None]]:
+    if id(srv) in _PG:
+        import psycopg
+
+        with psycopg.connect(_PG[id(srv)]) as pg:
+            return [(int(i), None if d is None else bytes(d))
+                    for i, d in pg.execute("SELECT id, recipient_device FROM mailbox ORDER BY id")]
     con = sqlite3.connect(srv.home / "securecomm.db")
     try:
         return [(int(i), None if d is None else bytes(d))
@@ -370,3 +389,145 @@ def test_prekeys_low_goes_to_that_device_only(world):
     assert _notice(phone) == P.Notice("prekeys_low", "alice", phone.id)
     assert phone.call("prekeys_status")["available"] == K.REFILL_BELOW - 1
     assert [n.event for n in _before_pong(laptop)] == ["device_added"]  # the laptop (98 left) is not told
+
+
+# -- ROOM_KEY version 2 (item 4) ----------------------------------------------------------------------
+def _room_keys(bob: Device) -> list[M.Outgoing]:
+    theirs = M.Directory.parse(bob.call("prekeys_claim", user="alice"))
+    return M.seal_sender_key(bob.identity, "lobby", b"a sender key", bob.pins, [theirs])
+
+
+def test_a_room_key_v2_reaches_only_the_device_it_is_sealed_to(world):
+    srv, laptop, phone, bob = world
+    pair(srv, laptop, phone)
+    out = _room_keys(bob)
+    assert sorted(o.device for o in out) == sorted([laptop.id, phone.id])
+    assert bob.conn is not None
+    for o in out:
+        bob.conn.send(P.RoomKey("alice", o.envelope))
+    for device in (laptop, phone):
+        assert device.conn is not None
+        got = device.conn.until(P.RoomKey)
+        assert isinstance(got, P.RoomKey) and got.user == "bob"
+        assert K.parse_v2(got.envelope).header.recipient == device.id  # its own copy
+        assert [n.event for n in _before_pong(device) if n.event == "prekeys_low"] == []
+        device.conn.send(P.Ping())
+        assert isinstance(device.conn.next(), P.Pong)  # and not the other device's copy
+
+
+def test_room_key_v2_refusals_keep_the_connection(world):
+    _, laptop, _, bob = world
+    assert bob.conn is not None
+    # sealed to the device identity, not to a prekey: refused (6.6 "no prekey")
+    bob.conn.send(P.RoomKey("alice", K.seal_v2(b"k", bob.identity, laptop.identity.public, None)))
+    err = bob.conn.error()
+    assert err.code == P.ErrorCode.INTEGRITY and not err.fatal and err.msg_id is not None
+    # sealed to a device that is not on alice's list
+    stranger = PrivateIdentity.generate(KEM)
+    prekey = DeviceKeys(laptop.home.parent / "stranger", KEM).new_one_time(stranger, 1)[0]
+    bob.conn.send(P.RoomKey("alice", K.seal_v2(b"k", bob.identity, stranger.public, prekey)))
+    assert bob.conn.error().code == P.ErrorCode.WRONG_RECIPIENT
+    assert not bob.conn.closed()
+    assert laptop.conn is not None
+    laptop.conn.send(P.Ping())
+    assert isinstance(laptop.conn.next(), P.Pong)  # nothing was relayed
+
+
+# -- protocol version 2 sessions (item 6) -------------------------------------------------------------
+def _v2_session(device: Device) -> Raw:
+    raw = Raw(device.srv)
+    raw.send(P.Hello((1, 2)))
+    hello = raw.until(P.ServerHello)
+    assert isinstance(hello, P.ServerHello) and hello.version == 2
+    raw.hello = hello
+    return raw.login_key(device.user, device.identity)
+
+
+def test_a_version_1_hello_is_still_served_and_answered_version_1(world):
+    srv = world[0]
+    raw = Raw(srv).start()
+    assert raw.hello is not None and raw.hello.version == 1
+    raw.close()
+
+
+def test_a_version_2_session_refuses_version_1_envelopes(world):
+    from securecomm.crypto import envelope as E
+
+    srv, laptop, _, bob = world
+    v2 = _v2_session(bob)
+    v1 = E.seal(b"old style", bob.identity, laptop.identity.public)
+    msg_id = E.peek_msg_id(v1)
+    for frame in (P.Direct("alice", v1), P.RoomKey("alice", v1)):
+        v2.send(frame)
+        err = v2.error()
+        assert err.code == P.ErrorCode.INTEGRITY and not err.fatal and err.msg_id == msg_id
+        assert "version 1 envelope refused" in err.message
+    assert not v2.closed()
+    assert _mailbox(srv) == []
+    # a version-2 envelope in the same session goes through
+    theirs = M.Directory.parse(bob.call("prekeys_claim", user="alice"))
+    (out,) = M.seal_direct(bob.identity, "bob", "alice", b"new style", bob.pins, theirs, None)
+    v2.send(P.Direct("alice", out.envelope))
+    assert isinstance(v2.until(P.Receipt), P.Receipt)
+    v2.close()
+
+
+def test_the_version_switch_refuses_a_hello_listing_only_1_once_flipped():
+    from securecomm.server import versions
+
+    assert versions.agreed([1]) == (1 if versions.SERVE_VERSION_1 else None)
+    assert versions.agreed([1], serve_version_1=False) is None
+    assert versions.agreed([1, 2], serve_version_1=False) == versions.agreed([2], serve_version_1=False) == 2
+    assert versions.agreed([1, 2, 7], serve_version_1=True) == 2
+
+
+# -- across relays (PostgreSQL + NATS, item 5) --------------------------------------------------------
+def test_a_device_on_another_relay_gets_its_mail_notices_and_removal(tmp_path, pg_url, nats_server):
+    """Alice's laptop and Bob on relay A, her phone on relay B: the pairing NOTICE, the phone's copy of a
+    fan-out and its removal reach it through the bus and the shared store."""
+    from tests.relays import start_relays, stop_all
+
+    relays = start_relays(tmp_path / "srv", pg_url, nats_server.url, 2)
+    a, b = relays
+    devices: list[Device] = []
+    try:
+        add_user(a.home, "alice", "--db", pg_url)
+        add_user(a.home, "bob", "--db", pg_url)
+        laptop = Device(a, tmp_path / "alice-laptop", "alice", "laptop").password()
+        laptop.first()
+        bob = Device(a, tmp_path / "bob", "bob", "desk").password()
+        bob.first()
+        phone = Device(b, tmp_path / "alice-phone", "alice", "phone").password()
+        devices += [laptop, bob, phone]
+        assert phone.ok is not None and phone.ok.pending
+        code = phone.call("pair_start", name="phone")["code"]
+        shown = laptop.call("pair_lookup", code=code)
+        current = M.Directory.parse(laptop.call("device_list", user="alice"))
+        laptop.call("pair_approve", **S.approve("alice", laptop.identity, laptop.keys, code, shown, current,
+                                                K.now_ms()))
+        assert _notice(phone) == P.Notice("paired", "alice", phone.id)  # from relay A to relay B
+        S.complete("alice", phone.identity, phone.keys, phone.call("pair_complete"))
+        phone.close()
+        phone.key()
+        phone.upload()
+
+        _fan_out(bob, b"across relays")
+        for device in (laptop, phone):
+            deliver, incoming = _read(device, bob)
+            assert incoming.text == b"across relays"
+            _ack(device, deliver, incoming)
+        assert bob.conn is not None
+        got = {d.device for d in (bob.conn.until(P.Delivered), bob.conn.until(P.Delivered))
+               if isinstance(d, P.Delivered)}
+        assert got == {laptop.id, phone.id}
+
+        current = M.Directory.parse(laptop.call("device_list", user="alice"))
+        laptop.call("device_remove", **S.remove("alice", laptop.keys, current, phone.id, K.now_ms()))
+        assert _notice(phone) == P.Notice("device_removed", "alice", phone.id, 3)
+        assert phone.conn is not None
+        err = phone.conn.error()
+        assert err.code == P.ErrorCode.DEVICE_REMOVED and err.fatal
+    finally:
+        for d in devices:
+            d.close()
+        stop_all(relays)

@@ -178,7 +178,9 @@ def test_copy_moves_everything_and_keeps_ids_and_seqs(sc, tmp_path, pg_url):
     result = sc("db", "copy", "--from", str(path), "--to", pg_url)
     assert result.exit_code == 0, result.output
     counts = {m[0]: (int(m[1]), int(m[2])) for m in re.findall(r"^(\w+)\s+(\d+)\s+(\d+)\s+ok$", result.output, re.M)}
-    assert counts == {"users": (2, 2), "messages": (1, 1), "mailbox": (2, 2), "direct_ids": (3, 3)}
+    assert counts == {"users": (2, 2), "messages": (1, 1), "mailbox": (2, 2), "direct_ids": (3, 3),
+                      "user_keys": (0, 0), "devices": (0, 0), "prekeys": (0, 0), "pairings": (0, 0),
+                      "removed_devices": (0, 0), "device_direct_ids": (0, 0)}
     store = PostgresStore(pg_url)
     assert store.get_user("alice").id == alice and store.get_user("alice").identity == b"I" * 64
     assert store.get_user("bob").password_hash == "hb" and store.account_changes() == changes
@@ -191,6 +193,40 @@ def test_copy_moves_everything_and_keeps_ids_and_seqs(sc, tmp_path, pg_url):
     assert new.seq == seqs[1] + 2  # above the acknowledged seq, not a reuse of it
     assert store.add_user("dave", "hd").id == 4  # carol's id 3 stays retired
     store.close()
+
+
+def test_copy_keeps_devices_and_which_device_a_message_is_for(sc, tmp_path, pg_url):
+    """Before, `db copy` left the device tables behind and copied a version-2 message without its
+    device: on PostgreSQL it would have been offered to every session of the account."""
+    from securecomm.crypto import devices as D
+    from securecomm.crypto import prekeys as K
+    from securecomm.crypto.identity import PrivateIdentity
+    from securecomm.store.devices import DeviceStore
+
+    path = tmp_path / "single.db"
+    s = Store(path)
+    alice, bob = s.add_user("alice", "ha"), s.add_user("bob", "hb")
+    key, phone = D.UserKey.generate(), PrivateIdentity.generate("x25519")
+    cert = D.DeviceCert.sign(key, "bob", phone.public, "phone", 0)
+    devices = DeviceStore(s.device_sql())
+    devices.publish_list(bob.id, D.DeviceList.sign(key, "bob", 1, 0, [cert.device_id]), [cert])
+    devices.upload_prekeys(cert.device_id, [p.sign(phone) for p in K.generate_batch(phone, 1, 3)], None)
+    (stored,) = s.store_messages([NewDirect(alice.id, bob.id, b"m" * 16, bytes(32), b"v2", b"S" * 32,
+                                            cert.device_id)])
+    s.close()
+    result = sc("db", "copy", "--from", str(path), "--to", pg_url)
+    assert result.exit_code == 0, result.output
+    store = PostgresStore(pg_url)
+    try:
+        assert [m.seq for m in store.pending_mail(bob.id, device=cert.device_id)] == [stored.seq]
+        assert store.pending_mail(bob.id) == []  # not offered to a session that is not that device
+        pg = DeviceStore(store.device_sql())
+        assert pg.current(bob.id) is not None and pg.available(cert.device_id) == 3
+        again = store.store_messages([NewDirect(alice.id, bob.id, b"m" * 16, bytes(32), b"v2", b"S" * 32,
+                                                cert.device_id)])[0]
+        assert again.duplicate
+    finally:
+        store.close()
 
 
 def test_copy_refuses_a_database_that_holds_data(sc, tmp_path, pg_url):

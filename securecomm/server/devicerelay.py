@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from securecomm.errors import StoreUnavailableError
 from securecomm.server import intake
 from securecomm.server.deviceops import Caller, DeviceOps, Notice, OpError, check_direct
-from securecomm.store.devices import DeviceStore
+from securecomm.store.devices import DeviceStore, RaceLost
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
 
 if TYPE_CHECKING:
     from securecomm.crypto.prekeys import Envelope2
     from securecomm.server.session import Session
-    from securecomm.store.db import Store, User
+    from securecomm.store.db import User
 
 log = logging.getLogger("securecomm.server")
+
+
+#: Times a device op is run when other relays keep winning races on the same rows (then UNAVAILABLE).
+RACE_RETRIES = 5
 
 
 def is_version_2(envelope: bytes) -> bool:
@@ -32,17 +37,19 @@ def is_version_2(envelope: bytes) -> bool:
 
 
 class DeviceRelay:
-    def __init__(self, opener: Callable[[], Store]) -> None:
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        """`opener`: a store (store/db.py Store or store/postgres.py PostgresStore) of the relay's
+        database, used for device requests only; its `device_sql()` is what store/devices.py runs on."""
         self._opener = opener
         self._ops: DeviceOps | None = None
-        self._store: Store | None = None
+        self._store: Any = None
 
     @property
     def ops(self) -> DeviceOps:
         if self._ops is None:
             self._store = self._opener()
             store = self._store
-            self._ops = DeviceOps(DeviceStore(store.db),
+            self._ops = DeviceOps(DeviceStore(store.device_sql()),
                                   lambda name: None if (u := store.get_user(name)) is None else u.id)
         return self._ops
 
@@ -79,9 +86,14 @@ class DeviceRelay:
         if ev.op not in DeviceOps.OPS:
             return False
         try:
-            outcome = self.ops.handle(self.caller(s), ev.op, ev.args)
+            outcome = self._handle(s, ev)
         except OpError as e:
             s.error(e.code, e.message, rid=ev.rid)
+            return True
+        except StoreUnavailableError as e:  # PostgreSQL lost, or another relay won a race: nothing written
+            log.warning("%s %s not served: %s", s.label(), ev.op, e.message)
+            s.error(P.ErrorCode.UNAVAILABLE, "the relay's database is unreachable or busy: nothing was changed; "
+                    "retry shortly", rid=ev.rid)
             return True
         s.send(P.Result(ev.rid, outcome.data))
         assert s.user is not None
@@ -95,6 +107,17 @@ class DeviceRelay:
             if frame is not None:
                 publish(notice.user_id, P.encode_event(frame))
         return True
+
+    def _handle(self, s: Session, ev: P.Request) -> Any:
+        """The op, run again when another relay's transaction on the same rows won (PostgreSQL): the
+        losing one wrote nothing (store/devices.py RaceLost)."""
+        for attempt in range(RACE_RETRIES):
+            try:
+                return self.ops.handle(self.caller(s), ev.op, ev.args)
+            except RaceLost:
+                if attempt == RACE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def notice_frame(self, notice: Notice) -> P.Notice | None:
         """The NOTICE frame for an outcome's notice (docs/PROTOCOL.md 6.7); None for an unknown account."""

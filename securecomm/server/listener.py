@@ -43,7 +43,7 @@ from securecomm.server.memory import Trimmer
 from securecomm.server.relay import Relay
 from securecomm.server.session import READ_CHUNK, Session, TokenBucket
 from securecomm.store.backends import is_url, open_store
-from securecomm.store.db import NewMessage, Store, StoredMessage, User, normalise_name
+from securecomm.store.db import NewMessage, StoredMessage, User, normalise_name
 from securecomm.store.quota import MailboxLimits, SendLimits
 from securecomm.store.users import user_row
 from securecomm.timeutil import now_ms
@@ -100,8 +100,8 @@ class Server:
         # With PostgreSQL they stay in this relay's data folder: a file is fetched from the relay it went to.
         self.files = FileService(files_dir or Path(db_path).parent / "files", self._file_recipient,
                                  quota=config.file_quota, max_file=config.max_file, days=config.file_days)
-        # Devices and prekeys (PROTOCOL.md 6) live in the SQLite schema only so far: not with --db URL.
-        self.relay.devices = None if is_url(str(db_path)) else DeviceRelay(functools.partial(Store, db_path))
+        # Devices and prekeys (PROTOCOL.md 6): a connection of their own to the same database, either kind.
+        self.relay.devices = DeviceRelay(functools.partial(open_store, db_path))
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)

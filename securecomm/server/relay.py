@@ -22,12 +22,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from securecomm.crypto import envelope
+from securecomm.crypto import prekeys as K
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import IntegrityError, OversizedError, UsageError
+from securecomm.errors import IntegrityError, OversizedError, SecurecommError, UsageError
 from securecomm.net.bus import Bus
-from securecomm.server import intake
+from securecomm.server import intake, versions
 from securecomm.server.commit_queue import not_stored
 from securecomm.server.devicerelay import DeviceRelay, is_version_2
 from securecomm.store.db import NewDirect, StoredMessage, normalise_name
@@ -58,6 +59,19 @@ def _notice(data: bytes) -> P.Notice | None:
     except P.ProtocolError:
         return None
     return event if isinstance(event, P.Notice) else None
+
+
+def _room_key_device(data: bytes) -> bytes | None:
+    """The recipient device of an encoded version-2 ROOM_KEY frame, or None for any other frame."""
+    if len(data) < 5 or data[4] != P.MsgType.ROOM_KEY:
+        return None
+    try:
+        event = P.decode_payload(data[4:])
+        if not isinstance(event, P.RoomKey) or not is_version_2(event.envelope):
+            return None
+        return K.parse_v2(event.envelope).header.recipient
+    except SecurecommError:  # ProtocolError included; checked before it was published, so not expected
+        return None
 
 
 def _arg(ev: P.Request, name: str) -> str:
@@ -124,6 +138,8 @@ class Relay:
         if self.devices is not None and is_version_2(ev.envelope):
             await self._direct_v2(s, ev, msg_id)
             return
+        if self._version_1_refused(s, ev, msg_id):
+            return
         parsed = intake.parse(ev.envelope)
         to = None if isinstance(parsed, intake.Refusal) else self.store.read().get_user(ev.to)
         checked = parsed if isinstance(parsed, intake.Refusal) else self._direct_checked(s, parsed, to, ev.to)
@@ -138,6 +154,16 @@ class Relay:
         h = checked.envelope.header
         fut = self.store.submit(NewDirect(s.user.id, to.id, h.msg_id, checked.digest, ev.envelope))
         s.track(fut, lambda f: self._stored(s, f, h.msg_id, to.id))
+
+    @staticmethod
+    def _version_1_refused(s: Session, ev: P.Direct | P.RoomKey, msg_id: bytes | None) -> bool:
+        """A version-2 session sends only version-2 envelopes (docs/PROTOCOL.md 6.6): INTEGRITY naming
+        the version, nothing stored or relayed, the connection kept; True if refused."""
+        if s.version < 2:
+            return False
+        log.info("%s %s refused: a version-1 envelope in a version-2 session", s.label(), ev.TYPE.name)
+        s.error(P.ErrorCode.INTEGRITY, versions.VERSION_1_ENVELOPE, msg_id=msg_id)
+        return True
 
     async def _direct_v2(self, s: Session, ev: P.Direct, msg_id: bytes | None) -> None:
         """An envelope sealed to a prekey of one device of `ev.to` (docs/PROTOCOL.md 6.6, 6.7)."""
@@ -377,15 +403,34 @@ class Relay:
             if m is not origin and m.conn.state is P.State.READY:
                 m.outbox.put(data)
 
+    def _room_key_v2(self, s: Session, ev: P.RoomKey, target: Any) -> None:
+        """A sender key sealed to a prekey of one device of `ev.user` (6.6): checked as a DIRECT is,
+        then relayed to that device's sessions only, on every relay (see _user_frame)."""
+        assert s.user is not None and self.devices is not None
+        msg_id = envelope.peek_msg_id(ev.envelope)
+        checked = self.devices.check(s, ev.envelope, target, ev.user, self.config.stale_window_ms)
+        if isinstance(checked, intake.Refusal):
+            log.info("%s room key refused: %s", s.label(), checked.detail or checked.message)
+            s.error(checked.code, checked.message, msg_id=msg_id, fatal=checked.code is P.ErrorCode.DEVICE_REMOVED)
+            return
+        with contextlib.suppress(OversizedError):  # intake already refused what cannot fit
+            self.bus.publish_user(target.id, P.encode_event(P.RoomKey(s.user.name, ev.envelope),
+                                                            self.config.max_frame))
+
     def _user_frame(self, user_id: int, data: bytes) -> None:
         """An encoded event for every session of `user_id` connected here; a NOTICE about one device
         goes to that device's sessions only, one about the account's devices to its sessions but pending
         ones (6.4), and `device_removed` ends the removed device's sessions
         (on every relay: this arrives over the bus, docs/PROTOCOL.md 6.7)."""
         notice = _notice(data)
+        device = _room_key_device(data)
         for m in list(self.online.get(user_id, ())):
             if m.conn.state is not P.State.READY or m.closing:
                 continue
+            if device is not None and (m.device is None or not same(m.device, device)):
+                continue  # a version-2 ROOM_KEY is for the one device it is sealed to
+            if m.awaiting_pairing and notice is None:
+                continue  # a device waiting to be paired gets only its notices (no receipts, no room keys)
             mine = notice is not None and m.identity is not None and notice.device is not None \
                 and same(m.identity.fingerprint, notice.device)
             if notice is not None and (not mine if notice.event in P.NOTICE_FOR_ONE_DEVICE else m.awaiting_pairing):
@@ -417,6 +462,11 @@ class Relay:
     def room_key(self, s: Session, ev: P.RoomKey) -> None:
         assert s.user is not None
         target = self.store.read().get_user(ev.user)
+        if self.devices is not None and is_version_2(ev.envelope):
+            self._room_key_v2(s, ev, target)
+            return
+        if self._version_1_refused(s, ev, envelope.peek_msg_id(ev.envelope)):
+            return
         if target is None:
             log.debug("%s room key for an unknown user dropped", s.label())
             return

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.errors import OversizedError
+from securecomm.server import versions
 from securecomm.server.admission import Ticket
 from securecomm.server.config import ServerConfig
 from securecomm.server.logs import Label
@@ -219,6 +220,9 @@ class Session:
         self.device: bytes | None = None
         #: A new device waiting to be paired (6.4): only pair_start, pair_complete, PING and BYE.
         self.awaiting_pairing = False
+        #: The protocol version agreed at HELLO: 2 if the client listed it (docs/PROTOCOL.md 6.7). A
+        #: version-2 session is refused every version-1 envelope in DIRECT and ROOM_KEY.
+        self.version = 1
         self.challenge = os.urandom(P.CHALLENGE_SIZE)
         self.bucket = TokenBucket(config.rate, config.burst)
         self.in_flight = asyncio.Semaphore(config.max_in_flight)
@@ -340,7 +344,13 @@ class Session:
         if isinstance(event, P.Send | P.Direct | P.RoomSend) and self.handlers.metrics is not None:
             self.handlers.metrics.messages_received.labels(event.TYPE.name.lower()).inc()
         if isinstance(event, P.Hello):
-            self.send(P.ServerHello(P.PROTOCOL_VERSION, self.server_line, self.challenge,
+            agreed = versions.agreed(event.versions)
+            if agreed is None:
+                log.info("%s dropped: HELLO listing only version 1, which is no longer served", self.label())
+                self.error(P.ErrorCode.VERSION, versions.VERSION_1_GONE, fatal=True)
+                return
+            self.version = agreed
+            self.send(P.ServerHello(self.version, self.server_line, self.challenge,
                                     self.config.max_frame, server="securecomm"))
         elif isinstance(event, P.LoginPassword):
             await self.logins.login_password(self, event)
@@ -353,9 +363,8 @@ class Session:
                 self.send(P.Pong())
         elif self.awaiting_pairing and not (isinstance(event, P.Request) and pending_may(event)):
             log.warning("%s dropped: %s from a device waiting to be paired", self.label(), event.TYPE.name)
-            self.error(P.ErrorCode.BAD_STATE, "this device waits to be paired: only pair_start and pair_complete "
-                       "are served until a device of this account approves it (securecomm devices approve)",
-                       fatal=True)
+            # BAD_STATE's fixed text (5.5.1); LOGIN_OK `pending` told the client already
+            self.error(P.ErrorCode.BAD_STATE, P.OPAQUE_TEXTS[P.ErrorCode.BAD_STATE], fatal=True)
         elif not self.bucket.take():
             msg_id, rid = answer_ids(event)
             self.error(P.ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", msg_id=msg_id, rid=rid)

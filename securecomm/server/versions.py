@@ -12,5 +12,22 @@ Set SERVE_VERSION_1 to False at integration: a HELLO listing only 1 is then refu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: False: version 1 is no longer served (the end state of docs/PROTOCOL.md 6.7).
 SERVE_VERSION_1 = True
+
+#: The refusal of a HELLO that lists only version 1, once SERVE_VERSION_1 is off (6.7, VERSION, fatal).
+VERSION_1_GONE = "protocol version 1 is no longer served"
+#: The refusal of a version-1 envelope in a version-2 session's DIRECT or ROOM_KEY (6.6, INTEGRITY).
+VERSION_1_ENVELOPE = ("version 1 envelope refused: it was sealed to a long-term key without forward secrecy "
+                      "(this session speaks protocol version 2)")
+
+
+def agreed(offered: Iterable[int], serve_version_1: bool | None = None) -> int | None:
+    """The version a session speaks: 2 if the HELLO lists it, else 1 while it is served; None: refused.
+    (The wire layer has already refused a HELLO sharing no version with it.)"""
+    listed = set(offered)
+    if 2 in listed:
+        return 2
+    return 1 if (SERVE_VERSION_1 if serve_version_1 is None else serve_version_1) else None

@@ -292,6 +292,10 @@ class Store:
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
+    def device_sql(self) -> sqlite3.Connection:
+        """The connection store/devices.py runs on (its SQL is SQLite's as written)."""
+        return self.db
+
     def close(self) -> None:
         self.db.close()
 

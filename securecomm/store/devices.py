@@ -14,16 +14,19 @@ crypto/prekeys.py); this module only keeps what passed, atomically:
   prekey in the same transaction, so no two claimants ever get the same one;
 - pairings are keyed by the code's digest, never the code.
 
-SQL is literal with parameters only.
+SQL is literal with parameters only, written once for both backends: SQLite takes it as is, and
+PostgreSQL through store/postgres.py `PgSql` (placeholders, and BEGIN IMMEDIATE as a SERIALIZABLE
+transaction, so that the compare-then-write steps above hold between relays as they do in one
+SQLite file; a transaction that loses such a race is StoreUnavailableError: retry).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from securecomm.crypto import prekeys as K
 from securecomm.crypto.devices import DeviceCert, DeviceList
@@ -34,7 +37,13 @@ from securecomm.errors import (
     PairingUsedError,
     ReplayedPrekeyError,
     StaleDeviceListError,
+    StoreUnavailableError,
 )
+
+
+class RaceLost(StoreUnavailableError):
+    """Another relay's transaction on the same rows committed first (PostgreSQL SERIALIZABLE): this
+    one wrote nothing and may simply be run again."""
 
 
 def _now_ms() -> int:
@@ -57,10 +66,18 @@ class Pending:
     expires_ms: int
 
 
-class DeviceStore:
-    """Devices and prekeys on the server's SQLite connection (autocommit mode, as store/db.py)."""
+class Sql(Protocol):
+    """What the device store needs of a connection in autocommit mode: sqlite3.Connection is one,
+    store/postgres.py PgSql is the other."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+
+class DeviceStore:
+    """Devices and prekeys on a connection of the server's store (autocommit mode, as store/db.py)."""
+
+    def __init__(self, db: Sql) -> None:
         self.db = db
 
     @contextmanager
@@ -203,8 +220,10 @@ class DeviceStore:
                 if row is None:
                     continue  # a device with no prekey at all cannot be sealed to: it is skipped
                 if row[0] == K.ONE_TIME:
-                    self.db.execute("DELETE FROM prekeys WHERE device_id = ? AND kind = ? AND prekey_id = ?",
-                                    (device_id, K.ONE_TIME, row[1]))
+                    gone = self.db.execute("DELETE FROM prekeys WHERE device_id = ? AND kind = ? AND prekey_id = ?",
+                                           (device_id, K.ONE_TIME, row[1])).rowcount
+                    if gone != 1:  # taken meanwhile (cannot happen inside the transaction): never hand it out
+                        raise ReplayedPrekeyError("a one-time prekey was claimed twice")
                 out.append(Claimed(bytes(cert), bytes(row[2]), int(row[0])))
         return out
 

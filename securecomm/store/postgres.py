@@ -199,6 +199,45 @@ def connect(url: str, *, readonly: bool = False) -> psycopg.Connection[Any]:
     return con
 
 
+class PgSql:
+    """A PostgresStore's connection as store/devices.py speaks to it (the Sql protocol there): `?`
+    placeholders become `%s`, and BEGIN IMMEDIATE (SQLite: one writer at a time) becomes a
+    SERIALIZABLE transaction, so that a compare-then-write (a list's counter, a prekey handed out
+    once, a pairing code used once) cannot interleave with another relay's. A transaction that loses
+    such a race, or a lost connection, is StoreUnavailableError: nothing was written; retry."""
+
+    _BEGIN = "BEGIN IMMEDIATE"
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        if sql == PgSql._BEGIN:
+            return "BEGIN ISOLATION LEVEL SERIALIZABLE"
+        return sql.replace("?", "%s")
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        with self._transient_as_unavailable():
+            return self.store.db.execute(self._sql(sql), parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
+        with self._transient_as_unavailable(), self.store.db.cursor() as cur:
+            cur.executemany(self._sql(sql), list(parameters))
+            return cur
+
+    @contextmanager
+    def _transient_as_unavailable(self) -> Iterator[None]:
+        try:
+            with self.store._unavailable_as_error():
+                yield
+        except (pgerrors.SerializationFailure, pgerrors.DeadlockDetected, pgerrors.UniqueViolation) as e:
+            from securecomm.store.devices import RaceLost
+
+            raise RaceLost(f"another relay changed the same devices at the same time: {_reason(e)}; "
+                           "nothing was written, retry") from None
+
+
 class PgMailboxUsage(MailboxUsage):
     COUNT_SQL = "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM mailbox WHERE recipient_id = %s"
 
@@ -255,6 +294,10 @@ class PostgresStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def device_sql(self) -> PgSql:
+        """What store/devices.py runs on: this store's connection, PostgreSQL's way (PgSql)."""
+        return PgSql(self)
 
     @contextmanager
     def _unavailable_as_error(self) -> Iterator[None]:

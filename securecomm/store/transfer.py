@@ -30,10 +30,29 @@ _TABLES: dict[str, tuple[str, str]] = {
               "identity, fingerprint) FROM STDIN"),
     "messages": ("SELECT id, sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope FROM messages ORDER BY id",
                  "COPY messages (id, sender_id, msg_id, sha256, sent_at_ms, stored_at_ms, envelope) FROM STDIN"),
-    "mailbox": ("SELECT id, recipient_id, sender_id, msg_id, stored_at_ms, envelope FROM mailbox ORDER BY id",
-                "COPY mailbox (id, recipient_id, sender_id, msg_id, stored_at_ms, envelope) FROM STDIN"),
+    "mailbox": ("SELECT id, recipient_id, sender_id, msg_id, stored_at_ms, envelope, recipient_device, "
+                "sender_device FROM mailbox ORDER BY id",
+                "COPY mailbox (id, recipient_id, sender_id, msg_id, stored_at_ms, envelope, recipient_device, "
+                "sender_device) FROM STDIN"),
     "direct_ids": ("SELECT sender_id, msg_id, sha256, stored_at_ms FROM direct_ids ORDER BY rowid",
                    "COPY direct_ids (sender_id, msg_id, sha256, stored_at_ms) FROM STDIN"),
+    # devices (docs/PROTOCOL.md 6; migrations 6 and 7): a version-2 message keeps the device it is for
+    "user_keys": ("SELECT user_id, user_key, counter, device_list FROM user_keys ORDER BY user_id",
+                  "COPY user_keys (user_id, user_key, counter, device_list) FROM STDIN"),
+    "devices": ("SELECT device_id, user_id, cert, name, added_ms, last_seen_ms, max_prekey_id FROM devices "
+                "ORDER BY device_id",
+                "COPY devices (device_id, user_id, cert, name, added_ms, last_seen_ms, max_prekey_id) FROM STDIN"),
+    "prekeys": ("SELECT device_id, kind, prekey_id, prekey FROM prekeys ORDER BY device_id, kind, prekey_id",
+                "COPY prekeys (device_id, kind, prekey_id, prekey) FROM STDIN"),
+    "pairings": ("SELECT digest, user_id, device_id, identity, name, expires_ms, used, approval FROM pairings "
+                 "ORDER BY digest",
+                 "COPY pairings (digest, user_id, device_id, identity, name, expires_ms, used, approval) FROM STDIN"),
+    "removed_devices": ("SELECT device_id, user_id, identity, removed_ms FROM removed_devices ORDER BY device_id",
+                        "COPY removed_devices (device_id, user_id, identity, removed_ms) FROM STDIN"),
+    "device_direct_ids": ("SELECT sender_device, recipient_device, msg_id, sha256, stored_at_ms FROM "
+                          "device_direct_ids ORDER BY rowid",
+                          "COPY device_direct_ids (sender_device, recipient_device, msg_id, sha256, stored_at_ms) "
+                          "FROM STDIN"),
 }
 #: The same literal statements count the same tables in SQLite and PostgreSQL.
 _PG_COUNTS = {
@@ -41,6 +60,12 @@ _PG_COUNTS = {
     "messages": "SELECT COUNT(*) FROM messages",
     "mailbox": "SELECT COUNT(*) FROM mailbox",
     "direct_ids": "SELECT COUNT(*) FROM direct_ids",
+    "user_keys": "SELECT COUNT(*) FROM user_keys",
+    "devices": "SELECT COUNT(*) FROM devices",
+    "prekeys": "SELECT COUNT(*) FROM prekeys",
+    "pairings": "SELECT COUNT(*) FROM pairings",
+    "removed_devices": "SELECT COUNT(*) FROM removed_devices",
+    "device_direct_ids": "SELECT COUNT(*) FROM device_direct_ids",
 }
 #: Rows streamed between the two databases at a time: bounds memory whatever the mailbox holds.
 FETCH_ROWS = 1000

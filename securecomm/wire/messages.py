@@ -22,7 +22,11 @@ from securecomm.errors import RemoteProtocolError
 from securecomm.wire.frames import MAX_FRAME_SIZE
 
 PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+#: Protocol versions this wire layer understands (a HELLO must share one). Version 2 is devices and
+#: forward secrecy (docs/PROTOCOL.md 6.7); which ones a server serves is securecomm/server/versions.py.
+SUPPORTED_VERSIONS = (1, 2)
+#: What this project's client offers in its HELLO: version 1 until its send, inbox and chat speak 2.
+CLIENT_VERSIONS = (1,)
 CHALLENGE_SIZE = 32
 LOGIN_LABEL = b"securecomm/v1/login"
 #: Registering a device key at a password login signs the same structure as a
@@ -174,7 +178,7 @@ class Event:
 @dataclass(frozen=True)
 class Hello(Event):
     TYPE: ClassVar[MsgType] = MsgType.HELLO
-    versions: tuple[int, ...] = SUPPORTED_VERSIONS
+    versions: tuple[int, ...] = CLIENT_VERSIONS
     client: str = "securecomm"
 
     def encode_body(self) -> bytes:
