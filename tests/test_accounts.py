@@ -298,21 +298,25 @@ def test_second_device_asks_before_replacing_and_contacts_recover(server, tmp_pa
     r = login(bob2, server, "bob")
     assert r.returncode == 0 and b"pairing code:" in r.stderr
     assert sc(alice, "send", "--to", "bob", "still the first key").returncode == 0  # nothing replaced
-    # --replace-key, while version 1 is served (server/versions.py), still replaces the version-1 key
+    # --replace-key, while version 1 is served (server/versions.py), still replaces the version-1 key; alice
+    # pins bob's user key (version 2), which did not change: no warning, and the mail goes to his listed device
     assert login(bob2, server, "bob", PASSWORD, "--replace-key").returncode == 0
+    assert sc(alice, "send", "--to", "bob", "user key unchanged").returncode == 0
+    assert "CHANGED" not in sc(alice, "contacts").stdout.decode()
+    r = sc(bob1, "inbox", "--json")
+    assert [json.loads(x)["body"] for x in r.stdout.splitlines()] == ["first contact", "still the first key",
+                                                                      "user key unchanged"]
+    # a new user key is the change contacts see, until `contacts trust`, which says the warning is gone
+    assert login(bob2, server, "bob", PASSWORD, "--reset-user-key").returncode == 0
     r = sc(alice, "send", "--to", "bob", "refused")
     assert r.returncode == 6 and b"CHANGED" in r.stderr
     assert "CHANGED to" in sc(alice, "contacts").stdout.decode()
-    # bob goes back to his first device: the change is undone, so is the warning
-    assert login(bob1, server, "bob", PASSWORD, "--replace-key").returncode == 0
-    assert sc(alice, "send", "--to", "bob", "welcome back").returncode == 0
-    assert "CHANGED" not in sc(alice, "contacts").stdout.decode()
-    # and when the new key is accepted with `contacts trust`, the output says the warning is gone
-    assert login(bob2, server, "bob", PASSWORD, "--replace-key").returncode == 0
-    assert sc(alice, "send", "--to", "bob", "refused").returncode == 6
     r = sc(alice, "contacts", "trust", "bob")
     assert r.returncode == 0 and b"CHANGED cleared" in r.stdout
     assert "CHANGED" not in sc(alice, "contacts").stdout.decode()
+    assert sc(alice, "send", "--to", "bob", "welcome back").returncode == 0
+    r = sc(bob2, "inbox", "--json")
+    assert [json.loads(x)["body"] for x in r.stdout.splitlines()] == ["welcome back"]
 
 
 def test_replacing_the_key_logs_the_other_device_out(server, tmp_path):

@@ -26,3 +26,15 @@ def test_quick_devices_benchmark_reports_every_figure(tmp_path):
             assert data[section][key] > 0, f"{section}.{key}"
     assert data["prekeys"]["batch_bytes"] == 129_800
     assert "target < 1.3x" in r.stdout
+
+
+@pytest.mark.timeout(240)
+def test_direct_v2_benchmark_runs_both_versions_through_the_server(tmp_path):
+    out = tmp_path / "direct.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "direct_v2.py"), "--rounds", "3", "--json", str(out)],
+                       capture_output=True, text=True, timeout=230, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for key in ("v1_ms_median", "v2_ms_median", "ratio"):
+        assert data[key] > 0, key
+    assert data["rounds"] == 3 and "target < 1.3x" in r.stdout

@@ -154,9 +154,12 @@ def test_changed_key_is_refused_until_trusted(world):
     assert sc(homes["alice"], "send", "--to", "bob", "first contact").returncode == 0
     contacts = json.loads(sc(homes["alice"], "contacts", "--json").stdout)
     assert [c["name"] for c in contacts] == ["bob"]
-    # bob gets a new device key (or someone swapped it on the server)
+    # bob starts over on a new device with a new user key (or someone swapped it on the server):
+    # a new device alone is no change for his contacts (version 2 pins the user key), a new user key is
     assert sc(homes["bob"], "keygen", "--force").returncode == 0
-    assert login(homes["bob"], srv, "bob", PASSWORD, "--replace-key").returncode == 0
+    r = login(homes["bob"], srv, "bob", PASSWORD, "--replace-key", "--reset-user-key")
+    assert r.returncode == 0, r.stderr
+    assert b"new user key" in r.stderr
     r = sc(homes["alice"], "send", "--to", "bob", "should not go")
     assert r.returncode == 6
     assert b"CHANGED" in r.stderr and b"contacts trust bob" in r.stderr

@@ -251,7 +251,8 @@ def test_no_retry_when_the_server_is_not_there(world):
 @pytest.mark.parametrize("action", ["hold", "cut"])
 def test_direct_send_survives_restart_or_drop_and_arrives_once(world, action):
     srv, homes = world
-    relay = Relay(srv, "alice", nth=2, action=action)  # chunk 1 after login is the key lookup, 2 the message
+    # chunks after login: 1 the prekey claim, 2 our own device list (other devices get copies), 3 the message
+    relay = Relay(srv, "alice", nth=3, action=action)
     try:
         proc = send_via(relay, homes["alice"], "--to", "bob", "exactly once, please")
         if action == "hold":

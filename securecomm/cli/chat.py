@@ -48,8 +48,10 @@ def render(ev: Any, me: str, width: int | None = None) -> str:
         return f"{stamp}{style(who, bold=True)} {ok} {printable_body(ev.body, width, first)}"
     if isinstance(ev, DirectMessage):
         stamp, who = f"{now_text(ev.sent_at_ms)} [dm] ", clean(ev.sender)
-        first = cell_width(f"{stamp}{who} \u2192 {me} \u2713 ")
-        return f"{stamp}{style(who, bold=True)} \u2192 {me} {ok} {printable_body(ev.body, width, first)}"
+        to = f"{clean(ev.to)} (sent)" if ev.to else me  # our own, copied from another of our devices
+        mark = " (sealed without a one-time key)" if ev.without_one_time_key else ""
+        first = cell_width(f"{stamp}{who} \u2192 {to}{mark} \u2713 ")
+        return f"{stamp}{style(who, bold=True)} \u2192 {to}{mark} {ok} {printable_body(ev.body, width, first)}"
     if isinstance(ev, DeliveryReceipt):
         return f"{now_text()} {ok}{ok} {clean(ev.to)} received {ev.msg_id.hex()[:8]} (signed receipt)"
     if isinstance(ev, Membership):

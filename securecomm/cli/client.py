@@ -237,7 +237,15 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
     """
     import asyncio
 
-    from securecomm.client.events import Alert, DirectMessage, cell_width, now_text, printable, printable_body
+    from securecomm.client.events import (
+        Alert,
+        DirectMessage,
+        cell_width,
+        direct_head,
+        now_text,
+        printable,
+        printable_body,
+    )
     from securecomm.client.login import connect_profile
     from securecomm.client.messenger import Messenger
 
@@ -252,18 +260,20 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
             shown_count += 1
             from securecomm.client.files import describe, received_notice
 
-            notice = received_notice(state.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
+            notice = received_notice(state.paths, ev.sender, ev.body, ev.device)  # a file: saved for `fetch ID`
             body = describe(notice).encode() if notice else ev.body
             if as_json:
                 import json
 
                 shown_file = {"file": {"id": notice.file_id.hex(), "name": notice.name, "size": notice.size,
                                        "sha256": notice.sha256.hex()}} if notice else {}
+                marks = {**({"to": ev.to} if ev.to else {}),
+                         **({"without_one_time_key": True} if ev.without_one_time_key else {})}
                 click.echo(json.dumps({"from": ev.sender, "id": ev.msg_id.hex(), "sent_at_ms": ev.sent_at_ms,
                                        "fingerprint": ev.fingerprint, "verified": True,
-                                       "body": body.decode("utf-8", "replace"), **shown_file}))
+                                       "body": body.decode("utf-8", "replace"), **marks, **shown_file}))
             else:
-                head = f"{now_text(ev.sent_at_ms)} {printable(ev.sender.encode())} \u2713 "
+                head = f"{now_text(ev.sent_at_ms)} {direct_head(ev)} \u2713 "
                 click.echo(head + printable_body(body, width, cell_width(head)))
         elif isinstance(ev, Alert):
             failures += ev.failed  # a server's noise is shown, but it is no failed message

@@ -94,12 +94,15 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
         warn(f"the sender named this file {notice.name!r}; saving it as {out.name!r} (no leading dot from a peer)")
     if out.exists() and not force:
         raise ExistsError(f"{out} already exists", hint="use -o PATH, or --force to replace it")
-    contact = Contacts.load(state.paths.contacts).get(sender_name)
-    if contact is None:
-        raise ChangedKeyError(f"{sender_name}'s key is not pinned", hint="run securecomm inbox first")
+    signer = F.notice_device(state.paths, file_id)  # version 2: the device that announced it, checked then
+    if signer is None:
+        contact = Contacts.load(state.paths.contacts).get(sender_name)
+        if contact is None:
+            raise ChangedKeyError(f"{sender_name}'s key is not pinned", hint="run securecomm inbox first")
+        signer = contact.identity
     identity = profile_identity(state, passphrase_file)
     connect = _connector(state, identity, server=server, ca=ca, pin=pin)
-    run_client(F.fetch_file(connect, identity, notice, contact.identity, out, force, timeout, warn, _bar))
+    run_client(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn, _bar))
     (F.notices_dir(state.paths) / f"{notice.file_id.hex()}.json").unlink(missing_ok=True)
     if as_json:
         emit_json({"status": "fetched", "file_id": notice.file_id.hex(), "from": sender_name, "path": str(out),

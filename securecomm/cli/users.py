@@ -252,11 +252,15 @@ def ask_replace(e: KeyReplaceError) -> bool:
               help="Local identity to register (created if missing).")
 @click.option("--replace-key", is_flag=True,
               help="If the account has another device's key, replace it without asking (one device per user).")
+@click.option("--reset-user-key", is_flag=True,
+              help="Without any other device: make a new user key, listing this device only (the others are "
+                   "dropped with their mail; contacts see a changed key and must trust it again).")
 @password_stdin_option
 @json_option
 @pass_state
 def login(state: State, name: str, server: str | None, ca: str | None, pin: str | None, identity_name: str,
-          replace_key: bool, password_stdin: bool, passphrase_file: str | None, as_json: bool) -> None:
+          replace_key: bool, reset_user_key: bool, password_stdin: bool, passphrase_file: str | None,
+          as_json: bool) -> None:
     """Log in with a password, register this device's identity, save the profile.
 
     Later send, status and chat authenticate with the identity key (a signed
@@ -294,7 +298,10 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         async with client:
             if ok.prekeys is not None:  # a server that serves devices (docs/PROTOCOL.md 6.4, 6.5, 6.7)
                 await _set_up_device(client, DeviceKeys(paths.device_keys(identity_name), me.kem), me,
-                                     server_user_name(ok.user), identity_name, ok.pending)
+                                     server_user_name(ok.user), identity_name, ok.pending,
+                                     reset=reset_user_key)
+            elif reset_user_key:
+                raise UsageError("this server does not serve devices, so there is no user key to reset")
             assert client.server_identity is not None
             return ok, address_of(client), client.server_identity.line
 
@@ -322,18 +329,26 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
                "registered")
 
 
-async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str, pending: bool = False) -> None:
-    """The device's user key, list and prekeys; a failure here is a warning: the login itself succeeded.
-    A pending session (a device the list does not name yet) may only pair (docs/PROTOCOL.md 6.4)."""
-    from securecomm.cli.context import warn
+async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str, pending: bool = False, *,
+                         reset: bool = False) -> None:
+    """The device's user key, list and prekeys; a failure here is a warning: the login itself succeeded
+    (except for --reset-user-key, which was asked for by name). A pending session (a device the list
+    does not name yet) may only pair (docs/PROTOCOL.md 6.4), unless it resets the user key."""
+    from securecomm.cli.context import info, warn
     from securecomm.client.devicelogin import set_up_device
     from securecomm.errors import SecurecommError
 
     try:
-        done = "pending" if pending else await set_up_device(client, keys, me, user, name)
-        if done == "pending" or keys.user_key() is None:
+        done = "pending" if pending and not reset else await set_up_device(client, keys, me, user, name,
+                                                                            reset=reset)
+        if done == "reset":
+            info(f"new user key {keys.user_key().public.fingerprint_text}: this device is {user}'s only one; "
+                 "your contacts will see a changed key and must trust it again")
+        elif done == "pending" or keys.user_key() is None:
             await _pairing(client, keys, me, user, name)
     except SecurecommError as e:
+        if reset:
+            raise
         warn(f"this device is not set up for forward secrecy yet ({e.message}); run user login again")
 
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from securecomm.client.directv2 import SealedDirect
 from securecomm.client.events import Alert, DirectMessage, Membership, printable
 from securecomm.client.files import describe, received_notice, send_file
 from securecomm.client.login import connect_profile
@@ -57,7 +58,7 @@ class Pending:
     kind: str  # "dm" | "room"
     target: str
     body: bytes
-    sealed: bytes | None = None  # for dm: the envelope, resent byte for byte
+    sealed: SealedDirect | None = None  # for dm: the envelopes, resent byte for byte
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class ChatSession:
                 self.present.discard(ev.user)
             self.changed.set()
         if isinstance(ev, DirectMessage):
-            notice = received_notice(self.paths, ev.sender, ev.body)  # a file: saved for `fetch ID`
+            notice = received_notice(self.paths, ev.sender, ev.body, ev.device)  # a file: saved for `fetch ID`
             if notice is not None:
                 ev = dataclasses.replace(ev, body=describe(notice).encode())
         self.emit(ev)

@@ -19,8 +19,14 @@ from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
 
 
-async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user: str, name: str) -> str:
-    """Returns what was done: "created", "listed" or "pending"."""
+async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user: str, name: str, *,
+                        reset: bool = False) -> str:
+    """Returns what was done: "created", "listed", "pending" or, with `reset` (`user login
+    --reset-user-key`, 6.4 end), "reset": a new user key and a list naming this device only."""
+    if reset:
+        await client.request("device_list_publish", **S.first_device(user, me, name, keys, now_ms(), reset=True))
+        await refill_prekeys(client, keys, me)
+        return "reset"
     try:
         current: Directory | None = Directory.parse(await client.request("device_list", user=user))
     except NotFoundError:
@@ -32,12 +38,25 @@ async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user
         done = "created"
     elif not current.device_list.has(me.public.fingerprint):
         return "pending"
-    status = await client.request("prekeys_status")
-    args = S.refill(me, keys, int(status["available"]), status.get("last_resort_ms"), now_ms())
-    if args is not None:
-        for chunk in upload_chunks(args, int(getattr(client, "max_send", 0) or 1 << 20)):
-            await client.request("prekeys_upload", **chunk)
+    await refill_prekeys(client, keys, me)
     return done
+
+
+async def refill_prekeys(client: Any, keys: DeviceKeys, me: PrivateIdentity) -> int:
+    """Top up one-time prekeys and replace the last-resort one when due (6.5); erase retired
+    last-resort keys past their grace period. Returns how many one-time prekeys were uploaded."""
+    keys.prune(now_ms())
+    status = await client.request("prekeys_status")
+    try:
+        available, last_resort_ms = int(status["available"]), status.get("last_resort_ms")
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError("the server sent a malformed prekeys_status answer") from e
+    args = S.refill(me, keys, available, last_resort_ms, now_ms())
+    if args is None:
+        return 0
+    for chunk in upload_chunks(args, int(getattr(client, "max_send", 0) or 1 << 20)):
+        await client.request("prekeys_upload", **chunk)
+    return len(args["one_time"])
 
 
 #: Room left in a frame for the REQUEST's own JSON around the hex strings.

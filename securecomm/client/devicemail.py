@@ -15,6 +15,7 @@ conversation. Nothing here touches the network or the terminal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,17 +73,25 @@ class Outgoing:
     without_one_time_key: bool
 
 
+Verify = Callable[[str, Directory], list[D.DeviceCert]]
+
+
 def seal_direct(me: PrivateIdentity, my_name: str, to: str, text: bytes, pins: Pins,
-                theirs: Directory, mine: Directory | None) -> list[Outgoing]:
-    """One envelope per target device: every device of `to`, and our own other devices."""
-    msg_id, body = new_msg_id(), encode_body(to, text)
+                theirs: Directory, mine: Directory | None, *, msg_id: bytes | None = None,
+                verify: Verify | None = None) -> list[Outgoing]:
+    """One envelope per target device: every device of `to`, and our own other devices.
+
+    `verify(name, directory)` returns the listed devices (default: under the pinned user key;
+    the Messenger checks our own list under our own user key instead)."""
+    msg_id, body = msg_id or new_msg_id(), encode_body(to, text)
     out = []
     for name, directory in ((to, theirs), (my_name, mine)):
         if directory is None:
             continue
         if directory.user != name:
             raise FormatError("the server answered for another user")
-        listed = pins.devices(name, directory.user_key, directory.device_list, directory.certs)
+        listed = verify(name, directory) if verify is not None else \
+            pins.devices(name, directory.user_key, directory.device_list, directory.certs)
         by_id = {c.device_id: c.device for c in listed}
         for cert, prekey in zip(directory.certs, directory.prekeys, strict=False):
             device = by_id.get(cert.device_id)

@@ -24,6 +24,13 @@ class DirectMessage:
     msg_id: bytes
     sent_at_ms: int
     fingerprint: str
+    #: Our own message, copied from another of our devices: whom it was sent to (protocol version 2).
+    to: str | None = None
+    #: Sealed to the device's last-resort prekey, not a one-time one (docs/PROTOCOL.md 6.6).
+    without_one_time_key: bool = False
+    #: The sending device's identity line (version 2: verified on its user's list); a file it announces
+    #: is checked against this key when fetched.
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,3 +141,14 @@ def _wrapped(lines: Iterator[str], width: int, first: int) -> Iterator[str]:
             used += w
         yield "".join(row)
         room = max(1, width - 1 - cell_width(CONTINUATION))
+
+
+def direct_head(ev: DirectMessage) -> str:
+    """Who a direct message is from, escaped: `bob`, `alice -> bob (sent)` for our own message
+    copied from another of our devices, with "(sealed without a one-time key)" when it says so."""
+    who = printable(ev.sender.encode())
+    if ev.to:
+        who += f" \u2192 {printable(ev.to.encode())} (sent)"
+    if ev.without_one_time_key:
+        who += " (sealed without a one-time key)"
+    return who

@@ -418,12 +418,13 @@ def notices_dir(paths: Any) -> Path:
     return Path(paths.data_dir) / "received"  # not "files": a server with the same --home keeps ciphertext there
 
 
-def save_notice(paths: Any, sender: str, notice: FileNotice) -> Path:
-    """Remember a notice (inbox showed it) so that `fetch ID` knows name, digests and key. 0600."""
+def save_notice(paths: Any, sender: str, notice: FileNotice, device: str | None = None) -> Path:
+    """Remember a notice (inbox showed it) so that `fetch ID` knows name, digests and key. 0600.
+    `device`: the identity line of the device that announced it (version 2), whose key signed the file."""
     folder = notices_dir(paths)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{notice.file_id.hex()}.json"
-    record = {"from": sender, "notice": notice.encode().decode()}
+    record = {"from": sender, "notice": notice.encode().decode(), **({"device": device} if device else {})}
     tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -436,6 +437,13 @@ def local_name(name: str) -> str:
     """Where `fetch` without -o saves a file the peer named `name`: the same name, except that a leading dot
     (`.bashrc`, `.profile`: hidden files that shells and tools read) becomes `_` (F11, README "Files")."""
     return "_" + name[1:] if name.startswith(".") else name
+
+
+def notice_device(paths: Any, file_id_hex: str) -> PublicIdentity | None:
+    """The announcing device's identity saved with a version-2 notice, or None (version 1: the contact's)."""
+    record = json.loads((notices_dir(paths) / f"{file_id_hex.lower()}.json").read_text())
+    line = record.get("device")
+    return PublicIdentity.from_line(line) if isinstance(line, str) else None
 
 
 def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
@@ -708,7 +716,7 @@ async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIde
                 await opener
 
 
-def received_notice(paths: Any, sender: str, body: bytes) -> FileNotice | None:
+def received_notice(paths: Any, sender: str, body: bytes, device: str | None = None) -> FileNotice | None:
     """If a direct message's body is a file notice: save it for `fetch` and return it; else None.
     A body that starts like a notice but does not parse is shown as text by the caller."""
     if not FileNotice.is_notice(body):
@@ -717,5 +725,5 @@ def received_notice(paths: Any, sender: str, body: bytes) -> FileNotice | None:
         notice = FileNotice.decode(body)
     except SecurecommError:
         return None
-    save_notice(paths, sender, notice)
+    save_notice(paths, sender, notice, device)
     return notice

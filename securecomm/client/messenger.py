@@ -18,14 +18,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from securecomm.client import devicemail as DM
 from securecomm.client.connection import Client
+from securecomm.client.devicelogin import refill_prekeys
 from securecomm.client.directory import Contacts, look_up
-from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage
+from securecomm.client.directv2 import (
+    DeviceDirectory,
+    SealedDirect,
+    device_keys_of,
+    erase,
+    open_with_prekey,
+    serves_devices,
+)
+from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage, Notice
+from securecomm.client.pins import Pins
 from securecomm.client.rooms import SETTLE_MAX, SETTLE_QUIET, Rooms, RoomState
 from securecomm.crypto import envelope
+from securecomm.crypto import prekeys as K
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import ChangedKeyError, ExpiredError, IntegrityError, SecurecommError
+from securecomm.errors import (
+    ChangedKeyError,
+    ExpiredError,
+    FormatError,
+    IntegrityError,
+    NetworkError,
+    SecurecommError,
+)
 from securecomm.files import PRIVATE_MODE, write_files
 from securecomm.wire import protocol as P
 
@@ -39,25 +58,43 @@ JUNK_WARN_BASE = 10
 DRAIN_LIMIT = 30.0
 
 class SeenIds:
+    """Ids of messages shown, one line each: `sender:msg_id`, and for a version-2 message the digest
+    of its body after a space (a redelivery is acknowledged again without its one-time key, erased)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.ids: dict[str, None] = {}
-        if path.exists():
-            self.ids = dict.fromkeys(path.read_text().split())
+        self.ids: dict[str, str | None] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the file again: another session of this device (a second chat window) appends to it."""
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key:
+                    self.ids[key] = value or None
 
     def __contains__(self, key: str) -> bool:
         return key in self.ids
 
-    def add(self, key: str) -> None:
+    def get(self, key: str) -> str | None:
+        return self.ids.get(key)
+
+    @staticmethod
+    def _line(key: str, value: str | None) -> str:
+        return key if value is None else f"{key} {value}"
+
+    def add(self, key: str, value: str | None = None) -> None:
         """Append one id (a line, fsynced); rewrite the file only when it has doubled."""
-        self.ids[key] = None
+        self.ids[key] = value
         if len(self.ids) > 2 * SEEN_LIMIT:
-            self.ids = dict.fromkeys(list(self.ids)[-SEEN_LIMIT:])
-            write_files([(self.path, ("\n".join(self.ids) + "\n").encode(), PRIVATE_MODE)], force=True)
+            self.ids = dict(list(self.ids.items())[-SEEN_LIMIT:])
+            text = "\n".join(self._line(k, v) for k, v in self.ids.items()) + "\n"
+            write_files([(self.path, text.encode(), PRIVATE_MODE)], force=True)
             return
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_MODE)
         with os.fdopen(fd, "a") as f:
-            f.write(key + "\n")
+            f.write(self._line(key, value) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -77,6 +114,11 @@ class Messenger(Rooms):
         self.sent_digests: dict[bytes, tuple[str, bytes]] = {}  # msg_id -> (to, body digest)
         self.delivered: dict[bytes, asyncio.Future[DeliveryReceipt]] = {}
         self._directory: dict[str, PublicIdentity] = {}
+        self.pins = Pins.load(paths.user_pins)
+        keys = device_keys_of(paths, me)
+        #: Version 2 (docs/PROTOCOL.md 6): this device's prekeys and the verified device lists.
+        self.devices = DeviceDirectory(me, user, keys, self.pins) if keys is not None else None
+        self._held: int | None = None  # one-time prekeys the server holds for us, as far as we know
         self.busy = False
         self.last_activity = time.monotonic()
         self.settle_quiet, self.settle_max = SETTLE_QUIET, SETTLE_MAX
@@ -99,19 +141,42 @@ class Messenger(Rooms):
         return identity
 
     # -- direct messages ----------------------------------------------------------------------
-    async def seal_direct(self, to: str, body: bytes) -> bytes:
-        """Seal `body` to `to`'s pinned key and remember its digest for the delivery receipt."""
-        sealed = envelope.seal(body, self.me, await self.identity_of(to))
-        msg_id = envelope.parse(sealed).header.msg_id
-        self.sent_digests[msg_id] = (to.lower(), sha256(body))
-        self.delivered[msg_id] = asyncio.get_running_loop().create_future()
+    @property
+    def v2(self) -> bool:
+        """Envelope version 2: the server serves devices and this device is set up (user login)."""
+        return self.devices is not None and serves_devices(self.client)
+
+    async def seal_direct(self, to: str, body: bytes) -> SealedDirect:
+        """Seal `body` for `to` and remember its digest for the delivery receipt: version 2, one
+        envelope per device (directv2.py); else version 1, to `to`'s pinned key."""
+        to = to.lower()
+        if self.v2:
+            assert self.devices is not None
+            sealed = await self.devices.seal(self.client, to, body)
+        else:
+            env = envelope.seal(body, self.me, await self.identity_of(to))
+            sealed = SealedDirect(envelope.parse(env).header.msg_id, ((to, env),), sha256(body))
+        self.sent_digests[sealed.msg_id] = (to, sealed.digest)
+        self.delivered[sealed.msg_id] = asyncio.get_running_loop().create_future()
         return sealed
 
-    async def send_sealed_direct(self, to: str, sealed: bytes) -> tuple[P.Receipt, bytes]:
-        """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt."""
-        msg_id = envelope.parse(sealed).header.msg_id
-        receipt = await self.client.send_for_receipt(P.Direct(to.lower(), sealed), msg_id, sha256(sealed))
-        return receipt, msg_id
+    async def send_sealed_direct(self, to: str, sealed: SealedDirect) -> tuple[P.Receipt, bytes]:
+        """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt of
+        each copy in turn. The first copy's receipt is the answer; a later copy (another device)
+        that is refused is a warning, unless the connection failed (then the caller resends all)."""
+        first: P.Receipt | None = None
+        for mailbox, env in sealed.copies:
+            try:
+                receipt = await self.client.send_for_receipt(P.Direct(mailbox, env), sealed.msg_id, sha256(env))
+            except SecurecommError as e:
+                if first is None or isinstance(e, NetworkError) or self.client.closed:
+                    raise
+                self._warn_counted("copies not stored", f"a copy of message {sealed.msg_id.hex()[:8]} for another "
+                                   f"device of {mailbox} was not stored: {e.message}", failed=False)
+                continue
+            first = first or receipt
+        assert first is not None  # copies is never empty
+        return first, sealed.msg_id
 
     async def send_direct(self, to: str, body: bytes) -> tuple[P.Receipt, bytes]:
         return await self.send_sealed_direct(to, await self.seal_direct(to, body))
@@ -123,6 +188,9 @@ class Messenger(Rooms):
             self.delivered.pop(msg_id, None)
 
     async def _on_deliver(self, ev: P.Deliver) -> None:
+        if self.v2:
+            await self._on_deliver_v2(ev)
+            return
         try:
             sender = await self.identity_of(ev.sender)
         except ChangedKeyError as e:
@@ -148,19 +216,103 @@ class Messenger(Rooms):
         proof = self.me.sign(P.delivered_transcript(opened.header.msg_id, opened.digest))
         self.client.send_event(P.Ack(ev.seq, P.ACK_OK, opened.digest, proof))
 
-    def _on_delivered(self, ev: P.Delivered) -> None:
-        sent = self.sent_digests.pop(ev.msg_id, None)
-        if sent is None:
-            # Sent by another session of ours (an earlier `send`, or this one's own ACK of a note to
-            # self): there is no digest here to check it against, and nothing waits for it.
+    async def _on_deliver_v2(self, ev: P.Deliver) -> None:
+        """A version-2 DELIVER (see directv2.py for the order of checks and the key's erasure)."""
+        assert self.devices is not None
+        try:
+            env = K.parse_v2(ev.envelope)
+        except SecurecommError as e:  # version 1 too: refused by name, never opened with the long-term key
+            self.emit(Alert(f"REFUSED a message from {ev.sender}: {e.message}; it was discarded, not shown"))
+            self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
             return
+        key = f"{ev.sender}:{env.header.msg_id.hex()}"
+        done = self.seen.get(key)
+        if done is not None:  # shown before, the ACK lost: its one-time key is gone, so acknowledge again
+            self._ack_v2(ev.seq, env.header.msg_id, bytes.fromhex(done))
+            return
+        try:
+            listed = await self.devices.sender_devices(self.client, ev.sender, env.header.sender)
+            device = DM.sender_device(env, listed)
+        except ChangedKeyError as e:
+            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}"))
+            return  # not acknowledged: it stays on the server until the user trusts the new key
+        except SecurecommError as e:
+            self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was discarded"))
+            self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
+            return
+        try:
+            opened, tried = open_with_prekey(env, self.me, device, self.devices.keys)
+            try:
+                conversation, text = DM.decode_body(opened.body)
+                mine = ev.sender == self.user
+                if not mine and conversation != self.user:
+                    raise FormatError("the message was written for another conversation")
+            except SecurecommError:
+                erase(self.devices.keys, tried)
+                raise
+        except SecurecommError as e:
+            if self._shown_by_another_session(ev, key, env.header.msg_id):
+                return
+            self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
+                            "discarded, not shown"))
+            self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
+            return
+        pin = self.pins.get(ev.sender)
+        fingerprint = pin.user_key.fingerprint_text if pin is not None and not mine else \
+            self.devices.own_key.fingerprint_text
+        self.emit(DirectMessage(ev.sender, text, env.header.msg_id, env.header.timestamp_ms, fingerprint,
+                                conversation if mine and conversation != self.user else None,
+                                opened.without_one_time_key, device.line))
+        self.seen.add(key, opened.digest.hex())  # the outcome recorded, then the key erased, then the ACK
+        erase(self.devices.keys, tried)
+        self._ack_v2(ev.seq, env.header.msg_id, opened.digest)
+        if tried:
+            await self._refill_when_low()
+
+    def _shown_by_another_session(self, ev: P.Deliver, key: str, msg_id: bytes) -> bool:
+        """Two sessions of one device (two chat windows) are both offered its mail; the first to open a
+        message erases its one-time key, so the other cannot: exactly once per device. It was recorded as
+        seen before the key was erased, so the other finds it there, says so, and acknowledges it."""
+        self.seen.refresh()
+        done = self.seen.get(key)
+        if done is None:
+            return False
+        self.emit(Notice(f"a message from {ev.sender} ({msg_id.hex()[:8]}) was shown by another session "
+                         "of this device"))
+        self._ack_v2(ev.seq, msg_id, bytes.fromhex(done))
+        return True
+
+    def _ack_v2(self, seq: int, msg_id: bytes, digest: bytes) -> None:
+        proof = self.me.sign(P.delivered_transcript_v2(msg_id, digest))
+        self.client.send_event(P.Ack(seq, P.ACK_OK, digest, proof))
+
+    async def _refill_when_low(self) -> None:
+        """Upload new one-time prekeys when the server may hold fewer than REFILL_BELOW (6.5): from
+        LOGIN_OK's count at the start of a session, less the ones opened since."""
+        assert self.devices is not None
+        if self._held is None:
+            login = self.client.login
+            self._held = login.prekeys if login is not None and login.prekeys is not None else 0
+        self._held -= 1
+        if self._held >= K.REFILL_BELOW:
+            return
+        await refill_prekeys(self.client, self.devices.keys, self.me)
+        self._held = K.MAX_BATCH
+
+    def _on_delivered(self, ev: P.Delivered) -> None:
+        sent = self.sent_digests.get(ev.msg_id)
+        if sent is None or (ev.by == self.user and sent[0] != self.user):
+            # Sent by another session of ours (an earlier `send`, or this one's own ACK of a note to
+            # self), or our own other device's copy: nothing here to check it against, nothing waits.
+            return
+        self.sent_digests.pop(ev.msg_id, None)
         verified = False
         if sent[0] == ev.by and same(sent[1], ev.digest):
-            signer = self._pinned(ev.by)
-            if signer is not None:
+            for signer, transcript in self._receipt_signers(ev):
                 with contextlib.suppress(IntegrityError):
-                    signer.verify(ev.signature, P.delivered_transcript(ev.msg_id, ev.digest))
+                    signer.verify(ev.signature, transcript)
                     verified = True
+                    break
         receipt = DeliveryReceipt(ev.by, ev.msg_id, verified)
         fut = self.delivered.get(ev.msg_id)  # kept until wait_delivered collects it
         if fut is not None and not fut.done():
@@ -183,6 +335,16 @@ class Messenger(Rooms):
             fut.add_done_callback(lambda f: f.exception())  # told here whether or not anyone waits
         else:
             self.emit(Alert(error.message))
+
+    def _receipt_signers(self, ev: P.Delivered) -> list[tuple[PublicIdentity, bytes]]:
+        """Who may sign a receipt from `ev.by`: version 2, the device it names (else any) of those we
+        sealed to."""
+        if self.devices is not None and ev.by in self.devices.recipients:
+            v2 = P.delivered_transcript_v2(ev.msg_id, ev.digest)
+            return [(d, v2) for d in self.devices.recipients[ev.by]
+                    if ev.device is None or d.fingerprint == ev.device]
+        signer = self._pinned(ev.by)
+        return [] if signer is None else [(signer, P.delivered_transcript(ev.msg_id, ev.digest))]
 
     def _pinned(self, user: str) -> PublicIdentity | None:
         """The key a delivery receipt from `user` must verify with: ours for a note to self."""
@@ -266,3 +428,21 @@ class Messenger(Rooms):
             await self._on_room_key(ev)
         elif isinstance(ev, P.RoomMessage):
             self._on_room_message(ev)
+        elif isinstance(ev, P.Notice):
+            await self._on_notice(ev)
+
+    async def _on_notice(self, ev: P.Notice) -> None:
+        """NOTICE (docs/PROTOCOL.md 6.7): our account's devices changed, or our prekeys run low."""
+        if self.devices is None:
+            return
+        if ev.event == "prekeys_low":
+            if self.v2:
+                await refill_prekeys(self.client, self.devices.keys, self.me)
+                self._held = K.MAX_BATCH
+            return
+        if ev.event not in ("device_added", "device_removed"):
+            return  # `paired` is for a pending login (user login handles it); newer events are ignored
+        self.devices.forget(self.user)
+        which = f" {ev.device.hex()[:12]}" if ev.device is not None else ""
+        self.emit(Notice(f"a device{which} was {ev.event.removeprefix('device_')} "
+                         f"{'to' if ev.event == 'device_added' else 'from'} your account (see: securecomm devices)"))

@@ -38,6 +38,7 @@ from securecomm.errors import NetworkError, SecurecommError, TLSError
 from securecomm.wire import protocol as P
 
 if TYPE_CHECKING:
+    from securecomm.client.directv2 import SealedDirect
     from securecomm.client.messenger import Messenger
 
 T = TypeVar("T")
@@ -120,7 +121,7 @@ class DirectSend:
         self.connect, self.identity, self.paths = connect, identity, paths
         self.to, self.body = to, body
         self.messenger: Messenger | None = None
-        self.sealed: bytes | None = None
+        self.sealed: SealedDirect | None = None
         self.msg_id = b""
         self.pump: asyncio.Task[None] | None = None
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,10 +36,15 @@ from securecomm.errors import (
 from securecomm.store.devices import DeviceStore
 from securecomm.wire.messages import OPAQUE_TEXTS, ErrorCode
 
-#: Claims per minute by one account: enough to write to many people, too few to drain
-#: someone's one-time prekeys quickly (after which they only lose forward secrecy to the
+#: Claims per minute by one account, sustained: every direct message claims one prekey per
+#: recipient device, so this is a writing pace (one a second), and it bounds how fast one account
+#: drains someone's one-time prekeys (after which they only lose forward secrecy to the
 #: last-resort key, which the recipient is told about).
 CLAIMS_PER_MINUTE = 60
+#: Claims one account may make at once before that pace applies (a token bucket): a burst of
+#: messages (a pasted text, a script's batch) goes through; 240 is above the 200 prekeys a device
+#: holds at most, so a burst meets the last-resort key before the limit.
+CLAIM_BURST = 240
 #: Hex strings longer than this are refused before decoding (a batch of 100 hybrid prekeys is 259,600).
 MAX_HEX = 2 * 1024 * 1024
 
@@ -120,7 +124,7 @@ class DeviceOps:
         self.store = store
         self.find_user = find_user
         self.clock = clock
-        self._claims: dict[int, deque[int]] = {}
+        self._claims: dict[int, tuple[float, int]] = {}  # account -> (tokens left, when)
         self._buckets: dict[tuple[int, bytes, int], tuple[float, int]] = {}  # (size, device, claimer|0)
 
     def handle(self, caller: Caller, op: str, args: dict[str, Any]) -> Outcome:
@@ -316,13 +320,15 @@ class DeviceOps:
         return min(float(size), level + (now - since) * size / 3_600_000)
 
     def _rate(self, user_id: int) -> None:
+        """A token bucket per account: CLAIM_BURST at once, then CLAIMS_PER_MINUTE."""
         now = self.clock()
-        window = self._claims.setdefault(user_id, deque())
-        while window and window[0] <= now - 60_000:
-            window.popleft()
-        if len(window) >= CLAIMS_PER_MINUTE:
-            raise OpError(ErrorCode.RATE_LIMITED, f"more than {CLAIMS_PER_MINUTE} prekey claims a minute")
-        window.append(now)
+        tokens, last = self._claims.get(user_id, (float(CLAIM_BURST), now))
+        tokens = min(float(CLAIM_BURST), tokens + (now - last) * CLAIMS_PER_MINUTE / 60_000)
+        if tokens < 1:
+            self._claims[user_id] = (tokens, now)
+            raise OpError(ErrorCode.RATE_LIMITED, f"more than {CLAIM_BURST} prekey claims at once, or "
+                          f"{CLAIMS_PER_MINUTE} a minute after that")
+        self._claims[user_id] = (tokens - 1, now)
 
     # -- pairing ---------------------------------------------------------------------------------------
     def _pending_device(self, caller: Caller) -> PublicIdentity:

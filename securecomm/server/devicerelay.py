@@ -97,9 +97,11 @@ class DeviceRelay:
             return True
         s.send(P.Result(ev.rid, outcome.data))
         assert s.user is not None
-        if s.device is None and not s.awaiting_pairing and s.identity is not None \
+        if s.device is None and s.identity is not None and (not s.awaiting_pairing or ev.op == "device_list_publish") \
                 and self.listed(s.user.id, s.identity.fingerprint):
-            s.device = s.identity.fingerprint  # a first device that just published its list: its mail from now
+            # a first device that just published its list, or a pending one that reset the user key (6.4 end):
+            # a listed device from now, with its mail
+            s.device, s.awaiting_pairing = s.identity.fingerprint, False
         for notice in outcome.notices:
             frame = self.notice_frame(notice)
             if frame is not None:

@@ -79,6 +79,13 @@ READ_CHUNK = 64 * 1024
 #: What a pending device (docs/PROTOCOL.md 6.4) may ask, besides PING and BYE.
 PENDING_OPS = ("pair_start", "pair_complete")
 
+
+def pending_may(ev: P.Request) -> bool:
+    """Pairing; or starting over without any other device (`user login --reset-user-key`, 6.4 end):
+    a `device_list_publish` with `reset`, which DeviceOps accepts only after the password and the
+    device key were proved in this connection."""
+    return ev.op in PENDING_OPS or (ev.op == "device_list_publish" and ev.args.get("reset") is True)
+
 #: Bytes the server will hold for one client that does not read (a room can
 #: produce faster than a stalled reader drains). Beyond this the client is cut
 #: off instead of letting it grow the server's memory without bound. 4 MiB is
@@ -354,7 +361,7 @@ class Session:
                 self.closing = True
             else:
                 self.send(P.Pong())
-        elif self.awaiting_pairing and not (isinstance(event, P.Request) and event.op in PENDING_OPS):
+        elif self.awaiting_pairing and not (isinstance(event, P.Request) and pending_may(event)):
             log.warning("%s dropped: %s from a device waiting to be paired", self.label(), event.TYPE.name)
             # BAD_STATE's fixed text (5.5.1); LOGIN_OK `pending` told the client already
             self.error(P.ErrorCode.BAD_STATE, P.OPAQUE_TEXTS[P.ErrorCode.BAD_STATE], fatal=True)

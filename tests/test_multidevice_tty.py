@@ -1,0 +1,79 @@
+"""Alice on two devices and Bob on one, chatting with `securecomm chat` on terminals (tmux), with Alice's
+second device added and then removed mid-conversation (issue 12; docs/PROTOCOL.md 6.4, 6.7, 6.13)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+
+import pytest
+
+from tests.conftest import ENTRY
+from tests.serverproc import ServerProc, login, sc, users_logged_in
+from tests.test_chat_tty import Tmux
+from tests.test_multidevice_cli import CODE
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+
+
+@pytest.fixture
+def world(tmp_path):
+    srv = ServerProc(tmp_path / "srv").start()
+    homes = users_logged_in(srv, tmp_path, ("alice", "bob"))
+    homes["phone"] = tmp_path / "alice-phone"
+    tmux = Tmux()
+    yield srv, homes, tmux
+    tmux.kill()
+    srv.stop(signal.SIGKILL)
+
+
+def _chat(tmux: Tmux, name: str, home, room: str) -> None:
+    # one room each: this test is about direct messages (rooms hand keys over on version 1 still)
+    tmux.start(name, f"NO_COLOR=1 {ENTRY} --home {home} chat --room {room}; echo CHAT-EXITED-$?; sleep 30")
+    tmux.wait_for(name, f"joined #{room}")
+
+
+def test_two_devices_and_one_chat_while_a_device_comes_and_goes(world):
+    srv, homes, tmux = world
+    _chat(tmux, "laptop", homes["alice"], "a1")
+    _chat(tmux, "bob", homes["bob"], "b1")
+    tmux.type("bob", "/msg alice hello laptop")
+    tmux.wait_for("laptop", "hello laptop")
+    tmux.type("laptop", "/msg bob hi bob")
+    tmux.wait_for("bob", "hi bob")
+
+    # a second device joins mid-conversation: code on the phone, approved from another shell, paired
+    r = login(homes["phone"], srv, "alice")
+    assert r.returncode == 0, r.stderr
+    code = CODE.search(r.stderr)
+    assert code, r.stderr
+    assert sc(homes["alice"], "devices", "approve", code.group(1).decode(), "--yes").returncode == 0
+    tmux.wait_for("laptop", "was added to your account")  # NOTICE device_added, shown in the running chat
+    r = login(homes["phone"], srv, "alice")
+    assert r.returncode == 0 and b"paired" in r.stderr, r.stderr
+    _chat(tmux, "phone", homes["phone"], "a2")
+
+    tmux.type("bob", "/msg alice to every device")
+    tmux.wait_for("laptop", "to every device")
+    tmux.wait_for("phone", "to every device")
+    tmux.type("phone", "/msg bob from the phone")
+    tmux.wait_for("bob", "from the phone")
+    screen = tmux.wait_for("laptop", "from the phone")  # the laptop's copy of what the phone sent
+    assert "(sent)" in screen
+    tmux.type("laptop", "/msg bob from the laptop")
+    tmux.wait_for("bob", "from the laptop")
+    assert "(sent)" in tmux.wait_for("phone", "from the laptop")
+
+    # removed mid-conversation: the phone's chat is closed, and gets nothing more
+    phone = next(d for d in json.loads(sc(homes["alice"], "devices", "--json").stdout) if not d["this"])
+    assert sc(homes["alice"], "devices", "remove", phone["id"]).returncode == 0
+    tmux.wait_for("phone", "CHAT-EXITED-")
+    tmux.wait_for("laptop", "was removed from your account")
+    tmux.type("bob", "/msg alice after the removal")
+    tmux.wait_for("laptop", "after the removal")
+    assert "after the removal" not in tmux.screen("phone")
+    tmux.type("laptop", "/msg bob still here")
+    tmux.wait_for("bob", "still here")
+    for name in ("laptop", "bob"):
+        assert "REJECTED" not in tmux.screen(name) and "\u26a0" not in tmux.screen(name), tmux.screen(name)
