@@ -65,7 +65,7 @@ SLOW_FILES = frozenset({
     "test_load_faults.py", "test_login_names.py", "test_messaging.py", "test_newuser_fixes.py", "test_offline.py",
     "test_password_only.py", "test_postgres.py", "test_postgres_relay.py",
     "test_pq_server.py", "test_pqtls.py", "test_quota.py", "test_relay_limits.py",
-    "test_rooms.py", "test_send_retry.py", "test_server.py", "test_trust.py", "test_wrap_forge.py",
+    "test_rooms.py", "test_rooms_v2.py", "test_send_retry.py", "test_server.py", "test_trust.py", "test_wrap_forge.py",
     "test_backup.py", "test_health.py", "test_log_secrets.py", "test_metrics.py", "test_serve_config.py",
     "test_sighup.py", "test_retention.py",
     "test_offline_stream.py", "test_bigfile_bench.py", "test_file_transfer.py",

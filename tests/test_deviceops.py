@@ -403,3 +403,16 @@ def test_one_time_prekeys_are_budgeted_per_claimer_and_per_target(w):
     assert w.call(alice.me(), "prekeys_status").data["available"] == 2 * K.MAX_BATCH - ONE_TIME_PER_HOUR
     w.now += 3_600_000 // PAIR_BURST  # the pair's bucket refills one an hour/PAIR_BURST
     assert _kinds(w, claimers[0]) == [K.ONE_TIME]
+
+
+def test_a_claim_naming_devices_hands_out_only_theirs(w):
+    """`devices` (a room key goes only to the devices in the room, 6.7): a device not named keeps its prekey."""
+    alice, bob = Account(w, "alice"), Account(w, "bob")
+    alice.upload(5)
+    other = alice.device.public.fingerprint.hex()
+    got = w.call(bob.me(), "prekeys_claim", user="alice", devices=["00" * 32]).data
+    assert got["certs"] == got["prekeys"] == []  # a device that is not hers: nothing claimed
+    assert w.call(alice.me(), "prekeys_status").data["available"] == 5
+    got = w.call(bob.me(), "prekeys_claim", user="alice", devices=[other]).data
+    assert len(got["prekeys"]) == 1 and w.call(alice.me(), "prekeys_status").data["available"] == 4
+    w.refused(ErrorCode.BAD_FRAME, bob.me(), "prekeys_claim", user="alice", devices="nope")

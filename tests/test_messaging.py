@@ -223,13 +223,16 @@ def test_room_fan_out_and_rotation_on_leave(world):
             assert texts("bob")[0].msg_id == texts("carol")[0].msg_id  # the same bytes went to both
             assert not texts("alice")
             # carol leaves: alice and bob rotate their sender keys
-            carol_copy = roomcrypto.SenderKey(**{k: v for k, v in vars(ms["carol"].rooms["lobby"].keys["alice"]).items()
-                                                 if k != "skipped"})
+            (alices,) = ms["carol"].rooms["lobby"].keys["alice"].values()  # one device of alice in the room
+            carol_copy = roomcrypto.SenderKey(**{k: v for k, v in vars(alices).items() if k != "skipped"})
             old_key_id = ms["alice"].rooms["lobby"].my_key.key_id
             await ms["carol"].leave("lobby")
-            await _until(lambda: ms["alice"].rooms["lobby"].my_key.key_id != old_key_id
-                         and ms["bob"].rooms["lobby"].keys["alice"].key_id != old_key_id)
-            _, payload = ms["alice"].seal_room("lobby", b"carol must not read this")
+            await _until(lambda: "carol" not in ms["alice"].rooms["lobby"].members)
+            # version 2 rotates when alice next speaks (a rotation claims a prekey of every member device)
+            _, payload = await ms["alice"].seal_room("lobby", b"carol must not read this")
+            assert ms["alice"].rooms["lobby"].my_key.key_id != old_key_id
+            await _until(lambda: [k.key_id for k in ms["bob"].rooms["lobby"].keys["alice"].values()]
+                         == [ms["alice"].rooms["lobby"].my_key.key_id])
             with pytest.raises(DecryptError):
                 roomcrypto.decrypt("lobby", payload, ms["alice"].me.public, carol_copy)
             await ms["alice"].send_room("lobby", b"after rotation")

@@ -126,6 +126,7 @@ class Messenger(Rooms):
         self.warned: dict[str, int] = {}
         #: The latest sender key each held member (see RoomState.held) sent us, opened once trusted.
         self.held_keys: dict[str, P.RoomKey] = {}
+        self._settling: set[asyncio.Task[None]] = set()  # room key work started by a settle timer
         client.notice = lambda text: self._warn_counted("unsolicited server errors", text, failed=False)
 
     # -- identities -----------------------------------------------------------------------

@@ -287,7 +287,10 @@ class DeviceOps:
         self._rate(caller.user_id)
         directory = self._directory(uid, user)
         skip = caller.device.fingerprint if caller.device is not None and uid == caller.user_id else None
-        claimed = self.store.claim(uid, skip=skip, one_time_ok=lambda device: self._one_time_ok(caller.user_id, device))
+        # `devices`: only these (a room key goes to the devices in the room, not to every device of a member)
+        only = set(_hex_list(args, "devices", D.MAX_DEVICES)) if args.get("devices") is not None else None
+        claimed = self.store.claim(uid, skip=skip, one_time_ok=lambda device: self._one_time_ok(caller.user_id, device),
+                                   only=only)
         notices = []
         for c in claimed:
             device_id = D.DeviceCert.decode(c.cert).device_id

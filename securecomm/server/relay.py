@@ -423,7 +423,9 @@ class Relay:
             del self.rooms[room]
             self.remote.pop(room, None)
         if s.user is not None:  # also when no member is left here: members on other relays are told
-            self._broadcast(room, P.RoomEvent(room, "left", s.user.name), exclude=s)
+            # the device that left (version 2: a member may be in the room from several devices, 4.3)
+            line = s.identity.line if s.identity is not None else None
+            self._broadcast(room, P.RoomEvent(room, "left", s.user.name, line), exclude=s)
 
     def _broadcast(self, room: str, ev: P.Event, exclude: Session | None = None) -> None:
         # encoded once; the same bytes go to every member, on every relay the bus reaches

@@ -211,15 +211,18 @@ class DeviceStore:
         return int(n)
 
     def claim(self, user_id: int, skip: bytes | None = None,
-              one_time_ok: Callable[[bytes], bool] = lambda _: True) -> list[Claimed]:
-        """One prekey for each listed device of `user_id` but `skip` (the claimant's own device):
+              one_time_ok: Callable[[bytes], bool] = lambda _: True,
+              only: set[bytes] | None = None) -> list[Claimed]:
+        """One prekey for each listed device of `user_id` but `skip` (the claimant's own device), and
+        with `only`, for those of them in it:
         its lowest one-time prekey, deleted here, else its last-resort prekey. `one_time_ok(device)`
         is asked before a one-time prekey is handed out (the server's budgets); False: last resort."""
         out = []
         with self._transaction():
             for device_id, cert in self.db.execute(
                     "SELECT device_id, cert FROM devices WHERE user_id = ? ORDER BY device_id", (user_id,)).fetchall():
-                if skip is not None and bytes(device_id) == skip:
+                device_id = bytes(device_id)
+                if device_id == skip or (only is not None and device_id not in only):
                     continue
                 row = self.db.execute(
                     "SELECT kind, prekey_id, prekey FROM prekeys WHERE device_id = ? "
