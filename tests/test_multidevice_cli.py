@@ -141,3 +141,42 @@ def test_a_new_device_without_the_others_starts_over_with_reset_user_key(world, 
     assert [m["body"] for m in _inbox(new)] == ["welcome back"]
     r = sc(homes["alice"], "inbox", "--json")  # the old laptop is no longer listed
     assert r.returncode != 0 and r.stdout == b""
+
+
+def test_an_old_home_is_told_what_to_run_and_migrates_at_user_login(tmp_path):
+    """A home and account as version 1 left them (identity key and profile; no user key, no device list,
+    no prekeys): with version 1 off, its commands say exactly what to run, a contact's message to it is
+    refused naming it (never sealed to its long-term key), and `user login` migrates it (6.12)."""
+    import shutil
+    import sqlite3
+
+    srv = ServerProc(tmp_path / "srv").start()
+    try:
+        homes = users_logged_in(srv, tmp_path, ("alice", "bob"))
+        shutil.rmtree(homes["alice"] / "devices")
+        con = sqlite3.connect(srv.home / "securecomm.db")
+        try:
+            (uid,) = con.execute("SELECT id FROM users WHERE name = 'alice'").fetchone()
+            con.execute("DELETE FROM prekeys WHERE device_id IN (SELECT device_id FROM devices WHERE user_id = ?)",
+                        (uid,))
+            con.execute("DELETE FROM devices WHERE user_id = ?", (uid,))
+            con.execute("DELETE FROM user_keys WHERE user_id = ?", (uid,))
+            con.commit()
+        finally:
+            con.close()
+        r = sc(homes["bob"], "send", "--to", "alice", "to an old account")
+        assert r.returncode != 0 and b"alice has no device that can receive messages" in r.stderr, r.stderr
+        assert b"securecomm user login alice" in r.stderr
+        for args in (("send", "--to", "bob", "from an old home"), ("inbox",)):
+            r = sc(homes["alice"], *args)
+            assert r.returncode != 0, r.stderr
+            assert b"run once: securecomm user login alice" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+        r = login(homes["alice"], srv, "alice")
+        assert r.returncode == 0, r.stderr
+        assert (homes["alice"] / "devices" / "default" / "user.key").exists()
+        assert sc(homes["alice"], "send", "--to", "bob", "after the upgrade").returncode == 0
+        assert [m["body"] for m in _inbox(homes["bob"])] == ["after the upgrade"]
+        assert sc(homes["bob"], "send", "--to", "alice", "and back").returncode == 0
+        assert [m["body"] for m in _inbox(homes["alice"])] == ["and back"]
+    finally:
+        srv.stop(signal.SIGKILL)

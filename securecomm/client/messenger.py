@@ -43,7 +43,9 @@ from securecomm.errors import (
     FormatError,
     IntegrityError,
     NetworkError,
+    NotFoundError,
     SecurecommError,
+    VersionError,
 )
 from securecomm.files import PRIVATE_MODE, write_files
 from securecomm.wire import protocol as P
@@ -153,13 +155,33 @@ class Messenger(Rooms):
         to = to.lower()
         if self.v2:
             assert self.devices is not None
-            sealed = await self.devices.seal(self.client, to, body)
+            try:
+                sealed = await self.devices.seal(self.client, to, body)
+            except NotFoundError as e:
+                if "has no device list" not in e.message:
+                    raise
+                raise NotFoundError(f"{to} has no device that can receive messages: their account was last used "
+                                    "by a version without devices, and messages are never sealed to an old "
+                                    "long-term key", hint=f"{to} runs once: securecomm user login {to}") from e
         else:
+            self.need_user_key()
             env = envelope.seal(body, self.me, await self.identity_of(to))
             sealed = SealedDirect(envelope.parse(env).header.msg_id, ((to, env),), sha256(body))
         self.sent_digests[sealed.msg_id] = (to, sealed.digest)
         self.delivered[sealed.msg_id] = asyncio.get_running_loop().create_future()
         return sealed
+
+    def _speaks_version_2(self) -> bool:
+        hello = getattr(self.client, "server_hello", None)
+        return hello is not None and hello.version >= 2
+
+    def need_user_key(self) -> None:
+        """A home made before devices (no user key) on a version-2 session: it can neither seal (version-1
+        envelopes are refused) nor be sealed to; `user login` migrates it (docs/PROTOCOL.md 6.12)."""
+        if not self.v2 and self._speaks_version_2():
+            raise NotFoundError("this device has no user key yet, and the server speaks protocol version 2 only "
+                                "(messages sealed to long-term keys are refused)",
+                                hint=f"run once: securecomm user login {self.user}")
 
     async def send_sealed_direct(self, to: str, sealed: SealedDirect) -> tuple[P.Receipt, bytes]:
         """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt of
@@ -192,6 +214,12 @@ class Messenger(Rooms):
         if self.v2:
             await self._on_deliver_v2(ev)
             return
+        if self._speaks_version_2():  # never opened with the long-term key on a version-2 session (6.6)
+            self.emit(Alert(f"REFUSED a message from {ev.sender}: {K.V1_REFUSED}; it was discarded, not shown "
+                            f"(mail from before the upgrade: ask {ev.sender} to send it again; and run once: "
+                            f"securecomm user login {self.user})"))
+            self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
+            return
         try:
             sender = await self.identity_of(ev.sender)
         except ChangedKeyError as e:
@@ -223,7 +251,9 @@ class Messenger(Rooms):
         try:
             env = K.parse_v2(ev.envelope)
         except SecurecommError as e:  # version 1 too: refused by name, never opened with the long-term key
-            self.emit(Alert(f"REFUSED a message from {ev.sender}: {e.message}; it was discarded, not shown"))
+            again = f" (mail from before the upgrade: ask {ev.sender} to send it again)" \
+                if isinstance(e, VersionError) else ""
+            self.emit(Alert(f"REFUSED a message from {ev.sender}: {e.message}; it was discarded, not shown{again}"))
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
             return
         key = f"{ev.sender}:{env.header.msg_id.hex()}"
@@ -372,6 +402,7 @@ class Messenger(Rooms):
     # -- the event pump -------------------------------------------------------------------------
     async def run(self) -> None:
         """Consume unsolicited events until the connection fails (then re-raise its error)."""
+        self.need_user_key()  # a home from before devices: nothing here could be opened, say what to run
         while True:
             ev = await self.client.events.get()
             if isinstance(ev, SecurecommError):

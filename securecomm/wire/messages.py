@@ -25,8 +25,10 @@ PROTOCOL_VERSION = 1
 #: Protocol versions this wire layer understands (a HELLO must share one). Version 2 is devices and
 #: forward secrecy (docs/PROTOCOL.md 6.7); which ones a server serves is securecomm/server/versions.py.
 SUPPORTED_VERSIONS = (1, 2)
-#: What this project's client offers in its HELLO: version 1 until its send, inbox and chat speak 2.
-CLIENT_VERSIONS = (1,)
+#: What this project's client offers in its HELLO: 2 (devices, prekeys, forward secrecy) and, for a
+#: server that serves only version 1, 1. A server that serves 2 answers 2, and that session is refused
+#: every version-1 envelope (docs/PROTOCOL.md 6.6, 6.12).
+CLIENT_VERSIONS = (1, 2)
 CHALLENGE_SIZE = 32
 LOGIN_LABEL = b"securecomm/v1/login"
 #: Registering a device key at a password login signs the same structure as a
