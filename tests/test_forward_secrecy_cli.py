@@ -1,4 +1,4 @@
-"""Forward secrecy of direct messages, end to end through the CLI (issue 12, "The property, tested").
+"""Forward secrecy of direct and room messages, end to end (issue 12, "The property, tested").
 
 Alice sends Bob direct messages with `securecomm send --to bob` through a real
 server (real TLS, real SQLite); the ciphertexts are recorded from the
@@ -14,10 +14,20 @@ every one (his one-time private prekeys were still there). On the old main
 (version 1 envelopes sealed to Bob's long-term identity) the copy taken
 AFTER reading opens them all too: tests/test_forward_secrecy.py::
 test_reference_version_1_falls_to_a_stolen_home keeps that as a test.
+
+Rooms, the same way (test_a_stolen_home_and_server_read_no_room_line_already_read): Alice and Bob in a
+room through the project's client (Messenger, as `chat` runs it); the ROOM_KEY envelope carrying
+Alice's sender key and her room lines are recorded from the frames her client writes. After Bob
+read them, his whole home and the server's whole data folder open no ROOM_KEY envelope (so no
+sender key) and decrypt no room line, with every sender key found on disk tried too. The copy of
+Bob's home taken before the room opens the envelope and reads every line. On the code before
+(integ at 5909330: ROOM_KEY sealed as a version-1 envelope to Bob's long-term identity) the copy
+AFTER reading opens the envelope with Bob's identity key and reads every line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -28,10 +38,13 @@ from typing import Any
 import pytest
 
 from securecomm.client import devicemail as M
+from securecomm.client.events import RoomText
 from securecomm.crypto import envelope as E
 from securecomm.crypto import prekeys as K
+from securecomm.crypto import room as R
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.store.devicekeys import DeviceKeys
+from securecomm.wire import protocol as P
 from tests.serverproc import ServerProc, sc, users_logged_in
 from tests.test_forward_secrecy import KEM, _keys_on_disk, _quiet, _raw_hpke_opens
 
@@ -93,23 +106,26 @@ def _everything(stolen: list[Path]) -> dict[str, list[Any]]:
 def _attack(recorded: list[bytes], stolen: list[Path], alice: PrivateIdentity) -> list[str]:
     """Every recorded message the attacker opens, as text."""
     found = _everything(stolen)
-    opened = []
-    for data in recorded:
-        body = _raw_hpke_opens(data, found["hpke"])
-        body = body[32:] if body is not None else None  # the SHA-256 digest comes first (2.3)
-        for ident in found["identities"]:
+    return [M.decode_body(body)[1].decode() for data in recorded
+            if (body := _open_any(data, found, alice)) is not None]
+
+
+def _open_any(data: bytes, found: dict[str, list[Any]], alice: PrivateIdentity) -> bytes | None:
+    """The body of an envelope, by every way the attacker has: raw HPKE with every private key, the
+    project's own opening (v1 and v2) with every identity, prekey and device-keys folder found."""
+    body = _raw_hpke_opens(data, found["hpke"])
+    body = body[32:] if body is not None else None  # the SHA-256 digest comes first (2.3)
+    for ident in found["identities"]:
+        with _quiet():
+            body = body or E.open_envelope(data, ident, alice.public).body
+        for keys in found["devices"]:
             with _quiet():
-                body = body or E.open_envelope(data, ident, alice.public).body
-            for keys in found["devices"]:
-                with _quiet():
-                    body = body or K.open_v2(data, ident, alice.public, keys.get).body
-            with _quiet():
-                body = body or K.open_v2(data, ident, alice.public,
-                                         lambda kind, pid: next((p for p in found["prekeys"]
-                                                                 if (p.kind, p.prekey_id) == (kind, pid)), None)).body
-        if body is not None:
-            opened.append(M.decode_body(body)[1].decode())
-    return opened
+                body = body or K.open_v2(data, ident, alice.public, keys.get).body
+        with _quiet():
+            body = body or K.open_v2(data, ident, alice.public,
+                                     lambda kind, pid: next((p for p in found["prekeys"]
+                                                             if (p.kind, p.prekey_id) == (kind, pid)), None)).body
+    return body
 
 
 def _alice(homes: dict[str, Path]) -> PrivateIdentity:
@@ -149,6 +165,78 @@ def test_a_stolen_home_and_server_open_no_message_already_read(world, tmp_path):
     assert sorted(_attack(recorded, [before / "home", before / "srv"], alice)) == sorted(TEXTS)
 
 
+def _record(m: Any, frames: list[P.Event]) -> None:
+    """Keep a copy of every ROOM_KEY and ROOM_SEND frame a Messenger's client writes (what crosses the server)."""
+    write = m.client._write
+
+    def recording(ev: P.Event) -> None:
+        if isinstance(ev, (P.RoomKey, P.RoomSend)):
+            frames.append(ev)
+        write(ev)
+
+    m.client._write = recording
+
+
+def _room_attack(keys: list[bytes], lines: list[bytes], stolen: list[Path], alice: PrivateIdentity) -> list[bytes]:
+    """Every recorded room line the attacker decrypts, with the sender keys it opens or finds on disk."""
+    found = _everything(stolen)
+    sender_keys = list(found["sender_keys"])
+    for data in keys:
+        body = _open_any(data, found, alice)
+        if body is not None:
+            with _quiet():
+                sender_keys.append(R.SenderKey.decode(body)[1])
+    read = []
+    for payload in lines:
+        for key in sender_keys:
+            copy = R.SenderKey(key.key_id, key.chain_key, key.iteration)  # each try from the key as found
+            with _quiet():
+                read.append(R.decrypt("fs", payload, alice.public, copy).body)
+                break
+    return read
+
+
+def test_a_stolen_home_and_server_read_no_room_line_already_read(world, tmp_path):
+    from tests.test_messaging import _close, _messenger, _until
+
+    srv, homes = world
+    before = tmp_path / "stolen-before"  # Bob's one-time private prekeys, the one claimed for the room key too
+    shutil.copytree(homes["bob"], before / "home")
+    lines = [f"room line {i}".encode() for i in range(3)]
+    frames: list[P.Event] = []
+
+    async def go() -> None:
+        ev_a: list[Any] = []
+        ev_b: list[Any] = []
+        a, b = await _messenger(homes["alice"], ev_a), await _messenger(homes["bob"], ev_b)
+        _record(a, frames)
+        try:
+            await a.join("fs")
+            await b.join("fs")
+            await _until(lambda: "bob" in a.rooms["fs"].keys and "alice" in b.rooms["fs"].keys, 20)
+            for line in lines:
+                await a.send_room("fs", line)
+            await _until(lambda: [e.body for e in ev_b if isinstance(e, RoomText)] == lines, 20)
+        finally:
+            await _close(a, b)
+
+    asyncio.run(go())
+    keys = [f.envelope for f in frames if isinstance(f, P.RoomKey) and f.user == "bob"]
+    payloads = [f.payload for f in frames if isinstance(f, P.RoomSend)]
+    assert len(keys) == 1 and len(payloads) == len(lines)
+    env = K.parse_v2(keys[0])  # version 2, sealed to a one-time prekey of Bob's device
+    assert env.header.key_kind == K.ONE_TIME
+    assert not (homes["bob"] / "devices" / "default" / "prekeys" / f"1-{env.header.prekey_id}.key").exists()
+    shutil.copytree(srv.home, before / "srv")
+    after = tmp_path / "stolen-after"
+    shutil.copytree(homes["bob"], after / "home")
+    shutil.copytree(srv.home, after / "srv")
+    alice = _alice(homes)
+    assert _room_attack(keys, payloads, [after / "home", after / "srv"], alice) == []
+    # the reference, same run: the copy taken before the room opens the key and reads every line
+    assert _room_attack(keys, payloads, [before / "home", before / "srv"], alice) == lines
+
+
 def test_a_forged_message_burns_no_prekey_and_is_not_shown(world):
     """A message whose signature fails never reaches the prekey (6.5): the key stays, nothing is shown."""
     srv, homes = world
@@ -186,6 +274,7 @@ def test_version_1_mail_is_refused_by_name(world):
     r = sc(homes["bob"], "inbox", "--json")
     assert r.returncode != 0 and r.stdout == b""
     assert b"version 1 envelope refused" in r.stderr
+    assert b"mail from before the upgrade: ask alice to send it again" in r.stderr  # what the user sees (6.13)
 
 
 def test_last_resort_message_says_so_and_its_key_stays(world):
