@@ -62,8 +62,14 @@ async def _round(sender: Any, to: str) -> float:
 
 
 async def measure(homes: dict[str, Path], rounds: int) -> dict[str, Any]:
+    from securecomm.client.connection import Client
+
     a, b = await _messenger(homes["alice"], True), await _messenger(homes["bob"], True)
-    c, d = await _messenger(homes["carol"], False), await _messenger(homes["dave"], False)
+    offered, Client.versions = Client.versions, (1,)  # the baseline's sessions speak version 1 (serve_v1.py)
+    try:
+        c, d = await _messenger(homes["carol"], False), await _messenger(homes["dave"], False)
+    finally:
+        Client.versions = offered
     try:
         assert a.v2 and b.v2 and not c.v2 and not d.v2
         await _round(a, "bob")  # warm-up: pins, directory caches
@@ -90,7 +96,7 @@ def main() -> None:
         root = Path(tmp)
         srv = root / "srv"
         H.securecomm(srv, "certgen")
-        server = H.start_server(srv, "--rate", "0", "--relay-rate", "0")
+        server = H.start_server(srv, "--rate", "0", "--relay-rate", "0", serve_version_1=True)
         try:
             homes = {}
             for user in ("alice", "bob", "carol", "dave"):

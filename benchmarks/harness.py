@@ -83,8 +83,12 @@ def securecomm(home: Path, *args: str, input: bytes | None = None) -> subprocess
     return r
 
 
-def start_server(home: Path, *extra: str) -> Proc:
-    return Proc([entry_point(), "--home", str(home), "serve", "--port", "0", *extra],
+def start_server(home: Path, *extra: str, serve_version_1: bool = False) -> Proc:
+    """`securecomm serve`; with `serve_version_1`, the same command with ServerConfig.serve_version_1 on
+    (benchmarks/serve_v1.py: a version-1 baseline beside version 2 in one run, no CLI option for it)."""
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "serve_v1.py")] if serve_version_1 \
+        else [entry_point()]
+    return Proc([*cmd, "--home", str(home), "serve", "--port", "0", *extra],
                 r"listening on 127\.0\.0\.1:(\d+)").start()
 
 

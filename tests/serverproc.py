@@ -9,6 +9,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,8 +25,12 @@ class ServerProc:
     #: Global options before `serve` (e.g. "-v" for the debug lines a test waits on).
     options: tuple[str, ...] = ()
 
-    def __init__(self, home: Path, *extra: str) -> None:
-        self.home, self.extra = home, extra
+    def __init__(self, home: Path, *extra: str, serve_version_1: bool = False) -> None:
+        """`serve_version_1`: the server also serves protocol version 1 (ServerConfig.serve_version_1, which
+        has no command-line option: started through benchmarks/serve_v1.py), for tests pinned to it."""
+        self.home, self.extra, self.serves_version_1 = home, extra, serve_version_1
+        self.command = [sys.executable, str(Path(__file__).resolve().parent.parent / "benchmarks" / "serve_v1.py")] \
+            if serve_version_1 else [ENTRY]
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log_lines: list[str] = []
@@ -33,7 +38,8 @@ class ServerProc:
     def start(self, timeout: float = 30) -> ServerProc:
         self.log_lines = []
         port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
-        self.proc = subprocess.Popen([ENTRY, "--home", str(self.home), *self.options, "serve", *port_args, *self.extra],
+        self.proc = subprocess.Popen([*self.command, "--home", str(self.home), *self.options, "serve", *port_args,
+                                      *self.extra],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         ready = threading.Event()
 

@@ -134,8 +134,13 @@ class Raw:
                 ev = self.next()
             return ev is None
 
-    def start(self) -> Raw:
-        self.send(P.Hello())
+    def start(self, versions: tuple[int, ...] | None = None) -> Raw:
+        # Version 1 where the server still serves it (the error table's servers, _serve: most rows drive
+        # version-1 envelopes and accounts, the checks of sections 3-5 that version 2 keeps); else what
+        # the client offers. Version-2 rows say (1, 2).
+        if versions is None:
+            versions = (1,) if self.srv.serves_version_1 else P.CLIENT_VERSIONS
+        self.send(P.Hello(versions))
         ev = self.until(P.ServerHello)
         assert isinstance(ev, P.ServerHello)
         self.hello = ev
@@ -189,8 +194,13 @@ class World:
         return self.raw().start().login_password("carol")
 
 
+#: A fresh_world option that is no `serve` option: this server does NOT serve version 1 (the default).
+VERSION_1_OFF = "(version 1 off)"
+
+
 def _serve(path: Path, *args: str, db: tuple[str, ...] = ()) -> ServerProc:
-    srv = ServerProc(path, *args, *db).start()
+    srv = ServerProc(path, *(a for a in args if a != VERSION_1_OFF), *db,
+                     serve_version_1=VERSION_1_OFF not in args).start()
     add_user(srv.home, "alice", "--admin", *db)
     add_user(srv.home, "bob", *db)
     add_user(srv.home, "carol", *db)
@@ -654,6 +664,7 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "logged-out": ((), d_logged_out),
     "room-full": (("--max-room-members", "1"), d_room_full),
     "too-many-sessions": (("--max-sessions-per-user", "1"), d_too_many_sessions),
+    "hello-version-1": ((VERSION_1_OFF,), lambda w: _pre(w, frame(P.Hello(versions=(1,))))),
     "file-over-quota": (("--file-quota", "3"),
                         lambda w: _file_req(w.alice(), "file_offer", to="bob", size=4, sha256=_ABCD)),
 }
@@ -716,7 +727,8 @@ ON_POSTGRES: dict[str, Callable[[World, Any], Outcome]] = {
 
 
 #: Rows whose opaque-code ERROR names its cause (PROTOCOL.md 5.5.1): the text must contain this.
-NAMED_TEXTS = {"direct-version-1": "version 1 envelope refused"}
+NAMED_TEXTS = {"direct-version-1": "version 1 envelope refused",
+               "hello-version-1": "protocol version 1 is no longer served"}
 
 
 def check(row: Row, outcome: Outcome) -> None:

@@ -452,11 +452,30 @@ def _v2_session(device: Device) -> Raw:
     return raw.login_key(device.user, device.identity)
 
 
-def test_a_version_1_hello_is_still_served_and_answered_version_1(world):
+def test_a_version_1_hello_is_refused_by_name_and_a_version_2_one_answered(world):
+    """Version 1 is no longer served (docs/PROTOCOL.md 6.7): a HELLO listing only 1 is refused, fatal,
+    with a text naming the version; one listing 1 and 2 (what the client offers) is answered 2."""
     srv = world[0]
-    raw = Raw(srv).start()
-    assert raw.hello is not None and raw.hello.version == 1
+    raw = Raw(srv)
+    raw.send(P.Hello((1,)))
+    err = raw.error()
+    assert err.code == P.ErrorCode.VERSION and err.fatal and "version 1 is no longer served" in err.message
     raw.close()
+    raw = Raw(srv).start()
+    assert raw.hello is not None and raw.hello.version == 2
+    raw.close()
+
+
+def test_a_version_1_hello_is_still_served_where_the_config_says_so(tmp_path):
+    """ServerConfig.serve_version_1 (no command-line option) keeps the transitional behaviour reachable
+    for a benchmark's version-1 baseline: a HELLO listing only 1 is answered version 1."""
+    srv = ServerProc(tmp_path / "v1", serve_version_1=True).start()
+    try:
+        raw = Raw(srv).start((1,))
+        assert raw.hello is not None and raw.hello.version == 1
+        raw.close()
+    finally:
+        srv.stop()
 
 
 def test_a_version_2_session_refuses_version_1_envelopes(world):
@@ -484,7 +503,8 @@ def test_a_version_2_session_refuses_version_1_envelopes(world):
 def test_the_version_switch_refuses_a_hello_listing_only_1_once_flipped():
     from securecomm.server import versions
 
-    assert versions.agreed([1]) == (1 if versions.SERVE_VERSION_1 else None)
+    assert versions.SERVE_VERSION_1 is False  # off by default (issue 12: old envelopes refused by name)
+    assert versions.agreed([1]) is None
     assert versions.agreed([1], serve_version_1=False) is None
     assert versions.agreed([1, 2], serve_version_1=False) == versions.agreed([2], serve_version_1=False) == 2
     assert versions.agreed([1, 2, 7], serve_version_1=True) == 2

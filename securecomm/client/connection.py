@@ -98,6 +98,9 @@ def error_from(ev: P.Error) -> SecurecommError:
 
 
 class Client:
+    #: The protocol versions offered in HELLO; a benchmark's version-1 baseline sets (1,) on the class.
+    versions: tuple[int, ...] = P.CLIENT_VERSIONS
+
     def __init__(self, host: str, port: int, trust: Trust, *, pin: str | None = None) -> None:
         self.host, self.port, self.trust, self.pin = host, port, trust, pin
         self.conn = P.Connection("client")
@@ -135,7 +138,7 @@ class Client:
         self._check_pin()
         self._reader_task = asyncio.create_task(self._read_loop())
         self._hello_waiter = asyncio.get_running_loop().create_future()
-        self._write(P.Hello())
+        self._write(P.Hello(versions=self.versions))
         hello = await self._wait(self._hello_waiter)
         assert isinstance(hello, P.ServerHello)
         self.server_hello = hello

@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import BusyError, ExistsError, IntegrityError, SecurecommError, UsageError
-from securecomm.server import versions
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, normalise_name
 from securecomm.wire import protocol as P
@@ -310,7 +309,7 @@ class Logins:
         if identity is not None:
             status = self._device_status(user, identity)
             # while version 1 is served, --replace-key still makes this key the account's version-1 key
-            legacy = ev.replace_key and versions.SERVE_VERSION_1
+            legacy = ev.replace_key and self.config.serve_version_1
             if status == "listed":
                 device = identity.fingerprint
                 registered = legacy
@@ -470,7 +469,7 @@ class Logins:
         assert devices is not None
         device = _signer(devices.identities(user.id), ev.signature, transcript)
         if device is None:
-            legacy = [user.identity] if user.identity is not None and versions.SERVE_VERSION_1 else []
+            legacy = [user.identity] if user.identity is not None and self.config.serve_version_1 else []
             if _signer(devices.removed_identities(user.id), ev.signature, transcript) is not None:
                 log.warning("%s key login refused: a device removed from %s's list", s.label(), user.name)
                 s.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list; to use it "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from securecomm.errors import UsageError
+from securecomm.server.versions import SERVE_VERSION_1
 from securecomm.store.quota import MAILBOX_BYTES, MAILBOX_MESSAGES, SEND_BYTES, SEND_MESSAGES
 from securecomm.wire.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE
 
@@ -79,6 +80,10 @@ class ServerConfig:
     #: SO_REUSEPORT on the listening socket: `serve --workers N` runs N relays on one port.
     reuse_port: bool = field(default=False, init=False)
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
+    #: Serve protocol version 1 beside 2 (securecomm/server/versions.py): off; set on the config object
+    #: (`config.serve_version_1 = True`) only by tests and benchmarks that need a version-1 baseline
+    #: (benchmarks/direct_v2.py). No command-line option, so not a constructor argument either.
+    serve_version_1: bool = field(default=SERVE_VERSION_1, init=False)
     hash_workers: int = 2
     #: Logins waiting for a hash slot; beyond this a login is told the server is busy.
     max_hash_queue: int = 64

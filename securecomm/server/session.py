@@ -344,7 +344,7 @@ class Session:
         if isinstance(event, P.Send | P.Direct | P.RoomSend) and self.handlers.metrics is not None:
             self.handlers.metrics.messages_received.labels(event.TYPE.name.lower()).inc()
         if isinstance(event, P.Hello):
-            agreed = versions.agreed(event.versions)
+            agreed = versions.agreed(event.versions, self.config.serve_version_1)
             if agreed is None:
                 log.info("%s dropped: HELLO listing only version 1, which is no longer served", self.label())
                 self.error(P.ErrorCode.VERSION, versions.VERSION_1_GONE, fatal=True)

@@ -1,21 +1,22 @@
-"""Which protocol versions this server serves: THE switch the move to version 2 flips (docs/PROTOCOL.md 6.7, 6.12).
+"""Which protocol versions this server serves (docs/PROTOCOL.md 6.7, 6.12).
 
-While version-1 clients exist (the client's send, inbox and chat on version 2 land separately), the
-server keeps serving them: a HELLO that lists only 1 is answered as before, an account's registered
-version-1 key still logs in (LOGIN_KEY) beside its listed devices, and `--replace-key` still registers
-a new version-1 key. A session whose HELLO listed 2 is a version-2 session and is refused every
-version-1 envelope in DIRECT, ROOM_KEY and DELIVER (INTEGRITY naming the version), whatever this says.
+Version 1 is no longer served: a HELLO listing only 1 is refused (VERSION, fatal, "protocol version 1
+is no longer served"), and an account with a user key logs in with a key only from a listed device.
+A session whose HELLO listed 2 is refused every version-1 envelope in DIRECT and ROOM_KEY (INTEGRITY
+naming the version).
 
-Set SERVE_VERSION_1 to False at integration: a HELLO listing only 1 is then refused (VERSION, fatal,
-"protocol version 1 is no longer served"), and only listed devices log in with a key.
+The transitional behaviour (a HELLO listing only 1 answered version 1, an account's registered
+version-1 key logging in beside its listed devices, `--replace-key` registering a version-1 key) is
+kept for tests and benchmarks that need a version-1 baseline in the same run: ServerConfig
+`serve_version_1` (default SERVE_VERSION_1), not a command-line option.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-#: False: version 1 is no longer served (the end state of docs/PROTOCOL.md 6.7).
-SERVE_VERSION_1 = True
+#: False: version 1 is no longer served (docs/PROTOCOL.md 6.7). The default of ServerConfig.serve_version_1.
+SERVE_VERSION_1 = False
 
 #: The refusal of a HELLO that lists only version 1, once SERVE_VERSION_1 is off (6.7, VERSION, fatal).
 VERSION_1_GONE = "protocol version 1 is no longer served"
