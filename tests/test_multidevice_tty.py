@@ -28,16 +28,16 @@ def world(tmp_path):
     srv.stop(signal.SIGKILL)
 
 
-def _chat(tmux: Tmux, name: str, home, room: str) -> None:
-    # one room each: this test is about direct messages (rooms hand keys over on version 1 still)
+def _chat(tmux: Tmux, name: str, home, room: str = "team") -> None:
+    # all three in #team: room lines reach every device too (room keys on version 2, per device)
     tmux.start(name, f"NO_COLOR=1 {ENTRY} --home {home} chat --room {room}; echo CHAT-EXITED-$?; sleep 30")
     tmux.wait_for(name, f"joined #{room}")
 
 
 def test_two_devices_and_one_chat_while_a_device_comes_and_goes(world):
     srv, homes, tmux = world
-    _chat(tmux, "laptop", homes["alice"], "a1")
-    _chat(tmux, "bob", homes["bob"], "b1")
+    _chat(tmux, "laptop", homes["alice"])
+    _chat(tmux, "bob", homes["bob"])
     tmux.type("bob", "/msg alice hello laptop")
     tmux.wait_for("laptop", "hello laptop")
     tmux.type("laptop", "/msg bob hi bob")
@@ -52,7 +52,13 @@ def test_two_devices_and_one_chat_while_a_device_comes_and_goes(world):
     tmux.wait_for("laptop", "was added to your account")  # NOTICE device_added, shown in the running chat
     r = login(homes["phone"], srv, "alice")
     assert r.returncode == 0 and b"paired" in r.stderr, r.stderr
-    _chat(tmux, "phone", homes["phone"], "a2")
+    _chat(tmux, "phone", homes["phone"])
+    tmux.type("phone", "phone speaks in the room")  # keys of the two others came when it joined
+    tmux.wait_for("bob", "phone speaks in the room")
+    tmux.wait_for("laptop", "phone speaks in the room")
+    tmux.type("bob", "bob speaks in the room")
+    tmux.wait_for("phone", "bob speaks in the room")
+    tmux.wait_for("laptop", "bob speaks in the room")
 
     tmux.type("bob", "/msg alice to every device")
     tmux.wait_for("laptop", "to every device")
@@ -75,5 +81,7 @@ def test_two_devices_and_one_chat_while_a_device_comes_and_goes(world):
     assert "after the removal" not in tmux.screen("phone")
     tmux.type("laptop", "/msg bob still here")
     tmux.wait_for("bob", "still here")
+    tmux.type("bob", "room after the removal")  # a new key first: the phone had the old one
+    tmux.wait_for("laptop", "room after the removal")
     for name in ("laptop", "bob"):
         assert "REJECTED" not in tmux.screen(name) and "\u26a0" not in tmux.screen(name), tmux.screen(name)
