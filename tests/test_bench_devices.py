@@ -38,3 +38,15 @@ def test_direct_v2_benchmark_runs_both_versions_through_the_server(tmp_path):
     for key in ("v1_ms_median", "v2_ms_median", "ratio"):
         assert data[key] > 0, key
     assert data["rounds"] == 3 and "target < 1.3x" in r.stdout
+
+
+@pytest.mark.timeout(240)
+def test_room_keys_v2_benchmark_runs_both_versions_through_the_server(tmp_path):
+    out = tmp_path / "rooms.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "room_keys_v2.py"), "--members", "3", "--rounds", "2",
+                        "--json", str(out)], capture_output=True, text=True, timeout=230, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for key in ("v1_ms_median", "v2_ms_median", "ratio"):
+        assert data[key] > 0, key
+    assert data["members"] == 3 and data["claims_per_rotation"] == 2
