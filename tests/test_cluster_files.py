@@ -6,6 +6,7 @@ private PostgreSQL and nats-server (tests/cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -54,17 +55,17 @@ def _sealed(tmp_path, users, body: bytes) -> F.Sealed:
 
 async def _fetch(tmp_path, users, port, sealed: F.Sealed, file_id: bytes) -> bytes:
     """bob downloads through the relay at `port`, opens it with alice's key, and deletes it there."""
-    bob = await _login(tmp_path, "bob", users["bob"], port)
-    try:
-        notice = sealed.notice(file_id)
-        part = tmp_path / f"{file_id.hex()}.part"
-        await asyncio.wait_for(F.get_all(bob, notice, part), WAIT)
-        out = io.BytesIO()
-        F.check_and_open(part, notice, users["bob"], users["alice"].public, out)
-        await bob.request("file_done", file_id=file_id.hex())
-        return out.getvalue()
-    finally:
-        await bob.close()
+    async def connect():
+        return await _login(tmp_path, "bob", users["bob"], port), None
+
+    out = tmp_path / f"{file_id.hex()}.out"
+    warnings: list[str] = []
+    # the CLI's own path (fetch_file): downloads, opens while downloading, file_done on the same relay
+    await asyncio.wait_for(F.fetch_file(connect, users["bob"], sealed.notice(file_id), users["alice"].public, out,
+                                        False, WAIT, warnings.append, lambda size, label: contextlib.nullcontext()),
+                           WAIT)
+    assert warnings == []
+    return out.read_bytes()
 
 
 def _stored(url: str, file_id: bytes):

@@ -156,13 +156,16 @@ class DeviceOps:
         name = name.lower() if isinstance(name, str) and name.isascii() else ""
         uid = self.find_user(name) if name else None
         if uid is None:
-            raise OpError(ErrorCode.NOT_FOUND, "no such user")
+            raise OpError(ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}")
         return uid, name
 
     def _directory(self, uid: int, user: str) -> dict[str, Any]:
         current = self.store.current(uid)
         if current is None:
-            raise OpError(ErrorCode.NOT_FOUND, f"{user} has no device list")
+            # the account exists: say so, or it reads as a typo in the name (as `lookup` does, relay.py)
+            raise OpError(ErrorCode.NOT_FOUND, f"user {user!r} exists but has no device set up yet (no login "
+                          "with a key on this version), so nothing can be sealed to them (ask them to run: "
+                          "securecomm user login)")
         user_key, dlist, certs = current
         return {"user": user, "user_key": D.UserPublicKey(user_key).line, "device_list": dlist.hex(),
                 "certs": [c.hex() for c in certs]}
