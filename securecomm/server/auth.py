@@ -309,13 +309,17 @@ class Logins:
         device, pending, registered = None, False, identity is not None
         if identity is not None:
             status = self._device_status(user, identity)
-            # while version 1 is served, --replace-key still makes this key the account's version-1 key
+            # while version 1 is served, --replace-key still makes a listed device's key (or, for an account
+            # without a user key, this key) the account's version-1 key
             legacy = ev.replace_key and versions.SERVE_VERSION_1
             if status == "listed":
                 device = identity.fingerprint
                 registered = legacy
-            elif status == "pending" and not legacy:
-                pending, registered = True, False  # 6.4: only pairing until a listed device approves it
+            elif status == "pending":
+                # 6.4: only pairing until a listed device approves it, --replace-key or not. (It once made an
+                # unapproved key the version-1 key: the password alone then read mail and joined rooms as
+                # the user, and contacts saw CHANGED; found by the new-user check.)
+                pending, registered = True, False
             if registered and not await self._register(s, user, identity, ev.replace_key):
                 return
         checked = user.password_hash
