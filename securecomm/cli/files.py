@@ -103,7 +103,7 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     identity = profile_identity(state, passphrase_file)
     connect = _connector(state, identity, server=server, ca=ca, pin=pin)
     run_client(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn, _bar))
-    (F.notices_dir(state.paths) / f"{notice.file_id.hex()}.json").unlink(missing_ok=True)
+    F.forget_notice(state.paths, notice.file_id, out)
     if as_json:
         emit_json({"status": "fetched", "file_id": notice.file_id.hex(), "from": sender_name, "path": str(out),
                    "size": notice.size, "sha256": notice.sha256.hex()})

@@ -29,6 +29,7 @@ import json
 import os
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -433,6 +434,28 @@ def save_notice(paths: Any, sender: str, notice: FileNotice, device: str | None 
     return path
 
 
+def forget_notice(paths: Any, file_id: bytes, saved_to: Path) -> None:
+    """After a fetch: delete the notice (it holds the file key) and keep only where the file went, so
+    that a second `fetch ID` says so instead of "no received file" (new-user check)."""
+    folder = notices_dir(paths)
+    record = folder / f"{file_id.hex()}.fetched"
+    tmp = record.with_name(f".{record.name}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"path": str(saved_to.resolve()), "at": int(time.time())}, out)
+    os.replace(tmp, record)
+    (folder / f"{file_id.hex()}.json").unlink(missing_ok=True)
+
+
+def _fetched_record(paths: Any, file_id_hex: str) -> str | None:
+    try:
+        record = json.loads((notices_dir(paths) / f"{file_id_hex}.fetched").read_text())
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(int(record["at"])))
+        return f"{record['path']} on {when}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def local_name(name: str) -> str:
     """Where `fetch` without -o saves a file the peer named `name`: the same name, except that a leading dot
     (`.bashrc`, `.profile`: hidden files that shells and tools read) becomes `_` (F11, README "Files")."""
@@ -448,8 +471,14 @@ def notice_device(paths: Any, file_id_hex: str) -> PublicIdentity | None:
 
 def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
     path = notices_dir(paths) / f"{file_id_hex.lower()}.json"
-    if len(file_id_hex) != 32 or not all(c in "0123456789abcdef" for c in file_id_hex.lower()) \
-            or not path.exists():
+    well_formed = len(file_id_hex) == 32 and all(c in "0123456789abcdef" for c in file_id_hex.lower())
+    if well_formed and not path.exists():
+        fetched = _fetched_record(paths, file_id_hex.lower())
+        if fetched is not None:
+            raise NotFoundError(f"file {file_id_hex.lower()} was already fetched, to {fetched}",
+                                hint="the server deleted its copy and this device its key: ask the sender "
+                                     "to send it again if that copy is gone")
+    if not well_formed or not path.exists():
         raise NotFoundError(f"no received file with id {file_id_hex[:40]!r}",
                             hint="`securecomm inbox` lists received files with their ids")
     record = json.loads(path.read_text())
