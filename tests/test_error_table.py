@@ -618,6 +618,8 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
                                                    _signed_list(w, "alice", [ALICE, BOB])),
     "list-stale": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_list_publish",
                                          _list_args(_USER_KEYS[(id(w.srv), "alice")], "alice", ALICE, 1)),
+    "device-bad-args": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_remove",
+                                              {"device": "not hex", "device_list": "", "certs": []}),
     "pairing-unknown": lambda w: _dev_request(_listed(w, "alice", ALICE), "pair_lookup", {"code": "ABCDE-FGHJK"}),
     "direct-no-prekey": lambda w: _v2_direct(w, BOB.public, None),
     "direct-unlisted-device": lambda w: _v2_direct(

@@ -88,7 +88,9 @@ class DeviceRelay:
         try:
             outcome = self._handle(s, ev)
         except OpError as e:
-            s.error(e.code, e.message, rid=ev.rid)
+            # a malformed argument (not hex, a list too long, a bad device name) is a broken client: BAD_FRAME,
+            # fatal like every BAD_FRAME (3.6); every other refusal keeps the connection
+            s.error(e.code, e.message, rid=ev.rid, fatal=e.code == P.ErrorCode.BAD_FRAME)
             return True
         except StoreUnavailableError as e:  # PostgreSQL lost, or another relay won a race: nothing written
             log.warning("%s %s not served: %s", s.label(), ev.op, e.message)
