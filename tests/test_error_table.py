@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -542,6 +543,28 @@ def d_pairing_used(w: World) -> Outcome:
     return _dev_request(c, "pair_lookup", {"code": code})
 
 
+def d_pairing_expired(w: World) -> Outcome:
+    """A code more than 10 minutes old is looked up (6.4). The server's clock is real, so the code is aged in
+    its database (the real SQLite file the server uses; it reads the expiry at every lookup)."""
+    c = _listed(w, "alice", ALICE)
+    pending = w.raw().start()
+    pending.send(pending.registration("alice", PrivateIdentity.generate("x25519")))
+    assert isinstance(pending.until(P.LoginOk), P.LoginOk)
+    pending.send(P.Request(45, "pair_start", {"name": "old phone"}))
+    started = pending.until(P.Result)
+    assert isinstance(started, P.Result), started
+    con = sqlite3.connect(w.srv.home / "securecomm.db", timeout=WAIT)
+    try:
+        aged = con.execute("UPDATE pairings SET expires_ms = ? WHERE digest = ?",
+                           (E.now_ms() - 1, D.code_digest("alice", started.data["code"]))).rowcount
+        con.commit()
+    finally:
+        con.close()
+    assert aged == 1
+    pending.close()
+    return _dev_request(c, "pair_lookup", {"code": started.data["code"]})
+
+
 def d_device_removed(w: World) -> Outcome:
     """The key of a device removed from the account's list logs in (6.7)."""
     extra = PrivateIdentity.generate("x25519")
@@ -628,6 +651,7 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
                                               {"one_time": [_prekey(1000 + i).hex() for i in range(K.MAX_BATCH + 1)]}),
     "pending-bad-state": d_pending_bad_state,
     "pairing-used": d_pairing_used,
+    "pairing-expired": d_pairing_expired,
     "device-removed": d_device_removed,
     "direct-version-1": d_direct_version_1,
     "direct-too-large": d_direct_too_large,
