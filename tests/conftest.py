@@ -70,7 +70,7 @@ SLOW_FILES = frozenset({
     "test_sighup.py", "test_retention.py",
     "test_offline_stream.py", "test_bigfile_bench.py", "test_file_transfer.py",
     "test_failover.py", "test_nats_bus.py", "test_three_relays.py", "test_cluster_files.py",
-    "test_server_memory.py",
+    "test_server_memory.py", "test_ops_fixes.py",
 })
 
 

@@ -109,6 +109,7 @@ EVENTS: dict[str, str] = {
     "CA fingerprint %s": "server.ca_fingerprint",
     "first run: created the server identity %s (%s)": "server.identity_created",
     "server identity %s (%s + ed25519)": "server.identity",
+    "another relay created the server identity %s first; using it": "server.identity_created_elsewhere",
     "certificate reloaded from %s: new connections get leaf %s, CA %s (the fingerprint clients pin)":
         "server.certificate_reloaded",
     "certificate reload failed, still serving the old one: %s": "server.certificate_reload_failed",
