@@ -8,7 +8,6 @@ import multiprocessing
 import re
 import signal
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -52,7 +51,7 @@ def _start_together(relays: list[ServerProc]) -> None:
     def start(relay: ServerProc) -> None:
         try:
             relay.start()
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=start, args=(r,)) for r in relays]
