@@ -152,6 +152,13 @@ class StoreUnavailableError(NetworkError):
     """the database server cannot be reached; retry shortly"""
 
 
+class StoreAuthError(StoreUnavailableError):
+    """the database server refused the login (password or user): exit 5 at start; a relay running
+    already treats it as the database unavailable and retries (the password may be fixed meanwhile)"""
+
+    exit_code = 5
+
+
 class TLSError(NetworkError):
     """the TLS handshake failed or the server is not trusted"""
 

@@ -8,6 +8,7 @@ import multiprocessing
 import re
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,48 @@ def test_two_relays_started_at_once_share_one_identity_and_mail_to_the_server_op
 @pytest.fixture(autouse=True)
 def _no_leftover_env(monkeypatch):
     monkeypatch.delenv("SECURECOMM_HOME", raising=False)
+
+
+# -- item 14: PostgreSQL refusing the password is an authentication failure, not "cannot reach" ------------------
+PG_USER, PG_PASSWORD = "pwuser", "right-password-4"
+
+
+@pytest.fixture(scope="module")
+def password_role(pg_server):
+    """A role that must give a password over TCP (scram), on the shared private instance: a pg_hba.conf line
+    for that role alone, before the `trust` ones, so that no other test changes."""
+    import psycopg
+
+    with psycopg.connect(pg_server.url(), autocommit=True) as con:
+        con.execute(f"CREATE ROLE {PG_USER} LOGIN PASSWORD '{PG_PASSWORD}'")  # test constants, no outside input
+        con.execute(f"CREATE DATABASE {PG_USER} OWNER {PG_USER}")
+    hba = pg_server.data / "pg_hba.conf"
+    pg_server._run("sh", "-c", f"{{ echo 'host all {PG_USER} 127.0.0.1/32 scram-sha-256'; cat {hba}; }} > {hba}.new "
+                               f"&& mv {hba}.new {hba}")
+    pg_server._run(pg_server.bin_dir / "pg_ctl", "-D", str(pg_server.data), "reload")
+    return pg_server
+
+
+def _pg_env(tmp_path: Path) -> dict[str, str]:
+    return {"PGPASSFILE": str(tmp_path / "no-pgpass"), "PGPASSWORD": ""}
+
+
+@pytest.mark.parametrize("password", ["wrong-password", None])
+def test_postgresql_refusing_the_password_exits_5_with_a_password_hint(tmp_path, password_role, password):
+    from tests.conftest import run_entry
+
+    cred = f"{PG_USER}:{password}" if password else PG_USER
+    url = f"postgresql://{cred}@127.0.0.1:{password_role.port}/postgres"
+    for argv in (("db", "migrate", "--db", url), ("serve", "--port", "0", "--db", url)):
+        r = run_entry("--home", str(tmp_path / "srv"), *argv, env=_pg_env(tmp_path))
+        err = r.stderr.decode()
+        assert r.returncode == 5, err
+        lines = err.splitlines()
+        assert lines[-2].startswith(f"securecomm: error: PostgreSQL refused the login of user '{PG_USER}' at "
+                                    f"postgresql://{PG_USER}@127.0.0.1:{password_role.port}/postgres"), err
+        assert lines[-1].startswith("securecomm: hint: ") and "PGPASSWORD" in lines[-1] and "~/.pgpass" in lines[-1]
+        assert "cannot reach" not in err and "wrong-password" not in err
+    # and the right password (from PGPASSWORD, as the hint says) gets in
+    ok = run_entry("db", "migrate", "--db", f"postgresql://{PG_USER}@127.0.0.1:{password_role.port}/{PG_USER}",
+                   env={**_pg_env(tmp_path), "PGPASSWORD": PG_PASSWORD})
+    assert ok.returncode == 0, ok.stderr

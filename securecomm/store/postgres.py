@@ -41,7 +41,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pgerrors
 
-from securecomm.errors import ExistsError, NotFoundError, SchemaVersionError, StoreUnavailableError, UsageError
+from securecomm.errors import (
+    ExistsError,
+    NotFoundError,
+    SchemaVersionError,
+    StoreAuthError,
+    StoreUnavailableError,
+    UsageError,
+)
 from securecomm.store.db import (
     ACCOUNT_GONE,
     FORGET_DEVICES,
@@ -248,11 +255,27 @@ def _reason(e: BaseException) -> str:
     return re.sub(r"\s+", " ", lines[-1] if lines else type(e).__name__)[:200]
 
 
+#: What libpq says when the server was reached but the login was refused (psycopg sets no SQLSTATE on a
+#: failed connect): a wrong or missing password, or an authentication method pg_hba.conf requires.
+_LOGIN_REFUSED = re.compile(r"authentication failed|no password supplied|password is required", re.I)
+
+
+def _refused_login(e: BaseException) -> bool:
+    state = getattr(e, "sqlstate", None)
+    return state in ("28P01", "28000") if state else bool(_LOGIN_REFUSED.search(str(e)))
+
+
 def connect(url: str, *, readonly: bool = False) -> psycopg.Connection[Any]:
     """An autocommit connection with durable commits; StoreUnavailableError (exit 7) if unreachable."""
     try:
         con = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as e:
+        if _refused_login(e):
+            user = urlsplit(url).username or "(the default user)"
+            raise StoreAuthError(f"PostgreSQL refused the login of user '{user}' at {redact(url)}: {_reason(e)}",
+                                 hint="give its password in PGPASSWORD or in ~/.pgpass (a line "
+                                      "host:port:database:user:password, mode 0600); check the user and "
+                                      "pg_hba.conf") from None
         raise StoreUnavailableError(f"cannot reach the PostgreSQL database at {redact(url)}: {_reason(e)}",
                                     hint="is PostgreSQL running there, and does the URL name the right "
                                          "host, port, user and database?") from None
