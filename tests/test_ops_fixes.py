@@ -155,3 +155,38 @@ def test_postgresql_refusing_the_password_exits_5_with_a_password_hint(tmp_path,
     ok = run_entry("db", "migrate", "--db", f"postgresql://{PG_USER}@127.0.0.1:{password_role.port}/{PG_USER}",
                    env={**_pg_env(tmp_path), "PGPASSWORD": PG_PASSWORD})
     assert ok.returncode == 0, ok.stderr
+
+
+# -- item 13: every --db URL and --bus entry point without the cluster extra: exit 2 naming it --------------------
+#: The installed CLI as it runs where `pip install .` left out the cluster extra: its drivers are not importable.
+WITHOUT_EXTRA = ("import sys; sys.modules.update(psycopg=None, psycopg_pool=None, nats=None); "
+                 "from securecomm.cli.main import main; main(sys.argv[1:])")
+URL = "postgresql://securecomm@127.0.0.1:9/securecomm"
+
+
+@pytest.mark.parametrize("argv", [
+    ("db", "migrate", "--db", URL),
+    ("db", "copy", "--from", "{home}/securecomm.db", "--to", URL),
+    ("serve", "--port", "0", "--db", URL),
+    ("serve", "--port", "0", "--bus", "nats://127.0.0.1:9"),
+    ("user", "add", "alice", "--password-stdin", "--db", URL),
+    ("user", "list", "--db", URL),
+    ("user", "passwd", "alice", "--password-stdin", "--db", URL),
+    ("user", "remove", "alice", "--yes", "--db", URL),
+], ids=lambda a: " ".join(a[:2]) + (" --bus" if "--bus" in a else ""))
+def test_without_the_cluster_extra_every_url_entry_point_names_it(tmp_path, argv):
+    import subprocess
+    import sys
+
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "securecomm.db").write_bytes(b"")
+    r = subprocess.run([sys.executable, "-c", WITHOUT_EXTRA, "--home", str(home),
+                        *(a.format(home=home) for a in argv)],
+                       input=b"a long enough password\n", capture_output=True, timeout=60, check=False)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert err.splitlines()[0].startswith("securecomm: error: "), err
+    assert "needs the cluster extra" in err and "pip install 'securecomm[cluster]'" in err, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert not (home / "tls").exists() and not (home / "server").exists()  # refused before a first run made keys

@@ -117,7 +117,9 @@ class NatsBus(LocalBus):
         try:
             import nats
         except ImportError as e:
-            raise UsageError("--bus needs the cluster extra", hint="pip install 'securecomm[cluster]'") from e
+            raise UsageError("--bus needs the cluster extra, which is not installed",  # store/backends.py CLUSTER_HINT
+                             hint="pip install 'securecomm[cluster]' (from a checkout: "
+                                  ".venv/bin/pip install '.[cluster]')") from e
         try:
             # nats-py retries a first connection as long as later ones (forever): bounded here
             self._nc = await asyncio.wait_for(nats.connect(

@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -64,6 +64,7 @@ from securecomm.store.db import (
     normalise_name,
 )
 from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
+from securecomm.store.urls import redact  # also imported from here (store/pgfiles.py, transfer.py)
 
 #: Seconds to wait for PostgreSQL to answer a connection attempt before calling it unreachable.
 CONNECT_TIMEOUT = 5
@@ -237,16 +238,6 @@ _LOCK_USAGE = """INSERT INTO quota_usage (kind, owner_id, messages, bytes)
 _ADD_USAGE = """UPDATE quota_usage SET messages = quota_usage.messages + d.m, bytes = quota_usage.bytes + d.b
     FROM unnest(%b::smallint[], %b::bigint[], %b::bigint[], %b::bigint[]) AS d(k, o, m, b)
     WHERE quota_usage.kind = d.k AND quota_usage.owner_id = d.o"""
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def _reason(e: BaseException) -> str:
