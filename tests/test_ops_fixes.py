@@ -190,3 +190,17 @@ def test_without_the_cluster_extra_every_url_entry_point_names_it(tmp_path, argv
     assert "needs the cluster extra" in err and "pip install 'securecomm[cluster]'" in err, err
     assert "Traceback" not in err and "internal error" not in err
     assert not (home / "tls").exists() and not (home / "server").exists()  # refused before a first run made keys
+
+
+# -- item 18: backup / restore with a PostgreSQL --db say that pg_dump backs it up -------------------------------
+@pytest.mark.parametrize("command", ["backup", "restore"])
+def test_backup_of_a_postgresql_url_points_at_pg_dump(tmp_path, command):
+    r = sc(tmp_path / "h", command, str(tmp_path / "b.db"), "--db", "postgresql://securecomm:s3cret@db.example/sc")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert err.splitlines() == [
+        f"securecomm: error: {command} is for a SQLite database; postgresql://securecomm@db.example/sc is "
+        "PostgreSQL, whose backups are pg_dump's job",
+        "securecomm: hint: pg_dump --format=custom --file FILE URL, and pg_restore to put one back "
+        "(README, \"Operating a server\": Backups)"]
+    assert not (tmp_path / "b.db").exists()
