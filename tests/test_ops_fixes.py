@@ -204,3 +204,34 @@ def test_backup_of_a_postgresql_url_points_at_pg_dump(tmp_path, command):
         "securecomm: hint: pg_dump --format=custom --file FILE URL, and pg_restore to put one back "
         "(README, \"Operating a server\": Backups)"]
     assert not (tmp_path / "b.db").exists()
+
+
+# -- item 15: one fingerprint kind for the server certificate: status, certgen and the SIGHUP log agree -----------
+def test_status_certgen_and_the_reload_log_show_one_fingerprint_of_the_server_certificate(tmp_path):
+    import json
+
+    from securecomm.crypto.certs import fingerprint, load_cert
+
+    srv = ServerProc(tmp_path / "srv")
+    made = sc(srv.home, "certgen", "--json")
+    assert made.returncode == 0, made.stderr
+    printed = json.loads(made.stdout)["server_fingerprint"]
+    srv.start()
+    try:
+        add_user(srv.home, "alice")
+        alice = tmp_path / "alice"
+        assert login(alice, srv, "alice").returncode == 0
+        status = sc(alice, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        tls_part = json.loads(status.stdout)["tls"]
+        leaf = fingerprint(load_cert((srv.home / "tls" / "server.pem").read_bytes()))
+        assert tls_part["server_certificate"] == leaf == printed
+        assert "public key (SPKI)" in tls_part["fingerprints"]
+        text = sc(alice, "status").stdout.decode()
+        assert re.search(rf"^tls\.server_certificate\s+{re.escape(leaf)}$", text, re.M), text
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGHUP)
+        srv.wait_log(r"certificate reloaded from")
+        assert f"new connections get leaf {leaf}," in srv.log, srv.log
+    finally:
+        srv.stop()
