@@ -235,3 +235,14 @@ def test_status_certgen_and_the_reload_log_show_one_fingerprint_of_the_server_ce
         assert f"new connections get leaf {leaf}," in srv.log, srv.log
     finally:
         srv.stop()
+
+
+# -- item 17: --print-config says what an unset --metrics and --bus mean --------------------------------------
+def test_print_config_labels_unset_metrics_as_off_and_bus_as_in_process(tmp_path):
+    r = sc(tmp_path / "h", "serve", "--print-config")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert "# metrics = (unset: off, no metrics endpoint)" in lines
+    assert "# bus = (unset: in-process, this relay alone)" in lines
+    assert "# db = (unset: securecomm.db in the data folder)" in lines
+    assert not any("default location" in line for line in lines)
