@@ -246,3 +246,21 @@ def test_print_config_labels_unset_metrics_as_off_and_bus_as_in_process(tmp_path
     assert "# bus = (unset: in-process, this relay alone)" in lines
     assert "# db = (unset: securecomm.db in the data folder)" in lines
     assert not any("default location" in line for line in lines)
+
+
+# -- item 19: `paths` shows every file README's "Where files live" table lists --------------------------------
+def test_paths_lists_every_file_in_the_readme_table(tmp_path):
+    import json
+
+    from securecomm.client.files import notices_dir
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Where files live", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    files = [n for row in rows for n in re.findall(r"`([\w./-]+)`", row) if re.search(r"[./_]", n)]
+    names = {n.split("/NAME")[0].rstrip("/") for n in files}
+    r = sc(tmp_path, "paths", "--json")
+    assert r.returncode == 0, r.stderr
+    shown = {str(Path(p).relative_to(tmp_path)) for p in json.loads(r.stdout).values() if p != str(tmp_path)}
+    assert names - shown == set(), f"README lists these, `paths` does not: {names - shown}"
+    assert notices_dir(Paths.resolve(tmp_path)) == Paths.resolve(tmp_path).received_dir  # the same folder

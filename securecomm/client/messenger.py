@@ -109,7 +109,7 @@ class Messenger(Rooms):
         #: mail too, and acknowledging unshown mail would delete it. Left unacknowledged, it stays queued.
         self.deliveries = deliveries
         self.contacts = Contacts.load(paths.contacts)
-        self.seen = SeenIds(paths.config_dir / "seen_ids")
+        self.seen = SeenIds(paths.seen_ids)
         self.rooms: dict[str, RoomState] = {}
         self.sent_digests: dict[bytes, tuple[str, bytes]] = {}  # msg_id -> (to, body digest)
         self.delivered: dict[bytes, asyncio.Future[DeliveryReceipt]] = {}
