@@ -264,3 +264,19 @@ def test_paths_lists_every_file_in_the_readme_table(tmp_path):
     shown = {str(Path(p).relative_to(tmp_path)) for p in json.loads(r.stdout).values() if p != str(tmp_path)}
     assert names - shown == set(), f"README lists these, `paths` does not: {names - shown}"
     assert notices_dir(Paths.resolve(tmp_path)) == Paths.resolve(tmp_path).received_dir  # the same folder
+
+
+# -- item 21: NATS unreachable at start: WARNING lines naming the URL, then exit 7 ------------------------------
+def test_nats_unreachable_at_start_warns_naming_the_url_then_exits_7(tmp_path):
+    from tests.cluster import free_port
+
+    port = free_port()
+    r = sc(tmp_path / "h", "serve", "--port", "0", "--bus", f"nats://relay:s3cret@127.0.0.1:{port}")
+    err = r.stderr.decode()
+    assert r.returncode == 7, err
+    warnings = [line for line in err.splitlines() if " WARNING bus.connect_failed " in line]
+    assert warnings and all(f"cannot connect to nats://127.0.0.1:{port}: " in line for line in warnings), err
+    assert " INFO bus.log " not in err
+    assert err.splitlines()[-2].startswith(f"securecomm: error: cannot reach the bus at nats://127.0.0.1:{port} "
+                                           "within 4 s: "), err
+    assert "s3cret" not in err and "relay:" not in err

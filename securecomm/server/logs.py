@@ -44,6 +44,7 @@ EVENTS: dict[str, str] = {
     "metrics: a request from %s failed": "metrics.request_failed",
     # the bus (NATS with several relays)
     "bus: %s": "bus.log",
+    "bus: cannot connect to %s: %s; retrying for %d s": "bus.connect_failed",
     "bus lost: %s unreachable; reconnecting every %.1f s (mail still flows from the store)": "bus.lost",
     "bus reconnected to %s; rereading the store for every connected user": "bus.reconnected",
     "bus queue full: %d bus items dropped so far (mail is still read from the store)": "bus.dropped",
