@@ -125,6 +125,7 @@ def password_role(pg_server):
     with psycopg.connect(pg_server.url(), autocommit=True) as con:
         con.execute(f"CREATE ROLE {PG_USER} LOGIN PASSWORD '{PG_PASSWORD}'")  # test constants, no outside input
         con.execute(f"CREATE DATABASE {PG_USER} OWNER {PG_USER}")
+        con.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")  # PostgreSQL 15's default, on older ones too
     hba = pg_server.data / "pg_hba.conf"
     pg_server._run("sh", "-c", f"{{ echo 'host all {PG_USER} 127.0.0.1/32 scram-sha-256'; cat {hba}; }} > {hba}.new "
                                f"&& mv {hba}.new {hba}")
@@ -280,3 +281,15 @@ def test_nats_unreachable_at_start_warns_naming_the_url_then_exits_7(tmp_path):
     assert err.splitlines()[-2].startswith(f"securecomm: error: cannot reach the bus at nats://127.0.0.1:{port} "
                                            "within 4 s: "), err
     assert "s3cret" not in err and "relay:" not in err
+
+
+def test_migrate_by_a_user_who_may_not_create_tables_exits_4_saying_who_may(tmp_path, password_role):
+    """Found with item 14: the right password into a database the user does not own was an internal error."""
+    from tests.conftest import run_entry
+
+    r = run_entry("db", "migrate", "--db", f"postgresql://{PG_USER}@127.0.0.1:{password_role.port}/postgres",
+                  env={**_pg_env(tmp_path), "PGPASSWORD": PG_PASSWORD})
+    err = r.stderr.decode()
+    assert r.returncode == 4, err
+    assert err.startswith(f"securecomm: error: PostgreSQL user '{PG_USER}' may not change the schema at "), err
+    assert "createdb -O USER" in err.splitlines()[-1] and "internal error" not in err

@@ -43,6 +43,7 @@ from psycopg import errors as pgerrors
 
 from securecomm.errors import (
     ExistsError,
+    FilePermissionError,
     NotFoundError,
     SchemaVersionError,
     StoreAuthError,
@@ -499,7 +500,18 @@ class PostgresStore:
 
     def migrate(self) -> tuple[int, int]:
         """Apply the missing migrations; returns (from, to) versions. One transaction (DDL is transactional
-        in PostgreSQL): a failed upgrade leaves the schema as it was, and a relay never sees half of one."""
+        in PostgreSQL): a failed upgrade leaves the schema as it was, and a relay never sees half of one.
+        A user that may not create tables there is FilePermissionError (exit 4), saying who may."""
+        try:
+            return self._migrate()
+        except pgerrors.InsufficientPrivilege as e:
+            user = urlsplit(self.url).username or "(the default user)"
+            raise FilePermissionError(
+                f"PostgreSQL user '{user}' may not change the schema at {redact(self.url)}: {_reason(e)}",
+                hint="run db migrate as the database's owner (createdb -O USER), or GRANT CREATE ON SCHEMA "
+                     "public TO that user") from None
+
+    def _migrate(self) -> tuple[int, int]:
         with self._transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             cur.execute(_VERSION_TABLE)
