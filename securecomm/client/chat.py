@@ -174,9 +174,9 @@ class ChatSession:
                 self.present.discard(ev.user)
             self.changed.set()
         if isinstance(ev, DirectMessage):
-            notice = received_notice(self.paths, ev.sender, ev.body, ev.device)  # a file: saved for `fetch ID`
+            notice = received_notice(self.paths, ev.sender, ev.body, ev.device, ev.to)  # saved for `fetch ID`
             if notice is not None:
-                ev = dataclasses.replace(ev, body=describe(notice).encode())
+                ev = dataclasses.replace(ev, body=describe(notice, ev.to).encode())
         self.emit(ev)
 
     async def run(self, lines: asyncio.Queue[Command | None]) -> None:
