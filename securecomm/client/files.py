@@ -743,6 +743,12 @@ async def recipient_account(messenger: Any, to: str) -> bytes:
     return bytes(directory.user_key.fingerprint)
 
 
+def notice_account(paths: Any, me: PrivateIdentity, file_id_hex: str) -> bytes | None:
+    """For a version-2 notice (saved with its device): this device's account fingerprint, which the
+    file's stream names and with which it opens (open_feed); None for a version-1 notice."""
+    return own_account(paths, me) if notice_device(paths, file_id_hex) is not None else None
+
+
 def own_account(paths: Any, me: PrivateIdentity) -> bytes | None:
     """This device's account user key fingerprint (what a version-2 stream for us names), or None."""
     from securecomm.client.directv2 import device_keys_of
