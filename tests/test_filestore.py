@@ -388,3 +388,29 @@ def test_fetchers_survive_a_restart(make):
     again = make()
     assert again.fetchers(file_id) == {C2}
     assert again.done("carol", file_id, C2, [C1, C2]) is True
+
+
+def test_a_files_db_from_before_gets_the_fetchers_table_and_keeps_its_files(tmp_path, clock):
+    """A relay's files.db made before file_fetchers: opening adds the table; its waiting file has no
+    fetchers, so it goes at the first file_done as it did then (PROTOCOL.md 4.4)."""
+    import sqlite3
+
+    folder = tmp_path / "old-files"
+    folder.mkdir()
+    con = sqlite3.connect(folder / "files.db")
+    con.executescript("CREATE TABLE files (id BLOB PRIMARY KEY, sender TEXT NOT NULL, recipient TEXT NOT NULL, "
+                      "size INTEGER NOT NULL, sha256 BLOB NOT NULL, complete INTEGER NOT NULL DEFAULT 0, "
+                      "created REAL NOT NULL, expires REAL NOT NULL);")
+    con.execute("INSERT INTO files VALUES (?, 'alice', 'carol', 3, x'', 1, ?, ?)",
+                (bytes(16), clock.now, clock.now + 3600))
+    con.commit()
+    con.close()
+    (folder / bytes(16).hex()).write_bytes(b"abc")
+    store = FileStore(folder, clock=clock)
+    try:
+        assert store.fetchers(bytes(16)) == set()
+        assert store.done("carol", bytes(16), C1, [C1, C2]) is True
+        file_id = _upload_for_devices(store, b"new", [C1, C2])
+        assert store.fetchers(file_id) == {C1, C2}
+    finally:
+        store.close()
