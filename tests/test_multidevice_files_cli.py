@@ -5,8 +5,8 @@ Before this, the stream of a version-2 file was HPKE-sealed to ONE device's long
 other device `fetch ID` exited 6 ("stream is addressed to another identity"), the first device's
 file_done deleted the only copy, and the server's copy plus that device's long-term key opened the
 file (no forward secrecy). Run against that code (the CLI of main before this branch), the first two
-tests and the last fail: `test_every_device_of_the_recipient_fetches_the_same_file` right after the
-first device's fetch (the server had deleted its only copy), the sender's other device saved the
+tests and the last fail: `test_every_device_of_the_recipient_fetches_the_same_file` at the phone's
+fetch (exit 6, "stream is addressed to another identity"), the sender's other device saved the
 notice as fetchable, and the recorded stream was a version-1 one, sealed to one device's long-term
 key, which the stolen copy still holds.
 """
@@ -73,7 +73,7 @@ def test_every_device_of_the_recipient_fetches_the_same_file(world):
         (shown,) = _inbox(home)
         assert shown["from"] == "alice" and shown["file"]["id"] == file_id
     got = {}
-    for n, device in enumerate(("carol", "carol2")):
+    for n, device in enumerate(("carol2", "carol")):  # the phone first: the old code sealed to the laptop
         out = tmp / f"got-{device}.bin"
         r = sc(homes[device], "fetch", file_id, "-o", str(out))
         assert r.returncode == 0, r.stderr  # the old code: 6, "stream is addressed to another identity"
