@@ -176,3 +176,23 @@ def test_a_stolen_home_and_server_open_no_file_already_fetched(world):
     account = S.parse_header(S._Pull([stream])).header.recipient
     opened = S.open_stream([stream], None, alice.public, file_key=key, account=account)
     assert b"".join(opened) == body  # the reference: with the notice's key, the recorded stream opens
+
+
+def test_a_file_to_yourself_goes_to_your_other_device(world):
+    """A file to one's own account: the other device fetches it, and the server deletes it then; the
+    sending device shows its own copy as sent from this device (it has the file: nothing to fetch)."""
+    srv, homes, tmp = world
+    body = os.urandom(1000)
+    src = tmp / "to-phone.bin"
+    src.write_bytes(body)
+    r = sc(homes["alice"], "send", "--to", "alice", "--file", str(src), "--json")
+    assert r.returncode == 0, r.stderr
+    file_id = json.loads(r.stdout)["file_id"]
+    (own,) = _inbox(homes["alice"])
+    assert "sent to alice from this device" in own["body"] and own["file"]["fetch"] is False
+    (other,) = _inbox(homes["alice2"])
+    assert other["body"].endswith(f"securecomm fetch {file_id}")
+    r = sc(homes["alice2"], "fetch", file_id, "-o", str(tmp / "got.bin"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp / "got.bin").read_bytes() == body
+    assert not _stored(srv, file_id).exists()  # the sending device is not waited for

@@ -635,12 +635,23 @@ def human_size(n: int) -> str:
     return f"{n} bytes"  # pragma: no cover - the loop always returns
 
 
-def describe(notice: FileNotice, sent_to: str | None = None) -> str:
+def sent_copy(ev: Any, me: PrivateIdentity) -> str | None:
+    """Whom a direct message went to, when it is our own copy of something we sent: from another of our
+    devices (`ev.to`), or this very device's copy of a note to self. A file notice there is shown, not
+    saved for `fetch`: the server does not keep the file for the device that sent it (4.4)."""
+    if ev.to:
+        return str(ev.to)
+    return str(ev.sender) if ev.device is not None and ev.device == me.public.line else None
+
+
+def describe(notice: FileNotice, sent_to: str | None = None, here: bool = False) -> str:
     """The line inbox and chat show for a received file (the name is escaped by the caller's printer);
-    for a copy of a file another device of ours sent, where it went (nothing to fetch here)."""
+    for our own copy of a file we sent (`sent_to`), where it went and from which device: nothing to
+    fetch on this device."""
+    head = f"[file] {notice.name} ({human_size(notice.size)})"
     if sent_to is not None:
-        return f"[file] {notice.name} ({human_size(notice.size)}): sent to {sent_to} from another device"
-    return f"[file] {notice.name} ({human_size(notice.size)}): securecomm fetch {notice.file_id.hex()}"
+        return f"{head}: sent to {sent_to} from {'this' if here else 'another'} device"
+    return f"{head}: securecomm fetch {notice.file_id.hex()}"
 
 
 # -- the two commands, end to end (cli/files.py parses options and draws the bars) -------------
