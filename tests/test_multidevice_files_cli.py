@@ -167,6 +167,12 @@ def test_a_stolen_home_and_server_open_no_file_already_fetched(world):
         with _quiet():
             S.open_stream([stream], ident, alice.public)
             raise AssertionError("a long-term key opened the file's stream")
+    (tmp / "alice.pub").write_text(alice.public.line + "\n")  # offline `decrypt` refuses it by name
+    (tmp / "recorded.sce").write_bytes(stream)
+    r = sc(homes["carol"], "decrypt", "--from", str(tmp / "alice.pub"), str(tmp / "recorded.sce"))
+    error, hint = r.stderr.decode().splitlines()
+    assert r.returncode == 6 and r.stdout == b"" and "key travels in a file notice" in error
+    assert hint == "securecomm: hint: on a device of its recipient: `securecomm inbox`, then `securecomm fetch ID`"
     everything = _every_file(taken)
     reference = _attack(notices, [before / str(i) for i in range(3)], alice)
     assert len(reference) == 2

@@ -76,7 +76,7 @@ def test_no_long_term_key_opens_a_version_2_stream():
     named refusal, never a file key (what made the old form fall to a stolen device key)."""
     raw = base64.b64decode(VECTORS["streams"][0]["stream_b64"])
     for kem in ("x25519", "mlkem768-x25519"):
-        with pytest.raises(WrongRecipientError, match="fetch it with"):
+        with pytest.raises(WrongRecipientError, match="key travels in a file notice"):
             S.open_stream([raw], PrivateIdentity.generate(kem), SENDER.public)
     assert bytes.fromhex(VECTORS["file_key"]) not in raw
 

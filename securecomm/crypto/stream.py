@@ -410,7 +410,9 @@ class Opening:
         if version == VERSION_DETACHED:
             if file_key is None or account is None:
                 raise WrongRecipientError("this stream's key travels in a file notice (a file sent through the "
-                                          "server): fetch it with `securecomm fetch ID`")
+                                          "server), not in the stream",
+                                          hint="on a device of its recipient: `securecomm inbox`, then "
+                                               "`securecomm fetch ID`")
             if not same(h.recipient, account):
                 raise WrongRecipientError("stream is addressed to another account")
         elif recipient is None or not same(h.recipient, recipient.public.fingerprint) or h.kem != recipient.kem:
