@@ -258,15 +258,18 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         nonlocal failures, shown_count
         if isinstance(ev, DirectMessage):
             shown_count += 1
-            from securecomm.client.files import describe, received_notice
+            from securecomm.client.files import describe, received_notice, sent_copy
 
-            notice = received_notice(state.paths, ev.sender, ev.body, ev.device)  # a file: saved for `fetch ID`
-            body = describe(notice).encode() if notice else ev.body
+            # a file: saved for `fetch ID` (not our own copy of one we sent: nothing to fetch here)
+            sent_to = sent_copy(ev, identity)
+            notice = received_notice(state.paths, ev.sender, ev.body, ev.device, sent_to)
+            body = describe(notice, sent_to, here=not ev.to).encode() if notice else ev.body
             if as_json:
                 import json
 
                 shown_file = {"file": {"id": notice.file_id.hex(), "name": notice.name, "size": notice.size,
-                                       "sha256": notice.sha256.hex()}} if notice else {}
+                                       "sha256": notice.sha256.hex(), **({"fetch": False} if sent_to else {})}} \
+                    if notice else {}
                 marks = {**({"to": ev.to} if ev.to else {}),
                          **({"without_one_time_key": True} if ev.without_one_time_key else {})}
                 click.echo(json.dumps({"from": ev.sender, "id": ev.msg_id.hex(), "sent_at_ms": ev.sent_at_ms,
