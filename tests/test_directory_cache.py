@@ -78,3 +78,41 @@ def test_a_forged_list_with_the_cached_bytes_but_another_key_is_refused(w):
     forged = Directory(good.user, other, good.device_list, good.certs, good.prekeys, good.digest)
     with pytest.raises(ChangedKeyError):  # same digest, but not the pinned key: never from the cache
         mine.verify("alice", forged)
+
+
+def test_a_prekey_checked_once_for_its_device_is_still_refused_for_another(w):
+    from dataclasses import replace
+
+    from securecomm.crypto import prekeys as K
+    from securecomm.errors import PrekeySignatureError
+
+    alice = Account(w, "alice")
+    other = PrivateIdentity.generate("x25519")
+    prekey = alice.keys.new_one_time(alice.device, 1)[0]
+    prekey.verify(alice.device.public)  # remembered for alice's device
+    prekey.verify(alice.device.public)
+    with pytest.raises(PrekeySignatureError):
+        prekey.verify(other.public)
+    forged = replace(prekey, signature=bytes(64))  # a new object: nothing remembered
+    with pytest.raises(PrekeySignatureError):
+        forged.verify(alice.device.public)
+    env = K.seal_v2(b"hi", other, alice.device.public, prekey)  # sealing still checks (remembered: passes)
+    assert alice.keys.open(env, alice.device, other.public).body == b"hi"
+
+
+def test_the_servers_one_read_for_a_direct_sees_a_removal_at_once(w):
+    """server/devicerelay.py check: the recipient's devices and the sender device's account in one read,
+    every message (nothing cached on the server), so a device removed a moment ago is refused."""
+    alice, bob = Account(w, "alice"), Account(w, "bob")
+    phone = PrivateIdentity.generate("x25519")
+    phone_cert = alice.pair(phone, "phone")
+    store = w.ops.store
+    targets, owner = store.direct_targets(w.ids["bob"], phone.public.fingerprint)
+    assert targets == {bob.device.public.fingerprint} and owner == w.ids["alice"]
+    alice.certs.remove(phone_cert)
+    alice.counter += 1
+    w.call(alice.me(), "device_remove", device=phone.public.fingerprint.hex(), **alice.list_args())
+    targets, owner = store.direct_targets(w.ids["bob"], phone.public.fingerprint)
+    assert targets == {bob.device.public.fingerprint} and owner is None  # removed: refused as DEVICE_REMOVED
+    targets, owner = store.direct_targets(w.ids["alice"], bob.device.public.fingerprint)
+    assert targets == {alice.device.public.fingerprint} and owner == w.ids["bob"]

@@ -224,6 +224,22 @@ class DeviceDirectory:
             work.cancel()
         self._ahead.clear()
 
+    def check_ahead(self, claims: dict[str, Directory | None]) -> None:
+        """Verify claims made ahead as they arrive, off the next message's path: each list (cached,
+        see verify) and each prekey's signature under its device (remembered by the prekey, so that
+        sealing does not check it twice). A failure is left for sealing to raise."""
+        for name, directory in claims.items():
+            if directory is None:
+                continue
+            try:
+                by_id = {c.device_id: c.device for c in self.verify(name, directory)}
+                for cert, prekey in zip(directory.certs, directory.prekeys, strict=False):
+                    device = by_id.get(cert.device_id)
+                    if device is not None:
+                        prekey.verify(device)
+            except SecurecommError:
+                continue
+
     def missed(self, sealed: SealedDirect, to: str, claims: dict[str, Directory | None]) -> list[DM.Outgoing]:
         """Copies of `sealed` for the devices listed in `claims` (made after it was sealed) that it was
         not sealed to: devices added since the claim it used (6.13). Their prekeys come from `claims`."""

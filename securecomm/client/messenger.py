@@ -220,6 +220,7 @@ class Messenger(Rooms):
         claims: dict[str, DM.Directory | None] = {}
         for user in sealed.claimed:
             claims[user] = await self.devices.claim(self.client, user)
+        self.devices.check_ahead(claims)
         copies = self.devices.missed(sealed, to, claims) if sealed.ahead else []
         for copy in copies:  # a device added after the claim the message was sealed to
             try:
@@ -320,6 +321,8 @@ class Messenger(Rooms):
         self._ack_v2(ev.seq, env.header.msg_id, opened.digest)
         if tried:
             await self._refill_when_low()
+            # the next one-time keys read and expanded now, after the ACK, not when their message comes
+            asyncio.get_running_loop().call_soon(self.devices.keys.preload)
 
     def _shown_by_another_session(self, ev: P.Deliver, key: str, msg_id: bytes) -> bool:
         """Two sessions of one device (two chat windows) are both offered its mail; the first to open a

@@ -14,6 +14,12 @@ before the unlink, so it is not left in the file's blocks either where the
 file system writes in place. The id counter is saved *before* a key file is
 written, so a crash can skip ids but never reuse one (the server refuses a
 reused id as a replay).
+
+`preload` reads and expands the next one-time keys (the server hands out the
+lowest ids first) into memory after a message is acknowledged, so that
+opening the next message does not wait for that (an ML-KEM key is expanded
+from its seed: ~0.15 ms). Memory only ever holds keys whose file exists: a
+key is used only while its file is there, and erasing drops it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from securecomm.crypto import prekeys as K
 from securecomm.crypto.devices import UserKey
 from securecomm.crypto.envelope import SenderLookup
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.errors import FormatError, NotFoundError
+from securecomm.errors import FormatError, NotFoundError, SecurecommError
 from securecomm.files import DIR_MODE, PRIVATE_MODE, ensure_dir, read_private
 
 
@@ -75,6 +81,8 @@ class DeviceKeys:
         ensure_dir(self.prekey_dir)
         os.chmod(folder, DIR_MODE)
         self.state = self._load_state()
+        self._loaded: dict[tuple[int, int], K.PrivatePrekey] = {}  # see preload
+        self._one_time_ids: list[int] | None = None  # held one-time ids, ascending, as far as we know
 
     # -- state ----------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -124,6 +132,8 @@ class DeviceKeys:
         batch = K.generate_batch(device, self._take_ids(count), count)
         for key in batch:
             self._keep(key)
+        if self._one_time_ids is not None:
+            self._one_time_ids += [key.prekey_id for key in batch]
         return [key.sign(device) for key in batch]
 
     def new_last_resort(self, device: PrivateIdentity, now_ms: int) -> K.Prekey:
@@ -140,12 +150,45 @@ class DeviceKeys:
 
     def get(self, kind: int, prekey_id: int) -> K.PrivatePrekey | None:
         path = self._path(kind, prekey_id)
-        if not path.exists():
+        if not path.exists():  # used (maybe by another session of this device), or never made
+            self._loaded.pop((kind, prekey_id), None)
             return None
+        loaded = self._loaded.get((kind, prekey_id))
+        if loaded is not None:
+            return loaded
         return K.PrivatePrekey.from_raw(kind, prekey_id, self.kem, read_private(path), 0)
 
     def delete(self, key: K.PrivatePrekey) -> None:
+        self._loaded.pop((key.kind, key.prekey_id), None)
+        if key.kind == K.ONE_TIME and self._one_time_ids is not None and key.prekey_id in self._one_time_ids:
+            self._one_time_ids.remove(key.prekey_id)
         _erase(self._path(key.kind, key.prekey_id))
+
+    def preload(self, count: int = 4) -> int:
+        """Load the `count` lowest-numbered one-time private prekeys into memory (see top); returns how
+        many were read now. A key whose file is gone is dropped from memory."""
+        if self._one_time_ids is None:
+            prefix = f"{K.ONE_TIME}-"
+            with os.scandir(self.prekey_dir) as entries:
+                self._one_time_ids = sorted(int(e.name[len(prefix):-4]) for e in entries
+                                            if e.name.startswith(prefix) and e.name.endswith(".key")
+                                            and e.name[len(prefix):-4].isdigit())
+        wanted = self._one_time_ids[:count]
+        for stale in [k for k in self._loaded if k[0] == K.ONE_TIME and k[1] not in wanted]:
+            del self._loaded[stale]
+        read = 0
+        for prekey_id in wanted:
+            if (K.ONE_TIME, prekey_id) in self._loaded:
+                continue
+            path = self._path(K.ONE_TIME, prekey_id)
+            try:
+                key = K.PrivatePrekey.from_raw(K.ONE_TIME, prekey_id, self.kem, read_private(path), 0)
+            except (OSError, SecurecommError):  # gone (another session used it), or unreadable: get() decides
+                self._one_time_ids.remove(prekey_id)
+                continue
+            self._loaded[(K.ONE_TIME, prekey_id)] = key
+            read += 1
+        return read
 
     def prune(self, now_ms: int) -> int:
         """Erase retired last-resort keys past their grace period; returns how many."""
