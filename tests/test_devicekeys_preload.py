@@ -32,3 +32,29 @@ def test_preload_reads_the_lowest_ids_and_an_erased_key_is_gone_from_memory_too(
     # then 3-6, and 6 is read
     assert keys.preload(4) == 1 and keys.preload(4) == 1
     assert sorted(pid for _, pid in keys._loaded) == [p.prekey_id for p in signed[2:]]
+
+
+def test_a_wiped_key_is_zeros_on_disk_before_the_ack_and_unlinked_after(tmp_path):
+    """6.5: before the ACK the key's file holds only zeros (synced); the file goes after the ACK. A file of
+    zeros (a crash between the two) is no key, for this session and any other."""
+    me, sender = PrivateIdentity.generate("mlkem768-x25519"), PrivateIdentity.generate("x25519")
+    keys = DeviceKeys(tmp_path / "device", me.kem)
+    signed = keys.new_one_time(me, 3)
+    keys.preload()
+    env = K.seal_v2(b"one", sender, me.public, signed[0])
+    tried: list[K.PrivatePrekey] = []
+    assert K.open_v2(env, me, lambda _fp: sender.public, keys.get, on_tried=tried.append).body == b"one"
+    keys.wipe(tried[0])
+    path = tmp_path / "device" / "prekeys" / f"1-{signed[0].prekey_id}.key"
+    assert path.read_bytes() == bytes(len(path.read_bytes())) and len(path.read_bytes()) == 96  # zeros, same size
+    assert keys.get(K.ONE_TIME, signed[0].prekey_id) is None
+    with pytest.raises(ReplayedPrekeyError):
+        keys.open(env, me, sender.public)
+    keys.after_ack()
+    assert not path.exists()
+    # a crash after the wipe, before the unlink: another session finds zeros, and no key
+    second = tmp_path / "device" / "prekeys" / f"1-{signed[1].prekey_id}.key"
+    second.write_bytes(bytes(96))
+    later = DeviceKeys(tmp_path / "device", me.kem)
+    assert later.get(K.ONE_TIME, signed[1].prekey_id) is None and not second.exists()
+    assert later.preload() == 1  # only the third key is left to read

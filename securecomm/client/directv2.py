@@ -311,5 +311,7 @@ def open_with_prekey(env: K.Envelope2, me: PrivateIdentity, device: PublicIdenti
 
 
 def erase(keys: DeviceKeys, tried: list[K.PrivatePrekey]) -> None:
+    """Before the ACK: each key overwritten with zeros and synced (durably gone); the emptied files are
+    unlinked by keys.after_ack()."""
     for key in tried:
-        keys.delete(key)
+        keys.wipe(key)

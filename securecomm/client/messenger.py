@@ -309,6 +309,7 @@ class Messenger(Rooms):
             self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
                             "discarded, not shown"))
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
+            asyncio.get_running_loop().call_soon(self.devices.keys.after_ack)  # a key tried was wiped
             return
         pin = self.pins.get(ev.sender)
         fingerprint = pin.user_key.fingerprint_text if pin is not None and not mine else \
@@ -319,10 +320,10 @@ class Messenger(Rooms):
         self.seen.add(key, opened.digest.hex())  # the outcome recorded, then the key erased, then the ACK
         erase(self.devices.keys, tried)
         self._ack_v2(ev.seq, env.header.msg_id, opened.digest)
+        # after the ACK: the wiped key's file unlinked, the next one-time keys read and expanded
+        asyncio.get_running_loop().call_soon(self.devices.keys.after_ack)
         if tried:
             await self._refill_when_low()
-            # the next one-time keys read and expanded now, after the ACK, not when their message comes
-            asyncio.get_running_loop().call_soon(self.devices.keys.preload)
 
     def _shown_by_another_session(self, ev: P.Deliver, key: str, msg_id: bytes) -> bool:
         """Two sessions of one device (two chat windows) are both offered its mail; the first to open a
