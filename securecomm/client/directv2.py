@@ -76,6 +76,9 @@ AHEAD_MAX_AGE = 60.0
 #: it was stored, or at once when the next message is being sealed: it does not compete with the
 #: message still in flight.
 AHEAD_DELAY = 0.25
+#: The housekeeping after a message's ACK (the wiped key file unlinked, the next keys read ahead) runs
+#: this many seconds later, not while the ACK's delivery receipt is on its way.
+AFTER_ACK_DELAY = 0.01
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from securecomm.client.connection import Client
 from securecomm.client.devicelogin import refill_prekeys
 from securecomm.client.directory import Contacts, look_up
 from securecomm.client.directv2 import (
+    AFTER_ACK_DELAY,
     AHEAD_DELAY,
     DeviceDirectory,
     SealedDirect,
@@ -309,7 +310,7 @@ class Messenger(Rooms):
             self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
                             "discarded, not shown"))
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
-            asyncio.get_running_loop().call_soon(self.devices.keys.after_ack)  # a key tried was wiped
+            asyncio.get_running_loop().call_later(AFTER_ACK_DELAY, self.devices.keys.after_ack)  # a key was wiped
             return
         pin = self.pins.get(ev.sender)
         fingerprint = pin.user_key.fingerprint_text if pin is not None and not mine else \
@@ -320,8 +321,9 @@ class Messenger(Rooms):
         self.seen.add(key, opened.digest.hex())  # the outcome recorded, then the key erased, then the ACK
         erase(self.devices.keys, tried)
         self._ack_v2(ev.seq, env.header.msg_id, opened.digest)
-        # after the ACK: the wiped key's file unlinked, the next one-time keys read and expanded
-        asyncio.get_running_loop().call_soon(self.devices.keys.after_ack)
+        # after the ACK, once its receipt is on its way: the wiped key's file unlinked, the next one-time
+        # keys read and expanded (housekeeping: it does not compete with the message in flight)
+        asyncio.get_running_loop().call_later(AFTER_ACK_DELAY, self.devices.keys.after_ack)
         if tried:
             await self._refill_when_low()
 
