@@ -4,7 +4,10 @@
 A list and its certificates already verified under the same key are not verified again; what must
 still hold does: a changed list (a device added: counter 2) is verified and used at once, an older
 list after a newer one is still stale, and a list under a user key other than the pinned one is
-still a key change, even when its bytes were verified and cached before the pin changed.
+still a key change, even when its bytes were verified and cached before the pin changed. A prekey
+remembers the device it was verified under (a claim made ahead is checked as it arrives), and
+that never vouches for it under another device. The server's one read per version-2 DIRECT sees
+a removed device at once.
 """
 
 from __future__ import annotations
