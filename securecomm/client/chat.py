@@ -200,7 +200,9 @@ class ChatSession:
                 continue
             delay, connected_once = BACKOFF_START, True
             async with client:
-                self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event)
+                # ahead: a conversation's next message finds its prekeys claimed (6.13)
+                self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event,
+                                           ahead=True)
                 try:
                     if await self._connected(lines):
                         return
