@@ -19,8 +19,11 @@ from securecomm.cli.context import (
     profile_identity,
     run_client,
     shown,
+    stdin_is_tty,
     table,
+    warn,
 )
+from securecomm.errors import UsageError
 
 
 def _when(ms: int | None) -> str:
@@ -90,32 +93,47 @@ def _options(ctx: click.Context) -> dict[str, Any]:
     return {k: ctx.params.get(k) or options.get(k) for k in ("server", "ca", "pin", "passphrase_file")}
 
 
-@devices.command(epilog="Example: securecomm devices remove 3f9c0a1b2c4d")
+@devices.command(epilog="Examples:\n\n  securecomm devices remove 3f9c0a1b2c4d\n\n"
+                         "  securecomm devices remove 3f9c0a1b2c4d --yes")
 @click.argument("device_id", metavar="ID")
 @connection_options
+@click.option("--yes", is_flag=True, help="Remove without asking (for scripts).")
 @json_option
 @click.pass_context
 def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | None, pin: str | None,
-           passphrase_file: str | None, as_json: bool) -> None:
-    """Revoke device ID (its id from `securecomm devices`, 6 hex digits or more).
+           passphrase_file: str | None, yes: bool, as_json: bool) -> None:
+    """Revoke device ID (the ID column of `securecomm devices`, 6 hex digits or more).
 
+    Shows the device's name and fingerprint and asks (--yes: does not ask).
     This device signs a new list without it with the user key; the server
     closes the removed device's sessions and deletes its prekeys and mail.
+    Removing this device (`*`) logs it out: it can come back only by pairing.
     """
-    from securecomm.client.devicecmds import remove_device
+    from securecomm.client.devicecmds import device_to_remove, remove_device
+    from securecomm.errors import InterruptedByUser
 
     state = ctx.find_object(State)
     assert state is not None
     options = _options(ctx)
     identity, profile, keys = _session(state, options)
+    if not yes and not stdin_is_tty():
+        raise UsageError("refusing to remove a device without confirmation",
+                         hint=f"check it with `securecomm devices`, then: securecomm devices remove {device_id} --yes")
 
     async def go() -> Any:
         async with await _connected(state, identity, options) as client:
-            return await remove_device(client, profile.user, keys, device_id)
+            current, row = await device_to_remove(client, profile.user, keys, identity, device_id)
+            what = f"device {shown(row.name)} ({row.device_id[:6].hex()}, {row.fingerprint})"
+            if row.this:
+                warn(f"{what} is THIS device: removing it logs it out and drops its waiting mail; it can come "
+                     "back only by pairing it again from another device")
+            if not yes and not click.confirm(f"remove {what}?", default=False, err=True):
+                raise InterruptedByUser("the device was not removed; nothing was changed")
+            return row, await remove_device(client, profile.user, keys, current, row)
 
     row, counter = run_client(go())
     if as_json:
-        emit_json({"removed": row.as_json(), "counter": counter})
+        emit_json({"removed": {**row.as_json(), "last_seen_ms": None, "this": row.this}, "counter": counter})
         return
     click.echo(f"removed device {shown(row.name)} ({row.device_id[:6].hex()}, {row.fingerprint}); "
                f"device list {counter}")

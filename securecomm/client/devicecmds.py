@@ -68,17 +68,23 @@ async def list_devices(client: Any, user: str, keys: DeviceKeys, me: PrivateIden
     return sorted(rows, key=lambda r: (r.added_ms, r.device_id))
 
 
-async def remove_device(client: Any, user: str, keys: DeviceKeys, typed: str) -> tuple[DeviceRow | None, int]:
-    """Sign the list without the device `typed` names and send `device_remove`: (what was removed, new counter)."""
-    current, _ = await own_directory(client, user, keys)
+async def device_to_remove(client: Any, user: str, keys: DeviceKeys, me: PrivateIdentity,
+                           typed: str) -> tuple[Directory, DeviceRow]:
+    """The listed device `typed` names, to be shown before it is removed: (our list, its row)."""
+    current, data = await own_directory(client, user, keys)
     device_id = S.find_device(current, typed)
     cert = next(c for c in current.certs if c.device_id == device_id)
-    answer = await client.request("device_remove", **S.remove(user, keys, current, device_id, now_ms()))
+    return current, DeviceRow(cert.name, device_id, cert.device.fingerprint_text, cert.added_ms,
+                              _last_seen(data, device_id), device_id == me.public.fingerprint)
+
+
+async def remove_device(client: Any, user: str, keys: DeviceKeys, current: Directory, row: DeviceRow) -> int:
+    """Sign the list without `row`'s device and send `device_remove`: the new list's counter."""
+    answer = await client.request("device_remove", **S.remove(user, keys, current, row.device_id, now_ms()))
     try:
-        counter = int(answer["counter"])
+        return int(answer["counter"])
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError("the server sent a malformed device_remove answer") from e
-    return DeviceRow(cert.name, device_id, cert.device.fingerprint_text, cert.added_ms, None, False), counter
 
 
 @dataclass(frozen=True)

@@ -392,7 +392,9 @@ class DeviceOps:
         if caller.device is None:
             raise OpError(ErrorCode.FORBIDDEN, "only a new device waiting to be paired can do this")
         approval = self.store.approval(caller.device.fingerprint)
-        if approval is None:
+        # An approval counts only while it lists the device: one kept from before the device was removed
+        # (a server older than this rule kept them) is not handed out again; a new pairing starts (6.4).
+        if approval is None or self.store.device_user(caller.device.fingerprint) != caller.user_id:
             raise OpError(ErrorCode.PAIRING, "this device has not been approved yet")
         return Outcome(json.loads(approval))
 
