@@ -254,7 +254,7 @@ def ask_replace(e: KeyReplaceError) -> bool:
                    "else default].")
 @click.option("--device-name", metavar="TEXT",
               help="What this device is called in `securecomm devices` and when it asks to be paired "
-                   "[this computer's host name].")
+                   "[--identity's name, or for `default` this computer's host name].")
 @click.option("--replace-key", is_flag=True,
               help="Only for an account from before devices (one registered key): replace another device's "
                    "key without asking.")
@@ -287,7 +287,7 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
 
     paths = state.paths
     identity_name = identity_name or _saved_identity(paths, name)
-    device_name = _device_name(device_name)
+    device_name = _device_name(device_name, identity_name)
     if reset_user_key and not yes:
         _confirm_reset(name)
     server, ca = _server_and_ca(paths, server, ca, pin)
@@ -365,9 +365,9 @@ def _saved_identity(paths: Any, name: str) -> str:
     return "default"
 
 
-def _device_name(given: str | None) -> str:
-    """--device-name, checked; else this computer's host name (else "device"): what `devices` and
-    `devices approve` show, so that two devices are told apart."""
+def _device_name(given: str | None, identity_name: str) -> str:
+    """--device-name, checked; else the identity's name unless it is "default"; else this computer's host
+    name (else "device"): what `devices` and `devices approve` show, so that two devices are told apart."""
     import socket
 
     from securecomm.crypto.devices import check_device_name
@@ -379,6 +379,8 @@ def _device_name(given: str | None) -> str:
         except FormatError as e:
             raise UsageError(f"--device-name: {e.message}") from e
         return given
+    if identity_name != "default":
+        return identity_name
     host = socket.gethostname().split(".")[0].strip()
     try:
         check_device_name(host)
