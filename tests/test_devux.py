@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_an_old_device_paired_after_a_reset_takes_the_new_user_key(world):
 def test_a_device_waiting_to_be_paired_says_so_everywhere(world, tmp_path):
     """Item 10. Before: `user login` printed "logged in ... registered" (no pending state in --json), and
     send/inbox/devices/status on that device said "key not registered (log in with a password first)"."""
-    srv, homes = world
+    srv, _ = world
     tablet = tmp_path / "tablet"
     r = login(tablet, srv, "alice", PASSWORD, "--json")
     assert r.returncode == 0, r.stderr
@@ -133,3 +134,106 @@ def test_the_pairing_hint_names_home_and_identity_and_login_goes_on_with_them(wo
     r = login(home, srv, "alice")  # no --identity: the profile's
     assert r.returncode == 0, r.stderr
     assert b"paired" in r.stderr and not (home / "identities" / "default.key").exists()
+
+
+def _digits(text: bytes) -> str:
+    """The 60 digits `contacts verify` prints, as rows of four groups of five."""
+    rows = re.findall(rb"^(?:\d{5} ){3}\d{5}$", text, re.M)
+    assert len(rows) == 3, text
+    return b"".join(rows).replace(b" ", b"").decode()
+
+
+def test_verify_on_a_changed_key_shows_its_number_and_trusts_it_on_yes(world):
+    """Item 6. Before: the CHANGED hint said to run `contacts verify`, which refused with the same error
+    (exit 6, --yes too): the only way on was `contacts trust` first, then verify, the unsafe order."""
+    srv, homes = world
+    assert sc(homes["bob"], "send", "--to", "alice", "pin alice").returncode == 0
+    assert login(homes["phone"], srv, "alice", PASSWORD, "--reset-user-key", "--yes").returncode == 0
+    r = sc(homes["bob"], "send", "--to", "alice", "after the reset")
+    assert r.returncode == 6 and b"CHANGED" in r.stderr and b"new device" not in r.stderr
+    assert b"hint: compare safety numbers with alice in person or on a call: securecomm contacts verify alice" \
+        in r.stderr
+    r = sc(homes["bob"], "contacts", "verify", "alice", input=b"n\n")
+    assert r.returncode == 130 and b"CHANGED" in r.stderr, r.stderr
+    assert sc(homes["bob"], "send", "--to", "alice", "still refused").returncode == 6  # "no" trusted nothing
+    r = sc(homes["bob"], "contacts", "verify", "alice", input=b"y\n")
+    assert r.returncode == 0, r.stderr
+    seen_by_bob = _digits(r.stdout)
+    r = sc(homes["phone"], "contacts", "verify", "bob", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert _digits(r.stdout) == seen_by_bob  # the number bob confirmed is the new key's
+    new_key = json.loads(login(homes["phone"], srv, "alice", PASSWORD, "--json").stdout)["user_key"]
+    pinned = {c["name"]: c for c in json.loads(sc(homes["bob"], "contacts", "--json").stdout)}["alice"]
+    assert pinned["fingerprint"] == new_key and pinned["verified"] and pinned["changed_to"] is None
+    assert sc(homes["bob"], "send", "--to", "alice", "welcome back").returncode == 0
+
+
+def test_a_user_sees_their_own_user_key_in_login_status_and_devices(world):
+    """Item 7. Before: `user login`, `status` and `devices` showed only the device key, so the user key
+    contacts pin (shown in their `contacts`) could not be compared."""
+    srv, homes = world
+    assert sc(homes["bob"], "send", "--to", "alice", "pin alice").returncode == 0
+    pinned = {c["name"]: c for c in json.loads(sc(homes["bob"], "contacts", "--json").stdout)}["alice"]
+    key = pinned["fingerprint"]
+    r = login(homes["alice"], srv, "alice")
+    assert r.returncode == 0 and f"user key {key}".encode() in r.stdout, r.stdout
+    assert json.loads(login(homes["phone"], srv, "alice", PASSWORD, "--json").stdout)["user_key"] == key
+    r = sc(homes["phone"], "status", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["user"]["user_key"] == key
+    r = sc(homes["alice"], "devices")
+    assert r.returncode == 0 and f"alice's user key: {key}".encode() in r.stdout
+
+
+def test_reset_user_key_asks_first(world):
+    """Item 8. Before: --reset-user-key dropped every other device and its mail without a question."""
+    srv, homes = world
+    r = login(homes["phone"], srv, "alice", PASSWORD, "--reset-user-key")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [b"securecomm: error: refusing to reset the user key without confirmation",
+                                     b"securecomm: hint: pass --yes"]
+    assert len(_rows(homes["alice"])) == 2  # nothing was dropped
+
+
+def test_devices_have_names_and_remove_confirms_with_name_and_fingerprint(world, tmp_path):
+    """Item 12 and small points. Before: every device was called `default`, `devices remove` asked
+    nothing (and removed this very device without a word), and "d367" said "names no device"."""
+    srv, homes = world
+    tablet = tmp_path / "tablet"
+    r = login(tablet, srv, "alice", PASSWORD, "--device-name", "kitchen tablet")
+    r = sc(homes["alice"], "devices", "approve", _code(r), input=b"y\n")
+    assert r.returncode == 0 and b"device kitchen tablet asks to join" in r.stdout, r.stdout
+    assert login(tablet, srv, "alice").returncode == 0
+    rows = _rows(homes["alice"])
+    names = [row["name"] for row in rows]
+    assert names[0] == socket.gethostname().split(".")[0] and names[2] == "kitchen tablet"
+    mine = next(row for row in rows if row["this"])
+    t = next(row for row in rows if row["name"] == "kitchen tablet")
+    r = sc(homes["alice"], "devices", "remove", t["id"], input=b"n\n")
+    assert r.returncode == 130 and f"remove device kitchen tablet ({t['id']}, {t['fingerprint']})?".encode() \
+        in r.stderr, r.stderr
+    r = sc(homes["alice"], "devices", "remove", t["id"])  # a script without --yes: no answer
+    assert r.returncode == 130 and f"hint: securecomm devices remove {t['id']} --yes".encode() in r.stderr
+    r = sc(homes["alice"], "devices", "remove", mine["id"], input=b"n\n")
+    assert r.returncode == 130 and b"is THIS device" in r.stderr
+    assert len(_rows(homes["alice"])) == 3
+    r = sc(homes["alice"], "devices", "remove", t["id"][:4], "--yes")
+    assert r.returncode == 2 and b"use 6 or more hex digits" in r.stderr
+    r = sc(homes["alice"], "devices", "remove", t["id"], "--yes")
+    assert r.returncode == 0 and b"removed device kitchen tablet" in r.stdout
+
+
+def test_prompts_without_a_terminal_name_yes_and_a_replaced_code_says_so(world, tmp_path):
+    """Small points. Before: `devices approve` and `contacts verify` without a terminal exited 130 with no
+    hint; an old code replaced by a newer `user login` said only "no such pairing code"."""
+    srv, homes = world
+    tablet = tmp_path / "tablet"
+    old = _code(login(tablet, srv, "alice"))
+    new = _code(login(tablet, srv, "alice"))
+    r = sc(homes["alice"], "devices", "approve", old, "--yes")
+    assert r.returncode == 9 and b"use the one it showed last" in r.stderr
+    r = sc(homes["alice"], "devices", "approve", new)
+    assert r.returncode == 130 and f"hint: compare them, then: securecomm devices approve {new} --yes".encode() \
+        in r.stderr
+    r = sc(homes["bob"], "contacts", "verify", "alice")
+    assert r.returncode == 130 and b"hint: compare them with alice, then: securecomm contacts verify alice --yes" \
+        in r.stderr

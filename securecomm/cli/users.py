@@ -146,8 +146,8 @@ def passwd(state: State, name: str, keep_key: bool, password_stdin: bool, db: st
     if keep_key or user.identity is None:
         info(f"password changed for {user.name}" + ("; registered device key kept" if user.identity else ""))
     else:
-        info(f"password changed for {user.name}; registered device key removed (its sessions are closed): "
-             f"{user.name} must log in again with: securecomm user login {user.name}")
+        info(f"password changed for {user.name}; every device of the account removed, with its user key (their "
+             f"sessions are closed): {user.name} must log in again with: securecomm user login {user.name}")
 
 
 @user.command(epilog="Example: securecomm user remove mallory --yes")

@@ -17,7 +17,7 @@ from securecomm.client.pins import Pin, Pins
 from securecomm.crypto import devices as D
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.safety import safety_number
-from securecomm.errors import FormatError, UsageError
+from securecomm.errors import ChangedKeyError, FormatError, PairingError, UsageError
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
 
@@ -93,19 +93,30 @@ class Safety:
     number: str
     their_key: D.UserPublicKey
     pin: Pin
+    #: The pinned key, when the server now shows another one (CHANGED): `number` is then computed with
+    #: the new key, so that comparing it is how the user checks the change before trusting it.
+    changed_from: D.UserPublicKey | None = None
 
 
 async def safety_for(client: Any, me: str, keys: DeviceKeys, pins: Pins, name: str) -> Safety:
-    """The safety number with `name`, from our user key and their user key as pinned (a changed key
-    raises, louder for a verified contact: pins.py)."""
+    """The safety number with `name`, from our user key and their user key as the server shows it,
+    its list verified under that key. For a pinned key that CHANGED, the number of the new key, with
+    `changed_from` set (the pin is not changed here: that takes the user's yes, pins.trust)."""
     mine = own_user_key(keys).public
     theirs = Directory.parse(await client.request("device_list", user=name))
     if theirs.user != name:
         raise FormatError("the server answered with another user's device list")
-    pins.devices(name, theirs.user_key, theirs.device_list, theirs.certs)
+    changed_from = None
+    try:
+        pins.devices(name, theirs.user_key, theirs.device_list, theirs.certs)
+    except ChangedKeyError:
+        known = pins.get(name)
+        assert known is not None
+        D.valid_devices(name, theirs.user_key, theirs.device_list, theirs.certs)  # signed by the new key
+        changed_from = known.user_key
     pin = pins.get(name)
-    assert pin is not None  # just pinned (or the same key as before)
-    return Safety(name, safety_number(me, mine, name, theirs.user_key), theirs.user_key, pin)
+    assert pin is not None  # just pinned (or the same key as before, or CHANGED: pending)
+    return Safety(name, safety_number(me, mine, name, theirs.user_key), theirs.user_key, pin, changed_from)
 
 
 # -- pairing (6.4) ------------------------------------------------------------------------------------
@@ -123,7 +134,13 @@ class PairingRequest:
 
 async def look_up_pairing(client: Any, code: str) -> PairingRequest:
     canonical = D.normalize_code(code)  # a mistyped code fails here, before the server is asked
-    answer = await client.request("pair_lookup", code=canonical)
+    try:
+        answer = await client.request("pair_lookup", code=canonical)
+    except PairingError as e:
+        if e.hint is None and "no such pairing code" in e.message:
+            e.hint = ("check the code; each `user login` on the new device replaces its code with a new one: use "
+                      "the one it showed last")
+        raise
     try:
         device = PublicIdentity.from_line(answer["device"])
         name = str(answer["name"])

@@ -197,6 +197,15 @@ def pairing_of(folder: Path) -> dict[str, Any] | None:
     return found if isinstance(found, dict) and isinstance(found.get("code"), str) else None
 
 
+def held_user_key(folder: Path) -> UserKey | None:
+    """The user key a device folder holds, read without creating anything (`status`); None if none."""
+    path = folder / "user.key"
+    if not path.exists():
+        return None
+    key = serialization.load_pem_private_key(read_private(path), None)
+    return UserKey(key) if isinstance(key, ed25519.Ed25519PrivateKey) else None
+
+
 def require_user_key(keys: DeviceKeys) -> UserKey:
     key = keys.user_key()
     if key is None:
