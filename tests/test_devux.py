@@ -87,6 +87,8 @@ def test_an_old_device_paired_after_a_reset_takes_the_new_user_key(world):
     r = login(homes["phone"], srv, "alice", PASSWORD, "--reset-user-key", "--yes")
     assert r.returncode == 0, r.stderr
     new_key = json.loads(login(homes["phone"], srv, "alice", PASSWORD, "--json").stdout)["user_key"]
+    r = sc(homes["alice"], "inbox")  # item 8: the dropped laptop is told a reset may be why
+    assert r.returncode == 5 and b"--reset-user-key` on another device" in r.stderr, r.stderr
     r = login(homes["alice"], srv, "alice")  # the dropped laptop asks to join again
     assert r.returncode == 0, r.stderr
     assert sc(homes["phone"], "devices", "approve", _code(r), "--yes").returncode == 0
