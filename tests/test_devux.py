@@ -239,3 +239,15 @@ def test_prompts_without_a_terminal_name_yes_and_a_replaced_code_says_so(world, 
     r = sc(homes["bob"], "contacts", "verify", "alice")
     assert r.returncode == 130 and b"hint: compare them with alice, then: securecomm contacts verify alice --yes" \
         in r.stderr
+
+
+def test_login_help_describes_devices_not_one_device_per_user(tmp_path):
+    """Item 9. Before: "One device per user for now: ... the other device is logged out", --replace-key
+    "(one device per user)" and an ambiguous "--reset-user-key: Without any other device"."""
+    r = sc(tmp_path, "user", "login", "--help")
+    assert r.returncode == 0
+    text = b" ".join(r.stdout.split())
+    assert b"One device per user" not in text and b"(one device per user)" not in text
+    assert b"pairing code" in text and b"--device-name" in text
+    assert b"Needs only the password; asks first." in text
+    assert b"Only for an account from before devices" in text

@@ -369,7 +369,8 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
     """Show the contacts whose keys you have pinned (trust on first use).
 
     A contact whose key changed is marked CHANGED and refused until you
-    verify the new fingerprint with them and run `securecomm contacts trust NAME`.
+    accept it: `securecomm contacts verify NAME` (compares the new key's
+    safety number with them, then trusts it) or `securecomm contacts trust NAME`.
     """
     if ctx.invoked_subcommand is not None:
         return

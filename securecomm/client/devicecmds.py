@@ -17,7 +17,7 @@ from securecomm.client.pins import Pin, Pins
 from securecomm.crypto import devices as D
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.safety import safety_number
-from securecomm.errors import ChangedKeyError, FormatError, PairingError, UsageError
+from securecomm.errors import ChangedKeyError, FormatError, IntegrityError, PairingError, UsageError
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
 
@@ -49,7 +49,15 @@ async def own_directory(client: Any, user: str, keys: DeviceKeys) -> tuple[Direc
     """Our account's list and certificates, verified under this device's user key; and the raw answer."""
     data = await client.request("device_list", user=user)
     current = Directory.parse(data)
-    D.valid_devices(user, own_user_key(keys).public, current.device_list, current.certs)
+    held = own_user_key(keys).public
+    try:
+        D.valid_devices(user, held, current.device_list, current.certs)
+    except IntegrityError as e:
+        if e.hint is None and held.raw != current.user_key.raw:
+            e.hint = (f"this device holds an old user key ({held.fingerprint_text}); the list is signed by "
+                      f"{current.user_key.fingerprint_text} (a --reset-user-key on another device?): if a device "
+                      f"with the new key approved this one, finish with: securecomm user login {user}")
+        raise
     return current, data
 
 
