@@ -182,10 +182,11 @@ def test_a_verified_contacts_new_user_key_is_a_loud_hard_stop(world, sc):
         assert isinstance(conn.until(P.Result), P.Result)
     finally:
         conn.close()
-    r = sc("contacts", "verify", "bob", "--yes", home_dir=homes["alice"])
-    assert r.exit_code == 6
-    assert "securecomm: error: STOP: you VERIFIED this contact's safety number" in r.output
-    assert "has CHANGED" in r.output and "securecomm: hint: " in r.output
+    # verify shows the change loudly and the new key's number; "no" leaves it refused (test_devux.py: "yes")
+    r = sc("contacts", "verify", "bob", input="n\n", home_dir=homes["alice"])
+    assert r.exit_code == 130
+    assert "securecomm: warning: STOP: you VERIFIED this contact, and the user key of bob has CHANGED" in r.output
+    assert "the new key is still refused" in r.output
     assert "CHANGED (was VERIFIED)" in sc("contacts", home_dir=homes["alice"]).output
     trusted = sc("contacts", "trust", "bob", home_dir=homes["alice"])
     assert trusted.exit_code == 0 and "CHANGED cleared" in trusted.output

@@ -146,8 +146,9 @@ def passwd(state: State, name: str, keep_key: bool, password_stdin: bool, db: st
     if keep_key or user.identity is None:
         info(f"password changed for {user.name}" + ("; registered device key kept" if user.identity else ""))
     else:
-        info(f"password changed for {user.name}; every device of the account removed, with its user key (their "
-             f"sessions are closed): {user.name} must log in again with: securecomm user login {user.name}")
+        info(f"password changed for {user.name}; device key removed, and with it every device of the account and "
+             f"its user key (their sessions are closed): {user.name} must log in again with: "
+             f"securecomm user login {user.name}")
 
 
 @user.command(epilog="Example: securecomm user remove mallory --yes")
