@@ -71,6 +71,9 @@ def test_a_removed_device_logs_in_again_and_pairs_anew(world):
     assert r.returncode == 0, r.stderr
     assert b"internal error" not in r.stderr
     code = _code(r)  # a new pairing, not the old approval
+    r = sc(homes["phone"], "inbox")  # item 10 for a removed device asking again: it waits, with this code
+    assert r.returncode == 5 and f"waits to be paired with alice's devices (pairing code {code})".encode() \
+        in r.stderr, r.stderr
     assert sc(homes["alice"], "devices", "approve", code, "--yes").returncode == 0
     r = login(homes["phone"], srv, "alice")
     assert r.returncode == 0, r.stderr
