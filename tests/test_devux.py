@@ -225,6 +225,10 @@ def test_devices_have_names_and_remove_confirms_with_name_and_fingerprint(world,
     assert r.returncode == 2 and b"use 6 or more hex digits" in r.stderr
     r = sc(homes["alice"], "devices", "remove", t["id"], "--yes")
     assert r.returncode == 0 and b"removed device kitchen tablet" in r.stdout
+    r = sc(homes["alice"], "devices", "remove", mine["id"], "--yes")  # this one, on purpose: warned, done
+    assert r.returncode == 0 and b"is THIS device" in r.stderr and b"removed device" in r.stdout, r.stderr
+    r = sc(homes["alice"], "devices")
+    assert r.returncode == 5 and b"was removed from your device list" in r.stderr
 
 
 def test_prompts_without_a_terminal_name_yes_and_a_replaced_code_says_so(world, tmp_path):
