@@ -120,6 +120,7 @@ def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | Non
     assert state is not None
     options = _options(ctx)
     identity, profile, keys = _session(state, options)
+
     async def go() -> Any:
         async with await _connected(state, identity, options) as client:
             current, row = await device_to_remove(client, profile.user, keys, identity, device_id)
@@ -127,7 +128,7 @@ def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | Non
             if row.this:
                 warn(f"{what} is THIS device: removing it logs it out and drops its waiting mail; it can come "
                      "back only by pairing it again from another device")
-            if not yes and not _confirm(f"remove {what}?", f"securecomm devices remove {device_id} --yes"):
+            if not yes and not _confirm(f"remove {what}?", f"securecomm devices remove {shown(device_id)} --yes"):
                 raise InterruptedByUser("the device was not removed; nothing was changed")
             return row, await remove_device(client, profile.user, keys, current, row)
 
