@@ -71,6 +71,7 @@ SLOW_FILES = frozenset({
     "test_offline_stream.py", "test_bigfile_bench.py", "test_file_transfer.py",
     "test_failover.py", "test_nats_bus.py", "test_three_relays.py", "test_cluster_files.py",
     "test_server_memory.py",
+    "test_devux.py",  # devices as a careful user expects them (findings/newuser2.md)
 })
 
 

@@ -138,6 +138,12 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
         client, profile = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
         async with client:
             report = security_report(client, profile, identity)
+            if client.login is not None and client.login.prekeys is not None:  # a server that serves devices
+                from securecomm.store.devicekeys import held_user_key
+
+                held = held_user_key(state.paths.device_keys(profile.identity))
+                report["user"]["user_key"] = held.public.fingerprint_text if held is not None else \
+                    "none on this device (run: securecomm user login NAME)"
             report["relay"] = await relay_info(client)
             return report
 
@@ -366,7 +372,8 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
     """Show the contacts whose keys you have pinned (trust on first use).
 
     A contact whose key changed is marked CHANGED and refused until you
-    verify the new fingerprint with them and run `securecomm contacts trust NAME`.
+    accept it: `securecomm contacts verify NAME` (compares the new key's
+    safety number with them, then trusts it) or `securecomm contacts trust NAME`.
     """
     if ctx.invoked_subcommand is not None:
         return

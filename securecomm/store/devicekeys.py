@@ -127,6 +127,26 @@ class DeviceKeys:
                                     serialization.NoEncryption())
         _write_atomic(self.folder / "user.key", pem, exclusive=True)
 
+    def replace_user_key(self, key: UserKey) -> UserKey | None:
+        """Save `key` in place of the one held (a pairing approved under a new user key, 6.4): the old
+        file is kept as user.key.bak, as every replaced private key is. Returns the key replaced."""
+        old = self.user_key()
+        if old is not None and old.public.raw == key.public.raw:
+            return None
+        if old is not None:
+            os.replace(self.folder / "user.key", self.folder / "user.key.bak")
+        self.save_user_key(key)
+        return old
+
+    # -- waiting to be paired (no secrets: the code is shown on screen and good for one approval) --
+    def set_pairing(self, user: str, code: str, expires_ms: int) -> None:
+        self.state["pairing"] = {"user": user, "code": code, "expires_ms": expires_ms}
+        self._save_state()
+
+    def clear_pairing(self) -> None:
+        if self.state.pop("pairing", None) is not None:
+            self._save_state()
+
     def user_key(self) -> UserKey | None:
         path = self.folder / "user.key"
         if not path.exists():
@@ -250,6 +270,27 @@ class DeviceKeys:
     def open(self, data: bytes | K.Envelope2, me: PrivateIdentity, senders: SenderLookup) -> K.Opened2:
         """Open a message sealed to one of our prekeys; a one-time key is erased once tried."""
         return K.open_v2(data, me, senders, self.get, on_tried=self.delete)
+
+
+def pairing_of(folder: Path) -> dict[str, Any] | None:
+    """The pairing this device waits for ({"user", "code", "expires_ms"}), read without creating
+    anything; None when it waits for none."""
+    path = folder / "state.json"
+    try:
+        data = json.loads(read_private(path)) if path.exists() else {}
+    except (OSError, ValueError, SecurecommError):
+        return None
+    found = data.get("pairing") if isinstance(data, dict) else None
+    return found if isinstance(found, dict) and isinstance(found.get("code"), str) else None
+
+
+def held_user_key(folder: Path) -> UserKey | None:
+    """The user key a device folder holds, read without creating anything (`status`); None if none."""
+    path = folder / "user.key"
+    if not path.exists():
+        return None
+    key = serialization.load_pem_private_key(read_private(path), None)
+    return UserKey(key) if isinstance(key, ed25519.Ed25519PrivateKey) else None
 
 
 def require_user_key(keys: DeviceKeys) -> UserKey:

@@ -126,6 +126,9 @@ class DeviceStore:
                 [(d, user_id, DeviceCert.decode(c).device.encode(), now) for d, c in gone_rows])
             self.db.executemany("DELETE FROM mailbox WHERE recipient_device = ?", [(d,) for d in gone])
             self.db.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in gone])
+            # and its pairing records: an old approval must not be handed to it again (pair_complete), so
+            # that logging in there again starts a new pairing (6.4)
+            self.db.executemany("DELETE FROM pairings WHERE device_id = ?", [(d,) for d in gone])
             self.db.executemany("DELETE FROM removed_devices WHERE device_id = ?", [(d,) for d in by_id])
             for cert in certs:
                 self.db.execute(
