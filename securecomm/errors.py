@@ -264,7 +264,8 @@ EXIT_CODES: dict[int, str] = {
     8: "TLS: handshake failed, untrusted or changed server certificate",
     9: ("refused: over a limit (message size, full mailbox, stored messages to the server, rate), "
         "stale or misaddressed message"),
-    10: "would overwrite an existing file (use --force)",
+    10: "already exists: a file that would be overwritten (use --force), a user name that is taken, a database "
+        "a running `serve` holds (`backup restore`: stop the server first)",
     11: "not delivered yet: `send --wait` saw no delivery receipt within --timeout (the message stays stored)",
     130: "interrupted: Ctrl-C, or Ctrl-D or 'no' at a prompt (nothing was changed)",
 }
