@@ -175,6 +175,11 @@ class TooLargeError(RefusedError):
     """the message is larger than the limit"""
 
 
+class NotListedError(RefusedError):
+    """the server refused a message sealed to a device (or key) it does not list for the recipient
+    (WRONG_RECIPIENT): a copy sealed to a claim made ahead reached a device removed since (6.13)"""
+
+
 class BusyError(RefusedError):
     """server busy; try again shortly"""
 

@@ -72,7 +72,8 @@ def fetch_cut(home: str, file_id: str, out: str) -> dict[str, Any]:
         return client, profile
 
     warnings: list[str] = []
-    asyncio.run(F.fetch_file(connect, me, notice, signer, Path(out), False, 60, warnings.append, _no_bar))
+    asyncio.run(F.fetch_file(connect, me, notice, signer, Path(out), False, 60, warnings.append, _no_bar,
+                             F.notice_account(state.paths, me, file_id)))
     return {"offsets": offsets, "warnings": warnings, "stream_size": notice.stream_size}
 
 

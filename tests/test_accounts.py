@@ -322,7 +322,7 @@ def test_second_device_asks_before_replacing_and_contacts_recover(server, tmp_pa
     assert [json.loads(x)["body"] for x in r.stdout.splitlines()] == ["first contact", "still the first key",
                                                                       "user key unchanged"]
     # a new user key is the change contacts see, until `contacts trust`, which says the warning is gone
-    assert login(bob2, server, "bob", PASSWORD, "--reset-user-key").returncode == 0
+    assert login(bob2, server, "bob", PASSWORD, "--reset-user-key", "--yes").returncode == 0
     r = sc(alice, "send", "--to", "bob", "refused")
     assert r.returncode == 6 and b"CHANGED" in r.stderr
     assert "CHANGED to" in sc(alice, "contacts").stdout.decode()

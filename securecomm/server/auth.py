@@ -50,6 +50,7 @@ from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import BusyError, ExistsError, IntegrityError, SecurecommError, UsageError
 from securecomm.server import versions
+from securecomm.server.deviceops import DEVICE_REMOVED_TEXT
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, normalise_name
 from securecomm.wire import protocol as P
@@ -477,8 +478,8 @@ class Logins:
             legacy = [user.identity] if user.identity is not None and versions.SERVE_VERSION_1 else []
             if _signer(devices.removed_identities(user.id), ev.signature, transcript) is not None:
                 log.warning("%s key login refused: a device removed from %s's list", s.label(), user.name)
-                s.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list; to use it "
-                        "again, pair it again (securecomm user login, then devices approve on another device)",
+                s.error(P.ErrorCode.DEVICE_REMOVED, DEVICE_REMOVED_TEXT + "; to use it again, pair it again "
+                        "(securecomm user login, then devices approve on another device)",
                         fatal=True)
                 return
             registered = _signer(legacy, ev.signature, transcript)
@@ -509,7 +510,7 @@ class Logins:
         if device is not None and self.relay.devices is not None and not self.relay.devices.listed(user.id, device):
             # removed while this login awaited the store: its device_removed NOTICE went before it was online
             log.warning("%s key login refused: a device removed from %s's list", s.label(), user.name)
-            s.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
+            s.error(P.ErrorCode.DEVICE_REMOVED, DEVICE_REMOVED_TEXT, fatal=True)
             return
         if not self.admit(s, fresh):  # the listener's limits: --max-clients, --max-sessions-per-user
             return

@@ -190,6 +190,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
             removed_ms BIGINT NOT NULL)""",
         "CREATE INDEX removed_devices_by_user ON removed_devices (user_id)",
     ),
+    # 9: the devices a file waits for (docs/PROTOCOL.md 4.4, store/files.py): every device of the recipient
+    # listed at the offer may fetch it; it is deleted once each still listed has sent file_done. A file
+    # with no rows here (offered before, or to an account without devices) goes at the first file_done.
+    (
+        """CREATE TABLE file_fetchers (file_id BYTEA NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            device BYTEA NOT NULL, PRIMARY KEY (file_id, device))""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS securecomm_schema (version INTEGER NOT NULL)"
