@@ -111,7 +111,7 @@ def test_a_device_removed_after_the_claim_ahead_is_skipped_even_when_first(world
         try:
             await alice.send_direct("bob", b"one")
             await _ahead_done(alice, "bob")  # claimed ahead: both of bob's devices
-            r = sc(stays, "devices", "remove", gone_id)
+            r = sc(stays, "devices", "remove", gone_id, "--yes")
             assert r.returncode == 0, r.stderr
             sealed = await alice.seal_direct("bob", b"two")
             assert sealed.ahead and len(sealed.copies) == 2

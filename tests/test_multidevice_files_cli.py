@@ -105,7 +105,7 @@ def test_a_device_removed_after_the_offer_is_not_waited_for(world):
     file_id = _send(homes, tmp, body)
     rows = json.loads(sc(homes["carol"], "devices", "--json").stdout)
     phone = next(r for r in rows if not r["this"])
-    assert sc(homes["carol"], "devices", "remove", phone["id"]).returncode == 0
+    assert sc(homes["carol"], "devices", "remove", phone["id"], "--yes").returncode == 0
     assert [m["file"]["id"] for m in _inbox(homes["carol"])] == [file_id]
     r = sc(homes["carol"], "fetch", file_id, "-o", str(tmp / "got.bin"))
     assert r.returncode == 0, r.stderr
