@@ -856,14 +856,20 @@ def test_request_without_args_is_missing_key(main_world):
     check(row, (c, c.error(), None, None))
 
 
-def test_password_only_session_cannot_read_or_delete_files(main_world):
-    """A password alone (no key proved) neither downloads nor deletes the account's files (PROTOCOL.md 3.4)."""
-    alice = main_world.alice()
+def _complete_file(w: World) -> bytes:
+    """alice uploads the 4-byte file b"abcd" for bob, complete; returns its id."""
+    alice = w.alice()
     file_id = _offer(alice)
     alice.send(FilePut(file_id, 0, b"abcd"))
     ack = alice.until(P.FileAck)
     assert isinstance(ack, P.FileAck) and ack.complete
     alice.close()
+    return file_id
+
+
+def test_password_only_session_cannot_read_or_delete_files(main_world):
+    """A password alone (no key proved) neither downloads nor deletes the account's files (PROTOCOL.md 3.4)."""
+    file_id = _complete_file(main_world)
     pw = main_world.raw().start().login_password("bob")
     for op in ("file_get", "file_done"):
         _, err, _, rid = _file_req(pw, op, file_id=file_id.hex(), offset=0)
@@ -879,12 +885,7 @@ def test_password_only_session_cannot_read_or_delete_files(main_world):
 def test_file_get_offset_past_end_is_refused_and_connection_stays(main_world):
     """F10: `file_get` with offset 2**62 made seek raise EINVAL and the server dropped the connection with
     no ERROR. Now a non-fatal `file-bad-args` ERROR for that rid; the same connection still downloads."""
-    alice = main_world.alice()
-    file_id = _offer(alice)
-    alice.send(FilePut(file_id, 0, b"abcd"))
-    ack = alice.until(P.FileAck)
-    assert isinstance(ack, P.FileAck) and ack.complete
-    alice.close()
+    file_id = _complete_file(main_world)
     bob = main_world.bob()
     for offset in (2**62, 5):
         _, err, _, rid = _file_req(bob, "file_get", file_id=file_id.hex(), offset=offset)
