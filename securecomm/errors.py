@@ -152,6 +152,13 @@ class StoreUnavailableError(NetworkError):
     """the database server cannot be reached; retry shortly"""
 
 
+class StoreAuthError(StoreUnavailableError):
+    """the database server refused the login (password or user): exit 5 at start; a relay running
+    already treats it as the database unavailable and retries (the password may be fixed meanwhile)"""
+
+    exit_code = 5
+
+
 class TLSError(NetworkError):
     """the TLS handshake failed or the server is not trusted"""
 
@@ -166,6 +173,11 @@ class RefusedError(SecurecommError):
 
 class TooLargeError(RefusedError):
     """the message is larger than the limit"""
+
+
+class NotListedError(RefusedError):
+    """the server refused a message sealed to a device (or key) it does not list for the recipient
+    (WRONG_RECIPIENT): a copy sealed to a claim made ahead reached a device removed since (6.13)"""
 
 
 class BusyError(RefusedError):
@@ -248,18 +260,21 @@ class PairingUsedError(PairingError):
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error (rerun with -v for a traceback)",
-    2: "usage error or bad option value",
+    2: ("usage error or bad option value (also a PostgreSQL `--db URL` or a `--bus` without the cluster extra "
+        "installed)"),
     3: "not found: file, identity, user or server profile",
-    4: "permission: unsafe key-file mode, or an admin-only request",
+    4: ("permission: unsafe key-file mode, or an admin-only request (also `db migrate` by a PostgreSQL user that "
+        "may not create tables)"),
     5: ("authentication failed: wrong password, locked account, unknown key (also an envelope whose sender "
-        "no `--from`, contact or identity of yours names)"),
+        "no `--from`, contact or identity of yours names; and PostgreSQL refusing a `--db URL` login)"),
     6: ("integrity: bad signature (also an envelope not sent by the `--from` sender), digest, decryption or "
         "malformed data"),
     7: "network: connection refused, timed out or dropped",
     8: "TLS: handshake failed, untrusted or changed server certificate",
     9: ("refused: over a limit (message size, full mailbox, stored messages to the server, rate), "
         "stale or misaddressed message"),
-    10: "would overwrite an existing file (use --force)",
+    10: ("already exists: a file that would be overwritten (use --force), a user name that is taken, a database "
+         "a running `serve` holds (`backup restore`: stop the server first)"),
     11: "not delivered yet: `send --wait` saw no delivery receipt within --timeout (the message stays stored)",
     130: "interrupted: Ctrl-C, or Ctrl-D or 'no' at a prompt (nothing was changed)",
 }

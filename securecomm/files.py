@@ -30,7 +30,10 @@ def ensure_dir(path: Path) -> Path:
     missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         for folder in reversed(missing):
-            folder.mkdir(mode=DIR_MODE)
+            try:
+                folder.mkdir(mode=DIR_MODE)
+            except FileExistsError:
+                continue  # another process (a relay starting beside this one) made it first: not ours to chmod
             os.chmod(folder, DIR_MODE)  # mkdir's mode is masked by the umask
     except OSError as e:
         raise FilePermissionError(
@@ -91,11 +94,61 @@ def write_files(items: Iterable[tuple[Path, bytes, int]], *, force: bool = False
         if isinstance(e, SecurecommError):
             raise
         raise FilePermissionError(f"cannot write {e.filename or path}: {e.strerror}") from e
+    if not force:
+        _place_exclusively(temps)
+        return
     for tmp, path in temps:
         if path.exists():
             os.replace(path, path.with_name(path.name + ".bak"))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+
+
+def _place_exclusively(temps: list[tuple[Path, Path]]) -> None:
+    """Link each temp file to its target, refusing any target that exists by now.
+
+    The check in write_files is not enough when two processes create the same files at once (two relays
+    on one fresh home): between the check and the rename the other may have put its own in place, and a
+    rename would replace it. A hard link is created only if the name is free, so the first process wins,
+    the other gets ExistsError with nothing of its own left behind, and nothing is ever moved to .bak.
+    """
+    placed: list[Path] = []
+    try:
+        for tmp, path in temps:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                for done in placed:
+                    with contextlib.suppress(OSError):
+                        done.unlink()
+                raise ExistsError(f"{path} already exists (created by another process just now)") from None
+            placed.append(path)
+            _fsync_dir(path.parent)
+    finally:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on `path`, a 0600 file created if missing, waiting for it.
+
+    For "create it if nobody has": take the lock, look again, and create only if still missing. The
+    file stays (removing a lock file lets a waiter lock an inode nobody else will see).
+    """
+    import fcntl
+
+    ensure_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), PRIVATE_MODE)
+    except OSError as e:
+        raise FilePermissionError(f"cannot create {path}: {e.strerror}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def write_private(path: Path, data: bytes, *, force: bool = False) -> None:

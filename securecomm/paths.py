@@ -78,9 +78,28 @@ class Paths:
     def identity_pub(self, name: str) -> Path:
         return self.identities_dir / f"{check_identity_name(name)}.pub"
 
+    @property
+    def devices_dir(self) -> Path:
+        return self.config_dir / "devices"
+
     def device_keys(self, name: str) -> Path:
         """A device's user key copy and private prekeys (docs/PROTOCOL.md 6.5), per identity."""
-        return self.config_dir / "devices" / check_identity_name(name)
+        return self.devices_dir / check_identity_name(name)
+
+    @property
+    def seen_ids(self) -> Path:
+        """Ids of direct messages already shown (client/messenger.py drops redeliveries)."""
+        return self.config_dir / "seen_ids"
+
+    @property
+    def received_dir(self) -> Path:
+        """File notices `inbox` showed, for `fetch ID` (client/files.py notices_dir)."""
+        return self.data_dir / "received"
+
+    @property
+    def outgoing_dir(self) -> Path:
+        """A file read from a pipe by `send --file`, sealed before its upload (client/files.py)."""
+        return self.data_dir / "outgoing"
 
     @property
     def profile(self) -> Path:
@@ -136,6 +155,11 @@ class Paths:
     def database(self) -> Path:
         return self.data_dir / "securecomm.db"
 
+    @property
+    def server_files_dir(self) -> Path:
+        """The server's ciphertext of files waiting to be fetched, beside the database (serve)."""
+        return self.data_dir / "files"
+
     def table(self) -> dict[str, Path]:
         """Every location, for `securecomm paths`."""
         return {
@@ -145,10 +169,18 @@ class Paths:
             "client profile": self.profile,
             "known servers": self.known_servers,
             "contacts": self.contacts,
+            "user keys": self.user_pins,
+            "device keys": self.devices_dir,
+            "seen message ids": self.seen_ids,
+            "received files": self.received_dir,
+            "outgoing files": self.outgoing_dir,
             "CA certificate": self.ca_cert,
             "CA key": self.ca_key,
             "server certificate": self.server_cert,
             "server key": self.server_key,
             "server identity": self.server_identity_key,
+            "server identity public": self.server_identity_pub,
             "database": self.database,
+            "database lock": self.database.with_name(self.database.name + ".lock"),
+            "server files": self.server_files_dir,
         }

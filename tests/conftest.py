@@ -59,8 +59,8 @@ def run_entry(*args: str, input: bytes | None = None, env: dict[str, str] | None
 SLOW_FILES = frozenset({
     "test_account_races.py", "test_accounts.py", "test_bench_devices.py", "test_benchmarks.py", "test_chat_restart.py",
     "test_chat_send_background.py", "test_chat_tty.py", "test_cli.py", "test_cli_errors.py", "test_completion.py",
-    "test_devices_e2e.py", "test_devices_cli.py", "test_forward_secrecy_cli.py", "test_multidevice.py",
-    "test_multidevice_cli.py", "test_multidevice_tty.py",
+    "test_devices_e2e.py", "test_devices_cli.py", "test_direct_ahead.py", "test_forward_secrecy_cli.py",
+    "test_multidevice.py", "test_multidevice_cli.py", "test_multidevice_tty.py", "test_multidevice_files_cli.py",
     "test_delivery.py", "test_direct_ids.py", "test_dos.py", "test_error_table.py", "test_hostile_server.py",
     "test_load_faults.py", "test_login_names.py", "test_messaging.py", "test_newuser_fixes.py", "test_offline.py",
     "test_password_only.py", "test_postgres.py", "test_postgres_relay.py",
@@ -71,6 +71,8 @@ SLOW_FILES = frozenset({
     "test_offline_stream.py", "test_bigfile_bench.py", "test_file_transfer.py",
     "test_failover.py", "test_nats_bus.py", "test_three_relays.py", "test_cluster_files.py",
     "test_server_memory.py",
+    "test_devux.py",  # devices as a careful user expects them (findings/newuser2.md)
+    "test_ops_fixes.py",  # operator, cluster and install (findings/newuser2.md)
 })
 
 

@@ -289,6 +289,15 @@ def _version_1_account(server, name: str) -> None:
         con.close()
 
 
+def _registered_key(server, name: str) -> bytes | None:
+    con = sqlite3.connect(server.home / "securecomm.db")
+    try:
+        (key,) = con.execute("SELECT identity FROM users WHERE name = ?", (name,)).fetchone()
+        return key
+    finally:
+        con.close()
+
+
 def test_second_device_asks_before_replacing_and_contacts_recover(server, tmp_path):
     alice, bob1, bob2 = tmp_path / "alice", tmp_path / "bob1", tmp_path / "bob2"
     for home, name in ((alice, "alice"), (bob1, "bob")):
@@ -298,16 +307,22 @@ def test_second_device_asks_before_replacing_and_contacts_recover(server, tmp_pa
     r = login(bob2, server, "bob")
     assert r.returncode == 0 and b"pairing code:" in r.stderr
     assert sc(alice, "send", "--to", "bob", "still the first key").returncode == 0  # nothing replaced
-    # --replace-key, while version 1 is served (server/versions.py), still replaces the version-1 key; alice
-    # pins bob's user key (version 2), which did not change: no warning, and the mail goes to his listed device
-    assert login(bob2, server, "bob", PASSWORD, "--replace-key").returncode == 0
+    # --replace-key changes nothing for an account with a user key: the new device still only pairs. (It
+    # used to make bob2's unapproved key the version-1 key: with the password alone bob2 then read bob's
+    # version-1 mail and joined rooms as bob, and contacts saw CHANGED.)
+    before = _registered_key(server, "bob")
+    r = login(bob2, server, "bob", PASSWORD, "--replace-key")
+    assert r.returncode == 0 and b"pairing code:" in r.stderr, r.stderr
+    assert _registered_key(server, "bob") == before
+    r = sc(bob2, "status")
+    assert r.returncode != 0 and b"Traceback" not in r.stderr  # not logged in: pending until approved
     assert sc(alice, "send", "--to", "bob", "user key unchanged").returncode == 0
     assert "CHANGED" not in sc(alice, "contacts").stdout.decode()
     r = sc(bob1, "inbox", "--json")
     assert [json.loads(x)["body"] for x in r.stdout.splitlines()] == ["first contact", "still the first key",
                                                                       "user key unchanged"]
     # a new user key is the change contacts see, until `contacts trust`, which says the warning is gone
-    assert login(bob2, server, "bob", PASSWORD, "--reset-user-key").returncode == 0
+    assert login(bob2, server, "bob", PASSWORD, "--reset-user-key", "--yes").returncode == 0
     r = sc(alice, "send", "--to", "bob", "refused")
     assert r.returncode == 6 and b"CHANGED" in r.stderr
     assert "CHANGED to" in sc(alice, "contacts").stdout.decode()

@@ -35,9 +35,20 @@ def test_direct_v2_benchmark_runs_both_versions_through_the_server(tmp_path):
                        capture_output=True, text=True, timeout=230, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(out.read_text())
-    for key in ("v1_ms_median", "v2_ms_median", "ratio"):
+    for key in ("v1_ms_median", "v2_ms_median", "ratio", "v2_claim_at_send_ms_median", "v2_last_resort_ms_median"):
         assert data[key] > 0, key
     assert data["rounds"] == 3 and "target < 1.3x" in r.stdout
+    assert data["v2_one_time_messages"] == 6  # every timed v2 message sealed to a one-time prekey
+
+
+@pytest.mark.timeout(240)
+def test_direct_v2_phases_runs_and_times_every_phase(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "direct_v2_phases.py"), "--rounds", "2"],
+                       capture_output=True, text=True, timeout=230, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for phase in ("recipient: one-time key wiped (fdatasync)", "recipient: seen-ids appended (fsync)",
+                  "sender: next claim made ahead (off the path)", "DIRECT to RECEIPT"):
+        assert phase in r.stdout, phase
 
 
 @pytest.mark.timeout(240)

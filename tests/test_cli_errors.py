@@ -346,11 +346,13 @@ def test_a_malformed_pin_is_a_usage_error_not_a_mismatch(sc, pin, hint):
     assert _lines(result)[-1] == f"securecomm: hint: {hint}"
 
 
-def test_certgen_force_says_a_running_server_needs_a_restart(sc):
+def test_certgen_force_says_a_running_server_reloads_on_sighup(sc):
+    """findings/newuser2.md item 16: it said a restart was needed; SIGHUP reloads (test_sighup.py)."""
     assert sc("certgen").exit_code == 0
     result = sc("certgen", "--force")
     assert result.exit_code == 0
-    assert "keeps its old certificate until it is restarted" in result.stderr
+    assert "send it SIGHUP (systemctl reload securecomm), no restart needed" in result.stderr
+    assert "restarted" not in result.stderr
 
 
 def test_keygen_twice_points_to_show_not_only_force(sc):

@@ -6,6 +6,7 @@ private PostgreSQL and nats-server (tests/cluster.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -54,17 +55,17 @@ def _sealed(tmp_path, users, body: bytes) -> F.Sealed:
 
 async def _fetch(tmp_path, users, port, sealed: F.Sealed, file_id: bytes) -> bytes:
     """bob downloads through the relay at `port`, opens it with alice's key, and deletes it there."""
-    bob = await _login(tmp_path, "bob", users["bob"], port)
-    try:
-        notice = sealed.notice(file_id)
-        part = tmp_path / f"{file_id.hex()}.part"
-        await asyncio.wait_for(F.get_all(bob, notice, part), WAIT)
-        out = io.BytesIO()
-        F.check_and_open(part, notice, users["bob"], users["alice"].public, out)
-        await bob.request("file_done", file_id=file_id.hex())
-        return out.getvalue()
-    finally:
-        await bob.close()
+    async def connect():
+        return await _login(tmp_path, "bob", users["bob"], port), None
+
+    out = tmp_path / f"{file_id.hex()}.out"
+    warnings: list[str] = []
+    # the CLI's own path (fetch_file): downloads, opens while downloading, file_done on the same relay
+    await asyncio.wait_for(F.fetch_file(connect, users["bob"], sealed.notice(file_id), users["alice"].public, out,
+                                        False, WAIT, warnings.append, lambda size, label: contextlib.nullcontext()),
+                           WAIT)
+    assert warnings == []
+    return out.read_bytes()
 
 
 def _stored(url: str, file_id: bytes):
@@ -127,3 +128,46 @@ def test_an_upload_cut_by_killing_its_relay_resumes_through_another(cluster):
     received, got = asyncio.run(go())
     assert received == 2 * CHUNK  # not from zero: what A had committed
     assert got == body and hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
+
+
+def test_each_device_fetches_through_its_own_relay_and_the_last_one_deletes(tmp_path, pg_url, nats_server):
+    """Several devices on PostgreSQL (docs/PROTOCOL.md 4.4, migration 9): carol's laptop on relay A and her
+    phone on relay B, paired through the CLI; alice sends a file through A. The laptop's fetch (A) leaves
+    the one copy in the database for the phone, whose fetch (B) deletes it; both get the same bytes.
+    Before: the first fetch deleted it, and the phone's stream was sealed to the laptop's key (exit 6)."""
+    import json
+
+    from securecomm.store import passwords
+    from securecomm.store.postgres import PostgresStore
+    from tests.serverproc import PASSWORD, login, sc
+    from tests.test_multidevice_cli import pair_second_device
+
+    (a,) = start_relays(tmp_path / "srv", pg_url, nats_server.url, 1)
+    shutil.copytree(a.home, tmp_path / "srv-b", ignore=shutil.ignore_patterns("files", "*.sqlite*", "*.log"))
+    b = ServerProc(tmp_path / "srv-b", "--db", pg_url, "--bus", nats_server.url, *LOAD).start()
+    try:
+        store = PostgresStore(pg_url)
+        try:
+            for name in ("alice", "carol"):
+                store.add_user(name, passwords.hash_password(PASSWORD))
+        finally:
+            store.close()
+        homes = {name: tmp_path / name for name in ("alice", "carol")}
+        for name, home in homes.items():
+            assert login(home, a, name).returncode == 0
+        phone = tmp_path / "carol-phone"
+        pair_second_device(b, homes["carol"], phone, "carol")  # the phone talks to relay B
+        body = os.urandom(SIZE)
+        src = tmp_path / "plan.bin"
+        src.write_bytes(body)
+        r = sc(homes["alice"], "send", "--to", "carol", "--file", str(src), "--json")
+        assert r.returncode == 0, r.stderr
+        file_id = json.loads(r.stdout)["file_id"]
+        for n, home in enumerate((homes["carol"], phone)):
+            assert file_id.encode() in sc(home, "inbox").stdout
+            r = sc(home, "fetch", file_id, "-o", str(tmp_path / f"got-{n}.bin"))
+            assert r.returncode == 0, r.stderr
+            assert (tmp_path / f"got-{n}.bin").read_bytes() == body
+            assert (_stored(pg_url, bytes.fromhex(file_id)) is not None) == (n == 0)
+    finally:
+        stop_all([a, b])

@@ -292,7 +292,8 @@ def test_send_to_a_user_without_a_key_says_the_user_exists(pair):
     assert r.returncode == 3, r.stderr
     err = r.stderr.decode()
     assert err.startswith("securecomm: error: ") and len(err.splitlines()) <= 2, err
-    assert "'erin' exists but has not logged in with a key yet" in err and "securecomm user login" in err, err
+    # version 2 (prekeys_claim): the account has no device list yet; the words say it exists and what to run
+    assert "'erin' exists but has no device set up yet" in err and "securecomm user login" in err, err
     r = sc(homes["alice"], "send", "--to", "nobody", "hello")
     assert r.returncode == 3, r.stderr
     assert "no user named 'nobody'" in r.stderr.decode() and "exists" not in r.stderr.decode()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
 from tests.serverproc import PASSWORD, ServerProc, add_user, login
 from tests.test_error_table import Raw
+
+#: A device's name when `user login` is given no --device-name: this computer's host name (item 12).
+HOST = socket.gethostname().split(".")[0]
 
 
 def _identity(home: Path) -> PrivateIdentity:
@@ -90,11 +94,11 @@ def test_devices_lists_this_accounts_devices_verified_and_marks_this_one(world, 
     rows = json.loads(r.output)
     mine = _identity(homes["alice"]).public
     assert [(d["name"], d["device_id"], d["this"]) for d in rows] == \
-        [("default", mine.fingerprint.hex(), True), ("phone", phone.hex(), False)]
+        [(HOST, mine.fingerprint.hex(), True), ("phone", phone.hex(), False)]
     assert rows[0]["fingerprint"] == mine.fingerprint_text and rows[0]["id"] == mine.fingerprint[:6].hex()
     assert rows[0]["last_seen_ms"] is not None and rows[1]["last_seen_ms"] is None  # the phone never connected
     table = sc("devices", home_dir=homes["alice"]).output
-    assert re.search(rf"^\*\s+default\s+{mine.fingerprint[:6].hex()}", table, re.M)
+    assert re.search(rf"^\*\s+{HOST}\s+{mine.fingerprint[:6].hex()}", table, re.M)
     assert re.search(rf"^\s+phone\s+{phone[:6].hex()}", table, re.M)
 
 
@@ -113,12 +117,12 @@ def test_devices_refuses_a_list_not_signed_by_this_devices_user_key(world, sc):
 def test_devices_remove_signs_a_new_list_without_it(world, sc):
     srv, homes = world
     phone = _add_second_device(srv, homes["alice"])
-    r = sc("devices", "remove", phone[:6].hex(), "--json", home_dir=homes["alice"])
+    r = sc("devices", "remove", phone[:6].hex(), "--json", "--yes", home_dir=homes["alice"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["counter"] == 3 and out["removed"]["device_id"] == phone.hex() and out["removed"]["name"] == "phone"
     rows = json.loads(sc("devices", "--json", home_dir=homes["alice"]).output)
-    assert [d["name"] for d in rows] == ["default"]
+    assert [d["name"] for d in rows] == [HOST]
     # bob, who claims alice's devices from the server, no longer sees the phone
     conn = Raw(srv).start().login_key("bob", _identity(homes["bob"]))
     try:
@@ -133,14 +137,14 @@ def test_devices_remove_signs_a_new_list_without_it(world, sc):
 
 def test_devices_remove_unknown_id_and_last_device_are_clear_errors(world, sc):
     _, homes = world
-    r = sc("devices", "remove", "abcdef012345", home_dir=homes["alice"])
+    r = sc("devices", "remove", "abcdef012345", "--yes", home_dir=homes["alice"])
     assert r.exit_code == 2
     assert "securecomm: error: 'abcdef012345' names no device" in r.output
     assert "securecomm: hint: use the ID column of: securecomm devices" in r.output
     mine = _identity(homes["alice"]).public.fingerprint[:6].hex()
-    r = sc("devices", "remove", mine, home_dir=homes["alice"])
+    r = sc("devices", "remove", mine, "--yes", home_dir=homes["alice"])
     assert r.exit_code == 2 and "that is your only device" in r.output
-    assert [d["name"] for d in json.loads(sc("devices", "--json", home_dir=homes["alice"]).output)] == ["default"]
+    assert [d["name"] for d in json.loads(sc("devices", "--json", home_dir=homes["alice"]).output)] == [HOST]
 
 
 def _digits(output: str) -> str:
@@ -178,10 +182,11 @@ def test_a_verified_contacts_new_user_key_is_a_loud_hard_stop(world, sc):
         assert isinstance(conn.until(P.Result), P.Result)
     finally:
         conn.close()
-    r = sc("contacts", "verify", "bob", "--yes", home_dir=homes["alice"])
-    assert r.exit_code == 6
-    assert "securecomm: error: STOP: you VERIFIED this contact's safety number" in r.output
-    assert "has CHANGED" in r.output and "securecomm: hint: " in r.output
+    # verify shows the change loudly and the new key's number; "no" leaves it refused (test_devux.py: "yes")
+    r = sc("contacts", "verify", "bob", input="n\n", home_dir=homes["alice"])
+    assert r.exit_code == 130
+    assert "securecomm: warning: STOP: you VERIFIED this contact, and the user key of bob has CHANGED" in r.output
+    assert "the new key is still refused" in r.output
     assert "CHANGED (was VERIFIED)" in sc("contacts", home_dir=homes["alice"]).output
     trusted = sc("contacts", "trust", "bob", home_dir=homes["alice"])
     assert trusted.exit_code == 0 and "CHANGED cleared" in trusted.output
@@ -242,4 +247,4 @@ def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
         in second.stderr.decode()
     assert len(list((phone / "devices" / "phone" / "prekeys").iterdir())) > 1  # set up: prekeys uploaded
     rows = json.loads(sc("devices", "--json", home_dir=phone).output)
-    assert {(d["name"], d["this"]) for d in rows} == {("default", False), ("phone", True)}
+    assert {(d["name"], d["this"]) for d in rows} == {(HOST, False), ("phone", True)}

@@ -56,8 +56,9 @@ def test_pair_then_remove(w):
     code = w.call(pending, "pair_start", name="phone").data["code"]
     shown = w.call(caller, "pair_lookup", code=code).data
     w.call(caller, "pair_approve", **S.approve("alice", me, keys, code, shown, _directory(w, caller), w.now))
-    key = S.complete("alice", phone, phone_keys, w.call(pending, "pair_complete").data)
+    key, replaced = S.complete("alice", phone, phone_keys, w.call(pending, "pair_complete").data)
     assert key.seed == keys.user_key().seed and phone_keys.user_key().seed == key.seed
+    assert replaced is None
     # the phone, now a listed device, removes the laptop
     phone_caller = w.caller("alice", phone)
     current = _directory(w, phone_caller)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -552,6 +553,28 @@ def d_pairing_used(w: World) -> Outcome:
     return _dev_request(c, "pair_lookup", {"code": code})
 
 
+def d_pairing_expired(w: World) -> Outcome:
+    """A code more than 10 minutes old is looked up (6.4). The server's clock is real, so the code is aged in
+    its database (the real SQLite file the server uses; it reads the expiry at every lookup)."""
+    c = _listed(w, "alice", ALICE)
+    pending = w.raw().start()
+    pending.send(pending.registration("alice", PrivateIdentity.generate("x25519")))
+    assert isinstance(pending.until(P.LoginOk), P.LoginOk)
+    pending.send(P.Request(45, "pair_start", {"name": "old phone"}))
+    started = pending.until(P.Result)
+    assert isinstance(started, P.Result), started
+    con = sqlite3.connect(w.srv.home / "securecomm.db", timeout=WAIT)
+    try:
+        aged = con.execute("UPDATE pairings SET expires_ms = ? WHERE digest = ?",
+                           (E.now_ms() - 1, D.code_digest("alice", started.data["code"]))).rowcount
+        con.commit()
+    finally:
+        con.close()
+    assert aged == 1
+    pending.close()
+    return _dev_request(c, "pair_lookup", {"code": started.data["code"]})
+
+
 def d_device_removed(w: World) -> Outcome:
     """The key of a device removed from the account's list logs in (6.7)."""
     extra = PrivateIdentity.generate("x25519")
@@ -628,6 +651,8 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
                                                    _signed_list(w, "alice", [ALICE, BOB])),
     "list-stale": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_list_publish",
                                          _list_args(_USER_KEYS[(id(w.srv), "alice")], "alice", ALICE, 1)),
+    "device-bad-args": lambda w: _dev_request(_listed(w, "alice", ALICE), "device_remove",
+                                              {"device": "not hex", "device_list": "", "certs": []}),
     "pairing-unknown": lambda w: _dev_request(_listed(w, "alice", ALICE), "pair_lookup", {"code": "ABCDE-FGHJK"}),
     "direct-no-prekey": lambda w: _v2_direct(w, BOB.public, None),
     "direct-unlisted-device": lambda w: _v2_direct(
@@ -636,6 +661,7 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
                                               {"one_time": [_prekey(1000 + i).hex() for i in range(K.MAX_BATCH + 1)]}),
     "pending-bad-state": d_pending_bad_state,
     "pairing-used": d_pairing_used,
+    "pairing-expired": d_pairing_expired,
     "device-removed": d_device_removed,
     "direct-version-1": d_direct_version_1,
     "direct-too-large": d_direct_too_large,
@@ -842,14 +868,20 @@ def test_request_without_args_is_missing_key(main_world):
     check(row, (c, c.error(), None, None))
 
 
-def test_password_only_session_cannot_read_or_delete_files(main_world):
-    """A password alone (no key proved) neither downloads nor deletes the account's files (PROTOCOL.md 3.4)."""
-    alice = main_world.alice()
+def _complete_file(w: World) -> bytes:
+    """alice uploads the 4-byte file b"abcd" for bob, complete; returns its id."""
+    alice = w.alice()
     file_id = _offer(alice)
     alice.send(FilePut(file_id, 0, b"abcd"))
     ack = alice.until(P.FileAck)
     assert isinstance(ack, P.FileAck) and ack.complete
     alice.close()
+    return file_id
+
+
+def test_password_only_session_cannot_read_or_delete_files(main_world):
+    """A password alone (no key proved) neither downloads nor deletes the account's files (PROTOCOL.md 3.4)."""
+    file_id = _complete_file(main_world)
     pw = main_world.raw().start().login_password("bob")
     for op in ("file_get", "file_done"):
         _, err, _, rid = _file_req(pw, op, file_id=file_id.hex(), offset=0)
@@ -865,12 +897,7 @@ def test_password_only_session_cannot_read_or_delete_files(main_world):
 def test_file_get_offset_past_end_is_refused_and_connection_stays(main_world):
     """F10: `file_get` with offset 2**62 made seek raise EINVAL and the server dropped the connection with
     no ERROR. Now a non-fatal `file-bad-args` ERROR for that rid; the same connection still downloads."""
-    alice = main_world.alice()
-    file_id = _offer(alice)
-    alice.send(FilePut(file_id, 0, b"abcd"))
-    ack = alice.until(P.FileAck)
-    assert isinstance(ack, P.FileAck) and ack.complete
-    alice.close()
+    file_id = _complete_file(main_world)
     bob = main_world.bob()
     for offset in (2**62, 5):
         _, err, _, rid = _file_req(bob, "file_get", file_id=file_id.hex(), offset=offset)

@@ -46,6 +46,15 @@ def test_send_inbox_fetch_round_trip(world):
     assert out.read_bytes() == body and oct(out.stat().st_mode & 0o777) == "0o600"
     assert not stored.exists()  # deleted once fetched
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []  # no .part left
+    # a second fetch says where the first one put it (new-user check: it pointed to `inbox` instead),
+    # and the key is gone from the device: only the path and time are kept
+    r = sc(homes["bob"], "fetch", sent["file_id"], "-o", str(tmp / "again.bin"))
+    assert r.returncode == 3 and not (tmp / "again.bin").exists()
+    assert r.stderr.decode().splitlines()[0] == f"securecomm: error: file {sent['file_id']} was already fetched, " \
+        f"to {out.resolve()} on " + r.stderr.decode().splitlines()[0].rsplit(" on ", 1)[1]
+    assert b"ask the sender" in r.stderr and b"Traceback" not in r.stderr
+    kept = [p for p in (homes["bob"]).rglob(f"{sent['file_id']}*")]
+    assert [p.suffix for p in kept] == [".fetched"] and "key" not in kept[0].read_text()
 
 
 def _scenario(name: str, *args: str) -> dict:

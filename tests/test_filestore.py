@@ -324,3 +324,93 @@ def test_an_offer_must_leave_the_disk_floor_free(make, tmp_path):
     assert e.value.kind == "file-over-quota" and "disk is nearly full" in str(e.value)
     st.disk_floor = 0
     st.offer("alice", "bob", 100, hashlib.sha256(b"x").digest())
+
+
+# -- several devices (docs/PROTOCOL.md 4.4: a file waits for every device listed at the offer) -----------
+C1, C2, C3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+
+
+def _upload_for_devices(store, data: bytes, devices: list[bytes]) -> bytes:
+    offer = store.offer("alice", "carol", len(data), hashlib.sha256(data).digest(), None, devices)
+    assert store.put("alice", offer.file_id, 0, data) == (len(data), True)
+    return offer.file_id
+
+
+def test_a_file_waits_for_every_device_listed_at_the_offer(store):
+    """The defect of issue 12/16: the first device's file_done deleted the one copy, so the second could
+    never fetch it. Now each device crosses itself off; the file goes after the last, counted once."""
+    data = os.urandom(300)
+    file_id = _upload_for_devices(store, data, [C1, C2])
+    assert store.used("carol") == 300  # one copy, whatever the number of devices
+    assert store.done("carol", file_id, C1, [C1, C2]) is False
+    _row, f = store.open_for("carol", file_id)  # the second device still gets every byte
+    with f:
+        assert f.read() == data
+    assert store.done("carol", file_id, C1, [C1, C2]) is False  # the same device again: still waiting for C2
+    assert store.done("carol", file_id, C2, [C1, C2]) is True
+    assert store.row(file_id) is None and store.used("carol") == 0
+    _refused("file-not-found", store.open_for, "carol", file_id)
+    _refused("file-not-found", store.done, "carol", file_id, C2, [C1, C2])
+
+
+def test_a_removed_device_is_not_waited_for(store):
+    file_id = _upload_for_devices(store, os.urandom(100), [C1, C2, C3])
+    assert store.done("carol", file_id, C1, [C1, C3]) is False  # C2 removed since: only C3 is left
+    assert store.done("carol", file_id, C3, [C1, C3]) is True
+
+
+def test_the_sweep_deletes_a_file_whose_remaining_devices_were_removed(store):
+    kept = _upload_for_devices(store, os.urandom(100), [C1, C2, C3])
+    gone = _upload_for_devices(store, os.urandom(100), [C2])
+    legacy = _upload(store, os.urandom(50), to="carol")  # no fetchers: not the sweep's business
+    assert store.done("carol", kept, C1, [C1, C2, C3]) is False
+    assert sorted(store.waiting_recipients()) == ["carol"]
+    assert store.prune_fetchers({"carol": [C1, C3]}) == 1  # C2 removed
+    assert store.row(gone) is None
+    assert store.fetchers(kept) == {C3}  # still waiting for C3
+    assert store.row(legacy) is not None
+    assert store.prune_fetchers({"carol": [C1]}) == 1 and store.row(kept) is None  # C3 removed too
+
+
+def test_without_devices_the_first_done_deletes_as_before(store):
+    file_id = _upload(store, os.urandom(100), to="carol")
+    assert store.done("carol", file_id, C1, None) is True
+    file_id = _upload_for_devices(store, os.urandom(100), [C1, C2])
+    assert store.done("carol", file_id, None, [C1, C2]) is False  # a session that is no listed device
+    assert store.row(file_id) is not None
+
+
+def test_fetchers_survive_a_restart(make):
+    first = make()
+    file_id = _upload_for_devices(first, os.urandom(100), [C1, C2])
+    assert first.done("carol", file_id, C1, [C1, C2]) is False
+    first.close()
+    again = make()
+    assert again.fetchers(file_id) == {C2}
+    assert again.done("carol", file_id, C2, [C1, C2]) is True
+
+
+def test_a_files_db_from_before_gets_the_fetchers_table_and_keeps_its_files(tmp_path, clock):
+    """A relay's files.db made before file_fetchers: opening adds the table; its waiting file has no
+    fetchers, so it goes at the first file_done as it did then (PROTOCOL.md 4.4)."""
+    import sqlite3
+
+    folder = tmp_path / "old-files"
+    folder.mkdir()
+    con = sqlite3.connect(folder / "files.db")
+    con.executescript("CREATE TABLE files (id BLOB PRIMARY KEY, sender TEXT NOT NULL, recipient TEXT NOT NULL, "
+                      "size INTEGER NOT NULL, sha256 BLOB NOT NULL, complete INTEGER NOT NULL DEFAULT 0, "
+                      "created REAL NOT NULL, expires REAL NOT NULL);")
+    con.execute("INSERT INTO files VALUES (?, 'alice', 'carol', 3, x'', 1, ?, ?)",
+                (bytes(16), clock.now, clock.now + 3600))
+    con.commit()
+    con.close()
+    (folder / bytes(16).hex()).write_bytes(b"abc")
+    store = FileStore(folder, clock=clock)
+    try:
+        assert store.fetchers(bytes(16)) == set()
+        assert store.done("carol", bytes(16), C1, [C1, C2]) is True
+        file_id = _upload_for_devices(store, b"new", [C1, C2])
+        assert store.fetchers(file_id) == {C1, C2}
+    finally:
+        store.close()

@@ -157,7 +157,7 @@ def test_changed_key_is_refused_until_trusted(world):
     # bob starts over on a new device with a new user key (or someone swapped it on the server):
     # a new device alone is no change for his contacts (version 2 pins the user key), a new user key is
     assert sc(homes["bob"], "keygen", "--force").returncode == 0
-    r = login(homes["bob"], srv, "bob", PASSWORD, "--replace-key", "--reset-user-key")
+    r = login(homes["bob"], srv, "bob", PASSWORD, "--replace-key", "--reset-user-key", "--yes")
     assert r.returncode == 0, r.stderr
     assert b"new user key" in r.stderr
     r = sc(homes["alice"], "send", "--to", "bob", "should not go")

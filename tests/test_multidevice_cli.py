@@ -86,7 +86,7 @@ def test_a_removed_device_gets_nothing_more(world):
     _, homes = world
     rows = json.loads(sc(homes["alice"], "devices", "--json").stdout)
     phone = next(r for r in rows if not r["this"])
-    r = sc(homes["alice"], "devices", "remove", phone["id"])
+    r = sc(homes["alice"], "devices", "remove", phone["id"], "--yes")
     assert r.returncode == 0, r.stderr
     assert sc(homes["bob"], "send", "--to", "alice", "after the removal").returncode == 0
     assert [m["body"] for m in _inbox(homes["alice"])] == ["after the removal"]
@@ -98,7 +98,7 @@ def test_reset_user_key_drops_the_other_devices_and_changes_the_key_for_contacts
     srv, homes = world
     assert sc(homes["bob"], "send", "--to", "alice", "pin alice").returncode == 0
     assert sc(homes["bob"], "contacts", "verify", "alice", "--yes").returncode == 0
-    r = login(homes["alice2"], srv, "alice", PASSWORD, "--reset-user-key")
+    r = login(homes["alice2"], srv, "alice", PASSWORD, "--reset-user-key", "--yes")
     assert r.returncode == 0, r.stderr
     rows = json.loads(sc(homes["alice2"], "devices", "--json").stdout)
     assert len(rows) == 1 and rows[0]["this"]
@@ -128,7 +128,7 @@ def test_a_new_device_without_the_others_starts_over_with_reset_user_key(world, 
     srv, homes = world
     assert sc(homes["bob"], "send", "--to", "alice", "before").returncode == 0  # bob pins alice's user key
     new = tmp_path / "alice-new"
-    r = login(new, srv, "alice", PASSWORD, "--reset-user-key")
+    r = login(new, srv, "alice", PASSWORD, "--reset-user-key", "--yes")
     assert r.returncode == 0, r.stderr
     assert b"new user key" in r.stderr and b"pairing code" not in r.stderr
     rows = json.loads(sc(new, "devices", "--json").stdout)

@@ -73,7 +73,7 @@ def test_two_devices_and_one_chat_while_a_device_comes_and_goes(world):
 
     # removed mid-conversation: the phone's chat is closed, and gets nothing more
     phone = next(d for d in json.loads(sc(homes["alice"], "devices", "--json").stdout) if not d["this"])
-    assert sc(homes["alice"], "devices", "remove", phone["id"]).returncode == 0
+    assert sc(homes["alice"], "devices", "remove", phone["id"], "--yes").returncode == 0
     tmux.wait_for("phone", "CHAT-EXITED-")
     tmux.wait_for("laptop", "was removed from your account")
     tmux.type("bob", "/msg alice after the removal")

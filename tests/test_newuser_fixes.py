@@ -158,7 +158,9 @@ def _bob_with_a_new_key(srv: ServerProc, homes: dict, tmp_path) -> None:
 
     asyncio.run(pin_bob())
     homes["bob"] = tmp_path / "bob-new-device"
-    r = login(homes["bob"], srv, "bob", PASSWORD, "--replace-key")
+    # a new device that starts over with a new user key (a plain new device would only pair, and
+    # --replace-key no longer registers an unapproved key): a key change both contacts and rooms see
+    r = login(homes["bob"], srv, "bob", PASSWORD, "--reset-user-key", "--yes")
     assert r.returncode == 0, r.stderr
 
 

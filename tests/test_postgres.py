@@ -242,7 +242,8 @@ def test_copy_moves_files_complete_and_unfinished(sc, tmp_path, pg_url):
     _single_relay(path)
     whole, half = os.urandom(600_000), os.urandom(300_000)  # more than one 256 KiB chunk each
     files = FileStore(tmp_path / "files")
-    done = files.offer("alice", "bob", len(whole), hashlib.sha256(whole).digest()).file_id
+    phone, laptop = b"\x01" * 32, b"\x02" * 32  # the devices the complete file still waits for (4.4)
+    done = files.offer("alice", "bob", len(whole), hashlib.sha256(whole).digest(), None, [phone, laptop]).file_id
     files.put("alice", done, 0, whole)
     cut = files.offer("alice", "bob", len(half), hashlib.sha256(half).digest()).file_id
     files.put("alice", cut, 0, half[:1000])
@@ -257,6 +258,8 @@ def test_copy_moves_files_complete_and_unfinished(sc, tmp_path, pg_url):
         assert f.read() == whole and row.sender == "alice"
     assert moved.offer("alice", "bob", len(half), hashlib.sha256(half).digest(), cut).received == 1000
     assert moved.put("alice", cut, 1000, half[1000:]) == (len(half), True)  # its digest checked from the rows
+    assert moved.fetchers(done) == {phone, laptop}
+    assert moved.done("bob", done, phone, [phone, laptop]) is False  # still waits for the laptop after the copy
     moved.close()
 
 

@@ -8,8 +8,25 @@ import click
 
 from securecomm.cli.context import State, info, pass_state
 
-db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-                         help="The server's SQLite database [data dir, as `securecomm paths` shows].")
+
+def _sqlite_only(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """A SQLite file; a PostgreSQL URL is refused with what backs it up instead (pg_dump), before
+    click.Path would fold its `//` into a file name that does not exist."""
+    from securecomm.store.backends import is_url
+    from securecomm.store.urls import redact
+
+    if value is not None and is_url(value):
+        from securecomm.errors import UsageError
+
+        raise UsageError(f"{ctx.info_name} is for a SQLite database; {redact(value)} is PostgreSQL, whose "
+                         "backups are pg_dump's job", hint="pg_dump --format=custom --file FILE URL, and "
+                         "pg_restore to put one back (README, \"Operating a server\": Backups)")
+    return None if value is None else Path(value)
+
+
+db_option = click.option("--db", type=click.Path(dir_okay=False), callback=_sqlite_only,
+                         help="The server's SQLite database [data dir, as `securecomm paths` shows]; "
+                              "PostgreSQL: pg_dump.")
 force_option = click.option("--force", is_flag=True, help="Replace FILE (backup) or the database (restore).")
 
 

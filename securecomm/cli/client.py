@@ -138,6 +138,12 @@ def status(state: State, server: str | None, ca: str | None, pin: str | None, pa
         client, profile = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin, ask=ask_trust)
         async with client:
             report = security_report(client, profile, identity)
+            if client.login is not None and client.login.prekeys is not None:  # a server that serves devices
+                from securecomm.store.devicekeys import held_user_key
+
+                held = held_user_key(state.paths.device_keys(profile.identity))
+                report["user"]["user_key"] = held.public.fingerprint_text if held is not None else \
+                    "none on this device (run: securecomm user login NAME)"
             report["relay"] = await relay_info(client)
             return report
 
@@ -258,15 +264,18 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         nonlocal failures, shown_count
         if isinstance(ev, DirectMessage):
             shown_count += 1
-            from securecomm.client.files import describe, received_notice
+            from securecomm.client.files import describe, received_notice, sent_copy
 
-            notice = received_notice(state.paths, ev.sender, ev.body, ev.device)  # a file: saved for `fetch ID`
-            body = describe(notice).encode() if notice else ev.body
+            # a file: saved for `fetch ID` (not our own copy of one we sent: nothing to fetch here)
+            sent_to = sent_copy(ev, identity)
+            notice = received_notice(state.paths, ev.sender, ev.body, ev.device, sent_to)
+            body = describe(notice, sent_to, here=not ev.to).encode() if notice else ev.body
             if as_json:
                 import json
 
                 shown_file = {"file": {"id": notice.file_id.hex(), "name": notice.name, "size": notice.size,
-                                       "sha256": notice.sha256.hex()}} if notice else {}
+                                       "sha256": notice.sha256.hex(), **({"fetch": False} if sent_to else {})}} \
+                    if notice else {}
                 marks = {**({"to": ev.to} if ev.to else {}),
                          **({"without_one_time_key": True} if ev.without_one_time_key else {})}
                 click.echo(json.dumps({"from": ev.sender, "id": ev.msg_id.hex(), "sent_at_ms": ev.sent_at_ms,
@@ -363,7 +372,8 @@ def contacts(ctx: click.Context, as_json: bool) -> None:
     """Show the contacts whose keys you have pinned (trust on first use).
 
     A contact whose key changed is marked CHANGED and refused until you
-    verify the new fingerprint with them and run `securecomm contacts trust NAME`.
+    accept it: `securecomm contacts verify NAME` (compares the new key's
+    safety number with them, then trusts it) or `securecomm contacts trust NAME`.
     """
     if ctx.invoked_subcommand is not None:
         return

@@ -45,8 +45,7 @@ def migrate(url: str) -> None:
     an upgrade that fails leaves the schema as it was. Relays starting at
     the same time wait for each other.
     """
-    from securecomm.store.backends import postgres_store
-    from securecomm.store.postgres import redact
+    from securecomm.store.backends import postgres_store, redact
 
     store = postgres_store()(require_url(url, "--db"), migrate=True)
     store.close()
@@ -70,7 +69,7 @@ def copy(source: Path, url: str) -> None:
     from securecomm.store.backends import postgres_store
 
     postgres_store()  # the cluster extra is installed (else one clear line)
-    from securecomm.store.postgres import redact
+    from securecomm.store.backends import redact
     from securecomm.store.transfer import copy_to_postgres
 
     copied = copy_to_postgres(source, require_url(url, "--to"))

@@ -19,8 +19,11 @@ from securecomm.cli.context import (
     profile_identity,
     run_client,
     shown,
+    stdin_is_tty,
     table,
+    warn,
 )
+from securecomm.errors import UsageError
 
 
 def _when(ms: int | None) -> str:
@@ -53,7 +56,7 @@ async def _connected(state: State, identity: Any, options: dict[str, Any]) -> An
              "  securecomm devices --json\n\n  securecomm devices remove 3f9c0a1b2c4d\n\n"
              "  securecomm devices approve K3M9Q-7TX2B")
 @connection_options
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the devices for scripts.")
 @click.pass_context
 def devices(ctx: click.Context, server: str | None, ca: str | None, pin: str | None, passphrase_file: str | None,
             as_json: bool) -> None:
@@ -80,6 +83,10 @@ def devices(ctx: click.Context, server: str | None, ca: str | None, pin: str | N
     if as_json:
         emit_json([r.as_json() for r in rows])
         return
+    from securecomm.client.devicecmds import own_user_key
+
+    click.echo(f"{shown(profile.user)}'s user key: {own_user_key(keys).public.fingerprint_text} (what your "
+               "contacts pin: compare it with them, or use securecomm contacts verify)")
     click.echo(table([["*" if r.this else "", shown(r.name), r.device_id[:6].hex(), r.fingerprint,
                        _when(r.added_ms), _when(r.last_seen_ms)] for r in rows],
                      headers=["", "name", "id", "fingerprint", "added", "last seen"]))
@@ -90,19 +97,24 @@ def _options(ctx: click.Context) -> dict[str, Any]:
     return {k: ctx.params.get(k) or options.get(k) for k in ("server", "ca", "pin", "passphrase_file")}
 
 
-@devices.command(epilog="Example: securecomm devices remove 3f9c0a1b2c4d")
+@devices.command(epilog="Examples:\n\n  securecomm devices remove 3f9c0a1b2c4d\n\n"
+                         "  securecomm devices remove 3f9c0a1b2c4d --yes")
 @click.argument("device_id", metavar="ID")
 @connection_options
+@click.option("--yes", is_flag=True, help="Remove without asking (for scripts).")
 @json_option
 @click.pass_context
 def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | None, pin: str | None,
-           passphrase_file: str | None, as_json: bool) -> None:
-    """Revoke device ID (its id from `securecomm devices`, 6 hex digits or more).
+           passphrase_file: str | None, yes: bool, as_json: bool) -> None:
+    """Revoke device ID (the ID column of `securecomm devices`, 6 hex digits or more).
 
+    Shows the device's name and fingerprint and asks (--yes: does not ask).
     This device signs a new list without it with the user key; the server
     closes the removed device's sessions and deletes its prekeys and mail.
+    Removing this device (`*`) logs it out: it can come back only by pairing.
     """
-    from securecomm.client.devicecmds import remove_device
+    from securecomm.client.devicecmds import device_to_remove, remove_device
+    from securecomm.errors import InterruptedByUser
 
     state = ctx.find_object(State)
     assert state is not None
@@ -111,14 +123,33 @@ def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | Non
 
     async def go() -> Any:
         async with await _connected(state, identity, options) as client:
-            return await remove_device(client, profile.user, keys, device_id)
+            current, row = await device_to_remove(client, profile.user, keys, identity, device_id)
+            what = f"device {shown(row.name)} ({row.device_id[:6].hex()}, {row.fingerprint})"
+            if row.this:
+                warn(f"{what} is THIS device: removing it logs it out and drops its waiting mail; it can come "
+                     "back only by pairing it again from another device")
+            if not yes and not _confirm(f"remove {what}?", f"securecomm devices remove {shown(device_id)} --yes"):
+                raise InterruptedByUser("the device was not removed; nothing was changed")
+            return row, await remove_device(client, profile.user, keys, current, row)
 
     row, counter = run_client(go())
     if as_json:
-        emit_json({"removed": row.as_json(), "counter": counter})
+        emit_json({"removed": {**row.as_json(), "last_seen_ms": None, "this": row.this}, "counter": counter})
         return
     click.echo(f"removed device {shown(row.name)} ({row.device_id[:6].hex()}, {row.fingerprint}); "
                f"device list {counter}")
+
+
+def _confirm(question: str, hint: str) -> bool:
+    """Ask; a stdin that ends before an answer (a script without --yes) is interrupted (130), with a hint."""
+    from securecomm.errors import InterruptedByUser
+
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:
+        if stdin_is_tty():
+            raise
+        raise InterruptedByUser("no answer (stdin is no terminal); nothing was changed", hint=hint) from None
 
 
 def verify_contact(state: State, name: str, options: dict[str, Any], yes: bool) -> None:
@@ -127,7 +158,7 @@ def verify_contact(state: State, name: str, options: dict[str, Any], yes: bool) 
     from securecomm.client.devicecmds import safety_for
     from securecomm.client.pins import Pins
     from securecomm.crypto.safety import format_number
-    from securecomm.errors import InterruptedByUser, UsageError
+    from securecomm.errors import InterruptedByUser
 
     name = name.lower()
     check_user_name(name)
@@ -141,15 +172,32 @@ def verify_contact(state: State, name: str, options: dict[str, Any], yes: bool) 
             return await safety_for(client, profile.user, keys, pins, name)
 
     found = run_client(go())
+    if found.changed_from is not None:
+        loud = "STOP: you VERIFIED this contact, and " if found.pin.verified else ""
+        warn(f"{loud}the user key of {shown(name)} has CHANGED from {found.changed_from.fingerprint_text} to "
+             f"{found.their_key.fingerprint_text}; this may be an attack, or they reset their account. Compare "
+             "the number below with them in person or on a call: only if it matches, answer yes")
     click.echo(f"safety number with {shown(name)} (user key {found.their_key.fingerprint_text}):\n")
     click.echo(format_number(found.number) + "\n")
-    if found.pin.verified:
+    if found.pin.verified and found.changed_from is None:
         click.echo(f"{shown(name)} is already verified")
         return
-    if not yes and not click.confirm(f"does {shown(name)} see the same 60 digits (compare in person or on a call)?",
-                                     default=False, err=True):
-        raise InterruptedByUser(f"{name} was not marked verified")
-    Pins.load(state.paths.user_pins).mark_verified(name)
+    if not yes:
+        question = f"does {shown(name)} see the same 60 digits (compare in person or on a call)?"
+        if found.changed_from is not None:
+            question += " yes trusts the new key and marks it verified"
+        if not _confirm(question, f"compare them with {name}, then: securecomm contacts verify {name} --yes"):
+            raise InterruptedByUser(f"{name} was not marked verified" +
+                                    ("; the new key is still refused" if found.changed_from else ""))
+    pins = Pins.load(state.paths.user_pins)
+    if found.changed_from is not None:
+        pending = pins.get(name)
+        if pending is None or pending.pending is None or pending.pending.raw != found.their_key.raw:
+            raise UsageError(f"{name}'s key changed again meanwhile; nothing was trusted",
+                             hint=f"run again: securecomm contacts verify {name}")
+        pins.trust(name)
+        click.echo(f"now trusting {shown(name)}'s new user key {found.their_key.fingerprint_text}")
+    pins.mark_verified(name)
     click.echo(f"{shown(name)} is now verified; if their user key ever changes, securecomm stops loudly")
 
 
@@ -181,8 +229,8 @@ def approve(ctx: click.Context, code: str, server: str | None, ca: str | None, p
             click.echo(f"device {shown(request.name)} asks to join {shown(profile.user)}'s devices\n"
                        f"  its fingerprint: {request.device.fingerprint_text}\n"
                        f"  your user key:   {user_key.public.fingerprint_text}")
-            if not yes and not click.confirm("is this your device, showing the same fingerprint?", default=False,
-                                             err=True):
+            if not yes and not _confirm("is this your device, showing the same fingerprint?",
+                                        f"compare them, then: securecomm devices approve {code} --yes"):
                 raise InterruptedByUser("the device was not approved; nothing was changed")
             return request, await approve_pairing(client, profile.user, keys, identity, request)
 

@@ -41,8 +41,9 @@ def certgen(state: State, hosts: tuple[str, ...], days: int, out: Path | None,
     click.echo(f"{'expires':12} {result['not_after']}")
     click.echo(f"{'CA':12} {'reused' if result['ca_reused'] else 'created'}")
     click.echo(f"{'fingerprint':12} {result['ca_fingerprint']}")
-    if force:  # a running server keeps the certificate it loaded at start
-        info("a running `securecomm serve` keeps its old certificate until it is restarted")
+    if force:  # a running server keeps the certificate it loaded until SIGHUP (server/certreload.py)
+        info("a running `securecomm serve` serves the new certificate once it reloads it: send it SIGHUP "
+             "(systemctl reload securecomm), no restart needed")
     if result["ca_reused"] is False and force:
         info("a new CA: every client must trust it again (--ca FILE or --pin with the fingerprint above)")
 

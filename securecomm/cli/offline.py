@@ -249,10 +249,11 @@ def _require_stream(blocks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _peek_recipient(head: bytes) -> bytes | None:
-    """The recipient fingerprint of a binary stream header (armored: None, no hint)."""
+    """The recipient fingerprint of a binary version-1 stream header (armored: None, no hint; version 2
+    names an account, not an identity: the stream's own hint says what to do)."""
     from securecomm.crypto import stream
 
-    return head[68:100] if stream.is_stream(head) and len(head) >= 100 else None
+    return head[68:100] if stream.is_stream(head) and len(head) >= 100 and head[4] == stream.VERSION else None
 
 
 def _which_identity(state: State, raw: bytes) -> str | None:

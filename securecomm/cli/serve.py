@@ -136,6 +136,12 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
 
     url = db if db is not None and is_url(db) else None
     check_workers(workers, url, bus)
+    from securecomm.store.backends import require_cluster
+
+    if url:  # before a first run creates anything
+        require_cluster("a PostgreSQL --db", "psycopg")
+    if bus:
+        require_cluster("--bus", "nats")
     ssl_ctx, identity, db_file = prepare_server(state.paths, cert=cert, key=key,
                                                 db=None if url or db is None else Path(db), transport=transport,
                                                 require_pq=require_pq)

@@ -156,13 +156,24 @@ def hidden(key: str, value: Any) -> Any:
     return value
 
 
+#: What an option left unset means, for --print-config (each was once "the default location", which
+#: --metrics, off, and --bus, in-process, are not).
+UNSET = {
+    "db": "securecomm.db in the data folder",
+    "cert": "tls/server.pem in the data folder",
+    "key": "tls/server.key in the data folder",
+    "metrics": "off, no metrics endpoint",
+    "bus": "in-process, this relay alone",
+}
+
+
 def effective_config(ctx: click.Context) -> str:
     """The configuration serve would run with, as TOML that --config reads back."""
     lines = ["# securecomm serve: effective configuration (secrets are not shown)"]
     for key, option in config_params(ctx.command).items():
         value = hidden(key, ctx.params.get(str(option.name)))
         if value is None:
-            lines.append(f"# {key} = (unset: the default location)")
+            lines.append(f"# {key} = (unset: {UNSET.get(key, 'the default')})")
         else:
             lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from securecomm.cli.context import (
     stdin_is_tty,
     table,
 )
-from securecomm.errors import KeyReplaceError, NotFoundError, SecurecommError, UsageError
+from securecomm.errors import IntegrityError, KeyReplaceError, NotFoundError, SecurecommError, UsageError
 
 db_option = click.option("--db", metavar="FILE|URL",
                          help="The server's SQLite database [data dir], or the PostgreSQL URL its relays share "
@@ -146,8 +146,9 @@ def passwd(state: State, name: str, keep_key: bool, password_stdin: bool, db: st
     if keep_key or user.identity is None:
         info(f"password changed for {user.name}" + ("; registered device key kept" if user.identity else ""))
     else:
-        info(f"password changed for {user.name}; registered device key removed (its sessions are closed): "
-             f"{user.name} must log in again with: securecomm user login {user.name}")
+        info(f"password changed for {user.name}; device key removed, and with it every device of the account and "
+             f"its user key (their sessions are closed): {user.name} must log in again with: "
+             f"securecomm user login {user.name}")
 
 
 @user.command(epilog="Example: securecomm user remove mallory --yes")
@@ -245,29 +246,38 @@ def ask_replace(e: KeyReplaceError) -> bool:
     return True
 
 
-@user.command(epilog="Example: securecomm user login alice --server chat.example.net:7443 --ca ca.pem")
+@user.command(epilog="Examples:\n\n  securecomm user login alice --server chat.example.net:7443 --ca ca.pem\n\n"
+                      "  securecomm --home ~/phone user login alice --device-name phone")
 @click.argument("name")
 @connection_options
-@click.option("--identity", "identity_name", default="default", show_default=True,
-              help="Local identity to register (created if missing).")
+@click.option("--identity", "identity_name", default=None,
+              help="Local identity to register (created if missing) [the saved profile's when it is NAME's, "
+                   "else default].")
+@click.option("--device-name", metavar="TEXT",
+              help="What this device is called in `securecomm devices` and when it asks to be paired "
+                   "[--identity's name, or for `default` this computer's host name].")
 @click.option("--replace-key", is_flag=True,
-              help="If the account has another device's key, replace it without asking (one device per user).")
+              help="Only for an account from before devices (one registered key): replace another device's "
+                   "key without asking.")
 @click.option("--reset-user-key", is_flag=True,
-              help="Without any other device: make a new user key, listing this device only (the others are "
-                   "dropped with their mail; contacts see a changed key and must trust it again).")
+              help="Start over when you have lost every other device: a new user key, this device the only "
+                   "one; the others are dropped with their waiting mail and contacts see a changed key. "
+                   "Needs only the password; asks first.")
+@click.option("--yes", is_flag=True, help="With --reset-user-key: do not ask (for scripts).")
 @password_stdin_option
 @json_option
 @pass_state
-def login(state: State, name: str, server: str | None, ca: str | None, pin: str | None, identity_name: str,
-          replace_key: bool, reset_user_key: bool, password_stdin: bool, passphrase_file: str | None,
-          as_json: bool) -> None:
+def login(state: State, name: str, server: str | None, ca: str | None, pin: str | None, identity_name: str | None,
+          device_name: str | None, replace_key: bool, reset_user_key: bool, yes: bool, password_stdin: bool,
+          passphrase_file: str | None, as_json: bool) -> None:
     """Log in with a password, register this device's identity, save the profile.
 
     Later send, status and chat authenticate with the identity key (a signed
     challenge) instead of the password. Creates the identity if missing.
-    One device per user for now: if the account already has another
-    device's key, login asks before replacing it (--replace-key for scripts),
-    and the other device is logged out.
+    The first device of an account makes its user key. Another device prints
+    a pairing code: approve it on a device you have (securecomm devices
+    approve CODE), then run the same login here again; your other devices
+    stay logged in. A device already on the list just logs in.
     """
 
     from securecomm.cli.context import load_identity
@@ -277,6 +287,10 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     from securecomm.store.devicekeys import DeviceKeys
 
     paths = state.paths
+    identity_name = identity_name or _saved_identity(paths, name)
+    device_name = _device_name(device_name, identity_name)
+    if reset_user_key and not yes:
+        _confirm_reset(name)
     server, ca = _server_and_ca(paths, server, ca, pin)
     # A new identity is kept only once the login succeeded: a failed login leaves nothing behind.
     created = None if paths.identity_key(identity_name).exists() else ident.PrivateIdentity.generate()
@@ -290,30 +304,32 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     password = read_password(password_stdin, confirm=False)
 
     connected: list[Any] = []  # the client that logged in (its trust decides the pin saved)
+    again = _login_command(state, name, identity_name)
 
-    async def go(replace: bool) -> tuple[Any, str, str | None]:
+    async def go(replace: bool) -> tuple[Any, str, str | None, dict[str, Any]]:
         client, ok = await first_answer(itertools.chain([first], clients),
                                         lambda c: c.login_password(name, password, me, replace_key=replace))
         connected.append(client)
+        device: dict[str, Any] = {}
         async with client:
             if ok.prekeys is not None:  # a server that serves devices (docs/PROTOCOL.md 6.4, 6.5, 6.7)
-                await _set_up_device(client, DeviceKeys(paths.device_keys(identity_name), me.kem), me,
-                                     server_user_name(ok.user), identity_name, ok.pending,
-                                     reset=reset_user_key)
+                device = await _set_up_device(client, DeviceKeys(paths.device_keys(identity_name), me.kem), me,
+                                              server_user_name(ok.user), device_name, ok.pending,
+                                              reset=reset_user_key, again=again)
             elif reset_user_key:
                 raise UsageError("this server does not serve devices, so there is no user key to reset")
             assert client.server_identity is not None
-            return ok, address_of(client), client.server_identity.line
+            return ok, address_of(client), client.server_identity.line, device
 
     try:
         with _network_hint():
-            ok, address, server_identity = run_client(go(replace_key))
+            ok, address, server_identity, device = run_client(go(replace_key))
     except KeyReplaceError as e:
         if not ask_replace(e):
             raise
         clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust)
         first = next(clients)
-        ok, address, server_identity = run_client(go(True))
+        ok, address, server_identity, device = run_client(go(True))
     if len(parse_servers(server)) > 1:
         address = format_servers(server)  # the profile keeps the whole list
     user_name = server_user_name(ok.user)
@@ -322,51 +338,153 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         info(f"created identity {identity_name!r} {created.public.fingerprint_text}")
     Profile(server=address, user=user_name, identity=identity_name, ca=str(Path(ca).absolute()) if ca else None,
             pin=saved_pin(pin, connected[-1]), server_identity=server_identity).save(paths.profile)
+    code = device.get("pairing_code")
     if as_json:
-        emit_json({"user": user_name, "role": ok.role, "server": address, "fingerprint": ok.fingerprint})
+        emit_json({"user": user_name, "role": ok.role, "server": address, "fingerprint": ok.fingerprint,
+                   "user_key": device.get("user_key"), "pending": code is not None or bool(device.get("pending")),
+                   "pairing_code": code})
+        return
+    if code is not None:
+        click.echo(f"logged in as {user_name} ({shown(ok.role)}) on {address}; this device "
+                   f"{shown(ok.fingerprint)} waits to be paired: pairing code {shown(code)}")
         return
     click.echo(f"logged in as {user_name} ({shown(ok.role)}) on {address}; identity {shown(ok.fingerprint)} "
-               "registered")
+               "registered" + (f"; user key {device['user_key']}" if device.get("user_key") else ""))
+
+
+def _saved_identity(paths: Any, name: str) -> str:
+    """The identity `user login NAME` uses without --identity: the saved profile's when it is NAME's
+    (logging in again, e.g. to finish a pairing, goes on with the same device), else "default"."""
+    from securecomm.config import Profile
+
+    try:
+        profile = Profile.load_optional(paths.profile)
+    except SecurecommError:
+        return "default"
+    if profile is not None and profile.user == name.lower() and profile.identity:
+        return str(profile.identity)
+    return "default"
+
+
+def _device_name(given: str | None, identity_name: str) -> str:
+    """--device-name, checked; else the identity's name unless it is "default"; else this computer's host
+    name (else "device"): what `devices` and `devices approve` show, so that two devices are told apart."""
+    import socket
+
+    from securecomm.crypto.devices import check_device_name
+    from securecomm.errors import FormatError
+
+    if given is not None:
+        try:
+            check_device_name(given)
+        except FormatError as e:
+            raise UsageError(f"--device-name: {e.message}") from e
+        return given
+    if identity_name != "default":
+        return identity_name
+    host = socket.gethostname().split(".")[0].strip()
+    try:
+        check_device_name(host)
+    except FormatError:
+        return "device"
+    return host
+
+
+def _confirm_reset(name: str) -> None:
+    """--reset-user-key drops every other device and its mail, on the password alone: asked first."""
+    question = (f"--reset-user-key makes a new user key for {shown(name.lower())}: every other device of the "
+                "account is dropped with its waiting mail, and your contacts see a changed key. "
+                "Only do this if you lost your other devices. Reset?")
+    if not stdin_is_tty():
+        raise UsageError("refusing to reset the user key without confirmation", hint="pass --yes")
+    if not click.confirm(question, default=False, err=True):
+        raise click.Abort  # "no": exit 130, nothing was changed
+
+
+def _login_command(state: State, name: str, identity_name: str) -> str:
+    """The `user login` to run again on this device, with the --home and --identity it used."""
+    import os
+    import shlex
+
+    home = state.home
+    parts = ["securecomm"]
+    if home and os.environ.get("SECURECOMM_HOME") != home:
+        parts += ["--home", shlex.quote(home)]
+    parts += ["user", "login", shlex.quote(name.lower())]
+    if identity_name != "default":
+        parts += ["--identity", shlex.quote(identity_name)]
+    return " ".join(parts)
+
+
+class OldUserKeyError(IntegrityError):
+    """this device's copy of the user key is not the one its account's list is signed with"""
 
 
 async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str, pending: bool = False, *,
-                         reset: bool = False) -> None:
+                         reset: bool = False, again: str = "") -> dict[str, Any]:
     """The device's user key, list and prekeys; a failure here is a warning: the login itself succeeded
     (except for --reset-user-key, which was asked for by name). A pending session (a device the list
-    does not name yet) may only pair (docs/PROTOCOL.md 6.4), unless it resets the user key."""
+    does not name yet) may only pair (docs/PROTOCOL.md 6.4), unless it resets the user key.
+    Returns {"user_key": its fingerprint, or None} and, for a device waiting to be paired,
+    "pairing_code" (or "pending" when the pairing could not be started)."""
     from securecomm.cli.context import info, warn
     from securecomm.client.devicelogin import set_up_device
     from securecomm.errors import SecurecommError
 
+    result: dict[str, Any] = {"user_key": None}
     try:
         done = "pending" if pending and not reset else await set_up_device(client, keys, me, user, name,
                                                                             reset=reset)
         if done == "reset":
             info(f"new user key {keys.user_key().public.fingerprint_text}: this device is {user}'s only one; "
                  "your contacts will see a changed key and must trust it again")
-        elif done == "pending" or keys.user_key() is None:
-            await _pairing(client, keys, me, user, name)
+        elif done in ("pending", "old-key") or keys.user_key() is None:
+            result.update(await _pairing(client, keys, me, user, name, again, listed=done == "old-key"))
     except SecurecommError as e:
-        if reset:
+        if reset or isinstance(e, OldUserKeyError):
             raise
+        if pending:
+            result["pending"] = True
         warn(f"this device is not set up for forward secrecy yet ({e.message}); run user login again")
+    held = keys.user_key()
+    if held is not None and not result.get("pairing_code") and not result.get("pending"):
+        result["user_key"] = held.public.fingerprint_text
+    return result
 
 
-async def _pairing(client: Any, keys: Any, me: Any, user: str, name: str) -> None:
-    """A new device of an account that has others: show a pairing code, or finish an approved pairing."""
-    from securecomm.cli.context import info
+async def _pairing(client: Any, keys: Any, me: Any, user: str, name: str, again: str, *,
+                   listed: bool = False) -> dict[str, Any]:
+    """A new device of an account that has others: show a pairing code, or finish an approved pairing.
+    `listed`: a device on the list whose user key copy is older than the list's (paired again after
+    a --reset-user-key on another device): only finishing is possible."""
+    from securecomm.cli.context import info, warn
     from securecomm.client.devicelogin import continue_pairing
+    from securecomm.errors import PairingError
 
-    outcome, detail = await continue_pairing(client, keys, me, user, name)
+    try:
+        outcome, detail = await continue_pairing(client, keys, me, user, name, listed=listed)
+    except PairingError as e:
+        if not listed:
+            raise
+        raise OldUserKeyError(f"this device holds an old user key of {user}, and the account's list is signed by "
+                           "another (a --reset-user-key on another device?)",
+                           hint="on a device that has the new key: securecomm devices remove "
+                                f"{me.public.fingerprint[:6].hex()}; then "
+                                f"here: {again}") from e
     if outcome == "paired":
-        info(f"paired: this device now holds {user}'s user key {detail.public.fingerprint_text} "
+        key, old = detail
+        if old is not None:
+            warn(f"{user}'s user key was reset on another device: this device replaced its old user key "
+                 f"{old.public.fingerprint_text} (kept as user.key.bak) with {key.public.fingerprint_text}")
+        info(f"paired: this device now holds {user}'s user key {key.public.fingerprint_text} "
              "(the approving device showed the same)")
-        return
+        return {}
     code, _ = detail
-    info(f"this device ({me.public.fingerprint_text}) waits to be paired; pairing code: {shown(code)} "
-         "(good for 10 minutes, once)")
+    info(f"this device ({me.public.fingerprint_text}, named {shown(name)}) waits to be paired; pairing code: "
+         f"{shown(code)} (good for 10 minutes, once)")
     info(f"on a device you already have, run: securecomm devices approve {shown(code)}; "
-         f"then run user login {user} here again")
+         f"then here: {again}")
+    return {"pairing_code": code}
 
 
 def _server_and_ca(paths: Any, server: str | None, ca: str | None, pin: str | None) -> tuple[str, str | None]:

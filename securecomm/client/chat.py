@@ -37,7 +37,7 @@ from typing import Any
 
 from securecomm.client.directv2 import SealedDirect
 from securecomm.client.events import Alert, DirectMessage, Membership, printable
-from securecomm.client.files import describe, received_notice, send_file
+from securecomm.client.files import describe, received_notice, send_file, sent_copy
 from securecomm.client.login import connect_profile
 from securecomm.client.messenger import Messenger
 from securecomm.crypto.identity import PrivateIdentity
@@ -174,9 +174,10 @@ class ChatSession:
                 self.present.discard(ev.user)
             self.changed.set()
         if isinstance(ev, DirectMessage):
-            notice = received_notice(self.paths, ev.sender, ev.body, ev.device)  # a file: saved for `fetch ID`
+            sent_to = sent_copy(ev, self.identity)  # our own copy of a file we sent: not for `fetch ID`
+            notice = received_notice(self.paths, ev.sender, ev.body, ev.device, sent_to)
             if notice is not None:
-                ev = dataclasses.replace(ev, body=describe(notice).encode())
+                ev = dataclasses.replace(ev, body=describe(notice, sent_to, here=not ev.to).encode())
         self.emit(ev)
 
     async def run(self, lines: asyncio.Queue[Command | None]) -> None:
@@ -199,7 +200,9 @@ class ChatSession:
                 continue
             delay, connected_once = BACKOFF_START, True
             async with client:
-                self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event)
+                # ahead: a conversation's next message finds its prekeys claimed (6.13)
+                self.messenger = Messenger(client, self.identity, self.user, self.paths, self._on_event,
+                                           ahead=True)
                 try:
                     if await self._connected(lines):
                         return

@@ -27,6 +27,7 @@ from securecomm.errors import (
     KeyReplaceError,
     NetworkError,
     NotFoundError,
+    NotListedError,
     OversizedError,
     PairingError,
     RefusedError,
@@ -60,6 +61,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.DEVICE_LIST: IntegrityError,
     P.ErrorCode.DEVICE_REMOVED: DeviceRemovedError,
     P.ErrorCode.PAIRING: PairingError,  # a refusal (exit 9) that `user login` tells apart: not approved yet
+    P.ErrorCode.WRONG_RECIPIENT: NotListedError,  # a refusal (exit 9) as before; the Messenger tells it apart
 }
 
 

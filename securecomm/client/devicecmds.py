@@ -17,7 +17,7 @@ from securecomm.client.pins import Pin, Pins
 from securecomm.crypto import devices as D
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.safety import safety_number
-from securecomm.errors import FormatError, UsageError
+from securecomm.errors import ChangedKeyError, FormatError, IntegrityError, PairingError, UsageError
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
 
@@ -49,7 +49,15 @@ async def own_directory(client: Any, user: str, keys: DeviceKeys) -> tuple[Direc
     """Our account's list and certificates, verified under this device's user key; and the raw answer."""
     data = await client.request("device_list", user=user)
     current = Directory.parse(data)
-    D.valid_devices(user, own_user_key(keys).public, current.device_list, current.certs)
+    held = own_user_key(keys).public
+    try:
+        D.valid_devices(user, held, current.device_list, current.certs)
+    except IntegrityError as e:
+        if e.hint is None and held.raw != current.user_key.raw:
+            e.hint = (f"this device holds an old user key ({held.fingerprint_text}); the list is signed by "
+                      f"{current.user_key.fingerprint_text} (a --reset-user-key on another device?): if a device "
+                      f"with the new key approved this one, finish with: securecomm user login {user}")
+        raise
     return current, data
 
 
@@ -68,17 +76,23 @@ async def list_devices(client: Any, user: str, keys: DeviceKeys, me: PrivateIden
     return sorted(rows, key=lambda r: (r.added_ms, r.device_id))
 
 
-async def remove_device(client: Any, user: str, keys: DeviceKeys, typed: str) -> tuple[DeviceRow | None, int]:
-    """Sign the list without the device `typed` names and send `device_remove`: (what was removed, new counter)."""
-    current, _ = await own_directory(client, user, keys)
+async def device_to_remove(client: Any, user: str, keys: DeviceKeys, me: PrivateIdentity,
+                           typed: str) -> tuple[Directory, DeviceRow]:
+    """The listed device `typed` names, to be shown before it is removed: (our list, its row)."""
+    current, data = await own_directory(client, user, keys)
     device_id = S.find_device(current, typed)
     cert = next(c for c in current.certs if c.device_id == device_id)
-    answer = await client.request("device_remove", **S.remove(user, keys, current, device_id, now_ms()))
+    return current, DeviceRow(cert.name, device_id, cert.device.fingerprint_text, cert.added_ms,
+                              _last_seen(data, device_id), device_id == me.public.fingerprint)
+
+
+async def remove_device(client: Any, user: str, keys: DeviceKeys, current: Directory, row: DeviceRow) -> int:
+    """Sign the list without `row`'s device and send `device_remove`: the new list's counter."""
+    answer = await client.request("device_remove", **S.remove(user, keys, current, row.device_id, now_ms()))
     try:
-        counter = int(answer["counter"])
+        return int(answer["counter"])
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError("the server sent a malformed device_remove answer") from e
-    return DeviceRow(cert.name, device_id, cert.device.fingerprint_text, cert.added_ms, None, False), counter
 
 
 @dataclass(frozen=True)
@@ -87,19 +101,30 @@ class Safety:
     number: str
     their_key: D.UserPublicKey
     pin: Pin
+    #: The pinned key, when the server now shows another one (CHANGED): `number` is then computed with
+    #: the new key, so that comparing it is how the user checks the change before trusting it.
+    changed_from: D.UserPublicKey | None = None
 
 
 async def safety_for(client: Any, me: str, keys: DeviceKeys, pins: Pins, name: str) -> Safety:
-    """The safety number with `name`, from our user key and their user key as pinned (a changed key
-    raises, louder for a verified contact: pins.py)."""
+    """The safety number with `name`, from our user key and their user key as the server shows it,
+    its list verified under that key. For a pinned key that CHANGED, the number of the new key, with
+    `changed_from` set (the pin is not changed here: that takes the user's yes, pins.trust)."""
     mine = own_user_key(keys).public
     theirs = Directory.parse(await client.request("device_list", user=name))
     if theirs.user != name:
         raise FormatError("the server answered with another user's device list")
-    pins.devices(name, theirs.user_key, theirs.device_list, theirs.certs)
+    changed_from = None
+    try:
+        pins.devices(name, theirs.user_key, theirs.device_list, theirs.certs)
+    except ChangedKeyError:
+        known = pins.get(name)
+        assert known is not None
+        D.valid_devices(name, theirs.user_key, theirs.device_list, theirs.certs)  # signed by the new key
+        changed_from = known.user_key
     pin = pins.get(name)
-    assert pin is not None  # just pinned (or the same key as before)
-    return Safety(name, safety_number(me, mine, name, theirs.user_key), theirs.user_key, pin)
+    assert pin is not None  # just pinned (or the same key as before, or CHANGED: pending)
+    return Safety(name, safety_number(me, mine, name, theirs.user_key), theirs.user_key, pin, changed_from)
 
 
 # -- pairing (6.4) ------------------------------------------------------------------------------------
@@ -117,7 +142,13 @@ class PairingRequest:
 
 async def look_up_pairing(client: Any, code: str) -> PairingRequest:
     canonical = D.normalize_code(code)  # a mistyped code fails here, before the server is asked
-    answer = await client.request("pair_lookup", code=canonical)
+    try:
+        answer = await client.request("pair_lookup", code=canonical)
+    except PairingError as e:
+        if e.hint is None and "no such pairing code" in e.message:
+            e.hint = ("check the code; each `user login` on the new device replaces its code with a new one: use "
+                      "the one it showed last")
+        raise
     try:
         device = PublicIdentity.from_line(answer["device"])
         name = str(answer["name"])

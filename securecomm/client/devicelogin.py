@@ -21,10 +21,13 @@ from securecomm.timeutil import now_ms
 
 async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user: str, name: str, *,
                         reset: bool = False) -> str:
-    """Returns what was done: "created", "listed", "pending" or, with `reset` (`user login
+    """Returns what was done: "created", "listed", "pending", "old-key" (listed, but the list is
+    signed by another user key than the one this device holds: it was paired again after a
+    `--reset-user-key`, and pair_complete brings the new key) or, with `reset` (`user login
     --reset-user-key`, 6.4 end), "reset": a new user key and a list naming this device only."""
     if reset:
         await client.request("device_list_publish", **S.first_device(user, me, name, keys, now_ms(), reset=True))
+        keys.clear_pairing()
         await refill_prekeys(client, keys, me)
         return "reset"
     try:
@@ -38,6 +41,11 @@ async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user
         done = "created"
     elif not current.device_list.has(me.public.fingerprint):
         return "pending"
+    else:
+        held = keys.user_key()
+        if held is not None and held.public.raw != current.user_key.raw:
+            return "old-key"
+    keys.clear_pairing()
     await refill_prekeys(client, keys, me)
     return done
 
@@ -78,17 +86,22 @@ def upload_chunks(args: dict[str, Any], max_frame: int) -> list[dict[str, Any]]:
 
 
 async def continue_pairing(client: Any, keys: DeviceKeys, me: PrivateIdentity, user: str,
-                           name: str) -> tuple[str, Any]:
-    """A device without the user key, after a login: finish an approved pairing (6.4 step 3), else
-    start one. Returns ("paired", the user key) or ("code", (code, expires_ms)) to show the user."""
+                           name: str, *, listed: bool = False) -> tuple[str, Any]:
+    """A device without the user key (or, `listed`, with an old one), after a login: finish an
+    approved pairing (6.4 step 3), else start one. Returns ("paired", (the user key, the key it
+    replaced or None)) or ("code", (code, expires_ms)) to show the user."""
     try:
         answer = await client.request("pair_complete")
     except PairingError:  # not approved (yet): a fresh code replaces any earlier one of this device
+        if listed:
+            raise
         started = await client.request("pair_start", name=name)
         try:
-            return "code", (str(started["code"]), int(started["expires_ms"]))
+            code, expires = str(started["code"]), int(started["expires_ms"])
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError("the server sent a malformed pair_start answer") from e
-    key = S.complete(user, me, keys, answer)
+        keys.set_pairing(user, code, expires)
+        return "code", (code, expires)
+    key, old = S.complete(user, me, keys, answer)
     await set_up_device(client, keys, me, user, name)  # now listed: upload prekeys
-    return "paired", key
+    return "paired", (key, old)

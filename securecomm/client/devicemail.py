@@ -15,8 +15,9 @@ conversation. Nothing here touches the network or the terminal.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from securecomm.client.pins import Pins
@@ -53,14 +54,18 @@ class Directory:
     device_list: D.DeviceList
     certs: list[D.DeviceCert]
     prekeys: list[K.Prekey]
+    #: SHA-256 of the list and certificates as received: what a verified answer is cached under
+    #: (directv2.py DeviceDirectory.verify); not part of any signature.
+    digest: bytes = field(default=b"", compare=False)
 
     @classmethod
     def parse(cls, data: Any) -> Directory:
         try:
             prekeys = [K.Prekey.decode(bytes.fromhex(p)) for p in data.get("prekeys", [])]
-            return cls(str(data["user"]), D.UserPublicKey.from_line(data["user_key"]),
-                       D.DeviceList.decode(bytes.fromhex(data["device_list"])),
-                       [D.DeviceCert.decode(bytes.fromhex(c)) for c in data["certs"]], prekeys)
+            dlist, certs = bytes.fromhex(data["device_list"]), [bytes.fromhex(c) for c in data["certs"]]
+            digest = hashlib.sha256(b"".join(len(b).to_bytes(4, "big") + b for b in (dlist, *certs))).digest()
+            return cls(str(data["user"]), D.UserPublicKey.from_line(data["user_key"]), D.DeviceList.decode(dlist),
+                       [D.DeviceCert.decode(c) for c in certs], prekeys, digest)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise FormatError("the server sent a malformed device directory") from e
 

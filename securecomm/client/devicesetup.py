@@ -73,8 +73,11 @@ def approve(user: str, me: PrivateIdentity, keys: DeviceKeys, code: str, shown: 
     return {"code": code, "cert": cert.encode().hex(), "user_key": hand_over.hex(), **_list_args(dlist, certs)}
 
 
-def complete(user: str, me: PrivateIdentity, keys: DeviceKeys, answer: dict[str, Any]) -> D.UserKey:
-    """Check a `pair_complete` answer and save the user key it hands over (6.4 step 3)."""
+def complete(user: str, me: PrivateIdentity, keys: DeviceKeys,
+             answer: dict[str, Any]) -> tuple[D.UserKey, D.UserKey | None]:
+    """Check a `pair_complete` answer and save the user key it hands over (6.4 step 3), in place of
+    an older one this device held (it was paired again after a `--reset-user-key`): (the key, the
+    key it replaced or None)."""
     try:
         cert = D.DeviceCert.decode(bytes.fromhex(answer["cert"]))
         dlist = D.DeviceList.decode(bytes.fromhex(answer["device_list"]))
@@ -90,8 +93,7 @@ def complete(user: str, me: PrivateIdentity, keys: DeviceKeys, answer: dict[str,
     if cert.device_id != me.public.fingerprint or not dlist.has(me.public.fingerprint) \
             or not dlist.has(approver.device_id):
         raise FormatError("the pairing answer does not list this device and its approver")
-    keys.save_user_key(key)
-    return key
+    return key, keys.replace_user_key(key)
 
 
 def remove(user: str, keys: DeviceKeys, current: Directory, device_id: bytes, now_ms: int) -> dict[str, Any]:
@@ -112,7 +114,10 @@ def remove(user: str, keys: DeviceKeys, current: Directory, device_id: bytes, no
 def find_device(current: Directory, prefix: str) -> bytes:
     """A device id from what the user typed: its short id (12 hex digits) or more."""
     text = prefix.strip().lower()
-    matches = [c.device_id for c in current.certs if c.device_id.hex().startswith(text)] if len(text) >= 6 else []
+    if len(text) < 6 or any(c not in "0123456789abcdef" for c in text):
+        raise UsageError(f"{prefix!r} is not a device id: use 6 or more hex digits of it",
+                         hint="use the ID column of: securecomm devices")
+    matches = [c.device_id for c in current.certs if c.device_id.hex().startswith(text)]
     if len(matches) != 1:
         raise UsageError(f"{prefix!r} names {'no' if not matches else 'more than one'} device",
                          hint="use the ID column of: securecomm devices")

@@ -112,7 +112,7 @@ class Contacts:
             self.save()
         raise ChangedKeyError(
             f"the key of {name} has CHANGED from {known.identity.fingerprint_text} to {identity.fingerprint_text}; "
-            "this may be an attack, or they may have a new device",
+            "this may be an attack, or they replaced their key",
             hint=f"verify the new fingerprint with {name} out of band, then run: securecomm contacts trust {name}",
         )
 

@@ -22,10 +22,27 @@ The one-time key is erased after the outcome is recorded and before the ACK
 (6.5): a crash in between leaves the message unacknowledged and the key still
 there, so it opens again and the seen-ids drop the second showing. A message
 whose signature fails never reaches the key, so a forgery burns nothing.
+
+Claiming ahead (chat, 6.13): once a message is sent, the next message's claim
+starts at once, so the next line waits for no claim round trip. That claim is
+also the check of the message just sent: a device it lists that the message
+was not sealed to (added after the claim the message used) gets a copy, and
+the claim is then dropped (its prekey for that device is spent):
+
+    send m(n) sealed to claim(n) ──► claim(n+1) ──► devices of claim(n+1) not in m(n)?
+                                                     yes: copies of m(n) to them; claim(n+1) dropped
+    m(n+1) waits for that check, then is sealed to claim(n+1) (if kept and under 60 s old)
+
+A verified list is cached per user under the digest of the list and
+certificates as received (and, for a contact, only while the pin names the
+same user key): the next claim with the same list skips re-verifying the
+list and certificate signatures. Each prekey's signature is still checked
+when it is sealed to (crypto/prekeys.py seal_v2).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,8 +55,8 @@ from securecomm.crypto import devices as D
 from securecomm.crypto import prekeys as K
 from securecomm.crypto.envelope import new_msg_id
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
-from securecomm.crypto.integrity import sha256
-from securecomm.errors import FormatError, NotFoundError
+from securecomm.crypto.integrity import same, sha256
+from securecomm.errors import FormatError, NotFoundError, SecurecommError
 from securecomm.store.devicekeys import DeviceKeys
 
 if TYPE_CHECKING:
@@ -52,6 +69,16 @@ OWN_LIST_TTL = 60.0
 #: user: within it a new claim would hand out the same keys. Short, because a device added meanwhile
 #: is missed until the next claim (a burst of messages, not a conversation).
 LAST_RESORT_REUSE = 5.0
+#: A claim made ahead (after the previous message, chat) is used only this fresh; older, it is
+#: dropped and the message claims again.
+AHEAD_MAX_AGE = 60.0
+#: The claim ahead starts once the message's delivery receipt is back, or this many seconds after
+#: it was stored, or at once when the next message is being sealed: it does not compete with the
+#: message still in flight.
+AHEAD_DELAY = 0.25
+#: The housekeeping after a message's ACK (the wiped key file unlinked, the next keys read ahead) runs
+#: this many seconds later, not while the ACK's delivery receipt is on its way.
+AFTER_ACK_DELAY = 0.01
 
 
 @dataclass(frozen=True)
@@ -63,6 +90,12 @@ class SealedDirect:
     copies: tuple[tuple[str, bytes], ...]
     digest: bytes  # SHA-256 of the body inside, what a delivery receipt signs
     without_one_time_key: bool = False
+    #: Sealed to a claim made ahead: the next claim checks that no device was added meanwhile (6.13).
+    ahead: bool = False
+    #: What that check needs: the users claimed for, the devices sealed to, and the text.
+    claimed: tuple[str, ...] = ()
+    covered: frozenset[bytes] = frozenset()
+    text: bytes = b""
 
 
 def device_keys_of(paths: Any, me: PrivateIdentity) -> DeviceKeys | None:
@@ -82,12 +115,21 @@ def serves_devices(client: Client) -> bool:
 class DeviceDirectory:
     """Verified device lists: whom to seal to, whose mail to accept, whose receipts to believe."""
 
-    def __init__(self, me: PrivateIdentity, user: str, keys: DeviceKeys, pins: Pins) -> None:
+    def __init__(self, me: PrivateIdentity, user: str, keys: DeviceKeys, pins: Pins, *,
+                 ahead: bool = False) -> None:
         self.me, self.user, self.keys, self.pins = me, user, keys, pins
+        #: Claim the next message's prekeys as soon as a message is sent (chat, 6.13); one-shot
+        #: `send` does not (the claim would never be used).
+        self.ahead = ahead
+        #: user -> (when started, the claim ahead and the check of the message before it (no entry for
+        #: a user once that check sent copies: the claim is spent), an event that starts it now).
+        self._ahead: dict[str, tuple[float, asyncio.Future[dict[str, Directory | None]], asyncio.Event]] = {}
         self.senders: dict[str, list[D.DeviceCert]] = {}
         self.recipients: dict[str, list[PublicIdentity]] = {}
         self._own: tuple[float, list[D.DeviceCert]] | None = None
         self._last_resort_only: dict[str, tuple[float, Directory]] = {}
+        #: user -> (user key, Directory.digest, verified devices): a list already verified (see top)
+        self._verified: dict[str, tuple[bytes, bytes, list[D.DeviceCert]]] = {}
 
     @property
     def own_key(self) -> D.UserPublicKey:
@@ -97,12 +139,28 @@ class DeviceDirectory:
         return key.public
 
     def verify(self, name: str, directory: Directory) -> list[D.DeviceCert]:
-        """The listed devices of `name`: under our own user key for ourselves, else the pinned one."""
+        """The listed devices of `name`: under our own user key for ourselves, else the pinned one.
+
+        The same list and certificates (by digest) under the same key are verified once: for a
+        contact only while its pin still names that user key and has seen no newer list, so a
+        changed key is still a key change and an older list still stale."""
         if directory.user != name:
             raise FormatError("the server answered for another user")
+        key = self.own_key if name == self.user else directory.user_key
+        cached = self._verified.get(name)
+        if cached is not None and directory.digest and cached[1] == directory.digest \
+                and same(cached[0], key.raw) and same(directory.user_key.raw, key.raw):
+            pin = None if name == self.user else self.pins.get(name)
+            if name == self.user or (pin is not None and same(pin.user_key.raw, key.raw)
+                                     and pin.counter <= directory.device_list.counter):
+                return list(cached[2])
         if name == self.user:
-            return D.valid_devices(name, self.own_key, directory.device_list, directory.certs)
-        return self.pins.devices(name, directory.user_key, directory.device_list, directory.certs)
+            found = D.valid_devices(name, key, directory.device_list, directory.certs)
+        else:
+            found = self.pins.devices(name, directory.user_key, directory.device_list, directory.certs)
+        if directory.digest:
+            self._verified[name] = (key.raw, directory.digest, list(found))
+        return found
 
     async def own_devices(self, client: Client) -> list[D.DeviceCert]:
         if self._own is None or time.monotonic() - self._own[0] > OWN_LIST_TTL:
@@ -119,11 +177,13 @@ class DeviceDirectory:
         return listed
 
     def forget(self, name: str | None = None) -> None:
-        """A device was added or removed (NOTICE): ask the server again next time."""
+        """A device was added or removed (NOTICE), or refused a copy: ask the server again next time.
+        A claim ahead is dropped, not cancelled: it still checks the message before it."""
         if name is None or name == self.user:
             self._own = None
         self.senders.pop(name or self.user, None)
         self._last_resort_only.pop(name or self.user, None)
+        self._ahead.pop(name or self.user, None)
 
     # -- sealing ---------------------------------------------------------------------------------
     async def claim(self, client: Client, user: str) -> Directory:
@@ -139,11 +199,75 @@ class DeviceDirectory:
             self._last_resort_only.pop(user, None)
         return directory
 
+    async def _claimed(self, client: Client, user: str) -> tuple[Directory, bool]:
+        """(a claim for `user`, whether it was made ahead): the claim ahead once the check of the
+        message before it is done, if it was kept and is fresh; else a claim now."""
+        ahead = self._ahead.pop(user, None)
+        if ahead is not None and time.monotonic() - ahead[0] < AHEAD_MAX_AGE:
+            ahead[2].set()
+            try:
+                directory = (await ahead[1]).get(user)
+            except SecurecommError:  # a head start that failed: claim now
+                directory = None
+            if directory is not None:
+                return directory, True
+        return await self.claim(client, user), False
+
+    def claim_ahead(self, users: tuple[str, ...], work: asyncio.Future[dict[str, Directory | None]],
+                    now: asyncio.Event) -> None:
+        """Keep `work` (the next claims for `users` and the check of the message just sent) for the
+        next message to them; setting `now` starts it without waiting (AHEAD_DELAY)."""
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure only costs the head start
+        for user in users:
+            self._ahead[user] = (time.monotonic(), work, now)
+
+    def stop_ahead(self) -> None:
+        """The session ends: claims ahead still in flight are abandoned."""
+        for _, work, _ in self._ahead.values():
+            work.cancel()
+        self._ahead.clear()
+
+    def check_ahead(self, claims: dict[str, Directory | None]) -> None:
+        """Verify claims made ahead as they arrive, off the next message's path: each list (cached,
+        see verify) and each prekey's signature under its device (remembered by the prekey, so that
+        sealing does not check it twice). A failure is left for sealing to raise."""
+        for name, directory in claims.items():
+            if directory is None:
+                continue
+            try:
+                by_id = {c.device_id: c.device for c in self.verify(name, directory)}
+                for cert, prekey in zip(directory.certs, directory.prekeys, strict=False):
+                    device = by_id.get(cert.device_id)
+                    if device is not None:
+                        prekey.verify(device)
+            except SecurecommError:
+                continue
+
+    def missed(self, sealed: SealedDirect, to: str, claims: dict[str, Directory | None]) -> list[DM.Outgoing]:
+        """Copies of `sealed` for the devices listed in `claims` (made after it was sealed) that it was
+        not sealed to: devices added since the claim it used (6.13). Their prekeys come from `claims`."""
+        theirs = claims.get(to)
+        if theirs is None:
+            return []
+        mine = claims.get(self.user) if to != self.user else None
+        verified = {name: self.verify(name, d) for name, d in ((to, theirs), (self.user, mine)) if d is not None}
+        listed = {c.device_id for found in verified.values() for c in found}
+        if all(c.device_id in sealed.covered or c.device_id not in listed
+               for d in (theirs, mine) if d is not None for c in d.certs):
+            return []  # the usual case: nothing added since
+        out = [o for o in DM.seal_direct(self.me, self.user, to, sealed.text, self.pins, theirs, mine,
+                                         msg_id=sealed.msg_id, verify=lambda name, _d: verified[name])
+               if o.device not in sealed.covered]
+        known = self.recipients.setdefault(to, [])
+        known += [c.device for c in verified.get(to, []) if c.device not in known]
+        return out
+
     async def seal(self, client: Client, to: str, text: bytes) -> SealedDirect:
-        theirs = await self.claim(client, to)
+        theirs, ahead = await self._claimed(client, to)
         mine = None
         if to != self.user and len(await self.own_devices(client)) > 1:
-            mine = await self.claim(client, self.user)
+            mine, mine_ahead = await self._claimed(client, self.user)
+            ahead = ahead or mine_ahead
         body = DM.encode_body(to, text)
         msg_id = new_msg_id()
         verified: dict[str, list[D.DeviceCert]] = {}
@@ -164,7 +288,9 @@ class DeviceDirectory:
         self.recipients[to] = [c.device for c in listed] + ([self.me.public] if to == self.user else [])
         out.sort(key=lambda o: o.to != to)  # the recipient's copies first: the first receipt answers the send
         return SealedDirect(msg_id, tuple((o.to, o.envelope) for o in out), sha256(body),
-                            any(o.without_one_time_key for o in out if o.to == to))
+                            any(o.without_one_time_key for o in out if o.to == to), ahead,
+                            (to,) + ((self.user,) if mine is not None else ()),
+                            frozenset(o.device for o in out) | {self.me.public.fingerprint}, text)
 
     def _own_last_resort(self) -> K.Prekey:
         pid = self.keys.state.get("last_resort")
@@ -188,5 +314,7 @@ def open_with_prekey(env: K.Envelope2, me: PrivateIdentity, device: PublicIdenti
 
 
 def erase(keys: DeviceKeys, tried: list[K.PrivatePrekey]) -> None:
+    """Before the ACK: each key overwritten with zeros and synced (durably gone); the emptied files are
+    unlinked by keys.after_ack()."""
     for key in tried:
-        keys.delete(key)
+        keys.wipe(key)

@@ -29,6 +29,7 @@ import json
 import os
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,22 @@ STALL_TIMEOUT = 30.0
 READ_SIZE = 16 * stream.CHUNK_SIZE
 
 Progress = Callable[[int], None]
+#: Whom a file is sealed for: a device identity (version 1: the stream's HPKE part opens the key), or the
+#: 32-byte user key fingerprint of an account (version 2, docs/PROTOCOL.md 2.6.1: the key travels only in
+#: the notice, to every device of the account, sealed to one-time prekeys).
+Target = PublicIdentity | bytes
+
+
+def _stream_of(blocks: Iterator[bytes], me: PrivateIdentity, to: Target, key: bytes,
+               summary: Callable[[int, bytes], None]) -> Iterator[Piece]:
+    if isinstance(to, bytes):
+        return stream.seal_detached(blocks, me, to, key, summary=summary)
+    return stream.seal(blocks, me, to, file_key=key, summary=summary)
+
+
+def stream_size_for(plain_size: int, to: Target) -> int:
+    """The exact stream size of `plain_size` bytes sealed for `to` (known before sealing: the offer)."""
+    return stream.sealed_size_detached(plain_size) if isinstance(to, bytes) else stream.sealed_size(plain_size, to.kem)
 
 
 @dataclass
@@ -70,7 +87,7 @@ class Sealed:
                           self.key)
 
 
-def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdentity, folder: Path,
+def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: Target, folder: Path,
                  progress: Progress | None = None) -> Sealed:
     """Seal `src` to `to` into a 0600 temp file in `folder`, noting plaintext and ciphertext digests
     (for a source of unknown length, a pipe: the offer needs the size). The plaintext's digest is the
@@ -91,7 +108,7 @@ def seal_to_temp(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdenti
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
-            for piece in stream.seal(blocks(), me, to, file_key=key, summary=lambda n, d: plain.append((n, d))):
+            for piece in _stream_of(blocks(), me, to, key, lambda n, d: plain.append((n, d))):
                 cipher.update(piece)
                 stream_size += len(piece)
                 out.write(piece)
@@ -274,7 +291,7 @@ class _FileSource:
         raise AssertionError("a sealed file does not grow")
 
 
-def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdentity, pipe: SealedPipe) -> Sealed:
+def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: Target, pipe: SealedPipe) -> Sealed:
     """On a thread: seal `src` to `to` into `pipe` (waiting whenever the pipe is full), noting the
     plaintext's digest (the stream's own) and the ciphertext's (on a second thread)."""
     key, cipher = os.urandom(stream.FILE_KEY_SIZE), stream.BackgroundDigest()
@@ -285,7 +302,7 @@ def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: PublicIdenti
         while block := src.read(READ_SIZE):
             yield block
 
-    for piece in stream.seal(blocks(), me, to, file_key=key, summary=lambda n, d: plain.append((n, d))):
+    for piece in _stream_of(blocks(), me, to, key, lambda n, d: plain.append((n, d))):
         cipher.update(piece)
         pipe.put(piece)
         stream_size += len(piece)
@@ -433,6 +450,28 @@ def save_notice(paths: Any, sender: str, notice: FileNotice, device: str | None 
     return path
 
 
+def forget_notice(paths: Any, file_id: bytes, saved_to: Path) -> None:
+    """After a fetch: delete the notice (it holds the file key) and keep only where the file went, so
+    that a second `fetch ID` says so instead of "no received file" (new-user check)."""
+    folder = notices_dir(paths)
+    record = folder / f"{file_id.hex()}.fetched"
+    tmp = record.with_name(f".{record.name}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"path": str(saved_to.resolve()), "at": int(time.time())}, out)
+    os.replace(tmp, record)
+    (folder / f"{file_id.hex()}.json").unlink(missing_ok=True)
+
+
+def _fetched_record(paths: Any, file_id_hex: str) -> str | None:
+    try:
+        record = json.loads((notices_dir(paths) / f"{file_id_hex}.fetched").read_text())
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(int(record["at"])))
+        return f"{record['path']} on {when}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def local_name(name: str) -> str:
     """Where `fetch` without -o saves a file the peer named `name`: the same name, except that a leading dot
     (`.bashrc`, `.profile`: hidden files that shells and tools read) becomes `_` (F11, README "Files")."""
@@ -448,8 +487,14 @@ def notice_device(paths: Any, file_id_hex: str) -> PublicIdentity | None:
 
 def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
     path = notices_dir(paths) / f"{file_id_hex.lower()}.json"
-    if len(file_id_hex) != 32 or not all(c in "0123456789abcdef" for c in file_id_hex.lower()) \
-            or not path.exists():
+    well_formed = len(file_id_hex) == 32 and all(c in "0123456789abcdef" for c in file_id_hex.lower())
+    if well_formed and not path.exists():
+        fetched = _fetched_record(paths, file_id_hex.lower())
+        if fetched is not None:
+            raise NotFoundError(f"file {file_id_hex.lower()} was already fetched, to {fetched}",
+                                hint="the server deleted its copy and this device its key: ask the sender "
+                                     "to send it again if that copy is gone")
+    if not well_formed or not path.exists():
         raise NotFoundError(f"no received file with id {file_id_hex[:40]!r}",
                             hint="`securecomm inbox` lists received files with their ids")
     record = json.loads(path.read_text())
@@ -517,11 +562,14 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
     raise IntegrityError("the server ended the download before the file's end")
 
 
-def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity, out: Any) -> stream.Opening:
+def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity, out: Any,
+              account: bytes | None = None) -> stream.Opening:
     """On a thread: open the ciphertext arriving in `feed` into `out` (an AtomicOutput, committed by the
     caller only if this returns), checking it against the notice on the way: the header signature
     before the first chunk, each chunk's tag, then the ciphertext's size and SHA-256 (hashed on a
-    second thread), the plaintext's, and the final signature."""
+    second thread), the plaintext's, and the final signature. `account` (this device's user key
+    fingerprint, for a version-2 notice) lets a version-2 stream open with the notice's key; a
+    version-1 stream opens with this device's own key, which must recover the same key."""
     h, got = stream.BackgroundDigest(), 0
 
     def blocks() -> Iterator[bytes]:
@@ -532,7 +580,8 @@ def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: Publi
             yield block
 
     try:
-        opening = stream.open_stream(blocks(), me, sender)
+        opening = stream.open_stream(blocks(), me, sender, file_key=notice.key if account else None,
+                                     account=account)
         if not same(opening.file_key, notice.key):
             raise IntegrityError("it was sealed with another key than its notice announced")
         for piece in opening:
@@ -586,9 +635,23 @@ def human_size(n: int) -> str:
     return f"{n} bytes"  # pragma: no cover - the loop always returns
 
 
-def describe(notice: FileNotice) -> str:
-    """The line inbox and chat show for a received file (the name is escaped by the caller's printer)."""
-    return (f"[file] {notice.name} ({human_size(notice.size)}): securecomm fetch {notice.file_id.hex()}")
+def sent_copy(ev: Any, me: PrivateIdentity) -> str | None:
+    """Whom a direct message went to, when it is our own copy of something we sent: from another of our
+    devices (`ev.to`), or this very device's copy of a note to self. A file notice there is shown, not
+    saved for `fetch`: the server does not keep the file for the device that sent it (4.4)."""
+    if ev.to:
+        return str(ev.to)
+    return str(ev.sender) if ev.device is not None and ev.device == me.public.line else None
+
+
+def describe(notice: FileNotice, sent_to: str | None = None, here: bool = False) -> str:
+    """The line inbox and chat show for a received file (the name is escaped by the caller's printer);
+    for our own copy of a file we sent (`sent_to`), where it went and from which device: nothing to
+    fetch on this device."""
+    head = f"[file] {notice.name} ({human_size(notice.size)})"
+    if sent_to is not None:
+        return f"{head}: sent to {sent_to} from {'this' if here else 'another'} device"
+    return f"{head}: securecomm fetch {notice.file_id.hex()}"
 
 
 # -- the two commands, end to end (cli/files.py parses options and draws the bars) -------------
@@ -614,8 +677,8 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
 
     client, profile = await connect()
     try:
-        to_key = await Messenger(client, identity, profile.user, paths, lambda ev: None,
-                                 deliveries=False).identity_of(to)
+        messenger = Messenger(client, identity, profile.user, paths, lambda ev: None, deliveries=False)
+        to_key = await recipient_account(messenger, to) if messenger.v2 else await messenger.identity_of(to)
     except BaseException:
         await client.close()
         raise
@@ -636,7 +699,7 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
         sealing = asyncio.get_running_loop().create_future()
         sealing.set_result(done)
     else:
-        pipe = source = SealedPipe(stream.sealed_size(plain_size, to_key.kem), asyncio.get_running_loop())
+        pipe = source = SealedPipe(stream_size_for(plain_size, to_key), asyncio.get_running_loop())
 
     def start_sealing() -> asyncio.Future[Sealed]:
         fut = asyncio.ensure_future(asyncio.to_thread(seal_to_pipe, src, name, identity, to_key, pipe))
@@ -676,17 +739,48 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
             source.path.unlink(missing_ok=True)
 
 
+async def recipient_account(messenger: Any, to: str) -> bytes:
+    """Version 2: the user key fingerprint of `to`'s account, which a version-2 stream names as its
+    recipient: our own for a file to ourselves, else `to`'s device list verified under the pinned
+    user key (a first contact pins it; a changed key stops here, before anything is uploaded)."""
+    from securecomm.client.devicemail import Directory
+
+    devices = messenger.devices
+    to = to.lower()
+    if to == messenger.user:
+        return bytes(devices.own_key.fingerprint)
+    directory = Directory.parse(await messenger.client.request("device_list", user=to))
+    devices.verify(to, directory)
+    return bytes(directory.user_key.fingerprint)
+
+
+def notice_account(paths: Any, me: PrivateIdentity, file_id_hex: str) -> bytes | None:
+    """For a version-2 notice (saved with its device): this device's account fingerprint, which the
+    file's stream names and with which it opens (open_feed); None for a version-1 notice."""
+    return own_account(paths, me) if notice_device(paths, file_id_hex) is not None else None
+
+
+def own_account(paths: Any, me: PrivateIdentity) -> bytes | None:
+    """This device's account user key fingerprint (what a version-2 stream for us names), or None."""
+    from securecomm.client.directv2 import device_keys_of
+
+    keys = device_keys_of(paths, me)
+    key = keys.user_key() if keys is not None else None
+    return bytes(key.public.fingerprint) if key is not None else None
+
+
 async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, notice: FileNotice,
                      sender: PublicIdentity, out: Path, force: bool, timeout: float, warn: Callable[[str], None],
-                     bars: Bars) -> None:
+                     bars: Bars, account: bytes | None = None) -> None:
     """Download while a thread checks and opens what arrived into `out` (atomically: nothing there
     unless everything verified), then file_done. A dropped connection resumes from the last byte
-    received; an interrupted fetch starts over when run again."""
+    received; an interrupted fetch starts over when run again. `account`: see open_feed."""
     from securecomm.files import AtomicOutput
 
     feed = Feed(notice.stream_size, asyncio.get_running_loop())
     with AtomicOutput(out, force=force) as target:
-        opener = asyncio.ensure_future(asyncio.to_thread(open_feed, feed, notice, identity, sender, target))
+        opener = asyncio.ensure_future(asyncio.to_thread(open_feed, feed, notice, identity, sender, target,
+                                                         account))
 
         async def download(client: Any) -> None:
             if not target.committed:
@@ -716,14 +810,18 @@ async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIde
                 await opener
 
 
-def received_notice(paths: Any, sender: str, body: bytes, device: str | None = None) -> FileNotice | None:
+def received_notice(paths: Any, sender: str, body: bytes, device: str | None = None,
+                    sent_to: str | None = None) -> FileNotice | None:
     """If a direct message's body is a file notice: save it for `fetch` and return it; else None.
-    A body that starts like a notice but does not parse is shown as text by the caller."""
+    A body that starts like a notice but does not parse is shown as text by the caller.
+    `sent_to`: the copy another device of ours sent (version 2): shown, never saved (no fetch here:
+    the server keeps the file for the recipient's devices, and this device keeps no key to it)."""
     if not FileNotice.is_notice(body):
         return None
     try:
         notice = FileNotice.decode(body)
     except SecurecommError:
         return None
-    save_notice(paths, sender, notice, device)
+    if sent_to is None:
+        save_notice(paths, sender, notice, device)
     return notice

@@ -11,7 +11,7 @@ from securecomm.client.trust import resolve_trust
 from securecomm.config import Profile, format_address, parse_address, parse_servers
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.crypto.integrity import same
-from securecomm.errors import IntegrityError, NetworkError, TLSError
+from securecomm.errors import AuthError, IntegrityError, NetworkError, SecurecommError, TLSError
 
 log = logging.getLogger("securecomm.client")
 T = TypeVar("T")
@@ -106,11 +106,48 @@ async def connect_profile(paths: Any, identity: PrivateIdentity, *, server: str 
         if not pin:
             migrate_profile_pin(paths, profile, client)
         check_server_identity(client, profile)
-        await client.login_key(profile.user, identity)
+        try:
+            await client.login_key(profile.user, identity)
+        except AuthError as e:  # a removed device that asked to be paired again is told DEVICE_REMOVED
+            waiting_to_be_paired(paths, profile, e)
+            raise
+        paired_meanwhile(paths, profile, identity)
 
     servers = candidates(paths, server or profile.server, ca=ca or profile.ca, pin=pin or profile.pin, ask=ask)
     client, _ = await first_answer(servers, log_in)
     return client, profile
+
+
+def waiting_to_be_paired(paths: Any, profile: Profile, refused: AuthError) -> None:
+    """A key login refused for a device that waits to be paired (docs/PROTOCOL.md 6.4) is no unknown
+    key: say what it waits for, and what to run (the server only knows it as not listed)."""
+    import time
+
+    from securecomm.store.devicekeys import pairing_of
+
+    try:
+        waiting = pairing_of(paths.device_keys(profile.identity))
+    except SecurecommError:
+        return
+    if waiting is None or waiting.get("user") != profile.user:
+        return
+    code, again = waiting["code"], f"securecomm user login {profile.user}"
+    expires = waiting.get("expires_ms")
+    if isinstance(expires, int) and expires <= time.time() * 1000:
+        raise AuthError(f"this device waits to be paired with {profile.user}'s devices, and its pairing code "
+                        f"{code} has expired", hint=f"for a new code, run here: {again}") from refused
+    raise AuthError(f"this device waits to be paired with {profile.user}'s devices (pairing code {code}): it "
+                    "cannot send or read until a device you already have approves it",
+                    hint=f"on that device: securecomm devices approve {code}; then here: {again}") from refused
+
+
+def paired_meanwhile(paths: Any, profile: Profile, identity: PrivateIdentity) -> None:
+    """A key login succeeded: the device is listed, so a pairing it waited for is over."""
+    from securecomm.store.devicekeys import DeviceKeys, pairing_of
+
+    folder = paths.device_keys(profile.identity)
+    if pairing_of(folder) is not None:
+        DeviceKeys(folder, identity.kem).clear_pairing()
 
 
 def saved_pin(pin: str | None, client: Client) -> str | None:

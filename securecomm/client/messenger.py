@@ -23,6 +23,8 @@ from securecomm.client.connection import Client
 from securecomm.client.devicelogin import refill_prekeys
 from securecomm.client.directory import Contacts, look_up
 from securecomm.client.directv2 import (
+    AFTER_ACK_DELAY,
+    AHEAD_DELAY,
     DeviceDirectory,
     SealedDirect,
     device_keys_of,
@@ -44,6 +46,7 @@ from securecomm.errors import (
     IntegrityError,
     NetworkError,
     NotFoundError,
+    NotListedError,
     SecurecommError,
     VersionError,
 )
@@ -104,22 +107,23 @@ class SeenIds:
 
 class Messenger(Rooms):
     def __init__(self, client: Client, me: PrivateIdentity, user: str, paths: Any,
-                 emit: Callable[[Any], None], *, deliveries: bool = True) -> None:
+                 emit: Callable[[Any], None], *, deliveries: bool = True, ahead: bool = False) -> None:
         self.client, self.me, self.user, self.paths = client, me, user, paths
         self.emit = emit
         #: False for a session that shows nothing (one-shot `send`): the server offers it your waiting
         #: mail too, and acknowledging unshown mail would delete it. Left unacknowledged, it stays queued.
         self.deliveries = deliveries
         self.contacts = Contacts.load(paths.contacts)
-        self.seen = SeenIds(paths.config_dir / "seen_ids")
+        self.seen = SeenIds(paths.seen_ids)
         self.rooms: dict[str, RoomState] = {}
         self.sent_digests: dict[bytes, tuple[str, bytes]] = {}  # msg_id -> (to, body digest)
         self.delivered: dict[bytes, asyncio.Future[DeliveryReceipt]] = {}
         self._directory: dict[str, PublicIdentity] = {}
         self.pins = Pins.load(paths.user_pins)
         keys = device_keys_of(paths, me)
-        #: Version 2 (docs/PROTOCOL.md 6): this device's prekeys and the verified device lists.
-        self.devices = DeviceDirectory(me, user, keys, self.pins) if keys is not None else None
+        #: Version 2 (docs/PROTOCOL.md 6): this device's prekeys and the verified device lists. `ahead`
+        #: (chat): the next message's prekeys are claimed as soon as a message is sent (6.13).
+        self.devices = DeviceDirectory(me, user, keys, self.pins, ahead=ahead) if keys is not None else None
         self._held: int | None = None  # one-time prekeys the server holds for us, as far as we know
         self.busy = False
         self.last_activity = time.monotonic()
@@ -186,11 +190,28 @@ class Messenger(Rooms):
     async def send_sealed_direct(self, to: str, sealed: SealedDirect) -> tuple[P.Receipt, bytes]:
         """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt of
         each copy in turn. The first copy's receipt is the answer; a later copy (another device)
-        that is refused is a warning, unless the connection failed (then the caller resends all)."""
+        that is refused is a warning, unless the connection failed (then the caller resends all).
+        A copy sealed to a claim made ahead that the server refuses as not listed went to a device
+        removed since that claim: rightly refused, skipped (6.13); the recipient's first copy stored
+        then answers."""
         first: P.Receipt | None = None
+        removed: SecurecommError | None = None
         for mailbox, env in sealed.copies:
+            if first is None and mailbox != to and removed is not None:  # none of the recipient's devices took it
+                raise removed
             try:
                 receipt = await self.client.send_for_receipt(P.Direct(mailbox, env), sealed.msg_id, sha256(env))
+            except NotListedError as e:
+                if not sealed.ahead or self.client.closed:
+                    if first is None:
+                        raise
+                    self._warn_counted("copies not stored", f"a copy of message {sealed.msg_id.hex()[:8]} for "
+                                       f"another device of {mailbox} was not stored: {e.message}", failed=False)
+                    continue
+                assert self.devices is not None
+                self.devices.forget(mailbox)  # the next message claims again
+                removed = removed or e
+                continue
             except SecurecommError as e:
                 if first is None or isinstance(e, NetworkError) or self.client.closed:
                     raise
@@ -198,8 +219,41 @@ class Messenger(Rooms):
                                    f"device of {mailbox} was not stored: {e.message}", failed=False)
                 continue
             first = first or receipt
-        assert first is not None  # copies is never empty
+        if first is None:
+            assert removed is not None
+            raise removed
+        if self.devices is not None and self.devices.ahead and sealed.claimed:
+            now = asyncio.Event()
+            self.devices.claim_ahead(sealed.claimed, asyncio.ensure_future(self._claim_ahead(to, sealed, now)), now)
         return first, sealed.msg_id
+
+    async def _claim_ahead(self, to: str, sealed: SealedDirect, now: asyncio.Event) -> dict[str, DM.Directory | None]:
+        """The next message's claims (chat, 6.13), once this message's delivery receipt is back (or
+        AHEAD_DELAY, or the next message is being sealed); for a message sealed to a claim made ahead,
+        also its check: copies to the devices listed now that it missed, and then these claims are
+        spent (the next message claims again)."""
+        assert self.devices is not None
+        starts: list[asyncio.Future[Any]] = [asyncio.ensure_future(now.wait())]
+        delivered = self.delivered.get(sealed.msg_id)
+        if delivered is not None:
+            starts.append(delivered)
+        try:
+            await asyncio.wait(starts, timeout=AHEAD_DELAY, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            starts[0].cancel()
+        claims: dict[str, DM.Directory | None] = {}
+        for user in sealed.claimed:
+            claims[user] = await self.devices.claim(self.client, user)
+        self.devices.check_ahead(claims)
+        copies = self.devices.missed(sealed, to, claims) if sealed.ahead else []
+        for copy in copies:  # a device added after the claim the message was sealed to
+            try:
+                await self.client.send_for_receipt(P.Direct(copy.to, copy.envelope), sealed.msg_id,
+                                                   sha256(copy.envelope))
+            except SecurecommError as e:
+                self._warn_counted("copies not stored", f"a copy of message {sealed.msg_id.hex()[:8]} for a device "
+                                   f"{copy.to} added meanwhile was not stored: {e.message}", failed=False)
+        return {} if copies else claims
 
     async def send_direct(self, to: str, body: bytes) -> tuple[P.Receipt, bytes]:
         return await self.send_sealed_direct(to, await self.seal_direct(to, body))
@@ -287,6 +341,7 @@ class Messenger(Rooms):
             self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
                             "discarded, not shown"))
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
+            asyncio.get_running_loop().call_later(AFTER_ACK_DELAY, self.devices.keys.after_ack)  # a key was wiped
             return
         pin = self.pins.get(ev.sender)
         fingerprint = pin.user_key.fingerprint_text if pin is not None and not mine else \
@@ -297,6 +352,9 @@ class Messenger(Rooms):
         self.seen.add(key, opened.digest.hex())  # the outcome recorded, then the key erased, then the ACK
         erase(self.devices.keys, tried)
         self._ack_v2(ev.seq, env.header.msg_id, opened.digest)
+        # after the ACK, once its receipt is on its way: the wiped key's file unlinked, the next one-time
+        # keys read and expanded (housekeeping: it does not compete with the message in flight)
+        asyncio.get_running_loop().call_later(AFTER_ACK_DELAY, self.devices.keys.after_ack)
         if tried:
             await self._refill_when_low()
 

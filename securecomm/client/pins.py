@@ -102,8 +102,9 @@ class Pins:
         loud = "STOP: you VERIFIED this contact's safety number, and " if known.verified else ""
         raise cls(f"{loud}the user key of {known.name} has CHANGED from {known.user_key.fingerprint_text} to "
                   f"{user_key.fingerprint_text}; this may be an attack, or they reset their account",
-                  hint=f"compare safety numbers with {known.name} in person (securecomm contacts verify "
-                       f"{known.name}), then run: securecomm contacts trust {known.name}")
+                  hint=f"compare safety numbers with {known.name} in person or on a call: securecomm contacts "
+                       f"verify {known.name} (shows the number of the new key; on a match it trusts it); or, "
+                       f"after checking its fingerprint with them: securecomm contacts trust {known.name}")
 
     def migrate(self, name: str, legacy: PublicIdentity, user_key: UserPublicKey, dlist: DeviceList,
                 certs: list[DeviceCert]) -> bool:

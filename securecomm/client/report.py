@@ -9,6 +9,8 @@ from securecomm.net import tls
 from securecomm.net.pqtls import describe_group
 
 _PQ_KEMS = {"mlkem768-x25519"}
+#: What the certificate fingerprints in the report are (the label README explains).
+FINGERPRINTS = "SHA-256 of the certificate's public key (SPKI), as certgen, serve's log and --pin show it"
 
 
 def security_report(client: Any, profile: Any, identity: Any) -> dict[str, Any]:
@@ -26,8 +28,10 @@ def security_report(client: Any, profile: Any, identity: Any) -> dict[str, Any]:
             "key_exchange": group or f"{tls.GROUPS} (the only group Python's ssl offers here)",
             "post_quantum": tls_pq,
             "note": tls_note,
-            "server_certificate": tls.der_fingerprint(client.peer_certificate()),
+            # One kind of fingerprint everywhere (certgen, serve's log, --pin, known_servers): SPKI.
+            "server_certificate": tls.spki_fingerprint(client.peer_certificate()),
             "trust_anchor": client.trust.anchor_fingerprint,
+            "fingerprints": FINGERPRINTS,
             "trusted_by": client.trust.how,
         },
         "messages": {

@@ -141,14 +141,19 @@ class Prekey:
         return load_kem_public(self.kem, self.kem_public)
 
     def verify(self, device: PublicIdentity) -> None:
-        """Raise unless `device` signed this prekey, for its own suite."""
+        """Raise unless `device` signed this prekey, for its own suite. A success is remembered on
+        this (immutable) object for that device's fingerprint: a claim checked when it arrived (a
+        claim made ahead, docs/PROTOCOL.md 6.13) is not checked again when it is sealed to."""
         if self.kem != device.kem:
             raise FormatError("prekey is not of its device's suite")
+        if self.__dict__.get("_verified_for") == device.fingerprint:
+            return
         try:
             device.verify_key.verify(self.signature, PREKEY_LABEL + device.fingerprint + self.signed_part)
         except InvalidSignature as e:
             raise PrekeySignatureError(f"prekey {self.prekey_id} has a bad signature") from e
         self.hpke_key  # noqa: B018 - a key that does not load is refused now, not at sealing
+        self.__dict__["_verified_for"] = device.fingerprint
 
 
 class PrivatePrekey:

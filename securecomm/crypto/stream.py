@@ -10,6 +10,12 @@ Theory of operation
     trailer   = ChaCha20-Poly1305(trailer_key, 0^12,
                     Ed25519(sender, FINAL_LABEL || preamble || header_sig || u64 len || SHA-256(body)))
 
+Version 2 (docs/PROTOCOL.md 2.6.1, files through the server to every device of
+an account) is the same with no HPKE part: kem_id 0, enc_len 0, no sealed_key;
+the file key travels only in the file notice (a version-2 direct message per
+device, sealed to one-time prekeys), `recipient` is the receiving account's
+user key fingerprint, and the four labels say v2.
+
 This is age's payload (STREAM, Hoang-Reyhanitabar-Rogaway-Vizar 2015) with
 signatures where age has a header MAC. Both directions are generators over
 blocks of any size, so memory stays at a few chunks whatever the input; no
@@ -54,6 +60,10 @@ HEADER_LABEL = b"securecomm/v1/stream-header"
 PAYLOAD_LABEL = b"securecomm/v1/stream-payload"
 TRAILER_LABEL = b"securecomm/v1/stream-trailer"
 FINAL_LABEL = b"securecomm/v1/stream-signature"
+#: Version 2: the file key is detached (it travels in the file notice, docs/PROTOCOL.md 2.6.1).
+VERSION_DETACHED = 2
+#: kem_id of a version-2 stream: no KEM (nothing in the stream is sealed to a public key).
+KEM_NONE = 0x0000
 
 #: Plaintext per chunk: age's 64 KiB, large enough that Python's per-chunk cost
 #: is small next to the AEAD, small enough that a reader holds little.
@@ -86,14 +96,32 @@ def chunk_nonce(counter: int, last: bool) -> bytes:
     return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
 
+@dataclass(frozen=True)
+class Labels:
+    """The four purpose labels of one stream version."""
+
+    header: bytes
+    payload: bytes
+    trailer: bytes
+    final: bytes
+
+
+LABELS = {
+    VERSION: Labels(HEADER_LABEL, PAYLOAD_LABEL, TRAILER_LABEL, FINAL_LABEL),
+    VERSION_DETACHED: Labels(b"securecomm/v2/stream-header", b"securecomm/v2/stream-payload",
+                             b"securecomm/v2/stream-trailer", b"securecomm/v2/stream-signature"),
+}
+
+
 def derive_key(file_key: bytes, label: bytes, preamble: bytes) -> bytes:
     """HKDF-SHA256 of the file key, bound to this stream's preamble."""
     info = label + hashlib.sha256(preamble).digest()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(file_key)
 
 
-def final_transcript(preamble: bytes, header_sig: bytes, length: int, digest: bytes) -> bytes:
-    return FINAL_LABEL + preamble + header_sig + _LENGTH.pack(length) + digest
+def final_transcript(preamble: bytes, header_sig: bytes, length: int, digest: bytes,
+                     label: bytes = FINAL_LABEL) -> bytes:
+    return label + preamble + header_sig + _LENGTH.pack(length) + digest
 
 
 @dataclass(frozen=True)
@@ -110,14 +138,23 @@ class StreamHeader:
     def size(self) -> int:
         return len(self.preamble) + SIGNATURE_SIZE
 
+    @property
+    def version(self) -> int:
+        return self.preamble[len(MAGIC)]
 
-def sealed_size(length: int, kem: str) -> int:
+
+def sealed_size(length: int, kem: str | None) -> int:
     """The exact size of the stream that seals `length` bytes of body to a `kem` identity: preamble,
     header signature, ceil(length / CHUNK_SIZE) chunks (one empty chunk for an empty body), each with
     its tag, and the trailer. Lets a sender announce the size before sealing (client/files.py)."""
     chunks = max(1, -(-length // CHUNK_SIZE))
-    return (FIXED_SIZE + _ENC_LEN.size + E.ENC_SIZES[kem] + SEALED_KEY_SIZE + SIGNATURE_SIZE
-            + length + chunks * TAG_SIZE + TRAILER_SIZE)
+    key_part = 0 if kem is None else E.ENC_SIZES[kem] + SEALED_KEY_SIZE
+    return FIXED_SIZE + _ENC_LEN.size + key_part + SIGNATURE_SIZE + length + chunks * TAG_SIZE + TRAILER_SIZE
+
+
+def sealed_size_detached(length: int) -> int:
+    """`sealed_size` for a version-2 stream (no enc, no sealed_key)."""
+    return sealed_size(length, None)
 
 
 def is_stream(prefix: bytes) -> bool:
@@ -133,6 +170,16 @@ def _preamble(sender: PrivateIdentity, recipient: PublicIdentity, file_key: byte
                            sender.public.fingerprint, recipient.fingerprint)
     sealed = E._SUITES[recipient.kem].encrypt(file_key, recipient.hpke_key, info=INFO_LABEL + fixed)
     return fixed + _ENC_LEN.pack(E.ENC_SIZES[recipient.kem]) + sealed
+
+
+def _preamble_detached(sender: PrivateIdentity, account: bytes, file_id: bytes, timestamp_ms: int) -> bytes:
+    """Version 2: the fixed part with kem_id 0 and `recipient` = the account's user key fingerprint,
+    then enc_len 0; no enc and no sealed_key (the key travels in the notice)."""
+    if len(account) != 32:
+        raise FormatError("a stream's recipient account is a 32-byte user key fingerprint")
+    fixed = E._HEADER.pack(MAGIC, VERSION_DETACHED, KEM_NONE, E.KDF_HKDF_SHA256, E.AEAD_CHACHA20_POLY1305, 0,
+                           file_id, timestamp_ms, sender.public.fingerprint, account)
+    return fixed + _ENC_LEN.pack(0)
 
 
 class _Digest:
@@ -175,9 +222,9 @@ class _Digest:
 class _Sealer:
     """Seals chunks in order; knows the payload key, the counter and the running digest."""
 
-    def __init__(self, file_key: bytes, preamble: bytes) -> None:
-        self.aead = ChaCha20Poly1305(derive_key(file_key, PAYLOAD_LABEL, preamble))
-        self.trailer = ChaCha20Poly1305(derive_key(file_key, TRAILER_LABEL, preamble))
+    def __init__(self, file_key: bytes, preamble: bytes, labels: Labels = LABELS[VERSION]) -> None:
+        self.aead = ChaCha20Poly1305(derive_key(file_key, labels.payload, preamble))
+        self.trailer = ChaCha20Poly1305(derive_key(file_key, labels.trailer, preamble))
         self.counter = 0
         self.length = 0
         self.hasher = _Digest()
@@ -243,14 +290,33 @@ def seal(blocks: Iterable[bytes], sender: PrivateIdentity, recipient: PublicIden
         raise FormatError("file key must be 32 bytes and file id 16")
     preamble = _preamble(sender, recipient, file_key, file_id,
                          E.now_ms() if timestamp_ms is None else timestamp_ms)
-    header_sig = sender.sign(HEADER_LABEL + preamble)
+    yield from _sealed(blocks, sender, file_key, preamble, LABELS[VERSION], summary)
+
+
+def seal_detached(blocks: Iterable[bytes], sender: PrivateIdentity, account: bytes, file_key: bytes, *,
+                  file_id: bytes | None = None, timestamp_ms: int | None = None,
+                  summary: Callable[[int, bytes], None] | None = None) -> Iterator[Piece]:
+    """Yield the version-2 stream (docs/PROTOCOL.md 2.6.1) of `blocks` for the account whose user key
+    fingerprint is `account`, signed by `sender` (the sending device). Nothing in it opens the file key:
+    the caller sends `file_key` in the file notice, to each device, sealed like any direct message.
+    `file_key` must be 32 fresh random bytes, never used for another stream."""
+    file_id = E.new_msg_id() if file_id is None else file_id
+    if len(file_key) != FILE_KEY_SIZE or len(file_id) != E.MSG_ID_SIZE:
+        raise FormatError("file key must be 32 bytes and file id 16")
+    preamble = _preamble_detached(sender, account, file_id, E.now_ms() if timestamp_ms is None else timestamp_ms)
+    yield from _sealed(blocks, sender, file_key, preamble, LABELS[VERSION_DETACHED], summary)
+
+
+def _sealed(blocks: Iterable[bytes], sender: PrivateIdentity, file_key: bytes, preamble: bytes, labels: Labels,
+            summary: Callable[[int, bytes], None] | None) -> Iterator[Piece]:
+    header_sig = sender.sign(labels.header + preamble)
     yield preamble + header_sig
-    sealer = _Sealer(file_key, preamble)
+    sealer = _Sealer(file_key, preamble, labels)
     yield from _seal_chunks(blocks, sealer)
     digest = sealer.hasher.digest()
     if summary is not None:
         summary(sealer.length, digest)
-    final = sender.sign(final_transcript(preamble, header_sig, sealer.length, digest))
+    final = sender.sign(final_transcript(preamble, header_sig, sealer.length, digest, labels.final))
     yield sealer.trailer.encrypt(_TRAILER_NONCE, final, None)
 
 
@@ -303,14 +369,19 @@ def parse_header(pull: _Pull) -> StreamHeader:
         raise NotAnEnvelopeError("input is not a securecomm stream")
     fixed = first + pull.take(FIXED_SIZE - len(MAGIC))
     _, version, kem_id, kdf_id, aead_id, flags, file_id, ts, sender, recipient = E._HEADER.unpack(fixed)
-    if version != VERSION:
+    if version not in LABELS:
         raise VersionError(f"unsupported stream version {version}")
-    kem = E.KEM_BY_WIRE.get(kem_id)
+    kem = E.KEM_BY_WIRE.get(kem_id) if version == VERSION else ("" if kem_id == KEM_NONE else None)
     if kem is None or kdf_id != E.KDF_HKDF_SHA256 or aead_id != E.AEAD_CHACHA20_POLY1305:
         raise UnknownSuiteError(f"unknown suite kem=0x{kem_id:04x} kdf=0x{kdf_id:04x} aead=0x{aead_id:04x}")
     if flags != 0:
         raise FormatError("reserved flags are set")
     enc_len_raw = pull.take(_ENC_LEN.size)
+    if version == VERSION_DETACHED:  # no enc, no sealed_key: the key is in the notice
+        if _ENC_LEN.unpack(enc_len_raw)[0] != 0:
+            raise FormatError("a version 2 stream carries no encapsulated key")
+        return StreamHeader(E.Header(kem, file_id, ts, sender, recipient), fixed + enc_len_raw, b"", b"",
+                            pull.take(SIGNATURE_SIZE))
     if _ENC_LEN.unpack(enc_len_raw)[0] != E.ENC_SIZES[kem]:
         raise FormatError("encapsulated key has the wrong length for its suite")
     enc = pull.take(E.ENC_SIZES[kem])
@@ -324,23 +395,43 @@ class Opening:
     """A stream whose header verified; iterate it for the body, in verified pieces.
 
     Construction does steps 1-3 of docs/PROTOCOL.md 2.6 (parse, recipient,
-    sender, header signature, file key); iteration does 4-5.
+    sender, header signature, file key); iteration does 4-5. A version-1
+    stream needs `recipient` (its HPKE key opens the file key); a version-2
+    stream (2.6.1) needs `file_key` (from the notice) and `account` (the
+    reader's own user key fingerprint), and is refused without them.
     """
 
-    def __init__(self, blocks: Iterable[bytes], recipient: PrivateIdentity, senders: E.SenderLookup) -> None:
+    def __init__(self, blocks: Iterable[bytes], recipient: PrivateIdentity | None, senders: E.SenderLookup, *,
+                 file_key: bytes | None = None, account: bytes | None = None) -> None:
         self._pull = _Pull(blocks)
         self.header = parse_header(self._pull)
-        h = self.header.header
-        if not same(h.recipient, recipient.public.fingerprint) or h.kem != recipient.kem:
+        h, version = self.header.header, self.header.version
+        self.labels = LABELS[version]
+        if version == VERSION_DETACHED:
+            if file_key is None or account is None:
+                raise WrongRecipientError("this stream's key travels in a file notice (a file sent through the "
+                                          "server), not in the stream",
+                                          hint="on a device of its recipient: `securecomm inbox`, then "
+                                               "`securecomm fetch ID`")
+            if not same(h.recipient, account):
+                raise WrongRecipientError("stream is addressed to another account")
+        elif recipient is None or not same(h.recipient, recipient.public.fingerprint) or h.kem != recipient.kem:
             raise WrongRecipientError("stream is addressed to another identity")
         self.sender = E._resolve(senders, h.sender)
         try:
-            self.sender.verify_key.verify(self.header.header_sig, HEADER_LABEL + self.header.preamble)
+            self.sender.verify_key.verify(self.header.header_sig, self.labels.header + self.header.preamble)
         except InvalidSignature as e:
             raise SignatureError("stream header signature does not verify") from e
-        #: The recovered file key: a file notice (docs/PROTOCOL.md 4.4) announces it too, and must agree.
-        self.file_key = _open_file_key(self.header, recipient)
-        self._sealer = _Sealer(self.file_key, self.header.preamble)  # same keys; used to open here
+        if version == VERSION_DETACHED:
+            assert file_key is not None
+            if len(file_key) != FILE_KEY_SIZE:
+                raise FormatError("stream file key has the wrong length")
+            self.file_key = file_key
+        else:
+            assert recipient is not None
+            #: The recovered file key: a file notice (docs/PROTOCOL.md 4.4) announces it too, and must agree.
+            self.file_key = _open_file_key(self.header, recipient)
+        self._sealer = _Sealer(self.file_key, self.header.preamble, self.labels)  # same keys; used to open here
         self.digest: bytes | None = None
 
     @property
@@ -394,7 +485,8 @@ class Opening:
         except InvalidTag as e:
             raise DecryptError("stream trailer does not decrypt") from e
         digest = s.hasher.digest()
-        transcript = final_transcript(self.header.preamble, self.header.header_sig, s.length, digest)
+        transcript = final_transcript(self.header.preamble, self.header.header_sig, s.length, digest,
+                                      self.labels.final)
         try:
             self.sender.verify_key.verify(final, transcript)
         except InvalidSignature as e:
@@ -414,6 +506,7 @@ def _open_file_key(header: StreamHeader, recipient: PrivateIdentity) -> bytes:
     return key
 
 
-def open_stream(blocks: Iterable[bytes], recipient: PrivateIdentity, senders: E.SenderLookup) -> Opening:
+def open_stream(blocks: Iterable[bytes], recipient: PrivateIdentity | None, senders: E.SenderLookup, *,
+                file_key: bytes | None = None, account: bytes | None = None) -> Opening:
     """Check a stream's header and return it ready to iterate (see `Opening`)."""
-    return Opening(blocks, recipient, senders)
+    return Opening(blocks, recipient, senders, file_key=file_key, account=account)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -103,6 +104,8 @@ class NatsBus(LocalBus):
         self.dropped = 0
         self._closing = False
         self._presence: list[Any] = []
+        #: The last connection error nats-py reported (for the start-up error line).
+        self._last_error = ""
 
     def describe(self) -> str:
         return f"NATS at {self.shown}"
@@ -117,7 +120,9 @@ class NatsBus(LocalBus):
         try:
             import nats
         except ImportError as e:
-            raise UsageError("--bus needs the cluster extra", hint="pip install 'securecomm[cluster]'") from e
+            raise UsageError("--bus needs the cluster extra, which is not installed",  # store/backends.py CLUSTER_HINT
+                             hint="pip install 'securecomm[cluster]' (from a checkout: "
+                                  ".venv/bin/pip install '.[cluster]')") from e
         try:
             # nats-py retries a first connection as long as later ones (forever): bounded here
             self._nc = await asyncio.wait_for(nats.connect(
@@ -126,7 +131,8 @@ class NatsBus(LocalBus):
                 disconnected_cb=self._lost, reconnected_cb=self._back, error_cb=self._error, name="securecomm"),
                 2 * CONNECT_TIMEOUT)
         except Exception as e:
-            raise NetworkError(f"cannot reach the bus at {self.shown}: {type(e).__name__}",
+            why = self._last_error or type(e).__name__
+            raise NetworkError(f"cannot reach the bus at {self.shown} within {2 * CONNECT_TIMEOUT} s: {why}",
                                hint="start nats-server there, or check --bus") from None
         self._pump = asyncio.create_task(self._drain(), name="securecomm-bus")
         log.info("bus: %s", self.describe())
@@ -153,7 +159,13 @@ class NatsBus(LocalBus):
             super().publish_mail(user_id)
 
     async def _error(self, e: Exception) -> None:
-        log.info("bus: %s", str(e)[:200] or type(e).__name__)
+        # nats-py's words, without the URL's user or password should they quote it
+        self._last_error = re.sub(r"//[^/@\s]*@", "//", str(e).replace(self.url, self.shown))[:200] or type(e).__name__
+        if self._nc is None and not self._closing:  # still starting: the operator must see why it waits
+            log.warning("bus: cannot connect to %s: %s; retrying for %d s", self.shown, self._last_error,
+                        2 * CONNECT_TIMEOUT)
+        else:  # running: `bus lost` said so once (WARNING); each retry is routine
+            log.info("bus: %s", self._last_error)
 
     # -- publishing --------------------------------------------------------------------
     def publish_mail(self, user_id: int, item: bytes = b"") -> None:

@@ -181,7 +181,7 @@ def _new_client_context(anchor_pem: bytes, pinned: bool) -> ssl.SSLContext:
 
 
 def der_fingerprint(der: bytes) -> str:
-    """SHA-256 over a whole certificate: only for legacy pins and the status report."""
+    """SHA-256 over a whole certificate: only to read legacy pins (status shows spki_fingerprint)."""
     return format_fingerprint(sha256(der))
 
 

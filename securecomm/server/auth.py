@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.errors import BusyError, ExistsError, IntegrityError, SecurecommError, UsageError
+from securecomm.server.deviceops import DEVICE_REMOVED_TEXT
 from securecomm.store import passwords
 from securecomm.store.db import LAST_LOGIN_RESOLUTION, normalise_name
 from securecomm.wire import protocol as P
@@ -308,13 +309,17 @@ class Logins:
         device, pending, registered = None, False, identity is not None
         if identity is not None:
             status = self._device_status(user, identity)
-            # while version 1 is served, --replace-key still makes this key the account's version-1 key
+            # while version 1 is served, --replace-key still makes a listed device's key (or, for an account
+            # without a user key, this key) the account's version-1 key
             legacy = ev.replace_key and self.config.serve_version_1
             if status == "listed":
                 device = identity.fingerprint
                 registered = legacy
-            elif status == "pending" and not legacy:
-                pending, registered = True, False  # 6.4: only pairing until a listed device approves it
+            elif status == "pending":
+                # 6.4: only pairing until a listed device approves it, --replace-key or not. (It once made an
+                # unapproved key the version-1 key: the password alone then read mail and joined rooms as
+                # the user, and contacts saw CHANGED; found by the new-user check.)
+                pending, registered = True, False
             if registered and not await self._register(s, user, identity, ev.replace_key):
                 return
         checked = user.password_hash
@@ -472,8 +477,8 @@ class Logins:
             legacy = [user.identity] if user.identity is not None and self.config.serve_version_1 else []
             if _signer(devices.removed_identities(user.id), ev.signature, transcript) is not None:
                 log.warning("%s key login refused: a device removed from %s's list", s.label(), user.name)
-                s.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list; to use it "
-                        "again, pair it again (securecomm user login, then devices approve on another device)",
+                s.error(P.ErrorCode.DEVICE_REMOVED, DEVICE_REMOVED_TEXT + "; to use it again, pair it again "
+                        "(securecomm user login, then devices approve on another device)",
                         fatal=True)
                 return
             registered = _signer(legacy, ev.signature, transcript)
@@ -504,7 +509,7 @@ class Logins:
         if device is not None and self.relay.devices is not None and not self.relay.devices.listed(user.id, device):
             # removed while this login awaited the store: its device_removed NOTICE went before it was online
             log.warning("%s key login refused: a device removed from %s's list", s.label(), user.name)
-            s.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
+            s.error(P.ErrorCode.DEVICE_REMOVED, DEVICE_REMOVED_TEXT, fatal=True)
             return
         if not self.admit(s, fresh):  # the listener's limits: --max-clients, --max-sessions-per-user
             return

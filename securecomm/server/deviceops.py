@@ -45,6 +45,10 @@ CLAIMS_PER_MINUTE = 60
 #: messages (a pasted text, a script's batch) goes through; 240 is above the 200 prekeys a device
 #: holds at most, so a burst meets the last-resort key before the limit.
 CLAIM_BURST = 240
+#: What a removed device is told when its sessions end or its key logs in (DEVICE_REMOVED): both ways a
+#: device leaves the list, since the server does not keep which one it was.
+DEVICE_REMOVED_TEXT = ("this device was removed from your device list (by `devices remove`, or by `user login "
+                       "--reset-user-key` on another device, which made a new user key)")
 #: Hex strings longer than this are refused before decoding (a batch of 100 hybrid prekeys is 259,600).
 MAX_HEX = 2 * 1024 * 1024
 
@@ -156,13 +160,16 @@ class DeviceOps:
         name = name.lower() if isinstance(name, str) and name.isascii() else ""
         uid = self.find_user(name) if name else None
         if uid is None:
-            raise OpError(ErrorCode.NOT_FOUND, "no such user")
+            raise OpError(ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}")
         return uid, name
 
     def _directory(self, uid: int, user: str) -> dict[str, Any]:
         current = self.store.current(uid)
         if current is None:
-            raise OpError(ErrorCode.NOT_FOUND, f"{user} has no device list")
+            # the account exists: say so, or it reads as a typo in the name (as `lookup` does, relay.py)
+            raise OpError(ErrorCode.NOT_FOUND, f"user {user!r} exists but has no device set up yet (no login "
+                          "with a key on this version), so nothing can be sealed to them (ask them to run: "
+                          "securecomm user login)")
         user_key, dlist, certs = current
         return {"user": user, "user_key": D.UserPublicKey(user_key).line, "device_list": dlist.hex(),
                 "certs": [c.hex() for c in certs]}
@@ -392,7 +399,9 @@ class DeviceOps:
         if caller.device is None:
             raise OpError(ErrorCode.FORBIDDEN, "only a new device waiting to be paired can do this")
         approval = self.store.approval(caller.device.fingerprint)
-        if approval is None:
+        # An approval counts only while it lists the device: one kept from before the device was removed
+        # (a server older than this rule kept them) is not handed out again; a new pairing starts (6.4).
+        if approval is None or self.store.device_user(caller.device.fingerprint) != caller.user_id:
             raise OpError(ErrorCode.PAIRING, "this device has not been approved yet")
         return Outcome(json.loads(approval))
 

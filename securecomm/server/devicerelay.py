@@ -88,7 +88,9 @@ class DeviceRelay:
         try:
             outcome = self._handle(s, ev)
         except OpError as e:
-            s.error(e.code, e.message, rid=ev.rid)
+            # a malformed argument (not hex, a list too long, a bad device name) is a broken client: BAD_FRAME,
+            # fatal like every BAD_FRAME (3.6); every other refusal keeps the connection
+            s.error(e.code, e.message, rid=ev.rid, fatal=e.code == P.ErrorCode.BAD_FRAME)
             return True
         except StoreUnavailableError as e:  # PostgreSQL lost, or another relay won a race: nothing written
             log.warning("%s %s not served: %s", s.label(), ev.op, e.message)
@@ -140,12 +142,12 @@ class DeviceRelay:
         """A version-2 DIRECT: the recipient's listed devices, then the pure checks."""
         if to is None:
             return intake.Refusal(P.ErrorCode.NOT_FOUND, f"no user named {name[:40]!r}")
-        current = self.ops.store.current(to.id)
-        devices = {d for d, *_ in self.ops.store.devices(to.id)} if current is not None else set()
+        assert s.user is not None
+        # one read, every message (no cache): a device removed a moment ago is refused at once
+        devices, owner = self.ops.store.direct_targets(to.id, s.identity.fingerprint if s.identity else b"")
         if not devices:
             return intake.Refusal(P.ErrorCode.NOT_FOUND, f"{to.name} has no devices yet")
-        assert s.user is not None
-        if s.identity is None or not self.listed(s.user.id, s.identity.fingerprint):
+        if s.identity is None or owner != s.user.id:
             return intake.Refusal(P.ErrorCode.DEVICE_REMOVED, "this device is not on your device list: "
                                   "its messages are refused")
         try:

@@ -5,7 +5,13 @@ Theory of operation
     REQUEST file_offer {to, size, sha256?, file_id?} ─► FileStore.offer ─► RESULT {file_id, received, expires}
     FILE_PUT id offset data                         ─► FileStore.put   ─► FILE_ACK id received complete
     REQUEST file_get {file_id, offset}              ─► FILE_DATA …      ─► RESULT {file_id, size, sha256?}
-    REQUEST file_done {file_id}                     ─► FileStore.done  ─► RESULT {deleted: true}
+    REQUEST file_done {file_id}                     ─► FileStore.done  ─► RESULT {deleted: bool}
+
+A file offered to an account with devices (docs/PROTOCOL.md 4.4, 6.3) waits
+for every device listed at the offer (`devices(name)`, read on the event loop
+from the relay's device store) and still listed: file_done crosses off the
+session's device, and the file goes when none is left; the expiry sweep also
+crosses off devices removed since.
 
 Every FileStore call runs on one worker thread: the event loop never waits
 for a disk write, an fsync or a digest, and the store sees one call at a
@@ -65,10 +71,13 @@ class FileService:
     `db`: the relay's PostgreSQL URL, where the files then live too (store/pgfiles.py); else FOLDER."""
 
     def __init__(self, folder: Path, recipient: Callable[[str], str | None], *, quota: int, max_file: int,
-                 days: float, db: str | None = None, sender_quota: int | None = None) -> None:
+                 days: float, db: str | None = None, sender_quota: int | None = None,
+                 devices: Callable[[str], list[bytes] | None] | None = None) -> None:
         self.store = open_file_store(db or folder, folder, quota=quota, max_file=max_file, days=days,
                                      sender_quota=sender_quota)
         self.recipient = recipient
+        #: The listed device ids of an account (None: no device list); see the module docstring.
+        self.devices: Callable[[str], list[bytes] | None] = devices or (lambda name: None)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-files")
         #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
         self._slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
@@ -85,7 +94,20 @@ class FileService:
             n = await self._run(self.store.expire)
             if n:
                 log.info("deleted %d expired file(s)", n)
+            try:
+                await self.prune_fetchers()
+            except Exception as e:  # a lost database: the next sweep tries again
+                log.warning("could not check the devices files wait for: %s", e)
             await asyncio.sleep(EXPIRE_EVERY)
+
+    async def prune_fetchers(self) -> int:
+        """Cross off devices removed since their files were offered; delete files left waiting for nobody."""
+        waiting = await self._run(self.store.waiting_recipients)
+        listed = {name: self.devices(name) or [] for name in waiting}  # on the loop: the device store's thread
+        n = await self._run(self.store.prune_fetchers, listed) if listed else 0
+        if n:
+            log.info("deleted %d file(s) whose remaining devices were removed", n)
+        return n
 
     def accounts_changed(self, accounts: set[str]) -> None:
         """Files from or for removed accounts go with them (on the worker; nothing waits for it)."""
@@ -163,7 +185,9 @@ class FileService:
         to = self.recipient(name)
         if to is None:
             raise FileRefused("file-unknown-user", f"no user named {name[:40]!r} with a registered key")
-        offer = await self._run(self.store.offer, s.user.name, to, size, digest, file_id)
+        # every device of the recipient listed now may fetch it (not the offering device: it has the file)
+        fetchers = [d for d in (self.devices(to) or []) if d != s.device] if file_id is None else []
+        offer = await self._run(self.store.offer, s.user.name, to, size, digest, file_id, fetchers)
         s.send(P.Result(ev.rid, {"file_id": offer.file_id.hex(), "received": offer.received,
                                  "expires": int(offer.expires)}))
 
@@ -200,9 +224,13 @@ class FileService:
     async def _done(self, s: Any, ev: P.Request) -> None:
         self._need_key(s)
         file_id = _bytes(ev, "file_id", FILE_ID_SIZE)
-        await self._run(self.store.done, s.user.name, file_id)
-        log.info("%s fetched file %s: deleted", s.label(), file_id.hex())
-        s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": True}))
+        listed = self.devices(s.user.name)
+        deleted = await self._run(self.store.done, s.user.name, file_id, s.device, listed)
+        if deleted:
+            log.info("%s fetched file %s: deleted", s.label(), file_id.hex())
+        else:
+            log.info("%s fetched file %s: kept for the account's other devices", s.label(), file_id.hex())
+        s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": deleted}))
 
 
 def offer_args(ev: P.Request) -> tuple[str, int, bytes, bytes | None]:

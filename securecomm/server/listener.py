@@ -101,7 +101,7 @@ class Server:
         url = str(db_path) if is_url(str(db_path)) else None
         self.files = FileService(files_dir or Path(db_path).parent / "files", self._file_recipient,
                                  quota=config.file_quota, max_file=config.max_file, days=config.file_days, db=url,
-                                 sender_quota=config.file_sender_quota)
+                                 sender_quota=config.file_sender_quota, devices=self._file_devices)
         # Devices and prekeys (PROTOCOL.md 6): a connection of their own to the same database, either kind.
         self.relay.devices = DeviceRelay(functools.partial(open_store, db_path))
         self.sessions: set[Session] = set()
@@ -364,6 +364,13 @@ class Server:
         except UsageError:
             return None
         return user.name if user is not None and user.identity is not None else None
+
+    def _file_devices(self, name: str) -> list[bytes] | None:
+        """The listed device ids of account `name` (a file waits for each, PROTOCOL.md 4.4), or None."""
+        user = self.store.read().get_user(name)
+        if user is None or self.relay.devices is None:
+            return None
+        return [device for device, *_ in self.relay.devices.ops.store.devices(user.id)] or None
 
     async def file_put(self, s: Session, ev: P.FilePut) -> None:
         await self.files.put(s, ev)

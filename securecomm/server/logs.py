@@ -44,6 +44,7 @@ EVENTS: dict[str, str] = {
     "metrics: a request from %s failed": "metrics.request_failed",
     # the bus (NATS with several relays)
     "bus: %s": "bus.log",
+    "bus: cannot connect to %s: %s; retrying for %d s": "bus.connect_failed",
     "bus lost: %s unreachable; reconnecting every %.1f s (mail still flows from the store)": "bus.lost",
     "bus reconnected to %s; rereading the store for every connected user": "bus.reconnected",
     "bus queue full: %d bus items dropped so far (mail is still read from the store)": "bus.dropped",
@@ -109,6 +110,7 @@ EVENTS: dict[str, str] = {
     "CA fingerprint %s": "server.ca_fingerprint",
     "first run: created the server identity %s (%s)": "server.identity_created",
     "server identity %s (%s + ed25519)": "server.identity",
+    "another relay created the server identity %s first; using it": "server.identity_created_elsewhere",
     "certificate reloaded from %s: new connections get leaf %s, CA %s (the fingerprint clients pin)":
         "server.certificate_reloaded",
     "certificate reload failed, still serving the old one: %s": "server.certificate_reload_failed",

@@ -31,6 +31,7 @@ from securecomm.errors import IntegrityError, OversizedError, SecurecommError, U
 from securecomm.net.bus import Bus
 from securecomm.server import intake, versions
 from securecomm.server.commit_queue import not_stored
+from securecomm.server.deviceops import DEVICE_REMOVED_TEXT
 from securecomm.server.devicerelay import DeviceRelay, is_version_2
 from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
 from securecomm.timeutil import now_ms
@@ -471,7 +472,7 @@ class Relay:
             m.outbox.put(data)
             if notice is not None and notice.event == "device_removed" and mine:
                 log.info("%s device removed from its list: closing", m.label())
-                m.error(P.ErrorCode.DEVICE_REMOVED, "this device was removed from your device list", fatal=True)
+                m.error(P.ErrorCode.DEVICE_REMOVED, DEVICE_REMOVED_TEXT, fatal=True)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
         assert s.user is not None

@@ -12,6 +12,7 @@ from typing import Any
 
 from securecomm.errors import UsageError
 from securecomm.store.quota import MailboxLimits, SendLimits
+from securecomm.store.urls import redact
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -20,11 +21,25 @@ def is_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(URL_SCHEMES)
 
 
+#: What to install when a URL or --bus needs the cluster extra's drivers (psycopg, nats-py).
+CLUSTER_HINT = "pip install 'securecomm[cluster]' (from a checkout: .venv/bin/pip install '.[cluster]')"
+
+
+def require_cluster(what: str, module: str) -> None:
+    """UsageError (exit 2) naming the extra when `module` (psycopg, nats) is not installed."""
+    import importlib.util
+
+    try:
+        missing = importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+        missing = True
+    if missing:
+        raise UsageError(f"{what} needs the cluster extra, which is not installed", hint=CLUSTER_HINT)
+
+
 def describe(target: str | Path) -> str:
     """What `status` and the server log name: the engine and where (a URL without its password)."""
     if is_url(target):
-        from securecomm.store.postgres import redact
-
         return f"PostgreSQL {redact(str(target))}"
     return f"SQLite {target}"
 
@@ -41,11 +56,9 @@ def open_store(target: str | Path, *, readonly: bool = False, mailbox_limits: Ma
 
 def postgres_store() -> Any:
     """The PostgresStore class; a clear UsageError when the cluster extra is not installed."""
-    try:
-        from securecomm.store.postgres import PostgresStore
-    except ImportError:
-        raise UsageError("a PostgreSQL --db needs the cluster extra",
-                         hint="pip install 'securecomm[cluster]'") from None
+    require_cluster("a PostgreSQL --db", "psycopg")
+    from securecomm.store.postgres import PostgresStore
+
     return PostgresStore
 
 

@@ -155,6 +155,10 @@ MIGRATIONS: list[str] = [
     "",
     # 8: one mailbox per device; ids per (sender device, recipient device); removed devices (6.7)
     DEVICE_MAILBOX_MIGRATION,
+    # 9: the devices a file waits for, in PostgreSQL (store/postgres.py migration 9). A SQLite relay keeps
+    # them in its files folder's files.db (store/files.py `file_fetchers`, created there when missing):
+    # nothing changes here; the number keeps both schemas counting alike.
+    "",
 ]
 
 

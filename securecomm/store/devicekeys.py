@@ -14,6 +14,17 @@ before the unlink, so it is not left in the file's blocks either where the
 file system writes in place. The id counter is saved *before* a key file is
 written, so a crash can skip ids but never reuse one (the server refuses a
 reused id as a replay).
+
+Erasing a used one-time key before the ACK (docs/PROTOCOL.md 6.5) is `wipe`:
+its file overwritten with zeros and synced, so the key is durably gone; the
+file of zeros is unlinked after the ACK (`after_ack`). A file of zeros is no
+key: `get` treats it as gone (and removes it), as after a crash in between.
+
+`preload` reads and expands the next one-time keys (the server hands out the
+lowest ids first) into memory after a message is acknowledged, so that
+opening the next message does not wait for that (an ML-KEM key is expanded
+from its seed: ~0.15 ms). Memory only ever holds keys whose file exists: a
+key is used only while its file is there, and erasing drops it.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from securecomm.crypto import prekeys as K
 from securecomm.crypto.devices import UserKey
 from securecomm.crypto.envelope import SenderLookup
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.errors import FormatError, NotFoundError
+from securecomm.errors import FormatError, NotFoundError, SecurecommError
 from securecomm.files import DIR_MODE, PRIVATE_MODE, ensure_dir, read_private
 
 
@@ -56,15 +67,25 @@ def _write_atomic(path: Path, data: bytes, *, exclusive: bool) -> None:
         raise
 
 
+def _wipe(path: Path) -> bool:
+    """Overwrite with zeros and sync the data (fdatasync: the size does not change); False if gone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return False
+    try:
+        os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
 def _erase(path: Path) -> None:
     """Overwrite with zeros, sync, unlink."""
-    with contextlib.suppress(FileNotFoundError):
-        size = path.stat().st_size
-        with open(path, "r+b") as f:
-            f.write(bytes(size))
-            f.flush()
-            os.fsync(f.fileno())
-        path.unlink()
+    if _wipe(path):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 class DeviceKeys:
@@ -75,6 +96,9 @@ class DeviceKeys:
         ensure_dir(self.prekey_dir)
         os.chmod(folder, DIR_MODE)
         self.state = self._load_state()
+        self._loaded: dict[tuple[int, int], K.PrivatePrekey] = {}  # see preload
+        self._one_time_ids: list[int] | None = None  # held one-time ids, ascending, as far as we know
+        self._wiped: set[tuple[int, int]] = set()  # zeroed and synced, to be unlinked (see wipe)
 
     # -- state ----------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -103,6 +127,26 @@ class DeviceKeys:
                                     serialization.NoEncryption())
         _write_atomic(self.folder / "user.key", pem, exclusive=True)
 
+    def replace_user_key(self, key: UserKey) -> UserKey | None:
+        """Save `key` in place of the one held (a pairing approved under a new user key, 6.4): the old
+        file is kept as user.key.bak, as every replaced private key is. Returns the key replaced."""
+        old = self.user_key()
+        if old is not None and old.public.raw == key.public.raw:
+            return None
+        if old is not None:
+            os.replace(self.folder / "user.key", self.folder / "user.key.bak")
+        self.save_user_key(key)
+        return old
+
+    # -- waiting to be paired (no secrets: the code is shown on screen and good for one approval) --
+    def set_pairing(self, user: str, code: str, expires_ms: int) -> None:
+        self.state["pairing"] = {"user": user, "code": code, "expires_ms": expires_ms}
+        self._save_state()
+
+    def clear_pairing(self) -> None:
+        if self.state.pop("pairing", None) is not None:
+            self._save_state()
+
     def user_key(self) -> UserKey | None:
         path = self.folder / "user.key"
         if not path.exists():
@@ -124,6 +168,8 @@ class DeviceKeys:
         batch = K.generate_batch(device, self._take_ids(count), count)
         for key in batch:
             self._keep(key)
+        if self._one_time_ids is not None:
+            self._one_time_ids += [key.prekey_id for key in batch]
         return [key.sign(device) for key in batch]
 
     def new_last_resort(self, device: PrivateIdentity, now_ms: int) -> K.Prekey:
@@ -138,14 +184,75 @@ class DeviceKeys:
         self._save_state()
         return key.sign(device)
 
+    def _read(self, kind: int, prekey_id: int) -> K.PrivatePrekey | None:
+        path = self._path(kind, prekey_id)
+        raw = read_private(path)
+        if not any(raw):  # wiped, its unlink not done yet (or a crash in between): no key
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return None
+        return K.PrivatePrekey.from_raw(kind, prekey_id, self.kem, raw, 0)
+
     def get(self, kind: int, prekey_id: int) -> K.PrivatePrekey | None:
         path = self._path(kind, prekey_id)
-        if not path.exists():
+        if not path.exists() or (kind, prekey_id) in self._wiped:  # used (maybe by another session), never made
+            self._loaded.pop((kind, prekey_id), None)
             return None
-        return K.PrivatePrekey.from_raw(kind, prekey_id, self.kem, read_private(path), 0)
+        loaded = self._loaded.get((kind, prekey_id))
+        if loaded is not None:
+            return loaded
+        return self._read(kind, prekey_id)
+
+    def _forget(self, key: K.PrivatePrekey) -> None:
+        self._loaded.pop((key.kind, key.prekey_id), None)
+        if key.kind == K.ONE_TIME and self._one_time_ids is not None and key.prekey_id in self._one_time_ids:
+            self._one_time_ids.remove(key.prekey_id)
 
     def delete(self, key: K.PrivatePrekey) -> None:
+        """Erase now: zeros, synced, unlinked."""
+        self._forget(key)
         _erase(self._path(key.kind, key.prekey_id))
+
+    def wipe(self, key: K.PrivatePrekey) -> None:
+        """Erase before the ACK: zeros, synced (the key is durably gone); the unlink waits for after_ack."""
+        self._forget(key)
+        if _wipe(self._path(key.kind, key.prekey_id)):
+            self._wiped.add((key.kind, key.prekey_id))
+
+    def after_ack(self) -> None:
+        """Unlink the files wiped before the ACK, then read the next keys ahead (preload)."""
+        for kind, prekey_id in sorted(self._wiped):
+            with contextlib.suppress(FileNotFoundError):
+                self._path(kind, prekey_id).unlink()
+        self._wiped.clear()
+        self.preload()
+
+    def preload(self, count: int = 4) -> int:
+        """Load the `count` lowest-numbered one-time private prekeys into memory (see top); returns how
+        many were read now. A key whose file is gone is dropped from memory."""
+        if self._one_time_ids is None:
+            prefix = f"{K.ONE_TIME}-"
+            with os.scandir(self.prekey_dir) as entries:
+                self._one_time_ids = sorted(int(e.name[len(prefix):-4]) for e in entries
+                                            if e.name.startswith(prefix) and e.name.endswith(".key")
+                                            and e.name[len(prefix):-4].isdigit())
+        wanted = self._one_time_ids[:count]
+        for stale in [k for k in self._loaded if k[0] == K.ONE_TIME and k[1] not in wanted]:
+            del self._loaded[stale]
+        read = 0
+        for prekey_id in wanted:
+            if (K.ONE_TIME, prekey_id) in self._loaded:
+                continue
+            try:
+                key = self._read(K.ONE_TIME, prekey_id)
+            except (OSError, SecurecommError):  # gone (another session used it), or unreadable: get() decides
+                key = None
+            if key is None:
+                self._one_time_ids.remove(prekey_id)
+                continue
+            self._loaded[(K.ONE_TIME, prekey_id)] = key
+            read += 1
+        return read
 
     def prune(self, now_ms: int) -> int:
         """Erase retired last-resort keys past their grace period; returns how many."""
@@ -163,6 +270,27 @@ class DeviceKeys:
     def open(self, data: bytes | K.Envelope2, me: PrivateIdentity, senders: SenderLookup) -> K.Opened2:
         """Open a message sealed to one of our prekeys; a one-time key is erased once tried."""
         return K.open_v2(data, me, senders, self.get, on_tried=self.delete)
+
+
+def pairing_of(folder: Path) -> dict[str, Any] | None:
+    """The pairing this device waits for ({"user", "code", "expires_ms"}), read without creating
+    anything; None when it waits for none."""
+    path = folder / "state.json"
+    try:
+        data = json.loads(read_private(path)) if path.exists() else {}
+    except (OSError, ValueError, SecurecommError):
+        return None
+    found = data.get("pairing") if isinstance(data, dict) else None
+    return found if isinstance(found, dict) and isinstance(found.get("code"), str) else None
+
+
+def held_user_key(folder: Path) -> UserKey | None:
+    """The user key a device folder holds, read without creating anything (`status`); None if none."""
+    path = folder / "user.key"
+    if not path.exists():
+        return None
+    key = serialization.load_pem_private_key(read_private(path), None)
+    return UserKey(key) if isinstance(key, ed25519.Ed25519PrivateKey) else None
 
 
 def require_user_key(keys: DeviceKeys) -> UserKey:

@@ -126,6 +126,9 @@ class DeviceStore:
                 [(d, user_id, DeviceCert.decode(c).device.encode(), now) for d, c in gone_rows])
             self.db.executemany("DELETE FROM mailbox WHERE recipient_device = ?", [(d,) for d in gone])
             self.db.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in gone])
+            # and its pairing records: an old approval must not be handed to it again (pair_complete), so
+            # that logging in there again starts a new pairing (6.4)
+            self.db.executemany("DELETE FROM pairings WHERE device_id = ?", [(d,) for d in gone])
             self.db.executemany("DELETE FROM removed_devices WHERE device_id = ?", [(d,) for d in by_id])
             for cert in certs:
                 self.db.execute(
@@ -171,6 +174,14 @@ class DeviceStore:
 
     def touch(self, device_id: bytes, now_ms: int) -> None:
         self.db.execute("UPDATE devices SET last_seen_ms = ? WHERE device_id = ?", (now_ms, device_id))
+
+    def direct_targets(self, user_id: int, sender_device: bytes) -> tuple[set[bytes], int | None]:
+        """For a version-2 DIRECT, in one read: the listed device ids of `user_id` (the recipient), and
+        the account `sender_device` is listed for (None: not listed, e.g. removed)."""
+        rows = self.db.execute("SELECT device_id, user_id FROM devices WHERE user_id = ? OR device_id = ?",
+                               (user_id, sender_device)).fetchall()
+        owner = next((int(u) for d, u in rows if bytes(d) == sender_device), None)
+        return {bytes(d) for d, u in rows if u == user_id}, owner
 
     def devices(self, user_id: int) -> list[tuple[bytes, str, int, int | None]]:
         """(device id, name, added_ms, last_seen_ms) of each listed device."""

@@ -7,7 +7,16 @@ Theory of operation
         … at size: SHA-256 of the whole part checked (if offered: b"" = none), fsync,
           rename to FOLDER/<id>, row complete
     open_for(recipient, id)                 ──► the complete file, read from any offset
-    done(recipient, id) / expire()          ──► row and bytes deleted
+    done(recipient, id, device, listed)     ──► that device crossed off; row and bytes deleted once
+                                                every fetcher still listed has crossed itself off
+    expire() / prune_fetchers(listed)       ──► expired files deleted / removed devices crossed off
+
+Fetchers (docs/PROTOCOL.md 4.4): an offer to an account with devices (6.3)
+records the devices listed then (`file_fetchers`), and the file is kept
+until each of them that is still listed has sent file_done, so that every
+device can fetch the one copy (the quota counts it once). A file with no
+fetcher rows (an account without devices, or a file offered before this
+table existed) goes at the first file_done, as it always did.
 
 The server never sees plaintext: what it stores is a streaming envelope
 sealed to the recipient. The length of the part file on disk is the truth
@@ -25,7 +34,7 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -64,6 +73,11 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_recipient ON files (recipient);
 CREATE INDEX IF NOT EXISTS files_expires ON files (expires);
+CREATE TABLE IF NOT EXISTS file_fetchers (
+    file_id BLOB NOT NULL,
+    device BLOB NOT NULL,
+    PRIMARY KEY (file_id, device)
+);
 """
 
 
@@ -135,8 +149,11 @@ class FileStore:
             return 0
 
     # -- upload -------------------------------------------------------------------------
-    def offer(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes | None = None) -> Offer:
-        """Reserve room for a new file, or tell how much of the sender's unfinished one is held."""
+    def offer(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes | None = None,
+              fetchers: Sequence[bytes] = ()) -> Offer:
+        """Reserve room for a new file, or tell how much of the sender's unfinished one is held.
+        `fetchers`: the recipient's listed devices, each of which may fetch it before it is deleted
+        (ignored when resuming: an upload keeps the fetchers of its first offer)."""
         if file_id is not None:
             return self._resume(sender, recipient, size, sha256, file_id)
         if size <= 0 or size > self.max_file:
@@ -166,6 +183,8 @@ class FileStore:
             os.close(fd)
             self.db.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, expires) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id, sender, recipient, size, sha256, now, expires))
+            self.db.executemany("INSERT OR IGNORE INTO file_fetchers (file_id, device) VALUES (?, ?)",
+                                [(new_id, d) for d in fetchers])
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -224,11 +243,57 @@ class FileStore:
             raise FileRefused("file-not-found", "no file for you has that id")
         return row, self._done(file_id).open("rb")
 
-    def done(self, recipient: str, file_id: bytes) -> None:
-        row = self.row(file_id)
-        if row is None or row.recipient != recipient or not row.complete:
-            raise FileRefused("file-not-found", "no file for you has that id")
-        self._delete(file_id)
+    def fetchers(self, file_id: bytes) -> set[bytes]:
+        """The devices the file still waits for (empty: no device list, it goes at the first file_done)."""
+        return {bytes(d) for (d,) in self.db.execute("SELECT device FROM file_fetchers WHERE file_id = ?",
+                                                     (file_id,))}
+
+    def done(self, recipient: str, file_id: bytes, device: bytes | None = None,
+             listed: Collection[bytes] | None = None) -> bool:
+        """`device` (None: a session that is no listed device) fetched the file: cross it off; delete
+        the file once no fetcher that is still `listed` (None: do not filter) is left, or at once if it
+        had none. Returns whether the file was deleted."""
+        self.db.execute("BEGIN IMMEDIATE")  # two relays on one home: one crossing-off at a time
+        try:
+            row = self.row(file_id)
+            if row is None or row.recipient != recipient or not row.complete:
+                raise FileRefused("file-not-found", "no file for you has that id")
+            waiting = self.fetchers(file_id)
+            if waiting and device is not None:
+                self.db.execute("DELETE FROM file_fetchers WHERE file_id = ? AND device = ?", (file_id, device))
+            left = waiting - {device} if device is not None else waiting
+            if listed is not None:
+                left &= set(listed)
+            gone = not waiting or not left
+            if gone:
+                self._delete(file_id)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return gone
+
+    def waiting_recipients(self) -> list[str]:
+        """Accounts with files that wait for some device (prune_fetchers needs their device lists)."""
+        return [r for (r,) in self.db.execute(
+            "SELECT DISTINCT f.recipient FROM files f JOIN file_fetchers x ON x.file_id = f.id")]
+
+    def prune_fetchers(self, listed: Mapping[str, Collection[bytes]]) -> int:
+        """Cross off every fetcher of `recipient`'s files no longer in listed[recipient] (a removed device),
+        and delete the files left waiting for nobody; returns how many files were deleted."""
+        gone = 0
+        for recipient, devices in listed.items():
+            keep = set(devices)
+            for (file_id,) in self.db.execute("SELECT id FROM files WHERE recipient = ?", (recipient,)).fetchall():
+                waiting = self.fetchers(file_id)
+                if not waiting or waiting <= keep:
+                    continue
+                for d in waiting - keep:
+                    self.db.execute("DELETE FROM file_fetchers WHERE file_id = ? AND device = ?", (file_id, d))
+                if not waiting & keep:
+                    self._delete(file_id)
+                    gone += 1
+        return gone
 
     # -- housekeeping -------------------------------------------------------------------
     def expire(self) -> int:
@@ -272,6 +337,7 @@ class FileStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        self.db.execute("DELETE FROM file_fetchers WHERE file_id = ?", (file_id,))
 
 
 def _file_sha256(path: Path) -> bytes:

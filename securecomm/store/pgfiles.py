@@ -7,7 +7,9 @@ Theory of operation
                                                 a `file_chunks` row inserted, `received` advanced
         … at size: SHA-256 of the whole file checked, row complete (the same transaction)
     open_for(recipient, id)                 ──► a reader that fetches one chunk at a time, from any offset
-    done(recipient, id) / expire()          ──► row deleted; its chunks go with it (ON DELETE CASCADE)
+    done(recipient, id, device, listed)     ──► that device crossed off (`file_fetchers`, migration 9); the row
+                                                deleted once no fetcher still listed is left (store/files.py)
+    expire()                                ──► row deleted; its chunks and fetchers go with it (ON DELETE CASCADE)
 
 Both the rows and the ciphertext live in PostgreSQL, so any relay serves any file: uploaded through
 relay A, resumed through relay B after A died, fetched through relay C. SQLite relays keep
@@ -39,7 +41,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -125,8 +127,10 @@ class PgFileStore:
         return int(r[0]) if r else 0
 
     # -- upload ------------------------------------------------------------------------
-    def offer(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes | None = None) -> Offer:
-        """Reserve room for a new file, or tell how much of the sender's unfinished one is held."""
+    def offer(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes | None = None,
+              fetchers: Sequence[bytes] = ()) -> Offer:
+        """Reserve room for a new file, or tell how much of the sender's unfinished one is held.
+        `fetchers`: as store/files.py FileStore.offer."""
         if file_id is not None:
             return self._resume(sender, recipient, size, sha256, file_id)
         if size <= 0 or size > self.max_file:
@@ -150,6 +154,8 @@ class PgFileStore:
             cur.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, touched, expires) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                         (new_id, sender, recipient, size, sha256, now, now, expires))
+            for device in dict.fromkeys(fetchers):
+                cur.execute("INSERT INTO file_fetchers (file_id, device) VALUES (%s, %s)", (new_id, device))
         return Offer(new_id, 0, expires)
 
     def _resume(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes) -> Offer:
@@ -233,13 +239,57 @@ class PgFileStore:
             raise FileRefused("file-not-found", "no file for you has that id")
         return row, ChunkReader(self, file_id, row.size)
 
-    def done(self, recipient: str, file_id: bytes) -> None:
+    def fetchers(self, file_id: bytes) -> set[bytes]:
         with self._transaction() as cur:
-            n = cur.execute("DELETE FROM files WHERE id = %s AND recipient = %s AND complete",
-                            (file_id, recipient)).rowcount
-        if n != 1:
-            raise FileRefused("file-not-found", "no file for you has that id")
-        self._hashers.pop(file_id, None)
+            return {bytes(d) for (d,) in cur.execute("SELECT device FROM file_fetchers WHERE file_id = %s",
+                                                     (file_id,))}
+
+    def done(self, recipient: str, file_id: bytes, device: bytes | None = None,
+             listed: Collection[bytes] | None = None) -> bool:
+        """As store/files.py FileStore.done. The file's row is locked first, so that two devices finishing
+        at once on two relays cannot each see the other still waiting and both leave the file behind."""
+        with self._transaction() as cur:
+            r = cur.execute("SELECT 1 FROM files WHERE id = %s AND recipient = %s AND complete FOR UPDATE",
+                            (file_id, recipient)).fetchone()
+            if r is None:
+                raise FileRefused("file-not-found", "no file for you has that id")
+            waiting = {bytes(d) for (d,) in cur.execute("SELECT device FROM file_fetchers WHERE file_id = %s",
+                                                        (file_id,))}
+            if waiting and device is not None:
+                cur.execute("DELETE FROM file_fetchers WHERE file_id = %s AND device = %s", (file_id, device))
+            left = waiting - {device} if device is not None else waiting
+            if listed is not None:
+                left &= set(listed)
+            gone = not waiting or not left
+            if gone:
+                cur.execute("DELETE FROM files WHERE id = %s", (file_id,))
+        if gone:
+            self._hashers.pop(file_id, None)
+        return gone
+
+    def waiting_recipients(self) -> list[str]:
+        with self._transaction() as cur:
+            return [r for (r,) in cur.execute(
+                "SELECT DISTINCT f.recipient FROM files f JOIN file_fetchers x ON x.file_id = f.id")]
+
+    def prune_fetchers(self, listed: Mapping[str, Collection[bytes]]) -> int:
+        """As store/files.py FileStore.prune_fetchers, one transaction per account."""
+        gone = 0
+        for recipient, devices in listed.items():
+            keep = set(devices)
+            with self._transaction() as cur:
+                waiting: dict[bytes, set[bytes]] = {}
+                for file_id, device in cur.execute(
+                        "SELECT x.file_id, x.device FROM file_fetchers x JOIN files f ON f.id = x.file_id "
+                        "WHERE f.recipient = %s FOR UPDATE OF f", (recipient,)):
+                    waiting.setdefault(bytes(file_id), set()).add(bytes(device))
+                for file_id, devs in waiting.items():
+                    if not devs & keep:
+                        cur.execute("DELETE FROM files WHERE id = %s", (file_id,))
+                        gone += 1
+                    for d in devs - keep:
+                        cur.execute("DELETE FROM file_fetchers WHERE file_id = %s AND device = %s", (file_id, d))
+        return gone
 
     # -- housekeeping ------------------------------------------------------------------
     def expire(self) -> int:

@@ -36,12 +36,20 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pgerrors
 
-from securecomm.errors import ExistsError, NotFoundError, SchemaVersionError, StoreUnavailableError, UsageError
+from securecomm.errors import (
+    ExistsError,
+    FilePermissionError,
+    NotFoundError,
+    SchemaVersionError,
+    StoreAuthError,
+    StoreUnavailableError,
+    UsageError,
+)
 from securecomm.store.db import (
     ACCOUNT_GONE,
     FORGET_DEVICES,
@@ -57,6 +65,7 @@ from securecomm.store.db import (
     normalise_name,
 )
 from securecomm.store.quota import MailboxLimits, MailboxUsage, SendLimits, SendUsage
+from securecomm.store.urls import redact  # also imported from here (store/pgfiles.py, transfer.py)
 
 #: Seconds to wait for PostgreSQL to answer a connection attempt before calling it unreachable.
 CONNECT_TIMEOUT = 5
@@ -181,6 +190,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
             removed_ms BIGINT NOT NULL)""",
         "CREATE INDEX removed_devices_by_user ON removed_devices (user_id)",
     ),
+    # 9: the devices a file waits for (docs/PROTOCOL.md 4.4, store/files.py): every device of the recipient
+    # listed at the offer may fetch it; it is deleted once each still listed has sent file_done. A file
+    # with no rows here (offered before, or to an account without devices) goes at the first file_done.
+    (
+        """CREATE TABLE file_fetchers (file_id BYTEA NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            device BYTEA NOT NULL, PRIMARY KEY (file_id, device))""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS securecomm_schema (version INTEGER NOT NULL)"
@@ -232,20 +248,20 @@ _ADD_USAGE = """UPDATE quota_usage SET messages = quota_usage.messages + d.m, by
     WHERE quota_usage.kind = d.k AND quota_usage.owner_id = d.o"""
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=user + host))
-
-
 def _reason(e: BaseException) -> str:
     """libpq's own words, one line, short (they name host and port, never a password)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return re.sub(r"\s+", " ", lines[-1] if lines else type(e).__name__)[:200]
+
+
+#: What libpq says when the server was reached but the login was refused (psycopg sets no SQLSTATE on a
+#: failed connect): a wrong or missing password, or an authentication method pg_hba.conf requires.
+_LOGIN_REFUSED = re.compile(r"authentication failed|no password supplied|password is required", re.I)
+
+
+def _refused_login(e: BaseException) -> bool:
+    state = getattr(e, "sqlstate", None)
+    return state in ("28P01", "28000") if state else bool(_LOGIN_REFUSED.search(str(e)))
 
 
 def connect(url: str, *, readonly: bool = False) -> psycopg.Connection[Any]:
@@ -253,6 +269,12 @@ def connect(url: str, *, readonly: bool = False) -> psycopg.Connection[Any]:
     try:
         con = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as e:
+        if _refused_login(e):
+            user = urlsplit(url).username or "(the default user)"
+            raise StoreAuthError(f"PostgreSQL refused the login of user '{user}' at {redact(url)}: {_reason(e)}",
+                                 hint="give its password in PGPASSWORD or in ~/.pgpass (a line "
+                                      "host:port:database:user:password, mode 0600); check the user and "
+                                      "pg_hba.conf") from None
         raise StoreUnavailableError(f"cannot reach the PostgreSQL database at {redact(url)}: {_reason(e)}",
                                     hint="is PostgreSQL running there, and does the URL name the right "
                                          "host, port, user and database?") from None
@@ -485,7 +507,18 @@ class PostgresStore:
 
     def migrate(self) -> tuple[int, int]:
         """Apply the missing migrations; returns (from, to) versions. One transaction (DDL is transactional
-        in PostgreSQL): a failed upgrade leaves the schema as it was, and a relay never sees half of one."""
+        in PostgreSQL): a failed upgrade leaves the schema as it was, and a relay never sees half of one.
+        A user that may not create tables there is FilePermissionError (exit 4), saying who may."""
+        try:
+            return self._migrate()
+        except pgerrors.InsufficientPrivilege as e:
+            user = urlsplit(self.url).username or "(the default user)"
+            raise FilePermissionError(
+                f"PostgreSQL user '{user}' may not change the schema at {redact(self.url)}: {_reason(e)}",
+                hint="run db migrate as the database's owner (createdb -O USER), or GRANT CREATE ON SCHEMA "
+                     "public TO that user") from None
+
+    def _migrate(self) -> tuple[int, int]:
         with self._transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             cur.execute(_VERSION_TABLE)

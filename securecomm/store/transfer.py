@@ -170,7 +170,7 @@ def _copy_files(folder: Path, cur: Any) -> list[Copied]:
     file's ciphertext as chunk rows of at most CHUNK bytes; unfinished uploads keep what they hold."""
     from securecomm.wire.files import CHUNK
 
-    rows, held = 0, 0
+    rows, held, copied = 0, 0, set()
     if (folder / "files.db").is_file():
         files = sqlite3.connect(f"file:{folder / 'files.db'}?mode=ro", uri=True, isolation_level=None)
         try:
@@ -197,6 +197,12 @@ def _copy_files(folder: Path, cur: Any) -> list[Copied]:
                             copy.write_row((file_id, at, data))
                             at += len(data)
                 rows, held = rows + 1, held + received
+                copied.add(bytes(file_id))
+            has_fetchers = files.execute("SELECT 1 FROM sqlite_master WHERE name = 'file_fetchers'").fetchone()
+            for file_id, device in files.execute("SELECT file_id, device FROM file_fetchers") if has_fetchers else ():
+                if bytes(file_id) in copied:  # the devices each file still waits for (4.4)
+                    cur.execute("INSERT INTO file_fetchers (file_id, device) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                (file_id, device))
         finally:
             files.close()
     (pg_rows,) = cur.execute("SELECT COUNT(*) FROM files").fetchone()
