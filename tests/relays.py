@@ -32,11 +32,13 @@ WAIT = 60
 LOAD = ("--rate", "0", "--relay-rate", "0", "--max-unauthenticated-per-address", "256")
 
 
-def start_relays(home: Path, url: str, bus: str, n: int) -> list[ServerProc]:
+def start_relays(home: Path, url: str, bus: str, n: int, *, serve_version_1: bool = False) -> list[ServerProc]:
     """n relays sharing one --home (one CA, one message identity), one database and one bus; the first
-    starts alone so that it creates the certificates the others then read."""
+    starts alone so that it creates the certificates the others then read. `serve_version_1`: for the
+    Peer clients below (version-1 accounts made straight in the store, test_three_relays)."""
     PostgresStore(url, migrate=True).close()
-    return [ServerProc(home, "--db", url, "--bus", bus, *LOAD).start() for _ in range(n)]
+    return [ServerProc(home, "--db", url, "--bus", bus, *LOAD, serve_version_1=serve_version_1).start()
+            for _ in range(n)]
 
 
 def stop_all(relays: list[ServerProc]) -> None:
@@ -80,6 +82,10 @@ class Peer:
         ca = self.home.parent.parent / "srv" / "tls" / "ca.pem"
         trust = resolve_trust(Paths(self.home, self.home), "localhost", port, ca=str(ca))
         client = Client("localhost", port, trust)
+        # Version 1 (relays started with serve_version_1): fifty accounts with one registered key each,
+        # made straight in the store, load the relays, the bus and failover without prekeys; the same
+        # paths on version 2 across relays: test_cluster_files, test_multidevice (two relays)
+        client.versions = (1,)
         await client.connect()
         await client.login_key(self.name, self.me)
         self.client, self.port = client, port

@@ -136,27 +136,13 @@ def _no_color(monkeypatch):
 
 # -- item 1: a running chat picks up `contacts trust` ---------------------------------------------------
 def _bob_with_a_new_key(srv: ServerProc, homes: dict, tmp_path) -> None:
-    """alice pins bob's first key; then bob logs in from a new home with a new key (as in README).
-
-    Rooms still hand sender keys over on version 1, sealed to the member's device key pinned in
-    contacts.json (direct messages pin the user key instead, docs/PROTOCOL.md 6.13): alice pins
-    bob's device key as her chat does when he joins her room."""
-    import asyncio
-
-    from securecomm.cli.context import State
-    from securecomm.client.login import connect_profile
-    from securecomm.client.messenger import Messenger
-    from securecomm.crypto import identity as ident
+    """alice pins bob's user key (her first message to him, as in README); then bob starts over on a
+    new device with a new user key: a key change both direct messages and rooms see (rooms on
+    version 2 check each member device against the user key pinned for it, docs/PROTOCOL.md 6.13)."""
     from tests.serverproc import PASSWORD, login
 
-    async def pin_bob() -> None:
-        state = State(home=str(homes["alice"]))
-        me = ident.load(state.paths.identity_key("default"))
-        client, profile = await connect_profile(state.paths, me)
-        async with client:
-            await Messenger(client, me, profile.user, state.paths, lambda ev: None, deliveries=False).identity_of("bob")
-
-    asyncio.run(pin_bob())
+    r = sc(homes["alice"], "send", "--to", "bob", "hello before the reset")
+    assert r.returncode == 0, r.stderr
     homes["bob"] = tmp_path / "bob-new-device"
     # a new device that starts over with a new user key (a plain new device would only pair, and
     # --replace-key no longer registers an unapproved key): a key change both contacts and rooms see
@@ -208,7 +194,7 @@ def test_running_chat_picks_up_contacts_trust_done_in_another_shell(two_users, t
 
 
 def test_trust_command_in_chat_shows_the_fingerprint_then_trusts(two_users, tmp_path):  # noqa: F811
-    from securecomm.client.directory import Contacts
+    from securecomm.client.pins import Pins
     from securecomm.paths import Paths
 
     srv, homes, tmux = two_users
@@ -216,7 +202,7 @@ def test_trust_command_in_chat_shows_the_fingerprint_then_trusts(two_users, tmp_
     _both_chatting(tmux, homes)
     tmux.type("alice", "/trust bob")
     _wait_joined(tmux, "alice", "then type: /trust bob SHA256:")
-    pending = Contacts.load(Paths.resolve(homes["alice"]).contacts).get("bob")
+    pending = Pins.load(Paths.resolve(homes["alice"]).user_pins).get("bob")
     assert pending is not None and pending.pending is not None
     new = pending.pending.fingerprint_text
     tmux.type("alice", "/trust bob SHA256:not-the-one")
@@ -227,8 +213,8 @@ def test_trust_command_in_chat_shows_the_fingerprint_then_trusts(two_users, tmp_
     tmux.wait_for("bob", f"#lobby alice {CHECK} readable now")
     tmux.type("bob", "and back")
     tmux.wait_for("alice", f"#lobby bob {CHECK} and back")
-    trusted = Contacts.load(Paths.resolve(homes["alice"]).contacts).get("bob")
-    assert trusted is not None and trusted.pending is None and trusted.identity.fingerprint_text == new
+    trusted = Pins.load(Paths.resolve(homes["alice"]).user_pins).get("bob")
+    assert trusted is not None and trusted.pending is None and trusted.user_key.fingerprint_text == new
 
 
 def test_a_long_running_session_never_writes_back_a_trust_undone(tmp_path):

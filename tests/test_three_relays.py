@@ -30,7 +30,7 @@ LOAD_SECONDS = 400
 
 @pytest.fixture
 def cluster(tmp_path: Path, pg_url: str, nats_server):
-    relays = start_relays(tmp_path / "srv", pg_url, nats_server.url, RELAYS)
+    relays = start_relays(tmp_path / "srv", pg_url, nats_server.url, RELAYS, serve_version_1=True)
     yield relays
     stop_all(relays)
 
@@ -283,7 +283,8 @@ def test_workers_share_one_port_and_act_as_one_relay(tmp_path, pg_url, nats_serv
     from tests.serverproc import ServerProc
 
     Store(pg_url, migrate=True).close()
-    srv = ServerProc(tmp_path / "srv", "--db", pg_url, "--bus", nats_server.url, "--workers", "2").start()
+    srv = ServerProc(tmp_path / "srv", "--db", pg_url, "--bus", nats_server.url, "--workers", "2",
+                     serve_version_1=True).start()  # Peer clients speak version 1 (tests/relays.py)
     try:
         srv.wait_log(r"(?s)listening on 127\.0\.0\.1:(\d+).*listening on 127\.0\.0\.1:\1", timeout=WAIT)
 
@@ -340,7 +341,7 @@ def test_a_woken_relay_pushes_the_carried_message_without_reading_the_mailbox(tm
     with psycopg.connect(pg_url, autocommit=True) as con:
         con.execute(sql.SQL("ALTER DATABASE {} SET log_statement = 'all'").format(
             sql.Identifier(pg_url.rsplit("/", 1)[1])))
-    relays = start_relays(tmp_path / "srv", pg_url, nats_server.url, 2)
+    relays = start_relays(tmp_path / "srv", pg_url, nats_server.url, 2, serve_version_1=True)
 
     async def main() -> str:
         alice, bob = await _connect_group(tmp_path, pg_url, relays, 2)  # alice on relay 0, bob on relay 1

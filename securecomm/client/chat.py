@@ -380,7 +380,7 @@ class ChatSession:
                 self._send_file(line.user, line.path)
             elif isinstance(line, Trust):
                 # accepting a key is what `contacts trust` does, and completes the room key exchange
-                self.emit(Info(m.trust(line.user, line.fingerprint)))
+                self.emit(Info(await m.trust(line.user, line.fingerprint)))
             elif isinstance(line, Invalid):
                 self.emit(Info(line.text))
             elif isinstance(line, Say) and line.text.strip():

@@ -33,7 +33,7 @@ class Contact:
     pending: PublicIdentity | None = None  # a changed key waiting for `contacts trust`
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
     """Which version of the file is on disk: every save renames a new file into place."""
     try:
         st = path.stat()
@@ -46,12 +46,12 @@ class Contacts:
     def __init__(self, path: Path, entries: dict[str, Contact]) -> None:
         self.path = path
         self.entries = entries
-        self.stamp = _stamp(path)  # the version `entries` came from (or was saved as)
+        self.stamp = file_stamp(path)  # the version `entries` came from (or was saved as)
 
     def refresh(self) -> bool:
         """Reload if another process (`contacts trust`, another session) saved since: a long-running
         chat then sees a trust at once, and never writes back the stale copy it held. True if reloaded."""
-        if _stamp(self.path) == self.stamp:
+        if file_stamp(self.path) == self.stamp:
             return False
         fresh = Contacts.load(self.path)
         self.entries, self.stamp = fresh.entries, fresh.stamp
@@ -84,7 +84,7 @@ class Contacts:
         }
         write_files([(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), PRIVATE_MODE)],
                     force=True)
-        self.stamp = _stamp(self.path)
+        self.stamp = file_stamp(self.path)
 
     def all(self) -> list[Contact]:
         return list(self.entries.values())

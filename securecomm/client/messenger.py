@@ -517,7 +517,7 @@ class Messenger(Rooms):
         elif isinstance(ev, P.RoomKey):
             await self._on_room_key(ev)
         elif isinstance(ev, P.RoomMessage):
-            self._on_room_message(ev)
+            await self._on_room_message(ev)
         elif isinstance(ev, P.Notice):
             await self._on_notice(ev)
 

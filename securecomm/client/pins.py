@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from securecomm.client.answers import check_user_name
+from securecomm.client.directory import file_stamp
 from securecomm.crypto.devices import DeviceCert, DeviceList, UserPublicKey, valid_devices
 from securecomm.crypto.identity import PublicIdentity
 from securecomm.crypto.integrity import same
@@ -45,6 +46,16 @@ class Pins:
     def __init__(self, path: Path, entries: dict[str, Pin]) -> None:
         self.path = path
         self.entries = entries
+        self.stamp = file_stamp(path)  # the version `entries` came from (or was saved as)
+
+    def refresh(self) -> bool:
+        """Reload if another process (`contacts trust`, `contacts verify`) saved since: a running chat
+        then sees a trust at once, and never writes back the stale copy it held. True if reloaded."""
+        if file_stamp(self.path) == self.stamp:
+            return False
+        fresh = Pins.load(self.path)
+        self.entries, self.stamp = fresh.entries, fresh.stamp
+        return True
 
     @classmethod
     def load(cls, path: Path) -> Pins:
@@ -66,9 +77,11 @@ class Pins:
                          **({"pending": p.pending.line} if p.pending else {})} for p in self.entries.values()}
         write_files([(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), PRIVATE_MODE)],
                     force=True)
+        self.stamp = file_stamp(self.path)
         self.path.with_name(self.path.name + ".bak").unlink(missing_ok=True)
 
     def get(self, name: str) -> Pin | None:
+        self.refresh()
         return self.entries.get(name)
 
     def devices(self, name: str, user_key: UserPublicKey, dlist: DeviceList,
@@ -78,7 +91,7 @@ class Pins:
         Raises ChangedKeyError (VerifiedKeyChangedError for a verified contact) for a user key
         other than the pinned one, and StaleDeviceListError for a list older than one seen."""
         check_user_name(name)
-        known = self.entries.get(name)
+        known = self.get(name)
         if known is not None and not same(known.user_key.raw, user_key.raw):
             self._changed(known, user_key)
         last_counter = 0 if known is None else known.counter
@@ -109,7 +122,7 @@ class Pins:
     def migrate(self, name: str, legacy: PublicIdentity, user_key: UserPublicKey, dlist: DeviceList,
                 certs: list[DeviceCert]) -> bool:
         """Pin `user_key` without a warning if its list certifies the identity pinned in version 1."""
-        if name in self.entries:
+        if self.get(name) is not None:
             return False
         found = valid_devices(name, user_key, dlist, certs)
         if not any(same(c.device.fingerprint, legacy.fingerprint) for c in found):
@@ -119,7 +132,7 @@ class Pins:
         return True
 
     def trust(self, name: str) -> Pin:
-        known = self.entries.get(name)
+        known = self.get(name)
         if known is None:
             raise NotFoundError(f"no contact named {name!r}")
         if known.pending is None:
@@ -129,7 +142,7 @@ class Pins:
         return self.entries[name]
 
     def mark_verified(self, name: str) -> Pin:
-        known = self.entries.get(name)
+        known = self.get(name)
         if known is None:
             raise NotFoundError(f"no contact named {name!r}", hint=f"send {name} a message first")
         self.entries[name] = replace(known, verified=True)

@@ -232,7 +232,7 @@ class Rooms:
 
     async def _on_room_event(self, ev: P.RoomEvent) -> None:
         await self._joined_rooms()
-        self.recheck_held()  # a `contacts trust` done meanwhile in another shell
+        await self.recheck_held()  # a `contacts trust` done meanwhile in another shell
         if ev.event not in ("joined", "left"):
             self._warn_counted("unknown room events", f"ignored a room event of a kind this version does not "
                                f"know: {printable(ev.event[:MAX_SHOWN_KIND].encode())}", failed=False)
@@ -356,7 +356,7 @@ class Rooms:
             await self._on_room_key_v2(ev)
             return
         if self._is_held(ev.user):
-            self.recheck_held()  # trusted meanwhile elsewhere? then this key is accepted below
+            await self.recheck_held()  # trusted meanwhile elsewhere? then this key is accepted below
         sender = self._v1_member(ev.user)
         if sender is None and self._is_held(ev.user):
             self.held_keys[ev.user] = ev  # the latest only: opened if the user trusts the new key
@@ -400,10 +400,14 @@ class Rooms:
             return
         device = next((s.members[ev.user][env.header.sender] for s in self.rooms.values()
                        if env.header.sender in s.members.get(ev.user, {})), None)
+        if device is None and self._is_held(ev.user):
+            # the latest only, unopened (its one-time key kept): opened if the user trusts the new key
+            self.held_keys[ev.user] = ev
+            self._warn_counted("room keys held back", f"held back a room key from {ev.user}: "
+                               f"{self._changed_advice(ev.user)}")
+            return
         if device is None:
-            why = f"{ev.user}'s user key changed" if self._is_held(ev.user) else \
-                "that device is not a member of a room you are in"
-            self._junk_room_key(ev.user, why)
+            self._junk_room_key(ev.user, "that device is not a member of a room you are in")
             return
         try:
             opened, tried = open_with_prekey(env, self.me, device, self.devices.keys)
@@ -434,12 +438,14 @@ class Rooms:
         return (f"{user}'s key CHANGED; verify the new fingerprint with {user} out of band, then run: "
                 f"securecomm contacts trust {user} (or /trust {user} in chat)")
 
-    def recheck_held(self) -> list[str]:
-        """Members held back for a changed key that the user has trusted since (contacts.json is
-        reloaded when another process saved it): they become members, get our sender key, and the
-        key they sent while held is opened. Returns their names."""
+    async def recheck_held(self) -> list[str]:
+        """Members held back for a changed key that the user has trusted since (contacts.json, or on
+        version 2 the user-key pins, reloaded when another process saved them): they become members,
+        get our sender key, and the key they sent while held is opened. Returns their names."""
         if not self._is_held_any():
             return []
+        if self.v2:
+            return await self._recheck_held_v2()
         promoted = []
         for state in self.rooms.values():
             for user, identity in list(state.held.items()):
@@ -465,15 +471,41 @@ class Rooms:
         return promoted
 
     def _is_held_any(self) -> bool:
-        # Version 2 pins user keys (pins.py), not these identities: a member held for a changed user
-        # key is keyed in when they next join after `contacts trust` (their device list verifies then).
-        return not self.v2 and any(s.held for s in self.rooms.values())
+        return any(s.held for s in self.rooms.values())
 
-    def trust(self, user: str, fingerprint: str | None) -> str:
+    async def _recheck_held_v2(self) -> list[str]:
+        """Version 2: a member is held while its pin names a changed user key (pins.py). Once that key
+        is trusted (here with /trust, or `contacts trust`/`contacts verify` in another shell), the
+        held device is checked again against the user's list under the newly pinned key."""
+        assert self.devices is not None
+        promoted = []
+        for state in list(self.rooms.values()):
+            for user, identity in list(state.held.items()):
+                pin = self.devices.pins.get(user)
+                if pin is None or pin.pending is not None:
+                    continue  # still not trusted
+                del state.held[user]
+                self.devices.forget(user)
+                if not await self._add_member(state, user, identity.line):
+                    continue  # held again (changed once more) or skipped, and the warning says why
+                state.unkeyed.add((user, identity.fingerprint))
+                await self._settle_later(state)
+                promoted.append(user)
+                self.emit(Notice(f"now trusting {user}'s new user key {pin.user_key.fingerprint_text}; "
+                                 f"your key for #{state.name} goes to them"))
+        for user in promoted:
+            stashed = self.held_keys.pop(user, None)
+            if stashed is not None:
+                await self._on_room_key_v2(stashed)
+        return promoted
+
+    async def trust(self, user: str, fingerprint: str | None) -> str:
         """/trust in chat: without a fingerprint, show the changed key; with the one shown (copied
         after checking it with them), trust it as `contacts trust` does and key them in."""
         import hmac
 
+        if self.v2:
+            return await self._trust_v2(user, fingerprint)
         contact = self.contacts.get(user)
         if contact is None or contact.pending is None:
             return f"{user}'s key has not changed; nothing to trust"
@@ -485,16 +517,39 @@ class Rooms:
             return f"that is not {user}'s new fingerprint ({new}); nothing trusted"
         self.contacts.trust(user)
         self._directory.pop(user, None)
-        if not self.recheck_held():
+        if not await self.recheck_held():
+            return f"now trusting {user} {new}"
+        return f"now trusting {user} {new}; CHANGED cleared"
+
+    async def _trust_v2(self, user: str, fingerprint: str | None) -> str:
+        """/trust on version 2: the changed USER key pinned for `user` (pins.py), as `contacts trust`."""
+        import hmac
+
+        assert self.devices is not None
+        pin = self.devices.pins.get(user)
+        if pin is None or pin.pending is None:
+            return f"{user}'s user key has not changed; nothing to trust"
+        new = pin.pending.fingerprint_text
+        if fingerprint is None:
+            loud = "you VERIFIED them before: " if pin.verified else ""
+            return (f"{loud}{user}'s user key CHANGED from {pin.user_key.fingerprint_text} to {new}. Check {new} "
+                    f"with {user} out of band (in person, by phone; or compare safety numbers: securecomm "
+                    f"contacts verify {user}), then type: /trust {user} {new}")
+        if not hmac.compare_digest(fingerprint.encode(), new.encode()):
+            return f"nothing trusted: that is not {user}'s new user key ({new})"
+        self.devices.pins.trust(user)
+        self.devices.forget(user)
+        if not await self.recheck_held():
             return f"now trusting {user} {new}"
         return f"now trusting {user} {new}; CHANGED cleared"
 
     def _junk_room_key(self, user: str, why: str) -> None:
         self._warn_counted("bad room keys", f"ignored a room key from {user}: {why}")
-    def _on_room_message(self, ev: P.RoomMessage) -> None:
+
+    async def _on_room_message(self, ev: P.RoomMessage) -> None:
         state = self.rooms.get(ev.room)
         if state is not None and ev.sender in state.held:
-            self.recheck_held()  # trusted meanwhile elsewhere? then their held key opens this message
+            await self.recheck_held()  # trusted meanwhile elsewhere? then their held key opens this message
             if ev.sender in state.held:
                 self._warn_counted("room messages held back", f"a message in #{ev.room} from {ev.sender} was held "
                                    f"back, not shown: {self._changed_advice(ev.sender)}")
@@ -528,7 +583,7 @@ class Rooms:
 
     async def seal_room(self, room: str, body: bytes) -> tuple[bytes, bytes]:
         """Encrypt once for the whole room; returns (msg_id, payload)."""
-        self.recheck_held()  # a member trusted elsewhere gets our key before this line
+        await self.recheck_held()  # a member trusted elsewhere gets our key before this line
         state = self.rooms[room]
         async with state.lock:  # a settle in progress finishes handing out its key first
             if state.rotate or state.unkeyed:  # keys first: after a leave, never the key the leaver had
