@@ -165,7 +165,7 @@ def test_an_old_home_is_told_what_to_run_and_migrates_at_user_login(tmp_path):
         finally:
             con.close()
         r = sc(homes["bob"], "send", "--to", "alice", "to an old account")
-        assert r.returncode != 0 and b"alice has no device that can receive messages" in r.stderr, r.stderr
+        assert r.returncode != 0 and b"'alice' exists but has no device set up yet" in r.stderr, r.stderr
         assert b"securecomm user login alice" in r.stderr
         for args in (("send", "--to", "bob", "from an old home"), ("inbox",)):
             r = sc(homes["alice"], *args)

@@ -56,7 +56,7 @@ from securecomm.crypto import prekeys as K
 from securecomm.crypto.envelope import new_msg_id
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import FormatError, NotFoundError, SecurecommError
+from securecomm.errors import FormatError, NotFoundError, SecurecommError, StaleDeviceListError
 from securecomm.store.devicekeys import DeviceKeys
 
 if TYPE_CHECKING:
@@ -210,7 +210,14 @@ class DeviceDirectory:
             except SecurecommError:  # a head start that failed: claim now
                 directory = None
             if directory is not None:
-                return directory, True
+                try:
+                    self.verify(user, directory)  # cached: sealing does not check it twice
+                except StaleDeviceListError:
+                    # a newer list was seen since this claim (a device added or removed, e.g. a room
+                    # member's device checked meanwhile): its prekeys are out of date, claim again
+                    directory = None
+                else:
+                    return directory, True
         return await self.claim(client, user), False
 
     def claim_ahead(self, users: tuple[str, ...], work: asyncio.Future[dict[str, Directory | None]],

@@ -424,7 +424,9 @@ class Rooms:
         except SecurecommError as e:
             why = e.message
         finally:
-            erase(self.devices.keys, tried)  # ... then the one-time key erased, whatever the outcome
+            erase(self.devices.keys, tried)  # ... then the one-time key erased (zeros, synced), whatever the outcome
+            # no ACK to wait for (a ROOM_KEY has none): the emptied file is unlinked at once
+            self.devices.keys.after_ack()
         if state is None:
             self._junk_room_key(ev.user, why)
         if tried:

@@ -169,7 +169,7 @@ class DeviceOps:
             # the account exists: say so, or it reads as a typo in the name (as `lookup` does, relay.py)
             raise OpError(ErrorCode.NOT_FOUND, f"user {user!r} exists but has no device set up yet (no login "
                           "with a key on this version), so nothing can be sealed to them (ask them to run: "
-                          "securecomm user login)")
+                          f"securecomm user login {user})")
         user_key, dlist, certs = current
         return {"user": user, "user_key": D.UserPublicKey(user_key).line, "device_list": dlist.hex(),
                 "certs": [c.hex() for c in certs]}
