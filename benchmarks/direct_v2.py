@@ -14,6 +14,10 @@ it. Three series, one message of each per round, alternating in one run:
   key erased, ACK, DELIVERED verified;
 - v2 claim at send: grace<i> -> heidi, the same without claiming ahead, as
   one-shot `send --to` does it (prekeys_claim is on the timed path);
+- one-shot command, v1 and v2: what `send --to USER` waits for from a fresh
+  connection: TLS handshake, HELLO, key login, (v2: the device list and a
+  claim), seal, DIRECT, the server's RECEIPT, close (ivan<i> -> judy on v2,
+  carol<i> -> dave on v1; a new Messenger each time, as each command has);
 - v2 last resort: frank -> erin once frank's one-time budget for erin's device
   is spent (docs/PROTOCOL.md 6.5: 20 an hour per claiming account), so every
   claim answers erin's last-resort prekey (reused 5 s by the client, 6.13)
@@ -93,12 +97,45 @@ async def _round(sender: Any, to: str) -> tuple[float, bool]:
     return (time.perf_counter() - t0) * 1000, sealed.without_one_time_key
 
 
+async def _oneshot(home: Path, v2: bool, to: str) -> float:
+    """ms for one `send --to` as the command runs it after start-up: connect and log in, seal, DIRECT,
+    the stored RECEIPT, close."""
+    from securecomm.cli.context import State
+    from securecomm.client.connection import Client
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import Messenger
+    from securecomm.crypto import identity as ident
+
+    state = State(home=str(home))
+    me = ident.load(state.paths.identity_key("default"))
+    await asyncio.sleep(TYPING_PAUSE)
+    offered, Client.versions = Client.versions, (Client.versions if v2 else (1,))
+    t0 = time.perf_counter()
+    try:
+        client, profile = await connect_profile(state.paths, me)
+    finally:
+        Client.versions = offered
+    m = Messenger(client, me, profile.user, state.paths, lambda ev: None, deliveries=False)
+    if not v2:
+        m.devices = None
+    pump = asyncio.create_task(m.run())
+    try:
+        sealed = await m.seal_direct(to, BODY)
+        await m.send_sealed_direct(to, sealed)
+    finally:
+        pump.cancel()
+        await client.close()
+    ms = (time.perf_counter() - t0) * 1000
+    assert m.v2 == v2 and (not v2 or not sealed.without_one_time_key)
+    return ms
+
+
 def senders(rounds: int) -> int:
     return max(1, -(-rounds // PER_SENDER))
 
 
 #: The recipients (user, on version 2), run by `_readers` in their own process.
-READERS = (("bob", True), ("dave", False), ("erin", True), ("heidi", True))
+READERS = (("bob", True), ("dave", False), ("erin", True), ("heidi", True), ("judy", True))
 
 
 def _readers(homes: dict[str, str], ready: Any, stop: Any) -> None:
@@ -126,12 +163,16 @@ async def measure(homes: dict[str, Path], rounds: int) -> dict[str, Any]:
             await _round(a, "bob")
             await _round(g, "heidi")
             await _round(c, "dave")
+        for i in range(n):  # warm-up of the one-shot senders: judy's user key pinned on first use
+            await _oneshot(homes[f"ivan{i}"], True, "judy")
         while not (await _round(lr, "erin"))[1]:  # spend frank's one-time budget for erin (20, 6.5)
             pass
         v1: list[float] = []
         v2: list[float] = []
         v2_send: list[float] = []
         v2_lr: list[float] = []
+        shot1: list[float] = []
+        shot2: list[float] = []
         one_time = 0
         for i in range(rounds):
             v1.append((await _round(v1s[i % n], "dave"))[0])
@@ -144,18 +185,21 @@ async def measure(homes: dict[str, Path], rounds: int) -> dict[str, Any]:
             ms, without = await _round(lr, "erin")
             assert without, "the last-resort series got a one-time prekey"
             v2_lr.append(ms)
+            shot1.append(await _oneshot(homes[f"carol{i % n}"], False, "dave"))
+            shot2.append(await _oneshot(homes[f"ivan{i % n}"], True, "judy"))
     finally:
         for m in (*v2s, *at_send, *v1s, lr):
             if m.devices is not None:
                 m.devices.stop_ahead()
             m.pump.cancel()
             await m.client.close()
-    m1, m2, m3, m4 = (statistics.median(x) for x in (v1, v2, v2_send, v2_lr))
+    m1, m2, m3, m4, o1, o2 = (statistics.median(x) for x in (v1, v2, v2_send, v2_lr, shot1, shot2))
     return {"rounds": rounds, "senders": n, "v2_one_time_messages": one_time,
             "v1_ms_median": round(m1, 2), "v2_ms_median": round(m2, 2), "ratio": round(m2 / m1, 2),
             "v2_claim_at_send_ms_median": round(m3, 2), "claim_at_send_ratio": round(m3 / m1, 2),
             "v2_last_resort_ms_median": round(m4, 2), "last_resort_ratio": round(m4 / m1, 2),
-            "target_ratio": 1.3}
+            "oneshot_v1_ms_median": round(o1, 2), "oneshot_v2_ms_median": round(o2, 2),
+            "oneshot_ratio": round(o2 / o1, 2), "target_ratio": 1.3}
 
 
 def main() -> None:
@@ -173,7 +217,8 @@ def main() -> None:
         try:
             homes = {}
             n = senders(args.rounds)
-            for user in ("bob", "dave", "erin", "frank", "heidi", *(f"alice{i}" for i in range(n)),
+            for user in ("bob", "dave", "erin", "frank", "heidi", "judy", *(f"alice{i}" for i in range(n)),
+                         *(f"ivan{i}" for i in range(n)),
                          *(f"grace{i}" for i in range(n)), *(f"carol{i}" for i in range(n))):
                 H.securecomm(srv, "user", "add", user, "--password-stdin", input=(H.PASSWORD + "\n").encode())
                 homes[user] = root / user
@@ -203,6 +248,8 @@ def main() -> None:
           f"{result['v2_claim_at_send_ms_median']} | {result['claim_at_send_ratio']}x |")
     print(f"| the same, last-resort prekey (claim budget spent, 6.5) | {result['v1_ms_median']} | "
           f"{result['v2_last_resort_ms_median']} | {result['last_resort_ratio']}x |")
+    print(f"| one-shot `send --to` from a fresh connection (TLS, login, seal, RECEIPT) | "
+          f"{result['oneshot_v1_ms_median']} | {result['oneshot_v2_ms_median']} | {result['oneshot_ratio']}x |")
     print(f"json: {write_json('direct-v2', result, args.json)}")
 
 

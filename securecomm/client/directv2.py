@@ -43,6 +43,7 @@ when it is sealed to (crypto/prekeys.py seal_v2).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -270,7 +271,15 @@ class DeviceDirectory:
         return out
 
     async def seal(self, client: Client, to: str, text: bytes) -> SealedDirect:
-        theirs, ahead = await self._claimed(client, to)
+        if to == self.user or self._own is not None:
+            theirs, ahead = await self._claimed(client, to)
+        else:  # our own list is not known yet (a one-shot `send --to`): both requests in one round trip
+            own = asyncio.ensure_future(self.own_devices(client))
+            try:
+                theirs, ahead = await self._claimed(client, to)
+            finally:  # awaited even when the claim failed: its error is the one reported, never lost
+                with contextlib.suppress(SecurecommError):
+                    await own
         mine = None
         if to != self.user and len(await self.own_devices(client)) > 1:
             mine, mine_ahead = await self._claimed(client, self.user)
