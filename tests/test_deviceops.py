@@ -187,6 +187,14 @@ def test_pairing_a_second_device(w):
     w.refused(ErrorCode.PAIRING, alice.me(), "pair_lookup", code=code)  # used
 
 
+def test_pair_complete_from_a_listed_device_says_it_is_already_listed(w):
+    """Spec-only client: the first device's pair_complete said 'has not been approved yet'."""
+    alice = Account(w, "alice")
+    assert "already on the account's device list" in w.refused(ErrorCode.PAIRING, alice.me(), "pair_complete")
+    phone, _ = _pair(w, alice)
+    assert "not been approved yet" in w.refused(ErrorCode.PAIRING, w.caller("alice", phone, True), "pair_complete")
+
+
 def test_expired_pairing_code_is_refused(w):
     alice = Account(w, "alice")
     _, code = _pair(w, alice)

@@ -78,7 +78,7 @@ def test_unknown_sender_is_forbidden():
 def test_no_key_proven_is_forbidden():
     raw = E.seal(b"x", ALICE, SERVER.public, timestamp_ms=NOW)
     refusal = _refusal(_checked(raw, TO_SERVER, sender=None, opener=SERVER))
-    assert refusal.code is ErrorCode.FORBIDDEN and "no identity registered" in refusal.message
+    assert refusal.code is ErrorCode.FORBIDDEN and "has not proved a key" in refusal.message
 
 
 @pytest.mark.parametrize("rules, to, opener", [(TO_SERVER, SERVER, SERVER), (TO_BOB, BOB, None)])

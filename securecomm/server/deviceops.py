@@ -401,7 +401,11 @@ class DeviceOps:
         approval = self.store.approval(caller.device.fingerprint)
         # An approval counts only while it lists the device: one kept from before the device was removed
         # (a server older than this rule kept them) is not handed out again; a new pairing starts (6.4).
-        if approval is None or self.store.device_user(caller.device.fingerprint) != caller.user_id:
+        listed = self.store.device_user(caller.device.fingerprint) == caller.user_id
+        if approval is None and listed:  # the first device, or one paired long ago: not waiting for anything
+            raise OpError(ErrorCode.PAIRING, "this device is already on the account's device list: "
+                          "there is no pairing to complete")
+        if approval is None or not listed:
             raise OpError(ErrorCode.PAIRING, "this device has not been approved yet")
         return Outcome(json.loads(approval))
 

@@ -84,7 +84,8 @@ def _addressing(h: envelope.Header, rules: Rules, sender: PublicIdentity | None,
                        "server clock (stale, replayed, or a wrong clock)" if to_server
                        else "envelope timestamp is outside the server's window")
     if sender is None and to_server:
-        return Refusal(P.ErrorCode.FORBIDDEN, "no identity registered for this account (run: securecomm user login)")
+        return Refusal(P.ErrorCode.FORBIDDEN, "this session has not proved a key, so it cannot send: log in with the "
+                       "device key (LOGIN_KEY; the CLI does: securecomm user login)")
     if sender is None or not same(h.sender, sender.fingerprint):
         return Refusal(P.ErrorCode.FORBIDDEN, "envelope is not signed by the identity of the logged-in user")
     return None
