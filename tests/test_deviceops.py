@@ -424,3 +424,21 @@ def test_a_claim_naming_devices_hands_out_only_theirs(w):
     got = w.call(bob.me(), "prekeys_claim", user="alice", devices=[other]).data
     assert len(got["prekeys"]) == 1 and w.call(alice.me(), "prekeys_status").data["available"] == 4
     w.refused(ErrorCode.BAD_FRAME, bob.me(), "prekeys_claim", user="alice", devices="nope")
+
+
+def test_device_changes_are_budgeted_per_account(w):
+    """Attack check: pair_start pipelined from 8 connections stalled the relay (each is a write on its
+    event loop); now WRITE_BURST at once, then WRITES_PER_MINUTE, per account, pending devices included."""
+    from securecomm.server.deviceops import WRITE_BURST, WRITES_PER_MINUTE
+
+    alice, bob = Account(w, "alice"), Account(w, "bob")  # one write each (the first list)
+    pending = w.caller("alice", PrivateIdentity.generate("x25519"), True)
+    for _ in range(WRITE_BURST - 1):
+        w.call(pending, "pair_start", name="phone")
+    assert "device changes" in w.refused(ErrorCode.RATE_LIMITED, pending, "pair_start", name="phone")
+    w.refused(ErrorCode.RATE_LIMITED, alice.me(), "prekeys_upload", one_time=[])  # the whole account
+    assert bob.upload(1).data == {"available": 1}  # another account is not touched
+    w.call(alice.me(), "prekeys_status")  # reads are not counted
+    w.now += 60_000 // WRITES_PER_MINUTE  # one token back
+    w.call(pending, "pair_start", name="phone")
+    w.refused(ErrorCode.RATE_LIMITED, pending, "pair_start", name="phone")

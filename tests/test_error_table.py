@@ -553,6 +553,23 @@ def d_pairing_used(w: World) -> Outcome:
     return _dev_request(c, "pair_lookup", {"code": code})
 
 
+def d_device_writes_rate(w: World) -> Outcome:
+    """Attack check: a pending device pipelined `pair_start` (an SQLite write on the event loop each)
+    from 8 connections; another user's login waited 16.7 s. Now a budget per account."""
+    from securecomm.server.deviceops import WRITE_BURST
+
+    _listed(w, "alice", ALICE).close()
+    c = w.raw().start()
+    c.send(c.registration("alice", PrivateIdentity.generate("x25519")))
+    assert isinstance(c.until(P.LoginOk), P.LoginOk)
+    for _ in range(WRITE_BURST):  # the first list was one write
+        c.send(P.Request(42, "pair_start", {"name": "phone"}))
+        ev = c.until(P.Result)
+        if isinstance(ev, P.Error):
+            return c, ev, None, 42
+    raise AssertionError(f"{WRITE_BURST} pair_start after the first list were all answered")
+
+
 def d_pairing_expired(w: World) -> Outcome:
     """A code more than 10 minutes old is looked up (6.4). The server's clock is real, so the code is aged in
     its database (the real SQLite file the server uses; it reads the expiry at every lookup)."""
@@ -688,6 +705,7 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "send-storage-full": (("--send-messages", "1"), d_send_storage_full),
     "mailbox-expired": (("--mailbox-ttl", "1"), d_mailbox_expired),
     "logged-out": ((), d_logged_out),
+    "device-writes-rate": ((), d_device_writes_rate),  # it spends alice's budget: a server of its own
     "room-full": (("--max-room-members", "1"), d_room_full),
     "too-many-sessions": (("--max-sessions-per-user", "1"), d_too_many_sessions),
     "hello-version-1": ((VERSION_1_OFF,), lambda w: _pre(w, frame(P.Hello(versions=(1,))))),

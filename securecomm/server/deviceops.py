@@ -45,6 +45,15 @@ CLAIMS_PER_MINUTE = 60
 #: messages (a pasted text, a script's batch) goes through; 240 is above the 200 prekeys a device
 #: holds at most, so a burst meets the last-resort key before the limit.
 CLAIM_BURST = 240
+#: Ops that write the device store, and their budget per account (all its sessions and pending
+#: devices): each is a synchronous SQLite transaction on the relay's event loop, so a flood of them
+#: (attack check: 8 connections of `pair_start` made another user's login wait 16.7 s) is held to
+#: WRITES_PER_MINUTE after a burst of WRITE_BURST. A real account makes a handful: a first device
+#: publishes and uploads, a pairing starts, approves, completes and uploads, a refill uploads once;
+#: 40 covers adding all 10 devices in a row.
+WRITE_OPS = frozenset({"device_list_publish", "device_remove", "prekeys_upload", "pair_start", "pair_approve"})
+WRITE_BURST = 40
+WRITES_PER_MINUTE = 60
 #: What a removed device is told when its sessions end or its key logs in (DEVICE_REMOVED): both ways a
 #: device leaves the list, since the server does not keep which one it was.
 DEVICE_REMOVED_TEXT = ("this device was removed from your device list (by `devices remove`, or by `user login "
@@ -129,6 +138,7 @@ class DeviceOps:
         self.find_user = find_user
         self.clock = clock
         self._claims: dict[int, tuple[float, int]] = {}  # account -> (tokens left, when)
+        self._writes: dict[int, tuple[float, int]] = {}  # account -> (tokens left, when)
         self._buckets: dict[tuple[int, bytes, int], tuple[float, int]] = {}  # (size, device, claimer|0)
 
     def handle(self, caller: Caller, op: str, args: dict[str, Any]) -> Outcome:
@@ -136,6 +146,9 @@ class DeviceOps:
         method = getattr(self, "_" + op, None) if op in self.OPS else None
         if method is None:
             raise OpError(ErrorCode.UNKNOWN_TYPE, f"unknown request {op!r}")
+        if op in WRITE_OPS and not self._take(self._writes, caller.user_id, WRITE_BURST, WRITES_PER_MINUTE):
+            raise OpError(ErrorCode.RATE_LIMITED, f"more than {WRITE_BURST} device changes at once, or "
+                          f"{WRITES_PER_MINUTE} a minute after that: try again shortly")
         try:
             outcome: Outcome = method(caller, args)
         except OpError:
@@ -331,14 +344,23 @@ class DeviceOps:
 
     def _rate(self, user_id: int) -> None:
         """A token bucket per account: CLAIM_BURST at once, then CLAIMS_PER_MINUTE."""
-        now = self.clock()
-        tokens, last = self._claims.get(user_id, (float(CLAIM_BURST), now))
-        tokens = min(float(CLAIM_BURST), tokens + (now - last) * CLAIMS_PER_MINUTE / 60_000)
-        if tokens < 1:
-            self._claims[user_id] = (tokens, now)
+        if not self._take(self._claims, user_id, CLAIM_BURST, CLAIMS_PER_MINUTE):
             raise OpError(ErrorCode.RATE_LIMITED, f"more than {CLAIM_BURST} prekey claims at once, or "
                           f"{CLAIMS_PER_MINUTE} a minute after that")
-        self._claims[user_id] = (tokens - 1, now)
+
+    def _take(self, buckets: dict[int, tuple[float, int]], user_id: int, burst: int, per_minute: int) -> bool:
+        """One token from `user_id`'s bucket (`burst` at most, refilled at `per_minute`); False if none."""
+        now = self.clock()
+        if len(buckets) > 100_000:  # forget the full ones (a full bucket is the default)
+            for k in [k for k, (t, at) in buckets.items() if t + (now - at) * per_minute / 60_000 >= burst]:
+                del buckets[k]
+        tokens, last = buckets.get(user_id, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - last) * per_minute / 60_000)
+        if tokens < 1:
+            buckets[user_id] = (tokens, now)
+            return False
+        buckets[user_id] = (tokens - 1, now)
+        return True
 
     # -- pairing ---------------------------------------------------------------------------------------
     def _pending_device(self, caller: Caller) -> PublicIdentity:
