@@ -229,12 +229,18 @@ def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
     refused = sc("devices", "approve", code, input="n\n", home_dir=laptop)
     assert refused.exit_code == 130 and phone_id.public.fingerprint_text in refused.output
     assert len(json.loads(sc("devices", "--json", home_dir=laptop).output)) == 1
-    bad = sc("devices", "approve", "00000-00000", "--yes", home_dir=laptop)
+    bad = sc("devices", "approve", "00000-00000", "--fingerprint", phone_id.public.fingerprint_text, home_dir=laptop)
     assert bad.exit_code == 9 and "securecomm: error: server: " in bad.output
+    unseen = sc("devices", "approve", code, "--yes", home_dir=laptop)  # attack check: --yes approved unseen
+    assert unseen.exit_code == 2 and "--fingerprint" in unseen.output
+    other = I.PrivateIdentity.generate("x25519").public.fingerprint_text  # a server that put another device there
+    wrong = sc("devices", "approve", code, "--fingerprint", other, home_dir=laptop)
+    assert wrong.exit_code == 6 and "is not the one you named" in wrong.output, wrong.output
+    assert len(json.loads(sc("devices", "--json", home_dir=laptop).output)) == 1  # nothing approved
     ok = sc("devices", "approve", code.lower().replace("-", " "), input="y\n", home_dir=laptop)
     assert ok.exit_code == 0, ok.output
     assert "device phone asks to join alice's devices" in ok.output and "device list 2" in ok.output
-    used = sc("devices", "approve", code, "--yes", home_dir=laptop)
+    used = sc("devices", "approve", code, "--fingerprint", phone_id.public.fingerprint_text[7:], home_dir=laptop)
     assert used.exit_code == 9
 
     second = login(phone, srv, "alice", PASSWORD, "--identity", "phone")

@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import PASSWORD, ServerProc, login, sc, users_logged_in
+from tests.test_multidevice_cli import fingerprint_in
 
 CODE = re.compile(rb"pairing code:? ([0-9A-Z]{5}-[0-9A-Z]{5})")
+
+
+def _fp(r) -> str:
+    return fingerprint_in(r.stderr + r.stdout)
 
 
 def _code(r) -> str:
@@ -27,7 +32,7 @@ def _code(r) -> str:
 def _pair(srv: ServerProc, first: Path, second: Path, user: str, *extra: str) -> None:
     r = login(second, srv, user, PASSWORD, *extra)
     assert r.returncode == 0, r.stderr
-    r = sc(first, "devices", "approve", _code(r), "--yes")
+    r = sc(first, "devices", "approve", _code(r), "--fingerprint", _fp(r))
     assert r.returncode == 0, r.stderr
     r = login(second, srv, user, PASSWORD, *extra)
     assert r.returncode == 0, r.stderr
@@ -74,7 +79,7 @@ def test_a_removed_device_logs_in_again_and_pairs_anew(world):
     r = sc(homes["phone"], "inbox")  # item 10 for a removed device asking again: it waits, with this code
     assert r.returncode == 5 and f"waits to be paired with alice's devices (pairing code {code})".encode() \
         in r.stderr, r.stderr
-    assert sc(homes["alice"], "devices", "approve", code, "--yes").returncode == 0
+    assert sc(homes["alice"], "devices", "approve", code, "--fingerprint", _fp(r)).returncode == 0
     r = login(homes["phone"], srv, "alice")
     assert r.returncode == 0, r.stderr
     assert len(_rows(homes["phone"])) == 2
@@ -94,7 +99,7 @@ def test_an_old_device_paired_after_a_reset_takes_the_new_user_key(world):
     assert r.returncode == 5 and b"--reset-user-key` on another device" in r.stderr, r.stderr
     r = login(homes["alice"], srv, "alice")  # the dropped laptop asks to join again
     assert r.returncode == 0, r.stderr
-    assert sc(homes["phone"], "devices", "approve", _code(r), "--yes").returncode == 0
+    assert sc(homes["phone"], "devices", "approve", _code(r), "--fingerprint", _fp(r)).returncode == 0
     r = login(homes["alice"], srv, "alice", PASSWORD, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["user_key"] == new_key
@@ -135,7 +140,7 @@ def test_the_pairing_hint_names_home_and_identity_and_login_goes_on_with_them(wo
     r = login(home, srv, "alice", PASSWORD, "--identity", "tablet")
     assert r.returncode == 0, r.stderr
     assert f"then here: securecomm --home {home} user login alice --identity tablet".encode() in r.stderr
-    assert sc(homes["alice"], "devices", "approve", _code(r), "--yes").returncode == 0
+    assert sc(homes["alice"], "devices", "approve", _code(r), "--fingerprint", _fp(r)).returncode == 0
     r = login(home, srv, "alice")  # no --identity: the profile's
     assert r.returncode == 0, r.stderr
     assert b"paired" in r.stderr and not (home / "identities" / "default.key").exists()
@@ -236,13 +241,14 @@ def test_prompts_without_a_terminal_name_yes_and_a_replaced_code_says_so(world, 
     hint; an old code replaced by a newer `user login` said only "no such pairing code"."""
     srv, homes = world
     tablet = tmp_path / "tablet"
-    old = _code(login(tablet, srv, "alice"))
+    first = login(tablet, srv, "alice")
+    old = _code(first)
     new = _code(login(tablet, srv, "alice"))
-    r = sc(homes["alice"], "devices", "approve", old, "--yes")
+    r = sc(homes["alice"], "devices", "approve", old, "--fingerprint", _fp(first))
     assert r.returncode == 9 and b"use the one it showed last" in r.stderr
     r = sc(homes["alice"], "devices", "approve", new)
-    assert r.returncode == 130 and f"hint: compare them, then: securecomm devices approve {new} --yes".encode() \
-        in r.stderr
+    assert r.returncode == 130
+    assert f"hint: compare them, then: securecomm devices approve {new} --fingerprint FP".encode() in r.stderr
     r = sc(homes["bob"], "contacts", "verify", "alice")
     assert r.returncode == 130 and b"hint: compare them with alice, then: securecomm contacts verify alice --yes" \
         in r.stderr

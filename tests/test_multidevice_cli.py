@@ -14,6 +14,14 @@ import pytest
 from tests.serverproc import PASSWORD, ServerProc, login, sc, users_logged_in
 
 CODE = re.compile(rb"pairing code: ([0-9A-Z]{5}-[0-9A-Z]{5})")
+#: The new device's own fingerprint, in the approve command its hint prints (what a person copies).
+FINGERPRINT = re.compile(rb"--fingerprint (SHA256:[A-Za-z0-9+/]+)")
+
+
+def fingerprint_in(out: bytes) -> str:
+    found = FINGERPRINT.search(out)
+    assert found, out
+    return found.group(1).decode()
 
 
 def pair_second_device(srv: ServerProc, first: Path, second: Path, user: str) -> None:
@@ -23,7 +31,7 @@ def pair_second_device(srv: ServerProc, first: Path, second: Path, user: str) ->
     assert r.returncode == 0, r.stderr
     found = CODE.search(r.stderr)
     assert found, r.stderr
-    r = sc(first, "devices", "approve", found.group(1).decode(), "--yes")
+    r = sc(first, "devices", "approve", found.group(1).decode(), "--fingerprint", fingerprint_in(r.stderr))
     assert r.returncode == 0, r.stderr
     r = login(second, srv, user)
     assert r.returncode == 0, r.stderr

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ENTRY
 from tests.serverproc import ServerProc, login, sc, users_logged_in
 from tests.test_chat_tty import Tmux
-from tests.test_multidevice_cli import CODE
+from tests.test_multidevice_cli import CODE, fingerprint_in
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 
@@ -48,7 +48,8 @@ def test_two_devices_and_one_chat_while_a_device_comes_and_goes(world):
     assert r.returncode == 0, r.stderr
     code = CODE.search(r.stderr)
     assert code, r.stderr
-    assert sc(homes["alice"], "devices", "approve", code.group(1).decode(), "--yes").returncode == 0
+    assert sc(homes["alice"], "devices", "approve", code.group(1).decode(), "--fingerprint",
+              fingerprint_in(r.stderr)).returncode == 0
     tmux.wait_for("laptop", "was added to your account")  # NOTICE device_added, shown in the running chat
     r = login(homes["phone"], srv, "alice")
     assert r.returncode == 0 and b"paired" in r.stderr, r.stderr

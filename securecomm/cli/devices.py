@@ -201,22 +201,33 @@ def verify_contact(state: State, name: str, options: dict[str, Any], yes: bool) 
     click.echo(f"{shown(name)} is now verified; if their user key ever changes, securecomm stops loudly")
 
 
-@devices.command(epilog="Example: securecomm devices approve K3M9Q-7TX2B")
+@devices.command(epilog="Examples:\n\n  securecomm devices approve K3M9Q-7TX2B\n\n"
+                         "  securecomm devices approve K3M9Q-7TX2B --fingerprint SHA256:Wm3x...")
 @click.argument("code")
 @connection_options
-@click.option("--yes", is_flag=True, help="Approve without asking (you compared the fingerprint already).")
+@click.option("--fingerprint", "expected", metavar="FP",
+              help="The fingerprint the new device printed: approve only that device, without asking.")
+@click.option("--yes", is_flag=True, help="Do not ask; needs --fingerprint (nothing is approved unseen).")
 @click.pass_context
 def approve(ctx: click.Context, code: str, server: str | None, ca: str | None, pin: str | None,
-            passphrase_file: str | None, yes: bool) -> None:
+            passphrase_file: str | None, expected: str | None, yes: bool) -> None:
     """Add the new device that shows pairing CODE (from `user login` on it).
 
-    Shows the waiting device's name and fingerprint (compare it with what
-    the new device printed) and asks; on yes, signs it into your device list
-    with the user key and hands the user key over, sealed to that device.
+    Shows the waiting device's name and fingerprint and asks whether it is
+    the one the new device printed; with --fingerprint FP (as the new
+    device prints it in its hint) that check is made for you. On yes, signs
+    it into your device list with the user key and hands the user key over,
+    sealed to that device. The code comes from the server: only the
+    fingerprint tells your device from one the server, or whoever saw the
+    code, put in its place.
     """
     from securecomm.client.devicecmds import approve_pairing, look_up_pairing, own_user_key
-    from securecomm.errors import InterruptedByUser
+    from securecomm.crypto.integrity import same
+    from securecomm.errors import IntegrityError, InterruptedByUser
 
+    if yes and expected is None:
+        raise UsageError("--yes would approve a device nobody compared",
+                         hint="give the fingerprint the new device printed: --fingerprint SHA256:...")
     state = ctx.find_object(State)
     assert state is not None
     options = _options(ctx)
@@ -229,8 +240,17 @@ def approve(ctx: click.Context, code: str, server: str | None, ca: str | None, p
             click.echo(f"device {shown(request.name)} asks to join {shown(profile.user)}'s devices\n"
                        f"  its fingerprint: {request.device.fingerprint_text}\n"
                        f"  your user key:   {user_key.public.fingerprint_text}")
-            if not yes and not _confirm("is this your device, showing the same fingerprint?",
-                                        f"compare them, then: securecomm devices approve {code} --yes"):
+            if expected is not None:
+                given = expected.strip()
+                given = given if given.startswith("SHA256:") else "SHA256:" + given
+                if not same(given.encode(), request.device.fingerprint_text.encode()):
+                    raise IntegrityError(f"the device waiting with code {shown(code)} is not the one you named: "
+                                         f"its fingerprint is {request.device.fingerprint_text}; nothing was "
+                                         "approved", hint="someone else has this code, or the server put another "
+                                         "device in its place: run user login on the new device for a new code")
+            elif not _confirm("is this your device, showing the same fingerprint?",
+                              f"compare them, then: securecomm devices approve {code} --fingerprint FP "
+                              "(the fingerprint the new device printed)"):
                 raise InterruptedByUser("the device was not approved; nothing was changed")
             return request, await approve_pairing(client, profile.user, keys, identity, request)
 

@@ -482,8 +482,8 @@ async def _pairing(client: Any, keys: Any, me: Any, user: str, name: str, again:
     code, _ = detail
     info(f"this device ({me.public.fingerprint_text}, named {shown(name)}) waits to be paired; pairing code: "
          f"{shown(code)} (good for 10 minutes, once)")
-    info(f"on a device you already have, run: securecomm devices approve {shown(code)}; "
-         f"then here: {again}")
+    info(f"on a device you already have, run: securecomm devices approve {shown(code)} "
+         f"--fingerprint {me.public.fingerprint_text}; then here: {again}")
     return {"pairing_code": code}
 
 

@@ -136,9 +136,17 @@ def waiting_to_be_paired(paths: Any, profile: Profile, refused: AuthError) -> No
     if isinstance(expires, int) and expires <= time.time() * 1000:
         raise AuthError(f"this device waits to be paired with {profile.user}'s devices, and its pairing code "
                         f"{code} has expired", hint=f"for a new code, run here: {again}") from refused
+    fingerprint = ""
+    try:  # the approving device checks it (attack check: a code alone lets the server substitute a device)
+        from securecomm.crypto.identity import load_public
+
+        fingerprint = f" --fingerprint {load_public(paths.identity_pub(profile.identity)).fingerprint_text}"
+    except (OSError, SecurecommError):
+        pass
     raise AuthError(f"this device waits to be paired with {profile.user}'s devices (pairing code {code}): it "
                     "cannot send or read until a device you already have approves it",
-                    hint=f"on that device: securecomm devices approve {code}; then here: {again}") from refused
+                    hint=f"on that device: securecomm devices approve {code}{fingerprint}; then here: {again}"
+                    ) from refused
 
 
 def paired_meanwhile(paths: Any, profile: Profile, identity: PrivateIdentity) -> None:
