@@ -43,6 +43,11 @@ class FilePermissionError(SecurecommError):
     exit_code = 4
 
 
+class UnsafePermissionsError(FilePermissionError):
+    """a private file (a key) that group or others may read: this machine's problem, not the peer's, so a
+    message that needs the key is left on the server, never rejected"""
+
+
 class AuthError(SecurecommError):
     """authentication failed"""
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from securecomm.errors import ExistsError, FilePermissionError, NotFoundError, SecurecommError
+from securecomm.errors import ExistsError, FilePermissionError, NotFoundError, SecurecommError, UnsafePermissionsError
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -162,7 +162,7 @@ def check_private_mode(path: Path) -> None:
     except FileNotFoundError as e:
         raise NotFoundError(f"{path} does not exist") from e
     if os.name == "posix" and st.st_mode & 0o077:
-        raise FilePermissionError(
+        raise UnsafePermissionsError(
             f"permissions {stat.S_IMODE(st.st_mode):04o} for {path} are too open: "
             "a private key must not be accessible by others",
             hint=f"chmod 600 {path}",

@@ -48,6 +48,7 @@ from securecomm.errors import (
     NotFoundError,
     NotListedError,
     SecurecommError,
+    UnsafePermissionsError,
     VersionError,
 )
 from securecomm.files import PRIVATE_MODE, write_files
@@ -335,6 +336,8 @@ class Messenger(Rooms):
             except SecurecommError:
                 erase(self.devices.keys, tried)
                 raise
+        except UnsafePermissionsError:
+            raise  # a key file others may read (new-user check: the message was rejected and lost): stop, no ACK
         except SecurecommError as e:
             if self._shown_by_another_session(ev, key, env.header.msg_id):
                 return
@@ -469,8 +472,8 @@ class Messenger(Rooms):
             try:
                 await self._handle(ev)
             except SecurecommError as e:
-                if self.client.closed:
-                    raise
+                if self.client.closed or isinstance(e, UnsafePermissionsError):
+                    raise  # unsafe key files: every message would meet them; they stay on the server
                 self.emit(Alert(str(e)))
             finally:
                 self.busy = False

@@ -31,7 +31,7 @@ from securecomm.crypto import prekeys as K
 from securecomm.crypto import room as roomcrypto
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same, sha256
-from securecomm.errors import ChangedKeyError, SecurecommError, UnknownSenderError
+from securecomm.errors import ChangedKeyError, SecurecommError, UnknownSenderError, UnsafePermissionsError
 from securecomm.wire import protocol as P
 
 #: How long a room key may wait for the join that lists its sender (the join's RESULT and the
@@ -411,6 +411,8 @@ class Rooms:
             return
         try:
             opened, tried = open_with_prekey(env, self.me, device, self.devices.keys)
+        except UnsafePermissionsError:
+            raise  # our key files, not the sender's fault: stop (Messenger.run), the key is not thrown away
         except SecurecommError as e:
             self._junk_room_key(ev.user, e.message)
             return

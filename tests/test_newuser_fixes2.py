@@ -1,0 +1,34 @@
+"""What a new user following README hit (session 6): a key file others may read lost a message, trust
+of a changed key without a look, a password reset that took devices and mail without a question."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.serverproc import ServerProc, sc, users_logged_in
+
+
+def test_a_prekey_file_others_may_read_stops_inbox_and_keeps_the_message(tmp_path):
+    """Before: inbox REJECTED the message ("claiming to be from alice"), acknowledged it as rejected, and
+    after chmod 600 there was nothing left to read."""
+    srv = ServerProc(tmp_path / "srv").start()
+    try:
+        homes = users_logged_in(srv, tmp_path)
+        prekeys = sorted((homes["bob"] / "devices").glob("*/prekeys/*.key"))
+        assert prekeys
+        for f in prekeys:
+            f.chmod(0o644)
+        r = sc(homes["alice"], "send", "--to", "bob", "important message")
+        assert r.returncode == 0, r.stderr
+        r = sc(homes["bob"], "inbox")
+        assert r.returncode == 4, r.stderr
+        assert b"too open" in r.stderr and b"hint: chmod 600" in r.stderr, r.stderr
+        assert b"REJECTED" not in r.stderr + r.stdout and b"important message" not in r.stdout
+        for f in prekeys:
+            if f.exists():
+                f.chmod(0o600)
+        r = sc(homes["bob"], "inbox")
+        assert r.returncode == 0, r.stderr
+        assert b"important message" in r.stdout
+    finally:
+        srv.stop(signal.SIGKILL)
