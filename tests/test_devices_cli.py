@@ -188,10 +188,20 @@ def test_a_verified_contacts_new_user_key_is_a_loud_hard_stop(world, sc):
     assert "securecomm: warning: STOP: you VERIFIED this contact, and the user key of bob has CHANGED" in r.output
     assert "the new key is still refused" in r.output
     assert "CHANGED (was VERIFIED)" in sc("contacts", home_dir=homes["alice"]).output
-    trusted = sc("contacts", "trust", "bob", home_dir=homes["alice"])
-    assert trusted.exit_code == 0 and "CHANGED cleared" in trusted.output
-    r = sc("contacts", "verify", "bob", input="y\n", home_dir=homes["alice"])
+    # new-user check: a bare `contacts trust` quietly undid the verification; now it needs the fingerprint
+    bare = sc("contacts", "trust", "bob", home_dir=homes["alice"])
+    assert bare.exit_code != 0 and "you VERIFIED bob's safety number" in bare.output, bare.output
+    assert "CHANGED (was VERIFIED)" in sc("contacts", home_dir=homes["alice"]).output
     new_key = _keys(homes["bob"]).user_key()
+    assert new_key is not None
+    other = D.UserKey.generate().public.fingerprint_text
+    wrong = sc("contacts", "trust", "bob", "--fingerprint", other, home_dir=homes["alice"])
+    assert wrong.exit_code == 6 and "not the one you gave" in wrong.output
+    trusted = sc("contacts", "trust", "bob", "--fingerprint", new_key.public.fingerprint_text, home_dir=homes["alice"])
+    assert trusted.exit_code == 0 and "CHANGED cleared" in trusted.output
+    again = sc("contacts", "trust", "bob", home_dir=homes["alice"])  # before: "no contact named 'bob'"
+    assert again.exit_code == 3 and "has not changed" in again.output
+    r = sc("contacts", "verify", "bob", input="y\n", home_dir=homes["alice"])
     assert r.exit_code == 0 and new_key is not None and "bob is now verified" in r.output
     assert new_key.public.fingerprint_text in r.output
 

@@ -412,22 +412,53 @@ def _pin_json(p: Any) -> dict[str, Any]:
             "verified": p.verified, "changed_to": p.pending.fingerprint_text if p.pending else None}
 
 
-@contacts.command(epilog="Example: securecomm contacts trust bob")
+@contacts.command(epilog="Examples:\n\n  securecomm contacts trust bob\n\n"
+                          "  securecomm contacts trust bob --fingerprint SHA256:Wm3x...")
 @click.argument("name")
+@click.option("--fingerprint", "expected", metavar="FP",
+              help="The new key's fingerprint as NAME reads it to you: trust only that key. Needed for a "
+                   "contact you verified.")
 @pass_state
-def trust(state: State, name: str) -> None:
-    """Accept NAME's changed key (after checking its fingerprint with them)."""
+def trust(state: State, name: str, expected: str | None) -> None:
+    """Accept NAME's changed key (after checking its fingerprint with them).
+
+    A contact you verified (contacts verify) is not trusted again on a
+    bare `contacts trust`: give the new key's fingerprint, or compare the
+    new safety number with `contacts verify NAME`, which trusts it too.
+    """
     from securecomm.cli.context import shown
     from securecomm.client.directory import Contacts
     from securecomm.client.pins import Pins
+    from securecomm.crypto.integrity import same
+    from securecomm.errors import ChangedKeyError, IntegrityError, NotFoundError, UsageError
 
     pins = Pins.load(state.paths.user_pins)
     pinned = pins.get(name.lower())
+    if pinned is not None and pinned.pending is None:  # before: "no contact named 'bob'" for a listed contact
+        raise NotFoundError(f"{shown(pinned.name)}'s user key has not changed ({pinned.user_key.fingerprint_text}): "
+                            "there is no new key to trust", hint="a change shows as CHANGED in `securecomm "
+                            "contacts` once a send, inbox or chat meets it")
     if pinned is not None and pinned.pending is not None:  # a changed user key (docs/PROTOCOL.md 6.1)
+        new_fp = pinned.pending.fingerprint_text
+        if expected is not None:
+            given = expected.strip() if expected.strip().startswith("SHA256:") else "SHA256:" + expected.strip()
+            if not same(given.encode(), new_fp.encode()):
+                raise IntegrityError(f"{shown(pinned.name)}'s new user key is {new_fp}, not the one you gave; "
+                                     "nothing was trusted", hint="compare again with them, or: securecomm "
+                                     f"contacts verify {shown(pinned.name)}")
+        elif pinned.verified:  # new-user check: a bare `contacts trust` quietly undid a verification
+            raise ChangedKeyError(f"you VERIFIED {shown(pinned.name)}'s safety number, and their user key changed "
+                                  f"to {new_fp}: it is trusted only with its fingerprint, compared with them",
+                                  hint=f"securecomm contacts verify {shown(pinned.name)} (compare the new "
+                                  f"safety number), or: securecomm contacts trust {shown(pinned.name)} "
+                                  "--fingerprint FP")
         p = pins.trust(name.lower())
         click.echo(f"now trusting {shown(p.name)} user key {p.user_key.fingerprint_text}; CHANGED cleared "
                    "(not verified: compare safety numbers again with securecomm contacts verify)")
         return
+    if expected is not None:
+        raise UsageError(f"{shown(name)} has no changed user key to check --fingerprint against",
+                         hint="contacts pinned before devices have none: run without --fingerprint")
     c = Contacts.load(state.paths.contacts).trust(name.lower())
     click.echo(f"now trusting {shown(c.name)} {c.identity.fingerprint_text}; CHANGED cleared")
 
