@@ -110,7 +110,7 @@ def test_password_reset_lifts_the_lock_and_a_success_clears_the_counter(server, 
     for _ in range(3):
         login(tmp_path / "x", server, "bob", WRONG)
     assert login(tmp_path / "x", server, "bob").returncode == 5
-    r = sc(server.home, "user", "passwd", "bob", "--password-stdin", input=b"violet tractor umbrella\n")
+    r = sc(server.home, "user", "passwd", "bob", "--keep-key", "--password-stdin", input=b"violet tractor umbrella\n")
     assert r.returncode == 0, r.stderr
     assert login(tmp_path / "x", server, "bob", "violet tractor umbrella").returncode == 0
 
@@ -204,6 +204,9 @@ def test_passwd_removes_the_key_unless_keep_key(server, tmp_path):
     assert r.returncode == 0 and b"key kept" in r.stderr
     assert sc(bob, "send", "kept").returncode == 0
     r = sc(server.home, "user", "passwd", "bob", "--password-stdin", input=b"purple tractor umbrella\n")
+    assert r.returncode == 2 and b"--keep-key (keep them) or --yes" in r.stderr  # never unasked (new-user check)
+    assert sc(bob, "send", "still kept").returncode == 0
+    r = sc(server.home, "user", "passwd", "bob", "--yes", "--password-stdin", input=b"purple tractor umbrella\n")
     assert r.returncode == 0 and b"key removed" in r.stderr
     r = sc(bob, "send", "old key")  # whoever held the old password and key is out
     assert r.returncode == 5, r.stderr

@@ -210,7 +210,7 @@ def test_lockout_after_five_failures(server, tmp_path, alice):
     assert "LOCKED" in run_entry("--home", str(server.home), "user", "list").stdout.decode()
     good_client_still_served(alice)
     # the operator resets it
-    run_entry("--home", str(server.home), "user", "passwd", "bob", "--password-stdin",
+    run_entry("--home", str(server.home), "user", "passwd", "bob", "--keep-key", "--password-stdin",
               input=b"a new long password\n")
     assert login(tmp_path / "x", server, "bob", "a new long password").returncode == 0
 

@@ -120,25 +120,41 @@ def _where(store: Any) -> str:
     return str(store.path) if hasattr(store, "path") else describe(store.url)
 
 
-@user.command(epilog="Example: securecomm user passwd alice")
+@user.command(epilog="Examples:\n\n  securecomm user passwd alice --keep-key\n\n"
+                      "  securecomm user passwd mallory --yes   # and drop the devices someone else may hold")
 @click.argument("name")
 @click.option("--keep-key", is_flag=True,
-              help="Keep the registered device key (by default it is removed: whoever held the old password "
-                   "may have registered it).")
+              help="Keep the account's devices, user key and waiting mail (a forgotten password, a lockout).")
+@click.option("--yes", is_flag=True,
+              help="Remove them without asking (whoever held the old password may have registered a key).")
 @password_stdin_option
 @db_option
 @pass_state
-def passwd(state: State, name: str, keep_key: bool, password_stdin: bool, db: str | None) -> None:
-    """Set a new password for NAME; also clears a lockout, and removes the device key unless --keep-key.
+def passwd(state: State, name: str, keep_key: bool, yes: bool, password_stdin: bool, db: str | None) -> None:
+    """Set a new password for NAME; also clears a lockout.
 
-    Without --keep-key the running server logs the account's devices out
-    within a second; the owner then runs `securecomm user login` again.
+    An account with a device key: --keep-key keeps its devices, user key
+    and waiting mail; --yes removes them all (the running server logs its
+    devices out within a second, contacts see a changed key, the owner runs
+    `securecomm user login` again). Without either, it asks (no terminal:
+    refused, nothing changed).
     """
     from securecomm.store import passwords
 
+    if keep_key and yes:
+        raise UsageError("--keep-key and --yes contradict each other", hint="--keep-key keeps the devices; "
+                         "--yes removes them")
     store = open_db(state, db)
     try:
         user = store.require_user(name)
+        if user.identity is not None and not keep_key and not yes:  # new-user check: it took them unasked
+            question = (f"also remove {user.name}'s device key, user key, every device and the mail waiting "
+                        "for them (contacts will see a changed key)? no keeps them")
+            if not stdin_is_tty():
+                raise UsageError(f"{user.name} has devices: say whether they go with the old password",
+                                 hint=f"securecomm user passwd {user.name} --keep-key (keep them) or --yes "
+                                 "(remove them); nothing was changed")
+            keep_key = not click.confirm(question, default=False, err=True)
         password = read_password(password_stdin, confirm=True, user=user.name)
         store.set_password(user.name, passwords.hash_password(password), keep_key=keep_key)
     finally:

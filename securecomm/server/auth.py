@@ -183,7 +183,7 @@ def locked_message(until: float) -> str:
     when = dt.datetime.fromtimestamp(until, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return (f"authentication failed: password logins for this user name are locked until {when} after too many "
             "wrong passwords (identity-key logins of enrolled devices still work; an operator can reset the "
-            "password with: securecomm user passwd)")
+            "password with: securecomm user passwd NAME --keep-key, which keeps the account's devices and mail)")
 
 
 def shown_fingerprint(identity: PublicIdentity | None, account: User) -> str | None:
