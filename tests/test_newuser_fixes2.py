@@ -32,3 +32,25 @@ def test_a_prekey_file_others_may_read_stops_inbox_and_keeps_the_message(tmp_pat
         assert b"important message" in r.stdout
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_the_servers_files_database_is_private(tmp_path):
+    """New-user check: files/files.db (who sent what to whom) was 0644 while README says 0600."""
+    from securecomm.store.files import FileStore
+
+    store = FileStore(tmp_path / "files")
+    try:
+        assert (tmp_path / "files" / "files.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        store.db.close()
+    (tmp_path / "files" / "files.db").chmod(0o644)  # one made before this fix is tightened at the next start
+    FileStore(tmp_path / "files").db.close()
+    assert (tmp_path / "files" / "files.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_oversized_message_to_a_user_suggests_a_file(tmp_path):
+    """New-user check: `send --to bob -` of 1.5 MB said to split it; to a user, a file of any size goes."""
+    from tests.conftest import run_entry
+
+    r = run_entry("--home", str(tmp_path / "h"), "send", "--to", "bob", "-", input=b"x" * (2 * 1024 * 1024))
+    assert r.returncode == 9 and b"securecomm send --to bob --file PATH" in r.stderr, r.stderr

@@ -20,13 +20,15 @@ from securecomm.cli.context import (
 )
 
 
-def _read_body(message: str) -> bytes:
+def _read_body(message: str, to: str | None = None) -> bytes:
     from securecomm.client.connection import message_too_large
     from securecomm.crypto.envelope import MAX_BODY_SIZE
 
     body = message.encode() if message != "-" else sys.stdin.buffer.read(MAX_BODY_SIZE + 1)
     if len(body) > MAX_BODY_SIZE:  # refused before connecting: exit 9, with the limit in the hint
-        raise message_too_large(MAX_BODY_SIZE)
+        # to a user, any size goes as a file (new-user check: the hint said to split it)
+        raise message_too_large(MAX_BODY_SIZE, hint=None if not to else
+                                f"send it as a file, of any size: securecomm send --to {to} --file PATH")
     return body
 
 
@@ -73,7 +75,7 @@ def send(state: State, message: str | None, to: str | None, file_path: str | Non
         _send_file_checked(state, message, to, file_path, wait, timeout, as_json, passphrase_file,
                            server=server, ca=ca, pin=pin)
         return
-    body = _read_body(message)
+    body = _read_body(message, to)
     identity = profile_identity(state, passphrase_file)
     if wait and not to:
         from securecomm.errors import UsageError

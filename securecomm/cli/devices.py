@@ -187,7 +187,8 @@ def verify_contact(state: State, name: str, options: dict[str, Any], yes: bool) 
         if found.changed_from is not None:
             question += " yes trusts the new key and marks it verified"
         if not _confirm(question, f"compare them with {name}, then: securecomm contacts verify {name} --yes"):
-            raise InterruptedByUser(f"{name} was not marked verified" +
+            raise InterruptedByUser(f"{name} was not marked verified (if the numbers differ, someone may be "
+                                    "between you: do not trust this key until they match)" +
                                     ("; the new key is still refused" if found.changed_from else ""))
     pins = Pins.load(state.paths.user_pins)
     if found.changed_from is not None:

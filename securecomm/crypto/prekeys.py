@@ -381,7 +381,8 @@ def open_v2(data: bytes | Envelope2, me: PrivateIdentity, senders: SenderLookup,
 def _find(prekeys: PrekeyLookup, h: Header2) -> PrivatePrekey:
     found = prekeys(h.key_kind, h.prekey_id)
     if found is None or found.kem != h.kem or found.kind != h.key_kind:
-        raise ReplayedPrekeyError(f"{KIND_NAMES[h.key_kind]} {h.prekey_id} was already used or never made (replay?)")
+        raise ReplayedPrekeyError(f"{KIND_NAMES[h.key_kind]} {h.prekey_id} was already used or never made (a "
+                                  "replay, or the server was restored from an older backup and handed it out again)")
     return found
 
 

@@ -262,7 +262,8 @@ class _Sealer:
                                            view[i * SEALED_CHUNK_SIZE : (i + 1) * SEALED_CHUNK_SIZE], None,
                                            target[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE])
                 except InvalidTag as e:
-                    raise DecryptError("stream chunk does not decrypt") from e
+                    raise DecryptError("a stream chunk does not decrypt: the file was cut short, changed, or "
+                                       "sealed to another key") from e
                 self.counter += 1
         self.hasher.update(out)
         self.length += count * CHUNK_SIZE
@@ -463,7 +464,8 @@ class Opening:
         try:
             piece = s.aead.decrypt(chunk_nonce(s.counter, last), sealed, None)
         except InvalidTag as e:
-            raise DecryptError("stream chunk does not decrypt") from e
+            raise DecryptError("a stream chunk does not decrypt: the file was cut short, changed, or sealed "
+                                   "to another key") from e
         s.counter += 1
         s.length += len(piece)
         s.hasher.update(piece)

@@ -116,7 +116,12 @@ class FileStore:
         self.folder, self.quota, self.max_file, self.days, self.clock = folder, quota, max_file, days, clock
         self.sender_quota, self.disk_floor = sender_quota, disk_floor
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.db = sqlite3.connect(folder / "files.db", isolation_level=None, check_same_thread=False)
+        db_path = folder / "files.db"
+        # who sent what to whom, how large: 0600 like every file here (new-user check: it was 0644)
+        os.close(os.open(db_path, os.O_CREAT | os.O_RDWR, 0o600))
+        if db_path.stat().st_mode & 0o077:
+            db_path.chmod(0o600)
+        self.db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self.db.executescript(_SCHEMA)
         # A running digest per upload in progress: saves reading the file again at the end.
         self._hashers: dict[bytes, tuple[int, hashlib._Hash]] = {}
