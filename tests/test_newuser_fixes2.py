@@ -54,3 +54,18 @@ def test_an_oversized_message_to_a_user_suggests_a_file(tmp_path):
 
     r = run_entry("--home", str(tmp_path / "h"), "send", "--to", "bob", "-", input=b"x" * (2 * 1024 * 1024))
     assert r.returncode == 9 and b"securecomm send --to bob --file PATH" in r.stderr, r.stderr
+
+
+def test_send_file_dash_reads_standard_input(tmp_path):
+    """New-user check: `cat f | securecomm send --to bob --file -` said "- does not exist"."""
+    from tests.conftest import run_entry
+
+    srv = ServerProc(tmp_path / "srv").start()
+    try:
+        homes = users_logged_in(srv, tmp_path)
+        r = run_entry("--home", str(homes["alice"]), "send", "--to", "bob", "--file", "-", input=b"piped bytes\n")
+        assert r.returncode == 0, r.stderr
+        r = sc(homes["bob"], "inbox")
+        assert r.returncode == 0 and b"stdin" in r.stdout, r.stdout
+    finally:
+        srv.stop(signal.SIGKILL)

@@ -37,7 +37,8 @@ def _read_body(message: str, to: str | None = None) -> bytes:
 @click.argument("message", required=False)
 @click.option("--to", "to", metavar="USER", help="Send end to end to USER instead of to the server.")
 @click.option("--file", "file_path", metavar="PATH", type=click.Path(dir_okay=False),
-              help="With --to: send the file PATH (any size; sealed, uploaded in chunks, resumed after a drop).")
+              help="With --to: send the file PATH (any size; sealed, uploaded in chunks, resumed after a drop; "
+                   "- reads stdin).")
 @click.option("--wait", is_flag=True, help="With --to: wait for the recipient's signed delivery receipt.")
 @click.option("--timeout", type=float, default=30, show_default=True,
               help="Seconds to get the server's receipt (one reconnect and resend included if the server "

@@ -52,7 +52,9 @@ def send_file(state: State, identity: Any, to: str, path: str, timeout: float, a
     from securecomm.files import open_input
     from securecomm.wire.files import valid_name
 
-    src_path = Path(path)
+    # `-`: standard input, as `send -` and `encrypt` read it (new-user check: "- does not exist"); a pipe
+    # has no size, so it is sealed first (outgoing/), and it arrives named "stdin"
+    src_path = Path("/dev/stdin") if path == "-" and Path("/dev/stdin").exists() else Path(path)
     if not valid_name(src_path.name):
         raise UsageError(f"cannot send {path!r}: its name is not a plain file name")
     with open_input(src_path) as src:
