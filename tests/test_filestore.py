@@ -136,10 +136,19 @@ def test_an_offer_without_a_digest_completes_unchecked_and_resumes_without_one(s
         assert f.read() == b"abcdefgh" and row.sha256 == b""
 
 
-def test_quota_counts_offers_before_their_bytes(store):
-    store.offer("alice", "bob", 600, b"\0" * 32)
-    _refused("file-over-quota", store.offer, "alice", "bob", 401, b"\0" * 32)
-    store.offer("alice", "bob", 400, b"\0" * 32)  # exactly the quota
+def test_quota_counts_complete_files_and_the_bytes_uploads_hold(store):
+    """An offer reserves nothing of the recipient's quota (attack check: one offer of bob's whole quota and
+    a byte an hour blocked every file to him for a week); its bytes count as they arrive."""
+    big = store.offer("alice", "bob", 600, b"")
+    assert store.put("alice", big.file_id, 0, b"x" * 600) == (600, True)
+    _refused("file-over-quota", store.offer, "alice", "bob", 401, b"")
+    second = store.offer("alice", "bob", 400, b"")  # exactly the quota
+    third = store.offer("carol", "bob", 400, b"")  # fits too while nothing of `second` is held
+    store.put("carol", third.file_id, 0, b"z" * 100)
+    assert store.used("bob") == 700
+    _refused("file-put-over-quota", store.put, "alice", second.file_id, 0, b"y" * 301)  # nothing written
+    assert store.put("alice", second.file_id, 0, b"y" * 300) == (300, False)
+    assert store.used("bob") == 1000
     store.offer("alice", "carol", 800, b"\0" * 32)  # another recipient's quota
     _refused("file-too-large", store.offer, "alice", "dave", 801, b"\0" * 32)
     _refused("file-too-large", store.offer, "alice", "dave", 0, b"\0" * 32)
@@ -191,18 +200,21 @@ def test_keep_only_deletes_files_of_removed_accounts(store):
     assert store.row(to_bob) is not None and store.row(from_carol) is None
 
 
-def test_an_offer_never_uploaded_stops_holding_the_quota_once_stalled(store, clock):
+def test_an_offer_barely_uploaded_holds_only_its_bytes_and_goes_once_stalled(store, clock):
     """An attacker's check: mallory offered a file the size of bob's whole quota and sent nothing, and
     every file to bob was refused as 'storage full' for --file-days (7 days)."""
     import time
 
     from securecomm.store.files import UPLOAD_IDLE
 
-    squat = store.offer("mallory", "bob", 800, b"\0" * 32)
-    _refused("file-over-quota", store.offer, "alice", "bob", 300, b"\1" * 32)
+    squat = store.offer("mallory", "bob", 800, b"")
+    store.put("mallory", squat.file_id, 0, b"m")  # and then a byte an hour: the offer holds 1 byte, not 800
+    real = store.offer("alice", "bob", 800, b"")
+    assert store.put("alice", real.file_id, 0, b"a" * 800) == (800, True)
+    assert store.used("bob") == 801
     clock.now = time.time() + UPLOAD_IDLE + 1  # no byte arrived for UPLOAD_IDLE
-    assert store.offer("alice", "bob", 300, b"\1" * 32).received == 0  # the stalled offer is gone
-    assert store.row(squat.file_id) is None
+    assert store.offer("alice", "bob", 50, b"\1" * 32).received == 0
+    assert store.row(squat.file_id) is None  # the stalled upload is gone
 
 
 def test_one_sender_has_at_most_max_open_uploads(store):
@@ -243,7 +255,8 @@ def test_a_digest_mismatch_found_after_a_restart_deletes_the_upload(make):
 def test_two_stores_on_one_database_share_the_quota(make, request):
     """Two relays: offers admitted by each must together stay within the recipient's quota."""
     a, b = make(), make()
-    a.offer("alice", "bob", 600, b"\0" * 32)
+    offer = a.offer("alice", "bob", 600, b"")
+    a.put("alice", offer.file_id, 0, b"x" * 600)
     if on_disk(a):
         return  # one folder per relay: there is nothing to share
     _refused("file-over-quota", b.offer, "carol", "bob", 401, b"\0" * 32)
@@ -265,31 +278,34 @@ def test_keep_only_spares_an_account_added_on_another_relay_meanwhile(make, requ
     assert s.row(to_dave) is not None
 
 
-def test_racing_offers_do_not_overshoot_the_quota(make):
+def test_racing_uploads_do_not_overshoot_the_quota(make):
     """F9: two relays sharing one home (two stores on one folder or database, one worker thread each, as
-    in a relay) race offers; check and insert are one transaction, so together they reserve at most the
-    quota: exactly 3 of 12 offers of 100 bytes against a 350-byte quota."""
+    in a relay) race uploads to one recipient. Offers reserve nothing (attack check: an offer never
+    uploaded blocked bob's files), so the quota is checked with each chunk, under a lock shared by both:
+    exactly 3 of 8 uploads of 100 bytes fit a 350-byte quota."""
     import threading
 
     a, b = make(quota=350, max_file=800), make(quota=350, max_file=800)
+    files = {st: [st.offer(sender, "bob", 100, b"").file_id for _ in range(4)]
+             for st, sender in ((a, "alice"), (b, "carol"))}
     results: list[str] = []
     start = threading.Barrier(2)
 
-    def offers(st, base):
+    def uploads(st, sender):
         start.wait()
-        for i in range(6):
+        for file_id in files[st]:
             try:
-                st.offer("alice", "bob", 100, hashlib.sha256(bytes([base + i])).digest())
+                assert st.put(sender, file_id, 0, b"u" * 100) == (100, True)
                 results.append("ok")
             except FileRefused as e:
                 results.append(e.kind)
 
-    threads = [threading.Thread(target=offers, args=(st, base)) for st, base in ((a, 0), (b, 6))]
+    threads = [threading.Thread(target=uploads, args=(st, sender)) for st, sender in ((a, "alice"), (b, "carol"))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == ["file-over-quota"] * 9 + ["ok"] * 3
+    assert sorted(results) == ["file-put-over-quota"] * 5 + ["ok"] * 3
     assert a.used("bob") == b.used("bob") == 300
 
 

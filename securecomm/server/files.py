@@ -48,6 +48,7 @@ CODES = {
     "file-unknown-user": P.ErrorCode.NOT_FOUND,
     "file-no-identity": P.ErrorCode.FORBIDDEN,
     "file-over-quota": P.ErrorCode.STORAGE_FULL,
+    "file-put-over-quota": P.ErrorCode.STORAGE_FULL,
     "file-too-large": P.ErrorCode.TOO_LARGE,
     "file-size-mismatch": P.ErrorCode.TOO_LARGE,
     "file-out-of-order": P.ErrorCode.INTEGRITY,

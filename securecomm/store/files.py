@@ -143,9 +143,14 @@ class FileStore:
         return Stored(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) if r else None
 
     def used(self, recipient: str) -> int:
-        """Bytes reserved for `recipient`: the declared size of every file waiting for them."""
-        r = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE recipient = ?", (recipient,)).fetchone()
-        return int(r[0])
+        """Bytes of `recipient`'s quota in use: the size of every complete file waiting for them, and what
+        each unfinished upload holds so far. Not its declared size (attack check: one offer of the whole
+        quota plus a byte an hour blocked every file to its recipient for a week); so the FILE_PUT that
+        would pass the quota is refused too (`put`)."""
+        r = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE recipient = ? AND complete = 1",
+                            (recipient,)).fetchone()
+        open_ids = self.db.execute("SELECT id FROM files WHERE recipient = ? AND complete = 0", (recipient,))
+        return int(r[0]) + sum(self.received(bytes(file_id)) for (file_id,) in open_ids.fetchall())
 
     def received(self, file_id: bytes) -> int:
         try:
@@ -214,8 +219,17 @@ class FileStore:
             raise FileRefused("file-out-of-order", f"chunk at offset {offset}, but {held} bytes are held")
         if held + len(data) > row.size:
             raise FileRefused("file-size-mismatch", f"more bytes than the {row.size} offered")
-        with self._part(file_id).open("ab") as f:
-            f.write(data)
+        # the check and the append under the database's write lock: two relays sharing this home (F9)
+        # cannot both pass the quota with racing chunks (no row changes: the commit writes nothing)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.used(row.recipient) + len(data) > self.quota:
+                raise FileRefused("file-put-over-quota", f"{row.recipient}'s file storage filled up during this "
+                                  f"upload ({self.quota} bytes); resume once files waiting for them are fetched")
+            with self._part(file_id).open("ab") as f:
+                f.write(data)
+        finally:
+            self.db.execute("COMMIT")
         if row.sha256:  # offered without a digest (b""): nothing to check at the end
             self._hash(file_id, held, data)
         if held + len(data) < row.size:

@@ -65,6 +65,9 @@ from securecomm.store.postgres import _reason, connect, redact
 
 #: Any constant, distinct from postgres.MIGRATION_LOCK: serialises offers across every relay.
 OFFER_LOCK = 0x5EC0_F11E
+#: The first key of the two-key advisory lock that serialises FILE_PUTs to one recipient (the second:
+#: hashtext of the name); an int4, like both keys of that form.
+PUT_LOCK_SPACE = 0x5EC0_F11F
 #: Chunks a digest pass fetches per round trip (each at most one FILE_PUT's data).
 DIGEST_FETCH = 8
 
@@ -181,8 +184,8 @@ class PgFileStore:
     def _put(self, sender: str, file_id: bytes, offset: int, data: bytes) -> tuple[int, bool]:
         refused: FileRefused | None = None
         with self._transaction() as cur:
-            r = cur.execute("SELECT sender, size, sha256, complete, received FROM files WHERE id = %s FOR UPDATE",
-                            (file_id,)).fetchone()
+            r = cur.execute("SELECT sender, size, sha256, complete, received, recipient FROM files WHERE id = %s "
+                            "FOR UPDATE", (file_id,)).fetchone()
             if r is None or r[0] != sender or r[3]:
                 raise FileRefused("file-not-found", "no unfinished upload of yours has that id")
             size, sha256, held = int(r[1]), bytes(r[2]), int(r[4])
@@ -190,6 +193,12 @@ class PgFileStore:
                 raise FileRefused("file-out-of-order", f"chunk at offset {offset}, but {held} bytes are held")
             if held + len(data) > size:
                 raise FileRefused("file-size-mismatch", f"more bytes than the {size} offered")
+            # the recipient's uploads one at a time across relays, so that racing chunks cannot pass the quota
+            # together (offers take OFFER_LOCK first, then this: the same order everywhere)
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (PUT_LOCK_SPACE, r[5]))
+            if _used(cur, r[5]) + len(data) > self.quota:  # see FileStore.used
+                raise FileRefused("file-put-over-quota", f"{r[5]}'s file storage filled up during this upload "
+                                  f"({self.quota} bytes); resume once files waiting for them are fetched")
             if held + len(data) < size:
                 # Like the .part file of a SQLite relay (fsynced only when complete): a chunk's commit does
                 # not wait for the WAL flush. A crash of PostgreSQL may lose the last chunks, but always
@@ -358,5 +367,7 @@ class ChunkReader:
 
 
 def _used(cur: psycopg.Cursor[Any], recipient: str) -> int:
-    r = cur.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE recipient = %s", (recipient,)).fetchone()
+    """As FileStore.used: complete files by size, unfinished uploads by what they hold."""
+    r = cur.execute("SELECT COALESCE(SUM(CASE WHEN complete THEN size ELSE received END), 0) FROM files "
+                    "WHERE recipient = %s", (recipient,)).fetchone()
     return int(r[0]) if r else 0
