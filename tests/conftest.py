@@ -63,6 +63,7 @@ SLOW_FILES = frozenset({
     "test_multidevice.py", "test_multidevice_cli.py", "test_multidevice_tty.py", "test_multidevice_files_cli.py",
     "test_delivery.py", "test_direct_ids.py", "test_dos.py", "test_error_table.py", "test_hostile_server.py",
     "test_load_faults.py", "test_login_names.py", "test_messaging.py", "test_newuser_fixes.py", "test_offline.py",
+    "test_newuser_fixes2.py",
     "test_password_only.py", "test_postgres.py", "test_postgres_relay.py",
     "test_pq_server.py", "test_pqtls.py", "test_quota.py", "test_relay_limits.py",
     "test_rooms.py", "test_rooms_v2.py", "test_send_retry.py", "test_server.py", "test_trust.py", "test_wrap_forge.py",

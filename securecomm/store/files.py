@@ -156,6 +156,10 @@ class FileStore:
         try:
             return self._part(file_id).stat().st_size
         except FileNotFoundError:
+            pass
+        try:  # completing: renamed, its row not yet marked (another relay's `used` must still count it)
+            return self._done(file_id).stat().st_size
+        except FileNotFoundError:
             return 0
 
     # -- upload -------------------------------------------------------------------------
