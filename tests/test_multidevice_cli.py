@@ -188,3 +188,21 @@ def test_an_old_home_is_told_what_to_run_and_migrates_at_user_login(tmp_path):
         assert [m["body"] for m in _inbox(homes["alice"])] == ["and back"]
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_a_device_the_server_gives_no_prekey_for_is_named_to_the_sender(world):
+    """Attack check: with alice's phone's prekeys deleted from the server (a server keeping a device out),
+    bob's `send --to alice` sealed to the laptop only and said nothing."""
+    import sqlite3
+
+    srv, homes = world
+    phone = json.loads(sc(homes["alice2"], "devices", "--json").stdout)
+    mine = next(d for d in phone if d["this"])
+    db = sqlite3.connect(srv.home / "securecomm.db")
+    with db:
+        gone = db.execute("DELETE FROM prekeys WHERE device_id = ?", (bytes.fromhex(mine["device_id"]),)).rowcount
+    db.close()
+    assert gone >= 1
+    r = sc(homes["bob"], "send", "--to", "alice", "to both?")
+    assert r.returncode == 0, r.stderr
+    assert f"alice's device '{mine['id']}' gets no copy".encode() in r.stderr, r.stderr  # its id: no cert came

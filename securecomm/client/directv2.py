@@ -97,6 +97,9 @@ class SealedDirect:
     claimed: tuple[str, ...] = ()
     covered: frozenset[bytes] = frozenset()
     text: bytes = b""
+    #: Names of the recipient's listed devices that got no copy: the server gave no prekey for them (a
+    #: device not set up yet, or a server withholding one: attack check, the sender was not told).
+    skipped: tuple[str, ...] = ()
 
 
 def device_keys_of(paths: Any, me: PrivateIdentity) -> DeviceKeys | None:
@@ -303,10 +306,14 @@ class DeviceDirectory:
                                 hint=f"{to} logs in once with this version: securecomm user login {to}")
         self.recipients[to] = [c.device for c in listed] + ([self.me.public] if to == self.user else [])
         out.sort(key=lambda o: o.to != to)  # the recipient's copies first: the first receipt answers the send
+        got = {o.device for o in out if o.to == to} | {self.me.public.fingerprint}
+        # from the signed list: a claim leaves out a device with no prekey, certificate and all
+        names = {c.device_id: c.name for c in listed}
+        skipped = tuple(names.get(d, D.short_id(d)) for d in theirs.device_list.devices if d not in got)
         return SealedDirect(msg_id, tuple((o.to, o.envelope) for o in out), sha256(body),
                             any(o.without_one_time_key for o in out if o.to == to), ahead,
                             (to,) + ((self.user,) if mine is not None else ()),
-                            frozenset(o.device for o in out) | {self.me.public.fingerprint}, text)
+                            frozenset(o.device for o in out) | {self.me.public.fingerprint}, text, skipped)
 
     def _own_last_resort(self) -> K.Prekey:
         pid = self.keys.state.get("last_resort")

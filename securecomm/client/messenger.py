@@ -32,7 +32,7 @@ from securecomm.client.directv2 import (
     open_with_prekey,
     serves_devices,
 )
-from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage, Notice
+from securecomm.client.events import Alert, DeliveryReceipt, DirectMessage, Notice, printable
 from securecomm.client.pins import Pins
 from securecomm.client.rooms import SETTLE_MAX, SETTLE_QUIET, Rooms, RoomState
 from securecomm.crypto import envelope
@@ -106,6 +106,13 @@ class SeenIds:
 
 
 
+def skipped_text(to: str, device: str) -> str:
+    """A listed device of `to` that got no copy (attack check: a server withholding a device's prekeys
+    kept it out silently). Both names escaped: they come from the server and the peer."""
+    return (f"{printable(to.encode())}'s device '{printable(device.encode())}' gets no copy: the server gave no "
+            "prekey for it (a device not set up yet, or a server keeping it out)")
+
+
 class Messenger(Rooms):
     def __init__(self, client: Client, me: PrivateIdentity, user: str, paths: Any,
                  emit: Callable[[Any], None], *, deliveries: bool = True, ahead: bool = False) -> None:
@@ -128,6 +135,7 @@ class Messenger(Rooms):
         self._held: int | None = None  # one-time prekeys the server holds for us, as far as we know
         self.busy = False
         self.last_activity = time.monotonic()
+        self.skip_told: set[tuple[str, str]] = set()  # (user, device name) told as getting no copy
         self.settle_quiet, self.settle_max = SETTLE_QUIET, SETTLE_MAX
         #: How many times each kind of repeatable warning happened (see _warn_counted).
         self.warned: dict[str, int] = {}
@@ -172,6 +180,10 @@ class Messenger(Rooms):
             self.need_user_key()
             env = envelope.seal(body, self.me, await self.identity_of(to))
             sealed = SealedDirect(envelope.parse(env).header.msg_id, ((to, env),), sha256(body))
+        for name in sealed.skipped:  # once per device and session: chat seals many
+            if (to, name) not in self.skip_told:
+                self.skip_told.add((to, name))
+                self.emit(Alert(skipped_text(to, name)))
         self.sent_digests[sealed.msg_id] = (to, sealed.digest)
         self.delivered[sealed.msg_id] = asyncio.get_running_loop().create_future()
         return sealed

@@ -151,6 +151,10 @@ class DirectSend:
         self.pump = asyncio.create_task(self.messenger.run())  # DELIVERED receipts, for --wait
         if self.sealed is None:
             self.sealed = await self.messenger.seal_direct(self.to, self.body)
+            from securecomm.client.messenger import skipped_text
+
+            for name in self.sealed.skipped:  # this quiet session's Alerts are dropped: say it here
+                retry.warn(skipped_text(self.to, name))
         retry.copies += 1
         receipt, self.msg_id = await self.messenger.send_sealed_direct(self.to, self.sealed)
         return receipt
