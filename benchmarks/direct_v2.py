@@ -61,23 +61,35 @@ PER_SENDER = 16
 MAX_ROUNDS = 80
 
 
-async def _messenger(home: Path, v2: bool, ahead: bool = False) -> Any:
+def _home(home: Path) -> tuple[Any, Any]:
+    """(paths, identity) of a home logged in with `user login`."""
     from securecomm.cli.context import State
-    from securecomm.client.connection import Client
-    from securecomm.client.login import connect_profile
-    from securecomm.client.messenger import Messenger
     from securecomm.crypto import identity as ident
 
     state = State(home=str(home))
-    me = ident.load(state.paths.identity_key("default"))
-    offered, Client.versions = Client.versions, (Client.versions if v2 else (1,))  # baseline: v1 (serve_v1.py)
+    return state.paths, ident.load(state.paths.identity_key("default"))
+
+
+async def _connected(paths: Any, me: Any, v2: bool, **options: Any) -> Any:
+    """A Messenger on a new connection; v1: offered version 1 only and sealing to the identity, as a home
+    before version 2 (the baseline; the server serves it: serve_v1.py)."""
+    from securecomm.client.connection import Client
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import Messenger
+
+    offered, Client.versions = Client.versions, (Client.versions if v2 else (1,))
     try:
-        client, profile = await connect_profile(state.paths, me)
+        client, profile = await connect_profile(paths, me)
     finally:
         Client.versions = offered
-    m = Messenger(client, me, profile.user, state.paths, lambda ev: None, ahead=ahead)
+    m = Messenger(client, me, profile.user, paths, lambda ev: None, **options)
     if not v2:
-        m.devices = None  # as a home before version 2: seal to the identity, open with it
+        m.devices = None
+    return m
+
+
+async def _messenger(home: Path, v2: bool, ahead: bool = False) -> Any:
+    m = await _connected(*_home(home), v2, ahead=ahead)
     m.pump = asyncio.create_task(m.run())
     return m
 
@@ -100,31 +112,17 @@ async def _round(sender: Any, to: str) -> tuple[float, bool]:
 async def _oneshot(home: Path, v2: bool, to: str) -> float:
     """ms for one `send --to` as the command runs it after start-up: connect and log in, seal, DIRECT,
     the stored RECEIPT, close."""
-    from securecomm.cli.context import State
-    from securecomm.client.connection import Client
-    from securecomm.client.login import connect_profile
-    from securecomm.client.messenger import Messenger
-    from securecomm.crypto import identity as ident
-
-    state = State(home=str(home))
-    me = ident.load(state.paths.identity_key("default"))
+    paths, me = _home(home)
     await asyncio.sleep(TYPING_PAUSE)
-    offered, Client.versions = Client.versions, (Client.versions if v2 else (1,))
     t0 = time.perf_counter()
-    try:
-        client, profile = await connect_profile(state.paths, me)
-    finally:
-        Client.versions = offered
-    m = Messenger(client, me, profile.user, state.paths, lambda ev: None, deliveries=False)
-    if not v2:
-        m.devices = None
+    m = await _connected(paths, me, v2, deliveries=False)
     pump = asyncio.create_task(m.run())
     try:
         sealed = await m.seal_direct(to, BODY)
         await m.send_sealed_direct(to, sealed)
     finally:
         pump.cancel()
-        await client.close()
+        await m.client.close()
     ms = (time.perf_counter() - t0) * 1000
     assert m.v2 == v2 and (not v2 or not sealed.without_one_time_key)
     return ms
