@@ -127,13 +127,14 @@ def upload_grown(home: str, path: str) -> dict[str, Any]:
     async def connect() -> Any:
         return await connect_profile(state.paths, me)
 
+    warned: list[str] = []
     with open(path, "rb") as f:
         try:
             asyncio.run(F.send_file(connect, me, state.paths, "bob", Grown(f.fileno()), Path(path).name, 0, 30,
-                                    lambda text: None, _no_bar))
+                                    warned.append, _no_bar))
         except SecurecommError as e:
-            return {"error": type(e).__name__, "message": e.message}
-    return {"error": None}
+            return {"error": type(e).__name__, "message": e.message, "warned": warned}
+    return {"error": None, "warned": warned}
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from securecomm.crypto import prekeys as K
 from securecomm.crypto import room as R
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.wire import protocol as P
-from securecomm.wire.files import FileAck, FilePut
+from securecomm.wire.files import FileAck, FileData, FilePut
 from securecomm.wire.frames import FrameDecoder
 from tests.conftest import run_entry
 from tests.serverproc import PASSWORD, ServerProc, add_user, frame, raw_frame, tls_socket
@@ -334,6 +334,20 @@ def d_file_put_over_quota(w: World) -> Outcome:
     ack = c.until(FileAck)
     assert isinstance(ack, FileAck) and ack.complete, ack
     return _put(c, second, 0, b"a")
+
+
+def d_file_upload_stalled(w: World) -> Outcome:
+    """--file-wait 0.5: bob fetches while alice uploads (cut-through); he gets the 2 bytes held, then,
+    with no more coming, the retryable refusal (not a hang), and his connection stays."""
+    c = w.alice()
+    file_id = _offer(c)
+    c.send(FilePut(file_id, 0, b"ab"))
+    assert isinstance(c.until(FileAck), FileAck)
+    b = w.bob()
+    b.send(P.Request(43, "file_get", {"file_id": file_id.hex(), "offset": 0}))
+    data = b.until(FileData)
+    assert isinstance(data, FileData) and (data.offset, data.data) == (0, b"ab"), data
+    return b, b.error(), None, 43
 
 
 def d_timeout_idle(w: World) -> Outcome:
@@ -724,6 +738,7 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
     "file-over-quota": (("--file-quota", "3"),
                         lambda w: _file_req(w.alice(), "file_offer", to="bob", size=4, sha256=_ABCD)),
     "file-put-over-quota": (("--file-quota", "4"), d_file_put_over_quota),
+    "file-upload-stalled": (("--file-wait", "0.5"), d_file_upload_stalled),
 }
 
 

@@ -49,6 +49,7 @@ def test_notice_vector(case):
     if case["expect"] == "ok":
         notice = FileNotice.decode(body)
         assert (notice.file_id.hex(), notice.name, notice.size) == (case["id"], case["name"], case["size"])
+        assert notice.stream_size == case["stream_size"] and notice.early == case["early"]
         assert notice.encode() == body
     else:
         with pytest.raises(P.ProtocolError):

@@ -271,15 +271,24 @@ def test_upload_while_sealing_resumes_after_a_dropped_connection(world):
 
 def test_a_file_that_grows_while_it_is_sent_is_refused_before_the_server_completes_it(world):
     """The offer names the size the file had; the FILE_PUT that would complete the upload waits for
-    the end of sealing, which came out longer: refused, and the server holds no complete file."""
+    the end of sealing, which came out longer: refused, and the server holds no complete file. bob
+    was told of the file when the upload began (cut-through): the sender cancels the upload, so his
+    fetch says at once that it is gone, and leaves nothing at OUT."""
     srv, homes, tmp = world
     small = tmp / "small.bin"
     small.write_bytes(os.urandom(1_000_000))
     got = _scenario("upload_grown", str(homes["alice"]), str(small))
     assert got["error"] == "UsageError" and "changed while it was being sent" in got["message"]
-    assert [p.name for p in (srv.home / "files").iterdir()
-            if not p.name.endswith(".part") and not p.name.startswith("files.db")] == []  # no complete file
-    assert sc(homes["bob"], "inbox").returncode == 0 and not list((homes["bob"] / "received").glob("*.json"))
+    assert got["warned"] == ["bob was told about this file; its unfinished upload was cancelled"]
+    assert [p.name for p in (srv.home / "files").iterdir() if not p.name.startswith("files.db")] == []
+    r = sc(homes["bob"], "inbox")
+    file_id = r.stdout.decode().rsplit("securecomm fetch ", 1)[1].split()[0]
+    out = tmp / "small.out"
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+    assert r.returncode == 3 and not out.exists(), r.stderr
+    assert r.stderr.decode().splitlines() == [
+        f"securecomm: error: file {file_id} is not on the server: its sender cancelled the upload, or it "
+        "expired or was deleted", "securecomm: hint: ask the sender to send it again"]
 
 
 def test_a_server_with_a_small_max_frame_still_takes_and_gives_files(tmp_path):

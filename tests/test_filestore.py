@@ -242,6 +242,27 @@ def test_reads_start_anywhere_and_cross_chunks(store):
             assert got == data[at:]
 
 
+def test_an_upload_in_progress_is_readable_by_its_recipient_up_to_what_is_held(store):
+    """Cut-through (PROTOCOL.md 4.4): file_get reads an unfinished upload no further than `progress`
+    says is held; the open file keeps serving the same bytes after the upload completes (SQLite: the
+    part file renamed under the reader), and `progress` says when it is gone."""
+    data = os.urandom(450)
+    offer = store.offer("alice", "bob", len(data), b"")
+    _refused("file-not-found", store.open_for, "bob", offer.file_id)  # without partial: complete files only
+    _refused("file-not-found", store.open_for, "carol", offer.file_id, True)  # never someone else's
+    row, f = store.open_for("bob", offer.file_id, True)
+    with f:
+        assert not row.complete and store.progress(offer.file_id) == (0, False)
+        store.put("alice", offer.file_id, 0, data[:200])
+        assert store.progress(offer.file_id) == (200, False)
+        assert f.read(200) == data[:200]
+        store.put("alice", offer.file_id, 200, data[200:])
+        assert store.progress(offer.file_id) == (450, True)
+        assert f.read(250) == data[200:]
+    store.done("bob", offer.file_id)
+    assert store.progress(offer.file_id) is None
+
+
 def test_a_digest_mismatch_found_after_a_restart_deletes_the_upload(make):
     """The digest of bytes received before the restart is computed from what is stored."""
     s = make()

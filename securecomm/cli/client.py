@@ -277,7 +277,8 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
                 import json
 
                 shown_file = {"file": {"id": notice.file_id.hex(), "name": notice.name, "size": notice.size,
-                                       "sha256": notice.sha256.hex(), **({"fetch": False} if sent_to else {})}} \
+                                       "sha256": notice.sha256.hex() if notice.sha256 else None,
+                                       **({"fetch": False} if sent_to else {})}} \
                     if notice else {}
                 marks = {**({"to": ev.to} if ev.to else {}),
                          **({"without_one_time_key": True} if ev.without_one_time_key else {})}

@@ -106,11 +106,11 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     # version 2: the stream names this account and opens with the notice's key, on every device (2.6.1)
     account = F.notice_account(state.paths, identity, file_id)
     connect = _connector(state, identity, server=server, ca=ca, pin=pin)
-    run_client(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn, _bar, account))
+    digest = run_client(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn, _bar, account))
     F.forget_notice(state.paths, notice.file_id, out)
     if as_json:
         emit_json({"status": "fetched", "file_id": notice.file_id.hex(), "from": sender_name, "path": str(out),
-                   "size": notice.size, "sha256": notice.sha256.hex()})
+                   "size": notice.size, "sha256": digest.hex()})
         return
     info(f"from {sender_name}: {notice.size} bytes, signature and sha256 verified")
     click.echo(str(out))

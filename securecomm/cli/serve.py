@@ -57,6 +57,9 @@ if TYPE_CHECKING:
               help="Largest file (ciphertext bytes) one upload may offer.")
 @click.option("--file-days", type=click.FloatRange(0, min_open=True), default=7.0, show_default=True,
               help="Days an unfetched (or unfinished) file is kept before it is deleted.")
+@click.option("--file-wait", type=float, default=20.0, show_default=True,
+              help="Seconds a download of a file still being uploaded waits for its next bytes before the "
+              "recipient is told to fetch again later.")
 @click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--rate", type=float, default=5000, show_default=True,
               help="Messages per second per connection (0: unlimited).")

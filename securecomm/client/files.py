@@ -291,10 +291,10 @@ class _FileSource:
         raise AssertionError("a sealed file does not grow")
 
 
-def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: Target, pipe: SealedPipe) -> Sealed:
-    """On a thread: seal `src` to `to` into `pipe` (waiting whenever the pipe is full), noting the
-    plaintext's digest (the stream's own) and the ciphertext's (on a second thread)."""
-    key, cipher = os.urandom(stream.FILE_KEY_SIZE), stream.BackgroundDigest()
+def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: Target, pipe: SealedPipe, key: bytes) -> Sealed:
+    """On a thread: seal `src` to `to` under the file key `key` into `pipe` (waiting whenever the pipe is
+    full), noting the plaintext's digest (the stream's own) and the ciphertext's (on a second thread)."""
+    cipher = stream.BackgroundDigest()
     plain: list[tuple[int, bytes]] = []
     stream_size = 0
 
@@ -590,9 +590,11 @@ def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: Publi
         if feed.stopped.is_set():  # the download gave up (its own error is the answer)
             raise
         raise IntegrityError(f"the downloaded file does not open as its sender announced: {e.message}") from e
-    if got != notice.stream_size or not same(h.digest(), notice.stream_sha256):
+    # An early notice (sent before sealing ended) names no digest: the stream's final signature, verified
+    # above, covers the plaintext's SHA-256, and the notice's key is the stream's (a per-file secret).
+    if got != notice.stream_size or not (notice.early or same(h.digest(), notice.stream_sha256)):
         raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
-    if opening.length != notice.size or not same(opening.digest or b"", notice.sha256):
+    if opening.length != notice.size or not (notice.early or same(opening.digest or b"", notice.sha256)):
         raise IntegrityError("the decrypted file does not match the size and SHA-256 its sender announced")
     return opening
 
@@ -618,7 +620,11 @@ async def with_retry(connect: Callable[[], Awaitable[Any]], work: Callable[[Any]
         except NetworkError as e:
             if loop.time() + delay > deadline:
                 raise
-            warn(f"connection lost ({e.message}); resuming in {delay:g}s")
+            from securecomm.errors import StoreUnavailableError
+
+            # a refusal to try again (a stalled upload, the relay's database): its own words; else the link
+            warn(f"{e.message}; trying again in {delay:g}s" if isinstance(e, StoreUnavailableError)
+                 else f"connection lost ({e.message}); resuming in {delay:g}s")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 4.0)
         finally:
@@ -670,8 +676,10 @@ def _regular_size(src: BinaryIO) -> int | None:
 async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, paths: Any, to: str,
                     src: BinaryIO, name: str, size_hint: int, timeout: float, warn: Callable[[str], None],
                     bars: Bars) -> tuple[bytes, Sealed]:
-    """Seal and upload at once (resuming after drops), then send the notice as a direct message.
-    Returns (file_id, sealed). A source whose size is not known (a pipe) is sealed first."""
+    """Seal and upload at once (resuming after drops). The notice goes as a direct message as soon as the
+    server accepted the offer, before the upload (an early notice, without digests: the recipient may
+    fetch while this uploads, docs/PROTOCOL.md 4.4 "Cut-through"). Returns (file_id, sealed). A source
+    whose size is not known (a pipe) is sealed first, and its notice, with digests, follows the upload."""
     from securecomm.client.messenger import Messenger
     from securecomm.client.sending import DirectSend
 
@@ -699,32 +707,58 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
         sealing = asyncio.get_running_loop().create_future()
         sealing.set_result(done)
     else:
+        key = os.urandom(stream.FILE_KEY_SIZE)
         pipe = source = SealedPipe(stream_size_for(plain_size, to_key), asyncio.get_running_loop())
 
     def start_sealing() -> asyncio.Future[Sealed]:
-        fut = asyncio.ensure_future(asyncio.to_thread(seal_to_pipe, src, name, identity, to_key, pipe))
+        fut = asyncio.ensure_future(asyncio.to_thread(seal_to_pipe, src, name, identity, to_key, pipe, key))
         fut.add_done_callback(lambda f: pipe.finish(None if f.cancelled() else f.exception()))
         return fut
 
+    async def announce(client: Any, notice: FileNotice) -> None:
+        """The notice on the upload's connection (one TLS handshake and login fewer); a resend after a
+        drop uses a new one, which is closed, and the upload then resumes on its own."""
+        handed = [client]
+
+        async def this_one() -> Any:
+            return (handed.pop(), profile) if handed else await connect()
+
+        sender = DirectSend(this_one, identity, paths, to, notice.encode())
+        used, _ = await sender.send(timeout, warn)
+        if used is client:
+            await sender.detach()  # the upload goes on here; the notice's event pump must not take its ACKs
+        else:
+            await sender.close(used)
+
     try:
         file_id: bytes | None = None
+        announced = False
 
         async def upload(client: Any) -> None:
-            nonlocal file_id, sealing
+            nonlocal file_id, sealing, announced
             file_id, received = await offer(client, to.lower(), source, file_id)
             sealing = sealing or start_sealing()  # once the server accepted: a refusal costs no sealing
+            if not announced and isinstance(source, SealedPipe) and plain_size is not None:
+                # cut-through: the recipient hears of the file now and may fetch it as it arrives
+                await announce(client, FileNotice(file_id, name, plain_size, b"", source.final, b"", key))
+                announced = True
             total = source.final if isinstance(source, SealedPipe) else source.stream_size
             with bars(total - received, "sending") as up:
                 await put_all(client, file_id, source, received, up)
 
         try:
-            # the notice goes out on the upload's connection (one TLS handshake and login fewer)
-            await with_retry(connect_again, upload, timeout, warn, keep=lambda c, p: first.append((c, p)))
+            try:
+                await with_retry(connect_again, upload, timeout, warn, keep=lambda c, p: first.append((c, p)))
+            except SecurecommError:
+                if announced and file_id is not None:  # the recipient may be fetching it: say it is gone
+                    await cancel_upload(connect, file_id, to, warn)
+                raise
             assert file_id is not None and sealing is not None
             sealed = await sealing
-            sender = DirectSend(connect_again, identity, paths, to, sealed.notice(file_id).encode())
-            client, _ = await sender.send(timeout, warn)
-            await sender.close(client)
+            if not announced:  # sealed first (a pipe): the notice, with both digests, on the upload's connection
+                sender = DirectSend(connect_again, identity, paths, to, sealed.notice(file_id).encode())
+                client, _ = await sender.send(timeout, warn)
+                await sender.close(client)
         finally:
             for unused, _ in first:
                 await unused.close()
@@ -737,6 +771,30 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
                     await sealing
         elif source.path is not None:
             source.path.unlink(missing_ok=True)
+
+
+#: Seconds a failed `send --file` spends telling the server to drop the upload it had announced.
+CANCEL_TIMEOUT = 10.0
+
+
+async def cancel_upload(connect: Callable[[], Awaitable[Any]], file_id: bytes, to: str,
+                        warn: Callable[[str], None]) -> None:
+    """After an upload announced early failed: file_cancel, so that the recipient's fetch stops with
+    "gone" instead of waiting for bytes that will not come. Best effort: when the server cannot be
+    reached, it drops the stalled upload itself (after an hour without data)."""
+    client = None
+    try:
+        async with asyncio.timeout(CANCEL_TIMEOUT):
+            client, _ = await connect()
+            await client.request("file_cancel", file_id=file_id.hex())
+        warn(f"{to.lower()} was told about this file; its unfinished upload was cancelled")
+    except (SecurecommError, TimeoutError):
+        warn(f"{to.lower()} was told about this file; the server deletes its unfinished upload after an "
+             f"hour without data")
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
 
 
 async def recipient_account(messenger: Any, to: str) -> bytes:
@@ -771,10 +829,11 @@ def own_account(paths: Any, me: PrivateIdentity) -> bytes | None:
 
 async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIdentity, notice: FileNotice,
                      sender: PublicIdentity, out: Path, force: bool, timeout: float, warn: Callable[[str], None],
-                     bars: Bars, account: bytes | None = None) -> None:
+                     bars: Bars, account: bytes | None = None) -> bytes:
     """Download while a thread checks and opens what arrived into `out` (atomically: nothing there
     unless everything verified), then file_done. A dropped connection resumes from the last byte
-    received; an interrupted fetch starts over when run again. `account`: see open_feed."""
+    received; an interrupted fetch starts over when run again. `account`: see open_feed. Returns the
+    plaintext's SHA-256 that the sender's final signature covers (an early notice names none)."""
     from securecomm.files import AtomicOutput
 
     feed = Feed(notice.stream_size, asyncio.get_running_loop())
@@ -804,10 +863,14 @@ async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIde
 
         try:
             await with_retry(connect, download, timeout, warn)
+        except NotFoundError as e:  # file_get's refusal: the server's words say nothing about why
+            raise NotFoundError(f"file {notice.file_id.hex()} is not on the server: its sender cancelled the "
+                                f"upload, or it expired or was deleted", hint="ask the sender to send it again") from e
         finally:
             feed.stop()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await opener
+        return opener.result().digest or b""
 
 
 def received_notice(paths: Any, sender: str, body: bytes, device: str | None = None,

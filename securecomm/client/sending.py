@@ -172,3 +172,12 @@ class DirectSend:
 
     async def close(self, client: Client) -> None:
         await self._stop(client)
+
+    async def detach(self) -> None:
+        """Stop this send's event pump and leave its connection open for the caller (send --file uploads
+        on it after the notice: the pump would take the upload's FILE_ACKs)."""
+        if self.pump is not None:
+            self.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SecurecommError):
+                await self.pump
+            self.pump = None

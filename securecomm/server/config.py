@@ -77,6 +77,9 @@ class ServerConfig:
     file_sender_quota: int = 2 << 30
     max_file: int = 4 << 30
     file_days: float = 7.0
+    #: Seconds a download of a file still being uploaded (cut-through) waits for the uploader's next bytes
+    #: before it is told `file-upload-stalled` (under the clients' 30 s stall timeout, so they hear why).
+    file_wait: float = 20.0
     #: SO_REUSEPORT on the listening socket: `serve --workers N` runs N relays on one port.
     reuse_port: bool = field(default=False, init=False)
     #: Argon2id hashes running at once (each takes 19 MiB and ~20 ms of a core).
@@ -123,6 +126,7 @@ class ServerConfig:
             ("--relay-rate", self.relay_rate, 0.0, 1e12),
             ("--mailbox-ttl", self.mailbox_ttl, 0.0, 100 * year),
             ("--file-days", self.file_days, 1 / 1440, 36500.0),
+            ("--file-wait", self.file_wait, 0.1, 3600.0),
         ):
             if not (math.isfinite(value) and low <= value <= high):
                 raise UsageError(f"{flag} must be a number from {low:g} to {high:g}, not {value!r}")

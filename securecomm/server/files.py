@@ -5,7 +5,9 @@ Theory of operation
     REQUEST file_offer {to, size, sha256?, file_id?} ─► FileStore.offer ─► RESULT {file_id, received, expires}
     FILE_PUT id offset data                         ─► FileStore.put   ─► FILE_ACK id received complete
     REQUEST file_get {file_id, offset}              ─► FILE_DATA …      ─► RESULT {file_id, size, sha256?}
+        (an upload still in progress: FILE_DATA of what is held, then of each chunk as it lands: cut-through)
     REQUEST file_done {file_id}                     ─► FileStore.done  ─► RESULT {deleted: bool}
+    REQUEST file_cancel {file_id}  (its sender)     ─► FileStore.cancel ─► RESULT {deleted: true}
 
 A file offered to an account with devices (docs/PROTOCOL.md 4.4, 6.3) waits
 for every device listed at the offer (`devices(name)`, read on the event loop
@@ -55,9 +57,15 @@ CODES = {
     "file-digest-mismatch": P.ErrorCode.INTEGRITY,
     "file-mismatch": P.ErrorCode.INTEGRITY,
     "file-bad-args": P.ErrorCode.NOT_FOUND,
+    "file-upload-stalled": P.ErrorCode.UNAVAILABLE,
 }
 #: FILE_PUTs one session may have queued for the disk: 16 x 256 KiB = 4 MiB held at most per uploader.
 PUTS_IN_FLIGHT = 16
+#: Seconds a download of an unfinished upload waits for the uploader's next chunk before it is told
+#: `file-upload-stalled` (serve --file-wait; under the clients' 30 s stall timeout, so they hear why).
+UPLOAD_WAIT = 20.0
+#: Seconds between looks at an unfinished upload that another relay receives (no wake-up crosses relays).
+POLL_UPLOAD = 0.25
 #: How often expired files are swept (seconds).
 EXPIRE_EVERY = 600.0
 
@@ -80,6 +88,10 @@ class FileService:
         #: The listed device ids of an account (None: no device list); see the module docstring.
         self.devices: Callable[[str], list[bytes] | None] = devices or (lambda name: None)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-files")
+        #: Per file being fetched while it is uploaded: set (and dropped) when a FILE_PUT to it is done.
+        self._growth: dict[bytes, asyncio.Event] = {}
+        #: Seconds a download of an unfinished upload waits for its next byte (row file-upload-stalled).
+        self.upload_wait = UPLOAD_WAIT
         #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
         self._slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
@@ -136,6 +148,9 @@ class FileService:
 
     def _put_done(self, s: Any, file_id: bytes, slots: asyncio.Semaphore, fut: asyncio.Future[Any]) -> None:
         slots.release()
+        grew = self._growth.pop(file_id, None)
+        if grew is not None:  # downloads waiting for this upload (cut-through) look again
+            grew.set()
         if fut.cancelled():
             return
         e = fut.exception()
@@ -160,7 +175,8 @@ class FileService:
     # -- requests ---------------------------------------------------------------------
     async def request(self, s: Any, ev: P.Request) -> bool:
         """Handle the file_* ops; False if the op is not ours."""
-        handler = {"file_offer": self._offer, "file_get": self._get, "file_done": self._done}.get(ev.op)
+        handler = {"file_offer": self._offer, "file_get": self._get, "file_done": self._done,
+                   "file_cancel": self._cancel}.get(ev.op)
         if handler is None:
             return False
         try:
@@ -195,23 +211,30 @@ class FileService:
     async def _get(self, s: Any, ev: P.Request) -> None:
         self._need_key(s)
         file_id, offset = _bytes(ev, "file_id", FILE_ID_SIZE), _int(ev, "offset")
-        row, f = await self._run(self.store.open_for, s.user.name, file_id)
+        row, f = await self._run(self.store.open_for, s.user.name, file_id, True)
         chunk = chunk_size(s.config.max_frame)
         with f:
             if offset > row.size:  # F10: seek(2**62) raised EINVAL and dropped the connection
                 raise FileRefused("file-bad-args", f"'offset' {offset} is past the file's end ({row.size} bytes)")
             await self._run(f.seek, offset)
-            ahead = asyncio.ensure_future(self._run(f.read, chunk)) if offset < row.size else None
+            held, complete = (row.size, True) if row.complete else (offset, False)
+            ahead: asyncio.Future[bytes] | None = None
             try:
-                while ahead is not None and not s.closing:
+                while not s.closing and (offset < row.size or not complete):
+                    if ahead is None:
+                        if offset >= held:
+                            # cut-through: everything held is sent; wait for the uploader's next chunk
+                            held, complete = await self._more(s, file_id, held, row.size)
+                            continue
+                        ahead = asyncio.ensure_future(self._run(f.read, min(chunk, held - offset)))
                     data = await ahead
                     ahead = None
-                    if not data:
-                        break
+                    if not data:  # PostgreSQL: the rows went (fetched on another device and deleted, expired)
+                        raise FileRefused("file-not-found", "the file was deleted while it was being fetched")
                     s.send(FileData(file_id, offset, data))
                     offset += len(data)
-                    if offset < row.size:  # read the next chunk while this one drains
-                        ahead = asyncio.ensure_future(self._run(f.read, chunk))
+                    if offset < held:  # read the next chunk while this one drains
+                        ahead = asyncio.ensure_future(self._run(f.read, min(chunk, held - offset)))
                     await s._backpressure()  # two chunks held at most: one sent, one read
             finally:
                 if ahead is not None:
@@ -221,6 +244,38 @@ class FileService:
         if row.sha256:  # only for an offer that named it
             done["sha256"] = row.sha256.hex()
         s.send(P.Result(ev.rid, done))
+
+    async def _more(self, s: Any, file_id: bytes, held: int, size: int) -> tuple[int, bool]:
+        """(held, complete) once the upload has more than `held` bytes or is complete. The uploader's
+        FILE_PUT on this relay wakes the wait at once; another relay's (PostgreSQL) is seen within
+        POLL_UPLOAD seconds. FileRefused if the file is gone, or if no byte came for `upload_wait`
+        seconds (row `file-upload-stalled`: retryable, the download resumes from what it has)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.upload_wait
+        while True:
+            grew = self._growth.setdefault(file_id, asyncio.Event())  # before the check: no lost wake-up
+            state = await self._run(self.store.progress, file_id)
+            if state is None:
+                raise FileRefused("file-not-found", "the file is gone: its upload was refused, expired or "
+                                                    "stalled too long, or it was deleted")
+            if state[0] > held or state[1]:
+                return state
+            left = deadline - loop.time()
+            if left <= 0 or s.closing:
+                raise FileRefused("file-upload-stalled", f"the sender's upload has not advanced for "
+                                  f"{self.upload_wait:g} s ({held} of {size} bytes held); ask again later")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(grew.wait(), min(POLL_UPLOAD, left))
+
+    async def _cancel(self, s: Any, ev: P.Request) -> None:
+        self._need_key(s)
+        file_id = _bytes(ev, "file_id", FILE_ID_SIZE)
+        await self._run(self.store.cancel, s.user.name, file_id)
+        grew = self._growth.pop(file_id, None)
+        if grew is not None:  # a download waiting for it hears at once that it is gone
+            grew.set()
+        log.info("%s cancelled upload %s", s.label(), file_id.hex())
+        s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": True}))
 
     async def _done(self, s: Any, ev: P.Request) -> None:
         self._need_key(s)

@@ -102,6 +102,7 @@ class Server:
         self.files = FileService(files_dir or Path(db_path).parent / "files", self._file_recipient,
                                  quota=config.file_quota, max_file=config.max_file, days=config.file_days, db=url,
                                  sender_quota=config.file_sender_quota, devices=self._file_devices)
+        self.files.upload_wait = config.file_wait
         # Devices and prekeys (PROTOCOL.md 6): a connection of their own to the same database, either kind.
         self.relay.devices = DeviceRelay(functools.partial(open_store, db_path))
         self.sessions: set[Session] = set()

@@ -6,7 +6,9 @@ Theory of operation
     put(sender, id, offset, data)           ──► append; offset must equal the part's length
         … at size: SHA-256 of the whole part checked (if offered: b"" = none), fsync,
           rename to FOLDER/<id>, row complete
-    open_for(recipient, id)                 ──► the complete file, read from any offset
+    cancel(sender, id)                      ──► the sender's unfinished upload deleted
+    open_for(recipient, id[, partial])      ──► the file, read from any offset (partial: while it is
+                                                uploaded, no further than progress(id) says is held)
     done(recipient, id, device, listed)     ──► that device crossed off; row and bytes deleted once
                                                 every fetcher still listed has crossed itself off
     expire() / prune_fetchers(listed)       ──► expired files deleted / removed devices crossed off
@@ -258,13 +260,34 @@ class FileStore:
         os.replace(part, self._done(row.file_id))
         self.db.execute("UPDATE files SET complete = 1 WHERE id = ?", (row.file_id,))
 
-    # -- download -----------------------------------------------------------------------
-    def open_for(self, recipient: str, file_id: bytes) -> tuple[Stored, BinaryIO]:
-        """The recipient's complete file, open for reading."""
+    def cancel(self, sender: str, file_id: bytes) -> None:
+        """The sender gives up its unfinished upload (its notice may already be out: cut-through): deleted,
+        and a download waiting for it is told the file is gone."""
         row = self.row(file_id)
-        if row is None or row.recipient != recipient or not row.complete:
+        if row is None or row.sender != sender or row.complete:
+            raise FileRefused("file-not-found", "no unfinished upload of yours has that id")
+        self._delete(file_id)
+
+    # -- download -----------------------------------------------------------------------
+    def open_for(self, recipient: str, file_id: bytes, partial: bool = False) -> tuple[Stored, BinaryIO]:
+        """The recipient's file, open for reading: complete, or with `partial` also while it is being
+        uploaded (cut-through, docs/PROTOCOL.md 4.4: read no further than `progress` says is held; the
+        open file keeps reading the same bytes when the upload completes and renames it)."""
+        row = self.row(file_id)
+        if row is None or row.recipient != recipient or not (row.complete or partial):
             raise FileRefused("file-not-found", "no file for you has that id")
-        return row, self._done(file_id).open("rb")
+        paths = (self._done(file_id),) if row.complete else (self._part(file_id), self._done(file_id))
+        for path in paths:  # an upload completing meanwhile renamed the part file
+            with contextlib.suppress(FileNotFoundError):
+                return row, path.open("rb")
+        raise FileRefused("file-not-found", "no file for you has that id")
+
+    def progress(self, file_id: bytes) -> tuple[int, bool] | None:
+        """(bytes held, complete) of a file, or None once it is gone (deleted, expired, refused)."""
+        row = self.row(file_id)
+        if row is None:
+            return None
+        return (row.size, True) if row.complete else (min(self.received(file_id), row.size), False)
 
     def fetchers(self, file_id: bytes) -> set[bytes]:
         """The devices the file still waits for (empty: no device list, it goes at the first file_done)."""

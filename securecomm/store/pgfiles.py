@@ -6,7 +6,8 @@ Theory of operation
     put(sender, id, offset, data)           ──► one transaction: row locked, offset == received checked,
                                                 a `file_chunks` row inserted, `received` advanced
         … at size: SHA-256 of the whole file checked, row complete (the same transaction)
-    open_for(recipient, id)                 ──► a reader that fetches one chunk at a time, from any offset
+    open_for(recipient, id[, partial])      ──► a reader that fetches one chunk at a time, from any offset
+                                                (partial: also while it is uploaded, up to progress(id))
     done(recipient, id, device, listed)     ──► that device crossed off (`file_fetchers`, migration 9); the row
                                                 deleted once no fetcher still listed is left (store/files.py)
     expire()                                ──► row deleted; its chunks and fetchers go with it (ON DELETE CASCADE)
@@ -240,13 +241,32 @@ class PgFileStore:
                 hasher.update(data)
         return hasher.digest()
 
+    def cancel(self, sender: str, file_id: bytes) -> None:
+        """As store/files.py FileStore.cancel; its chunks and fetchers go with the row (ON DELETE CASCADE)."""
+        with self._transaction() as cur:
+            gone = cur.execute("DELETE FROM files WHERE id = %s AND sender = %s AND NOT complete",
+                               (file_id, sender)).rowcount
+        self._hashers.pop(file_id, None)
+        if not gone:
+            raise FileRefused("file-not-found", "no unfinished upload of yours has that id")
+
     # -- download ----------------------------------------------------------------------
-    def open_for(self, recipient: str, file_id: bytes) -> tuple[Stored, ChunkReader]:
-        """The recipient's complete file, open for reading (one chunk fetched per read)."""
+    def open_for(self, recipient: str, file_id: bytes, partial: bool = False) -> tuple[Stored, ChunkReader]:
+        """The recipient's file, open for reading (one chunk fetched per read); with `partial` also while
+        it is being uploaded (as store/files.py: read no further than `progress` says is held)."""
         row = self.row(file_id)
-        if row is None or row.recipient != recipient or not row.complete:
+        if row is None or row.recipient != recipient or not (row.complete or partial):
             raise FileRefused("file-not-found", "no file for you has that id")
         return row, ChunkReader(self, file_id, row.size)
+
+    def progress(self, file_id: bytes) -> tuple[int, bool] | None:
+        """(bytes held, complete) of a file, or None once it is gone. A chunk and the `received` that
+        counts it commit together, so every byte counted here can be read."""
+        with self._transaction() as cur:
+            r = cur.execute("SELECT received, complete, size FROM files WHERE id = %s", (file_id,)).fetchone()
+        if r is None:
+            return None
+        return (int(r[2]), True) if r[1] else (int(r[0]), False)
 
     def fetchers(self, file_id: bytes) -> set[bytes]:
         with self._transaction() as cur:

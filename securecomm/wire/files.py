@@ -98,7 +98,8 @@ _HEX = frozenset("0123456789abcdef")
 
 @dataclass(frozen=True)
 class FileNotice:
-    """What the recipient needs to fetch, check and open a file (docs/PROTOCOL.md 4.4)."""
+    """What the recipient needs to fetch, check and open a file (docs/PROTOCOL.md 4.4). `sha256` and
+    `stream_sha256` are b"" in an early notice, sent before sealing ended (see `early`)."""
 
     file_id: bytes
     name: str
@@ -111,10 +112,20 @@ class FileNotice:
     def encode(self) -> bytes:
         import json
 
-        return NOTICE_PREFIX + json.dumps({
-            "id": self.file_id.hex(), "name": self.name, "size": self.size, "sha256": self.sha256.hex(),
-            "stream_size": self.stream_size, "stream_sha256": self.stream_sha256.hex(), "key": self.key.hex(),
-        }, separators=(",", ":")).encode()
+        o: dict[str, object] = {"id": self.file_id.hex(), "name": self.name, "size": self.size}
+        if self.sha256:
+            o["sha256"] = self.sha256.hex()
+        o["stream_size"] = self.stream_size
+        if self.stream_sha256:
+            o["stream_sha256"] = self.stream_sha256.hex()
+        o["key"] = self.key.hex()
+        return NOTICE_PREFIX + json.dumps(o, separators=(",", ":")).encode()
+
+    @property
+    def early(self) -> bool:
+        """Sent before the file was sealed (cut-through, docs/PROTOCOL.md 4.4): no digests; the stream's
+        signed trailer carries the plaintext's SHA-256, which the recipient checks instead."""
+        return not self.sha256
 
     @staticmethod
     def is_notice(body: bytes) -> bool:
@@ -132,8 +143,13 @@ class FileNotice:
         sizes = [o.get("size"), o.get("stream_size")]
         if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 63 for n in sizes):
             raise ProtocolError("file notice has a bad size")
-        return cls(_hex(o, "id", FILE_ID_SIZE), name, o["size"], _hex(o, "sha256", 32), o["stream_size"],
-                   _hex(o, "stream_sha256", 32), _hex(o, "key", 32))
+        digests = [o.get("sha256"), o.get("stream_sha256")]
+        if (digests[0] is None) != (digests[1] is None):  # both or neither (an early notice: 4.4)
+            raise ProtocolError("file notice has one digest without the other")
+        sha256, stream_sha256 = ((_hex(o, "sha256", 32), _hex(o, "stream_sha256", 32)) if digests[0] is not None
+                                 else (b"", b""))
+        return cls(_hex(o, "id", FILE_ID_SIZE), name, o["size"], sha256, o["stream_size"], stream_sha256,
+                   _hex(o, "key", 32))
 
 
 def valid_name(name: str) -> bool:

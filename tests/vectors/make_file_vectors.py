@@ -44,13 +44,19 @@ def main() -> None:
     notice = FileNotice(FILE_ID, "report 2026.pdf", 300_000, bytes(range(32)), 300_342, bytes(range(32, 64)),
                         bytes(range(64, 96)))
     notices = [{"expect": "ok", "body": notice.encode().hex(), "id": FILE_ID.hex(), "name": notice.name,
-                "size": notice.size, "stream_size": notice.stream_size}]
+                "size": notice.size, "stream_size": notice.stream_size, "early": False}]
     for why, text in (("a folder in the name", notice.encode().replace(b"report 2026.pdf", b"../x")),
                       ("a key of 31 bytes", notice.encode().replace(bytes(range(64, 96)).hex().encode(),
                                                                bytes(range(64, 95)).hex().encode())),
                       ("a negative size", notice.encode().replace(b'"size":300000', b'"size":-1')),
                       ("a control character in the name", notice.encode().replace(b"report", b"rep\\u001bort"))):
         notices.append({"expect": "bad format", "why": why, "body": text.hex()})
+    # An early notice (cut-through, 4.4): sent before sealing ended, so without either digest.
+    early = FileNotice(FILE_ID, "report 2026.pdf", 300_000, b"", 300_342, b"", bytes(range(64, 96)))
+    notices.append({"expect": "ok", "why": "early: no digests", "body": early.encode().hex(), "id": FILE_ID.hex(),
+                    "name": early.name, "size": early.size, "stream_size": early.stream_size, "early": True})
+    one = early.encode().replace(b'"stream_size"', b'"sha256":"' + bytes(range(32)).hex().encode() + b'","stream_size"')
+    notices.append({"expect": "bad format", "why": "sha256 without stream_sha256", "body": one.hex()})
     digest = bytes(range(32, 64)).hex()
     offers = [  # file_offer's arguments: what the server takes, and whether it checks a digest at the end
         {"why": "sealing while uploading: the size alone", "args": {"to": "bob", "size": 300_342},
