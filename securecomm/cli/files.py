@@ -81,10 +81,12 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     """Download the received file ID (as `inbox` lists it), verify and decrypt it.
 
     The file is decrypted as it downloads, into a hidden temp file beside
-    the output; a dropped connection resumes where it stopped (for up to
-    --timeout seconds), an interrupted fetch starts over when run again.
-    The file appears at its name only after its size, both SHA-256 digests
-    and the sender's signatures verified; then the server deletes its copy.
+    the output; a file still being uploaded is downloaded as it arrives. A
+    dropped connection or a stalled upload is resumed where it stopped (for
+    up to --timeout seconds); an interrupted fetch starts over when run
+    again. The file appears at its name only after its size, the sender's
+    signatures (the last covers the plaintext's SHA-256) and any digest the
+    notice names verified; then the server deletes its copy.
     """
     from securecomm.client import files as F
     from securecomm.client.directory import Contacts
