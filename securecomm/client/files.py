@@ -293,8 +293,8 @@ class _FileSource:
 
 def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: Target, pipe: SealedPipe, key: bytes) -> Sealed:
     """On a thread: seal `src` to `to` under the file key `key` into `pipe` (waiting whenever the pipe is
-    full), noting the plaintext's digest (the stream's own) and the ciphertext's (on a second thread)."""
-    cipher = stream.BackgroundDigest()
+    full), noting the plaintext's digest (the stream's own, which its final signature covers). No digest
+    of the ciphertext: the early notice names none (docs/PROTOCOL.md 4.4), so `stream_sha256` is b""."""
     plain: list[tuple[int, bytes]] = []
     stream_size = 0
 
@@ -303,10 +303,9 @@ def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: Target, pipe
             yield block
 
     for piece in _stream_of(blocks(), me, to, key, lambda n, d: plain.append((n, d))):
-        cipher.update(piece)
         pipe.put(piece)
         stream_size += len(piece)
-    return Sealed(None, name, plain[0][0], plain[0][1], stream_size, cipher.digest(), key)
+    return Sealed(None, name, plain[0][0], plain[0][1], stream_size, b"", key)
 
 
 async def _next_event(client: Any, kinds: tuple[type, ...], timeout: float = STALL_TIMEOUT) -> Any:
@@ -570,12 +569,14 @@ def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: Publi
     second thread), the plaintext's, and the final signature. `account` (this device's user key
     fingerprint, for a version-2 notice) lets a version-2 stream open with the notice's key; a
     version-1 stream opens with this device's own key, which must recover the same key."""
-    h, got = stream.BackgroundDigest(), 0
+    # the ciphertext's SHA-256 only for a notice that names it (an early one does not: 4.4)
+    h, got = (stream.BackgroundDigest() if not notice.early else None), 0
 
     def blocks() -> Iterator[bytes]:
         nonlocal got
         for block in feed.blocks():
-            h.update(block)
+            if h is not None:
+                h.update(block)
             got += len(block)
             yield block
 
@@ -592,7 +593,7 @@ def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: Publi
         raise IntegrityError(f"the downloaded file does not open as its sender announced: {e.message}") from e
     # An early notice (sent before sealing ended) names no digest: the stream's final signature, verified
     # above, covers the plaintext's SHA-256, and the notice's key is the stream's (a per-file secret).
-    if got != notice.stream_size or not (notice.early or same(h.digest(), notice.stream_sha256)):
+    if got != notice.stream_size or not (h is None or same(h.digest(), notice.stream_sha256)):
         raise IntegrityError("the downloaded file does not match the size and SHA-256 its sender announced")
     if opening.length != notice.size or not (notice.early or same(opening.digest or b"", notice.sha256)):
         raise IntegrityError("the decrypted file does not match the size and SHA-256 its sender announced")

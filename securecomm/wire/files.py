@@ -45,6 +45,9 @@ class _Chunk(Event):
     def encode_body(self) -> bytes:
         return _HEAD.pack(self.file_id, self.offset) + self.data
 
+    def encode_parts(self) -> tuple[bytes, ...]:
+        return _HEAD.pack(self.file_id, self.offset), self.data
+
     @classmethod
     def decode_body(cls, body: bytes) -> Self:
         return cls(*_split(body, cls.WHAT))

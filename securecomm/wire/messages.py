@@ -172,6 +172,11 @@ class Event:
     def encode_body(self) -> bytes:
         raise NotImplementedError
 
+    def encode_parts(self) -> tuple[bytes, ...]:
+        """The body as pieces that encode_event joins with the frame header in one copy (a file chunk's
+        256 KiB of data is not copied into a body first)."""
+        return (self.encode_body(),)
+
     @classmethod
     def decode_body(cls, body: bytes) -> Event:
         raise NotImplementedError

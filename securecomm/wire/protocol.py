@@ -50,7 +50,7 @@ from securecomm.wire.frames import (
     MAX_FRAME_SIZE,
     PRELOGIN_MAX_FRAME,
     FrameDecoder,
-    encode_frame,
+    encode_frame_parts,
 )
 from securecomm.wire.messages import *  # noqa: F403 - the protocol's vocabulary, re-exported
 from securecomm.wire.messages import (
@@ -97,7 +97,8 @@ def decode_payload(payload: bytes) -> Event:
 
 
 def encode_event(event: Event, max_frame: int = MAX_FRAME_SIZE) -> bytes:
-    return encode_frame(bytes([event.TYPE]) + event.encode_body(), max_frame)
+    """The whole frame: length || type || body, the body's pieces copied once."""
+    return encode_frame_parts((bytes([event.TYPE]), *event.encode_parts()), max_frame)
 
 
 # -- state machine ----------------------------------------------------------------
