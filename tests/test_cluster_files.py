@@ -130,6 +130,36 @@ def test_an_upload_cut_by_killing_its_relay_resumes_through_another(cluster):
     assert got == body and hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
 
 
+def test_a_download_through_one_relay_follows_an_upload_through_another(cluster):
+    """Cut-through across relays (docs/PROTOCOL.md 4.4): bob's file_get through B starts when alice has
+    sent one chunk through A, gets what B finds in PostgreSQL, and sees each later chunk (no wake-up
+    crosses relays: B looks again within 0.25 s) up to the whole file."""
+    (a, b), users, url, tmp = cluster
+    body = os.urandom(SIZE)
+    sealed = _sealed(tmp, users, body)
+    data = sealed.path.read_bytes()
+
+    async def go() -> bytes:
+        alice = await _login(tmp, "alice", users["alice"], a.port)
+        try:
+            file_id, _ = await F.offer(alice, "bob", sealed)
+            alice.send_event(FilePut(file_id, 0, data[:CHUNK]))
+            assert (await F._next_event(alice, (FileAck,))).received == CHUNK
+            fetching = asyncio.ensure_future(_fetch(tmp, users, b.port, sealed, file_id))
+            for at in range(CHUNK, len(data), CHUNK):
+                assert not fetching.done()  # it waits for the rest: the upload is unfinished
+                alice.send_event(FilePut(file_id, at, data[at : at + CHUNK]))
+                ack = await F._next_event(alice, (FileAck,))
+            assert ack.complete
+            got = await asyncio.wait_for(fetching, WAIT)
+        finally:
+            await alice.close()
+        assert _stored(url, file_id) is None  # fetched and deleted through B
+        return got
+
+    assert asyncio.run(go()) == body
+
+
 def test_each_device_fetches_through_its_own_relay_and_the_last_one_deletes(tmp_path, pg_url, nats_server):
     """Several devices on PostgreSQL (docs/PROTOCOL.md 4.4, migration 9): carol's laptop on relay A and her
     phone on relay B, paired through the CLI; alice sends a file through A. The laptop's fetch (A) leaves

@@ -89,7 +89,8 @@ class FileService:
         self.devices: Callable[[str], list[bytes] | None] = devices or (lambda name: None)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="securecomm-files")
         #: Per file being fetched while it is uploaded: set (and dropped) when a FILE_PUT to it is done.
-        self._growth: dict[bytes, asyncio.Event] = {}
+        #: Weak: an event lives while a download waits on it (an abandoned upload leaves nothing here).
+        self._growth: weakref.WeakValueDictionary[bytes, asyncio.Event] = weakref.WeakValueDictionary()
         #: Seconds a download of an unfinished upload waits for its next byte (row file-upload-stalled).
         self.upload_wait = UPLOAD_WAIT
         #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
