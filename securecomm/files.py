@@ -194,6 +194,10 @@ def read_file(path: Path) -> bytes:
         return path.read_bytes()
 
 
+#: Bytes of the output's name kept in its temp file's name (".NAME.<12 hex>.tmp" within 255 bytes).
+TEMP_STEM_BYTES = 255 - 18
+
+
 class AtomicOutput:
     """A private file written in pieces and put in place only on success.
 
@@ -208,7 +212,9 @@ class AtomicOutput:
             raise ExistsError(f"{path} already exists", hint="use --force to replace it (the old file is kept as .bak)")
         self.path = path
         ensure_dir(path.parent)
-        self.tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        # the temp name adds 18 bytes: a long name (a peer may send up to 255 bytes) is cut to fit NAME_MAX
+        stem = path.name.encode("utf-8", "surrogateescape")[:TEMP_STEM_BYTES].decode("utf-8", "ignore")
+        self.tmp = path.with_name(f".{stem}.{secrets.token_hex(6)}.tmp")
         try:
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
                          PRIVATE_MODE)

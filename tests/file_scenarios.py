@@ -55,12 +55,12 @@ def fetch_cut(home: str, file_id: str, out: str) -> dict[str, Any]:
 
     async def connect() -> Any:
         client, profile = await connect_profile(state.paths, me)
-        request, receive, seen = client.request, client.conn.receive_data, [0]
+        request, receive, seen = client.start_request, client.conn.receive_data, [0]
 
-        async def recorded(op: str, **args: Any) -> Any:
+        def recorded(op: str, **args: Any) -> Any:  # file_get goes through start_request (no deadline)
             if op == "file_get":
                 offsets.append(args["offset"])
-            return await request(op, **args)
+            return request(op, **args)
 
         def cut_after_a_mebibyte(data: bytes) -> None:
             receive(data)
@@ -68,7 +68,7 @@ def fetch_cut(home: str, file_id: str, out: str) -> dict[str, Any]:
             if len(offsets) == 1 and seen[0] > 1 << 20:
                 client.writer.transport.abort()
 
-        client.request, client.conn.receive_data = recorded, cut_after_a_mebibyte
+        client.start_request, client.conn.receive_data = recorded, cut_after_a_mebibyte
         return client, profile
 
     warnings: list[str] = []
@@ -137,6 +137,62 @@ def upload_grown(home: str, path: str) -> dict[str, Any]:
     return {"error": None, "warned": warned}
 
 
+def overlong(home: str, junk_chunks: str) -> dict[str, Any]:
+    """A lying sender (attack check): a stream of exactly one FILE_PUT chunk, announced with its true size,
+    but offered and uploaded with `junk_chunks` chunks of junk after it. bob's fetch gets the whole stream
+    at a chunk boundary and then more FILE_DATA than the notice announced, which it must refuse, not
+    keep in memory until the server's RESULT."""
+    from securecomm.client.messenger import Messenger
+    from securecomm.client.sending import DirectSend
+    from securecomm.wire.files import CHUNK, FileAck
+
+    state, me = _me(home)
+
+    async def connect() -> Any:
+        return await connect_profile(state.paths, me)
+
+    async def go() -> str:
+        client, profile = await connect()
+        try:
+            messenger = Messenger(client, me, profile.user, state.paths, lambda ev: None, deliveries=False)
+            to = await F.recipient_account(messenger, "bob")
+            plain = next(n for n in range(CHUNK, 0, -1) if F.stream_size_for(n, to) == CHUNK)
+            sealed = F.seal_to_temp(io.BytesIO(os.urandom(plain)), "short.bin", me, to, Path(home) / "outgoing")
+            assert sealed.path is not None
+            data = sealed.path.read_bytes() + os.urandom(int(junk_chunks) * CHUNK)
+            offer = await client.request("file_offer", to="bob", size=len(data))
+            file_id = bytes.fromhex(offer["file_id"])
+            for at in range(0, len(data), CHUNK):
+                client.send_event(FilePut(file_id, at, data[at : at + CHUNK]))
+                await F._next_event(client, (FileAck,))
+        finally:
+            await client.close()
+        sender = DirectSend(connect, me, state.paths, "bob", sealed.notice(file_id).encode())
+        used, _ = await sender.send(30, lambda text: None)
+        await sender.close(used)
+        return file_id.hex()
+
+    return {"file_id": asyncio.run(go())}
+
+
+def notice_to_bob(home: str, body_hex: str) -> dict[str, Any]:
+    """Send bob a direct message with exactly this body (a forged or malformed file notice)."""
+    from securecomm.client.sending import DirectSend
+
+    state, me = _me(home)
+
+    async def connect() -> Any:
+        return await connect_profile(state.paths, me)
+
+    async def go() -> None:
+        sender = DirectSend(connect, me, state.paths, "bob", bytes.fromhex(body_hex))
+        used, _ = await sender.send(30, lambda text: None)
+        await sender.close(used)
+
+    asyncio.run(go())
+    return {}
+
+
 if __name__ == "__main__":
-    print(json.dumps({"fetch_cut": fetch_cut, "upload_cut": upload_cut,
-                      "upload_grown": upload_grown}[sys.argv[1]](*sys.argv[2:])))
+    print(json.dumps({"fetch_cut": fetch_cut, "upload_cut": upload_cut, "upload_grown": upload_grown,
+                      "overlong": overlong, "notice_to_bob": notice_to_bob}[sys.argv[1]](*sys.argv[2:])))

@@ -27,8 +27,8 @@ WAIT = 60.0
 
 
 class HoldingRelay:
-    """TCP from the sender to the server: the first LET_THROUGH bytes the sender writes pass, the rest
-    wait until `release()`. The server's answers always pass."""
+    """TCP from the sender to the server: on the first connection, the first LET_THROUGH bytes the sender
+    writes pass and the rest wait until `release()`; later connections and the server's answers pass."""
 
     def __init__(self, port: int) -> None:
         self.port_to = port
@@ -47,19 +47,21 @@ class HoldingRelay:
         self.listener.close()
 
     def _accept(self) -> None:
+        first = True
         while True:
             try:
                 client, _ = self.listener.accept()
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.port_to))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, first), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+            first = False
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_sender: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, held: bool) -> None:
         try:
             while data := src.recv(65536):
-                if from_sender and not self.released.is_set():
+                if held and not self.released.is_set():
                     room = max(0, LET_THROUGH - self.passed)
                     if len(data) > room:
                         dst.sendall(data[:room])
@@ -175,3 +177,130 @@ def test_a_fetch_of_a_stalled_upload_says_so_and_resumes_when_it_moves_again(tmp
         if relay is not None:
             relay.close()
         srv.stop(signal.SIGKILL)
+
+
+def test_a_waiting_download_leaves_its_connection_free_for_everything_else(tmp_path):
+    """A file_get of an upload in progress runs beside the connection's other traffic (the spec-only
+    client's check: its session answered nothing, not even PING, until the get ended). Raw frames on a
+    real server (the error table's World, tests/test_error_table.py)."""
+    from securecomm.wire import protocol as P
+    from securecomm.wire.files import FileAck, FileData, FilePut
+    from tests.test_error_table import World, _offer, _serve
+
+    w = World(_serve(tmp_path / "srv"))
+    try:
+        alice, bob = w.alice(), w.bob()
+        file_id = _offer(alice)  # 4 bytes, b"abcd"
+        alice.send(FilePut(file_id, 0, b"ab"))
+        assert isinstance(alice.until(FileAck), FileAck)
+        bob.send(P.Request(5, "file_get", {"file_id": file_id.hex(), "offset": 0}))
+        first = bob.until(FileData)
+        assert isinstance(first, FileData) and first.data == b"ab"
+        # the get now waits for the rest (--file-wait 20 s); the same connection answers at once meanwhile
+        bob.send(P.Ping(), P.Request(6, "relay_info", {}))
+        got = [bob.next() for _ in range(2)]
+        assert isinstance(got[0], P.Pong) and isinstance(got[1], P.Result) and got[1].rid == 6, got
+        # a second get of the same file on this connection follows the first, so their FILE_DATA never mix
+        bob.send(P.Request(7, "file_get", {"file_id": file_id.hex(), "offset": 2}))
+        alice.send(FilePut(file_id, 2, b"cd"))
+        ack = alice.until(FileAck)
+        assert isinstance(ack, FileAck) and ack.complete
+        rest = [bob.next() for _ in range(4)]
+        assert [type(e).__name__ for e in rest] == ["FileData", "Result", "FileData", "Result"], rest
+        assert (rest[0].offset, rest[0].data, rest[1].rid) == (2, b"cd", 5)
+        assert (rest[2].offset, rest[2].data, rest[3].rid) == (2, b"cd", 7)
+    finally:
+        w.srv.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig, said", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")])
+def test_an_interrupted_send_cancels_the_upload_it_announced(world, sig, said):
+    """Ctrl-C or SIGTERM during `send --file`, after bob was told of the file: the sender cancels the
+    upload (file_cancel) before it exits 130, so bob's fetch says at once that the file is gone (the
+    spec-only client's check: it waited for an upload nobody would finish, and the sender printed a
+    stray traceback)."""
+    srv, homes, tmp, relay = world
+    src = tmp / "clip.bin"
+    src.write_bytes(os.urandom(SIZE))
+    sender = subprocess.Popen([ENTRY, "--home", str(homes["alice"]), "send", "--to", "bob", "--file", str(src),
+                               "--server", f"localhost:{relay.port}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert relay.holding.wait(WAIT)
+        file_id = _until("the early notice", lambda: _notice_id(homes["bob"]))
+        sender.send_signal(sig)
+        _, err = sender.communicate(timeout=WAIT)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+    text = err.decode()
+    assert sender.returncode == 130, text
+    assert "bob was told about this file; its unfinished upload was cancelled" in text
+    assert f"securecomm: error: {said}" in text and "Traceback" not in text and "never retrieved" not in text
+    assert not (srv.home / "files" / f"{file_id}.part").exists()
+    out = tmp / "got.bin"
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+    assert r.returncode == 3 and not out.exists(), r.stderr
+    assert b"its sender cancelled the upload" in r.stderr
+
+
+def test_hanging_up_on_a_waiting_download_frees_the_session_at_once(tmp_path):
+    """Attack check: a download waiting for an upload kept its session (and a --max-sessions-per-user
+    slot) after the recipient hung up, for as long as the sender trickled bytes: a sender could lock the
+    recipient out of the account. Now the hang-up ends the download with the session."""
+    from securecomm.wire import protocol as P
+    from securecomm.wire.files import FileAck, FileData, FilePut
+    from tests.test_error_table import World, _offer, _serve
+
+    w = World(_serve(tmp_path / "srv", "--max-sessions-per-user", "1", "--file-wait", "120"))
+    try:
+        alice, bob = w.alice(), w.bob()
+        file_id = _offer(alice)
+        alice.send(FilePut(file_id, 0, b"ab"))
+        assert isinstance(alice.until(FileAck), FileAck)
+        bob.send(P.Request(5, "file_get", {"file_id": file_id.hex(), "offset": 0}))
+        assert isinstance(bob.until(FileData), FileData)
+        bob.close()  # Ctrl-C on fetch; the get would wait 120 s for the rest
+        refusals = []
+        deadline = time.monotonic() + 15
+        while True:  # the server sees the hang-up within moments (before: only after --file-wait, 120 s)
+            try:
+                w.bob().close()
+                break
+            except AssertionError as e:  # "bob already has 1 sessions logged in"
+                refusals.append(str(e))
+                assert time.monotonic() < deadline, refusals[-1]
+                time.sleep(0.1)
+        assert len(refusals) < 50
+    finally:
+        w.srv.stop(signal.SIGKILL)
+
+
+def test_a_terminated_fetch_leaves_no_temp_file(world):
+    """Attack check: SIGTERM on a fetch waiting for an upload left its hidden temp file (verified
+    plaintext) beside the output; now SIGTERM ends it as Ctrl-C does: exit 130, nothing left."""
+    _, homes, tmp, relay = world
+    src = tmp / "clip.bin"
+    src.write_bytes(os.urandom(SIZE))
+    sender = subprocess.Popen([ENTRY, "--home", str(homes["alice"]), "send", "--to", "bob", "--file", str(src),
+                               "--server", f"localhost:{relay.port}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fetcher = None
+    try:
+        assert relay.holding.wait(WAIT)
+        file_id = _until("the early notice", lambda: _notice_id(homes["bob"]))
+        out = tmp / "got.bin"
+        fetcher = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "fetch", file_id, "-o", str(out)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _until("plaintext in the temp file", lambda: any(p.stat().st_size > 0 for p in tmp.glob(".got.bin.*.tmp")))
+        fetcher.send_signal(signal.SIGTERM)
+        _, err = fetcher.communicate(timeout=WAIT)
+        assert fetcher.returncode == 130 and b"terminated (SIGTERM)" in err and b"Traceback" not in err, err
+        assert list(tmp.glob(".got.bin*")) == [] and not out.exists()
+    finally:
+        relay.release()
+        for p in (sender, fetcher):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()

@@ -308,3 +308,45 @@ def test_a_server_with_a_small_max_frame_still_takes_and_gives_files(tmp_path):
         assert out.read_bytes() == body
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_a_server_file_longer_than_its_notice_is_refused_not_buffered(world):
+    """Attack check: a sender announced a stream's true size but uploaded junk after it; bob's fetch had
+    the whole stream at a chunk boundary and kept taking FILE_DATA into memory until the server's RESULT
+    (521 MiB for a 195 KiB file), then said it had succeeded. Now the first byte past the notice ends it."""
+    _, homes, tmp = world
+    got = _scenario("overlong", str(homes["alice"]), "8")
+    assert sc(homes["bob"], "inbox").returncode == 0
+    out = tmp / "short.out"
+    r = sc(homes["bob"], "fetch", got["file_id"], "-o", str(out))
+    assert r.returncode == 6 and not out.exists(), r.stderr
+    assert r.stderr.decode().splitlines()[0].startswith(
+        "securecomm: error: the file on the server is larger than its notice announced (262144 bytes)")
+    assert list(tmp.glob(".short.out*")) == []
+
+
+def test_a_second_notice_for_a_known_file_id_cannot_replace_the_first(world):
+    """Attack check: carol, knowing the id of alice's file to bob, sent bob a notice with that id and her
+    own key; it replaced alice's saved notice (sender and key), and alice's file could not be fetched.
+    Now the first notice stays, the second is shown as ignored; a malformed notice is shown as one line,
+    never as its raw body (which holds a key)."""
+    from securecomm.wire.files import NOTICE_PREFIX, FileNotice
+
+    _, homes, tmp = world
+    src = tmp / "real.bin"
+    body = os.urandom(300_000)
+    src.write_bytes(body)
+    file_id = _send(homes, src)["file_id"]
+    assert sc(homes["bob"], "inbox").returncode == 0
+    forged = FileNotice(bytes.fromhex(file_id), "evil.bin", 10, b"", 100, b"", os.urandom(32))
+    _scenario("notice_to_bob", str(homes["carol"]), forged.encode().hex())
+    broken = NOTICE_PREFIX + b'{"id": "' + b"ab" * 16 + b'", "key": "' + b"cd" * 32 + b'"'
+    _scenario("notice_to_bob", str(homes["carol"]), broken.hex())
+    r = sc(homes["bob"], "inbox")
+    text = r.stdout.decode()
+    assert f"[file] evil.bin (10 bytes): ignored, file {file_id} was already announced to this device" in text
+    assert "[file] a malformed file notice from carol, not shown" in text and "cd" * 32 not in text
+    out = tmp / "real.out"
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == body

@@ -65,3 +65,17 @@ def test_readable_private_key_is_refused_with_chmod_hint(tmp_path):
 def test_missing_file_is_not_found(tmp_path):
     with pytest.raises(NotFoundError):
         files.read_private(tmp_path / "missing")
+
+
+def test_an_output_with_the_longest_name_a_peer_may_send_is_written(tmp_path):
+    """A name of 255 bytes (the notice's limit): its temp name is cut to fit (the spec-only client's
+    check: names of 240-255 bytes failed with "cannot write")."""
+    from securecomm.files import AtomicOutput
+
+    name = "\u00e9" * 127 + "x"
+    assert len(name.encode()) == 255
+    with AtomicOutput(tmp_path / name) as out:
+        assert len(out.tmp.name.encode()) <= 255
+        out.write(b"whole")
+        out.commit()
+    assert (tmp_path / name).read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == [name]

@@ -267,12 +267,10 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         nonlocal failures, shown_count
         if isinstance(ev, DirectMessage):
             shown_count += 1
-            from securecomm.client.files import describe, received_notice, sent_copy
+            from securecomm.client.files import shown_body
 
             # a file: saved for `fetch ID` (not our own copy of one we sent: nothing to fetch here)
-            sent_to = sent_copy(ev, identity)
-            notice = received_notice(state.paths, ev.sender, ev.body, ev.device, sent_to)
-            body = describe(notice, sent_to, here=not ev.to).encode() if notice else ev.body
+            body, notice, sent_to = shown_body(state.paths, ev, identity)
             if as_json:
                 import json
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -58,13 +58,46 @@ def send_file(state: State, identity: Any, to: str, path: str, timeout: float, a
     if not valid_name(src_path.name):
         raise UsageError(f"cannot send {path!r}: its name is not a plain file name")
     with open_input(src_path) as src:
-        file_id, sealed = run_client(F.send_file(_connector(state, identity, **conn), identity, state.paths, to,
-                                                 src, src_path.name, src_path.stat().st_size, timeout, warn, _bar))
+        file_id, sealed = run_client(_terminable(F.send_file(_connector(state, identity, **conn), identity,
+                                                             state.paths, to, src, src_path.name,
+                                                             src_path.stat().st_size, timeout, warn, _bar)))
     if as_json:
         emit_json({"status": "stored", "file_id": file_id.hex(), "to": to.lower(), "name": sealed.name,
                    "size": sealed.size, "sha256": sealed.sha256.hex()})
         return
     click.echo(f"stored file {file_id.hex()} ({sealed.name}, {sealed.size} bytes) for {to.lower()}")
+
+
+T = TypeVar("T")
+
+
+async def _terminable(work: Coroutine[Any, Any, T]) -> T:
+    """`work`, which SIGTERM cancels as Ctrl-C does, so that its cleanup runs (send --file cancels an
+    upload it has announced: the recipient may be fetching it; fetch deletes its temp file, which holds
+    verified plaintext); then exit 130, "interrupted"."""
+    import asyncio
+    import signal
+
+    from securecomm.errors import InterruptedByUser
+
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def on_term() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise InterruptedByUser("terminated (SIGTERM)") from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 @click.command(epilog="Examples:\n\n  securecomm fetch 3f2a...c9\n\n  securecomm fetch 3f2a...c9 -o ~/report.pdf")
@@ -108,7 +141,8 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     # version 2: the stream names this account and opens with the notice's key, on every device (2.6.1)
     account = F.notice_account(state.paths, identity, file_id)
     connect = _connector(state, identity, server=server, ca=ca, pin=pin)
-    digest = run_client(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn, _bar, account))
+    digest = run_client(_terminable(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn, _bar,
+                                                 account)))
     F.forget_notice(state.paths, notice.file_id, out)
     if as_json:
         emit_json({"status": "fetched", "file_id": notice.file_id.hex(), "from": sender_name, "path": str(out),

@@ -37,7 +37,7 @@ from typing import Any
 
 from securecomm.client.directv2 import SealedDirect
 from securecomm.client.events import Alert, DirectMessage, Membership, printable
-from securecomm.client.files import describe, received_notice, send_file, sent_copy
+from securecomm.client.files import send_file, shown_body
 from securecomm.client.login import connect_profile
 from securecomm.client.messenger import Messenger
 from securecomm.crypto.identity import PrivateIdentity
@@ -174,10 +174,10 @@ class ChatSession:
                 self.present.discard(ev.user)
             self.changed.set()
         if isinstance(ev, DirectMessage):
-            sent_to = sent_copy(ev, self.identity)  # our own copy of a file we sent: not for `fetch ID`
-            notice = received_notice(self.paths, ev.sender, ev.body, ev.device, sent_to)
-            if notice is not None:
-                ev = dataclasses.replace(ev, body=describe(notice, sent_to, here=not ev.to).encode())
+            # a file notice is saved for `fetch ID` (not our own copy of a file we sent) and shown as a line
+            body, _, _ = shown_body(self.paths, ev, self.identity)
+            if body is not ev.body:
+                ev = dataclasses.replace(ev, body=body)
         self.emit(ev)
 
     async def run(self, lines: asyncio.Queue[Command | None]) -> None:

@@ -258,7 +258,9 @@ class Client:
         if ev.fatal:
             self._fail_all(err)
         elif key in self._waiters:
-            self._waiters.pop(key).set_exception(err)
+            fut = self._waiters.pop(key)
+            if not fut.done():  # one its caller gave up on (a cancelled download) is answered by nobody
+                fut.set_exception(err)
         elif ev.code == P.ErrorCode.EXPIRED and ev.msg_id:
             self.events.put_nowait(ev)  # about a message already receipted: the Messenger settles it
         else:
@@ -363,11 +365,16 @@ class Client:
         return self._closed_error is not None
 
     async def request(self, op: str, **args: Any) -> Any:
+        result = await self._wait(self.start_request(op, **args))
+        return result.data
+
+    def start_request(self, op: str, **args: Any) -> asyncio.Future[Any]:
+        """Send a REQUEST; its RESULT (or the refusal) resolves the future, with no deadline of its own: for
+        file_get, whose RESULT follows the whole file (the caller times each FILE_DATA instead)."""
         rid, self._next_rid = self._next_rid, self._next_rid + 1
         fut = self._expect(("rid", rid))
         self._write(P.Request(rid, op, args))
-        result = await self._wait(fut)
-        return result.data
+        return fut
 
 
 def check_receipt(receipt: P.Receipt, digest: bytes) -> None:

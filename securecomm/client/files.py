@@ -336,6 +336,15 @@ async def _raced(client: Any, work: Awaitable[Any], about: bytes) -> Any:
         client._waiters.pop(("msg", about), None)
         if not errors.done():
             errors.cancel()
+        if not task.done():  # we were cancelled (Ctrl-C, SIGTERM): the work stops with us
+            task.cancel()
+        task.add_done_callback(_retrieved)
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Mark a finished future's error as seen: it was answered another way (not "never retrieved")."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 # -- upload -----------------------------------------------------------------------------------
@@ -427,6 +436,8 @@ async def _put_loop(client: Any, file_id: bytes, offset: int, src: SealedPipe | 
     finally:
         if ack_next is not None and not ack_next.done():
             ack_next.cancel()
+        elif ack_next is not None and not ack_next.cancelled():
+            ack_next.exception()  # a dropped link's error, already answered: not "never retrieved"
 
 
 # -- download ---------------------------------------------------------------------------------
@@ -434,19 +445,26 @@ def notices_dir(paths: Any) -> Path:
     return Path(paths.data_dir) / "received"  # not "files": a server with the same --home keeps ciphertext there
 
 
-def save_notice(paths: Any, sender: str, notice: FileNotice, device: str | None = None) -> Path:
+def save_notice(paths: Any, sender: str, notice: FileNotice, device: str | None = None) -> bool:
     """Remember a notice (inbox showed it) so that `fetch ID` knows name, digests and key. 0600.
-    `device`: the identity line of the device that announced it (version 2), whose key signed the file."""
+    `device`: the identity line of the device that announced it (version 2), whose key signed the file.
+    False (nothing written) if another notice for this file id is saved or was fetched: the first one
+    stays; the same notice again (a message shown twice) is True."""
     folder = notices_dir(paths)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{notice.file_id.hex()}.json"
     record = {"from": sender, "notice": notice.encode().decode(), **({"device": device} if device else {})}
+    if path.exists() or (folder / f"{notice.file_id.hex()}.fetched").exists():
+        try:
+            return bool(json.loads(path.read_text()) == record)
+        except (OSError, ValueError):
+            return False
     tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(record, out)
     os.replace(tmp, path)
-    return path
+    return True
 
 
 def forget_notice(paths: Any, file_id: bytes, saved_to: Path) -> None:
@@ -506,22 +524,45 @@ async def get_all(client: Any, notice: FileNotice, feed: Feed, progress: Progres
     have = feed.received
     if have >= notice.stream_size:
         return
-    result = asyncio.ensure_future(client.request("file_get", file_id=notice.file_id.hex(), offset=have))
+    # no overall deadline: a download follows an upload in progress for as long as it takes (attack
+    # check: a 30 s limit on the whole request cut every fetch of a slow upload); each FILE_DATA has one
+    result = client.start_request("file_get", file_id=notice.file_id.hex(), offset=have)
     try:
         while have < notice.stream_size:
-            ev: FileData = await _first(client, result)
-            if ev.file_id != notice.file_id or ev.offset != have or have + len(ev.data) > notice.stream_size:
+            ev: FileData = await _first(client, result, notice)
+            if ev.file_id != notice.file_id or ev.offset != have:
                 raise IntegrityError("the server sent file data out of order")
+            if have + len(ev.data) > notice.stream_size:
+                raise IntegrityError(_larger(notice))
             feed.push(ev.data)
             have += len(ev.data)
             if progress:
                 progress(len(ev.data))
             if feed.full():
                 await _wait_room(client, feed)
-        await result
+        # the RESULT, or more data than the notice announced (nothing of which is kept: the connection is
+        # closed, so the server's extra bytes never pile up here)
+        done = asyncio.ensure_future(_next_event(client, (FileData,)))
+        try:
+            finished, _ = await asyncio.wait({done, result}, timeout=STALL_TIMEOUT,
+                                             return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+        if result not in finished:
+            raise IntegrityError(_larger(notice)) if done in finished and not done.cancelled() \
+                else NetworkError("the server stopped answering during the file transfer")
+        size = result.result().data.get("size") if isinstance(result.result().data, dict) else None
+        if size != notice.stream_size:
+            raise IntegrityError(_larger(notice) if isinstance(size, int) and size > notice.stream_size
+                                 else "the server's answer to file_get disagrees with the file's size")
     finally:
         if not result.done():
             result.cancel()
+
+
+def _larger(notice: FileNotice) -> str:
+    return (f"the file on the server is larger than its notice announced ({notice.stream_size} bytes): the "
+            f"sender's notice is wrong, or the server's copy; nothing was saved")
 
 
 async def _wait_room(client: Any, feed: Feed) -> None:
@@ -536,7 +577,7 @@ async def _wait_room(client: Any, feed: Feed) -> None:
             transport.resume_reading()
 
 
-async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
+async def _first(client: Any, result: asyncio.Future[Any], notice: FileNotice) -> Any:
     """The next FILE_DATA, unless the request failed (or ended early) first."""
     data = asyncio.ensure_future(_next_event(client, (FileData,)))
     try:
@@ -558,7 +599,8 @@ async def _first(client: Any, result: asyncio.Future[Any]) -> Any:
         if isinstance(ev, FileData):
             return ev
     result.result()  # raises the server's refusal
-    raise IntegrityError("the server ended the download before the file's end")
+    raise IntegrityError(f"the file on the server is smaller than its notice announced ({notice.stream_size} "
+                         f"bytes): the sender's notice is wrong, or the server's copy; nothing was saved")
 
 
 def open_feed(feed: Feed, notice: FileNotice, me: PrivateIdentity, sender: PublicIdentity, out: Any,
@@ -750,9 +792,11 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
         try:
             try:
                 await with_retry(connect_again, upload, timeout, warn, keep=lambda c, p: first.append((c, p)))
-            except SecurecommError:
+            except (SecurecommError, asyncio.CancelledError) as e:  # a failure, or Ctrl-C / SIGTERM
                 if announced and file_id is not None:  # the recipient may be fetching it: say it is gone
-                    await cancel_upload(connect, file_id, to, warn)
+                    await cancel_upload(connect, file_id, to, warn,
+                                        INTERRUPT_CANCEL_TIMEOUT if isinstance(e, asyncio.CancelledError)
+                                        else CANCEL_TIMEOUT)
                 raise
             assert file_id is not None and sealing is not None
             sealed = await sealing
@@ -774,18 +818,20 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
             source.path.unlink(missing_ok=True)
 
 
-#: Seconds a failed `send --file` spends telling the server to drop the upload it had announced.
+#: Seconds a failed `send --file` spends telling the server to drop the upload it had announced (an
+#: interrupted one less: the person pressed Ctrl-C and waits for the prompt).
 CANCEL_TIMEOUT = 10.0
+INTERRUPT_CANCEL_TIMEOUT = 3.0
 
 
 async def cancel_upload(connect: Callable[[], Awaitable[Any]], file_id: bytes, to: str,
-                        warn: Callable[[str], None]) -> None:
+                        warn: Callable[[str], None], within: float = CANCEL_TIMEOUT) -> None:
     """After an upload announced early failed: file_cancel, so that the recipient's fetch stops with
     "gone" instead of waiting for bytes that will not come. Best effort: when the server cannot be
     reached, it drops the stalled upload itself (after an hour without data)."""
     client = None
     try:
-        async with asyncio.timeout(CANCEL_TIMEOUT):
+        async with asyncio.timeout(within):
             client, _ = await connect()
             await client.request("file_cancel", file_id=file_id.hex())
         warn(f"{to.lower()} was told about this file; its unfinished upload was cancelled")
@@ -877,15 +923,35 @@ async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIde
 def received_notice(paths: Any, sender: str, body: bytes, device: str | None = None,
                     sent_to: str | None = None) -> FileNotice | None:
     """If a direct message's body is a file notice: save it for `fetch` and return it; else None.
-    A body that starts like a notice but does not parse is shown as text by the caller.
     `sent_to`: the copy another device of ours sent (version 2): shown, never saved (no fetch here:
-    the server keeps the file for the recipient's devices, and this device keeps no key to it)."""
+    the server keeps the file for the recipient's devices, and this device keeps no key to it).
+    NoticeRefused for a body that starts like a notice but does not parse, or that names a file id
+    this device already holds another notice for (the first one stays: attack check, a second notice
+    for a known id, from anyone, replaced its key and its sender)."""
     if not FileNotice.is_notice(body):
         return None
     try:
         notice = FileNotice.decode(body)
-    except SecurecommError:
-        return None
-    if sent_to is None:
-        save_notice(paths, sender, notice, device)
+    except SecurecommError as e:  # shown as a line of its own, never as the raw body: that holds a key
+        raise NoticeRefused(f"[file] a malformed file notice from {sender}, not shown") from e
+    if sent_to is None and not save_notice(paths, sender, notice, device):
+        raise NoticeRefused(f"[file] {notice.name} ({human_size(notice.size)}): ignored, file "
+                            f"{notice.file_id.hex()} was already announced to this device by another notice")
     return notice
+
+
+class NoticeRefused(SecurecommError):
+    """A file notice that is not shown as one (see received_notice); its message is the line to show."""
+
+
+def shown_body(paths: Any, ev: Any, me: PrivateIdentity) -> tuple[bytes, FileNotice | None, str | None]:
+    """What inbox and chat show for a direct message: (body, the file notice or None, sent_to), the
+    notice saved for `fetch` unless it is our own copy of a file we sent."""
+    sent_to = sent_copy(ev, me)
+    try:
+        notice = received_notice(paths, ev.sender, ev.body, ev.device, sent_to)
+    except NoticeRefused as e:
+        return e.message.encode(), None, sent_to
+    if notice is None:
+        return ev.body, None, sent_to
+    return describe(notice, sent_to, here=not ev.to).encode(), notice, sent_to

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +66,9 @@ PUTS_IN_FLIGHT = 16
 UPLOAD_WAIT = 20.0
 #: Seconds between looks at an unfinished upload that another relay receives (no wake-up crosses relays).
 POLL_UPLOAD = 0.25
+#: file_gets one connection may have running at once (each holds an open file and, downloading, two
+#: chunks); a further one is not read until one of them ends.
+GETS_PER_SESSION = 4
 #: How often expired files are swept (seconds).
 EXPIRE_EVERY = 600.0
 
@@ -93,6 +96,8 @@ class FileService:
         self._growth: weakref.WeakValueDictionary[bytes, asyncio.Event] = weakref.WeakValueDictionary()
         #: Seconds a download of an unfinished upload waits for its next byte (row file-upload-stalled).
         self.upload_wait = UPLOAD_WAIT
+        #: Per session: its running file_gets (weak: a session that ends takes its entry with it).
+        self._gets: weakref.WeakKeyDictionary[Any, _Gets] = weakref.WeakKeyDictionary()
         #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
         self._slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
@@ -176,10 +181,14 @@ class FileService:
     # -- requests ---------------------------------------------------------------------
     async def request(self, s: Any, ev: P.Request) -> bool:
         """Handle the file_* ops; False if the op is not ours."""
-        handler = {"file_offer": self._offer, "file_get": self._get, "file_done": self._done,
+        handler = {"file_offer": self._offer, "file_get": self._start_get, "file_done": self._done,
                    "file_cancel": self._cancel}.get(ev.op)
         if handler is None:
             return False
+        await self._answer(s, ev, handler)
+        return True
+
+    async def _answer(self, s: Any, ev: P.Request, handler: Callable[[Any, P.Request], Awaitable[None]]) -> None:
         try:
             await handler(s, ev)
         except FileRefused as e:
@@ -188,7 +197,49 @@ class FileService:
         except StoreUnavailableError as e:  # PostgreSQL lost (several relays): retryable, row file-unavailable
             log.warning("%s %s failed: %s", s.label(), ev.op, e.message)
             s.error(P.ErrorCode.UNAVAILABLE, "the relay's database is unreachable; retry shortly", rid=ev.rid)
-        return True
+
+    # -- file_get beside the connection's other traffic ----------------------------------
+    async def _start_get(self, s: Any, ev: P.Request) -> None:
+        """Run the download as a task of its own, so that the connection's other requests, messages and
+        pushes go on while it streams or waits for an upload (the spec-only client's check: a waiting
+        file_get held its session deaf for up to --file-wait, and a slow upload for its whole length).
+        At most GETS_PER_SESSION run at once (beyond, this connection is not read until one ends);
+        file_gets of one file on one connection run one after the other, since FILE_DATA carry no rid."""
+        self._need_key(s)
+        file_id = _bytes(ev, "file_id", FILE_ID_SIZE)
+        gets = self._gets.get(s)
+        if gets is None:
+            gets = self._gets[s] = _Gets()
+        await gets.slots.acquire()
+        before = gets.last.get(file_id)
+        task = asyncio.create_task(self._get_after(s, ev, before))
+        gets.last[file_id] = task
+        gets.tasks.add(task)
+
+        def finished(t: asyncio.Task[None]) -> None:
+            gets.slots.release()
+            gets.tasks.discard(t)
+            if gets.last.get(file_id) is t:
+                del gets.last[file_id]
+
+        task.add_done_callback(finished)
+
+    async def _get_after(self, s: Any, ev: P.Request, before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await asyncio.wait({before})
+        try:
+            await self._answer(s, ev, self._get)
+        except P.ProtocolError:  # the connection ended while FILE_DATA were being sent
+            pass
+        except Exception:  # as a session's own handler would: this connection ends, the server goes on
+            log.exception("%s file_get internal error", s.label())
+            s.error(P.ErrorCode.INTERNAL, "internal server error", fatal=True)
+
+    def closed(self, s: Any) -> None:
+        """The connection ended: stop its downloads (one waiting for an upload would wait --file-wait)."""
+        gets = self._gets.pop(s, None)
+        for task in gets.tasks if gets is not None else ():
+            task.cancel()
 
     @staticmethod
     def _need_key(s: Any) -> None:
@@ -288,6 +339,15 @@ class FileService:
         else:
             log.info("%s fetched file %s: kept for the account's other devices", s.label(), file_id.hex())
         s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": deleted}))
+
+
+class _Gets:
+    """One session's file_gets: a slot each, and the last one asked for each file (the next waits for it)."""
+
+    def __init__(self) -> None:
+        self.slots = asyncio.Semaphore(GETS_PER_SESSION)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.last: dict[bytes, asyncio.Task[None]] = {}
 
 
 def offer_args(ev: P.Request) -> tuple[str, int, bytes, bytes | None]:

@@ -318,6 +318,7 @@ class Server:
             if session.user is not None:
                 self.clients -= 1
             self.relay.gone(session)
+            self.files.closed(session)
             if session.pending:
                 await asyncio.wait(session.pending, timeout=10)
             await _close(session)
