@@ -74,7 +74,8 @@ def test_offer_vector(case):
 @pytest.mark.parametrize("case", VECTORS["stream_sizes"], ids=lambda c: f"{c['kem']}-{c['body_length']}")
 def test_stream_size_vector(case):
     """What a sender offers before sealing is the exact length of the stream it then sends."""
-    assert stream.sealed_size(case["body_length"], case["kem"]) == case["stream_size"]
+    kem = None if case["kem"] == "version-2" else case["kem"]  # 2.6.1: no HPKE part
+    assert stream.sealed_size(case["body_length"], kem) == case["stream_size"]
 
 
 def test_stream_size_of_the_stream_vectors():

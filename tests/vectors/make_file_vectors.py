@@ -80,6 +80,12 @@ def main() -> None:
             real = sum(len(p) for p in stream.seal([bytes(length)] if length else [], me, to.public))
             assert real == stream.sealed_size(length, kem)
             sizes.append({"kem": kem, "body_length": length, "stream_size": real})
+    # version 2 (2.6.1): no HPKE part, whatever the recipient's suite (`kem` "version-2")
+    me = PrivateIdentity.generate("x25519")
+    for length in (0, 1, stream.CHUNK_SIZE, stream.CHUNK_SIZE + 1, 300_000):
+        real = sum(len(p) for p in stream.seal_detached([bytes(length)] if length else [], me, bytes(32), bytes(32)))
+        assert real == stream.sealed_size_detached(length)
+        sizes.append({"kem": "version-2", "body_length": length, "stream_size": real})
     out = Path(__file__).parent / "files-v1.json"
     out.write_text(json.dumps({"note": "docs/PROTOCOL.md 4.4", "frames": frames, "bad": bad, "notices": notices,
                                "offers": offers, "stream_sizes": sizes}, indent=1) + "\n")
