@@ -350,6 +350,17 @@ def d_file_upload_stalled(w: World) -> Outcome:
     return b, b.error(), None, 43
 
 
+def d_file_gets_busy(w: World) -> Outcome:
+    """17 file_gets at once on one connection (the bound is 16, running or waiting for a slot)."""
+    c = w.alice()
+    file_id = _offer(c)
+    c.send(FilePut(file_id, 0, b"ab"))
+    assert isinstance(c.until(FileAck), FileAck)
+    b = w.bob()
+    b.send(*(P.Request(200 + i, "file_get", {"file_id": file_id.hex(), "offset": 0}) for i in range(17)))
+    return b, b.error(), None, 216
+
+
 def d_timeout_idle(w: World) -> Outcome:
     c = w.alice()
     return c, c.error(), None, None
@@ -739,6 +750,7 @@ OWN_SERVER: dict[str, tuple[tuple[str, ...], Callable[[World], Outcome]]] = {
                         lambda w: _file_req(w.alice(), "file_offer", to="bob", size=4, sha256=_ABCD)),
     "file-put-over-quota": (("--file-quota", "4"), d_file_put_over_quota),
     "file-upload-stalled": (("--file-wait", "0.5"), d_file_upload_stalled),
+    "file-gets-busy": ((), d_file_gets_busy),
 }
 
 

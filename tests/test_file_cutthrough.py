@@ -304,3 +304,57 @@ def test_a_terminated_fetch_leaves_no_temp_file(world):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_long_download_is_not_cut_as_idle(tmp_path):
+    """Re-check of the attack fixes: once file_get ran beside the read loop, a recipient taking a long
+    download (sending nothing meanwhile) was cut by --idle-timeout ("timeout: idle"). --idle-timeout 1,
+    and an upload that trickles one byte every half second for four seconds: bob gets each as it lands,
+    then the RESULT, on the one connection."""
+    from securecomm.wire import protocol as P
+    from securecomm.wire.files import FileAck, FileData, FilePut
+    from tests.test_error_table import World, _serve
+
+    w = World(_serve(tmp_path / "srv", "--idle-timeout", "1"))
+    try:
+        alice, bob = w.alice(), w.bob()
+        alice.send(P.Request(7, "file_offer", {"to": "bob", "size": 8}))
+        offer = alice.until(P.Result)
+        assert isinstance(offer, P.Result), offer
+        file_id = bytes.fromhex(offer.data["file_id"])
+        bob.send(P.Request(5, "file_get", {"file_id": file_id.hex(), "offset": 0}))
+        started = time.monotonic()
+        for at in range(8):
+            alice.send(FilePut(file_id, at, bytes([65 + at])))
+            assert isinstance(alice.until(FileAck), FileAck)
+            got = bob.until(FileData)
+            assert isinstance(got, FileData) and (got.offset, got.data) == (at, bytes([65 + at])), got
+            alice.send(P.Ping())  # alice's own connection is not idle either
+            assert isinstance(alice.until(P.Pong), P.Pong)
+            time.sleep(0.5)  # the sender's pace, not a wait for a result
+        done = bob.until(P.Result)
+        assert isinstance(done, P.Result) and done.rid == 5 and done.data["size"] == 8, done
+        assert time.monotonic() - started > 3  # well past --idle-timeout
+    finally:
+        w.srv.stop(signal.SIGKILL)
+
+
+def test_more_file_gets_at_once_than_allowed_end_the_connection(tmp_path):
+    """Re-check: a fifth file_get used to block the read loop until a slot freed, so a hang-up went
+    unseen; now gets past the queue's bound (16) are refused, fatal BUSY (row file-gets-busy)."""
+    from securecomm.wire import protocol as P
+    from securecomm.wire.files import FileAck, FilePut
+    from tests.test_error_table import World, _offer, _serve
+
+    w = World(_serve(tmp_path / "srv"))
+    try:
+        alice, bob = w.alice(), w.bob()
+        file_id = _offer(alice)
+        alice.send(FilePut(file_id, 0, b"ab"))
+        assert isinstance(alice.until(FileAck), FileAck)
+        bob.send(*(P.Request(100 + i, "file_get", {"file_id": file_id.hex(), "offset": 0}) for i in range(17)))
+        err = bob.error()
+        assert err.code == P.ErrorCode.BUSY and err.fatal and err.rid == 116, err
+        assert bob.closed()
+    finally:
+        w.srv.stop(signal.SIGKILL)

@@ -527,6 +527,7 @@ async def get_all(client: Any, notice: FileNotice, feed: Feed, progress: Progres
     # no overall deadline: a download follows an upload in progress for as long as it takes (attack
     # check: a 30 s limit on the whole request cut every fetch of a slow upload); each FILE_DATA has one
     result = client.start_request("file_get", file_id=notice.file_id.hex(), offset=have)
+    result.add_done_callback(_retrieved)  # a dropped link fails it while we wait elsewhere: not "never retrieved"
     try:
         while have < notice.stream_size:
             ev: FileData = await _first(client, result, notice)
@@ -543,6 +544,7 @@ async def get_all(client: Any, notice: FileNotice, feed: Feed, progress: Progres
         # the RESULT, or more data than the notice announced (nothing of which is kept: the connection is
         # closed, so the server's extra bytes never pile up here)
         done = asyncio.ensure_future(_next_event(client, (FileData,)))
+        done.add_done_callback(_retrieved)
         try:
             finished, _ = await asyncio.wait({done, result}, timeout=STALL_TIMEOUT,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -580,6 +582,7 @@ async def _wait_room(client: Any, feed: Feed) -> None:
 async def _first(client: Any, result: asyncio.Future[Any], notice: FileNotice) -> Any:
     """The next FILE_DATA, unless the request failed (or ended early) first."""
     data = asyncio.ensure_future(_next_event(client, (FileData,)))
+    data.add_done_callback(_retrieved)
     try:
         done, _ = await asyncio.wait({data, result}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # the opener failed: nobody will take this one
@@ -894,6 +897,11 @@ async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIde
                     fetching = asyncio.ensure_future(get_all(client, notice, feed, bar))
                     try:
                         await asyncio.wait({fetching, opener}, return_when=asyncio.FIRST_COMPLETED)
+                        if not (opener.done() and (opener.cancelled() or opener.exception() is not None)):
+                            # the opener verified everything: the download still ends at the server's RESULT,
+                            # which says whether the server held more than the notice announced (re-check:
+                            # an opener that finished first let such a file through 1 time in 6)
+                            await asyncio.wait({fetching})
                     finally:
                         if not fetching.done():  # the opener failed first: its error is the answer
                             fetching.cancel()

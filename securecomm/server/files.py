@@ -67,8 +67,10 @@ UPLOAD_WAIT = 20.0
 #: Seconds between looks at an unfinished upload that another relay receives (no wake-up crosses relays).
 POLL_UPLOAD = 0.25
 #: file_gets one connection may have running at once (each holds an open file and, downloading, two
-#: chunks); a further one is not read until one of them ends.
+#: chunks); further ones wait for a slot.
 GETS_PER_SESSION = 4
+#: file_gets one connection may have asked for and not finished (running or waiting for a slot).
+GETS_QUEUED = 16
 #: How often expired files are swept (seconds).
 EXPIRE_EVERY = 600.0
 
@@ -203,32 +205,42 @@ class FileService:
         """Run the download as a task of its own, so that the connection's other requests, messages and
         pushes go on while it streams or waits for an upload (the spec-only client's check: a waiting
         file_get held its session deaf for up to --file-wait, and a slow upload for its whole length).
-        At most GETS_PER_SESSION run at once (beyond, this connection is not read until one ends);
+        At most GETS_PER_SESSION run at once and GETS_QUEUED are asked for (more: fatal BUSY, row
+        `file-gets-busy`; the read loop never waits for a slot, so it sees a hang-up whatever runs);
         file_gets of one file on one connection run one after the other, since FILE_DATA carry no rid."""
         self._need_key(s)
         file_id = _bytes(ev, "file_id", FILE_ID_SIZE)
         gets = self._gets.get(s)
         if gets is None:
             gets = self._gets[s] = _Gets()
-        await gets.slots.acquire()
+        if len(gets.tasks) >= GETS_QUEUED:  # never block the read loop: it must see the hang-up (re-check)
+            log.warning("%s closed: %d file_gets at once", s.label(), len(gets.tasks))
+            s.error(P.ErrorCode.BUSY, f"too many file_get requests at once on this connection (at most "
+                                      f"{GETS_QUEUED})", fatal=True, rid=ev.rid)
+            return
         before = gets.last.get(file_id)
-        task = asyncio.create_task(self._get_after(s, ev, before))
+        task = asyncio.create_task(self._get_after(s, ev, gets, before))
         gets.last[file_id] = task
         gets.tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
-            gets.slots.release()
             gets.tasks.discard(t)
             if gets.last.get(file_id) is t:
                 del gets.last[file_id]
 
         task.add_done_callback(finished)
 
-    async def _get_after(self, s: Any, ev: P.Request, before: asyncio.Task[None] | None) -> None:
+    def downloading(self, s: Any) -> bool:
+        """True while a file_get of this session runs (its client sends nothing meanwhile: not idle)."""
+        gets = self._gets.get(s)
+        return bool(gets and gets.tasks)
+
+    async def _get_after(self, s: Any, ev: P.Request, gets: _Gets, before: asyncio.Task[None] | None) -> None:
         if before is not None:
             await asyncio.wait({before})
         try:
-            await self._answer(s, ev, self._get)
+            async with gets.slots:
+                await self._answer(s, ev, self._get)
         except P.ProtocolError:  # the connection ended while FILE_DATA were being sent
             pass
         except Exception:  # as a session's own handler would: this connection ends, the server goes on

@@ -378,6 +378,9 @@ class Server:
         await self.files.put(s, ev)
 
     # -- requests --------------------------------------------------------------------
+    def downloading(self, s: Session) -> bool:
+        return self.files.downloading(s)
+
     async def handle_request(self, s: Session, ev: P.Request) -> None:
         assert s.user is not None
         if ev.op == "relay_info":

@@ -54,6 +54,7 @@ class Handlers(Protocol):
     async def handle_request(self, s: Session, ev: P.Request) -> None: ...
     def relay_budget(self, user_id: int) -> TokenBucket: ...
     async def file_put(self, s: Session, ev: FilePut) -> None: ...
+    def downloading(self, s: Session) -> bool: ...
 
     #: Where the session counts what it receives, receipts and refuses (`serve --metrics`); None: off.
     metrics: Metrics | None
@@ -272,6 +273,8 @@ class Session:
             except TimeoutError:
                 why = "mid-frame stall" if frame_started else (
                     "no login in time" if self.conn.state is not P.State.READY else "idle")
+                if why == "idle" and self.handlers.downloading(self):
+                    continue  # a client taking a long download sends nothing, and is not idle (re-check)
                 log.info("%s closed: timeout (%s)", self.label(), why)
                 self.error(P.ErrorCode.TIMEOUT, f"timeout: {why}", fatal=True)
                 return
