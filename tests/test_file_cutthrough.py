@@ -106,14 +106,30 @@ def _notice_id(home: Path) -> str | None:
     return text.rsplit("securecomm fetch ", 1)[1].split()[0] if "securecomm fetch " in text else None
 
 
+def _send_held(homes: dict, relay: HoldingRelay, src: Path) -> subprocess.Popen:
+    """alice's `send --to bob --file SRC` through the relay (its upload is held past LET_THROUGH)."""
+    return subprocess.Popen([ENTRY, "--home", str(homes["alice"]), "send", "--to", "bob", "--file", str(src),
+                             "--server", f"localhost:{relay.port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _fetch(homes: dict, file_id: str, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "fetch", file_id, "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _kill(*procs: subprocess.Popen | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_the_recipient_fetches_while_the_upload_is_still_running(world):
     srv, homes, tmp, relay = world
     src = tmp / "clip.bin"
     body = os.urandom(SIZE)
     src.write_bytes(body)
-    sender = subprocess.Popen([ENTRY, "--home", str(homes["alice"]), "send", "--to", "bob", "--file", str(src),
-                               "--server", f"localhost:{relay.port}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sender = _send_held(homes, relay, src)
     fetcher = None
     try:
         assert relay.holding.wait(WAIT), "the upload never reached the relay's hold"
@@ -121,8 +137,7 @@ def test_the_recipient_fetches_while_the_upload_is_still_running(world):
         parts = list((srv.home / "files").glob("*.part"))
         assert [p.name for p in parts] == [f"{file_id}.part"] and 0 < parts[0].stat().st_size < SIZE
         out = tmp / "got.bin"
-        fetcher = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "fetch", file_id, "-o", str(out)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        fetcher = _fetch(homes, file_id, out)
         # bob's opener writes plaintext into the temp file beside OUT as the held bytes arrive
         _until("plaintext written while the upload is held",
                lambda: any(p.stat().st_size > 0 for p in tmp.glob(".got.bin.*.tmp")))
@@ -139,10 +154,7 @@ def test_the_recipient_fetches_while_the_upload_is_still_running(world):
         _until("the server's copy deleted after the fetch", lambda: not (srv.home / "files" / file_id).exists())
     finally:
         relay.release()
-        for p in (sender, fetcher):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill(sender, fetcher)
 
 
 def test_a_fetch_of_a_stalled_upload_says_so_and_resumes_when_it_moves_again(tmp_path):
@@ -156,14 +168,11 @@ def test_a_fetch_of_a_stalled_upload_says_so_and_resumes_when_it_moves_again(tmp
         src = tmp_path / "clip.bin"
         body = os.urandom(SIZE)
         src.write_bytes(body)
-        sender = subprocess.Popen([ENTRY, "--home", str(homes["alice"]), "send", "--to", "bob", "--file",
-                                   str(src), "--server", f"localhost:{relay.port}"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sender = _send_held(homes, relay, src)
         assert relay.holding.wait(WAIT)
         file_id = _until("the early notice", lambda: _notice_id(homes["bob"]))
         out = tmp_path / "got.bin"
-        fetcher = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "fetch", file_id, "-o", str(out)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        fetcher = _fetch(homes, file_id, out)
         _until("the server telling bob the upload stalled",
                lambda: any("file-upload-stalled" in line or "has not advanced" in line for line in srv.log_lines))
         assert fetcher.poll() is None and not out.exists()  # it waits on, resuming
@@ -222,18 +231,14 @@ def test_an_interrupted_send_cancels_the_upload_it_announced(world, sig, said):
     srv, homes, tmp, relay = world
     src = tmp / "clip.bin"
     src.write_bytes(os.urandom(SIZE))
-    sender = subprocess.Popen([ENTRY, "--home", str(homes["alice"]), "send", "--to", "bob", "--file", str(src),
-                               "--server", f"localhost:{relay.port}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sender = _send_held(homes, relay, src)
     try:
         assert relay.holding.wait(WAIT)
         file_id = _until("the early notice", lambda: _notice_id(homes["bob"]))
         sender.send_signal(sig)
         _, err = sender.communicate(timeout=WAIT)
     finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait()
+        _kill(sender)
     text = err.decode()
     assert sender.returncode == 130, text
     assert "bob was told about this file; its unfinished upload was cancelled" in text
@@ -283,16 +288,13 @@ def test_a_terminated_fetch_leaves_no_temp_file(world):
     _, homes, tmp, relay = world
     src = tmp / "clip.bin"
     src.write_bytes(os.urandom(SIZE))
-    sender = subprocess.Popen([ENTRY, "--home", str(homes["alice"]), "send", "--to", "bob", "--file", str(src),
-                               "--server", f"localhost:{relay.port}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sender = _send_held(homes, relay, src)
     fetcher = None
     try:
         assert relay.holding.wait(WAIT)
         file_id = _until("the early notice", lambda: _notice_id(homes["bob"]))
         out = tmp / "got.bin"
-        fetcher = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "fetch", file_id, "-o", str(out)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        fetcher = _fetch(homes, file_id, out)
         _until("plaintext in the temp file", lambda: any(p.stat().st_size > 0 for p in tmp.glob(".got.bin.*.tmp")))
         fetcher.send_signal(signal.SIGTERM)
         _, err = fetcher.communicate(timeout=WAIT)
@@ -300,10 +302,7 @@ def test_a_terminated_fetch_leaves_no_temp_file(world):
         assert list(tmp.glob(".got.bin*")) == [] and not out.exists()
     finally:
         relay.release()
-        for p in (sender, fetcher):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill(sender, fetcher)
 
 
 def test_a_long_download_is_not_cut_as_idle(tmp_path):
