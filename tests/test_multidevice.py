@@ -117,7 +117,9 @@ def pair(srv: ServerProc, approver: Device, new: Device, *, upload: bool = True)
         new.upload()
 
 
-#: The PostgreSQL URL of each server started on one (tests/cluster.py), to read its mailbox.
+#: The PostgreSQL URL of each running server started on one (tests/cluster.py), to read its mailbox.
+#: Keyed by id(): an entry must go with its server, or a later SQLite server given the same id
+#: would read an old PostgreSQL database (the CI flake of 1844bcb: "mailbox empty" on [sqlite]).
 _PG: dict[int, str] = {}
 
 
@@ -140,10 +142,13 @@ def world(tmp_path, request):
     phone = Device(srv, tmp_path / "alice-phone", "alice", "phone")
     bob = Device(srv, tmp_path / "bob", "bob", "desk").password()
     bob.first()
-    yield srv, laptop, phone, bob
-    for d in (laptop, phone, bob):
-        d.close()
-    srv.stop()
+    try:
+        yield srv, laptop, phone, bob
+    finally:
+        _PG.pop(id(srv), None)
+        for d in (laptop, phone, bob):
+            d.close()
+        srv.stop()
 
 
 def _mailbox(srv: ServerProc) -> list[tuple[int, bytes | None]]:
