@@ -32,6 +32,7 @@ from securecomm.crypto.identity import PrivateIdentity
 from securecomm.errors import OversizedError, StoreUnavailableError, TLSError, UsageError
 from securecomm.net.bus import Bus, LocalBus
 from securecomm.net.pqtls import server_handshake
+from securecomm.net.tcp import UNACKED_SECONDS, watch_peer
 from securecomm.server import intake
 from securecomm.server.admission import Admission, Ticket
 from securecomm.server.auth import Logins, why_session_ends
@@ -242,6 +243,8 @@ class Server:
             log.warning("peer=%s dropped: %s", peer, ticket)
             writer.transport.abort()
             return
+        # a peer that vanishes without a FIN is noticed in about two minutes (net/tcp.py)
+        watch_peer(writer.get_extra_info("socket"), max(UNACKED_SECONDS, 2 * self.config.frame_timeout))
         try:
             await self._handshake_and_serve(reader, writer, peer, ticket)
         finally:
