@@ -40,7 +40,14 @@ from securecomm.crypto import stream
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.crypto.stream import Piece
-from securecomm.errors import IntegrityError, NetworkError, NotFoundError, SecurecommError, UsageError
+from securecomm.errors import (
+    IntegrityError,
+    NetworkError,
+    NotFoundError,
+    SecurecommError,
+    StoreUnavailableError,
+    UsageError,
+)
 from securecomm.wire.files import CHUNK, OVERHEAD, FileAck, FileData, FileNotice, FilePut, chunk_size
 
 #: FILE_PUT frames in flight before waiting for an acknowledgement: 16 x 256 KiB (what the server
@@ -436,8 +443,8 @@ async def _put_loop(client: Any, file_id: bytes, offset: int, src: SealedPipe | 
     finally:
         if ack_next is not None and not ack_next.done():
             ack_next.cancel()
-        elif ack_next is not None and not ack_next.cancelled():
-            ack_next.exception()  # a dropped link's error, already answered: not "never retrieved"
+        elif ack_next is not None:
+            _retrieved(ack_next)  # a dropped link's error, already answered
 
 
 # -- download ---------------------------------------------------------------------------------
@@ -553,7 +560,8 @@ async def get_all(client: Any, notice: FileNotice, feed: Feed, progress: Progres
         if result not in finished:
             raise IntegrityError(_larger(notice)) if done in finished and not done.cancelled() \
                 else NetworkError("the server stopped answering during the file transfer")
-        size = result.result().data.get("size") if isinstance(result.result().data, dict) else None
+        answer = result.result().data
+        size = answer.get("size") if isinstance(answer, dict) else None
         if size != notice.stream_size:
             raise IntegrityError(_larger(notice) if isinstance(size, int) and size > notice.stream_size
                                  else "the server's answer to file_get disagrees with the file's size")
@@ -666,8 +674,6 @@ async def with_retry(connect: Callable[[], Awaitable[Any]], work: Callable[[Any]
         except NetworkError as e:
             if loop.time() + delay > deadline:
                 raise
-            from securecomm.errors import StoreUnavailableError
-
             # a refusal to try again (a stalled upload, the relay's database): its own words; else the link
             warn(f"{e.message}; trying again in {delay:g}s" if isinstance(e, StoreUnavailableError)
                  else f"connection lost ({e.message}); resuming in {delay:g}s")
