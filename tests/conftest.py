@@ -57,7 +57,7 @@ def run_entry(*args: str, input: bytes | None = None, env: dict[str, str] | None
 #: `python -m pytest -q -m "not slow"` is the fast set a developer runs while editing; CI runs all.
 #: Kept here, not as a `pytestmark` line in each file, so this list is the one place to look.
 SLOW_FILES = frozenset({
-    "test_file_cutthrough.py", "test_tcp.py",
+    "test_file_cutthrough.py", "test_keepalive.py",
     "test_account_races.py", "test_accounts.py", "test_bench_devices.py", "test_benchmarks.py", "test_chat_restart.py",
     "test_chat_send_background.py", "test_chat_tty.py", "test_cli.py", "test_cli_errors.py", "test_completion.py",
     "test_devices_e2e.py", "test_devices_cli.py", "test_direct_ahead.py", "test_forward_secrecy_cli.py",

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,12 @@ log = logging.getLogger("securecomm.client")
 
 CONNECT_TIMEOUT = 10.0
 REPLY_TIMEOUT = 30.0
+#: A logged-in client that has sent nothing for this long sends a PING (PROTOCOL.md 3.7), or for half
+#: the server's announced idle_timeout if that is shorter: the server's --idle-timeout (300 s by default)
+#: then never ends a chat or an `inbox --follow` that is only waiting (before: a "timeout: idle" warning
+#: and a reconnect every five quiet minutes), and no PONG within REPLY_TIMEOUT means the server or the
+#: link is gone (a server that vanished without a FIN was waited on for ever).
+KEEPALIVE_SECONDS = 60.0
 
 _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.AUTH_FAILED: AuthError,
@@ -116,6 +123,8 @@ class Client:
         self._waiters: dict[Any, asyncio.Future[Any]] = {}
         self._next_rid = 1
         self._reader_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._last_write = time.monotonic()
         self._closed_error: SecurecommError | None = None
         self._hello_waiter: asyncio.Future[Any] | None = None
         #: Unsolicited events (deliveries, room traffic) for a Messenger to consume.
@@ -188,10 +197,11 @@ class Client:
             self.writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.wait_closed(), 2)
-        if self._reader_task:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
+        for task in (self._keepalive_task, self._reader_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def __aenter__(self) -> Client:
         return self
@@ -217,6 +227,36 @@ class Client:
                                          "(the text plus its encryption); send less at a time, or ask its operator "
                                          "about --max-frame")
         self.writer.write(data)
+        self._last_write = time.monotonic()
+
+    def _keep_alive(self) -> None:
+        """Once logged in: PING whenever nothing was sent for the keepalive interval (KEEPALIVE_SECONDS)."""
+        if self._keepalive_task is None:
+            self._keepalive_task = asyncio.create_task(self._keepalive_loop())
+
+    def keepalive_interval(self) -> float:
+        announced = self.server_hello.idle_timeout if self.server_hello is not None else None
+        if announced is None or announced <= 0:
+            return KEEPALIVE_SECONDS
+        return max(0.5, min(KEEPALIVE_SECONDS, announced / 2))
+
+    async def _keepalive_loop(self) -> None:
+        interval = self.keepalive_interval()
+        while self._closed_error is None:
+            quiet = time.monotonic() - self._last_write
+            if quiet < interval:
+                await asyncio.sleep(interval - quiet)
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ping()), REPLY_TIMEOUT)
+            except TimeoutError:
+                self._fail_all(NetworkError(f"the server stopped answering (no answer to a PING in "
+                                            f"{REPLY_TIMEOUT:g} s)"))
+                if self.writer is not None:
+                    self.writer.transport.abort()  # the read loop then ends too
+                return
+            except (SecurecommError, P.ProtocolError):
+                return  # the connection ended: the read loop has told everyone waiting
 
     async def _read_loop(self) -> None:
         assert self.reader is not None
@@ -297,9 +337,17 @@ class Client:
 
     async def ping(self, timeout: float = REPLY_TIMEOUT) -> None:
         """PING, answered by PONG: the server's session loop is alive (allowed before login too)."""
-        fut = self._expect("pong")
-        self._write(P.Ping())
-        await self._wait(fut, timeout)
+        await self._wait(asyncio.shield(self._ping()), timeout)
+
+    def _ping(self) -> asyncio.Future[Any]:
+        """The PONG awaited: one PING at a time (PONGs carry no id), shared by whoever asks meanwhile."""
+        fut = self._waiters.get("pong")
+        if fut is None or fut.done():
+            fut = self._expect("pong")
+            # awaited through shield(): one that timed out leaves it to the connection's end, unread
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._write(P.Ping())
+        return fut
 
     # -- login -------------------------------------------------------------------------
     async def login_password(self, user: str, password: str, identity: PrivateIdentity | None = None, *,
@@ -309,6 +357,7 @@ class Client:
         self._write(P.LoginPassword(user, password, identity.public.line if identity else None,
                                     self._register_proof(user, identity) if identity else None, replace_key))
         self.login = await self._wait(fut)
+        self._keep_alive()
         return self.login
 
     def _register_proof(self, user: str, identity: PrivateIdentity) -> bytes:
@@ -323,6 +372,7 @@ class Client:
         fut = self._expect("login")
         self._write(P.LoginKey(user, identity.sign(transcript)))
         self.login = await self._wait(fut)
+        self._keep_alive()
         return self.login
 
     # -- messages ----------------------------------------------------------------------

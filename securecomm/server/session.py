@@ -353,8 +353,8 @@ class Session:
                 self.error(P.ErrorCode.VERSION, versions.VERSION_1_GONE, fatal=True)
                 return
             self.version = agreed
-            self.send(P.ServerHello(self.version, self.server_line, self.challenge,
-                                    self.config.max_frame, server="securecomm"))
+            self.send(P.ServerHello(self.version, self.server_line, self.challenge, self.config.max_frame,
+                                    server="securecomm", idle_timeout=max(1, int(self.config.idle_timeout))))
         elif isinstance(event, P.LoginPassword):
             await self.logins.login_password(self, event)
         elif isinstance(event, P.LoginKey):

@@ -209,10 +209,16 @@ class ServerHello(Event):
     challenge: bytes
     max_frame: int = MAX_FRAME_SIZE
     server: str = "securecomm"
+    #: The server's --idle-timeout in whole seconds (optional; PROTOCOL.md 3.7): a waiting client PINGs
+    #: well within it. None: not announced (a server before it); the client then assumes 300.
+    idle_timeout: int | None = None
 
     def encode_body(self) -> bytes:
-        return _dump({"version": self.version, "identity": self.identity, "challenge": self.challenge.hex(),
-                      "max_frame": self.max_frame, "server": self.server})
+        body = {"version": self.version, "identity": self.identity, "challenge": self.challenge.hex(),
+                "max_frame": self.max_frame, "server": self.server}
+        if self.idle_timeout is not None:
+            body["idle_timeout"] = self.idle_timeout
+        return _dump(body)
 
     @classmethod
     def decode_body(cls, body: bytes) -> ServerHello:
@@ -220,7 +226,8 @@ class ServerHello(Event):
         challenge = _hex(o, "challenge", CHALLENGE_SIZE)
         assert challenge is not None
         return cls(_field(o, "version", int), _field(o, "identity", str), challenge,
-                   _field(o, "max_frame", int), _field(o, "server", str))
+                   _field(o, "max_frame", int), _field(o, "server", str),
+                   _field(o, "idle_timeout", int, optional=True))
 
 
 @dataclass(frozen=True)
