@@ -73,7 +73,7 @@ def write_files(items: Iterable[tuple[Path, bytes, int]], *, force: bool = False
 
     Every file is first written to a temp file beside its target; only when
     all temp files exist are they renamed into place. Existing targets are
-    refused unless `force`, in which case each is kept as NAME.bak.
+    refused unless `force`, in which case each is kept as NAME.bak (backup_name).
     """
     items = list(items)
     if not force:
@@ -99,7 +99,7 @@ def write_files(items: Iterable[tuple[Path, bytes, int]], *, force: bool = False
         return
     for tmp, path in temps:
         if path.exists():
-            os.replace(path, path.with_name(path.name + ".bak"))
+            os.replace(path, backup_name(path))  # a second --force keeps the first backup too
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
@@ -198,6 +198,16 @@ def read_file(path: Path) -> bytes:
 TEMP_STEM_BYTES = 255 - 18
 
 
+def backup_name(path: Path) -> Path:
+    """Where --force keeps the file at `path`: NAME.bak, or the first free NAME.bak.N (an existing
+    backup is never overwritten: the new-user check lost a file of its own named NAME.bak)."""
+    candidate, n = path.with_name(path.name + ".bak"), 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}.bak.{n}")
+    return candidate
+
+
 class AtomicOutput:
     """A private file written in pieces and put in place only on success.
 
@@ -208,10 +218,16 @@ class AtomicOutput:
     """
 
     def __init__(self, path: Path, *, force: bool = False) -> None:
+        if path.is_dir():  # never moved aside whole, even under --force (the new-user check: it was)
+            raise ExistsError(f"{path} is a folder", hint=f"name a file, e.g. -o {path / 'NAME'}")
         if path.exists() and not force:
-            raise ExistsError(f"{path} already exists", hint="use --force to replace it (the old file is kept as .bak)")
+            raise ExistsError(f"{path} already exists",
+                              hint=f"use --force to replace it (the old file is kept as {backup_name(path).name})")
+        if not path.parent.is_dir():  # a mistyped folder is an error, not made (it was, even under /)
+            raise NotFoundError(f"folder {path.parent} does not exist", hint="create it first, or name another -o")
         self.path = path
-        ensure_dir(path.parent)
+        #: Where the file that was at `path` went on commit (under force), else None.
+        self.kept: Path | None = None
         # the temp name adds 18 bytes: a long name (a peer may send up to 255 bytes) is cut to fit NAME_MAX
         stem = path.name.encode("utf-8", "surrogateescape")[:TEMP_STEM_BYTES].decode("utf-8", "ignore")
         self.tmp = path.with_name(f".{stem}.{secrets.token_hex(6)}.tmp")
@@ -231,7 +247,8 @@ class AtomicOutput:
         os.fsync(self.file.fileno())
         self.file.close()
         if self.path.exists():
-            os.replace(self.path, self.path.with_name(self.path.name + ".bak"))
+            self.kept = backup_name(self.path)
+            os.replace(self.path, self.kept)
         os.replace(self.tmp, self.path)
         _fsync_dir(self.path.parent)
         self.committed = True

@@ -147,3 +147,14 @@ def test_backup_never_overwrites_without_force(srv, tmp_path):
 def test_backup_of_a_missing_database_is_not_found(home, tmp_path):
     result = sc(home, "backup", str(tmp_path / "b.db"))
     assert result.returncode == 3 and b"no database at" in result.stderr
+
+
+def test_backup_into_a_missing_folder_or_onto_a_folder_is_a_named_error(srv, tmp_path):
+    """The new-user check: `backup /var/backups/...` with no such folder was 'internal error
+    (FileNotFoundError)', exit 1."""
+    result = sc(srv.home, "backup", str(tmp_path / "nodir" / "b.db"))
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.decode().splitlines()[0] == f"securecomm: error: folder {tmp_path / 'nodir'} does not exist"
+    assert b"Traceback" not in result.stderr and not (tmp_path / "nodir").exists()
+    result = sc(srv.home, "backup", "--force", str(tmp_path))
+    assert result.returncode == 2 and b"is a directory" in result.stderr  # Click's own check

@@ -79,3 +79,41 @@ def test_an_output_with_the_longest_name_a_peer_may_send_is_written(tmp_path):
         out.write(b"whole")
         out.commit()
     assert (tmp_path / name).read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_force_never_overwrites_an_existing_backup(tmp_path):
+    """The new-user check: `fetch -o f.txt --force` replaced the user's own f.txt.bak; a second
+    `keygen --force` lost the first key's backup the same way."""
+    from securecomm.files import AtomicOutput
+
+    target = tmp_path / "f.txt"
+    target.write_bytes(b"current")
+    (tmp_path / "f.txt.bak").write_bytes(b"my precious backup")
+    with AtomicOutput(target, force=True) as out:
+        out.write(b"new")
+        out.commit()
+    assert out.kept == tmp_path / "f.txt.bak.2"
+    assert [target.read_bytes(), (tmp_path / "f.txt.bak").read_bytes(), out.kept.read_bytes()] == \
+        [b"new", b"my precious backup", b"current"]
+    key = tmp_path / "id.key"
+    for n in range(3):
+        files.write_files([(key, f"key {n}".encode(), files.PRIVATE_MODE)], force=True)
+    assert sorted(p.name for p in tmp_path.glob("id.key*")) == ["id.key", "id.key.bak", "id.key.bak.2"]
+    assert (tmp_path / "id.key.bak").read_bytes() == b"key 0" and (tmp_path / "id.key.bak.2").read_bytes() == b"key 1"
+
+
+def test_an_output_folder_is_neither_made_nor_moved_aside(tmp_path):
+    """The new-user check: -o /nonexistent/dir/x made /nonexistent/dir; -o DIR --force moved DIR aside
+    (and with DIR.bak present: 'internal error (OSError)')."""
+    from securecomm.files import AtomicOutput
+
+    with pytest.raises(NotFoundError, match="does not exist"):
+        AtomicOutput(tmp_path / "no" / "such" / "x.txt")
+    assert not (tmp_path / "no").exists()
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    (folder / "inside").write_bytes(b"kept")
+    with pytest.raises(ExistsError, match="is a folder") as e:
+        AtomicOutput(folder, force=True)
+    assert e.value.exit_code == 10 and (folder / "inside").read_bytes() == b"kept"
+    assert [p.name for p in tmp_path.iterdir()] == ["dir"]  # no temp file left either

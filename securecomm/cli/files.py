@@ -103,7 +103,8 @@ async def _terminable(work: Coroutine[Any, Any, T]) -> T:
 @click.command(epilog="Examples:\n\n  securecomm fetch 3f2a...c9\n\n  securecomm fetch 3f2a...c9 -o ~/report.pdf")
 @click.argument("file_id", metavar="ID")
 @click.option("-o", "--output", help="Write the file here (default: its announced name, in this folder).")
-@click.option("--force", is_flag=True, help="Replace an existing file (the old one is kept as .bak).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing file (the old one is kept as NAME.bak, or NAME.bak.N if that exists).")
 @click.option("--timeout", type=float, default=120, show_default=True,
               help="Seconds to keep resuming after dropped connections.")
 @connection_options

@@ -127,8 +127,13 @@ def backup(db: Path, out: Path, *, force: bool = False) -> int:
     """A consistent copy of a (possibly live) database at `out`; returns its size in bytes."""
     if not db.exists():
         raise NotFoundError(f"no database at {db}", hint="pass --db PATH, or the server's --home")
+    if out.is_dir():
+        raise ExistsError(f"{out} is a folder", hint=f"name a file in it, e.g. {out / 'securecomm.db'}")
     if out.exists() and not force:
         raise ExistsError(f"{out} already exists", hint="pick another file, or pass --force to replace it")
+    if not out.absolute().parent.is_dir():  # the new-user check: "internal error (FileNotFoundError)"
+        raise NotFoundError(f"folder {out.absolute().parent} does not exist", hint="create it first (mkdir -p), "
+                            "or name a file in a folder that exists")
     temp = _temporary(out.absolute())
     temp.unlink(missing_ok=True)
     source = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
