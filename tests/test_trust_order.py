@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from securecomm.client.trust import resolve_trust
 from securecomm.crypto import certs
-from securecomm.errors import TLSError
+from securecomm.errors import NotFoundError, TLSError
 from securecomm.net import tls
 
 HOST, PORT = "127.0.0.1", 7443
@@ -62,16 +62,38 @@ def presents(pki: SimpleNamespace) -> Probe:
 
 
 # -- 1. --ca FILE ---------------------------------------------------------------------------------
-def test_ca_file_wins_over_known_servers_without_probing(tmp_path, pki):
+def test_ca_file_is_used_without_probing_and_remembered(tmp_path, pki):
     paths = home(tmp_path)
-    tls.KnownServers(paths.known_servers).add(ADDRESS, der(pki.other))
     ca_file = tmp_path / "given-ca.pem"
     ca_file.write_bytes(pki.ca.cert_pem)
     probe = Probe([])
     trust = resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=probe)
     assert (trust.how, trust.anchor_fingerprint, probe.calls) == ("ca", fp(pki.ca), 0)
+    assert trust.remember is not None  # pinned once the verified connection succeeds
+    trust.verified()
+    assert tls.KnownServers(paths.known_servers).get(ADDRESS).fingerprint == fp(pki.ca)
     with_pin = resolve_trust(paths, HOST, PORT, ca=str(ca_file), pin=fp(pki.ca), probe=probe)
-    assert with_pin.how == "ca+pin"  # the pin is compared after the handshake (Client._check_pin)
+    assert with_pin.how == "ca+pin" and with_pin.remember is None  # the pin is compared after the handshake
+
+
+def test_a_ca_file_that_now_holds_another_ca_is_a_changed_certificate(tmp_path, pki):
+    """The new-user check: the profile's saved --ca path was read afresh each time, so after
+    `certgen --new-ca` rewrote that file every command trusted the new CA without a word."""
+    paths = home(tmp_path)
+    tls.KnownServers(paths.known_servers).add(ADDRESS, der(pki.ca))  # what the file held at login
+    ca_file = tmp_path / "given-ca.pem"
+    ca_file.write_bytes(pki.other.cert_pem)
+    with pytest.raises(TLSError, match="HAS CHANGED") as e:
+        resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=Probe([]))
+    assert "user login NAME --ca FILE" in (e.value.hint or "")
+    # logging in again with that file is how a user accepts a new CA the operator confirmed
+    trust = resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=Probe([]), replace_known=True)
+    trust.verified()
+    assert tls.KnownServers(paths.known_servers).get(ADDRESS).fingerprint == fp(pki.other)
+    ca_file.unlink()
+    with pytest.raises(NotFoundError, match=r"CA file .* does not exist") as gone:
+        resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=Probe([]))
+    assert "--ca" in (gone.value.hint or "")
 
 
 # -- 2. known_servers -----------------------------------------------------------------------------

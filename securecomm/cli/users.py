@@ -307,12 +307,13 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     device_name = _device_name(device_name, identity_name)
     if reset_user_key and not yes:
         _confirm_reset(name)
+    given_ca = ca is not None  # a CA file given now replaces the one remembered for the server (client/trust.py)
     server, ca = _server_and_ca(paths, server, ca, pin)
     # A new identity is kept only once the login succeeded: a failed login leaves nothing behind.
     created = None if paths.identity_key(identity_name).exists() else ident.PrivateIdentity.generate()
     me = created or load_identity(state, identity_name, passphrase_file)
     # Several relays (a:7443,b:7443): the first that answers; trust is decided for the first now.
-    clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust)
+    clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust, replace_known=given_ca)
     with _network_hint():
         first = next(clients)
     # Asked once the server is trusted (as ssh asks after the host key), and
@@ -343,7 +344,7 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     except KeyReplaceError as e:
         if not ask_replace(e):
             raise
-        clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust)
+        clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust, replace_known=given_ca)
         first = next(clients)
         ok, address, server_identity, device = run_client(go(True))
     if len(parse_servers(server)) > 1:

@@ -4,6 +4,7 @@ TLS contexts themselves are built in net/tls.py (the one place, for both wings);
 only decides which anchor, in this order:
 
 1. `--ca FILE`                                  how = "ca" ("ca+pin" with --pin)
+                                                (held to known_servers: see below)
 2. the CA of this server in known_servers       how = "known_servers"  (a change is a hard failure)
 3. the CA that certgen made in the same home    how = "ca" ("pin" with a matching --pin)
 4. the CA whose fingerprint --pin names         how = "pin"       (saved to known_servers)
@@ -16,6 +17,12 @@ before asking "are you sure?". Nothing is trusted because of that handshake: the
 (or the --pin fingerprint, compared in constant time) decides, and the real connection then
 verifies the chain and the hostname against that CA. known_servers is written only after that
 verified connection has succeeded (Trust.verified, called by Client.connect).
+
+A CA file is a path, and what is at that path can change (the Quickstart points at the server's own
+tls/ca.pem; `certgen --new-ca` rewrites it). So the CA it held at first use is remembered in
+known_servers like a --pin, and a file that later holds another CA is the same hard failure as any
+changed CA (the new-user check: the profile's saved --ca trusted whatever the file became). Only
+`user login --ca FILE` (replace_known) may replace the remembered CA: logging in is where trust is set.
 
 Older versions saved the server's own certificate (a "leaf pin") in known_servers. Such a line
 is accepted once, if the CA the server now presents issued that very certificate; the CA then
@@ -32,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from securecomm.crypto.integrity import same
-from securecomm.errors import TLSError
+from securecomm.errors import NotFoundError, TLSError
 from securecomm.net import tls
 
 #: Reads the chain a server presents, without trusting it (cases 2-migration, 4 and 5).
@@ -60,17 +67,27 @@ class Trust:
 
 
 def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pin: str | None = None,
-                  ask: Any = None, probe: Probe = tls.pq_fetch_server_chain) -> Trust:
+                  ask: Any = None, probe: Probe = tls.pq_fetch_server_chain, replace_known: bool = False) -> Trust:
     """Choose the trust anchor (the order and why: the module docstring)."""
     from securecomm.config import format_address
     from securecomm.files import read_file
 
     address = format_address(host, port)
     known = tls.KnownServers(paths.known_servers)
-    if ca:
-        pem = read_file(Path(ca).expanduser())
-        return _checked(_ca_trust(tls.pq_client_context(pem), "ca", pem), pin)
     entry = known.get(address)
+    if ca:
+        try:
+            pem = read_file(Path(ca).expanduser())
+        except NotFoundError as e:  # the new-user check: a moved CA file was a bare "... does not exist"
+            raise NotFoundError(f"the server's CA file {ca} does not exist", hint=(
+                "it was given with --ca (`user login --ca` saves its path in the profile): pass --ca with where "
+                "it is now, or log in again with `securecomm user login NAME --ca FILE`")) from e
+        trust = _checked(_ca_trust(tls.pq_client_context(pem), "ca", pem), pin)
+        if entry is None or replace_known:
+            trust.remember = (known, address)  # after the verified connection: held to this CA from now on
+        elif not entry.legacy and not same(entry.fingerprint.encode(), trust.anchor_fingerprint.encode()):
+            raise changed_error(address, entry.fingerprint)
+        return trust
     if entry is not None:
         return _known(entry, host, port, pin, known, probe)
     if paths.ca_cert.exists():
@@ -140,8 +157,9 @@ def changed_error(address: str, fingerprint: str) -> TLSError:
     return TLSError(
         f"WARNING: THE CERTIFICATE OF {address} HAS CHANGED since it was first trusted "
         f"({fingerprint}); someone may be intercepting the connection",
-        hint="if the operator confirms a new CA, remove its line from known_servers (`securecomm paths` shows "
-             "where) and log in again with --pin and the new fingerprint")
+        hint="if the operator confirms a new CA, log in again with `securecomm user login NAME --ca FILE` (the "
+             "new CA file), or remove its line from known_servers (`securecomm paths` shows where) and log in "
+             "again with --pin and the new fingerprint")
 
 
 def _checked(trust: Trust, pin: str | None) -> Trust:
