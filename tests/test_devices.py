@@ -236,3 +236,21 @@ def test_mutated_certificate_never_verifies(pos, flip):
 def test_identity_in_certificate_is_the_device():
     cert = D.DeviceCert.decode(bytes.fromhex(VEC["certs"][0]["encoded"]))
     assert cert.device == PublicIdentity.from_line(VEC["devices"][0]["identity"])
+
+
+def test_a_contact_refuses_a_different_list_with_the_counter_already_seen(tmp_path):
+    """The attacker's check: after a restore, a second list 3 naming a removed device was accepted
+    (client/pins.py kept only the counter), and a message was sealed to that device."""
+    from securecomm.client.pins import Pins
+
+    ids = [d.public.fingerprint for d in DEVICES[:2]]
+    first = D.DeviceList.sign(UK, USER, 3, 0, sorted(ids[:1]))
+    other = D.DeviceList.sign(UK, USER, 3, 0, sorted(ids))
+    pins = Pins.load(tmp_path / "pins.json")
+    pins.devices(USER, UK.public, first, [])
+    pins.devices(USER, UK.public, first, [])  # the same list again is a refetch: fine
+    with pytest.raises(StaleDeviceListError, match="differs from the list 3 seen before"):
+        Pins.load(tmp_path / "pins.json").devices(USER, UK.public, other, [])  # kept across runs
+    newer = D.DeviceList.sign(UK, USER, 4, 0, sorted(ids))
+    assert Pins.load(tmp_path / "pins.json").devices(USER, UK.public, newer, []) == []
+    assert Pins.load(tmp_path / "pins.json").get(USER).counter == 4

@@ -23,7 +23,7 @@ from securecomm.client.answers import check_user_name
 from securecomm.client.directory import file_stamp
 from securecomm.crypto.devices import DeviceCert, DeviceList, UserPublicKey, valid_devices
 from securecomm.crypto.identity import PublicIdentity
-from securecomm.crypto.integrity import same
+from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import ChangedKeyError, FormatError, NotFoundError, StaleDeviceListError, UsageError
 from securecomm.files import PRIVATE_MODE, write_files
 
@@ -40,6 +40,10 @@ class Pin:
     counter: int = 0
     verified: bool = False
     pending: UserPublicKey | None = None
+    #: SHA-256 of the signed part of list `counter` as accepted (None: pinned before it was kept). A list
+    #: with the same counter must be byte-identical (PROTOCOL.md 6.3): two different lists with one
+    #: number let a server choose which devices a contact seals to (the attacker's check after a restore).
+    list_sha256: bytes | None = None
 
 
 class Pins:
@@ -65,7 +69,8 @@ class Pins:
             raw = json.loads(path.read_text())
             entries = {name: Pin(name, UserPublicKey.from_line(e["user_key"]), float(e["first_seen"]),
                                  int(e.get("counter", 0)), bool(e.get("verified", False)),
-                                 UserPublicKey.from_line(e["pending"]) if e.get("pending") else None)
+                                 UserPublicKey.from_line(e["pending"]) if e.get("pending") else None,
+                                 bytes.fromhex(e["list_sha256"]) if e.get("list_sha256") else None)
                        for name, e in raw.items()}
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"{path} is not a valid user-key pin file") from e
@@ -74,7 +79,9 @@ class Pins:
     def save(self) -> None:
         data = {p.name: {"user_key": p.user_key.line, "fingerprint": p.user_key.fingerprint_text,
                          "first_seen": p.first_seen, "counter": p.counter, "verified": p.verified,
-                         **({"pending": p.pending.line} if p.pending else {})} for p in self.entries.values()}
+                         **({"pending": p.pending.line} if p.pending else {}),
+                         **({"list_sha256": p.list_sha256.hex()} if p.list_sha256 else {})}
+                for p in self.entries.values()}
         write_files([(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), PRIVATE_MODE)],
                     force=True)
         self.stamp = file_stamp(self.path)
@@ -99,12 +106,20 @@ class Pins:
         if dlist.counter < last_counter:
             raise StaleDeviceListError(f"the server sent {name}'s device list {dlist.counter}, "
                                        f"older than list {last_counter} seen before")
+        digest = sha256(dlist.signed_part)
         if known is None:
-            self.entries[name] = Pin(name, user_key, time.time(), dlist.counter)
+            self.entries[name] = Pin(name, user_key, time.time(), dlist.counter, list_sha256=digest)
             self.save()
-        elif dlist.counter > known.counter:
-            self.entries[name] = replace(known, counter=dlist.counter, pending=None)
+        elif dlist.counter > known.counter or known.list_sha256 is None:
+            self.entries[name] = replace(known, counter=dlist.counter, pending=None, list_sha256=digest)
             self.save()
+        elif not same(digest, known.list_sha256):
+            raise StaleDeviceListError(
+                f"the server sent a device list {dlist.counter} of {name}'s that differs from the list "
+                f"{dlist.counter} seen before; a list number is never reused, so the server (or a device of "
+                f"{name}'s) is misbehaving: nothing was sealed with it",
+                hint=f"tell {name}: removing or adding a device from one of their devices publishes a newer "
+                     "list, which ends this")
         return found
 
     def _changed(self, known: Pin, user_key: UserPublicKey) -> None:
@@ -127,7 +142,7 @@ class Pins:
         found = valid_devices(name, user_key, dlist, certs)
         if not any(same(c.device.fingerprint, legacy.fingerprint) for c in found):
             return False
-        self.entries[name] = Pin(name, user_key, time.time(), dlist.counter)
+        self.entries[name] = Pin(name, user_key, time.time(), dlist.counter, list_sha256=sha256(dlist.signed_part))
         self.save()
         return True
 
