@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from securecomm.cli.context import State, info, pass_state
+from securecomm.cli.context import State, info, pass_state, warn
 
 
 def _sqlite_only(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
@@ -68,3 +68,6 @@ def restore(state: State, file: Path, db: Path | None, force: bool) -> None:
     target = db or state.paths.database
     put_back(file, target, force=force)
     info(f"restored {file} to {target}; start the server to use it")
+    # the attacker's check: a device removed after the backup is back on its list, silently
+    warn("devices removed since this backup was taken are on their accounts' lists again: ask users who "
+         "removed one (a lost or stolen device) to remove it again (securecomm devices remove)")
