@@ -130,6 +130,21 @@ def test_secrets_are_never_printed():
     assert hidden("database-url", "postgresql://relay:hunter2@db.example/securecomm") == \
         "postgresql://relay:(hidden)@db.example/securecomm"
     assert hidden("host", "127.0.0.1") == "127.0.0.1"
+    # the attacker's check: a libpq ?password= parameter and a NATS token were printed as they were
+    assert hidden("db", "postgresql://u@host/db?sslmode=require&password=SECRETQ") == \
+        "postgresql://u@host/db?sslmode=require&password=(hidden)"
+    assert hidden("bus", "nats://tok3n@host:4222") == "nats://(hidden)@host:4222"
+    assert hidden("bus", "nats://user:pw@host:4222") == "nats://user:(hidden)@host:4222"
+
+
+def test_messages_and_logs_name_a_url_without_its_secrets():
+    from securecomm.store.urls import redact
+
+    assert redact("postgresql://relay:hunter2@db.example/securecomm") == "postgresql://relay@db.example/securecomm"
+    assert redact("postgresql://u@h/db?password=SECRETQ&sslpassword=K2") == \
+        "postgresql://u@h/db?password=(hidden)&sslpassword=(hidden)"
+    assert redact("nats://tok3n@host:4222") == "nats://(hidden)@host:4222"
+    assert redact("postgresql://h/db?sslmode=require") == "postgresql://h/db?sslmode=require"
 
 
 def test_print_config_does_not_start_or_create_anything(home):

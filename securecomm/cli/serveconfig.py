@@ -23,13 +23,13 @@ import click
 from click.core import ParameterSource
 
 from securecomm.errors import NotFoundError, UsageError
+from securecomm.store.urls import mask
 
 #: Options that steer the file itself; they have no key in it.
 META_OPTIONS = ("config", "print_config")
 #: An option whose name holds one of these words is never printed (a password, a token, a DSN with a password).
 SECRET_WORDS = ("password", "secret", "token")
 #: A URL's password (`scheme://user:PASSWORD@host`) is masked wherever it appears.
-URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?P<tail>@)", re.I)
 #: A config file larger than this is not a config file (read into memory whole).
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -151,8 +151,8 @@ def hidden(key: str, value: Any) -> Any:
     """The value as it may be printed: secrets replaced, passwords inside URLs masked."""
     if any(word in key for word in SECRET_WORDS) and value is not None:
         return "(hidden)"
-    if isinstance(value, str):
-        return URL_PASSWORD.sub(r"\g<head>(hidden)\g<tail>", value)
+    if isinstance(value, str) and "://" in value:
+        return mask(value)  # a password, a secret parameter or a NATS token inside a URL
     return value
 
 

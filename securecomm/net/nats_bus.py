@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from securecomm.errors import NetworkError, UsageError
 from securecomm.net.bus import LocalBus
+from securecomm.store.urls import redact
 
 log = logging.getLogger("securecomm.server")
 
@@ -69,7 +70,7 @@ def check_url(url: str) -> str:
     """A nats:// URL with a host, or a UsageError saying what is expected."""
     parts = urlsplit(url)
     if parts.scheme not in ("nats", "tls") or not parts.hostname:
-        raise UsageError(f"--bus must be a nats://HOST:PORT URL, not {url[:80]!r}")
+        raise UsageError(f"--bus must be a nats://HOST:PORT URL, not {redact(url)[:80]!r}")
     return url
 
 

@@ -1,17 +1,56 @@
-"""A database URL as messages and logs show it: without its password. Needs no driver, so that the
-error about a missing driver (store/backends.py) names the URL too."""
+"""A database or bus URL as messages and logs show it: without its secrets. Needs no driver, so
+that the error about a missing driver (store/backends.py) names the URL too.
+
+A URL may carry a secret in three places: the password of `user:password@` (both), a query
+parameter (libpq takes `?password=` and `?sslpassword=`), and, for NATS, the user part alone
+(`nats://TOKEN@host`: nats-py sends it as the token). The attacker's check found the last two
+printed by `serve --print-config` and in "cannot reach" errors, which reach the logs.
+"""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
+#: Query parameters whose value is a secret (libpq's connection parameters; NATS-style token).
+SECRET_PARAMS = frozenset({"password", "sslpassword", "token", "pass", "nkey", "jwt"})
+#: Schemes whose user part alone is a secret (a NATS token).
+TOKEN_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+HIDDEN = "(hidden)"
+
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs (no driver needed: an error about a
-    missing driver names the URL too)."""
-    from urllib.parse import urlsplit, urlunsplit
-
+    """The URL without its password (dropped) and with secret parameters and tokens masked."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=user + host))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        if parts.scheme.lower() in TOKEN_SCHEMES and ":" not in userinfo:
+            user = HIDDEN
+        netloc = f"{user}@{host}" if user else host
+    return urlunsplit(parts._replace(netloc=netloc, query=_masked_query(parts.query)))
+
+
+def mask(url: str) -> str:
+    """Like redact, but a password shows as (hidden) in its place: for --print-config, which says so."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            user = f"{user}:{HIDDEN}"
+        elif parts.scheme.lower() in TOKEN_SCHEMES:
+            user = HIDDEN
+        netloc = f"{user}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc, query=_masked_query(parts.query)))
+
+
+def _masked_query(query: str) -> str:
+    if not query:
+        return query
+    out = []
+    for item in query.split("&"):
+        key, eq, _ = item.partition("=")
+        out.append(f"{key}={HIDDEN}" if eq and key.lower() in SECRET_PARAMS else item)
+    return "&".join(out)
