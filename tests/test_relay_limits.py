@@ -392,3 +392,20 @@ def test_a_user_list_over_the_frame_limit_is_refused_not_internal(tmp_path):
         c.close()
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_a_device_answer_over_the_frame_limit_is_refused_and_the_server_warns_at_start(tmp_path):
+    """The attacker's check: under --max-frame 4096 a prekey claim's answer (about 5.8 KiB per device)
+    did not fit: 'internal server error', the connection dropped, every `send --to` failed so."""
+    from tests.serverproc import users_logged_in
+
+    srv = ServerProc(tmp_path / "srv", "--max-frame", "4096").start()
+    try:
+        assert "--max-frame 4096 is below 65536" in srv.log
+        homes = users_logged_in(srv, tmp_path)
+        r = sc(homes["alice"], "send", "--to", "bob", "hello")
+        assert r.returncode == 9, r.stderr  # refused as too large (README's exit codes), not internal (1)
+        assert b"the answer to 'prekeys_claim' is larger than this server's frame limit (4096 bytes)" in r.stderr
+        assert "internal" not in srv.log.lower() and b"Traceback" not in r.stderr
+    finally:
+        srv.stop(signal.SIGKILL)

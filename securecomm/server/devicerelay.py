@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from securecomm.errors import StoreUnavailableError
+from securecomm.errors import OversizedError, StoreUnavailableError
 from securecomm.server import intake
 from securecomm.server.deviceops import Caller, DeviceOps, Notice, OpError, check_direct
 from securecomm.store.devices import DeviceStore, RaceLost
@@ -97,7 +97,13 @@ class DeviceRelay:
             s.error(P.ErrorCode.UNAVAILABLE, "the relay's database is unreachable or busy: nothing was changed; "
                     "retry shortly", rid=ev.rid)
             return True
-        s.send(P.Result(ev.rid, outcome.data))
+        try:
+            s.send(P.Result(ev.rid, outcome.data))
+        except OversizedError:  # e.g. a prekey claim for many devices under a small --max-frame (attacker's
+            # check: "internal server error" and the connection dropped); refused, the connection kept
+            log.error("%s %s answer larger than --max-frame", s.label(), ev.op)
+            s.error(P.ErrorCode.TOO_LARGE, f"the answer to {ev.op!r} is larger than this server's frame limit "
+                    f"({s.config.max_frame} bytes); its operator should raise --max-frame", rid=ev.rid)
         assert s.user is not None
         if s.device is None and s.identity is not None and (not s.awaiting_pairing or ev.op == "device_list_publish") \
                 and self.listed(s.user.id, s.identity.fingerprint):

@@ -145,6 +145,10 @@ class Server:
                                                   limit=READ_CHUNK, backlog=1024)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+        if self.config.max_frame < V2_FRAME_FLOOR:  # the attacker's check: --max-frame 4096 broke every send
+            log.warning("--max-frame %d is below %d: a prekey claim for a user with several devices (about 6 KiB "
+                        "per device) or a long device list may not fit in one answer, and is then refused "
+                        "(TOO_LARGE)", self.config.max_frame, V2_FRAME_FLOOR)
         self.logins.restore_locks(self.store.read().list_users())
         self._watcher = asyncio.create_task(self.watch_accounts(), name="securecomm-account-watch")
         self._expirer = asyncio.create_task(self.files.expire_forever(), name="securecomm-file-expiry")
@@ -403,6 +407,11 @@ class Server:
             # fatal like an unknown message type: the client speaks a protocol this server does not
             log.warning("%s dropped: unknown request %r", s.label(), ev.op[:40])
             s.error(P.ErrorCode.UNKNOWN_TYPE, P.OPAQUE_TEXTS[P.ErrorCode.UNKNOWN_TYPE], fatal=True, rid=ev.rid)
+
+
+#: The --max-frame under which serve warns: the answer to a prekey claim for an account with the most
+#: devices (10, about 5.8 KiB each) fits in it.
+V2_FRAME_FLOOR = 65536
 
 
 def _tls_group(writer: asyncio.StreamWriter) -> str:
