@@ -967,3 +967,24 @@ def test_file_get_offset_past_end_is_refused_and_connection_stays(main_world):
     data = bob.until(P.FileData)
     assert isinstance(data, P.FileData) and data.data == b"abcd"
     bob.close()
+
+
+@pytest.mark.parametrize("kind", ["direct", "room-key"])
+def test_junk_in_a_version_2_session_is_malformed_not_version_1(main_world, kind):
+    """The spec-only client's check: a DIRECT of junk in a version-2 session was told "version 1
+    envelope refused: it was sealed to a long-term key ...", which 5.5.1 allows only for a real
+    version-1 envelope; junk gets the opaque INTEGRITY text (row direct-malformed)."""
+    c = main_world.raw()
+    c.send(P.Hello((1, 2)))
+    hello = c.until(P.ServerHello)
+    assert isinstance(hello, P.ServerHello) and hello.version == 2
+    c.hello = hello
+    c.login_key("alice", ALICE)
+    junk = _garbage_envelope()
+    c.send(P.Direct("bob", junk) if kind == "direct" else P.RoomKey("bob", junk))
+    err = c.error()
+    # bob has no device list here: the version-2 checks refuse the recipient before the envelope
+    assert (P.ErrorCode(err.code), err.fatal, err.msg_id) == (P.ErrorCode.NOT_FOUND, False, junk[12:28])
+    assert "version 1" not in err.message, err.message  # before: "version 1 envelope refused: ..."
+    assert not c.closed()
+    c.close()

@@ -125,3 +125,13 @@ def test_mutated_relayed_frames_parse_or_protocol_error(event, mutations):
 def test_empty_body_is_a_protocol_error(cls):
     with pytest.raises(P.RemoteProtocolError):
         cls.decode_body(b"")
+
+
+@pytest.mark.parametrize("name", [b"bo\xff", b"b\xc3\xa9", b"\x80"])
+def test_a_name_byte_of_0x80_or_more_is_a_framing_error(name):
+    """PROTOCOL.md 5.1 as the spec-only client's check asked it to say: the shape (ASCII) is the
+    framing's (BAD_FRAME, fatal); an ASCII name that fails the name rule is NOT_FOUND (the server's)."""
+    for cls in (Direct, RoomKey):
+        with pytest.raises(P.RemoteProtocolError, match="not ASCII"):
+            cls.decode_body(bytes([len(name)]) + name + b"SCE2 envelope")
+    assert Direct.decode_body(b"\x04bob\n" + b"x").to == "bob\n"  # the right shape: left to the name check

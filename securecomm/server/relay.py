@@ -32,7 +32,7 @@ from securecomm.net.bus import Bus
 from securecomm.server import intake, versions
 from securecomm.server.commit_queue import not_stored
 from securecomm.server.deviceops import DEVICE_REMOVED_TEXT
-from securecomm.server.devicerelay import DeviceRelay, is_version_2
+from securecomm.server.devicerelay import DeviceRelay, checked_as_version_2, is_version_2
 from securecomm.store.db import MailItem, NewDirect, StoredMessage, normalise_name
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
@@ -141,7 +141,7 @@ class Relay:
     async def direct(self, s: Session, ev: P.Direct) -> None:
         assert s.user is not None
         msg_id = envelope.peek_msg_id(ev.envelope)  # named even when the envelope does not parse
-        if self.devices is not None and is_version_2(ev.envelope):
+        if self.devices is not None and checked_as_version_2(ev.envelope, s.version):
             await self._direct_v2(s, ev, msg_id)
             return
         if self._version_1_refused(s, ev, msg_id):
@@ -496,7 +496,7 @@ class Relay:
     def room_key(self, s: Session, ev: P.RoomKey) -> None:
         assert s.user is not None
         target = self.store.read().get_user(ev.user)
-        if self.devices is not None and is_version_2(ev.envelope):
+        if self.devices is not None and checked_as_version_2(ev.envelope, s.version):
             self._room_key_v2(s, ev, target)
             return
         if self._version_1_refused(s, ev, envelope.peek_msg_id(ev.envelope)):
