@@ -18,7 +18,8 @@ def server_log_templates() -> dict[str, str]:
     found: dict[str, str] = {}
     for path in (ROOT / "securecomm").rglob("*.py"):
         text = path.read_text()
-        if '"securecomm.server"' not in text:
+        # and securecomm.files (server/files.py): the attacker's check found its 15 lines unnamed ("files.log")
+        if '"securecomm.server"' not in text and '"securecomm.files"' not in text:
             continue
         for node in ast.walk(ast.parse(text)):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LEVELS

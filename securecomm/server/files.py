@@ -176,7 +176,8 @@ class FileService:
             return
         received, complete = fut.result()
         if complete:
-            log.info("%s uploaded file %s (%d bytes)", s.label(), logged_id(file_id), received)
+            log.info("%s uploaded a file (%d bytes)", s.label(), received)
+            log.debug("%s file %s uploaded", s.label(), logged_id(file_id))
         with contextlib.suppress(P.ProtocolError):  # the connection ended meanwhile
             s.send(FileAck(file_id, received, complete))
 
@@ -338,7 +339,8 @@ class FileService:
         grew = self._growth.pop(file_id, None)
         if grew is not None:  # a download waiting for it hears at once that it is gone
             grew.set()
-        log.info("%s cancelled upload %s", s.label(), logged_id(file_id))
+        log.info("%s cancelled an upload", s.label())
+        log.debug("%s file %s cancelled", s.label(), logged_id(file_id))
         s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": True}))
 
     async def _done(self, s: Any, ev: P.Request) -> None:
@@ -346,16 +348,19 @@ class FileService:
         file_id = _bytes(ev, "file_id", FILE_ID_SIZE)
         listed = self.devices(s.user.name)
         deleted = await self._run(self.store.done, s.user.name, file_id, s.device, listed)
+        log.debug("%s file %s fetched", s.label(), logged_id(file_id))
         if deleted:
-            log.info("%s fetched file %s: deleted", s.label(), logged_id(file_id))
+            log.info("%s fetched a file: deleted", s.label())
         else:
-            log.info("%s fetched file %s: kept for the account's other devices", s.label(), logged_id(file_id))
+            log.info("%s fetched a file: kept for the account's other devices", s.label())
         s.send(P.Result(ev.rid, {"file_id": file_id.hex(), "deleted": deleted}))
 
 
 def logged_id(file_id: bytes) -> str:
-    """A file id as the log shows it: its first 6 bytes, enough to follow one file through the log. Not
-    the whole id: whoever holds that before the recipient's notice arrives can send a forged notice
+    """A file id as debug lines show it (INFO lines name no file: joined on an id, the upload's and the
+    fetch's lines said who sends files to whom, the attacker's check): its first 6 bytes, enough to follow
+    one file through the log. Not the whole id: whoever holds that before the recipient's notice arrives
+    can send a forged notice
     for it, which the recipient's client keeps (the first notice wins) and the real one is ignored."""
     return file_id[:6].hex() + "..."
 
