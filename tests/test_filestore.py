@@ -68,10 +68,11 @@ def _upload(store: FileStore, data: bytes, to: str = "bob", step: int = 100) -> 
     return offer.file_id
 
 
-def _refused(kind: str, fn, *args) -> None:
+def _refused(kind: str, fn, *args) -> FileRefused:
     with pytest.raises(FileRefused) as e:
         fn(*args)
     assert e.value.kind == kind
+    return e.value
 
 
 def test_round_trip_and_delete_when_done(store):
@@ -451,3 +452,24 @@ def test_a_files_db_from_before_gets_the_fetchers_table_and_keeps_its_files(tmp_
         assert store.fetchers(file_id) == {C1, C2}
     finally:
         store.close()
+
+
+def test_a_sender_at_the_cap_gets_room_from_its_own_idle_uploads(store, clock):
+    """The attacker's check: eight `send --file` killed mid-upload (nothing cancels them) blocked every
+    file of that account for UPLOAD_IDLE (an hour), with a hint about the recipient's quota."""
+    import time
+
+    from securecomm.store.files import IDLE_AT_CAP, MAX_OPEN_UPLOADS
+
+    clock.now = started = time.time()  # the part files' times (SQLite) and the rows' (PostgreSQL) agree
+    killed = [store.offer("mallory", "carol", 10, b"") for _ in range(MAX_OPEN_UPLOADS)]
+    for offer in killed:
+        store.put("mallory", offer.file_id, 0, b"k")
+    alices = store.offer("alice", "carol", 10, b"")
+    store.put("alice", alices.file_id, 0, b"a")
+    refused = _refused("file-over-quota", store.offer, "mallory", "carol", 1, b"\0" * 32)
+    assert "one that receives nothing for 5 minutes makes room" in refused.message
+    clock.now = started + IDLE_AT_CAP + 1  # none of them advanced since (and UPLOAD_IDLE is far off)
+    fresh = store.offer("mallory", "carol", 1, b"\0" * 32)
+    assert fresh.received == 0 and all(store.row(o.file_id) is None for o in killed)
+    assert store.row(alices.file_id) is not None  # another sender's idle upload is not its room

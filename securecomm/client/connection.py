@@ -99,7 +99,9 @@ def error_from(ev: P.Error) -> SecurecommError:
     # an opaque code shows its fixed text (PROTOCOL.md 5.5.1); a server's words never drive the terminal
     text = opaque if opaque is not None else printable(ev.message.encode())
     hint = _HINTS.get(ev.code)
-    if ev.code == P.ErrorCode.STORAGE_FULL and ev.rid is not None:  # a file_offer (requests have a rid), not a SEND
+    if ev.code == P.ErrorCode.STORAGE_FULL and ev.rid is not None and "file storage is full" in text:
+        # a file_offer (requests have a rid), not a SEND, refused for the recipient's room: not the sender's
+        # own uploads or quota, whose words say what to do (the attacker's check: this hint was shown there)
         hint = ("they can fetch or wait out the files already waiting for them; the server's operator can raise "
                 "the limit (securecomm serve --file-quota)")
     return cls(f"server: {text}", hint=hint)

@@ -61,6 +61,14 @@ MAX_OPEN_UPLOADS = 8
 #: them for --file-days (7 days). A real upload sends a chunk every few milliseconds, and a dropped
 #: one resumes within this time.
 UPLOAD_IDLE = 3600.0
+#: Once a sender is at MAX_OPEN_UPLOADS, its own uploads idle this long make room for its new offer.
+#: A `send` killed mid-upload (SIGKILL, a dead link) cancels nothing, and eight of them blocked that
+#: account's every file for UPLOAD_IDLE (the attacker's check). Longer than a client's resume window
+#: (fetch/send --timeout, 120 s); a cut-through download of such an upload gave up long before.
+IDLE_AT_CAP = 300.0
+#: The refusal at the cap: its own words (the client's quota hint is for a full recipient).
+AT_CAP = ("{n} unfinished uploads of yours are in progress (at most {cap}); one that receives nothing for "
+          "{idle} minutes makes room: finish one, or try again then")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -175,6 +183,7 @@ class FileStore:
         if size <= 0 or size > self.max_file:
             raise FileRefused("file-too-large", f"a file must be 1 to {self.max_file} bytes of ciphertext")
         self.drop_stalled()
+        self._make_room(sender)
         # One write transaction from the checks to the INSERT: two relays sharing this home (F9) or
         # two threads cannot both pass the checks and then both insert past the cap or the quota.
         self.db.execute("BEGIN IMMEDIATE")
@@ -182,8 +191,8 @@ class FileStore:
             open_uploads = self.db.execute("SELECT COUNT(*) FROM files WHERE sender = ? AND complete = 0",
                                            (sender,)).fetchone()[0]
             if open_uploads >= MAX_OPEN_UPLOADS:
-                raise FileRefused("file-over-quota", f"{open_uploads} unfinished uploads of yours are waiting "
-                                                     f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
+                raise FileRefused("file-over-quota", AT_CAP.format(n=open_uploads, cap=MAX_OPEN_UPLOADS,
+                                                                   idle=int(IDLE_AT_CAP // 60)))
             if self.used(recipient) + size > self.quota:
                 raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
             sent = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = ?", (sender,)).fetchone()
@@ -348,6 +357,21 @@ class FileStore:
         for file_id in ids:
             self._delete(file_id)
         return len(ids) + self.drop_stalled()
+
+    def _make_room(self, sender: str) -> None:
+        """At MAX_OPEN_UPLOADS: delete `sender`'s unfinished uploads idle for IDLE_AT_CAP (see there)."""
+        rows = self.db.execute("SELECT id, created FROM files WHERE sender = ? AND complete = 0",
+                               (sender,)).fetchall()
+        if len(rows) < MAX_OPEN_UPLOADS:
+            return
+        now = self.clock()
+        for file_id, created in rows:
+            try:
+                last = max(created, self._part(file_id).stat().st_mtime)
+            except FileNotFoundError:
+                last = created
+            if now - last >= IDLE_AT_CAP:
+                self._delete(file_id)
 
     def drop_stalled(self) -> int:
         """Delete unfinished uploads that received nothing for UPLOAD_IDLE seconds; returns how many."""

@@ -51,11 +51,13 @@ import psycopg
 
 from securecomm.errors import StoreUnavailableError
 from securecomm.store.files import (
+    AT_CAP,
     DEFAULT_DAYS,
     DEFAULT_MAX_FILE,
     DEFAULT_QUOTA,
     DEFAULT_SENDER_QUOTA,
     FILE_ID_SIZE,
+    IDLE_AT_CAP,
     MAX_OPEN_UPLOADS,
     UPLOAD_IDLE,
     FileRefused,
@@ -146,9 +148,12 @@ class PgFileStore:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (OFFER_LOCK,))
             (open_uploads,) = cur.execute("SELECT COUNT(*) FROM files WHERE sender = %s AND NOT complete",
                                           (sender,)).fetchone() or (0,)
+            if open_uploads >= MAX_OPEN_UPLOADS:  # make room: this sender's uploads idle for IDLE_AT_CAP
+                open_uploads -= cur.execute("DELETE FROM files WHERE sender = %s AND NOT complete AND touched <= %s",
+                                            (sender, now - IDLE_AT_CAP)).rowcount
             if open_uploads >= MAX_OPEN_UPLOADS:
-                raise FileRefused("file-over-quota", f"{open_uploads} unfinished uploads of yours are waiting "
-                                                     f"(at most {MAX_OPEN_UPLOADS}); finish or resume them first")
+                raise FileRefused("file-over-quota", AT_CAP.format(n=open_uploads, cap=MAX_OPEN_UPLOADS,
+                                                                   idle=int(IDLE_AT_CAP // 60)))
             if _used(cur, recipient) + size > self.quota:
                 raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
             sent = cur.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = %s", (sender,)).fetchone()
