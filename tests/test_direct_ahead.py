@@ -150,3 +150,34 @@ def test_one_shot_and_stale_claims_are_not_ahead(world, monkeypatch):
 
     no_claim_kept, stale, fresh = asyncio.run(run())
     assert no_claim_kept and not stale and fresh
+
+
+def test_a_line_sealed_ahead_to_a_reset_account_is_sealed_again_and_the_change_told(world):
+    """The new-user check: after bob reset his user key, alice's next `/msg bob` in a running chat (sealed
+    to the claim made ahead) was refused as 'sealed to a device that is not on the recipient's list' and
+    lost, with no word of the changed key; the STOP came only with the line after."""
+    from securecomm.errors import ChangedKeyError, NotListedError
+    from tests.serverproc import PASSWORD, login
+
+    srv, homes, tmp = world
+
+    async def run() -> BaseException | None:
+        alice = await _messenger(homes["alice"])
+        try:
+            await alice.send_direct("bob", b"one")
+            await _ahead_done(alice, "bob")  # claimed ahead: bob's one device
+            r = login(tmp / "bob-new", srv, "bob", PASSWORD, "--reset-user-key", "--yes")
+            assert r.returncode == 0, r.stderr
+            sealed = await alice.seal_direct("bob", b"two")
+            assert sealed.ahead
+            try:
+                await alice.send_sealed_direct("bob", sealed)
+            except (ChangedKeyError, NotListedError) as e:
+                return e
+            return None
+        finally:
+            await _close(alice)
+
+    told = asyncio.run(run())
+    assert isinstance(told, ChangedKeyError), told  # before: NotListedError, the line gone
+    assert "the user key of bob has CHANGED" in told.message

@@ -201,6 +201,19 @@ class Messenger(Rooms):
                                 hint=f"run once: securecomm user login {self.user}")
 
     async def send_sealed_direct(self, to: str, sealed: SealedDirect) -> tuple[P.Receipt, bytes]:
+        """As _send_sealed; a message sealed to a claim made ahead none of whose devices of the recipient
+        is listed any more (they reset their user key, or removed them since) is sealed again, once, to
+        the devices listed now: a changed user key then raises its warning here. The new-user check:
+        the first `/msg` after the contact's reset was refused ("sealed to a device that is not on the
+        recipient's list") and lost, with no word of the changed key."""
+        try:
+            return await self._send_sealed(to, sealed)
+        except NotListedError:
+            if not sealed.ahead or self.client.closed:
+                raise
+        return await self._send_sealed(to, await self.seal_direct(to, sealed.text))
+
+    async def _send_sealed(self, to: str, sealed: SealedDirect) -> tuple[P.Receipt, bytes]:
         """Send (or resend, byte for byte) a sealed direct message; wait for the server's receipt of
         each copy in turn. The first copy's receipt is the answer; a later copy (another device)
         that is refused is a warning, unless the connection failed (then the caller resends all).
