@@ -254,3 +254,21 @@ def test_a_contact_refuses_a_different_list_with_the_counter_already_seen(tmp_pa
     newer = D.DeviceList.sign(UK, USER, 4, 0, sorted(ids))
     assert Pins.load(tmp_path / "pins.json").devices(USER, UK.public, newer, []) == []
     assert Pins.load(tmp_path / "pins.json").get(USER).counter == 4
+
+
+def test_the_hint_for_a_verified_contacts_new_key_offers_what_works(tmp_path):
+    """The new-user check: the STOP's hint ended '... securecomm contacts trust bob', which is then
+    refused for a verified contact ('it is trusted only with its fingerprint')."""
+    from securecomm.client.pins import Pins, VerifiedKeyChangedError
+    from securecomm.errors import ChangedKeyError
+
+    ids = [DEVICES[0].public.fingerprint]
+    pins = Pins.load(tmp_path / "pins.json")
+    pins.devices(USER, UK.public, D.DeviceList.sign(UK, USER, 1, 0, ids), [])
+    with pytest.raises(ChangedKeyError) as plain:
+        pins.devices(USER, OTHER.public, D.DeviceList.sign(OTHER, USER, 1, 0, ids), [])
+    assert (plain.value.hint or "").endswith(f"securecomm contacts trust {USER}")
+    pins.mark_verified(USER)
+    with pytest.raises(VerifiedKeyChangedError) as loud:
+        pins.devices(USER, OTHER.public, D.DeviceList.sign(OTHER, USER, 1, 0, ids), [])
+    assert f"securecomm contacts trust {USER} --fingerprint FP" in (loud.value.hint or "")

@@ -516,7 +516,8 @@ def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
         fetched = _fetched_record(paths, file_id_hex.lower())
         if fetched is not None:
             raise NotFoundError(f"file {file_id_hex.lower()} was already fetched, to {fetched}",
-                                hint="the server deleted its copy and this device its key: ask the sender "
+                                hint="this device deleted its key after that fetch (the server keeps the "
+                                     "file only until each of your devices has fetched it): ask the sender "
                                      "to send it again if that copy is gone")
     if not well_formed or not path.exists():
         raise NotFoundError(f"no received file with id {file_id_hex[:40]!r}",

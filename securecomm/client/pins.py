@@ -128,11 +128,14 @@ class Pins:
             self.save()
         cls = VerifiedKeyChangedError if known.verified else ChangedKeyError
         loud = "STOP: you VERIFIED this contact's safety number, and " if known.verified else ""
+        # a verified contact's new key needs the fingerprint they read you (a bare `contacts trust` refuses
+        # it: the new-user check found the hint offering that)
+        trust = f"; or, after checking its fingerprint with them: securecomm contacts trust {known.name}" + (
+            " --fingerprint FP (FP: the fingerprint they read you)" if known.verified else "")
         raise cls(f"{loud}the user key of {known.name} has CHANGED from {known.user_key.fingerprint_text} to "
                   f"{user_key.fingerprint_text}; this may be an attack, or they reset their account",
                   hint=f"compare safety numbers with {known.name} in person or on a call: securecomm contacts "
-                       f"verify {known.name} (shows the number of the new key; on a match it trusts it); or, "
-                       f"after checking its fingerprint with them: securecomm contacts trust {known.name}")
+                       f"verify {known.name} (shows the number of the new key; on a match it trusts it){trust}")
 
     def migrate(self, name: str, legacy: PublicIdentity, user_key: UserPublicKey, dlist: DeviceList,
                 certs: list[DeviceCert]) -> bool:
