@@ -582,3 +582,25 @@ def test_a_removed_first_device_whose_key_is_registered_cannot_log_back_in(world
     err = raw.error()
     assert err.code == P.ErrorCode.DEVICE_REMOVED and err.fatal
     raw.close()
+
+
+def test_mail_a_removed_device_sent_goes_with_it(world):
+    """The attacker's check: mail the phone sent before the laptop removed it was still delivered, and
+    bob's client, checking it against alice's new list, showed "REJECTED a message claiming to be from
+    alice" (exit 6): a forgery alarm for a message that was not one. Now it is deleted with the device
+    (6.7), on SQLite and PostgreSQL alike."""
+    srv, laptop, phone, bob = world
+    pair(srv, laptop, phone)
+    theirs = M.Directory.parse(phone.call("prekeys_claim", user="bob"))
+    mine = M.Directory.parse(phone.call("prekeys_claim", user="alice"))
+    out = M.seal_direct(phone.identity, "alice", "bob", b"sent before the removal", phone.pins, theirs, mine)
+    assert phone.conn is not None
+    for o in out:
+        phone.conn.send(P.Direct(o.to, o.envelope))
+        assert isinstance(phone.conn.until(P.Receipt), P.Receipt)
+    waiting = _mailbox(srv)
+    assert bob.id in [d for _, d in waiting] and laptop.id in [d for _, d in waiting]  # bob's, and alice's "sent"
+    current = M.Directory.parse(laptop.call("device_list", user="alice"))
+    laptop.call("device_remove", **S.remove("alice", laptop.keys, current, phone.id, K.now_ms()))
+    assert _mailbox(srv) == []  # before: bob's copy and the laptop's waited, to be called forgeries
+    assert bob.conn is not None and not bob.conn.closed()

@@ -124,7 +124,11 @@ class DeviceStore:
                 "ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id, identity = excluded.identity, "
                 "removed_ms = excluded.removed_ms",
                 [(d, user_id, DeviceCert.decode(c).device.encode(), now) for d, c in gone_rows])
-            self.db.executemany("DELETE FROM mailbox WHERE recipient_device = ?", [(d,) for d in gone])
+            # and mail it sent that still waits: its recipients check it against the new list, which no
+            # longer has it, and could only call it a forgery (the attacker's check: "REJECTED a message
+            # claiming to be from bob")
+            self.db.executemany("DELETE FROM mailbox WHERE recipient_device = ? OR sender_device = ?",
+                                [(d, d) for d in gone])
             self.db.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in gone])
             # and its pairing records: an old approval must not be handed to it again (pair_complete), so
             # that logging in there again starts a new pairing (6.4)

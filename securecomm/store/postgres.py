@@ -218,8 +218,9 @@ _TAKE_MAIL = """WITH gone AS (DELETE FROM mailbox WHERE id = %s AND recipient_id
     counted AS (UPDATE quota_usage SET messages = quota_usage.messages - 1, bytes = quota_usage.bytes - gone.n
                 FROM gone WHERE quota_usage.kind = 1 AND quota_usage.owner_id = gone.recipient_id)
 SELECT msg_id, sender_id, n, recipient_device FROM gone"""
-#: Mail waiting for a device removed from its list: its recipient's count loses what was deleted.
-_DEVICE_MAIL_GONE = """WITH gone AS (DELETE FROM mailbox WHERE recipient_device = %s
+#: Mail waiting for a device removed from its list, or sent by it and still waiting (its recipients could
+#: only call it a forgery: it is not on the list they check against): each recipient's count loses it.
+_DEVICE_MAIL_GONE = """WITH gone AS (DELETE FROM mailbox WHERE recipient_device = %s OR sender_device = %s
                     RETURNING recipient_id, LENGTH(envelope) AS n)
 UPDATE quota_usage SET messages = quota_usage.messages - g.c, bytes = quota_usage.bytes - g.b
 FROM (SELECT recipient_id, COUNT(*) AS c, SUM(n) AS b FROM gone GROUP BY recipient_id) AS g
@@ -294,7 +295,7 @@ class PgSql:
     _BEGIN = "BEGIN IMMEDIATE"
     #: Statements whose PostgreSQL form does more: deleting mail keeps `quota_usage` in step (migration 7).
     REWRITES: ClassVar[dict[str, str]] = {
-        "DELETE FROM mailbox WHERE recipient_device = ?": _DEVICE_MAIL_GONE,
+        "DELETE FROM mailbox WHERE recipient_device = ? OR sender_device = ?": _DEVICE_MAIL_GONE,
         "DELETE FROM mailbox WHERE recipient_id = ? AND recipient_device IS NOT NULL": _DEVICES_MAIL_GONE,
     }
 
