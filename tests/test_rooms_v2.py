@@ -119,6 +119,9 @@ def test_a_device_that_leaves_gets_no_later_key_and_its_user_stays(world):
             await _until(lambda: len(bob.rooms["lobby"].members.get("alice", {})) == 1)
             assert "alice" in bob.rooms["lobby"].members  # her laptop is still in: no "left" line
             assert not [e for e in ev["bob"] if getattr(e, "event", None) == "left"]
+            # nor on her laptop's own screen (the spec-only client's check: "* alice left #lobby" there)
+            await _until(lambda: any(str(e) == "another device of yours left #lobby" for e in ev["alice"]), 20)
+            assert not [e for e in ev["alice"] if getattr(e, "event", None) == "left"], ev["alice"]
             await bob.send_room("lobby", b"the phone must not read this")  # rotates first: the phone had the key
             await _until(lambda: ("bob", b"the phone must not read this") in _texts(ev["alice"]), 20)
             assert bob.rooms["lobby"].my_key.key_id != old.key_id

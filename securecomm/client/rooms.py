@@ -262,7 +262,11 @@ class Rooms:
             if not state.drop(ev.user, gone):  # one device of theirs left, another is still in: no line
                 await self._settle_later(state)
                 return
-        self._membership_line(state, ev.user, ev.event)
+        if ev.user == self.user:  # another device of this account: this one is still in (4.3), so never
+            # "bob left" on bob's own screen (the spec-only client's check)
+            self.emit(Notice(f"another device of yours {ev.event} #{state.name}"))
+        else:
+            self._membership_line(state, ev.user, ev.event)
         await self._settle_later(state)
 
     @staticmethod
