@@ -159,3 +159,33 @@ def test_a_version_1_room_key_is_refused_by_name(world):
             await _close(a, b)
 
     asyncio.run(go())
+
+
+def test_a_flood_of_unsigned_notices_is_counted_and_refills_are_bounded(world):
+    """The attacker's check (a hostile server): 200 unsigned device NOTICEs printed 200 lines, and 50
+    prekeys_low NOTICEs per claim made the device generate, fsync and keep about 5,000 private keys."""
+    from securecomm.client.events import Notice
+    from securecomm.crypto import prekeys as K
+
+    _, homes = world
+
+    async def go() -> tuple[int, int, int]:
+        events: list = []
+        bob = await _messenger(homes["bob"], events)
+        try:
+            before = len(_one_time_keys(homes["bob"]))
+            for i in range(200):
+                bob.client.events.put_nowait(P.Notice("device_added", "bob", bytes([i % 256]) * 32))
+            for _ in range(50):
+                bob.client.events.put_nowait(P.Notice("prekeys_low", "bob", None))
+            await bob.send_direct("bob", b"barrier")  # handled in order: every notice is handled by now
+            await _until(lambda: any(getattr(e, "body", None) == b"barrier" for e in events), 20)
+            shown = [e for e in events if isinstance(e, Notice) and "your account" in str(e)]
+            counted = [e for e in events if isinstance(e, Alert) and "device notices past" in str(e)]
+            return len(shown), len(counted), len(_one_time_keys(homes["bob"])) - before
+        finally:
+            await _close(bob)
+
+    shown, counted, made = asyncio.run(go())
+    assert shown == 5 and 1 <= counted <= 3  # the first few, then 1st, 10th, 100th counts
+    assert made <= K.MAX_BATCH  # one refill at most, not one per NOTICE

@@ -59,6 +59,10 @@ SEEN_LIMIT = 10_000
 #: Bad room keys are counted; a warning is shown for the first and then at every power of ten,
 #: so a flood of junk frames cannot flood the screen (30 junk frames -> 2 lines, not 30).
 JUNK_WARN_BASE = 10
+#: Seconds between refills a prekeys_low NOTICE may cause (a refill tops the server up to 100 at once).
+REFILL_EVERY = 30.0
+#: Device-change NOTICEs shown in full per session; the rest are counted (they are the server's word).
+DEVICE_NOTICES_SHOWN = 5
 #: `inbox` without --follow ends this long after it started at the latest, even if a server
 #: keeps sending events (or never answers): as long as any one reply may take.
 DRAIN_LIMIT = 30.0
@@ -133,6 +137,7 @@ class Messenger(Rooms):
         #: (chat): the next message's prekeys are claimed as soon as a message is sent (6.13).
         self.devices = DeviceDirectory(me, user, keys, self.pins, ahead=ahead) if keys is not None else None
         self._held: int | None = None  # one-time prekeys the server holds for us, as far as we know
+        self._refilled_at = -REFILL_EVERY  # when a prekeys_low NOTICE last made us refill (monotonic)
         self.busy = False
         self.last_activity = time.monotonic()
         self.skip_told: set[tuple[str, str]] = set()  # (user, device name) told as getting no copy
@@ -554,7 +559,11 @@ class Messenger(Rooms):
         if self.devices is None:
             return
         if ev.event == "prekeys_low":
-            if self.v2:
+            # at most one refill per REFILL_EVERY: a hostile server sending 50 of these per claim had this
+            # device make, fsync and keep 5,000 private keys for one message (the attacker's check)
+            now = time.monotonic()
+            if self.v2 and now - self._refilled_at >= REFILL_EVERY:
+                self._refilled_at = now
                 await refill_prekeys(self.client, self.devices.keys, self.me)
                 self._held = K.MAX_BATCH
             return
@@ -562,5 +571,10 @@ class Messenger(Rooms):
             return  # `paired` is for a pending login (user login handles it); newer events are ignored
         self.devices.forget(self.user)
         which = f" {ev.device.hex()[:12]}" if ev.device is not None else ""
-        self.emit(Notice(f"a device{which} was {ev.event.removeprefix('device_')} "
-                         f"{'to' if ev.event == 'device_added' else 'from'} your account (see: securecomm devices)"))
+        text = (f"a device{which} was {ev.event.removeprefix('device_')} "
+                f"{'to' if ev.event == 'device_added' else 'from'} your account (see: securecomm devices)")
+        if self.warned.get("device notices", 0) < DEVICE_NOTICES_SHOWN:
+            self.warned["device notices"] = self.warned.get("device notices", 0) + 1
+            self.emit(Notice(text))
+        else:  # the server's word, unsigned: past a few, counted like any repeatable warning (attacker's check)
+            self._warn_counted("device notices past the first few", text, failed=False)
