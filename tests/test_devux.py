@@ -264,3 +264,21 @@ def test_login_help_describes_devices_not_one_device_per_user(tmp_path):
     assert b"pairing code" in text and b"--device-name" in text
     assert b"Needs only the password; asks first." in text
     assert b"Only for an account from before devices" in text
+
+
+def test_a_message_held_back_for_a_changed_key_is_told_as_held_not_failed(world):
+    """The new-user check: `inbox` summed a message held back for its sender's changed key into
+    "1 message(s) failed verification and were not printed"; it is kept on the server, not failed."""
+    srv, homes = world
+    assert sc(homes["bob"], "send", "--to", "alice", "pin alice").returncode == 0
+    assert login(homes["phone"], srv, "alice", PASSWORD, "--reset-user-key", "--yes").returncode == 0
+    assert sc(homes["phone"], "send", "--to", "bob", "from the new key").returncode == 0
+    r = sc(homes["bob"], "inbox")
+    assert r.returncode == 6, r.stderr
+    last = r.stderr.decode().strip().splitlines()
+    assert "securecomm: error: 1 message(s) held back: their sender's key changed; they stay on the server " \
+           "until you trust the new key" in last, last
+    assert b"failed verification" not in r.stderr
+    assert sc(homes["bob"], "contacts", "verify", "alice", "--yes").returncode == 0
+    r = sc(homes["bob"], "inbox")
+    assert r.returncode == 0 and b"from the new key" in r.stdout, r.stderr

@@ -259,12 +259,12 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
     from securecomm.client.messenger import Messenger
 
     identity = profile_identity(state, passphrase_file)
-    failures = shown_count = 0
+    failures = shown_count = held = 0
     # on a terminal, bodies are wrapped here (see printable_body); a pipe gets each line whole
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() and not as_json else None
 
     def show(ev: Any) -> None:
-        nonlocal failures, shown_count
+        nonlocal failures, shown_count, held
         if isinstance(ev, DirectMessage):
             shown_count += 1
             from securecomm.client.files import shown_body
@@ -288,6 +288,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
                 click.echo(head + printable_body(body, width, cell_width(head)))
         elif isinstance(ev, Alert):
             failures += ev.failed  # a server's noise is shown, but it is no failed message
+            held += ev.held
             from securecomm.cli.context import warn
 
             warn(printable(ev.text.encode()))
@@ -325,6 +326,12 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         from securecomm.errors import IntegrityError
 
         raise IntegrityError(f"{failures} message(s) failed verification and were not printed")
+    if held:
+        from securecomm.errors import ChangedKeyError
+
+        raise ChangedKeyError(f"{held} message(s) held back: their sender's key changed; they stay on the server "
+                              "until you trust the new key", hint="the warnings above name the sender and what to "
+                              "run (securecomm contacts verify NAME)")
     if interrupted:
         from securecomm.errors import InterruptedByUser
 

@@ -64,6 +64,9 @@ class Alert:
     #: False when no message was lost or refused (the server's noise, an unknown room event):
     #: `inbox` counts only the others as messages that failed verification.
     failed: bool = True
+    #: A message kept on the server until its sender's changed key is trusted: no failure either, but
+    #: `inbox` says how many wait so (the new-user check: they were "failed verification").
+    held: bool = False
 
 
 @dataclass(frozen=True)

@@ -309,7 +309,7 @@ class Messenger(Rooms):
             sender = await self.identity_of(ev.sender)
         except ChangedKeyError as e:
             # Not acknowledged: it stays on the server until the user trusts the new key.
-            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}"))
+            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}", failed=False, held=True))
             return
         except SecurecommError as e:
             self.emit(Alert(f"message from {ev.sender} could not be checked ({e.message}); it was discarded"))
@@ -350,7 +350,7 @@ class Messenger(Rooms):
             listed = await self.devices.sender_devices(self.client, ev.sender, env.header.sender)
             device = DM.sender_device(env, listed)
         except ChangedKeyError as e:
-            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}"))
+            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}", failed=False, held=True))
             return  # not acknowledged: it stays on the server until the user trusts the new key
         except SecurecommError as e:
             self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was discarded"))
