@@ -84,3 +84,14 @@ def test_a_command_typed_while_disconnected_is_not_queued():
     s._queue_line(parse_line("hi room"))
     assert s.outbox == [Pending("room", "lobby", b"hi room")]
     assert shown[0] == Info("(not connected: only text and /msg are queued)")
+
+
+def test_help_lists_the_commands_even_offline():
+    """The new-user check: `/help` was answered "unknown command /help"."""
+    from securecomm.cli.slash import COMMANDS, parse_line
+    from securecomm.client.chat import Invalid
+
+    for typed in ("/help", " /help ", "/?"):
+        cmd = parse_line(typed)
+        assert isinstance(cmd, Invalid) and cmd.offline_too and "unknown" not in cmd.text
+        assert all(c in cmd.text for c in COMMANDS)

@@ -23,6 +23,8 @@ def parse_line(line: str) -> Command:
     """The command a typed line asks for; text that is not a command is a room line, as typed."""
     if line.strip() == "/quit":
         return Quit()
+    if line.strip() in ("/help", "/?"):  # the new-user check: "/help" was an unknown command
+        return Invalid(f"commands: {', '.join(COMMANDS)} (and /help)", offline_too=True)
     if line.startswith("/join "):
         return Join(line[len("/join "):].strip())
     if line.strip() == "/who":

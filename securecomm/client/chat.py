@@ -413,7 +413,7 @@ class ChatSession:
                 self.emit(Info(f"file {sealed.name} ({sealed.size} bytes) stored for {user} "
                                f"(id {file_id.hex()})"))
             except SecurecommError as e:
-                self.emit(Alert(f"file {path.name} not sent to {user}: {e.message}"))
+                self.emit(Alert(f"file '{path.name}' not sent to {user}: {e.message}"))
 
         self.emit(Info(f"sending {path.name} to {user} in the background..."))
         task = asyncio.ensure_future(job())
