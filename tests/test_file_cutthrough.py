@@ -248,6 +248,11 @@ def test_an_interrupted_send_cancels_the_upload_it_announced(world, sig, said):
     r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
     assert r.returncode == 3 and not out.exists(), r.stderr
     assert b"its sender cancelled the upload" in r.stderr
+    # and the notice, which holds the file's key, is gone from bob's device (the new-user check: it stayed);
+    # a second fetch says what the first found
+    assert not list(homes["bob"].rglob(f"{file_id}.json"))
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
+    assert r.returncode == 3 and b"is not on the server (a fetch found so before" in r.stderr, r.stderr
 
 
 def test_hanging_up_on_a_waiting_download_frees_the_session_at_once(tmp_path):

@@ -124,7 +124,7 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     """
     from securecomm.client import files as F
     from securecomm.client.directory import Contacts
-    from securecomm.errors import ChangedKeyError, ExistsError
+    from securecomm.errors import ChangedKeyError, ExistsError, NotFoundError
 
     sender_name, notice = F.load_notice(state.paths, file_id)
     out = Path(output) if output else Path(F.local_name(notice.name))
@@ -142,8 +142,12 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     # version 2: the stream names this account and opens with the notice's key, on every device (2.6.1)
     account = F.notice_account(state.paths, identity, file_id)
     connect = _connector(state, identity, server=server, ca=ca, pin=pin)
-    digest = run_client(_terminable(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn, _bar,
-                                                 account)))
+    try:
+        digest = run_client(_terminable(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn,
+                                                     _bar, account)))
+    except NotFoundError:  # not on the server, for good: its key goes (a hostile server only denies the file)
+        F.forget_gone(state.paths, notice.file_id)
+        raise
     F.forget_notice(state.paths, notice.file_id, out)
     if as_json:
         emit_json({"status": "fetched", "file_id": notice.file_id.hex(), "from": sender_name, "path": str(out),

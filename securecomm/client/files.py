@@ -487,6 +487,20 @@ def forget_notice(paths: Any, file_id: bytes, saved_to: Path) -> None:
     (folder / f"{file_id.hex()}.json").unlink(missing_ok=True)
 
 
+def forget_gone(paths: Any, file_id: bytes) -> None:
+    """The server says the file is not there (its sender cancelled, it expired or was deleted): delete
+    the notice, which holds the file's key, and remember when, so that `fetch ID` says so again (the
+    new-user check: the key of a cancelled upload stayed on the device)."""
+    folder = notices_dir(paths)
+    record = folder / f"{file_id.hex()}.gone"
+    tmp = record.with_name(f".{record.name}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"at": int(time.time())}, out)
+    os.replace(tmp, record)
+    (folder / f"{file_id.hex()}.json").unlink(missing_ok=True)
+
+
 def _fetched_record(paths: Any, file_id_hex: str) -> str | None:
     try:
         record = json.loads((notices_dir(paths) / f"{file_id_hex}.fetched").read_text())
@@ -519,6 +533,11 @@ def load_notice(paths: Any, file_id_hex: str) -> tuple[str, FileNotice]:
                                 hint="this device deleted its key after that fetch (the server keeps the "
                                      "file only until each of your devices has fetched it): ask the sender "
                                      "to send it again if that copy is gone")
+        gone = notices_dir(paths) / f"{file_id_hex.lower()}.gone"
+        if gone.exists():
+            raise NotFoundError(f"file {file_id_hex.lower()} is not on the server (a fetch found so before: its "
+                                "sender cancelled the upload, or it expired or was deleted)",
+                                hint="ask the sender to send it again")
     if not well_formed or not path.exists():
         raise NotFoundError(f"no received file with id {file_id_hex[:40]!r}",
                             hint="`securecomm inbox` lists received files with their ids")
