@@ -360,6 +360,7 @@ def test_keygen_twice_points_to_show_not_only_force(sc):
     result = sc("keygen")
     assert result.exit_code == 10
     assert "securecomm keygen --show" in _lines(result)[-1]
+    assert "kept as NAME.key.bak" in _lines(result)[-1]  # the new-user check: it said --force loses the old key
 
 
 def test_misplaced_home_hint_keeps_the_command_group(runner, home):

@@ -93,7 +93,8 @@ def keygen(state: State, name: str, kem: str, ask_passphrase: bool, passphrase_f
             ident.save(identity, paths.identity_key(name), paths.identity_pub(name), passphrase=secret, force=force)
         except ExistsError as e:  # rerunning keygen to see the public line must not lead to --force
             e.hint = (f"to print its public line: securecomm keygen --show{_name_opt(name)}; to replace it "
-                      "(and lose the old key): --force")
+                      "with a new key (the old one is kept as NAME.key.bak, but contacts and servers know only the new "
+                      "one from then on): --force")
             raise
         public = identity.public
     if as_json:
