@@ -73,7 +73,8 @@ def write_files(items: Iterable[tuple[Path, bytes, int]], *, force: bool = False
 
     Every file is first written to a temp file beside its target; only when
     all temp files exist are they renamed into place. Existing targets are
-    refused unless `force`, in which case each is kept as NAME.bak (backup_name).
+    refused unless `force`, in which case each is kept as NAME.bak (one, replaced by the next).
+    A file the user names (-o) goes through AtomicOutput instead, which keeps every backup.
     """
     items = list(items)
     if not force:
@@ -99,7 +100,9 @@ def write_files(items: Iterable[tuple[Path, bytes, int]], *, force: bool = False
         return
     for tmp, path in temps:
         if path.exists():
-            os.replace(path, backup_name(path))  # a second --force keeps the first backup too
+            # one NAME.bak, replaced by the next: these are keys, certificates and the client's own state,
+            # whose old copies must not pile up (the re-check: every login and certgen left another)
+            os.replace(path, path.with_name(path.name + ".bak"))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
@@ -208,6 +211,19 @@ def backup_name(path: Path) -> Path:
     return candidate
 
 
+def check_output(path: Path, *, force: bool) -> None:
+    """A file the user named for output (-o): never a folder (not moved aside whole even under --force:
+    the new-user check found it was), never over a file without `force`, never in a folder that does not
+    exist (a mistyped folder is an error, not made: it was, even under /)."""
+    if path.is_dir():
+        raise ExistsError(f"{path} is a folder", hint=f"name a file, e.g. -o {path / 'NAME'}")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise ExistsError(f"{path} already exists",
+                          hint=f"use --force to replace it (the old file is kept as {backup_name(path).name})")
+    if not path.parent.is_dir():
+        raise NotFoundError(f"folder {path.parent} does not exist", hint="create it first, or name another -o")
+
+
 class AtomicOutput:
     """A private file written in pieces and put in place only on success.
 
@@ -218,14 +234,8 @@ class AtomicOutput:
     """
 
     def __init__(self, path: Path, *, force: bool = False) -> None:
-        if path.is_dir():  # never moved aside whole, even under --force (the new-user check: it was)
-            raise ExistsError(f"{path} is a folder", hint=f"name a file, e.g. -o {path / 'NAME'}")
-        if path.exists() and not force:
-            raise ExistsError(f"{path} already exists",
-                              hint=f"use --force to replace it (the old file is kept as {backup_name(path).name})")
-        if not path.parent.is_dir():  # a mistyped folder is an error, not made (it was, even under /)
-            raise NotFoundError(f"folder {path.parent} does not exist", hint="create it first, or name another -o")
-        self.path = path
+        check_output(path, force=force)
+        self.path, self.force = path, force
         #: Where the file that was at `path` went on commit (under force), else None.
         self.kept: Path | None = None
         # the temp name adds 18 bytes: a long name (a peer may send up to 255 bytes) is cut to fit NAME_MAX
@@ -246,10 +256,18 @@ class AtomicOutput:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        if self.path.exists():
-            self.kept = backup_name(self.path)
-            os.replace(self.path, self.kept)
-        os.replace(self.tmp, self.path)
+        if not self.force:  # never over a file that appeared meanwhile (linking fails if one is there)
+            try:
+                os.link(self.tmp, self.path)
+            except FileExistsError as e:
+                raise ExistsError(f"{self.path} already exists (created by another process just now)",
+                                  hint="use --force to replace it") from e
+            self.tmp.unlink()
+        else:
+            if self.path.exists() or self.path.is_symlink():
+                self.kept = backup_name(self.path)
+                os.replace(self.path, self.kept)
+            os.replace(self.tmp, self.path)
         _fsync_dir(self.path.parent)
         self.committed = True
 

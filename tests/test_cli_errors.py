@@ -403,3 +403,31 @@ def test_decrypt_names_the_identity_an_envelope_is_sealed_to(keys):
     assert result.returncode == 6
     assert result.stderr.decode().strip().splitlines()[-1] == (
         "securecomm: hint: it is sealed to your identity 'work': pass --name work")
+
+
+def test_small_offline_outputs_get_the_same_output_checks(keys, tmp_path):
+    """The re-check: a small encrypt/decrypt output went through write_private, so `-o DIR --force` moved
+    the folder aside whole, `-o missing/x` made the folder, and `-o . --force` was 'internal error'."""
+    from tests.conftest import run_entry
+
+    alice, bob, _ = keys
+    to_bob = ["--home", str(alice), "encrypt", "-r", str(bob / "identities" / "default.pub")]
+    folder = tmp_path / "victim"
+    folder.mkdir()
+    (folder / "inside").write_bytes(b"kept")
+    for out, code, said in ((folder, 10, "is a folder"), (tmp_path, 10, "is a folder"),
+                            (tmp_path / "missing" / "x.sce", 3, "does not exist")):
+        r = run_entry(*to_bob, "-o", str(out), "--force", "-", input=b"hi")
+        assert r.returncode == code and said.encode() in r.stderr, r.stderr
+        assert b"Traceback" not in r.stderr and b"internal error" not in r.stderr
+    assert (folder / "inside").read_bytes() == b"kept" and not (tmp_path / "missing").exists()
+    assert not (tmp_path / "victim.bak").exists()
+    sealed = tmp_path / "note.sce"
+    assert run_entry(*to_bob, "-o", str(sealed), "-", input=b"hi").returncode == 0
+    (tmp_path / "note.txt").write_bytes(b"mine")
+    (tmp_path / "note.txt.bak").write_bytes(b"my own backup")
+    r = run_entry("--home", str(bob), "decrypt", "--from", str(alice / "identities" / "default.pub"), "-o",
+                  str(tmp_path / "note.txt"), "--force", str(sealed))
+    assert r.returncode == 0, r.stderr
+    assert [(tmp_path / n).read_bytes() for n in ("note.txt", "note.txt.bak", "note.txt.bak.2")] == \
+        [b"hi", b"my own backup", b"mine"]

@@ -82,8 +82,7 @@ def test_an_output_with_the_longest_name_a_peer_may_send_is_written(tmp_path):
 
 
 def test_force_never_overwrites_an_existing_backup(tmp_path):
-    """The new-user check: `fetch -o f.txt --force` replaced the user's own f.txt.bak; a second
-    `keygen --force` lost the first key's backup the same way."""
+    """The new-user check: `fetch -o f.txt --force` replaced the user's own f.txt.bak."""
     from securecomm.files import AtomicOutput
 
     target = tmp_path / "f.txt"
@@ -95,11 +94,13 @@ def test_force_never_overwrites_an_existing_backup(tmp_path):
     assert out.kept == tmp_path / "f.txt.bak.2"
     assert [target.read_bytes(), (tmp_path / "f.txt.bak").read_bytes(), out.kept.read_bytes()] == \
         [b"new", b"my precious backup", b"current"]
+    # keys and the client's own files keep one backup, replaced by the next: old private keys must not
+    # pile up (the re-check: every certgen --force and login left another .bak.N)
     key = tmp_path / "id.key"
     for n in range(3):
         files.write_files([(key, f"key {n}".encode(), files.PRIVATE_MODE)], force=True)
-    assert sorted(p.name for p in tmp_path.glob("id.key*")) == ["id.key", "id.key.bak", "id.key.bak.2"]
-    assert (tmp_path / "id.key.bak").read_bytes() == b"key 0" and (tmp_path / "id.key.bak.2").read_bytes() == b"key 1"
+    assert sorted(p.name for p in tmp_path.glob("id.key*")) == ["id.key", "id.key.bak"]
+    assert (tmp_path / "id.key.bak").read_bytes() == b"key 1"
 
 
 def test_an_output_folder_is_neither_made_nor_moved_aside(tmp_path):

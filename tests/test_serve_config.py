@@ -145,6 +145,12 @@ def test_messages_and_logs_name_a_url_without_its_secrets():
         "postgresql://u@h/db?password=(hidden)&sslpassword=(hidden)"
     assert redact("nats://tok3n@host:4222") == "nats://(hidden)@host:4222"
     assert redact("postgresql://h/db?sslmode=require") == "postgresql://h/db?sslmode=require"
+    # the re-check: a name libpq decodes, and a Unix-socket URL that must come back as it was
+    assert redact("postgresql://u@h/db?pass%77ord=p4") == "postgresql://u@h/db?pass%77ord=(hidden)"
+    assert redact("postgresql:///securecomm?host=/var/run/postgresql") == \
+        "postgresql:///securecomm?host=/var/run/postgresql"
+    assert hidden("db", "postgresql:///securecomm?host=/run/pg&password=x") == \
+        "postgresql:///securecomm?host=/run/pg&password=(hidden)"
 
 
 def test_print_config_does_not_start_or_create_anything(home):

@@ -38,9 +38,13 @@ def _write_output(out: str | None, data: bytes, force: bool) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    from securecomm.files import write_private
+    from securecomm.files import AtomicOutput
 
-    write_private(Path(out), data, force=force)  # 0600: plaintext is as private as the key
+    # 0600 (plaintext is as private as the key), and the same checks as any -o (the re-check: a small
+    # output went through write_private, which moved a folder aside and made missing folders)
+    with AtomicOutput(Path(out), force=force) as target:
+        target.write(data)
+        target.commit()
 
 
 def armor(raw: bytes) -> bytes:

@@ -99,11 +99,12 @@ def error_from(ev: P.Error) -> SecurecommError:
     # an opaque code shows its fixed text (PROTOCOL.md 5.5.1); a server's words never drive the terminal
     text = opaque if opaque is not None else printable(ev.message.encode())
     hint = _HINTS.get(ev.code)
-    if ev.code == P.ErrorCode.STORAGE_FULL and ev.rid is not None and "file storage is full" in text:
-        # a file_offer (requests have a rid), not a SEND, refused for the recipient's room: not the sender's
-        # own uploads or quota, whose words say what to do (the attacker's check: this hint was shown there)
+    if ev.code == P.ErrorCode.STORAGE_FULL and ev.rid is not None:
+        # a file_offer (requests have a rid), not a SEND: the recipient's room has its hint; the sender's own
+        # uploads or quota have none but their own words (the attacker's check, and the re-check: the SEND
+        # hint about --send-messages was shown there)
         hint = ("they can fetch or wait out the files already waiting for them; the server's operator can raise "
-                "the limit (securecomm serve --file-quota)")
+                "the limit (securecomm serve --file-quota)") if "file storage is full" in text else None
     return cls(f"server: {text}", hint=hint)
 
 
@@ -146,7 +147,7 @@ class Client:
         except TLSError as e:  # the pq transport's handshake failures (net/pqtls.py)
             raise TLSError(f"TLS handshake with {self.host}:{self.port} failed: {e}") from e
         except (OSError, TimeoutError) as e:
-            raise NetworkError(f"cannot connect to {self.host}:{self.port}: {e.strerror or e or 'timed out'}",
+            raise NetworkError(f"cannot connect to {self.host}:{self.port}: {e.strerror or str(e) or 'timed out'}",
                                hint="is `securecomm serve` running there?") from e
         self._check_pin()
         self._reader_task = asyncio.create_task(self._read_loop())

@@ -146,9 +146,10 @@ class Server:
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
         if self.config.max_frame < V2_FRAME_FLOOR:  # the attacker's check: --max-frame 4096 broke every send
-            log.warning("--max-frame %d is below %d: a prekey claim for a user with several devices (about 6 KiB "
-                        "per device) or a long device list may not fit in one answer, and is then refused "
-                        "(TOO_LARGE)", self.config.max_frame, V2_FRAME_FLOOR)
+            log.warning("--max-frame %d is below %d: the answer to a prekey claim takes about 6 KiB per device of "
+                        "the recipient, so under about 8 KiB no direct message or file can be sent at all, and "
+                        "above it not to users with many devices (refused TOO_LARGE)",
+                        self.config.max_frame, V2_FRAME_FLOOR)
         self.logins.restore_locks(self.store.read().list_users())
         self._watcher = asyncio.create_task(self.watch_accounts(), name="securecomm-account-watch")
         self._expirer = asyncio.create_task(self.files.expire_forever(), name="securecomm-file-expiry")

@@ -117,8 +117,9 @@ EVENTS: dict[str, str] = {
     "%s file %s fetched": "file.fetched",
     "%s fetched a file: deleted": "file.fetched",
     "%s fetched a file: kept for the account's other devices": "file.fetched",
-    "--max-frame %d is below %d: a prekey claim for a user with several devices (about 6 KiB per device) or a "
-    "long device list may not fit in one answer, and is then refused (TOO_LARGE)": "server.small_max_frame",
+    "--max-frame %d is below %d: the answer to a prekey claim takes about 6 KiB per device of the recipient, so "
+    "under about 8 KiB no direct message or file can be sent at all, and above it not to users with many "
+    "devices (refused TOO_LARGE)": "server.small_max_frame",
     # lifecycle
     "shutting down: no new connections; finishing in-flight messages": "server.stopping",
     "stopped": "server.stopped",

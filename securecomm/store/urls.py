@@ -9,7 +9,7 @@ printed by `serve --print-config` and in "cannot reach" errors, which reach the 
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 #: Query parameters whose value is a secret (libpq's connection parameters; NATS-style token).
 SECRET_PARAMS = frozenset({"password", "sslpassword", "token", "pass", "nkey", "jwt"})
@@ -28,7 +28,7 @@ def redact(url: str) -> str:
         if parts.scheme.lower() in TOKEN_SCHEMES and ":" not in userinfo:
             user = HIDDEN
         netloc = f"{user}@{host}" if user else host
-    return urlunsplit(parts._replace(netloc=netloc, query=_masked_query(parts.query)))
+    return _join(parts, netloc)
 
 
 def mask(url: str) -> str:
@@ -43,7 +43,15 @@ def mask(url: str) -> str:
         elif parts.scheme.lower() in TOKEN_SCHEMES:
             user = HIDDEN
         netloc = f"{user}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc, query=_masked_query(parts.query)))
+    return _join(parts, netloc)
+
+
+def _join(parts: SplitResult, netloc: str) -> str:
+    """The URL again, by hand: urlunsplit drops an empty host, and `postgresql:///db?host=/run/postgresql`
+    (a Unix socket) must stay that, or --print-config's output is no longer a config libpq reads."""
+    query = _masked_query(parts.query)
+    out = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else f"{netloc}{parts.path}"
+    return out + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def _masked_query(query: str) -> str:
@@ -52,5 +60,6 @@ def _masked_query(query: str) -> str:
     out = []
     for item in query.split("&"):
         key, eq, _ = item.partition("=")
-        out.append(f"{key}={HIDDEN}" if eq and key.lower() in SECRET_PARAMS else item)
+        # libpq decodes the name too: ?pass%77ord= is a password (the re-check)
+        out.append(f"{key}={HIDDEN}" if eq and unquote(key).strip().lower() in SECRET_PARAMS else item)
     return "&".join(out)
