@@ -192,3 +192,17 @@ def test_first_contact_without_a_yes_is_refused_with_the_fingerprint(tmp_path, p
         resolve_trust(paths, HOST, PORT, ask=ask, probe=presents(pki))
     assert fp(pki.ca) in e.value.hint
     assert not paths.known_servers.exists()
+
+
+def test_a_ca_file_is_held_to_the_ca_another_relay_of_the_list_was_trusted_with(tmp_path, pki):
+    """The re-check: relay A was down at login (only B's CA was remembered); after the file came to hold
+    another CA, A was trusted with it silently, and known_servers held two CAs for one deployment."""
+    paths = home(tmp_path)
+    tls.KnownServers(paths.known_servers).add("relay-b:7443", der(pki.ca))
+    ca_file = tmp_path / "given-ca.pem"
+    ca_file.write_bytes(pki.other.cert_pem)
+    with pytest.raises(TLSError, match="HAS CHANGED"):
+        resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=Probe([]), siblings=("relay-b:7443",))
+    ca_file.write_bytes(pki.ca.cert_pem)  # the deployment's CA: A is trusted, and remembered
+    trust = resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=Probe([]), siblings=("relay-b:7443",))
+    assert trust.remember is not None and trust.anchor_fingerprint == fp(pki.ca)

@@ -18,14 +18,15 @@ T = TypeVar("T")
 
 
 def prepare(paths: Any, server: str, *, ca: str | None = None, pin: str | None = None,
-            ask: Callable[[str, str], bool] | None = None, replace_known: bool = False) -> Client:
+            ask: Callable[[str, str], bool] | None = None, replace_known: bool = False,
+            siblings: tuple[str, ...] = ()) -> Client:
     """Decide how the server is trusted (may ask the user) before any login starts.
     `replace_known`: `user login --ca FILE`, whose CA replaces the one remembered (client/trust.py)."""
     host, port = parse_address(server)
     if pin is not None:
         check_pin_format(pin)
-    return Client(host, port, resolve_trust(paths, host, port, ca=ca, pin=pin, ask=ask, replace_known=replace_known),
-                  pin=pin)
+    return Client(host, port, resolve_trust(paths, host, port, ca=ca, pin=pin, ask=ask, replace_known=replace_known,
+                                            siblings=siblings), pin=pin)
 
 
 def check_pin_format(pin: str) -> None:
@@ -56,8 +57,10 @@ def candidates(paths: Any, servers: str, *, ca: str | None = None, pin: str | No
     All relays of a deployment have certificates from one CA: after the first, each is held to
     the CA the first was trusted with (as a pin), so a failover never asks or trusts anew."""
     shared = pin
-    for host, port in parse_servers(servers):
-        client = prepare(paths, format_address(host, port), ca=ca, pin=shared, ask=ask, replace_known=replace_known)
+    listed = tuple(format_address(host, port) for host, port in parse_servers(servers))
+    for address in listed:
+        client = prepare(paths, address, ca=ca, pin=shared, ask=ask, replace_known=replace_known,
+                         siblings=tuple(a for a in listed if a != address))
         if shared is None and ca is None:
             shared = client.trust.anchor_fingerprint
         yield client

@@ -67,8 +67,10 @@ class Trust:
 
 
 def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pin: str | None = None,
-                  ask: Any = None, probe: Probe = tls.pq_fetch_server_chain, replace_known: bool = False) -> Trust:
-    """Choose the trust anchor (the order and why: the module docstring)."""
+                  ask: Any = None, probe: Probe = tls.pq_fetch_server_chain, replace_known: bool = False,
+                  siblings: tuple[str, ...] = ()) -> Trust:
+    """Choose the trust anchor (the order and why: the module docstring). `siblings`: the other relays
+    of the same list (one deployment, one CA): a CA file is held to the CA remembered for any of them."""
     from securecomm.config import format_address
     from securecomm.files import read_file
 
@@ -83,10 +85,14 @@ def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pi
                 "it was given with --ca (`user login --ca` saves its path in the profile): pass --ca with where "
                 "it is now, or log in again with `securecomm user login NAME --ca FILE`")) from e
         trust = _checked(_ca_trust(tls.pq_client_context(pem), "ca", pem), pin)
+        # a relay of the list not reached before is held to the CA another one was trusted with (the
+        # re-check: relay A down at login, then a new CA in the file was trusted for A silently)
+        held = entry or next((e for e in map(known.get, siblings) if e is not None and not e.legacy), None)
+        if held is not None and not held.legacy and not replace_known and \
+                not same(held.fingerprint.encode(), trust.anchor_fingerprint.encode()):
+            raise changed_error(held.address, held.fingerprint)
         if entry is None or replace_known:
             trust.remember = (known, address)  # after the verified connection: held to this CA from now on
-        elif not entry.legacy and not same(entry.fingerprint.encode(), trust.anchor_fingerprint.encode()):
-            raise changed_error(address, entry.fingerprint)
         return trust
     if entry is not None:
         return _known(entry, host, port, pin, known, probe)
