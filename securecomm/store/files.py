@@ -66,9 +66,13 @@ UPLOAD_IDLE = 3600.0
 #: account's every file for UPLOAD_IDLE (the attacker's check). Longer than a client's resume window
 #: (fetch/send --timeout, 120 s); a cut-through download of such an upload gave up long before.
 IDLE_AT_CAP = 300.0
-#: The refusal at the cap: its own words (the client's quota hint is for a full recipient).
-AT_CAP = ("{n} unfinished uploads of yours are in progress (at most {cap}); one that receives nothing for "
-          "{idle} minutes makes room: finish one, or try again then")
+
+
+def at_cap(n: int) -> str:
+    """The refusal at the cap: its own words (the client's quota hint is for a full recipient)."""
+    return (f"{n} unfinished uploads of yours are in progress (at most {MAX_OPEN_UPLOADS}); one that receives "
+            f"nothing for {int(IDLE_AT_CAP // 60)} minutes makes room: finish one, or try again then")
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -191,8 +195,7 @@ class FileStore:
             open_uploads = self.db.execute("SELECT COUNT(*) FROM files WHERE sender = ? AND complete = 0",
                                            (sender,)).fetchone()[0]
             if open_uploads >= MAX_OPEN_UPLOADS:
-                raise FileRefused("file-over-quota", AT_CAP.format(n=open_uploads, cap=MAX_OPEN_UPLOADS,
-                                                                   idle=int(IDLE_AT_CAP // 60)))
+                raise FileRefused("file-over-quota", at_cap(open_uploads))
             if self.used(recipient) + size > self.quota:
                 raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
             sent = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = ?", (sender,)).fetchone()

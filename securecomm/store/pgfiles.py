@@ -51,7 +51,6 @@ import psycopg
 
 from securecomm.errors import StoreUnavailableError
 from securecomm.store.files import (
-    AT_CAP,
     DEFAULT_DAYS,
     DEFAULT_MAX_FILE,
     DEFAULT_QUOTA,
@@ -63,6 +62,7 @@ from securecomm.store.files import (
     FileRefused,
     Offer,
     Stored,
+    at_cap,
 )
 from securecomm.store.postgres import _reason, connect, redact
 
@@ -152,8 +152,7 @@ class PgFileStore:
                 open_uploads -= cur.execute("DELETE FROM files WHERE sender = %s AND NOT complete AND touched <= %s",
                                             (sender, now - IDLE_AT_CAP)).rowcount
             if open_uploads >= MAX_OPEN_UPLOADS:
-                raise FileRefused("file-over-quota", AT_CAP.format(n=open_uploads, cap=MAX_OPEN_UPLOADS,
-                                                                   idle=int(IDLE_AT_CAP // 60)))
+                raise FileRefused("file-over-quota", at_cap(open_uploads))
             if _used(cur, recipient) + size > self.quota:
                 raise FileRefused("file-over-quota", f"{recipient}'s file storage is full ({self.quota} bytes)")
             sent = cur.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE sender = %s", (sender,)).fetchone()
