@@ -477,27 +477,25 @@ def save_notice(paths: Any, sender: str, notice: FileNotice, device: str | None 
 def forget_notice(paths: Any, file_id: bytes, saved_to: Path) -> None:
     """After a fetch: delete the notice (it holds the file key) and keep only where the file went, so
     that a second `fetch ID` says so instead of "no received file" (new-user check)."""
-    folder = notices_dir(paths)
-    record = folder / f"{file_id.hex()}.fetched"
-    tmp = record.with_name(f".{record.name}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"path": str(saved_to.resolve()), "at": int(time.time())}, out)
-    os.replace(tmp, record)
-    (folder / f"{file_id.hex()}.json").unlink(missing_ok=True)
+    _replace_notice(paths, file_id, "fetched", {"path": str(saved_to.resolve())})
 
 
 def forget_gone(paths: Any, file_id: bytes) -> None:
     """The server says the file is not there (its sender cancelled, it expired or was deleted): delete
     the notice, which holds the file's key, and remember when, so that `fetch ID` says so again (the
     new-user check: the key of a cancelled upload stayed on the device)."""
+    _replace_notice(paths, file_id, "gone", {})
+
+
+def _replace_notice(paths: Any, file_id: bytes, kind: str, record: dict[str, Any]) -> None:
+    """Put a `.KIND` record (with the time) in place of the notice, then delete the notice and its key."""
     folder = notices_dir(paths)
-    record = folder / f"{file_id.hex()}.gone"
-    tmp = record.with_name(f".{record.name}.{os.urandom(4).hex()}")
+    target = folder / f"{file_id.hex()}.{kind}"
+    tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump({"at": int(time.time())}, out)
-    os.replace(tmp, record)
+        json.dump({**record, "at": int(time.time())}, out)
+    os.replace(tmp, target)
     (folder / f"{file_id.hex()}.json").unlink(missing_ok=True)
 
 

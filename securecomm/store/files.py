@@ -369,22 +369,21 @@ class FileStore:
             return
         now = self.clock()
         for file_id, created in rows:
-            try:
-                last = max(created, self._part(file_id).stat().st_mtime)
-            except FileNotFoundError:
-                last = created
-            if now - last >= IDLE_AT_CAP:
+            if now - self._last_byte(file_id, created) >= IDLE_AT_CAP:
                 self._delete(file_id)
+
+    def _last_byte(self, file_id: bytes, created: float) -> float:
+        """When an unfinished upload last received a byte: its part file's mtime, or its offer."""
+        try:
+            return max(created, self._part(file_id).stat().st_mtime)
+        except FileNotFoundError:
+            return created
 
     def drop_stalled(self) -> int:
         """Delete unfinished uploads that received nothing for UPLOAD_IDLE seconds; returns how many."""
         now, gone = self.clock(), []
         for file_id, created in self.db.execute("SELECT id, created FROM files WHERE complete = 0").fetchall():
-            try:
-                last = max(created, self._part(file_id).stat().st_mtime)
-            except FileNotFoundError:
-                last = created
-            if now - last >= UPLOAD_IDLE:
+            if now - self._last_byte(file_id, created) >= UPLOAD_IDLE:
                 gone.append(file_id)
         for file_id in gone:
             self._delete(file_id)

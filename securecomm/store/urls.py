@@ -20,29 +20,26 @@ HIDDEN = "(hidden)"
 
 def redact(url: str) -> str:
     """The URL without its password (dropped) and with secret parameters and tokens masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        if parts.scheme.lower() in TOKEN_SCHEMES and ":" not in userinfo:
-            user = HIDDEN
-        netloc = f"{user}@{host}" if user else host
-    return _join(parts, netloc)
+    return _hidden(url, None)
 
 
 def mask(url: str) -> str:
     """Like redact, but a password shows as (hidden) in its place: for --print-config, which says so."""
+    return _hidden(url, HIDDEN)
+
+
+def _hidden(url: str, password: str | None) -> str:
+    """`password`: what stands for a password in the user part (None: it is dropped, with its colon)."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
         user, colon, _ = userinfo.partition(":")
-        if colon:
-            user = f"{user}:{HIDDEN}"
-        elif parts.scheme.lower() in TOKEN_SCHEMES:
+        if colon and password is not None:
+            user = f"{user}:{password}"
+        elif not colon and parts.scheme.lower() in TOKEN_SCHEMES:
             user = HIDDEN
-        netloc = f"{user}@{host}"
+        netloc = f"{user}@{host}" if user else host
     return _join(parts, netloc)
 
 
