@@ -98,7 +98,7 @@ def test_first_device_publishes_uploads_and_a_contact_seals_to_a_one_time_prekey
     alice, bob = Account(w, "alice"), Account(w, "bob")
     assert alice.upload(5).data == {"available": 5}
     status = w.call(alice.me(), "prekeys_status").data
-    assert status["available"] == 5 and status["last_resort_ms"] == w.now
+    assert status["available"] == 5 and status["last_resort_ms"] == w.now and status["handed_out_below"] == 1
     got = w.call(bob.me(), "prekeys_claim", user="ALICE").data
     pinned = D.UserPublicKey.from_line(got["user_key"])
     assert pinned == alice.key.public
@@ -108,7 +108,8 @@ def test_first_device_publishes_uploads_and_a_contact_seals_to_a_one_time_prekey
     env = K.seal_v2(b"hello alice", bob.device, certs[0].device, prekey)
     opened = alice.keys.open(env, alice.device, bob.device.public)
     assert opened.body == b"hello alice" and not opened.without_one_time_key
-    assert w.call(alice.me(), "prekeys_status").data["available"] == 4
+    status = w.call(alice.me(), "prekeys_status").data
+    assert status["available"] == 4 and status["handed_out_below"] == 2  # id 1 was handed out
 
 
 def test_claims_fall_back_to_the_last_resort_prekey(w):
@@ -117,6 +118,8 @@ def test_claims_fall_back_to_the_last_resort_prekey(w):
     kinds = [K.Prekey.decode(bytes.fromhex(w.call(bob.me(), "prekeys_claim", user="alice").data["prekeys"][0])).kind
              for _ in range(3)]
     assert kinds == [K.ONE_TIME, K.LAST_RESORT, K.LAST_RESORT]
+    # none held: every id it used was handed out or was the last resort (ids 1 and 2)
+    assert w.call(alice.me(), "prekeys_status").data["handed_out_below"] == 3
 
 
 def test_prekey_with_a_bad_signature_is_refused(w):

@@ -183,3 +183,43 @@ def test_user_login_creates_the_user_key_list_and_prekeys(tmp_path):
             con.close()
     finally:
         srv.stop()
+
+
+def test_a_device_erases_the_one_time_keys_claimed_from_it_and_never_used(tmp_path):
+    """PROTOCOL.md 6.5, over a real server and the CLI: dave claims two of carol's one-time prekeys
+    and sends nothing; carol's next login sees them handed out (`handed_out_below`), and
+    once they have been out for the mailbox lifetime her device erases them. Before this, no
+    client ever erased them (the spec's 30-day rule was not implemented)."""
+    import json
+
+    from tests.serverproc import login
+
+    srv = ServerProc(tmp_path / "srv").start()
+    try:
+        add_user(srv.home, "carol")
+        add_user(srv.home, "dave")
+        home = tmp_path / "carol"
+        assert login(home, srv, "carol").returncode == 0
+        device = home / "devices" / "default"
+        dave = Raw(srv).start().login_password("dave")
+        for rid in (1, 2):
+            dave.send(P.Request(rid, "prekeys_claim", {"user": "carol"}))
+            assert isinstance(dave.until(P.Result), P.Result)
+        dave.close()
+
+        def again() -> None:  # a login, or a refill when the prekeys run low, asks prekeys_status
+            r = login(home, srv, "carol")
+            assert r.returncode == 0, r.stderr
+
+        again()
+        state = json.loads((device / "state.json").read_text())
+        assert sorted(state["handed_out"], key=int) == ["1", "2"]
+        assert (device / "prekeys" / "1-1.key").exists()  # mail sealed to them may still come
+        state["handed_out"] = {k: v - K.UNUSED_ONE_TIME_MS for k, v in state["handed_out"].items()}
+        (device / "state.json").write_text(json.dumps(state))  # as if seen gone 30 days ago
+        again()
+        held = {p.name for p in (device / "prekeys").iterdir()}
+        assert "1-1.key" not in held and "1-2.key" not in held and "1-3.key" in held
+        assert json.loads((device / "state.json").read_text())["handed_out"] == {}
+    finally:
+        srv.stop()

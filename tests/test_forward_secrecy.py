@@ -206,3 +206,30 @@ def test_retired_last_resort_kept_for_its_grace_period(tmp_path):
     keys.new_last_resort(bob, 1000)
     assert keys.prune(1000 + K.LAST_RESORT_GRACE_MS - 1) == 0 and keys.get(K.LAST_RESORT, old.prekey_id)
     assert keys.prune(1000 + K.LAST_RESORT_GRACE_MS) == 1 and keys.get(K.LAST_RESORT, old.prekey_id) is None
+
+
+def test_one_time_keys_handed_out_and_never_used_are_erased_after_the_mailbox_lifetime(tmp_path):
+    """PROTOCOL.md 6.5: before this, no one-time private key was ever erased unless a message used it,
+    so every key a claimant took and never used stayed on the device for good."""
+    _, bob, keys = _bob_home(tmp_path)
+    keys.new_one_time(bob, 10)  # ids 1..10
+    assert keys.forget_handed_out(6, 0) == 0  # the server holds 6..10: 1..5 were handed out, seen now
+    assert sorted(keys.state["handed_out"]) == ["1", "2", "3", "4", "5"]
+    assert keys.forget_handed_out(8, K.UNUSED_ONE_TIME_MS - 1) == 0  # 6, 7 seen later: their own clock
+    assert keys.forget_handed_out(8, K.UNUSED_ONE_TIME_MS) == 5
+    assert [keys.get(K.ONE_TIME, i) is None for i in range(1, 11)] == [True] * 5 + [False] * 5
+    assert sorted(DeviceKeys(keys.folder, KEM).state["handed_out"]) == ["6", "7"]  # saved
+    # a server restored from a backup holds 6 again: no longer counted
+    assert keys.forget_handed_out(6, 2 * K.UNUSED_ONE_TIME_MS) == 0 and keys.state["handed_out"] == {}
+    assert keys.get(K.ONE_TIME, 6) is not None
+
+
+def test_a_server_that_says_all_were_handed_out_cannot_make_a_device_keep_every_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(K, "HANDED_OUT_KEPT", 3)
+    _, bob, keys = _bob_home(tmp_path)
+    keys.new_one_time(bob, 5)
+    keys.preload()
+    assert keys.forget_handed_out(1 << 32, 0) == 2  # all five out, the two lowest erased at once
+    assert [keys.get(K.ONE_TIME, i) is None for i in range(1, 6)] == [True, True, False, False, False]
+    assert sorted(keys.state["handed_out"]) == ["3", "4", "5"]
+    assert keys._one_time_ids == [3, 4, 5] and set(keys._loaded) == {(K.ONE_TIME, 3), (K.ONE_TIME, 4)}

@@ -52,13 +52,19 @@ async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user
 
 async def refill_prekeys(client: Any, keys: DeviceKeys, me: PrivateIdentity) -> int:
     """Top up one-time prekeys and replace the last-resort one when due (6.5); erase retired
-    last-resort keys past their grace period. Returns how many one-time prekeys were uploaded."""
+    last-resort keys past their grace period, and one-time keys handed out long ago and never
+    used. Returns how many one-time prekeys were uploaded."""
     keys.prune(now_ms())
     status = await client.request("prekeys_status")
     try:
         available, last_resort_ms = int(status["available"]), status.get("last_resort_ms")
+        below = status.get("handed_out_below")
+        if below is not None and (isinstance(below, bool) or not isinstance(below, int)):
+            raise TypeError("handed_out_below")
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError("the server sent a malformed prekeys_status answer") from e
+    if below is not None:  # a server before this key says nothing of which ids it still holds
+        keys.forget_handed_out(below, now_ms())
     args = S.refill(me, keys, available, last_resort_ms, now_ms())
     if args is None:
         return 0

@@ -86,8 +86,13 @@ DAY_MS = 24 * 3600 * 1000
 LAST_RESORT_ROTATE_MS = 7 * DAY_MS
 #: ... and its private half kept this long after replacement, for mail sealed to it still waiting.
 LAST_RESORT_GRACE_MS = 14 * DAY_MS
-#: A one-time private key the server no longer lists is dropped after this long (handed out, never used).
+#: A one-time private key the server no longer lists is dropped after this long (handed out, never used):
+#: counted from when the device first saw it gone, the default mailbox lifetime, so mail sealed to it has waited
+#: as long as a server keeps mail by default.
 UNUSED_ONE_TIME_MS = 30 * DAY_MS
+#: ... and at most this many such keys are kept meanwhile, the lowest ids erased first: a server that keeps
+#: saying it holds none (a restore, or a hostile one) must not make a device keep every key it ever made.
+HANDED_OUT_KEPT = 5 * MAX_HELD
 SIGNATURE_SIZE = 64
 TAG_SIZE = 16
 

@@ -300,7 +300,8 @@ class DeviceOps:
     def _prekeys_status(self, caller: Caller, args: dict[str, Any]) -> Outcome:
         device_id = self._listed(caller)
         return Outcome({"available": self.store.available(device_id),
-                        "last_resort_ms": self.store.last_resort_ms(device_id)})
+                        "last_resort_ms": self.store.last_resort_ms(device_id),
+                        "handed_out_below": self.store.handed_out_below(device_id)})
 
     def _prekeys_claim(self, caller: Caller, args: dict[str, Any]) -> Outcome:
         uid, user = self._user(args)

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
     <folder>/user.key              Ed25519 user key, PEM PKCS#8 (0600)
-    <folder>/state.json            next prekey id, last-resort ids and retirement times (no secrets)
+    <folder>/state.json            next prekey id, last-resort ids and retirement times, when one-time
+                                   ids were first seen handed out (no secrets)
     <folder>/prekeys/1-<id>.key    one-time private prekey, raw bytes (0600)
     <folder>/prekeys/2-<id>.key    last-resort private prekey
 
@@ -263,6 +264,34 @@ class DeviceKeys:
         if done:
             self._save_state()
         return len(done)
+
+    def forget_handed_out(self, below: int, now_ms: int) -> int:
+        """Erase one-time private keys the server handed out and no one used (6.5): every id of ours
+        under `below` (prekeys_status's `handed_out_below`). Each is kept UNUSED_ONE_TIME_MS
+        from when this device first saw it so (mail sealed to it may still wait), at most
+        HANDED_OUT_KEPT of them (the lowest go first); an id held again (a server restored from a
+        backup) is no longer counted. Returns how many keys were erased."""
+        prefix = f"{K.ONE_TIME}-"
+        with os.scandir(self.prekey_dir) as entries:
+            ours = sorted(int(e.name[len(prefix):-4]) for e in entries if e.name.startswith(prefix)
+                          and e.name.endswith(".key") and e.name[len(prefix):-4].isdigit())
+        out = {i for i in ours if i < below}
+        before = dict(self.state.get("handed_out", {}))
+        seen = {k: v for k, v in before.items() if int(k) in out}
+        seen.update({str(i): now_ms for i in out if str(i) not in seen})
+        marked = sorted(int(k) for k in seen)
+        erase = {i for i in marked if now_ms - int(seen[str(i)]) >= K.UNUSED_ONE_TIME_MS}
+        erase.update(marked[: max(0, len(marked) - K.HANDED_OUT_KEPT)])
+        for prekey_id in sorted(erase):
+            self._loaded.pop((K.ONE_TIME, prekey_id), None)
+            if self._one_time_ids is not None and prekey_id in self._one_time_ids:
+                self._one_time_ids.remove(prekey_id)
+            _erase(self._path(K.ONE_TIME, prekey_id))
+            del seen[str(prekey_id)]
+        if seen != before:
+            self.state["handed_out"] = seen
+            self._save_state()
+        return len(erase)
 
     def held(self) -> list[Path]:
         return sorted(self.prekey_dir.glob("*.key"))

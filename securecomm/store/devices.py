@@ -225,6 +225,17 @@ class DeviceStore:
                                (device_id, K.ONE_TIME)).fetchone()
         return int(n)
 
+    def handed_out_below(self, device_id: bytes) -> int:
+        """Every one-time prekey id of the device under this number that it uploaded was handed out
+        (6.5): its lowest one-time id held, else one above any id it used. Claims take the lowest
+        and uploads go above every id used, so the held ones are always the highest uploaded."""
+        (low,) = self.db.execute("SELECT MIN(prekey_id) FROM prekeys WHERE device_id = ? AND kind = ?",
+                                 (device_id, K.ONE_TIME)).fetchone()
+        if low is not None:
+            return int(low)
+        row = self.db.execute("SELECT max_prekey_id FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return 1 + (int(row[0]) if row is not None and row[0] is not None else 0)
+
     def claim(self, user_id: int, skip: bytes | None = None,
               one_time_ok: Callable[[bytes], bool] = lambda _: True,
               only: set[bytes] | None = None) -> list[Claimed]:
