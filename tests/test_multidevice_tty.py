@@ -50,7 +50,9 @@ def test_two_devices_and_one_chat_while_a_device_comes_and_goes(world):
     assert code, r.stderr
     assert sc(homes["alice"], "devices", "approve", code.group(1).decode(), "--fingerprint",
               fingerprint_in(r.stderr)).returncode == 0
-    tmux.wait_for("laptop", "was added to your account")  # NOTICE device_added, shown in the running chat
+    # NOTICE device_added, shown in the running chat, loudly and with what to do if it was not the user
+    screen = tmux.wait_for("laptop", "If you did not approve it, remove it now")
+    assert "a NEW DEVICE" in screen and "--reset-user-key" in screen
     r = login(homes["phone"], srv, "alice")
     assert r.returncode == 0 and b"paired" in r.stderr, r.stderr
     _chat(tmux, "phone", homes["phone"])

@@ -571,8 +571,14 @@ class Messenger(Rooms):
             return  # `paired` is for a pending login (user login handles it); newer events are ignored
         self.devices.forget(self.user)
         which = f" {ev.device.hex()[:12]}" if ev.device is not None else ""
-        text = (f"a device{which} was {ev.event.removeprefix('device_')} "
-                f"{'to' if ev.event == 'device_added' else 'from'} your account (see: securecomm devices)")
+        if ev.event == "device_added":
+            # loud: a device is added only with the user key, so one the user did not approve means that key
+            # (one of their devices) is in someone else's hands (the new-user check: "a device X was added" was all)
+            text = (f"a NEW DEVICE{which} was added to your account. If you did not approve it, remove it now "
+                    f"(securecomm devices remove{which or ' ID'}) and make a new user key (securecomm user login "
+                    f"{self.user} --reset-user-key): see securecomm devices")
+        else:
+            text = f"a device{which} was removed from your account (see: securecomm devices)"
         if self.warned.get("device notices", 0) < DEVICE_NOTICES_SHOWN:
             self.warned["device notices"] = self.warned.get("device notices", 0) + 1
             self.emit(Notice(text))
