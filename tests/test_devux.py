@@ -282,3 +282,18 @@ def test_a_message_held_back_for_a_changed_key_is_told_as_held_not_failed(world)
     assert sc(homes["bob"], "contacts", "verify", "alice", "--yes").returncode == 0
     r = sc(homes["bob"], "inbox")
     assert r.returncode == 0 and b"from the new key" in r.stdout, r.stderr
+
+
+def test_logging_in_again_before_the_approval_keeps_the_device_name(world, tmp_path):
+    """The new-user check: `user login alice --device-name phone`, then the same login again without
+    the flag before the approval (a new code) asked to be paired as this computer's host name."""
+    srv, homes = world
+    tablet = tmp_path / "tablet"
+    first = _code(login(tablet, srv, "alice", PASSWORD, "--device-name", "kitchen tablet"))
+    second = login(tablet, srv, "alice", PASSWORD)
+    code = _code(second)
+    assert code != first
+    r = sc(homes["alice"], "devices", "approve", code, input=b"y\n")
+    assert r.returncode == 0 and b"device kitchen tablet asks to join" in r.stdout, r.stdout
+    assert login(tablet, srv, "alice").returncode == 0
+    assert "kitchen tablet" in [row["name"] for row in _rows(homes["alice"])]

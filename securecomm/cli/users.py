@@ -304,7 +304,7 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
 
     paths = state.paths
     identity_name = identity_name or _saved_identity(paths, name)
-    device_name = _device_name(device_name, identity_name)
+    device_name = _device_name(device_name, identity_name, paths.device_keys(identity_name))
     if reset_user_key and not yes:
         _confirm_reset(name)
     given_ca = ca is not None  # a CA file given now replaces the one remembered for the server (client/trust.py)
@@ -383,13 +383,16 @@ def _saved_identity(paths: Any, name: str) -> str:
     return "default"
 
 
-def _device_name(given: str | None, identity_name: str) -> str:
-    """--device-name, checked; else the identity's name unless it is "default"; else this computer's host
-    name (else "device"): what `devices` and `devices approve` show, so that two devices are told apart."""
+def _device_name(given: str | None, identity_name: str, device_folder: Path) -> str:
+    """--device-name, checked; else the name this device asked to be paired under (logging in again
+    before the approval starts a new code: it keeps the name given the first time); else the
+    identity's name unless it is "default"; else this computer's host name (else "device"): what
+    `devices` and `devices approve` show, so that two devices are told apart."""
     import socket
 
     from securecomm.crypto.devices import check_device_name
     from securecomm.errors import FormatError
+    from securecomm.store.devicekeys import pairing_of
 
     if given is not None:
         try:
@@ -397,6 +400,14 @@ def _device_name(given: str | None, identity_name: str) -> str:
         except FormatError as e:
             raise UsageError(f"--device-name: {e.message}") from e
         return given
+    waiting = pairing_of(device_folder) or {}
+    asked = waiting.get("name")
+    if isinstance(asked, str):
+        try:
+            check_device_name(asked)
+            return asked
+        except FormatError:
+            pass  # an edited state file: the defaults below
     if identity_name != "default":
         return identity_name
     host = socket.gethostname().split(".")[0].strip()

@@ -106,7 +106,7 @@ async def continue_pairing(client: Any, keys: DeviceKeys, me: PrivateIdentity, u
             code, expires = str(started["code"]), int(started["expires_ms"])
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError("the server sent a malformed pair_start answer") from e
-        keys.set_pairing(user, code, expires)
+        keys.set_pairing(user, code, expires, name)
         return "code", (code, expires)
     key, old = S.complete(user, me, keys, answer)
     await set_up_device(client, keys, me, user, name)  # now listed: upload prekeys

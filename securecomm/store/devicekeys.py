@@ -140,8 +140,8 @@ class DeviceKeys:
         return old
 
     # -- waiting to be paired (no secrets: the code is shown on screen and good for one approval) --
-    def set_pairing(self, user: str, code: str, expires_ms: int) -> None:
-        self.state["pairing"] = {"user": user, "code": code, "expires_ms": expires_ms}
+    def set_pairing(self, user: str, code: str, expires_ms: int, name: str | None = None) -> None:
+        self.state["pairing"] = {"user": user, "code": code, "expires_ms": expires_ms, "name": name}
         self._save_state()
 
     def clear_pairing(self) -> None:
