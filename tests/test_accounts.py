@@ -424,18 +424,27 @@ def tmux():
 
 @needs_tmux
 def test_add_checks_the_password_after_its_first_entry(server, tmux):
+    """Refused before the second entry, and asked again (the new-user check: a common password ended
+    `user add`, to be typed whole again); three refusals end it with exit 2."""
     tmux.start("add", f"{ENTRY} --home {server.home} user add carol; echo EXIT-$?; sleep 30")
     tmux.wait_for("add", "password:")
     tmux.type("add", "12345678")
-    screen = tmux.wait_for("add", "EXIT-2")
+    screen = tmux.wait_for("add", "securecomm: warning: password")
     assert "too common" in screen or "sequential" in screen
     assert "repeat password" not in screen.lower() and "confirmation" not in screen  # refused before a 2nd entry
-    tmux.start("add2", f"{ENTRY} --home {server.home} user add carol; echo EXIT-$?; sleep 30")
-    tmux.wait_for("add2", "password:")
-    tmux.type("add2", "violet tractor umbrella")
-    tmux.wait_for("add2", "repeat password:")
-    tmux.type("add2", "violet tractor umbrella")
-    assert "created user carol" in tmux.wait_for("add2", "EXIT-0")
+    tmux.type("add", "violet tractor umbrella")
+    tmux.wait_for("add", "repeat password:")
+    tmux.type("add", "violet tractor umbrella")
+    assert "created user carol" in tmux.wait_for("add", "EXIT-0")
+    tmux.start("add2", f"{ENTRY} --home {server.home} user add dave; echo EXIT-$?; sleep 30")
+    for tries in range(1, 4):
+        deadline = time.monotonic() + 15
+        while tmux.screen("add2").count("password:") < tries:
+            assert time.monotonic() < deadline, tmux.screen("add2")
+            time.sleep(0.1)
+        tmux.type("add2", "12345678")
+    screen = tmux.wait_for("add2", "EXIT-2")
+    assert screen.count("securecomm: warning: password") == 2 and "securecomm: error: password" in screen
 
 
 def _second_device_at_the_replace_prompt(server, tmp_path, tmux) -> str:

@@ -34,23 +34,48 @@ password_stdin_option = click.option("--password-stdin", is_flag=True,
 
 
 def read_password(from_stdin: bool, *, confirm: bool, prompt: str = "password", user: str | None = None) -> str:
-    """Read a password; a new one (confirm=True) is checked against the policy after its FIRST entry."""
+    """Read a password; a new one (confirm=True) is checked against the policy after its FIRST entry
+    and, at a terminal, asked again when refused."""
     from securecomm.store.passwords import check_policy
 
     if from_stdin:
         line = sys.stdin.readline()
         password = line[:-1] if line.endswith("\n") else line
-    elif stdin_is_tty():
-        password = click.prompt(prompt, hide_input=True, err=True)
-    else:
+        if confirm:
+            check_policy(password, user)
+    elif not stdin_is_tty():
         raise UsageError("no terminal to ask for a password", hint="pass --password-stdin")
-    if confirm:
-        check_policy(password, user)  # before asking again: a refused password is not typed twice
-        if not from_stdin and click.prompt(f"repeat {prompt}", hide_input=True, err=True) != password:
-            raise UsageError("the two passwords differ")
-    elif not password:
+    elif confirm:
+        return _ask_new_password(prompt, user)
+    else:
+        password = click.prompt(prompt, hide_input=True, err=True)
+    if not password:
         raise UsageError("empty password")
     return password
+
+
+#: A person choosing a new password at a terminal gets this many tries (the new-user check: a common
+#: password ended `user add`, and the whole command had to be typed again).
+NEW_PASSWORD_TRIES = 3
+
+
+def _ask_new_password(prompt: str, user: str | None) -> str:
+    from securecomm.cli.context import warn
+    from securecomm.store.passwords import check_policy
+
+    for attempt in range(1, NEW_PASSWORD_TRIES + 1):
+        password = click.prompt(prompt, hide_input=True, err=True)
+        try:
+            check_policy(password, user)  # before asking again: a refused password is not typed twice
+            if click.prompt(f"repeat {prompt}", hide_input=True, err=True) != password:
+                raise UsageError("the two passwords differ")
+        except UsageError as e:
+            if attempt == NEW_PASSWORD_TRIES:
+                raise
+            warn(e.message)  # and the prompt again
+            continue
+        return password
+    raise AssertionError("unreachable")
 
 
 def open_db(state: State, db: str | None, *, create: bool = False) -> Any:
