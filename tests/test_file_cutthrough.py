@@ -103,7 +103,7 @@ def _notice_id(home: Path) -> str | None:
     r = sc(home, "inbox")
     assert r.returncode == 0, r.stderr
     text = r.stdout.decode()
-    return text.rsplit("securecomm fetch ", 1)[1].split()[0] if "securecomm fetch " in text else None
+    return text.rsplit(" fetch ", 1)[1].split()[0] if " fetch " in text else None
 
 
 def _send_held(homes: dict, relay: HoldingRelay, src: Path) -> subprocess.Popen:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 
 import pytest
@@ -39,7 +40,9 @@ def test_send_inbox_fetch_round_trip(world):
     assert stored.exists() and body[:4096] not in stored.read_bytes()  # the server holds ciphertext only
     r = sc(homes["bob"], "inbox")
     assert r.returncode == 0, r.stderr
-    assert f"[file] report 2026.bin (3.0 MiB): securecomm fetch {sent['file_id']}" in r.stdout.decode()
+    # the fetch to type next names the --home the user gave (the new-user check: it did not, and so failed)
+    home = shlex.quote(str(homes["bob"]))
+    assert f"[file] report 2026.bin (3.0 MiB): securecomm --home {home} fetch {sent['file_id']}" in r.stdout.decode()
     out = tmp / "got.bin"
     r = sc(homes["bob"], "fetch", sent["file_id"], "-o", str(out))
     assert r.returncode == 0, r.stderr
@@ -225,7 +228,7 @@ def test_chat_send_file_in_the_background(world):
             tmux.wait_for(u, "joined #lobby")
         tmux.type("alice", f"/send bob {src}")
         tmux.wait_for("alice", "stored for bob", timeout=60)
-        screen = tmux.wait_for("bob", "[file] notes.txt (2.0 MiB): securecomm fetch", timeout=30)
+        screen = tmux.wait_for("bob", "[file] notes.txt (2.0 MiB): securecomm --home", timeout=30)
         assert "\u2713" in screen
     finally:
         tmux.kill()
@@ -287,7 +290,7 @@ def test_a_file_that_grows_while_it_is_sent_is_refused_before_the_server_complet
     assert got["warned"] == ["bob was told about this file; its unfinished upload was cancelled"]
     assert [p.name for p in (srv.home / "files").iterdir() if not p.name.startswith("files.db")] == []
     r = sc(homes["bob"], "inbox")
-    file_id = r.stdout.decode().rsplit("securecomm fetch ", 1)[1].split()[0]
+    file_id = r.stdout.decode().rsplit(" fetch ", 1)[1].split()[0]
     out = tmp / "small.out"
     r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
     assert r.returncode == 3 and not out.exists(), r.stderr

@@ -92,7 +92,7 @@ def test_the_senders_other_device_sees_it_as_sent_and_does_not_fetch(world):
     (shown,) = _inbox(homes["alice2"])
     assert shown["from"] == "alice" and shown["to"] == "carol"
     assert shown["file"]["id"] == file_id and shown["file"]["fetch"] is False
-    assert "sent to carol from another device" in shown["body"] and "securecomm fetch" not in shown["body"]
+    assert "sent to carol from another device" in shown["body"] and " fetch " not in shown["body"]
     assert list(homes["alice2"].rglob(f"{file_id}*")) == []  # no notice saved: no file key on that device
     r = sc(homes["alice2"], "fetch", file_id)
     assert r.returncode == 3 and b"no received file" in r.stderr
@@ -197,7 +197,7 @@ def test_a_file_to_yourself_goes_to_your_other_device(world):
     (own,) = _inbox(homes["alice"])
     assert "sent to alice from this device" in own["body"] and own["file"]["fetch"] is False
     (other,) = _inbox(homes["alice2"])
-    assert other["body"].endswith(f"securecomm fetch {file_id}")
+    assert other["body"].endswith(f" fetch {file_id}") and f"securecomm --home {homes['alice2']}" in other["body"]
     r = sc(homes["alice2"], "fetch", file_id, "-o", str(tmp / "got.bin"))
     assert r.returncode == 0, r.stderr
     assert (tmp / "got.bin").read_bytes() == body

@@ -105,7 +105,8 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
         lines: asyncio.Queue[Command | None] = asyncio.Queue()  # parsed by cli/slash.py as typed
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # leave the way /quit does
             loop.add_signal_handler(sig, leave, sig == signal.SIGINT, lines)
-        session = ChatSession(state.paths, identity, profile.user, room, show, server=server, ca=ca, pin=pin)
+        session = ChatSession(state.paths, identity, profile.user, room, show, server=server, ca=ca, pin=pin,
+                              command=state.command)
         if tty:
             await _on_terminal(session.run(lines), lines, leave)
         else:

@@ -270,7 +270,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
             from securecomm.client.files import shown_body
 
             # a file: saved for `fetch ID` (not our own copy of one we sent: nothing to fetch here)
-            body, notice, sent_to = shown_body(state.paths, ev, identity)
+            body, notice, sent_to = shown_body(state.paths, ev, identity, state.command)
             if as_json:
                 import json
 

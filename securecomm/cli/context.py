@@ -29,6 +29,16 @@ class State:
             self._paths = Paths.resolve(self.home)
         return self._paths
 
+    @property
+    def command(self) -> str:
+        """`securecomm`, with the --home this run was given (unless SECURECOMM_HOME says the same), for
+        commands shown to the user to type next: a hint without it works on another home."""
+        import shlex
+
+        if self.home and os.environ.get("SECURECOMM_HOME") != self.home:
+            return f"securecomm --home {shlex.quote(self.home)}"
+        return "securecomm"
+
 
 pass_state = click.make_pass_decorator(State, ensure=True)
 

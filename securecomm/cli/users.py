@@ -456,14 +456,9 @@ def _confirm_reset(name: str) -> None:
 
 def _login_command(state: State, name: str, identity_name: str) -> str:
     """The `user login` to run again on this device, with the --home and --identity it used."""
-    import os
     import shlex
 
-    home = state.home
-    parts = ["securecomm"]
-    if home and os.environ.get("SECURECOMM_HOME") != home:
-        parts += ["--home", shlex.quote(home)]
-    parts += ["user", "login", shlex.quote(name.lower())]
+    parts = [state.command, "user", "login", shlex.quote(name.lower())]
     if identity_name != "default":
         parts += ["--identity", shlex.quote(identity_name)]
     return " ".join(parts)

@@ -150,8 +150,9 @@ def _reason(e: SecurecommError) -> str:
 class ChatSession:
     def __init__(self, paths: Any, identity: PrivateIdentity, user: str, room: str,
                  emit: Callable[[Any], None], *, server: str | None = None, ca: str | None = None,
-                 pin: str | None = None) -> None:
+                 pin: str | None = None, command: str = "securecomm") -> None:
         self.paths, self.identity, self.user, self.room = paths, identity, user, room
+        self.command = command  # `securecomm` with the user's --home, for the commands shown
         #: --server/--ca/--pin of `chat`, used on every (re)connect; None: the saved profile's.
         self.server, self.ca, self.pin = server, ca, pin
         self.emit = emit
@@ -175,7 +176,7 @@ class ChatSession:
             self.changed.set()
         if isinstance(ev, DirectMessage):
             # a file notice is saved for `fetch ID` (not our own copy of a file we sent) and shown as a line
-            body, _, _ = shown_body(self.paths, ev, self.identity)
+            body, _, _ = shown_body(self.paths, ev, self.identity, self.command)
             if body is not ev.body:
                 ev = dataclasses.replace(ev, body=body)
         self.emit(ev)

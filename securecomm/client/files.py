@@ -720,14 +720,14 @@ def sent_copy(ev: Any, me: PrivateIdentity) -> str | None:
     return str(ev.sender) if ev.device is not None and ev.device == me.public.line else None
 
 
-def describe(notice: FileNotice, sent_to: str | None = None, here: bool = False) -> str:
+def describe(notice: FileNotice, sent_to: str | None = None, here: bool = False, command: str = "securecomm") -> str:
     """The line inbox and chat show for a received file (the name is escaped by the caller's printer);
     for our own copy of a file we sent (`sent_to`), where it went and from which device: nothing to
     fetch on this device."""
     head = f"[file] {notice.name} ({human_size(notice.size)})"
     if sent_to is not None:
         return f"{head}: sent to {sent_to} from {'this' if here else 'another'} device"
-    return f"{head}: securecomm fetch {notice.file_id.hex()}"
+    return f"{head}: {command} fetch {notice.file_id.hex()}"
 
 
 # -- the two commands, end to end (cli/files.py parses options and draws the bars) -------------
@@ -976,9 +976,11 @@ class NoticeRefused(SecurecommError):
     """A file notice that is not shown as one (see received_notice); its message is the line to show."""
 
 
-def shown_body(paths: Any, ev: Any, me: PrivateIdentity) -> tuple[bytes, FileNotice | None, str | None]:
+def shown_body(paths: Any, ev: Any, me: PrivateIdentity,
+               command: str = "securecomm") -> tuple[bytes, FileNotice | None, str | None]:
     """What inbox and chat show for a direct message: (body, the file notice or None, sent_to), the
-    notice saved for `fetch` unless it is our own copy of a file we sent."""
+    notice saved for `fetch` unless it is our own copy of a file we sent; `command` starts the fetch
+    line (with the --home the user gave)."""
     sent_to = sent_copy(ev, me)
     try:
         notice = received_notice(paths, ev.sender, ev.body, ev.device, sent_to)
@@ -986,4 +988,4 @@ def shown_body(paths: Any, ev: Any, me: PrivateIdentity) -> tuple[bytes, FileNot
         return e.message.encode(), None, sent_to
     if notice is None:
         return ev.body, None, sent_to
-    return describe(notice, sent_to, here=not ev.to).encode(), notice, sent_to
+    return describe(notice, sent_to, here=not ev.to, command=command).encode(), notice, sent_to
