@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import ssl
 import struct
 
@@ -394,6 +395,15 @@ def test_a_user_list_over_the_frame_limit_is_refused_not_internal(tmp_path):
         srv.stop(signal.SIGKILL)
 
 
+def held(srv: ServerProc) -> int:
+    """One-time prekeys the server holds, all devices (read with sqlite3 itself)."""
+    con = sqlite3.connect(srv.home / "securecomm.db")
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM prekeys WHERE kind = 1").fetchone()[0])
+    finally:
+        con.close()
+
+
 def test_a_device_answer_over_the_frame_limit_is_refused_and_the_server_warns_at_start(tmp_path):
     """The attacker's check: under --max-frame 4096 a prekey claim's answer (about 5.8 KiB per device)
     did not fit: 'internal server error', the connection dropped, every `send --to` failed so."""
@@ -403,9 +413,11 @@ def test_a_device_answer_over_the_frame_limit_is_refused_and_the_server_warns_at
     try:
         assert "--max-frame 4096 is below 65536" in srv.log
         homes = users_logged_in(srv, tmp_path)
+        before = held(srv)
         r = sc(homes["alice"], "send", "--to", "bob", "hello")
         assert r.returncode == 9, r.stderr  # refused as too large (README's exit codes), not internal (1)
         assert b"the answer to 'prekeys_claim' is larger than this server's frame limit (4096 bytes)" in r.stderr
         assert "internal" not in srv.log.lower() and b"Traceback" not in r.stderr
+        assert held(srv) == before  # the refused claim used no prekey (before: one of each of bob's devices)
     finally:
         srv.stop(signal.SIGKILL)

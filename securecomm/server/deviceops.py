@@ -33,8 +33,8 @@ from securecomm.errors import (
     ReplayedPrekeyError,
     SecurecommError,
 )
-from securecomm.store.devices import DeviceStore
-from securecomm.wire.messages import OPAQUE_TEXTS, ErrorCode
+from securecomm.store.devices import Claimed, DeviceStore
+from securecomm.wire.messages import OPAQUE_TEXTS, ErrorCode, Result
 
 #: Claims per minute by one account, sustained: every direct message claims one prekey per
 #: recipient device, so this is a writing pace (one a second), and it bounds how fast one account
@@ -81,6 +81,8 @@ class Caller:
     user: str
     device: PublicIdentity | None  # the device key proved in this connection, if any
     proved_password: bool = False
+    #: The largest frame the session may be sent (--max-frame); None: no limit (tests of the ops alone).
+    max_frame: int | None = None
 
 
 @dataclass(frozen=True)
@@ -310,15 +312,25 @@ class DeviceOps:
         skip = caller.device.fingerprint if caller.device is not None and uid == caller.user_id else None
         # `devices`: only these (a room key goes to the devices in the room, not to every device of a member)
         only = set(_hex_list(args, "devices", D.MAX_DEVICES)) if args.get("devices") is not None else None
+        def answer(claimed: list[Claimed]) -> dict[str, Any]:
+            return dict(directory, certs=[c.cert.hex() for c in claimed], prekeys=[c.prekey.hex() for c in claimed])
+
+        def fits(claimed: list[Claimed]) -> None:
+            # checked before the claim commits: an answer refused for its size must not use up prekeys (21:
+            # the type byte and room for the longest rid)
+            # (attacker's check: under a small --max-frame each refused try took one from every device)
+            if caller.max_frame is not None and 21 + len(Result(0, answer(claimed)).encode_body()) > caller.max_frame:
+                raise OpError(ErrorCode.TOO_LARGE, f"the answer to 'prekeys_claim' is larger than this server's "
+                              f"frame limit ({caller.max_frame} bytes); its operator should raise --max-frame")
+
         claimed = self.store.claim(uid, skip=skip, one_time_ok=lambda device: self._one_time_ok(caller.user_id, device),
-                                   only=only)
+                                   only=only, check=fits)
         notices = []
         for c in claimed:
             device_id = D.DeviceCert.decode(c.cert).device_id
             if c.kind == K.ONE_TIME and self.store.available(device_id) == K.REFILL_BELOW - 1:
                 notices.append(Notice(uid, "prekeys_low", {}, device_id))
-        directory.update(certs=[c.cert.hex() for c in claimed], prekeys=[c.prekey.hex() for c in claimed])
-        return Outcome(directory, notices)
+        return Outcome(answer(claimed), notices)
 
     def _one_time_ok(self, claimer: int, device: bytes) -> bool:
         """Budgets of one-time prekeys (attack F2: two accounts drained a user's prekeys in 0.1 s):

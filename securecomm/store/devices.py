@@ -238,11 +238,13 @@ class DeviceStore:
 
     def claim(self, user_id: int, skip: bytes | None = None,
               one_time_ok: Callable[[bytes], bool] = lambda _: True,
-              only: set[bytes] | None = None) -> list[Claimed]:
+              only: set[bytes] | None = None,
+              check: Callable[[list[Claimed]], None] = lambda _: None) -> list[Claimed]:
         """One prekey for each listed device of `user_id` but `skip` (the claimant's own device), and
         with `only`, for those of them in it:
         its lowest one-time prekey, deleted here, else its last-resort prekey. `one_time_ok(device)`
-        is asked before a one-time prekey is handed out (the server's budgets); False: last resort."""
+        is asked before a one-time prekey is handed out (the server's budgets); False: last resort.
+        `check(claimed)` runs before the commit: what it raises undoes the claim."""
         out = []
         with self._transaction():
             for device_id, cert in self.db.execute(
@@ -264,6 +266,7 @@ class DeviceStore:
                     if gone != 1:  # taken meanwhile (cannot happen inside the transaction): never hand it out
                         raise ReplayedPrekeyError("a one-time prekey was claimed twice")
                 out.append(Claimed(bytes(cert), bytes(row[2]), int(row[0])))
+            check(out)
         return out
 
     # -- pairing ---------------------------------------------------------------------------
