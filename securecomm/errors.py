@@ -130,6 +130,10 @@ class ChangedKeyError(IntegrityError):
     """a contact's key has changed"""
 
 
+class DowngradeError(IntegrityError):
+    """a server answered an older protocol than this client offered, or without the devices it needs"""
+
+
 class WrongRecipientError(IntegrityError):
     """the envelope is addressed to another recipient"""
 

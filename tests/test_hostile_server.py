@@ -13,6 +13,8 @@ import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,22 @@ from securecomm.crypto.integrity import sha256
 from securecomm.net.tls import server_context
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import FrameDecoder
-from tests.conftest import run_entry
+from tests.conftest import run_entry as run_product
+
+#: The CLI as a client that offers protocol version 1 only. The fake server here speaks version 1 (what
+#: a server says is the same in both versions for most of these checks, and version 1 needs no device
+#: ops faked); the product's client offers only 2 and refuses this server (the downgrade tests below).
+V1_CLIENT = ("import sys; from securecomm.client.connection import Client; Client.versions = (1,); "
+             "from securecomm.cli.main import main; sys.argv[0] = 'securecomm'; main()")
+
+
+def run_entry(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """The CLI in a subprocess, as run_product, but offering version 1 (V1_CLIENT)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "SECURECOMM_HOME"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", V1_CLIENT, *args], input=input, capture_output=True, env=full_env,
+                          timeout=timeout, check=False)
 
 EVIL = "\x1b]0;pwned\x07\x1b[2J"
 #: Bytes a terminal obeys: ESC, BEL, CSI (as UTF-8 of U+009B), and the other C0 controls bar newline.
@@ -50,6 +67,7 @@ class HostileServer:
         self.hello_identity = ""  # a SERVER_HELLO identity to send instead of the real one
         self.user_line = ""  # the identity line the client registered (a member entry needs a real one)
         self.withhold_receipts = False  # answer a DIRECT with nothing at all
+        self.version = 1  # the version SERVER_HELLO names, whatever the client offered
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -88,7 +106,7 @@ class HostileServer:
 
     def answer(self, ev: Any) -> list[Any]:
         if isinstance(ev, P.Hello):
-            return [P.ServerHello(P.SUPPORTED_VERSIONS[0], self.hello_identity or self.identity.public.line,
+            return [P.ServerHello(self.version, self.hello_identity or self.identity.public.line,
                                   os.urandom(32))]
         if isinstance(ev, P.LoginPassword | P.LoginKey):
             if isinstance(ev, P.LoginPassword) and ev.identity:
@@ -304,10 +322,11 @@ def test_chat_skips_a_bad_member_entry_with_a_warning(hostile, home):
     assert_no_raw_controls(out)
 
 
-def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, home):
+def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, home, monkeypatch):
     import asyncio
 
     from securecomm.cli.context import State
+    from securecomm.client.connection import Client
     from securecomm.client.events import Alert, Membership
     from securecomm.client.login import connect_profile
     from securecomm.client.messenger import Messenger
@@ -321,6 +340,7 @@ def test_room_events_with_a_bad_name_or_key_are_skipped_and_counted(hostile, hom
                            P.RoomEvent("lobby", "joined", "carol", carol.line)]  # and one good member after them
     state = State(home=str(home))
     me = ident.load(state.paths.identity_key("default"))
+    monkeypatch.setattr(Client, "versions", (1,))  # as V1_CLIENT
 
     async def go() -> list:
         events: list = []
@@ -422,3 +442,39 @@ def test_chat_writes_no_colour_codes_to_a_pipe(hostile, home):
     assert result.returncode == 0, result.stderr
     assert b"skipped bob in #lobby" in result.stdout + result.stderr
     assert b"\x1b[" not in result.stdout, result.stdout
+
+
+# -- downgrade (attacker's check): the product's client speaks version 2 only ----------------------------
+def _product_login(home: Path, server: HostileServer):
+    return run_product("--home", str(home), "user", "login", "alice", "--server", server.address, "--ca",
+                       str(server.ca), "--password-stdin", input=b"correct horse battery\n")
+
+
+def test_a_server_that_answers_version_1_is_refused(hostile, home):
+    """The client offered [1, 2]: a server (or anyone with its certificate) answering 1 had a device
+    with a user key seal to keys from `lookup` (the attacker read them) and show its forgeries as ✓."""
+    server = hostile("alice")
+    refused = _product_login(home / "fresh", server)
+    assert refused.returncode == 6, refused.stderr
+    assert refused.stderr.decode().splitlines() == [
+        f"securecomm: error: {server.address} answered protocol version 1, which this client did not offer (it "
+        "speaks 2): refused; a server, or anyone between, that picks an older version could read and forge messages",
+        "securecomm: hint: do not use this server; tell its operator (a securecomm server always answers version 2 "
+        "with devices)"]
+    assert not (home / "fresh" / "profile.json").exists()
+    # a home logged in there by a client that offered 1 (before this fix, ours) is refused at every command
+    assert login(home, server).returncode == 0
+    for args in (("status",), ("send", "--to", "bob", "hi"), ("inbox",)):
+        r = run_product("--home", str(home), *args)
+        assert r.returncode == 6 and b"answered protocol version 1" in r.stderr, (args, r.stderr)
+
+
+def test_a_version_2_login_without_devices_is_refused(hostile, home):
+    """The same downgrade inside version 2: LOGIN_OK without `prekeys` made the client take the server
+    for one without devices, and seal to `lookup` keys."""
+    server = hostile("alice")
+    server.version = 2
+    refused = _product_login(home, server)
+    assert refused.returncode == 6, refused.stderr
+    assert b"logged this device in without devices and forward secrecy" in refused.stderr, refused.stderr
+    assert not (home / "profile.json").exists()

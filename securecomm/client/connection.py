@@ -23,6 +23,7 @@ from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import (
     AuthError,
     DeviceRemovedError,
+    DowngradeError,
     FilePermissionError,
     IntegrityError,
     KeyReplaceError,
@@ -109,6 +110,11 @@ def error_from(ev: P.Error) -> SecurecommError:
 
 
 
+#: What to do about a DowngradeError: nothing here is the user's to fix.
+DOWNGRADE_HINT = ("do not use this server; tell its operator (a securecomm server always answers version 2 "
+                  "with devices)")
+
+
 class Client:
     #: The protocol versions offered in HELLO; a benchmark's version-1 baseline sets (1,) on the class.
     versions: tuple[int, ...] = P.CLIENT_VERSIONS
@@ -155,6 +161,11 @@ class Client:
         self._write(P.Hello(versions=self.versions))
         hello = await self._wait(self._hello_waiter)
         assert isinstance(hello, P.ServerHello)
+        if hello.version not in self.versions:
+            raise DowngradeError(f"{self.host}:{self.port} answered protocol version {hello.version}, which this "
+                                 f"client did not offer (it speaks {', '.join(map(str, self.versions))}): refused; "
+                                 "a server, or anyone between, that picks an older version could read and forge "
+                                 "messages", hint=DOWNGRADE_HINT)
         self.server_hello = hello
         self.max_send = hello.max_frame
         try:
@@ -359,7 +370,8 @@ class Client:
         fut = self._expect("login")
         self._write(P.LoginPassword(user, password, identity.public.line if identity else None,
                                     self._register_proof(user, identity) if identity else None, replace_key))
-        self.login = await self._wait(fut)
+        ok = await self._wait(fut)
+        self.login = self._with_devices(ok) if identity is not None else ok
         self._keep_alive()
         return self.login
 
@@ -374,9 +386,19 @@ class Client:
                                         user.lower())
         fut = self._expect("login")
         self._write(P.LoginKey(user, identity.sign(transcript)))
-        self.login = await self._wait(fut)
+        self.login = self._with_devices(await self._wait(fut))
         self._keep_alive()
         return self.login
+
+    def _with_devices(self, ok: P.LoginOk) -> P.LoginOk:
+        """A key login (or a password login that registers a key) in a version-2 session is a device:
+        its LOGIN_OK carries `prekeys` (docs/PROTOCOL.md 6.7). One without it would have the client
+        seal to the server's `lookup` keys and accept mail under them (version 1's way): refused."""
+        if self.server_hello is not None and self.server_hello.version >= 2 and ok.prekeys is None:
+            raise DowngradeError(f"{self.host}:{self.port} logged this device in without devices and forward "
+                                 "secrecy (LOGIN_OK without prekeys in a version-2 session): refused; it could read "
+                                 "and forge messages", hint=DOWNGRADE_HINT)
+        return ok
 
     # -- messages ----------------------------------------------------------------------
     def seal_for_server(self, body: bytes, identity: PrivateIdentity) -> bytes:
