@@ -297,3 +297,53 @@ def test_logging_in_again_before_the_approval_keeps_the_device_name(world, tmp_p
     assert r.returncode == 0 and b"device kitchen tablet asks to join" in r.stdout, r.stdout
     assert login(tablet, srv, "alice").returncode == 0
     assert "kitchen tablet" in [row["name"] for row in _rows(homes["alice"])]
+
+
+def test_a_running_session_notices_a_contact_who_reset_their_user_key_from_the_same_device(world):
+    """The new-user check (security): bob's long `chat` / `inbox --follow` got mail from alice's laptop;
+    alice then reset her user key from that laptop (its device id stays) and wrote again: shown with a
+    tick under the old key, for good, because the sender's list was asked again only for an unknown
+    device. Now it is asked again once older than SENDER_LIST_TTL (0 here: the test waits on events)."""
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.client.events import Alert, DirectMessage
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import Messenger
+    from securecomm.crypto import identity as ident
+
+    srv, homes = world
+    state = State(home=str(homes["bob"]))
+    me = ident.load(state.paths.identity_key("default"))
+
+    async def until(events: list, found, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not any(found(e) for e in events):
+            assert asyncio.get_running_loop().time() < deadline, (what, events)
+            await asyncio.sleep(0.05)
+
+    async def go() -> list:
+        events: list = []
+        client, _ = await connect_profile(state.paths, me)
+        m = Messenger(client, me, "bob", state.paths, events.append)
+        pump = asyncio.create_task(m.run())
+        try:
+            await asyncio.to_thread(lambda: sc(homes["alice"], "send", "--to", "bob", "before"))
+            await until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"before", "before")
+            assert m.devices is not None
+            m.devices.sender_ttl = 0
+            r = await asyncio.to_thread(lambda: login(homes["alice"], srv, "alice", PASSWORD, "--reset-user-key",
+                                                      "--yes"))
+            assert r.returncode == 0, r.stderr
+            r = await asyncio.to_thread(lambda: sc(homes["alice"], "send", "--to", "bob", "after the reset"))
+            assert r.returncode == 0, r.stderr
+            await until(events, lambda e: isinstance(e, Alert) and e.held, "held back")
+            return events
+        finally:
+            pump.cancel()
+            await client.close()
+
+    events = asyncio.run(go())
+    assert not any(isinstance(e, DirectMessage) and e.body == b"after the reset" for e in events), events
+    held = next(e for e in events if isinstance(e, Alert) and e.held)
+    assert held.text.startswith("message from alice held back:") and "CHANGED" in held.text, held.text

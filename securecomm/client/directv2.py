@@ -66,6 +66,11 @@ if TYPE_CHECKING:
 #: How long our own device list is trusted before it is asked again (whether we have other devices
 #: to copy a sent message to): a device added meanwhile gets copies from then on.
 OWN_LIST_TTL = 60.0
+#: How long a contact's verified device list is used to check their mail before it is asked again. A
+#: contact who resets their user key from a device they keep sends from a device id this session
+#: knows: before, the list was asked again only for an unknown device, so a long `chat` or `inbox
+#: --follow` showed their mail with a tick, under the old key, for good (the new-user check).
+SENDER_LIST_TTL = 10.0
 #: How long a claim that found only last-resort prekeys is reused for the next messages to the same
 #: user: within it a new claim would hand out the same keys. Short, because a device added meanwhile
 #: is missed until the next claim (a burst of messages, not a conversation).
@@ -128,7 +133,8 @@ class DeviceDirectory:
         #: user -> (when started, the claim ahead and the check of the message before it (no entry for
         #: a user once that check sent copies: the claim is spent), an event that starts it now).
         self._ahead: dict[str, tuple[float, asyncio.Future[dict[str, Directory | None]], asyncio.Event]] = {}
-        self.senders: dict[str, list[D.DeviceCert]] = {}
+        self.senders: dict[str, tuple[float, list[D.DeviceCert]]] = {}  # name -> (when asked, devices)
+        self.sender_ttl = SENDER_LIST_TTL
         self.recipients: dict[str, list[PublicIdentity]] = {}
         self._own: tuple[float, list[D.DeviceCert]] | None = None
         self._last_resort_only: dict[str, tuple[float, Directory]] = {}
@@ -173,12 +179,14 @@ class DeviceDirectory:
         return self._own[1]
 
     async def sender_devices(self, client: Client, name: str, device_id: bytes) -> list[D.DeviceCert]:
-        """`name`'s listed devices, asked again once when `device_id` is not among those cached."""
-        listed = self.senders.get(name)
-        if listed is None or not any(c.device_id == device_id for c in listed):
+        """`name`'s listed devices, asked again when `device_id` is not among those cached or the
+        cached list is older than `sender_ttl` (a changed user key then raises here)."""
+        cached = self.senders.get(name)
+        if cached is None or time.monotonic() - cached[0] > self.sender_ttl \
+                or not any(c.device_id == device_id for c in cached[1]):
             listed = self.verify(name, Directory.parse(await client.request("device_list", user=name)))
-            self.senders[name] = listed
-        return listed
+            self.senders[name] = cached = (time.monotonic(), listed)
+        return cached[1]
 
     def forget(self, name: str | None = None) -> None:
         """A device was added or removed (NOTICE), or refused a copy: ask the server again next time.
