@@ -37,6 +37,10 @@ class NotFoundError(SecurecommError):
     exit_code = 3
 
 
+class FileGoneError(NotFoundError):
+    """the server has no such file (file_get refused): unlike a local NotFoundError, the file's key can go"""
+
+
 class FilePermissionError(SecurecommError):
     """a file has unsafe permissions, or the operation is not permitted"""
 

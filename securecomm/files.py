@@ -221,7 +221,8 @@ def check_output(path: Path, *, force: bool) -> None:
         raise ExistsError(f"{path} already exists",
                           hint=f"use --force to replace it (the old file is kept as {backup_name(path).name})")
     if not path.parent.is_dir():
-        raise NotFoundError(f"folder {path.parent} does not exist", hint="create it first, or name another -o")
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise NotFoundError(f"folder {path.parent} {what}", hint="create it first, or name another -o")
 
 
 class AtomicOutput:

@@ -358,3 +358,22 @@ def test_a_second_notice_for_a_known_file_id_cannot_replace_the_first(world):
     r = sc(homes["bob"], "fetch", file_id, "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == body
+
+
+def test_a_mistyped_output_folder_keeps_the_files_key(world):
+    """The attacker's and the new user's checks (data loss): `fetch ID -o missing/x` failed locally with
+    a NotFoundError, taken for the server's "no such file": the notice (the file's only key) was
+    deleted and every later fetch said the file was gone, while the server still held it."""
+    srv, homes, tmp = world
+    src = tmp / "keep.bin"
+    body = os.urandom(100_000)
+    src.write_bytes(body)
+    file_id = _send(homes, src)["file_id"]
+    assert sc(homes["bob"], "inbox").returncode == 0
+    (tmp / "note.txt").write_bytes(b"a file, not a folder")
+    for wrong, said in ((tmp / "missing" / "x", "does not exist"), (tmp / "note.txt" / "x", "is not a folder")):
+        r = sc(homes["bob"], "fetch", file_id, "-o", str(wrong))
+        assert r.returncode == 3 and f"folder {wrong.parent} {said}".encode() in r.stderr, r.stderr
+    r = sc(homes["bob"], "fetch", file_id, "-o", str(tmp / "keep.out"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp / "keep.out").read_bytes() == body

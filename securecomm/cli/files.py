@@ -124,14 +124,16 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     """
     from securecomm.client import files as F
     from securecomm.client.directory import Contacts
-    from securecomm.errors import ChangedKeyError, ExistsError, NotFoundError
+    from securecomm.errors import ChangedKeyError, ExistsError, FileGoneError
+    from securecomm.files import check_output
 
     sender_name, notice = F.load_notice(state.paths, file_id)
     out = Path(output) if output else Path(F.local_name(notice.name))
     if not output and out.name != notice.name:
         warn(f"the sender named this file {notice.name!r}; saving it as {out.name!r} (no leading dot from a peer)")
-    if out.exists() and not force:
+    if out.exists() and not out.is_dir() and not force:
         raise ExistsError(f"{out} already exists", hint="use -o PATH, or --force to replace it")
+    check_output(out, force=force)  # a mistyped -o fails here, before anything is asked of the server
     signer = F.notice_device(state.paths, file_id)  # version 2: the device that announced it, checked then
     if signer is None:
         contact = Contacts.load(state.paths.contacts).get(sender_name)
@@ -145,7 +147,9 @@ def fetch(state: State, file_id: str, output: str | None, force: bool, timeout: 
     try:
         digest = run_client(_terminable(F.fetch_file(connect, identity, notice, signer, out, force, timeout, warn,
                                                      _bar, account)))
-    except NotFoundError:  # not on the server, for good: its key goes (a hostile server only denies the file)
+    except FileGoneError:  # not on the server, for good: its key goes (a hostile server only denies the file);
+        # only the server's refusal: a local NotFoundError (a mistyped -o folder) threw the only key away
+        # (the attacker's and the new user's checks)
         F.forget_gone(state.paths, notice.file_id)
         raise
     F.forget_notice(state.paths, notice.file_id, out)

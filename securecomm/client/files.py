@@ -41,6 +41,7 @@ from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.crypto.stream import Piece
 from securecomm.errors import (
+    FileGoneError,
     IntegrityError,
     NetworkError,
     NotFoundError,
@@ -943,7 +944,7 @@ async def fetch_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIde
         try:
             await with_retry(connect, download, timeout, warn)
         except NotFoundError as e:  # file_get's refusal: the server's words say nothing about why
-            raise NotFoundError(f"file {notice.file_id.hex()} is not on the server: its sender cancelled the "
+            raise FileGoneError(f"file {notice.file_id.hex()} is not on the server: its sender cancelled the "
                                 f"upload, or it expired or was deleted", hint="ask the sender to send it again") from e
         finally:
             feed.stop()
