@@ -210,7 +210,16 @@ def test_passwd_removes_the_key_unless_keep_key(server, tmp_path):
     assert r.returncode == 0 and b"key removed" in r.stderr
     r = sc(bob, "send", "old key")  # whoever held the old password and key is out
     assert r.returncode == 5, r.stderr
-    assert login(bob, server, "bob", "purple tractor umbrella").returncode == 0
+    # the device still holds bob's user key and the server has no list now: a new user key is made only when
+    # asked for (attacker's check: it was made silently, as it would be for a server that lost or hid the list)
+    r = login(bob, server, "bob", "purple tractor umbrella")
+    assert r.returncode == 6, r.stderr
+    assert r.stderr.decode().splitlines()[-2:] == [
+        "securecomm: error: the server has no device list for bob, but this device holds bob's user key: the "
+        "server's operator reset the account's devices or restored an older backup, or the server is misbehaving",
+        "securecomm: hint: if the server's operator says so, make a new user key: securecomm user login bob "
+        "--reset-user-key (your contacts will see it change)"]
+    assert login(bob, server, "bob", "purple tractor umbrella", "--reset-user-key", "--yes").returncode == 0
     assert sc(bob, "send", "new password, key registered again").returncode == 0
 
 

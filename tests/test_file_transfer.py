@@ -364,7 +364,7 @@ def test_a_mistyped_output_folder_keeps_the_files_key(world):
     """The attacker's and the new user's checks (data loss): `fetch ID -o missing/x` failed locally with
     a NotFoundError, taken for the server's "no such file": the notice (the file's only key) was
     deleted and every later fetch said the file was gone, while the server still held it."""
-    srv, homes, tmp = world
+    _, homes, tmp = world
     src = tmp / "keep.bin"
     body = os.urandom(100_000)
     src.write_bytes(body)

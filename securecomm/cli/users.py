@@ -322,6 +322,7 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     """
 
     from securecomm.cli.context import load_identity
+    from securecomm.client.devicelogin import ListGoneError
     from securecomm.client.login import address_of, candidates, first_answer, saved_pin
     from securecomm.config import Profile, format_servers, parse_servers
     from securecomm.crypto import identity as ident
@@ -348,7 +349,7 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
     connected: list[Any] = []  # the client that logged in (its trust decides the pin saved)
     again = _login_command(state, name, identity_name)
 
-    async def go(replace: bool) -> tuple[Any, str, str | None, dict[str, Any]]:
+    async def go(replace: bool, reset_user_key: bool = reset_user_key) -> tuple[Any, str, str | None, dict[str, Any]]:
         client, ok = await first_answer(itertools.chain([first], clients),
                                         lambda c: c.login_password(name, password, me, replace_key=replace))
         connected.append(client)
@@ -372,6 +373,11 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust, replace_known=given_ca)
         first = next(clients)
         ok, address, server_identity, device = run_client(go(True))
+    except ListGoneError as e:
+        _confirm_new_user_key(name, e)
+        clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust, replace_known=given_ca)
+        first = next(clients)
+        ok, address, server_identity, device = run_client(go(replace_key, True))
     if len(parse_servers(server)) > 1:
         address = format_servers(server)  # the profile keeps the whole list
     user_name = server_user_name(ok.user)
@@ -443,6 +449,20 @@ def _device_name(given: str | None, identity_name: str, device_folder: Path) -> 
     return host
 
 
+def _confirm_new_user_key(name: str, e: SecurecommError) -> None:
+    """The server lost the account's device list while this device holds its user key: a new user key
+    only when the user says so (at a terminal), never on the server's word alone."""
+    hint = f"if the server's operator says so, make a new user key: securecomm user login {name.lower()} " \
+           "--reset-user-key (your contacts will see it change)"
+    if not stdin_is_tty():
+        e.hint = hint
+        raise e
+    click.echo(f"securecomm: {e.message}", err=True)
+    if not click.confirm(f"Make a new user key for {shown(name.lower())} (your contacts will see it change)?",
+                         default=False, err=True):
+        raise click.Abort  # "no": exit 130, nothing was changed
+
+
 def _confirm_reset(name: str) -> None:
     """--reset-user-key drops every other device and its mail, on the password alone: asked first."""
     question = (f"--reset-user-key makes a new user key for {shown(name.lower())}: every other device of the "
@@ -476,7 +496,7 @@ async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str, 
     Returns {"user_key": its fingerprint, or None} and, for a device waiting to be paired,
     "pairing_code" (or "pending" when the pairing could not be started)."""
     from securecomm.cli.context import info, warn
-    from securecomm.client.devicelogin import set_up_device
+    from securecomm.client.devicelogin import ListGoneError, set_up_device
     from securecomm.errors import SecurecommError
 
     result: dict[str, Any] = {"user_key": None}
@@ -489,7 +509,7 @@ async def _set_up_device(client: Any, keys: Any, me: Any, user: str, name: str, 
         elif done in ("pending", "old-key") or keys.user_key() is None:
             result.update(await _pairing(client, keys, me, user, name, again, listed=done == "old-key"))
     except SecurecommError as e:
-        if reset or isinstance(e, OldUserKeyError):
+        if reset or isinstance(e, OldUserKeyError | ListGoneError):
             raise
         if pending:
             result["pending"] = True

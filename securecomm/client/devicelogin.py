@@ -14,9 +14,13 @@ from typing import Any
 from securecomm.client import devicesetup as S
 from securecomm.client.devicemail import Directory
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.errors import FormatError, NotFoundError, PairingError
+from securecomm.errors import FormatError, IntegrityError, NotFoundError, PairingError
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
+
+
+class ListGoneError(IntegrityError):
+    """the server has no device list for an account this device holds the user key of"""
 
 
 async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user: str, name: str, *,
@@ -36,8 +40,15 @@ async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user
         current = None
     done = "listed"
     if current is None:
-        await client.request("device_list_publish", **S.first_device(user, me, name, keys, now_ms(),
-                                                                      reset=keys.user_key() is not None))
+        if keys.user_key() is not None:
+            # the server has no list, yet this device holds the account's user key: its operator removed
+            # the account's devices (user passwd --yes), restored an older backup, or it is misbehaving.
+            # A new user key is the user's decision, not the server's (attacker's check: it was made
+            # silently, the old one deleted)
+            raise ListGoneError(f"the server has no device list for {user}, but this device holds {user}'s user "
+                                "key: the server's operator reset the account's devices or restored an older "
+                                "backup, or the server is misbehaving")
+        await client.request("device_list_publish", **S.first_device(user, me, name, keys, now_ms()))
         done = "created"
     elif not current.device_list.has(me.public.fingerprint):
         return "pending"
