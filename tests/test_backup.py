@@ -159,3 +159,18 @@ def test_backup_into_a_missing_folder_or_onto_a_folder_is_a_named_error(srv, tmp
     assert b"Traceback" not in result.stderr and not (tmp_path / "nodir").exists()
     result = sc(srv.home, "backup", "--force", str(tmp_path))
     assert result.returncode == 2 and b"is a directory" in result.stderr  # Click's own check
+
+
+def test_backup_refuses_the_live_databases_own_files_even_with_force(srv, tmp_path):
+    """The attacker's check: `backup --force` onto securecomm.db swapped the file under the running server
+    (a user added afterwards could not log in), onto its -wal corrupted it, onto its .lock freed the lock
+    so that `restore` and a second `serve` went ahead. A symlink to one of them is the same file."""
+    db = srv.home / "securecomm.db"
+    (tmp_path / "link.db").symlink_to(db)
+    for target in (db, srv.home / "securecomm.db-wal", srv.home / "securecomm.db.lock", tmp_path / "link.db"):
+        before = target.read_bytes() if target.exists() else None
+        r = sc(srv.home, "backup", "--force", str(target))
+        assert r.returncode == 2, (target, r.stderr)
+        assert b"is one of the database's own files" in r.stderr and b"Traceback" not in r.stderr
+        assert (target.read_bytes() if target.exists() else None) == before or target.name.endswith("-wal")
+    assert is_live(db)  # the lock still held: restore and a second serve still refused

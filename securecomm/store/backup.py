@@ -24,7 +24,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from securecomm.errors import ExistsError, IntegrityError, NotFoundError
+from securecomm.errors import ExistsError, IntegrityError, NotFoundError, UsageError
 from securecomm.files import ensure_dir
 
 #: Tables every securecomm database has; a file without them is not one of ours.
@@ -123,12 +123,32 @@ def _publish(temp: Path, final: Path, force: bool) -> None:
         os.close(dir_fd)
 
 
+def _is_live_file(out: Path, db: Path) -> bool:
+    """Whether `out` is the database, one of SQLite's files beside it (-wal, -shm, -journal), its lock,
+    or a link to one of them (attacker's check: `backup --force` onto them swapped the database under a
+    running server, corrupted it through its WAL, or freed the lock so that `restore` and a second `serve`
+    went ahead)."""
+    live = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), db.with_name(db.name + "-journal"),
+            lock_path(db)]
+    target = out.resolve()
+    for path in live:
+        if path.resolve() == target:
+            return True
+        with contextlib.suppress(OSError):
+            if out.exists() and path.exists() and os.path.samefile(out, path):
+                return True
+    return False
+
+
 def backup(db: Path, out: Path, *, force: bool = False) -> int:
     """A consistent copy of a (possibly live) database at `out`; returns its size in bytes."""
     if not db.exists():
         raise NotFoundError(f"no database at {db}", hint="pass --db PATH, or the server's --home")
     if out.is_dir():
         raise ExistsError(f"{out} is a folder", hint=f"name a file in it, e.g. {out / 'securecomm.db'}")
+    if _is_live_file(out, db):
+        raise UsageError(f"{out} is one of the database's own files: a backup there would replace it under a "
+                         "running server", hint="name a file elsewhere, e.g. in /var/backups")
     if out.exists() and not force:
         raise ExistsError(f"{out} already exists", hint="pick another file, or pass --force to replace it")
     if not out.absolute().parent.is_dir():  # the new-user check: "internal error (FileNotFoundError)"
