@@ -137,6 +137,35 @@ def upload_grown(home: str, path: str) -> dict[str, Any]:
     return {"error": None, "warned": warned}
 
 
+def upload_rewritten(home: str, path: str) -> dict[str, Any]:
+    """send_file of a file whose last bytes are rewritten in place (the same size) after its first read."""
+    state, me = _me(home)
+
+    class Rewritten(io.FileIO):
+        touched = False
+
+        def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+            data = super().read(n)
+            if data and not self.touched:
+                self.touched = True
+                with open(path, "r+b") as w:
+                    w.seek(-10, os.SEEK_END)
+                    w.write(os.urandom(10))
+            return data
+
+    async def connect() -> Any:
+        return await connect_profile(state.paths, me)
+
+    warned: list[str] = []
+    with Rewritten(path, "rb") as f:
+        try:
+            asyncio.run(F.send_file(connect, me, state.paths, "bob", f, Path(path).name, 0, 30, warned.append,
+                                    _no_bar))
+        except SecurecommError as e:
+            return {"error": type(e).__name__, "message": e.message, "warned": warned}
+    return {"error": None, "warned": warned}
+
+
 def overlong(home: str, junk_chunks: str) -> dict[str, Any]:
     """A lying sender (attack check): a stream of exactly one FILE_PUT chunk, announced with its true size,
     but offered and uploaded with `junk_chunks` chunks of junk after it. bob's fetch gets the whole stream
@@ -195,4 +224,5 @@ def notice_to_bob(home: str, body_hex: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps({"fetch_cut": fetch_cut, "upload_cut": upload_cut, "upload_grown": upload_grown,
+                      "upload_rewritten": upload_rewritten,
                       "overlong": overlong, "notice_to_bob": notice_to_bob}[sys.argv[1]](*sys.argv[2:])))

@@ -377,3 +377,14 @@ def test_a_mistyped_output_folder_keeps_the_files_key(world):
     r = sc(homes["bob"], "fetch", file_id, "-o", str(tmp / "keep.out"))
     assert r.returncode == 0, r.stderr
     assert (tmp / "keep.out").read_bytes() == body
+
+
+def test_a_file_rewritten_in_place_while_it_is_sent_is_refused(world):
+    """The new-user check: bytes rewritten in place during a send (the size unchanged) reached bob as a
+    file that never existed, its start old and its end new, "signature and sha256 verified"."""
+    srv, homes, tmp = world
+    src = tmp / "rewritten.bin"
+    src.write_bytes(os.urandom(3_000_000))
+    got = _scenario("upload_rewritten", str(homes["alice"]), str(src))
+    assert got["error"] == "UsageError" and "changed while it was being sent" in got["message"], got
+    assert [p.name for p in (srv.home / "files").iterdir() if not p.name.startswith("files.db")] == []

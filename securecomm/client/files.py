@@ -305,6 +305,7 @@ def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: Target, pipe
     of the ciphertext: the early notice names none (docs/PROTOCOL.md 4.4), so `stream_sha256` is b""."""
     plain: list[tuple[int, bytes]] = []
     stream_size = 0
+    before = _version_of(src)
 
     def blocks() -> Iterator[bytes]:
         while block := src.read(READ_SIZE):
@@ -313,7 +314,20 @@ def seal_to_pipe(src: BinaryIO, name: str, me: PrivateIdentity, to: Target, pipe
     for piece in _stream_of(blocks(), me, to, key, lambda n, d: plain.append((n, d))):
         pipe.put(piece)
         stream_size += len(piece)
+    if _version_of(src) != before:  # the pipe holds the final byte back until sealing ended well (_sendable)
+        # bytes rewritten in place, the size unchanged, made a file that never existed, "verified" (new-user
+        # check); before, only a change of size was caught
+        raise UsageError("the file changed while it was being sent", hint="send it again once it is written")
     return Sealed(None, name, plain[0][0], plain[0][1], stream_size, b"", key)
+
+
+def _version_of(src: BinaryIO) -> tuple[int, ...] | None:
+    """What changes when a file is written: its size, times and inode (None: not a file we can stat)."""
+    try:
+        st = os.fstat(src.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 async def _next_event(client: Any, kinds: tuple[type, ...], timeout: float = STALL_TIMEOUT) -> Any:
