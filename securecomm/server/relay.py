@@ -242,7 +242,7 @@ class Relay:
     def _mailbox_full(self, s: Session, msg_id: bytes, to_id: int, why: str) -> None:
         to = self.store.read().get_user_by_id(to_id)
         name = to.name if to is not None else "the recipient"
-        log.info("%s direct message to %s refused: %s", s.label(), name, why)
+        log.info("%s direct message refused: %s", s.label(), why)  # no recipient: who writes to whom is not logged
         s.error(P.ErrorCode.MAILBOX_FULL, f"{name}'s {why}; nothing was stored, and nothing already stored "
                 "was dropped", msg_id=msg_id)
 
@@ -286,7 +286,7 @@ class Relay:
                 # to the sender's sessions on every relay (the bus reaches the ones elsewhere)
                 self.bus.publish_user(taken.sender_id, P.encode_event(receipt, self.config.max_frame))
             else:
-                log.warning("%s rejected direct message %s (failed verification)", s.label(), taken.msg_id.hex())
+                log.warning("%s rejected a direct message (failed verification)", s.label())  # no id, no sender
         if s.mailbox.backlog and not s.mailbox.outstanding:
             self.offer_pending(s)
 

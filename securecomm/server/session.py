@@ -192,8 +192,8 @@ class Mailbox:
             # Stored before intake checked the relayed size, or under a larger --max-frame. It stays
             # stored (a larger limit delivers it) but must never stop this user's logins (issue 2).
             self.outstanding.discard(item.seq)
-            log.error("%s message %d from %s not delivered: larger than --max-frame once framed",
-                      self.session.label(), item.seq, item.sender)
+            log.error("%s message %d not delivered: larger than --max-frame once framed", self.session.label(),
+                      item.seq)  # not its sender: the label names the recipient, and who writes to whom is not logged
 
     def acked(self, seq: int) -> None:
         self.outstanding.discard(seq)
