@@ -478,3 +478,19 @@ def test_a_version_2_login_without_devices_is_refused(hostile, home):
     assert refused.returncode == 6, refused.stderr
     assert b"logged this device in without devices and forward secrecy" in refused.stderr, refused.stderr
     assert not (home / "profile.json").exists()
+
+
+def test_a_flood_of_bad_messages_is_counted_not_printed_each(hostile, home):
+    """The attacker's check: 300 junk DELIVERs printed 300 REJECTED lines; now the first 5, then a
+    count at 10, 100...; the summary still counts every one."""
+    server = hostile("alice")
+    assert login(home, server).returncode == 0
+    server.results["lookup"] = {"user": "bob", "identity": server.peer.line}
+    server.results["who"] = {"members": []}
+    server.after_login = [P.Deliver(i, 0, "bob", b"SCE1" + os.urandom(300)) for i in range(1, 31)]
+    result = run_entry("--home", str(home), "inbox", timeout=45)
+    assert result.returncode == 6, result.stderr
+    lines = result.stderr.decode().splitlines()
+    assert sum("REJECTED a message claiming to be from bob" in line for line in lines) == 6, lines
+    assert sum("10 messages rejected so far" in line for line in lines) == 1, lines
+    assert "securecomm: error: 30 message(s) failed verification and were not printed" in lines, lines

@@ -95,6 +95,8 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
     tty = sys.stdin.isatty() and sys.stdout.isatty()
 
     def show(ev: Any) -> None:
+        if getattr(ev, "quiet", False):  # an Alert counted, not printed (a flood)
+            return
         # wrapped at the width of now (the window may have been resized); under patch_stdout: above
         # the line being typed
         line = render(ev, profile.user, shutil.get_terminal_size().columns if tty else None)

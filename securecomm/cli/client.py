@@ -291,7 +291,8 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
             held += ev.held
             from securecomm.cli.context import warn
 
-            warn(printable(ev.text.encode()))
+            if not ev.quiet:
+                warn(printable(ev.text.encode()))
 
     async def once(connected: Any = None) -> None:
         client, profile = await connect_profile(state.paths, identity, server=server, ca=ca, pin=pin,

@@ -67,6 +67,9 @@ class Alert:
     #: A message kept on the server until its sender's changed key is trusted: no failure either, but
     #: `inbox` says how many wait so (the new-user check: they were "failed verification").
     held: bool = False
+    #: Counted, not printed: one of a flood past the first few (a hostile server or peer can send any
+    #: number of bad messages; `inbox` still counts each in its summary).
+    quiet: bool = False
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ from securecomm.wire import protocol as P
 SEEN_LIMIT = 10_000
 #: Bad room keys are counted; a warning is shown for the first and then at every power of ten,
 #: so a flood of junk frames cannot flood the screen (30 junk frames -> 2 lines, not 30).
+#: REJECTED lines shown in full before the rest are counted (see _rejected).
+REJECTED_SHOWN = 5
 JUNK_WARN_BASE = 10
 #: Seconds between refills a prekeys_low NOTICE may cause (a refill tops the server up to 100 at once).
 REFILL_EVERY = 30.0
@@ -318,8 +320,8 @@ class Messenger(Rooms):
         try:
             opened = envelope.open_envelope(ev.envelope, self.me, sender)
         except SecurecommError as e:
-            self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
-                              "discarded, not shown"))
+            self._rejected(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
+                              "discarded, not shown")
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
             return
         key = f"{ev.sender}:{opened.header.msg_id.hex()}"
@@ -353,7 +355,7 @@ class Messenger(Rooms):
             self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}", failed=False, held=True))
             return  # not acknowledged: it stays on the server until the user trusts the new key
         except SecurecommError as e:
-            self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was discarded"))
+            self._rejected(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was discarded")
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
             return
         try:
@@ -371,8 +373,8 @@ class Messenger(Rooms):
         except SecurecommError as e:
             if self._shown_by_another_session(ev, key, env.header.msg_id):
                 return
-            self.emit(Alert(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
-                            "discarded, not shown"))
+            self._rejected(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was "
+                           "discarded, not shown")
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
             asyncio.get_running_loop().call_later(AFTER_ACK_DELAY, self.devices.keys.after_ack)  # a key was wiped
             return
@@ -474,6 +476,22 @@ class Messenger(Rooms):
             return self.me.public
         contact = self.contacts.get(user)
         return contact.identity if contact is not None else None
+
+    def _rejected(self, text: str) -> None:
+        """A message refused (it failed its checks): the first REJECTED_SHOWN in full, then a count at
+        10, 100, 1000...; every one still counted as failed (attacker's check: 300 junk DELIVERs were 300
+        lines; NOTICEs and room events were already counted)."""
+        self.warned["rejected"] = n = self.warned.get("rejected", 0) + 1
+        if n <= REJECTED_SHOWN:
+            self.emit(Alert(text))
+            return
+        while n % JUNK_WARN_BASE == 0:
+            n //= JUNK_WARN_BASE
+        if n == 1:
+            self.emit(Alert(f"{self.warned['rejected']} messages rejected so far (the latest: {text}); counting the "
+                            "rest quietly"))
+        else:
+            self.emit(Alert(text, quiet=True))
 
     def _warn_counted(self, kind: str, text: str, *, failed: bool = True) -> None:
         """A warning a peer or the server can make us repeat at will: counted per kind, shown in
