@@ -263,7 +263,7 @@ def test_hanging_up_on_a_waiting_download_frees_the_session_at_once(tmp_path):
     from securecomm.wire.files import FileAck, FileData, FilePut
     from tests.test_error_table import World, _offer, _serve
 
-    w = World(_serve(tmp_path / "srv", "--max-sessions-per-user", "1", "--file-wait", "120"))
+    w = World(_serve(tmp_path / "srv", "--max-sessions-per-user", "1", "--file-wait", "25"))
     try:
         alice, bob = w.alice(), w.bob()
         file_id = _offer(alice)
@@ -271,10 +271,10 @@ def test_hanging_up_on_a_waiting_download_frees_the_session_at_once(tmp_path):
         assert isinstance(alice.until(FileAck), FileAck)
         bob.send(P.Request(5, "file_get", {"file_id": file_id.hex(), "offset": 0}))
         assert isinstance(bob.until(FileData), FileData)
-        bob.close()  # Ctrl-C on fetch; the get would wait 120 s for the rest
+        bob.close()  # Ctrl-C on fetch; the get would wait 25 s for the rest
         refusals = []
         deadline = time.monotonic() + 15
-        while True:  # the server sees the hang-up within moments (before: only after --file-wait, 120 s)
+        while True:  # the server sees the hang-up within moments (before: only after --file-wait, 25 s)
             try:
                 w.bob().close()
                 break

@@ -216,6 +216,7 @@ def test_systemd_accepts_the_unit(tmp_path):
 @pytest.mark.parametrize("args", [
     ("--file-days", "1e308"), ("--handshake-timeout", "-1"), ("--rate", "nan"), ("--idle-timeout", "inf"),
     ("--frame-timeout", "0"),
+    ("--file-wait", "45"),  # the attacker's check: past the client's 30 s a stalled upload read as a dead server
 ])
 def test_values_that_would_break_the_server_are_refused_at_start(home, args):
     """An attacker's check: each of these started a server that then crashed on every file_offer, let no

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
               help="Days an unfetched (or unfinished) file is kept before it is deleted.")
 @click.option("--file-wait", type=float, default=20.0, show_default=True,
               help="Seconds a download of a file still being uploaded waits for its next bytes before the "
-              "recipient is told to fetch again later.")
+              "recipient is told to fetch again later (at most 25: clients wait 30 s for a frame).")
 @click.option("--max-frame", type=int, default=1024 * 1024, show_default=True, help="Largest frame in bytes.")
 @click.option("--rate", type=float, default=5000, show_default=True,
               help="Messages per second per connection (0: unlimited).")

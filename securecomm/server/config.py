@@ -126,7 +126,9 @@ class ServerConfig:
             ("--relay-rate", self.relay_rate, 0.0, 1e12),
             ("--mailbox-ttl", self.mailbox_ttl, 0.0, 100 * year),
             ("--file-days", self.file_days, 1 / 1440, 36500.0),
-            ("--file-wait", self.file_wait, 0.1, 3600.0),
+            # under the 30 s a client waits for a frame (PROTOCOL 4.4): above it, a fetch of a stalled upload
+            # gave up as "the server stopped answering" before the server said the upload had stalled
+            ("--file-wait", self.file_wait, 0.1, 25.0),
         ):
             if not (math.isfinite(value) and low <= value <= high):
                 raise UsageError(f"{flag} must be a number from {low:g} to {high:g}, not {value!r}")
