@@ -347,3 +347,25 @@ def test_a_running_session_notices_a_contact_who_reset_their_user_key_from_the_s
     assert not any(isinstance(e, DirectMessage) and e.body == b"after the reset" for e in events), events
     held = next(e for e in events if isinstance(e, Alert) and e.held)
     assert held.text.startswith("message from alice held back:") and "CHANGED" in held.text, held.text
+
+
+def test_removing_a_device_again_after_a_restore_goes_above_the_newest_list(world, tmp_path):
+    """The new-user check: README said that after a restore, removing the device again "publishes a
+    list newer than any seen"; it published the same counter again (list 3 once more, a different
+    one), which bob refused ("differs from the list 3 seen before"), and alice could not remove again."""
+    srv, homes = world
+    backup = tmp_path / "before.db"
+    assert sc(srv.home, "backup", str(backup)).returncode == 0
+    phone = next(r for r in _rows(homes["alice"]) if not r["this"])
+    assert sc(homes["alice"], "devices", "remove", phone["id"], "--yes").returncode == 0  # list 3
+    assert sc(homes["bob"], "send", "--to", "alice", "bob saw list 3").returncode == 0
+    srv.stop()
+    assert sc(srv.home, "restore", "--force", str(backup)).returncode == 0  # list 2: the phone is back
+    srv.start()
+    r = sc(homes["alice"], "devices")
+    assert r.returncode == 0 and b"the server holds list 2 of your devices, older than list 3" in r.stderr, r.stderr
+    r = sc(homes["alice"], "devices", "remove", phone["id"], "--yes")
+    assert r.returncode == 0, r.stderr
+    r = sc(homes["bob"], "send", "--to", "alice", "after the second removal")
+    assert r.returncode == 0, r.stderr  # before: exit 6, a different list 3
+    assert len(_rows(homes["alice"])) == 1

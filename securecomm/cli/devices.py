@@ -77,7 +77,7 @@ def devices(ctx: click.Context, server: str | None, ca: str | None, pin: str | N
 
     async def go() -> Any:
         async with await _connected(state, identity, options) as client:
-            return await list_devices(client, profile.user, keys, identity)
+            return await list_devices(client, profile.user, keys, identity, warn)
 
     rows = run_client(go())
     if as_json:
@@ -123,7 +123,7 @@ def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | Non
 
     async def go() -> Any:
         async with await _connected(state, identity, options) as client:
-            current, row = await device_to_remove(client, profile.user, keys, identity, device_id)
+            current, row = await device_to_remove(client, profile.user, keys, identity, device_id, warn)
             what = f"device {shown(row.name)} ({row.device_id[:6].hex()}, {row.fingerprint})"
             if row.this:
                 warn(f"{what} is THIS device: removing it logs it out and drops its waiting mail; it can come "

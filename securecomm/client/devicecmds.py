@@ -8,6 +8,7 @@ user is shown, nor show a number computed from a key it chose.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,10 @@ def own_user_key(keys: DeviceKeys) -> D.UserKey:
     return key
 
 
-async def own_directory(client: Any, user: str, keys: DeviceKeys) -> tuple[Directory, dict[str, Any]]:
-    """Our account's list and certificates, verified under this device's user key; and the raw answer."""
+async def own_directory(client: Any, user: str, keys: DeviceKeys,
+                        warn: Callable[[str], None] | None = None) -> tuple[Directory, dict[str, Any]]:
+    """Our account's list and certificates, verified under this device's user key; and the raw answer.
+    `warn` is told when the server's list is older than one this device signed or saw."""
     data = await client.request("device_list", user=user)
     current = Directory.parse(data)
     held = own_user_key(keys).public
@@ -58,7 +61,22 @@ async def own_directory(client: Any, user: str, keys: DeviceKeys) -> tuple[Direc
                       f"{current.user_key.fingerprint_text} (a --reset-user-key on another device?): if a device "
                       f"with the new key approved this one, finish with: securecomm user login {user}")
         raise
+    older = older_than_seen(keys, current)
+    if older is not None and warn is not None:
+        warn(older)
+    keys.saw_own_list(current.device_list.counter)  # only ever raises it
     return current, data
+
+
+def older_than_seen(keys: DeviceKeys, current: Directory) -> str | None:
+    """A warning when the server's list of our devices is older than one this device signed or saw."""
+    seen = keys.own_counter
+    if current.device_list.counter >= seen:
+        return None
+    return (f"the server holds list {current.device_list.counter} of your devices, older than list {seen} this "
+            "device signed or saw: the server was restored from a backup, or is misbehaving. Devices removed "
+            "since may be back on it: remove them again (the new list goes above "
+            f"{seen})")
 
 
 def _last_seen(data: dict[str, Any], device_id: bytes) -> int | None:
@@ -67,9 +85,10 @@ def _last_seen(data: dict[str, Any], device_id: bytes) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-async def list_devices(client: Any, user: str, keys: DeviceKeys, me: PrivateIdentity) -> list[DeviceRow]:
+async def list_devices(client: Any, user: str, keys: DeviceKeys, me: PrivateIdentity,
+                       warn: Callable[[str], None] | None = None) -> list[DeviceRow]:
     """This account's devices that verify under our user key and are on its list, oldest first."""
-    current, data = await own_directory(client, user, keys)
+    current, data = await own_directory(client, user, keys, warn)
     listed = D.valid_devices(user, own_user_key(keys).public, current.device_list, current.certs)
     rows = [DeviceRow(c.name, c.device_id, c.device.fingerprint_text, c.added_ms, _last_seen(data, c.device_id),
                       c.device_id == me.public.fingerprint) for c in listed]
@@ -77,9 +96,9 @@ async def list_devices(client: Any, user: str, keys: DeviceKeys, me: PrivateIden
 
 
 async def device_to_remove(client: Any, user: str, keys: DeviceKeys, me: PrivateIdentity,
-                           typed: str) -> tuple[Directory, DeviceRow]:
+                           typed: str, warn: Callable[[str], None] | None = None) -> tuple[Directory, DeviceRow]:
     """The listed device `typed` names, to be shown before it is removed: (our list, its row)."""
-    current, data = await own_directory(client, user, keys)
+    current, data = await own_directory(client, user, keys, warn)
     device_id = S.find_device(current, typed)
     cert = next(c for c in current.certs if c.device_id == device_id)
     return current, DeviceRow(cert.name, device_id, cert.device.fingerprint_text, cert.added_ms,
@@ -90,9 +109,11 @@ async def remove_device(client: Any, user: str, keys: DeviceKeys, current: Direc
     """Sign the list without `row`'s device and send `device_remove`: the new list's counter."""
     answer = await client.request("device_remove", **S.remove(user, keys, current, row.device_id, now_ms()))
     try:
-        return int(answer["counter"])
+        counter = int(answer["counter"])
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError("the server sent a malformed device_remove answer") from e
+    keys.saw_own_list(counter)
+    return counter
 
 
 @dataclass(frozen=True)
@@ -167,6 +188,8 @@ async def approve_pairing(client: Any, user: str, keys: DeviceKeys, me: PrivateI
     args = S.approve(user, me, keys, request.code, request.answer, current, now_ms())
     answer = await client.request("pair_approve", **args)
     try:
-        return int(answer["counter"])
+        counter = int(answer["counter"])
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError("the server sent a malformed pair_approve answer") from e
+    keys.saw_own_list(counter)
+    return counter

@@ -68,7 +68,7 @@ def approve(user: str, me: PrivateIdentity, keys: DeviceKeys, code: str, shown: 
         raise UsageError(f"{user} already has {D.MAX_DEVICES} devices: remove one first (securecomm devices remove)")
     cert = D.DeviceCert.sign(key, user, new, name, now_ms)
     certs = [*listed, cert]
-    dlist = D.DeviceList.sign(key, user, current.device_list.counter + 1, now_ms, [c.device_id for c in certs])
+    dlist = D.DeviceList.sign(key, user, next_counter(keys, current), now_ms, [c.device_id for c in certs])
     hand_over = K.seal_v2(D.encode_user_key_transfer(user, key), me, new, None)
     return {"code": code, "cert": cert.encode().hex(), "user_key": hand_over.hex(), **_list_args(dlist, certs)}
 
@@ -96,6 +96,14 @@ def complete(user: str, me: PrivateIdentity, keys: DeviceKeys,
     return key, keys.replace_user_key(key)
 
 
+def next_counter(keys: DeviceKeys, current: Directory) -> int:
+    """The counter of the next list this device signs: above the server's current list and above any
+    list of ours this device signed or saw. After the server was restored from a backup (list 8 where
+    list 9 was seen), `devices remove` published a second list 9, which every contact refused as a
+    different list with a counter already seen (the new-user check)."""
+    return max(current.device_list.counter, keys.own_counter) + 1
+
+
 def remove(user: str, keys: DeviceKeys, current: Directory, device_id: bytes, now_ms: int) -> dict[str, Any]:
     """`device_remove` args: the current list without `device_id`, signed by the user key."""
     key = keys.user_key()
@@ -107,7 +115,7 @@ def remove(user: str, keys: DeviceKeys, current: Directory, device_id: bytes, no
         raise UsageError("no such device on your list (see: securecomm devices)")
     if not kept:
         raise UsageError("that is your only device: use user login --reset-user-key on a new one instead")
-    dlist = D.DeviceList.sign(key, user, current.device_list.counter + 1, now_ms, [c.device_id for c in kept])
+    dlist = D.DeviceList.sign(key, user, next_counter(keys, current), now_ms, [c.device_id for c in kept])
     return {"device": device_id.hex(), **_list_args(dlist, kept)}
 
 

@@ -127,6 +127,8 @@ class DeviceKeys:
         pem = key.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         _write_atomic(self.folder / "user.key", pem, exclusive=True)
+        if self.state.pop("own_list_counter", None) is not None:  # counters are per user key
+            self._save_state()
 
     def replace_user_key(self, key: UserKey) -> UserKey | None:
         """Save `key` in place of the one held (a pairing approved under a new user key, 6.4): the old
@@ -146,6 +148,18 @@ class DeviceKeys:
 
     def clear_pairing(self) -> None:
         if self.state.pop("pairing", None) is not None:
+            self._save_state()
+
+    # -- the highest list of our own account this device signed or saw (a server restored from a backup
+    # hands back an older one: a new list must still go above the newest any contact saw) --
+    @property
+    def own_counter(self) -> int:
+        value = self.state.get("own_list_counter", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def saw_own_list(self, counter: int) -> None:
+        if counter > self.own_counter:
+            self.state["own_list_counter"] = counter
             self._save_state()
 
     def user_key(self) -> UserKey | None:
