@@ -654,6 +654,18 @@ def d_direct_version_1(w: World) -> Outcome:
     return _direct(c.login_key("alice", ALICE), "bob", _sealed(ALICE, BOB.public))
 
 
+def d_direct_not_listed(w: World) -> Outcome:
+    """A version-2 password-only session (no device key) sends a DIRECT to a listed device: FORBIDDEN, the
+    connection kept (the spec-only client's check: it was DEVICE_REMOVED, fatal, as for a removed device)."""
+    _listed(w, "bob", BOB).close()
+    c = w.raw()
+    c.send(P.Hello((2,)))
+    hello = c.until(P.ServerHello)
+    assert isinstance(hello, P.ServerHello) and hello.version == 2
+    c.hello = hello
+    return _direct(c.login_password("carol"), "bob", K.seal_v2(b"hi", ALICE, BOB.public, None))
+
+
 DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "frame-too-large": lambda w: _pre(w, (2 * 1024 * 1024).to_bytes(4, "big")),
     "frame-empty": lambda w: _pre(w, bytes(4)),
@@ -717,6 +729,7 @@ DRIVERS: dict[str, Callable[[World], Outcome]] = {
     "pairing-used": d_pairing_used,
     "pairing-expired": d_pairing_expired,
     "device-removed": d_device_removed,
+    "direct-not-listed": d_direct_not_listed,
     "direct-version-1": d_direct_version_1,
     "direct-too-large": d_direct_too_large,
     "room-too-large": d_room_too_large,

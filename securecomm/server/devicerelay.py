@@ -162,8 +162,13 @@ class DeviceRelay:
         if not devices:
             return intake.Refusal(P.ErrorCode.NOT_FOUND, f"{to.name} has no devices yet")
         if s.identity is None or owner != s.user.id:
-            return intake.Refusal(P.ErrorCode.DEVICE_REMOVED, "this device is not on your device list: "
-                                  "its messages are refused")
+            if s.device is not None:  # listed when it logged in (or since): removed meanwhile
+                return intake.Refusal(P.ErrorCode.DEVICE_REMOVED, "this device is not on your device list: "
+                                      "its messages are refused")
+            # never a listed device in this session: a password-only login, or a key no list names yet. Not
+            # "removed" (the spec-only client was told so, fatally, and would have asked to be paired again)
+            return intake.Refusal(P.ErrorCode.FORBIDDEN, "this session is no listed device of its account: only a "
+                                  "device on the account's list sends direct messages and room keys")
         try:
             return check_direct(envelope, s.identity, devices, window_ms, now_ms())
         except OpError as e:
