@@ -232,6 +232,10 @@ def test_devices_have_names_and_remove_confirms_with_name_and_fingerprint(world,
     assert r.returncode == 0 and b"removed device kitchen tablet" in r.stdout
     r = sc(homes["alice"], "devices", "remove", mine["id"], "--yes")  # this one, on purpose: warned, done
     assert r.returncode == 0 and b"is THIS device" in r.stderr and b"removed device" in r.stdout, r.stderr
+    # and it keeps no copy of the account's signing key, nor prekeys (the new-user check: it kept both)
+    folder = homes["alice"] / "devices" / "default"
+    assert b"user key and its private prekeys were erased" in r.stderr
+    assert not (folder / "user.key").exists() and list((folder / "prekeys").iterdir()) == []
     r = sc(homes["alice"], "devices")
     assert r.returncode == 5 and b"was removed from your device list" in r.stderr
 

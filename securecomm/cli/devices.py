@@ -15,6 +15,7 @@ from securecomm.cli.context import (
     ask_trust,
     connection_options,
     emit_json,
+    info,
     json_option,
     profile_identity,
     run_client,
@@ -133,6 +134,9 @@ def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | Non
             return row, await remove_device(client, profile.user, keys, current, row)
 
     row, counter = run_client(go())
+    if row.this:  # removed: the account's signing key and the prekeys have no use here any more
+        keys.erase_all()
+        info("this device's copy of the user key and its private prekeys were erased")
     if as_json:
         emit_json({"removed": {**row.as_json(), "last_seen_ms": None, "this": row.this}, "counter": counter})
         return

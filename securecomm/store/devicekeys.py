@@ -307,6 +307,22 @@ class DeviceKeys:
             self._save_state()
         return len(erase)
 
+    def erase_all(self) -> int:
+        """This device was removed from its account's list: erase its user key copy (and the old one kept as
+        user.key.bak) and every private prekey, zeros first. The id counter stays (ids are never reused).
+        Returns how many files were erased (the new-user check: a device that removed itself kept the
+        account's signing key it no longer had any use for)."""
+        files = [p for p in (self.folder / "user.key", self.folder / "user.key.bak") if p.exists()]
+        files += list(self.prekey_dir.glob("*.key"))
+        for path in files:
+            _erase(path)
+        self._loaded.clear()
+        self._one_time_ids = []
+        self.state.update({"last_resort": None, "retired": {}, "handed_out": {}})
+        self.state.pop("own_list_counter", None)
+        self._save_state()
+        return len(files)
+
     def held(self) -> list[Path]:
         return sorted(self.prekey_dir.glob("*.key"))
 
