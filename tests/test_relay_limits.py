@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import ssl
 import struct
+import time
 
 import pytest
 
@@ -420,4 +421,42 @@ def test_a_device_answer_over_the_frame_limit_is_refused_and_the_server_warns_at
         assert "internal" not in srv.log.lower() and b"Traceback" not in r.stderr
         assert held(srv) == before  # the refused claim used no prekey (before: one of each of bob's devices)
     finally:
+        srv.stop(signal.SIGKILL)
+
+
+def test_a_quiet_session_of_the_same_device_makes_room_at_the_session_limit(tmp_path):
+    """The attacker's check: links that died without a FIN (or held open by someone between) kept their
+    sessions, and at --max-sessions-per-user the account was locked out for the whole --idle-timeout. A
+    new login of the same listed device now replaces one of its sessions the server has not heard from
+    for 0.75 x --idle-timeout (a client PINGs at half of it); a session that talks is never replaced."""
+    from securecomm.crypto import identity as ident
+
+    srv = ServerProc(tmp_path / "srv", "--max-sessions-per-user", "2", "--idle-timeout", "20").start()
+    zombies: list[Raw] = []
+    try:
+        add_user(srv.home, "alice")
+        assert login(tmp_path / "alice", srv, "alice").returncode == 0  # a listed device (version 2)
+        me = ident.load(tmp_path / "alice" / "identities" / "default.key")
+        zombies = [Raw(srv).start().login_key("alice", me) for _ in range(2)]
+        refused = Raw(srv).start()
+        assert refused.hello is not None
+        refused.send(P.LoginKey("alice", me.sign(P.login_transcript(refused.hello.challenge,
+                                                                    refused.server_identity.fingerprint, "alice"))))
+        assert refused.error().code == P.ErrorCode.TOO_MANY_CLIENTS  # both heard from just now
+        deadline = time.monotonic() + 18  # before --idle-timeout would end the quiet ones anyway
+        while True:
+            try:
+                fresh = Raw(srv).start().login_key("alice", me)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "no quiet session was replaced"
+                time.sleep(0.5)
+        err = zombies[0].error()  # the one quiet longest (its login came first)
+        assert err.code == P.ErrorCode.TOO_MANY_CLIENTS and err.fatal
+        assert "replaced by a newer login of this device" in err.message
+        srv.wait_log(r"replaces .*: the same device, quiet for \d+ s, at alice's session limit")
+        fresh.close()
+    finally:
+        for z in zombies:
+            z.close()
         srv.stop(signal.SIGKILL)

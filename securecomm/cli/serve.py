@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 @click.option("--max-unauthenticated-per-address", type=click.IntRange(1), default=32, show_default=True,
               help="Connections not logged in yet from one address (IPv6: one /64).")
 @click.option("--max-sessions-per-user", type=click.IntRange(1), default=16, show_default=True,
-              help="Logged-in sessions of one account at once; more are refused at login.")
+              help="Logged-in sessions of one account at once; more are refused at login (a device's login "
+              "first replaces a session of the same device quiet for 90 s).")
 @click.option("--max-room-members", type=click.IntRange(1), default=500, show_default=True,
               help="Members of one room; more joins are refused (lowered to fit --max-frame).")
 @click.option("--mailbox-messages", type=click.IntRange(1), default=10_000, show_default=True,

@@ -234,11 +234,12 @@ def same_key(a: bytes | None, b: bytes | None) -> bool:
 class Logins:
     """Answers LOGIN_PASSWORD and LOGIN_KEY: the hash pool, the lockout, key registration, LOGIN_OK.
 
-    `admit(session, account)` is the listener's last word (its client limits): it refuses the
-    session itself (returning False) or counts it as a client (True)."""
+    `admit(session, account, device)` is the listener's last word (its client limits): it refuses the
+    session itself (returning False) or counts it as a client (True). `device`: the listed device the
+    login proved, or None."""
 
     def __init__(self, config: ServerConfig, store: AsyncStore, relay: Relay, server_fingerprint: bytes,
-                 admit: Callable[[Session, User], bool]) -> None:
+                 admit: Callable[[Session, User, bytes | None], bool]) -> None:
         self.config, self.store, self.relay = config, store, relay
         self.server_fingerprint, self.admit = server_fingerprint, admit
         self.hash_pool = ThreadPoolExecutor(max_workers=config.hash_workers, thread_name_prefix="securecomm-argon2")
@@ -511,7 +512,7 @@ class Logins:
             log.warning("%s key login refused: a device removed from %s's list", s.label(), user.name)
             s.error(P.ErrorCode.DEVICE_REMOVED, DEVICE_REMOVED_TEXT, fatal=True)
             return
-        if not self.admit(s, fresh):  # the listener's limits: --max-clients, --max-sessions-per-user
+        if not self.admit(s, fresh, device):  # the listener's limits: --max-clients, --max-sessions-per-user
             return
         s.user, s.identity, s.password_hash = fresh, identity, password_hash
         s.device, s.awaiting_pairing = device, pending

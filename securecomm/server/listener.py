@@ -21,6 +21,7 @@ import functools
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from OpenSSL import SSL
 
 from securecomm.crypto import envelope
 from securecomm.crypto.identity import PrivateIdentity
+from securecomm.crypto.integrity import same
 from securecomm.errors import OversizedError, StoreUnavailableError, TLSError, UsageError
 from securecomm.net.bus import Bus, LocalBus
 from securecomm.net.pqtls import server_handshake
@@ -63,6 +65,9 @@ log = logging.getLogger("securecomm.server")
 #: user, and a change made while the server is down is still seen (one SELECT
 #: on the read-only connection, a few microseconds).
 ACCOUNT_POLL_SECONDS = 0.25
+#: A session of a listed device silent this long (a client PINGs after 60 s quiet, then waits 30 s for
+#: the PONG) is replaced by a new login of the same device when the account is at its session limit.
+QUIET_REPLACED = 90.0
 #: asyncio's TLS transport gives every connection a 256 KiB receive buffer
 #: (sslproto.SSLProtocol.max_size), allocated and zero-filled up front: that
 #: alone made an idle connection cost ~290 KiB of RSS. TLS records are at most
@@ -264,23 +269,40 @@ class Server:
         session.error(P.ErrorCode.TOO_MANY_CLIENTS,
                       f"server is full ({self.config.max_clients} clients); try again later", fatal=True)
 
-    def _too_many_sessions(self, s: Session, user: User) -> bool:
-        """Refuse (fatally) a login beyond --max-sessions-per-user; True if refused."""
-        held = len(self.relay.online.get(user.id, ()))
+    def _too_many_sessions(self, s: Session, user: User, device: bytes | None) -> bool:
+        """Refuse (fatally) a login beyond --max-sessions-per-user; True if refused. A listed device's
+        login first replaces a session of that same device the server has heard nothing from for
+        QUIET_REPLACED seconds: a client PINGs after 60 s quiet, so that one's link is dead or held open
+        by someone else (attacker's check: 16 links that died without a FIN locked the account out for
+        the whole --idle-timeout, with nothing the user could close)."""
+        online = self.relay.online.get(user.id, set())
+        held = len(online)
         limit = self.config.max_sessions_per_user
         if held < limit:
+            return False
+        now = time.monotonic()
+        # a client PINGs after min(60, idle_timeout / 2) s quiet (SERVER_HELLO's idle_timeout): never this quiet
+        threshold = min(QUIET_REPLACED, 0.75 * self.config.idle_timeout)
+        quiet = [m for m in online if device is not None and m.device is not None and same(m.device, device)
+                 and not m.closing and now - m.last_heard >= threshold]
+        if quiet:
+            old = min(quiet, key=lambda m: m.last_heard)
+            log.warning("%s replaces %s: the same device, quiet for %d s, at %s's session limit", s.label(),
+                        old.label(), now - old.last_heard, user.name)
+            old.error(P.ErrorCode.TOO_MANY_CLIENTS, "replaced by a newer login of this device (this session had "
+                      "been quiet too long, at the account's session limit)", fatal=True)
             return False
         log.warning("%s login refused: %s already has %d sessions (the maximum)", s.label(), user.name, held)
         s.error(P.ErrorCode.TOO_MANY_CLIENTS, f"{user.name} already has {limit} sessions logged in (the maximum); "
                 "close one, or ask the operator about --max-sessions-per-user", fatal=True)
         return True
 
-    def _admit(self, s: Session, user: User) -> bool:
+    def _admit(self, s: Session, user: User, device: bytes | None = None) -> bool:
         """A login that checked out becomes a client unless a limit says no (refused here, fatally)."""
         if self._full():  # others logged in while this one was checked
             self._refuse_full(s)
             return False
-        if self._too_many_sessions(s, user):
+        if self._too_many_sessions(s, user, device):
             return False
         self.clients += 1
         if s.ticket is not None:

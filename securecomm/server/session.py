@@ -229,6 +229,7 @@ class Session:
         self.in_flight = asyncio.Semaphore(config.max_in_flight)
         self.pending: set[asyncio.Future[Any]] = set()
         self.started = time.monotonic()
+        self.last_heard = self.started  # when bytes last came from the client (see listener._too_many_sessions)
         self.closing = False
         self.rooms: set[str] = set()
         self.mailbox = Mailbox(self)
@@ -281,6 +282,7 @@ class Session:
             if not data:
                 log.debug("%s disconnected", self.label())
                 return
+            self.last_heard = time.monotonic()
             try:
                 self.conn.receive_data(data)
                 while not self.outbox.cut_off() and (event := self.conn.next_event()) is not None:
