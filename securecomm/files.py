@@ -158,7 +158,7 @@ def write_private(path: Path, data: bytes, *, force: bool = False) -> None:
     write_files([(path, data, PRIVATE_MODE)], force=force)
 
 
-def check_private_mode(path: Path) -> None:
+def check_private_mode(path: Path, what: str = "a private key") -> None:
     """Refuse a private file that group or others can read, as OpenSSH does."""
     try:
         st = path.stat()
@@ -167,7 +167,7 @@ def check_private_mode(path: Path) -> None:
     if os.name == "posix" and st.st_mode & 0o077:
         raise UnsafePermissionsError(
             f"permissions {stat.S_IMODE(st.st_mode):04o} for {path} are too open: "
-            "a private key must not be accessible by others",
+            f"{what} must not be accessible by others",
             hint=f"chmod 600 {path}",
         )
 

@@ -52,6 +52,11 @@ def test_show_prints_existing_identity_as_json(sc, home):
 def test_passphrase_file_encrypts_and_wrong_passphrase_fails(sc, home, tmp_path):
     pw = tmp_path / "pw"
     pw.write_text("correct horse battery staple\n")
+    pw.chmod(0o644)  # readable by others: refused like such a key (the new-user check: it was used silently)
+    refused = sc("keygen", "--passphrase-file", str(pw))
+    assert refused.exit_code == 4 and "a passphrase file must not be accessible by others" in refused.output
+    assert not (home / "identities" / "default.key").exists()
+    pw.chmod(0o600)
     assert sc("keygen", "--passphrase-file", str(pw)).exit_code == 0
     key = home / "identities" / "default.key"
     assert b"ENCRYPTED PRIVATE KEY" in key.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Coroutine
@@ -114,11 +115,16 @@ def load_identity(state: State, name: str, passphrase_file: Any = None) -> Any:
 
 def read_passphrase_file(path: Any) -> bytes:
     """The first line of FILE: a passphrase for --passphrase-file (keygen, and every command that signs)."""
+    import stat
     from pathlib import Path
 
     from securecomm.errors import UsageError
-    from securecomm.files import read_file
+    from securecomm.files import check_private_mode, read_file
 
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(Path(path).stat().st_mode):  # a pipe (<(pass show ...)) is the shell's, and private
+            # as a 0644 key is refused, so is the passphrase that guards one (the new-user check: used silently)
+            check_private_mode(Path(path), "a passphrase file")
     data = read_file(Path(path)).splitlines()
     if not data or not data[0]:
         raise UsageError(f"{path} holds no passphrase on its first line")
