@@ -373,3 +373,54 @@ def test_removing_a_device_again_after_a_restore_goes_above_the_newest_list(worl
     r = sc(homes["bob"], "send", "--to", "alice", "after the second removal")
     assert r.returncode == 0, r.stderr  # before: exit 6, a different list 3
     assert len(_rows(homes["alice"])) == 1
+
+
+def test_mail_held_for_a_changed_key_shows_once_the_key_is_trusted_in_the_running_session(world):
+    """The new-user check: after /trust in chat (or `contacts trust` in another shell) the message held
+    back for the changed key stayed unseen until chat was restarted."""
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.client.events import Alert, DirectMessage
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import Messenger
+    from securecomm.crypto import identity as ident
+
+    srv, homes = world
+    state = State(home=str(homes["bob"]))
+    me = ident.load(state.paths.identity_key("default"))
+
+    async def until(events: list, found, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not any(found(e) for e in events):
+            assert asyncio.get_running_loop().time() < deadline, (what, events)
+            await asyncio.sleep(0.05)
+
+    async def go() -> tuple[list, str]:
+        events: list = []
+        client, _ = await connect_profile(state.paths, me)
+        m = Messenger(client, me, "bob", state.paths, events.append)
+        pump = asyncio.create_task(m.run())
+        try:
+            await asyncio.to_thread(lambda: sc(homes["alice"], "send", "--to", "bob", "first"))
+            await until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"first", "first")
+            assert m.devices is not None
+            m.devices.sender_ttl = 0  # alice's list is asked again at once (see SENDER_LIST_TTL)
+            r = await asyncio.to_thread(lambda: login(homes["phone"], srv, "alice", PASSWORD, "--reset-user-key",
+                                                      "--yes"))
+            assert r.returncode == 0, r.stderr
+            r = await asyncio.to_thread(lambda: sc(homes["phone"], "send", "--to", "bob", "from the new key"))
+            assert r.returncode == 0, r.stderr
+            await until(events, lambda e: isinstance(e, Alert) and e.held, "held back")
+            pending = m.devices.pins.get("alice").pending
+            assert pending is not None
+            said = await m.trust("alice", pending.fingerprint_text)
+            await until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"from the new key", "shown")
+            return events, said
+        finally:
+            pump.cancel()
+            await client.close()
+
+    events, said = asyncio.run(go())
+    assert said.startswith("now trusting alice"), said
+    assert sum(isinstance(e, Alert) and e.held for e in events) == 1  # told once

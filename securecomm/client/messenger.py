@@ -21,7 +21,7 @@ from typing import Any
 from securecomm.client import devicemail as DM
 from securecomm.client.connection import Client
 from securecomm.client.devicelogin import refill_prekeys
-from securecomm.client.directory import Contacts, look_up
+from securecomm.client.directory import Contacts, file_stamp, look_up
 from securecomm.client.directv2 import (
     AFTER_ACK_DELAY,
     AHEAD_DELAY,
@@ -58,6 +58,8 @@ from securecomm.wire import protocol as P
 SEEN_LIMIT = 10_000
 #: Bad room keys are counted; a warning is shown for the first and then at every power of ten,
 #: so a flood of junk frames cannot flood the screen (30 junk frames -> 2 lines, not 30).
+#: Held-back DELIVERs kept to show once their sender's key is trusted (see Messenger.held_mail).
+MAX_HELD_MAIL = 200
 #: REJECTED lines shown in full before the rest are counted (see _rejected).
 REJECTED_SHOWN = 5
 JUNK_WARN_BASE = 10
@@ -149,6 +151,12 @@ class Messenger(Rooms):
         #: The latest sender key each held member (see RoomState.held) sent us, opened once trusted.
         self.held_keys: dict[str, P.RoomKey] = {}
         self._settling: set[asyncio.Task[None]] = set()  # room key work started by a settle timer
+        #: DELIVERs held back for a changed key (unacknowledged), shown once the key is trusted: by /trust
+        #: here, or by `contacts trust` in another shell, seen at the next event (the new-user check: they
+        #: showed only after chat was restarted). Bounded; the server keeps them in any case.
+        self.held_mail: dict[int, P.Deliver] = {}
+        self._held_told: set[int] = set()
+        self._held_stamps = self._trust_stamps()
         client.notice = lambda text: self._warn_counted("unsolicited server errors", text, failed=False)
 
     # -- identities -----------------------------------------------------------------------
@@ -311,7 +319,7 @@ class Messenger(Rooms):
             sender = await self.identity_of(ev.sender)
         except ChangedKeyError as e:
             # Not acknowledged: it stays on the server until the user trusts the new key.
-            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}", failed=False, held=True))
+            self._hold(ev, e)
             return
         except SecurecommError as e:
             self.emit(Alert(f"message from {ev.sender} could not be checked ({e.message}); it was discarded"))
@@ -352,7 +360,7 @@ class Messenger(Rooms):
             listed = await self.devices.sender_devices(self.client, ev.sender, env.header.sender)
             device = DM.sender_device(env, listed)
         except ChangedKeyError as e:
-            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}", failed=False, held=True))
+            self._hold(ev, e)
             return  # not acknowledged: it stays on the server until the user trusts the new key
         except SecurecommError as e:
             self._rejected(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was discarded")
@@ -555,7 +563,28 @@ class Messenger(Rooms):
         elif not task.cancelled():
             task.exception()  # the same error as the pump's, reported from there: retrieved, not "never retrieved"
 
+    def _hold(self, ev: P.Deliver, e: SecurecommError) -> None:
+        if ev.seq not in self._held_told:  # told once, not again when tried again
+            self._held_told.add(ev.seq)
+            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}", failed=False, held=True))
+        if len(self.held_mail) < MAX_HELD_MAIL:
+            self.held_mail[ev.seq] = ev
+
+    def _trust_stamps(self) -> tuple[Any, Any]:
+        return file_stamp(self.paths.user_pins), file_stamp(self.paths.contacts)
+
+    async def replay_held_mail(self) -> None:
+        """Try the held-back mail again (a key was trusted): shown now, or held again without a word."""
+        self._held_stamps = self._trust_stamps()
+        if self.devices is not None:
+            self.devices.pins.refresh()
+        waiting, self.held_mail = self.held_mail, {}
+        for seq in sorted(waiting):
+            await self._on_deliver(waiting[seq])
+
     async def _handle(self, ev: P.Event) -> None:
+        if self.held_mail and self._trust_stamps() != self._held_stamps:
+            await self.replay_held_mail()  # `contacts trust` (or verify) ran in another shell
         if isinstance(ev, P.Deliver):
             if self.deliveries:
                 await self._on_deliver(ev)

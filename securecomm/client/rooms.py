@@ -123,6 +123,7 @@ class Rooms:
         def _warn_counted(self, kind: str, text: str, *, failed: bool = True) -> None: ...
         async def _refill_when_low(self) -> None: ...
         def need_user_key(self) -> None: ...
+        async def replay_held_mail(self) -> None: ...
 
     # -- rooms --------------------------------------------------------------------------------
     async def join(self, room: str) -> list[str]:
@@ -547,6 +548,7 @@ class Rooms:
             return f"nothing trusted: that is not {user}'s new user key ({new})"
         self.devices.pins.trust(user)
         self.devices.forget(user)
+        await self.replay_held_mail()  # their direct messages held back for the change: shown now
         if not await self.recheck_held():
             return f"now trusting {user} {new}"
         return f"now trusting {user} {new}; CHANGED cleared"
