@@ -424,3 +424,16 @@ def test_mail_held_for_a_changed_key_shows_once_the_key_is_trusted_in_the_runnin
     events, said = asyncio.run(go())
     assert said.startswith("now trusting alice"), said
     assert sum(isinstance(e, Alert) and e.held for e in events) == 1  # told once
+
+
+def test_keygen_force_on_a_logged_in_device_says_what_it_means_and_how_back(world):
+    """The new-user check: `keygen --force` on a logged-in device locked it out (the server knows the old
+    key as the device) and the hint said servers would simply know the new one."""
+    srv, homes = world
+    r = sc(homes["bob"], "keygen")
+    assert r.returncode == 10 and b"a server where it is a device then sees a new device" in r.stderr, r.stderr
+    r = sc(homes["bob"], "keygen", "--force")
+    assert r.returncode == 0, r.stderr
+    text = b" ".join(r.stderr.split())
+    assert b"identity 'default' was this device's key for bob" in text, text
+    assert b"securecomm user login bob --reset-user-key" in text and b"put default.key.bak back" in text

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from securecomm.cli.context import State, emit_json, info, json_option, pass_state, read_passphrase_file
-from securecomm.errors import ExistsError, NotFoundError, UsageError
+from securecomm.errors import ExistsError, NotFoundError, SecurecommError, UsageError
 
 
 @click.command(epilog="Example: securecomm certgen --host chat.example.net --days 30")
@@ -93,15 +94,36 @@ def keygen(state: State, name: str, kem: str, ask_passphrase: bool, passphrase_f
             ident.save(identity, paths.identity_key(name), paths.identity_pub(name), passphrase=secret, force=force)
         except ExistsError as e:  # rerunning keygen to see the public line must not lead to --force
             e.hint = (f"to print its public line: securecomm keygen --show{_name_opt(name)}; to replace it "
-                      "with a new key (the old one is kept as NAME.key.bak, but contacts and servers know only the new "
-                      "one from then on): --force")
+                      "with a new key (the old one is kept as NAME.key.bak; a server where it is a device then sees "
+                      "a new device, to be paired again): --force")
             raise
         public = identity.public
+        _warn_if_a_device(paths, name)
     if as_json:
         emit_json({"name": name, **public.as_dict(), "path": str(paths.identity_pub(name))})
         return
     click.echo(public.line)
     click.echo(f"fingerprint {public.fingerprint_text} ({public.kem} + ed25519, name {name})", err=True)
+
+
+def _warn_if_a_device(paths: Any, name: str) -> None:
+    """keygen --force on the identity the saved profile logs in with: that key was this device on its
+    server, and the new one is not (the new-user check: every command then failed, and the hint said
+    contacts and servers simply "know the new one")."""
+    from securecomm.cli.context import warn
+    from securecomm.config import Profile
+
+    try:
+        profile = Profile.load_optional(paths.profile)
+    except SecurecommError:
+        return
+    if profile is None or profile.identity != name or not (paths.device_keys(name) / "user.key").exists():
+        return
+    key = paths.identity_key(name)
+    warn(f"identity {name!r} was this device's key for {profile.user} on {profile.server}: with a new key this is a "
+         f"new device there. Pair it (securecomm user login {profile.user}, then approve it on another device), "
+         f"or, if it was your only device, securecomm user login {profile.user} --reset-user-key (contacts see a "
+         f"changed key); to undo, put {key.name}.bak back as {key.name}")
 
 
 def check_name(name: str) -> None:
