@@ -429,7 +429,7 @@ def test_mail_held_for_a_changed_key_shows_once_the_key_is_trusted_in_the_runnin
 def test_keygen_force_on_a_logged_in_device_says_what_it_means_and_how_back(world):
     """The new-user check: `keygen --force` on a logged-in device locked it out (the server knows the old
     key as the device) and the hint said servers would simply know the new one."""
-    srv, homes = world
+    _, homes = world
     r = sc(homes["bob"], "keygen")
     assert r.returncode == 10 and b"a server where it is a device then sees a new device" in r.stderr, r.stderr
     r = sc(homes["bob"], "keygen", "--force")

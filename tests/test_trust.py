@@ -137,6 +137,25 @@ def tofu_login_in_tmux(home, server, tmux, user: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_no_at_the_first_use_prompt_is_130_and_saves_nothing(srv, tmp_path):
+    """The new-user check: answering no exited 8, where README's table says 'no' at a prompt is 130."""
+    from tests.test_chat_tty import Tmux
+
+    add_user(srv.home, "dave")
+    home = tmp_path / "dave"
+    tmux = Tmux()
+    try:
+        tmux.start("tofu", f"{ENTRY} --home {home} user login dave --server {srv.address}; echo EXIT-$?; sleep 30")
+        tmux.wait_for("tofu", "Trust it and remember it in known_servers?")
+        tmux.type("tofu", "n")
+        screen = tmux.wait_for("tofu", "EXIT-")
+        assert "EXIT-130" in screen and "the server was not trusted; nothing was saved" in screen, screen
+        assert not (home / "known_servers").exists() and not (home / "profile.json").exists()
+    finally:
+        tmux.kill()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 def test_renewal_keeps_pin_tofu_and_ca_clients_working(srv, tmp_path):
     from tests.test_chat_tty import Tmux
 

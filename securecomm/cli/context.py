@@ -145,7 +145,12 @@ def ask_trust(address: str, fingerprint: str) -> bool:
     click.echo(f"The authenticity of server {address} can't be established.\n"
                f"Its CA fingerprint is {fingerprint}\n"
                "(the operator sees it in the output of `securecomm certgen` and `securecomm serve`).", err=True)
-    return click.confirm("Trust it and remember it in known_servers?", default=False, err=True)
+    if not click.confirm("Trust it and remember it in known_servers?", default=False, err=True):
+        from securecomm.errors import InterruptedByUser
+
+        # "no" at a prompt is 130, as the exit table says (the new-user check: it was 8, "not trusted")
+        raise InterruptedByUser("the server was not trusted; nothing was saved")
+    return True
 
 
 T = TypeVar("T")
