@@ -88,8 +88,11 @@ def test_a_ca_file_that_now_holds_another_ca_is_a_changed_certificate(tmp_path, 
     assert "user login NAME --ca FILE" in (e.value.hint or "")
     # logging in again with that file is how a user accepts a new CA the operator confirmed
     trust = resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=Probe([]), replace_known=True)
+    assert trust.replaced == fp(pki.ca)  # `user login` names the CA it replaced (the new-user check: silent)
     trust.verified()
     assert tls.KnownServers(paths.known_servers).get(ADDRESS).fingerprint == fp(pki.other)
+    again = resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=Probe([]), replace_known=True)
+    assert again.replaced is None  # the same CA: nothing replaced, nothing said
     ca_file.unlink()
     with pytest.raises(NotFoundError, match=r"CA file .* does not exist") as gone:
         resolve_trust(paths, HOST, PORT, ca=str(ca_file), probe=Probe([]))

@@ -378,6 +378,10 @@ def login(state: State, name: str, server: str | None, ca: str | None, pin: str 
         clients = candidates(paths, server, ca=ca, pin=pin, ask=ask_trust, replace_known=given_ca)
         first = next(clients)
         ok, address, server_identity, device = run_client(go(replace_key, True))
+    replaced = connected[-1].trust.replaced if connected else None
+    if replaced is not None:  # the new-user check: the remembered CA was swapped without a word
+        info(f"the CA remembered for {address} was {replaced}; it is now {connected[-1].trust.anchor_fingerprint} "
+             "(the --ca file given)")
     if len(parse_servers(server)) > 1:
         address = format_servers(server)  # the profile keeps the whole list
     user_name = server_user_name(ok.user)

@@ -57,6 +57,8 @@ class Trust:
     remember: tuple[tls.KnownServers, str] | None = None
     #: The legacy leaf fingerprint this trust replaced (see tls module docstring).
     migrated_from: str | None = None
+    #: `user login --ca FILE` replaced this CA fingerprint remembered for the server (told to the user).
+    replaced: str | None = None
 
     def verified(self) -> None:
         """Called after the verified connection succeeded: remember the CA if asked to."""
@@ -93,6 +95,8 @@ def resolve_trust(paths: Any, host: str, port: int, *, ca: str | None = None, pi
             raise changed_error(held.address, held.fingerprint)
         if entry is None or replace_known:
             trust.remember = (known, address)  # after the verified connection: held to this CA from now on
+            if entry is not None and not same(entry.fingerprint.encode(), trust.anchor_fingerprint.encode()):
+                trust.replaced = entry.fingerprint
         return trust
     if entry is not None:
         return _known(entry, host, port, pin, known, probe)
