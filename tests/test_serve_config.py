@@ -232,3 +232,12 @@ def test_a_config_path_that_is_not_a_regular_file_is_refused(home, tmp_path):
     """/dev/zero grew the server's memory until it was killed; a FIFO hung the start."""
     result = run(home, "--config", "/dev/zero", "--print-config")
     assert result.exit_code == 2 and "not a regular file" in error_line(result)
+
+
+@pytest.mark.parametrize("args", [("--idle-timeout", "nan"), ("--max-frame", "0"), ("--file-wait", "45")])
+def test_print_config_refuses_what_serve_would_refuse(home, args):
+    """The attacker's check: --print-config printed values that serve then refused, without a word."""
+    result = run(home, *args, "--print-config")
+    assert result.exit_code == 2, result.output
+    assert error_line(result).startswith(f"securecomm: error: {args[0]} must be"), result.stderr
+    assert result.stdout == ""

@@ -16,6 +16,31 @@ if TYPE_CHECKING:
     from securecomm.net.bus import Bus
 
 
+def server_config(*, rate: float, lock_minutes: float, **fields: Any) -> Any:
+    """The ServerConfig of serve's options, checked (UsageError for a value serve would refuse). `fields`:
+    the options named exactly as their ServerConfig fields (address, timeouts, pre-login, session, room
+    and mailbox limits)."""
+    import math
+
+    from securecomm.server.config import ServerConfig
+
+    config = ServerConfig(rate=rate, burst=max(1, int(rate)) if math.isfinite(rate) else 1,
+                          lock_seconds=int(lock_minutes * 60) if math.isfinite(lock_minutes) else 0, **fields)
+    config.validate()
+    return config
+
+
+def _check_printed(params: dict[str, Any]) -> None:
+    """`--print-config` refuses what `serve` would refuse (attacker's check: it printed --idle-timeout nan and
+    --max-frame 0 without a word, and serve then refused them)."""
+    import dataclasses
+
+    from securecomm.server.config import ServerConfig
+
+    names = ({f.name for f in dataclasses.fields(ServerConfig)} | {"lock_minutes"}) - {"burst", "lock_seconds"}
+    server_config(**{k: v for k, v in params.items() if k in names})
+
+
 @click.command(cls=ConfigCommand,
                epilog="Example: securecomm serve --port 0   # any free port; the real one is printed\n\n"
                       "  securecomm serve --config /etc/securecomm/securecomm.toml --print-config")
@@ -108,22 +133,16 @@ def serve(state: State, log_format: str, metrics_at: str | None, host: str, port
     """
     import asyncio
     import logging
-    import math
     import signal
 
-    from securecomm.server.config import ServerConfig
     from securecomm.server.listener import Server, run_server
     from securecomm.server.logs import configure
     from securecomm.server.setup import prepare_server
 
     configure(log_format, state.verbose - state.quiet)
-    # `limits`: the options named exactly as their ServerConfig fields (pre-login, session, room, mailbox limits)
-    config = ServerConfig(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
-                          burst=max(1, int(rate)) if math.isfinite(rate) else 1, idle_timeout=idle_timeout,
-                          handshake_timeout=handshake_timeout,
-                          login_timeout=login_timeout, frame_timeout=frame_timeout, lock_after=lock_after,
-                          lock_seconds=int(lock_minutes * 60), **limits)
-    config.validate()
+    config = server_config(host=host, port=port, max_clients=max_clients, max_frame=max_frame, rate=rate,
+                           idle_timeout=idle_timeout, handshake_timeout=handshake_timeout, login_timeout=login_timeout,
+                           frame_timeout=frame_timeout, lock_after=lock_after, lock_minutes=lock_minutes, **limits)
     if require_pq and transport != "pq":
         from securecomm.errors import UsageError
 
@@ -240,3 +259,6 @@ def make_bus(url: str | None) -> Bus:
     from securecomm.net.nats_bus import NatsBus
 
     return NatsBus(url)
+
+
+serve.check_printed = _check_printed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,9 @@ def effective_config(ctx: click.Context) -> str:
 class ConfigCommand(click.Command):
     """A Click command whose options may also come from `--config FILE` (TOML)."""
 
+    #: Checks the effective options before `--print-config` prints them (raises what the command would).
+    check_printed: Callable[[dict[str, Any]], None] | None = None
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         rest = super().parse_args(ctx, args)
         config = ctx.params.get("config")
@@ -192,6 +196,8 @@ class ConfigCommand(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         if ctx.params.pop("print_config", False):
             ctx.params.pop("config", None)
+            if self.check_printed is not None:
+                self.check_printed(dict(ctx.params))
             click.echo(effective_config(ctx), nl=False)
             return None
         ctx.params.pop("config", None)
