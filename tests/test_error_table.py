@@ -1005,3 +1005,18 @@ def test_junk_in_a_version_2_session_is_malformed_not_version_1(main_world, kind
     assert "version 1" not in err.message, err.message  # before: "version 1 envelope refused: ..."
     assert not c.closed()
     c.close()
+
+
+@pytest.mark.parametrize("kind", [P.MsgType.DIRECT, P.MsgType.ROOM_SEND, P.MsgType.ACK])
+def test_a_pending_devices_malformed_frame_is_bad_state_on_its_type_byte(main_world, kind):
+    """PROTOCOL 3.4: the state is checked on the type byte before the body is parsed. A device waiting to be
+    paired got BAD_FRAME for a malformed DIRECT, ROOM_SEND or ACK (the spec-only client's check), BAD_STATE
+    for a well-formed one."""
+    _listed(main_world, "alice", ALICE).close()
+    c = main_world.raw().start()
+    c.send(c.registration("alice", PrivateIdentity.generate("x25519")))
+    ok = c.until(P.LoginOk)
+    assert isinstance(ok, P.LoginOk) and ok.pending
+    c.send(raw_frame(bytes([kind.value]) + b"\x00"))
+    err = c.error()
+    assert (err.code, err.fatal) == (P.ErrorCode.BAD_STATE, True), err

@@ -81,6 +81,10 @@ READ_CHUNK = 64 * 1024
 PENDING_OPS = ("pair_start", "pair_complete")
 
 
+#: Frame types a device waiting to be paired may send (its REQUESTs are limited to pending_may's ops).
+PENDING_TYPES = frozenset({P.MsgType.REQUEST, P.MsgType.PING, P.MsgType.BYE})
+
+
 def pending_may(ev: P.Request) -> bool:
     """Pairing; or starting over without any other device (`user login --reset-user-key`, 6.4 end):
     a `device_list_publish` with `reset`, which DeviceOps accepts only after the password and the
@@ -220,7 +224,7 @@ class Session:
         #: its version-2 mail, and only that, is offered here. None: no listed device (version 1).
         self.device: bytes | None = None
         #: A new device waiting to be paired (6.4): only pair_start, pair_complete, PING and BYE.
-        self.awaiting_pairing = False
+        self._awaiting_pairing = False
         #: The protocol version agreed at HELLO: 2 if the client listed it (docs/PROTOCOL.md 6.7). A
         #: version-2 session is refused every version-1 envelope in DIRECT and ROOM_KEY.
         self.version = 1
@@ -252,6 +256,17 @@ class Session:
             metrics.messages_refused.labels(code.name.lower()).inc()  # a fixed set: the error code names
         with contextlib.suppress(P.LocalProtocolError):  # already closed: nothing to tell
             self.send(P.Error(int(code), message, fatal, msg_id, rid))
+
+    @property
+    def awaiting_pairing(self) -> bool:
+        """A device waiting to be paired (6.4): only REQUESTs (the pairing ops), PING and BYE, checked on the
+        type byte before a body is parsed (the spec-only client's check: its malformed frames were BAD_FRAME)."""
+        return self._awaiting_pairing
+
+    @awaiting_pairing.setter
+    def awaiting_pairing(self, value: bool) -> None:
+        self._awaiting_pairing = value
+        self.conn.only = PENDING_TYPES if value else None
 
     # -- the read loop ---------------------------------------------------------------
     def _deadline(self, frame_started: float | None) -> float:

@@ -151,6 +151,9 @@ class Connection:
         self.decoder = FrameDecoder(min(max_frame, PRELOGIN_MAX_FRAME))
         self._incoming = CLIENT_MESSAGES if role == "server" else SERVER_MESSAGES
         self._outgoing = SERVER_MESSAGES if role == "server" else CLIENT_MESSAGES
+        #: Set by the server for a session limited within READY (a device waiting to be paired, PROTOCOL.md
+        #: 6.4): other types are BAD_STATE on the type byte, as for the states themselves.
+        self.only: frozenset[MsgType] | None = None
 
     def receive_data(self, data: bytes) -> None:
         try:
@@ -172,6 +175,9 @@ class Connection:
         cls = EVENTS.get(payload[0])
         if cls is not None and cls.TYPE not in self._incoming[self.state]:
             raise RemoteProtocolError(f"{cls.TYPE.name} is not allowed in state {self.state.name}", ErrorCode.BAD_STATE)
+        if cls is not None and self.only is not None and cls.TYPE not in self.only:
+            raise RemoteProtocolError(f"{cls.TYPE.name} is not allowed from a device waiting to be paired",
+                                      ErrorCode.BAD_STATE)
         event = decode_payload(payload)
         self._advance(event)
         return event
