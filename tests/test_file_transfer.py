@@ -388,3 +388,14 @@ def test_a_file_rewritten_in_place_while_it_is_sent_is_refused(world):
     got = _scenario("upload_rewritten", str(homes["alice"]), str(src))
     assert got["error"] == "UsageError" and "changed while it was being sent" in got["message"], got
     assert [p.name for p in (srv.home / "files").iterdir() if not p.name.startswith("files.db")] == []
+
+
+def test_chat_send_of_a_missing_path_fails_at_once(world):
+    """The new-user check: `/send bob ~/missing` printed "sending missing to bob in the background..."
+    before failing; a missing path is said at once, and nothing is said to be sending."""
+    _, homes, tmp = world
+    r = sc(homes["alice"], "chat", input=f"/send bob {tmp / 'missing.bin'}\n/quit\n".encode())
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "file 'missing.bin' not sent to bob:" in out and "does not exist" in out, out
+    assert "in the background" not in out, out

@@ -416,6 +416,11 @@ class ChatSession:
             except SecurecommError as e:
                 self.emit(Alert(f"file '{path.name}' not sent to {user}: {e.message}"))
 
+        try:  # a missing or unreadable path is told at once, not after "sending ..." (the new-user check)
+            open_input(path).close()
+        except SecurecommError as e:
+            self.emit(Alert(f"file '{path.name}' not sent to {user}: {e.message}"))
+            return
         self.emit(Info(f"sending {path.name} to {user} in the background..."))
         task = asyncio.ensure_future(job())
         self._file_jobs.add(task)
