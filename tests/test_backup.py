@@ -71,6 +71,7 @@ def test_backup_during_load_restores_every_receipted_message(srv, tmp_path):
     result = sc(new_home, "restore", str(out))
     assert result.returncode == 0, result.stderr
     assert b"devices removed since this backup was taken are on their accounts' lists again" in result.stderr
+    assert b"messages and files stored since this backup was taken are gone" in result.stderr
     restored = ServerProc(new_home).start()
     try:
         assert before <= set(stored_ids(restored)), "a message receipted before the backup is missing"

@@ -71,3 +71,6 @@ def restore(state: State, file: Path, db: Path | None, force: bool) -> None:
     # the attacker's check: a device removed after the backup is back on its list, silently
     warn("devices removed since this backup was taken are on their accounts' lists again: ask users who "
          "removed one (a lost or stolen device) to remove it again (securecomm devices remove)")
+    # the new-user check: senders were told "stored" for mail that the restore takes back
+    warn("messages and files stored since this backup was taken are gone (their senders were told they were "
+         "stored): ask users to send again what was not read before the restore")
