@@ -56,12 +56,12 @@ from securecomm.wire import protocol as P
 
 #: Message ids remembered to drop redeliveries (a crash between showing and acknowledging).
 SEEN_LIMIT = 10_000
-#: Bad room keys are counted; a warning is shown for the first and then at every power of ten,
-#: so a flood of junk frames cannot flood the screen (30 junk frames -> 2 lines, not 30).
 #: Held-back DELIVERs kept to show once their sender's key is trusted (see Messenger.held_mail).
 MAX_HELD_MAIL = 200
 #: REJECTED lines shown in full before the rest are counted (see _rejected).
 REJECTED_SHOWN = 5
+#: Bad room keys are counted; a warning is shown for the first and then at every power of ten,
+#: so a flood of junk frames cannot flood the screen (30 junk frames -> 2 lines, not 30).
 JUNK_WARN_BASE = 10
 #: Seconds between refills a prekeys_low NOTICE may cause (a refill tops the server up to 100 at once).
 REFILL_EVERY = 30.0
