@@ -56,6 +56,9 @@ WRITE_BURST = 40
 WRITES_PER_MINUTE = 60
 #: What a removed device is told when its sessions end or its key logs in (DEVICE_REMOVED): both ways a
 #: device leaves the list, since the server does not keep which one it was.
+#: No prekeys_claim answer is larger: 10 devices x (a certificate and a hybrid prekey, about 5.8 KiB in hex)
+#: and the list. Under a --max-frame this large the answer is not encoded twice to check it fits.
+CLAIM_ANSWER_BOUND = 128 * 1024
 DEVICE_REMOVED_TEXT = ("this device was removed from your device list (by `devices remove`, or by `user login "
                        "--reset-user-key` on another device, which made a new user key)")
 #: Hex strings longer than this are refused before decoding (a batch of 100 hybrid prekeys is 259,600).
@@ -319,7 +322,8 @@ class DeviceOps:
             # checked before the claim commits: an answer refused for its size must not use up prekeys (21:
             # the type byte and room for the longest rid)
             # (attacker's check: under a small --max-frame each refused try took one from every device)
-            if caller.max_frame is not None and 21 + len(Result(0, answer(claimed)).encode_body()) > caller.max_frame:
+            if caller.max_frame is not None and caller.max_frame < CLAIM_ANSWER_BOUND \
+                    and 21 + len(Result(0, answer(claimed)).encode_body()) > caller.max_frame:
                 raise OpError(ErrorCode.TOO_LARGE, f"the answer to 'prekeys_claim' is larger than this server's "
                               f"frame limit ({caller.max_frame} bytes); its operator should raise --max-frame")
 
