@@ -399,3 +399,65 @@ def test_chat_send_of_a_missing_path_fails_at_once(world):
     out = r.stdout.decode()
     assert "file 'missing.bin' not sent to bob:" in out and "does not exist" in out, out
     assert "in the background" not in out, out
+
+
+def test_a_download_ahead_of_its_consumer_holds_a_bounded_amount_in_memory(world):
+    """The new-user check: `fetch` memory grew with the file (300 MiB: a 240 MB peak). A download waiting
+    for its opener paused the transport and resumed it after, which undid the stream's own pause: the
+    StreamReader's buffer then grew without bound (190 MB of it). Now the FILE_DATA waiting are counted
+    and the read loop stops at a few MiB; the socket's flow control holds the server."""
+    import asyncio
+    import threading
+    import time
+
+    from securecomm.cli.context import State
+    from securecomm.client import files as F
+    from securecomm.client.connection import EventQueue
+    from securecomm.client.login import connect_profile
+    from securecomm.crypto import identity as ident
+
+    _, homes, tmp = world
+    src = tmp / "ahead.bin"
+    src.write_bytes(os.urandom(32 * 1024 * 1024))
+    file_id = _send(homes, src)["file_id"]
+    assert sc(homes["bob"], "inbox").returncode == 0
+    state = State(home=str(homes["bob"]))
+    me = ident.load(state.paths.identity_key("default"))
+    _, notice = F.load_notice(state.paths, file_id)
+
+    async def go() -> tuple[int, int, int]:
+        client, _ = await connect_profile(state.paths, me)
+        feed = F.Feed(notice.stream_size, asyncio.get_running_loop())
+        taken = [0]
+
+        def slow_opener() -> None:  # now and then behind (a disk flushing), so that the feed fills
+            for block in feed.blocks():
+                taken[0] += len(block)
+                if taken[0] % (64 * 256 * 1024) == 0:
+                    time.sleep(0.05)
+
+        worst = [0, 0]
+
+        async def watch() -> None:
+            while True:
+                worst[0] = max(worst[0], len(client.reader._buffer))  # type: ignore[union-attr]
+                worst[1] = max(worst[1], client.events.qsize())
+                await asyncio.sleep(0.005)
+
+        thread = threading.Thread(target=slow_opener)
+        thread.start()
+        watcher = asyncio.create_task(watch())
+        try:
+            await F.get_all(client, notice, feed)
+            await asyncio.to_thread(thread.join, 60)  # the opener takes what is left in the feed
+        finally:
+            watcher.cancel()
+            feed.stop()  # (on a failure only: it has ended by now otherwise)
+            await asyncio.to_thread(thread.join, 60)
+            await client.close()
+        return taken[0], worst[0], worst[1]
+
+    taken, buffered, queued = asyncio.run(go())
+    assert taken == notice.stream_size  # the whole stream went through
+    assert buffered <= 4 * 64 * 1024, f"{buffered} bytes waited in the stream's buffer"
+    assert queued <= EventQueue.FILE_HIGH // (256 * 1024) + 2, f"{queued} FILE_DATA waited in the queue"

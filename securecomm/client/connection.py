@@ -42,6 +42,7 @@ from securecomm.errors import (
 from securecomm.net import tls
 from securecomm.net.pqtls import CertificateError, client_connect
 from securecomm.wire import protocol as P
+from securecomm.wire.files import FileData
 from securecomm.wire.relayed import relayed_size
 
 log = logging.getLogger("securecomm.client")
@@ -110,6 +111,41 @@ def error_from(ev: P.Error) -> SecurecommError:
 
 
 
+class EventQueue(asyncio.Queue):
+    """Client.events: the frames nobody asked for (pushes, file data) for whoever consumes them.
+
+    The FILE_DATA bytes waiting are counted: at FILE_HIGH the read loop stops reading until a consumer
+    has taken them down to FILE_LOW, so the socket's own flow control holds the server back. Before,
+    the read loop went on decoding faster than a download's consumer took the chunks: a 300 MiB fetch
+    peaked at 240 MB of memory, all of it file data waiting here (the new-user check). Other frames
+    are not counted: a command that consumes no pushes must still read its answers.
+    """
+
+    FILE_HIGH = 4 * 1024 * 1024
+    FILE_LOW = 1024 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.file_bytes = 0
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        if isinstance(item, FileData):
+            self.file_bytes += len(item.data)
+            if self.file_bytes >= self.FILE_HIGH:
+                self.room.clear()
+
+    def _get(self) -> Any:
+        item = super()._get()
+        if isinstance(item, FileData):
+            self.file_bytes -= len(item.data)
+            if self.file_bytes <= self.FILE_LOW:
+                self.room.set()
+        return item
+
+
 #: What to do about a DowngradeError: nothing here is the user's to fix.
 DOWNGRADE_HINT = ("do not use this server; tell its operator (a securecomm server always answers version 2 "
                   "with devices)")
@@ -137,7 +173,7 @@ class Client:
         self._closed_error: SecurecommError | None = None
         self._hello_waiter: asyncio.Future[Any] | None = None
         #: Unsolicited events (deliveries, room traffic) for a Messenger to consume.
-        self.events: asyncio.Queue[P.Event | SecurecommError] = asyncio.Queue()
+        self.events: EventQueue = EventQueue()
         #: Where an unsolicited non-fatal ERROR is told (already escaped); a Messenger shows it instead.
         self.notice: Callable[[str], None] = _log_notice
 
@@ -282,6 +318,8 @@ class Client:
                 self.conn.receive_data(data)
                 while (ev := self.conn.next_event()) is not None:
                     self._dispatch(ev)
+                if not self.events.room.is_set():  # a download's consumer is behind: stop reading until it catches up
+                    await self.events.room.wait()
         except asyncio.CancelledError:
             raise
         except P.ProtocolError as e:

@@ -609,15 +609,11 @@ def _larger(notice: FileNotice) -> str:
 
 
 async def _wait_room(client: Any, feed: Feed) -> None:
-    """Wait for the opener, not reading the connection meanwhile (the server waits in its turn)."""
-    transport = client.writer.transport if getattr(client, "writer", None) is not None else None
-    if transport is not None:
-        transport.pause_reading()
-    try:
-        await feed.room()
-    finally:
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
+    """Wait for the opener. FILE_DATA meanwhile wait in client.events, which past a few MiB stops the
+    read loop, and the stream's own flow control then stops the socket (connection.EventQueue). The
+    transport is not paused here: its resume undid the stream's own pause, and a 300 MiB fetch peaked
+    at 240 MB, all of it in the stream's buffer (the new-user check)."""
+    await feed.room()
 
 
 async def _first(client: Any, result: asyncio.Future[Any], notice: FileNotice) -> Any:
