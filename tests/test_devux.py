@@ -437,3 +437,27 @@ def test_keygen_force_on_a_logged_in_device_says_what_it_means_and_how_back(worl
     text = b" ".join(r.stderr.split())
     assert b"identity 'default' was this device's key for bob" in text, text
     assert b"securecomm user login bob --reset-user-key" in text and b"put default.key.bak back" in text
+
+
+def test_a_device_that_saw_the_newest_list_only_while_sending_goes_above_it_after_a_restore(world, tmp_path):
+    """The re-check of the fix above: only `devices`, `devices remove` and `devices approve` noted the newest
+    list; a device that saw it while sending (its own list, for the copies to its other devices) published
+    the same counter again after a restore, and bob refused it (and rejected alice's waiting mail)."""
+    srv, homes = world
+    tablet = tmp_path / "tablet"
+    _pair(srv, homes["alice"], tablet, "alice")  # list 3
+    backup = tmp_path / "before.db"
+    assert sc(srv.home, "backup", str(backup)).returncode == 0
+    t = next(r for r in _rows(tablet) if r["this"])
+    assert sc(homes["alice"], "devices", "remove", t["id"], "--yes").returncode == 0  # list 4, on the laptop
+    assert sc(homes["phone"], "send", "--to", "bob", "the phone sees list 4").returncode == 0
+    assert sc(homes["bob"], "inbox").returncode == 0  # bob accepted list 4
+    srv.stop()
+    assert sc(srv.home, "restore", "--force", str(backup)).returncode == 0  # list 3: the tablet is back
+    srv.start()
+    r = sc(homes["phone"], "devices")
+    assert r.returncode == 0 and b"the server holds list 3 of your devices, older than list 4" in r.stderr, r.stderr
+    r = sc(homes["phone"], "devices", "remove", t["id"], "--yes")
+    assert r.returncode == 0 and b"device list 5" in r.stdout, r.stdout
+    r = sc(homes["bob"], "send", "--to", "alice", "after the restore")
+    assert r.returncode == 0, r.stderr

@@ -56,6 +56,8 @@ async def set_up_device(client: Any, keys: DeviceKeys, me: PrivateIdentity, user
         held = keys.user_key()
         if held is not None and held.public.raw != current.user_key.raw:
             return "old-key"
+        if held is not None:  # the newest list of ours seen here (the re-check: only `devices` noted it)
+            keys.saw_own_list(current.device_list.counter)
     keys.clear_pairing()
     await refill_prekeys(client, keys, me)
     return done

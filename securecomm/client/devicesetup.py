@@ -35,6 +35,7 @@ def first_device(user: str, device: PrivateIdentity, name: str, keys: DeviceKeys
     if reset:
         (keys.folder / "user.key").unlink(missing_ok=True)
     keys.save_user_key(key)
+    keys.saw_own_list(1)
     return {**_list_args(dlist, [cert]), **({"reset": True} if reset else {})}
 
 
@@ -93,7 +94,9 @@ def complete(user: str, me: PrivateIdentity, keys: DeviceKeys,
     if cert.device_id != me.public.fingerprint or not dlist.has(me.public.fingerprint) \
             or not dlist.has(approver.device_id):
         raise FormatError("the pairing answer does not list this device and its approver")
-    return key, keys.replace_user_key(key)
+    replaced = keys.replace_user_key(key)
+    keys.saw_own_list(dlist.counter)  # after the key: a new user key starts its counters afresh
+    return key, replaced
 
 
 def next_counter(keys: DeviceKeys, current: Directory) -> int:

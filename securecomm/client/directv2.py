@@ -166,6 +166,7 @@ class DeviceDirectory:
                 return list(cached[2])
         if name == self.user:
             found = D.valid_devices(name, key, directory.device_list, directory.certs)
+            self.keys.saw_own_list(directory.device_list.counter)  # a list of ours seen while sending (6.3)
         else:
             found = self.pins.devices(name, directory.user_key, directory.device_list, directory.certs)
         if directory.digest:
