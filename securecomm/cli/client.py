@@ -330,9 +330,10 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
     if held:
         from securecomm.errors import ChangedKeyError
 
-        raise ChangedKeyError(f"{held} message(s) held back: their sender's key changed; they stay on the server "
-                              "until you trust the new key", hint="the warnings above name the sender and what to "
-                              "run (securecomm contacts verify NAME)")
+        raise ChangedKeyError(f"{held} message(s) held back: their sender's key changed, or their device list "
+                              "could not be accepted; they stay on the server until you trust the new key (or the "
+                              "list is sorted out)", hint="the warnings above name the sender and what to run "
+                              "(securecomm contacts verify NAME)")
     if interrupted:
         from securecomm.errors import InterruptedByUser
 

@@ -48,6 +48,7 @@ from securecomm.errors import (
     NotFoundError,
     NotListedError,
     SecurecommError,
+    StaleDeviceListError,
     UnsafePermissionsError,
     VersionError,
 )
@@ -359,9 +360,12 @@ class Messenger(Rooms):
         try:
             listed = await self.devices.sender_devices(self.client, ev.sender, env.header.sender)
             device = DM.sender_device(env, listed)
-        except ChangedKeyError as e:
+        except (ChangedKeyError, StaleDeviceListError) as e:
+            # not acknowledged: it stays on the server until the user trusts the new key, or (a list older than
+            # one seen, or another with the same counter: a server restored or misbehaving) until that is
+            # sorted out. The re-check: rejected, such mail was deleted, file notices and all.
             self._hold(ev, e)
-            return  # not acknowledged: it stays on the server until the user trusts the new key
+            return
         except SecurecommError as e:
             self._rejected(f"REJECTED a message claiming to be from {ev.sender}: {e.message}; it was discarded")
             self.client.send_event(P.Ack(ev.seq, P.ACK_REJECTED))
@@ -566,7 +570,8 @@ class Messenger(Rooms):
     def _hold(self, ev: P.Deliver, e: SecurecommError) -> None:
         if ev.seq not in self._held_told:  # told once, not again when tried again
             self._held_told.add(ev.seq)
-            self.emit(Alert(f"message from {ev.sender} held back: {e.message}. {e.hint}", failed=False, held=True))
+            advice = f" {e.hint}" if e.hint else ""
+            self.emit(Alert(f"message from {ev.sender} held back: {e.message}.{advice}", failed=False, held=True))
         if len(self.held_mail) < MAX_HELD_MAIL:
             self.held_mail[ev.seq] = ev
 
