@@ -208,6 +208,7 @@ def test_passwd_removes_the_key_unless_keep_key(server, tmp_path):
     assert sc(bob, "send", "still kept").returncode == 0
     r = sc(server.home, "user", "passwd", "bob", "--yes", "--password-stdin", input=b"purple tractor umbrella\n")
     assert r.returncode == 0 and b"key removed" in r.stderr
+    assert b"securecomm user login bob --reset-user-key" in r.stderr  # the command that now works (re-check)
     r = sc(bob, "send", "old key")  # whoever held the old password and key is out
     assert r.returncode == 5, r.stderr
     # the device still holds bob's user key and the server has no list now: a new user key is made only when

@@ -175,3 +175,27 @@ def test_backup_refuses_the_live_databases_own_files_even_with_force(srv, tmp_pa
         assert b"is one of the database's own files" in r.stderr and b"Traceback" not in r.stderr
         assert (target.read_bytes() if target.exists() else None) == before or target.name.endswith("-wal")
     assert is_live(db)  # the lock still held: restore and a second serve still refused
+
+
+def test_backup_refuses_the_wal_beside_a_linked_database(tmp_path):
+    """The re-check: with the database a symlink to data/real.db, SQLite keeps real.db-wal beside the real
+    file, and `backup --force data/real.db-wal` replaced it."""
+    import sqlite3 as sq
+
+    data, home = tmp_path / "data", tmp_path / "home"
+    data.mkdir()
+    home.mkdir()
+    assert sc(home, "user", "add", "alice", "--password-stdin", input=b"violet tractor umbrella\n").returncode == 0
+    (home / "securecomm.db").rename(data / "real.db")
+    (home / "securecomm.db").symlink_to(data / "real.db")
+    held = sq.connect(data / "real.db")  # a live WAL, as under a running server
+    held.execute("PRAGMA journal_mode=WAL")
+    held.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    held.execute("INSERT INTO t VALUES (1)")
+    held.commit()
+    try:
+        for target in (data / "real.db-wal", data / "real.db-shm", data / "real.db"):
+            r = sc(home, "backup", "--force", str(target))
+            assert r.returncode == 2 and b"is one of the database's own files" in r.stderr, (target, r.stderr)
+    finally:
+        held.close()

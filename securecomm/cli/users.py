@@ -188,8 +188,8 @@ def passwd(state: State, name: str, keep_key: bool, yes: bool, password_stdin: b
         info(f"password changed for {user.name}" + ("; registered device key kept" if user.identity else ""))
     else:
         info(f"password changed for {user.name}; device key removed, and with it every device of the account and "
-             f"its user key (their sessions are closed): {user.name} must log in again with: "
-             f"securecomm user login {user.name}")
+             f"its user key (their sessions are closed): {user.name} must log in again and make a new user key "
+             f"with: securecomm user login {user.name} --reset-user-key")
 
 
 @user.command(epilog="Example: securecomm user remove mallory --yes")

@@ -128,8 +128,9 @@ def _is_live_file(out: Path, db: Path) -> bool:
     or a link to one of them (attacker's check: `backup --force` onto them swapped the database under a
     running server, corrupted it through its WAL, or freed the lock so that `restore` and a second `serve`
     went ahead)."""
-    live = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"), db.with_name(db.name + "-journal"),
-            lock_path(db)]
+    real = db.resolve()  # SQLite keeps its -wal and -shm beside the file a link points to (the re-check)
+    live = [db, lock_path(db), *(p.with_name(p.name + end) for p in (db, real) for end in ("-wal", "-shm", "-journal")),
+            lock_path(real)]
     target = out.resolve()
     for path in live:
         if path.resolve() == target:
