@@ -233,3 +233,28 @@ def test_a_server_that_says_all_were_handed_out_cannot_make_a_device_keep_every_
     assert [keys.get(K.ONE_TIME, i) is None for i in range(1, 6)] == [True, True, False, False, False]
     assert sorted(keys.state["handed_out"]) == ["3", "4", "5"]
     assert keys._one_time_ids == [3, 4, 5] and set(keys._loaded) == {(K.ONE_TIME, 3), (K.ONE_TIME, 4)}
+
+
+def test_unused_keys_are_kept_as_long_as_the_server_keeps_mail(tmp_path):
+    """The re-check: with --mailbox-ttl 90d (or 0, for ever) mail held back for a changed key could wait
+    longer than the 30 days a handed-out key was kept, and became unreadable once trusted."""
+    from securecomm.client.connection import Client
+    from securecomm.client.devicelogin import unused_key_lifetime
+    from securecomm.wire import protocol as P
+
+    def lifetime(ttl: int | None) -> int | None:
+        client = Client("127.0.0.1", 1, None)  # type: ignore[arg-type]  # never connects
+        client.server_hello = P.ServerHello(2, "x", bytes(32), mailbox_ttl=ttl)
+        decoded = P.decode_payload(P.encode_event(client.server_hello)[4:])
+        assert isinstance(decoded, P.ServerHello) and decoded.mailbox_ttl == ttl
+        return unused_key_lifetime(client)
+
+    day = K.DAY_MS
+    assert lifetime(None) == lifetime(7 * 86400) == lifetime(-1) == K.UNUSED_ONE_TIME_MS
+    assert lifetime(90 * 86400) == 90 * day and lifetime(0) is None
+    _, bob, keys = _bob_home(tmp_path)
+    keys.new_one_time(bob, 3)
+    assert keys.forget_handed_out(4, 0, 90 * day) == 0
+    assert keys.forget_handed_out(4, 89 * day, 90 * day) == 0 and keys.forget_handed_out(4, 90 * day, 90 * day) == 3
+    keys.new_one_time(bob, 2)
+    assert keys.forget_handed_out(100, 0, None) == 0 and keys.forget_handed_out(100, 10**6 * day, None) == 0

@@ -460,3 +460,14 @@ def test_a_quiet_session_of_the_same_device_makes_room_at_the_session_limit(tmp_
         for z in zombies:
             z.close()
         srv.stop(signal.SIGKILL)
+
+
+def test_server_hello_announces_the_mailbox_lifetime(tmp_path):
+    """PROTOCOL 6.5: a device keeps an unused one-time key as long as the server keeps mail (SERVER_HELLO)."""
+    srv = ServerProc(tmp_path / "srv", "--mailbox-ttl", "90d").start()
+    try:
+        c = Raw(srv).start()
+        assert c.hello is not None and c.hello.mailbox_ttl == 90 * 86400
+        c.close()
+    finally:
+        srv.stop(signal.SIGKILL)

@@ -13,6 +13,7 @@ from typing import Any
 
 from securecomm.client import devicesetup as S
 from securecomm.client.devicemail import Directory
+from securecomm.crypto import prekeys as K
 from securecomm.crypto.identity import PrivateIdentity
 from securecomm.errors import FormatError, IntegrityError, NotFoundError, PairingError
 from securecomm.store.devicekeys import DeviceKeys
@@ -77,13 +78,27 @@ async def refill_prekeys(client: Any, keys: DeviceKeys, me: PrivateIdentity) -> 
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError("the server sent a malformed prekeys_status answer") from e
     if below is not None:  # a server before this key says nothing of which ids it still holds
-        keys.forget_handed_out(below, now_ms())
+        keys.forget_handed_out(below, now_ms(), unused_key_lifetime(client))
     args = S.refill(me, keys, available, last_resort_ms, now_ms())
     if args is None:
         return 0
     for chunk in upload_chunks(args, int(getattr(client, "max_send", 0) or 1 << 20)):
         await client.request("prekeys_upload", **chunk)
     return len(args["one_time"])
+
+
+def unused_key_lifetime(client: Any) -> int | None:
+    """How long a one-time private key handed out and never used is kept (ms; None: by count only): 30
+    days, or the server's mailbox lifetime if longer (SERVER_HELLO mailbox_ttl; 0: mail is kept for ever),
+    so that mail held back on the server (a contact's key changed) can still be opened once trusted (the
+    re-check: with --mailbox-ttl 90d such mail became unreadable after 30 days)."""
+    hello = getattr(client, "server_hello", None)
+    ttl = getattr(hello, "mailbox_ttl", None)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
+        return K.UNUSED_ONE_TIME_MS
+    if ttl == 0:
+        return None
+    return max(K.UNUSED_ONE_TIME_MS, ttl * 1000)
 
 
 #: Room left in a frame for the REQUEST's own JSON around the hex strings.

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -371,7 +372,8 @@ class Session:
                 return
             self.version = agreed
             self.send(P.ServerHello(self.version, self.server_line, self.challenge, self.config.max_frame,
-                                    server="securecomm", idle_timeout=max(1, int(self.config.idle_timeout))))
+                                    server="securecomm", idle_timeout=max(1, int(self.config.idle_timeout)),
+                                    mailbox_ttl=max(0, math.ceil(self.config.mailbox_ttl))))
         elif isinstance(event, P.LoginPassword):
             await self.logins.login_password(self, event)
         elif isinstance(event, P.LoginKey):

@@ -279,9 +279,10 @@ class DeviceKeys:
             self._save_state()
         return len(done)
 
-    def forget_handed_out(self, below: int, now_ms: int) -> int:
+    def forget_handed_out(self, below: int, now_ms: int, keep_ms: int | None = K.UNUSED_ONE_TIME_MS) -> int:
         """Erase one-time private keys the server handed out and no one used (6.5): every id of ours
-        under `below` (prekeys_status's `handed_out_below`). Each is kept UNUSED_ONE_TIME_MS
+        under `below` (prekeys_status's `handed_out_below`). Each is kept `keep_ms` (UNUSED_ONE_TIME_MS, or
+        longer where the server keeps mail longer: SERVER_HELLO's mailbox_ttl)
         from when this device first saw it so (mail sealed to it may still wait), at most
         HANDED_OUT_KEPT of them (the lowest go first); an id held again (a server restored from a
         backup) is no longer counted. Returns how many keys were erased."""
@@ -294,7 +295,8 @@ class DeviceKeys:
         seen = {k: v for k, v in before.items() if int(k) in out}
         seen.update({str(i): now_ms for i in out if str(i) not in seen})
         marked = sorted(int(k) for k in seen)
-        erase = {i for i in marked if now_ms - int(seen[str(i)]) >= K.UNUSED_ONE_TIME_MS}
+        # keep_ms None: kept until the HANDED_OUT_KEPT bound only (a server that keeps mail for ever)
+        erase = {i for i in marked if keep_ms is not None and now_ms - int(seen[str(i)]) >= keep_ms}
         erase.update(marked[: max(0, len(marked) - K.HANDED_OUT_KEPT)])
         for prekey_id in sorted(erase):
             self._loaded.pop((K.ONE_TIME, prekey_id), None)

@@ -214,12 +214,17 @@ class ServerHello(Event):
     #: The server's --idle-timeout in whole seconds (optional; PROTOCOL.md 3.7): a waiting client PINGs
     #: well within it. None: not announced (a server before it); the client then assumes 300.
     idle_timeout: int | None = None
+    #: How long the server keeps undelivered mail, in whole seconds, 0 for ever (optional; PROTOCOL.md 6.5):
+    #: a device keeps a one-time prekey handed out and never used at least this long. None: not announced.
+    mailbox_ttl: int | None = None
 
     def encode_body(self) -> bytes:
         body = {"version": self.version, "identity": self.identity, "challenge": self.challenge.hex(),
                 "max_frame": self.max_frame, "server": self.server}
         if self.idle_timeout is not None:
             body["idle_timeout"] = self.idle_timeout
+        if self.mailbox_ttl is not None:
+            body["mailbox_ttl"] = self.mailbox_ttl
         return _dump(body)
 
     @classmethod
@@ -229,7 +234,7 @@ class ServerHello(Event):
         assert challenge is not None
         return cls(_field(o, "version", int), _field(o, "identity", str), challenge,
                    _field(o, "max_frame", int), _field(o, "server", str),
-                   _field(o, "idle_timeout", int, optional=True))
+                   _field(o, "idle_timeout", int, optional=True), _field(o, "mailbox_ttl", int, optional=True))
 
 
 @dataclass(frozen=True)
