@@ -127,13 +127,24 @@ def cut_through(tmp: Path, server: Any, homes: dict[str, Path], src: Path) -> di
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, s_err = sender.communicate(timeout=600)
     send_s = time.perf_counter() - t0
-    _, f_err = fetcher.communicate(timeout=600)
+    f_err, fetch_rss = wait_with_peak_rss(fetcher)
     total_s = time.perf_counter() - t0
     if sender.returncode or fetcher.returncode:
         raise RuntimeError(f"send: {s_err.decode()} fetch: {f_err.decode()}")
     if dest.stat().st_size != src.stat().st_size:
         raise RuntimeError("the fetched file has the wrong size")
-    return {"notice_s": notice_s, "send_s": send_s, "total_s": total_s, "server_peak_rss_mib": peak_rss_mib(server.pid)}
+    return {"notice_s": notice_s, "send_s": send_s, "total_s": total_s, "server_peak_rss_mib": peak_rss_mib(server.pid),
+            "fetch_peak_rss_mib": fetch_rss}
+
+
+def wait_with_peak_rss(proc: Any) -> tuple[bytes, float]:
+    """Wait for `proc` (its stderr piped) and return (stderr, its own peak RSS in MiB, from wait4)."""
+    import os
+
+    err = proc.stderr.read() if proc.stderr is not None else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return err, usage.ru_maxrss / 1024
 
 
 async def bare_tls_copy(port: int, cafile: Path, size: int) -> float:
@@ -199,7 +210,8 @@ def main() -> None:
                       f"cut-through: notice at "
                       f"{ct['notice_s']:.2f} s, send ends {ct['send_s']:.2f} s, fetch ends {ct['total_s']:.2f} s, "
                       f"ratio {bare_s / ct['total_s']:.0%} | server peak {sc['server_peak_rss_mib']:.1f} / "
-                      f"{ct['server_peak_rss_mib']:.1f} MiB", flush=True)
+                      f"{ct['server_peak_rss_mib']:.1f} MiB | fetch peak {ct['fetch_peak_rss_mib']:.1f} MiB",
+                      flush=True)
         finally:
             server.stop()
             echo.stop()
@@ -213,6 +225,7 @@ def main() -> None:
     ct = {k: median([r["cut_through"][k] for r in rounds]) for k in ("notice_s", "send_s", "total_s",
                                                                      "server_peak_rss_mib")}
     ct["server_peak_rss_max_mib"] = max(r["cut_through"]["server_peak_rss_mib"] for r in rounds)
+    ct["fetch_peak_rss_max_mib"] = max(r["cut_through"]["fetch_peak_rss_mib"] for r in rounds)
     ct["ratio"] = median([r["cut_through_ratio"] for r in rounds])
     r = {"size_mib": mib, "rounds": len(rounds), "securecomm": sc, "cut_through": ct, "bare_tls_copy_s": bare_s,
          "securecomm_mib_per_s": mib / sc["total_s"], "bare_tls_mib_per_s": mib / bare_s,
@@ -224,7 +237,8 @@ def main() -> None:
     print(f"  ratio (median of the rounds' ratios) {r['ratio']:.0%}")
     print(f"  cut-through (fetch started at the notice, {ct['notice_s']:.2f} s in): send + fetch together "
           f"{ct['total_s']:.2f} s ({mib / ct['total_s']:.0f} MiB/s), ratio {ct['ratio']:.0%}   target >= 60%; "
-          f"server peak RSS {ct['server_peak_rss_mib']:.1f} MiB, highest {ct['server_peak_rss_max_mib']:.1f}")
+          f"server peak RSS {ct['server_peak_rss_mib']:.1f} MiB, highest {ct['server_peak_rss_max_mib']:.1f}; "
+          f"fetch's peak RSS highest {ct['fetch_peak_rss_max_mib']:.1f} MiB")
     print(f"  server peak RSS over the transfer {sc['server_peak_rss_mib']:.1f} MiB, highest "
           f"{sc['server_peak_rss_max_mib']:.1f} (before: {sc['server_rss_before_mib']:.1f}"
           f"{'' if sc['peak_reset'] else ', peak not reset: includes setup'})   target < 64 MiB")
