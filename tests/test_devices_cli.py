@@ -246,6 +246,8 @@ def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
     other = I.PrivateIdentity.generate("x25519").public.fingerprint_text  # a server that put another device there
     wrong = sc("devices", "approve", code, "--fingerprint", other, home_dir=laptop)
     assert wrong.exit_code == 6 and "is not the one you named" in wrong.output, wrong.output
+    # not printed whole (the new-user check: ready to copy into --fingerprint, it invited approving the stranger)
+    assert phone_id.public.fingerprint_text not in wrong.output
     assert len(json.loads(sc("devices", "--json", home_dir=laptop).output)) == 1  # nothing approved
     ok = sc("devices", "approve", code.lower().replace("-", " "), input="y\n", home_dir=laptop)
     assert ok.exit_code == 0, ok.output

@@ -250,8 +250,8 @@ def approve(ctx: click.Context, code: str, server: str | None, ca: str | None, p
                 given = given if given.startswith("SHA256:") else "SHA256:" + given
                 if not same(given.encode(), request.device.fingerprint_text.encode()):
                     raise IntegrityError(f"the device waiting with code {shown(code)} is not the one you named: "
-                                         f"its fingerprint is {request.device.fingerprint_text}; nothing was "
-                                         "approved", hint="someone else has this code, or the server put another "
+                                         f"its fingerprint begins {request.device.fingerprint_text[:14]}... "
+                                         "(not shown whole: it is not one to copy); nothing was approved", hint="someone else has this code, or the server put another "
                                          "device in its place: run user login on the new device for a new code")
             elif not _confirm("is this your device, showing the same fingerprint?",
                               f"compare them, then: securecomm devices approve {code} --fingerprint FP "
