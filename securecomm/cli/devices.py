@@ -242,20 +242,21 @@ def approve(ctx: click.Context, code: str, server: str | None, ca: str | None, p
     async def go() -> Any:
         async with await _connected(state, identity, options) as client:
             request = await look_up_pairing(client, code)
-            click.echo(f"device {shown(request.name)} asks to join {shown(profile.user)}'s devices\n"
-                       f"  its fingerprint: {request.device.fingerprint_text}\n"
-                       f"  your user key:   {user_key.public.fingerprint_text}")
-            if expected is not None:
+            if expected is not None:  # compared before anything is shown: a stranger's fingerprint is not printed
                 given = expected.strip()
                 given = given if given.startswith("SHA256:") else "SHA256:" + given
                 if not same(given.encode(), request.device.fingerprint_text.encode()):
                     raise IntegrityError(f"the device waiting with code {shown(code)} is not the one you named: "
                                          f"its fingerprint begins {request.device.fingerprint_text[:14]}... "
-                                         "(not shown whole: it is not one to copy); nothing was approved", hint="someone else has this code, or the server put another "
-                                         "device in its place: run user login on the new device for a new code")
-            elif not _confirm("is this your device, showing the same fingerprint?",
-                              f"compare them, then: securecomm devices approve {code} --fingerprint FP "
-                              "(the fingerprint the new device printed)"):
+                                         "(not shown whole: it is not one to copy); nothing was approved",
+                                         hint="someone else has this code, or the server put another device in "
+                                         "its place: run user login on the new device for a new code")
+            click.echo(f"device {shown(request.name)} asks to join {shown(profile.user)}'s devices\n"
+                       f"  its fingerprint: {request.device.fingerprint_text}\n"
+                       f"  your user key:   {user_key.public.fingerprint_text}")
+            if expected is None and not _confirm("is this your device, showing the same fingerprint?",
+                                                 f"compare them, then: securecomm devices approve {code} "
+                                                 "--fingerprint FP (the fingerprint the new device printed)"):
                 raise InterruptedByUser("the device was not approved; nothing was changed")
             return request, await approve_pairing(client, profile.user, keys, identity, request)
 
