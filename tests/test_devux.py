@@ -4,12 +4,15 @@ fails on the code before its fix (named in each docstring)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
 import socket
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +54,47 @@ def _pairings(srv: ServerProc) -> list[bytes]:
         return [bytes(d) for (d,) in con.execute("SELECT device_id FROM pairings")]
     finally:
         con.close()
+
+
+async def _until(events: list, found: Any, what: str) -> None:
+    """Wait (30 s at most) for an event `found` accepts among those a running session showed."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any(found(e) for e in events):
+        assert asyncio.get_running_loop().time() < deadline, (what, events)
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def _running_session(home: Path, user: str) -> AsyncIterator[tuple[Any, list]]:
+    """`user`'s Messenger running in-process, as chat and inbox --follow run it: (it, the events shown)."""
+    import asyncio
+
+    from securecomm.cli.context import State
+    from securecomm.client.login import connect_profile
+    from securecomm.client.messenger import Messenger
+    from securecomm.crypto import identity as ident
+
+    state = State(home=str(home))
+    me = ident.load(state.paths.identity_key("default"))
+    events: list = []
+    client, _ = await connect_profile(state.paths, me)
+    m = Messenger(client, me, user, state.paths, events.append)
+    pump = asyncio.create_task(m.run())
+    try:
+        yield m, events
+    finally:
+        pump.cancel()
+        await client.close()
+
+
+def _reset_and_send(srv: ServerProc, home: Path, text: str) -> None:
+    """alice resets her user key from `home`'s device (it stays hers), then writes to bob from it."""
+    r = login(home, srv, "alice", PASSWORD, "--reset-user-key", "--yes")
+    assert r.returncode == 0, r.stderr
+    r = sc(home, "send", "--to", "bob", text)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture
@@ -311,42 +355,19 @@ def test_a_running_session_notices_a_contact_who_reset_their_user_key_from_the_s
     device. Now it is asked again once older than SENDER_LIST_TTL (0 here: the test waits on events)."""
     import asyncio
 
-    from securecomm.cli.context import State
     from securecomm.client.events import Alert, DirectMessage
-    from securecomm.client.login import connect_profile
-    from securecomm.client.messenger import Messenger
-    from securecomm.crypto import identity as ident
 
     srv, homes = world
-    state = State(home=str(homes["bob"]))
-    me = ident.load(state.paths.identity_key("default"))
-
-    async def until(events: list, found, what: str) -> None:
-        deadline = asyncio.get_running_loop().time() + 30
-        while not any(found(e) for e in events):
-            assert asyncio.get_running_loop().time() < deadline, (what, events)
-            await asyncio.sleep(0.05)
 
     async def go() -> list:
-        events: list = []
-        client, _ = await connect_profile(state.paths, me)
-        m = Messenger(client, me, "bob", state.paths, events.append)
-        pump = asyncio.create_task(m.run())
-        try:
+        async with _running_session(homes["bob"], "bob") as (m, events):
             await asyncio.to_thread(lambda: sc(homes["alice"], "send", "--to", "bob", "before"))
-            await until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"before", "before")
+            await _until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"before", "before")
             assert m.devices is not None
             m.devices.sender_ttl = 0
-            r = await asyncio.to_thread(lambda: login(homes["alice"], srv, "alice", PASSWORD, "--reset-user-key",
-                                                      "--yes"))
-            assert r.returncode == 0, r.stderr
-            r = await asyncio.to_thread(lambda: sc(homes["alice"], "send", "--to", "bob", "after the reset"))
-            assert r.returncode == 0, r.stderr
-            await until(events, lambda e: isinstance(e, Alert) and e.held, "held back")
+            await asyncio.to_thread(_reset_and_send, srv, homes["alice"], "after the reset")
+            await _until(events, lambda e: isinstance(e, Alert) and e.held, "held back")
             return events
-        finally:
-            pump.cancel()
-            await client.close()
 
     events = asyncio.run(go())
     assert not any(isinstance(e, DirectMessage) and e.body == b"after the reset" for e in events), events
@@ -381,46 +402,23 @@ def test_mail_held_for_a_changed_key_shows_once_the_key_is_trusted_in_the_runnin
     back for the changed key stayed unseen until chat was restarted."""
     import asyncio
 
-    from securecomm.cli.context import State
     from securecomm.client.events import Alert, DirectMessage
-    from securecomm.client.login import connect_profile
-    from securecomm.client.messenger import Messenger
-    from securecomm.crypto import identity as ident
 
     srv, homes = world
-    state = State(home=str(homes["bob"]))
-    me = ident.load(state.paths.identity_key("default"))
-
-    async def until(events: list, found, what: str) -> None:
-        deadline = asyncio.get_running_loop().time() + 30
-        while not any(found(e) for e in events):
-            assert asyncio.get_running_loop().time() < deadline, (what, events)
-            await asyncio.sleep(0.05)
 
     async def go() -> tuple[list, str]:
-        events: list = []
-        client, _ = await connect_profile(state.paths, me)
-        m = Messenger(client, me, "bob", state.paths, events.append)
-        pump = asyncio.create_task(m.run())
-        try:
+        async with _running_session(homes["bob"], "bob") as (m, events):
             await asyncio.to_thread(lambda: sc(homes["alice"], "send", "--to", "bob", "first"))
-            await until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"first", "first")
+            await _until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"first", "first")
             assert m.devices is not None
             m.devices.sender_ttl = 0  # alice's list is asked again at once (see SENDER_LIST_TTL)
-            r = await asyncio.to_thread(lambda: login(homes["phone"], srv, "alice", PASSWORD, "--reset-user-key",
-                                                      "--yes"))
-            assert r.returncode == 0, r.stderr
-            r = await asyncio.to_thread(lambda: sc(homes["phone"], "send", "--to", "bob", "from the new key"))
-            assert r.returncode == 0, r.stderr
-            await until(events, lambda e: isinstance(e, Alert) and e.held, "held back")
+            await asyncio.to_thread(_reset_and_send, srv, homes["phone"], "from the new key")
+            await _until(events, lambda e: isinstance(e, Alert) and e.held, "held back")
             pending = m.devices.pins.get("alice").pending
             assert pending is not None
             said = await m.trust("alice", pending.fingerprint_text)
-            await until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"from the new key", "shown")
+            await _until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"from the new key", "shown")
             return events, said
-        finally:
-            pump.cancel()
-            await client.close()
 
     events, said = asyncio.run(go())
     assert said.startswith("now trusting alice"), said
