@@ -242,15 +242,18 @@ class DeviceKeys:
         self._wiped.clear()
         self.preload()
 
+    def _one_time_on_disk(self) -> list[int]:
+        """The ids of the one-time private keys whose files are in the folder, ascending."""
+        prefix = f"{K.ONE_TIME}-"
+        with os.scandir(self.prekey_dir) as entries:
+            return sorted(int(e.name[len(prefix):-4]) for e in entries if e.name.startswith(prefix)
+                          and e.name.endswith(".key") and e.name[len(prefix):-4].isdigit())
+
     def preload(self, count: int = 4) -> int:
         """Load the `count` lowest-numbered one-time private prekeys into memory (see top); returns how
         many were read now. A key whose file is gone is dropped from memory."""
         if self._one_time_ids is None:
-            prefix = f"{K.ONE_TIME}-"
-            with os.scandir(self.prekey_dir) as entries:
-                self._one_time_ids = sorted(int(e.name[len(prefix):-4]) for e in entries
-                                            if e.name.startswith(prefix) and e.name.endswith(".key")
-                                            and e.name[len(prefix):-4].isdigit())
+            self._one_time_ids = self._one_time_on_disk()
         wanted = self._one_time_ids[:count]
         for stale in [k for k in self._loaded if k[0] == K.ONE_TIME and k[1] not in wanted]:
             del self._loaded[stale]
@@ -286,10 +289,7 @@ class DeviceKeys:
         from when this device first saw it so (mail sealed to it may still wait), at most
         HANDED_OUT_KEPT of them (the lowest go first); an id held again (a server restored from a
         backup) is no longer counted. Returns how many keys were erased."""
-        prefix = f"{K.ONE_TIME}-"
-        with os.scandir(self.prekey_dir) as entries:
-            ours = sorted(int(e.name[len(prefix):-4]) for e in entries if e.name.startswith(prefix)
-                          and e.name.endswith(".key") and e.name[len(prefix):-4].isdigit())
+        ours = self._one_time_on_disk()
         out = {i for i in ours if i < below}
         before = dict(self.state.get("handed_out", {}))
         seen = {k: v for k, v in before.items() if int(k) in out}
