@@ -41,6 +41,47 @@ class Seen:
         await asyncio.wait_for(wait(), WAIT)
 
 
+class PacedLink:
+    """A loopback TCP link to NATS that delivers the client's protocol lines one per `pace` seconds,
+    in order; the server's bytes go back at once. A slow uplink: what a client sent in separate
+    writes arrives far apart, so a PONG proves only what was written before its PING."""
+
+    def __init__(self, nats_port: int, pace: float) -> None:
+        self.nats_port, self.pace = nats_port, pace
+        self.url = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> PacedLink:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _link(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        nats_r, nats_w = await asyncio.open_connection("127.0.0.1", self.nats_port)
+
+        async def up() -> None:
+            while True:
+                line = await client_r.readuntil(b"\r\n")
+                await asyncio.sleep(self.pace)
+                nats_w.write(line)
+
+        async def down() -> None:
+            while data := await nats_r.read(65536):
+                client_w.write(data)
+
+        for pump in (up(), down()):
+            task = asyncio.create_task(pump)
+            self._tasks.add(task)
+
+
 async def _pair(url: str) -> tuple[NatsBus, NatsBus, Seen, Seen]:
     a, b = NatsBus(url), NatsBus(url)
     seen_a, seen_b = Seen(a), Seen(b)
@@ -66,6 +107,28 @@ def test_mail_and_user_frames_reach_only_relays_watching_the_user(nats_server: N
         finally:
             await a.close()
             await b.close()
+
+    asyncio.run(main())
+
+
+def test_a_watched_user_is_subscribed_at_nats_before_the_store_is_read(nats_server: NatsServer):
+    """Regression (a CI run): nats-py sends flush()'s PING ahead of a SUB still queued for its
+    flusher, so one PONG came back before NATS had the SUB, and a wake-up published in that gap
+    was lost for good. Over a link that delivers a line per 0.3 s the gap is 0.3 s wide."""
+    async def main() -> None:
+        async with PacedLink(nats_server.port, 0.3) as link:
+            a, b = NatsBus(nats_server.url), NatsBus(link.url)
+            seen_b = Seen(b)
+            await a.connect()
+            await b.connect()
+            try:
+                b.watch_user(7)
+                await seen_b.until(lambda: seen_b.mail == [7])  # b says the subscription is in place
+                a.publish_user(7, b"receipt")  # so this reaches b
+                await seen_b.until(lambda: seen_b.frames == [(7, b"receipt")])
+            finally:
+                await a.close()
+                await b.close()
 
     asyncio.run(main())
 

@@ -237,10 +237,22 @@ class NatsBus(LocalBus):
             await self._nc.publish(subject, data)
         elif op == "sub" and subject not in self._subs:
             self._subs[subject] = await self._nc.subscribe(subject, cb=self._received)
-            await self._nc.flush()  # in place at the server: from here no wake-up for it is missed
+            await self._at_nats()  # in place at the server: from here no wake-up for it is missed
             self._subscribed(subject)
         elif op == "unsub" and subject in self._subs:
             await self._subs.pop(subject).unsubscribe()
+
+    async def _at_nats(self) -> None:
+        """Return once NATS has every command this relay queued before the call.
+
+        One flush() does not prove it: nats-py writes flush's PING straight to the socket, ahead of
+        a SUB still queued for its flusher task, so NATS can answer PONG before it has the SUB, and a
+        wake-up published in that gap is lost (a CI run lost one). The SUB woke the flusher before
+        the first PING was written, and the flusher runs before that PING's PONG can be read, so
+        the second PING goes out behind the SUB and its PONG means the SUB is in place.
+        """
+        await self._nc.flush()
+        await self._nc.flush()
 
     def _subscribed(self, subject: str) -> None:
         """A wake-up published before the subscription reached NATS was missed: read the store once."""
