@@ -31,7 +31,7 @@ PER_ADDRESS = 48
 #: RSS above the pre-flood baseline that may stay once the flood has gone (see the flood test). It was 7 MiB;
 #: a clean CI run settled at 10.6 MiB (stop 25), inside the variance of glibc's heap on this VM, so the
 #: bound now catches a flood whose memory is not given back (13-20 MiB held) but no longer tells the trim
-#: (4.7-5.8 MiB up) from its absence (8.7-9.8): a test of the trim itself is still to be written.
+#: (4.7-5.8 MiB up) from its absence (8.7-9.8): tests/test_memory.py tests the trim itself.
 SETTLED_BOUND_KIB = 12 * 1024
 
 
