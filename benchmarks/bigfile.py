@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import entry_point, write_json
+from benchmarks.common import as_installed, entry_point, write_json
 
 MIB = 1024 * 1024
 #: Bound on any one tool run: a hung process must not hang the benchmark.
@@ -119,6 +119,7 @@ def filecmp_equal(a: Path, b: Path) -> bool:
 
 
 def main() -> None:
+    as_installed()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="32 MiB, one round")
     ap.add_argument("--size-mb", type=int)

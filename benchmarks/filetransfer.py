@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import harness as H
-from benchmarks.common import entry_point, write_json
+from benchmarks.common import as_installed, entry_point, write_json
 
 MIB = 1024 * 1024
 
@@ -180,6 +180,7 @@ def median(xs: list[float]) -> float:
 
 
 def main() -> None:
+    as_installed()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--size-mb", type=int)
