@@ -266,3 +266,39 @@ def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
     assert len(list((phone / "devices" / "phone" / "prekeys").iterdir())) > 1  # set up: prekeys uploaded
     rows = json.loads(sc("devices", "--json", home_dir=phone).output)
     assert {(d["name"], d["this"]) for d in rows} == {(HOST, False), ("phone", True)}
+
+
+def test_a_removed_devices_file_goes_with_its_notice(world, sc, tmp_path):
+    """The attacker's check (stop 25, #5): removing a device deleted the mail it had sent, the notice of its
+    file among it, but the file stayed on the server for --file-days, counted against the recipient's quota,
+    with nothing left that could fetch it. Now it goes with the device; a file from the device that stays
+    is kept."""
+    srv, homes = world
+    laptop, phone = homes["alice"], tmp_path / "alice-phone"
+    code = _code(login(phone, srv, "alice", PASSWORD, "--identity", "phone").stderr)
+    from securecomm.crypto import identity as I
+
+    phone_id = I.load(phone / "identities" / "phone.key", lambda: b"")
+    ok = sc("devices", "approve", code, "--fingerprint", phone_id.public.fingerprint_text, home_dir=laptop)
+    assert ok.exit_code == 0, ok.output
+    assert login(phone, srv, "alice", PASSWORD, "--identity", "phone").returncode == 0
+    sent = {}
+    for name, home in (("phone", phone), ("laptop", laptop)):
+        src = tmp_path / f"from-{name}.bin"
+        src.write_bytes(name.encode() * 1000)
+        r = sc("send", "--to", "bob", "--file", str(src), "--json", home_dir=home)
+        assert r.exit_code == 0, r.output
+        sent[name] = json.loads(r.output)["file_id"]
+    stored = srv.home / "files"
+    assert (stored / sent["phone"]).exists() and (stored / sent["laptop"]).exists()
+
+    r = sc("devices", "remove", phone_id.public.fingerprint[:6].hex(), "--yes", home_dir=laptop)
+    assert r.exit_code == 0, r.output
+    srv.wait_log(r"deleted 1 file\(s\) uploaded by removed devices")
+    assert not (stored / sent["phone"]).exists() and (stored / sent["laptop"]).exists()
+    shown = sc("inbox", "--json", home_dir=homes["bob"])
+    files = [json.loads(line)["file"]["id"] for line in shown.output.splitlines() if '"file"' in line]
+    assert files == [sent["laptop"]]  # the phone's notice went with its mail, and now its file too
+    fetched = sc("fetch", sent["laptop"], "-o", str(tmp_path / "got.bin"), home_dir=homes["bob"])
+    assert fetched.exit_code == 0, fetched.output
+    assert (tmp_path / "got.bin").read_bytes() == b"laptop" * 1000

@@ -473,3 +473,56 @@ def test_a_sender_at_the_cap_gets_room_from_its_own_idle_uploads(store, clock):
     fresh = store.offer("mallory", "carol", 1, b"\0" * 32)
     assert fresh.received == 0 and all(store.row(o.file_id) is None for o in killed)
     assert store.row(alices.file_id) is not None  # another sender's idle upload is not its room
+
+
+A1, A2 = b"\xa1" * 32, b"\xa2" * 32
+
+
+def _upload_from(store, device: bytes | None, size: int = 100, complete: bool = True) -> bytes:
+    data = os.urandom(size)
+    offer = store.offer("alice", "carol", len(data), hashlib.sha256(data).digest(), None, [C1], device)
+    store.put("alice", offer.file_id, 0, data if complete else data[: size // 2])
+    return offer.file_id
+
+
+def test_files_a_removed_device_uploaded_go_with_it(store):
+    """The attacker's check (stop 25, #5): a device removed after it sent a file took the file's notice with
+    its waiting mail, but the file stayed until --file-days, counted against the recipient's quota, with no
+    notice left to fetch it. Files another device (or no device) uploaded stay."""
+    fetched_part = _upload_from(store, A1)
+    unfinished = _upload_from(store, A1, complete=False)
+    kept = _upload_from(store, A2)
+    legacy = _upload_from(store, None)  # an account without devices: not this sweep's business
+    assert store.done("carol", fetched_part, C2, [C1, C2]) is False  # fetched by one device of carol's
+    assert store.sending_accounts() == ["alice"]
+    assert store.drop_unlisted_senders({"alice": [A1, A2]}) == 0  # nobody removed
+    used = store.used("carol")
+    assert store.drop_unlisted_senders({"alice": [A2]}) == 2  # A1 removed: what it uploaded goes
+    assert store.row(fetched_part) is None and store.row(unfinished) is None
+    assert store.row(kept) is not None and store.row(legacy) is not None
+    assert store.used("carol") == used - 150  # 100 complete + 50 held of the unfinished one
+    _refused("file-not-found", store.open_for, "carol", fetched_part)
+    assert store.drop_unlisted_senders({"alice": []}) == 1 and store.row(legacy) is not None
+
+
+def test_a_files_db_from_before_sender_devices_is_upgraded(tmp_path, clock):
+    import sqlite3
+
+    folder = tmp_path / "files"
+    folder.mkdir(mode=0o700)
+    old = sqlite3.connect(folder / "files.db")
+    old.executescript("""CREATE TABLE files (id BLOB PRIMARY KEY, sender TEXT NOT NULL, recipient TEXT NOT NULL,
+        size INTEGER NOT NULL, sha256 BLOB NOT NULL, complete INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL,
+        expires REAL NOT NULL)""")
+    old.execute("INSERT INTO files VALUES (?, 'alice', 'carol', 10, ?, 1, ?, ?)",
+                (b"\x07" * 16, b"", clock.now, clock.now + 86400))
+    old.commit()
+    old.close()
+    store = FileStore(folder, clock=clock)
+    try:
+        assert store.row(b"\x07" * 16) is not None  # kept, with no sending device
+        assert store.drop_unlisted_senders({"alice": []}) == 0
+        new = _upload_from(store, A1)
+        assert store.drop_unlisted_senders({"alice": []}) == 1 and store.row(new) is None
+    finally:
+        store.close()

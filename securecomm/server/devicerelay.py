@@ -49,6 +49,8 @@ class DeviceRelay:
         """`opener`: a store (store/db.py Store or store/postgres.py PostgresStore) of the relay's
         database, used for device requests only; its `device_sql()` is what store/devices.py runs on."""
         self._opener = opener
+        #: Called with an account's name after a device left its list (server/files.py deletes its files).
+        self.on_removed: Callable[[str], Any] | None = None
         self._ops: DeviceOps | None = None
         self._store: Any = None
 
@@ -122,6 +124,8 @@ class DeviceRelay:
             frame = self.notice_frame(notice)
             if frame is not None:
                 publish(notice.user_id, P.encode_event(frame))
+        if outcome.close and self.on_removed is not None:
+            self.on_removed(s.user.name)
         return True
 
     def _handle(self, s: Session, ev: P.Request) -> Any:

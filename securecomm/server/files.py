@@ -102,6 +102,8 @@ class FileService:
         self._gets: weakref.WeakKeyDictionary[Any, _Gets] = weakref.WeakKeyDictionary()
         #: Per-session bound on queued FILE_PUTs (weak: a session that ends takes its entry with it).
         self._slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+        #: Deletions started by a device's removal (held so that they are not collected mid-way).
+        self._pending: set[asyncio.Task[int]] = set()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -117,6 +119,7 @@ class FileService:
                 log.info("deleted %d expired file(s)", n)
             try:
                 await self.prune_fetchers()
+                await self.drop_unlisted_senders(await self._run(self.store.sending_accounts))
             except Exception as e:  # a lost database: the next sweep tries again
                 log.warning("could not check the devices files wait for: %s", e)
             await asyncio.sleep(EXPIRE_EVERY)
@@ -129,6 +132,27 @@ class FileService:
         if n:
             log.info("deleted %d file(s) whose remaining devices were removed", n)
         return n
+
+    async def drop_unlisted_senders(self, senders: list[str]) -> int:
+        """Delete the files of `senders` that a device no longer on their list uploaded: at once when a
+        device is removed (server/devicerelay.py), and in the sweep for removals it missed (a reset)."""
+        listed = {name: devices for name in senders if (devices := self.devices(name)) is not None}
+        n = await self._run(self.store.drop_unlisted_senders, listed) if listed else 0
+        if n:
+            log.info("deleted %d file(s) uploaded by removed devices", n)
+        return n
+
+    def device_removed(self, user: str) -> None:
+        """A device left `user`'s list: the files it uploaded go now, as its waiting mail did (nothing
+        waits for it; a failure is the sweep's to make good)."""
+        task = asyncio.ensure_future(self.drop_unlisted_senders([user]))
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[int]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not check the devices files wait for: %s", task.exception())
 
     def accounts_changed(self, accounts: set[str]) -> None:
         """Files from or for removed accounts go with them (on the worker; nothing waits for it)."""
@@ -269,7 +293,7 @@ class FileService:
             raise FileRefused("file-unknown-user", f"no user named {name[:40]!r} with a registered key")
         # every device of the recipient listed now may fetch it (not the offering device: it has the file)
         fetchers = [d for d in (self.devices(to) or []) if d != s.device] if file_id is None else []
-        offer = await self._run(self.store.offer, s.user.name, to, size, digest, file_id, fetchers)
+        offer = await self._run(self.store.offer, s.user.name, to, size, digest, file_id, fetchers, s.device)
         s.send(P.Result(ev.rid, {"file_id": offer.file_id.hex(), "received": offer.received,
                                  "expires": int(offer.expires)}))
 

@@ -111,6 +111,7 @@ class Server:
         self.files.upload_wait = config.file_wait
         # Devices and prekeys (PROTOCOL.md 6): a connection of their own to the same database, either kind.
         self.relay.devices = DeviceRelay(functools.partial(open_store, db_path))
+        self.relay.devices.on_removed = self.files.device_removed
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.admission = Admission(config.max_unauthenticated, config.max_unauthenticated_per_address)

@@ -103,6 +103,7 @@ EVENTS: dict[str, str] = {
     "deleted %d expired file(s)": "file.expired",
     "could not check the devices files wait for: %s": "file.fetchers_check_failed",
     "deleted %d file(s) whose remaining devices were removed": "file.deleted_devices_removed",
+    "deleted %d file(s) uploaded by removed devices": "file.deleted_sender_removed",
     "deleted %d file(s) of removed accounts": "file.deleted_accounts_removed",
     "%s FILE_PUT refused: %s": "file.put_refused",
     "%s FILE_PUT failed: %s": "file.put_failed",

@@ -159,6 +159,9 @@ MIGRATIONS: list[str] = [
     # them in its files folder's files.db (store/files.py `file_fetchers`, created there when missing):
     # nothing changes here; the number keeps both schemas counting alike.
     "",
+    # 10: the device that uploaded a file, in PostgreSQL (store/postgres.py migration 10); files.db gets
+    # its column when it opens (store/files.py). Nothing here; the number keeps both counting alike.
+    "",
 ]
 
 

@@ -12,6 +12,7 @@ Theory of operation
     done(recipient, id, device, listed)     ──► that device crossed off; row and bytes deleted once
                                                 every fetcher still listed has crossed itself off
     expire() / prune_fetchers(listed)       ──► expired files deleted / removed devices crossed off
+    drop_unlisted_senders(listed)           ──► files a removed device uploaded deleted
 
 Fetchers (docs/PROTOCOL.md 4.4): an offer to an account with devices (6.3)
 records the devices listed then (`file_fetchers`), and the file is kept
@@ -83,7 +84,8 @@ CREATE TABLE IF NOT EXISTS files (
     sha256 BLOB NOT NULL,
     complete INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    expires REAL NOT NULL
+    expires REAL NOT NULL,
+    sender_device BLOB
 );
 CREATE INDEX IF NOT EXISTS files_recipient ON files (recipient);
 CREATE INDEX IF NOT EXISTS files_expires ON files (expires);
@@ -137,6 +139,8 @@ class FileStore:
             db_path.chmod(0o600)
         self.db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self.db.executescript(_SCHEMA)
+        if "sender_device" not in {r[1] for r in self.db.execute("PRAGMA table_info(files)")}:
+            self.db.execute("ALTER TABLE files ADD COLUMN sender_device BLOB")  # files.db from before it
         # A running digest per upload in progress: saves reading the file again at the end.
         self._hashers: dict[bytes, tuple[int, hashlib._Hash]] = {}
 
@@ -178,10 +182,11 @@ class FileStore:
 
     # -- upload -------------------------------------------------------------------------
     def offer(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes | None = None,
-              fetchers: Sequence[bytes] = ()) -> Offer:
+              fetchers: Sequence[bytes] = (), sender_device: bytes | None = None) -> Offer:
         """Reserve room for a new file, or tell how much of the sender's unfinished one is held.
         `fetchers`: the recipient's listed devices, each of which may fetch it before it is deleted
-        (ignored when resuming: an upload keeps the fetchers of its first offer)."""
+        (ignored when resuming: an upload keeps the fetchers of its first offer). `sender_device`: the
+        listed device that offers it (None: an account without devices); see drop_unlisted_senders."""
         if file_id is not None:
             return self._resume(sender, recipient, size, sha256, file_id)
         if size <= 0 or size > self.max_file:
@@ -209,8 +214,9 @@ class FileStore:
             expires = now + self.days * 86400
             fd = os.open(self._part(new_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-            self.db.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, expires) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (new_id, sender, recipient, size, sha256, now, expires))
+            self.db.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, expires, sender_device) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (new_id, sender, recipient, size, sha256, now, expires, sender_device))
             self.db.executemany("INSERT OR IGNORE INTO file_fetchers (file_id, device) VALUES (?, ?)",
                                 [(new_id, d) for d in fetchers])
             self.db.execute("COMMIT")
@@ -352,6 +358,25 @@ class FileStore:
                     self._delete(file_id)
                     gone += 1
         return gone
+
+    def sending_accounts(self) -> list[str]:
+        """Accounts with files a device of theirs uploaded (drop_unlisted_senders needs their lists)."""
+        return [r for (r,) in self.db.execute("SELECT DISTINCT sender FROM files WHERE sender_device IS NOT NULL")]
+
+    def drop_unlisted_senders(self, listed: Mapping[str, Collection[bytes]]) -> int:
+        """Delete every file of `sender` uploaded by a device no longer in listed[sender], fetched or not:
+        a removed device's waiting mail goes with it (docs/PROTOCOL.md 6.7), and so does its notice of
+        the file, so nobody could fetch it while it filled the recipient's quota for --file-days (the
+        attacker's check). Returns how many were deleted."""
+        gone = []
+        for sender, devices in listed.items():
+            keep = set(devices)
+            gone += [bytes(file_id) for file_id, device in self.db.execute(
+                "SELECT id, sender_device FROM files WHERE sender = ? AND sender_device IS NOT NULL", (sender,))
+                     if bytes(device) not in keep]
+        for file_id in gone:
+            self._delete(file_id)
+        return len(gone)
 
     # -- housekeeping -------------------------------------------------------------------
     def expire(self) -> int:

@@ -134,9 +134,9 @@ class PgFileStore:
 
     # -- upload ------------------------------------------------------------------------
     def offer(self, sender: str, recipient: str, size: int, sha256: bytes, file_id: bytes | None = None,
-              fetchers: Sequence[bytes] = ()) -> Offer:
+              fetchers: Sequence[bytes] = (), sender_device: bytes | None = None) -> Offer:
         """Reserve room for a new file, or tell how much of the sender's unfinished one is held.
-        `fetchers`: as store/files.py FileStore.offer."""
+        `fetchers`, `sender_device`: as store/files.py FileStore.offer."""
         if file_id is not None:
             return self._resume(sender, recipient, size, sha256, file_id)
         if size <= 0 or size > self.max_file:
@@ -159,9 +159,9 @@ class PgFileStore:
             if (int(sent[0]) if sent else 0) + size > self.sender_quota:
                 raise FileRefused("file-over-quota", f"files you sent that are not yet fetched fill your "
                                                      f"{self.sender_quota} bytes; wait until they are fetched")
-            cur.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, touched, expires) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                        (new_id, sender, recipient, size, sha256, now, now, expires))
+            cur.execute("INSERT INTO files (id, sender, recipient, size, sha256, created, touched, expires, "
+                        "sender_device) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        (new_id, sender, recipient, size, sha256, now, now, expires, sender_device))
             for device in dict.fromkeys(fetchers):
                 cur.execute("INSERT INTO file_fetchers (file_id, device) VALUES (%s, %s)", (new_id, device))
         return Offer(new_id, 0, expires)
@@ -322,6 +322,20 @@ class PgFileStore:
                         gone += 1
                     for d in devs - keep:
                         cur.execute("DELETE FROM file_fetchers WHERE file_id = %s AND device = %s", (file_id, d))
+        return gone
+
+    def sending_accounts(self) -> list[str]:
+        with self._transaction() as cur:
+            return [r for (r,) in cur.execute("SELECT DISTINCT sender FROM files WHERE sender_device IS NOT NULL")]
+
+    def drop_unlisted_senders(self, listed: Mapping[str, Collection[bytes]]) -> int:
+        """As store/files.py FileStore.drop_unlisted_senders."""
+        gone = 0
+        for sender, devices in listed.items():
+            keep = list(devices) or [b""]  # no device left: none matches (an empty array has no type)
+            with self._transaction() as cur:
+                gone += cur.execute("DELETE FROM files WHERE sender = %s AND sender_device IS NOT NULL "
+                                    "AND NOT (sender_device = ANY(%s))", (sender, keep)).rowcount
         return gone
 
     # -- housekeeping ------------------------------------------------------------------

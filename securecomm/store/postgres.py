@@ -197,6 +197,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """CREATE TABLE file_fetchers (file_id BYTEA NOT NULL REFERENCES files (id) ON DELETE CASCADE,
             device BYTEA NOT NULL, PRIMARY KEY (file_id, device))""",
     ),
+    # 10: the device that uploaded a file: its files go when it is removed, as its waiting mail does
+    # (store/files.py drop_unlisted_senders). NULL for files offered before, or by accounts without devices.
+    ("ALTER TABLE files ADD COLUMN sender_device BYTEA",),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS securecomm_schema (version INTEGER NOT NULL)"
