@@ -37,6 +37,8 @@ from benchmarks import harness as H
 from benchmarks.common import as_installed, entry_point, write_json
 
 MIB = 1024 * 1024
+#: Seconds any one command of a round may take before it is killed.
+WAIT_LIMIT = 600.0
 
 
 def status_mib(pid: int, field: str) -> float:
@@ -44,6 +46,19 @@ def status_mib(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field}")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -104,6 +119,7 @@ def cut_through(tmp: Path, server: Any, homes: dict[str, Path], src: Path) -> di
 
     reset_peak(server.pid)
     exe = entry_point()
+    server_cpu = cpu_s(server.pid)
     t0 = time.perf_counter()
     sender = subprocess.Popen([exe, "--home", str(homes["alice"]), "send", "--to", "bob", "--file", str(src)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -119,32 +135,40 @@ def cut_through(tmp: Path, server: Any, homes: dict[str, Path], src: Path) -> di
         notice_s = time.perf_counter() - t0
     finally:
         follow.kill()
-        follow.wait()
+        follow_cpu = wait_with_usage(follow)[2]
     if not file_id:
         raise RuntimeError("bob never heard of the file")
     dest = tmp / "fetched.bin"
     fetcher = subprocess.Popen([exe, "--home", str(homes["bob"]), "fetch", file_id, "-o", str(dest)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, s_err = sender.communicate(timeout=600)
+    s_err, _, send_cpu = wait_with_usage(sender)
     send_s = time.perf_counter() - t0
-    f_err, fetch_rss = wait_with_peak_rss(fetcher)
+    f_err, fetch_rss, fetch_cpu = wait_with_usage(fetcher)
     total_s = time.perf_counter() - t0
+    server_cpu = cpu_s(server.pid) - server_cpu
     if sender.returncode or fetcher.returncode:
         raise RuntimeError(f"send: {s_err.decode()} fetch: {f_err.decode()}")
     if dest.stat().st_size != src.stat().st_size:
         raise RuntimeError("the fetched file has the wrong size")
     return {"notice_s": notice_s, "send_s": send_s, "total_s": total_s, "server_peak_rss_mib": peak_rss_mib(server.pid),
-            "fetch_peak_rss_mib": fetch_rss}
+            "fetch_peak_rss_mib": fetch_rss, "cpu_s": {"send": send_cpu, "inbox_follow": follow_cpu,
+                                                       "server": server_cpu, "fetch": fetch_cpu}}
 
 
-def wait_with_peak_rss(proc: Any) -> tuple[bytes, float]:
-    """Wait for `proc` (its stderr piped) and return (stderr, its own peak RSS in MiB, from wait4)."""
-    import os
+def wait_with_usage(proc: Any) -> tuple[bytes, float, float]:
+    """Wait for `proc` and return (its stderr if piped, its own peak RSS in MiB, its CPU seconds), from wait4.
+    Killed after WAIT_LIMIT seconds (a hung command must not hang the benchmark)."""
+    import threading
 
-    err = proc.stderr.read() if proc.stderr is not None else b""
-    _, status, usage = os.wait4(proc.pid, 0)
+    watchdog = threading.Timer(WAIT_LIMIT, proc.kill)
+    watchdog.start()
+    try:
+        err = proc.stderr.read() if proc.stderr is not None else b""
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        watchdog.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return err, usage.ru_maxrss / 1024
+    return err, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 async def bare_tls_copy(port: int, cafile: Path, size: int) -> float:
@@ -199,20 +223,22 @@ def main() -> None:
                 for _ in range(size // MIB):
                     f.write(os.urandom(MIB))
             for i in range(args.rounds):
+                echo_cpu, client_cpu = cpu_s(echo.pid), own_cpu_s()
                 bare_s = asyncio.run(bare_tls_copy(echo.port, tmp / "srv" / "tls" / "ca.pem", size))
+                bare_cpu = {"echo_server": cpu_s(echo.pid) - echo_cpu, "client": own_cpu_s() - client_cpu}
                 sc = through_server(tmp, server, homes, src)
                 (tmp / "fetched.bin").unlink()
                 ct = cut_through(tmp, server, homes, src)
                 (tmp / "fetched.bin").unlink()
-                rounds.append({"bare_tls_copy_s": bare_s, **sc, "ratio": bare_s / sc["total_s"],
+                rounds.append({"bare_tls_copy_s": bare_s, "bare_cpu_s": bare_cpu, **sc, "ratio": bare_s / sc["total_s"],
                                "cut_through": ct, "cut_through_ratio": bare_s / ct["total_s"]})
                 print(f"  round {i + 1}: bare {bare_s:.2f} s | send {sc['send_s']:.2f} s, then fetch "
                       f"{sc['fetch_s']:.2f} s = {sc['total_s']:.2f} s, ratio {bare_s / sc['total_s']:.0%} | "
                       f"cut-through: notice at "
                       f"{ct['notice_s']:.2f} s, send ends {ct['send_s']:.2f} s, fetch ends {ct['total_s']:.2f} s, "
                       f"ratio {bare_s / ct['total_s']:.0%} | server peak {sc['server_peak_rss_mib']:.1f} / "
-                      f"{ct['server_peak_rss_mib']:.1f} MiB | fetch peak {ct['fetch_peak_rss_mib']:.1f} MiB",
-                      flush=True)
+                      f"{ct['server_peak_rss_mib']:.1f} MiB | fetch peak {ct['fetch_peak_rss_mib']:.1f} MiB | CPU s: "
+                      f"bare {sum(bare_cpu.values()):.2f}, cut-through {sum(ct['cpu_s'].values()):.2f}", flush=True)
         finally:
             server.stop()
             echo.stop()
@@ -228,7 +254,13 @@ def main() -> None:
     ct["server_peak_rss_max_mib"] = max(r["cut_through"]["server_peak_rss_mib"] for r in rounds)
     ct["fetch_peak_rss_max_mib"] = max(r["cut_through"]["fetch_peak_rss_mib"] for r in rounds)
     ct["ratio"] = median([r["cut_through_ratio"] for r in rounds])
+    # Where CPU is the limit: N cores run the transfer's CPU seconds in no less than cpu / N of wall time
+    ct["cpu_s"] = {k: median([r["cut_through"]["cpu_s"][k] for r in rounds]) for k in rounds[0]["cut_through"]["cpu_s"]}
+    bare_cpu = {k: median([r["bare_cpu_s"][k] for r in rounds]) for k in rounds[0]["bare_cpu_s"]}
+    cores = os.cpu_count() or 1
+    ct["cpu_bound_ratio"] = bare_s / (sum(ct["cpu_s"].values()) / cores)
     r = {"size_mib": mib, "rounds": len(rounds), "securecomm": sc, "cut_through": ct, "bare_tls_copy_s": bare_s,
+         "bare_cpu_s": bare_cpu, "cores": cores,
          "securecomm_mib_per_s": mib / sc["total_s"], "bare_tls_mib_per_s": mib / bare_s,
          "ratio": med["ratio"], "each_round": rounds}
     print(f"{mib:.0f} MiB from alice to bob through the server, medians of {len(rounds)} alternating rounds")
@@ -240,6 +272,11 @@ def main() -> None:
           f"{ct['total_s']:.2f} s ({mib / ct['total_s']:.0f} MiB/s), ratio {ct['ratio']:.0%}   target >= 60%; "
           f"server peak RSS {ct['server_peak_rss_mib']:.1f} MiB, highest {ct['server_peak_rss_max_mib']:.1f}; "
           f"fetch's peak RSS highest {ct['fetch_peak_rss_max_mib']:.1f} MiB")
+    print(f"  CPU seconds, medians: cut-through {sum(ct['cpu_s'].values()):.2f} ("
+          + ", ".join(f"{k} {v:.2f}" for k, v in ct["cpu_s"].items())
+          + f"); baseline {sum(bare_cpu.values()):.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in bare_cpu.items())
+          + f"). On {cores} cores the cut-through cannot take less than {sum(ct['cpu_s'].values()) / cores:.2f} s: "
+          f"at most {ct['cpu_bound_ratio']:.0%} of the baseline here, however well its stages overlap")
     print(f"  server peak RSS over the transfer {sc['server_peak_rss_mib']:.1f} MiB, highest "
           f"{sc['server_peak_rss_max_mib']:.1f} (before: {sc['server_rss_before_mib']:.1f}"
           f"{'' if sc['peak_reset'] else ', peak not reset: includes setup'})   target < 64 MiB")
