@@ -38,4 +38,9 @@ def test_quick_filetransfer_benchmark_reports_its_figures(tmp_path):
     assert data["securecomm"]["send_s"] > 0 and data["securecomm"]["fetch_s"] > 0 and data["bare_tls_copy_s"] > 0
     assert data["securecomm"]["server_peak_rss_mib"] > 0 and data["ratio"] > 0
     assert data["cut_through"]["fetch_peak_rss_max_mib"] > 10  # the fetch process's own peak (wait4)
+    # CPU of every process, both sides: what decides whether the ratio is a matter of overlap or of cores
+    assert all(v > 0 for v in data["cut_through"]["cpu_s"].values()) and set(data["cut_through"]["cpu_s"]) == \
+        {"send", "inbox_follow", "server", "fetch"}
+    assert data["bare_cpu_s"]["echo_server"] > 0 and data["bare_cpu_s"]["client"] > 0
+    assert data["cut_through"]["cpu_bound_ratio"] > 0 and "cannot take less than" in r.stdout
     assert ">= 60%" in r.stdout and "< 64 MiB" in r.stdout
