@@ -22,6 +22,7 @@ from securecomm.crypto.safety import safety_number
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
 from securecomm.wire import protocol as P
+from tests.conftest import run_entry
 from tests.serverproc import PASSWORD, ServerProc, add_user, login
 from tests.test_error_table import Raw
 
@@ -268,6 +269,19 @@ def test_pairing_from_the_cli_code_approve_complete(world, sc, tmp_path):
     assert {(d["name"], d["this"]) for d in rows} == {(HOST, False), ("phone", True)}
 
 
+def _pair_from_the_cli(srv: ServerProc, sc, laptop: Path, home: Path, name: str = "phone") -> PrivateIdentity:
+    """A new device of alice's in `home` (identity `name`): `user login` there, `devices approve` on the
+    laptop, `user login` there again to collect the user key."""
+    from securecomm.crypto import identity as I
+
+    code = _code(login(home, srv, "alice", PASSWORD, "--identity", name).stderr)
+    device = I.load(home / "identities" / f"{name}.key", lambda: b"")
+    ok = sc("devices", "approve", code, "--fingerprint", device.public.fingerprint_text, home_dir=laptop)
+    assert ok.exit_code == 0, ok.output
+    assert login(home, srv, "alice", PASSWORD, "--identity", name).returncode == 0
+    return device
+
+
 def test_a_removed_devices_file_goes_with_its_notice(world, sc, tmp_path):
     """The attacker's check (stop 25, #5): removing a device deleted the mail it had sent, the notice of its
     file among it, but the file stayed on the server for --file-days, counted against the recipient's quota,
@@ -275,13 +289,7 @@ def test_a_removed_devices_file_goes_with_its_notice(world, sc, tmp_path):
     is kept."""
     srv, homes = world
     laptop, phone = homes["alice"], tmp_path / "alice-phone"
-    code = _code(login(phone, srv, "alice", PASSWORD, "--identity", "phone").stderr)
-    from securecomm.crypto import identity as I
-
-    phone_id = I.load(phone / "identities" / "phone.key", lambda: b"")
-    ok = sc("devices", "approve", code, "--fingerprint", phone_id.public.fingerprint_text, home_dir=laptop)
-    assert ok.exit_code == 0, ok.output
-    assert login(phone, srv, "alice", PASSWORD, "--identity", "phone").returncode == 0
+    phone_id = _pair_from_the_cli(srv, sc, laptop, phone)
     sent = {}
     for name, home in (("phone", phone), ("laptop", laptop)):
         src = tmp_path / f"from-{name}.bin"
@@ -302,3 +310,41 @@ def test_a_removed_devices_file_goes_with_its_notice(world, sc, tmp_path):
     fetched = sc("fetch", sent["laptop"], "-o", str(tmp_path / "got.bin"), home_dir=homes["bob"])
     assert fetched.exit_code == 0, fetched.output
     assert (tmp_path / "got.bin").read_bytes() == b"laptop" * 1000
+
+
+def test_a_list_of_our_own_older_than_one_this_device_signed_is_refused(world, sc, tmp_path):
+    """The attacker's check (stop 26, #1): after a server was restored from a backup taken before the
+    phone was removed, the laptop that had removed it sealed its next message to the phone too, showed
+    the phone's messages with a tick, and `devices approve` signed a list above every counter that put
+    the phone back for contacts too. A list of our own account older than one this device signed or
+    saw is now refused for sending, opening and approving; `devices remove` again is the way out."""
+    srv, homes = world
+    laptop, phone = homes["alice"], tmp_path / "alice-phone"
+    phone_id = _pair_from_the_cli(srv, sc, laptop, phone)  # list 2
+    backup = tmp_path / "before-removal.db"
+    assert run_entry("--home", str(srv.home), "backup", str(backup)).returncode == 0
+    phone_short = phone_id.public.fingerprint[:6].hex()
+    assert sc("devices", "remove", phone_short, "--yes", home_dir=laptop).exit_code == 0  # list 3
+    srv.stop()
+    assert run_entry("--home", str(srv.home), "restore", "--force", str(backup)).returncode == 0
+    srv.start()  # list 2 again, naming the phone
+
+    sent = sc("send", "--to", "bob", "after the restore", home_dir=laptop)
+    assert sent.exit_code == 6 and "older than list 3" in sent.output, sent.output
+    from_phone = run_entry("--home", str(phone), "send", "--to", "alice", "from the removed phone")
+    assert from_phone.returncode == 0, from_phone.stderr  # the server's list 2 names it again
+    shown = sc("inbox", home_dir=laptop)
+    assert "from the removed phone" not in shown.output and "held back" in shown.output, shown.output
+    tablet = tmp_path / "alice-tablet"
+    code = _code(login(tablet, srv, "alice", PASSWORD, "--identity", "tablet").stderr)
+    from securecomm.crypto import identity as I
+
+    tablet_id = I.load(tablet / "identities" / "tablet.key", lambda: b"")
+    approve = sc("devices", "approve", code, "--fingerprint", tablet_id.public.fingerprint_text, home_dir=laptop)
+    assert approve.exit_code == 6 and "older than list 3" in approve.output, approve.output
+
+    # the way out: remove it again; the new list goes above 3, and mail flows
+    again = sc("devices", "remove", phone_short, "--yes", "--json", home_dir=laptop)
+    assert again.exit_code == 0 and "older than list 3" in again.output, again.output  # warned, not refused
+    assert json.loads(again.output[again.output.index("{"):])["counter"] == 4
+    assert sc("send", "--to", "bob", "after removing it again", home_dir=laptop).exit_code == 0

@@ -18,7 +18,14 @@ from securecomm.client.pins import Pin, Pins
 from securecomm.crypto import devices as D
 from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.safety import safety_number
-from securecomm.errors import ChangedKeyError, FormatError, IntegrityError, PairingError, UsageError
+from securecomm.errors import (
+    ChangedKeyError,
+    FormatError,
+    IntegrityError,
+    PairingError,
+    StaleDeviceListError,
+    UsageError,
+)
 from securecomm.store.devicekeys import DeviceKeys
 from securecomm.timeutil import now_ms
 
@@ -184,7 +191,11 @@ async def approve_pairing(client: Any, user: str, keys: DeviceKeys, me: PrivateI
                           request: PairingRequest) -> int:
     """Sign the new device's certificate and list (counter + 1), hand over the user key sealed to it,
     send `pair_approve`: the new list's counter."""
-    current, _ = await own_directory(client, user, keys)
+    def refuse(stale: str) -> None:  # signing above it would put back every device removed since (stop 26)
+        raise StaleDeviceListError(stale, hint="run: securecomm devices (it shows the list); remove again what "
+                                   "should not be on it, then approve")
+
+    current, _ = await own_directory(client, user, keys, refuse)
     args = S.approve(user, me, keys, request.code, request.answer, current, now_ms())
     answer = await client.request("pair_approve", **args)
     try:

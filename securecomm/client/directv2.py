@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from securecomm.client import devicemail as DM
+from securecomm.client.devicecmds import older_than_seen
 from securecomm.client.devicemail import Directory
 from securecomm.client.pins import Pins
 from securecomm.config import Profile
@@ -156,6 +157,14 @@ class DeviceDirectory:
         changed key is still a key change and an older list still stale."""
         if directory.user != name:
             raise FormatError("the server answered for another user")
+        if name == self.user:
+            # First, and also for a list already verified: a list of ours older than one this device signed
+            # or saw may name devices removed since (a restored or misbehaving server); sealing to it would
+            # give them our mail, and accepting it their forgeries (the attacker's check, stop 26)
+            stale = older_than_seen(self.keys, directory)
+            if stale is not None:
+                raise StaleDeviceListError(stale, hint="run: securecomm devices (it shows the list); "
+                                           "remove again what should not be on it")
         key = self.own_key if name == self.user else directory.user_key
         cached = self._verified.get(name)
         if cached is not None and directory.digest and cached[1] == directory.digest \
