@@ -35,7 +35,10 @@ class World:
         return self.ids.get(name)
 
     def caller(self, user: str, device: PrivateIdentity | None, password: bool = False) -> Caller:
-        return Caller(self.ids[user], user, None if device is None else device.public, password)
+        """As server/devicerelay.py makes it: `listed` is the device's id once it is on the account's list."""
+        fp = None if device is None else device.public.fingerprint
+        listed = fp if fp is not None and self.devices.device_user(fp) == self.ids[user] else None
+        return Caller(self.ids[user], user, None if device is None else device.public, password, None, listed)
 
     def call(self, caller: Caller, op: str, **args: Any) -> Any:
         return self.ops.handle(caller, op, args)
@@ -234,6 +237,18 @@ def test_claims_are_rate_limited(w):
     w.refused(ErrorCode.RATE_LIMITED, bob.me(), "prekeys_claim", user="alice")
 
 
+def test_claims_are_budgeted_per_device(w):
+    """The attacker's check (stop 26): a password-only session used up the account's claims and every
+    `send` of its owner's devices failed; now a listed device has its own budget."""
+    alice, bob = Account(w, "alice"), Account(w, "bob")
+    alice.upload(1)
+    password_only = w.caller("bob", None, True)
+    for _ in range(CLAIM_BURST):
+        w.call(password_only, "prekeys_claim", user="alice")
+    w.refused(ErrorCode.RATE_LIMITED, password_only, "prekeys_claim", user="alice")
+    assert w.call(bob.me(), "prekeys_claim", user="alice").data["user"] == "alice"
+
+
 def test_unknown_user_and_op(w):
     alice = Account(w, "alice")
     w.refused(ErrorCode.NOT_FOUND, alice.me(), "prekeys_claim", user="nobody")
@@ -429,17 +444,25 @@ def test_a_claim_naming_devices_hands_out_only_theirs(w):
     w.refused(ErrorCode.BAD_FRAME, bob.me(), "prekeys_claim", user="alice", devices="nope")
 
 
-def test_device_changes_are_budgeted_per_account(w):
+def test_device_changes_are_budgeted_per_device(w):
     """Attack check: pair_start pipelined from 8 connections stalled the relay (each is a write on its
-    event loop); now WRITE_BURST at once, then WRITES_PER_MINUTE, per account, pending devices included."""
+    event loop); now WRITE_BURST at once, then WRITES_PER_MINUTE. Per listed device, and one budget for
+    the account's sessions that are no listed device (pending ones, password-only): per account, a
+    stolen phone not yet removed spent it all and its owner could not remove it (attacker, stop 26)."""
     from securecomm.server.deviceops import WRITE_BURST, WRITES_PER_MINUTE
 
-    alice, bob = Account(w, "alice"), Account(w, "bob")  # one write each (the first list)
+    alice, bob = Account(w, "alice"), Account(w, "bob")  # one write each (the first list, before it is listed)
     pending = w.caller("alice", PrivateIdentity.generate("x25519"), True)
     for _ in range(WRITE_BURST - 1):
         w.call(pending, "pair_start", name="phone")
     assert "device changes" in w.refused(ErrorCode.RATE_LIMITED, pending, "pair_start", name="phone")
-    w.refused(ErrorCode.RATE_LIMITED, alice.me(), "prekeys_upload", one_time=[])  # the whole account
+    other = w.caller("alice", PrivateIdentity.generate("x25519"), True)  # another unlisted key: the same budget
+    w.refused(ErrorCode.RATE_LIMITED, other, "pair_start", name="tablet")
+    assert alice.me().listed == alice.device.public.fingerprint
+    assert alice.upload(1).data == {"available": 1}  # the listed device's own budget is untouched
+    for _ in range(WRITE_BURST - 1):  # and a listed device spends only its own
+        w.call(alice.me(), "prekeys_upload", one_time=[])
+    w.refused(ErrorCode.RATE_LIMITED, alice.me(), "prekeys_upload", one_time=[])
     assert bob.upload(1).data == {"available": 1}  # another account is not touched
     w.call(alice.me(), "prekeys_status")  # reads are not counted
     w.now += 60_000 // WRITES_PER_MINUTE  # one token back

@@ -454,11 +454,50 @@ def test_a_quiet_session_of_the_same_device_makes_room_at_the_session_limit(tmp_
         err = zombies[0].error()  # the one quiet longest (its login came first)
         assert err.code == P.ErrorCode.TOO_MANY_CLIENTS and err.fatal
         assert "replaced by a newer login of this device" in err.message
+        assert zombies[0].next() is None  # and closed, without a word from the client
         srv.wait_log(r"replaces .*: the same device, quiet for \d+ s, at alice's session limit")
         fresh.close()
     finally:
         for z in zombies:
             z.close()
+        srv.stop(signal.SIGKILL)
+
+
+def test_one_device_cannot_hold_every_session_of_its_account(tmp_path):
+    """The attacker's check (stop 26): a device not yet removed (a stolen phone) held all of the account's
+    sessions, PINGing so none was quiet, and the owner's other device could not even log in to remove it.
+    A login of a device holding at least two sessions fewer than the one holding the most now replaces
+    that one's quietest session, closed at once; the hog's own next login is still refused."""
+    from securecomm.crypto import identity as ident
+
+    srv = ServerProc(tmp_path / "srv", "--max-sessions-per-user", "3").start()
+    hog: list[Raw] = []
+    try:
+        add_user(srv.home, "alice")
+        assert login(tmp_path / "alice", srv, "alice").returncode == 0  # the phone: a listed device
+        phone = ident.load(tmp_path / "alice" / "identities" / "default.key")
+        hog = [Raw(srv).start().login_key("alice", phone) for _ in range(3)]
+        for h in hog:  # all heard from: none is quiet
+            h.send(P.Ping())
+            assert isinstance(h.until(P.Pong), P.Pong)
+        owner = Raw(srv).start()  # the owner's laptop, password only (a new device logs in so first)
+        owner.send(owner.registration("alice", ident.PrivateIdentity.generate("x25519")))
+        assert isinstance(owner.until(P.LoginOk), P.LoginOk)
+        err = hog[0].error()  # the quietest of the phone's: it logged in first
+        assert err.code == P.ErrorCode.TOO_MANY_CLIENTS and err.fatal and "another device" in err.message
+        assert hog[0].next() is None  # closed at once, without a word from the client
+        srv.wait_log(r"replaces .*: one device held 3 of alice's 3 sessions")
+        again = Raw(srv).start()  # the phone cannot take it back: it holds two, the laptop one
+        assert again.hello is not None
+        again.send(P.LoginKey("alice", phone.sign(P.login_transcript(again.hello.challenge,
+                                                                      again.server_identity.fingerprint, "alice"))))
+        assert again.error().code == P.ErrorCode.TOO_MANY_CLIENTS
+        owner.send(P.Ping())
+        assert isinstance(owner.until(P.Pong), P.Pong)  # the laptop's session is untouched
+        owner.close()
+    finally:
+        for h in hog:
+            h.close()
         srv.stop(signal.SIGKILL)
 
 

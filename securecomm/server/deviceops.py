@@ -86,6 +86,15 @@ class Caller:
     proved_password: bool = False
     #: The largest frame the session may be sent (--max-frame); None: no limit (tests of the ops alone).
     max_frame: int | None = None
+    #: The session's device id when that device is listed (None: password-only, or waiting to be paired).
+    listed: bytes | None = None
+
+    @property
+    def budget(self) -> tuple[int, bytes]:
+        """Whose rate budgets a request spends: each listed device its own, and the account's sessions
+        that are no listed device one between them. Per account, a stolen phone not yet removed spent
+        every budget and its owner could not remove it (the attacker's check)."""
+        return self.user_id, self.listed or b""
 
 
 @dataclass(frozen=True)
@@ -142,8 +151,8 @@ class DeviceOps:
         self.store = store
         self.find_user = find_user
         self.clock = clock
-        self._claims: dict[int, tuple[float, int]] = {}  # account -> (tokens left, when)
-        self._writes: dict[int, tuple[float, int]] = {}  # account -> (tokens left, when)
+        self._claims: dict[tuple[int, bytes], tuple[float, int]] = {}  # Caller.budget -> (tokens left, when)
+        self._writes: dict[tuple[int, bytes], tuple[float, int]] = {}  # Caller.budget -> (tokens left, when)
         self._buckets: dict[tuple[int, bytes, int], tuple[float, int]] = {}  # (size, device, claimer|0)
 
     def handle(self, caller: Caller, op: str, args: dict[str, Any]) -> Outcome:
@@ -151,7 +160,7 @@ class DeviceOps:
         method = getattr(self, "_" + op, None) if op in self.OPS else None
         if method is None:
             raise OpError(ErrorCode.UNKNOWN_TYPE, f"unknown request {op!r}")
-        if op in WRITE_OPS and not self._take(self._writes, caller.user_id, WRITE_BURST, WRITES_PER_MINUTE):
+        if op in WRITE_OPS and not self._take(self._writes, caller.budget, WRITE_BURST, WRITES_PER_MINUTE):
             raise OpError(ErrorCode.RATE_LIMITED, f"more than {WRITE_BURST} device changes at once, or "
                           f"{WRITES_PER_MINUTE} a minute after that: try again shortly")
         try:
@@ -310,7 +319,7 @@ class DeviceOps:
 
     def _prekeys_claim(self, caller: Caller, args: dict[str, Any]) -> Outcome:
         uid, user = self._user(args)
-        self._rate(caller.user_id)
+        self._rate(caller)
         directory = self._directory(uid, user)
         skip = caller.device.fingerprint if caller.device is not None and uid == caller.user_id else None
         # `devices`: only these (a room key goes to the devices in the room, not to every device of a member)
@@ -359,24 +368,26 @@ class DeviceOps:
         level, since = bucket
         return min(float(size), level + (now - since) * size / 3_600_000)
 
-    def _rate(self, user_id: int) -> None:
-        """A token bucket per account: CLAIM_BURST at once, then CLAIMS_PER_MINUTE."""
-        if not self._take(self._claims, user_id, CLAIM_BURST, CLAIMS_PER_MINUTE):
+    def _rate(self, caller: Caller) -> None:
+        """A token bucket per Caller.budget: CLAIM_BURST at once, then CLAIMS_PER_MINUTE."""
+        if not self._take(self._claims, caller.budget, CLAIM_BURST, CLAIMS_PER_MINUTE):
             raise OpError(ErrorCode.RATE_LIMITED, f"more than {CLAIM_BURST} prekey claims at once, or "
                           f"{CLAIMS_PER_MINUTE} a minute after that")
 
-    def _take(self, buckets: dict[int, tuple[float, int]], user_id: int, burst: int, per_minute: int) -> bool:
-        """One token from `user_id`'s bucket (`burst` at most, refilled at `per_minute`); False if none."""
+    def _take(self, buckets: dict[tuple[int, bytes], tuple[float, int]], budget: tuple[int, bytes], burst: int,
+              per_minute: int) -> bool:
+        """One token from the bucket of `budget` (a Caller.budget; `burst` at most, refilled at `per_minute`);
+        False if none."""
         now = self.clock()
         if len(buckets) > 100_000:  # forget the full ones (a full bucket is the default)
             for k in [k for k, (t, at) in buckets.items() if t + (now - at) * per_minute / 60_000 >= burst]:
                 del buckets[k]
-        tokens, last = buckets.get(user_id, (float(burst), now))
+        tokens, last = buckets.get(budget, (float(burst), now))
         tokens = min(float(burst), tokens + (now - last) * per_minute / 60_000)
         if tokens < 1:
-            buckets[user_id] = (tokens, now)
+            buckets[budget] = (tokens, now)
             return False
-        buckets[user_id] = (tokens - 1, now)
+        buckets[budget] = (tokens - 1, now)
         return True
 
     # -- pairing ---------------------------------------------------------------------------------------

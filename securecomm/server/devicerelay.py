@@ -87,7 +87,7 @@ class DeviceRelay:
     @staticmethod
     def caller(s: Session) -> Caller:
         assert s.user is not None
-        return Caller(s.user.id, s.user.name, s.identity, s.password_hash is not None, s.config.max_frame)
+        return Caller(s.user.id, s.user.name, s.identity, s.password_hash is not None, s.config.max_frame, s.device)
 
     def request(self, s: Session, ev: P.Request, publish: Callable[[int, bytes], None]) -> bool:
         """Serve a device op; False if `ev.op` is not one. Its NOTICEs go to `publish(user_id, frame)`

@@ -198,11 +198,8 @@ class Server:
 
     def drop(self, s: Session, why: str) -> None:
         log.warning("%s dropped: %s", s.label(), why)
-        s.error(P.ErrorCode.AUTH_FAILED, f"logged out: {why}", fatal=True)
-        s.closing = True
         self.relay.gone(s)
-        s.outbox.flush()
-        s.writer.close()
+        s.end(P.ErrorCode.AUTH_FAILED, f"logged out: {why}")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight messages commit and their receipts go out, close the DB."""
@@ -275,7 +272,9 @@ class Server:
         login first replaces a session of that same device the server has heard nothing from for
         QUIET_REPLACED seconds: a client PINGs after 60 s quiet, so that one's link is dead or held open
         by someone else (attacker's check: 16 links that died without a FIN locked the account out for
-        the whole --idle-timeout, with nothing the user could close)."""
+        the whole --idle-timeout, with nothing the user could close). Else a login of a device that
+        holds at least two sessions fewer than the device holding the most replaces that one's
+        quietest session (password-only and pending sessions count as one device)."""
         online = self.relay.online.get(user.id, set())
         held = len(online)
         limit = self.config.max_sessions_per_user
@@ -290,8 +289,26 @@ class Server:
             old = min(quiet, key=lambda m: m.last_heard)
             log.warning("%s replaces %s: the same device, quiet for %d s, at %s's session limit", s.label(),
                         old.label(), now - old.last_heard, user.name)
-            old.error(P.ErrorCode.TOO_MANY_CLIENTS, "replaced by a newer login of this device (this session had "
-                      "been quiet too long, at the account's session limit)", fatal=True)
+            self.relay.gone(old)
+            old.end(P.ErrorCode.TOO_MANY_CLIENTS, "replaced by a newer login of this device (this session had "
+                    "been quiet too long, at the account's session limit)")
+            return False
+        # One device must not hold the account's every slot (the attacker's check: a stolen phone, not yet
+        # removed, held all 16 with PINGs, and the owner could not log in to remove it): a login of a device
+        # with fewer sessions than the one holding the most takes that one's quietest session.
+        mine = device or b""  # listed devices by id; password-only and pending sessions as one group
+        held_by: dict[bytes, list[Session]] = {}
+        for m in online:
+            if not m.closing:
+                held_by.setdefault(m.device or b"", []).append(m)
+        hog = max(held_by, key=lambda g: len(held_by[g]), default=None)
+        if hog is not None and hog != mine and len(held_by[hog]) > len(held_by.get(mine, ())) + 1:
+            old = min(held_by[hog], key=lambda m: m.last_heard)
+            log.warning("%s replaces %s: one device held %d of %s's %d sessions", s.label(), old.label(),
+                        len(held_by[hog]), user.name, held)
+            self.relay.gone(old)
+            old.end(P.ErrorCode.TOO_MANY_CLIENTS, "replaced by a login of another device of this account (this "
+                    "device held more than its share of the account's session limit)")
             return False
         log.warning("%s login refused: %s already has %d sessions (the maximum)", s.label(), user.name, held)
         s.error(P.ErrorCode.TOO_MANY_CLIENTS, f"{user.name} already has {limit} sessions logged in (the maximum); "

@@ -57,6 +57,7 @@ EVENTS: dict[str, str] = {
     # logins and accounts
     "%s login refused: %s already has %d sessions (the maximum)": "login.refused.sessions",
     "%s replaces %s: the same device, quiet for %d s, at %s's session limit": "login.replaces_quiet",
+    "%s replaces %s: one device held %d of %s's %d sessions": "login.replaces_hog",
     "%s password login for %s: account read, checking the password": "login.password.checking",
     "%s login refused: too many logins waiting": "login.refused.busy",
     "%s password login refused for %s: locked": "login.refused.locked",

@@ -472,7 +472,8 @@ class Relay:
             m.outbox.put(data)
             if notice is not None and notice.event == "device_removed" and mine:
                 log.info("%s device removed from its list: closing", m.label())
-                m.error(P.ErrorCode.DEVICE_REMOVED, DEVICE_REMOVED_TEXT, fatal=True)
+                self.gone(m)
+                m.end(P.ErrorCode.DEVICE_REMOVED, DEVICE_REMOVED_TEXT)
 
     def room_send(self, s: Session, ev: P.RoomSend) -> None:
         assert s.user is not None

@@ -258,6 +258,16 @@ class Session:
         with contextlib.suppress(P.LocalProtocolError):  # already closed: nothing to tell
             self.send(P.Error(int(code), message, fatal, msg_id, rid))
 
+    def end(self, code: P.ErrorCode, message: str) -> None:
+        """Send a fatal ERROR and close the connection now. For a session ended by something else (its
+        device removed, a newer login, a logout): its read loop waits for the client, which may never
+        speak again (the spec-only client's check: a removed device's session held its slot until
+        --idle-timeout)."""
+        self.error(code, message, fatal=True)
+        self.closing = True
+        self.outbox.flush()
+        self.writer.close()
+
     @property
     def awaiting_pairing(self) -> bool:
         """A device waiting to be paired (6.4): only REQUESTs (the pairing ops), PING and BYE, checked on the
