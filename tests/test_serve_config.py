@@ -217,6 +217,8 @@ def test_systemd_accepts_the_unit(tmp_path):
     ("--file-days", "1e308"), ("--handshake-timeout", "-1"), ("--rate", "nan"), ("--idle-timeout", "inf"),
     ("--frame-timeout", "0"),
     ("--file-wait", "45"),  # the attacker's check: past the client's 30 s a stalled upload read as a dead server
+    # stop 26: inf and nan turned the password lockout off without a word; 1e308 was an internal error
+    ("--lock-minutes", "inf"), ("--lock-minutes", "nan"), ("--lock-minutes", "1e308"),
 ])
 def test_values_that_would_break_the_server_are_refused_at_start(home, args):
     """An attacker's check: each of these started a server that then crashed on every file_offer, let no
@@ -234,7 +236,8 @@ def test_a_config_path_that_is_not_a_regular_file_is_refused(home, tmp_path):
     assert result.exit_code == 2 and "not a regular file" in error_line(result)
 
 
-@pytest.mark.parametrize("args", [("--idle-timeout", "nan"), ("--max-frame", "0"), ("--file-wait", "45")])
+@pytest.mark.parametrize("args", [("--idle-timeout", "nan"), ("--max-frame", "0"), ("--file-wait", "45"),
+                                  ("--lock-minutes", "inf")])
 def test_print_config_refuses_what_serve_would_refuse(home, args):
     """The attacker's check: --print-config printed values that serve then refused, without a word."""
     result = run(home, *args, "--print-config")

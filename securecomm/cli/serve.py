@@ -16,16 +16,26 @@ if TYPE_CHECKING:
     from securecomm.net.bus import Bus
 
 
+#: --lock-minutes at most: a year.
+LOCK_MINUTES_MAX = 525_600
+
+
 def server_config(*, rate: float, lock_minutes: float, **fields: Any) -> Any:
     """The ServerConfig of serve's options, checked (UsageError for a value serve would refuse). `fields`:
     the options named exactly as their ServerConfig fields (address, timeouts, pre-login, session, room
     and mailbox limits)."""
     import math
 
+    from securecomm.errors import UsageError
     from securecomm.server.config import ServerConfig
 
+    # a year at most: inf and nan had turned the lockout off without a word, 1e308 was an internal error
+    # (the attacker's check, stop 26)
+    if not (math.isfinite(lock_minutes) and 0 <= lock_minutes <= LOCK_MINUTES_MAX):
+        raise UsageError(f"--lock-minutes must be a number from 0 to {LOCK_MINUTES_MAX} (0: no lockout), "
+                         f"not {lock_minutes!r}")
     config = ServerConfig(rate=rate, burst=max(1, int(rate)) if math.isfinite(rate) else 1,
-                          lock_seconds=int(lock_minutes * 60) if math.isfinite(lock_minutes) else 0, **fields)
+                          lock_seconds=int(lock_minutes * 60), **fields)
     config.validate()
     return config
 
@@ -104,7 +114,8 @@ def _check_printed(params: dict[str, Any]) -> None:
               help="Wrong passwords within --lock-minutes that lock PASSWORD logins for a name (key logins are "
                    "never locked).")
 @click.option("--lock-minutes", type=click.FloatRange(0), default=15, show_default=True,
-              help="How long password logins stay locked; failures while locked do not extend it.")
+              help="How long password logins stay locked (0: never locked; at most a year); failures while "
+                   "locked do not extend it.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Log lines on stderr: text, or one JSON object per line; each names a stable `event`.")
 @click.option("--metrics", "metrics_at", metavar="HOST:PORT",

@@ -70,7 +70,10 @@ def check_user(user: str) -> bytes:
 
 
 def check_device_name(name: str) -> bytes:
-    raw = name.encode("utf-8")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from JSON ("\ud800"): was an internal error, fatal
+        raise FormatError("a device name is 1-64 bytes of UTF-8 without control characters") from None
     if not 1 <= len(raw) <= MAX_NAME_BYTES or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in name):
         raise FormatError("a device name is 1-64 bytes of UTF-8 without control characters")
     return raw
