@@ -348,3 +348,22 @@ def test_a_list_of_our_own_older_than_one_this_device_signed_is_refused(world, s
     assert again.exit_code == 0 and "older than list 3" in again.output, again.output  # warned, not refused
     assert json.loads(again.output[again.output.index("{"):])["counter"] == 4
     assert sc("send", "--to", "bob", "after removing it again", home_dir=laptop).exit_code == 0
+
+
+def test_a_file_that_waited_only_for_a_removed_device_goes_at_once(world, sc, tmp_path):
+    """The new user's check (stop 26): once the laptop had fetched it, a file waiting for the phone too
+    stayed until the expiry sweep (up to 10 minutes) after the phone was removed, filling the quota."""
+    srv, homes = world
+    laptop, phone = homes["alice"], tmp_path / "alice-phone"
+    phone_id = _pair_from_the_cli(srv, sc, laptop, phone)
+    src = tmp_path / "to-alice.bin"
+    src.write_bytes(b"x" * 5000)
+    sent = sc("send", "--to", "alice", "--file", str(src), "--json", home_dir=homes["bob"])
+    assert sent.exit_code == 0, sent.output
+    file_id = json.loads(sent.output)["file_id"]
+    assert sc("inbox", home_dir=laptop).exit_code == 0
+    assert sc("fetch", file_id, "-o", str(tmp_path / "got.bin"), home_dir=laptop).exit_code == 0
+    assert (srv.home / "files" / file_id).exists()  # the phone may still fetch it
+    assert sc("devices", "remove", phone_id.public.fingerprint[:6].hex(), "--yes", home_dir=laptop).exit_code == 0
+    srv.wait_log(r"deleted 1 file\(s\) whose remaining devices were removed")
+    assert not (srv.home / "files" / file_id).exists()

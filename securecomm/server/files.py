@@ -124,9 +124,10 @@ class FileService:
                 log.warning("could not check the devices files wait for: %s", e)
             await asyncio.sleep(EXPIRE_EVERY)
 
-    async def prune_fetchers(self) -> int:
-        """Cross off devices removed since their files were offered; delete files left waiting for nobody."""
-        waiting = await self._run(self.store.waiting_recipients)
+    async def prune_fetchers(self, only: list[str] | None = None) -> int:
+        """Cross off devices removed since their files were offered; delete files left waiting for nobody.
+        `only`: these accounts (a device of theirs was just removed), else every account files wait for."""
+        waiting = only if only is not None else await self._run(self.store.waiting_recipients)
         listed = {name: self.devices(name) or [] for name in waiting}  # on the loop: the device store's thread
         n = await self._run(self.store.prune_fetchers, listed) if listed else 0
         if n:
@@ -143,11 +144,16 @@ class FileService:
         return n
 
     def device_removed(self, user: str) -> None:
-        """A device left `user`'s list: the files it uploaded go now, as its waiting mail did (nothing
-        waits for it; a failure is the sweep's to make good)."""
-        task = asyncio.ensure_future(self.drop_unlisted_senders([user]))
+        """A device left `user`'s list: the files it uploaded go now, as its waiting mail did, and it is
+        crossed off the files waiting for it (nothing waits for this; a failure is the sweep's to make good)."""
+        task = asyncio.ensure_future(self._removed(user))
         self._pending.add(task)
         task.add_done_callback(self._settled)
+
+    async def _removed(self, user: str) -> int:
+        # files that device uploaded, and files that waited for it alone (the new-user check: they kept the
+        # recipient's quota for up to EXPIRE_EVERY after the removal)
+        return await self.drop_unlisted_senders([user]) + await self.prune_fetchers([user])
 
     def _settled(self, task: asyncio.Task[int]) -> None:
         self._pending.discard(task)
