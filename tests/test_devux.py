@@ -425,6 +425,41 @@ def test_mail_held_for_a_changed_key_shows_once_the_key_is_trusted_in_the_runnin
     assert sum(isinstance(e, Alert) and e.held for e in events) == 1  # told once
 
 
+def test_junk_with_a_held_messages_number_does_not_get_it_deleted(world):
+    """The attacker's check (stop 26): a DELIVER injected through the relays' NATS bus carried the number
+    of a message bob held back (its sender's key had changed); bob's client refused the junk and
+    acknowledged that number as rejected, and the server deleted the real held message. A refused message
+    whose number is held here is now not acknowledged."""
+    import asyncio
+    import sqlite3
+
+    from securecomm.client.events import Alert, DirectMessage
+    from securecomm.wire import protocol as P
+
+    srv, homes = world
+
+    def waiting() -> int:
+        with contextlib.closing(sqlite3.connect(srv.home / "securecomm.db")) as db:
+            return int(db.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0])
+
+    async def go() -> None:
+        async with _running_session(homes["bob"], "bob") as (m, events):
+            await asyncio.to_thread(lambda: sc(homes["alice"], "send", "--to", "bob", "first"))
+            await _until(events, lambda e: isinstance(e, DirectMessage) and e.body == b"first", "first")
+            assert m.devices is not None
+            m.devices.sender_ttl = 0
+            await asyncio.to_thread(_reset_and_send, srv, homes["phone"], "from the new key")
+            await _until(events, lambda e: isinstance(e, Alert) and e.held, "held back")
+            (seq,) = m._held_told
+            before = await asyncio.to_thread(waiting)
+            await m._on_deliver(P.Deliver(seq, 0, "alice", b"SCE1\x02 junk with the held message's number"))
+            await m.client.request("who", room="lobby")  # a round trip: an ACK sent before it was handled
+            assert await asyncio.to_thread(waiting) == before  # the held message is still on the server
+            assert any(isinstance(e, Alert) and "REFUSED" in e.text for e in events)  # the junk was refused
+
+    asyncio.run(go())
+
+
 def test_keygen_force_on_a_logged_in_device_says_what_it_means_and_how_back(world):
     """The new-user check: `keygen --force` on a logged-in device locked it out (the server knows the old
     key as the device) and the hint said servers would simply know the new one."""

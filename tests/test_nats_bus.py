@@ -197,3 +197,59 @@ def test_url_checks_and_room_subjects():
     assert shown_url("nats://ops:s3cret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
     # '.' separates NATS tokens; a room name holding one must stay one token
     assert room_subject("a.b").count(".") == room_subject("ab").count(".")
+
+
+def test_a_relay_passes_on_only_what_relays_send_and_bounds_remote_members(tmp_path, nats_server: NatsServer):
+    """The attacker's check (stop 26): a process that reached an unauthenticated NATS published a fatal
+    ERROR frame on a user's subject, which the relay showed to that user's session as its own, and 3,000
+    "here" membership messages that the relay kept, past --max-room-members. Now only the frame types
+    relays publish (DELIVERED, ROOM_KEY, NOTICE) reach sessions, and remote members stop at the limit.
+    (README: run NATS with credentials; this is the defence in depth behind that.)"""
+    import json
+    import signal
+
+    from securecomm.crypto import identity as ident
+    from securecomm.net.nats_bus import FRAME, presence_subject, user_subject
+    from securecomm.wire import protocol as P
+    from tests.serverproc import ServerProc, add_user, login
+    from tests.test_error_table import Raw
+
+    srv = ServerProc(tmp_path / "srv", "--bus", nats_server.url, "--max-room-members", "5").start()
+    try:
+        add_user(srv.home, "alice")
+        assert login(tmp_path / "alice", srv, "alice").returncode == 0
+        me = ident.load(tmp_path / "alice" / "identities" / "default.key")
+        alice = Raw(srv).start().login_key("alice", me)
+        alice.send(P.Request(1, "join", {"room": "ops"}))
+        assert isinstance(alice.until(P.Result), P.Result)
+
+        async def inject() -> None:
+            import nats
+
+            nc = await nats.connect(nats_server.url)
+            answered = asyncio.get_running_loop().create_future()
+
+            async def heard(msg: Any) -> None:
+                if json.loads(msg.data).get("user") == "alice" and not answered.done():
+                    answered.set_result(None)
+
+            await nc.subscribe(presence_subject("ops"), cb=heard)
+            fatal = P.encode_event(P.Error(int(P.ErrorCode.AUTH_FAILED), "logged out: injected", True, None, None))
+            await nc.publish(user_subject(1), FRAME + fatal)
+            for i in range(20):
+                await nc.publish(presence_subject("ops"), json.dumps(
+                    {"op": "here", "user": f"ghost{i}", "identity": me.public.line, "reply": True}).encode())
+            # the relay answers a "who" after the "here"s before it (one subject: in order): then all are in
+            await nc.publish(presence_subject("ops"), json.dumps({"op": "who", "user": "", "identity": ""}).encode())
+            await asyncio.wait_for(answered, WAIT)
+            await nc.close()
+
+        asyncio.run(inject())
+        srv.wait_log(r"bus: a frame of type \d+ for a user's sessions ignored")
+        alice.send(P.Request(2, "who", {"room": "ops"}))
+        who = alice.until(P.Result)  # not the injected ERROR: the session is still the server's
+        assert isinstance(who, P.Result), who
+        assert len(who.data["members"]) <= 5  # alice and at most four ghosts
+        alice.close()
+    finally:
+        srv.stop(signal.SIGKILL)

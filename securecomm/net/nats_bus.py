@@ -137,6 +137,11 @@ class NatsBus(LocalBus):
                                hint="start nats-server there, or check --bus") from None
         self._pump = asyncio.create_task(self._drain(), name="securecomm-bus")
         log.info("bus: %s", self.describe())
+        if "@" not in self.url.split("//", 1)[-1].split("/", 1)[0]:
+            # the attacker's check (stop 26): what any process that reaches NATS can do to users' sessions
+            log.warning("bus: %s is used without a user or token: any process that reaches it can wake relays, "
+                        "list fake room members and send frames toward users' sessions; give NATS credentials "
+                        "(README: Several relays)", self.shown)
 
     async def close(self) -> None:
         self._closing = True

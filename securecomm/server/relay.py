@@ -56,6 +56,12 @@ CARRY_MAX = 64 * 1024
 _CARRIED = struct.Struct(">QQQB")  # seq, prev seq, stored_at_ms, sender name length
 
 
+#: What another relay sends an account's sessions over the bus: a delivery receipt, a room key, a NOTICE
+#: (publish_user above). Anything else is dropped: a process that reached an unauthenticated NATS had a
+#: fatal ERROR shown to a user's session as the server's (the attacker's check, stop 26).
+BUS_USER_TYPES = frozenset({P.MsgType.DELIVERED, P.MsgType.ROOM_KEY, P.MsgType.NOTICE})
+
+
 def _notice(data: bytes) -> P.Notice | None:
     """The NOTICE an encoded frame carries (4-byte length, type, body), or None for any other frame."""
     if len(data) < 5 or data[4] != P.MsgType.NOTICE:
@@ -118,6 +124,8 @@ class Relay:
         #: from the bus (net/nats_bus.py): empty with one relay. A relay that dies unannounced leaves its
         #: members listed here until they rejoin or leave elsewhere.
         self.remote: dict[str, dict[str, str]] = {}
+        #: Frames for users' sessions that came over the bus and were not of BUS_USER_TYPES.
+        self.bus_refused = 0
 
     # -- presence --------------------------------------------------------------------
     def logged_in(self, s: Session) -> None:
@@ -361,6 +369,8 @@ class Relay:
         elif op == "here":
             known = self.remote.setdefault(room, {})
             new = user not in known
+            if new and len(known) + len(self.rooms[room]) >= self.config.room_member_limit():
+                return  # a room holds no more (an injected flood of "here" kept 3,000 in memory: stop 26)
             known[user] = identity
             if new and news.get("reply"):
                 self._room_event(room, P.encode_event(P.RoomEvent(room, "joined", user, identity),
@@ -456,6 +466,12 @@ class Relay:
         goes to that device's sessions only, one about the account's devices to its sessions but pending
         ones (6.4), and `device_removed` ends the removed device's sessions
         (on every relay: this arrives over the bus, docs/PROTOCOL.md 6.7)."""
+        if len(data) < 5 or data[4] not in BUS_USER_TYPES:
+            self.bus_refused += 1
+            if self.bus_refused & (self.bus_refused - 1) == 0:  # 1, 2, 4, 8...: a flood does not flood the log
+                log.warning("bus: a frame of type %d for a user's sessions ignored (not one relays send)",
+                            data[4] if len(data) > 4 else -1)
+            return
         notice = _notice(data)
         device = _room_key_device(data)
         for m in list(self.online.get(user_id, ())):
