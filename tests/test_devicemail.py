@@ -101,7 +101,7 @@ def test_a_message_for_another_conversation_is_refused(w):
     directory = bob.claim("alice")
     bob.pins.devices("alice", directory.user_key, directory.device_list, directory.certs)
     i = next(i for i, c in enumerate(directory.certs) if c.device_id == laptop.identity.public.fingerprint)
-    env = M.K.seal_v2(M.encode_body("carol", b"meant for carol"), bob.identity, directory.certs[i].device,
+    env = M.K.seal_v2(M.encode_body("bob", "carol", b"meant for carol"), bob.identity, directory.certs[i].device,
                       directory.prekeys[i])
     with pytest.raises(FormatError):
         laptop.receive("bob", env)

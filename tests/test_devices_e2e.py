@@ -123,7 +123,7 @@ def test_direct_message_sealed_to_a_one_time_prekey_end_to_end(world, tmp_path):
     got = M.open_direct(alice.identity, "alice", "bob", deliver.envelope, alice.pins,
                         M.Directory.parse(bob_dir.data), alice.keys)
     assert (got.text, got.conversation, got.without_one_time_key) == (b"forward secret hello", "bob", False)
-    digest = sha256(M.encode_body("alice", got.text))
+    digest = sha256(M.encode_body("bob", "alice", got.text))
     reader.send(P.Ack(deliver.seq, 1, digest, alice.identity.sign(delivered_transcript(got.msg_id, digest))))
     reader.send(P.Ping())
     assert isinstance(reader.until(P.Pong), P.Pong)
@@ -135,7 +135,7 @@ def test_direct_message_sealed_to_a_one_time_prekey_end_to_end(world, tmp_path):
     assert _attack(recorded, [after / "home", after / "srv"], alice.identity) == []
     # the reference, same run: the copy taken before she read it opens the message
     assert [b[32:] for b in _attack(recorded, [before / "home", before / "srv"], alice.identity)] \
-        == [M.encode_body("alice", b"forward secret hello")]
+        == [M.encode_body("bob", "alice", b"forward secret hello")]
 
 
 def test_direct_sealed_to_a_long_term_key_is_refused(world):

@@ -106,7 +106,7 @@ def _everything(stolen: list[Path]) -> dict[str, list[Any]]:
 def _attack(recorded: list[bytes], stolen: list[Path], alice: PrivateIdentity) -> list[str]:
     """Every recorded message the attacker opens, as text."""
     found = _everything(stolen)
-    return [M.decode_body(body)[1].decode() for data in recorded
+    return [M.decode_body(body)[2].decode() for data in recorded
             if (body := _open_any(data, found, alice)) is not None]
 
 

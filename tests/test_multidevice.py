@@ -189,7 +189,7 @@ def _read(device: Device, sender: Device) -> tuple[P.Deliver, M.Incoming]:
 
 def _ack(device: Device, deliver: P.Deliver, got: M.Incoming) -> None:
     assert device.conn is not None
-    digest = sha256(M.encode_body(device.user, got.text))
+    digest = sha256(M.encode_body(got.sender, device.user, got.text))
     device.conn.send(P.Ack(deliver.seq, P.ACK_OK, digest,
                            device.identity.sign(delivered_transcript_v2(got.msg_id, digest))))
 

@@ -6,11 +6,14 @@ Theory of operation
                       ──► one envelope v2 per device, each to that device's claimed prekey,
                           all with one msg_id; the same for the sender's own other devices
     DELIVER from U    ──► U's listed devices (verified) ──► the sender device ──► open
-                          with our prekeys (the one-time key is erased) ──► body "SCM2"
+                          with our prekeys (the one-time key is erased) ──► body "SCM3"
 
 The body names the conversation, so a copy on the sender's other devices
 shows as "sent to NAME", and a message cannot be replayed into another
-conversation. Nothing here touches the network or the terminal.
+conversation; and its writer, so that a server that lists one account's
+device under another account cannot show that device's messages as the
+other's (a device certificate is the user key's word only: the device never
+signs which account it is in). Nothing here touches the network or the terminal.
 """
 
 from __future__ import annotations
@@ -28,21 +31,43 @@ from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.reader import Reader
 from securecomm.errors import FormatError, UnknownSenderError
 
-BODY_MAGIC = b"SCM2"
+#: "SCM3" || len u8 || writer || len u8 || conversation || text (docs/PROTOCOL.md 6.6).
+BODY_MAGIC = b"SCM3"
+#: "SCM2" || len u8 || conversation || text: names no writer; read (clients before it), never written.
+BODY_MAGIC_V2 = b"SCM2"
 
 
-def encode_body(conversation: str, text: bytes) -> bytes:
-    raw = D.check_user(conversation)
-    return BODY_MAGIC + bytes([len(raw)]) + raw + text
+def encode_body(writer: str, conversation: str, text: bytes) -> bytes:
+    w, c = D.check_user(writer), D.check_user(conversation)
+    return BODY_MAGIC + bytes([len(w)]) + w + bytes([len(c)]) + c + text
 
 
-def decode_body(body: bytes) -> tuple[str, bytes]:
+def decode_body(body: bytes) -> tuple[str | None, str, bytes]:
+    """(writer, or None for an SCM2 body; conversation; text)."""
     r = Reader(body, "direct message body")
-    if r.take(len(BODY_MAGIC)) != BODY_MAGIC:
+    magic = r.take(len(BODY_MAGIC))
+    if magic not in (BODY_MAGIC, BODY_MAGIC_V2):
         raise FormatError("not a version-2 direct message body")
-    conversation = r.take(r.u8()).decode("ascii", "replace")
-    D.check_user(conversation)
-    return conversation, r.data[r.pos :]
+    writer = _name(r) if magic == BODY_MAGIC else None
+    return writer, _name(r), r.data[r.pos :]
+
+
+def _name(r: Reader) -> str:
+    name = r.take(r.u8()).decode("ascii", "replace")
+    D.check_user(name)
+    return name
+
+
+def read_body(body: bytes, sender: str, my_name: str) -> tuple[str, bytes]:
+    """The (conversation, text) of a body from `sender` (the account whose list names the sending
+    device), checked: written by that account, and for us unless we wrote it."""
+    writer, conversation, text = decode_body(body)
+    if writer is not None and writer != sender:
+        raise FormatError(f"the message was written by {writer}'s device, but the server lists that device as "
+                          f"{sender}'s: the server may be misattributing messages")
+    if sender != my_name and conversation != my_name:
+        raise FormatError("the message was written for another conversation")
+    return conversation, text
 
 
 @dataclass(frozen=True)
@@ -88,7 +113,7 @@ def seal_direct(me: PrivateIdentity, my_name: str, to: str, text: bytes, pins: P
 
     `verify(name, directory)` returns the listed devices (default: under the pinned user key;
     the Messenger checks our own list under our own user key instead)."""
-    msg_id, body = msg_id or new_msg_id(), encode_body(to, text)
+    msg_id, body = msg_id or new_msg_id(), encode_body(my_name, to, text)
     out = []
     for name, directory in ((to, theirs), (my_name, mine)):
         if directory is None:
@@ -133,10 +158,8 @@ def open_direct(me: PrivateIdentity, my_name: str, sender: str, data: bytes, pin
     listed = pins.devices(sender, directory.user_key, directory.device_list, directory.certs)
     device = sender_device(env, listed)
     opened = keys.open(env, me, device)
-    conversation, text = decode_body(opened.body)
+    conversation, text = read_body(opened.body, sender, my_name)
     mine = sender == my_name
-    if not mine and conversation != my_name:
-        raise FormatError("the message was written for another conversation")
     return Incoming(sender, env.header.sender, conversation if mine else sender, text, mine,
                     opened.without_one_time_key, env.header.msg_id)
 

@@ -6,7 +6,7 @@ Sending `send --to bob` or `/msg bob`:
 
     prekeys_claim(bob)  ──► his list and certificates, verified under his PINNED user key
     prekeys_claim(me)   ──► (only when our own list names other devices) our other devices
-    one envelope v2 per device, all with one msg_id, body "SCM2" || conversation || text,
+    one envelope v2 per device, all with one msg_id, body "SCM3" || writer || conversation || text,
     each to that device's one-time prekey (key_kind 1) or, when it has none left, to its
     last-resort prekey (key_kind 2); a note to self also gets a copy for this device, sealed
     to our own last-resort prekey (the server never hands a device its own prekeys)
@@ -15,7 +15,7 @@ Receiving a DELIVER:
 
     version 1 ──► refused by name (never opened with the long-term key), ACK rejected
     the sender's listed devices (pinned user key; our own key for our own copies)
-    ──► signature ──► the private prekey ──► HPKE open ──► digest ──► body "SCM2"
+    ──► signature ──► the private prekey ──► HPKE open ──► digest ──► body "SCM3"
     ──► shown and recorded as seen ──► the one-time private key erased ──► ACK
 
 The one-time key is erased after the outcome is recorded and before the ACK
@@ -305,7 +305,7 @@ class DeviceDirectory:
         if to != self.user and len(await self.own_devices(client)) > 1:
             mine, mine_ahead = await self._claimed(client, self.user)
             ahead = ahead or mine_ahead
-        body = DM.encode_body(to, text)
+        body = DM.encode_body(self.user, to, text)
         msg_id = new_msg_id()
         verified: dict[str, list[D.DeviceCert]] = {}
 

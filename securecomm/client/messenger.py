@@ -42,7 +42,6 @@ from securecomm.crypto.integrity import same, sha256
 from securecomm.errors import (
     ChangedKeyError,
     ExpiredError,
-    FormatError,
     IntegrityError,
     NetworkError,
     NotFoundError,
@@ -373,10 +372,8 @@ class Messenger(Rooms):
         try:
             opened, tried = open_with_prekey(env, self.me, device, self.devices.keys)
             try:
-                conversation, text = DM.decode_body(opened.body)
+                conversation, text = DM.read_body(opened.body, ev.sender, self.user)
                 mine = ev.sender == self.user
-                if not mine and conversation != self.user:
-                    raise FormatError("the message was written for another conversation")
             except SecurecommError:
                 erase(self.devices.keys, tried)
                 raise
