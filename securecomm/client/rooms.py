@@ -215,7 +215,7 @@ class Rooms:
         state.unkeyed.clear()
         if not targets:
             return
-        body = state.my_key.encode(state.name)
+        body = state.my_key.encode(state.name, self.user if self.v2 else None)
         if not self.v2:
             for user, fp in sorted(targets):
                 self.client.send_event(P.RoomKey(user, envelope.seal(body, self.me, state.members[user][fp])))
@@ -424,7 +424,7 @@ class Rooms:
         state: RoomState | None = None
         why = "they are not a member of that room"
         try:
-            room, key = roomcrypto.SenderKey.decode(opened.body)
+            room, key = roomcrypto.read_sender_key(opened.body, ev.user)
             state = self._room_of_key(ev.user, device.fingerprint, room)
             if state is not None:
                 state.keys.setdefault(ev.user, {})[device.fingerprint] = key  # recorded ...

@@ -55,6 +55,8 @@ from securecomm.errors import (
 ROOM_LABEL = b"securecomm/v1/room"
 KEY_LABEL = b"securecomm/v1/room-message-key"
 SENDER_KEY_MAGIC = b"SCK1"
+#: A sender key that also names its writer's account (docs/PROTOCOL.md 6.6): what version 2 hands out.
+SENDER_KEY_MAGIC_V2 = b"SCK2"
 VERSION = 1
 #: How far a reader ratchets ahead for missing messages; bounds CPU per payload.
 MAX_SKIP = 2000
@@ -89,10 +91,25 @@ class SenderKey:
     def generate(cls) -> SenderKey:
         return cls(os.urandom(4), os.urandom(32))
 
-    def encode(self, room: str) -> bytes:
+    def encode(self, room: str, writer: str | None = None) -> bytes:
+        """SCK1 (room only), or with `writer` SCK2: the writer's account first, so that a server listing one
+        account's device under another cannot hand out that device's key, and so its room lines, as the
+        other's (the same reason as a direct message's writer, 6.6)."""
         raw = room.encode("ascii")
-        return (SENDER_KEY_MAGIC + bytes([len(raw)]) + raw + self.key_id + struct.pack(">I", self.iteration)
-                + self.chain_key)
+        tail = bytes([len(raw)]) + raw + self.key_id + struct.pack(">I", self.iteration) + self.chain_key
+        if writer is None:
+            return SENDER_KEY_MAGIC + tail
+        w = writer.encode("ascii")
+        return SENDER_KEY_MAGIC_V2 + bytes([len(w)]) + w + tail
+
+    @classmethod
+    def decode_with_writer(cls, data: bytes) -> tuple[str | None, str, SenderKey]:
+        """(the writer's account, None for SCK1; the room; the key)."""
+        if data.startswith(SENDER_KEY_MAGIC_V2) and len(data) > 5 and 1 <= data[4] <= 32 and len(data) > 5 + data[4]:
+            n = data[4]
+            writer = data[5 : 5 + n].decode("ascii", "replace")
+            return (writer, *cls.decode(SENDER_KEY_MAGIC + data[5 + n :]))
+        return (None, *cls.decode(data))
 
     @classmethod
     def decode(cls, data: bytes) -> tuple[str, SenderKey]:
@@ -124,6 +141,16 @@ class SenderKey:
         while len(self.skipped) > MAX_SKIP:
             self.skipped.pop(min(self.skipped))
         return self.next_message_key()[1]
+
+
+def read_sender_key(body: bytes, sender: str) -> tuple[str, SenderKey]:
+    """The (room, key) of a ROOM_KEY body from `sender` (the account whose list names the sending device);
+    an SCK2 body written by another account is refused (docs/PROTOCOL.md 6.6)."""
+    writer, room, key = SenderKey.decode_with_writer(body)
+    if writer is not None and writer != sender:
+        raise FormatError(f"the room key was written by {writer}'s device, but the server lists that device as "
+                          f"{sender}'s: the server may be misattributing messages")
+    return room, key
 
 
 @dataclass(frozen=True)
