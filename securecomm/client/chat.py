@@ -267,29 +267,31 @@ class ChatSession:
             getter = asyncio.create_task(lines.get())
             waits: set[asyncio.Task[Any]] = {getter, pump, *self.sending} | ({self.flush} if self.flush else set())
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if self.flush is not None and self.flush in done:
-                task, self.flush = self.flush, None
-                task.result()  # raises the connection's error
-            for task in done & self.sending:
-                self.sending.discard(task)
-                task.result()  # a lost connection: reconnect, and the outbox resends
-            if pump in done:
-                if not getter.done():
-                    getter.cancel()  # a cancelled get() leaves its line in the queue
-                elif (line := getter.result()) is None:
+            line: Command | None = None
+            if getter.done():
+                line = getter.result()
+                if line is None or isinstance(line, Quit):  # first: /quit wins over a connection that just ended
+                    if pump not in done:  # (the new-user check: it was queued as "not connected" and ignored)
+                        await self._finish_sending()
                     return True
-                else:
-                    self._queue_line(line)
-                pump.result()  # raises the connection's error
-                return True
-            if not getter.done():
-                getter.cancel()
-                continue
-            line = getter.result()
-            if line is None or isinstance(line, Quit):
-                await self._finish_sending()
-                return True
-            await self._command(line)
+            else:
+                getter.cancel()  # a cancelled get() leaves its line in the queue
+            try:
+                if self.flush is not None and self.flush in done:
+                    task, self.flush = self.flush, None
+                    task.result()  # raises the connection's error
+                for task in done & self.sending:
+                    self.sending.discard(task)
+                    task.result()  # a lost connection: reconnect, and the outbox resends
+                if pump in done:
+                    pump.result()  # raises the connection's error
+                    return True
+            except BaseException:
+                if line is not None:
+                    self._queue_line(line)  # typed as the connection ended: queued like any line while away
+                raise
+            if line is not None:
+                await self._command(line)
 
     def _in_background(self, item: Pending) -> None:
         """Send `item` without waiting for its receipt here (see `sending`)."""
