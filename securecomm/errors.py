@@ -157,6 +157,10 @@ class NetworkError(SecurecommError):
     exit_code = 7
 
 
+class SessionReplacedError(NetworkError):
+    """a newer login took this session's place (the account was at its session limit): reconnecting may help"""
+
+
 class ShuttingDownError(NetworkError):
     """the server is shutting down (a planned restart); retry shortly"""
 

@@ -510,3 +510,43 @@ def test_server_hello_announces_the_mailbox_lifetime(tmp_path):
         c.close()
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_an_inbox_follow_replaced_at_the_session_limit_reconnects(tmp_path):
+    """The new user's check (stop 26): a laptop's `inbox --follow`, stopped (Ctrl-Z, sleep) long enough
+    for a newer login of the same device to replace its session at the limit, exited 9 when it woke
+    ("server: replaced by a newer login ..."), though README says a follow reconnects after a dropped
+    connection. A TOO_MANY_CLIENTS after LOGIN_OK is that replacement: the follow reconnects."""
+    import json
+    import subprocess
+
+    from tests.conftest import ENTRY
+
+    srv = ServerProc(tmp_path / "srv", "--max-sessions-per-user", "1", "--idle-timeout", "4").start()
+    follow = None
+    try:
+        for user in ("alice", "bob"):
+            add_user(srv.home, user)
+            assert login(tmp_path / user, srv, user).returncode == 0
+        before = srv.log.count(" logged in (")
+        follow = subprocess.Popen([ENTRY, "--home", str(tmp_path / "bob"), "inbox", "--follow", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert wait_count(srv, " logged in (", before + 1, timeout=30)  # the follow's session
+        follow.send_signal(signal.SIGSTOP)  # quiet from now: no PING
+        deadline = time.monotonic() + 30
+        while sc(tmp_path / "bob", "inbox").returncode != 0:  # refused until the follow's session is quiet 3 s
+            assert time.monotonic() < deadline, srv.log
+            time.sleep(0.5)
+        srv.wait_log(r"replaces .*: the same device, quiet for \d+ s, at bob's session limit")
+        follow.send_signal(signal.SIGCONT)
+        assert sc(tmp_path / "alice", "send", "--to", "bob", "after the replacement").returncode == 0
+        assert follow.stdout is not None
+        line = follow.stdout.readline()  # the follow reconnected and shows it (a hang here: the timeout fails it)
+        assert json.loads(line)["body"] == "after the replacement"
+        assert follow.poll() is None  # still following
+    finally:
+        if follow is not None:
+            follow.kill()
+            _, err = follow.communicate(timeout=10)
+            assert b"Traceback" not in err
+        srv.stop(signal.SIGKILL)

@@ -34,6 +34,7 @@ from securecomm.errors import (
     PairingError,
     RefusedError,
     SecurecommError,
+    SessionReplacedError,
     ShuttingDownError,
     StoreUnavailableError,
     TLSError,
@@ -346,6 +347,11 @@ class Client:
 
     def _on_error(self, ev: P.Error) -> None:
         err = error_from(ev)
+        if ev.fatal and ev.code == P.ErrorCode.TOO_MANY_CLIENTS and self.login is not None:
+            # after LOGIN_OK this code means a newer login replaced this session (PROTOCOL row too-many-sessions):
+            # a dropped connection to `inbox --follow` and chat, which reconnect (the new-user check: the follow
+            # of a laptop back from sleep exited 9)
+            err = SessionReplacedError(err.message, hint=err.hint)
         key: Any = ("msg", ev.msg_id) if ev.msg_id else ("rid", ev.rid) if ev.rid is not None else None
         if ev.fatal:
             self._fail_all(err)
