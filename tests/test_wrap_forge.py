@@ -7,6 +7,8 @@ by us, each further row behind CONTINUATION; pipes and --json are unchanged.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import signal
 
 from securecomm.client.events import CONTINUATION, MAX_SHOWN_ROWS, cell_width, now_text, printable_body
@@ -57,7 +59,27 @@ def test_a_newline_flood_is_capped_on_a_terminal():
     shown = printable_body(b"\n".join(b"l%d" % i for i in range(5000)), 80, 20)
     rows = shown.split("\n")
     assert len(rows) == MAX_SHOWN_ROWS + 1, len(rows)
-    assert rows[-1] == f"{CONTINUATION}\u2026 {5000 - MAX_SHOWN_ROWS} more lines (use --json)", rows[-1]
+    assert rows[-1] == f"{CONTINUATION}\u2026 {5000 - MAX_SHOWN_ROWS} more lines not shown", rows[-1]
+
+
+def test_a_capped_message_is_kept_whole_and_the_cut_names_where(tmp_path):
+    """The new user's check (stop 26): a 300-line message showed 200 rows and "… 100 more lines (use
+    --json)", but it was acknowledged when shown and `inbox --json` then had nothing: the rest was lost.
+    Now the whole message is kept in a file of the home, 0600, and the cut names it."""
+    from securecomm.client.files import save_long_message
+    from securecomm.paths import Paths
+
+    paths = Paths(tmp_path / "home", tmp_path / "home")
+    body = b"\n".join(b"line %d" % i for i in range(300))
+    shown = printable_body(body, 80, 20, lambda: save_long_message(paths, b"\x07" * 16, body))
+    last = shown.split("\n")[-1]
+    assert last.startswith(f"{CONTINUATION}\u2026 100 more lines; the whole message is in "), last
+    saved = Path(last.rsplit(" ", 1)[1])
+    assert saved.read_bytes() == body and saved.stat().st_mode & 0o777 == 0o600
+    assert saved.parent.stat().st_mode & 0o777 == 0o700
+    called = []
+    printable_body(b"short", 80, 20, lambda: called.append(1) or "")
+    assert called == []  # nothing is written for a message shown whole
 
 
 def test_chat_render_wraps_a_room_message_at_the_width(monkeypatch):

@@ -24,8 +24,13 @@ from securecomm.cli.context import State, connection_options, pass_state, profil
 PROMPT = "> "
 
 
-def render(ev: Any, me: str, width: int | None = None) -> str:
-    """One event as shown; with `width` (a terminal's columns) message bodies are wrapped here."""
+def _saver(save_whole: Any, ev: Any) -> Any:
+    return None if save_whole is None else (lambda: save_whole(ev))
+
+
+def render(ev: Any, me: str, width: int | None = None, save_whole: Any = None) -> str:
+    """One event as shown; with `width` (a terminal's columns) message bodies are wrapped here.
+    `save_whole(ev)`: keeps a message too long to show and returns where (events.printable_body)."""
     from securecomm.client.events import (
         Alert,
         DeliveryReceipt,
@@ -45,13 +50,14 @@ def render(ev: Any, me: str, width: int | None = None) -> str:
     if isinstance(ev, RoomText):
         stamp, who = f"{now_text(ev.sent_at_ms)} #{clean(ev.room)} ", clean(ev.sender)
         first = cell_width(f"{stamp}{who} \u2713 ")  # the columns before the body, colours aside
-        return f"{stamp}{style(who, bold=True)} {ok} {printable_body(ev.body, width, first)}"
+        return f"{stamp}{style(who, bold=True)} {ok} {printable_body(ev.body, width, first, _saver(save_whole, ev))}"
     if isinstance(ev, DirectMessage):
         stamp, who = f"{now_text(ev.sent_at_ms)} [dm] ", clean(ev.sender)
         to = f"{clean(ev.to)} (sent)" if ev.to else me  # our own, copied from another of our devices
         mark = " (sealed without a one-time key)" if ev.without_one_time_key else ""
         first = cell_width(f"{stamp}{who} \u2192 {to}{mark} \u2713 ")
-        return f"{stamp}{style(who, bold=True)} \u2192 {to}{mark} {ok} {printable_body(ev.body, width, first)}"
+        body = printable_body(ev.body, width, first, _saver(save_whole, ev))
+        return f"{stamp}{style(who, bold=True)} \u2192 {to}{mark} {ok} {body}"
     if isinstance(ev, DeliveryReceipt):
         return f"{now_text()} {ok}{ok} {clean(ev.to)} received {ev.msg_id.hex()[:8]} (signed receipt)"
     if isinstance(ev, Membership):
@@ -94,12 +100,17 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
     profile = Profile.load(state.paths.profile)
     tty = sys.stdin.isatty() and sys.stdout.isatty()
 
+    def save_whole(ev: Any) -> str:
+        from securecomm.client.files import save_long_message
+
+        return save_long_message(state.paths, ev.msg_id, ev.body)
+
     def show(ev: Any) -> None:
         if getattr(ev, "quiet", False):  # an Alert counted, not printed (a flood)
             return
         # wrapped at the width of now (the window may have been resized); under patch_stdout: above
         # the line being typed
-        line = render(ev, profile.user, shutil.get_terminal_size().columns if tty else None)
+        line = render(ev, profile.user, shutil.get_terminal_size().columns if tty else None, save_whole)
         print(line if sys.stdout.isatty() else click.unstyle(line), flush=True)  # no colour codes in a pipe
 
     async def main() -> None:

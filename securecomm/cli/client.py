@@ -267,7 +267,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
         nonlocal failures, shown_count, held
         if isinstance(ev, DirectMessage):
             shown_count += 1
-            from securecomm.client.files import shown_body
+            from securecomm.client.files import save_long_message, shown_body
 
             # a file: saved for `fetch ID` (not our own copy of one we sent: nothing to fetch here)
             body, notice, sent_to = shown_body(state.paths, ev, identity, state.command)
@@ -285,7 +285,8 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
                                        "body": body.decode("utf-8", "replace"), **marks, **shown_file}))
             else:
                 head = f"{now_text(ev.sent_at_ms)} {direct_head(ev)} \u2713 "
-                click.echo(head + printable_body(body, width, cell_width(head)))
+                click.echo(head + printable_body(body, width, cell_width(head),
+                                                 lambda: save_long_message(state.paths, ev.msg_id, body)))
         elif isinstance(ev, Alert):
             failures += ev.failed  # a server's noise is shown, but it is no failed message
             held += ev.held

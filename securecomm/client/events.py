@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from securecomm.timeutil import now_ms
@@ -99,11 +99,12 @@ CONTINUATION = "    \u2502 "
 
 
 #: At most this many rows of one message on a terminal (a 400,000-newline message would scroll
-#: everything else away); the rest is counted in one line pointing to --json.
+#: everything else away); the rest is counted in one line naming the file that holds it all.
 MAX_SHOWN_ROWS = 200
 
 
-def printable_body(body: bytes, width: int | None = None, first: int = 0) -> str:
+def printable_body(body: bytes, width: int | None = None, first: int = 0,
+                   save_whole: Callable[[], str] | None = None) -> str:
     """A message body for a terminal: one shown line per line of text, each escaped as in
     `printable`, continuation lines indented behind CONTINUATION. One trailing newline (as
     `printf ...\\n | send -` leaves) is dropped; any other control character stays escaped.
@@ -111,7 +112,8 @@ def printable_body(body: bytes, width: int | None = None, first: int = 0) -> str
     With `width` (a terminal's columns; `first` = columns already used on the first row by the
     time stamp and sender), long lines are wrapped here, each further row behind CONTINUATION too:
     left to the terminal, padding could push forged text to column 0 of a row of its own. At
-    most MAX_SHOWN_ROWS rows are shown."""
+    most MAX_SHOWN_ROWS rows are shown; then `save_whole()` keeps the whole body and names where
+    (the message is acknowledged once shown: the rest must not be lost, the new-user check)."""
     text = body.decode("utf-8", "replace")
     text = text[:-1] if text.endswith("\n") else text
     lines = (printable(line.encode()) for line in text.split("\n"))
@@ -121,7 +123,9 @@ def printable_body(body: bytes, width: int | None = None, first: int = 0) -> str
     shown = list(itertools.islice(rows, MAX_SHOWN_ROWS))
     rest = sum(1 for _ in rows)
     if rest:
-        shown.append(f"\u2026 {rest} more lines (use --json)")
+        where = save_whole() if save_whole is not None else None
+        shown.append(f"\u2026 {rest} more lines; the whole message is in {printable(where.encode())}" if where
+                     else f"\u2026 {rest} more lines not shown")
     return ("\n" + CONTINUATION).join(shown)
 
 

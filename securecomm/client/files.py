@@ -467,6 +467,20 @@ def notices_dir(paths: Any) -> Path:
     return Path(paths.data_dir) / "received"  # not "files": a server with the same --home keeps ciphertext there
 
 
+def save_long_message(paths: Any, msg_id: bytes, body: bytes) -> str:
+    """Keep the whole of a message too long to show on a terminal (0600, in a 0700 folder of the
+    home): it is acknowledged once shown, so the server keeps no copy. Returns the path."""
+    folder = Path(paths.data_dir) / "messages"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{msg_id.hex()}.txt"
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(body)
+    os.replace(tmp, path)
+    return str(path)
+
+
 def save_notice(paths: Any, sender: str, notice: FileNotice, device: str | None = None) -> bool:
     """Remember a notice (inbox showed it) so that `fetch ID` knows name, digests and key. 0600.
     `device`: the identity line of the device that announced it (version 2), whose key signed the file.
