@@ -111,3 +111,13 @@ def test_idle_metrics_connections_cannot_take_the_relays_file_descriptors(srv, t
     finally:
         for s in idle:
             s.close()
+
+
+def test_metrics_off_loopback_are_called_exposed():
+    """The attacker's check (stop 26): --metrics 0.0.0.0:PORT served every interface without a word; serve
+    now warns (server.metrics_exposed) for any address that is not loopback. (Tests bind loopback only, so
+    the check itself is tested here.)"""
+    from securecomm.cli.serve import exposed
+
+    assert exposed("0.0.0.0") and exposed("::") and exposed("192.0.2.7") and exposed("2001:db8::1")
+    assert not exposed("127.0.0.1") and not exposed("127.0.0.2") and not exposed("::1")

@@ -7,9 +7,8 @@ by us, each further row behind CONTINUATION; pipes and --json are unchanged.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import signal
+from pathlib import Path
 
 from securecomm.client.events import CONTINUATION, MAX_SHOWN_ROWS, cell_width, now_text, printable_body
 from tests.conftest import ENTRY, run_entry

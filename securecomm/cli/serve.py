@@ -242,7 +242,19 @@ def start_metrics(where: str | None) -> Any:
     count_log_events(metrics)
     shown = f"[{endpoint.address[0]}]" if ":" in endpoint.address[0] else endpoint.address[0]
     logging.getLogger("securecomm.server").info("metrics on http://%s:%d/metrics", shown, endpoint.address[1])
+    if exposed(endpoint.address[0]):  # the attacker's check, stop 26
+        logging.getLogger("securecomm.server").warning(
+            "metrics on %s are served to every host that reaches it, without authentication (counts of sessions, "
+            "messages and files); keep --metrics on loopback unless a firewall stands in front", shown)
     return metrics
+
+
+def exposed(address: str) -> bool:
+    """Whether a listening address is reachable from other hosts (not loopback: 0.0.0.0 and :: are every
+    interface)."""
+    import ipaddress
+
+    return not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
 
 
 def listen_error(e: OSError, host: str, port: int) -> SecurecommError | None:

@@ -430,9 +430,10 @@ class Logins:
         fp = identity.fingerprint
         if user.fingerprint is not None and not same(user.fingerprint, fp) and not replace:
             log.info("%s registration held: the account has another key", s.label())
+            # not "one device per user" (the attacker's check, stop 26): an account gets more devices by pairing
             s.error(P.ErrorCode.KEY_REPLACE, f"{user.name} already has a device key registered "
-                    f"({PublicIdentity.decode_cached(user.identity or b'').fingerprint_text}); one device per user: "
-                    "replacing it logs the other device out", fatal=True)
+                    f"({PublicIdentity.decode_cached(user.identity or b'').fingerprint_text}) and no device list "
+                    "yet: replacing it logs that device out", fatal=True)
             return False
         if user.fingerprint is not None and same(user.fingerprint, fp):
             return True

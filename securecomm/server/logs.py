@@ -131,6 +131,8 @@ EVENTS: dict[str, str] = {
     "created a new database at %s": "server.database_created",
     "listening on %s:%d": "server.listening",
     "metrics on http://%s:%d/metrics": "server.metrics_listening",
+    ("metrics on %s are served to every host that reaches it, without authentication (counts of sessions, "
+     "messages and files); keep --metrics on loopback unless a firewall stands in front"): "server.metrics_exposed",
     "first run: created a local CA and server certificate in %s": "server.certificate_created",
     "CA fingerprint %s (clients pin this: --pin %s)": "server.ca_fingerprint",
     "CA fingerprint %s": "server.ca_fingerprint",
