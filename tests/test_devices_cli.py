@@ -367,3 +367,16 @@ def test_a_file_that_waited_only_for_a_removed_device_goes_at_once(world, sc, tm
     assert sc("devices", "remove", phone_id.public.fingerprint[:6].hex(), "--yes", home_dir=laptop).exit_code == 0
     srv.wait_log(r"deleted 1 file\(s\) whose remaining devices were removed")
     assert not (srv.home / "files" / file_id).exists()
+
+
+def test_a_file_to_yourself_needs_another_device(world, sc, tmp_path):
+    """The new user's check (stop 26): `send --to ME --file` from an only device stored a file nobody could
+    fetch (this device has it; no other device), which filled the quota for --file-days, without a word."""
+    srv, homes = world
+    src = tmp_path / "plan.txt"
+    src.write_bytes(b"the plan")
+    alone = sc("send", "--to", "alice", "--file", str(src), home_dir=homes["alice"])
+    assert alone.exit_code == 2 and "this is your only one" in alone.output, alone.output
+    stored = srv.home / "files"
+    assert not stored.exists() or {p.name for p in stored.iterdir()} <= {"files.db"}  # nothing offered
+    # with another device it goes: test_multidevice_files_cli.py, test_a_file_to_yourself_goes_to_your_other_device

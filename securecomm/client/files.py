@@ -782,6 +782,11 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
     try:
         messenger = Messenger(client, identity, profile.user, paths, lambda ev: None, deliveries=False)
         to_key = await recipient_account(messenger, to) if messenger.v2 else await messenger.identity_of(to)
+        if messenger.v2 and messenger.devices is not None and to.lower() == profile.user \
+                and len(await messenger.devices.own_devices(client)) < 2:
+            # the new user's check (stop 26): stored with nobody to fetch it, it filled the quota for --file-days
+            raise UsageError("a file to yourself is fetched by your other devices, and this is your only one",
+                             hint="pair another device first (securecomm user login on it), or keep the file here")
     except BaseException:
         await client.close()
         raise
