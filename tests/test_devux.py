@@ -460,6 +460,20 @@ def test_junk_with_a_held_messages_number_does_not_get_it_deleted(world):
     asyncio.run(go())
 
 
+def test_held_back_messages_are_told_in_full_once_then_counted(world):
+    """The new user's check (stop 26): every held-back message printed the whole ~400-character STOP text
+    again, on every `inbox` run; README says repeated warnings are printed once and then counted."""
+    srv, homes = world
+    assert sc(homes["bob"], "send", "--to", "alice", "pin alice").returncode == 0
+    assert login(homes["phone"], srv, "alice", PASSWORD, "--reset-user-key", "--yes").returncode == 0
+    for i in range(3):
+        assert sc(homes["phone"], "send", "--to", "bob", f"from the new key {i}").returncode == 0
+    r = sc(homes["bob"], "inbox")
+    text = r.stderr.decode()
+    assert r.returncode == 6 and text.count("message from alice held back:") == 1, text
+    assert "securecomm: error: 3 message(s) held back" in text  # every one still counted
+
+
 def test_keygen_force_on_a_logged_in_device_says_what_it_means_and_how_back(world):
     """The new-user check: `keygen --force` on a logged-in device locked it out (the server knows the old
     key as the device) and the hint said servers would simply know the new one."""

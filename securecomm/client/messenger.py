@@ -63,6 +63,13 @@ REJECTED_SHOWN = 5
 #: Bad room keys are counted; a warning is shown for the first and then at every power of ten,
 #: so a flood of junk frames cannot flood the screen (30 junk frames -> 2 lines, not 30).
 JUNK_WARN_BASE = 10
+
+
+def _milestone(n: int) -> bool:
+    """10, 100, 1000...: when a counted warning is printed again."""
+    while n % JUNK_WARN_BASE == 0:
+        n //= JUNK_WARN_BASE
+    return n == 1
 #: Seconds between refills a prekeys_low NOTICE may cause (a refill tops the server up to 100 at once).
 REFILL_EVERY = 30.0
 #: Device-change NOTICEs shown in full per session; the rest are counted (they are the server's word).
@@ -156,6 +163,8 @@ class Messenger(Rooms):
         #: showed only after chat was restarted). Bounded; the server keeps them in any case.
         self.held_mail: dict[int, P.Deliver] = {}
         self._held_told: set[int] = set()
+        #: Held-back messages per (sender, reason) told so far: the first in full, the rest counted.
+        self._held_said: dict[str, int] = {}
         self._held_stamps = self._trust_stamps()
         client.notice = lambda text: self._warn_counted("unsolicited server errors", text, failed=False)
 
@@ -501,9 +510,7 @@ class Messenger(Rooms):
         if n <= REJECTED_SHOWN:
             self.emit(Alert(text))
             return
-        while n % JUNK_WARN_BASE == 0:
-            n //= JUNK_WARN_BASE
-        if n == 1:
+        if _milestone(n):
             self.emit(Alert(f"{self.warned['rejected']} messages rejected so far (the latest: {text}); counting the "
                             "rest quietly"))
         else:
@@ -517,9 +524,7 @@ class Messenger(Rooms):
         if n == 1:
             self.emit(Alert(text, failed))
             return
-        while n % JUNK_WARN_BASE == 0:
-            n //= JUNK_WARN_BASE
-        if n == 1:
+        if _milestone(n):
             self.emit(Alert(f"{self.warned[kind]} {kind} so far (the latest: {text}); counting the rest quietly",
                               failed))
 
@@ -574,8 +579,16 @@ class Messenger(Rooms):
     def _hold(self, ev: P.Deliver, e: SecurecommError) -> None:
         if ev.seq not in self._held_told:  # told once, not again when tried again
             self._held_told.add(ev.seq)
+            # in full once per sender and reason, then counted (the new-user check: the ~400-character STOP
+            # text came again for every message held; README: repeated warnings are printed once, then counted)
+            said = f"{ev.sender}\0{e.message}"
+            n = self._held_said[said] = self._held_said.get(said, 0) + 1
             advice = f" {e.hint}" if e.hint else ""
-            self.emit(Alert(f"message from {ev.sender} held back: {e.message}.{advice}", failed=False, held=True))
+            if n == 1:
+                self.emit(Alert(f"message from {ev.sender} held back: {e.message}.{advice}", failed=False, held=True))
+            else:
+                self.emit(Alert(f"{n} messages from {ev.sender} held back so far, for the reason above", failed=False,
+                                held=True, quiet=not _milestone(n)))
         if len(self.held_mail) < MAX_HELD_MAIL:
             self.held_mail[ev.seq] = ev
 
