@@ -474,6 +474,36 @@ def test_held_back_messages_are_told_in_full_once_then_counted(world):
     assert "securecomm: error: 3 message(s) held back" in text  # every one still counted
 
 
+def test_a_page_of_held_back_mail_does_not_stop_other_senders(world, tmp_path):
+    """The spec-only client's check (stop 26): held-back messages are not acknowledged, and the server sends
+    the next page (MAIL_BATCH, 256) only once every row of this one is; so a contact whose key changed, with
+    256 messages waiting, stopped everyone else's mail until bob trusted them. The client now answers a held
+    message with ACK "held" (status 3): the row stays, the page moves on."""
+    import asyncio
+
+    from securecomm.server.relay import MAIL_BATCH
+    from tests.serverproc import add_user
+
+    srv, homes = world
+    assert sc(homes["bob"], "send", "--to", "alice", "pin alice").returncode == 0
+    assert login(homes["phone"], srv, "alice", PASSWORD, "--reset-user-key", "--yes").returncode == 0
+
+    async def fill() -> None:  # a whole page from the new key, quickly (one connection)
+        async with _running_session(homes["phone"], "alice") as (m, _):
+            for i in range(MAIL_BATCH):
+                await m.send_direct("bob", f"held {i}".encode())
+
+    asyncio.run(fill())
+    add_user(srv.home, "carol")
+    assert login(tmp_path / "carol", srv, "carol").returncode == 0
+    assert sc(tmp_path / "carol", "send", "--to", "bob", "from carol, after the page").returncode == 0
+    r = sc(homes["bob"], "inbox", "--json")
+    assert r.returncode == 6, r.stderr  # held back: exit 6, as before
+    assert [json.loads(x)["body"] for x in r.stdout.splitlines()] == ["from carol, after the page"]
+    assert f"{MAIL_BATCH} message(s) held back".encode() in r.stderr
+    assert mailbox_count(srv) >= MAIL_BATCH  # every held one still waits on the server
+
+
 def test_keygen_force_on_a_logged_in_device_says_what_it_means_and_how_back(world):
     """The new-user check: `keygen --force` on a logged-in device locked it out (the server knows the old
     key as the device) and the hint said servers would simply know the new one."""
@@ -505,7 +535,10 @@ def test_a_device_that_saw_the_newest_list_only_while_sending_goes_above_it_afte
     srv.start()
     # alice writes before the list is mended: bob's client holds it back (list 3 is older than the 4 it saw),
     # kept on the server; it was REJECTED and deleted
-    assert sc(homes["alice"], "send", "--to", "bob", "written while list 3 was back").returncode == 0
+    # (the laptop, which signed list 4, refuses to send on list 3 since stop 26; the tablet, back on it, does not)
+    r = sc(homes["alice"], "send", "--to", "bob", "refused while list 3 is back")
+    assert r.returncode == 6 and b"older than list 4" in r.stderr, r.stderr
+    assert sc(tablet, "send", "--to", "bob", "written while list 3 was back").returncode == 0
     r = sc(homes["bob"], "inbox")
     assert r.returncode == 6 and b"1 message(s) held back" in r.stderr and b"REJECTED" not in r.stderr, r.stderr
     assert mailbox_count(srv) >= 1  # still on the server (a restore re-hands used prekeys: it may not open later)

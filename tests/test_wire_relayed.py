@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from securecomm.wire import protocol as P
 from securecomm.wire.frames import FrameDecoder
 from securecomm.wire.relayed import (
+    ACK_HELD,
     ACK_OK,
     ACK_REJECTED,
     Ack,
@@ -35,7 +36,7 @@ TEXT = st.text(max_size=40)
 RELAYED = {
     Direct: st.builds(Direct, to=NAME, envelope=st.binary(min_size=1, max_size=200)),
     Deliver: st.builds(Deliver, seq=U64, stored_at_ms=U64, sender=NAME, envelope=st.binary(min_size=1, max_size=200)),
-    Ack: st.builds(Ack, seq=U64, status=st.sampled_from([ACK_OK, ACK_REJECTED]),
+    Ack: st.builds(Ack, seq=U64, status=st.sampled_from([ACK_OK, ACK_REJECTED, ACK_HELD]),
                    digest=st.binary(min_size=32, max_size=32), signature=st.binary(min_size=64, max_size=64)),
     Delivered: st.builds(Delivered, msg_id=st.binary(min_size=16, max_size=16),
                          digest=st.binary(min_size=32, max_size=32), signature=st.binary(min_size=64, max_size=64),

@@ -591,6 +591,10 @@ class Messenger(Rooms):
                                 held=True, quiet=not _milestone(n)))
         if len(self.held_mail) < MAX_HELD_MAIL:
             self.held_mail[ev.seq] = ev
+        if getattr(getattr(self.client, "server_hello", None), "held_ack", None) is True:
+            # kept on the server, but this session's page may move on (PROTOCOL 4.2): else 256 held messages
+            # from one contact stopped everyone else's mail (the spec-only client's check, stop 26)
+            self.client.send_event(P.Ack(ev.seq, P.ACK_HELD))
 
     def _trust_stamps(self) -> tuple[Any, Any]:
         return file_stamp(self.paths.user_pins), file_stamp(self.paths.contacts)

@@ -283,6 +283,14 @@ class Relay:
             # Before, a password-only login was given the account's key and could delete its mail unread.
             log.warning("%s ACK ignored: no device key proven in this connection", s.label())
             return
+        if ev.status == P.ACK_HELD:
+            # kept for a later session (4.2); only its place in this session's page is freed, so that mail held
+            # back for one sender's changed key cannot stop the rest (the spec-only client's check: 256 held
+            # messages, one page, and nobody else's mail came)
+            s.mailbox.acked(ev.seq)
+            if s.mailbox.backlog and not s.mailbox.outstanding:
+                self.offer_pending(s)
+            return
         # only a row this session could have been offered: another device's mail stays for it (6.7)
         taken = await self.store.call(self.store.store.take_mail, s.user.id, ev.seq, s.device)
         s.mailbox.acked(ev.seq)

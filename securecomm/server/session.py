@@ -383,7 +383,7 @@ class Session:
             self.version = agreed
             self.send(P.ServerHello(self.version, self.server_line, self.challenge, self.config.max_frame,
                                     server="securecomm", idle_timeout=max(1, int(self.config.idle_timeout)),
-                                    mailbox_ttl=max(0, math.ceil(self.config.mailbox_ttl))))
+                                    mailbox_ttl=max(0, math.ceil(self.config.mailbox_ttl)), held_ack=True))
         elif isinstance(event, P.LoginPassword):
             await self.logins.login_password(self, event)
         elif isinstance(event, P.LoginKey):

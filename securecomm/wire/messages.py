@@ -217,14 +217,18 @@ class ServerHello(Event):
     #: How long the server keeps undelivered mail, in whole seconds, 0 for ever (optional; PROTOCOL.md 6.5):
     #: a device keeps a one-time prekey handed out and never used at least this long. None: not announced.
     mailbox_ttl: int | None = None
+    #: The server takes ACK status 3, "held" (optional; PROTOCOL.md 4.2). None: not announced.
+    held_ack: bool | None = None
 
     def encode_body(self) -> bytes:
-        body = {"version": self.version, "identity": self.identity, "challenge": self.challenge.hex(),
-                "max_frame": self.max_frame, "server": self.server}
+        body: dict[str, Any] = {"version": self.version, "identity": self.identity,
+                                "challenge": self.challenge.hex(), "max_frame": self.max_frame, "server": self.server}
         if self.idle_timeout is not None:
             body["idle_timeout"] = self.idle_timeout
         if self.mailbox_ttl is not None:
             body["mailbox_ttl"] = self.mailbox_ttl
+        if self.held_ack is not None:
+            body["held_ack"] = self.held_ack
         return _dump(body)
 
     @classmethod
@@ -234,7 +238,8 @@ class ServerHello(Event):
         assert challenge is not None
         return cls(_field(o, "version", int), _field(o, "identity", str), challenge,
                    _field(o, "max_frame", int), _field(o, "server", str),
-                   _field(o, "idle_timeout", int, optional=True), _field(o, "mailbox_ttl", int, optional=True))
+                   _field(o, "idle_timeout", int, optional=True), _field(o, "mailbox_ttl", int, optional=True),
+                   _field(o, "held_ack", bool, optional=True))
 
 
 @dataclass(frozen=True)

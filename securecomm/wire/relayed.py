@@ -82,6 +82,10 @@ class Deliver(Event):
 
 ACK_OK = 1
 ACK_REJECTED = 2
+#: Kept, not taken: the client holds the message back (its sender's key changed, PROTOCOL 4.2); the row stays
+#: for a later session, and this one may be sent the next page. Only to a server whose SERVER_HELLO said
+#: `held_ack`.
+ACK_HELD = 3
 _ACK = struct.Struct(">QB32s64s")
 DELIVERED_LABEL = b"securecomm/v1/delivered"
 DELIVERED_LABEL_V2 = b"securecomm/v2/delivered"
@@ -117,7 +121,7 @@ class Ack(Event):
         if len(body) != _ACK.size:
             raise RemoteProtocolError("ack has the wrong length")
         seq, status, digest, sig = _ACK.unpack(body)
-        if status not in (ACK_OK, ACK_REJECTED):
+        if status not in (ACK_OK, ACK_REJECTED, ACK_HELD):
             raise RemoteProtocolError("ack status is invalid")
         return cls(seq, status, digest, sig)
 
