@@ -380,3 +380,28 @@ def test_a_file_to_yourself_needs_another_device(world, sc, tmp_path):
     stored = srv.home / "files"
     assert not stored.exists() or {p.name for p in stored.iterdir()} <= {"files.db"}  # nothing offered
     # with another device it goes: test_multidevice_files_cli.py, test_a_file_to_yourself_goes_to_your_other_device
+
+
+def test_republish_is_the_way_out_when_the_restored_list_is_right(world, sc, tmp_path):
+    """The re-check (stop 26): after a restore brought back an older list whose devices were all right (an
+    only device, say), the own-list refusal left no way out: send refused, `devices remove` of the only
+    device is refused, approve refused. `devices republish` signs the same devices again above."""
+    srv, homes = world
+    laptop = homes["alice"]
+    assert "nothing to sign" in sc("devices", "republish", "--yes", home_dir=laptop).output  # not older: no-op
+    backup = tmp_path / "list-1.db"
+    assert run_entry("--home", str(srv.home), "backup", str(backup)).returncode == 0
+    phone_id = _pair_from_the_cli(srv, sc, laptop, tmp_path / "alice-phone")  # list 2
+    assert sc("devices", "remove", phone_id.public.fingerprint[:6].hex(), "--yes", home_dir=laptop).exit_code == 0
+    srv.stop()
+    assert run_entry("--home", str(srv.home), "restore", "--force", str(backup)).returncode == 0
+    srv.start()  # list 1: only the laptop, which is right
+    refused = sc("send", "--to", "bob", "before", home_dir=laptop)
+    assert refused.exit_code == 6 and "securecomm devices republish" in refused.output, refused.output
+    no = sc("devices", "republish", input="n\n", home_dir=laptop)
+    assert no.exit_code == 130 and "older than list 3" in no.output, no.output
+    ok = sc("devices", "republish", "--yes", home_dir=laptop)
+    assert ok.exit_code == 0 and "signed the same devices again as device list 4" in ok.output, ok.output
+    assert sc("send", "--to", "bob", "after republishing", home_dir=laptop).exit_code == 0
+    shown = sc("inbox", "--json", home_dir=homes["bob"])
+    assert [json.loads(x)["body"] for x in shown.output.splitlines() if x.startswith("{")] == ["after republishing"]

@@ -144,6 +144,48 @@ def remove(ctx: click.Context, device_id: str, server: str | None, ca: str | Non
                f"device list {counter}")
 
 
+@devices.command(epilog="Example:\n\n  securecomm devices republish")
+@connection_options
+@click.option("--yes", is_flag=True, help="Sign without asking (for scripts).")
+@click.pass_context
+def republish(ctx: click.Context, server: str | None, ca: str | None, pin: str | None,
+              passphrase_file: str | None, yes: bool) -> None:
+    """Sign the server's list of your devices again, above the newest this device saw.
+
+    For after the server was restored from a backup and holds an older list than
+    one you signed: if every device on it is one you keep (check with `securecomm
+    devices`), this signs the same devices as a new list, and sending works again.
+    If a device on it should not be there, remove it instead (`devices remove`).
+    """
+    from securecomm.client.devicecmds import older_than_seen, own_directory, republish_list
+    from securecomm.errors import InterruptedByUser
+
+    state = ctx.find_object(State)
+    assert state is not None
+    options = _options(ctx)
+    identity, profile, keys = _session(state, options)
+
+    async def go() -> int | None:
+        async with await _connected(state, identity, options) as client:
+            current, _ = await own_directory(client, profile.user, keys, lambda _text: None)
+            stale = older_than_seen(keys, current)
+            if stale is None:
+                return None
+            rows = ", ".join(f"{shown(c.name)} ({c.device_id[:6].hex()})" for c in current.certs)
+            warn(stale)
+            if not yes and not _confirm(f"sign list {current.device_list.counter} again, as a new list above "
+                                        f"{keys.own_counter}, with these devices: {rows}?",
+                                        "securecomm devices republish --yes"):
+                raise InterruptedByUser("nothing was signed")
+            return await republish_list(client, profile.user, keys, current)
+
+    counter = run_client(go())
+    if counter is None:
+        click.echo("the server's list is not older than any this device signed or saw: nothing to sign")
+        return
+    click.echo(f"signed the same devices again as device list {counter}")
+
+
 def _confirm(question: str, hint: str) -> bool:
     """Ask; a stdin that ends before an answer (a script without --yes) is interrupted (130), with a hint."""
     from securecomm.errors import InterruptedByUser

@@ -83,7 +83,7 @@ def older_than_seen(keys: DeviceKeys, current: Directory) -> str | None:
     return (f"the server holds list {current.device_list.counter} of your devices, older than list {seen} this "
             "device signed or saw: the server was restored from a backup, or is misbehaving. Devices removed "
             "since may be back on it: remove them again (the new list goes above "
-            f"{seen})")
+            f"{seen}); if none is, securecomm devices republish signs the same devices above it")
 
 
 def _last_seen(data: dict[str, Any], device_id: bytes) -> int | None:
@@ -119,6 +119,18 @@ async def remove_device(client: Any, user: str, keys: DeviceKeys, current: Direc
         counter = int(answer["counter"])
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError("the server sent a malformed device_remove answer") from e
+    keys.saw_own_list(counter)
+    return counter
+
+
+async def republish_list(client: Any, user: str, keys: DeviceKeys, current: Directory) -> int:
+    """Sign the server's current list again above every list of ours seen (devicesetup.republish) and
+    publish it: the new list's counter."""
+    answer = await client.request("device_list_publish", **S.republish(user, keys, current, now_ms()))
+    try:
+        counter = int(answer["counter"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError("the server sent a malformed device_list_publish answer") from e
     keys.saw_own_list(counter)
     return counter
 
@@ -193,7 +205,8 @@ async def approve_pairing(client: Any, user: str, keys: DeviceKeys, me: PrivateI
     send `pair_approve`: the new list's counter."""
     def refuse(stale: str) -> None:  # signing above it would put back every device removed since (stop 26)
         raise StaleDeviceListError(stale, hint="run: securecomm devices (it shows the list); remove again what "
-                                   "should not be on it, then approve")
+                                   "should not be on it, or if every device on it is yours: securecomm devices "
+                                   "republish; then approve")
 
     current, _ = await own_directory(client, user, keys, refuse)
     args = S.approve(user, me, keys, request.code, request.answer, current, now_ms())

@@ -122,6 +122,18 @@ def remove(user: str, keys: DeviceKeys, current: Directory, device_id: bytes, no
     return {"device": device_id.hex(), **_list_args(dlist, kept)}
 
 
+def republish(user: str, keys: DeviceKeys, current: Directory, now_ms: int) -> dict[str, Any]:
+    """`device_list_publish` args: the server's current list, the same devices, signed again above every
+    list of ours this device signed or saw. The way out after a restore brought back an older list whose
+    devices are all right (the re-check, stop 26: an only device could neither send nor remove anything)."""
+    key = keys.user_key()
+    if key is None:
+        raise UsageError("this device has no user key, so it cannot sign a list")
+    listed = D.valid_devices(user, key.public, current.device_list, current.certs)
+    dlist = D.DeviceList.sign(key, user, next_counter(keys, current), now_ms, [c.device_id for c in listed])
+    return _list_args(dlist, listed)
+
+
 def find_device(current: Directory, prefix: str) -> bytes:
     """A device id from what the user typed: its short id (12 hex digits) or more."""
     text = prefix.strip().lower()

@@ -163,8 +163,9 @@ class DeviceDirectory:
             # give them our mail, and accepting it their forgeries (the attacker's check, stop 26)
             stale = older_than_seen(self.keys, directory)
             if stale is not None:
-                raise StaleDeviceListError(stale, hint="run: securecomm devices (it shows the list); "
-                                           "remove again what should not be on it")
+                raise StaleDeviceListError(stale, hint="run: securecomm devices (it shows the list); remove again "
+                                           "what should not be on it (securecomm devices remove ID), or if every "
+                                           "device on it is yours: securecomm devices republish")
         key = self.own_key if name == self.user else directory.user_key
         cached = self._verified.get(name)
         if cached is not None and directory.digest and cached[1] == directory.digest \
