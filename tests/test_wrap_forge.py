@@ -70,12 +70,17 @@ def test_a_capped_message_is_kept_whole_and_the_cut_names_where(tmp_path):
 
     paths = Paths(tmp_path / "home", tmp_path / "home")
     body = b"\n".join(b"line %d" % i for i in range(300))
-    shown = printable_body(body, 80, 20, lambda: save_long_message(paths, b"\x07" * 16, body))
+    shown = printable_body(body, 80, 20, lambda: save_long_message(paths, "bob", b"\x07" * 16, body))
     last = shown.split("\n")[-1]
     assert last.startswith(f"{CONTINUATION}\u2026 100 more lines; the whole message is in "), last
     saved = Path(last.rsplit(" ", 1)[1])
     assert saved.read_bytes() == body and saved.stat().st_mode & 0o777 == 0o600
     assert saved.parent.stat().st_mode & 0o777 == 0o700
+    # the same id from another sender, or another text: never written over (the re-check, stop 26)
+    other = save_long_message(paths, "dave", b"\x07" * 16, b"dave's")
+    again = save_long_message(paths, "bob", b"\x07" * 16, b"not bob's first")
+    assert len({str(saved), other, again}) == 3 and saved.read_bytes() == body
+    assert save_long_message(paths, "bob", b"\x07" * 16, body) == str(saved)  # shown again: the same file
     called = []
     printable_body(b"short", 80, 20, lambda: called.append(1) or "")
     assert called == []  # nothing is written for a message shown whole

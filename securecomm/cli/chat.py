@@ -103,7 +103,7 @@ def chat(state: State, room: str, server: str | None, ca: str | None, pin: str |
     def save_whole(ev: Any) -> str:
         from securecomm.client.files import save_long_message
 
-        return save_long_message(state.paths, ev.msg_id, ev.body)
+        return save_long_message(state.paths, ev.sender, ev.msg_id, ev.body)
 
     def show(ev: Any) -> None:
         if getattr(ev, "quiet", False):  # an Alert counted, not printed (a flood)

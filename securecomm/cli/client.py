@@ -286,7 +286,7 @@ def inbox(state: State, follow: bool, wait_s: float, server: str | None, ca: str
             else:
                 head = f"{now_text(ev.sent_at_ms)} {direct_head(ev)} \u2713 "
                 click.echo(head + printable_body(body, width, cell_width(head),
-                                                 lambda: save_long_message(state.paths, ev.msg_id, body)))
+                                                 lambda: save_long_message(state.paths, ev.sender, ev.msg_id, body)))
         elif isinstance(ev, Alert):
             failures += ev.failed  # a server's noise is shown, but it is no failed message
             held += ev.held

@@ -467,18 +467,26 @@ def notices_dir(paths: Any) -> Path:
     return Path(paths.data_dir) / "received"  # not "files": a server with the same --home keeps ciphertext there
 
 
-def save_long_message(paths: Any, msg_id: bytes, body: bytes) -> str:
+def save_long_message(paths: Any, sender: str, msg_id: bytes, body: bytes) -> str:
     """Keep the whole of a message too long to show on a terminal (0600, in a 0700 folder of the
-    home): it is acknowledged once shown, so the server keeps no copy. Returns the path."""
+    home): it is acknowledged once shown, so the server keeps no copy. Named by sender and id, and
+    never written over (the re-check: another sender who reused the id replaced the kept text): a
+    second file gets a number. Returns the path."""
     folder = Path(paths.data_dir) / "messages"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / f"{msg_id.hex()}.txt"
-    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(body)
-    os.replace(tmp, path)
-    return str(path)
+    stem = f"{local_name(sender)}-{msg_id.hex()}"
+    for n in range(1000):
+        path = folder / (f"{stem}.txt" if n == 0 else f"{stem}.{n}.txt")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if path.read_bytes() == body:  # the same message shown again (a redelivery)
+                return str(path)
+            continue
+        with os.fdopen(fd, "wb") as out:
+            out.write(body)
+        return str(path)
+    raise UsageError(f"too many kept messages named {stem} in {folder}")
 
 
 def save_notice(paths: Any, sender: str, notice: FileNotice, device: str | None = None) -> bool:
