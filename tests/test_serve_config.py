@@ -218,7 +218,7 @@ def test_systemd_accepts_the_unit(tmp_path):
     ("--frame-timeout", "0"),
     ("--file-wait", "45"),  # the attacker's check: past the client's 30 s a stalled upload read as a dead server
     # stop 26: inf and nan turned the password lockout off without a word; 1e308 was an internal error
-    ("--lock-minutes", "inf"), ("--lock-minutes", "nan"), ("--lock-minutes", "1e308"),
+    ("--lock-minutes", "inf"), ("--lock-minutes", "nan"), ("--lock-minutes", "1e308"), ("--lock-minutes", "1e-320"),
 ])
 def test_values_that_would_break_the_server_are_refused_at_start(home, args):
     """An attacker's check: each of these started a server that then crashed on every file_offer, let no

@@ -31,9 +31,10 @@ def server_config(*, rate: float, lock_minutes: float, **fields: Any) -> Any:
 
     # a year at most: inf and nan had turned the lockout off without a word, 1e308 was an internal error
     # (the attacker's check, stop 26)
-    if not (math.isfinite(lock_minutes) and 0 <= lock_minutes <= LOCK_MINUTES_MAX):
-        raise UsageError(f"--lock-minutes must be a number from 0 to {LOCK_MINUTES_MAX} (0: no lockout), "
-                         f"not {lock_minutes!r}")
+    # and 0 or a whole second at least: 1e-320 locked for 0 seconds, no lockout without a word (the re-check)
+    if not (math.isfinite(lock_minutes) and (lock_minutes == 0 or 1 / 60 <= lock_minutes <= LOCK_MINUTES_MAX)):
+        raise UsageError(f"--lock-minutes must be 0 (no lockout) or a number from {1 / 60:.4f} (a second) to "
+                         f"{LOCK_MINUTES_MAX}, not {lock_minutes!r}")
     config = ServerConfig(rate=rate, burst=max(1, int(rate)) if math.isfinite(rate) else 1,
                           lock_seconds=int(lock_minutes * 60), **fields)
     config.validate()
