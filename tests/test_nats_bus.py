@@ -203,7 +203,8 @@ def test_a_relay_passes_on_only_what_relays_send_and_bounds_remote_members(tmp_p
     """The attacker's check (stop 26): a process that reached an unauthenticated NATS published a fatal
     ERROR frame on a user's subject, which the relay showed to that user's session as its own, and 3,000
     "here" membership messages that the relay kept, past --max-room-members. Now only the frame types
-    relays publish (DELIVERED, ROOM_KEY, NOTICE) reach sessions, and remote members stop at the limit.
+    relays publish (DELIVERED, ROOM_KEY, NOTICE) reach sessions, a device_removed NOTICE ends a session only
+    when the store says the device is gone, and remote members stop at the limit.
     (README: run NATS with credentials; this is the defence in depth behind that.)"""
     import json
     import signal
@@ -236,6 +237,9 @@ def test_a_relay_passes_on_only_what_relays_send_and_bounds_remote_members(tmp_p
             await nc.subscribe(presence_subject("ops"), cb=heard)
             fatal = P.encode_event(P.Error(int(P.ErrorCode.AUTH_FAILED), "logged out: injected", True, None, None))
             await nc.publish(user_subject(1), FRAME + fatal)
+            # an allowed type, but a removal the store does not confirm (the re-check): alice is still listed
+            forged = P.encode_event(P.Notice("device_removed", "alice", me.public.fingerprint, 9))
+            await nc.publish(user_subject(1), FRAME + forged)
             for i in range(20):
                 await nc.publish(presence_subject("ops"), json.dumps(
                     {"op": "here", "user": f"ghost{i}", "identity": me.public.line, "reply": True}).encode())
@@ -246,6 +250,7 @@ def test_a_relay_passes_on_only_what_relays_send_and_bounds_remote_members(tmp_p
 
         asyncio.run(inject())
         srv.wait_log(r"bus: a frame of type \d+ for a user's sessions ignored")
+        srv.wait_log(r"bus: a device_removed notice for .*, which is still listed, ignored")
         alice.send(P.Request(2, "who", {"room": "ops"}))
         who = alice.until(P.Result)  # not the injected ERROR: the session is still the server's
         assert isinstance(who, P.Result), who

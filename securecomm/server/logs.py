@@ -50,6 +50,7 @@ EVENTS: dict[str, str] = {
     "bus queue full: %d bus items dropped so far (mail is still read from the store)": "bus.dropped",
     "bus %s on %s failed: %s": "bus.failed",
     "bus: malformed membership news for room %s ignored": "bus.malformed",
+    "bus: a device_removed notice for %s, which is still listed, ignored": "bus.notice_not_confirmed",
     ("bus: %s is used without a user or token: any process that reaches it can wake relays, list fake room members "
      "and send frames toward users' sessions; give NATS credentials (README: Several relays)"): "bus.no_credentials",
     "bus: a frame of type %d for a user's sessions ignored (not one relays send)": "bus.unexpected_frame",

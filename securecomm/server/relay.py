@@ -493,6 +493,12 @@ class Relay:
                 and same(m.identity.fingerprint, notice.device)
             if notice is not None and (not mine if notice.event in P.NOTICE_FOR_ONE_DEVICE else m.awaiting_pairing):
                 continue  # one device's notice; or an account's, which a device waiting to be paired is not told
+            if notice is not None and notice.event == "device_removed" and mine and self.devices is not None \
+                    and m.identity is not None and self.devices.listed(user_id, m.identity.fingerprint):
+                # the store is the truth: a removal is published after its commit, so a device still listed was
+                # not removed (the re-check, stop 26: a NOTICE published on NATS ended a listed device's sessions)
+                log.warning("bus: a device_removed notice for %s, which is still listed, ignored", m.label())
+                continue
             m.outbox.put(data)
             if notice is not None and notice.event == "device_removed" and mine:
                 log.info("%s device removed from its list: closing", m.label())
