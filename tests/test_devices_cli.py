@@ -10,6 +10,7 @@ remove.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -405,3 +406,39 @@ def test_republish_is_the_way_out_when_the_restored_list_is_right(world, sc, tmp
     assert sc("send", "--to", "bob", "after republishing", home_dir=laptop).exit_code == 0
     shown = sc("inbox", "--json", home_dir=homes["bob"])
     assert [json.loads(x)["body"] for x in shown.output.splitlines() if x.startswith("{")] == ["after republishing"]
+
+
+def test_a_device_removed_during_its_upload_stops_with_one_clear_error(world, sc, tmp_path):
+    """The re-check (stop 26): the sender printed "bob was told about this file; the server deletes its
+    unfinished upload after an hour" (both untrue: it is deleted with the device), then the error, then
+    "Task exception was never retrieved" and a traceback."""
+    import subprocess
+
+    from tests.conftest import ENTRY
+
+    srv, homes = world
+    laptop, phone = homes["alice"], tmp_path / "alice-phone"
+    phone_id = _pair_from_the_cli(srv, sc, laptop, phone)
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(300):
+            f.write(os.urandom(1 << 20))
+    follow = subprocess.Popen([ENTRY, "--home", str(homes["bob"]), "inbox", "--follow", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sender = subprocess.Popen([ENTRY, "--home", str(phone), "send", "--to", "bob", "--file", str(big)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert follow.stdout is not None
+        assert "file" in json.loads(follow.stdout.readline())  # the notice: the upload has started
+        assert sc("devices", "remove", phone_id.public.fingerprint[:6].hex(), "--yes", home_dir=laptop).exit_code == 0
+        _, err = sender.communicate(timeout=120)
+    finally:
+        follow.kill()
+        follow.wait()
+        if sender.poll() is None:
+            sender.kill()
+    if sender.returncode == 0:
+        pytest.skip("the upload ended before the removal reached it (a fast machine)")
+    text = err.decode()
+    assert sender.returncode == 5 and "this device was removed" in text, text
+    assert "Traceback" not in text and "never retrieved" not in text and "after an hour" not in text, text

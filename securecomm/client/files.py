@@ -41,6 +41,7 @@ from securecomm.crypto.identity import PrivateIdentity, PublicIdentity
 from securecomm.crypto.integrity import same
 from securecomm.crypto.stream import Piece
 from securecomm.errors import (
+    DeviceRemovedError,
     FileGoneError,
     IntegrityError,
     NetworkError,
@@ -456,10 +457,11 @@ async def _put_loop(client: Any, file_id: bytes, offset: int, src: SealedPipe | 
             if ack.complete:
                 return
     finally:
-        if ack_next is not None and not ack_next.done():
-            ack_next.cancel()
-        elif ack_next is not None:
-            _retrieved(ack_next)  # a dropped link's error, already answered
+        if ack_next is not None:
+            ack_next.cancel()  # (nothing if done)
+            # a dropped link's error, already answered; or one it raised as the cancel landed (the re-check:
+            # a device removed mid-upload printed "Task exception was never retrieved" and a traceback)
+            ack_next.add_done_callback(_retrieved)
 
 
 # -- download ---------------------------------------------------------------------------------
@@ -858,7 +860,9 @@ async def send_file(connect: Callable[[], Awaitable[Any]], identity: PrivateIden
             try:
                 await with_retry(connect_again, upload, timeout, warn, keep=lambda c, p: first.append((c, p)))
             except (SecurecommError, asyncio.CancelledError) as e:  # a failure, or Ctrl-C / SIGTERM
-                if announced and file_id is not None:  # the recipient may be fetching it: say it is gone
+                # the recipient may be fetching it: say it is gone (not for a removed device: the server
+                # deleted its uploads with it, and it can no longer log in to say so)
+                if announced and file_id is not None and not isinstance(e, DeviceRemovedError):
                     await cancel_upload(connect, file_id, to, warn,
                                         INTERRUPT_CANCEL_TIMEOUT if isinstance(e, asyncio.CancelledError)
                                         else CANCEL_TIMEOUT)
