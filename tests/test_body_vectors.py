@@ -15,7 +15,7 @@ from securecomm.errors import FormatError
 VEC = json.loads((Path(__file__).parent / "vectors" / "bodies-v2.json").read_text())
 #: A vector's error, as the words the reader's refusal carries (None: any FormatError, "bad format").
 ERRORS = {"written by another account": "lists that device as", "another conversation": "another conversation",
-          "bad format": None}
+          "no writer": "has none", "bad format": None}
 
 
 def _refused(case: dict, fn, *args) -> None:
@@ -34,11 +34,12 @@ def test_a_direct_body_is_written_byte_for_byte(case):
 @pytest.mark.parametrize("case", VEC["direct"]["read"], ids=lambda c: c.get("note", c.get("error", "shows")))
 def test_a_direct_body_is_read_and_checked(case):
     body = bytes.fromhex(case["body"])
+    required = case.get("writer_required", False)
     if "shows" in case:
-        assert M.read_body(body, case["sender"], case["reader"]) == \
+        assert M.read_body(body, case["sender"], case["reader"], required) == \
             (case["shows"]["conversation"], case["shows"]["text"].encode())
     else:
-        _refused(case, M.read_body, body, case["sender"], case["reader"])
+        _refused(case, M.read_body, body, case["sender"], case["reader"], required)
 
 
 @pytest.mark.parametrize("case", VEC["sender_key"]["encode"], ids=lambda c: str(c["writer"]))

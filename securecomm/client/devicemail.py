@@ -58,10 +58,15 @@ def _name(r: Reader) -> str:
     return name
 
 
-def read_body(body: bytes, sender: str, my_name: str) -> tuple[str, bytes]:
+def read_body(body: bytes, sender: str, my_name: str, writer_required: bool = False) -> tuple[str, bytes]:
     """The (conversation, text) of a body from `sender` (the account whose list names the sending
-    device), checked: written by that account, and for us unless we wrote it."""
+    device), checked: written by that account, and for us unless we wrote it. `writer_required`: the
+    sending device wrote SCM3 before, so an SCM2 body from it is refused (a server relabelling an old
+    message of it, or a downgrade; the re-check, stop 26)."""
     writer, conversation, text = decode_body(body)
+    if writer is None and writer_required:
+        raise FormatError("the sending device wrote its account's name into its messages before, and this one "
+                          "has none: a server may be misattributing an old message")
     if writer is not None and writer != sender:
         raise FormatError(f"the message was written by {writer}'s device, but the server lists that device as "
                           f"{sender}'s: the server may be misattributing messages")

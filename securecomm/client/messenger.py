@@ -138,6 +138,8 @@ class Messenger(Rooms):
         self.deliveries = deliveries
         self.contacts = Contacts.load(paths.contacts)
         self.seen = SeenIds(paths.seen_ids)
+        #: Devices that wrote SCM3 (their writer named, 6.6): an SCM2 body from one of them is refused.
+        self.writers = SeenIds(Path(paths.data_dir) / "writer_devices")
         self.rooms: dict[str, RoomState] = {}
         self.sent_digests: dict[bytes, tuple[str, bytes]] = {}  # msg_id -> (to, body digest)
         self.delivered: dict[bytes, asyncio.Future[DeliveryReceipt]] = {}
@@ -381,7 +383,10 @@ class Messenger(Rooms):
         try:
             opened, tried = open_with_prekey(env, self.me, device, self.devices.keys)
             try:
-                conversation, text = DM.read_body(opened.body, ev.sender, self.user)
+                device_hex = env.header.sender.hex()
+                conversation, text = DM.read_body(opened.body, ev.sender, self.user, device_hex in self.writers)
+                if opened.body.startswith(DM.BODY_MAGIC) and device_hex not in self.writers:
+                    self.writers.add(device_hex)
                 mine = ev.sender == self.user
             except SecurecommError:
                 erase(self.devices.keys, tried)

@@ -37,6 +37,8 @@ def direct() -> dict[str, Any]:
          "note": "the writer's own copy on another of its devices: shown as sent to bob"},
         {"body": scm2, "sender": "alice", "reader": "bob", "shows": {"conversation": "bob", "text": "hi"},
          "note": "SCM2 (no writer) is still read"},
+        {"body": scm2, "sender": "alice", "reader": "bob", "writer_required": True, "error": "no writer",
+         "note": "SCM2 from a device the reader has seen write SCM3: refused"},
         {"body": scm3, "sender": "dave", "reader": "bob", "error": "written by another account",
          "note": "a server listed alice's device under dave: refused"},
         {"body": scm3, "sender": "alice", "reader": "carol", "error": "another conversation"},
