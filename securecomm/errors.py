@@ -197,6 +197,10 @@ class NotListedError(RefusedError):
     (WRONG_RECIPIENT): a copy sealed to a claim made ahead reached a device removed since (6.13)"""
 
 
+class SessionLimitError(RefusedError):
+    """the account has as many sessions as the server allows"""
+
+
 class BusyError(RefusedError):
     """server busy; try again shortly"""
 

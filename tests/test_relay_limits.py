@@ -550,3 +550,52 @@ def test_an_inbox_follow_replaced_at_the_session_limit_reconnects(tmp_path):
             _, err = follow.communicate(timeout=10)
             assert b"Traceback" not in err
         srv.stop(signal.SIGKILL)
+
+
+def test_a_replaced_follow_retries_the_session_limit_until_the_newer_session_leaves(tmp_path):
+    """The re-check (stop 26): a follow (or chat) replaced at the session limit reconnected at once, was
+    refused because the newer session was still there, and exited 9. For a minute after a replacement
+    the session limit at login is retried with the usual backoff."""
+    import json
+    import subprocess
+
+    from securecomm.crypto import identity as ident
+    from tests.conftest import ENTRY
+
+    srv = ServerProc(tmp_path / "srv", "--max-sessions-per-user", "1", "--idle-timeout", "4").start()
+    follow = None
+    newer: Raw | None = None
+    try:
+        for user in ("alice", "bob"):
+            add_user(srv.home, user)
+            assert login(tmp_path / user, srv, user).returncode == 0
+        me = ident.load(tmp_path / "bob" / "identities" / "default.key")
+        before = srv.log.count(" logged in (")
+        follow = subprocess.Popen([ENTRY, "--home", str(tmp_path / "bob"), "inbox", "--follow", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert wait_count(srv, " logged in (", before + 1, timeout=30)
+        follow.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while newer is None:  # the newer session: refused until the follow's is quiet for 3 s, then stays
+            try:
+                newer = Raw(srv).start().login_key("bob", me)
+            except AssertionError:
+                assert time.monotonic() < deadline, srv.log
+                time.sleep(0.5)
+        refused = srv.log.count("login refused: bob already has 1 sessions")
+        follow.send_signal(signal.SIGCONT)
+        assert wait_count(srv, "login refused: bob already has 1 sessions", refused + 1, timeout=30)
+        newer.close()  # the newer session leaves: the follow's next try gets in
+        newer = None
+        assert sc(tmp_path / "alice", "send", "--to", "bob", "after the newer session left").returncode == 0
+        assert follow.stdout is not None
+        assert json.loads(follow.stdout.readline())["body"] == "after the newer session left"
+        assert follow.poll() is None
+    finally:
+        if newer is not None:
+            newer.close()
+        if follow is not None:
+            follow.kill()
+            _, err = follow.communicate(timeout=10)
+            assert b"Traceback" not in err
+        srv.stop(signal.SIGKILL)

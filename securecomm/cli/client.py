@@ -353,12 +353,14 @@ async def _follow(once: Any) -> None:
     ids drop a redelivery of what was shown but not yet acknowledged."""
     import asyncio
     import random
+    import time
 
     from securecomm.cli.context import warn
     from securecomm.client.chat import BACKOFF_MAX, BACKOFF_START, retryable
-    from securecomm.errors import SecurecommError
+    from securecomm.errors import SecurecommError, SessionReplacedError
 
     ever, delay = False, BACKOFF_START
+    replaced_at: float | None = None
 
     def connected() -> None:
         nonlocal ever, delay
@@ -369,8 +371,10 @@ async def _follow(once: Any) -> None:
             await once(connected)
             return
         except SecurecommError as e:
-            if not (ever and retryable(e)):
+            if not (ever and retryable(e, replaced_at)):
                 raise
+            if isinstance(e, SessionReplacedError):
+                replaced_at = time.monotonic()
             warn(f"{e.message}; reconnecting in {delay:.1f}s")
         await asyncio.sleep(delay)
         delay = min(BACKOFF_MAX, delay * 2 * random.uniform(0.8, 1.2))

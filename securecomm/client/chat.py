@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,14 @@ from securecomm.client.files import send_file, shown_body
 from securecomm.client.login import connect_profile
 from securecomm.client.messenger import Messenger
 from securecomm.crypto.identity import PrivateIdentity
-from securecomm.errors import NetworkError, SecurecommError, ShuttingDownError, UsageError
+from securecomm.errors import (
+    NetworkError,
+    SecurecommError,
+    SessionLimitError,
+    SessionReplacedError,
+    ShuttingDownError,
+    UsageError,
+)
 
 BACKOFF_START = 0.5
 #: A planned restart takes a second or two; waiting longer between attempts only delays people.
@@ -137,9 +145,17 @@ class Invalid:
 Command = Say | Join | Who | Msg | SendFile | Trust | Quit | Invalid
 
 
-def retryable(e: SecurecommError) -> bool:
-    """A dropped connection or a planned shutdown: reconnecting can help. Anything else cannot."""
+def retryable(e: SecurecommError, replaced_at: float | None = None) -> bool:
+    """A dropped connection or a planned shutdown: reconnecting can help. Also the session limit within
+    REPLACED_RETRY s of this client's session being replaced by a newer login (`replaced_at`, monotonic):
+    that newer session is usually gone within a second (the re-check, stop 26: chat exited 9 then)."""
+    if isinstance(e, SessionLimitError):
+        return replaced_at is not None and time.monotonic() - replaced_at < REPLACED_RETRY
     return isinstance(e, NetworkError | ShuttingDownError)
+
+
+#: Seconds after a replacement during which the session limit at login is retried (with the usual backoff).
+REPLACED_RETRY = 60.0
 
 
 def _reason(e: SecurecommError) -> str:
@@ -185,6 +201,7 @@ class ChatSession:
         """Run until Quit or None (end of input) arrives on `lines`."""
         delay = BACKOFF_START
         connected_once = False
+        replaced_at: float | None = None
         while True:
             try:
                 client, _ = await connect_profile(self.paths, self.identity, server=self.server, ca=self.ca,
@@ -192,7 +209,7 @@ class ChatSession:
             except SecurecommError as e:
                 # Never connected: a server that is down or a wrong address is reported at once,
                 # exactly as `send` does; backoff is for getting back a connection we had.
-                if not retryable(e) or not connected_once:
+                if not retryable(e, replaced_at) or not connected_once:
                     raise
                 self.emit(Alert(f"{e.message}; retrying in {delay:.1f}s"))
                 if await self._wait_or_quit(lines, delay):
@@ -210,6 +227,8 @@ class ChatSession:
                 except SecurecommError as e:
                     if not retryable(e):
                         raise
+                    if isinstance(e, SessionReplacedError):
+                        replaced_at = time.monotonic()
                     self.emit(Alert(f"connection lost: {_reason(e)}; reconnecting"))
 
     async def _wait_or_quit(self, lines: asyncio.Queue[Command | None], delay: float) -> bool:

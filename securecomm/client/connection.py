@@ -34,6 +34,7 @@ from securecomm.errors import (
     PairingError,
     RefusedError,
     SecurecommError,
+    SessionLimitError,
     SessionReplacedError,
     ShuttingDownError,
     StoreUnavailableError,
@@ -66,6 +67,7 @@ _ERRORS: dict[int, type[SecurecommError]] = {
     P.ErrorCode.INTERNAL: SecurecommError,
     P.ErrorCode.SHUTTING_DOWN: ShuttingDownError,  # retryable: client/sending.py resends, chat reconnects
     P.ErrorCode.KEY_REPLACE: KeyReplaceError,
+    P.ErrorCode.TOO_MANY_CLIENTS: SessionLimitError,  # a refusal (exit 9); chat and follow tell it apart
     P.ErrorCode.UNAVAILABLE: StoreUnavailableError,  # retryable (a NetworkError): client/sending.py resends once
     P.ErrorCode.PREKEY: IntegrityError,  # docs/PROTOCOL.md 6.9
     P.ErrorCode.DEVICE_LIST: IntegrityError,
