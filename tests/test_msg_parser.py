@@ -157,3 +157,4 @@ def test_a_line_typed_as_the_connection_drops_is_queued_not_lost():
 
     s, _ = asyncio.run(main())
     assert s.outbox == [Pending("dm", "bob", b"still there?")]
+

@@ -79,6 +79,10 @@ class OneRetry:
                 async with asyncio.timeout(max(self.left(), 0)):
                     return await attempt()
             except TimeoutError as e:
+                if not self.copies:  # never written: nothing can be stored (the spec client's check: a key
+                    # lookup that never answered was blamed on a receipt)
+                    raise NetworkError(f"the server did not answer within {self.timeout:g}s; nothing was sent",
+                                       hint="try again later") from e
                 raise NetworkError(f"no receipt from the server within {self.timeout:g}s",
                                    hint="the server may have stored it; a new send is a new message, "
                                         "so check before sending again") from e
