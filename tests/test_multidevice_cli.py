@@ -205,4 +205,5 @@ def test_a_device_the_server_gives_no_prekey_for_is_named_to_the_sender(world):
     assert gone >= 1
     r = sc(homes["bob"], "send", "--to", "alice", "to both?")
     assert r.returncode == 0, r.stderr
-    assert f"alice's device '{mine['id']}' gets no copy".encode() in r.stderr, r.stderr  # its id: no cert came
+    # by its name from the signed list (the new-user check, stop 26: by its id, since the claim has no cert)
+    assert f"alice's device '{mine['name']}' gets no copy".encode() in r.stderr, r.stderr

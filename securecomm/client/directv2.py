@@ -328,7 +328,12 @@ class DeviceDirectory:
         got = {o.device for o in out if o.to == to} | {self.me.public.fingerprint}
         # from the signed list: a claim leaves out a device with no prekey, certificate and all
         names = {c.device_id: c.name for c in listed}
-        skipped = tuple(names.get(d, D.short_id(d)) for d in theirs.device_list.devices if d not in got)
+        missing = [d for d in theirs.device_list.devices if d not in got]
+        if any(d not in names for d in missing):  # its certificate is on the list, not in the claim: ask for it
+            with contextlib.suppress(SecurecommError):  # (the new-user check: shown by id, README says by name)
+                full = self.verify(to, Directory.parse(await client.request("device_list", user=to)))
+                names.update({c.device_id: c.name for c in full})
+        skipped = tuple(names.get(d, D.short_id(d)) for d in missing)
         return SealedDirect(msg_id, tuple((o.to, o.envelope) for o in out), sha256(body),
                             any(o.without_one_time_key for o in out if o.to == to), ahead,
                             (to,) + ((self.user,) if mine is not None else ()),
