@@ -133,3 +133,12 @@ def test_no_color_is_honoured(monkeypatch):
     assert "\x1b[" in context.style("warning", fg="yellow")
     monkeypatch.setenv("NO_COLOR", "1")
     assert context.style("warning", fg="yellow") == "warning"
+
+
+def test_a_refused_first_password_creates_no_database(sc, home):
+    """The new user's check (stop 26): `user add` with a refused password still created an empty database."""
+    r = sc("user", "add", "dave", "--password-stdin", input="password\n")
+    assert r.exit_code == 2 and "securecomm: error:" in r.output, r.output
+    assert not (home / "securecomm.db").exists()
+    ok = sc("user", "add", "dave", "--password-stdin", input="correct horse battery\n")
+    assert ok.exit_code == 0 and (home / "securecomm.db").exists(), ok.output

@@ -123,15 +123,22 @@ def add(state: State, name: str, admin: bool, password_stdin: bool, db: str | No
     """
     from securecomm.errors import ExistsError
     from securecomm.store import passwords
+    from securecomm.store.backends import is_url
     from securecomm.store.db import normalise_name
 
     name = normalise_name(name)
+    password = None
+    if not (db is not None and is_url(db)) and not (Path(db) if db else state.paths.database).exists():
+        # no database yet, so no such user: the password first, and a refused one creates nothing (the
+        # new-user check, stop 26: an empty database was left behind)
+        password = read_password(password_stdin, confirm=True, user=name)
     store = open_db(state, db, create=True)
     try:
         if store.get_user(name) is not None:  # before the password: nobody types one for nothing
             raise ExistsError(f"user {name!r} already exists",
                               hint=f"to set a new password: securecomm user passwd {name}")
-        password = read_password(password_stdin, confirm=True, user=name)
+        if password is None:
+            password = read_password(password_stdin, confirm=True, user=name)
         created = store.add_user(name, passwords.hash_password(password), "admin" if admin else "user")
     finally:
         store.close()
