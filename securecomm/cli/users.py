@@ -545,11 +545,12 @@ async def _pairing(client: Any, keys: Any, me: Any, user: str, name: str, again:
     except PairingError as e:
         if not listed:
             raise
-        raise OldUserKeyError(f"this device holds an old user key of {user}, and the account's list is signed by "
-                           "another (a --reset-user-key on another device?)",
-                           hint="on a device that has the new key: securecomm devices remove "
-                                f"{me.public.fingerprint[:6].hex()}; then "
-                                f"here: {again}") from e
+        raise OldUserKeyError(f"this device holds another user key of {user} than the one the account's list is "
+                           "signed by: a --reset-user-key on another device, or a server restored from a backup "
+                           "made before this device's key",
+                           hint="if another device reset it: on that device, securecomm devices remove "
+                                f"{me.public.fingerprint[:6].hex()}; then here: {again}. If the server was restored: "
+                                f"here, {again} --reset-user-key") from e
     if outcome == "paired":
         key, old = detail
         if old is not None:

@@ -64,9 +64,13 @@ async def own_directory(client: Any, user: str, keys: DeviceKeys,
         D.valid_devices(user, held, current.device_list, current.certs)
     except IntegrityError as e:
         if e.hint is None and held.raw != current.user_key.raw:
-            e.hint = (f"this device holds an old user key ({held.fingerprint_text}); the list is signed by "
-                      f"{current.user_key.fingerprint_text} (a --reset-user-key on another device?): if a device "
-                      f"with the new key approved this one, finish with: securecomm user login {user}")
+            # not "old": after a restore from before a reset, the server's key is the older one (the new-user
+            # check, stop 26, where the hint pointed at the retired key a removed phone still held)
+            e.hint = (f"this device holds user key {held.fingerprint_text}; the server's list is signed by "
+                      f"{current.user_key.fingerprint_text}. Either another device reset the user key (if a device "
+                      f"with that key approved this one, finish with: securecomm user login {user}), or the server "
+                      "was restored from a backup made before this device's key (then, on a device you hold: "
+                      f"securecomm user login {user} --reset-user-key)")
         raise
     older = older_than_seen(keys, current)
     if older is not None and warn is not None:
