@@ -94,3 +94,26 @@ def test_quiet_keeps_warnings_and_drops_info(tmp_path):
     finally:
         srv.stop(signal.SIGTERM)
     assert " INFO " not in srv.log and "logged in" not in srv.log
+
+
+def test_at_debug_level_an_upload_and_its_fetch_are_not_linked(tmp_path):
+    """The attacker's check (stop 26): at -v the uploader's line and the fetcher's line carried the same
+    12-digit prefix of the file id, which said who sends files to whom; now only the uploader's has it."""
+    class Verbose(ServerProc):
+        options = ("-v",)
+
+    srv = Verbose(tmp_path / "srv").start()
+    try:
+        homes = users_logged_in(srv, tmp_path, ("alice", "bob"))
+        src = tmp_path / "f.bin"
+        src.write_bytes(b"x" * 5000)
+        sent = sc(homes["alice"], "send", "--to", "bob", "--file", str(src), "--json")
+        assert sent.returncode == 0, sent.stderr
+        file_id = json.loads(sent.stdout)["file_id"]
+        assert sc(homes["bob"], "inbox").returncode == 0
+        assert sc(homes["bob"], "fetch", file_id, "-o", str(tmp_path / "got.bin")).returncode == 0
+        srv.wait_log("user=bob fetched a file")
+    finally:
+        srv.stop(signal.SIGTERM)
+    with_prefix = [line for line in srv.log.splitlines() if file_id[:12] in line]
+    assert with_prefix and all("user=alice" in line for line in with_prefix), with_prefix

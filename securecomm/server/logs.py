@@ -120,7 +120,6 @@ EVENTS: dict[str, str] = {
     "%s file_get internal error": "file.get_internal_error",
     "%s cancelled an upload": "file.cancelled",
     "%s file %s cancelled": "file.cancelled",
-    "%s file %s fetched": "file.fetched",
     "%s fetched a file: deleted": "file.fetched",
     "%s fetched a file: kept for the account's other devices": "file.fetched",
     "--max-frame %d is below %d: the answer to a prekey claim takes about 6 KiB per device of the recipient, so "
