@@ -97,64 +97,50 @@ def test_help_lists_the_commands_even_offline():
         assert all(c in cmd.text for c in COMMANDS)
 
 
+def _typed_as_the_connection_drops(line: object) -> tuple[ChatSession, list[object], bool | BaseException]:
+    """Run chat's loop while `line` is typed and the connection ends in the same turn: (session, shown,
+    the loop's result or the error it raised)."""
+    import asyncio
+
+    from securecomm.errors import NetworkError
+
+    async def main() -> tuple[ChatSession, list[object], bool | BaseException]:
+        s, shown = session()
+        lines: asyncio.Queue[object] = asyncio.Queue()
+        gone = asyncio.Event()
+
+        async def connection() -> None:
+            await gone.wait()
+            raise NetworkError("connection lost")
+
+        pump = asyncio.create_task(connection())
+
+        async def typed_as_it_drops() -> None:
+            await asyncio.sleep(0)
+            lines.put_nowait(line)  # both wake in the same turn
+            gone.set()
+
+        asyncio.get_running_loop().create_task(typed_as_it_drops())
+        try:
+            return s, shown, await s._loop(lines, pump)  # type: ignore[arg-type]
+        except NetworkError as e:
+            return s, shown, e
+
+    return asyncio.run(main())
+
+
 def test_quit_typed_as_the_connection_drops_quits():
     """The new user's check (stop 26): /quit typed as the server went down was queued as "not connected:
     only text and /msg are queued" and ignored; chat reconnected, and the next thing typed (a shell
     command) went to the room. Both ending in the same turn of the loop, /quit wins."""
-    import asyncio
-
-    from securecomm.errors import NetworkError
-
-    async def main() -> tuple[bool, list[object]]:
-        s, shown = session()
-        lines: asyncio.Queue[object] = asyncio.Queue()
-        gone = asyncio.Event()
-
-        async def connection() -> None:
-            await gone.wait()
-            raise NetworkError("connection lost")
-
-        pump = asyncio.create_task(connection())
-
-        async def typed_as_it_drops() -> None:
-            await asyncio.sleep(0)
-            lines.put_nowait(Quit())  # both wake in the same turn
-            gone.set()
-
-        asyncio.get_running_loop().create_task(typed_as_it_drops())
-        return await s._loop(lines, pump), shown  # type: ignore[arg-type]
-
-    quit_, shown = asyncio.run(main())
-    assert quit_ is True
+    _, shown, outcome = _typed_as_the_connection_drops(Quit())
+    assert outcome is True
     assert not any("not connected" in getattr(i, "text", "") for i in shown)
 
 
 def test_a_line_typed_as_the_connection_drops_is_queued_not_lost():
-    import asyncio
-
     from securecomm.errors import NetworkError
 
-    async def main() -> tuple[ChatSession, list[object]]:
-        s, shown = session()
-        lines: asyncio.Queue[object] = asyncio.Queue()
-        gone = asyncio.Event()
-
-        async def connection() -> None:
-            await gone.wait()
-            raise NetworkError("connection lost")
-
-        pump = asyncio.create_task(connection())
-
-        async def typed_as_it_drops() -> None:
-            await asyncio.sleep(0)
-            lines.put_nowait(parse_line("/msg bob still there?"))
-            gone.set()
-
-        asyncio.get_running_loop().create_task(typed_as_it_drops())
-        with pytest.raises(NetworkError):
-            await s._loop(lines, pump)  # type: ignore[arg-type]
-        return s, shown
-
-    s, _ = asyncio.run(main())
+    s, _, outcome = _typed_as_the_connection_drops(parse_line("/msg bob still there?"))
+    assert isinstance(outcome, NetworkError)  # the connection's end is still reported: chat reconnects
     assert s.outbox == [Pending("dm", "bob", b"still there?")]
-

@@ -118,23 +118,22 @@ async def device_to_remove(client: Any, user: str, keys: DeviceKeys, me: Private
 
 async def remove_device(client: Any, user: str, keys: DeviceKeys, current: Directory, row: DeviceRow) -> int:
     """Sign the list without `row`'s device and send `device_remove`: the new list's counter."""
-    answer = await client.request("device_remove", **S.remove(user, keys, current, row.device_id, now_ms()))
-    try:
-        counter = int(answer["counter"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise FormatError("the server sent a malformed device_remove answer") from e
-    keys.saw_own_list(counter)
-    return counter
+    return await _publish(client, keys, "device_remove", S.remove(user, keys, current, row.device_id, now_ms()))
 
 
 async def republish_list(client: Any, user: str, keys: DeviceKeys, current: Directory) -> int:
     """Sign the server's current list again above every list of ours seen (devicesetup.republish) and
     publish it: the new list's counter."""
-    answer = await client.request("device_list_publish", **S.republish(user, keys, current, now_ms()))
+    return await _publish(client, keys, "device_list_publish", S.republish(user, keys, current, now_ms()))
+
+
+async def _publish(client: Any, keys: DeviceKeys, op: str, args: dict[str, Any]) -> int:
+    """Send a list this device signed (`op`), note its counter as the newest of ours seen, return it."""
+    answer = await client.request(op, **args)
     try:
         counter = int(answer["counter"])
     except (KeyError, TypeError, ValueError) as e:
-        raise FormatError("the server sent a malformed device_list_publish answer") from e
+        raise FormatError(f"the server sent a malformed {op} answer") from e
     keys.saw_own_list(counter)
     return counter
 
