@@ -185,7 +185,7 @@ def _room_attack(keys: list[bytes], lines: list[bytes], stolen: list[Path], alic
         body = _open_any(data, found, alice)
         if body is not None:
             with _quiet():
-                sender_keys.append(R.SenderKey.decode(body)[1])
+                sender_keys.append(R.SenderKey.decode_with_writer(body)[2])  # SCK2 (or SCK1)
     read = []
     for payload in lines:
         for key in sender_keys:
