@@ -92,6 +92,12 @@ class Paths:
         return self.config_dir / "seen_ids"
 
     @property
+    def writer_devices(self) -> Path:
+        """Ids of devices seen writing their account into a message (client/messenger.py: an SCM2 body from
+        one is refused); beside seen_ids, in the config folder a logged-in client has."""
+        return self.config_dir / "writer_devices"
+
+    @property
     def received_dir(self) -> Path:
         """File notices `inbox` showed, for `fetch ID` (client/files.py notices_dir)."""
         return self.data_dir / "received"

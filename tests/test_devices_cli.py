@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -442,3 +443,22 @@ def test_a_device_removed_during_its_upload_stops_with_one_clear_error(world, sc
     text = err.decode()
     assert sender.returncode == 5 and "this device was removed" in text, text
     assert "Traceback" not in text and "never retrieved" not in text and "after an hour" not in text, text
+
+
+def test_a_client_whose_data_folder_does_not_exist_yet_reads_its_mail(world, sc, tmp_path):
+    """Review of stop 26: the devices that wrote SCM3 were remembered in the data folder, which a client
+    without --home (config and data apart, platformdirs) may not have yet: its first message failed. They
+    sit beside seen_ids, in the config folder, which a logged-in client has."""
+    srv, homes = world
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg-config"), "XDG_DATA_HOME": str(tmp_path / "xdg-data")}
+    add_user(srv.home, "carol")
+    r = run_entry("user", "login", "carol", "--server", srv.address, "--ca", str(srv.home / "tls" / "ca.pem"),
+                  "--password-stdin", input=(PASSWORD + "\n").encode(), env=env)
+    assert r.returncode == 0, r.stderr
+    data = tmp_path / "xdg-data" / "securecomm"
+    if data.exists():
+        shutil.rmtree(data)  # as on a machine where nothing was written there yet
+    assert sc("send", "--to", "carol", "to a fresh machine", home_dir=homes["bob"]).exit_code == 0
+    got = run_entry("inbox", "--json", env=env)
+    assert got.returncode == 0, got.stderr
+    assert [json.loads(x)["body"] for x in got.stdout.splitlines()] == ["to a fresh machine"]

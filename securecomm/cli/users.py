@@ -82,12 +82,13 @@ def open_db(state: State, db: str | None, *, create: bool = False) -> Any:
     """The server's database. Only `user add` may create it, and says so: a wrong
     --home must not quietly produce an empty database that no server reads.
     A PostgreSQL URL is never created here: `securecomm db migrate` does that."""
-    from securecomm.store.backends import is_url, open_store
+    from securecomm.store.backends import open_store
     from securecomm.store.db import Store
 
-    if db is not None and is_url(db):
+    path = _database_file(state, db)
+    if path is None:
+        assert db is not None  # a URL
         return open_store(db)
-    path = Path(db) if db else state.paths.database
     if path.exists():
         return Store(path)
     if not create:
@@ -96,6 +97,13 @@ def open_db(state: State, db: str | None, *, create: bool = False) -> Any:
     store = Store(path)
     info(f"created a new database at {path} (if a server already runs elsewhere, check --home)")
     return store
+
+
+def _database_file(state: State, db: str | None) -> Path | None:
+    """The SQLite file `--db`/`--home` name, or None for a PostgreSQL URL."""
+    from securecomm.store.backends import is_url
+
+    return None if db is not None and is_url(db) else Path(db) if db else state.paths.database
 
 
 @click.group(epilog="Example: securecomm user add alice --admin")
@@ -123,12 +131,12 @@ def add(state: State, name: str, admin: bool, password_stdin: bool, db: str | No
     """
     from securecomm.errors import ExistsError
     from securecomm.store import passwords
-    from securecomm.store.backends import is_url
     from securecomm.store.db import normalise_name
 
     name = normalise_name(name)
     password = None
-    if not (db is not None and is_url(db)) and not (Path(db) if db else state.paths.database).exists():
+    file = _database_file(state, db)
+    if file is not None and not file.exists():
         # no database yet, so no such user: the password first, and a refused one creates nothing (the
         # new-user check, stop 26: an empty database was left behind)
         password = read_password(password_stdin, confirm=True, user=name)

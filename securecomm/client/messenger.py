@@ -139,7 +139,7 @@ class Messenger(Rooms):
         self.contacts = Contacts.load(paths.contacts)
         self.seen = SeenIds(paths.seen_ids)
         #: Devices that wrote SCM3 (their writer named, 6.6): an SCM2 body from one of them is refused.
-        self.writers = SeenIds(Path(paths.data_dir) / "writer_devices")
+        self.writers = SeenIds(paths.writer_devices)
         self.rooms: dict[str, RoomState] = {}
         self.sent_digests: dict[bytes, tuple[str, bytes]] = {}  # msg_id -> (to, body digest)
         self.delivered: dict[bytes, asyncio.Future[DeliveryReceipt]] = {}
