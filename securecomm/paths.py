@@ -98,6 +98,11 @@ class Paths:
         return self.config_dir / "writer_devices"
 
     @property
+    def messages_dir(self) -> Path:
+        """Messages too long to show on a terminal, kept whole (client/files.py save_long_message)."""
+        return self.data_dir / "messages"
+
+    @property
     def received_dir(self) -> Path:
         """File notices `inbox` showed, for `fetch ID` (client/files.py notices_dir)."""
         return self.data_dir / "received"
@@ -178,6 +183,8 @@ class Paths:
             "user keys": self.user_pins,
             "device keys": self.devices_dir,
             "seen message ids": self.seen_ids,
+            "devices naming their writer": self.writer_devices,
+            "kept long messages": self.messages_dir,
             "received files": self.received_dir,
             "outgoing files": self.outgoing_dir,
             "CA certificate": self.ca_cert,

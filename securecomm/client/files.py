@@ -474,7 +474,7 @@ def save_long_message(paths: Any, sender: str, msg_id: bytes, body: bytes) -> st
     home): it is acknowledged once shown, so the server keeps no copy. Named by sender and id, and
     never written over (the re-check: another sender who reused the id replaced the kept text): a
     second file gets a number. Returns the path."""
-    folder = Path(paths.data_dir) / "messages"
+    folder = paths.messages_dir
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     stem = f"{local_name(sender)}-{msg_id.hex()}"
     for n in range(1000):
